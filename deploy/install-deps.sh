@@ -1,0 +1,47 @@
+#!/bin/sh
+# Installs the Debian bookworm packages aeserve's build, tests and benchmarks need.
+# Idempotent: only packages that are missing are installed. Run as root.
+set -eu
+
+PACKAGES="
+build-essential
+cmake
+pkg-config
+ninja-build
+libdnnl-dev
+libgrpc++-dev
+libprotobuf-dev
+protobuf-compiler
+protobuf-compiler-grpc
+libabsl-dev
+libgtest-dev
+libgmock-dev
+libbenchmark-dev
+libspdlog-dev
+libfmt-dev
+libcivetweb-dev
+zlib1g-dev
+libxxhash-dev
+libfast-float-dev
+libcli11-dev
+python3-grpcio
+python3-protobuf
+python3-numpy
+"
+
+missing=""
+for p in $PACKAGES; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing="$missing $p"
+  fi
+done
+
+if [ -n "$missing" ]; then
+  echo "install-deps: installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing
+else
+  echo "install-deps: all packages present"
+fi

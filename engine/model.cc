@@ -1,0 +1,389 @@
+// A loaded, immutable autoencoder that scores, encodes, reconstructs and generates.
+#include "model.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <random>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "dnnl_util.h"
+#include "status_macros.h"
+#include "threshold.h"
+
+namespace aeserve::engine {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+// One inference layer's plain parameters.
+struct Model::Layer {
+  uint32_t inputs, outputs;
+  v1::Activation activation;
+  std::vector<float> weights, bias;
+};
+
+// The primitives of one bucket. Weights are held in the layout each primitive prefers.
+struct Model::Plan {
+  uint32_t batch;
+  std::vector<dnnl::inner_product_forward> fwd;
+  std::vector<memory> weights, bias;
+  std::vector<memory::desc> scratch_md;
+  // Variational models: the log sigma^2 head, for the negative ELBO.
+  dnnl::inner_product_forward logvar_fwd;
+  memory logvar_weights, logvar_bias;
+  memory::desc logvar_scratch_md;
+};
+
+struct ScoringContext::Args {
+  std::vector<std::unordered_map<int, memory>> layer;
+  std::unordered_map<int, memory> logvar;
+};
+
+Model::Model(v1::ModelFile file, const ModelOptions& options)
+    : file_(std::move(file)), options_(options), engine_(dnnl::engine::kind::cpu, 0) {}
+
+Model::~Model() = default;
+
+absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
+                                                           const ModelOptions& options) {
+  if (options.threads < 1 || options.max_batch == 0 || !std::has_single_bit(options.max_batch)) {
+    return absl::InvalidArgumentError("model options: threads >= 1, max_batch a power of two");
+  }
+  AE_ASSIGN_OR_RETURN(v1::ModelSpec spec, ResolveSpec(file.spec(), file.spec().num_features()));
+  *file.mutable_spec() = spec;
+  AE_ASSIGN_OR_RETURN(Params params, FromModelFile(file));
+  const uint32_t d = spec.num_features();
+  const v1::Scaler& sc = file.scaler();
+  if (sc.offset_size() != static_cast<int>(d) || sc.scale_size() != static_cast<int>(d)) {
+    return absl::InvalidArgumentError("model: scaler size does not match num_features");
+  }
+  for (int i = 0; i < static_cast<int>(d); ++i) {
+    if (!std::isfinite(sc.offset(i)) || !std::isfinite(sc.scale(i)) || !(sc.scale(i) > 0)) {
+      return absl::InvalidArgumentError("model: scaler values must be finite, scale > 0");
+    }
+  }
+  if (file.feature_names_size() != 0 && file.feature_names_size() != static_cast<int>(d)) {
+    return absl::InvalidArgumentError("model: feature_names size does not match num_features");
+  }
+  if (!std::is_sorted(file.calibration_errors().begin(), file.calibration_errors().end())) {
+    return absl::InvalidArgumentError("model: calibration errors must be sorted");
+  }
+  if (!std::isfinite(file.threshold_value())) {
+    return absl::InvalidArgumentError("model: threshold must be finite");
+  }
+  std::shared_ptr<Model> m(new Model(std::move(file), options));
+  for (uint32_t i = 0; i < d; ++i) {
+    m->offset_.push_back(sc.offset(i));
+    m->scale_.push_back(sc.scale(i));
+    m->inv_scale_.push_back(1.0f / sc.scale(i));
+  }
+  m->calibration_.assign(m->file_.calibration_errors().begin(), m->file_.calibration_errors().end());
+  ScopedThreads threads(options.threads);
+  AE_RETURN_IF_ERROR(CatchDnnl("building inference plans", [&] { m->Build(params); }));
+  return std::shared_ptr<const Model>(std::move(m));
+}
+
+void Model::Build(const Params& params) {
+  const v1::ModelSpec& s = spec();
+  const uint32_t c = s.code_size();
+  const bool vae = s.kind() == v1::MODEL_KIND_VARIATIONAL;
+  num_encoder_ = params.num_encoder;
+  std::vector<float> logvar_w, logvar_b;
+  for (size_t l = 0; l < params.layers.size(); ++l) {
+    const DenseParams& p = params.layers[l];
+    Layer layer{p.shape.inputs, p.shape.outputs, p.shape.activation, p.weights, p.bias};
+    if (vae && l == num_encoder_ - 1) {
+      // The code head of a variational model: rows [0, c) give mu, rows [c, 2c) log sigma^2.
+      const size_t half = size_t{c} * layer.inputs;
+      logvar_w.assign(layer.weights.begin() + half, layer.weights.end());
+      logvar_b.assign(layer.bias.begin() + c, layer.bias.end());
+      layer.weights.resize(half);
+      layer.bias.resize(c);
+      layer.outputs = c;
+    }
+    max_width_ = std::max({max_width_, layer.inputs, layer.outputs});
+    layers_.push_back(std::move(layer));
+  }
+
+  auto make = [&](uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
+                  const std::vector<float>& w, const std::vector<float>& b,
+                  dnnl::inner_product_forward* prim, memory* wmem, memory* bmem,
+                  memory::desc* scratch) {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (act != v1::ACTIVATION_LINEAR) {
+      dnnl::post_ops po;
+      po.append_eltwise(1.f, AlgorithmOf(act), AlphaOf(act, s.leaky_relu_slope()), 0.f);
+      attr.set_post_ops(po);
+    }
+    const memory::desc src_md({batch, in}, dt::f32, tag::ab);
+    const memory::desc dst_md({batch, out}, dt::f32, tag::ab);
+    const memory::desc w_any({out, in}, dt::f32, tag::any);
+    const memory::desc b_md({out}, dt::f32, tag::a);
+    dnnl::inner_product_forward::primitive_desc pd(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_any, b_md,
+                                          dst_md),
+        attr, engine_);
+    *prim = dnnl::inner_product_forward(pd);
+    // Reorder the plain weights once into the primitive's layout.
+    const memory::desc w_plain({out, in}, dt::f32, tag::ab);
+    memory plain(w_plain, engine_, const_cast<float*>(w.data()));
+    *wmem = memory(pd.weights_desc(), engine_);
+    dnnl::stream st(engine_);
+    dnnl::reorder(plain, *wmem).execute(st, plain, *wmem);
+    st.wait();
+    *bmem = memory(b_md, engine_);
+    std::copy(b.begin(), b.end(), static_cast<float*>(bmem->get_data_handle()));
+    *scratch = pd.scratchpad_desc();
+    scratch_bytes_ = std::max(scratch_bytes_, scratch->get_size());
+  };
+
+  for (uint32_t batch = 1; batch <= options_.max_batch; batch *= 2) {
+    Plan plan;
+    plan.batch = batch;
+    for (const Layer& L : layers_) {
+      plan.fwd.emplace_back();
+      plan.weights.emplace_back();
+      plan.bias.emplace_back();
+      plan.scratch_md.emplace_back();
+      make(batch, L.inputs, L.outputs, L.activation, L.weights, L.bias, &plan.fwd.back(),
+           &plan.weights.back(), &plan.bias.back(), &plan.scratch_md.back());
+    }
+    if (vae) {
+      make(batch, layers_[num_encoder_ - 1].inputs, c, v1::ACTIVATION_LINEAR, logvar_w, logvar_b,
+           &plan.logvar_fwd, &plan.logvar_weights, &plan.logvar_bias, &plan.logvar_scratch_md);
+    }
+    plans_.push_back(std::move(plan));
+  }
+}
+
+std::unique_ptr<ScoringContext> Model::NewContext() const {
+  return std::unique_ptr<ScoringContext>(new ScoringContext(*this));
+}
+
+ScoringContext::ScoringContext(const Model& m) : model_(m), stream_(m.engine_) {
+  const size_t b = m.options_.max_batch;
+  const uint32_t d = m.num_features(), c = m.code_size();
+  in_.assign(b * d, 0.f);
+  latent_.assign(b * c, 0.f);
+  logvar_.assign(b * c, 0.f);
+  ping_.assign(b * m.max_width_, 0.f);
+  pong_.assign(b * m.max_width_, 0.f);
+  out_.assign(b * d, 0.f);
+  scratch_.assign(std::max<size_t>(m.scratch_bytes_, 64), 0);
+  // Layer i reads from and writes to fixed buffers: encoder hidden layers alternate ping/pong,
+  // the code head writes `latent_`, decoder hidden layers alternate again, the output is `out_`.
+  const size_t n = m.layers_.size();
+  std::vector<float*> src(n), dst(n);
+  for (size_t l = 0; l < n; ++l) {
+    const bool first_of_side = l == 0 || l == m.num_encoder_;
+    src[l] = l == 0 ? in_.data() : (l == m.num_encoder_ ? latent_.data() : dst[l - 1]);
+    if (l == m.num_encoder_ - 1) {
+      dst[l] = latent_.data();
+    } else if (l == n - 1) {
+      dst[l] = out_.data();
+    } else {
+      dst[l] = first_of_side || src[l] == pong_.data() ? ping_.data() : pong_.data();
+    }
+  }
+  for (const Model::Plan& plan : m.plans_) {
+    auto args = std::make_unique<Args>();
+    for (size_t l = 0; l < n; ++l) {
+      const Model::Layer& L = m.layers_[l];
+      args->layer.push_back(
+          {{DNNL_ARG_SRC, memory({{plan.batch, L.inputs}, dt::f32, tag::ab}, m.engine_, src[l])},
+           {DNNL_ARG_WEIGHTS, plan.weights[l]},
+           {DNNL_ARG_BIAS, plan.bias[l]},
+           {DNNL_ARG_DST, memory({{plan.batch, L.outputs}, dt::f32, tag::ab}, m.engine_, dst[l])},
+           {DNNL_ARG_SCRATCHPAD, memory(plan.scratch_md[l], m.engine_, scratch_.data())}});
+    }
+    if (plan.logvar_fwd) {
+      const size_t l = m.num_encoder_ - 1;
+      args->logvar = {
+          {DNNL_ARG_SRC, args->layer[l][DNNL_ARG_SRC]},
+          {DNNL_ARG_WEIGHTS, plan.logvar_weights},
+          {DNNL_ARG_BIAS, plan.logvar_bias},
+          {DNNL_ARG_DST, memory({{plan.batch, c}, dt::f32, tag::ab}, m.engine_, logvar_.data())},
+          {DNNL_ARG_SCRATCHPAD, memory(plan.logvar_scratch_md, m.engine_, scratch_.data())}};
+    }
+    args_.push_back(std::move(args));
+  }
+}
+
+ScoringContext::~ScoringContext() = default;
+
+absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows) const {
+  const uint32_t d = num_features();
+  if (x.empty()) return absl::InvalidArgumentError("empty batch: no values");
+  if (x.size() % d != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("values count ", x.size(),
+                                                   " is not a multiple of the feature count ", d));
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("non-finite value (NaN or Inf) at row ",
+                                                     i / d, ", feature ", i % d));
+    }
+  }
+  *rows = x.size() / d;
+  return absl::OkStatus();
+}
+
+// Splits work into power-of-two buckets: a remainder of at least 3/4 of the next bucket is padded
+// up to it (one call), a smaller one runs the bucket below and continues.
+uint32_t Model::ChooseBucket(size_t remaining, size_t* take) const {
+  if (remaining >= options_.max_batch) {
+    *take = options_.max_batch;
+    return options_.max_batch;
+  }
+  const uint32_t up = std::bit_ceil(static_cast<uint32_t>(remaining));
+  if (remaining * 4 >= size_t{up} * 3) {
+    *take = remaining;
+    return up;
+  }
+  *take = up / 2;
+  return up / 2;
+}
+
+void Model::ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const {
+  const uint32_t d = num_features();
+  for (size_t r = 0; r < take; ++r) {
+    const float* row = x + r * d;
+    float* out = dst + r * d;
+    for (uint32_t j = 0; j < d; ++j) out[j] = (row[j] - offset_[j]) * inv_scale_[j];
+  }
+  std::fill(dst + take * d, dst + size_t{bucket} * d, 0.f);
+}
+
+absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const {
+  const size_t p = static_cast<size_t>(std::countr_zero(bucket));
+  const Plan& plan = plans_[p];
+  ScoringContext::Args& args = *ctx.args_[p];
+  const size_t begin = pass == Pass::kDecode ? num_encoder_ : 0;
+  const size_t end = pass == Pass::kEncode ? num_encoder_ : layers_.size();
+  return CatchDnnl("scoring", [&] {
+    for (size_t l = begin; l < end; ++l) plan.fwd[l].execute(ctx.stream_, args.layer[l]);
+    if (logvar) plan.logvar_fwd.execute(ctx.stream_, args.logvar);
+    ctx.stream_.wait();
+  });
+}
+
+absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
+                          const ScoreOptions& options, ScoreResult* result) const {
+  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  size_t rows = 0;
+  AE_RETURN_IF_ERROR(CheckInput(x, &rows));
+  const uint32_t d = num_features(), c = code_size();
+  const bool elbo = options.neg_elbo && spec().kind() == v1::MODEL_KIND_VARIATIONAL;
+  result->threshold = threshold();
+  result->error.resize(rows);
+  result->anomalous.resize(rows);
+  result->p_value.resize(rows);
+  result->feature_error.resize(options.per_feature ? rows * d : 0);
+  result->neg_elbo.resize(elbo ? rows : 0);
+  const float thr = static_cast<float>(threshold());
+  const float inv_d = 1.0f / static_cast<float>(d);
+  const float beta = spec().beta();
+  for (size_t done = 0; done < rows;) {
+    size_t take = 0;
+    const uint32_t bucket = ChooseBucket(rows - done, &take);
+    ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
+    AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, elbo));
+    for (size_t r = 0; r < take; ++r) {
+      const float* xs = ctx.in_.data() + r * d;
+      const float* y = ctx.out_.data() + r * d;
+      float sum = 0;
+      if (options.per_feature) {
+        float* fe = result->feature_error.data() + (done + r) * d;
+        for (uint32_t j = 0; j < d; ++j) {
+          const float e = (y[j] - xs[j]) * (y[j] - xs[j]);
+          sum += e;
+          fe[j] = options.original_units ? e * scale_[j] * scale_[j] : e;
+        }
+      } else {
+        for (uint32_t j = 0; j < d; ++j) sum += (y[j] - xs[j]) * (y[j] - xs[j]);
+      }
+      const float err = sum * inv_d;
+      result->error[done + r] = err;
+      result->anomalous[done + r] = err > thr;
+      result->p_value[done + r] = static_cast<float>(PValue(err, calibration_));
+      if (elbo) {
+        double kl = 0;
+        for (uint32_t k = 0; k < c; ++k) {
+          const double mu = ctx.latent_[r * c + k], lv = ctx.logvar_[r * c + k];
+          kl += 0.5 * (std::exp(lv) + mu * mu - 1 - lv);
+        }
+        result->neg_elbo[done + r] = static_cast<float>(err + beta * kl / d);
+      }
+    }
+    done += take;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
+                           std::vector<float>* codes) const {
+  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  size_t rows = 0;
+  AE_RETURN_IF_ERROR(CheckInput(x, &rows));
+  const uint32_t d = num_features(), c = code_size();
+  codes->resize(rows * c);
+  for (size_t done = 0; done < rows;) {
+    size_t take = 0;
+    const uint32_t bucket = ChooseBucket(rows - done, &take);
+    ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
+    AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kEncode, false));
+    std::copy_n(ctx.latent_.data(), take * c, codes->data() + done * c);
+    done += take;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
+                                std::vector<float>* out) const {
+  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  size_t rows = 0;
+  AE_RETURN_IF_ERROR(CheckInput(x, &rows));
+  const uint32_t d = num_features();
+  out->resize(rows * d);
+  for (size_t done = 0; done < rows;) {
+    size_t take = 0;
+    const uint32_t bucket = ChooseBucket(rows - done, &take);
+    ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
+    AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, false));
+    for (size_t i = 0; i < take * d; ++i) {
+      (*out)[done * d + i] = ctx.out_[i] * scale_[i % d] + offset_[i % d];
+    }
+    done += take;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
+                             std::vector<float>* out) const {
+  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  if (spec().kind() != v1::MODEL_KIND_VARIATIONAL) {
+    return absl::FailedPreconditionError("generate: only variational models have a prior");
+  }
+  if (n == 0) return absl::InvalidArgumentError("generate: n must be >= 1");
+  const uint32_t d = num_features(), c = code_size();
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  out->resize(size_t{n} * d);
+  for (size_t done = 0; done < n;) {
+    size_t take = 0;
+    const uint32_t bucket = ChooseBucket(n - done, &take);
+    for (size_t i = 0; i < size_t{bucket} * c; ++i) ctx.latent_[i] = i < take * c ? normal(rng) : 0.f;
+    AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kDecode, false));
+    for (size_t i = 0; i < take * d; ++i) {
+      (*out)[done * d + i] = ctx.out_[i] * scale_[i % d] + offset_[i % d];
+    }
+    done += take;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace aeserve::engine

@@ -1,0 +1,117 @@
+// A loaded, immutable autoencoder that scores, encodes, reconstructs and generates.
+// Inference plans (oneDNN primitives for power-of-two batch sizes up to max_batch, weights
+// reordered once into the layouts the primitives prefer) are built in Create and never on the
+// request path. One Model serves many threads: each thread brings its own ScoringContext.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "aeserve/v1/model.pb.h"
+#include "oneapi/dnnl/dnnl.hpp"
+#include "params.h"
+
+namespace aeserve::engine {
+
+struct ModelOptions {
+  // oneDNN threads per scoring call. 1 is right when callers run in parallel (a server).
+  int threads = 1;
+  // Largest batch one primitive runs; bigger calls are split. A power of two.
+  uint32_t max_batch = 4096;
+};
+
+struct ScoreOptions {
+  bool per_feature = false;     // fill ScoreResult::feature_error
+  bool original_units = false;  // per-feature errors in squared original units, not scaled ones
+  bool neg_elbo = false;        // variational models: fill ScoreResult::neg_elbo
+};
+
+struct ScoreResult {
+  std::vector<float> error;          // per sample: mean squared error over features (scaled space)
+  std::vector<uint8_t> anomalous;    // error > threshold
+  std::vector<float> p_value;        // conformal p-value against the calibration errors
+  std::vector<float> feature_error;  // rows x features squared errors, when asked
+  std::vector<float> neg_elbo;       // per sample, when asked and variational
+  double threshold = 0;
+};
+
+class ScoringContext;
+
+class Model {
+ public:
+  // Builds the inference plans. Checks every shape of the file; errors are INVALID_ARGUMENT.
+  static absl::StatusOr<std::shared_ptr<const Model>> Create(v1::ModelFile file,
+                                                             const ModelOptions& options = {});
+  ~Model();
+
+  // Per-thread buffers, stream and scratchpad; use one context from one thread at a time.
+  std::unique_ptr<ScoringContext> NewContext() const;
+
+  // `x` holds rows x num_features() values, row-major, in original units. Any row count >= 1.
+  absl::Status Score(ScoringContext& ctx, absl::Span<const float> x, const ScoreOptions& options,
+                     ScoreResult* result) const;
+  // The code of each sample (mu for variational models): rows x code_size.
+  absl::Status Encode(ScoringContext& ctx, absl::Span<const float> x,
+                      std::vector<float>* codes) const;
+  // The reconstruction of each sample in original units: rows x num_features.
+  absl::Status Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
+                           std::vector<float>* out) const;
+  // Variational models: `n` samples decoded from z ~ N(0, I), in original units.
+  absl::Status Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
+                        std::vector<float>* out) const;
+
+  const v1::ModelFile& file() const { return file_; }
+  const v1::ModelSpec& spec() const { return file_.spec(); }
+  uint32_t num_features() const { return file_.spec().num_features(); }
+  uint32_t code_size() const { return file_.spec().code_size(); }
+  double threshold() const { return file_.threshold_value(); }
+  const ModelOptions& options() const { return options_; }
+
+ private:
+  friend class ScoringContext;
+  struct Layer;
+  struct Plan;
+  enum class Pass { kEncode, kFull, kDecode };
+
+  Model(v1::ModelFile file, const ModelOptions& options);
+  void Build(const Params& params);
+  absl::Status CheckInput(absl::Span<const float> x, size_t* rows) const;
+  uint32_t ChooseBucket(size_t remaining, size_t* take) const;
+  void ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const;
+  absl::Status Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const;
+
+  v1::ModelFile file_;
+  ModelOptions options_;
+  dnnl::engine engine_;
+  std::vector<float> offset_, inv_scale_, scale_;
+  std::vector<Layer> layers_;  // inference layers: encoder (code head last), decoder
+  size_t num_encoder_ = 0;
+  std::vector<Plan> plans_;    // one per bucket: 1, 2, 4, ..., max_batch
+  std::vector<float> calibration_;
+  size_t scratch_bytes_ = 0;
+  uint32_t max_width_ = 0;
+};
+
+// Per-thread state of one model: a oneDNN stream, buffers for the largest bucket, the scratchpad,
+// and argument maps built once per bucket.
+class ScoringContext {
+ public:
+  ~ScoringContext();
+  const Model& model() const { return model_; }
+
+ private:
+  friend class Model;
+  explicit ScoringContext(const Model& model);
+
+  const Model& model_;
+  dnnl::stream stream_;
+  std::vector<float> in_, latent_, logvar_, ping_, pong_, out_;
+  std::vector<uint8_t> scratch_;
+  struct Args;
+  std::vector<std::unique_ptr<Args>> args_;  // per bucket, built on first use
+};
+
+}  // namespace aeserve::engine

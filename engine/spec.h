@@ -1,0 +1,36 @@
+// Model specification: validation, defaults, and the layer shapes a spec implies.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "aeserve/v1/model.pb.h"
+
+namespace aeserve::engine {
+
+// Returns the spec with every default filled in, or INVALID_ARGUMENT naming what is wrong.
+// `num_features` (from the data) is used when the spec leaves it 0; otherwise they must agree.
+absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t num_features);
+
+// Returns the options with every default filled in, or INVALID_ARGUMENT.
+absl::StatusOr<v1::TrainingOptions> ResolveTrainingOptions(const v1::TrainingOptions& options);
+
+// Returns the threshold config with defaults filled in (99th percentile), or INVALID_ARGUMENT.
+absl::StatusOr<v1::ThresholdConfig> ResolveThresholdConfig(const v1::ThresholdConfig& config);
+
+struct LayerShape {
+  uint32_t inputs;
+  uint32_t outputs;
+  v1::Activation activation;
+};
+
+// The dense layers of a resolved spec: encoder (code layer last; 2 * code_size outputs for
+// variational models) and decoder (output layer last).
+struct LayerShapes {
+  std::vector<LayerShape> encoder;
+  std::vector<LayerShape> decoder;
+};
+LayerShapes ShapesOf(const v1::ModelSpec& resolved);
+
+}  // namespace aeserve::engine

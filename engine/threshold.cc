@@ -1,0 +1,65 @@
+// Anomaly thresholds calibrated on the reconstruction errors of held-out normal data.
+#include "threshold.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "spec.h"
+#include "status_macros.h"
+
+namespace aeserve::engine {
+namespace {
+
+double Quantile(absl::Span<const float> sorted, double q) {
+  const double pos = q * static_cast<double>(sorted.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, sorted.size() - 1);
+  const double frac = pos - static_cast<double>(lo);
+  return sorted[lo] + frac * (static_cast<double>(sorted[hi]) - sorted[lo]);
+}
+
+}  // namespace
+
+absl::StatusOr<double> ComputeThreshold(const v1::ThresholdConfig& config,
+                                        absl::Span<const float> sorted) {
+  AE_ASSIGN_OR_RETURN(v1::ThresholdConfig c, ResolveThresholdConfig(config));
+  if (c.method() == v1::THRESHOLD_FIXED) return c.value();
+  if (sorted.empty()) {
+    return absl::FailedPreconditionError("threshold: the model has no calibration errors");
+  }
+  const size_t n = sorted.size();
+  switch (c.method()) {
+    case v1::THRESHOLD_PERCENTILE:
+      return Quantile(sorted, c.value() / 100.0);
+    case v1::THRESHOLD_MEAN_STD: {
+      double mean = 0;
+      for (float e : sorted) mean += e;
+      mean /= static_cast<double>(n);
+      double var = 0;
+      for (float e : sorted) var += (e - mean) * (e - mean);
+      return mean + c.value() * std::sqrt(var / static_cast<double>(n));
+    }
+    case v1::THRESHOLD_MEDIAN_MAD: {
+      const double median = Quantile(sorted, 0.5);
+      std::vector<float> dev(n);
+      for (size_t i = 0; i < n; ++i) dev[i] = static_cast<float>(std::abs(sorted[i] - median));
+      std::sort(dev.begin(), dev.end());
+      return median + c.value() * 1.4826 * Quantile(dev, 0.5);
+    }
+    case v1::THRESHOLD_TARGET_FPR: {
+      const size_t allowed_above = static_cast<size_t>(std::floor(c.value() * n));
+      return sorted[n - 1 - std::min(allowed_above, n - 1)];
+    }
+    default:
+      return absl::InvalidArgumentError("threshold: unknown method");
+  }
+}
+
+double PValue(float error, absl::Span<const float> sorted) {
+  const auto first_ge = std::lower_bound(sorted.begin(), sorted.end(), error);
+  const size_t at_least = static_cast<size_t>(sorted.end() - first_ge);
+  return (1.0 + static_cast<double>(at_least)) / (static_cast<double>(sorted.size()) + 1.0);
+}
+
+}  // namespace aeserve::engine

@@ -1,0 +1,24 @@
+// Anomaly thresholds calibrated on the reconstruction errors of held-out normal data.
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "aeserve/v1/model.pb.h"
+
+namespace aeserve::engine {
+
+// The threshold in error units for `config` over `sorted_errors` (ascending). A sample is
+// anomalous when its error is strictly greater than the threshold.
+//   percentile p: linear interpolation between order statistics (numpy's default);
+//   mean + k*std: population standard deviation;
+//   median + k*1.4826*MAD: MAD scaled to be consistent with std under normality;
+//   target FPR f: the smallest calibration error with at most floor(f*n) errors above it;
+//   fixed: the value itself.
+absl::StatusOr<double> ComputeThreshold(const v1::ThresholdConfig& config,
+                                        absl::Span<const float> sorted_errors);
+
+// Conformal p-value of `error`: (1 + #{calibration errors >= error}) / (n + 1), in (0, 1].
+// Small means unusual. With no calibration errors it is 1.
+double PValue(float error, absl::Span<const float> sorted_errors);
+
+}  // namespace aeserve::engine

@@ -1,0 +1,272 @@
+// Training an autoencoder from data: split, scale, Adam over mini-batches, early stopping,
+// calibration of the threshold on the held-out rows.
+#include "trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "dnnl_util.h"
+#include "model.h"
+#include "model_file.h"
+#include "params.h"
+#include "scaler.h"
+#include "spec.h"
+#include "status_macros.h"
+#include "threshold.h"
+#include "train_graph.h"
+
+namespace aeserve::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// AdamW: Adam on the gradient, weight decay applied to weights (not biases) apart from it.
+class Adam {
+ public:
+  Adam(const Params& p, const v1::TrainingOptions& o) : o_(o) {
+    for (const DenseParams& l : p.layers) {
+      m_.emplace_back(l.weights.size(), 0.f);
+      v_.emplace_back(l.weights.size(), 0.f);
+      m_.emplace_back(l.bias.size(), 0.f);
+      v_.emplace_back(l.bias.size(), 0.f);
+    }
+  }
+  void Step(Params& p, const TrainGraph& g) {
+    ++t_;
+    const float b1 = o_.adam_beta1(), b2 = o_.adam_beta2(), eps = o_.adam_epsilon();
+    const float lr = o_.learning_rate();
+    const float c1 = 1.f / (1.f - std::pow(b1, static_cast<float>(t_)));
+    const float c2 = 1.f / (1.f - std::pow(b2, static_cast<float>(t_)));
+    const float decay = 1.f - lr * o_.weight_decay();
+    for (size_t l = 0; l < p.layers.size(); ++l) {
+      Update(p.layers[l].weights, g.weight_grad(l), m_[2 * l], v_[2 * l], b1, b2, eps, lr, c1, c2,
+             decay);
+      Update(p.layers[l].bias, g.bias_grad(l), m_[2 * l + 1], v_[2 * l + 1], b1, b2, eps, lr, c1,
+             c2, 1.f);
+    }
+  }
+
+ private:
+  static void Update(std::vector<float>& w, const std::vector<float>& g, std::vector<float>& m,
+                     std::vector<float>& v, float b1, float b2, float eps, float lr, float c1,
+                     float c2, float decay) {
+    const size_t n = w.size();
+    for (size_t i = 0; i < n; ++i) {
+      m[i] = b1 * m[i] + (1 - b1) * g[i];
+      v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
+      w[i] = w[i] * decay - lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
+    }
+  }
+  const v1::TrainingOptions& o_;
+  std::vector<std::vector<float>> m_, v_;
+  int64_t t_ = 0;
+};
+
+void ScaleRows(const TrainingData& data, const std::vector<size_t>& rows, const v1::Scaler& s,
+               std::vector<float>& out) {
+  const size_t d = data.cols;
+  out.resize(rows.size() * d);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const float* src = data.values.data() + rows[i] * d;
+    for (size_t j = 0; j < d; ++j) out[i * d + j] = (src[j] - s.offset(j)) / s.scale(j);
+  }
+}
+
+// Mean objective over `x` in evaluation mode (no noise, no dropout, the mean code).
+absl::StatusOr<double> Evaluate(TrainGraph& g, const std::vector<float>& x, size_t d) {
+  const size_t rows = x.size() / d;
+  double total = 0;
+  for (size_t start = 0; start < rows; start += g.batch()) {
+    const uint32_t n = static_cast<uint32_t>(std::min<size_t>(g.batch(), rows - start));
+    AE_ASSIGN_OR_RETURN(LossParts loss, g.Run(x.data() + start * d, n, false, nullptr, false));
+    total += loss.total * n;
+  }
+  return total / static_cast<double>(rows);
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData& data,
+                                    const ProgressCallback& progress) {
+  const auto started = Clock::now();
+  if (data.rows == 0 || data.cols == 0 || data.values.size() != data.rows * data.cols) {
+    return absl::InvalidArgumentError("training data: must be a non-empty rows x features matrix");
+  }
+  if (!data.feature_names.empty() && data.feature_names.size() != data.cols) {
+    return absl::InvalidArgumentError(absl::StrCat("training data: ", data.feature_names.size(),
+                                                   " feature names for ", data.cols, " features"));
+  }
+  for (size_t i = 0; i < data.values.size(); ++i) {
+    if (!std::isfinite(data.values[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("training data: non-finite value at row ",
+                                                     i / data.cols, ", feature ", i % data.cols));
+    }
+  }
+  AE_ASSIGN_OR_RETURN(v1::ModelSpec spec,
+                      ResolveSpec(req.spec, static_cast<uint32_t>(data.cols)));
+  AE_ASSIGN_OR_RETURN(v1::TrainingOptions opt, ResolveTrainingOptions(req.options));
+  AE_ASSIGN_OR_RETURN(v1::ThresholdConfig thr_config, ResolveThresholdConfig(req.threshold));
+  const size_t d = data.cols;
+
+  // Split with the seed: validation rows first in a shuffled order.
+  std::mt19937_64 rng(opt.seed());
+  std::vector<size_t> order(data.rows);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  size_t n_val = static_cast<size_t>(std::floor(opt.validation_split() * data.rows));
+  if (data.rows - n_val < 1) n_val = data.rows - 1;
+  std::vector<size_t> val_rows(order.begin(), order.begin() + n_val);
+  std::vector<size_t> train_rows(order.begin() + n_val, order.end());
+
+  Params params;
+  v1::Scaler scaler;
+  if (req.start_from != nullptr) {
+    AE_ASSIGN_OR_RETURN(v1::ModelSpec base, ResolveSpec(req.start_from->spec(), 0));
+    if (base.SerializeAsString() != spec.SerializeAsString()) {
+      return absl::InvalidArgumentError("fine-tuning: the spec must equal the base model's spec");
+    }
+    AE_ASSIGN_OR_RETURN(params, FromModelFile(*req.start_from));
+    scaler = req.start_from->scaler();
+  } else {
+    std::vector<float> train_raw(train_rows.size() * d);
+    for (size_t i = 0; i < train_rows.size(); ++i) {
+      std::copy_n(data.values.data() + train_rows[i] * d, d, train_raw.data() + i * d);
+    }
+    AE_ASSIGN_OR_RETURN(scaler, FitScaler(opt.scaling(), train_raw, train_rows.size(), d));
+    params = InitParams(spec, rng);
+  }
+  if (spec.loss() == v1::LOSS_BCE && opt.scaling() != v1::SCALING_MINMAX &&
+      req.start_from == nullptr) {
+    // Cross entropy needs targets in [0, 1]; checked on the scaled training rows below.
+  }
+  std::vector<float> train_x, val_x;
+  ScaleRows(data, train_rows, scaler, train_x);
+  ScaleRows(data, val_rows, scaler, val_x);
+  if (spec.loss() == v1::LOSS_BCE) {
+    for (float v : train_x) {
+      if (v < -1e-6f || v > 1 + 1e-6f) {
+        return absl::InvalidArgumentError(
+            "binary cross entropy needs scaled inputs in [0, 1]: use min-max scaling");
+      }
+    }
+  }
+
+  ScopedThreads threads(static_cast<int>(opt.threads()));
+  const uint32_t batch = static_cast<uint32_t>(std::min<size_t>(opt.batch_size(), train_rows.size()));
+  AE_ASSIGN_OR_RETURN(auto graph, TrainGraph::Create(spec, opt.dropout(), batch, &params));
+  Adam adam(params, opt);
+
+  v1::TrainingHistory history;
+  history.set_train_rows(train_rows.size());
+  history.set_validation_rows(val_rows.size());
+  Params best = params;
+  double best_loss = INFINITY;
+  uint32_t since_best = 0;
+  std::vector<size_t> perm(train_rows.size());
+  std::iota(perm.begin(), perm.end(), 0);
+  std::vector<float> batch_x(size_t{batch} * d);
+  for (uint32_t epoch = 1; epoch <= opt.epochs(); ++epoch) {
+    const auto epoch_start = Clock::now();
+    std::shuffle(perm.begin(), perm.end(), rng);
+    double train_loss = 0;
+    for (size_t start = 0; start < perm.size(); start += batch) {
+      const uint32_t n = static_cast<uint32_t>(std::min<size_t>(batch, perm.size() - start));
+      for (uint32_t i = 0; i < n; ++i) {
+        std::copy_n(train_x.data() + perm[start + i] * d, d, batch_x.data() + size_t{i} * d);
+      }
+      AE_ASSIGN_OR_RETURN(LossParts loss, graph->Run(batch_x.data(), n, true, &rng, true));
+      if (!std::isfinite(loss.total)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "training diverged (non-finite loss) in epoch ", epoch, ": lower the learning rate"));
+      }
+      train_loss += loss.total * n;
+      adam.Step(params, *graph);
+    }
+    train_loss /= static_cast<double>(perm.size());
+    const double epoch_seconds = SecondsSince(epoch_start);
+    double val_loss = NAN;
+    if (!val_x.empty()) {
+      AE_ASSIGN_OR_RETURN(val_loss, Evaluate(*graph, val_x, d));
+    }
+    v1::EpochRecord* rec = history.add_epochs();
+    rec->set_epoch(epoch);
+    rec->set_train_loss(train_loss);
+    rec->set_validation_loss(val_loss);
+    rec->set_samples_per_second(perm.size() / std::max(epoch_seconds, 1e-9));
+    rec->set_seconds(epoch_seconds);
+
+    const double monitored = val_x.empty() ? train_loss : val_loss;
+    if (monitored < best_loss - opt.min_delta()) {
+      best_loss = monitored;
+      best = params;
+      history.set_best_epoch(epoch);
+      since_best = 0;
+    } else {
+      ++since_best;
+    }
+    if (progress) {
+      TrainingProgress p{epoch, opt.epochs(), train_loss, val_loss, rec->samples_per_second(),
+                         SecondsSince(started)};
+      if (!progress(p)) return absl::CancelledError(absl::StrCat("training cancelled after epoch ", epoch));
+    }
+    if (opt.patience() > 0 && since_best >= opt.patience()) {
+      history.set_early_stopped(true);
+      break;
+    }
+  }
+  if (history.best_epoch() == 0) {
+    return absl::FailedPreconditionError("training did not produce a finite loss");
+  }
+  params = std::move(best);
+
+  v1::ModelFile file;
+  file.set_format_version(kModelFormatVersion);
+  *file.mutable_spec() = spec;
+  *file.mutable_training() = opt;
+  for (const auto& name : data.feature_names) file.add_feature_names(name);
+  *file.mutable_scaler() = scaler;
+  ToModelFile(params, file);
+  *file.mutable_threshold() = thr_config;
+  history.set_seconds(SecondsSince(started));
+  *file.mutable_history() = history;
+  v1::ModelMetadata* meta = file.mutable_metadata();
+  meta->set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
+  meta->set_data_rows(data.rows);
+  meta->set_seed(opt.seed());
+  meta->set_engine_version("0.1.0");
+  meta->set_description(req.description);
+
+  // Calibrate on the held-out rows (the training rows when nothing was held out), scored by the
+  // same inference path that will serve the model.
+  const std::vector<size_t>& calib_rows = val_rows.empty() ? train_rows : val_rows;
+  std::vector<float> calib_raw(calib_rows.size() * d);
+  for (size_t i = 0; i < calib_rows.size(); ++i) {
+    std::copy_n(data.values.data() + calib_rows[i] * d, d, calib_raw.data() + i * d);
+  }
+  AE_ASSIGN_OR_RETURN(auto model, Model::Create(file, ModelOptions{static_cast<int>(opt.threads()), 4096}));
+  auto ctx = model->NewContext();
+  ScoreResult scores;
+  AE_RETURN_IF_ERROR(model->Score(*ctx, calib_raw, {}, &scores));
+  std::vector<float> errors = std::move(scores.error);
+  if (errors.size() > opt.max_calibration_samples()) {
+    std::shuffle(errors.begin(), errors.end(), rng);
+    errors.resize(opt.max_calibration_samples());
+  }
+  std::sort(errors.begin(), errors.end());
+  file.mutable_calibration_errors()->Add(errors.begin(), errors.end());
+  AE_ASSIGN_OR_RETURN(double thr, ComputeThreshold(thr_config, errors));
+  file.set_threshold_value(thr);
+  return file;
+}
+
+}  // namespace aeserve::engine

@@ -1,0 +1,49 @@
+// Training an autoencoder from data: split, scale, Adam over mini-batches, early stopping,
+// calibration of the threshold on the held-out rows. The result is a complete model file.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "aeserve/v1/model.pb.h"
+
+namespace aeserve::engine {
+
+// Training rows in original units, row-major.
+struct TrainingData {
+  absl::Span<const float> values;
+  size_t rows = 0;
+  size_t cols = 0;
+  std::vector<std::string> feature_names;  // empty, or one per column
+};
+
+struct TrainingProgress {
+  uint32_t epoch = 0;  // 1-based, the epoch just finished
+  uint32_t epochs = 0;
+  double train_loss = 0;
+  double validation_loss = 0;  // NaN without a validation split
+  double samples_per_second = 0;
+  double seconds = 0;  // since training started
+};
+
+// Called after every epoch; returning false cancels training (Train returns CANCELLED).
+using ProgressCallback = std::function<bool(const TrainingProgress&)>;
+
+struct TrainRequest {
+  v1::ModelSpec spec;
+  v1::TrainingOptions options;
+  v1::ThresholdConfig threshold;
+  std::string description;
+  // Fine-tuning: start from this model's weights and keep its scaler (same spec required).
+  const v1::ModelFile* start_from = nullptr;
+};
+
+absl::StatusOr<v1::ModelFile> Train(const TrainRequest& request, const TrainingData& data,
+                                    const ProgressCallback& progress = {});
+
+}  // namespace aeserve::engine
