@@ -138,6 +138,7 @@ absl::StatusOr<v1::TrainingOptions> ResolveTrainingOptions(const v1::TrainingOpt
   if (!std::isfinite(o.dropout()) || o.dropout() < 0 || o.dropout() >= 1) {
     return invalid("dropout must be in [0, 1)");
   }
+  if (!o.has_validation_split()) o.set_validation_split(0.1f);
   if (!std::isfinite(o.validation_split()) || o.validation_split() < 0 ||
       o.validation_split() >= 1) {
     return invalid("validation_split must be in [0, 1)");

@@ -1,0 +1,298 @@
+// The inference path against a plain reference, the model file format, and bad input.
+#include "model.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "model_file.h"
+#include "params.h"
+#include "scaler.h"
+#include "spec.h"
+#include "synthetic_data.h"
+#include "threshold.h"
+
+namespace aeserve::engine {
+namespace {
+
+constexpr size_t kFeatures = 9;
+
+v1::ModelFile MakeFile(v1::ModelKind kind, v1::Activation hidden, uint64_t seed = 3) {
+  v1::ModelSpec s;
+  s.set_kind(kind);
+  s.add_encoder_units(16);
+  s.add_encoder_units(8);
+  s.set_code_size(3);
+  s.set_hidden_activation(hidden);
+  auto spec = ResolveSpec(s, kFeatures);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  std::mt19937_64 rng(seed);
+  Params p = InitParams(*spec, rng);
+  std::normal_distribution<float> n(0.f, 0.2f);
+  for (auto& l : p.layers) {
+    for (float& b : l.bias) b = n(rng);
+  }
+  v1::ModelFile f;
+  f.set_format_version(kModelFormatVersion);
+  *f.mutable_spec() = *spec;
+  auto data = MakeSynthetic(200, 0, kFeatures, 2, seed);
+  *f.mutable_scaler() = *FitScaler(v1::SCALING_STANDARD, data.normal, 200, kFeatures);
+  ToModelFile(p, f);
+  for (float e : {0.1f, 0.2f, 0.3f, 0.5f, 0.8f, 1.3f, 2.1f}) f.add_calibration_errors(e);
+  f.set_threshold_value(0.75);
+  return f;
+}
+
+double Act(v1::Activation a, double x) {
+  switch (a) {
+    case v1::ACTIVATION_RELU: return x > 0 ? x : 0;
+    case v1::ACTIVATION_LEAKY_RELU: return x > 0 ? x : 0.01 * x;
+    case v1::ACTIVATION_TANH: return std::tanh(x);
+    case v1::ACTIVATION_SIGMOID: return 1 / (1 + std::exp(-x));
+    case v1::ACTIVATION_ELU: return x > 0 ? x : std::exp(x) - 1;
+    default: return x;
+  }
+}
+
+// A plain double-precision forward pass: the known answer for the oneDNN path.
+std::vector<double> ReferenceErrors(const v1::ModelFile& f, const std::vector<float>& x) {
+  const size_t d = f.spec().num_features(), c = f.spec().code_size();
+  const bool vae = f.spec().kind() == v1::MODEL_KIND_VARIATIONAL;
+  std::vector<double> errors;
+  for (size_t r = 0; r < x.size() / d; ++r) {
+    std::vector<double> xs(d);
+    for (size_t j = 0; j < d; ++j) xs[j] = (x[r * d + j] - f.scaler().offset(j)) / f.scaler().scale(j);
+    std::vector<double> h = xs;
+    auto layer = [&](const v1::DenseLayer& l, size_t outputs) {
+      std::vector<double> o(outputs);
+      for (size_t i = 0; i < outputs; ++i) {
+        double s = l.bias(i);
+        for (size_t k = 0; k < l.inputs(); ++k) s += l.weights(i * l.inputs() + k) * h[k];
+        o[i] = Act(l.activation(), s);
+      }
+      h = o;
+    };
+    for (int i = 0; i < f.encoder_size(); ++i) {
+      const bool head = i == f.encoder_size() - 1;
+      layer(f.encoder(i), head && vae ? c : f.encoder(i).outputs());  // mu only
+    }
+    for (const auto& l : f.decoder()) layer(l, l.outputs());
+    double e = 0;
+    for (size_t j = 0; j < d; ++j) e += (h[j] - xs[j]) * (h[j] - xs[j]);
+    errors.push_back(e / d);
+  }
+  return errors;
+}
+
+std::vector<float> Rows(size_t n, uint64_t seed) {
+  auto d = MakeSynthetic(n, 0, kFeatures, 2, seed);
+  return d.normal;
+}
+
+class ModelKinds : public ::testing::TestWithParam<std::pair<v1::ModelKind, v1::Activation>> {};
+
+TEST_P(ModelKinds, ScoresMatchReferenceForEveryBatchSize) {
+  const v1::ModelFile f = MakeFile(GetParam().first, GetParam().second);
+  auto model = Model::Create(f);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto ctx = (*model)->NewContext();
+  for (size_t n : {1, 2, 3, 5, 7, 17, 100, 255, 256, 1000, 5000}) {
+    const std::vector<float> x = Rows(n, n);
+    ScoreResult r;
+    ASSERT_TRUE((*model)->Score(*ctx, x, {}, &r).ok());
+    const auto ref = ReferenceErrors(f, x);
+    ASSERT_EQ(r.error.size(), n);
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(r.error[i], ref[i], 1e-4 * std::max(1.0, ref[i])) << "n=" << n << " row " << i;
+      EXPECT_EQ(r.anomalous[i], r.error[i] > 0.75f);
+      EXPECT_FLOAT_EQ(r.p_value[i], PValue(r.error[i], f.calibration_errors()));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, ModelKinds,
+    ::testing::Values(std::pair{v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU},
+                      std::pair{v1::MODEL_KIND_PLAIN, v1::ACTIVATION_TANH},
+                      std::pair{v1::MODEL_KIND_PLAIN, v1::ACTIVATION_SIGMOID},
+                      std::pair{v1::MODEL_KIND_PLAIN, v1::ACTIVATION_ELU},
+                      std::pair{v1::MODEL_KIND_PLAIN, v1::ACTIVATION_LEAKY_RELU},
+                      std::pair{v1::MODEL_KIND_VARIATIONAL, v1::ACTIVATION_RELU}));
+
+TEST(Model, PerFeatureErrorsAndOriginalUnits) {
+  const v1::ModelFile f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_TANH);
+  auto model = *Model::Create(f);
+  auto ctx = model->NewContext();
+  const auto x = Rows(10, 1);
+  ScoreResult scaled, original;
+  ASSERT_TRUE(model->Score(*ctx, x, {.per_feature = true}, &scaled).ok());
+  ASSERT_TRUE(model->Score(*ctx, x, {.per_feature = true, .original_units = true}, &original).ok());
+  for (size_t r = 0; r < 10; ++r) {
+    double mean = 0;
+    for (size_t j = 0; j < kFeatures; ++j) {
+      mean += scaled.feature_error[r * kFeatures + j];
+      const double s = f.scaler().scale(j);
+      EXPECT_NEAR(original.feature_error[r * kFeatures + j],
+                  scaled.feature_error[r * kFeatures + j] * s * s, 1e-4 * (1 + s * s));
+    }
+    EXPECT_NEAR(mean / kFeatures, scaled.error[r], 1e-6 * (1 + scaled.error[r]));
+  }
+}
+
+TEST(Model, EncodeReconstructGenerate) {
+  const v1::ModelFile f = MakeFile(v1::MODEL_KIND_VARIATIONAL, v1::ACTIVATION_TANH);
+  auto model = *Model::Create(f);
+  auto ctx = model->NewContext();
+  const auto x = Rows(20, 2);
+  std::vector<float> codes, recon, gen1, gen2, gen3;
+  ASSERT_TRUE(model->Encode(*ctx, x, &codes).ok());
+  EXPECT_EQ(codes.size(), 20u * 3);
+  ASSERT_TRUE(model->Reconstruct(*ctx, x, &recon).ok());
+  ASSERT_EQ(recon.size(), x.size());
+  // The reconstruction error in scaled space is the score.
+  ScoreResult r;
+  ASSERT_TRUE(model->Score(*ctx, x, {.neg_elbo = true}, &r).ok());
+  for (size_t i = 0; i < 20; ++i) {
+    double e = 0;
+    for (size_t j = 0; j < kFeatures; ++j) {
+      const double diff = (recon[i * kFeatures + j] - x[i * kFeatures + j]) / f.scaler().scale(j);
+      e += diff * diff;
+    }
+    EXPECT_NEAR(e / kFeatures, r.error[i], 1e-3 * (1 + r.error[i]));
+    EXPECT_GE(r.neg_elbo[i], r.error[i]);  // KL >= 0
+  }
+  ASSERT_TRUE(model->Generate(*ctx, 50, 9, &gen1).ok());
+  ASSERT_TRUE(model->Generate(*ctx, 50, 9, &gen2).ok());
+  ASSERT_TRUE(model->Generate(*ctx, 50, 10, &gen3).ok());
+  EXPECT_EQ(gen1.size(), 50u * kFeatures);
+  EXPECT_EQ(gen1, gen2);
+  EXPECT_NE(gen1, gen3);
+  auto plain = *Model::Create(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU));
+  auto pctx = plain->NewContext();
+  EXPECT_EQ(plain->Generate(*pctx, 5, 1, &gen1).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(Model, BadInputIsInvalidArgument) {
+  auto model = *Model::Create(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU));
+  auto ctx = model->NewContext();
+  ScoreResult r;
+  std::vector<float> x = Rows(3, 4);
+  EXPECT_EQ(model->Score(*ctx, {}, {}, &r).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->Score(*ctx, absl::MakeSpan(x).subspan(0, kFeatures + 1), {}, &r).code(),
+            absl::StatusCode::kInvalidArgument);
+  x[kFeatures + 2] = NAN;
+  auto st = model->Score(*ctx, x, {}, &r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("row 1, feature 2"), std::string::npos) << st;
+  x[kFeatures + 2] = -INFINITY;
+  EXPECT_EQ(model->Score(*ctx, x, {}, &r).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> codes;
+  EXPECT_EQ(model->Encode(*ctx, x, &codes).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Model, ManyThreadsShareOneModel) {
+  auto model = *Model::Create(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU));
+  const auto x = Rows(300, 5);
+  ScoreResult expected;
+  ASSERT_TRUE(model->Score(*model->NewContext(), x, {}, &expected).ok());
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      auto ctx = model->NewContext();
+      for (int i = 0; i < 50; ++i) {
+        ScoreResult r;
+        if (!model->Score(*ctx, x, {}, &r).ok() || r.error != expected.error) ++mismatches[t];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int m : mismatches) EXPECT_EQ(m, 0);
+}
+
+class ModelFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("aeserve_model_test_" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_);
+    path_ = (dir_ / "model.pb").string();
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::filesystem::path dir_;
+  std::string path_;
+};
+
+TEST_F(ModelFileTest, RoundTripGivesBitIdenticalScores) {
+  const v1::ModelFile f = MakeFile(v1::MODEL_KIND_VARIATIONAL, v1::ACTIVATION_ELU);
+  ASSERT_TRUE(SaveModelFile(f, path_).ok());
+  auto loaded = LoadModelFile(path_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  auto a = *Model::Create(f), b = *Model::Create(*loaded);
+  const auto x = Rows(777, 6);
+  ScoreResult ra, rb;
+  ASSERT_TRUE(a->Score(*a->NewContext(), x, {.per_feature = true}, &ra).ok());
+  ASSERT_TRUE(b->Score(*b->NewContext(), x, {.per_feature = true}, &rb).ok());
+  ASSERT_EQ(ra.error.size(), rb.error.size());
+  EXPECT_EQ(std::memcmp(ra.error.data(), rb.error.data(), ra.error.size() * 4), 0);
+  EXPECT_EQ(ra.feature_error, rb.feature_error);
+  EXPECT_EQ(ra.p_value, rb.p_value);
+  // Only the file remains: the temp file was renamed into place.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);
+}
+
+TEST_F(ModelFileTest, OverwriteIsAtomicReplacement) {
+  ASSERT_TRUE(SaveModelFile(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU, 1), path_).ok());
+  const v1::ModelFile second = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU, 2);
+  ASSERT_TRUE(SaveModelFile(second, path_).ok());
+  auto loaded = LoadModelFile(path_);
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(loaded->SerializeAsString(), second.SerializeAsString());
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);
+}
+
+TEST_F(ModelFileTest, CorruptedAndTruncatedFilesAreRejected) {
+  const std::string bytes = SerializeModelFile(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU));
+  std::mt19937_64 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string bad = bytes;
+    const size_t at = std::uniform_int_distribution<size_t>(0, bad.size() - 1)(rng);
+    bad[at] = static_cast<char>(bad[at] ^ (1 + trial % 255));
+    EXPECT_EQ(ParseModelFile(bad).status().code(), absl::StatusCode::kDataLoss) << "byte " << at;
+  }
+  for (size_t len : {size_t{0}, size_t{5}, size_t{23}, size_t{24}, bytes.size() / 2, bytes.size() - 1}) {
+    EXPECT_EQ(ParseModelFile(bytes.substr(0, len)).status().code(), absl::StatusCode::kDataLoss)
+        << "length " << len;
+  }
+  EXPECT_EQ(ParseModelFile(bytes + "x").status().code(), absl::StatusCode::kDataLoss);
+  std::ofstream(path_, std::ios::binary) << bytes.substr(0, bytes.size() - 10);
+  auto st = LoadModelFile(path_).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find("truncated"), std::string::npos) << st;
+  EXPECT_EQ(LoadModelFile((dir_ / "missing.pb").string()).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(ModelFileTest, InconsistentContentsAreRejectedAtCreate) {
+  v1::ModelFile f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU);
+  f.mutable_encoder(0)->mutable_weights()->RemoveLast();
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU);
+  f.mutable_scaler()->set_scale(0, 0);
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU);
+  f.mutable_decoder(0)->set_weights(0, NAN);
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU);
+  f.add_calibration_errors(0.01f);  // not sorted
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace aeserve::engine
