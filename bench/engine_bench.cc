@@ -1,0 +1,207 @@
+// Engine benchmark: scoring samples/s of aeserve's engine beside a bare oneDNN forward pass of the
+// same layers (the ceiling), batch-1 latency, and training samples/s, all in one run.
+//
+//   build/bench/engine_bench [--threads=N] [--seconds=S]
+//
+// Model: 38-64-32-8-32-64-38, ReLU hidden, linear code and output, fp32.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dnnl_util.h"
+#include "model.h"
+#include "oneapi/dnnl/dnnl.hpp"
+#include "params.h"
+#include "scaler.h"
+#include "spec.h"
+#include "synthetic_data.h"
+#include "trainer.h"
+
+namespace {
+
+using namespace aeserve;
+using namespace aeserve::engine;
+using Clock = std::chrono::steady_clock;
+constexpr uint32_t kFeatures = 38;
+
+v1::ModelSpec Spec() {
+  v1::ModelSpec s;
+  s.add_encoder_units(64);
+  s.add_encoder_units(32);
+  s.set_code_size(8);
+  s.set_hidden_activation(v1::ACTIVATION_RELU);
+  return *ResolveSpec(s, kFeatures);
+}
+
+// The ceiling: the same layers as one oneDNN chain for exactly `batch` rows, weights in the
+// layout oneDNN picks, ReLU fused, then the per-sample mean squared error. No scaling, no
+// thresholds, no bucketing.
+class BareForward {
+ public:
+  BareForward(const Params& p, uint32_t batch) : eng_(dnnl::engine::kind::cpu, 0), st_(eng_) {
+    using dnnl::memory;
+    uint32_t width = 0;
+    for (const auto& l : p.layers) width = std::max({width, l.shape.inputs, l.shape.outputs});
+    in_.assign(size_t{batch} * kFeatures, 0.5f);
+    a_.assign(size_t{batch} * width, 0.f);
+    b_.assign(size_t{batch} * width, 0.f);
+    float* src = in_.data();
+    for (size_t i = 0; i < p.layers.size(); ++i) {
+      const auto& l = p.layers[i];
+      float* dst = (i % 2 == 0) ? a_.data() : b_.data();
+      dnnl::primitive_attr attr;
+      if (l.shape.activation == v1::ACTIVATION_RELU) {
+        dnnl::post_ops po;
+        po.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        attr.set_post_ops(po);
+      }
+      memory::desc s({batch, l.shape.inputs}, memory::data_type::f32, memory::format_tag::ab);
+      memory::desc d({batch, l.shape.outputs}, memory::data_type::f32, memory::format_tag::ab);
+      memory::desc w({l.shape.outputs, l.shape.inputs}, memory::data_type::f32,
+                     memory::format_tag::any);
+      memory::desc bmd({l.shape.outputs}, memory::data_type::f32, memory::format_tag::a);
+      dnnl::inner_product_forward::primitive_desc pd(
+          dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, s, w, bmd, d),
+          attr, eng_);
+      memory plain({{l.shape.outputs, l.shape.inputs}, memory::data_type::f32,
+                    memory::format_tag::ab},
+                   eng_, const_cast<float*>(l.weights.data()));
+      memory wm(pd.weights_desc(), eng_);
+      dnnl::reorder(plain, wm).execute(st_, plain, wm);
+      memory bm(bmd, eng_, const_cast<float*>(l.bias.data()));
+      prims_.push_back(dnnl::inner_product_forward(pd));
+      args_.push_back({{DNNL_ARG_SRC, memory(s, eng_, src)},
+                       {DNNL_ARG_WEIGHTS, wm},
+                       {DNNL_ARG_BIAS, bm},
+                       {DNNL_ARG_DST, memory(d, eng_, dst)}});
+      src = dst;
+    }
+    out_ = src;
+    err_.resize(batch);
+    st_.wait();
+  }
+  void Run(const float* x, uint32_t batch) {
+    std::memcpy(in_.data(), x, size_t{batch} * kFeatures * sizeof(float));
+    for (size_t i = 0; i < prims_.size(); ++i) prims_[i].execute(st_, args_[i]);
+    st_.wait();
+    for (uint32_t r = 0; r < batch; ++r) {
+      float s = 0;
+      for (uint32_t j = 0; j < kFeatures; ++j) {
+        const float d = out_[r * kFeatures + j] - in_[r * kFeatures + j];
+        s += d * d;
+      }
+      err_[r] = s / kFeatures;
+    }
+  }
+
+ private:
+  dnnl::engine eng_;
+  dnnl::stream st_;
+  std::vector<float> in_, a_, b_, err_;
+  float* out_ = nullptr;
+  std::vector<dnnl::primitive> prims_;
+  std::vector<std::unordered_map<int, dnnl::memory>> args_;
+};
+
+// Samples per second of `f` (which scores `batch` rows) over about `seconds`.
+template <typename F>
+double Rate(F&& f, uint32_t batch, double seconds) {
+  f();  // warm up
+  size_t calls = 0;
+  const auto start = Clock::now();
+  double elapsed = 0;
+  do {
+    f();
+    ++calls;
+    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  } while (elapsed < seconds);
+  return calls * double{batch} / elapsed;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 1;
+  double seconds = 0.3;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
+    else if (std::strncmp(argv[i], "--seconds=", 10) == 0) seconds = std::atof(argv[i] + 10);
+    else {
+      std::fprintf(stderr, "usage: engine_bench [--threads=N] [--seconds=S]\n");
+      return 2;
+    }
+  }
+  ScopedThreads scoped(threads);
+  const v1::ModelSpec spec = Spec();
+  std::mt19937_64 rng(1);
+  Params params = InitParams(spec, rng);
+  auto data = MakeSynthetic(65536, 0, kFeatures, 6, 3);
+  v1::ModelFile file;
+  file.set_format_version(1);
+  *file.mutable_spec() = spec;
+  *file.mutable_scaler() = *FitScaler(v1::SCALING_STANDARD, data.normal, 65536, kFeatures);
+  ToModelFile(params, file);
+  for (int i = 1; i <= 1000; ++i) file.add_calibration_errors(i * 1e-3f);
+  file.set_threshold_value(0.99);
+  auto model = *Model::Create(file, ModelOptions{threads, 4096});
+  auto ctx = model->NewContext();
+
+  std::printf("aeserve engine benchmark: model 38-64-32-8-32-64-38 ReLU, fp32, %d oneDNN thread(s)\n",
+              threads);
+  std::printf("each figure: median of 3 interleaved runs of %.2f s\n\n", seconds);
+  std::printf("%8s %16s %16s %8s\n", "batch", "bare oneDNN/s", "aeserve/s", "ratio");
+  ScoreResult result;
+  for (uint32_t batch : {1u, 16u, 256u, 4096u, 65536u}) {
+    BareForward bare(params, batch);
+    const absl::Span<const float> x(data.normal.data(), size_t{batch} * kFeatures);
+    std::vector<double> b, e;
+    for (int rep = 0; rep < 3; ++rep) {
+      b.push_back(Rate([&] { bare.Run(x.data(), batch); }, batch, seconds));
+      e.push_back(Rate([&] { (void)model->Score(*ctx, x, {}, &result); }, batch, seconds));
+    }
+    std::printf("%8u %16.0f %16.0f %7.1f%%\n", batch, Median(b), Median(e),
+                100 * Median(e) / Median(b));
+  }
+
+  // Batch-1 latency distribution.
+  std::vector<double> us;
+  const absl::Span<const float> one(data.normal.data(), kFeatures);
+  for (int i = 0; i < 20000; ++i) {
+    const auto t = Clock::now();
+    (void)model->Score(*ctx, one, {}, &result);
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t).count());
+  }
+  std::sort(us.begin(), us.end());
+  std::printf("\nbatch-1 Score latency: p50 %.2f us, p99 %.2f us\n", us[us.size() / 2],
+              us[us.size() * 99 / 100]);
+
+  // Training throughput: 100k rows, batch 256, Adam, 3 epochs.
+  auto train = MakeSynthetic(100000, 0, kFeatures, 6, 4);
+  TrainRequest req;
+  req.spec = spec;
+  req.options.set_epochs(3);
+  req.options.set_batch_size(256);
+  req.options.set_validation_split(0);
+  req.options.set_threads(threads);
+  auto trained = Train(req, TrainingData{train.normal, 100000, kFeatures, {}});
+  if (!trained.ok()) {
+    std::fprintf(stderr, "training failed: %s\n", trained.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<double> sps;
+  for (const auto& ep : trained->history().epochs()) sps.push_back(ep.samples_per_second());
+  std::printf("training (100k rows, batch 256, Adam, 3 epochs): %.0f samples/s (median epoch)\n",
+              Median(sps));
+  return 0;
+}
