@@ -1,6 +1,8 @@
 // Model specification: validation, defaults, and the layer shapes a spec implies.
 #include "spec.h"
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -190,6 +192,19 @@ absl::StatusOr<v1::ThresholdConfig> ResolveThresholdConfig(const v1::ThresholdCo
       return absl::InvalidArgumentError("threshold: unknown method");
   }
   return c;
+}
+
+v1::ModelSpec DefaultSpec(uint32_t d) {
+  const uint32_t h1 = std::clamp<uint32_t>(std::bit_ceil(std::max<uint32_t>(d, 1)), 8, 256);
+  const uint32_t code = std::clamp<uint32_t>(std::bit_floor(std::max<uint32_t>(d / 4, 1)), 2, 32);
+  v1::ModelSpec s;
+  s.set_kind(v1::MODEL_KIND_PLAIN);
+  s.set_num_features(d);
+  s.add_encoder_units(h1);
+  s.add_encoder_units(std::max(h1 / 2, 2 * code));
+  s.set_code_size(code);
+  s.set_hidden_activation(v1::ACTIVATION_RELU);
+  return s;
 }
 
 LayerShapes ShapesOf(const v1::ModelSpec& s) {

@@ -19,6 +19,12 @@ absl::StatusOr<v1::TrainingOptions> ResolveTrainingOptions(const v1::TrainingOpt
 // Returns the threshold config with defaults filled in (99th percentile), or INVALID_ARGUMENT.
 absl::StatusOr<v1::ThresholdConfig> ResolveThresholdConfig(const v1::ThresholdConfig& config);
 
+// The architecture a user gets without tuning, from the feature count d alone: two hidden layers
+// of width h1 = clamp(bit_ceil(d), 8, 256) and h2 = max(h1 / 2, 2 * code), code size
+// clamp(bit_floor(d / 4), 2, 32), ReLU, linear code and output, MSE. For d = 38 that is
+// 38-64-32-8-32-64-38.
+v1::ModelSpec DefaultSpec(uint32_t num_features);
+
 struct LayerShape {
   uint32_t inputs;
   uint32_t outputs;

@@ -1,0 +1,79 @@
+// Scoring workers fed by a bounded queue.
+#include "executor.h"
+
+#include "dnnl_util.h"
+
+namespace aeserve::server {
+
+engine::ScoringContext& Worker::ContextFor(const std::shared_ptr<const engine::Model>& model) {
+  auto it = contexts_.find(model.get());
+  if (it != contexts_.end() && !it->second.model.expired()) return *it->second.context;
+  if (contexts_.size() >= 16) {
+    // Drop contexts of versions that were swapped out and freed.
+    for (auto i = contexts_.begin(); i != contexts_.end();) {
+      i = i->second.model.expired() ? contexts_.erase(i) : std::next(i);
+    }
+  }
+  Cached& c = contexts_[model.get()];
+  c.model = model;
+  c.context = model->NewContext();
+  return *c.context;
+}
+
+Executor::Executor(int threads, int max_queue) : max_queue_(static_cast<size_t>(max_queue)) {
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+}
+
+Executor::~Executor() { Stop(); }
+
+bool Executor::TrySubmit(Task task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_ || queue_.size() >= max_queue_) return false;
+  queue_.push_back(std::move(task));
+  return true;
+}
+
+void Executor::Submit(Task task) {
+  absl::MutexLock lock(&mu_);
+  queue_.push_back(std::move(task));
+}
+
+size_t Executor::queue_depth() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+void Executor::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && threads_.empty()) return;
+    stopping_ = true;
+  }
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  threads_.clear();
+}
+
+void Executor::Loop() {
+  // One oneDNN (OpenMP) thread per worker: parallelism comes from serving many requests at once.
+  engine::ScopedThreads one(1);
+  Worker worker;
+  for (;;) {
+    Task task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Executor* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
+            return !e->queue_.empty() || e->stopping_;
+          },
+          this));
+      if (queue_.empty()) return;  // stopping and drained
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task(worker);
+  }
+}
+
+}  // namespace aeserve::server

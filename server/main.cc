@@ -1,0 +1,88 @@
+// aeserve: parses flags into Options, starts the server, and shuts it down on SIGTERM/SIGINT.
+#include <signal.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "server.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC (127.0.0.1 for local only).");
+ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
+ABSL_FLAG(int, metrics_port, 9464, "Port of the Prometheus /metrics endpoint; 0 = off.");
+ABSL_FLAG(std::string, model_dir, "./models",
+          "Model store: <dir>/<model>/<version>/model.pb and <dir>/<model>/ACTIVE.");
+ABSL_FLAG(int, threads, 0, "Scoring worker threads; 0 = one per core.");
+ABSL_FLAG(int, model_threads, 1,
+          "oneDNN threads inside one scoring call (1 is best when calls run in parallel).");
+ABSL_FLAG(int, max_message_bytes, 64 << 20,
+          "Largest request or response in bytes; larger requests get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(uint32_t, max_batch_rows, 1 << 20, "Most rows in one Score call or stream batch.");
+ABSL_FLAG(int, max_queue, 1024, "Queued unary calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_streams, 256, "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, stream_max_pending, 4, "Batches read ahead per stream before backpressure.");
+ABSL_FLAG(int, stream_max_unsent, 8, "Answers held for a slow stream reader before backpressure.");
+ABSL_FLAG(double, shutdown_grace_seconds, 10, "Time in-flight work gets on SIGTERM/SIGINT.");
+ABSL_FLAG(std::string, demo_csv, "",
+          "If the model store is empty, train model 'demo' on this CSV at start-up.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "aeserve: anomaly detection with autoencoders over gRPC.\n"
+      "  aeserve --model_dir=./models --port=50051\n"
+      "Scores with aeserve.v1.Scoring; health via grpc.health.v1; reflection on.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the stop signals in every thread; one thread waits for them.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  auto log = spdlog::stdout_color_mt("aeserve");
+  log->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  aeserve::server::Options o;
+  o.host = absl::GetFlag(FLAGS_host);
+  o.port = absl::GetFlag(FLAGS_port);
+  o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.model_dir = absl::GetFlag(FLAGS_model_dir);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.model_threads = absl::GetFlag(FLAGS_model_threads);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
+  o.max_queue = absl::GetFlag(FLAGS_max_queue);
+  o.max_streams = absl::GetFlag(FLAGS_max_streams);
+  o.stream_max_pending = absl::GetFlag(FLAGS_stream_max_pending);
+  o.stream_max_unsent = absl::GetFlag(FLAGS_stream_max_unsent);
+  o.shutdown_grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
+  o.demo_csv = absl::GetFlag(FLAGS_demo_csv);
+
+  auto server = aeserve::server::Server::Start(o, log);
+  if (!server.ok()) {
+    log->critical("{}", server.status().ToString());
+    return 1;
+  }
+  std::thread loader([&] {
+    if (auto st = (*server)->LoadModels(); !st.ok()) {
+      log->critical("{}", st.ToString());
+      std::exit(1);
+    }
+  });
+  int sig = 0;
+  sigwait(&stop, &sig);
+  log->info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  loader.join();
+  (*server)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,26 @@
+// Everything the server is configured with; main.cc fills it from flags.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace aeserve::server {
+
+struct Options {
+  std::string host = "0.0.0.0";
+  int port = 50051;
+  int metrics_port = 9464;                 // 0 = no /metrics endpoint
+  std::string model_dir = "./models";
+  int threads = 0;                         // scoring workers; 0 = one per core
+  int model_threads = 1;                   // oneDNN threads inside one scoring call
+  int max_message_bytes = 64 << 20;        // larger requests get RESOURCE_EXHAUSTED
+  uint32_t max_batch_rows = 1 << 20;       // rows per Score call or stream batch
+  int max_queue = 1024;                    // queued unary calls before RESOURCE_EXHAUSTED
+  int max_streams = 256;                   // concurrent StreamScore calls
+  int stream_max_pending = 4;              // batches read ahead per stream (backpressure bound)
+  int stream_max_unsent = 8;               // responses waiting for a slow reader per stream
+  double shutdown_grace_seconds = 10;      // in-flight work gets this long on SIGTERM
+  std::string demo_csv;                    // train model "demo" from this CSV if the store is empty
+};
+
+}  // namespace aeserve::server

@@ -1,0 +1,153 @@
+// Request validation, engine calls, and columnar responses.
+#include "scoring.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace aeserve::server {
+namespace {
+
+template <typename T, typename Field>
+void CopyInto(const std::vector<T>& src, Field* dst) {
+  dst->Resize(static_cast<int>(src.size()), T{});
+  if (!src.empty()) std::memcpy(dst->mutable_data(), src.data(), src.size() * sizeof(T));
+}
+
+absl::Span<const float> Values(const v1::Samples& s) {
+  return absl::Span<const float>(s.values().data(), static_cast<size_t>(s.values_size()));
+}
+
+}  // namespace
+
+absl::Status ValidateSamples(const engine::Model& model, const v1::Samples& s, uint32_t max_rows) {
+  const uint32_t d = model.num_features();
+  if (s.num_features() != d) {
+    return absl::InvalidArgumentError(absl::StrCat("samples have num_features ", s.num_features(),
+                                                   ", the model expects ", d));
+  }
+  if (s.values_size() == 0) return absl::InvalidArgumentError("empty batch: no values");
+  if (s.values_size() % d != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "values count ", s.values_size(), " is not a multiple of num_features ", d));
+  }
+  const size_t rows = static_cast<size_t>(s.values_size()) / d;
+  if (rows > max_rows) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("batch of ", rows, " rows is over the limit of ", max_rows));
+  }
+  if (s.ids_size() != 0 && static_cast<size_t>(s.ids_size()) != rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(s.ids_size(), " ids for ", rows, " rows: give none or one per row"));
+  }
+  if (s.timestamps_ms_size() != 0 && static_cast<size_t>(s.timestamps_ms_size()) != rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        s.timestamps_ms_size(), " timestamps for ", rows, " rows: give none or one per row"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
+                          const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
+                          v1::ScoreResponse* r) {
+  const auto start = std::chrono::steady_clock::now();
+  const engine::Model& model = *h.model;
+  if (auto st = ValidateSamples(model, s, max_rows); !st.ok()) return st;
+  const uint32_t d = model.num_features();
+  const uint32_t k = options.top_k();
+  if (k > d) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k ", k, " is over num_features ", d));
+  }
+  engine::ScoreOptions eo;
+  eo.per_feature = options.per_feature() || k > 0;
+  eo.original_units = options.original_units();
+  eo.neg_elbo = options.neg_elbo();
+  engine::ScoreResult& res = worker.result();
+  if (auto st = model.Score(worker.ContextFor(h.model), Values(s), eo, &res); !st.ok()) return st;
+
+  const size_t rows = res.error.size();
+  r->set_model(h.name);
+  r->set_version(h.version);
+  r->set_threshold(res.threshold);
+  r->set_num_samples(static_cast<uint32_t>(rows));
+  CopyInto(res.error, r->mutable_errors());
+  CopyInto(res.p_value, r->mutable_p_values());
+  r->mutable_anomalous()->Resize(static_cast<int>(rows), false);
+  uint32_t anomalies = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    r->mutable_anomalous()->Set(static_cast<int>(i), res.anomalous[i] != 0);
+    anomalies += res.anomalous[i];
+  }
+  r->set_num_anomalies(anomalies);
+  if (options.per_feature()) CopyInto(res.feature_error, r->mutable_feature_errors());
+  if (k > 0) {
+    std::vector<uint32_t> idx(d);
+    r->mutable_top_features()->Reserve(static_cast<int>(rows * k));
+    r->mutable_top_feature_errors()->Reserve(static_cast<int>(rows * k));
+    for (size_t i = 0; i < rows; ++i) {
+      const float* fe = res.feature_error.data() + i * d;
+      std::iota(idx.begin(), idx.end(), 0u);
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                        [fe](uint32_t a, uint32_t b) { return fe[a] > fe[b] || (fe[a] == fe[b] && a < b); });
+      for (uint32_t j = 0; j < k; ++j) {
+        r->add_top_features(idx[j]);
+        r->add_top_feature_errors(fe[idx[j]]);
+      }
+    }
+  }
+  if (eo.neg_elbo) CopyInto(res.neg_elbo, r->mutable_neg_elbo());
+  *r->mutable_ids() = s.ids();
+  *r->mutable_timestamps_ms() = s.timestamps_ms();
+  r->set_compute_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return absl::OkStatus();
+}
+
+absl::Status EncodeSamples(const ModelHandle& h, const v1::Samples& s, uint32_t max_rows,
+                           Worker& worker, v1::EncodeResponse* r) {
+  if (auto st = ValidateSamples(*h.model, s, max_rows); !st.ok()) return st;
+  std::vector<float> codes;
+  if (auto st = h.model->Encode(worker.ContextFor(h.model), Values(s), &codes); !st.ok()) return st;
+  r->set_model(h.name);
+  r->set_version(h.version);
+  r->set_code_size(h.model->code_size());
+  CopyInto(codes, r->mutable_codes());
+  return absl::OkStatus();
+}
+
+absl::Status ReconstructSamples(const ModelHandle& h, const v1::Samples& s, uint32_t max_rows,
+                                Worker& worker, v1::ReconstructResponse* r) {
+  if (auto st = ValidateSamples(*h.model, s, max_rows); !st.ok()) return st;
+  std::vector<float> out;
+  if (auto st = h.model->Reconstruct(worker.ContextFor(h.model), Values(s), &out); !st.ok()) {
+    return st;
+  }
+  r->set_model(h.name);
+  r->set_version(h.version);
+  r->set_num_features(h.model->num_features());
+  CopyInto(out, r->mutable_values());
+  return absl::OkStatus();
+}
+
+absl::Status GenerateSamples(const ModelHandle& h, uint32_t count, uint64_t seed,
+                             uint32_t max_rows, Worker& worker, v1::GenerateResponse* r) {
+  if (count == 0) return absl::InvalidArgumentError("count must be >= 1");
+  if (count > max_rows) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("count ", count, " is over the limit of ", max_rows));
+  }
+  std::vector<float> out;
+  if (auto st = h.model->Generate(worker.ContextFor(h.model), count, seed, &out); !st.ok()) {
+    return st;
+  }
+  r->set_model(h.name);
+  r->set_version(h.version);
+  r->set_num_features(h.model->num_features());
+  CopyInto(out, r->mutable_values());
+  return absl::OkStatus();
+}
+
+}  // namespace aeserve::server

@@ -1,0 +1,31 @@
+// The one place a batch of samples becomes a ScoreResponse (and an Encode/Reconstruct/Generate
+// answer): request validation, engine call, columnar response. Used by unary and stream calls.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "aeserve/v1/scoring.pb.h"
+#include "executor.h"
+#include "model_registry.h"
+
+namespace aeserve::server {
+
+// Checks the shape of `samples` against the model: INVALID_ARGUMENT naming the problem, or
+// RESOURCE_EXHAUSTED over `max_rows`. Values themselves (NaN/Inf) are checked by the engine.
+absl::Status ValidateSamples(const engine::Model& model, const v1::Samples& samples,
+                             uint32_t max_rows);
+
+absl::Status ScoreSamples(const ModelHandle& handle, const v1::Samples& samples,
+                          const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
+                          v1::ScoreResponse* response);
+
+absl::Status EncodeSamples(const ModelHandle& handle, const v1::Samples& samples,
+                           uint32_t max_rows, Worker& worker, v1::EncodeResponse* response);
+absl::Status ReconstructSamples(const ModelHandle& handle, const v1::Samples& samples,
+                                uint32_t max_rows, Worker& worker,
+                                v1::ReconstructResponse* response);
+absl::Status GenerateSamples(const ModelHandle& handle, uint32_t count, uint64_t seed,
+                             uint32_t max_rows, Worker& worker, v1::GenerateResponse* response);
+
+}  // namespace aeserve::server

@@ -1,0 +1,50 @@
+// The aeserve server: the gRPC server with the Scoring, health and reflection services, the
+// model registry, the executor, and graceful shutdown.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "executor.h"
+#include "grpcpp/server.h"
+#include "model_registry.h"
+#include "options.h"
+#include "scoring_service.h"
+#include "spdlog/logger.h"
+#include "stream_reactor.h"
+
+namespace aeserve::server {
+
+class Server {
+ public:
+  // Binds the port and starts serving with health NOT_SERVING; models are not loaded yet.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const Options& options,
+                                                       std::shared_ptr<spdlog::logger> log);
+  ~Server();
+
+  // Trains the demo model when the store is empty and --demo_csv is set, loads every model,
+  // then reports SERVING.
+  absl::Status LoadModels();
+  // Stops accepting, lets in-flight batches finish, closes streams with UNAVAILABLE, and waits
+  // at most the grace period before cancelling what is left.
+  void Shutdown();
+
+  int port() const { return port_; }
+  ModelRegistry& registry() { return *registry_; }
+
+ private:
+  Server(const Options& options, std::shared_ptr<spdlog::logger> log);
+  absl::Status TrainDemoModel();
+
+  Options options_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::unique_ptr<ModelRegistry> registry_;
+  std::unique_ptr<Executor> executor_;
+  StreamTracker streams_;
+  std::unique_ptr<ScoringService> scoring_;
+  std::unique_ptr<grpc::Server> grpc_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace aeserve::server

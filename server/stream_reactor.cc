@@ -1,0 +1,237 @@
+// StreamScore: ordered, bounded, non-blocking scoring of a telemetry stream.
+#include "stream_reactor.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "scoring.h"
+
+namespace aeserve::server {
+
+bool StreamTracker::Add(StreamReactor* r, int max_streams) {
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_ || streams_.size() >= static_cast<size_t>(max_streams)) return false;
+  streams_.insert(r);
+  return true;
+}
+
+void StreamTracker::Remove(StreamReactor* r) {
+  absl::MutexLock lock(&mu_);
+  streams_.erase(r);
+}
+
+void StreamTracker::ShutdownAll() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+  for (StreamReactor* r : streams_) r->Shutdown();
+}
+
+size_t StreamTracker::size() const {
+  absl::MutexLock lock(&mu_);
+  return streams_.size();
+}
+
+StreamReactor::StreamReactor(const Options& options, const ModelRegistry* registry,
+                             Executor* executor, StreamTracker* tracker)
+    : options_(options), registry_(registry), executor_(executor), tracker_(tracker) {
+  tracked_ = tracker_->Add(this, options_.max_streams);
+  absl::MutexLock lock(&mu_);
+  if (!tracked_) {
+    finished_ = true;
+    Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("too many open streams (limit ", options_.max_streams, ")")));
+    return;
+  }
+  reading_ = true;
+  StartRead(&incoming_);
+}
+
+void StreamReactor::OnReadDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  reading_ = false;
+  if (!ok) {
+    reads_done_ = true;
+  } else {
+    pending_.push_back(std::move(incoming_));
+    incoming_.Clear();
+  }
+  Pump();
+}
+
+void StreamReactor::OnWriteDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  writing_ = false;
+  unsent_.pop_front();
+  if (!ok) cancelled_ = true;  // the client is gone
+  Pump();
+}
+
+void StreamReactor::OnCancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  Pump();
+}
+
+void StreamReactor::OnDone() {
+  if (tracked_) tracker_->Remove(this);
+  delete this;
+}
+
+void StreamReactor::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+  Pump();
+}
+
+// Moves the stream forward from whatever state it is in: write, score, read, or finish.
+void StreamReactor::Pump() {
+  if (finished_) return;
+  const bool stopping = cancelled_ || shutting_down_;
+  if (cancelled_) {
+    pending_.clear();
+    if (writing_) return;  // wait for the write in flight
+    unsent_.clear();
+  }
+  if (!writing_ && !unsent_.empty()) {
+    writing_ = true;
+    StartWrite(&unsent_.front());
+  }
+  if (!processing_ && !pending_.empty() &&
+      unsent_.size() < static_cast<size_t>(options_.stream_max_unsent)) {
+    processing_ = true;
+    executor_->Submit([this](Worker& w) { Process(w); });
+  }
+  if (!reading_ && !reads_done_ && !stopping &&
+      pending_.size() < static_cast<size_t>(options_.stream_max_pending)) {
+    reading_ = true;
+    StartRead(&incoming_);
+  }
+  const bool input_over = reads_done_ || stopping;
+  if (input_over && pending_.empty() && !processing_ && !writing_ && unsent_.empty()) {
+    finished_ = true;
+    if (cancelled_) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+    } else if (shutting_down_ && !reads_done_) {
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
+    } else {
+      Finish(grpc::Status::OK);
+    }
+  }
+}
+
+void StreamReactor::Process(Worker& worker) {
+  v1::StreamScoreRequest req;
+  {
+    absl::MutexLock lock(&mu_);
+    if (pending_.empty()) {  // cancelled meanwhile
+      processing_ = false;
+      Pump();
+      return;
+    }
+    req = std::move(pending_.front());
+    pending_.pop_front();
+  }
+  std::vector<v1::StreamScoreResponse> out;
+  ScoreOne(req, worker, &out);
+  absl::MutexLock lock(&mu_);
+  processing_ = false;
+  if (!cancelled_) {
+    for (auto& r : out) unsent_.push_back(std::move(r));
+  }
+  Pump();
+}
+
+void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
+                             std::vector<v1::StreamScoreResponse>* out) {
+  auto error = [&](const absl::Status& st) {
+    v1::StreamScoreResponse& r = out->emplace_back();
+    r.set_sequence(req.sequence());
+    r.mutable_error()->set_code(static_cast<int>(st.code()));
+    r.mutable_error()->set_message(std::string(st.message()));
+  };
+  if (req.has_config()) {
+    if (configured_) return error(absl::InvalidArgumentError("config is only allowed in the first message"));
+    configured_ = true;
+    config_ = req.config();
+    if (config_.debounce_n() > 100000 || config_.debounce_k() > config_.debounce_n()) {
+      configured_ = false;
+      return error(absl::InvalidArgumentError("debounce needs k <= n <= 100000"));
+    }
+    window_.assign(config_.debounce_n(), 0);
+    if (!req.has_samples()) return;  // config only
+  }
+  if (!configured_) return error(absl::InvalidArgumentError("the first message must carry config (the model to use)"));
+  auto handle = registry_->Get(config_.model(), config_.version());
+  if (!handle.ok()) return error(handle.status());
+  v1::StreamScoreResponse resp;
+  resp.set_sequence(req.sequence());
+  absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
+                                 worker, resp.mutable_result());
+  if (!st.ok()) return error(st);
+  Debounce(resp.mutable_result());
+  Account(resp.result());
+  out->push_back(std::move(resp));
+  MaybeStats(req.sequence(), out);
+}
+
+void StreamReactor::Debounce(v1::ScoreResponse* r) {
+  if (config_.debounce_n() == 0 || config_.debounce_k() == 0) return;
+  const size_t n = window_.size();
+  r->mutable_alarm()->Reserve(r->anomalous_size());
+  for (bool a : r->anomalous()) {
+    const uint8_t leaving = window_[window_pos_];
+    window_[window_pos_] = a;
+    window_pos_ = (window_pos_ + 1) % n;
+    window_count_ = window_count_ - leaving + (a ? 1 : 0);
+    r->add_alarm(window_count_ >= config_.debounce_k());
+  }
+}
+
+void StreamReactor::Account(const v1::ScoreResponse& r) {
+  ++stats_batches_;
+  stats_samples_ += r.num_samples();
+  stats_anomalies_ += r.num_anomalies();
+  total_samples_ += r.num_samples();
+  total_anomalies_ += r.num_anomalies();
+  constexpr size_t kMaxKept = 1 << 20;  // quantiles over at most this many errors per window
+  for (float e : r.errors()) {
+    if (stats_errors_.size() < kMaxKept) stats_errors_.push_back(e);
+  }
+}
+
+void StreamReactor::MaybeStats(uint64_t sequence, std::vector<v1::StreamScoreResponse>* out) {
+  const auto now = std::chrono::steady_clock::now();
+  const double elapsed = std::chrono::duration<double>(now - stats_start_).count();
+  const bool by_count = config_.stats_every_batches() > 0 && stats_batches_ >= config_.stats_every_batches();
+  const bool by_time = config_.stats_every_seconds() > 0 && elapsed >= config_.stats_every_seconds();
+  if (!by_count && !by_time) return;
+  v1::StreamScoreResponse& s = out->emplace_back();
+  s.set_sequence(sequence);
+  v1::StreamStats* st = s.mutable_stats();
+  st->set_batches(stats_batches_);
+  st->set_samples(stats_samples_);
+  st->set_anomalies(stats_anomalies_);
+  st->set_anomaly_rate(stats_samples_ ? double(stats_anomalies_) / stats_samples_ : 0);
+  double mean = 0;
+  for (float e : stats_errors_) mean += e;
+  if (!stats_errors_.empty()) mean /= stats_errors_.size();
+  st->set_error_mean(mean);
+  auto q = [&](double p) -> double {
+    if (stats_errors_.empty()) return 0;
+    const size_t i = std::min(stats_errors_.size() - 1, static_cast<size_t>(p * stats_errors_.size()));
+    std::nth_element(stats_errors_.begin(), stats_errors_.begin() + i, stats_errors_.end());
+    return stats_errors_[i];
+  };
+  st->set_error_p50(q(0.5));
+  st->set_error_p90(q(0.9));
+  st->set_error_p99(q(0.99));
+  st->set_window_seconds(elapsed);
+  st->set_total_samples(total_samples_);
+  st->set_total_anomalies(total_anomalies_);
+  stats_batches_ = stats_samples_ = stats_anomalies_ = 0;
+  stats_errors_.clear();
+  stats_start_ = now;
+}
+
+}  // namespace aeserve::server

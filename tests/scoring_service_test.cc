@@ -1,0 +1,527 @@
+// End-to-end tests of the Scoring service: a real server on 127.0.0.1, a real channel, and the
+// engine as the known answer.
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "aeserve/v1/scoring.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "model.h"
+#include "server.h"
+#include "spdlog/sinks/null_sink.h"
+#include "test_models.h"
+
+namespace aeserve::testing {
+namespace {
+
+using grpc::StatusCode;
+
+class ScoringServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir("aeserve_scoring_test");
+    plain_file_ = new v1::ModelFile(TrainSmall(v1::MODEL_KIND_PLAIN));
+    Store(dir_->path(), "plain", *plain_file_);
+    vae_file_ = new v1::ModelFile(TrainSmall(v1::MODEL_KIND_VARIATIONAL));
+    Store(dir_->path(), "vae", *vae_file_);
+    std::filesystem::create_directories(dir_->path() + "/broken/1");
+    std::ofstream(dir_->path() + "/broken/1/model.pb") << "not a model";
+    server::Options o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.model_dir = dir_->path();
+    o.threads = 2;
+    o.max_message_bytes = 4 << 20;
+    o.max_batch_rows = 20000;
+    o.max_streams = 16;
+    auto s = server::Server::Start(o, spdlog::null_logger_mt("scoring_test"));
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = s->release();
+    ASSERT_TRUE(server_->LoadModels().ok());
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(64 << 20);
+    args.SetMaxSendMessageSize(64 << 20);
+    channel_ = new std::shared_ptr<grpc::Channel>(grpc::CreateCustomChannel(
+        "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials(), args));
+  }
+  static void TearDownTestSuite() {
+    delete channel_;
+    delete server_;
+    delete plain_file_;
+    delete vae_file_;
+    delete dir_;
+  }
+
+  std::unique_ptr<v1::Scoring::Stub> Stub() { return v1::Scoring::NewStub(*channel_); }
+
+  static v1::Samples Samples(size_t rows, uint64_t seed, uint32_t features = kFeatures) {
+    auto d = engine::MakeSynthetic(rows, 0, features, 3, seed);
+    v1::Samples s;
+    s.set_num_features(features);
+    s.mutable_values()->Add(d.normal.begin(), d.normal.end());
+    return s;
+  }
+
+  // Fresh rows from the manifold the test models were trained on (normal traffic).
+  static v1::Samples NormalSamples(size_t rows, size_t offset) {
+    auto d = engine::MakeSynthetic(1500 + offset + rows, 0, kFeatures, 3, 77);
+    v1::Samples s;
+    s.set_num_features(kFeatures);
+    s.mutable_values()->Add(d.normal.begin() + (1500 + offset) * kFeatures, d.normal.end());
+    return s;
+  }
+
+  // The engine's answer for the same rows: the known answer for the service.
+  static engine::ScoreResult EngineScores(const v1::ModelFile& f, const v1::Samples& s,
+                                          engine::ScoreOptions o = {}) {
+    auto m = *engine::Model::Create(f);
+    engine::ScoreResult r;
+    EXPECT_TRUE(m->Score(*m->NewContext(), {s.values().data(), size_t(s.values_size())}, o, &r).ok());
+    return r;
+  }
+
+  static grpc::Status Score(v1::Scoring::Stub* stub, const v1::ScoreRequest& req,
+                            v1::ScoreResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return stub->Score(&ctx, req, resp);
+  }
+
+  static inline TempDir* dir_ = nullptr;
+  static inline v1::ModelFile* plain_file_ = nullptr;
+  static inline v1::ModelFile* vae_file_ = nullptr;
+  static inline server::Server* server_ = nullptr;
+  static inline std::shared_ptr<grpc::Channel>* channel_ = nullptr;
+};
+
+TEST_F(ScoringServiceTest, UnaryScoresEqualTheEngine) {
+  auto stub = Stub();
+  for (size_t rows : {1, 7, 256, 5000}) {
+    v1::ScoreRequest req;
+    req.set_model("plain");
+    *req.mutable_samples() = Samples(rows, rows);
+    v1::ScoreResponse resp;
+    ASSERT_TRUE(Score(stub.get(), req, &resp).ok());
+    const auto expected = EngineScores(*plain_file_, req.samples());
+    ASSERT_EQ(resp.num_samples(), rows);
+    ASSERT_EQ(resp.errors_size(), static_cast<int>(rows));
+    EXPECT_EQ(std::memcmp(resp.errors().data(), expected.error.data(), rows * 4), 0);
+    uint32_t anomalies = 0;
+    for (size_t i = 0; i < rows; ++i) {
+      EXPECT_EQ(resp.anomalous(i), expected.anomalous[i] != 0);
+      EXPECT_EQ(resp.p_values(i), expected.p_value[i]);
+      anomalies += expected.anomalous[i];
+    }
+    EXPECT_EQ(resp.num_anomalies(), anomalies);
+    EXPECT_EQ(resp.model(), "plain");
+    EXPECT_EQ(resp.version(), 1u);
+    EXPECT_DOUBLE_EQ(resp.threshold(), plain_file_->threshold_value());
+    EXPECT_GT(resp.compute_seconds(), 0);
+  }
+}
+
+TEST_F(ScoringServiceTest, PerFeatureTopKIdsAndElbo) {
+  auto stub = Stub();
+  v1::ScoreRequest req;
+  req.set_model("vae");
+  *req.mutable_samples() = Samples(5, 3);
+  for (int i = 0; i < 5; ++i) {
+    req.mutable_samples()->add_ids("row" + std::to_string(i));
+    req.mutable_samples()->add_timestamps_ms(1700000000000 + i);
+  }
+  req.mutable_options()->set_per_feature(true);
+  req.mutable_options()->set_top_k(3);
+  req.mutable_options()->set_neg_elbo(true);
+  v1::ScoreResponse resp;
+  ASSERT_TRUE(Score(stub.get(), req, &resp).ok());
+  const auto expected = EngineScores(*vae_file_, req.samples(), {.per_feature = true, .neg_elbo = true});
+  ASSERT_EQ(resp.feature_errors_size(), 5 * static_cast<int>(kFeatures));
+  ASSERT_EQ(resp.top_features_size(), 15);
+  ASSERT_EQ(resp.neg_elbo_size(), 5);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(resp.ids(i), "row" + std::to_string(i));
+    EXPECT_EQ(resp.timestamps_ms(i), 1700000000000 + i);
+    EXPECT_EQ(resp.neg_elbo(i), expected.neg_elbo[i]);
+    // The top features are the largest per-feature errors, largest first.
+    const float* fe = expected.feature_error.data() + i * kFeatures;
+    std::vector<float> sorted(fe, fe + kFeatures);
+    std::sort(sorted.rbegin(), sorted.rend());
+    for (int j = 0; j < 3; ++j) {
+      EXPECT_EQ(resp.top_feature_errors(i * 3 + j), sorted[j]);
+      EXPECT_EQ(fe[resp.top_features(i * 3 + j)], sorted[j]);
+    }
+  }
+}
+
+TEST_F(ScoringServiceTest, EncodeReconstructGenerateEqualTheEngine) {
+  auto stub = Stub();
+  auto m = *engine::Model::Create(*vae_file_);
+  auto ctx = m->NewContext();
+  const v1::Samples s = Samples(9, 4);
+  const absl::Span<const float> x(s.values().data(), s.values_size());
+  {
+    v1::EncodeRequest req;
+    req.set_model("vae");
+    *req.mutable_samples() = s;
+    v1::EncodeResponse resp;
+    grpc::ClientContext c;
+    ASSERT_TRUE(stub->Encode(&c, req, &resp).ok());
+    std::vector<float> codes;
+    ASSERT_TRUE(m->Encode(*ctx, x, &codes).ok());
+    EXPECT_EQ(resp.code_size(), 3u);
+    EXPECT_EQ(std::vector<float>(resp.codes().begin(), resp.codes().end()), codes);
+  }
+  {
+    v1::ReconstructRequest req;
+    req.set_model("vae");
+    *req.mutable_samples() = s;
+    v1::ReconstructResponse resp;
+    grpc::ClientContext c;
+    ASSERT_TRUE(stub->Reconstruct(&c, req, &resp).ok());
+    std::vector<float> out;
+    ASSERT_TRUE(m->Reconstruct(*ctx, x, &out).ok());
+    EXPECT_EQ(std::vector<float>(resp.values().begin(), resp.values().end()), out);
+  }
+  {
+    v1::GenerateRequest req;
+    req.set_model("vae");
+    req.set_count(20);
+    req.set_seed(5);
+    v1::GenerateResponse resp;
+    grpc::ClientContext c;
+    ASSERT_TRUE(stub->Generate(&c, req, &resp).ok());
+    std::vector<float> out;
+    ASSERT_TRUE(m->Generate(*ctx, 20, 5, &out).ok());
+    EXPECT_EQ(std::vector<float>(resp.values().begin(), resp.values().end()), out);
+    grpc::ClientContext c2;
+    req.set_model("plain");
+    EXPECT_EQ(stub->Generate(&c2, req, &resp).error_code(), StatusCode::FAILED_PRECONDITION);
+  }
+}
+
+TEST_F(ScoringServiceTest, ListAndGetModels) {
+  auto stub = Stub();
+  v1::ListModelsResponse list;
+  grpc::ClientContext c;
+  ASSERT_TRUE(stub->ListModels(&c, v1::ListModelsRequest(), &list).ok());
+  ASSERT_EQ(list.models_size(), 3);
+  v1::ModelInfo info;
+  grpc::ClientContext c2;
+  v1::GetModelRequest req;
+  req.set_model("plain");
+  ASSERT_TRUE(stub->GetModel(&c2, req, &info).ok());
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_READY);
+  EXPECT_EQ(info.num_features(), kFeatures);
+  EXPECT_EQ(info.feature_names(0), "m0");
+  EXPECT_EQ(info.spec().code_size(), 3u);
+  EXPECT_EQ(info.threshold().method(), v1::THRESHOLD_PERCENTILE);
+  EXPECT_DOUBLE_EQ(info.threshold_value(), plain_file_->threshold_value());
+  EXPECT_EQ(info.active_version(), 1u);
+  EXPECT_GT(info.history().epochs_size(), 0);
+  // The corrupt model is listed as unavailable with the reason, and the rest serve.
+  grpc::ClientContext c3;
+  req.set_model("broken");
+  ASSERT_TRUE(stub->GetModel(&c3, req, &info).ok());
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_UNAVAILABLE);
+  EXPECT_NE(info.error().find("not an aeserve model file"), std::string::npos) << info.error();
+  grpc::ClientContext c4;
+  req.set_model("nope");
+  EXPECT_EQ(stub->GetModel(&c4, req, &info).error_code(), StatusCode::NOT_FOUND);
+}
+
+TEST_F(ScoringServiceTest, BadInputGetsAClearStatus) {
+  auto stub = Stub();
+  auto expect = [&](v1::ScoreRequest req, StatusCode code, const std::string& words) {
+    v1::ScoreResponse resp;
+    grpc::Status st = Score(stub.get(), req, &resp);
+    EXPECT_EQ(st.error_code(), code) << st.error_message();
+    EXPECT_NE(st.error_message().find(words), std::string::npos) << st.error_message();
+  };
+  v1::ScoreRequest good;
+  good.set_model("plain");
+  *good.mutable_samples() = Samples(4, 5);
+
+  auto r = good;
+  r.set_model("unknown");
+  expect(r, StatusCode::NOT_FOUND, "unknown model");
+  r = good;
+  r.set_version(7);
+  expect(r, StatusCode::NOT_FOUND, "no version 7");
+  r = good;
+  r.set_model("broken");
+  expect(r, StatusCode::UNAVAILABLE, "unavailable");
+  r = good;
+  r.mutable_samples()->set_num_features(11);
+  expect(r, StatusCode::INVALID_ARGUMENT, "num_features 11");
+  r = good;
+  r.mutable_samples()->mutable_values()->RemoveLast();
+  expect(r, StatusCode::INVALID_ARGUMENT, "not a multiple");
+  r = good;
+  r.mutable_samples()->set_values(13, NAN);
+  expect(r, StatusCode::INVALID_ARGUMENT, "row 1, feature 1");
+  r = good;
+  r.mutable_samples()->set_values(2, INFINITY);
+  expect(r, StatusCode::INVALID_ARGUMENT, "non-finite");
+  r = good;
+  r.mutable_samples()->clear_values();
+  expect(r, StatusCode::INVALID_ARGUMENT, "empty batch");
+  r = good;
+  r.mutable_samples()->add_ids("only one");
+  expect(r, StatusCode::INVALID_ARGUMENT, "ids");
+  r = good;
+  r.mutable_options()->set_top_k(13);
+  expect(r, StatusCode::INVALID_ARGUMENT, "top_k");
+  // 30000 rows: under the 4 MiB message limit? No: 30000 * 12 * 4 bytes = 1.4 MB, but over
+  // --max_batch_rows=20000.
+  r = good;
+  *r.mutable_samples() = Samples(30000, 6);
+  expect(r, StatusCode::RESOURCE_EXHAUSTED, "over the limit");
+  // Over the 4 MiB message limit: gRPC itself refuses it.
+  r = good;
+  *r.mutable_samples() = Samples(100000, 6);
+  v1::ScoreResponse resp;
+  EXPECT_EQ(Score(stub.get(), r, &resp).error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  // And the server still serves.
+  EXPECT_TRUE(Score(stub.get(), good, &resp).ok());
+}
+
+// Sends `batches` batches on one stream while reading, checks order and values.
+void RunStream(v1::Scoring::Stub* stub, int batches, size_t rows, uint64_t seed,
+               const v1::ModelFile& file, int* checked) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub->StreamScore(&ctx);
+  std::vector<v1::Samples> sent;
+  std::thread writer([&] {
+    for (int i = 0; i < batches; ++i) {
+      v1::StreamScoreRequest req;
+      if (i == 0) req.mutable_config()->set_model("plain");
+      req.set_sequence(1000 + i);
+      auto d = engine::MakeSynthetic(rows, 0, kFeatures, 3, seed + i);
+      req.mutable_samples()->set_num_features(kFeatures);
+      req.mutable_samples()->mutable_values()->Add(d.normal.begin(), d.normal.end());
+      if (!stream->Write(req)) break;
+    }
+    stream->WritesDone();
+  });
+  auto model = *engine::Model::Create(file);
+  auto mctx = model->NewContext();
+  v1::StreamScoreResponse resp;
+  int next = 0;
+  while (stream->Read(&resp)) {
+    ASSERT_TRUE(resp.has_result()) << resp.DebugString();
+    ASSERT_EQ(resp.sequence(), 1000u + next) << "answers come in order";
+    auto d = engine::MakeSynthetic(rows, 0, kFeatures, 3, seed + next);
+    engine::ScoreResult expected;
+    ASSERT_TRUE(model->Score(*mctx, d.normal, {}, &expected).ok());
+    ASSERT_EQ(std::vector<float>(resp.result().errors().begin(), resp.result().errors().end()),
+              expected.error);
+    ++next;
+  }
+  writer.join();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(next, batches);
+  *checked = next;
+}
+
+TEST_F(ScoringServiceTest, StreamAnswersEveryBatchInOrder) {
+  auto stub = Stub();
+  int checked = 0;
+  RunStream(stub.get(), 300, 64, 100, *plain_file_, &checked);
+  EXPECT_EQ(checked, 300);
+}
+
+TEST_F(ScoringServiceTest, ConcurrentStreams) {
+  std::vector<std::thread> threads;
+  std::vector<int> checked(6, 0);
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      auto stub = Stub();
+      RunStream(stub.get(), 60, 100 + t, 1000 * (t + 1), *plain_file_, &checked[t]);
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int c : checked) EXPECT_EQ(c, 60);
+}
+
+TEST_F(ScoringServiceTest, StreamErrorsStatsAndDebounce) {
+  auto stub = Stub();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = stub->StreamScore(&ctx);
+  v1::StreamScoreRequest first;
+  first.mutable_config()->set_model("plain");
+  first.mutable_config()->set_stats_every_batches(3);
+  first.mutable_config()->set_debounce_k(2);
+  first.mutable_config()->set_debounce_n(3);
+  ASSERT_TRUE(stream->Write(first));  // config only: no answer
+  // Batch 1 and 3 good, batch 2 has NaN, batch 4 and 5 good.
+  std::vector<v1::Samples> batches;
+  for (int i = 1; i <= 5; ++i) {
+    v1::StreamScoreRequest req;
+    req.set_sequence(i);
+    *req.mutable_samples() = NormalSamples(10, 10 * i);
+    if (i == 2) req.mutable_samples()->set_values(0, NAN);
+    // Row 3 of batch 4 and rows 0-1 of batch 5 are made anomalous (far off the manifold).
+    if (i == 4) for (uint32_t j = 0; j < kFeatures; ++j) req.mutable_samples()->set_values(3 * kFeatures + j, 1e3f * (j % 2 ? 1 : -1));
+    if (i == 5) for (uint32_t j = 0; j < 2 * kFeatures; ++j) req.mutable_samples()->set_values(j, 1e3f * (j % 2 ? 1 : -1));
+    batches.push_back(req.samples());
+    ASSERT_TRUE(stream->Write(req));
+  }
+  stream->WritesDone();
+  std::vector<v1::StreamScoreResponse> got;
+  v1::StreamScoreResponse r;
+  while (stream->Read(&r)) got.push_back(r);
+  ASSERT_TRUE(stream->Finish().ok());
+  // 1, 2 (error), 3, stats after 3 scored batches? Stats count scored batches: 1, 3, 4 -> stats.
+  ASSERT_EQ(got.size(), 6u);
+  EXPECT_TRUE(got[0].has_result());
+  EXPECT_EQ(got[1].sequence(), 2u);
+  ASSERT_TRUE(got[1].has_error());
+  EXPECT_EQ(got[1].error().code(), static_cast<int>(StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(got[1].error().message().find("non-finite"), std::string::npos);
+  EXPECT_TRUE(got[2].has_result());
+  EXPECT_TRUE(got[3].has_result());
+  ASSERT_TRUE(got[4].has_stats()) << got[4].DebugString();
+  EXPECT_EQ(got[4].sequence(), 4u);
+  EXPECT_EQ(got[4].stats().batches(), 3u);
+  EXPECT_EQ(got[4].stats().samples(), 30u);
+  uint64_t anomalies = 0;
+  double sum = 0;
+  for (int i : {0, 2, 3}) {
+    anomalies += got[i].result().num_anomalies();
+    for (float e : got[i].result().errors()) sum += e;
+  }
+  EXPECT_EQ(got[4].stats().anomalies(), anomalies);
+  EXPECT_NEAR(got[4].stats().error_mean(), sum / 30, 1e-6 * (1 + sum));
+  EXPECT_GE(anomalies, 1u);
+  // Debounce 2-of-3: the lone anomaly (batch 4, row 3) raises no alarm by itself; batch 5's
+  // first two rows do.
+  const auto& b4 = got[3].result();
+  const auto& b5 = got[5].result();
+  ASSERT_EQ(b4.alarm_size(), 10);
+  ASSERT_TRUE(b4.anomalous(3));
+  EXPECT_FALSE(b4.alarm(3));
+  ASSERT_TRUE(b5.anomalous(0) && b5.anomalous(1));
+  EXPECT_TRUE(b5.alarm(1));
+  // Verify every alarm against a direct count over the stream's flags.
+  std::vector<bool> flags;
+  for (int i : {0, 2, 3, 5}) {
+    for (int j = 0; j < got[i].result().anomalous_size(); ++j) {
+      flags.push_back(got[i].result().anomalous(j));
+      int count = 0;
+      for (size_t k = flags.size() >= 3 ? flags.size() - 3 : 0; k < flags.size(); ++k) count += flags[k];
+      EXPECT_EQ(got[i].result().alarm(j), count >= 2);
+    }
+  }
+}
+
+TEST_F(ScoringServiceTest, StreamWithoutConfigOrUnknownModel) {
+  auto stub = Stub();
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub->StreamScore(&ctx);
+    v1::StreamScoreRequest req;
+    req.set_sequence(1);
+    *req.mutable_samples() = Samples(2, 1);
+    ASSERT_TRUE(stream->Write(req));
+    stream->WritesDone();
+    v1::StreamScoreResponse r;
+    ASSERT_TRUE(stream->Read(&r));
+    ASSERT_TRUE(r.has_error());
+    EXPECT_NE(r.error().message().find("config"), std::string::npos);
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub->StreamScore(&ctx);
+    v1::StreamScoreRequest req;
+    req.mutable_config()->set_model("nope");
+    req.set_sequence(1);
+    *req.mutable_samples() = Samples(2, 1);
+    ASSERT_TRUE(stream->Write(req));
+    stream->WritesDone();
+    v1::StreamScoreResponse r;
+    ASSERT_TRUE(stream->Read(&r));
+    ASSERT_TRUE(r.has_error());
+    EXPECT_EQ(r.error().code(), static_cast<int>(StatusCode::NOT_FOUND));
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+}
+
+long ResidentKb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+TEST_F(ScoringServiceTest, ClientThatNeverReadsGetsBackpressure) {
+  auto stub = Stub();
+  grpc::ClientContext ctx;
+  auto stream = stub->StreamScore(&ctx);
+  // Each batch is about 1 MB in and 0.2 MB out; the client writes as fast as it can and never
+  // reads. The server must stop reading, so the client's writes stall.
+  v1::StreamScoreRequest req;
+  req.mutable_config()->set_model("plain");
+  *req.mutable_samples() = Samples(20000, 9);
+  const long rss_before = ResidentKb();
+  std::atomic<int> written{0};
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int i = 0; i < 2000 && !stop; ++i) {
+      req.set_sequence(i);
+      if (!stream->Write(req)) break;
+      written++;
+      if (i == 0) req.clear_config();
+    }
+  });
+  // Bounded wait: the writer either stalls (as it must) or finishes all 2000 (a failure).
+  for (int i = 0; i < 20 && written < 2000; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const int stalled_at = written.load();
+  const long rss_after = ResidentKb();
+  EXPECT_LT(stalled_at, 100) << "writes should stall once the server stops reading";
+  EXPECT_LT(rss_after - rss_before, 400 * 1024) << "server memory must stay bounded";
+  stop = true;
+  ctx.TryCancel();
+  writer.join();
+  EXPECT_EQ(stream->Finish().error_code(), StatusCode::CANCELLED);
+  // The server is fine afterwards.
+  v1::ScoreRequest ok;
+  ok.set_model("plain");
+  *ok.mutable_samples() = Samples(3, 1);
+  v1::ScoreResponse resp;
+  EXPECT_TRUE(Score(stub.get(), ok, &resp).ok());
+}
+
+TEST_F(ScoringServiceTest, TooManyStreamsIsResourceExhausted) {
+  auto stub = Stub();
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::StreamScoreRequest, v1::StreamScoreResponse>>> streams;
+  for (int i = 0; i < 16; ++i) {
+    ctxs.push_back(std::make_unique<grpc::ClientContext>());
+    streams.push_back(stub->StreamScore(ctxs.back().get()));
+    v1::StreamScoreRequest req;
+    req.mutable_config()->set_model("plain");
+    ASSERT_TRUE(streams.back()->Write(req));
+  }
+  // Make sure the 16 are open on the server before the 17th.
+  for (int i = 0; i < 100; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  grpc::ClientContext extra;
+  auto over = stub->StreamScore(&extra);
+  v1::StreamScoreResponse r;
+  EXPECT_FALSE(over->Read(&r));
+  grpc::Status st = over->Finish();
+  EXPECT_EQ(st.error_code(), StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  for (auto& s : streams) {
+    s->WritesDone();
+    EXPECT_TRUE(s->Finish().ok());
+  }
+}
+
+}  // namespace
+}  // namespace aeserve::testing

@@ -1,0 +1,60 @@
+// Test fixtures shared by the service tests: a model store with small trained models.
+#pragma once
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "model_store.h"
+#include "synthetic_data.h"
+#include "trainer.h"
+
+namespace aeserve::testing {
+
+inline constexpr uint32_t kFeatures = 12;
+
+// A fresh directory under /tmp, removed by the destructor.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag) {
+    path_ = std::filesystem::temp_directory_path() /
+            (tag + "_" + std::to_string(getpid()) + "_" + std::to_string(counter_++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string path() const { return path_.string(); }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path path_;
+};
+
+inline v1::ModelFile TrainSmall(v1::ModelKind kind, uint64_t seed = 1) {
+  auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
+  engine::TrainRequest req;
+  req.spec.set_kind(kind);
+  req.spec.add_encoder_units(16);
+  req.spec.set_code_size(3);
+  if (kind == v1::MODEL_KIND_VARIATIONAL) req.spec.set_beta(0.01f);
+  req.options.set_epochs(15);
+  req.options.set_seed(seed);
+  std::vector<std::string> names;
+  for (uint32_t i = 0; i < kFeatures; ++i) names.push_back("m" + std::to_string(i));
+  auto f = engine::Train(req, engine::TrainingData{data.normal, 1500, kFeatures, names});
+  EXPECT_TRUE(f.ok()) << f.status();
+  return *f;
+}
+
+// Writes `file` as a new version of `model` and makes it active.
+inline uint64_t Store(const std::string& dir, const std::string& model, const v1::ModelFile& file) {
+  server::ModelStore store(dir);
+  auto v = store.AddVersion(model, file);
+  EXPECT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(store.WriteActive(model, *v).ok());
+  return *v;
+}
+
+}  // namespace aeserve::testing
