@@ -1,0 +1,265 @@
+// Serving benchmark: StreamScore throughput and unary Score latency of aeserve on loopback, each
+// beside a bare gRPC echo server answering same-sized messages and the engine in-process, all in
+// one run on one machine.
+//
+//   build/bench/serve_bench [--seconds=S]
+//
+// Model: 38-64-32-8-32-64-38 ReLU. Streams use one connection each.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "proto/echo.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "dnnl_util.h"
+#include "model_store.h"
+#include "server.h"
+#include "spdlog/sinks/null_sink.h"
+#include "spec.h"
+#include "synthetic_data.h"
+#include "trainer.h"
+
+namespace {
+
+using namespace aeserve;
+using Clock = std::chrono::steady_clock;
+constexpr uint32_t kFeatures = 38;
+
+// A response of the size aeserve sends for `req`, with nothing computed.
+void EchoResponse(const v1::Samples& s, v1::ScoreResponse* r) {
+  const int rows = s.num_features() ? s.values_size() / static_cast<int>(s.num_features()) : 0;
+  r->set_model("echo");
+  r->set_version(1);
+  r->set_num_samples(rows);
+  r->mutable_errors()->Resize(rows, 0.5f);
+  r->mutable_anomalous()->Resize(rows, false);
+  r->mutable_p_values()->Resize(rows, 0.5f);
+}
+
+class EchoStream : public grpc::ServerBidiReactor<v1::StreamScoreRequest, v1::StreamScoreResponse> {
+ public:
+  EchoStream() {
+    absl::MutexLock l(&mu_);
+    reading_ = true;
+    StartRead(&in_);
+  }
+  void OnReadDone(bool ok) override {
+    absl::MutexLock l(&mu_);
+    reading_ = false;
+    if (!ok) {
+      done_reading_ = true;
+    } else {
+      v1::StreamScoreResponse& r = out_.emplace_back();
+      r.set_sequence(in_.sequence());
+      EchoResponse(in_.samples(), r.mutable_result());
+    }
+    Pump();
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock l(&mu_);
+    writing_ = false;
+    out_.pop_front();
+    if (!ok) done_reading_ = true;
+    Pump();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!writing_ && !out_.empty()) {
+      writing_ = true;
+      StartWrite(&out_.front());
+    }
+    if (!reading_ && !done_reading_ && out_.size() < 8) {
+      reading_ = true;
+      StartRead(&in_);
+    }
+    if (done_reading_ && !writing_ && out_.empty() && !finished_) {
+      finished_ = true;
+      Finish(grpc::Status::OK);
+    }
+  }
+  absl::Mutex mu_;
+  v1::StreamScoreRequest in_;
+  std::deque<v1::StreamScoreResponse> out_;
+  bool reading_ = false, writing_ = false, done_reading_ = false, finished_ = false;
+};
+
+class EchoService final : public bench::Echo::CallbackService {
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
+                                  v1::ScoreResponse* resp) override {
+    EchoResponse(req->samples(), resp);
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+  grpc::ServerBidiReactor<v1::StreamScoreRequest, v1::StreamScoreResponse>* StreamScore(
+      grpc::CallbackServerContext*) override {
+    return new EchoStream();
+  }
+};
+
+std::shared_ptr<grpc::Channel> Channel(int port, int id) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(256 << 20);
+  args.SetMaxSendMessageSize(256 << 20);
+  args.SetInt("aeserve.bench.connection", id);  // distinct args: one connection per stream
+  return grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+v1::Samples Batch(uint32_t rows) {
+  auto d = engine::MakeSynthetic(rows, 0, kFeatures, 6, 11);
+  v1::Samples s;
+  s.set_num_features(kFeatures);
+  s.mutable_values()->Add(d.normal.begin(), d.normal.end());
+  return s;
+}
+
+// Samples per second answered over `streams` streams of `rows`-row batches for `seconds`.
+template <typename Stub>
+double StreamRate(int port, int streams, uint32_t rows, double seconds) {
+  const v1::Samples samples = Batch(rows);
+  std::atomic<uint64_t> answered{0};
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  const auto stop_at = start + std::chrono::duration<double>(seconds);
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&, s] {
+      auto stub = Stub::NewStub(Channel(port, s));
+      grpc::ClientContext ctx;
+      auto stream = stub->StreamScore(&ctx);
+      std::thread writer([&] {
+        v1::StreamScoreRequest req;
+        req.mutable_config()->set_model("bench");
+        *req.mutable_samples() = samples;
+        for (uint64_t seq = 0; Clock::now() < stop_at; ++seq) {
+          req.set_sequence(seq);
+          if (!stream->Write(req)) break;
+          if (seq == 0) req.clear_config();
+        }
+        stream->WritesDone();
+      });
+      v1::StreamScoreResponse r;
+      while (stream->Read(&r)) {
+        if (r.has_result() && Clock::now() <= stop_at) answered += r.result().num_samples();
+      }
+      writer.join();
+      stream->Finish();
+    });
+  }
+  for (auto& t : threads) t.join();
+  return answered / seconds;
+}
+
+template <typename Stub>
+std::pair<double, double> UnaryLatency(int port, int calls) {
+  auto stub = Stub::NewStub(Channel(port, 100));
+  v1::ScoreRequest req;
+  req.set_model("bench");
+  *req.mutable_samples() = Batch(1);
+  std::vector<double> us;
+  for (int i = 0; i < calls + 100; ++i) {
+    grpc::ClientContext ctx;
+    v1::ScoreResponse resp;
+    const auto t = Clock::now();
+    grpc::Status st = stub->Score(&ctx, req, &resp);
+    if (!st.ok()) std::fprintf(stderr, "unary: %s\n", st.error_message().c_str());
+    if (i >= 100) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t).count());
+  }
+  std::sort(us.begin(), us.end());
+  return {us[us.size() / 2], us[us.size() * 99 / 100]};
+}
+
+// The engine in-process on `threads` threads, each with its own context: the ceiling.
+double EngineRate(const engine::Model& model, int threads, uint32_t rows, double seconds) {
+  const v1::Samples s = Batch(rows);
+  const absl::Span<const float> x(s.values().data(), s.values_size());
+  std::atomic<uint64_t> done{0};
+  std::vector<std::thread> ts;
+  const auto stop_at = Clock::now() + std::chrono::duration<double>(seconds);
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&] {
+      engine::ScopedThreads one(1);
+      auto ctx = model.NewContext();
+      engine::ScoreResult r;
+      while (Clock::now() < stop_at) {
+        (void)model.Score(*ctx, x, {}, &r);
+        done += rows;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  return done / seconds;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  double seconds = 1.5;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--seconds=", 10) == 0) seconds = std::atof(argv[i] + 10);
+  }
+  const std::string dir = "/tmp/aeserve_serve_bench_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  auto data = engine::MakeSynthetic(20000, 0, kFeatures, 6, 11);
+  engine::TrainRequest req;
+  req.spec = engine::DefaultSpec(kFeatures);  // 38-64-32-8-32-64-38
+  req.options.set_epochs(2);
+  auto file = engine::Train(req, engine::TrainingData{data.normal, 20000, kFeatures, {}});
+  if (!file.ok()) return 1;
+  server::ModelStore store(dir);
+  (void)store.WriteActive("bench", *store.AddVersion("bench", *file));
+
+  server::Options o;
+  o.host = "127.0.0.1";
+  o.port = 0;
+  o.model_dir = dir;
+  o.threads = 2;
+  auto aeserve = server::Server::Start(o, spdlog::null_logger_mt("bench"));
+  if (!aeserve.ok() || !(*aeserve)->LoadModels().ok()) return 1;
+  const int aeserve_port = (*aeserve)->port();
+
+  EchoService echo;
+  int echo_port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &echo_port);
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  builder.RegisterService(&echo);
+  auto echo_server = builder.BuildAndStart();
+
+  auto model = *engine::Model::Create(*file);
+  std::printf("aeserve serving benchmark: model 38-64-32-8-32-64-38, loopback, %u cores, %d scoring "
+              "workers, %.1f s per figure\n\n", std::thread::hardware_concurrency(), o.threads, seconds);
+  std::printf("StreamScore samples/s\n");
+  std::printf("%6s %8s %14s %14s %14s %14s %9s %9s\n", "batch", "streams", "aeserve", "grpc echo",
+              "engine 1 thr", "engine 2 thr", "vs echo", "vs eng 2");
+  for (uint32_t rows : {16u, 256u, 4096u}) {
+    const double e1 = EngineRate(*model, 1, rows, seconds / 2);
+    const double e2 = EngineRate(*model, 2, rows, seconds / 2);
+    for (int streams : {1, 4}) {
+      const double a = StreamRate<v1::Scoring>(aeserve_port, streams, rows, seconds);
+      const double b = StreamRate<bench::Echo>(echo_port, streams, rows, seconds);
+      std::printf("%6u %8d %14.0f %14.0f %14.0f %14.0f %8.0f%% %8.0f%%\n", rows, streams, a, b, e1,
+                  e2, 100 * a / b, 100 * a / e2);
+    }
+  }
+  const auto [a50, a99] = UnaryLatency<v1::Scoring>(aeserve_port, 5000);
+  const auto [b50, b99] = UnaryLatency<bench::Echo>(echo_port, 5000);
+  std::printf("\nunary Score, one sample, sequential calls (us)\n");
+  std::printf("%-10s %10s %10s\n", "", "p50", "p99");
+  std::printf("%-10s %10.1f %10.1f\n", "aeserve", a50, a99);
+  std::printf("%-10s %10.1f %10.1f\n", "grpc echo", b50, b99);
+  std::printf("p50 ratio aeserve / echo: %.2fx\n", a50 / b50);
+  echo_server->Shutdown();
+  (*aeserve)->Shutdown();
+  std::filesystem::remove_all(dir);
+  return 0;
+}
