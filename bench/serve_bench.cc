@@ -216,7 +216,8 @@ int main(int argc, char** argv) {
   auto file = engine::Train(req, engine::TrainingData{data.normal, 20000, kFeatures, {}});
   if (!file.ok()) return 1;
   server::ModelStore store(dir);
-  (void)store.WriteActive("bench", *store.AddVersion("bench", *file));
+  const server::ModelKey key{"bench", ""};
+  (void)store.WriteActive(key, *store.AddVersion(key, *file));
 
   server::Options o;
   o.host = "127.0.0.1";

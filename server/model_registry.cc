@@ -1,83 +1,247 @@
-// The models the server hosts, their versions and states.
+// The models the server hosts, their versions and states, and lifecycle changes.
 #include "model_registry.h"
 
+#include <chrono>
+
 #include "absl/strings/str_cat.h"
+#include "threshold.h"
 
 namespace aeserve::server {
 
+ModelRegistry::Entry ModelRegistry::LoadEntry(const ModelKey& key) const {
+  Entry entry;
+  for (uint64_t v : store_.ListVersions(key)) {
+    Version& ver = entry.versions[v];
+    auto file = store_.Load(key, v);
+    if (!file.ok()) {
+      ver.state = v1::MODEL_STATE_UNAVAILABLE;
+      ver.error = std::string(file.status().message());
+      continue;
+    }
+    auto model = engine::Model::Create(*std::move(file), model_options_);
+    if (!model.ok()) {
+      ver.state = v1::MODEL_STATE_UNAVAILABLE;
+      ver.error = std::string(model.status().message());
+      continue;
+    }
+    ver.state = v1::MODEL_STATE_READY;
+    ver.model = *std::move(model);
+  }
+  auto active = store_.ReadActive(key);
+  if (active.ok()) {
+    entry.active = *active;
+  } else if (!entry.versions.empty()) {
+    entry.active = entry.versions.rbegin()->first;
+  }
+  auto it = entry.versions.find(entry.active);
+  if (entry.active == 0) {
+    entry.error = "no active version";
+  } else if (it == entry.versions.end()) {
+    entry.error = absl::StrCat("active version ", entry.active, " does not exist");
+  } else if (it->second.state != v1::MODEL_STATE_READY) {
+    entry.error = absl::StrCat("active version ", entry.active, ": ", it->second.error);
+  }
+  return entry;
+}
+
 int ModelRegistry::LoadAll() {
+  absl::MutexLock admin(&admin_mu_);
   int ready = 0;
-  for (const std::string& name : store_.ListModels()) {
-    Entry entry;
-    for (uint64_t v : store_.ListVersions(name)) {
-      Version& ver = entry.versions[v];
-      auto file = store_.Load(name, v);
-      if (!file.ok()) {
-        ver.state = v1::MODEL_STATE_UNAVAILABLE;
-        ver.error = std::string(file.status().message());
-        continue;
-      }
-      auto model = engine::Model::Create(*std::move(file), model_options_);
-      if (!model.ok()) {
-        ver.state = v1::MODEL_STATE_UNAVAILABLE;
-        ver.error = std::string(model.status().message());
-        continue;
-      }
-      ver.state = v1::MODEL_STATE_READY;
-      ver.model = *std::move(model);
-    }
-    if (entry.versions.empty()) continue;  // an empty directory is not a model
-    auto active = store_.ReadActive(name);
-    entry.active = active.ok() ? *active : entry.versions.rbegin()->first;
-    auto it = entry.versions.find(entry.active);
-    if (it == entry.versions.end()) {
-      entry.error = absl::StrCat("active version ", entry.active, " does not exist");
-    } else if (it->second.state != v1::MODEL_STATE_READY) {
-      entry.error = absl::StrCat("active version ", entry.active, ": ", it->second.error);
-    } else {
-      ++ready;
-    }
+  for (const ModelKey& key : store_.ListModels()) {
+    store_.RemoveDebris(key);
+    Entry entry = LoadEntry(key);
+    if (entry.error.empty()) ++ready;
     absl::MutexLock lock(&mu_);
-    models_[name] = std::move(entry);
+    models_[key] = std::move(entry);
   }
   return ready;
 }
 
-absl::StatusOr<ModelHandle> ModelRegistry::Get(const std::string& name, uint64_t version) const {
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = models_.find(name);
-  if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
+absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64_t version) const {
+  auto it = models_.find(key);
+  if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
   const Entry& e = it->second;
   const uint64_t v = version == 0 ? e.active : version;
+  if (v == 0) return absl::UnavailableError(absl::StrCat("model '", key.str(), "' has no active version"));
   auto vit = e.versions.find(v);
   if (vit == e.versions.end()) {
-    return absl::NotFoundError(absl::StrCat("model '", name, "' has no version ", v));
+    return absl::NotFoundError(absl::StrCat("model '", key.str(), "' has no version ", v));
   }
   if (vit->second.state != v1::MODEL_STATE_READY) {
     return absl::UnavailableError(
-        absl::StrCat("model '", name, "' version ", v, " is unavailable: ", vit->second.error));
+        absl::StrCat("model '", key.str(), "' version ", v, " is unavailable: ", vit->second.error));
   }
-  return ModelHandle{vit->second.model, name, v};
+  return ModelHandle{vit->second.model, key.model, key.entity, v};
 }
 
-absl::Status ModelRegistry::AddLoaded(const std::string& name, uint64_t version,
-                                      v1::ModelFile file, bool activate) {
-  // Build (and so warm) the new version before taking the lock: new before old.
-  auto model = engine::Model::Create(std::move(file), model_options_);
+absl::StatusOr<ModelHandle> ModelRegistry::Get(const std::string& model, const std::string& entity,
+                                               uint64_t version) const {
+  absl::ReaderMutexLock lock(&mu_);
+  if (!entity.empty()) {
+    ModelKey ek{model, entity};
+    if (models_.count(ek)) return GetLocked(ek, version);
+  }
+  return GetLocked(ModelKey{model, ""}, version);
+}
+
+absl::StatusOr<v1::ModelFile> ModelRegistry::File(const ModelKey& key, uint64_t version) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto h = GetLocked(key, version);
+  if (!h.ok()) return h.status();
+  return h->model->file();
+}
+
+absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1::ModelFile& file,
+                                                   bool activate) {
+  // Load and warm before anything becomes visible.
+  auto model = engine::Model::Create(file, model_options_);
   if (!model.ok()) return model.status();
+  absl::MutexLock admin(&admin_mu_);
+  auto version = store_.AddVersion(key, file);
+  if (!version.ok()) return version.status();
+  bool first = false;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = models_.find(key);
+    first = it == models_.end() || it->second.active == 0;
+  }
+  if (activate || first) {
+    if (auto st = store_.WriteActive(key, *version); !st.ok()) return st;
+  }
   absl::MutexLock lock(&mu_);
-  Entry& e = models_[name];
-  e.versions[version] = Version{v1::MODEL_STATE_READY, "", *std::move(model)};
-  if (activate || e.active == 0) {
-    e.active = version;
+  Entry& e = models_[key];
+  e.versions[*version] = Version{v1::MODEL_STATE_READY, "", *std::move(model)};
+  if (activate || first) {
+    e.active = *version;
     e.error.clear();
+  }
+  return *version;
+}
+
+absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
+  absl::MutexLock admin(&admin_mu_);
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto h = GetLocked(key, version);  // must exist and be ready (loaded and warm)
+    if (!h.ok()) return h.status();
+  }
+  if (auto st = store_.WriteActive(key, version); !st.ok()) return st;
+  absl::MutexLock lock(&mu_);
+  Entry& e = models_[key];
+  e.active = version;
+  e.error.clear();
+  return absl::OkStatus();
+}
+
+absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version, bool force) {
+  absl::MutexLock admin(&admin_mu_);
+  bool active = false;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = models_.find(key);
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
+    if (!it->second.versions.count(version)) {
+      return absl::NotFoundError(absl::StrCat("model '", key.str(), "' has no version ", version));
+    }
+    active = it->second.active == version;
+  }
+  if (active && !force) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "version ", version, " of '", key.str(),
+        "' is active: activate another version first, or delete with force"));
+  }
+  if (active) {
+    if (auto st = store_.ClearActive(key); !st.ok()) return st;
+  }
+  if (auto st = store_.DeleteVersion(key, version); !st.ok()) return st;
+  absl::MutexLock lock(&mu_);
+  Entry& e = models_[key];
+  e.versions.erase(version);
+  if (active) {
+    e.active = 0;
+    e.error = "no active version";
   }
   return absl::OkStatus();
 }
 
-v1::ModelInfo ModelRegistry::InfoLocked(const std::string& name, const Entry& e) const {
+absl::Status ModelRegistry::DeleteModel(const ModelKey& key, bool force) {
+  absl::MutexLock admin(&admin_mu_);
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = models_.find(key);
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
+    if (it->second.active != 0 && !force) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", key.str(), "' has an active version: delete with force"));
+    }
+  }
+  if (auto st = store_.DeleteModel(key); !st.ok()) return st;
+  absl::MutexLock lock(&mu_);
+  for (auto it = models_.begin(); it != models_.end();) {
+    const bool gone = it->first == key || (key.entity.empty() && it->first.model == key.model);
+    it = gone ? models_.erase(it) : std::next(it);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
+                                         const v1::ThresholdConfig& threshold,
+                                         const v1::ThresholdConfig& critical, bool clear_critical) {
+  absl::MutexLock admin(&admin_mu_);
+  ModelHandle h;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto got = GetLocked(key, version);
+    if (!got.ok()) return got.status();
+    h = *got;
+  }
+  v1::ModelFile file = h.model->file();
+  const auto& calib = file.calibration_errors();
+  const absl::Span<const float> errors(calib.data(), static_cast<size_t>(calib.size()));
+  v1::ThresholdChange change;
+  change.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch()).count());
+  *change.mutable_old_threshold() = file.threshold();
+  change.set_old_value(file.threshold_value());
+  *change.mutable_old_critical() = file.critical_threshold();
+  change.set_old_critical_value(file.critical_threshold_value());
+  if (threshold.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+    auto value = engine::ComputeThreshold(threshold, errors);
+    if (!value.ok()) return value.status();
+    *file.mutable_threshold() = threshold;
+    file.set_threshold_value(*value);
+  }
+  if (clear_critical) {
+    file.clear_critical_threshold();
+    file.clear_critical_threshold_value();
+  } else if (critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+    auto value = engine::ComputeThreshold(critical, errors);
+    if (!value.ok()) return value.status();
+    *file.mutable_critical_threshold() = critical;
+    file.set_critical_threshold_value(*value);
+  }
+  if (file.critical_threshold_value() != 0 && file.critical_threshold_value() < file.threshold_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the critical threshold (", file.critical_threshold_value(),
+        ") must not be below the anomaly threshold (", file.threshold_value(), ")"));
+  }
+  *change.mutable_new_threshold() = file.threshold();
+  change.set_new_value(file.threshold_value());
+  *change.mutable_new_critical() = file.critical_threshold();
+  change.set_new_critical_value(file.critical_threshold_value());
+  *file.add_threshold_history() = change;
+  auto model = engine::Model::Create(file, model_options_);
+  if (!model.ok()) return model.status();
+  if (auto st = store_.RewriteVersion(key, h.version, file); !st.ok()) return st;
+  absl::MutexLock lock(&mu_);
+  models_[key].versions[h.version].model = *std::move(model);
+  return absl::OkStatus();
+}
+
+v1::ModelInfo ModelRegistry::InfoLocked(const ModelKey& key, const Entry& e) const {
   v1::ModelInfo info;
-  info.set_name(name);
+  info.set_name(key.model);
+  info.set_entity(key.entity);
   info.set_active_version(e.active);
   info.set_error(e.error);
   for (const auto& [v, ver] : e.versions) {
@@ -93,11 +257,15 @@ v1::ModelInfo ModelRegistry::InfoLocked(const std::string& name, const Entry& e)
       vi->set_epochs(f.history().epochs_size());
       if (f.history().best_epoch() > 0 &&
           f.history().best_epoch() <= static_cast<uint32_t>(f.history().epochs_size())) {
-        vi->set_best_validation_loss(
-            f.history().epochs(f.history().best_epoch() - 1).validation_loss());
+        vi->set_best_validation_loss(f.history().epochs(f.history().best_epoch() - 1).validation_loss());
       }
       vi->set_train_rows(f.history().train_rows());
       vi->set_training_seconds(f.history().seconds());
+    }
+  }
+  if (key.entity.empty()) {
+    for (auto it = models_.lower_bound(ModelKey{key.model, ""}); it != models_.end() && it->first.model == key.model; ++it) {
+      if (!it->first.entity.empty()) info.add_entities(it->first.entity);
     }
   }
   auto it = e.versions.find(e.active);
@@ -110,6 +278,9 @@ v1::ModelInfo ModelRegistry::InfoLocked(const std::string& name, const Entry& e)
     *info.mutable_feature_names() = f.feature_names();
     *info.mutable_threshold() = f.threshold();
     info.set_threshold_value(f.threshold_value());
+    *info.mutable_critical_threshold() = f.critical_threshold();
+    info.set_critical_threshold_value(f.critical_threshold_value());
+    *info.mutable_threshold_history() = f.threshold_history();
     *info.mutable_history() = f.history();
     info.set_description(f.metadata().description());
   } else {
@@ -121,15 +292,32 @@ v1::ModelInfo ModelRegistry::InfoLocked(const std::string& name, const Entry& e)
 std::vector<v1::ModelInfo> ModelRegistry::List() const {
   absl::ReaderMutexLock lock(&mu_);
   std::vector<v1::ModelInfo> out;
-  for (const auto& [name, e] : models_) out.push_back(InfoLocked(name, e));
+  for (const auto& [key, e] : models_) out.push_back(InfoLocked(key, e));
   return out;
 }
 
-absl::StatusOr<v1::ModelInfo> ModelRegistry::Info(const std::string& name) const {
+absl::StatusOr<v1::ModelInfo> ModelRegistry::Info(const ModelKey& key) const {
   absl::ReaderMutexLock lock(&mu_);
-  auto it = models_.find(name);
-  if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
-  return InfoLocked(name, it->second);
+  auto it = models_.find(key);
+  if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
+  return InfoLocked(key, it->second);
+}
+
+v1::ModelInfoBrief ModelRegistry::Brief(const ModelKey& key, uint64_t version) const {
+  absl::ReaderMutexLock lock(&mu_);
+  v1::ModelInfoBrief b;
+  b.set_model(key.model);
+  b.set_entity(key.entity);
+  auto it = models_.find(key);
+  if (it == models_.end()) return b;
+  b.set_active_version(it->second.active);
+  for (const auto& [v, ver] : it->second.versions) b.add_versions(v);
+  auto vit = it->second.versions.find(version == 0 ? it->second.active : version);
+  if (vit != it->second.versions.end() && vit->second.model) {
+    b.set_threshold_value(vit->second.model->file().threshold_value());
+    b.set_critical_threshold_value(vit->second.model->file().critical_threshold_value());
+  }
+  return b;
 }
 
 }  // namespace aeserve::server

@@ -1,6 +1,8 @@
 // The models the server hosts: every version in the store, loaded and ready, and which one is
 // active. A request takes a shared handle to one version for its duration only, so a swap never
-// pulls a model from under it; a version is freed when its last handle drops.
+// pulls a model from under it; a version is freed when its last handle drops. Lifecycle changes
+// write the store first and swap in memory after, new before old (the new version is loaded and
+// warm before it becomes visible).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "aeserve/v1/admin.pb.h"
 #include "aeserve/v1/scoring.pb.h"
 #include "model.h"
 #include "model_store.h"
@@ -21,6 +24,7 @@ namespace aeserve::server {
 struct ModelHandle {
   std::shared_ptr<const engine::Model> model;
   std::string name;
+  std::string entity;  // the entity model that will score; empty = the generic one
   uint64_t version = 0;
 };
 
@@ -33,16 +37,28 @@ class ModelRegistry {
   // the rest serve. Returns how many models have a ready active version.
   int LoadAll();
 
-  // The active version (version 0) or the given one. NOT_FOUND for unknown names or versions,
-  // UNAVAILABLE for a model that failed to load.
-  absl::StatusOr<ModelHandle> Get(const std::string& name, uint64_t version) const;
+  // The version to score with: <model>/<entity> when `entity` is given and that model exists,
+  // else the generic model; its active version (version 0) or the given one. NOT_FOUND for
+  // unknown names or versions, UNAVAILABLE for a version that failed to load.
+  absl::StatusOr<ModelHandle> Get(const std::string& model, const std::string& entity,
+                                  uint64_t version) const;
+  // The model file of a ready version (for fine-tuning).
+  absl::StatusOr<v1::ModelFile> File(const ModelKey& key, uint64_t version) const;
 
-  // Adds an already-saved version to the registry, optionally activating it.
-  absl::Status AddLoaded(const std::string& name, uint64_t version, v1::ModelFile file,
-                         bool activate);
+  // Writes `file` as a new version, loads it, and activates it unless `activate` is false
+  // (a model's first version is always activated). Returns the version number.
+  absl::StatusOr<uint64_t> AddVersion(const ModelKey& key, const v1::ModelFile& file, bool activate);
+  absl::Status Activate(const ModelKey& key, uint64_t version);
+  absl::Status DeleteVersion(const ModelKey& key, uint64_t version, bool force);
+  absl::Status DeleteModel(const ModelKey& key, bool force);
+  // Recomputes a version's threshold(s) from its calibration errors, records the change in its
+  // history, rewrites its file and swaps the loaded model.
+  absl::Status SetThreshold(const ModelKey& key, uint64_t version, const v1::ThresholdConfig& threshold,
+                            const v1::ThresholdConfig& critical, bool clear_critical);
 
   std::vector<v1::ModelInfo> List() const;
-  absl::StatusOr<v1::ModelInfo> Info(const std::string& name) const;
+  absl::StatusOr<v1::ModelInfo> Info(const ModelKey& key) const;
+  v1::ModelInfoBrief Brief(const ModelKey& key, uint64_t version) const;
   const ModelStore& store() const { return store_; }
 
  private:
@@ -56,15 +72,20 @@ class ModelRegistry {
     uint64_t active = 0;
     std::string error;
   };
-  v1::ModelInfo InfoLocked(const std::string& name, const Entry& e) const
+  Entry LoadEntry(const ModelKey& key) const;
+  v1::ModelInfo InfoLocked(const ModelKey& key, const Entry& e) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const ModelStore store_;
   const engine::ModelOptions model_options_;
+  // Serialises lifecycle changes (store writes plus swaps); never taken on the scoring path.
+  // Lock order: admin_mu_ before mu_.
+  absl::Mutex admin_mu_;
   // Guards the map only; models themselves are immutable. Held for lookups and swaps, never
-  // while loading or scoring.
-  mutable absl::Mutex mu_;
-  std::map<std::string, Entry> models_ ABSL_GUARDED_BY(mu_);
+  // while loading, writing or scoring.
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(admin_mu_);
+  std::map<ModelKey, Entry> models_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace aeserve::server

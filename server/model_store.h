@@ -1,5 +1,9 @@
-// The model store on disk: <dir>/<model>/<version>/model.pb and <dir>/<model>/ACTIVE holding the
-// active version number. Every write is atomic (temp file, fsync, rename).
+// The model store on disk, shared by every replica that mounts it:
+//   <dir>/<model>/<version>/model.pb             the generic model's versions (1, 2, ...)
+//   <dir>/<model>/ACTIVE                          the active version number, as text
+//   <dir>/<model>/entities/<entity>/<version>/model.pb and .../ACTIVE   per-entity models
+// Every write is atomic (temp file, fsync, rename); a crashed writer leaves at most a temp file
+// or a version directory without model.pb, both of which readers ignore.
 #pragma once
 
 #include <cstdint>
@@ -11,26 +15,46 @@
 
 namespace aeserve::server {
 
-// Model names: 1-128 characters of [A-Za-z0-9_.-], not starting with '.'.
-absl::Status ValidateModelName(const std::string& name);
+// Names of models and entities: 1-128 characters of [A-Za-z0-9_.-], not starting with '.'.
+absl::Status ValidateName(const std::string& name, const char* what = "model name");
+
+// A generic model ("cpu") or a per-entity one ("cpu" + "host-7", shown as "cpu/host-7").
+struct ModelKey {
+  std::string model;
+  std::string entity;
+  std::string str() const { return entity.empty() ? model : model + "/" + entity; }
+  bool operator<(const ModelKey& o) const { return std::tie(model, entity) < std::tie(o.model, o.entity); }
+  bool operator==(const ModelKey& o) const { return model == o.model && entity == o.entity; }
+};
+absl::StatusOr<ModelKey> MakeKey(const std::string& model, const std::string& entity);
 
 class ModelStore {
  public:
   explicit ModelStore(std::string dir) : dir_(std::move(dir)) {}
 
   const std::string& dir() const { return dir_; }
-  std::vector<std::string> ListModels() const;
-  // Versions with a model.pb, ascending. Temp files and other entries are ignored.
-  std::vector<uint64_t> ListVersions(const std::string& model) const;
+  // Every key with at least one version directory or an ACTIVE file.
+  std::vector<ModelKey> ListModels() const;
+  // Versions with a model.pb, ascending.
+  std::vector<uint64_t> ListVersions(const ModelKey& key) const;
   // The version named by ACTIVE; NOT_FOUND when there is none.
-  absl::StatusOr<uint64_t> ReadActive(const std::string& model) const;
-  absl::Status WriteActive(const std::string& model, uint64_t version) const;
-  std::string VersionPath(const std::string& model, uint64_t version) const;
-  absl::StatusOr<v1::ModelFile> Load(const std::string& model, uint64_t version) const;
-  // Writes a new version numbered one above the highest present and returns its number.
-  absl::StatusOr<uint64_t> AddVersion(const std::string& model, const v1::ModelFile& file) const;
+  absl::StatusOr<uint64_t> ReadActive(const ModelKey& key) const;
+  absl::Status WriteActive(const ModelKey& key, uint64_t version) const;
+  absl::Status ClearActive(const ModelKey& key) const;
+  std::string VersionPath(const ModelKey& key, uint64_t version) const;
+  absl::StatusOr<v1::ModelFile> Load(const ModelKey& key, uint64_t version) const;
+  // Writes a new version numbered above every version directory present and returns it.
+  absl::StatusOr<uint64_t> AddVersion(const ModelKey& key, const v1::ModelFile& file) const;
+  // Replaces an existing version's file atomically (threshold changes; the weights stay).
+  absl::Status RewriteVersion(const ModelKey& key, uint64_t version, const v1::ModelFile& file) const;
+  absl::Status DeleteVersion(const ModelKey& key, uint64_t version) const;
+  // Removes the key's directory (a generic model's includes its entities).
+  absl::Status DeleteModel(const ModelKey& key) const;
+  // Deletes temp files and version directories without model.pb left by crashed writers.
+  int RemoveDebris(const ModelKey& key) const;
 
  private:
+  std::string KeyDir(const ModelKey& key) const;
   std::string dir_;
 };
 

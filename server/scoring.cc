@@ -70,6 +70,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
 
   const size_t rows = res.error.size();
   r->set_model(h.name);
+  r->set_entity(h.entity);
   r->set_version(h.version);
   r->set_threshold(res.threshold);
   r->set_num_samples(static_cast<uint32_t>(rows));
@@ -82,6 +83,15 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     anomalies += res.anomalous[i];
   }
   r->set_num_anomalies(anomalies);
+  const double critical = model.file().critical_threshold_value();
+  if (critical > 0) {
+    r->set_critical_threshold(critical);
+    r->mutable_severity()->Resize(static_cast<int>(rows), 0);
+    for (size_t i = 0; i < rows; ++i) {
+      r->mutable_severity()->Set(static_cast<int>(i),
+                                 res.error[i] > critical ? 2 : (res.anomalous[i] ? 1 : 0));
+    }
+  }
   if (options.per_feature()) CopyInto(res.feature_error, r->mutable_feature_errors());
   if (k > 0) {
     std::vector<uint32_t> idx(d);

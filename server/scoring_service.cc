@@ -8,10 +8,11 @@ namespace aeserve::server {
 
 template <typename Fn>
 grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext* ctx,
-                                                     const std::string& model, uint64_t version,
+                                                     const std::string& model,
+                                                     const std::string& entity, uint64_t version,
                                                      Fn fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  auto handle = registry_->Get(model, version);
+  auto handle = registry_->Get(model, entity, version);
   if (!handle.ok()) {
     reactor->Finish(ToGrpc(handle.status()));
     return reactor;
@@ -35,7 +36,7 @@ grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx,
                                                 const v1::ScoreRequest* req,
                                                 v1::ScoreResponse* resp) {
-  return OnExecutor(ctx, req->model(), req->version(),
+  return OnExecutor(ctx, req->model(), req->entity(), req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return ScoreSamples(h, req->samples(), req->options(),
                                           options_.max_batch_rows, w, resp);
@@ -50,7 +51,7 @@ ScoringService::StreamScore(grpc::CallbackServerContext*) {
 grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ctx,
                                                  const v1::EncodeRequest* req,
                                                  v1::EncodeResponse* resp) {
-  return OnExecutor(ctx, req->model(), req->version(),
+  return OnExecutor(ctx, req->model(), "", req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return EncodeSamples(h, req->samples(), options_.max_batch_rows, w, resp);
                     });
@@ -59,7 +60,7 @@ grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContext* ctx,
                                                       const v1::ReconstructRequest* req,
                                                       v1::ReconstructResponse* resp) {
-  return OnExecutor(ctx, req->model(), req->version(),
+  return OnExecutor(ctx, req->model(), "", req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return ReconstructSamples(h, req->samples(), options_.max_batch_rows, w,
                                                 resp);
@@ -69,7 +70,7 @@ grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ScoringService::Generate(grpc::CallbackServerContext* ctx,
                                                    const v1::GenerateRequest* req,
                                                    v1::GenerateResponse* resp) {
-  return OnExecutor(ctx, req->model(), req->version(),
+  return OnExecutor(ctx, req->model(), "", req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return GenerateSamples(h, req->count(), req->seed(),
                                              options_.max_batch_rows, w, resp);
@@ -89,7 +90,12 @@ grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* 
                                                    const v1::GetModelRequest* req,
                                                    v1::ModelInfo* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  auto info = registry_->Info(req->model());
+  auto key = MakeKey(req->model(), req->entity());
+  if (!key.ok()) {
+    reactor->Finish(ToGrpc(key.status()));
+    return reactor;
+  }
+  auto info = registry_->Info(*key);
   if (info.ok()) *resp = *std::move(info);
   reactor->Finish(ToGrpc(info.status()));
   return reactor;

@@ -39,7 +39,7 @@ class ScoringService final : public v1::Scoring::CallbackService {
   // with its status.
   template <typename Fn>
   grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, const std::string& model,
-                                       uint64_t version, Fn fn);
+                                       const std::string& entity, uint64_t version, Fn fn);
 
   const Options& options_;
   const ModelRegistry* registry_;

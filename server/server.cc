@@ -76,10 +76,8 @@ absl::Status Server::TrainDemoModel() {
     return true;
   });
   if (!file.ok()) return file.status();
-  const ModelStore& store = registry_->store();
-  auto version = store.AddVersion("demo", *file);
+  auto version = registry_->AddVersion(ModelKey{"demo", ""}, *file, true);
   if (!version.ok()) return version.status();
-  if (auto st = store.WriteActive("demo", *version); !st.ok()) return st;
   log_->info("demo model saved as version {} (threshold {:.5f})", *version, file->threshold_value());
   return absl::OkStatus();
 }
@@ -93,10 +91,12 @@ absl::Status Server::LoadModels() {
   const int ready = registry_->LoadAll();
   for (const auto& info : registry_->List()) {
     if (info.state() == v1::MODEL_STATE_READY) {
-      log_->info("model '{}' ready: version {} of {}, {} features", info.name(),
+      log_->info("model '{}{}{}' ready: version {} of {}, {} features", info.name(),
+                 info.entity().empty() ? "" : "/", info.entity(),
                  info.active_version(), info.versions_size(), info.num_features());
     } else {
-      log_->error("model '{}' unavailable: {}", info.name(), info.error());
+      log_->error("model '{}{}{}' unavailable: {}", info.name(), info.entity().empty() ? "" : "/",
+                  info.entity(), info.error());
     }
   }
   grpc_->GetHealthCheckService()->SetServingStatus(true);

@@ -162,7 +162,7 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
     if (!req.has_samples()) return;  // config only
   }
   if (!configured_) return error(absl::InvalidArgumentError("the first message must carry config (the model to use)"));
-  auto handle = registry_->Get(config_.model(), config_.version());
+  auto handle = registry_->Get(config_.model(), config_.entity(), config_.version());
   if (!handle.ok()) return error(handle.status());
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());

@@ -49,11 +49,13 @@ inline v1::ModelFile TrainSmall(v1::ModelKind kind, uint64_t seed = 1) {
 }
 
 // Writes `file` as a new version of `model` and makes it active.
-inline uint64_t Store(const std::string& dir, const std::string& model, const v1::ModelFile& file) {
+inline uint64_t Store(const std::string& dir, const std::string& model, const v1::ModelFile& file,
+                      const std::string& entity = "") {
   server::ModelStore store(dir);
-  auto v = store.AddVersion(model, file);
+  const server::ModelKey key{model, entity};
+  auto v = store.AddVersion(key, file);
   EXPECT_TRUE(v.ok()) << v.status();
-  EXPECT_TRUE(store.WriteActive(model, *v).ok());
+  EXPECT_TRUE(store.WriteActive(key, *v).ok());
   return *v;
 }
 
