@@ -29,6 +29,16 @@ ABSL_FLAG(int, max_streams, 256, "Concurrent StreamScore calls before RESOURCE_E
 ABSL_FLAG(int, stream_max_pending, 4, "Batches read ahead per stream before backpressure.");
 ABSL_FLAG(int, stream_max_unsent, 8, "Answers held for a slow stream reader before backpressure.");
 ABSL_FLAG(double, shutdown_grace_seconds, 10, "Time in-flight work gets on SIGTERM/SIGINT.");
+ABSL_FLAG(int, max_training_jobs, 1, "Training jobs running at once (each on one core).");
+ABSL_FLAG(int, max_queued_jobs, 16, "Training jobs waiting before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(uint64_t, max_training_values, 256u << 20,
+          "Most float values uploaded for one training job (rows x features).");
+ABSL_FLAG(std::string, auth_tokens, "",
+          "File of '<token> score|admin' lines; when set every call needs 'authorization: Bearer "
+          "<token>' and admin calls the admin role.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mTLS).");
 ABSL_FLAG(std::string, demo_csv, "",
           "If the model store is empty, train model 'demo' on this CSV at start-up.");
 
@@ -67,6 +77,13 @@ int main(int argc, char** argv) {
   o.stream_max_unsent = absl::GetFlag(FLAGS_stream_max_unsent);
   o.shutdown_grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   o.demo_csv = absl::GetFlag(FLAGS_demo_csv);
+  o.max_training_jobs = absl::GetFlag(FLAGS_max_training_jobs);
+  o.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
+  o.max_training_values = absl::GetFlag(FLAGS_max_training_values);
+  o.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);
+  o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
 
   auto server = aeserve::server::Server::Start(o, log);
   if (!server.ok()) {

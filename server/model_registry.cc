@@ -84,11 +84,9 @@ absl::StatusOr<ModelHandle> ModelRegistry::Get(const std::string& model, const s
   return GetLocked(ModelKey{model, ""}, version);
 }
 
-absl::StatusOr<v1::ModelFile> ModelRegistry::File(const ModelKey& key, uint64_t version) const {
+absl::StatusOr<ModelHandle> ModelRegistry::Handle(const ModelKey& key, uint64_t version) const {
   absl::ReaderMutexLock lock(&mu_);
-  auto h = GetLocked(key, version);
-  if (!h.ok()) return h.status();
-  return h->model->file();
+  return GetLocked(key, version);
 }
 
 absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1::ModelFile& file,

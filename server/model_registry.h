@@ -42,8 +42,8 @@ class ModelRegistry {
   // unknown names or versions, UNAVAILABLE for a version that failed to load.
   absl::StatusOr<ModelHandle> Get(const std::string& model, const std::string& entity,
                                   uint64_t version) const;
-  // The model file of a ready version (for fine-tuning).
-  absl::StatusOr<v1::ModelFile> File(const ModelKey& key, uint64_t version) const;
+  // Exactly `key` (no entity fallback), its active version (0) or the given one.
+  absl::StatusOr<ModelHandle> Handle(const ModelKey& key, uint64_t version) const;
 
   // Writes `file` as a new version, loads it, and activates it unless `activate` is false
   // (a model's first version is always activated). Returns the version number.

@@ -21,6 +21,12 @@ struct Options {
   int stream_max_unsent = 8;               // responses waiting for a slow reader per stream
   double shutdown_grace_seconds = 10;      // in-flight work gets this long on SIGTERM
   std::string demo_csv;                    // train model "demo" from this CSV if the store is empty
+  int max_training_jobs = 1;               // jobs training at once
+  int max_queued_jobs = 16;                // jobs waiting before RESOURCE_EXHAUSTED
+  uint64_t max_training_values = 256u << 20;  // floats uploaded per job (1 GiB)
+  std::string auth_tokens;                 // file of `<token> score|admin` lines; empty = no auth
+  std::string tls_cert, tls_key;           // PEM files: serve TLS
+  std::string tls_client_ca;               // PEM file: require client certificates (mutual TLS)
 };
 
 }  // namespace aeserve::server

@@ -12,6 +12,10 @@ grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext
                                                      const std::string& entity, uint64_t version,
                                                      Fn fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = auth_->Check(ctx, Role::kScore); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
   auto handle = registry_->Get(model, entity, version);
   if (!handle.ok()) {
     reactor->Finish(ToGrpc(handle.status()));
@@ -44,8 +48,8 @@ grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx
 }
 
 grpc::ServerBidiReactor<v1::StreamScoreRequest, v1::StreamScoreResponse>*
-ScoringService::StreamScore(grpc::CallbackServerContext*) {
-  return new StreamReactor(options_, registry_, executor_, streams_);
+ScoringService::StreamScore(grpc::CallbackServerContext* ctx) {
+  return new StreamReactor(options_, registry_, executor_, streams_, auth_->Check(ctx, Role::kScore));
 }
 
 grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ctx,
@@ -80,9 +84,12 @@ grpc::ServerUnaryReactor* ScoringService::Generate(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* ScoringService::ListModels(grpc::CallbackServerContext* ctx,
                                                      const v1::ListModelsRequest*,
                                                      v1::ListModelsResponse* resp) {
-  for (auto& info : registry_->List()) *resp->add_models() = std::move(info);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  grpc::Status st = auth_->Check(ctx, Role::kScore);
+  if (st.ok()) {
+    for (auto& info : registry_->List()) *resp->add_models() = std::move(info);
+  }
+  reactor->Finish(st);
   return reactor;
 }
 
@@ -90,6 +97,10 @@ grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* 
                                                    const v1::GetModelRequest* req,
                                                    v1::ModelInfo* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = auth_->Check(ctx, Role::kScore); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
   auto key = MakeKey(req->model(), req->entity());
   if (!key.ok()) {
     reactor->Finish(ToGrpc(key.status()));

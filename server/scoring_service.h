@@ -3,6 +3,7 @@
 #pragma once
 
 #include "aeserve/v1/scoring.grpc.pb.h"
+#include "auth.h"
 #include "executor.h"
 #include "model_registry.h"
 #include "options.h"
@@ -13,8 +14,8 @@ namespace aeserve::server {
 class ScoringService final : public v1::Scoring::CallbackService {
  public:
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
-                 StreamTracker* streams)
-      : options_(options), registry_(registry), executor_(executor), streams_(streams) {}
+                 StreamTracker* streams, const Authorizer* auth)
+      : options_(options), registry_(registry), executor_(executor), streams_(streams), auth_(auth) {}
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                   v1::ScoreResponse* resp) override;
@@ -45,6 +46,7 @@ class ScoringService final : public v1::Scoring::CallbackService {
   const ModelRegistry* registry_;
   Executor* executor_;
   StreamTracker* streams_;
+  const Authorizer* auth_;
 };
 
 }  // namespace aeserve::server

@@ -2,6 +2,7 @@
 #include "server.h"
 
 #include <chrono>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -24,26 +25,62 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   std::unique_ptr<Server> s(new Server(options, std::move(log)));
   Options& o = s->options_;
   if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (!o.auth_tokens.empty()) {
+    auto auth = Authorizer::FromFile(o.auth_tokens);
+    if (!auth.ok()) return auth.status();
+    s->auth_ = *std::move(auth);
+  }
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!o.tls_cert.empty() || !o.tls_key.empty()) {
+    auto read = [](const std::string& path, std::string* out) {
+      std::ifstream in(path);
+      if (!in) return false;
+      out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      return true;
+    };
+    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    if (!read(o.tls_cert, &pair.cert_chain) || !read(o.tls_key, &pair.private_key)) {
+      return absl::InvalidArgumentError("cannot read --tls_cert or --tls_key");
+    }
+    ssl.pem_key_cert_pairs.push_back(pair);
+    if (!o.tls_client_ca.empty()) {
+      if (!read(o.tls_client_ca, &ssl.pem_root_certs)) {
+        return absl::InvalidArgumentError("cannot read --tls_client_ca");
+      }
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(ssl);
+  } else if (!o.tls_client_ca.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+  }
   s->registry_ = std::make_unique<ModelRegistry>(
       ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096});
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);
+  s->admin_executor_ = std::make_unique<Executor>(1, 64);
+  s->jobs_ = std::make_unique<TrainingJobs>(s->registry_.get(), std::max(1, o.max_training_jobs),
+                                            std::max(1, o.max_queued_jobs), s->log_);
   s->scoring_ = std::make_unique<ScoringService>(s->options_, s->registry_.get(),
-                                                 s->executor_.get(), &s->streams_);
+                                                 s->executor_.get(), &s->streams_, &s->auth_);
+  s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
+                                             s->admin_executor_.get(), &s->auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(o.host, ":", o.port), grpc::InsecureServerCredentials(),
-                           &s->port_);
+  builder.AddListeningPort(absl::StrCat(o.host, ":", o.port), creds, &s->port_);
   builder.SetMaxReceiveMessageSize(o.max_message_bytes);
   builder.SetMaxSendMessageSize(o.max_message_bytes);
   builder.RegisterService(s->scoring_.get());
+  builder.RegisterService(s->admin_.get());
   s->grpc_ = builder.BuildAndStart();
   if (!s->grpc_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.host, ":", o.port));
   }
   s->grpc_->GetHealthCheckService()->SetServingStatus(false);
-  s->log_->info("listening on {}:{} (health NOT_SERVING until models are loaded)", o.host, s->port_);
+  s->log_->info("listening on {}:{} ({}{}; health NOT_SERVING until models are loaded)", o.host,
+                s->port_, o.tls_cert.empty() ? "plaintext" : (o.tls_client_ca.empty() ? "TLS" : "mutual TLS"),
+                s->auth_.enabled() ? ", bearer tokens required" : "");
   return s;
 }
 
@@ -112,8 +149,10 @@ void Server::Shutdown() {
   streams_.ShutdownAll();
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(options_.shutdown_grace_seconds * 1000));
+  jobs_->Stop();
   grpc_->Shutdown(deadline);
   executor_->Stop();
+  admin_executor_->Stop();
   grpc_->Wait();
   log_->info("shut down");
 }

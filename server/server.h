@@ -5,6 +5,8 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "admin_service.h"
+#include "auth.h"
 #include "executor.h"
 #include "grpcpp/server.h"
 #include "model_registry.h"
@@ -12,6 +14,7 @@
 #include "scoring_service.h"
 #include "spdlog/logger.h"
 #include "stream_reactor.h"
+#include "training_jobs.h"
 
 namespace aeserve::server {
 
@@ -31,6 +34,7 @@ class Server {
 
   int port() const { return port_; }
   ModelRegistry& registry() { return *registry_; }
+  TrainingJobs& jobs() { return *jobs_; }
 
  private:
   Server(const Options& options, std::shared_ptr<spdlog::logger> log);
@@ -38,10 +42,14 @@ class Server {
 
   Options options_;
   std::shared_ptr<spdlog::logger> log_;
+  Authorizer auth_;
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<Executor> executor_;
+  std::unique_ptr<Executor> admin_executor_;
+  std::unique_ptr<TrainingJobs> jobs_;
   StreamTracker streams_;
   std::unique_ptr<ScoringService> scoring_;
+  std::unique_ptr<AdminService> admin_;
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;
   bool shut_down_ = false;

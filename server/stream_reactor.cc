@@ -33,8 +33,14 @@ size_t StreamTracker::size() const {
 }
 
 StreamReactor::StreamReactor(const Options& options, const ModelRegistry* registry,
-                             Executor* executor, StreamTracker* tracker)
+                             Executor* executor, StreamTracker* tracker, grpc::Status denied)
     : options_(options), registry_(registry), executor_(executor), tracker_(tracker) {
+  if (!denied.ok()) {
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+    Finish(denied);
+    return;
+  }
   tracked_ = tracker_->Add(this, options_.max_streams);
   absl::MutexLock lock(&mu_);
   if (!tracked_) {

@@ -39,8 +39,9 @@ class StreamTracker {
 
 class StreamReactor : public grpc::ServerBidiReactor<v1::StreamScoreRequest, v1::StreamScoreResponse> {
  public:
+  // A non-OK `denied` (authorisation) ends the stream at once with that status.
   StreamReactor(const Options& options, const ModelRegistry* registry, Executor* executor,
-                StreamTracker* tracker);
+                StreamTracker* tracker, grpc::Status denied);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;

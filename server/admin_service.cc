@@ -1,0 +1,261 @@
+// The aeserve.v1.ModelAdmin service.
+#include "admin_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "status_util.h"
+
+namespace aeserve::server {
+namespace {
+
+// Receives a job's header and data chunks, then queues it.
+class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobRequest> {
+ public:
+  UploadReactor(TrainingJobs* jobs, uint64_t max_values, v1::TrainingJob* out, grpc::Status denied)
+      : jobs_(jobs), max_values_(max_values), out_(out) {
+    if (!denied.ok()) {
+      Finish(denied);
+      return;
+    }
+    StartRead(&req_);
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // upload complete
+      if (!have_header_) return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no header"));
+      auto job = jobs_->Submit(header_, std::move(values_));
+      if (job.ok()) *out_ = *job;
+      return Finish(ToGrpc(job.status()));
+    }
+    if (req_.has_header()) {
+      if (have_header_) {
+        return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   "the header is only allowed in the first message"));
+      }
+      have_header_ = true;
+      header_ = req_.header();
+      if (auto st = jobs_->CheckHeader(header_); !st.ok()) return Finish(ToGrpc(st));
+    } else if (!have_header_) {
+      return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "the first message must carry the header"));
+    }
+    if (values_.size() + req_.values_size() > max_values_) {
+      return Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 absl::StrCat("training data is over the limit of ", max_values_,
+                                              " values (--max_training_values)")));
+    }
+    values_.insert(values_.end(), req_.values().begin(), req_.values().end());
+    req_.Clear();
+    StartRead(&req_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  TrainingJobs* jobs_;
+  const uint64_t max_values_;
+  v1::TrainingJob* out_;
+  v1::CreateTrainingJobRequest req_;
+  v1::TrainingJobHeader header_;
+  bool have_header_ = false;
+  std::vector<float> values_;
+};
+
+// Streams a job's state to one watcher: the latest state, never a backlog.
+class WatchReactor : public grpc::ServerWriteReactor<v1::TrainingJob> {
+ public:
+  WatchReactor(TrainingJobs* jobs, const std::string& id, grpc::Status denied)
+      : jobs_(jobs), id_(id) {
+    if (!denied.ok()) {
+      absl::MutexLock lock(&mu_);
+      finished_ = true;
+      Finish(denied);
+      return;
+    }
+    auto first = jobs_->Watch(id, [this](const v1::TrainingJob& s) { Update(s); }, &token_);
+    absl::MutexLock lock(&mu_);
+    if (!first.ok()) {
+      finished_ = true;
+      Finish(ToGrpc(first.status()));
+      return;
+    }
+    watching_ = true;
+    if (!pending_) {  // an update that arrived meanwhile is newer than `first`
+      latest_ = *first;
+      pending_ = true;
+    }
+    Pump();
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) cancelled_ = true;
+    Pump();
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    Pump();
+  }
+  void OnDone() override {
+    if (watching_) jobs_->Unwatch(id_, token_);
+    delete this;
+  }
+
+ private:
+  void Update(const v1::TrainingJob& s) {
+    absl::MutexLock lock(&mu_);
+    latest_ = s;
+    pending_ = true;
+    Pump();
+  }
+  static bool Terminal(const v1::TrainingJob& s) {
+    return s.state() == v1::JOB_STATE_SUCCEEDED || s.state() == v1::JOB_STATE_FAILED ||
+           s.state() == v1::JOB_STATE_CANCELLED;
+  }
+  void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || writing_) return;
+    if (cancelled_) {
+      finished_ = true;
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+      return;
+    }
+    if (pending_) {
+      pending_ = false;
+      sending_ = latest_;
+      writing_ = true;
+      StartWrite(&sending_);
+      return;
+    }
+    if (Terminal(latest_)) {
+      finished_ = true;
+      Finish(grpc::Status::OK);
+    }
+  }
+  TrainingJobs* jobs_;
+  const std::string id_;
+  uint64_t token_ = 0;
+  bool watching_ = false;
+  absl::Mutex mu_;
+  v1::TrainingJob latest_ ABSL_GUARDED_BY(mu_), sending_ ABSL_GUARDED_BY(mu_);
+  bool pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+template <typename Fn>
+grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* ctx, Fn fn) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = auth_->Check(ctx, Role::kAdmin); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  if (!executor_->TrySubmit([reactor, fn = std::move(fn)](Worker&) mutable {
+        reactor->Finish(ToGrpc(fn()));
+      })) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "admin queue is full"));
+  }
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::CreateTrainingJobRequest>* AdminService::CreateTrainingJob(
+    grpc::CallbackServerContext* ctx, v1::TrainingJob* job) {
+  return new UploadReactor(jobs_, options_.max_training_values, job, auth_->Check(ctx, Role::kAdmin));
+}
+
+grpc::ServerWriteReactor<v1::TrainingJob>* AdminService::WatchTrainingJob(
+    grpc::CallbackServerContext* ctx, const v1::GetTrainingJobRequest* req) {
+  return new WatchReactor(jobs_, req->id(), auth_->Check(ctx, Role::kAdmin));
+}
+
+grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx,
+                                                       const v1::GetTrainingJobRequest* req,
+                                                       v1::TrainingJob* job) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::Status st = auth_->Check(ctx, Role::kAdmin);
+  if (st.ok()) {
+    auto got = jobs_->Get(req->id());
+    if (got.ok()) *job = *got;
+    st = ToGrpc(got.status());
+  }
+  reactor->Finish(st);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerContext* ctx,
+                                                         const v1::ListTrainingJobsRequest* req,
+                                                         v1::ListTrainingJobsResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::Status st = auth_->Check(ctx, Role::kAdmin);
+  if (st.ok()) {
+    for (auto& j : jobs_->List(req->model())) *resp->add_jobs() = std::move(j);
+  }
+  reactor->Finish(st);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerContext* ctx,
+                                                          const v1::GetTrainingJobRequest* req,
+                                                          v1::TrainingJob* job) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::Status st = auth_->Check(ctx, Role::kAdmin);
+  if (st.ok()) {
+    auto got = jobs_->Cancel(req->id());
+    if (got.ok()) *job = *got;
+    st = ToGrpc(got.status());
+  }
+  reactor->Finish(st);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx,
+                                                        const v1::ActivateVersionRequest* req,
+                                                        v1::ModelInfoBrief* resp) {
+  return Lifecycle(ctx, [this, req, resp]() -> absl::Status {
+    auto key = MakeKey(req->model(), req->entity());
+    if (!key.ok()) return key.status();
+    if (auto st = registry_->Activate(*key, req->version()); !st.ok()) return st;
+    *resp = registry_->Brief(*key, req->version());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContext* ctx,
+                                                      const v1::DeleteVersionRequest* req,
+                                                      v1::ModelInfoBrief* resp) {
+  return Lifecycle(ctx, [this, req, resp]() -> absl::Status {
+    auto key = MakeKey(req->model(), req->entity());
+    if (!key.ok()) return key.status();
+    if (auto st = registry_->DeleteVersion(*key, req->version(), req->force()); !st.ok()) return st;
+    *resp = registry_->Brief(*key, 0);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx,
+                                                    const v1::DeleteModelRequest* req,
+                                                    v1::DeleteModelResponse*) {
+  return Lifecycle(ctx, [this, req]() -> absl::Status {
+    auto key = MakeKey(req->model(), req->entity());
+    if (!key.ok()) return key.status();
+    return registry_->DeleteModel(*key, req->force());
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx,
+                                                     const v1::SetThresholdRequest* req,
+                                                     v1::ModelInfoBrief* resp) {
+  return Lifecycle(ctx, [this, req, resp]() -> absl::Status {
+    auto key = MakeKey(req->model(), req->entity());
+    if (!key.ok()) return key.status();
+    if (auto st = registry_->SetThreshold(*key, req->version(), req->threshold(),
+                                          req->critical_threshold(), req->clear_critical());
+        !st.ok()) {
+      return st;
+    }
+    *resp = registry_->Brief(*key, req->version());
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace aeserve::server

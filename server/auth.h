@@ -1,0 +1,31 @@
+// Bearer-token access control. With --auth_tokens every call needs `authorization: Bearer <token>`
+// in its metadata; scoring needs the `score` or `admin` role, the admin service the `admin` role.
+// Without the flag every call is allowed (the loopback default; see the README for production).
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server_context.h"
+
+namespace aeserve::server {
+
+enum class Role { kScore = 1, kAdmin = 2 };
+
+class Authorizer {
+ public:
+  Authorizer() = default;  // allows everything
+  // File format: one `<token> <role>` per line, role `score` or `admin`; '#' starts a comment.
+  static absl::StatusOr<Authorizer> FromFile(const std::string& path);
+
+  // UNAUTHENTICATED without a known token, PERMISSION_DENIED when its role is not enough.
+  grpc::Status Check(const grpc::CallbackServerContext* ctx, Role needed) const;
+  bool enabled() const { return enabled_; }
+
+ private:
+  bool enabled_ = false;
+  std::map<std::string, Role> tokens_;
+};
+
+}  // namespace aeserve::server

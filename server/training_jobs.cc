@@ -1,0 +1,272 @@
+// Training jobs: queue, runners, state and watchers.
+#include "training_jobs.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "spec.h"
+#include "threshold.h"
+#include "trainer.h"
+
+namespace aeserve::server {
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
+                           std::shared_ptr<spdlog::logger> log)
+    : registry_(registry), max_queued_(static_cast<size_t>(max_queued)), log_(std::move(log)) {
+  for (int i = 0; i < runners; ++i) runners_.emplace_back([this] { Loop(); });
+}
+
+TrainingJobs::~TrainingJobs() { Stop(); }
+
+bool TrainingJobs::Terminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
+  auto key = MakeKey(h.model(), h.entity());
+  if (!key.ok()) return key.status();
+  if (h.num_features() == 0) return absl::InvalidArgumentError("header: num_features must be > 0");
+  if (h.feature_names_size() != 0 && h.feature_names_size() != static_cast<int>(h.num_features())) {
+    return absl::InvalidArgumentError(absl::StrCat("header: ", h.feature_names_size(),
+                                                   " feature names for ", h.num_features(), " features"));
+  }
+  if (h.fine_tune() || h.base_version() != 0) {
+    auto base = registry_->Handle(*key, h.base_version());
+    if (!base.ok()) return base.status();
+    if (base->model->num_features() != h.num_features()) {
+      return absl::InvalidArgumentError(absl::StrCat("fine-tuning: the base version has ",
+                                                     base->model->num_features(), " features, the data ",
+                                                     h.num_features()));
+    }
+  } else if (auto spec = engine::ResolveSpec(h.spec(), h.num_features()); !spec.ok()) {
+    return spec.status();
+  }
+  if (auto o = engine::ResolveTrainingOptions(h.options()); !o.ok()) return o.status();
+  if (auto t = engine::ResolveThresholdConfig(h.threshold()); !t.ok()) return t.status();
+  if (h.critical_threshold().method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+    if (auto t = engine::ResolveThresholdConfig(h.critical_threshold()); !t.ok()) return t.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader& header,
+                                                     std::vector<float> data) {
+  if (auto st = CheckHeader(header); !st.ok()) return st;
+  if (data.empty()) return absl::InvalidArgumentError("no training data");
+  if (data.size() % header.num_features() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("training data: ", data.size(),
+                                                   " values is not a multiple of num_features ",
+                                                   header.num_features()));
+  }
+  auto job = std::make_shared<Job>();
+  job->header = header;
+  job->data = std::move(data);
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("server shutting down");
+  if (queue_.size() >= max_queued_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("training queue is full (", max_queued_, " jobs waiting)"));
+  }
+  v1::TrainingJob& s = job->state;
+  s.set_id(absl::StrCat("job-", NowMs(), "-", next_id_++));
+  s.set_model(header.model());
+  s.set_entity(header.entity());
+  s.set_state(v1::JOB_STATE_QUEUED);
+  s.set_num_features(header.num_features());
+  s.set_rows(job->data.size() / header.num_features());
+  s.set_epochs(header.options().epochs() ? header.options().epochs() : 50);
+  s.set_created_unix_ms(NowMs());
+  jobs_[s.id()] = job;
+  queue_.push_back(job);
+  log_->info("training job {} queued for model '{}{}{}': {} rows x {} features", s.id(),
+             header.model(), header.entity().empty() ? "" : "/", header.entity(), s.rows(),
+             header.num_features());
+  return s;
+}
+
+absl::StatusOr<v1::TrainingJob> TrainingJobs::Get(const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  return it->second->state;
+}
+
+std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::TrainingJob> out;
+  for (const auto& [id, job] : jobs_) {
+    if (model.empty() || job->state.model() == model) {
+      v1::TrainingJob s = job->state;
+      s.clear_history();
+      out.push_back(std::move(s));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  Job& job = *it->second;
+  if (Terminal(job.state.state())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " has already ended: ", v1::JobState_Name(job.state.state())));
+  }
+  job.cancel = true;
+  if (job.state.state() == v1::JOB_STATE_QUEUED) {
+    for (auto q = queue_.begin(); q != queue_.end(); ++q) {
+      if (q->get() == &job) {
+        queue_.erase(q);
+        break;
+      }
+    }
+    job.state.set_state(v1::JOB_STATE_CANCELLED);
+    job.state.set_finished_unix_ms(NowMs());
+    job.data.clear();
+    Publish(job);
+  }
+  return job.state;
+}
+
+absl::StatusOr<v1::TrainingJob> TrainingJobs::Watch(const std::string& id, Watcher watcher,
+                                                    uint64_t* token) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  *token = next_token_++;
+  if (!Terminal(it->second->state.state())) it->second->watchers[*token] = std::move(watcher);
+  return it->second->state;
+}
+
+void TrainingJobs::Unwatch(const std::string& id, uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  if (it != jobs_.end()) it->second->watchers.erase(token);
+}
+
+void TrainingJobs::Publish(Job& job) {
+  for (auto& [token, w] : job.watchers) w(job.state);
+  if (Terminal(job.state.state())) job.watchers.clear();
+}
+
+void TrainingJobs::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    for (auto& [id, job] : jobs_) job->cancel = true;
+  }
+  for (auto& t : runners_) {
+    if (t.joinable()) t.join();
+  }
+  runners_.clear();
+}
+
+void TrainingJobs::Loop() {
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](TrainingJobs* t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu_) {
+            return !t->queue_.empty() || t->stopping_;
+          },
+          this));
+      if (stopping_) return;
+      job = queue_.front();
+      queue_.pop_front();
+      job->state.set_state(v1::JOB_STATE_RUNNING);
+      job->state.set_started_unix_ms(NowMs());
+      Publish(*job);
+    }
+    Run(*job);
+  }
+}
+
+void TrainingJobs::Run(Job& job) {
+  const v1::TrainingJobHeader& h = job.header;
+  const ModelKey key{h.model(), h.entity()};
+  engine::TrainRequest req;
+  req.spec = h.spec();
+  req.options = h.options();
+  req.threshold = h.threshold();
+  req.description = h.description();
+  absl::StatusOr<ModelHandle> base = ModelHandle{};
+  if (h.fine_tune() || h.base_version() != 0) {
+    base = registry_->Handle(key, h.base_version());
+    if (base.ok()) {
+      req.start_from = &base->model->file();
+      if (!h.has_spec()) req.spec = base->model->spec();
+    }
+  }
+  std::vector<std::string> names(h.feature_names().begin(), h.feature_names().end());
+  const size_t d = h.num_features();
+  engine::TrainingData data{job.data, job.data.size() / d, d, names};
+  absl::StatusOr<v1::ModelFile> file =
+      !base.ok() ? absl::StatusOr<v1::ModelFile>(base.status())
+                 : engine::Train(req, data, [&](const engine::TrainingProgress& p) {
+                     absl::MutexLock lock(&mu_);
+                     v1::TrainingJob& s = job.state;
+                     s.set_epoch(p.epoch);
+                     s.set_epochs(p.epochs);
+                     s.set_train_loss(p.train_loss);
+                     s.set_validation_loss(p.validation_loss);
+                     s.set_samples_per_second(p.samples_per_second);
+                     s.set_elapsed_seconds(p.seconds);
+                     s.set_eta_seconds(p.seconds / p.epoch * (p.epochs - p.epoch));
+                     v1::EpochRecord* r = s.add_history();
+                     r->set_epoch(p.epoch);
+                     r->set_train_loss(p.train_loss);
+                     r->set_validation_loss(p.validation_loss);
+                     r->set_samples_per_second(p.samples_per_second);
+                     Publish(job);
+                     return !job.cancel.load();
+                   });
+  absl::StatusOr<uint64_t> version;
+  if (file.ok()) {
+    file->mutable_metadata()->set_training_job(job.state.id());
+    if (req.start_from != nullptr) file->mutable_metadata()->set_base_version(base->version);
+    if (h.critical_threshold().method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+      const auto& c = file->calibration_errors();
+      auto v = engine::ComputeThreshold(h.critical_threshold(), absl::Span<const float>(c.data(), c.size()));
+      if (v.ok()) {
+        *file->mutable_critical_threshold() = h.critical_threshold();
+        file->set_critical_threshold_value(*v);
+      } else {
+        file = v.status();
+      }
+    }
+  }
+  if (file.ok() && job.cancel) file = absl::CancelledError("cancelled");
+  if (file.ok()) version = registry_->AddVersion(key, *file, !h.no_activate());
+  absl::MutexLock lock(&mu_);
+  v1::TrainingJob& s = job.state;
+  s.set_finished_unix_ms(NowMs());
+  s.set_eta_seconds(0);
+  if (file.ok() && version.ok()) {
+    s.set_state(v1::JOB_STATE_SUCCEEDED);
+    s.set_version(*version);
+    s.set_activated(!h.no_activate() || *version == 1);
+    log_->info("training job {} succeeded: model '{}' version {}{}", s.id(), key.str(), *version,
+               s.activated() ? " (active)" : " (staged)");
+  } else {
+    const absl::Status st = file.ok() ? version.status() : file.status();
+    const bool cancelled = st.code() == absl::StatusCode::kCancelled || job.cancel;
+    s.set_state(cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
+    s.set_error(std::string(st.message()));
+    log_->warn("training job {} {}: {}", s.id(), cancelled ? "cancelled" : "failed", std::string(st.message()));
+  }
+  job.data.clear();
+  job.data.shrink_to_fit();
+  Publish(job);
+}
+
+}  // namespace aeserve::server

@@ -1,0 +1,72 @@
+// Training jobs: a bounded queue served by at most --max_training_jobs runner threads (so scoring
+// keeps its cores), each job's state published to any number of watchers. A finished job writes
+// a new version through the registry (atomic write, load, then activation).
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "aeserve/v1/admin.pb.h"
+#include "model_registry.h"
+#include "spdlog/logger.h"
+
+namespace aeserve::server {
+
+class TrainingJobs {
+ public:
+  using Watcher = std::function<void(const v1::TrainingJob&)>;
+
+  TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
+               std::shared_ptr<spdlog::logger> log);
+  ~TrainingJobs();
+
+  // Checks the header (INVALID_ARGUMENT with the reason) and, with `data`, queues the job.
+  absl::Status CheckHeader(const v1::TrainingJobHeader& header) const;
+  absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header, std::vector<float> data);
+  absl::StatusOr<v1::TrainingJob> Get(const std::string& id) const;
+  std::vector<v1::TrainingJob> List(const std::string& model) const;
+  absl::StatusOr<v1::TrainingJob> Cancel(const std::string& id);
+
+  // Calls `watcher` with every new state of the job, from a runner thread, under the jobs lock:
+  // it must only copy and hand off. Returns the current state; `*token` identifies the watcher.
+  absl::StatusOr<v1::TrainingJob> Watch(const std::string& id, Watcher watcher, uint64_t* token);
+  void Unwatch(const std::string& id, uint64_t token);
+
+  // Cancels everything and joins the runners.
+  void Stop();
+
+ private:
+  struct Job {
+    v1::TrainingJob state;
+    v1::TrainingJobHeader header;
+    std::vector<float> data;
+    std::atomic<bool> cancel{false};
+    std::map<uint64_t, Watcher> watchers;
+  };
+  void Loop();
+  void Run(Job& job);
+  void Publish(Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static bool Terminal(v1::JobState s);
+
+  ModelRegistry* registry_;
+  const size_t max_queued_;
+  std::shared_ptr<spdlog::logger> log_;
+  mutable absl::Mutex mu_;
+  std::deque<std::shared_ptr<Job>> queue_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> runners_;
+};
+
+}  // namespace aeserve::server
