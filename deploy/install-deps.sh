@@ -22,6 +22,7 @@ libfmt-dev
 libcivetweb-dev
 zlib1g-dev
 libxxhash-dev
+openssl
 libfast-float-dev
 libcli11-dev
 python3-grpcio

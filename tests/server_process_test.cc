@@ -8,6 +8,8 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
+#include "admin_client.h"
+#include "model_file.h"
 #include "server_process.h"
 #include "test_models.h"
 
@@ -113,6 +115,100 @@ TEST(ServerProcess, SigtermClosesOpenStreamsAndExitsZero) {
   stub.reset();
   EXPECT_EQ(p.Wait(20), 0) << p.log();
   EXPECT_NE(p.log().find("shut down"), std::string::npos);
+}
+
+// True once any temp file of an atomic write exists under `dir`.
+bool WriteInProgress(const std::string& dir) {
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->path().filename().string().find(".tmp.") != std::string::npos) return true;
+  }
+  return false;
+}
+
+TEST(ServerProcess, SigkillDuringModelWritesLeavesOnlyCompleteVersions) {
+  TempDir dir("aeserve_sigkill");
+  Store(dir.path(), "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
+  auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
+  int kills_during_write = 0;
+  for (int round = 0; round < 4; ++round) {
+    ServerProcess p;
+    ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                                         "--model_dir=" + dir.path()}))
+        << p.log();
+    auto ch = Channel(p.port());
+    auto admin = v1::ModelAdmin::NewStub(ch);
+    // A wide model makes a file of about 17 MB, so its write takes a while to kill into.
+    v1::TrainingJobHeader h;
+    h.set_model("plain");
+    h.set_num_features(kFeatures);
+    h.mutable_spec()->add_encoder_units(2048);
+    h.mutable_spec()->add_encoder_units(1024);
+    h.mutable_spec()->set_code_size(8);
+    h.mutable_options()->set_epochs(1);
+    h.mutable_options()->set_batch_size(256);
+    v1::TrainingJob job;
+    grpc::Status st;
+    for (int i = 0; i < 200; ++i) {  // the server may still be loading
+      st = CreateJob(admin.get(), h, data.normal, &job);
+      if (st.ok()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    // Rounds 0-2 kill the moment a temp file appears (mid-write); round 3 at a fixed delay.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    bool mid_write = false;
+    while (std::chrono::steady_clock::now() < until) {
+      if (round < 3 && WriteInProgress(dir.path())) {
+        mid_write = true;
+        break;
+      }
+      if (round == 3) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        break;
+      }
+    }
+    p.Signal(SIGKILL);
+    EXPECT_EQ(p.Wait(10), 128 + SIGKILL);
+    kills_during_write += mid_write;
+
+    // Every version the store shows is complete; the active one loads.
+    server::ModelStore store(dir.path());
+    const server::ModelKey key{"plain", ""};
+    for (uint64_t v : store.ListVersions(key)) {
+      EXPECT_TRUE(store.Load(key, v).ok()) << "version " << v << " is visible but not complete";
+    }
+    auto active = store.ReadActive(key);
+    ASSERT_TRUE(active.ok());
+    EXPECT_TRUE(store.Load(key, *active).ok());
+
+    // A restarted server serves the active version.
+    ServerProcess again;
+    ASSERT_TRUE(again.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                                             "--model_dir=" + dir.path()}));
+    auto scoring = v1::Scoring::NewStub(Channel(again.port()));
+    v1::ScoreRequest req;
+    req.set_model("plain");
+    req.mutable_samples()->set_num_features(kFeatures);
+    req.mutable_samples()->mutable_values()->Add(data.normal.begin(), data.normal.begin() + 5 * kFeatures);
+    v1::ScoreResponse resp;
+    grpc::Status scored;
+    for (int i = 0; i < 500; ++i) {
+      grpc::ClientContext ctx;
+      scored = scoring->Score(&ctx, req, &resp);
+      if (scored.ok()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(scored.ok()) << scored.error_message() << again.log();
+    EXPECT_EQ(resp.version(), *active);
+    scoring.reset();
+    again.Signal(SIGTERM);
+    EXPECT_EQ(again.Wait(20), 0);
+    EXPECT_FALSE(WriteInProgress(dir.path())) << "restart removes the debris of crashed writers";
+  }
+  EXPECT_GE(kills_during_write, 1) << "at least one kill must land inside a model write";
+  std::printf("SIGKILL rounds: 4, inside a model write: %d\n", kills_during_write);
 }
 
 }  // namespace

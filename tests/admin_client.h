@@ -1,0 +1,51 @@
+// Test helpers for the admin API: upload a training job, watch it to the end.
+#pragma once
+
+#include <vector>
+
+#include "aeserve/v1/admin.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+
+namespace aeserve::testing {
+
+// Uploads `values` in chunks of `chunk_rows` rows after `header`; returns the call status.
+inline grpc::Status CreateJob(v1::ModelAdmin::Stub* stub, const v1::TrainingJobHeader& header,
+                              const std::vector<float>& values, v1::TrainingJob* job,
+                              const std::string& token = "", size_t chunk_rows = 500) {
+  grpc::ClientContext ctx;
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto writer = stub->CreateTrainingJob(&ctx, job);
+  const size_t d = header.num_features();
+  const size_t chunk = chunk_rows * d;
+  for (size_t start = 0; start < values.size() || start == 0; start += chunk) {
+    v1::CreateTrainingJobRequest req;
+    if (start == 0) *req.mutable_header() = header;
+    const size_t end = std::min(values.size(), start + chunk);
+    req.mutable_values()->Add(values.begin() + start, values.begin() + end);
+    if (!writer->Write(req)) break;
+    if (values.empty()) break;
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+// Every state the watch stream delivers, until the job ends.
+inline std::vector<v1::TrainingJob> WatchToEnd(v1::ModelAdmin::Stub* stub, const std::string& id,
+                                               const std::string& token = "") {
+  grpc::ClientContext ctx;
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  v1::GetTrainingJobRequest req;
+  req.set_id(id);
+  auto reader = stub->WatchTrainingJob(&ctx, req);
+  std::vector<v1::TrainingJob> states;
+  v1::TrainingJob s;
+  while (reader->Read(&s)) states.push_back(s);
+  grpc::Status st = reader->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return states;
+}
+
+}  // namespace aeserve::testing

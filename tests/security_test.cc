@@ -1,0 +1,163 @@
+// Bearer tokens with roles, TLS and mutual TLS, against a real server with generated certificates.
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "admin_client.h"
+#include "aeserve/v1/scoring.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server.h"
+#include "spdlog/sinks/null_sink.h"
+#include "test_models.h"
+
+namespace aeserve::testing {
+namespace {
+
+using grpc::StatusCode;
+
+std::string Read(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::unique_ptr<server::Server> StartServer(const std::string& dir, server::Options o) {
+  o.host = "127.0.0.1";
+  o.port = 0;
+  o.model_dir = dir;
+  o.threads = 1;
+  static int n = 0;
+  auto s = server::Server::Start(o, spdlog::null_logger_mt("security" + std::to_string(n++)));
+  EXPECT_TRUE(s.ok()) << s.status();
+  if (!s.ok()) return nullptr;
+  EXPECT_TRUE((*s)->LoadModels().ok());
+  return *std::move(s);
+}
+
+grpc::Status ListModels(std::shared_ptr<grpc::Channel> ch, const std::string& token) {
+  auto stub = v1::Scoring::NewStub(ch);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  v1::ListModelsResponse resp;
+  return stub->ListModels(&ctx, v1::ListModelsRequest(), &resp);
+}
+
+grpc::Status Activate(std::shared_ptr<grpc::Channel> ch, const std::string& token) {
+  auto stub = v1::ModelAdmin::NewStub(ch);
+  grpc::ClientContext ctx;
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  v1::ActivateVersionRequest req;
+  req.set_model("plain");
+  req.set_version(1);
+  v1::ModelInfoBrief b;
+  return stub->ActivateVersion(&ctx, req, &b);
+}
+
+TEST(Security, TokensAndRoles) {
+  TempDir dir("aeserve_auth");
+  Store(dir.path(), "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
+  std::ofstream(dir.path() + "/tokens") << "# token role\nscorer-secret score\nadmin-secret admin\n";
+  server::Options o;
+  o.auth_tokens = dir.path() + "/tokens";
+  auto s = StartServer(dir.path(), o);
+  ASSERT_TRUE(s);
+  auto ch = grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(ListModels(ch, "").error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(ListModels(ch, "wrong").error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(ListModels(ch, "scorer-secret").ok());
+  EXPECT_TRUE(ListModels(ch, "admin-secret").ok());
+  EXPECT_EQ(Activate(ch, "").error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Activate(ch, "scorer-secret").error_code(), StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(Activate(ch, "admin-secret").ok());
+  // Streams and training uploads are checked too.
+  auto scoring = v1::Scoring::NewStub(ch);
+  grpc::ClientContext sctx;
+  auto stream = scoring->StreamScore(&sctx);
+  v1::StreamScoreResponse r;
+  EXPECT_FALSE(stream->Read(&r));
+  EXPECT_EQ(stream->Finish().error_code(), StatusCode::UNAUTHENTICATED);
+  auto admin = v1::ModelAdmin::NewStub(ch);
+  v1::TrainingJobHeader h;
+  h.set_model("plain");
+  h.set_num_features(kFeatures);
+  h.mutable_spec()->set_code_size(2);
+  v1::TrainingJob job;
+  EXPECT_EQ(CreateJob(admin.get(), h, std::vector<float>(kFeatures * 10, 1.f), &job, "scorer-secret").error_code(),
+            StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(CreateJob(admin.get(), h, std::vector<float>(kFeatures * 10, 1.f), &job, "admin-secret").ok());
+}
+
+TEST(Security, BadTokenFileRefusesToStart) {
+  TempDir dir("aeserve_auth_bad");
+  std::ofstream(dir.path() + "/tokens") << "only-a-token\n";
+  server::Options o;
+  o.host = "127.0.0.1";
+  o.port = 0;
+  o.model_dir = dir.path();
+  o.auth_tokens = dir.path() + "/tokens";
+  auto s = server::Server::Start(o, spdlog::null_logger_mt("security_bad"));
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+class Tls : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir("aeserve_tls");
+    const std::string d = dir_->path();
+    const std::string script =
+        "cd " + d + " && "
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=aeserve-test-ca && "
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost && "
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext && "
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext && "
+        "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=aeserve-client && "
+        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 && "
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout rogue.key -out rogue.pem -days 2 -subj /CN=rogue";
+    ASSERT_EQ(std::system((script + " > openssl.log 2>&1").c_str()), 0) << Read(d + "/openssl.log");
+    Store(d + "/models", "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  std::shared_ptr<grpc::Channel> Secure(int port, const std::string& cert, const std::string& key) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = Read(dir_->path() + "/ca.pem");
+    if (!cert.empty()) {
+      ssl.pem_cert_chain = Read(dir_->path() + "/" + cert);
+      ssl.pem_private_key = Read(dir_->path() + "/" + key);
+    }
+    return grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::SslCredentials(ssl));
+  }
+  static inline TempDir* dir_ = nullptr;
+};
+
+TEST_F(Tls, ServerTls) {
+  server::Options o;
+  o.tls_cert = dir_->path() + "/server.pem";
+  o.tls_key = dir_->path() + "/server.key";
+  auto s = StartServer(dir_->path() + "/models", o);
+  ASSERT_TRUE(s);
+  EXPECT_TRUE(ListModels(Secure(s->port(), "", ""), "").ok());
+  // A plaintext client cannot talk to a TLS server.
+  auto plain = grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(ListModels(plain, "").error_code(), StatusCode::UNAVAILABLE);
+}
+
+TEST_F(Tls, MutualTls) {
+  server::Options o;
+  o.tls_cert = dir_->path() + "/server.pem";
+  o.tls_key = dir_->path() + "/server.key";
+  o.tls_client_ca = dir_->path() + "/ca.pem";
+  auto s = StartServer(dir_->path() + "/models", o);
+  ASSERT_TRUE(s);
+  EXPECT_TRUE(ListModels(Secure(s->port(), "client.pem", "client.key"), "").ok());
+  EXPECT_EQ(ListModels(Secure(s->port(), "", ""), "").error_code(), StatusCode::UNAVAILABLE)
+      << "no client certificate";
+  EXPECT_EQ(ListModels(Secure(s->port(), "rogue.pem", "rogue.key"), "").error_code(), StatusCode::UNAVAILABLE)
+      << "a certificate from another CA";
+}
+
+}  // namespace
+}  // namespace aeserve::testing
