@@ -5,9 +5,15 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <thread>
 
+#include <unistd.h>
+
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "csv.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -20,7 +26,14 @@ using namespace aeserve;
 struct Common {
   std::string server = "localhost:50051";
   double timeout = 30;
+  std::string token;                       // bearer token (or $AESERVE_TOKEN)
+  std::string tls_ca, tls_cert, tls_key;   // TLS: CA bundle; client certificate for mTLS
 };
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 int Fail(const grpc::Status& st) {
   static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
@@ -43,12 +56,25 @@ std::shared_ptr<grpc::Channel> Connect(const Common& c) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(256 << 20);
-  return grpc::CreateCustomChannel(c.server, grpc::InsecureChannelCredentials(), args);
+  if (c.tls_ca.empty()) {
+    return grpc::CreateCustomChannel(c.server, grpc::InsecureChannelCredentials(), args);
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadFile(c.tls_ca);
+  if (!c.tls_cert.empty()) {
+    ssl.pem_cert_chain = ReadFile(c.tls_cert);
+    ssl.pem_private_key = ReadFile(c.tls_key);
+  }
+  return grpc::CreateCustomChannel(c.server, grpc::SslCredentials(ssl), args);
 }
 
-void Deadline(grpc::ClientContext& ctx, const Common& c) {
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(c.timeout * 1000)));
+// Token metadata, and a deadline unless `deadline` is false (long streams).
+void Deadline(grpc::ClientContext& ctx, const Common& c, bool deadline = true) {
+  if (!c.token.empty()) ctx.AddMetadata("authorization", "Bearer " + c.token);
+  if (deadline) {
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(static_cast<int64_t>(c.timeout * 1000)));
+  }
 }
 
 absl::StatusOr<engine::CsvTable> ReadInput(const std::string& path) {
@@ -143,6 +169,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   if (!table.ok()) return Fail(table.status());
   auto stub = v1::Scoring::NewStub(Connect(c));
   grpc::ClientContext ctx;
+  Deadline(ctx, c, false);
   auto stream = stub->StreamScore(&ctx);
   const size_t d = table->features();
   const auto& t = *table;
@@ -265,6 +292,278 @@ int Health(const Common& c) {
   return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
+const char* JobStateName(v1::JobState s) {
+  switch (s) {
+    case v1::JOB_STATE_QUEUED: return "QUEUED";
+    case v1::JOB_STATE_RUNNING: return "RUNNING";
+    case v1::JOB_STATE_SUCCEEDED: return "SUCCEEDED";
+    case v1::JOB_STATE_FAILED: return "FAILED";
+    case v1::JOB_STATE_CANCELLED: return "CANCELLED";
+    default: return "?";
+  }
+}
+
+// A live progress line on a terminal; one line per update otherwise.
+void ShowProgress(const v1::TrainingJob& j) {
+  const bool tty = isatty(2);
+  const int width = 30;
+  const int filled = j.epochs() ? static_cast<int>(width * j.epoch() / j.epochs()) : 0;
+  std::string bar(filled, '#');
+  bar.resize(width, '.');
+  std::fprintf(stderr, "%s[%s] %s epoch %u/%u train %.5g val %.5g %.0f samples/s ETA %.0fs%s",
+               tty ? "\r" : "", bar.c_str(), JobStateName(j.state()), j.epoch(), j.epochs(),
+               j.train_loss(), j.validation_loss(), j.samples_per_second(), j.eta_seconds(),
+               tty ? "   " : "\n");
+}
+
+struct TrainArgs {
+  std::string model, entity, kind = "plain", layers, decoder, loss = "mse", activation = "relu",
+                     scaling = "standard", noise = "gaussian", description;
+  uint32_t code = 0, epochs = 50, batch = 64, patience = 0, seed = 1;
+  float lr = 1e-3f, weight_decay = 0, dropout = 0, validation_split = 0.1f, noise_level = 0,
+        l1 = 0, kl_sparsity = 0, rho = 0, beta = 0;
+  double percentile = 99;
+  bool fine_tune = false, no_activate = false, detach = false;
+  uint64_t base_version = 0;
+};
+
+template <typename E, typename F>
+bool ParseEnum(const std::string& text, const std::string& prefix, F is_valid_name, E* out) {
+  std::string upper = prefix + text;
+  for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  for (char& ch : upper) if (ch == '-') ch = '_';
+  return is_valid_name(upper, out);
+}
+
+int Train(const Common& c, const TrainArgs& a, const std::string& path) {
+  auto table = ReadInput(path);
+  if (!table.ok()) return Fail(table.status());
+  v1::TrainingJobHeader h;
+  h.set_model(a.model);
+  h.set_entity(a.entity);
+  h.set_num_features(static_cast<uint32_t>(table->features()));
+  for (const auto& n : table->feature_names) h.add_feature_names(n);
+  h.set_fine_tune(a.fine_tune);
+  h.set_base_version(a.base_version);
+  h.set_no_activate(a.no_activate);
+  h.set_description(a.description);
+  if (!a.fine_tune && a.base_version == 0) {
+    v1::ModelSpec* s = h.mutable_spec();
+    v1::ModelKind kind;
+    v1::Loss loss;
+    v1::Activation act;
+    v1::Noise noise;
+    if (!ParseEnum(a.kind, "MODEL_KIND_", v1::ModelKind_Parse, &kind) ||
+        !ParseEnum(a.loss, "LOSS_", v1::Loss_Parse, &loss) ||
+        !ParseEnum(a.activation, "ACTIVATION_", v1::Activation_Parse, &act) ||
+        !ParseEnum(a.noise, "NOISE_", v1::Noise_Parse, &noise)) {
+      std::fprintf(stderr, "aectl: unknown --kind, --loss, --activation or --noise\n");
+      return 2;
+    }
+    s->set_kind(kind);
+    s->set_loss(loss);
+    s->set_hidden_activation(act);
+    s->set_noise(noise);
+    for (auto part : absl::StrSplit(a.layers, ',', absl::SkipEmpty())) s->add_encoder_units(std::stoul(std::string(part)));
+    for (auto part : absl::StrSplit(a.decoder, ',', absl::SkipEmpty())) s->add_decoder_units(std::stoul(std::string(part)));
+    s->set_code_size(a.code);
+    s->set_noise_level(a.noise_level);
+    s->set_l1_penalty(a.l1);
+    s->set_kl_sparsity_weight(a.kl_sparsity);
+    s->set_sparsity_target(a.rho);
+    s->set_beta(a.beta);
+  }
+  v1::TrainingOptions* o = h.mutable_options();
+  o->set_epochs(a.epochs);
+  o->set_batch_size(a.batch);
+  o->set_learning_rate(a.lr);
+  o->set_weight_decay(a.weight_decay);
+  o->set_dropout(a.dropout);
+  o->set_validation_split(a.validation_split);
+  o->set_patience(a.patience);
+  o->set_seed(a.seed);
+  v1::Scaling scaling;
+  if (!ParseEnum(a.scaling, "SCALING_", v1::Scaling_Parse, &scaling)) {
+    std::fprintf(stderr, "aectl: unknown --scaling\n");
+    return 2;
+  }
+  o->set_scaling(scaling);
+  h.mutable_threshold()->set_method(v1::THRESHOLD_PERCENTILE);
+  h.mutable_threshold()->set_value(a.percentile);
+
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  v1::TrainingJob job;
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx, c, false);
+    auto writer = stub->CreateTrainingJob(&ctx, &job);
+    const size_t d = table->features(), chunk = 16384 * d;
+    for (size_t start = 0; start < table->values.size(); start += chunk) {
+      v1::CreateTrainingJobRequest req;
+      if (start == 0) *req.mutable_header() = h;
+      const size_t end = std::min(table->values.size(), start + chunk);
+      req.mutable_values()->Add(table->values.begin() + start, table->values.begin() + end);
+      if (!writer->Write(req)) break;
+    }
+    writer->WritesDone();
+    grpc::Status st = writer->Finish();
+    if (!st.ok()) return Fail(st);
+  }
+  std::fprintf(stderr, "job %s queued: %llu rows x %u features\n", job.id().c_str(),
+               static_cast<unsigned long long>(job.rows()), job.num_features());
+  if (a.detach) {
+    std::printf("%s\n", job.id().c_str());
+    return 0;
+  }
+  grpc::ClientContext ctx;
+  Deadline(ctx, c, false);
+  v1::GetTrainingJobRequest req;
+  req.set_id(job.id());
+  auto reader = stub->WatchTrainingJob(&ctx, req);
+  while (reader->Read(&job)) ShowProgress(job);
+  if (isatty(2)) std::fprintf(stderr, "\n");
+  grpc::Status st = reader->Finish();
+  if (!st.ok()) return Fail(st);
+  if (job.state() != v1::JOB_STATE_SUCCEEDED) {
+    std::fprintf(stderr, "aectl: job %s %s: %s\n", job.id().c_str(), JobStateName(job.state()),
+                 job.error().c_str());
+    return 1;
+  }
+  std::printf("model %s%s%s version %llu %s (%u epochs, %.2f s)\n", job.model().c_str(),
+              job.entity().empty() ? "" : "/", job.entity().c_str(),
+              static_cast<unsigned long long>(job.version()), job.activated() ? "active" : "staged",
+              job.epoch(), job.elapsed_seconds());
+  return 0;
+}
+
+int Jobs(const Common& c, const std::string& model) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::ListTrainingJobsRequest req;
+  req.set_model(model);
+  v1::ListTrainingJobsResponse resp;
+  grpc::Status st = stub->ListTrainingJobs(&ctx, req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::printf("%-28s %-24s %-10s %9s %8s %12s %s\n", "JOB", "MODEL", "STATE", "EPOCH", "VERSION",
+              "TRAIN LOSS", "ERROR");
+  for (const auto& j : resp.jobs()) {
+    const std::string name = j.entity().empty() ? j.model() : j.model() + "/" + j.entity();
+    std::printf("%-28s %-24s %-10s %4u/%-4u %8llu %12.5g %s\n", j.id().c_str(), name.c_str(),
+                JobStateName(j.state()), j.epoch(), j.epochs(),
+                static_cast<unsigned long long>(j.version()), j.train_loss(), j.error().c_str());
+  }
+  return 0;
+}
+
+int Cancel(const Common& c, const std::string& id) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::GetTrainingJobRequest req;
+  req.set_id(id);
+  v1::TrainingJob job;
+  grpc::Status st = stub->CancelTrainingJob(&ctx, req, &job);
+  if (!st.ok()) return Fail(st);
+  std::printf("job %s %s\n", id.c_str(), job.state() == v1::JOB_STATE_CANCELLED ? "cancelled" : "cancelling (stops at the next epoch)");
+  return 0;
+}
+
+void PrintBrief(const v1::ModelInfoBrief& b) {
+  std::string versions;
+  for (uint64_t v : b.versions()) versions += (versions.empty() ? "" : ",") + std::to_string(v);
+  std::printf("model %s%s%s: active version %llu of [%s], threshold %.6g%s\n", b.model().c_str(),
+              b.entity().empty() ? "" : "/", b.entity().c_str(),
+              static_cast<unsigned long long>(b.active_version()), versions.c_str(),
+              b.threshold_value(),
+              b.critical_threshold_value() > 0
+                  ? (", critical " + std::to_string(b.critical_threshold_value())).c_str() : "");
+}
+
+int Activate(const Common& c, const std::string& model, const std::string& entity, uint64_t version) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::ActivateVersionRequest req;
+  req.set_model(model);
+  req.set_entity(entity);
+  req.set_version(version);
+  v1::ModelInfoBrief b;
+  grpc::Status st = stub->ActivateVersion(&ctx, req, &b);
+  if (!st.ok()) return Fail(st);
+  PrintBrief(b);
+  return 0;
+}
+
+int Delete(const Common& c, const std::string& model, const std::string& entity, uint64_t version,
+           bool force) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  grpc::Status st;
+  if (version != 0) {
+    v1::DeleteVersionRequest req;
+    req.set_model(model);
+    req.set_entity(entity);
+    req.set_version(version);
+    req.set_force(force);
+    v1::ModelInfoBrief b;
+    st = stub->DeleteVersion(&ctx, req, &b);
+    if (st.ok()) PrintBrief(b);
+  } else {
+    v1::DeleteModelRequest req;
+    req.set_model(model);
+    req.set_entity(entity);
+    req.set_force(force);
+    v1::DeleteModelResponse resp;
+    st = stub->DeleteModel(&ctx, req, &resp);
+    if (st.ok()) std::printf("model %s deleted\n", model.c_str());
+  }
+  return st.ok() ? 0 : Fail(st);
+}
+
+// "percentile:99.5", "mean-std:3", "median-mad:3", "fpr:0.01", "fixed:0.4".
+bool ParseThreshold(const std::string& text, v1::ThresholdConfig* out) {
+  const auto colon = text.find(':');
+  if (colon == std::string::npos) return false;
+  const std::string method = text.substr(0, colon);
+  double value = 0;
+  if (!absl::SimpleAtod(text.substr(colon + 1), &value)) return false;
+  static const std::map<std::string, v1::ThresholdMethod> kMethods = {
+      {"percentile", v1::THRESHOLD_PERCENTILE}, {"mean-std", v1::THRESHOLD_MEAN_STD},
+      {"median-mad", v1::THRESHOLD_MEDIAN_MAD}, {"fpr", v1::THRESHOLD_TARGET_FPR},
+      {"fixed", v1::THRESHOLD_FIXED}};
+  auto it = kMethods.find(method);
+  if (it == kMethods.end()) return false;
+  out->set_method(it->second);
+  out->set_value(value);
+  return true;
+}
+
+int Threshold(const Common& c, const std::string& model, const std::string& entity,
+              uint64_t version, const std::string& level, const std::string& critical,
+              bool clear_critical) {
+  v1::SetThresholdRequest req;
+  req.set_model(model);
+  req.set_entity(entity);
+  req.set_version(version);
+  req.set_clear_critical(clear_critical);
+  if ((!level.empty() && !ParseThreshold(level, req.mutable_threshold())) ||
+      (!critical.empty() && !ParseThreshold(critical, req.mutable_critical_threshold()))) {
+    std::fprintf(stderr, "aectl: a threshold is METHOD:VALUE with METHOD one of percentile, "
+                         "mean-std, median-mad, fpr, fixed\n");
+    return 2;
+  }
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::ModelInfoBrief b;
+  grpc::Status st = stub->SetThreshold(&ctx, req, &b);
+  if (!st.ok()) return Fail(st);
+  PrintBrief(b);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -303,7 +602,83 @@ int main(int argc, char** argv) {
   model_cmd->add_option("name", model, "model name")->required();
   auto* health = app.add_subcommand("health", "check the server's health (exit 0 when SERVING)");
 
+  if (const char* t = std::getenv("AESERVE_TOKEN")) c.token = t;
+  app.add_option("--token", c.token, "bearer token (default: $AESERVE_TOKEN)");
+  app.add_option("--tls-ca", c.tls_ca, "PEM CA bundle: connect with TLS");
+  app.add_option("--tls-cert", c.tls_cert, "PEM client certificate (mutual TLS)");
+  app.add_option("--tls-key", c.tls_key, "PEM client key (mutual TLS)");
+
+  TrainArgs ta;
+  std::string entity;
+  auto* train = app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
+  train->add_option("--model", ta.model, "model name")->required();
+  train->add_option("--entity", ta.entity, "train the per-entity model <model>/<entity>");
+  train->add_option("--kind", ta.kind, "plain, denoising, sparse or variational")->capture_default_str();
+  train->add_option("--layers", ta.layers, "encoder hidden widths, e.g. 64,32");
+  train->add_option("--decoder", ta.decoder, "decoder hidden widths (default: mirrored)");
+  train->add_option("--code", ta.code, "code (latent) size");
+  train->add_option("--loss", ta.loss, "mse or bce")->capture_default_str();
+  train->add_option("--activation", ta.activation, "relu, tanh, sigmoid, elu, leaky-relu")->capture_default_str();
+  train->add_option("--noise", ta.noise, "denoising: gaussian or masking")->capture_default_str();
+  train->add_option("--noise-level", ta.noise_level, "denoising: std or masking probability");
+  train->add_option("--l1", ta.l1, "sparse: L1 activity penalty");
+  train->add_option("--kl-sparsity", ta.kl_sparsity, "sparse: KL sparsity weight");
+  train->add_option("--rho", ta.rho, "sparse: target mean activation");
+  train->add_option("--beta", ta.beta, "variational: KL weight");
+  train->add_option("--epochs", ta.epochs)->capture_default_str();
+  train->add_option("--batch-size", ta.batch)->capture_default_str();
+  train->add_option("--lr", ta.lr, "Adam learning rate")->capture_default_str();
+  train->add_option("--weight-decay", ta.weight_decay)->capture_default_str();
+  train->add_option("--dropout", ta.dropout)->capture_default_str();
+  train->add_option("--validation-split", ta.validation_split)->capture_default_str();
+  train->add_option("--patience", ta.patience, "early-stopping patience in epochs (0 = off)")->capture_default_str();
+  train->add_option("--seed", ta.seed)->capture_default_str();
+  train->add_option("--scaling", ta.scaling, "standard, minmax or none")->capture_default_str();
+  train->add_option("--percentile", ta.percentile, "threshold percentile of held-out errors")->capture_default_str();
+  train->add_flag("--fine-tune", ta.fine_tune, "start from the active version's weights");
+  train->add_option("--base-version", ta.base_version, "fine-tune from this version");
+  train->add_flag("--no-activate", ta.no_activate, "keep the new version staged");
+  train->add_flag("--detach", ta.detach, "print the job id and return at once");
+  train->add_option("--description", ta.description);
+  train->add_option("file", path, "training CSV (a label column is ignored); '-' reads stdin");
+
+  std::string job_id;
+  auto* jobs = app.add_subcommand("jobs", "list training jobs");
+  jobs->add_option("--model", model, "only this model's jobs");
+  auto* cancel = app.add_subcommand("cancel", "cancel a training job");
+  cancel->add_option("job", job_id, "job id")->required();
+  auto* activate = app.add_subcommand("activate", "make a version active (rollback = an older one)");
+  activate->add_option("model", model)->required();
+  activate->add_option("version", version)->required();
+  activate->add_option("--entity", entity);
+  auto* del = app.add_subcommand("delete", "delete a version, or a whole model without --version");
+  bool force = false;
+  del->add_option("model", model)->required();
+  del->add_option("--version", version);
+  del->add_option("--entity", entity);
+  del->add_flag("--force", force, "also when it is active");
+  std::string level, critical;
+  bool clear_critical = false;
+  double pct = 0;
+  auto* threshold = app.add_subcommand("threshold", "change a version's threshold without retraining");
+  threshold->add_option("model", model)->required();
+  threshold->add_option("--version", version, "default: active");
+  threshold->add_option("--entity", entity);
+  threshold->add_option("--percentile", pct, "shorthand for --set percentile:P");
+  threshold->add_option("--set", level, "METHOD:VALUE (percentile, mean-std, median-mad, fpr, fixed)");
+  threshold->add_option("--critical", critical, "second level, METHOD:VALUE");
+  threshold->add_flag("--clear-critical", clear_critical);
+
   CLI11_PARSE(app, argc, argv);
+  if (train->parsed()) return Train(c, ta, path);
+  if (jobs->parsed()) return Jobs(c, model);
+  if (cancel->parsed()) return Cancel(c, job_id);
+  if (activate->parsed()) return Activate(c, model, entity, version);
+  if (del->parsed()) return Delete(c, model, entity, version, force);
+  if (threshold->parsed()) {
+    if (pct > 0) level = "percentile:" + std::to_string(pct);
+    return Threshold(c, model, entity, version, level, critical, clear_critical);
+  }
   if (score->parsed()) return Score(c, model, version, path, format, top_k, batch);
   if (stream->parsed()) {
     return Stream(c, model, path, rate, stream_batch, top_k, stats_every, debounce_k, debounce_n);
