@@ -1,0 +1,160 @@
+// The aectl command line against a real server: each subcommand, output formats, exit codes, and
+// bad arguments.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "server_process.h"
+#include "test_models.h"
+
+namespace aeserve::testing {
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+Result Aectl(const std::string& args, const std::string& stdin_file = "") {
+  static int n = 0;
+  const std::string err_path = "/tmp/aectl_test_err_" + std::to_string(getpid()) + "_" + std::to_string(n++);
+  std::string cmd = std::string(AECTL_BINARY) + " " + args + " 2>" + err_path;
+  if (!stdin_file.empty()) cmd += " < " + stdin_file;
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[65536];
+  size_t got;
+  while ((got = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, got);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream e(err_path);
+  std::stringstream ss;
+  ss << e.rdbuf();
+  r.err = ss.str();
+  std::remove(err_path.c_str());
+  return r;
+}
+
+int Lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+class AectlTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir("aeserve_aectl");
+    server_ = new ServerProcess;
+    ASSERT_TRUE(server_->Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                                                "--model_dir=" + dir_->path(), "--demo_csv=" + Train()}));
+    server_arg_ = "--server 127.0.0.1:" + std::to_string(server_->port());
+    for (int i = 0; i < 3000 && Aectl(server_arg_ + " health").code != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete dir_;
+  }
+  static std::string Train() { return AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-2-1-train.csv"; }
+  static std::string Test() { return AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-2-1-test.csv"; }
+  static inline TempDir* dir_ = nullptr;
+  static inline ServerProcess* server_ = nullptr;
+  static inline std::string server_arg_;
+};
+
+TEST_F(AectlTest, HealthAndModels) {
+  auto h = Aectl(server_arg_ + " health");
+  EXPECT_EQ(h.code, 0);
+  EXPECT_EQ(h.out, "SERVING\n");
+  auto m = Aectl(server_arg_ + " models");
+  EXPECT_EQ(m.code, 0);
+  EXPECT_NE(m.out.find("demo"), std::string::npos);
+  EXPECT_NE(m.out.find("READY"), std::string::npos);
+  auto one = Aectl(server_arg_ + " model demo");
+  EXPECT_EQ(one.code, 0);
+  EXPECT_NE(one.out.find("num_features: 38"), std::string::npos) << one.out;
+}
+
+TEST_F(AectlTest, ScoreCsvJsonAndStdin) {
+  auto csv = Aectl(server_arg_ + " score --model demo " + Test());
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  EXPECT_EQ(Lines(csv.out), 3001);  // header + one line per row
+  EXPECT_EQ(csv.out.rfind("row,id,error,anomalous,p_value,top_features\n", 0), 0u);
+  int flagged = 0;
+  std::istringstream lines(csv.out);
+  std::string line;
+  std::getline(lines, line);
+  while (std::getline(lines, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ls(line);
+    std::string cell;
+    while (std::getline(ls, cell, ',')) cells.push_back(cell);
+    ASSERT_GE(cells.size(), 5u) << line;
+    flagged += cells[3] == "1";
+  }
+  EXPECT_NE(csv.err.find("scored 3000 samples, " + std::to_string(flagged) + " anomalous"), std::string::npos)
+      << csv.err;
+  EXPECT_NE(csv.err.find("labels: 126 anomalies"), std::string::npos) << csv.err;
+
+  auto json = Aectl(server_arg_ + " score --model demo --format json --top-k 2 " + Test());
+  ASSERT_EQ(json.code, 0);
+  EXPECT_EQ(Lines(json.out), 3000);
+  EXPECT_EQ(json.out.rfind("{\"row\":0,", 0), 0u) << json.out.substr(0, 200);
+  EXPECT_NE(json.out.find("\"top\":[{\"feature\":\"f"), std::string::npos);
+
+  auto piped = Aectl(server_arg_ + " score --model demo -", Test());
+  ASSERT_EQ(piped.code, 0);
+  EXPECT_EQ(piped.out, csv.out);
+}
+
+TEST_F(AectlTest, StreamFlagsWhatScoreFlags) {
+  auto score = Aectl(server_arg_ + " score --model demo " + Test());
+  auto stream = Aectl(server_arg_ + " stream --model demo --batch 64 --rate 20000 --stats-every 0.02 " + Test());
+  ASSERT_EQ(stream.code, 0) << stream.err;
+  // The stream prints the flagged rows only, with the same summary as score.
+  const auto summary = [](const std::string& err) { return err.substr(err.find("scored")); };
+  EXPECT_EQ(summary(stream.err).substr(0, 40), summary(score.err).substr(0, 40));
+  EXPECT_NE(stream.err.find("stats:"), std::string::npos);
+}
+
+TEST_F(AectlTest, TrainThresholdActivate) {
+  auto t = Aectl(server_arg_ + " train --model t2 --layers 16 --code 4 --epochs 5 " + Test());
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_NE(t.out.find("model t2 version 1 active"), std::string::npos) << t.out;
+  EXPECT_NE(t.err.find("SUCCEEDED epoch 5/5"), std::string::npos);
+  auto detached = Aectl(server_arg_ + " train --model t2 --layers 16 --code 4 --epochs 2 --detach --no-activate " + Test());
+  ASSERT_EQ(detached.code, 0);
+  EXPECT_EQ(detached.out.rfind("job-", 0), 0u);
+  auto jobs = Aectl(server_arg_ + " jobs --model t2");
+  EXPECT_EQ(jobs.code, 0);
+  EXPECT_NE(jobs.out.find("SUCCEEDED"), std::string::npos);
+  auto th = Aectl(server_arg_ + " threshold t2 --percentile 95 --critical median-mad:10");
+  EXPECT_EQ(th.code, 0) << th.err;
+  EXPECT_NE(th.out.find("critical"), std::string::npos);
+  auto bad = Aectl(server_arg_ + " threshold t2 --set sideways:3");
+  EXPECT_EQ(bad.code, 2);
+  auto missing = Aectl(server_arg_ + " activate t2 9");
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("aectl: NOT_FOUND"), std::string::npos) << missing.err;
+}
+
+TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
+  auto unknown = Aectl(server_arg_ + " score --model nope " + Test());
+  EXPECT_EQ(unknown.code, 1);
+  EXPECT_EQ(unknown.err, "aectl: NOT_FOUND: unknown model 'nope'\n");
+  auto no_model = Aectl(server_arg_ + " score " + Test());
+  EXPECT_NE(no_model.code, 0);
+  EXPECT_NE(no_model.err.find("--model"), std::string::npos) << no_model.err;
+  auto no_file = Aectl(server_arg_ + " score --model demo /nonexistent.csv");
+  EXPECT_EQ(no_file.code, 1);
+  EXPECT_NE(no_file.err.find("cannot open"), std::string::npos);
+  auto down = Aectl("--server 127.0.0.1:1 --timeout 2 health");
+  EXPECT_EQ(down.code, 1);
+  EXPECT_NE(down.err.find("UNAVAILABLE"), std::string::npos) << down.err;
+  auto no_cmd = Aectl("");
+  EXPECT_NE(no_cmd.code, 0);
+}
+
+}  // namespace
+}  // namespace aeserve::testing
