@@ -23,6 +23,7 @@ libcivetweb-dev
 zlib1g-dev
 libxxhash-dev
 openssl
+prometheus
 libfast-float-dev
 libcli11-dev
 python3-grpcio
