@@ -222,6 +222,7 @@ int main(int argc, char** argv) {
   server::Options o;
   o.host = "127.0.0.1";
   o.port = 0;
+  o.metrics_port = -1;
   o.model_dir = dir;
   o.threads = 2;
   auto aeserve = server::Server::Start(o, spdlog::null_logger_mt("bench"));

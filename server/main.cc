@@ -15,7 +15,11 @@
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC (127.0.0.1 for local only).");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
-ABSL_FLAG(int, metrics_port, 9464, "Port of the Prometheus /metrics endpoint; 0 = off.");
+ABSL_FLAG(int, metrics_port, 9464,
+          "Port of the Prometheus /metrics endpoint (same host as gRPC); 0 = metrics off, -1 = any free port.");
+ABSL_FLAG(double, drift_threshold, 0.2,
+          "Kolmogorov-Smirnov distance between live and calibration errors above which a model is "
+          "reported drifted (aeserve_model_drifted, GetModel).");
 ABSL_FLAG(std::string, model_dir, "./models",
           "Model store: <dir>/<model>/<version>/model.pb and <dir>/<model>/ACTIVE.");
 ABSL_FLAG(int, threads, 0, "Scoring worker threads; 0 = one per core.");
@@ -84,6 +88,7 @@ int main(int argc, char** argv) {
   o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  o.drift_threshold = absl::GetFlag(FLAGS_drift_threshold);
 
   auto server = aeserve::server::Server::Start(o, log);
   if (!server.ok()) {

@@ -8,6 +8,26 @@
 
 namespace aeserve::server {
 
+absl::StatusOr<std::shared_ptr<const engine::Model>> ModelRegistry::Build(
+    const v1::ModelFile& file) const {
+  const auto start = std::chrono::steady_clock::now();
+  auto model = engine::Model::Create(file, model_options_);
+  if (metrics_ != nullptr) {
+    metrics_->RecordModelLoad(model.ok(), std::chrono::duration<double>(
+                                              std::chrono::steady_clock::now() - start).count());
+  }
+  return model;
+}
+
+std::shared_ptr<ModelMetrics> ModelRegistry::MetricsFor(const ModelKey& key, uint64_t version,
+                                                        const engine::Model& model) const {
+  if (metrics_ == nullptr) return nullptr;
+  // Per-entity models share one set of series per model, so entities never become labels.
+  if (!key.entity.empty()) return metrics_->ForModel(key.model, "entity", {});
+  const auto& c = model.file().calibration_errors();
+  return metrics_->ForModel(key.model, std::to_string(version), std::vector<float>(c.begin(), c.end()));
+}
+
 ModelRegistry::Entry ModelRegistry::LoadEntry(const ModelKey& key) const {
   Entry entry;
   for (uint64_t v : store_.ListVersions(key)) {
@@ -18,7 +38,7 @@ ModelRegistry::Entry ModelRegistry::LoadEntry(const ModelKey& key) const {
       ver.error = std::string(file.status().message());
       continue;
     }
-    auto model = engine::Model::Create(*std::move(file), model_options_);
+    auto model = Build(*file);
     if (!model.ok()) {
       ver.state = v1::MODEL_STATE_UNAVAILABLE;
       ver.error = std::string(model.status().message());
@@ -26,6 +46,7 @@ ModelRegistry::Entry ModelRegistry::LoadEntry(const ModelKey& key) const {
     }
     ver.state = v1::MODEL_STATE_READY;
     ver.model = *std::move(model);
+    ver.metrics = MetricsFor(key, v, *ver.model);
   }
   auto active = store_.ReadActive(key);
   if (active.ok()) {
@@ -71,7 +92,7 @@ absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64
     return absl::UnavailableError(
         absl::StrCat("model '", key.str(), "' version ", v, " is unavailable: ", vit->second.error));
   }
-  return ModelHandle{vit->second.model, key.model, key.entity, v};
+  return ModelHandle{vit->second.model, key.model, key.entity, v, vit->second.metrics};
 }
 
 absl::StatusOr<ModelHandle> ModelRegistry::Get(const std::string& model, const std::string& entity,
@@ -92,7 +113,7 @@ absl::StatusOr<ModelHandle> ModelRegistry::Handle(const ModelKey& key, uint64_t 
 absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1::ModelFile& file,
                                                    bool activate) {
   // Load and warm before anything becomes visible.
-  auto model = engine::Model::Create(file, model_options_);
+  auto model = Build(file);
   if (!model.ok()) return model.status();
   absl::MutexLock admin(&admin_mu_);
   auto version = store_.AddVersion(key, file);
@@ -108,7 +129,8 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
   }
   absl::MutexLock lock(&mu_);
   Entry& e = models_[key];
-  e.versions[*version] = Version{v1::MODEL_STATE_READY, "", *std::move(model)};
+  auto m = MetricsFor(key, *version, **model);
+  e.versions[*version] = Version{v1::MODEL_STATE_READY, "", *std::move(model), std::move(m)};
   if (activate || first) {
     e.active = *version;
     e.error.clear();
@@ -124,6 +146,7 @@ absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
     if (!h.ok()) return h.status();
   }
   if (auto st = store_.WriteActive(key, version); !st.ok()) return st;
+  if (metrics_ != nullptr) metrics_->RecordSwap();
   absl::MutexLock lock(&mu_);
   Entry& e = models_[key];
   e.active = version;
@@ -152,6 +175,7 @@ absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version,
     if (auto st = store_.ClearActive(key); !st.ok()) return st;
   }
   if (auto st = store_.DeleteVersion(key, version); !st.ok()) return st;
+  if (metrics_ != nullptr && key.entity.empty()) metrics_->ForgetModel(key.model, std::to_string(version));
   absl::MutexLock lock(&mu_);
   Entry& e = models_[key];
   e.versions.erase(version);
@@ -228,7 +252,7 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
   *change.mutable_new_critical() = file.critical_threshold();
   change.set_new_critical_value(file.critical_threshold_value());
   *file.add_threshold_history() = change;
-  auto model = engine::Model::Create(file, model_options_);
+  auto model = Build(file);
   if (!model.ok()) return model.status();
   if (auto st = store_.RewriteVersion(key, h.version, file); !st.ok()) return st;
   absl::MutexLock lock(&mu_);
@@ -281,6 +305,12 @@ v1::ModelInfo ModelRegistry::InfoLocked(const ModelKey& key, const Entry& e) con
     *info.mutable_threshold_history() = f.threshold_history();
     *info.mutable_history() = f.history();
     info.set_description(f.metadata().description());
+    if (it->second.metrics != nullptr && key.entity.empty()) {
+      const ModelMetrics::Drift d = it->second.metrics->ComputeDrift();
+      info.set_drift_ks(d.ks);
+      info.set_drift_window(d.window);
+      info.set_drifted(d.window >= kMinDriftWindow && d.ks > metrics_->drift_threshold());
+    }
   } else {
     info.set_state(v1::MODEL_STATE_UNAVAILABLE);
   }

@@ -18,6 +18,7 @@
 #include "aeserve/v1/scoring.pb.h"
 #include "model.h"
 #include "model_store.h"
+#include "server_metrics.h"
 
 namespace aeserve::server {
 
@@ -26,12 +27,14 @@ struct ModelHandle {
   std::string name;
   std::string entity;  // the entity model that will score; empty = the generic one
   uint64_t version = 0;
+  std::shared_ptr<ModelMetrics> metrics;  // null when metrics are off
 };
 
 class ModelRegistry {
  public:
-  ModelRegistry(ModelStore store, engine::ModelOptions model_options)
-      : store_(std::move(store)), model_options_(model_options) {}
+  // `metrics` may be null (metrics off).
+  ModelRegistry(ModelStore store, engine::ModelOptions model_options, ServerMetrics* metrics = nullptr)
+      : store_(std::move(store)), model_options_(model_options), metrics_(metrics) {}
 
   // Loads every model in the store. A version that fails to load is UNAVAILABLE with the reason;
   // the rest serve. Returns how many models have a ready active version.
@@ -66,6 +69,7 @@ class ModelRegistry {
     v1::ModelState state = v1::MODEL_STATE_UNSPECIFIED;
     std::string error;
     std::shared_ptr<const engine::Model> model;
+    std::shared_ptr<ModelMetrics> metrics;
   };
   struct Entry {
     std::map<uint64_t, Version> versions;
@@ -73,12 +77,16 @@ class ModelRegistry {
     std::string error;
   };
   Entry LoadEntry(const ModelKey& key) const;
+  absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const v1::ModelFile& file) const;
+  std::shared_ptr<ModelMetrics> MetricsFor(const ModelKey& key, uint64_t version,
+                                           const engine::Model& model) const;
   v1::ModelInfo InfoLocked(const ModelKey& key, const Entry& e) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const ModelStore store_;
   const engine::ModelOptions model_options_;
+  ServerMetrics* const metrics_;
   // Serialises lifecycle changes (store writes plus swaps); never taken on the scoring path.
   // Lock order: admin_mu_ before mu_.
   absl::Mutex admin_mu_;

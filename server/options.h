@@ -27,6 +27,7 @@ struct Options {
   std::string auth_tokens;                 // file of `<token> score|admin` lines; empty = no auth
   std::string tls_cert, tls_key;           // PEM files: serve TLS
   std::string tls_client_ca;               // PEM file: require client certificates (mutual TLS)
+  double drift_threshold = 0.2;            // KS statistic above which a model is reported drifted
 };
 
 }  // namespace aeserve::server

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "aeserve/v1/scoring.pb.h"
+#include "anomaly_feed.h"
 #include "executor.h"
 #include "model_registry.h"
 
@@ -16,9 +17,15 @@ namespace aeserve::server {
 absl::Status ValidateSamples(const engine::Model& model, const v1::Samples& samples,
                              uint32_t max_rows);
 
+// Where a scored batch also goes: the anomaly feed, with the stream's id.
+struct ScoreHooks {
+  AnomalyFeed* feed = nullptr;
+  std::string stream_id;
+};
+
 absl::Status ScoreSamples(const ModelHandle& handle, const v1::Samples& samples,
                           const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
-                          v1::ScoreResponse* response);
+                          v1::ScoreResponse* response, const ScoreHooks& hooks = {});
 
 absl::Status EncodeSamples(const ModelHandle& handle, const v1::Samples& samples,
                            uint32_t max_rows, Worker& worker, v1::EncodeResponse* response);

@@ -6,33 +6,52 @@
 
 namespace aeserve::server {
 
+using Clock = std::chrono::steady_clock;
+
+void ScoringService::Done(grpc::ServerUnaryReactor* reactor, const char* rpc,
+                          const grpc::Status& st, Clock::time_point start) {
+  if (metrics_ != nullptr) {
+    metrics_->RecordRequest(rpc, st.error_code(),
+                            std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  reactor->Finish(st);
+}
+
 template <typename Fn>
 grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext* ctx,
-                                                     const std::string& model,
+                                                     const char* rpc, const std::string& model,
                                                      const std::string& entity, uint64_t version,
                                                      Fn fn) {
+  const auto start = Clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (grpc::Status st = auth_->Check(ctx, Role::kScore); !st.ok()) {
-    reactor->Finish(st);
+    Done(reactor, rpc, st, start);
     return reactor;
   }
   auto handle = registry_->Get(model, entity, version);
   if (!handle.ok()) {
-    reactor->Finish(ToGrpc(handle.status()));
+    Done(reactor, rpc, ToGrpc(handle.status()), start);
     return reactor;
   }
   const bool queued = executor_->TrySubmit(
-      [ctx, reactor, h = *std::move(handle), fn = std::move(fn)](Worker& worker) mutable {
+      [this, ctx, reactor, rpc, start, h = *std::move(handle), fn = std::move(fn)](Worker& worker) mutable {
         // Work for a call whose client gave up or whose deadline passed is skipped.
         if (ctx->IsCancelled()) {
-          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before scoring"));
+          Done(reactor, rpc, grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before scoring"), start);
           return;
         }
-        reactor->Finish(ToGrpc(fn(h, worker)));
+        const auto began = Clock::now();
+        const grpc::Status st = ToGrpc(fn(h, worker));
+        if (metrics_ != nullptr) {
+          metrics_->RecordQueueAndCompute(rpc, std::chrono::duration<double>(began - start).count(),
+                                          std::chrono::duration<double>(Clock::now() - began).count());
+        }
+        Done(reactor, rpc, st, start);
       });
   if (!queued) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                 "scoring queue is full; retry with backoff"));
+    if (metrics_ != nullptr) metrics_->RecordRejected("queue_full");
+    Done(reactor, rpc, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                    "scoring queue is full; retry with backoff"), start);
   }
   return reactor;
 }
@@ -40,22 +59,28 @@ grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx,
                                                 const v1::ScoreRequest* req,
                                                 v1::ScoreResponse* resp) {
-  return OnExecutor(ctx, req->model(), req->entity(), req->version(),
+  return OnExecutor(ctx, "Score", req->model(), req->entity(), req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return ScoreSamples(h, req->samples(), req->options(),
-                                          options_.max_batch_rows, w, resp);
+                                          options_.max_batch_rows, w, resp, ScoreHooks{feed_, ""});
                     });
 }
 
 grpc::ServerBidiReactor<v1::StreamScoreRequest, v1::StreamScoreResponse>*
 ScoringService::StreamScore(grpc::CallbackServerContext* ctx) {
-  return new StreamReactor(options_, registry_, executor_, streams_, auth_->Check(ctx, Role::kScore));
+  return new StreamReactor(options_, registry_, executor_, streams_, auth_->Check(ctx, Role::kScore),
+                           metrics_, feed_);
+}
+
+grpc::ServerWriteReactor<v1::AnomalyEvent>* ScoringService::WatchAnomalies(
+    grpc::CallbackServerContext* ctx, const v1::WatchAnomaliesRequest* req) {
+  return new AnomalyWatcher(feed_, *req, 1024, auth_->Check(ctx, Role::kScore));
 }
 
 grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ctx,
                                                  const v1::EncodeRequest* req,
                                                  v1::EncodeResponse* resp) {
-  return OnExecutor(ctx, req->model(), "", req->version(),
+  return OnExecutor(ctx, "Encode", req->model(), "", req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return EncodeSamples(h, req->samples(), options_.max_batch_rows, w, resp);
                     });
@@ -64,7 +89,7 @@ grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContext* ctx,
                                                       const v1::ReconstructRequest* req,
                                                       v1::ReconstructResponse* resp) {
-  return OnExecutor(ctx, req->model(), "", req->version(),
+  return OnExecutor(ctx, "Reconstruct", req->model(), "", req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return ReconstructSamples(h, req->samples(), options_.max_batch_rows, w,
                                                 resp);
@@ -74,7 +99,7 @@ grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ScoringService::Generate(grpc::CallbackServerContext* ctx,
                                                    const v1::GenerateRequest* req,
                                                    v1::GenerateResponse* resp) {
-  return OnExecutor(ctx, req->model(), "", req->version(),
+  return OnExecutor(ctx, "Generate", req->model(), "", req->version(),
                     [this, req, resp](const ModelHandle& h, Worker& w) {
                       return GenerateSamples(h, req->count(), req->seed(),
                                              options_.max_batch_rows, w, resp);

@@ -2,8 +2,12 @@
 // (RESOURCE_EXHAUSTED when its queue is full); streams get a StreamReactor each.
 #pragma once
 
+#include <chrono>
+
 #include "aeserve/v1/scoring.grpc.pb.h"
+#include "anomaly_feed.h"
 #include "auth.h"
+#include "server_metrics.h"
 #include "executor.h"
 #include "model_registry.h"
 #include "options.h"
@@ -13,9 +17,12 @@ namespace aeserve::server {
 
 class ScoringService final : public v1::Scoring::CallbackService {
  public:
+  // `metrics` may be null (metrics off).
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
-                 StreamTracker* streams, const Authorizer* auth)
-      : options_(options), registry_(registry), executor_(executor), streams_(streams), auth_(auth) {}
+                 StreamTracker* streams, const Authorizer* auth, ServerMetrics* metrics,
+                 AnomalyFeed* feed)
+      : options_(options), registry_(registry), executor_(executor), streams_(streams), auth_(auth),
+        metrics_(metrics), feed_(feed) {}
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                   v1::ScoreResponse* resp) override;
@@ -29,6 +36,8 @@ class ScoringService final : public v1::Scoring::CallbackService {
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx,
                                      const v1::GenerateRequest* req,
                                      v1::GenerateResponse* resp) override;
+  grpc::ServerWriteReactor<v1::AnomalyEvent>* WatchAnomalies(
+      grpc::CallbackServerContext* ctx, const v1::WatchAnomaliesRequest* req) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
                                        const v1::ListModelsRequest* req,
                                        v1::ListModelsResponse* resp) override;
@@ -39,14 +48,20 @@ class ScoringService final : public v1::Scoring::CallbackService {
   // Looks up the model, then runs `fn(handle, worker)` on the executor and finishes the call
   // with its status.
   template <typename Fn>
-  grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, const std::string& model,
-                                       const std::string& entity, uint64_t version, Fn fn);
+  grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, const char* rpc,
+                                       const std::string& model, const std::string& entity,
+                                       uint64_t version, Fn fn);
+  // Finishes a call and counts it.
+  void Done(grpc::ServerUnaryReactor* reactor, const char* rpc, const grpc::Status& st,
+            std::chrono::steady_clock::time_point start);
 
   const Options& options_;
   const ModelRegistry* registry_;
   Executor* executor_;
   StreamTracker* streams_;
   const Authorizer* auth_;
+  ServerMetrics* metrics_;
+  AnomalyFeed* feed_;
 };
 
 }  // namespace aeserve::server

@@ -2,6 +2,7 @@
 #include "server.h"
 
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <thread>
 
@@ -54,14 +55,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   } else if (!o.tls_client_ca.empty()) {
     return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
   }
+  if (o.metrics_port != 0) s->metrics_ = std::make_unique<ServerMetrics>(o.drift_threshold);
+  s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get());
   s->registry_ = std::make_unique<ModelRegistry>(
-      ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096});
+      ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096},
+      s->metrics_.get());
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);
   s->admin_executor_ = std::make_unique<Executor>(1, 64);
   s->jobs_ = std::make_unique<TrainingJobs>(s->registry_.get(), std::max(1, o.max_training_jobs),
-                                            std::max(1, o.max_queued_jobs), s->log_);
+                                            std::max(1, o.max_queued_jobs), s->log_, s->metrics_.get());
   s->scoring_ = std::make_unique<ScoringService>(s->options_, s->registry_.get(),
-                                                 s->executor_.get(), &s->streams_, &s->auth_);
+                                                 s->executor_.get(), &s->streams_, &s->auth_,
+                                                 s->metrics_.get(), s->feed_.get());
   s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
                                              s->admin_executor_.get(), &s->auth_);
 
@@ -78,10 +83,86 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.host, ":", o.port));
   }
   s->grpc_->GetHealthCheckService()->SetServingStatus(false);
+  if (s->metrics_) {
+    s->AddCollectors();
+    // -1 asks for a free port (tests); the gRPC host is the metrics host too.
+    auto exposer = metrics::Exposer::Start(o.host, std::max(0, o.metrics_port), &s->metrics_->registry());
+    if (!exposer.ok()) return exposer.status();
+    s->exposer_ = *std::move(exposer);
+    s->log_->info("metrics on http://{}:{}/metrics", o.host, s->exposer_->port());
+  }
   s->log_->info("listening on {}:{} ({}{}; health NOT_SERVING until models are loaded)", o.host,
                 s->port_, o.tls_cert.empty() ? "plaintext" : (o.tls_client_ca.empty() ? "TLS" : "mutual TLS"),
                 s->auth_.enabled() ? ", bearer tokens required" : "");
   return s;
+}
+
+// Gauges computed at scrape time from the server's state.
+void Server::AddCollectors() {
+  using metrics::ClientMetric;
+  using metrics::MetricFamily;
+  using metrics::MetricType;
+  auto family = [](const char* name, const char* help, MetricType type) {
+    MetricFamily f;
+    f.name = name;
+    f.help = help;
+    f.type = type;
+    return f;
+  };
+  auto sample = [](MetricFamily& f, metrics::Labels labels, double v) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    m.value = v;
+    f.metric.push_back(std::move(m));
+  };
+  metrics::Registry& r = metrics_->registry();
+  r.AddCollector([this, family, sample] {
+    MetricFamily streams = family("aeserve_open_streams", "Open StreamScore calls.", MetricType::kGauge);
+    sample(streams, {}, static_cast<double>(streams_.size()));
+    MetricFamily queue = family("aeserve_executor_queue_depth", "Calls and stream batches waiting for a scoring worker.", MetricType::kGauge);
+    sample(queue, {}, static_cast<double>(executor_->queue_depth()));
+    MetricFamily jobs = family("aeserve_training_jobs", "Training jobs by state.", MetricType::kGauge);
+    const auto counts = jobs_->CountByState();
+    for (v1::JobState st : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED,
+                            v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}) {
+      std::string name = v1::JobState_Name(st).substr(10);
+      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      auto it = counts.find(st);
+      sample(jobs, {{"state", name}}, it == counts.end() ? 0 : it->second);
+    }
+    return std::vector<MetricFamily>{streams, queue, jobs};
+  });
+  r.AddCollector([this, family, sample] {
+    MetricFamily active = family("aeserve_model_active_version", "Active version of each model (0 = none).", MetricType::kGauge);
+    MetricFamily ready = family("aeserve_model_ready", "1 when the model's active version serves.", MetricType::kGauge);
+    MetricFamily threshold = family("aeserve_model_threshold", "Anomaly threshold of the active version (reconstruction-error units).", MetricType::kGauge);
+    MetricFamily critical = family("aeserve_model_critical_threshold", "Critical threshold of the active version (0 = none).", MetricType::kGauge);
+    for (const auto& info : registry_->List()) {
+      if (!info.entity().empty()) continue;  // entities are not labels
+      const std::string v = std::to_string(info.active_version());
+      sample(active, {{"model", info.name()}}, static_cast<double>(info.active_version()));
+      sample(ready, {{"model", info.name()}}, info.state() == v1::MODEL_STATE_READY ? 1 : 0);
+      if (info.state() == v1::MODEL_STATE_READY) {
+        sample(threshold, {{"model", info.name()}, {"version", v}}, info.threshold_value());
+        sample(critical, {{"model", info.name()}, {"version", v}}, info.critical_threshold_value());
+      }
+    }
+    MetricFamily rate = family("aeserve_anomaly_rate", "Share of samples flagged over the last 60 s.", MetricType::kGauge);
+    MetricFamily drift = family("aeserve_drift_ks", "Kolmogorov-Smirnov distance between the last 2048 live reconstruction errors and the calibration errors.", MetricType::kGauge);
+    MetricFamily drifted = family("aeserve_model_drifted", "1 when aeserve_drift_ks exceeds --drift_threshold over a window of at least 500 samples.", MetricType::kGauge);
+    for (const auto& m : metrics_->Models()) {
+      const metrics::Labels l = {{"model", m->model()}, {"version", m->version()}};
+      const double rate_value = m->AnomalyRate();
+      if (!std::isnan(rate_value)) sample(rate, l, rate_value);
+      if (m->version() == "entity") continue;
+      const ModelMetrics::Drift d = m->ComputeDrift();
+      if (d.window == 0) continue;
+      sample(drift, l, d.ks);
+      sample(drifted, l, d.window >= kMinDriftWindow && d.ks > metrics_->drift_threshold() ? 1 : 0);
+    }
+    return std::vector<MetricFamily>{active, ready, threshold, critical, rate, drift, drifted};
+  });
+  r.AddCollector(CollectProcessMetrics);
 }
 
 absl::Status Server::TrainDemoModel() {
@@ -147,6 +228,7 @@ void Server::Shutdown() {
   log_->info("shutting down: finishing in-flight work (grace {} s)", options_.shutdown_grace_seconds);
   grpc_->GetHealthCheckService()->SetServingStatus(false);
   streams_.ShutdownAll();
+  feed_->CloseAll();
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(options_.shutdown_grace_seconds * 1000));
   jobs_->Stop();

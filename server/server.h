@@ -6,7 +6,10 @@
 
 #include "absl/status/statusor.h"
 #include "admin_service.h"
+#include "anomaly_feed.h"
 #include "auth.h"
+#include "exposer.h"
+#include "server_metrics.h"
 #include "executor.h"
 #include "grpcpp/server.h"
 #include "model_registry.h"
@@ -33,16 +36,22 @@ class Server {
   void Shutdown();
 
   int port() const { return port_; }
+  int metrics_port() const { return exposer_ ? exposer_->port() : 0; }
+  ServerMetrics* metrics() { return metrics_.get(); }
   ModelRegistry& registry() { return *registry_; }
   TrainingJobs& jobs() { return *jobs_; }
 
  private:
   Server(const Options& options, std::shared_ptr<spdlog::logger> log);
   absl::Status TrainDemoModel();
+  void AddCollectors();
 
   Options options_;
   std::shared_ptr<spdlog::logger> log_;
   Authorizer auth_;
+  std::unique_ptr<ServerMetrics> metrics_;  // null with --metrics_port=0
+  std::unique_ptr<AnomalyFeed> feed_;
+  std::unique_ptr<metrics::Exposer> exposer_;
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<Executor> admin_executor_;

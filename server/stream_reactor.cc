@@ -33,9 +33,12 @@ size_t StreamTracker::size() const {
 }
 
 StreamReactor::StreamReactor(const Options& options, const ModelRegistry* registry,
-                             Executor* executor, StreamTracker* tracker, grpc::Status denied)
-    : options_(options), registry_(registry), executor_(executor), tracker_(tracker) {
+                             Executor* executor, StreamTracker* tracker, grpc::Status denied,
+                             ServerMetrics* metrics, AnomalyFeed* feed)
+    : options_(options), registry_(registry), executor_(executor), tracker_(tracker),
+      metrics_(metrics), feed_(feed) {
   if (!denied.ok()) {
+    if (metrics_ != nullptr) metrics_->RecordRequest("StreamScore", denied.error_code(), 0);
     absl::MutexLock lock(&mu_);
     finished_ = true;
     Finish(denied);
@@ -44,6 +47,10 @@ StreamReactor::StreamReactor(const Options& options, const ModelRegistry* regist
   tracked_ = tracker_->Add(this, options_.max_streams);
   absl::MutexLock lock(&mu_);
   if (!tracked_) {
+    if (metrics_ != nullptr) {
+      metrics_->RecordRejected("too_many_streams");
+      metrics_->RecordRequest("StreamScore", grpc::StatusCode::RESOURCE_EXHAUSTED, 0);
+    }
     finished_ = true;
     Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("too many open streams (limit ", options_.max_streams, ")")));
@@ -106,6 +113,7 @@ void StreamReactor::Pump() {
   if (!processing_ && !pending_.empty() &&
       unsent_.size() < static_cast<size_t>(options_.stream_max_unsent)) {
     processing_ = true;
+    submitted_ = std::chrono::steady_clock::now();
     executor_->Submit([this](Worker& w) { Process(w); });
   }
   if (!reading_ && !reads_done_ && !stopping &&
@@ -116,13 +124,17 @@ void StreamReactor::Pump() {
   const bool input_over = reads_done_ || stopping;
   if (input_over && pending_.empty() && !processing_ && !writing_ && unsent_.empty()) {
     finished_ = true;
+    grpc::Status st = grpc::Status::OK;
     if (cancelled_) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+      st = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled");
     } else if (shutting_down_ && !reads_done_) {
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
-    } else {
-      Finish(grpc::Status::OK);
+      st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
     }
+    if (metrics_ != nullptr) {
+      metrics_->RecordRequest("StreamScore", st.error_code(),
+                              std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+    }
+    Finish(st);
   }
 }
 
@@ -138,8 +150,14 @@ void StreamReactor::Process(Worker& worker) {
     req = std::move(pending_.front());
     pending_.pop_front();
   }
+  const auto began = std::chrono::steady_clock::now();
   std::vector<v1::StreamScoreResponse> out;
   ScoreOne(req, worker, &out);
+  if (metrics_ != nullptr) {
+    metrics_->RecordQueueAndCompute(
+        "StreamScore", std::chrono::duration<double>(began - submitted_).count(),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+  }
   absl::MutexLock lock(&mu_);
   processing_ = false;
   if (!cancelled_) {
@@ -173,7 +191,7 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
   absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
-                                 worker, resp.mutable_result());
+                                 worker, resp.mutable_result(), ScoreHooks{feed_, config_.stream_id()});
   if (!st.ok()) return error(st);
   Debounce(resp.mutable_result());
   Account(resp.result());

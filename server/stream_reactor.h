@@ -12,7 +12,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
+#include "anomaly_feed.h"
 #include "executor.h"
+#include "server_metrics.h"
 #include "model_registry.h"
 #include "options.h"
 
@@ -41,7 +43,8 @@ class StreamReactor : public grpc::ServerBidiReactor<v1::StreamScoreRequest, v1:
  public:
   // A non-OK `denied` (authorisation) ends the stream at once with that status.
   StreamReactor(const Options& options, const ModelRegistry* registry, Executor* executor,
-                StreamTracker* tracker, grpc::Status denied);
+                StreamTracker* tracker, grpc::Status denied, ServerMetrics* metrics,
+                AnomalyFeed* feed);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -62,7 +65,11 @@ class StreamReactor : public grpc::ServerBidiReactor<v1::StreamScoreRequest, v1:
   const ModelRegistry* registry_;
   Executor* executor_;
   StreamTracker* tracker_;
+  ServerMetrics* metrics_;
+  AnomalyFeed* feed_;
   bool tracked_ = false;
+  std::chrono::steady_clock::time_point submitted_;  // when the batch being scored was queued
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   absl::Mutex mu_;
   v1::StreamScoreRequest incoming_ ABSL_GUARDED_BY(mu_);

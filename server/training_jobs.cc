@@ -19,8 +19,9 @@ int64_t NowMs() {
 }  // namespace
 
 TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
-                           std::shared_ptr<spdlog::logger> log)
-    : registry_(registry), max_queued_(static_cast<size_t>(max_queued)), log_(std::move(log)) {
+                           std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics)
+    : registry_(registry), metrics_(metrics), max_queued_(static_cast<size_t>(max_queued)),
+      log_(std::move(log)) {
   for (int i = 0; i < runners; ++i) runners_.emplace_back([this] { Loop(); });
 }
 
@@ -97,6 +98,13 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Get(const std::string& id) const {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
   return it->second->state;
+}
+
+std::map<v1::JobState, int> TrainingJobs::CountByState() const {
+  absl::MutexLock lock(&mu_);
+  std::map<v1::JobState, int> out;
+  for (const auto& [id, job] : jobs_) ++out[job->state.state()];
+  return out;
 }
 
 std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const {
@@ -228,6 +236,9 @@ void TrainingJobs::Run(Job& job) {
                      r->set_validation_loss(p.validation_loss);
                      r->set_samples_per_second(p.samples_per_second);
                      Publish(job);
+                     if (metrics_ != nullptr) {
+                       metrics_->RecordTrainingProgress(key.str(), p.epoch, p.train_loss, p.validation_loss);
+                     }
                      return !job.cancel.load();
                    });
   absl::StatusOr<uint64_t> version;
@@ -266,6 +277,10 @@ void TrainingJobs::Run(Job& job) {
   }
   job.data.clear();
   job.data.shrink_to_fit();
+  if (metrics_ != nullptr) {
+    metrics_->RecordTrainingResult(s.state() == v1::JOB_STATE_SUCCEEDED ? "succeeded"
+                                   : s.state() == v1::JOB_STATE_CANCELLED ? "cancelled" : "failed");
+  }
   Publish(job);
 }
 

@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.pb.h"
 #include "model_registry.h"
+#include "server_metrics.h"
 #include "spdlog/logger.h"
 
 namespace aeserve::server {
@@ -26,7 +27,9 @@ class TrainingJobs {
   using Watcher = std::function<void(const v1::TrainingJob&)>;
 
   TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
-               std::shared_ptr<spdlog::logger> log);
+               std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics = nullptr);
+  // Jobs per state, for the aeserve_training_jobs gauge.
+  std::map<v1::JobState, int> CountByState() const;
   ~TrainingJobs();
 
   // Checks the header (INVALID_ARGUMENT with the reason) and, with `data`, queues the job.
@@ -58,6 +61,7 @@ class TrainingJobs {
   static bool Terminal(v1::JobState s);
 
   ModelRegistry* registry_;
+  ServerMetrics* metrics_;
   const size_t max_queued_;
   std::shared_ptr<spdlog::logger> log_;
   mutable absl::Mutex mu_;

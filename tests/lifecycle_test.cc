@@ -62,6 +62,7 @@ class LifecycleTest : public ::testing::Test {
     server::Options o;
     o.host = "127.0.0.1";
     o.port = 0;
+    o.metrics_port = -1;
     o.model_dir = dir_->path();
     o.threads = 2;
     o.max_training_values = 2'000'000;

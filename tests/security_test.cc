@@ -26,6 +26,7 @@ std::string Read(const std::string& path) {
 std::unique_ptr<server::Server> StartServer(const std::string& dir, server::Options o) {
   o.host = "127.0.0.1";
   o.port = 0;
+  o.metrics_port = -1;
   o.model_dir = dir;
   o.threads = 1;
   static int n = 0;
@@ -96,6 +97,7 @@ TEST(Security, BadTokenFileRefusesToStart) {
   server::Options o;
   o.host = "127.0.0.1";
   o.port = 0;
+  o.metrics_port = -1;
   o.model_dir = dir.path();
   o.auth_tokens = dir.path() + "/tokens";
   auto s = server::Server::Start(o, spdlog::null_logger_mt("security_bad"));

@@ -1,0 +1,268 @@
+// What aeserve measures.
+#include "server_metrics.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace aeserve::server {
+namespace {
+
+using metrics::BuildCounter;
+using metrics::BuildGauge;
+using metrics::BuildHistogram;
+using metrics::Histogram;
+
+const Histogram::BucketBoundaries& LatencyBuckets() {
+  static const auto* b = new Histogram::BucketBoundaries(Histogram::ExponentialBuckets(25e-6, 2, 18));
+  return *b;  // 25 us .. 3.3 s
+}
+const Histogram::BucketBoundaries& ErrorBuckets() {
+  static const auto* b = new Histogram::BucketBoundaries(Histogram::ExponentialBuckets(1e-4, 2, 28));
+  return *b;  // 1e-4 .. 13400
+}
+
+const char* CodeName(grpc::StatusCode c) {
+  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  const int i = static_cast<int>(c);
+  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
+}
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version,
+                           std::vector<float> sorted_calibration)
+    : model_(model),
+      version_(version),
+      samples_(m.samples_.Add({{"model", model}, {"version", version}})),
+      warnings_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "warning"}})),
+      criticals_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "critical"}})),
+      errors_(m.errors_.Add({{"model", model}, {"version", version}}, ErrorBuckets())),
+      calibration_(std::move(sorted_calibration)) {
+  window_.reserve(kDriftWindow);
+}
+
+void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const uint8_t> anomalous,
+                          double critical) {
+  uint64_t warn = 0, crit = 0;
+  for (size_t i = 0; i < errors.size(); ++i) {
+    if (!anomalous[i]) continue;
+    if (critical > 0 && errors[i] > critical) ++crit;
+    else ++warn;
+  }
+  samples_.Increment(static_cast<double>(errors.size()));
+  if (warn) warnings_.Increment(static_cast<double>(warn));
+  if (crit) criticals_.Increment(static_cast<double>(crit));
+  errors_.ObserveMany(errors);
+  absl::MutexLock lock(&mu_);
+  // The drift window keeps the last kDriftWindow errors.
+  const size_t start = errors.size() > kDriftWindow ? errors.size() - kDriftWindow : 0;
+  for (size_t i = start; i < errors.size(); ++i) {
+    if (window_.size() < kDriftWindow) {
+      window_.push_back(errors[i]);
+    } else {
+      window_[window_pos_] = errors[i];
+      window_pos_ = (window_pos_ + 1) % kDriftWindow;
+    }
+  }
+  const int64_t now = NowSeconds();
+  if (seconds_.empty() || std::get<0>(seconds_.back()) != now) seconds_.emplace_back(now, 0, 0);
+  std::get<1>(seconds_.back()) += errors.size();
+  std::get<2>(seconds_.back()) += warn + crit;
+  while (!seconds_.empty() && std::get<0>(seconds_.front()) <= now - 60) seconds_.pop_front();
+}
+
+ModelMetrics::Drift ModelMetrics::ComputeDrift() const {
+  std::vector<float> live;
+  {
+    absl::MutexLock lock(&mu_);
+    live = window_;
+  }
+  Drift d;
+  d.window = live.size();
+  if (live.empty() || calibration_.empty()) return d;
+  std::sort(live.begin(), live.end());
+  // Walk both sorted samples; D = max |F_live(x) - F_calib(x)|.
+  size_t i = 0, j = 0;
+  const double n = live.size(), m = calibration_.size();
+  while (i < live.size() && j < calibration_.size()) {
+    const float x = std::min(live[i], calibration_[j]);
+    while (i < live.size() && live[i] <= x) ++i;
+    while (j < calibration_.size() && calibration_[j] <= x) ++j;
+    d.ks = std::max(d.ks, std::abs(i / n - j / m));
+  }
+  return d;
+}
+
+double ModelMetrics::AnomalyRate() const {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = NowSeconds();
+  uint64_t samples = 0, anomalies = 0;
+  for (const auto& [t, s, a] : seconds_) {
+    if (t > now - 60) {
+      samples += s;
+      anomalies += a;
+    }
+  }
+  return samples ? static_cast<double>(anomalies) / samples : NAN;
+}
+
+ServerMetrics::ServerMetrics(double drift_threshold)
+    : drift_threshold_(drift_threshold),
+      requests_(BuildCounter().Name("aeserve_requests_total")
+                    .Help("gRPC calls finished, by method and status code.").Register(registry_)),
+      request_seconds_(BuildHistogram().Name("aeserve_request_duration_seconds")
+                           .Help("Time from receiving a call (or stream batch) to answering it.")
+                           .Register(registry_)),
+      queue_seconds_(BuildHistogram().Name("aeserve_queue_duration_seconds")
+                         .Help("Time a call or stream batch waited for a scoring worker.")
+                         .Register(registry_)),
+      compute_seconds_(BuildHistogram().Name("aeserve_compute_duration_seconds")
+                           .Help("Time a scoring worker spent on a call or stream batch.")
+                           .Register(registry_)),
+      samples_(BuildCounter().Name("aeserve_samples_scored_total")
+                   .Help("Samples scored.").Register(registry_)),
+      anomalies_(BuildCounter().Name("aeserve_anomalies_total")
+                     .Help("Samples flagged anomalous, by severity (critical: above the critical "
+                           "threshold; warning: above the threshold only).").Register(registry_)),
+      errors_(BuildHistogram().Name("aeserve_reconstruction_error")
+                  .Help("Reconstruction error (mean squared error over features, scaled units) "
+                        "of scored samples.").Register(registry_)),
+      rejected_(BuildCounter().Name("aeserve_rejected_requests_total")
+                    .Help("Calls refused for capacity, by reason.").Register(registry_)),
+      dropped_events_(BuildCounter().Name("aeserve_anomaly_events_dropped_total")
+                          .Help("Anomaly events dropped because a watcher's buffer was full.")
+                          .Register(registry_).Add({})),
+      model_loads_(BuildCounter().Name("aeserve_model_loads_total")
+                       .Help("Model versions loaded, by result.").Register(registry_)),
+      model_load_seconds_(BuildHistogram().Name("aeserve_model_load_duration_seconds")
+                              .Help("Time to load a model version and build its inference plans.")
+                              .Register(registry_).Add({}, LatencyBuckets())),
+      swaps_(BuildCounter().Name("aeserve_model_swaps_total")
+                 .Help("Active-version changes.").Register(registry_).Add({})),
+      training_epoch_(BuildGauge().Name("aeserve_training_epoch")
+                          .Help("Epoch the latest training job of a model finished.").Register(registry_)),
+      training_loss_(BuildGauge().Name("aeserve_training_loss")
+                         .Help("Latest training and validation loss of a model's training job.")
+                         .Register(registry_)),
+      training_jobs_total_(BuildCounter().Name("aeserve_training_jobs_total")
+                               .Help("Training jobs ended, by result.").Register(registry_)) {}
+
+void ServerMetrics::RecordRequest(const std::string& rpc, grpc::StatusCode code, double seconds) {
+  requests_.Add({{"rpc", rpc}, {"code", CodeName(code)}}).Increment();
+  request_seconds_.Add({{"rpc", rpc}}, LatencyBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::RecordQueueAndCompute(const std::string& rpc, double queue_s, double compute_s) {
+  queue_seconds_.Add({{"rpc", rpc}}, LatencyBuckets()).Observe(queue_s);
+  compute_seconds_.Add({{"rpc", rpc}}, LatencyBuckets()).Observe(compute_s);
+}
+
+void ServerMetrics::RecordRejected(const std::string& reason) {
+  rejected_.Add({{"reason", reason}}).Increment();
+}
+
+void ServerMetrics::RecordDroppedEvents(uint64_t n) { dropped_events_.Increment(static_cast<double>(n)); }
+
+void ServerMetrics::RecordModelLoad(bool ok, double seconds) {
+  model_loads_.Add({{"result", ok ? "ok" : "error"}}).Increment();
+  if (ok) model_load_seconds_.Observe(seconds);
+}
+
+void ServerMetrics::RecordSwap() { swaps_.Increment(); }
+
+void ServerMetrics::RecordTrainingProgress(const std::string& model, uint32_t epoch,
+                                           double train_loss, double validation_loss) {
+  training_epoch_.Add({{"model", model}}).Set(epoch);
+  training_loss_.Add({{"model", model}, {"split", "train"}}).Set(train_loss);
+  training_loss_.Add({{"model", model}, {"split", "validation"}}).Set(validation_loss);
+}
+
+void ServerMetrics::RecordTrainingResult(const std::string& result) {
+  training_jobs_total_.Add({{"result", result}}).Increment();
+}
+
+std::shared_ptr<ModelMetrics> ServerMetrics::ForModel(const std::string& model,
+                                                      const std::string& version,
+                                                      std::vector<float> sorted_calibration) {
+  absl::MutexLock lock(&mu_);
+  auto& slot = models_[{model, version}];
+  if (!slot) slot = std::make_shared<ModelMetrics>(*this, model, version, std::move(sorted_calibration));
+  return slot;
+}
+
+std::vector<std::shared_ptr<ModelMetrics>> ServerMetrics::Models() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::shared_ptr<ModelMetrics>> out;
+  for (const auto& [k, m] : models_) out.push_back(m);
+  return out;
+}
+
+void ServerMetrics::ForgetModel(const std::string& model, const std::string& version) {
+  absl::MutexLock lock(&mu_);
+  models_.erase({model, version});
+  const metrics::Labels l = {{"model", model}, {"version", version}};
+  samples_.Remove(l);
+  errors_.Remove(l);
+  anomalies_.Remove({{"model", model}, {"version", version}, {"severity", "warning"}});
+  anomalies_.Remove({{"model", model}, {"version", version}, {"severity", "critical"}});
+}
+
+std::vector<metrics::MetricFamily> CollectProcessMetrics() {
+  std::vector<metrics::MetricFamily> out;
+  auto gauge = [&](const char* name, const char* help, metrics::MetricType type, double v) {
+    metrics::MetricFamily f;
+    f.name = name;
+    f.help = help;
+    f.type = type;
+    metrics::ClientMetric m;
+    m.value = v;
+    f.metric.push_back(m);
+    out.push_back(std::move(f));
+  };
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  std::ifstream stat("/proc/self/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  std::istringstream fields(text.substr(text.rfind(')') + 2));
+  std::vector<std::string> f{std::istream_iterator<std::string>(fields), {}};
+  if (f.size() > 21) {
+    const double utime = std::stod(f[11]), stime = std::stod(f[12]);
+    const double start_ticks = std::stod(f[19]);
+    gauge("process_cpu_seconds_total", "User and system CPU time in seconds.",
+          metrics::MetricType::kCounter, (utime + stime) / tick);
+    std::ifstream pstat("/proc/stat");
+    std::string line;
+    double btime = 0;
+    while (std::getline(pstat, line)) {
+      if (line.rfind("btime ", 0) == 0) btime = std::stod(line.substr(6));
+    }
+    gauge("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.",
+          metrics::MetricType::kGauge, btime + start_ticks / tick);
+    gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
+          metrics::MetricType::kGauge, std::stod(f[21]) * sysconf(_SC_PAGESIZE));
+  }
+  std::error_code ec;
+  double fds = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++fds;
+  }
+  gauge("process_open_fds", "Number of open file descriptors.", metrics::MetricType::kGauge, fds);
+  return out;
+}
+
+}  // namespace aeserve::server

@@ -1,0 +1,114 @@
+// What aeserve measures, on one injected metrics::Registry (no singletons). Names follow
+// Prometheus conventions: aeserve_ prefix, base units, _total counters; labels are bounded
+// (rpc, code, model, version, severity, reason) — never per request, stream or entity.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "grpcpp/support/status.h"
+#include "metrics.h"
+
+namespace aeserve::server {
+
+class ServerMetrics;
+
+// Drift is only reported once this many live errors are in the window.
+inline constexpr size_t kMinDriftWindow = 500;
+
+// One model version's hot-path instruments, its live-error window for drift and its recent
+// anomaly rate. Per-entity models of a model share one, with version="entity".
+class ModelMetrics {
+ public:
+  ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version,
+               std::vector<float> sorted_calibration);
+  // One scored batch. `critical` is the critical threshold (0 = none).
+  void Record(absl::Span<const float> errors, absl::Span<const uint8_t> anomalous, double critical);
+
+  struct Drift {
+    double ks = 0;
+    size_t window = 0;
+  };
+  // Two-sample Kolmogorov-Smirnov statistic between the last scored errors and the calibration
+  // errors (0 when there is no calibration sample or nothing was scored).
+  Drift ComputeDrift() const;
+  // Anomalies / samples over the last 60 seconds (NaN when nothing was scored).
+  double AnomalyRate() const;
+  const std::string& model() const { return model_; }
+  const std::string& version() const { return version_; }
+
+  static constexpr size_t kDriftWindow = 2048;
+
+ private:
+  const std::string model_, version_;
+  metrics::Counter& samples_;
+  metrics::Counter& warnings_;
+  metrics::Counter& criticals_;
+  metrics::Histogram& errors_;
+  const std::vector<float> calibration_;
+  mutable absl::Mutex mu_;
+  std::vector<float> window_ ABSL_GUARDED_BY(mu_);  // ring of the last kDriftWindow errors
+  size_t window_pos_ ABSL_GUARDED_BY(mu_) = 0;
+  // Per-second (samples, anomalies) of the last 60 seconds.
+  std::deque<std::tuple<int64_t, uint64_t, uint64_t>> seconds_ ABSL_GUARDED_BY(mu_);
+};
+
+class ServerMetrics {
+ public:
+  explicit ServerMetrics(double drift_threshold);
+
+  metrics::Registry& registry() { return registry_; }
+  double drift_threshold() const { return drift_threshold_; }
+
+  void RecordRequest(const std::string& rpc, grpc::StatusCode code, double seconds);
+  void RecordQueueAndCompute(const std::string& rpc, double queue_seconds, double compute_seconds);
+  void RecordRejected(const std::string& reason);
+  void RecordDroppedEvents(uint64_t n);
+  void RecordModelLoad(bool ok, double seconds);
+  void RecordSwap();
+  void RecordTrainingProgress(const std::string& model, uint32_t epoch, double train_loss,
+                              double validation_loss);
+  void RecordTrainingResult(const std::string& result);
+
+  // The instruments of one model version (shared by every caller asking for the same labels).
+  std::shared_ptr<ModelMetrics> ForModel(const std::string& model, const std::string& version,
+                                         std::vector<float> sorted_calibration);
+  // The versions currently tracked, for scrape-time gauges.
+  std::vector<std::shared_ptr<ModelMetrics>> Models() const;
+  void ForgetModel(const std::string& model, const std::string& version);
+
+ private:
+  friend class ModelMetrics;
+  metrics::Registry registry_;
+  const double drift_threshold_;
+  metrics::Family<metrics::Counter>& requests_;
+  metrics::Family<metrics::Histogram>& request_seconds_;
+  metrics::Family<metrics::Histogram>& queue_seconds_;
+  metrics::Family<metrics::Histogram>& compute_seconds_;
+  metrics::Family<metrics::Counter>& samples_;
+  metrics::Family<metrics::Counter>& anomalies_;
+  metrics::Family<metrics::Histogram>& errors_;
+  metrics::Family<metrics::Counter>& rejected_;
+  metrics::Counter& dropped_events_;
+  metrics::Family<metrics::Counter>& model_loads_;
+  metrics::Histogram& model_load_seconds_;
+  metrics::Counter& swaps_;
+  metrics::Family<metrics::Gauge>& training_epoch_;
+  metrics::Family<metrics::Gauge>& training_loss_;
+  metrics::Family<metrics::Counter>& training_jobs_total_;
+  mutable absl::Mutex mu_;
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
+};
+
+// Process metrics read from /proc: resident memory, CPU seconds, open fds, start time.
+std::vector<metrics::MetricFamily> CollectProcessMetrics();
+
+}  // namespace aeserve::server

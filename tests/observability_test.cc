@@ -1,0 +1,294 @@
+// Observability end to end: /metrics after real traffic passes promtool, a real Prometheus
+// server scrapes the expected counts, WatchAnomalies delivers exactly the flagged samples, a
+// stalled watcher does not hold scoring back, and drift rises when the data shifts.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "aeserve/v1/scoring.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "http_get.h"
+#include "server.h"
+#include "server_process.h"
+#include "spdlog/sinks/null_sink.h"
+#include "test_models.h"
+
+namespace aeserve::testing {
+namespace {
+
+class ObservabilityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::make_unique<TempDir>("aeserve_observe");
+    Store(dir_->path(), "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
+    server::Options o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.metrics_port = -1;
+    o.model_dir = dir_->path();
+    o.threads = 2;
+    static int n = 0;
+    auto s = server::Server::Start(o, spdlog::null_logger_mt("observe" + std::to_string(n++)));
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    ASSERT_TRUE(server_->LoadModels().ok());
+    scoring_ = v1::Scoring::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials()));
+  }
+
+  // Normal rows from the training manifold; `shift` moves every feature by that many units.
+  static v1::Samples Rows(size_t n, size_t offset, float shift = 0) {
+    auto d = engine::MakeSynthetic(1500 + offset + n, 0, kFeatures, 3, 77);
+    v1::Samples s;
+    s.set_num_features(kFeatures);
+    for (size_t i = (1500 + offset) * kFeatures; i < d.normal.size(); ++i) s.add_values(d.normal[i] + shift);
+    return s;
+  }
+
+  v1::ScoreResponse Score(const v1::Samples& s) {
+    v1::ScoreRequest req;
+    req.set_model("plain");
+    *req.mutable_samples() = s;
+    v1::ScoreResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(scoring_->Score(&ctx, req, &resp).ok());
+    return resp;
+  }
+
+  std::string Metrics() { return HttpGet(server_->metrics_port(), "/metrics"); }
+
+  std::unique_ptr<TempDir> dir_;
+  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<v1::Scoring::Stub> scoring_;
+};
+
+// The value of the first sample line that starts with `series` (e.g. 'name{labels}').
+double Value(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return NAN;
+}
+
+TEST_F(ObservabilityTest, MetricsAfterTrafficPassPromtool) {
+  // Known traffic: 3 calls of 100 rows, one bad call, one stream of 5 batches.
+  uint64_t flagged = 0;
+  for (int i = 0; i < 3; ++i) flagged += Score(Rows(100, 100 * i, i == 2 ? 3.f : 0.f)).num_anomalies();
+  v1::ScoreRequest bad;
+  bad.set_model("nope");
+  v1::ScoreResponse resp;
+  grpc::ClientContext c;
+  ASSERT_EQ(scoring_->Score(&c, bad, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  {
+    grpc::ClientContext ctx;
+    auto stream = scoring_->StreamScore(&ctx);
+    for (int i = 0; i < 5; ++i) {
+      v1::StreamScoreRequest req;
+      if (i == 0) req.mutable_config()->set_model("plain");
+      *req.mutable_samples() = Rows(20, 400 + 20 * i);
+      ASSERT_TRUE(stream->Write(req));
+    }
+    stream->WritesDone();
+    v1::StreamScoreResponse r;
+    while (stream->Read(&r)) flagged += r.result().num_anomalies();
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+  const std::string text = Metrics();
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(Value(text, "aeserve_samples_scored_total{model=\"plain\",version=\"1\"}"), 400);
+  EXPECT_EQ(Value(text, "aeserve_requests_total{rpc=\"Score\",code=\"OK\"}"), 3);
+  EXPECT_EQ(Value(text, "aeserve_requests_total{rpc=\"Score\",code=\"NOT_FOUND\"}"), 1);
+  EXPECT_EQ(Value(text, "aeserve_requests_total{rpc=\"StreamScore\",code=\"OK\"}"), 1);
+  EXPECT_EQ(Value(text, "aeserve_anomalies_total{model=\"plain\",version=\"1\",severity=\"warning\"}") +
+                Value(text, "aeserve_anomalies_total{model=\"plain\",version=\"1\",severity=\"critical\"}"),
+            static_cast<double>(flagged));
+  EXPECT_GT(flagged, 0u);
+  EXPECT_EQ(Value(text, "aeserve_reconstruction_error_count{model=\"plain\",version=\"1\"}"), 400);
+  EXPECT_EQ(Value(text, "aeserve_compute_duration_seconds_count{rpc=\"StreamScore\"}"), 5);
+  EXPECT_EQ(Value(text, "aeserve_model_active_version{model=\"plain\"}"), 1);
+  EXPECT_GT(Value(text, "process_resident_memory_bytes"), 1e6);
+  EXPECT_GT(Value(text, "process_open_fds"), 3);
+  EXPECT_NEAR(Value(text, "aeserve_anomaly_rate{model=\"plain\",version=\"1\"}"), flagged / 400.0, 1e-9);
+  // promtool, the reference linter, accepts the exposition.
+  const std::string path = dir_->path() + "/metrics.txt";
+  std::ofstream(path) << text;
+  const int rc = std::system(("promtool check metrics < " + path + " > " + path + ".out 2>&1").c_str());
+  std::ifstream out(path + ".out");
+  std::string lint((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(rc, 0) << lint;
+  EXPECT_EQ(lint, "") << "promtool lint findings";
+  // gzip when asked.
+  std::string headers;
+  const std::string gz = HttpGet(server_->metrics_port(), "/metrics", &headers, "Accept-Encoding: gzip\r\n");
+  EXPECT_NE(headers.find("Content-Encoding: gzip"), std::string::npos);
+  EXPECT_NE(headers.find("text/plain; version=0.0.4"), std::string::npos);
+  EXPECT_LT(gz.size(), text.size());
+}
+
+TEST_F(ObservabilityTest, RealPrometheusScrapesTheCounts) {
+  // Prometheus on a free loopback port, scraping aeserve every 200 ms.
+  const int prom_port = [] {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    close(fd);
+    return ntohs(a.sin_port);
+  }();
+  const std::string cfg = dir_->path() + "/prometheus.yml";
+  std::ofstream(cfg) << "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
+                        "scrape_configs:\n  - job_name: aeserve\n    static_configs:\n"
+                        "      - targets: ['127.0.0.1:" << server_->metrics_port() << "']\n";
+  ServerProcess prom;
+  prom.Start("/usr/bin/prometheus",
+             {"--config.file=" + cfg, "--storage.tsdb.path=" + dir_->path() + "/tsdb",
+              "--web.listen-address=127.0.0.1:" + std::to_string(prom_port), "--log.level=warn"},
+             0.1);  // it logs no port line; readiness is polled below
+  uint64_t flagged = 0;
+  for (int i = 0; i < 5; ++i) flagged += Score(Rows(200, 200 * i, i == 4 ? 2.f : 0.f)).num_anomalies();
+  ASSERT_GT(flagged, 0u);
+  auto query = [&](const std::string& q) {
+    const std::string body = HttpGet(prom_port, "/api/v1/query?query=" + q);
+    std::smatch m;
+    if (std::regex_search(body, m, std::regex("\"value\":\\[[0-9.]+,\"([^\"]+)\"\\]"))) return std::stod(m[1]);
+    return static_cast<double>(NAN);
+  };
+  double samples = NAN, anomalies = NAN;
+  for (int i = 0; i < 300; ++i) {  // at most ~30 s
+    samples = query("sum(aeserve_samples_scored_total)");
+    anomalies = query("sum(aeserve_anomalies_total)");
+    if (samples == 1000 && anomalies == flagged) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(samples, 1000) << prom.log();
+  EXPECT_EQ(anomalies, static_cast<double>(flagged));
+  EXPECT_EQ(query("up"), 1);
+  prom.Signal(SIGTERM);
+  EXPECT_EQ(prom.Wait(20), 0);
+}
+
+TEST_F(ObservabilityTest, WatchAnomaliesDeliversExactlyTheFlaggedSamples) {
+  grpc::ClientContext wctx;
+  v1::WatchAnomaliesRequest wreq;
+  wreq.set_model("plain");
+  auto watch = scoring_->WatchAnomalies(&wctx, wreq);
+  // Wait until the watcher is subscribed (a probe of anomalous rows comes back as events).
+  v1::AnomalyEvent e;
+  for (int i = 0; i < 200; ++i) {
+    v1::Samples probe = Rows(1, 0, 50.f);
+    probe.add_ids("probe");
+    Score(probe);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    break;
+  }
+  ASSERT_TRUE(watch->Read(&e));
+  ASSERT_EQ(e.sample_id(), "probe");
+  // A known stream with ids; every flagged row must come back as one event, and nothing else.
+  grpc::ClientContext ctx;
+  auto stream = scoring_->StreamScore(&ctx);
+  std::set<std::string> flagged;
+  for (int b = 0; b < 10; ++b) {
+    v1::StreamScoreRequest req;
+    if (b == 0) {
+      req.mutable_config()->set_model("plain");
+      req.mutable_config()->set_stream_id("rack-7");
+    }
+    *req.mutable_samples() = Rows(50, 50 * b, b % 3 == 2 ? 1.5f : 0.f);
+    for (int i = 0; i < 50; ++i) req.mutable_samples()->add_ids("b" + std::to_string(b) + "r" + std::to_string(i));
+    ASSERT_TRUE(stream->Write(req));
+  }
+  stream->WritesDone();
+  v1::StreamScoreResponse r;
+  while (stream->Read(&r)) {
+    for (int i = 0; i < r.result().anomalous_size(); ++i) {
+      if (r.result().anomalous(i)) flagged.insert(r.result().ids(i));
+    }
+  }
+  ASSERT_TRUE(stream->Finish().ok());
+  ASSERT_GT(flagged.size(), 5u);
+  std::set<std::string> got;
+  while (got.size() < flagged.size() && watch->Read(&e)) {
+    EXPECT_EQ(e.model(), "plain");
+    EXPECT_EQ(e.stream_id(), "rack-7");
+    EXPECT_GT(e.error(), e.threshold());
+    EXPECT_EQ(e.top_features_size(), 3);
+    EXPECT_EQ(e.top_feature_names(0), "m" + std::to_string(e.top_features(0)));
+    EXPECT_GE(e.top_feature_errors(0), e.top_feature_errors(1));
+    EXPECT_EQ(e.dropped_before(), 0u);
+    EXPECT_TRUE(got.insert(e.sample_id()).second) << "duplicate event " << e.sample_id();
+  }
+  EXPECT_EQ(got, flagged);
+  wctx.TryCancel();
+  v1::AnomalyEvent extra;
+  while (watch->Read(&extra)) {
+  }
+  watch->Finish();
+}
+
+TEST_F(ObservabilityTest, AStalledWatcherDoesNotHoldScoringBack) {
+  // This watcher never reads.
+  grpc::ClientContext wctx;
+  auto stalled = scoring_->WatchAnomalies(&wctx, v1::WatchAnomaliesRequest());
+  for (int i = 0; i < 200 && !(Score(Rows(1, 0, 50.f)), false); ++i) {
+  }
+  // 20000 anomalous rows: far more events than the watcher's buffer (1024) and gRPC's windows.
+  const auto start = std::chrono::steady_clock::now();
+  uint64_t flagged = 0;
+  for (int i = 0; i < 20; ++i) flagged += Score(Rows(1000, 0, 50.f)).num_anomalies();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(flagged, 20000u);
+  EXPECT_LT(seconds, 20.0) << "scoring must not wait for a stalled watcher";
+  const double dropped = Value(Metrics(), "aeserve_anomaly_events_dropped_total");
+  // Some thousands fit in the watcher's buffer (1024) and in gRPC's flow-control windows; the rest
+  // are dropped and counted.
+  EXPECT_GT(dropped, 1000) << "events past the buffer are dropped and counted";
+  // When the watcher reads again, an event tells it how many it lost.
+  uint64_t reported = 0;
+  v1::AnomalyEvent e;
+  for (int i = 0; i < 25000 && stalled->Read(&e); ++i) {
+    reported += e.dropped_before();
+    if (reported > 0) break;
+  }
+  EXPECT_GT(reported, 0u);
+  wctx.TryCancel();
+  while (stalled->Read(&e)) {
+  }
+  stalled->Finish();
+}
+
+TEST_F(ObservabilityTest, DriftRisesWhenTheDataShifts) {
+  for (int i = 0; i < 3; ++i) Score(Rows(1000, 1000 * i));  // normal traffic fills the window
+  auto drift = [&] {
+    v1::GetModelRequest req;
+    req.set_model("plain");
+    v1::ModelInfo info;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(scoring_->GetModel(&ctx, req, &info).ok());
+    return info;
+  };
+  const v1::ModelInfo before = drift();
+  EXPECT_EQ(before.drift_window(), 2048u);
+  EXPECT_LT(before.drift_ks(), 0.2) << "normal traffic matches the calibration errors";
+  EXPECT_FALSE(before.drifted());
+  for (int i = 0; i < 3; ++i) Score(Rows(1000, 1000 * i, 0.7f));  // every feature shifted
+  const v1::ModelInfo after = drift();
+  EXPECT_GT(after.drift_ks(), 0.5);
+  EXPECT_TRUE(after.drifted());
+  const std::string text = Metrics();
+  EXPECT_NEAR(Value(text, "aeserve_drift_ks{model=\"plain\",version=\"1\"}"), after.drift_ks(), 0.05);
+  EXPECT_EQ(Value(text, "aeserve_model_drifted{model=\"plain\",version=\"1\"}"), 1);
+}
+
+}  // namespace
+}  // namespace aeserve::testing
