@@ -253,6 +253,28 @@ int main(int argc, char** argv) {
                   e2, 100 * a / b, 100 * a / e2);
     }
   }
+  // The cost of observation: the same server with metrics off (--metrics_port=0), runs interleaved.
+  server::Options off = o;
+  off.metrics_port = 0;
+  auto quiet = server::Server::Start(off, spdlog::null_logger_mt("bench_off"));
+  if (!quiet.ok() || !(*quiet)->LoadModels().ok()) return 1;
+  std::printf("\nmetrics on vs off, StreamScore samples/s (median of 3 interleaved runs)\n");
+  std::printf("%6s %8s %14s %14s %9s\n", "batch", "streams", "metrics on", "metrics off", "cost");
+  for (uint32_t rows : {16u, 256u}) {
+    for (int streams : {1, 4}) {
+      std::vector<double> on_rates, off_rates;
+      for (int rep = 0; rep < 3; ++rep) {
+        on_rates.push_back(StreamRate<v1::Scoring>(aeserve_port, streams, rows, seconds));
+        off_rates.push_back(StreamRate<v1::Scoring>((*quiet)->port(), streams, rows, seconds));
+      }
+      std::sort(on_rates.begin(), on_rates.end());
+      std::sort(off_rates.begin(), off_rates.end());
+      std::printf("%6u %8d %14.0f %14.0f %8.1f%%\n", rows, streams, on_rates[1], off_rates[1],
+                  100 * (1 - on_rates[1] / off_rates[1]));
+    }
+  }
+  (*quiet)->Shutdown();
+
   const auto [a50, a99] = UnaryLatency<v1::Scoring>(aeserve_port, 5000);
   const auto [b50, b99] = UnaryLatency<bench::Echo>(echo_port, 5000);
   std::printf("\nunary Score, one sample, sequential calls (us)\n");

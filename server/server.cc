@@ -224,6 +224,7 @@ absl::Status Server::LoadModels() {
 
 void Server::Shutdown() {
   if (shut_down_ || !grpc_) return;
+
   shut_down_ = true;
   log_->info("shutting down: finishing in-flight work (grace {} s)", options_.shutdown_grace_seconds);
   grpc_->GetHealthCheckService()->SetServingStatus(false);
@@ -237,6 +238,7 @@ void Server::Shutdown() {
   admin_executor_->Stop();
   grpc_->Wait();
   log_->info("shut down");
+  exposer_.reset();
 }
 
 }  // namespace aeserve::server

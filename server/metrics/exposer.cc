@@ -1,7 +1,14 @@
 // Serves a Registry at /metrics over HTTP with civetweb.
 #include "exposer.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <zlib.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cstring>
 
@@ -45,7 +52,25 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& host,
 }
 
 Exposer::~Exposer() {
-  if (ctx_ != nullptr) mg_stop(ctx_);
+  if (ctx_ == nullptr) return;
+  // mg_stop waits for civetweb's listener, which only looks at its stop flag between polls of up
+  // to 2 s; a connection to the port wakes it at once.
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    mg_stop(ctx_);
+    stopped = true;
+  });
+  for (int i = 0; i < 100 && !stopped; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port_));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stopper.join();
 }
 
 int Exposer::Handle(mg_connection* conn, void* self) {
