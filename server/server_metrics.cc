@@ -36,11 +36,6 @@ const char* CodeName(grpc::StatusCode c) {
   return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
 }
 
-int64_t NowSeconds() {
-  return std::chrono::duration_cast<std::chrono::seconds>(
-             std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 }  // namespace
 
 ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version,
@@ -51,9 +46,7 @@ ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std
       warnings_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "warning"}})),
       criticals_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "critical"}})),
       errors_(m.errors_.Add({{"model", model}, {"version", version}}, ErrorBuckets())),
-      calibration_(std::move(sorted_calibration)) {
-  window_.reserve(kDriftWindow);
-}
+      calibration_(std::move(sorted_calibration)) {}
 
 void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const uint8_t> anomalous,
                           double critical) {
@@ -67,30 +60,19 @@ void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const uint8
   if (warn) warnings_.Increment(static_cast<double>(warn));
   if (crit) criticals_.Increment(static_cast<double>(crit));
   errors_.ObserveMany(errors);
-  absl::MutexLock lock(&mu_);
   // The drift window keeps the last kDriftWindow errors.
   const size_t start = errors.size() > kDriftWindow ? errors.size() - kDriftWindow : 0;
-  for (size_t i = start; i < errors.size(); ++i) {
-    if (window_.size() < kDriftWindow) {
-      window_.push_back(errors[i]);
-    } else {
-      window_[window_pos_] = errors[i];
-      window_pos_ = (window_pos_ + 1) % kDriftWindow;
-    }
+  const uint64_t n = errors.size() - start;
+  const uint64_t at = written_.fetch_add(n, std::memory_order_relaxed);
+  for (uint64_t i = 0; i < n; ++i) {
+    window_[(at + i) % kDriftWindow].store(errors[start + i], std::memory_order_relaxed);
   }
-  const int64_t now = NowSeconds();
-  if (seconds_.empty() || std::get<0>(seconds_.back()) != now) seconds_.emplace_back(now, 0, 0);
-  std::get<1>(seconds_.back()) += errors.size();
-  std::get<2>(seconds_.back()) += warn + crit;
-  while (!seconds_.empty() && std::get<0>(seconds_.front()) <= now - 60) seconds_.pop_front();
 }
 
 ModelMetrics::Drift ModelMetrics::ComputeDrift() const {
-  std::vector<float> live;
-  {
-    absl::MutexLock lock(&mu_);
-    live = window_;
-  }
+  const size_t filled = static_cast<size_t>(std::min<uint64_t>(written_.load(), kDriftWindow));
+  std::vector<float> live(filled);
+  for (size_t i = 0; i < filled; ++i) live[i] = window_[i].load(std::memory_order_relaxed);
   Drift d;
   d.window = live.size();
   if (live.empty() || calibration_.empty()) return d;
@@ -107,17 +89,20 @@ ModelMetrics::Drift ModelMetrics::ComputeDrift() const {
   return d;
 }
 
-double ModelMetrics::AnomalyRate() const {
+double ModelMetrics::AnomalyRate() {
+  const auto now = std::chrono::steady_clock::now();
+  const double samples = samples_.Value(), anomalies = warnings_.Value() + criticals_.Value();
   absl::MutexLock lock(&mu_);
-  const int64_t now = NowSeconds();
-  uint64_t samples = 0, anomalies = 0;
-  for (const auto& [t, s, a] : seconds_) {
-    if (t > now - 60) {
-      samples += s;
-      anomalies += a;
-    }
+  snapshots_.emplace_back(now, samples, anomalies);
+  // Keep the newest snapshot at least 60 s old as the baseline, and everything after it.
+  while (snapshots_.size() > 2 && std::get<0>(snapshots_[1]) <= now - std::chrono::seconds(60)) {
+    snapshots_.pop_front();
   }
-  return samples ? static_cast<double>(anomalies) / samples : NAN;
+  // With one snapshot only, the baseline is the start (all that was scored so far).
+  const auto& [t0, s0, a0] = snapshots_.size() > 1 ? snapshots_.front()
+                                                   : std::tuple<std::chrono::steady_clock::time_point, double, double>{now, 0, 0};
+  const double ds = samples - s0;
+  return ds > 0 ? (anomalies - a0) / ds : NAN;
 }
 
 ServerMetrics::ServerMetrics(double drift_threshold)
@@ -159,16 +144,37 @@ ServerMetrics::ServerMetrics(double drift_threshold)
                          .Help("Latest training and validation loss of a model's training job.")
                          .Register(registry_)),
       training_jobs_total_(BuildCounter().Name("aeserve_training_jobs_total")
-                               .Help("Training jobs ended, by result.").Register(registry_)) {}
+                               .Help("Training jobs ended, by result.").Register(registry_)) {
+  for (const char* rpc : {"Score", "StreamScore", "Encode", "Reconstruct", "Generate"}) {
+    auto r = std::make_unique<RpcInstruments>();
+    r->request = &request_seconds_.Add({{"rpc", rpc}}, LatencyBuckets());
+    r->queue = &queue_seconds_.Add({{"rpc", rpc}}, LatencyBuckets());
+    r->compute = &compute_seconds_.Add({{"rpc", rpc}}, LatencyBuckets());
+    rpcs_[rpc] = std::move(r);
+  }
+}
+
+ServerMetrics::RpcInstruments& ServerMetrics::Rpc(const std::string& rpc) {
+  auto it = rpcs_.find(rpc);
+  return *it->second;  // every RPC that reports is registered in the constructor
+}
 
 void ServerMetrics::RecordRequest(const std::string& rpc, grpc::StatusCode code, double seconds) {
-  requests_.Add({{"rpc", rpc}, {"code", CodeName(code)}}).Increment();
-  request_seconds_.Add({{"rpc", rpc}}, LatencyBuckets()).Observe(seconds);
+  RpcInstruments& r = Rpc(rpc);
+  const size_t c = std::min<size_t>(static_cast<size_t>(code), 16);
+  metrics::Counter* counter = r.codes[c].load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    counter = &requests_.Add({{"rpc", rpc}, {"code", CodeName(code)}});
+    r.codes[c].store(counter, std::memory_order_release);
+  }
+  counter->Increment();
+  r.request->Observe(seconds);
 }
 
 void ServerMetrics::RecordQueueAndCompute(const std::string& rpc, double queue_s, double compute_s) {
-  queue_seconds_.Add({{"rpc", rpc}}, LatencyBuckets()).Observe(queue_s);
-  compute_seconds_.Add({{"rpc", rpc}}, LatencyBuckets()).Observe(compute_s);
+  RpcInstruments& r = Rpc(rpc);
+  r.queue->Observe(queue_s);
+  r.compute->Observe(compute_s);
 }
 
 void ServerMetrics::RecordRejected(const std::string& reason) {

@@ -3,6 +3,8 @@
 // (rpc, code, model, version, severity, reason) — never per request, stream or entity.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -40,8 +42,9 @@ class ModelMetrics {
   // Two-sample Kolmogorov-Smirnov statistic between the last scored errors and the calibration
   // errors (0 when there is no calibration sample or nothing was scored).
   Drift ComputeDrift() const;
-  // Anomalies / samples over the last 60 seconds (NaN when nothing was scored).
-  double AnomalyRate() const;
+  // Anomalies / samples over about the last 60 seconds, from counter snapshots taken at scrape
+  // time (NaN when nothing was scored since the oldest snapshot kept).
+  double AnomalyRate();
   const std::string& model() const { return model_; }
   const std::string& version() const { return version_; }
 
@@ -54,11 +57,14 @@ class ModelMetrics {
   metrics::Counter& criticals_;
   metrics::Histogram& errors_;
   const std::vector<float> calibration_;
-  mutable absl::Mutex mu_;
-  std::vector<float> window_ ABSL_GUARDED_BY(mu_);  // ring of the last kDriftWindow errors
-  size_t window_pos_ ABSL_GUARDED_BY(mu_) = 0;
-  // Per-second (samples, anomalies) of the last 60 seconds.
-  std::deque<std::tuple<int64_t, uint64_t, uint64_t>> seconds_ ABSL_GUARDED_BY(mu_);
+  // Ring of the last kDriftWindow errors, written without locks: a reader may see a mix of two
+  // batches, which a distribution statistic does not mind.
+  std::array<std::atomic<float>, kDriftWindow> window_{};
+  std::atomic<uint64_t> written_{0};
+  // (time, samples, anomalies) at recent scrapes, for the anomaly rate.
+  absl::Mutex mu_;
+  std::deque<std::tuple<std::chrono::steady_clock::time_point, double, double>> snapshots_
+      ABSL_GUARDED_BY(mu_);
 };
 
 class ServerMetrics {
@@ -87,6 +93,15 @@ class ServerMetrics {
 
  private:
   friend class ModelMetrics;
+  // Instruments of one RPC, looked up without allocating on every call.
+  struct RpcInstruments {
+    metrics::Histogram* request = nullptr;
+    metrics::Histogram* queue = nullptr;
+    metrics::Histogram* compute = nullptr;
+    std::array<std::atomic<metrics::Counter*>, 17> codes{};
+  };
+  RpcInstruments& Rpc(const std::string& rpc);
+
   metrics::Registry registry_;
   const double drift_threshold_;
   metrics::Family<metrics::Counter>& requests_;
@@ -104,6 +119,8 @@ class ServerMetrics {
   metrics::Family<metrics::Gauge>& training_epoch_;
   metrics::Family<metrics::Gauge>& training_loss_;
   metrics::Family<metrics::Counter>& training_jobs_total_;
+  // Built in the constructor for every RPC, read-only afterwards.
+  std::map<std::string, std::unique_ptr<RpcInstruments>, std::less<>> rpcs_;
   mutable absl::Mutex mu_;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
 };

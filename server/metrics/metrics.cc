@@ -41,13 +41,22 @@ void Histogram::Observe(double v) {
 
 void Histogram::ObserveMany(absl::Span<const float> values) {
   if (values.empty()) return;
-  std::vector<uint64_t> local(bounds_.size() + 1, 0);
+  // Bin locally (on the stack for the usual bucket counts), then one atomic add per bucket.
+  uint64_t stack[64];
+  std::vector<uint64_t> heap;
+  uint64_t* local = stack;
+  if (bounds_.size() + 1 > 64) {
+    heap.assign(bounds_.size() + 1, 0);
+    local = heap.data();
+  } else {
+    std::fill(stack, stack + bounds_.size() + 1, 0);
+  }
   double sum = 0;
   for (float v : values) {
     ++local[BucketOf(v)];
     sum += v;
   }
-  for (size_t i = 0; i < local.size(); ++i) {
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
     if (local[i]) counts_[i].fetch_add(local[i], std::memory_order_relaxed);
   }
   sum_.fetch_add(sum, std::memory_order_relaxed);
