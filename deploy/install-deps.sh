@@ -29,6 +29,7 @@ libcli11-dev
 python3-grpcio
 python3-protobuf
 python3-numpy
+python3-matplotlib
 "
 
 missing=""

@@ -133,6 +133,10 @@ grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* 
   }
   auto info = registry_->Info(*key);
   if (info.ok()) *resp = *std::move(info);
+  if (info.ok() && req->include_calibration()) {
+    auto h = registry_->Handle(*key, 0);
+    if (h.ok()) *resp->mutable_calibration_errors() = h->model->file().calibration_errors();
+  }
   reactor->Finish(ToGrpc(info.status()));
   return reactor;
 }

@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <fstream>
+#include <atomic>
+#include <thread>
 #include <sstream>
 
 #include "gtest/gtest.h"
@@ -137,6 +139,42 @@ TEST_F(AectlTest, TrainThresholdActivate) {
   auto missing = Aectl(server_arg_ + " activate t2 9");
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.err.find("aectl: NOT_FOUND"), std::string::npos) << missing.err;
+}
+
+TEST_F(AectlTest, WatchPrintsFlaggedSamples) {
+  Result watched;
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    watched = Aectl(server_arg_ + " --timeout 30 watch demo --count 2");
+    done = true;
+  });
+  // Score clearly anomalous rows until the watcher has its two events (bounded).
+  const std::string shifted = dir_->path() + "/shifted.csv";
+  {
+    std::ifstream in(Test());
+    std::ofstream out(shifted);
+    std::string line;
+    std::getline(in, line);
+    out << line << "\n";
+    for (int r = 0; r < 5 && std::getline(in, line); ++r) {
+      std::stringstream cells(line);
+      std::string cell;
+      bool first = true;
+      for (int c = 0; c < 38 && std::getline(cells, cell, ','); ++c) {
+        out << (first ? "" : ",") << std::stod(cell) + 5.0;
+        first = false;
+      }
+      out << ",1\n";
+    }
+  }
+  for (int i = 0; i < 200 && !done; ++i) {
+    Aectl(server_arg_ + " score --model demo " + shifted);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  watcher.join();
+  EXPECT_EQ(watched.code, 0) << watched.err;
+  EXPECT_EQ(Lines(watched.out), 3) << watched.out;  // header + 2 events
+  EXPECT_NE(watched.out.find(",demo,1,"), std::string::npos) << watched.out;
 }
 
 TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {

@@ -281,6 +281,44 @@ int Model(const Common& c, const std::string& name) {
   return 0;
 }
 
+int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint64_t count) {
+  auto stub = v1::Scoring::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c, false);
+  v1::WatchAnomaliesRequest req;
+  req.set_model(model);
+  req.set_min_severity(min_severity);
+  auto reader = stub->WatchAnomalies(&ctx, req);
+  std::printf("server_time_ms,model,version,entity,stream_id,sample_id,timestamp_ms,error,threshold,p_value,severity,top_features\n");
+  std::fflush(stdout);
+  v1::AnomalyEvent e;
+  uint64_t seen = 0;
+  while (reader->Read(&e)) {
+    if (e.dropped_before() > 0) {
+      std::fprintf(stderr, "aectl: %llu events dropped (this watcher fell behind)\n",
+                   static_cast<unsigned long long>(e.dropped_before()));
+    }
+    std::string top;
+    for (int j = 0; j < e.top_features_size(); ++j) {
+      const std::string name = j < e.top_feature_names_size() ? e.top_feature_names(j) : std::to_string(e.top_features(j));
+      top += (j ? ";" : "") + name + ":" + std::to_string(e.top_feature_errors(j));
+    }
+    std::printf("%lld,%s,%llu,%s,%s,%s,%lld,%.8g,%.8g,%.6g,%u,%s\n",
+                static_cast<long long>(e.server_time_ms()), e.model().c_str(),
+                static_cast<unsigned long long>(e.version()), e.entity().c_str(),
+                e.stream_id().c_str(), e.sample_id().c_str(), static_cast<long long>(e.timestamp_ms()),
+                e.error(), e.threshold(), e.p_value(), e.severity(), top.c_str());
+    std::fflush(stdout);
+    if (count > 0 && ++seen >= count) {
+      ctx.TryCancel();
+      break;
+    }
+  }
+  grpc::Status st = reader->Finish();
+  if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED) return Fail(st);
+  return 0;
+}
+
 int Health(const Common& c) {
   auto stub = grpc::health::v1::Health::NewStub(Connect(c));
   grpc::ClientContext ctx;
@@ -669,7 +707,15 @@ int main(int argc, char** argv) {
   threshold->add_option("--critical", critical, "second level, METHOD:VALUE");
   threshold->add_flag("--clear-critical", clear_critical);
 
+  uint32_t min_severity = 0;
+  uint64_t count = 0;
+  auto* watch = app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
+  watch->add_option("model", model, "only this model (default: all)");
+  watch->add_option("--min-severity", min_severity, "2 = critical only");
+  watch->add_option("--count", count, "stop after this many events (0 = run until interrupted)");
+
   CLI11_PARSE(app, argc, argv);
+  if (watch->parsed()) return Watch(c, model, min_severity, count);
   if (train->parsed()) return Train(c, ta, path);
   if (jobs->parsed()) return Jobs(c, model);
   if (cancel->parsed()) return Cancel(c, job_id);

@@ -1,0 +1,311 @@
+"""The aeserve client: scoring, streaming, training, lifecycle and the anomaly feed over gRPC."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import grpc
+import numpy as np
+
+from aeserve.v1 import admin_pb2, admin_pb2_grpc, model_pb2, scoring_pb2, scoring_pb2_grpc
+
+
+class AeserveError(Exception):
+    """A failed call: `code` is the grpc.StatusCode, `message` the server's explanation."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """One scored batch; per-sample fields are numpy arrays in row order."""
+    model: str
+    version: int
+    threshold: float
+    errors: np.ndarray            # float32, mean squared reconstruction error per sample
+    anomalous: np.ndarray         # bool
+    p_values: np.ndarray          # float32
+    feature_errors: Optional[np.ndarray] = None  # rows x features, when asked
+    top_features: Optional[np.ndarray] = None    # rows x k feature indices
+    top_feature_errors: Optional[np.ndarray] = None
+    severity: Optional[np.ndarray] = None        # 0 normal, 1 warning, 2 critical
+    alarm: Optional[np.ndarray] = None           # streams with debounce
+    ids: Sequence[str] = ()
+    entity: str = ""
+    sequence: Optional[int] = None               # streams: the batch's sequence number
+    compute_seconds: float = 0.0
+
+    @classmethod
+    def from_proto(cls, r: scoring_pb2.ScoreResponse, num_features: int = 0,
+                   sequence: Optional[int] = None) -> "ScoreResult":
+        n = r.num_samples
+        fe = np.array(r.feature_errors, dtype=np.float32).reshape(n, -1) if len(r.feature_errors) else None
+        k = len(r.top_features) // n if n and len(r.top_features) else 0
+        return cls(
+            model=r.model, version=r.version, threshold=r.threshold,
+            errors=np.array(r.errors, dtype=np.float32),
+            anomalous=np.array(r.anomalous, dtype=bool),
+            p_values=np.array(r.p_values, dtype=np.float32),
+            feature_errors=fe,
+            top_features=np.array(r.top_features, dtype=np.int64).reshape(n, k) if k else None,
+            top_feature_errors=np.array(r.top_feature_errors, dtype=np.float32).reshape(n, k) if k else None,
+            severity=np.array(r.severity, dtype=np.int64) if len(r.severity) else None,
+            alarm=np.array(r.alarm, dtype=bool) if len(r.alarm) else None,
+            ids=list(r.ids), entity=r.entity, sequence=sequence,
+            compute_seconds=r.compute_seconds)
+
+
+@dataclasses.dataclass
+class StreamStats:
+    """A stream's periodic statistics over its last window."""
+    sequence: int
+    samples: int
+    anomalies: int
+    anomaly_rate: float
+    error_mean: float
+    error_p50: float
+    error_p90: float
+    error_p99: float
+    window_seconds: float
+    total_samples: int
+
+
+_THRESHOLD_METHODS = {
+    "percentile": model_pb2.THRESHOLD_PERCENTILE,
+    "mean_std": model_pb2.THRESHOLD_MEAN_STD,
+    "median_mad": model_pb2.THRESHOLD_MEDIAN_MAD,
+    "fpr": model_pb2.THRESHOLD_TARGET_FPR,
+    "fixed": model_pb2.THRESHOLD_FIXED,
+}
+
+
+def _threshold(method: str, value: float) -> model_pb2.ThresholdConfig:
+    if method not in _THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {sorted(_THRESHOLD_METHODS)}")
+    return model_pb2.ThresholdConfig(method=_THRESHOLD_METHODS[method], value=value)
+
+
+def _samples(x, ids=None) -> scoring_pb2.Samples:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2:
+        raise ValueError("samples must be a 2-D array: rows x features")
+    s = scoring_pb2.Samples(num_features=x.shape[1])
+    s.values.extend(x.ravel())
+    if ids is not None:
+        s.ids.extend(str(i) for i in ids)
+    return s
+
+
+class Client:
+    """A connection to one aeserve server.
+
+    token: bearer token for servers started with --auth_tokens.
+    tls: None for plaintext, or a dict with "ca" (PEM path) and optionally "cert" and "key"
+         (client certificate for mutual TLS).
+    timeout: deadline in seconds of unary calls.
+    """
+
+    def __init__(self, address: str = "localhost:50051", token: Optional[str] = None,
+                 tls: Optional[dict] = None, timeout: float = 30.0):
+        options = [("grpc.max_receive_message_length", 256 << 20),
+                   ("grpc.max_send_message_length", 256 << 20)]
+        if tls:
+            def read(key):
+                return open(tls[key], "rb").read() if tls.get(key) else None
+            creds = grpc.ssl_channel_credentials(read("ca"), read("key"), read("cert"))
+            self._channel = grpc.secure_channel(address, creds, options)
+        else:
+            self._channel = grpc.insecure_channel(address, options)
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._timeout = timeout
+        self._scoring = scoring_pb2_grpc.ScoringStub(self._channel)
+        self._admin = admin_pb2_grpc.ModelAdminStub(self._channel)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method, request, timeout: Optional[float] = -1):
+        try:
+            return method(request, timeout=self._timeout if timeout == -1 else timeout,
+                          metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise AeserveError(e.code(), e.details()) from None
+
+    # Scoring -------------------------------------------------------------------------------
+
+    def score(self, model: str, x, version: int = 0, entity: str = "", top_k: int = 0,
+              per_feature: bool = False, original_units: bool = False, neg_elbo: bool = False,
+              ids: Optional[Sequence] = None) -> ScoreResult:
+        """Scores the rows of `x` (rows x features). Raises AeserveError on a failed call."""
+        req = scoring_pb2.ScoreRequest(
+            model=model, version=version, entity=entity, samples=_samples(x, ids),
+            options=scoring_pb2.ScoreOptions(per_feature=per_feature, original_units=original_units,
+                                             top_k=top_k, neg_elbo=neg_elbo))
+        return ScoreResult.from_proto(self._call(self._scoring.Score, req))
+
+    def stream(self, model: str, batches: Iterable, top_k: int = 0, stats_every_batches: int = 0,
+               stats_every_seconds: float = 0.0, debounce: Optional[tuple] = None,
+               stream_id: str = "", version: int = 0,
+               ) -> Iterator[Union[ScoreResult, StreamStats, AeserveError]]:
+        """Streams `batches` (each rows x features) over StreamScore and yields, in order, a
+        ScoreResult per batch (or an AeserveError for a batch the server refused) and the
+        periodic StreamStats. Batches are sent from a background thread while results arrive."""
+        config = scoring_pb2.StreamConfig(
+            model=model, version=version, options=scoring_pb2.ScoreOptions(top_k=top_k),
+            stats_every_batches=stats_every_batches, stats_every_seconds=stats_every_seconds,
+            stream_id=stream_id)
+        if debounce:
+            config.debounce_k, config.debounce_n = debounce
+
+        def requests():
+            for seq, x in enumerate(batches):
+                req = scoring_pb2.StreamScoreRequest(sequence=seq, samples=_samples(x))
+                if seq == 0:
+                    req.config.CopyFrom(config)
+                yield req
+
+        try:
+            for r in self._scoring.StreamScore(requests(), metadata=self._metadata):
+                kind = r.WhichOneof("kind")
+                if kind == "result":
+                    yield ScoreResult.from_proto(r.result, sequence=r.sequence)
+                elif kind == "stats":
+                    s = r.stats
+                    yield StreamStats(r.sequence, s.samples, s.anomalies, s.anomaly_rate,
+                                      s.error_mean, s.error_p50, s.error_p90, s.error_p99,
+                                      s.window_seconds, s.total_samples)
+                else:
+                    yield AeserveError(grpc.StatusCode(_code(r.error.code)), r.error.message)
+        except grpc.RpcError as e:
+            raise AeserveError(e.code(), e.details()) from None
+
+    def encode(self, model: str, x, version: int = 0) -> np.ndarray:
+        r = self._call(self._scoring.Encode,
+                       scoring_pb2.EncodeRequest(model=model, version=version, samples=_samples(x)))
+        return np.array(r.codes, dtype=np.float32).reshape(-1, r.code_size)
+
+    def reconstruct(self, model: str, x, version: int = 0) -> np.ndarray:
+        r = self._call(self._scoring.Reconstruct,
+                       scoring_pb2.ReconstructRequest(model=model, version=version, samples=_samples(x)))
+        return np.array(r.values, dtype=np.float32).reshape(-1, r.num_features)
+
+    def generate(self, model: str, count: int, seed: int = 1, version: int = 0) -> np.ndarray:
+        r = self._call(self._scoring.Generate,
+                       scoring_pb2.GenerateRequest(model=model, version=version, count=count, seed=seed))
+        return np.array(r.values, dtype=np.float32).reshape(-1, r.num_features)
+
+    def watch(self, model: str = "", min_severity: int = 0) -> Iterator[scoring_pb2.AnomalyEvent]:
+        """The live feed of flagged samples (AnomalyEvent messages) until cancelled."""
+        try:
+            yield from self._scoring.WatchAnomalies(
+                scoring_pb2.WatchAnomaliesRequest(model=model, min_severity=min_severity),
+                metadata=self._metadata)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise AeserveError(e.code(), e.details()) from None
+
+    # Models -------------------------------------------------------------------------------
+
+    def models(self) -> list:
+        return list(self._call(self._scoring.ListModels, scoring_pb2.ListModelsRequest()).models)
+
+    def model(self, name: str, include_calibration: bool = False) -> scoring_pb2.ModelInfo:
+        return self._call(self._scoring.GetModel, scoring_pb2.GetModelRequest(
+            model=name, include_calibration=include_calibration))
+
+    def activate(self, model: str, version: int, entity: str = "") -> admin_pb2.ModelInfoBrief:
+        return self._call(self._admin.ActivateVersion,
+                          admin_pb2.ActivateVersionRequest(model=model, entity=entity, version=version))
+
+    def set_threshold(self, model: str, method: str, value: float, version: int = 0,
+                      critical: Optional[tuple] = None, entity: str = "") -> admin_pb2.ModelInfoBrief:
+        """method: percentile, mean_std, median_mad, fpr or fixed; critical: (method, value)."""
+        req = admin_pb2.SetThresholdRequest(model=model, entity=entity, version=version,
+                                            threshold=_threshold(method, value))
+        if critical:
+            req.critical_threshold.CopyFrom(_threshold(*critical))
+        return self._call(self._admin.SetThreshold, req)
+
+    # Training -----------------------------------------------------------------------------
+
+    def train(self, model: str, data, feature_names: Optional[Sequence[str]] = None,
+              kind: str = "plain", layers: Sequence[int] = (), code: int = 0, epochs: int = 50,
+              batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 0.0,
+              dropout: float = 0.0, validation_split: float = 0.1, patience: int = 0,
+              seed: int = 1, scaling: str = "standard", loss: str = "mse",
+              activation: str = "relu", noise_level: float = 0.0, l1_penalty: float = 0.0,
+              kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: float = 99.0,
+              entity: str = "", fine_tune: bool = False, activate: bool = True,
+              progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
+              wait: bool = True) -> admin_pb2.TrainingJob:
+        """Uploads `data` (rows x features), trains a new version in the server, and (with wait)
+        watches the job to its end, calling progress(job) on every update. Returns the final
+        TrainingJob; raises AeserveError if the job is refused or fails."""
+        x = np.asarray(data, dtype=np.float32)
+        header = admin_pb2.TrainingJobHeader(
+            model=model, entity=entity, num_features=x.shape[1], fine_tune=fine_tune,
+            no_activate=not activate,
+            options=model_pb2.TrainingOptions(
+                epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                weight_decay=weight_decay, dropout=dropout, validation_split=validation_split,
+                patience=patience, seed=seed,
+                scaling=model_pb2.Scaling.Value("SCALING_" + scaling.upper())),
+            threshold=_threshold("percentile", percentile))
+        if feature_names is not None:
+            header.feature_names.extend(feature_names)
+        if not fine_tune:
+            header.spec.CopyFrom(model_pb2.ModelSpec(
+                kind=model_pb2.ModelKind.Value("MODEL_KIND_" + kind.upper()),
+                encoder_units=list(layers), code_size=code,
+                hidden_activation=model_pb2.Activation.Value("ACTIVATION_" + activation.upper()),
+                loss=model_pb2.Loss.Value("LOSS_" + loss.upper()), noise_level=noise_level,
+                l1_penalty=l1_penalty, kl_sparsity_weight=kl_sparsity_weight, beta=beta))
+
+        def chunks(rows_per_chunk=16384):
+            for start in range(0, max(len(x), 1), rows_per_chunk):
+                req = admin_pb2.CreateTrainingJobRequest()
+                if start == 0:
+                    req.header.CopyFrom(header)
+                req.values.extend(x[start:start + rows_per_chunk].ravel())
+                yield req
+
+        try:
+            job = self._admin.CreateTrainingJob(chunks(), metadata=self._metadata)
+            if not wait:
+                return job
+            for job in self._admin.WatchTrainingJob(admin_pb2.GetTrainingJobRequest(id=job.id),
+                                                    metadata=self._metadata):
+                if progress:
+                    progress(job)
+        except grpc.RpcError as e:
+            raise AeserveError(e.code(), e.details()) from None
+        if job.state != admin_pb2.JOB_STATE_SUCCEEDED:
+            raise AeserveError(grpc.StatusCode.ABORTED,
+                               f"training job {job.id} {admin_pb2.JobState.Name(job.state)}: {job.error}")
+        return job
+
+    def jobs(self, model: str = "") -> list:
+        return list(self._call(self._admin.ListTrainingJobs,
+                               admin_pb2.ListTrainingJobsRequest(model=model)).jobs)
+
+    def cancel(self, job_id: str) -> admin_pb2.TrainingJob:
+        return self._call(self._admin.CancelTrainingJob, admin_pb2.GetTrainingJobRequest(id=job_id))
+
+
+def _code(value: int) -> tuple:
+    """The grpc.StatusCode member value for a numeric google.rpc code."""
+    for c in grpc.StatusCode:
+        if c.value[0] == value:
+            return c.value
+    return grpc.StatusCode.UNKNOWN.value

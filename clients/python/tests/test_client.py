@@ -1,0 +1,204 @@
+#!/usr/bin/python3
+"""The Python client against a real aeserve server on 127.0.0.1."""
+import json
+import os
+import re
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+import numpy as np
+
+from aeserve import AeserveError, Client, ScoreResult, StreamStats
+from aeserve import plots
+
+SOURCE = os.environ.get("AESERVE_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+BINARY = os.environ.get("AESERVE_BINARY", os.path.join(SOURCE, "build", "server", "aeserve"))
+AECTL = os.environ.get("AECTL_BINARY", os.path.join(SOURCE, "build", "clients", "cpp", "aectl"))
+TRAIN = os.path.join(SOURCE, "deploy", "demo", "smd-machine-2-1-train.csv")
+TEST = os.path.join(SOURCE, "deploy", "demo", "smd-machine-2-1-test.csv")
+
+
+def read_csv(path):
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+    data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32)
+    if header[-1] == "label":
+        return data[:, :-1], data[:, -1], header[:-1]
+    return data, None, header
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+class ServerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory()
+        cls.proc = subprocess.Popen(
+            [BINARY, "--host=127.0.0.1", "--port=0", "--metrics_port=0",
+             "--model_dir=" + cls.dir.name, "--demo_csv=" + TRAIN],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cls.port = None
+        deadline = time.time() + 30
+        while cls.port is None and time.time() < deadline:
+            line = cls.proc.stdout.readline()
+            m = re.search(r"listening on [^:]+:(\d+)", line)
+            if m:
+                cls.port = int(m.group(1))
+        # Keep draining the log so the server never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in cls.proc.stdout], daemon=True).start()
+        cls.address = f"127.0.0.1:{cls.port}"
+        cls.client = Client(cls.address)
+        for _ in range(3000):
+            try:
+                if cls.client.model("demo").state == 2:  # READY
+                    break
+            except AeserveError:
+                pass
+            time.sleep(0.01)
+        cls.x, cls.labels, cls.names = read_csv(TEST)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.proc.terminate()
+        cls.proc.wait(timeout=30)
+        cls.dir.cleanup()
+
+    def test_score_equals_the_cli(self):
+        r = self.client.score("demo", self.x, top_k=2)
+        self.assertIsInstance(r, ScoreResult)
+        self.assertEqual(r.errors.shape, (3000,))
+        self.assertEqual(r.anomalous.dtype, bool)
+        self.assertEqual(r.top_features.shape, (3000, 2))
+        out = subprocess.run([AECTL, "--server", self.address, "score", "--model", "demo",
+                              "--format", "json", TEST], capture_output=True, text=True, check=True)
+        cli = [json.loads(line) for line in out.stdout.splitlines()]
+        self.assertEqual(len(cli), 3000)
+        np.testing.assert_allclose(r.errors, [c["error"] for c in cli], rtol=1e-6)
+        self.assertEqual(list(r.anomalous), [c["anomalous"] for c in cli])
+        np.testing.assert_allclose(r.p_values, [c["p_value"] for c in cli], rtol=1e-5)
+
+    def test_stream_answers_in_order_and_matches_unary(self):
+        batches = [self.x[i:i + 100] for i in range(0, 1000, 100)]
+        items = list(self.client.stream("demo", batches, stats_every_batches=5, debounce=(2, 3),
+                                        stream_id="py"))
+        results = [i for i in items if isinstance(i, ScoreResult)]
+        stats = [i for i in items if isinstance(i, StreamStats)]
+        self.assertEqual([r.sequence for r in results], list(range(10)))
+        self.assertEqual(len(stats), 2)
+        self.assertEqual(stats[0].samples, 500)
+        unary = self.client.score("demo", self.x[:1000])
+        np.testing.assert_array_equal(np.concatenate([r.errors for r in results]), unary.errors)
+        self.assertEqual(results[0].alarm.shape, (100,))
+
+    def test_a_bad_batch_in_a_stream_is_an_error_item(self):
+        bad = np.full((3, 38), np.nan, dtype=np.float32)
+        items = list(self.client.stream("demo", [self.x[:10], bad, self.x[10:20]]))
+        self.assertIsInstance(items[0], ScoreResult)
+        self.assertIsInstance(items[1], AeserveError)
+        self.assertEqual(items[1].code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIsInstance(items[2], ScoreResult)
+
+    def test_errors_become_exceptions_with_the_servers_message(self):
+        with self.assertRaises(AeserveError) as e:
+            self.client.score("nope", self.x[:2])
+        self.assertEqual(e.exception.code, grpc.StatusCode.NOT_FOUND)
+        self.assertIn("unknown model 'nope'", e.exception.message)
+        with self.assertRaises(AeserveError) as e:
+            self.client.score("demo", self.x[:2, :10])
+        self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("num_features 10", e.exception.message)
+        with self.assertRaises(AeserveError) as e:
+            self.client.train("t", self.x[:100], layers=(8,), code=0, epochs=1)
+        self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("code_size", e.exception.message)
+
+    def test_train_with_progress_then_threshold_and_activate(self):
+        seen = []
+        job = self.client.train("py", self.x, feature_names=self.names, layers=(32, 16), code=4,
+                                epochs=8, progress=seen.append)
+        self.assertEqual(job.version, 1)
+        epochs = [j.epoch for j in seen]
+        self.assertEqual(epochs, sorted(epochs))
+        self.assertEqual(epochs[-1], 8)
+        self.assertGreaterEqual(len(seen), 8)
+        info = self.client.model("py", include_calibration=True)
+        self.assertEqual(list(info.feature_names), self.names)
+        self.assertGreater(len(info.calibration_errors), 100)
+        brief = self.client.set_threshold("py", "percentile", 90, critical=("median_mad", 10))
+        self.assertGreater(brief.critical_threshold_value, brief.threshold_value)
+        r = self.client.score("py", self.x[:50])
+        self.assertAlmostEqual(r.threshold, brief.threshold_value)
+        self.assertEqual(r.severity.shape, (50,))
+        job2 = self.client.train("py", self.x, fine_tune=True, epochs=2, activate=False)
+        self.assertEqual(job2.version, 2)
+        self.assertEqual(self.client.score("py", self.x[:5]).version, 1)
+        self.client.activate("py", 2)
+        self.assertEqual(self.client.score("py", self.x[:5]).version, 2)
+        self.assertTrue(any(j.id == job.id for j in self.client.jobs("py")))
+
+    def test_watch_receives_flagged_samples(self):
+        events = []
+        watcher = self.client.watch("demo")
+        got = threading.Event()
+
+        def read():
+            for e in watcher:
+                events.append(e)
+                if len(events) >= 3:
+                    got.set()
+                    return
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        for _ in range(100):  # until the subscription is in place and events arrive
+            self.client.score("demo", self.x[:5] + 10.0)
+            if got.wait(0.05):
+                break
+        self.assertTrue(got.is_set())
+        self.assertEqual(events[0].model, "demo")
+        self.assertGreater(events[0].error, events[0].threshold)
+        self.assertEqual(len(events[0].top_feature_names), 3)
+
+    def test_plots_write_pngs_of_the_right_size(self):
+        r = self.client.score("demo", self.x)
+        info = self.client.model("demo", include_calibration=True)
+        with tempfile.TemporaryDirectory() as d:
+            paths = [os.path.join(d, n) for n in ("errors.png", "training.png", "stream.png")]
+            plots.plot_errors(r, info, paths[0], labels=self.labels, figsize=(8, 5), dpi=100)
+            plots.plot_training(info, paths[1], figsize=(6, 4), dpi=50)
+            items = self.client.stream("demo", [self.x[i:i + 500] for i in range(0, 3000, 500)])
+            plots.plot_stream(items, paths[2], figsize=(10, 4), dpi=100)
+            self.assertEqual(png_size(paths[0]), (800, 500))
+            self.assertEqual(png_size(paths[1]), (300, 200))
+            self.assertEqual(png_size(paths[2]), (1000, 400))
+            for p in paths:
+                self.assertGreater(os.path.getsize(p), 5000)
+
+    def test_example_script_runs(self):
+        data = os.path.join(SOURCE, "..", "shared", "data", "odds", "cardio.csv")
+        with tempfile.TemporaryDirectory() as d:
+            out = subprocess.run(
+                ["/usr/bin/python3", os.path.join(SOURCE, "clients", "python", "examples", "train_and_score.py"),
+                 "--server", self.address, "--data", data, "--out", d, "--epochs", "20"],
+                capture_output=True, text=True, env=dict(os.environ), timeout=120)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            m = re.search(r"ROC-AUC (\d\.\d+)", out.stdout)
+            self.assertIsNotNone(m, out.stdout)
+            self.assertGreater(float(m.group(1)), 0.8)
+            for n in ("errors.png", "training.png", "stream.png"):
+                self.assertTrue(os.path.getsize(os.path.join(d, n)) > 5000)
+
+
+if __name__ == "__main__":
+    unittest.main()
