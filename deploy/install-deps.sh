@@ -30,6 +30,7 @@ python3-grpcio
 python3-protobuf
 python3-numpy
 python3-matplotlib
+python3-sklearn
 "
 
 missing=""

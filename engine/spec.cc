@@ -35,6 +35,12 @@ absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t nu
   if (s.num_features() == 0 || s.num_features() > kMaxUnits) {
     return Invalid(absl::StrCat("num_features must be in [1, ", kMaxUnits, "]"));
   }
+  if (s.code_size() == 0 && s.encoder_units_size() == 0 && s.decoder_units_size() == 0) {
+    // Nothing about the architecture given: the default for this feature count.
+    const v1::ModelSpec d = DefaultSpec(s.num_features());
+    *s.mutable_encoder_units() = d.encoder_units();
+    s.set_code_size(d.code_size());
+  }
   if (s.code_size() == 0 || s.code_size() > kMaxUnits) {
     return Invalid(absl::StrCat("code_size must be in [1, ", kMaxUnits, "]"));
   }

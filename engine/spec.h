@@ -10,6 +10,7 @@
 namespace aeserve::engine {
 
 // Returns the spec with every default filled in, or INVALID_ARGUMENT naming what is wrong.
+// A spec that gives neither layers nor a code size gets DefaultSpec's architecture.
 // `num_features` (from the data) is used when the spec leaves it 0; otherwise they must agree.
 absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t num_features);
 

@@ -1,0 +1,172 @@
+#!/usr/bin/python3
+"""Detection quality of aeserve on labelled tabular sets, through a running aeserve (train over RPC,
+score over RPC), beside the published AutoEncoder / VAE / IForest figures and scikit-learn's
+IsolationForest run here on the same splits.
+
+  PYTHONPATH=build/clients/python bench/quality/quality.py [--data DIR] [--seeds N] [--json FILE]
+                                                           [--server HOST:PORT] [--sets a,b]
+
+Every CSV in --data (numeric features, last column `label`, 1 = anomaly) is evaluated under two
+protocols, each over --seeds random 60/40 splits:
+  pyod: train on the whole training part, outliers included (PyOD's published protocol);
+  semi: train on the inliers of the training part only (a service trained on normal traffic).
+ROC-AUC and PR-AUC (average precision) are measured on the test part; precision, recall and F1 of
+the server's own flags (its default threshold) are reported for the semi protocol. No per-set
+settings: the model is the server's default for the set's feature count.
+Without --server it starts build/server/aeserve on a free loopback port and stops it at the end.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from aeserve import AeserveError, Client
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def published(data_dir):
+    """{set: {"AutoEncoder": auc, "VAE": auc, "IForest": auc}} from the SOURCE.md table, if any."""
+    out = {}
+    path = os.path.join(data_dir, "SOURCE.md")
+    if not os.path.exists(path):
+        return out
+    header = None
+    for line in open(path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0] == "set":
+            header = cells
+        elif header and len(cells) == len(header) and not cells[0].startswith("-"):
+            try:
+                out[cells[0]] = {h: float(v) for h, v in zip(header[1:], cells[1:])}
+            except ValueError:
+                header = None
+    return out
+
+
+def start_server():
+    binary = os.path.join(ROOT, "build", "server", "aeserve")
+    store = tempfile.mkdtemp(prefix="aeserve_quality_")
+    proc = subprocess.Popen([binary, "--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                             "--model_dir=" + store], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = re.search(r"listening on [^:]+:(\d+)", proc.stdout.readline())
+        if m:
+            import threading
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, f"127.0.0.1:{m.group(1)}"
+    proc.kill()
+    sys.exit("aeserve did not start")
+
+
+def evaluate(client, name, x, y, seeds):
+    res = {"pyod": {"roc_auc": [], "pr_auc": []}, "semi": {"roc_auc": [], "pr_auc": [],
+           "precision": [], "recall": [], "f1": []}, "iforest": {"roc_auc": [], "pr_auc": []}}
+    for seed in range(seeds):
+        xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.4, random_state=seed)
+        if yte.sum() == 0 or yte.sum() == len(yte):
+            continue
+        for protocol, rows in (("pyod", xtr), ("semi", xtr[ytr == 0])):
+            model = f"q_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}_{protocol}"
+            client.train(model, rows, seed=seed + 1)  # every setting is the server's default
+            r = client.score(model, xte)
+            res[protocol]["roc_auc"].append(roc_auc_score(yte, r.errors))
+            res[protocol]["pr_auc"].append(average_precision_score(yte, r.errors))
+            if protocol == "semi":
+                tp = int((r.anomalous & (yte == 1)).sum())
+                p = tp / max(int(r.anomalous.sum()), 1)
+                rc = tp / max(int(yte.sum()), 1)
+                res["semi"]["precision"].append(p)
+                res["semi"]["recall"].append(rc)
+                res["semi"]["f1"].append(2 * p * rc / (p + rc) if p + rc else 0.0)
+        forest = IsolationForest(random_state=seed).fit(xtr)
+        s = -forest.score_samples(xte)
+        res["iforest"]["roc_auc"].append(roc_auc_score(yte, s))
+        res["iforest"]["pr_auc"].append(average_precision_score(yte, s))
+    summary = {}
+    for k, v in res.items():
+        summary[k] = {m: float(np.mean(vals)) for m, vals in v.items()}
+        summary[k]["roc_auc_std"] = float(np.std(v["roc_auc"]))
+    return summary
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "odds"))
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--json")
+    p.add_argument("--server")
+    p.add_argument("--sets", help="comma-separated subset of set names")
+    args = p.parse_args()
+
+    proc = None
+    address = args.server
+    if not address:
+        proc, address = start_server()
+    client = Client(address, timeout=600)
+    pub = published(args.data)
+    files = sorted(glob.glob(os.path.join(args.data, "*.csv")))
+    if args.sets:
+        wanted = set(args.sets.split(","))
+        files = [f for f in files if os.path.basename(f)[:-4] in wanted]
+    started = time.time()
+    results = {}
+    print(f"aeserve detection quality: {len(files)} sets from {args.data}, {args.seeds} seeds, 60/40 splits")
+    print("ROC-AUC mean (std over seeds); pyod = trained with outliers, semi = trained on inliers")
+    print(f"{'set':<12} {'rows':>6} {'d':>4} | {'aeserve pyod':>14} {'PR':>5} | {'aeserve semi':>14} {'PR':>5} "
+          f"{'P':>5} {'R':>5} {'F1':>5} | {'IForest here':>12} | {'pub AE':>6} {'pub VAE':>7} {'pub IF':>6}")
+    for f in files:
+        name = os.path.basename(f)[:-4]
+        data = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.float32)
+        x, y = data[:, :-1], data[:, -1].astype(int)
+        try:
+            s = evaluate(client, name, x, y, args.seeds)
+        except AeserveError as e:
+            print(f"{name:<12} failed: {e}")
+            continue
+        results[name] = s
+        pb = pub.get(name, {})
+        fmt = lambda v: f"{v:.4f}" if v is not None else "   -  "
+        print(f"{name:<12} {len(x):>6} {x.shape[1]:>4} | {s['pyod']['roc_auc']:.4f} ({s['pyod']['roc_auc_std']:.3f}) "
+              f"{s['pyod']['pr_auc']:.3f} | {s['semi']['roc_auc']:.4f} ({s['semi']['roc_auc_std']:.3f}) "
+              f"{s['semi']['pr_auc']:.3f} {s['semi']['precision']:.2f} {s['semi']['recall']:.2f} {s['semi']['f1']:.2f} | "
+              f"{s['iforest']['roc_auc']:>12.4f} | {fmt(pb.get('AutoEncoder'))} {fmt(pb.get('VAE')):>7} {fmt(pb.get('IForest'))}",
+              flush=True)
+    if results:
+        mean = lambda proto: np.mean([r[proto]["roc_auc"] for r in results.values()])
+        print(f"{'mean':<12} {'':>6} {'':>4} | {mean('pyod'):.4f} {'':>14} | {mean('semi'):.4f} "
+              f"{'':>32} | {mean('iforest'):>12.4f} |", end="")
+        with_pub = [n for n in results if "AutoEncoder" in pub.get(n, {})]
+        if with_pub:
+            pub_mean = np.mean([pub[n]["AutoEncoder"] for n in with_pub])
+            ours = np.mean([results[n]["pyod"]["roc_auc"] for n in with_pub])
+            wins = sum(results[n]["pyod"]["roc_auc"] > pub[n]["AutoEncoder"] for n in with_pub)
+            print(f" {pub_mean:.4f}")
+            print(f"aeserve (pyod protocol) beats the published AutoEncoder on {wins} of {len(with_pub)} sets; "
+                  f"mean {ours:.4f} vs {pub_mean:.4f}")
+        else:
+            print()
+    print(f"took {time.time() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    client.close()
+    if proc:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
