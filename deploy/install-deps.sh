@@ -31,6 +31,8 @@ python3-protobuf
 python3-numpy
 python3-matplotlib
 python3-sklearn
+python3-torch
+libopenblas0-pthread
 "
 
 missing=""

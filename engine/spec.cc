@@ -143,6 +143,7 @@ absl::StatusOr<v1::TrainingOptions> ResolveTrainingOptions(const v1::TrainingOpt
   if (!std::isfinite(o.weight_decay()) || o.weight_decay() < 0 || o.weight_decay() >= 1) {
     return invalid("weight_decay must be in [0, 1)");
   }
+  if (!o.has_dropout()) o.set_dropout(0.2f);
   if (!std::isfinite(o.dropout()) || o.dropout() < 0 || o.dropout() >= 1) {
     return invalid("dropout must be in [0, 1)");
   }

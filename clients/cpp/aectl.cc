@@ -358,7 +358,7 @@ struct TrainArgs {
   std::string model, entity, kind = "plain", layers, decoder, loss = "mse", activation = "relu",
                      scaling = "standard", noise = "gaussian", description;
   uint32_t code = 0, epochs = 50, batch = 64, patience = 0, seed = 1;
-  float lr = 1e-3f, weight_decay = 0, dropout = 0, validation_split = 0.1f, noise_level = 0,
+  float lr = 1e-3f, weight_decay = 0, dropout = -1, validation_split = 0.1f, noise_level = 0,
         l1 = 0, kl_sparsity = 0, rho = 0, beta = 0;
   double percentile = 99;
   bool fine_tune = false, no_activate = false, detach = false;
@@ -416,7 +416,7 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   o->set_batch_size(a.batch);
   o->set_learning_rate(a.lr);
   o->set_weight_decay(a.weight_decay);
-  o->set_dropout(a.dropout);
+  if (a.dropout >= 0) o->set_dropout(a.dropout);  // unset: the server's default (0.2)
   o->set_validation_split(a.validation_split);
   o->set_patience(a.patience);
   o->set_seed(a.seed);
@@ -667,7 +667,7 @@ int main(int argc, char** argv) {
   train->add_option("--batch-size", ta.batch)->capture_default_str();
   train->add_option("--lr", ta.lr, "Adam learning rate")->capture_default_str();
   train->add_option("--weight-decay", ta.weight_decay)->capture_default_str();
-  train->add_option("--dropout", ta.dropout)->capture_default_str();
+  train->add_option("--dropout", ta.dropout, "hidden-layer dropout (default: the server's, 0.2)");
   train->add_option("--validation-split", ta.validation_split)->capture_default_str();
   train->add_option("--patience", ta.patience, "early-stopping patience in epochs (0 = off)")->capture_default_str();
   train->add_option("--seed", ta.seed)->capture_default_str();

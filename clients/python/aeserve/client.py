@@ -242,7 +242,7 @@ class Client:
     def train(self, model: str, data, feature_names: Optional[Sequence[str]] = None,
               kind: str = "plain", layers: Sequence[int] = (), code: int = 0, epochs: int = 50,
               batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 0.0,
-              dropout: float = 0.0, validation_split: float = 0.1, patience: int = 0,
+              dropout: Optional[float] = None, validation_split: float = 0.1, patience: int = 0,
               seed: int = 1, scaling: str = "standard", loss: str = "mse",
               activation: str = "relu", noise_level: float = 0.0, l1_penalty: float = 0.0,
               kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: float = 99.0,
@@ -258,10 +258,12 @@ class Client:
             no_activate=not activate,
             options=model_pb2.TrainingOptions(
                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                weight_decay=weight_decay, dropout=dropout, validation_split=validation_split,
+                weight_decay=weight_decay, validation_split=validation_split,
                 patience=patience, seed=seed,
                 scaling=model_pb2.Scaling.Value("SCALING_" + scaling.upper())),
             threshold=_threshold("percentile", percentile))
+        if dropout is not None:  # unset = the server's default (0.2)
+            header.options.dropout = dropout
         if feature_names is not None:
             header.feature_names.extend(feature_names)
         if not fine_tune:
