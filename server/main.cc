@@ -43,6 +43,9 @@ ABSL_FLAG(std::string, auth_tokens, "",
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mTLS).");
+ABSL_FLAG(double, store_poll_seconds, 2,
+          "How often to pick up versions, activations and threshold changes other replicas made in "
+          "the shared model store; 0 = never.");
 ABSL_FLAG(std::string, demo_csv, "",
           "If the model store is empty, train model 'demo' on this CSV at start-up.");
 
@@ -89,6 +92,7 @@ int main(int argc, char** argv) {
   o.tls_key = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   o.drift_threshold = absl::GetFlag(FLAGS_drift_threshold);
+  o.store_poll_seconds = absl::GetFlag(FLAGS_store_poll_seconds);
 
   auto server = aeserve::server::Server::Start(o, log);
   if (!server.ok()) {

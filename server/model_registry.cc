@@ -1,6 +1,7 @@
 // The models the server hosts, their versions and states, and lifecycle changes.
 #include "model_registry.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +33,7 @@ ModelRegistry::Entry ModelRegistry::LoadEntry(const ModelKey& key) const {
   Entry entry;
   for (uint64_t v : store_.ListVersions(key)) {
     Version& ver = entry.versions[v];
+    ver.stamp = store_.Stamp(key, v);
     auto file = store_.Load(key, v);
     if (!file.ok()) {
       ver.state = v1::MODEL_STATE_UNAVAILABLE;
@@ -116,6 +118,7 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
   auto model = Build(file);
   if (!model.ok()) return model.status();
   absl::MutexLock admin(&admin_mu_);
+  ModelStore::Lock store_lock(store_.dir());
   auto version = store_.AddVersion(key, file);
   if (!version.ok()) return version.status();
   bool first = false;
@@ -130,7 +133,8 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
   absl::MutexLock lock(&mu_);
   Entry& e = models_[key];
   auto m = MetricsFor(key, *version, **model);
-  e.versions[*version] = Version{v1::MODEL_STATE_READY, "", *std::move(model), std::move(m)};
+  e.versions[*version] = Version{v1::MODEL_STATE_READY, "", *std::move(model), std::move(m),
+                                 store_.Stamp(key, *version)};
   if (activate || first) {
     e.active = *version;
     e.error.clear();
@@ -140,6 +144,7 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
 
 absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
   absl::MutexLock admin(&admin_mu_);
+  ModelStore::Lock store_lock(store_.dir());
   {
     absl::ReaderMutexLock lock(&mu_);
     auto h = GetLocked(key, version);  // must exist and be ready (loaded and warm)
@@ -156,6 +161,7 @@ absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
 
 absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version, bool force) {
   absl::MutexLock admin(&admin_mu_);
+  ModelStore::Lock store_lock(store_.dir());
   bool active = false;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -188,6 +194,7 @@ absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version,
 
 absl::Status ModelRegistry::DeleteModel(const ModelKey& key, bool force) {
   absl::MutexLock admin(&admin_mu_);
+  ModelStore::Lock store_lock(store_.dir());
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = models_.find(key);
@@ -210,6 +217,7 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
                                          const v1::ThresholdConfig& threshold,
                                          const v1::ThresholdConfig& critical, bool clear_critical) {
   absl::MutexLock admin(&admin_mu_);
+  ModelStore::Lock store_lock(store_.dir());
   ModelHandle h;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -256,8 +264,88 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
   if (!model.ok()) return model.status();
   if (auto st = store_.RewriteVersion(key, h.version, file); !st.ok()) return st;
   absl::MutexLock lock(&mu_);
-  models_[key].versions[h.version].model = *std::move(model);
+  Version& ver = models_[key].versions[h.version];
+  ver.model = *std::move(model);
+  ver.stamp = store_.Stamp(key, h.version);
   return absl::OkStatus();
+}
+
+int ModelRegistry::Sync() {
+  absl::MutexLock admin(&admin_mu_);
+  int changes = 0;
+  const std::vector<ModelKey> keys = store_.ListModels();
+  for (const ModelKey& key : keys) {
+    // What we have now (stamps) versus what the store holds.
+    std::map<uint64_t, uint64_t> have;
+    uint64_t active = 0;
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      auto it = models_.find(key);
+      if (it != models_.end()) {
+        for (const auto& [v, ver] : it->second.versions) have[v] = ver.stamp;
+        active = it->second.active;
+      }
+    }
+    std::map<uint64_t, Version> loaded;  // new or rewritten versions, built outside the lock
+    const std::vector<uint64_t> on_disk = store_.ListVersions(key);
+    for (uint64_t v : on_disk) {
+      const uint64_t stamp = store_.Stamp(key, v);
+      auto h = have.find(v);
+      if (h != have.end() && h->second == stamp) continue;
+      Version ver;
+      ver.stamp = stamp;
+      auto file = store_.Load(key, v);
+      auto model = file.ok() ? Build(*file) : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
+      if (model.ok()) {
+        ver.state = v1::MODEL_STATE_READY;
+        ver.model = *std::move(model);
+        ver.metrics = MetricsFor(key, v, *ver.model);
+      } else {
+        ver.state = v1::MODEL_STATE_UNAVAILABLE;
+        ver.error = std::string(model.status().message());
+      }
+      loaded[v] = std::move(ver);
+    }
+    auto disk_active = store_.ReadActive(key);
+    absl::MutexLock lock(&mu_);
+    Entry& e = models_[key];
+    for (auto& [v, ver] : loaded) {
+      e.versions[v] = std::move(ver);
+      ++changes;
+    }
+    for (auto it = e.versions.begin(); it != e.versions.end();) {
+      if (std::find(on_disk.begin(), on_disk.end(), it->first) == on_disk.end()) {
+        it = e.versions.erase(it);
+        ++changes;
+      } else {
+        ++it;
+      }
+    }
+    const uint64_t want = disk_active.ok() ? *disk_active : 0;
+    if (want != 0 && want != active) {
+      auto vit = e.versions.find(want);
+      if (vit != e.versions.end() && vit->second.state == v1::MODEL_STATE_READY) {
+        e.active = want;  // new version loaded and warm before it becomes active
+        e.error.clear();
+        ++changes;
+      }
+    } else if (want == 0 && active != 0 && !e.versions.count(active)) {
+      e.active = 0;
+      e.error = "no active version";
+      ++changes;
+    }
+  }
+  // Models whose directory is gone.
+  absl::MutexLock lock(&mu_);
+  for (auto it = models_.begin(); it != models_.end();) {
+    if (std::find(keys.begin(), keys.end(), it->first) == keys.end()) {
+      it = models_.erase(it);
+      ++changes;
+    } else {
+      ++it;
+    }
+  }
+  return changes;
 }
 
 v1::ModelInfo ModelRegistry::InfoLocked(const ModelKey& key, const Entry& e) const {

@@ -59,6 +59,11 @@ class ModelRegistry {
   absl::Status SetThreshold(const ModelKey& key, uint64_t version, const v1::ThresholdConfig& threshold,
                             const v1::ThresholdConfig& critical, bool clear_critical);
 
+  // Brings the registry in line with the store, which other replicas may have changed: loads new
+  // models and versions (and rewritten ones), follows ACTIVE, drops deleted versions. Returns how
+  // many changes it applied. Called periodically by the server (--store_poll_seconds).
+  int Sync();
+
   std::vector<v1::ModelInfo> List() const;
   absl::StatusOr<v1::ModelInfo> Info(const ModelKey& key) const;
   v1::ModelInfoBrief Brief(const ModelKey& key, uint64_t version) const;
@@ -70,6 +75,7 @@ class ModelRegistry {
     std::string error;
     std::shared_ptr<const engine::Model> model;
     std::shared_ptr<ModelMetrics> metrics;
+    uint64_t stamp = 0;  // ModelStore::Stamp when loaded
   };
   struct Entry {
     std::map<uint64_t, Version> versions;

@@ -2,6 +2,7 @@
 #include "model_store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -227,6 +228,27 @@ int ModelStore::RemoveDebris(const ModelKey& key) const {
     }
   }
   return removed;
+}
+
+uint64_t ModelStore::Stamp(const ModelKey& key, uint64_t version) const {
+  struct stat st;
+  if (::stat(VersionPath(key, version).c_str(), &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000ull + st.st_mtim.tv_nsec +
+         (static_cast<uint64_t>(st.st_size) << 1);
+}
+
+ModelStore::Lock::Lock(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  fd_ = ::open((fs::path(dir) / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ >= 0) ::flock(fd_, LOCK_EX);
+}
+
+ModelStore::Lock::~Lock() {
+  if (fd_ >= 0) {
+    ::flock(fd_, LOCK_UN);
+    ::close(fd_);
+  }
 }
 
 }  // namespace aeserve::server

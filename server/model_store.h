@@ -53,6 +53,23 @@ class ModelStore {
   // Deletes temp files and version directories without model.pb left by crashed writers.
   int RemoveDebris(const ModelKey& key) const;
 
+  // Modification stamp (mtime in ns and size) of a version's file, to notice rewrites by other
+  // replicas; 0 when it does not exist.
+  uint64_t Stamp(const ModelKey& key, uint64_t version) const;
+
+  // An exclusive advisory lock (flock) on the store, held for read-modify-write sequences so that
+  // several replicas sharing the store serialise their lifecycle changes.
+  class Lock {
+   public:
+    explicit Lock(const std::string& dir);
+    ~Lock();
+    Lock(const Lock&) = delete;
+    Lock& operator=(const Lock&) = delete;
+
+   private:
+    int fd_ = -1;
+  };
+
  private:
   std::string KeyDir(const ModelKey& key) const;
   std::string dir_;

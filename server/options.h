@@ -28,6 +28,7 @@ struct Options {
   std::string tls_cert, tls_key;           // PEM files: serve TLS
   std::string tls_client_ca;               // PEM file: require client certificates (mutual TLS)
   double drift_threshold = 0.2;            // KS statistic above which a model is reported drifted
+  double store_poll_seconds = 2;           // how often to pick up other replicas' changes; 0 = off
 };
 
 }  // namespace aeserve::server

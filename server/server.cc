@@ -219,6 +219,21 @@ absl::Status Server::LoadModels() {
   }
   grpc_->GetHealthCheckService()->SetServingStatus(true);
   log_->info("{} model(s) ready; health SERVING", ready);
+  if (options_.store_poll_seconds > 0) {
+    store_watcher_ = std::thread([this] {
+      const auto period = absl::Milliseconds(static_cast<int64_t>(options_.store_poll_seconds * 1000));
+      for (;;) {
+        {
+          absl::MutexLock lock(&watch_mu_);
+          auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) { return stop_watching_; };
+          if (watch_mu_.AwaitWithTimeout(absl::Condition(&stop), period)) return;
+        }
+        if (const int changes = registry_->Sync(); changes > 0) {
+          log_->info("model store: picked up {} change(s) made elsewhere", changes);
+        }
+      }
+    });
+  }
   return absl::OkStatus();
 }
 
@@ -226,6 +241,11 @@ void Server::Shutdown() {
   if (shut_down_ || !grpc_) return;
 
   shut_down_ = true;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    stop_watching_ = true;
+  }
+  if (store_watcher_.joinable()) store_watcher_.join();
   log_->info("shutting down: finishing in-flight work (grace {} s)", options_.shutdown_grace_seconds);
   grpc_->GetHealthCheckService()->SetServingStatus(false);
   streams_.ShutdownAll();

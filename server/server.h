@@ -3,6 +3,9 @@
 #pragma once
 
 #include <memory>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
 
 #include "absl/status/statusor.h"
 #include "admin_service.h"
@@ -62,6 +65,10 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;
   bool shut_down_ = false;
+  // Follows the shared model store (other replicas' versions and activations).
+  std::thread store_watcher_;
+  absl::Mutex watch_mu_;
+  bool stop_watching_ ABSL_GUARDED_BY(watch_mu_) = false;
 };
 
 }  // namespace aeserve::server
