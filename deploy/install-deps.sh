@@ -1,7 +1,22 @@
 #!/bin/sh
-# Installs the Debian bookworm packages aeserve's build, tests and benchmarks need.
+# Installs the Debian bookworm packages aeserve needs: the one place packages are named.
+#   install-deps.sh           build, tests and benchmarks
+#   install-deps.sh runtime   only what the aeserve and aectl binaries load (the container image)
 # Idempotent: only packages that are missing are installed. Run as root.
 set -eu
+
+RUNTIME_PACKAGES="
+libdnnl2
+libgrpc++1.51
+libprotobuf32
+libabsl20220623
+libspdlog1.10
+libcivetweb1
+libxxhash0
+libgomp1
+zlib1g
+ca-certificates
+"
 
 PACKAGES="
 build-essential
@@ -33,7 +48,12 @@ python3-matplotlib
 python3-sklearn
 python3-torch
 libopenblas0-pthread
+python3-yaml
 "
+
+if [ "${1:-}" = "runtime" ]; then
+  PACKAGES=$RUNTIME_PACKAGES
+fi
 
 missing=""
 for p in $PACKAGES; do
@@ -48,6 +68,7 @@ if [ -n "$missing" ]; then
   apt-get update -qq
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $missing
+  if [ "${1:-}" = "runtime" ]; then rm -rf /var/lib/apt/lists/*; fi
 else
   echo "install-deps: all packages present"
 fi
