@@ -56,6 +56,7 @@ class ServerProcess {
     return false;
   }
 
+  pid_t pid() const { return pid_; }
   int port() {
     std::lock_guard<std::mutex> lock(mu_);
     return port_;
