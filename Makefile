@@ -2,9 +2,9 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 ARGS ?=
-CTEST_ARGS ?= -LE '^(soak|fuzz|sanitizer)$$'
+CTEST_ARGS ?= -LE '^(soak|fuzz)$$'
 
-.PHONY: deps configure build test run bench clean
+.PHONY: deps configure build test run bench clean sanitize fuzz soak
 
 deps:
 	./deploy/install-deps.sh
@@ -24,5 +24,23 @@ run: build
 bench: build
 	$(BUILD)/bench/engine_bench
 
+# AddressSanitizer + UndefinedBehaviorSanitizer over the engine, service, lifecycle and metrics tests.
+sanitize: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAESERVE_SANITIZE=address
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ctest --output-on-failure --timeout 900 -j $(JOBS) -L '^(engine|service|lifecycle|metrics|security|observability)$$'
+
+# libFuzzer targets (clang), 60 s each from the checked-in seed corpus.
+fuzz: deps
+	CXX=clang++-14 CC=clang-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DAESERVE_SANITIZE=fuzz -DAESERVE_FUZZ=ON
+	cmake --build build-fuzz -j $(JOBS) --target model_file_fuzzer score_request_fuzzer label_escape_fuzzer
+	cd build-fuzz && ctest --output-on-failure -L '^fuzz$$'
+
+# Long runs: 50 SIGKILLs around model writes, 3 minutes of mixed load.
+soak: build
+	cd $(BUILD) && ctest --output-on-failure -L '^soak$$'
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-fuzz

@@ -49,6 +49,8 @@ python3-sklearn
 python3-torch
 libopenblas0-pthread
 python3-yaml
+clang-14
+libclang-rt-14-dev
 "
 
 if [ "${1:-}" = "runtime" ]; then
