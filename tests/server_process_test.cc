@@ -215,5 +215,64 @@ TEST(ServerProcess, SigkillDuringModelWritesLeavesOnlyCompleteVersions) {
   std::printf("SIGKILL rounds: %d, inside a model write: %d\n", rounds, kills_during_write);
 }
 
+TEST(ServerProcess, DiskFullWhileSavingFailsTheJobNotTheServer) {
+  TempDir dir("aeserve_diskfull");
+  const std::string store = dir.path() + "/store";
+  std::filesystem::create_directories(store);
+  // A 2 MB filesystem: the existing model fits, a 17 MB one does not.
+  if (std::system(("mount -t tmpfs -o size=2m tmpfs " + store + " 2>/dev/null").c_str()) != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { std::system(("umount " + path).c_str()); }
+  } unmount{store};
+  Store(store, "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
+  ServerProcess p;
+  ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                                       "--model_dir=" + store}));
+  auto ch = Channel(p.port());
+  auto admin = v1::ModelAdmin::NewStub(ch);
+  auto scoring = v1::Scoring::NewStub(ch);
+  auto data = engine::MakeSynthetic(1000, 0, kFeatures, 3, 77);
+  v1::TrainingJobHeader h;
+  h.set_model("plain");
+  h.set_num_features(kFeatures);
+  h.mutable_spec()->add_encoder_units(2048);
+  h.mutable_spec()->add_encoder_units(1024);
+  h.mutable_spec()->set_code_size(8);
+  h.mutable_options()->set_epochs(1);
+  h.mutable_options()->set_batch_size(256);
+  v1::TrainingJob job;
+  grpc::Status st;
+  for (int i = 0; i < 200; ++i) {
+    st = CreateJob(admin.get(), h, data.normal, &job);
+    if (st.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  auto states = WatchToEnd(admin.get(), job.id());
+  ASSERT_FALSE(states.empty());
+  EXPECT_EQ(states.back().state(), v1::JOB_STATE_FAILED);
+  EXPECT_NE(states.back().error().find("No space left"), std::string::npos) << states.back().error();
+  // Still serving the version it had; nothing half-written is visible.
+  v1::ScoreRequest req;
+  req.set_model("plain");
+  req.mutable_samples()->set_num_features(kFeatures);
+  req.mutable_samples()->mutable_values()->Add(data.normal.begin(), data.normal.begin() + kFeatures);
+  v1::ScoreResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(scoring->Score(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.version(), 1u);
+  server::ModelStore s(store);
+  EXPECT_EQ(s.ListVersions(server::ModelKey{"plain", ""}), std::vector<uint64_t>{1});
+  EXPECT_FALSE(WriteInProgress(store));
+  admin.reset();
+  scoring.reset();
+  ch.reset();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(20), 0);
+}
+
 }  // namespace
 }  // namespace aeserve::testing
