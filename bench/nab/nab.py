@@ -90,14 +90,19 @@ def score_file(times, detections, windows, probation, weights):
     return sum(tp_scores.values()) + fp_total - weights["fn"] * missed, idx_windows
 
 
+DIFFS = False
+
+
 def features(times, values):
-    """Row t: the last WINDOW values and the time of day; rows before WINDOW-1 have no window."""
+    """Row t: the last WINDOW values (and, with DIFFS, their first differences) and the time of
+    day; rows before WINDOW-1 have no window."""
     v = np.asarray(values, dtype=np.float32)
     rows = []
     for t in range(WINDOW - 1, len(v)):
         hour = times[t].hour + times[t].minute / 60.0
-        rows.append(np.concatenate([v[t - WINDOW + 1:t + 1],
-                                    [math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)]]))
+        w = v[t - WINDOW + 1:t + 1]
+        parts = [w, np.diff(v[max(t - WINDOW, 0):t + 1])[-(WINDOW - 1):]] if DIFFS else [w]
+        rows.append(np.concatenate(parts + [[math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)]]))
     return np.array(rows, dtype=np.float32)
 
 
@@ -122,10 +127,12 @@ def main():
     p.add_argument("--window", type=int, default=12, help="values per sample")
     p.add_argument("--percentile", type=float, default=PERCENTILE, help="threshold percentile")
     p.add_argument("--debounce", default=f"{DEBOUNCE[0]},{DEBOUNCE[1]}", help="K,N: alarm when K of the last N points are anomalous")
+    p.add_argument("--diffs", action="store_true", help="also feed the first differences of the window")
     p.add_argument("--suppress", type=float, default=SUPPRESS,
                    help="after a detection, no new one for this share of the stream's length")
     args = p.parse_args()
     globals()["WINDOW"] = args.window
+    globals()["DIFFS"] = args.diffs
     debounce = tuple(int(v) for v in args.debounce.split(","))
     proc, address = (None, args.server) if args.server else start_server()
     client = Client(address, timeout=600)
