@@ -119,6 +119,27 @@ TEST(ServerProcess, SigtermClosesOpenStreamsAndExitsZero) {
 }
 
 // True once any temp file of an atomic write exists under `dir`.
+// Queues a job training a wide model (a model file of about 17 MB, so its write takes long
+// enough to kill into, or to fill a small disk), retrying while the server is still loading.
+grpc::Status CreateWideJob(v1::ModelAdmin::Stub* admin, const std::vector<float>& data,
+                           v1::TrainingJob* job) {
+  v1::TrainingJobHeader h;
+  h.set_model("plain");
+  h.set_num_features(kFeatures);
+  h.mutable_spec()->add_encoder_units(2048);
+  h.mutable_spec()->add_encoder_units(1024);
+  h.mutable_spec()->set_code_size(8);
+  h.mutable_options()->set_epochs(1);
+  h.mutable_options()->set_batch_size(256);
+  grpc::Status st;
+  for (int i = 0; i < 200; ++i) {
+    st = CreateJob(admin, h, data, job);
+    if (st.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return st;
+}
+
 bool WriteInProgress(const std::string& dir) {
   std::error_code ec;
   for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
@@ -142,22 +163,8 @@ TEST(ServerProcess, SigkillDuringModelWritesLeavesOnlyCompleteVersions) {
         << p.log();
     auto ch = Channel(p.port());
     auto admin = v1::ModelAdmin::NewStub(ch);
-    // A wide model makes a file of about 17 MB, so its write takes a while to kill into.
-    v1::TrainingJobHeader h;
-    h.set_model("plain");
-    h.set_num_features(kFeatures);
-    h.mutable_spec()->add_encoder_units(2048);
-    h.mutable_spec()->add_encoder_units(1024);
-    h.mutable_spec()->set_code_size(8);
-    h.mutable_options()->set_epochs(1);
-    h.mutable_options()->set_batch_size(256);
     v1::TrainingJob job;
-    grpc::Status st;
-    for (int i = 0; i < 200; ++i) {  // the server may still be loading
-      st = CreateJob(admin.get(), h, data.normal, &job);
-      if (st.ok()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    const grpc::Status st = CreateWideJob(admin.get(), data.normal, &job);
     ASSERT_TRUE(st.ok()) << st.error_message();
     // Three of every four rounds kill the moment a temp file appears (mid-write); the fourth at a
     // delay that moves with the round, so kills land in training, calibration and writing.
@@ -235,21 +242,8 @@ TEST(ServerProcess, DiskFullWhileSavingFailsTheJobNotTheServer) {
   auto admin = v1::ModelAdmin::NewStub(ch);
   auto scoring = v1::Scoring::NewStub(ch);
   auto data = engine::MakeSynthetic(1000, 0, kFeatures, 3, 77);
-  v1::TrainingJobHeader h;
-  h.set_model("plain");
-  h.set_num_features(kFeatures);
-  h.mutable_spec()->add_encoder_units(2048);
-  h.mutable_spec()->add_encoder_units(1024);
-  h.mutable_spec()->set_code_size(8);
-  h.mutable_options()->set_epochs(1);
-  h.mutable_options()->set_batch_size(256);
   v1::TrainingJob job;
-  grpc::Status st;
-  for (int i = 0; i < 200; ++i) {
-    st = CreateJob(admin.get(), h, data.normal, &job);
-    if (st.ok()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  const grpc::Status st = CreateWideJob(admin.get(), data.normal, &job);
   ASSERT_TRUE(st.ok()) << st.error_message();
   auto states = WatchToEnd(admin.get(), job.id());
   ASSERT_FALSE(states.empty());
