@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "model_store.h"
@@ -32,14 +33,16 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-inline v1::ModelFile TrainSmall(v1::ModelKind kind, uint64_t seed = 1) {
+// A model of `kind` with the given encoder layers (code size 3), trained on synthetic data.
+inline v1::ModelFile TrainModel(v1::ModelKind kind, uint64_t seed, const std::vector<uint32_t>& units,
+                                uint32_t epochs) {
   auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
   engine::TrainRequest req;
   req.spec.set_kind(kind);
-  req.spec.add_encoder_units(16);
+  for (uint32_t u : units) req.spec.add_encoder_units(u);
   req.spec.set_code_size(3);
   if (kind == v1::MODEL_KIND_VARIATIONAL) req.spec.set_beta(0.01f);
-  req.options.set_epochs(15);
+  req.options.set_epochs(epochs);
   req.options.set_seed(seed);
   std::vector<std::string> names;
   for (uint32_t i = 0; i < kFeatures; ++i) names.push_back("m" + std::to_string(i));
@@ -47,6 +50,8 @@ inline v1::ModelFile TrainSmall(v1::ModelKind kind, uint64_t seed = 1) {
   EXPECT_TRUE(f.ok()) << f.status();
   return *f;
 }
+
+inline v1::ModelFile TrainSmall(v1::ModelKind kind, uint64_t seed = 1) { return TrainModel(kind, seed, {16}, 15); }
 
 // Writes `file` as a new version of `model` and makes it active.
 inline uint64_t Store(const std::string& dir, const std::string& model, const v1::ModelFile& file,
