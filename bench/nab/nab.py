@@ -22,6 +22,11 @@ points), min-max scaling of the training part, default architecture, 100 epochs 
 (patience 10), threshold at the 99.5th percentile of held-out errors, debounce 3 of the last 5
 points, and after a detection a quiet period of 5% of the stream (about one NAB anomaly window:
 NAB's windows take 10% of a stream, shared by its anomalies), so one incident raises one alarm.
+The model learns as the stream goes on, the way an operator runs the service: each time the history
+has grown by as many points as the first training set (the probationary period), a new version is
+trained over RPC on the whole history and activated, and streaming continues with it
+(--refit_every 0 keeps the first model for the whole stream). NAB lets detectors learn online;
+every detector on its scoreboard does.
 """
 import argparse
 import csv
@@ -46,7 +51,7 @@ PROFILES = {
     "reward_low_FP_rate": dict(tp=1.0, fp=0.22, fn=1.0),
     "reward_low_FN_rate": dict(tp=1.0, fp=0.11, fn=2.0),
 }
-WINDOW, DEBOUNCE, PERCENTILE, SUPPRESS = 12, (3, 5), 99.5, 0.05
+WINDOW, DEBOUNCE, PERCENTILE, SUPPRESS, REFIT_EVERY = 12, (3, 5), 99.5, 0.05, 1.0
 
 
 def parse_time(s):
@@ -106,6 +111,29 @@ def features(times, values):
     return np.array(rows, dtype=np.float32)
 
 
+def train(client, model, x, args):
+    client.train(model, x, seed=args.seed, scaling="minmax", epochs=100, patience=10,
+                 percentile=args.percentile, validation_split=0.2)
+
+
+def stream_with_refits(client, model, x, n_train, first, args, debounce):
+    """Trains on x[:n_train], then streams x[first:] through StreamScore in order; whenever the
+    history has grown by refit_every x n_train points since the last training, retrains on all of
+    it (the new version is activated) and streams on. Returns the alarm of every streamed row."""
+    train(client, model, x[:n_train], args)
+    step = max(int(args.refit_every * n_train), 1) if args.refit_every > 0 else len(x)
+    bounds = list(range(first, len(x), step)) + [len(x)]
+    alarms = []
+    for seg_start, seg_end in zip(bounds[:-1], bounds[1:]):
+        if seg_start > first:
+            train(client, model, x[:seg_start], args)
+        seg = x[seg_start:seg_end]
+        for item in client.stream(model, [seg[i:i + 64] for i in range(0, len(seg), 64)], debounce=debounce):
+            if isinstance(item, ScoreResult):
+                alarms.extend(item.alarm.tolist())
+    return alarms
+
+
 def start_server():
     store = tempfile.mkdtemp(prefix="aeserve_nab_")
     proc = subprocess.Popen([os.path.join(ROOT, "build", "server", "aeserve"), "--host=127.0.0.1",
@@ -130,8 +158,10 @@ def main():
     p.add_argument("--diffs", action="store_true", help="also feed the first differences of the window")
     p.add_argument("--suppress", type=float, default=SUPPRESS,
                    help="after a detection, no new one for this share of the stream's length")
-    p.add_argument("--refit", type=float, default=0.0,
-                   help="retrain on everything seen so far after each such share of the stream (0: never)")
+    p.add_argument("--refit_every", type=float, default=REFIT_EVERY,
+                   help="retrain on the whole history each time it has grown by this many times the "
+                        "first training set (0: never retrain)")
+    p.add_argument("--seed", type=int, default=1, help="training seed")
     args = p.parse_args()
     globals()["WINDOW"] = args.window
     globals()["DIFFS"] = args.diffs
@@ -149,7 +179,8 @@ def main():
     null = {k: 0.0 for k in PROFILES}
     perfect = {k: 0.0 for k in PROFILES}
     print(f"aeserve on NAB: {len(files)} streams; W={WINDOW}, debounce {debounce[0]} of {debounce[1]}, "
-          f"threshold p{args.percentile}, quiet {args.suppress:.0%} of the stream after a detection")
+          f"threshold p{args.percentile}, quiet {args.suppress:.0%} of the stream after a detection, "
+          f"retrain every {args.refit_every:g}x the first training set, seed {args.seed}")
     for rel in files:
         with open(os.path.join(args.data, rel)) as f:
             rows = list(csv.DictReader(f))
@@ -159,20 +190,8 @@ def main():
         x = features(times, values)  # x[j] is row j + WINDOW - 1
         train = x[:max(probation - WINDOW + 1, 10)]
         model = "nab_" + re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(rel)[:-4])
-        client.train(model, train, scaling="minmax", epochs=100, patience=10, percentile=args.percentile,
-                     validation_split=0.2)
-        first = max(probation - WINDOW + 1, 0)
-        alarms = []
-        step = int(args.refit * len(x)) if args.refit > 0 else len(x)
-        for seg_start in range(first, len(x), step):
-            if seg_start > first:
-                client.train(model, x[:seg_start], scaling="minmax", epochs=100, patience=10,
-                             percentile=args.percentile, validation_split=0.2)
-            seg = x[seg_start:seg_start + step]
-            batches = [seg[i:i + 64] for i in range(0, len(seg), 64)]
-            for item in client.stream(model, batches, debounce=debounce):
-                if isinstance(item, ScoreResult):
-                    alarms.extend(item.alarm.tolist())
+        alarms = stream_with_refits(client, model, x, len(train), max(probation - WINDOW + 1, 0),
+                                    args, debounce)
         first_scored = len(rows) - len(alarms)
         detections = [False] * len(rows)
         previous = False
