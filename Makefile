@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 CTEST_ARGS ?= -LE '^(soak|fuzz)$$'
 
-.PHONY: deps configure build test run bench clean sanitize fuzz soak
+.PHONY: deps configure build test run bench clean sanitize tsan fuzz soak
 
 deps:
 	./deploy/install-deps.sh
@@ -31,6 +31,17 @@ sanitize: deps
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  ctest --output-on-failure --timeout 900 -j $(JOBS) -L '^(engine|service|lifecycle|metrics|security|observability)$$'
 
+# ThreadSanitizer (clang) over the server's concurrency tests: service, lifecycle (swaps under
+# running streams), observability (watchers) and replicas. tests/tsan/ holds what makes Debian's
+# uninstrumented absl and gRPC usable under TSan; any report fails the run (halt_on_error).
+TSAN_OPTIONS_ALL = halt_on_error=1 ignore_noninstrumented_modules=1 second_deadlock_stack=1 \
+  suppressions=$(CURDIR)/tests/tsan/suppressions.txt
+tsan: deps
+	CXX=clang++-14 CC=clang-14 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAESERVE_SANITIZE=thread
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS="$(TSAN_OPTIONS_ALL)" \
+	  ctest --output-on-failure --timeout 600 -j $(JOBS) -L '^(service|lifecycle|observability|replicas)$$'
+
 # libFuzzer targets (clang), 60 s each from the checked-in seed corpus.
 fuzz: deps
 	CXX=clang++-14 CC=clang-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -43,4 +54,4 @@ soak: build
 	cd $(BUILD) && ctest --output-on-failure -L '^soak$$'
 
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz

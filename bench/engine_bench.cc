@@ -121,7 +121,7 @@ double Rate(F&& f, uint32_t batch, double seconds) {
     ++calls;
     elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   } while (elapsed < seconds);
-  return calls * double{batch} / elapsed;
+  return calls * static_cast<double>(batch) / elapsed;
 }
 
 double Median(std::vector<double> v) {

@@ -23,14 +23,18 @@ bool AnomalyWatcher::Wants(const std::string& model, uint32_t severity) const {
 void AnomalyWatcher::Offer(const v1::AnomalyEvent& e) {
   absl::MutexLock lock(&mu_);
   if (done_) return;
+  uint64_t carried = 0;  // events dropped before `e`
   if (queue_.size() >= buffer_) {
-    ++dropped_;
+    carried = queue_.front().dropped_before() + 1;
+    queue_.pop_front();
     feed_->CountDropped(1);
-    return;
+    if (!queue_.empty()) {
+      queue_.front().set_dropped_before(queue_.front().dropped_before() + carried);
+      carried = 0;
+    }
   }
   queue_.push_back(e);
-  queue_.back().set_dropped_before(dropped_);
-  dropped_ = 0;
+  queue_.back().set_dropped_before(carried);
   Pump();
 }
 

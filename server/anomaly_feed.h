@@ -1,6 +1,7 @@
 // WatchAnomalies: flagged samples fan out to subscribed watchers as they are scored. Publishing
-// never waits for a watcher: each has a bounded buffer, and events that do not fit are dropped,
-// counted, and reported in that watcher's next event.
+// never waits for a watcher: each has a bounded buffer; when it is full, the oldest waiting event
+// makes room for the newest, and the event that becomes the oldest carries the count of those
+// dropped before it — so a watcher that resumes always learns what it lost.
 #pragma once
 
 #include <atomic>
@@ -23,7 +24,7 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<v1::AnomalyEvent> {
  public:
   AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req, size_t buffer,
                  grpc::Status denied);
-  // Called by the feed: queue the event or count it as dropped.
+  // Called by the feed: queue the event, dropping (and counting) the oldest waiting one if full.
   void Offer(const v1::AnomalyEvent& e);
   // Ends the watch (server shutdown).
   void Close();
@@ -43,7 +44,6 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<v1::AnomalyEvent> {
   absl::Mutex mu_;
   std::deque<v1::AnomalyEvent> queue_ ABSL_GUARDED_BY(mu_);
   v1::AnomalyEvent sending_ ABSL_GUARDED_BY(mu_);
-  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;

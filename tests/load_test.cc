@@ -75,6 +75,14 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   std::mutex mu;
   std::vector<double> latency_us;
   std::vector<std::thread> threads;
+  struct StopAndJoin {  // also on an early return from a failed ASSERT
+    std::atomic<bool>& stop;
+    std::vector<std::thread>& threads;
+    ~StopAndJoin() {
+      stop = true;
+      for (auto& t : threads) if (t.joinable()) t.join();
+    }
+  } stop_and_join{stop, threads};
   for (int s = 0; s < 8; ++s) {  // streams
     threads.emplace_back([&, s] {
       auto stub = v1::Scoring::NewStub(channel(s));
@@ -133,7 +141,8 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   h.set_num_features(kFeatures);
   h.mutable_options()->set_epochs(5);
   v1::TrainingJob job;
-  ASSERT_TRUE(CreateJob(admin.get(), h, data.normal, &job).ok());
+  const grpc::Status created = CreateJob(admin.get(), h, data.normal, &job);
+  ASSERT_TRUE(created.ok()) << created.error_code() << " " << created.error_message();
   EXPECT_EQ(WatchToEnd(admin.get(), job.id()).back().state(), v1::JOB_STATE_SUCCEEDED);
   int swaps = 0;
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
@@ -150,6 +159,7 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   const long rss_after = ResidentKb(server.pid()), fds_after = OpenFds(server.pid());
   stop = true;
   for (auto& t : threads) t.join();
+  threads.clear();
 
   std::sort(latency_us.begin(), latency_us.end());
   const double p50 = latency_us[latency_us.size() / 2], p99 = latency_us[latency_us.size() * 99 / 100];

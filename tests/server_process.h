@@ -1,5 +1,6 @@
 // Runs the aeserve binary as a child process for tests: start with flags, learn its port from the
-// log, signal it, and wait for its exit with a timeout.
+// log, signal it, and wait for its exit with a timeout. In sanitizer builds, a report in the
+// server's log fails the test that ran it, even when the server was killed.
 #pragma once
 
 #include <signal.h>
@@ -13,6 +14,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "gtest/gtest.h"
 
 namespace aeserve::testing {
 
@@ -88,6 +91,13 @@ class ServerProcess {
       waitpid(pid_, nullptr, 0);
     }
     if (reader_.joinable()) reader_.join();
+    for (const char* mark : {"ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "runtime error:",
+                             "ERROR: LeakSanitizer"}) {
+      if (log_.find(mark) != std::string::npos) {
+        ADD_FAILURE() << "the server reported \"" << mark << "\"; its log:\n" << log_;
+        break;
+      }
+    }
   }
 
  private:
