@@ -34,16 +34,14 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 
 import numpy as np
 
 from aeserve import Client, ScoreResult
+from aeserve.local import start_server as start_local
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROFILES = {
@@ -135,15 +133,8 @@ def stream_with_refits(client, model, x, n_train, first, args, debounce):
 
 
 def start_server():
-    store = tempfile.mkdtemp(prefix="aeserve_nab_")
-    proc = subprocess.Popen([os.path.join(ROOT, "build", "server", "aeserve"), "--host=127.0.0.1",
-                             "--port=0", "--metrics_port=0", "--model_dir=" + store],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while True:
-        m = re.search(r"listening on [^:]+:(\d+)", proc.stdout.readline())
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, f"127.0.0.1:{m.group(1)}"
+    return start_local(os.path.join(ROOT, "build", "server", "aeserve"),
+                       tempfile.mkdtemp(prefix="aeserve_nab_"))
 
 
 def main():

@@ -20,7 +20,6 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from aeserve import AeserveError, Client
+from aeserve.local import start_server as start_local
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -55,20 +55,11 @@ def published(data_dir):
 
 
 def start_server():
-    binary = os.path.join(ROOT, "build", "server", "aeserve")
-    store = tempfile.mkdtemp(prefix="aeserve_quality_")
-    proc = subprocess.Popen([binary, "--host=127.0.0.1", "--port=0", "--metrics_port=0",
-                             "--model_dir=" + store], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        m = re.search(r"listening on [^:]+:(\d+)", proc.stdout.readline())
-        if m:
-            import threading
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, f"127.0.0.1:{m.group(1)}"
-    proc.kill()
-    sys.exit("aeserve did not start")
+    try:
+        return start_local(os.path.join(ROOT, "build", "server", "aeserve"),
+                           tempfile.mkdtemp(prefix="aeserve_quality_"))
+    except RuntimeError as e:
+        sys.exit(str(e))
 
 
 def evaluate(client, name, x, y, seeds):

@@ -15,6 +15,7 @@ import numpy as np
 
 from aeserve import AeserveError, Client, ScoreResult, StreamStats
 from aeserve import plots
+from aeserve.local import start_server
 
 SOURCE = os.environ.get("AESERVE_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 BINARY = os.environ.get("AESERVE_BINARY", os.path.join(SOURCE, "build", "server", "aeserve"))
@@ -43,20 +44,7 @@ class ServerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.TemporaryDirectory()
-        cls.proc = subprocess.Popen(
-            [BINARY, "--host=127.0.0.1", "--port=0", "--metrics_port=0",
-             "--model_dir=" + cls.dir.name, "--demo_csv=" + TRAIN],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        cls.port = None
-        deadline = time.time() + 30
-        while cls.port is None and time.time() < deadline:
-            line = cls.proc.stdout.readline()
-            m = re.search(r"listening on [^:]+:(\d+)", line)
-            if m:
-                cls.port = int(m.group(1))
-        # Keep draining the log so the server never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in cls.proc.stdout], daemon=True).start()
-        cls.address = f"127.0.0.1:{cls.port}"
+        cls.proc, cls.address = start_server(BINARY, cls.dir.name, ["--demo_csv=" + TRAIN])
         cls.client = Client(cls.address)
         for _ in range(3000):
             try:
