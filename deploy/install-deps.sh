@@ -51,6 +51,7 @@ libopenblas0-pthread
 python3-yaml
 clang-14
 libclang-rt-14-dev
+libomp-14-dev
 "
 
 if [ "${1:-}" = "runtime" ]; then
