@@ -23,6 +23,7 @@
 #include "server.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spec.h"
+#include "stream_load.h"
 #include "synthetic_data.h"
 #include "trainer.h"
 
@@ -107,12 +108,7 @@ class EchoService final : public bench::Echo::CallbackService {
 };
 
 std::shared_ptr<grpc::Channel> Channel(int port, int id) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(256 << 20);
-  args.SetMaxSendMessageSize(256 << 20);
-  args.SetInt("aeserve.bench.connection", id);  // distinct args: one connection per stream
-  return grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
-                                   grpc::InsecureChannelCredentials(), args);
+  return aeserve::bench::BenchChannel("127.0.0.1:" + std::to_string(port), id);
 }
 
 v1::Samples Batch(uint32_t rows) {
@@ -126,37 +122,8 @@ v1::Samples Batch(uint32_t rows) {
 // Samples per second answered over `streams` streams of `rows`-row batches for `seconds`.
 template <typename Stub>
 double StreamRate(int port, int streams, uint32_t rows, double seconds) {
-  const v1::Samples samples = Batch(rows);
-  std::atomic<uint64_t> answered{0};
-  std::vector<std::thread> threads;
-  const auto start = Clock::now();
-  const auto stop_at = start + std::chrono::duration<double>(seconds);
-  for (int s = 0; s < streams; ++s) {
-    threads.emplace_back([&, s] {
-      auto stub = Stub::NewStub(Channel(port, s));
-      grpc::ClientContext ctx;
-      auto stream = stub->StreamScore(&ctx);
-      std::thread writer([&] {
-        v1::StreamScoreRequest req;
-        req.mutable_config()->set_model("bench");
-        *req.mutable_samples() = samples;
-        for (uint64_t seq = 0; Clock::now() < stop_at; ++seq) {
-          req.set_sequence(seq);
-          if (!stream->Write(req)) break;
-          if (seq == 0) req.clear_config();
-        }
-        stream->WritesDone();
-      });
-      v1::StreamScoreResponse r;
-      while (stream->Read(&r)) {
-        if (r.has_result() && Clock::now() <= stop_at) answered += r.result().num_samples();
-      }
-      writer.join();
-      stream->Finish();
-    });
-  }
-  for (auto& t : threads) t.join();
-  return answered / seconds;
+  return aeserve::bench::StreamRate<Stub>("127.0.0.1:" + std::to_string(port), "bench", Batch(rows),
+                                          streams, seconds);
 }
 
 template <typename Stub>

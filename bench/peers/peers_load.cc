@@ -4,12 +4,11 @@
 //   peers_load --engine --layers 38,64,32,8 --batch 256 [--threads 1] [--seconds 2]
 //   peers_load --target 127.0.0.1:50051 --model m --features 38 --batch 256 --streams 4 [--seconds 2]
 // Prints one line: "samples_per_second <value>".
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -20,6 +19,7 @@
 #include "model.h"
 #include "params.h"
 #include "spec.h"
+#include "stream_load.h"
 
 namespace {
 
@@ -65,45 +65,12 @@ double EngineRate(const std::vector<uint32_t>& layers, uint32_t batch, int threa
 
 double StreamRate(const std::string& target, const std::string& model, uint32_t d, uint32_t batch,
                   int streams, double seconds) {
-  std::vector<float> x(size_t{batch} * d);
   std::mt19937_64 rng(1);
   std::normal_distribution<float> n(0, 1);
-  for (float& v : x) v = n(rng);
-  std::atomic<uint64_t> answered{0};
-  std::vector<std::thread> threads;
-  const auto stop_at = Clock::now() + std::chrono::duration<double>(seconds);
-  for (int s = 0; s < streams; ++s) {
-    threads.emplace_back([&, s] {
-      grpc::ChannelArguments args;
-      args.SetMaxReceiveMessageSize(256 << 20);
-      args.SetMaxSendMessageSize(256 << 20);
-      args.SetInt("aeserve.bench.connection", s);  // one connection per stream
-      auto stub = v1::Scoring::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
-      grpc::ClientContext ctx;
-      auto stream = stub->StreamScore(&ctx);
-      std::thread writer([&] {
-        v1::StreamScoreRequest req;
-        req.mutable_config()->set_model(model);
-        req.mutable_samples()->set_num_features(d);
-        req.mutable_samples()->mutable_values()->Add(x.begin(), x.end());
-        for (uint64_t seq = 0; Clock::now() < stop_at; ++seq) {
-          req.set_sequence(seq);
-          if (!stream->Write(req)) break;
-          if (seq == 0) req.clear_config();
-        }
-        stream->WritesDone();
-      });
-      v1::StreamScoreResponse r;
-      while (stream->Read(&r)) {
-        if (r.has_result() && Clock::now() <= stop_at) answered += r.result().num_samples();
-      }
-      writer.join();
-      grpc::Status st = stream->Finish();
-      if (!st.ok()) std::fprintf(stderr, "stream: %s\n", st.error_message().c_str());
-    });
-  }
-  for (auto& t : threads) t.join();
-  return answered / seconds;
+  v1::Samples samples;
+  samples.set_num_features(d);
+  for (size_t i = 0; i < size_t{batch} * d; ++i) samples.add_values(n(rng));
+  return bench::StreamRate<v1::Scoring>(target, model, samples, streams, seconds);
 }
 
 }  // namespace

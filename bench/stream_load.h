@@ -1,0 +1,66 @@
+// The StreamScore load generator of the serving benchmarks (serve_bench, peers_load): streams on
+// connections of their own, each writing one batch as fast as flow control allows.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "aeserve/v1/scoring.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace aeserve::bench {
+
+// A channel with a connection of its own for each `id`, and 256 MB message limits.
+inline std::shared_ptr<grpc::Channel> BenchChannel(const std::string& target, int id) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(256 << 20);
+  args.SetMaxSendMessageSize(256 << 20);
+  args.SetInt("aeserve.bench.connection", id);  // distinct args: distinct connections
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+// Samples per second answered over `streams` StreamScore streams for `seconds`, each sending
+// `batch` again and again (the first message names `model`). `Stub` is any generated service with
+// aeserve.v1's StreamScore signature: aeserve's Scoring, the echo server, the Python peer.
+template <typename Stub>
+double StreamRate(const std::string& target, const std::string& model, const v1::Samples& batch,
+                  int streams, double seconds) {
+  using Clock = std::chrono::steady_clock;
+  std::atomic<uint64_t> answered{0};
+  std::vector<std::thread> threads;
+  const auto stop_at = Clock::now() + std::chrono::duration<double>(seconds);
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&, s] {
+      auto stub = Stub::NewStub(BenchChannel(target, s));
+      grpc::ClientContext ctx;
+      auto stream = stub->StreamScore(&ctx);
+      std::thread writer([&] {
+        v1::StreamScoreRequest req;
+        req.mutable_config()->set_model(model);
+        *req.mutable_samples() = batch;
+        for (uint64_t seq = 0; Clock::now() < stop_at; ++seq) {
+          req.set_sequence(seq);
+          if (!stream->Write(req)) break;
+          if (seq == 0) req.clear_config();
+        }
+        stream->WritesDone();
+      });
+      v1::StreamScoreResponse r;
+      while (stream->Read(&r)) {
+        if (r.has_result() && Clock::now() <= stop_at) answered += r.result().num_samples();
+      }
+      writer.join();
+      const grpc::Status st = stream->Finish();
+      if (!st.ok()) std::fprintf(stderr, "stream: %s\n", st.error_message().c_str());
+    });
+  }
+  for (auto& t : threads) t.join();
+  return static_cast<double>(answered.load()) / seconds;
+}
+
+}  // namespace aeserve::bench
