@@ -29,27 +29,25 @@ std::shared_ptr<ModelMetrics> ModelRegistry::MetricsFor(const ModelKey& key, uin
   return metrics_->ForModel(key.model, std::to_string(version), std::vector<float>(c.begin(), c.end()));
 }
 
+ModelRegistry::Version ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
+  Version ver;
+  ver.stamp = store_.Stamp(key, v);
+  auto file = store_.Load(key, v);
+  auto model = file.ok() ? Build(*file) : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
+  if (!model.ok()) {
+    ver.state = v1::MODEL_STATE_UNAVAILABLE;
+    ver.error = std::string(model.status().message());
+    return ver;
+  }
+  ver.state = v1::MODEL_STATE_READY;
+  ver.model = *std::move(model);
+  ver.metrics = MetricsFor(key, v, *ver.model);
+  return ver;
+}
+
 ModelRegistry::Entry ModelRegistry::LoadEntry(const ModelKey& key) const {
   Entry entry;
-  for (uint64_t v : store_.ListVersions(key)) {
-    Version& ver = entry.versions[v];
-    ver.stamp = store_.Stamp(key, v);
-    auto file = store_.Load(key, v);
-    if (!file.ok()) {
-      ver.state = v1::MODEL_STATE_UNAVAILABLE;
-      ver.error = std::string(file.status().message());
-      continue;
-    }
-    auto model = Build(*file);
-    if (!model.ok()) {
-      ver.state = v1::MODEL_STATE_UNAVAILABLE;
-      ver.error = std::string(model.status().message());
-      continue;
-    }
-    ver.state = v1::MODEL_STATE_READY;
-    ver.model = *std::move(model);
-    ver.metrics = MetricsFor(key, v, *ver.model);
-  }
+  for (uint64_t v : store_.ListVersions(key)) entry.versions[v] = LoadVersion(key, v);
   auto active = store_.ReadActive(key);
   if (active.ok()) {
     entry.active = *active;
@@ -289,22 +287,9 @@ int ModelRegistry::Sync() {
     std::map<uint64_t, Version> loaded;  // new or rewritten versions, built outside the lock
     const std::vector<uint64_t> on_disk = store_.ListVersions(key);
     for (uint64_t v : on_disk) {
-      const uint64_t stamp = store_.Stamp(key, v);
       auto h = have.find(v);
-      if (h != have.end() && h->second == stamp) continue;
-      Version ver;
-      ver.stamp = stamp;
-      auto file = store_.Load(key, v);
-      auto model = file.ok() ? Build(*file) : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
-      if (model.ok()) {
-        ver.state = v1::MODEL_STATE_READY;
-        ver.model = *std::move(model);
-        ver.metrics = MetricsFor(key, v, *ver.model);
-      } else {
-        ver.state = v1::MODEL_STATE_UNAVAILABLE;
-        ver.error = std::string(model.status().message());
-      }
-      loaded[v] = std::move(ver);
+      if (h != have.end() && h->second == store_.Stamp(key, v)) continue;
+      loaded[v] = LoadVersion(key, v);
     }
     auto disk_active = store_.ReadActive(key);
     absl::MutexLock lock(&mu_);

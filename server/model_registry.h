@@ -82,6 +82,8 @@ class ModelRegistry {
     uint64_t active = 0;
     std::string error;
   };
+  // One version from the store: READY and warm, or UNAVAILABLE with the reason.
+  Version LoadVersion(const ModelKey& key, uint64_t version) const;
   Entry LoadEntry(const ModelKey& key) const;
   absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const v1::ModelFile& file) const;
   std::shared_ptr<ModelMetrics> MetricsFor(const ModelKey& key, uint64_t version,

@@ -120,7 +120,6 @@ TEST(ServerProcess, SigtermClosesOpenStreamsAndExitsZero) {
   EXPECT_NE(p.log().find("shut down"), std::string::npos);
 }
 
-// True once any temp file of an atomic write exists under `dir`.
 // Queues a job training a wide model (a model file of about 17 MB, so its write takes long
 // enough to kill into, or to fill a small disk), retrying while the server is still loading.
 grpc::Status CreateWideJob(v1::ModelAdmin::Stub* admin, const std::vector<float>& data,
@@ -142,6 +141,7 @@ grpc::Status CreateWideJob(v1::ModelAdmin::Stub* admin, const std::vector<float>
   return st;
 }
 
+// True once any temp file of an atomic write exists under `dir`.
 bool WriteInProgress(const std::string& dir) {
   std::error_code ec;
   for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
