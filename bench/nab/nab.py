@@ -41,7 +41,7 @@ from datetime import datetime
 import numpy as np
 
 from aeserve import Client, ScoreResult
-from aeserve.local import start_server as start_local
+from aeserve.local import start_server as start_local, stop_server
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROFILES = {
@@ -230,8 +230,7 @@ def main():
     print(f"results in {args.out}; took {time.time() - started:.0f} s")
     client.close()
     if proc:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 if __name__ == "__main__":

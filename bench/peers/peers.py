@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -167,21 +166,13 @@ def main():
         return
 
     from aeserve import Client
+    from aeserve.local import start_server, stop_server
     seconds = 0.3 if a.quick else a.seconds
     models = dict(list(MODELS.items())[:1]) if a.quick else MODELS
     rows = 5000 if a.quick else a.rows
     store = tempfile.mkdtemp(prefix="aeserve_peers_")
-    port = free_port()
-    server = subprocess.Popen([os.path.join(BUILD, "server", "aeserve"), "--host=127.0.0.1",
-                               f"--port={port}", "--metrics_port=0", f"--model_dir={store}", "--threads=2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = Client(f"127.0.0.1:{port}", timeout=600)
-    for _ in range(300):
-        try:
-            client.models()
-            break
-        except Exception:
-            time.sleep(0.05)
+    server, address = start_server(os.path.join(BUILD, "server", "aeserve"), store, ["--threads=2"])
+    client = Client(address, timeout=600)
     print(f"peers: {os.cpu_count()} cores; aeserve 2 scoring workers x 1 oneDNN thread; PyTorch "
           f"threads 1; {seconds:.1f} s per figure; streaming with 4 streams over 4 connections")
     summary = {}
@@ -208,7 +199,7 @@ def main():
               f"{'py grpc+torch':>14} {'engine/torch':>13} {'aeserve/py':>11}")
         for b in BATCHES:
             eng = load("--engine", "--layers", ",".join(map(str, layers)), "--batch", b, "--seconds", seconds)
-            grpc_rate = load("--target", f"127.0.0.1:{port}", "--model", mname, "--features", d,
+            grpc_rate = load("--target", address, "--model", mname, "--features", d,
                              "--batch", b, "--streams", 4, "--seconds", seconds)
             py_rate = load("--target", f"127.0.0.1:{py_port}", "--model", mname, "--features", d,
                            "--batch", b, "--streams", 4, "--seconds", seconds)
@@ -228,8 +219,7 @@ def main():
           f"streaming at batch 256 >= 10x the Python grpcio + PyTorch server: "
           f"{r[256]['grpc'] / r[256]['python_grpc']:.1f}x")
     client.close()
-    server.terminate()
-    server.wait()
+    stop_server(server)
 
 
 if __name__ == "__main__":

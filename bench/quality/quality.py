@@ -30,7 +30,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from aeserve import AeserveError, Client
-from aeserve.local import start_server as start_local
+from aeserve.local import start_server as start_local, stop_server
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -155,8 +155,7 @@ def main():
             json.dump(results, f, indent=2)
     client.close()
     if proc:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 if __name__ == "__main__":

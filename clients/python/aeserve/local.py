@@ -27,3 +27,14 @@ def start_server(binary: str, model_dir: str, args: Sequence[str] = (),
     proc.kill()
     proc.wait()
     raise RuntimeError(f"{binary} did not start listening within {timeout:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """Stops a server from start_server with SIGTERM (it finishes in-flight work); kills it if it
+    has not exited within `timeout` seconds. Returns its exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
