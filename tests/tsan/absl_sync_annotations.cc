@@ -26,10 +26,9 @@ namespace {
 
 // The real function `mangled_tail` of absl's inline namespace, e.g. "5Mutex4LockEv".
 template <typename Fn>
-Fn Real(const char* mangled_tail, bool is_const = false) {
+Fn Real(const char* mangled_tail) {
   const std::string ns = AESERVE_STR(ABSL_OPTION_INLINE_NAMESPACE_NAME);
-  const std::string name = std::string(is_const ? "_ZNK4absl" : "_ZN4absl") + std::to_string(ns.size()) + ns +
-                           mangled_tail;
+  const std::string name = "_ZN4absl" + std::to_string(ns.size()) + ns + mangled_tail;
   void* f = dlsym(RTLD_NEXT, name.c_str());
   if (f == nullptr) {
     std::fprintf(stderr, "absl_sync_annotations: %s not found\n", name.c_str());
