@@ -13,6 +13,7 @@ libabsl20220623
 libspdlog1.10
 libcivetweb1
 libxxhash0
+libssl3
 libgomp1
 zlib1g
 ca-certificates
@@ -37,6 +38,7 @@ libfmt-dev
 libcivetweb-dev
 zlib1g-dev
 libxxhash-dev
+libssl-dev
 openssl
 prometheus
 libfast-float-dev

@@ -1,17 +1,10 @@
 // The model file: header (magic, payload length, XXH64) and a serialized v1::ModelFile.
 #include "model_file.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <random>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "file_io.h"
 #include "xxhash.h"
 
 namespace aeserve::engine {
@@ -29,10 +22,6 @@ uint64_t GetU64(const char* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
   return v;
-}
-
-absl::Status Errno(absl::string_view what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
 }
 
 }  // namespace
@@ -73,59 +62,20 @@ absl::StatusOr<v1::ModelFile> ParseModelFile(absl::string_view bytes) {
 }
 
 absl::StatusOr<v1::ModelFile> LoadModelFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (!std::filesystem::exists(path)) {
+  auto bytes = ReadRegularFile(path, kHeaderSize + kMaxPayload);
+  if (!bytes.ok()) {
+    if (bytes.status().code() == absl::StatusCode::kNotFound) {
       return absl::NotFoundError(absl::StrCat("model file ", path, " does not exist"));
     }
-    return Errno("cannot open", path);
+    return absl::DataLossError(absl::StrCat("model file: ", bytes.status().message()));
   }
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  auto file = ParseModelFile(buf.str());
+  auto file = ParseModelFile(*bytes);
   if (!file.ok()) return absl::Status(file.status().code(), absl::StrCat(path, ": ", file.status().message()));
   return file;
 }
 
 absl::Status SaveModelFile(const v1::ModelFile& file, const std::string& path) {
-  const std::string bytes = SerializeModelFile(file);
-  const std::filesystem::path target(path);
-  const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : ".";
-  std::random_device rd;
-  const std::string tmp =
-      (dir / absl::StrCat(".", target.filename().string(), ".tmp.", getpid(), ".", rd())).string();
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot create", tmp);
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      absl::Status st = Errno("cannot write", tmp);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return st;
-    }
-    written += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    absl::Status st = Errno("cannot fsync", tmp);
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    absl::Status st = Errno("cannot rename to", path);
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
+  return WriteFileAtomically(path, SerializeModelFile(file));
 }
 
 }  // namespace aeserve::engine

@@ -1,17 +1,20 @@
 // Bearer-token access control.
 #include "auth.h"
 
-#include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "file_io.h"
 
 namespace aeserve::server {
 
 absl::StatusOr<Authorizer> Authorizer::FromFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read auth tokens file ", path));
+  auto text = engine::ReadRegularFile(path, 16 << 20);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(), absl::StrCat("auth tokens file: ", text.status().message()));
+  }
+  std::istringstream in(*text);
   Authorizer a;
   a.enabled_ = true;
   std::string line;

@@ -29,6 +29,12 @@ std::shared_ptr<ModelMetrics> ModelRegistry::MetricsFor(const ModelKey& key, uin
   return metrics_->ForModel(key.model, std::to_string(version), std::vector<float>(c.begin(), c.end()));
 }
 
+void ModelRegistry::ReportStoreError(const ModelKey& key, const char* kind,
+                                     const std::string& message) const {
+  if (log_ != nullptr) log_->error("model store: model '{}': {}", key.str(), message);
+  if (metrics_ != nullptr) metrics_->RecordStoreError(kind);
+}
+
 ModelRegistry::Version ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
   Version ver;
   ver.stamp = store_.Stamp(key, v);
@@ -37,6 +43,7 @@ ModelRegistry::Version ModelRegistry::LoadVersion(const ModelKey& key, uint64_t 
   if (!model.ok()) {
     ver.state = v1::MODEL_STATE_UNAVAILABLE;
     ver.error = std::string(model.status().message());
+    if (!file.ok()) ReportStoreError(key, "model_file", absl::StrCat("version ", v, ": ", ver.error));
     return ver;
   }
   ver.state = v1::MODEL_STATE_READY;
@@ -51,8 +58,19 @@ ModelRegistry::Entry ModelRegistry::LoadEntry(const ModelKey& key) const {
   auto active = store_.ReadActive(key);
   if (active.ok()) {
     entry.active = *active;
-  } else if (!entry.versions.empty()) {
-    entry.active = entry.versions.rbegin()->first;
+  } else if (active.status().code() == absl::StatusCode::kNotFound) {
+    if (!entry.versions.empty()) {
+      entry.active = entry.versions.rbegin()->first;
+      if (log_ != nullptr) {
+        log_->warn("model store: model '{}' has no ACTIVE file: version {} (the highest) is active",
+                   key.str(), entry.active);
+      }
+    }
+  } else {
+    // Never fall back to another version: that could promote a staged one.
+    entry.error = std::string(active.status().message());
+    ReportStoreError(key, "active", entry.error);
+    return entry;
   }
   auto it = entry.versions.find(entry.active);
   if (entry.active == 0) {
@@ -141,6 +159,7 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
 }
 
 absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
+  if (auto st = RequireVersion(version); !st.ok()) return st;
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
   {
@@ -158,6 +177,7 @@ absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
 }
 
 absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version, bool force) {
+  if (auto st = RequireVersion(version); !st.ok()) return st;
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
   bool active = false;
@@ -274,28 +294,36 @@ int ModelRegistry::Sync() {
   const std::vector<ModelKey> keys = store_.ListModels();
   for (const ModelKey& key : keys) {
     // What we have now (stamps) versus what the store holds.
-    std::map<uint64_t, uint64_t> have;
-    uint64_t active = 0;
+    std::map<uint64_t, std::pair<uint64_t, uint64_t>> have;  // version -> (stamp, bad stamp)
     {
       absl::ReaderMutexLock lock(&mu_);
       auto it = models_.find(key);
       if (it != models_.end()) {
-        for (const auto& [v, ver] : it->second.versions) have[v] = ver.stamp;
-        active = it->second.active;
+        for (const auto& [v, ver] : it->second.versions) have[v] = {ver.stamp, ver.bad_stamp};
       }
     }
     std::map<uint64_t, Version> loaded;  // new or rewritten versions, built outside the lock
     const std::vector<uint64_t> on_disk = store_.ListVersions(key);
     for (uint64_t v : on_disk) {
       auto h = have.find(v);
-      if (h != have.end() && h->second == store_.Stamp(key, v)) continue;
+      const uint64_t stamp = store_.Stamp(key, v);
+      if (h != have.end() && (h->second.first == stamp || h->second.second == stamp)) continue;
       loaded[v] = LoadVersion(key, v);
     }
     auto disk_active = store_.ReadActive(key);
     absl::MutexLock lock(&mu_);
     Entry& e = models_[key];
     for (auto& [v, ver] : loaded) {
-      e.versions[v] = std::move(ver);
+      auto old = e.versions.find(v);
+      if (ver.state != v1::MODEL_STATE_READY && old != e.versions.end() &&
+          old->second.state == v1::MODEL_STATE_READY) {
+        // A rewrite that does not load: keep serving the good copy, say why.
+        old->second.bad_stamp = ver.stamp;
+        old->second.error = absl::StrCat("the file in the store changed and does not load (", ver.error,
+                                         "); serving the copy loaded before");
+      } else {
+        e.versions[v] = std::move(ver);
+      }
       ++changes;
     }
     for (auto it = e.versions.begin(); it != e.versions.end();) {
@@ -306,17 +334,46 @@ int ModelRegistry::Sync() {
         ++it;
       }
     }
-    const uint64_t want = disk_active.ok() ? *disk_active : 0;
-    if (want != 0 && want != active) {
-      auto vit = e.versions.find(want);
-      if (vit != e.versions.end() && vit->second.state == v1::MODEL_STATE_READY) {
-        e.active = want;  // new version loaded and warm before it becomes active
-        e.error.clear();
+    const bool serving = e.active != 0 && e.versions.count(e.active) > 0;
+    if (disk_active.ok()) {
+      e.store_error.clear();
+      const uint64_t want = *disk_active;
+      if (want != 0 && want != e.active) {
+        auto vit = e.versions.find(want);
+        if (vit != e.versions.end() && vit->second.state == v1::MODEL_STATE_READY) {
+          e.active = want;  // new version loaded and warm before it becomes active
+          e.error.clear();
+          ++changes;
+        }
+      } else if (want == 0 && e.active != 0) {
+        e.active = 0;
+        e.error = "no active version";
+        ++changes;
+      } else if (e.active == want && serving && !e.error.empty()) {
+        e.error.clear();  // ACTIVE was repaired
         ++changes;
       }
-    } else if (want == 0 && active != 0 && !e.versions.count(active)) {
+    } else if (disk_active.status().code() == absl::StatusCode::kNotFound) {
+      if (e.active != 0 && !serving) {
+        e.active = 0;
+        e.error = "no active version";
+        ++changes;
+      }
+    } else {
+      // An unusable ACTIVE promotes nothing; what serves now keeps serving.
+      const std::string msg = std::string(disk_active.status().message());
+      const std::string was = serving ? e.store_error : e.error;
+      if (serving) {
+        e.store_error = absl::StrCat(msg, "; still serving version ", e.active);
+      } else {
+        e.active = 0;
+        e.error = msg;
+      }
+      if ((serving ? e.store_error : e.error) != was) ReportStoreError(key, "active", msg);
+    }
+    if (e.active != 0 && !e.versions.count(e.active)) {
+      e.error = absl::StrCat("active version ", e.active, " was deleted");
       e.active = 0;
-      e.error = "no active version";
       ++changes;
     }
   }
@@ -338,7 +395,7 @@ v1::ModelInfo ModelRegistry::InfoLocked(const ModelKey& key, const Entry& e) con
   info.set_name(key.model);
   info.set_entity(key.entity);
   info.set_active_version(e.active);
-  info.set_error(e.error);
+  info.set_error(e.error.empty() ? e.store_error : e.error);
   for (const auto& [v, ver] : e.versions) {
     v1::VersionInfo* vi = info.add_versions();
     vi->set_version(v);

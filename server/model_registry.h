@@ -19,6 +19,7 @@
 #include "model.h"
 #include "model_store.h"
 #include "server_metrics.h"
+#include "spdlog/logger.h"
 
 namespace aeserve::server {
 
@@ -33,11 +34,16 @@ struct ModelHandle {
 class ModelRegistry {
  public:
   // `metrics` may be null (metrics off).
-  ModelRegistry(ModelStore store, engine::ModelOptions model_options, ServerMetrics* metrics = nullptr)
-      : store_(std::move(store)), model_options_(model_options), metrics_(metrics) {}
+  // `metrics` may be null (metrics off); `log` may be null (store problems are then not logged).
+  ModelRegistry(ModelStore store, engine::ModelOptions model_options, ServerMetrics* metrics = nullptr,
+                std::shared_ptr<spdlog::logger> log = nullptr)
+      : store_(std::move(store)), model_options_(model_options), metrics_(metrics), log_(std::move(log)) {}
 
   // Loads every model in the store. A version that fails to load is UNAVAILABLE with the reason;
-  // the rest serve. Returns how many models have a ready active version.
+  // the rest serve. An unusable ACTIVE file makes that model UNAVAILABLE with the reason (it never
+  // falls back to another version); a missing one makes the highest version active. Each problem
+  // is logged and counted (aeserve_model_store_errors_total). Returns how many models have a
+  // ready active version.
   int LoadAll();
 
   // The version to score with: <model>/<entity> when `entity` is given and that model exists,
@@ -60,8 +66,10 @@ class ModelRegistry {
                             const v1::ThresholdConfig& critical, bool clear_critical);
 
   // Brings the registry in line with the store, which other replicas may have changed: loads new
-  // models and versions (and rewritten ones), follows ACTIVE, drops deleted versions. Returns how
-  // many changes it applied. Called periodically by the server (--store_poll_seconds).
+  // models and versions (and rewritten ones), follows ACTIVE, drops deleted versions. A rewritten
+  // file that no longer loads, or an ACTIVE file that became unusable, keeps what serves now and
+  // is reported in GetModel's error, the log and the store-error counter. Returns how many
+  // changes it applied. Called periodically by the server (--store_poll_seconds).
   int Sync();
 
   std::vector<v1::ModelInfo> List() const;
@@ -75,13 +83,17 @@ class ModelRegistry {
     std::string error;
     std::shared_ptr<const engine::Model> model;
     std::shared_ptr<ModelMetrics> metrics;
-    uint64_t stamp = 0;  // ModelStore::Stamp when loaded
+    uint64_t stamp = 0;      // ModelStore::Stamp when loaded
+    uint64_t bad_stamp = 0;  // stamp of a rewrite that failed to load (not retried until it changes)
   };
   struct Entry {
     std::map<uint64_t, Version> versions;
     uint64_t active = 0;
-    std::string error;
+    std::string error;        // why the model does not serve
+    std::string store_error;  // a store problem while it still serves (e.g. ACTIVE unreadable)
   };
+  // Logs and counts a store entry that cannot be used.
+  void ReportStoreError(const ModelKey& key, const char* kind, const std::string& message) const;
   // One version from the store: READY and warm, or UNAVAILABLE with the reason.
   Version LoadVersion(const ModelKey& key, uint64_t version) const;
   Entry LoadEntry(const ModelKey& key) const;
@@ -95,6 +107,7 @@ class ModelRegistry {
   const ModelStore store_;
   const engine::ModelOptions model_options_;
   ServerMetrics* const metrics_;
+  const std::shared_ptr<spdlog::logger> log_;
   // Serialises lifecycle changes (store writes plus swaps); never taken on the scoring path.
   // Lock order: admin_mu_ before mu_.
   absl::Mutex admin_mu_;

@@ -8,12 +8,13 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <random>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "file_io.h"
 #include "model_file.h"
 
 namespace aeserve::server {
@@ -54,34 +55,26 @@ bool IsVersionName(const std::string& s, uint64_t* v) {
   return !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit) && absl::SimpleAtoi(s, v) && *v > 0;
 }
 
-bool HasModel(const fs::path& dir) {
+// Directory entries are inspected with error codes throughout: a store entry that cannot be
+// read must never throw out of the store (one bad model would stop the whole server).
+bool IsDir(const fs::directory_entry& e) {
   std::error_code ec;
-  if (fs::exists(dir / "ACTIVE", ec)) return true;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    uint64_t v = 0;
-    if (e.is_directory() && IsVersionName(e.path().filename().string(), &v)) return true;
-  }
-  return false;
+  return e.is_directory(ec);
 }
 
-absl::Status WriteFileAtomically(const fs::path& path, const std::string& text) {
-  std::random_device rd;
-  const fs::path tmp = path.parent_path() / absl::StrCat(".", path.filename().string(), ".tmp.", getpid(), ".", rd());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("cannot create ", tmp.string()));
-  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-                  ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+bool Exists(const fs::path& p) {
+  std::error_code ec;
+  return fs::symlink_status(p, ec).type() != fs::file_type::not_found && !ec;
+}
+
+bool HasModel(const fs::path& dir) {
+  if (Exists(dir / "ACTIVE")) return true;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    uint64_t v = 0;
+    if (IsDir(*it) && IsVersionName(it->path().filename().string(), &v)) return true;
   }
-  const int dfd = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
+  return false;
 }
 
 // Renames `p` out of the way first, so readers never see a half-deleted directory.
@@ -100,17 +93,17 @@ absl::Status RemoveDir(const fs::path& p) {
 std::vector<ModelKey> ModelStore::ListModels() const {
   std::vector<ModelKey> out;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir_, ec)) {
-    const std::string name = e.path().filename().string();
-    if (!e.is_directory() || !ValidateName(name).ok()) continue;
-    if (HasModel(e.path())) out.push_back({name, ""});
-    for (const auto& ent : fs::directory_iterator(e.path() / "entities", ec)) {
-      const std::string entity = ent.path().filename().string();
-      if (ent.is_directory() && ValidateName(entity).ok() && HasModel(ent.path())) {
+  for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!IsDir(*it) || !ValidateName(name).ok()) continue;
+    if (HasModel(it->path())) out.push_back({name, ""});
+    std::error_code eec;
+    for (fs::directory_iterator ent(it->path() / "entities", eec); !eec && ent != end; ent.increment(eec)) {
+      const std::string entity = ent->path().filename().string();
+      if (IsDir(*ent) && ValidateName(entity).ok() && HasModel(ent->path())) {
         out.push_back({name, entity});
       }
     }
-    ec.clear();
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -119,10 +112,10 @@ std::vector<ModelKey> ModelStore::ListModels() const {
 std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key) const {
   std::vector<uint64_t> out;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(KeyDir(key), ec)) {
+  for (fs::directory_iterator it(KeyDir(key), ec), end; !ec && it != end; it.increment(ec)) {
     uint64_t v = 0;
-    if (e.is_directory() && IsVersionName(e.path().filename().string(), &v) &&
-        fs::exists(e.path() / "model.pb")) {
+    if (IsDir(*it) && IsVersionName(it->path().filename().string(), &v) &&
+        Exists(it->path() / "model.pb")) {
       out.push_back(v);
     }
   }
@@ -130,28 +123,47 @@ std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key) const {
   return out;
 }
 
+absl::Status RequireVersion(uint64_t version) {
+  if (version == 0) {
+    return absl::InvalidArgumentError("version is required (versions are numbered from 1)");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<uint64_t> ModelStore::ReadActive(const ModelKey& key) const {
-  std::ifstream in(fs::path(KeyDir(key)) / "ACTIVE");
-  if (!in) return absl::NotFoundError(absl::StrCat("model ", key.str(), " has no ACTIVE file"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string path = (fs::path(KeyDir(key)) / "ACTIVE").string();
+  auto text = engine::ReadRegularFile(path, kMaxActiveBytes);
+  if (!text.ok()) {
+    if (text.status().code() == absl::StatusCode::kNotFound) {
+      return absl::NotFoundError(absl::StrCat("model ", key.str(), " has no ACTIVE file"));
+    }
+    return absl::DataLossError(absl::StrCat("model ", key.str(), ": ACTIVE: ", text.status().message()));
+  }
+  const absl::string_view value = absl::StripAsciiWhitespace(*text);
+  if (value == kNoActive) return 0;
   uint64_t v = 0;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &v) || v == 0) {
-    return absl::DataLossError(absl::StrCat("model ", key.str(), ": ACTIVE does not hold a version"));
+  if (value.empty() || !std::all_of(value.begin(), value.end(), ::isdigit) ||
+      !absl::SimpleAtoi(value, &v) || v == 0) {
+    return absl::DataLossError(absl::StrCat("model ", key.str(), ": ACTIVE holds '",
+                                            absl::CEscape(value.substr(0, 32)),
+                                            "', not a version number or '", kNoActive, "'"));
   }
   return v;
 }
 
 absl::Status ModelStore::WriteActive(const ModelKey& key, uint64_t version) const {
+  if (auto st = RequireVersion(version); !st.ok()) return st;
   std::error_code ec;
   fs::create_directories(KeyDir(key), ec);
-  return WriteFileAtomically(fs::path(KeyDir(key)) / "ACTIVE", absl::StrCat(version, "\n"));
+  return engine::WriteFileAtomically((fs::path(KeyDir(key)) / "ACTIVE").string(),
+                                     absl::StrCat(version, "\n"));
 }
 
 absl::Status ModelStore::ClearActive(const ModelKey& key) const {
-  std::error_code ec;
-  fs::remove(fs::path(KeyDir(key)) / "ACTIVE", ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot remove ACTIVE of ", key.str()));
-  return absl::OkStatus();
+  // An explicit "none", so that a restart agrees with the running servers (a missing ACTIVE
+  // would make the highest version active).
+  return engine::WriteFileAtomically((fs::path(KeyDir(key)) / "ACTIVE").string(),
+                                     absl::StrCat(kNoActive, "\n"));
 }
 
 std::string ModelStore::VersionPath(const ModelKey& key, uint64_t version) const {
@@ -170,9 +182,9 @@ absl::StatusOr<uint64_t> ModelStore::AddVersion(const ModelKey& key, const v1::M
   // Claim the next number with mkdir, which fails if another writer (another replica) took it;
   // a directory a crashed writer left without model.pb is skipped, never reused.
   uint64_t next = 1;
-  for (const auto& e : fs::directory_iterator(kdir, ec)) {
+  for (fs::directory_iterator it(kdir, ec), end; !ec && it != end; it.increment(ec)) {
     uint64_t v = 0;
-    if (IsVersionName(e.path().filename().string(), &v)) next = std::max(next, v + 1);
+    if (IsVersionName(it->path().filename().string(), &v)) next = std::max(next, v + 1);
   }
   for (int attempt = 0; attempt < 1000; ++attempt, ++next) {
     const fs::path vdir = kdir / std::to_string(next);
@@ -189,7 +201,7 @@ absl::StatusOr<uint64_t> ModelStore::AddVersion(const ModelKey& key, const v1::M
 absl::Status ModelStore::RewriteVersion(const ModelKey& key, uint64_t version,
                                         const v1::ModelFile& file) const {
   const std::string path = VersionPath(key, version);
-  if (!fs::exists(path)) {
+  if (!Exists(path)) {
     return absl::NotFoundError(absl::StrCat("model ", key.str(), " has no version ", version));
   }
   return engine::SaveModelFile(file, path);
@@ -197,7 +209,7 @@ absl::Status ModelStore::RewriteVersion(const ModelKey& key, uint64_t version,
 
 absl::Status ModelStore::DeleteVersion(const ModelKey& key, uint64_t version) const {
   const fs::path vdir = fs::path(KeyDir(key)) / std::to_string(version);
-  if (!fs::exists(vdir)) {
+  if (!Exists(vdir)) {
     return absl::NotFoundError(absl::StrCat("model ", key.str(), " has no version ", version));
   }
   return RemoveDir(vdir);
@@ -205,23 +217,25 @@ absl::Status ModelStore::DeleteVersion(const ModelKey& key, uint64_t version) co
 
 absl::Status ModelStore::DeleteModel(const ModelKey& key) const {
   const fs::path kdir = KeyDir(key);
-  if (!fs::exists(kdir)) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
+  if (!Exists(kdir)) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
   return RemoveDir(kdir);
 }
 
 int ModelStore::RemoveDebris(const ModelKey& key) const {
   int removed = 0;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(KeyDir(key), ec)) {
-    const std::string name = e.path().filename().string();
+  for (fs::directory_iterator it(KeyDir(key), ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
     uint64_t v = 0;
+    std::error_code rec;
     if (name.rfind(".deleted.", 0) == 0 || name.find(".tmp.") != std::string::npos) {
-      fs::remove_all(e.path(), ec);
+      fs::remove_all(it->path(), rec);
       ++removed;
-    } else if (e.is_directory() && IsVersionName(name, &v)) {
-      for (const auto& f : fs::directory_iterator(e.path(), ec)) {
-        if (f.path().filename().string().find(".tmp.") != std::string::npos) {
-          fs::remove(f.path(), ec);
+    } else if (IsDir(*it) && IsVersionName(name, &v)) {
+      for (fs::directory_iterator f(it->path(), rec); !rec && f != end; f.increment(rec)) {
+        if (f->path().filename().string().find(".tmp.") != std::string::npos) {
+          std::error_code fec;
+          fs::remove(f->path(), fec);
           ++removed;
         }
       }

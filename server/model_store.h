@@ -3,7 +3,9 @@
 //   <dir>/<model>/ACTIVE                          the active version number, as text
 //   <dir>/<model>/entities/<entity>/<version>/model.pb and .../ACTIVE   per-entity models
 // Every write is atomic (temp file, fsync, rename); a crashed writer leaves at most a temp file
-// or a version directory without model.pb, both of which readers ignore.
+// or a version directory without model.pb, both of which readers ignore. Every read is bounded,
+// refuses anything but a regular file, never blocks and never throws: a bad entry is reported as
+// a status for that model only.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,14 @@ struct ModelKey {
 };
 absl::StatusOr<ModelKey> MakeKey(const std::string& model, const std::string& entity);
 
+// INVALID_ARGUMENT for version 0 where a version must be named (activate, delete).
+absl::Status RequireVersion(uint64_t version);
+
+// ACTIVE holds a version number, or this word when the model deliberately has none.
+inline constexpr char kNoActive[] = "none";
+// ACTIVE is a few bytes; anything larger is not one of ours.
+inline constexpr uint64_t kMaxActiveBytes = 64;
+
 class ModelStore {
  public:
   explicit ModelStore(std::string dir) : dir_(std::move(dir)) {}
@@ -37,9 +47,12 @@ class ModelStore {
   std::vector<ModelKey> ListModels() const;
   // Versions with a model.pb, ascending.
   std::vector<uint64_t> ListVersions(const ModelKey& key) const;
-  // The version named by ACTIVE; NOT_FOUND when there is none.
+  // The version named by ACTIVE; 0 when it says "none"; NOT_FOUND when there is no ACTIVE file;
+  // DATA_LOSS with the reason when it is not a small regular file holding a version number.
+  // Never blocks (a FIFO is refused) and never throws.
   absl::StatusOr<uint64_t> ReadActive(const ModelKey& key) const;
   absl::Status WriteActive(const ModelKey& key, uint64_t version) const;
+  // Records that the model has no active version ("none").
   absl::Status ClearActive(const ModelKey& key) const;
   std::string VersionPath(const ModelKey& key, uint64_t version) const;
   absl::StatusOr<v1::ModelFile> Load(const ModelKey& key, uint64_t version) const;

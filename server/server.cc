@@ -12,6 +12,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
 #include "spec.h"
+#include "tls_files.h"
 #include "trainer.h"
 
 namespace aeserve::server {
@@ -33,22 +34,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   }
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (!o.tls_cert.empty() || !o.tls_key.empty()) {
-    auto read = [](const std::string& path, std::string* out) {
-      std::ifstream in(path);
-      if (!in) return false;
-      out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      return true;
-    };
+    // ReadTlsFiles refuses one without the other, unreadable files and a mismatched key.
     grpc::SslServerCredentialsOptions ssl;
     grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-    if (!read(o.tls_cert, &pair.cert_chain) || !read(o.tls_key, &pair.private_key)) {
-      return absl::InvalidArgumentError("cannot read --tls_cert or --tls_key");
-    }
+    auto tls = ReadTlsFiles(o);
+    if (!tls.ok()) return tls.status();
+    pair.cert_chain = tls->cert;
+    pair.private_key = tls->key;
     ssl.pem_key_cert_pairs.push_back(pair);
     if (!o.tls_client_ca.empty()) {
-      if (!read(o.tls_client_ca, &ssl.pem_root_certs)) {
-        return absl::InvalidArgumentError("cannot read --tls_client_ca");
-      }
+      ssl.pem_root_certs = tls->client_ca;
       ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
     }
     creds = grpc::SslServerCredentials(ssl);
@@ -59,7 +54,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get());
   s->registry_ = std::make_unique<ModelRegistry>(
       ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096},
-      s->metrics_.get());
+      s->metrics_.get(), s->log_);
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);
   s->admin_executor_ = std::make_unique<Executor>(1, 64);
   s->jobs_ = std::make_unique<TrainingJobs>(s->registry_.get(), std::max(1, o.max_training_jobs),

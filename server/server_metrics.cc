@@ -136,6 +136,10 @@ ServerMetrics::ServerMetrics(double drift_threshold)
       model_load_seconds_(BuildHistogram().Name("aeserve_model_load_duration_seconds")
                               .Help("Time to load a model version and build its inference plans.")
                               .Register(registry_).Add({}, LatencyBuckets())),
+      store_errors_(BuildCounter().Name("aeserve_model_store_errors_total")
+                        .Help("Store entries found unusable (an ACTIVE file or a model file), by kind; "
+                              "each is also logged and shown in GetModel's error.")
+                        .Register(registry_)),
       swaps_(BuildCounter().Name("aeserve_model_swaps_total")
                  .Help("Active-version changes.").Register(registry_).Add({})),
       training_epoch_(BuildGauge().Name("aeserve_training_epoch")
@@ -186,6 +190,10 @@ void ServerMetrics::RecordDroppedEvents(uint64_t n) { dropped_events_.Increment(
 void ServerMetrics::RecordModelLoad(bool ok, double seconds) {
   model_loads_.Add({{"result", ok ? "ok" : "error"}}).Increment();
   if (ok) model_load_seconds_.Observe(seconds);
+}
+
+void ServerMetrics::RecordStoreError(const std::string& kind) {
+  store_errors_.Add({{"kind", kind}}).Increment();
 }
 
 void ServerMetrics::RecordSwap() { swaps_.Increment(); }

@@ -79,6 +79,8 @@ class ServerMetrics {
   void RecordRejected(const std::string& reason);
   void RecordDroppedEvents(uint64_t n);
   void RecordModelLoad(bool ok, double seconds);
+  // A store entry that could not be used: kind "active" (ACTIVE file) or "model_file".
+  void RecordStoreError(const std::string& kind);
   void RecordSwap();
   void RecordTrainingProgress(const std::string& model, uint32_t epoch, double train_loss,
                               double validation_loss);
@@ -115,6 +117,7 @@ class ServerMetrics {
   metrics::Counter& dropped_events_;
   metrics::Family<metrics::Counter>& model_loads_;
   metrics::Histogram& model_load_seconds_;
+  metrics::Family<metrics::Counter>& store_errors_;
   metrics::Counter& swaps_;
   metrics::Family<metrics::Gauge>& training_epoch_;
   metrics::Family<metrics::Gauge>& training_loss_;

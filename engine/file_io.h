@@ -1,0 +1,24 @@
+// Files on disk, the careful way: bounded reads of regular files that never block or throw, and
+// atomic writes (temp file, every byte written, fsync, rename, fsync of the directory).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace aeserve::engine {
+
+// Reads a whole regular file of at most `max_bytes`. NOT_FOUND when it does not exist;
+// FAILED_PRECONDITION for a directory, FIFO, device or socket (opened without blocking, so a FIFO
+// never hangs the caller); OUT_OF_RANGE when it is larger than `max_bytes`; INTERNAL for I/O
+// errors. Every message names the path.
+absl::StatusOr<std::string> ReadRegularFile(const std::string& path, uint64_t max_bytes);
+
+// Replaces `path` with `bytes` atomically: readers see the old content or the new, never a mix.
+// Partial writes and EINTR are retried; a failed write, fsync, close, rename or directory fsync
+// is an error (the temp file is removed).
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes);
+
+}  // namespace aeserve::engine
