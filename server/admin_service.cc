@@ -7,57 +7,6 @@
 namespace aeserve::server {
 namespace {
 
-// Receives a job's header and data chunks, then queues it.
-class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobRequest> {
- public:
-  UploadReactor(TrainingJobs* jobs, uint64_t max_values, v1::TrainingJob* out, grpc::Status denied)
-      : jobs_(jobs), max_values_(max_values), out_(out) {
-    if (!denied.ok()) {
-      Finish(denied);
-      return;
-    }
-    StartRead(&req_);
-  }
-  void OnReadDone(bool ok) override {
-    if (!ok) {  // upload complete
-      if (!have_header_) return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no header"));
-      auto job = jobs_->Submit(header_, std::move(values_));
-      if (job.ok()) *out_ = *job;
-      return Finish(ToGrpc(job.status()));
-    }
-    if (req_.has_header()) {
-      if (have_header_) {
-        return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   "the header is only allowed in the first message"));
-      }
-      have_header_ = true;
-      header_ = req_.header();
-      if (auto st = jobs_->CheckHeader(header_); !st.ok()) return Finish(ToGrpc(st));
-    } else if (!have_header_) {
-      return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 "the first message must carry the header"));
-    }
-    if (values_.size() + req_.values_size() > max_values_) {
-      return Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                 absl::StrCat("training data is over the limit of ", max_values_,
-                                              " values (--max_training_values)")));
-    }
-    values_.insert(values_.end(), req_.values().begin(), req_.values().end());
-    req_.Clear();
-    StartRead(&req_);
-  }
-  void OnDone() override { delete this; }
-
- private:
-  TrainingJobs* jobs_;
-  const uint64_t max_values_;
-  v1::TrainingJob* out_;
-  v1::CreateTrainingJobRequest req_;
-  v1::TrainingJobHeader header_;
-  bool have_header_ = false;
-  std::vector<float> values_;
-};
-
 // Streams a job's state to one watcher: the latest state, never a backlog.
 class WatchReactor : public grpc::ServerWriteReactor<v1::TrainingJob> {
  public:
@@ -160,7 +109,7 @@ grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* c
 
 grpc::ServerReadReactor<v1::CreateTrainingJobRequest>* AdminService::CreateTrainingJob(
     grpc::CallbackServerContext* ctx, v1::TrainingJob* job) {
-  return new UploadReactor(jobs_, options_.max_training_values, job, auth_->Check(ctx, Role::kAdmin));
+  return uploads_->Start(ctx, job, auth_->Check(ctx, Role::kAdmin));
 }
 
 grpc::ServerWriteReactor<v1::TrainingJob>* AdminService::WatchTrainingJob(

@@ -8,14 +8,16 @@
 #include "model_registry.h"
 #include "options.h"
 #include "training_jobs.h"
+#include "uploads.h"
 
 namespace aeserve::server {
 
 class AdminService final : public v1::ModelAdmin::CallbackService {
  public:
-  AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
+  AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs, Uploads* uploads,
                Executor* admin_executor, const Authorizer* auth)
-      : options_(options), registry_(registry), jobs_(jobs), executor_(admin_executor), auth_(auth) {}
+      : options_(options), registry_(registry), jobs_(jobs), uploads_(uploads),
+        executor_(admin_executor), auth_(auth) {}
 
   grpc::ServerReadReactor<v1::CreateTrainingJobRequest>* CreateTrainingJob(
       grpc::CallbackServerContext* ctx, v1::TrainingJob* job) override;
@@ -51,6 +53,7 @@ class AdminService final : public v1::ModelAdmin::CallbackService {
   const Options& options_;
   ModelRegistry* registry_;
   TrainingJobs* jobs_;
+  Uploads* uploads_;
   Executor* executor_;
   const Authorizer* auth_;
 };

@@ -37,6 +37,13 @@ ABSL_FLAG(int, max_training_jobs, 1, "Training jobs running at once (each on one
 ABSL_FLAG(int, max_queued_jobs, 16, "Training jobs waiting before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint64_t, max_training_values, 256u << 20,
           "Most float values uploaded for one training job (rows x features).");
+ABSL_FLAG(uint64_t, max_upload_bytes, uint64_t{2} << 30,
+          "Training data held in memory at once, over all uploads in progress and queued or running "
+          "jobs (each upload reserves rows x features x 4 bytes when its header arrives); an upload "
+          "over it gets RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, upload_idle_seconds, 60,
+          "A training upload that sends no message for this long is ended with DEADLINE_EXCEEDED "
+          "and creates no job; 0 = never.");
 ABSL_FLAG(std::string, auth_tokens, "",
           "File of '<token> score|admin' lines; when set every call needs 'authorization: Bearer "
           "<token>' and admin calls the admin role.");
@@ -87,6 +94,8 @@ int main(int argc, char** argv) {
   o.max_training_jobs = absl::GetFlag(FLAGS_max_training_jobs);
   o.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   o.max_training_values = absl::GetFlag(FLAGS_max_training_values);
+  o.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  o.upload_idle_seconds = absl::GetFlag(FLAGS_upload_idle_seconds);
   o.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);
   o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -24,6 +24,8 @@ struct Options {
   int max_training_jobs = 1;               // jobs training at once
   int max_queued_jobs = 16;                // jobs waiting before RESOURCE_EXHAUSTED
   uint64_t max_training_values = 256u << 20;  // floats uploaded per job (1 GiB)
+  uint64_t max_upload_bytes = uint64_t{2} << 30;  // training data of all uploads and queued jobs
+  double upload_idle_seconds = 60;         // an upload with no message for this long is ended
   std::string auth_tokens;                 // file of `<token> score|admin` lines; empty = no auth
   std::string tls_cert, tls_key;           // PEM files: serve TLS
   std::string tls_client_ca;               // PEM file: require client certificates (mutual TLS)

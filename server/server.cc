@@ -62,8 +62,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->scoring_ = std::make_unique<ScoringService>(s->options_, s->registry_.get(),
                                                  s->executor_.get(), &s->streams_, &s->auth_,
                                                  s->metrics_.get(), s->feed_.get());
+  s->upload_budget_ = std::make_unique<ByteBudget>(o.max_upload_bytes);
+  s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get());
   s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
-                                             s->admin_executor_.get(), &s->auth_);
+                                             s->uploads_.get(), s->admin_executor_.get(), &s->auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -125,7 +127,9 @@ void Server::AddCollectors() {
       auto it = counts.find(st);
       sample(jobs, {{"state", name}}, it == counts.end() ? 0 : it->second);
     }
-    return std::vector<MetricFamily>{streams, queue, jobs};
+    MetricFamily upload = family("aeserve_training_data_bytes", "Training data held in memory by uploads in progress and queued or running jobs (bounded by --max_upload_bytes).", MetricType::kGauge);
+    sample(upload, {}, static_cast<double>(upload_budget_->used()));
+    return std::vector<MetricFamily>{streams, queue, jobs, upload};
   });
   r.AddCollector([this, family, sample] {
     MetricFamily active = family("aeserve_model_active_version", "Active version of each model (0 = none).", MetricType::kGauge);

@@ -21,6 +21,7 @@
 #include "spdlog/logger.h"
 #include "stream_reactor.h"
 #include "training_jobs.h"
+#include "uploads.h"
 
 namespace aeserve::server {
 
@@ -59,6 +60,8 @@ class Server {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<Executor> admin_executor_;
   std::unique_ptr<TrainingJobs> jobs_;
+  std::unique_ptr<ByteBudget> upload_budget_;
+  std::unique_ptr<Uploads> uploads_;
   StreamTracker streams_;
   std::unique_ptr<ScoringService> scoring_;
   std::unique_ptr<AdminService> admin_;

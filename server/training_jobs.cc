@@ -59,7 +59,8 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
 }
 
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader& header,
-                                                     std::vector<float> data) {
+                                                     std::vector<float> data,
+                                                     ByteBudget::Reservation reservation) {
   if (auto st = CheckHeader(header); !st.ok()) return st;
   if (data.empty()) return absl::InvalidArgumentError("no training data");
   if (data.size() % header.num_features() != 0) {
@@ -70,6 +71,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
   auto job = std::make_shared<Job>();
   job->header = header;
   job->data = std::move(data);
+  job->reservation = std::move(reservation);
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server shutting down");
   if (queue_.size() >= max_queued_) {
@@ -139,7 +141,8 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
     }
     job.state.set_state(v1::JOB_STATE_CANCELLED);
     job.state.set_finished_unix_ms(NowMs());
-    job.data.clear();
+    std::vector<float>().swap(job.data);
+    job.reservation.Release();
     Publish(job);
   }
   return job.state;
@@ -275,8 +278,8 @@ void TrainingJobs::Run(Job& job) {
     s.set_error(std::string(st.message()));
     log_->warn("training job {} {}: {}", s.id(), cancelled ? "cancelled" : "failed", std::string(st.message()));
   }
-  job.data.clear();
-  job.data.shrink_to_fit();
+  std::vector<float>().swap(job.data);
+  job.reservation.Release();
   if (metrics_ != nullptr) {
     metrics_->RecordTrainingResult(s.state() == v1::JOB_STATE_SUCCEEDED ? "succeeded"
                                    : s.state() == v1::JOB_STATE_CANCELLED ? "cancelled" : "failed");

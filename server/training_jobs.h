@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.pb.h"
+#include "byte_budget.h"
 #include "model_registry.h"
 #include "server_metrics.h"
 #include "spdlog/logger.h"
@@ -34,7 +35,9 @@ class TrainingJobs {
 
   // Checks the header (INVALID_ARGUMENT with the reason) and, with `data`, queues the job.
   absl::Status CheckHeader(const v1::TrainingJobHeader& header) const;
-  absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header, std::vector<float> data);
+  // `reservation` holds the data's bytes in the training-data budget until the job has ended.
+  absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header, std::vector<float> data,
+                                         ByteBudget::Reservation reservation = {});
   absl::StatusOr<v1::TrainingJob> Get(const std::string& id) const;
   std::vector<v1::TrainingJob> List(const std::string& model) const;
   absl::StatusOr<v1::TrainingJob> Cancel(const std::string& id);
@@ -52,6 +55,7 @@ class TrainingJobs {
     v1::TrainingJob state;
     v1::TrainingJobHeader header;
     std::vector<float> data;
+    ByteBudget::Reservation reservation;  // data's bytes in the training-data budget
     std::atomic<bool> cancel{false};
     std::map<uint64_t, Watcher> watchers;
   };

@@ -380,6 +380,7 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   h.set_model(a.model);
   h.set_entity(a.entity);
   h.set_num_features(static_cast<uint32_t>(table->features()));
+  h.set_rows(table->rows);
   for (const auto& n : table->feature_names) h.add_feature_names(n);
   h.set_fine_tune(a.fine_tune);
   h.set_base_version(a.base_version);

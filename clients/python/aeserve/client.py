@@ -254,7 +254,8 @@ class Client:
         TrainingJob; raises AeserveError if the job is refused or fails."""
         x = np.asarray(data, dtype=np.float32)
         header = admin_pb2.TrainingJobHeader(
-            model=model, entity=entity, num_features=x.shape[1], fine_tune=fine_tune,
+            model=model, entity=entity, num_features=x.shape[1], rows=x.shape[0],
+            fine_tune=fine_tune,
             no_activate=not activate,
             options=model_pb2.TrainingOptions(
                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,

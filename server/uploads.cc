@@ -1,0 +1,187 @@
+// CreateTrainingJob uploads: declared size, shared budget, idle timeout, all-or-nothing jobs.
+#include "uploads.h"
+
+#include "absl/strings/str_cat.h"
+#include "status_util.h"
+
+namespace aeserve::server {
+
+using Clock = std::chrono::steady_clock;
+
+class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobRequest> {
+ public:
+  UploadReactor(Uploads* uploads, grpc::CallbackServerContext* ctx, v1::TrainingJob* out,
+                grpc::Status denied)
+      : uploads_(uploads), ctx_(ctx), out_(out) {
+    if (denied.ok()) {
+      tracked_ = true;
+      uploads_->Add(this);  // before taking mu_: Uploads::mu_ comes first
+    }
+    absl::MutexLock lock(&mu_);
+    if (denied.ok()) {
+      StartRead(&req_);
+    } else {
+      End(denied);
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    last_ = Clock::now();
+    if (!ok) return Complete();
+    if (req_.has_header()) {
+      if (have_header_) return End(Invalid("the header is only allowed in the first message"));
+      if (auto st = AcceptHeader(req_.header()); !st.ok()) return End(ToGrpc(st));
+    } else if (!have_header_) {
+      return End(Invalid("the first message must carry the header"));
+    }
+    if (values_.size() + static_cast<size_t>(req_.values_size()) > expected_values_) {
+      return End(Invalid(absl::StrCat("the upload sends more than the ", header_.rows(),
+                                      " rows its header announced; no job was created")));
+    }
+    values_.insert(values_.end(), req_.values().begin(), req_.values().end());
+    req_.Clear();
+    StartRead(&req_);
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    if (!finished_) End(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled; no job was created"));
+  }
+
+  void OnDone() override {
+    if (tracked_) uploads_->Remove(this);
+    delete this;
+  }
+
+  // Called by the sweeper (under Uploads::mu_).
+  void ExpireIfIdle(Clock::time_point now, double idle_seconds) {
+    absl::MutexLock lock(&mu_);
+    if (finished_ || std::chrono::duration<double>(now - last_).count() < idle_seconds) return;
+    End(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                     absl::StrCat("no upload message for ", idle_seconds,
+                                  " s (--upload_idle_seconds); no job was created")));
+  }
+
+ private:
+  static grpc::Status Invalid(const std::string& msg) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
+  }
+
+  absl::Status AcceptHeader(const v1::TrainingJobHeader& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    have_header_ = true;
+    header_ = h;
+    if (auto st = uploads_->jobs_->CheckHeader(header_); !st.ok()) return st;
+    if (h.rows() == 0) {
+      return absl::InvalidArgumentError(
+          "header.rows is required: the number of rows this upload sends (so that a cut upload "
+          "is never trained)");
+    }
+    const uint64_t max_values = uploads_->options_.max_training_values;
+    if (h.rows() > max_values / h.num_features()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          h.rows(), " rows x ", h.num_features(), " features is over the limit of ", max_values,
+          " values (--max_training_values)"));
+    }
+    expected_values_ = h.rows() * h.num_features();
+    const uint64_t bytes = expected_values_ * sizeof(float);
+    reservation_ = uploads_->budget_->Reserve(bytes);
+    if (reservation_.bytes() != bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "training data in memory is at its limit (uploads and queued jobs hold ",
+          uploads_->budget_->used(), " of ", uploads_->budget_->limit(),
+          " bytes, --max_upload_bytes; this upload needs ", bytes, "): retry when a job has finished"));
+    }
+    values_.reserve(expected_values_);
+    return absl::OkStatus();
+  }
+
+  // The client half-closed (or the stream ended another way): queue the job only if the upload
+  // is whole.
+  void Complete() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ctx_->IsCancelled()) {
+      return End(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled; no job was created"));
+    }
+    if (!have_header_) return End(Invalid("no header: the upload was empty"));
+    const uint64_t rows = values_.size() / header_.num_features();
+    if (values_.size() != expected_values_) {
+      return End(Invalid(absl::StrCat(
+          "the upload ended after ", rows, " of the ", header_.rows(),
+          " rows its header announced (the client stopped early, or a message did not parse); "
+          "no job was created")));
+    }
+    auto job = uploads_->jobs_->Submit(header_, std::move(values_), std::move(reservation_));
+    if (job.ok()) *out_ = *job;
+    End(ToGrpc(job.status()));
+  }
+
+  // Finishes the call once and frees what it holds.
+  void End(const grpc::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    std::vector<float>().swap(values_);
+    reservation_.Release();
+    Finish(st);
+  }
+
+  Uploads* const uploads_;
+  grpc::CallbackServerContext* const ctx_;
+  v1::TrainingJob* const out_;
+  bool tracked_ = false;
+  absl::Mutex mu_;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  Clock::time_point last_ ABSL_GUARDED_BY(mu_) = Clock::now();
+  v1::CreateTrainingJobRequest req_;  // the read in flight (one at a time)
+  bool have_header_ ABSL_GUARDED_BY(mu_) = false;
+  v1::TrainingJobHeader header_ ABSL_GUARDED_BY(mu_);
+  uint64_t expected_values_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<float> values_ ABSL_GUARDED_BY(mu_);
+  ByteBudget::Reservation reservation_ ABSL_GUARDED_BY(mu_);
+};
+
+Uploads::Uploads(const Options& options, TrainingJobs* jobs, ByteBudget* budget)
+    : options_(options), jobs_(jobs), budget_(budget) {
+  if (options_.upload_idle_seconds > 0) sweeper_ = std::thread([this] { Sweep(); });
+}
+
+Uploads::~Uploads() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+grpc::ServerReadReactor<v1::CreateTrainingJobRequest>* Uploads::Start(
+    grpc::CallbackServerContext* ctx, v1::TrainingJob* out, grpc::Status denied) {
+  return new UploadReactor(this, ctx, out, std::move(denied));
+}
+
+size_t Uploads::open() const {
+  absl::MutexLock lock(&mu_);
+  return open_.size();
+}
+
+void Uploads::Add(UploadReactor* r) {
+  absl::MutexLock lock(&mu_);
+  open_.insert(r);
+}
+
+void Uploads::Remove(UploadReactor* r) {
+  absl::MutexLock lock(&mu_);
+  open_.erase(r);
+}
+
+void Uploads::Sweep() {
+  const double idle = options_.upload_idle_seconds;
+  const absl::Duration period = absl::Seconds(std::min(1.0, idle / 4));
+  absl::MutexLock lock(&mu_);
+  auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stop), period)) {
+    const auto now = Clock::now();
+    for (UploadReactor* r : open_) r->ExpireIfIdle(now, idle);
+  }
+}
+
+}  // namespace aeserve::server
