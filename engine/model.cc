@@ -307,6 +307,16 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
         for (uint32_t j = 0; j < d; ++j) sum += (y[j] - xs[j]) * (y[j] - xs[j]);
       }
       const float err = sum * inv_d;
+      if (!std::isfinite(err)) {
+        // A value so far from the training data that its squared error overflows: no score (and
+        // no attribution) would mean anything, so the batch is refused with the row named.
+        const float* raw = x.data() + (done + r) * d;
+        uint32_t worst = 0;
+        for (uint32_t j = 1; j < d; ++j) worst = std::fabs(raw[j]) > std::fabs(raw[worst]) ? j : worst;
+        return absl::InvalidArgumentError(absl::StrCat(
+            "row ", done + r, ": feature ", worst, " = ", raw[worst],
+            " is too far outside this model's training range to score (its error overflows)"));
+      }
       result->error[done + r] = err;
       result->anomalous[done + r] = err > thr;
       result->p_value[done + r] = static_cast<float>(PValue(err, calibration_));

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "spec.h"
 #include "status_macros.h"
 
@@ -60,6 +61,34 @@ double PValue(float error, absl::Span<const float> sorted) {
   const auto first_ge = std::lower_bound(sorted.begin(), sorted.end(), error);
   const size_t at_least = static_cast<size_t>(sorted.end() - first_ge);
   return (1.0 + static_cast<double>(at_least)) / (static_cast<double>(sorted.size()) + 1.0);
+}
+
+absl::Status CheckCriticalLevel(double critical_value, double threshold_value) {
+  if (!(critical_value > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the critical level must be above 0 (got ", critical_value, "; 0 means no critical level)"));
+  }
+  if (critical_value < threshold_value) {
+    return absl::InvalidArgumentError(absl::StrCat("the critical level (", critical_value,
+                                                   ") must not be below the anomaly level (",
+                                                   threshold_value, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical, const v1::ThresholdConfig& threshold) {
+  AE_ASSIGN_OR_RETURN(v1::ThresholdConfig c, ResolveThresholdConfig(critical));
+  AE_ASSIGN_OR_RETURN(v1::ThresholdConfig t, ResolveThresholdConfig(threshold));
+  if (c.method() == v1::THRESHOLD_FIXED && !(c.value() > 0)) return CheckCriticalLevel(c.value(), 0);
+  if (c.method() != t.method()) return absl::OkStatus();
+  // A lower false-positive rate is a higher level; every other method grows with its value.
+  const bool below = c.method() == v1::THRESHOLD_TARGET_FPR ? c.value() > t.value() : c.value() < t.value();
+  if (below) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the critical level (", v1::ThresholdMethod_Name(c.method()), " ", c.value(),
+        ") would be below the anomaly level (", v1::ThresholdMethod_Name(t.method()), " ", t.value(), ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace aeserve::engine

@@ -17,6 +17,15 @@ namespace aeserve::engine {
 absl::StatusOr<double> ComputeThreshold(const v1::ThresholdConfig& config,
                                         absl::Span<const float> sorted_errors);
 
+// The optional critical (second) level against the anomaly level: INVALID_ARGUMENT when it is not
+// above 0 (0 means "no critical level") or below the anomaly level.
+absl::Status CheckCriticalLevel(double critical_value, double threshold_value);
+
+// The same check before any calibration errors exist, for two configurations of one method
+// (e.g. percentile 99 for the critical level under percentile 99.5 for the anomaly level); OK
+// when the methods differ (the values are checked once computed).
+absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical, const v1::ThresholdConfig& threshold);
+
 // Conformal p-value of `error`: (1 + #{calibration errors >= error}) / (n + 1), in (0, 1].
 // Small means unusual. With no calibration errors it is 1.
 double PValue(float error, absl::Span<const float> sorted_errors);

@@ -41,6 +41,7 @@ void AnomalyWatcher::Offer(const v1::AnomalyEvent& e) {
 void AnomalyWatcher::Close() {
   absl::MutexLock lock(&mu_);
   done_ = true;
+  shutting_down_ = true;
   Pump();
 }
 
@@ -74,7 +75,8 @@ void AnomalyWatcher::Pump() {
   }
   if (done_) {
     finished_ = true;
-    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "anomaly watch ended"));
+    Finish(shutting_down_ ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down")
+                          : grpc::Status(grpc::StatusCode::CANCELLED, "anomaly watch ended"));
   }
 }
 

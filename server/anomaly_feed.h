@@ -46,6 +46,7 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<v1::AnomalyEvent> {
   v1::AnomalyEvent sending_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 

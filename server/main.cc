@@ -35,6 +35,8 @@ ABSL_FLAG(int, stream_max_unsent, 8, "Answers held for a slow stream reader befo
 ABSL_FLAG(double, shutdown_grace_seconds, 10, "Time in-flight work gets on SIGTERM/SIGINT.");
 ABSL_FLAG(int, max_training_jobs, 1, "Training jobs running at once (each on one core).");
 ABSL_FLAG(int, max_queued_jobs, 16, "Training jobs waiting before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_finished_jobs, 100,
+          "Ended training jobs remembered for GetTrainingJob/ListTrainingJobs (oldest forgotten first).");
 ABSL_FLAG(uint64_t, max_training_values, 256u << 20,
           "Most float values uploaded for one training job (rows x features).");
 ABSL_FLAG(uint64_t, max_upload_bytes, uint64_t{2} << 30,
@@ -47,6 +49,9 @@ ABSL_FLAG(double, upload_idle_seconds, 60,
 ABSL_FLAG(std::string, auth_tokens, "",
           "File of '<token> score|admin' lines; when set every call needs 'authorization: Bearer "
           "<token>' and admin calls the admin role.");
+ABSL_FLAG(bool, reflection, true,
+          "Serve gRPC server reflection (the API schema, which is public; answered without a token "
+          "even with --auth_tokens). --reflection=false turns it off.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mTLS).");
@@ -94,6 +99,8 @@ int main(int argc, char** argv) {
   o.max_training_jobs = absl::GetFlag(FLAGS_max_training_jobs);
   o.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   o.max_training_values = absl::GetFlag(FLAGS_max_training_values);
+  o.max_finished_jobs = absl::GetFlag(FLAGS_max_finished_jobs);
+  o.reflection = absl::GetFlag(FLAGS_reflection);
   o.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   o.upload_idle_seconds = absl::GetFlag(FLAGS_upload_idle_seconds);
   o.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);

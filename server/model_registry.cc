@@ -268,10 +268,11 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
     *file.mutable_critical_threshold() = critical;
     file.set_critical_threshold_value(*value);
   }
-  if (file.critical_threshold_value() != 0 && file.critical_threshold_value() < file.threshold_value()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the critical threshold (", file.critical_threshold_value(),
-        ") must not be below the anomaly threshold (", file.threshold_value(), ")"));
+  if (file.has_critical_threshold() || critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+    if (auto st = engine::CheckCriticalLevel(file.critical_threshold_value(), file.threshold_value());
+        !st.ok()) {
+      return st;
+    }
   }
   *change.mutable_new_threshold() = file.threshold();
   change.set_new_value(file.threshold_value());

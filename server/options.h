@@ -23,6 +23,7 @@ struct Options {
   std::string demo_csv;                    // train model "demo" from this CSV if the store is empty
   int max_training_jobs = 1;               // jobs training at once
   int max_queued_jobs = 16;                // jobs waiting before RESOURCE_EXHAUSTED
+  int max_finished_jobs = 100;             // ended jobs remembered for Get/List/Watch
   uint64_t max_training_values = 256u << 20;  // floats uploaded per job (1 GiB)
   uint64_t max_upload_bytes = uint64_t{2} << 30;  // training data of all uploads and queued jobs
   double upload_idle_seconds = 60;         // an upload with no message for this long is ended
@@ -30,6 +31,7 @@ struct Options {
   std::string tls_cert, tls_key;           // PEM files: serve TLS
   std::string tls_client_ca;               // PEM file: require client certificates (mutual TLS)
   double drift_threshold = 0.2;            // KS statistic above which a model is reported drifted
+  bool reflection = true;                  // gRPC server reflection (public schema, no token)
   double store_poll_seconds = 2;           // how often to pick up other replicas' changes; 0 = off
 };
 

@@ -10,12 +10,28 @@
 #include "csv.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/server_builder_option.h"
 #include "grpcpp/server_builder.h"
 #include "spec.h"
 #include "tls_files.h"
 #include "trainer.h"
 
 namespace aeserve::server {
+namespace {
+
+// Removes the reflection plugin, which linking gRPC's reflection library registers for every
+// server in the process.
+class NoReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const auto& p) { return p->name() == "proto_server_reflection"; }),
+                   plugins->end());
+  }
+};
+
+}  // namespace
 
 Server::Server(const Options& options, std::shared_ptr<spdlog::logger> log)
     : options_(options), log_(std::move(log)) {}
@@ -58,7 +74,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);
   s->admin_executor_ = std::make_unique<Executor>(1, 64);
   s->jobs_ = std::make_unique<TrainingJobs>(s->registry_.get(), std::max(1, o.max_training_jobs),
-                                            std::max(1, o.max_queued_jobs), s->log_, s->metrics_.get());
+                                            std::max(1, o.max_queued_jobs), s->log_, s->metrics_.get(),
+                                            o.max_finished_jobs);
   s->scoring_ = std::make_unique<ScoringService>(s->options_, s->registry_.get(),
                                                  s->executor_.get(), &s->streams_, &s->auth_,
                                                  s->metrics_.get(), s->feed_.get());
@@ -70,6 +87,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (!o.reflection) builder.SetOption(std::make_unique<NoReflection>());
+  // Without this a second server on the same port would bind it too (SO_REUSEPORT) and the two
+  // would answer alternately; with it the second one fails with "address already in use".
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(absl::StrCat(o.host, ":", o.port), creds, &s->port_);
   builder.SetMaxReceiveMessageSize(o.max_message_bytes);
   builder.SetMaxSendMessageSize(o.max_message_bytes);
@@ -77,7 +98,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   builder.RegisterService(s->admin_.get());
   s->grpc_ = builder.BuildAndStart();
   if (!s->grpc_ || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.host, ":", o.port));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", o.host, ":", o.port,
+        " (is another server using the port? is the host an address of this machine?)"));
   }
   s->grpc_->GetHealthCheckService()->SetServingStatus(false);
   if (s->metrics_) {

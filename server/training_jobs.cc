@@ -19,9 +19,10 @@ int64_t NowMs() {
 }  // namespace
 
 TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
-                           std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics)
+                           std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics,
+                           int max_finished)
     : registry_(registry), metrics_(metrics), max_queued_(static_cast<size_t>(max_queued)),
-      log_(std::move(log)) {
+      max_finished_(static_cast<size_t>(std::max(1, max_finished))), log_(std::move(log)) {
   for (int i = 0; i < runners; ++i) runners_.emplace_back([this] { Loop(); });
 }
 
@@ -53,7 +54,9 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
   if (auto o = engine::ResolveTrainingOptions(h.options()); !o.ok()) return o.status();
   if (auto t = engine::ResolveThresholdConfig(h.threshold()); !t.ok()) return t.status();
   if (h.critical_threshold().method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
-    if (auto t = engine::ResolveThresholdConfig(h.critical_threshold()); !t.ok()) return t.status();
+    if (auto st = engine::CheckCriticalConfig(h.critical_threshold(), h.threshold()); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("critical_threshold: ", st.message()));
+    }
   }
   return absl::OkStatus();
 }
@@ -144,6 +147,9 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
     std::vector<float>().swap(job.data);
     job.reservation.Release();
     Publish(job);
+    v1::TrainingJob state = job.state;
+    Finished(id);  // may erase the job
+    return state;
   }
   return job.state;
 }
@@ -251,11 +257,12 @@ void TrainingJobs::Run(Job& job) {
     if (h.critical_threshold().method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
       const auto& c = file->calibration_errors();
       auto v = engine::ComputeThreshold(h.critical_threshold(), absl::Span<const float>(c.data(), c.size()));
-      if (v.ok()) {
+      absl::Status st = v.ok() ? engine::CheckCriticalLevel(*v, file->threshold_value()) : v.status();
+      if (st.ok()) {
         *file->mutable_critical_threshold() = h.critical_threshold();
         file->set_critical_threshold_value(*v);
       } else {
-        file = v.status();
+        file = absl::InvalidArgumentError(absl::StrCat("critical_threshold: ", st.message()));
       }
     }
   }
@@ -285,6 +292,15 @@ void TrainingJobs::Run(Job& job) {
                                    : s.state() == v1::JOB_STATE_CANCELLED ? "cancelled" : "failed");
   }
   Publish(job);
+  Finished(s.id());
+}
+
+void TrainingJobs::Finished(const std::string& id) {
+  finished_.push_back(id);
+  while (finished_.size() > max_finished_) {
+    jobs_.erase(finished_.front());  // watchers hold their own copy of the state
+    finished_.pop_front();
+  }
 }
 
 }  // namespace aeserve::server

@@ -27,8 +27,10 @@ class TrainingJobs {
  public:
   using Watcher = std::function<void(const v1::TrainingJob&)>;
 
+  // At most `max_finished` ended jobs are remembered (oldest forgotten first, then NOT_FOUND).
   TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
-               std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics = nullptr);
+               std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics = nullptr,
+               int max_finished = 100);
   // Jobs per state, for the aeserve_training_jobs gauge.
   std::map<v1::JobState, int> CountByState() const;
   ~TrainingJobs();
@@ -62,15 +64,19 @@ class TrainingJobs {
   void Loop();
   void Run(Job& job);
   void Publish(Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records that job `id` ended; forgets the oldest ended jobs beyond max_finished_.
+  void Finished(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static bool Terminal(v1::JobState s);
 
   ModelRegistry* registry_;
   ServerMetrics* metrics_;
   const size_t max_queued_;
+  const size_t max_finished_;
   std::shared_ptr<spdlog::logger> log_;
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<Job>> queue_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> finished_ ABSL_GUARDED_BY(mu_);  // ended jobs, oldest first
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -133,6 +133,7 @@ class Tls : public ::testing::Test {
     return grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::SslCredentials(ssl));
   }
   static inline TempDir* dir_ = nullptr;
+  static inline int counter_ = 0;
 };
 
 TEST_F(Tls, ServerTls) {
@@ -159,6 +160,31 @@ TEST_F(Tls, MutualTls) {
       << "no client certificate";
   EXPECT_EQ(ListModels(Secure(s->port(), "rogue.pem", "rogue.key"), "").error_code(), StatusCode::UNAVAILABLE)
       << "a certificate from another CA";
+}
+
+TEST_F(Tls, BadTlsFilesAreRefusedWithTheReason) {
+  auto start = [&](const std::string& cert, const std::string& key) {
+    server::Options o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.metrics_port = 0;
+    o.model_dir = dir_->path() + "/models";
+    o.tls_cert = cert;
+    o.tls_key = key;
+    return server::Server::Start(o, spdlog::null_logger_mt("tls_bad_" + std::to_string(counter_++))).status();
+  };
+  const std::string d = dir_->path();
+  absl::Status st = start(d, d + "/server.key");  // a directory as the certificate
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("--tls_cert"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("directory"), std::string::npos) << st;
+  st = start(d + "/server.pem", d + "/rogue.key");  // another certificate's key
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("does not match"), std::string::npos) << st;
+  st = start(d + "/server.pem", "");
+  EXPECT_NE(st.message().find("give both"), std::string::npos) << st;
+  st = start(d + "/server.key", d + "/server.key");  // a key where the certificate belongs
+  EXPECT_NE(st.message().find("no PEM certificate"), std::string::npos) << st;
 }
 
 }  // namespace

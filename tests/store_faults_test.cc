@@ -100,13 +100,15 @@ TEST(StoreFaults, ForceDeletingTheActiveVersionSurvivesARestart) {
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;
   ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
-  grpc::ClientContext ctx;
-  v1::DeleteVersionRequest req;
-  req.set_model("m");
-  req.set_version(1);
-  req.set_force(true);
-  v1::ModelInfoBrief b;
-  ASSERT_TRUE(r->admin->DeleteVersion(&ctx, req, &b).ok());
+  {
+    grpc::ClientContext ctx;
+    v1::DeleteVersionRequest req;
+    req.set_model("m");
+    req.set_version(1);
+    req.set_force(true);
+    v1::ModelInfoBrief b;
+    ASSERT_TRUE(r->admin->DeleteVersion(&ctx, req, &b).ok());
+  }
   EXPECT_EQ(ScoreZeros(*r, "m", kFeatures, &resp).error_code(), grpc::StatusCode::UNAVAILABLE);
   ASSERT_EQ(r->Stop(), 0);
   // After a restart the staged version 2 is still not active: the store says "none".
