@@ -178,6 +178,9 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
     std::shuffle(perm.begin(), perm.end(), rng);
     double train_loss = 0;
     for (size_t start = 0; start < perm.size(); start += batch) {
+      if (req.cancel != nullptr && req.cancel->load(std::memory_order_relaxed)) {
+        return absl::CancelledError(absl::StrCat("training cancelled in epoch ", epoch));
+      }
       const uint32_t n = static_cast<uint32_t>(std::min<size_t>(batch, perm.size() - start));
       for (uint32_t i = 0; i < n; ++i) {
         std::copy_n(train_x.data() + perm[start + i] * d, d, batch_x.data() + size_t{i} * d);

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <atomic>
+
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -41,6 +43,9 @@ struct TrainRequest {
   std::string description;
   // Fine-tuning: start from this model's weights and keep its scaler (same spec required).
   const v1::ModelFile* start_from = nullptr;
+  // Checked before every mini-batch: once true, Train returns CANCELLED within one batch (so a
+  // shutdown never waits for a long epoch).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 absl::StatusOr<v1::ModelFile> Train(const TrainRequest& request, const TrainingData& data,

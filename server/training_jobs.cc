@@ -216,6 +216,7 @@ void TrainingJobs::Run(Job& job) {
   req.options = h.options();
   req.threshold = h.threshold();
   req.description = h.description();
+  req.cancel = &job.cancel;
   absl::StatusOr<ModelHandle> base = ModelHandle{};
   if (h.fine_tune() || h.base_version() != 0) {
     base = registry_->Handle(key, h.base_version());

@@ -195,5 +195,35 @@ TEST(Statuses, WatchersAreToldTheServerIsShuttingDown) {
   EXPECT_EQ(r->process.Wait(20), 0) << r->process.log();
 }
 
+TEST(Statuses, ShutdownDoesNotWaitForALongEpoch) {
+  TempDir dir("aeserve_long_epoch");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  auto r = Serve(dir.path(), {"--shutdown_grace_seconds=1"});
+  // A wide model over 60,000 rows: one epoch takes far longer than the bound below.
+  auto data = engine::MakeSynthetic(60000, 0, kFeatures, 3, 7);
+  v1::TrainingJobHeader h;
+  h.set_model("m");
+  h.set_num_features(kFeatures);
+  h.mutable_spec()->add_encoder_units(2048);
+  h.mutable_spec()->add_encoder_units(1024);
+  h.mutable_spec()->set_code_size(8);
+  h.mutable_options()->set_epochs(1);
+  v1::TrainingJob job;
+  ASSERT_TRUE(CreateJob(r->admin.get(), h, data.normal, &job, "", 5000).ok());
+  v1::TrainingJob now;
+  ASSERT_TRUE(WaitFor([&] {
+    grpc::ClientContext ctx;
+    v1::GetTrainingJobRequest req;
+    req.set_id(job.id());
+    return r->admin->GetTrainingJob(&ctx, req, &now).ok() && now.state() == v1::JOB_STATE_RUNNING;
+  }, milliseconds(20000)));
+  const auto start = std::chrono::steady_clock::now();
+  const int code = r->Stop();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(code, 0) << r->process.log();
+  EXPECT_LT(seconds, 8) << "SIGTERM waited for the epoch to end";
+  EXPECT_NE(r->process.log().find("training cancelled in epoch 1"), std::string::npos) << r->process.log();
+}
+
 }  // namespace
 }  // namespace aeserve::testing
