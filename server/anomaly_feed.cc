@@ -1,40 +1,46 @@
-// WatchAnomalies: fan-out of flagged samples with bounded, dropping buffers.
+// WatchAnomalies: a queue, one fan-out thread, and bounded, dropping watcher buffers.
 #include "anomaly_feed.h"
+
+#include "absl/strings/str_cat.h"
 
 namespace aeserve::server {
 
 AnomalyWatcher::AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req,
                                size_t buffer, grpc::Status denied)
     : feed_(feed), model_(req.model()), min_severity_(req.min_severity()), buffer_(buffer) {
+  if (denied.ok()) {
+    subscribed_ = feed_->Subscribe(this);
+    if (!subscribed_) {
+      denied = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            absl::StrCat("too many anomaly watchers (limit ", feed_->max_watchers(),
+                                         ", --max_watchers)"));
+    }
+  }
   if (!denied.ok()) {
     absl::MutexLock lock(&mu_);
     finished_ = true;
     Finish(denied);
-    return;
   }
-  subscribed_ = true;
-  feed_->Subscribe(this);
 }
 
 bool AnomalyWatcher::Wants(const std::string& model, uint32_t severity) const {
   return (model_.empty() || model_ == model) && severity >= min_severity_;
 }
 
-void AnomalyWatcher::Offer(const v1::AnomalyEvent& e) {
+void AnomalyWatcher::Offer(const SharedEvent& e) {
   absl::MutexLock lock(&mu_);
   if (done_) return;
   uint64_t carried = 0;  // events dropped before `e`
   if (queue_.size() >= buffer_) {
-    carried = queue_.front().dropped_before() + 1;
+    carried = queue_.front().dropped_before + 1;
     queue_.pop_front();
     feed_->CountDropped(1);
     if (!queue_.empty()) {
-      queue_.front().set_dropped_before(queue_.front().dropped_before() + carried);
+      queue_.front().dropped_before += carried;
       carried = 0;
     }
   }
-  queue_.push_back(e);
-  queue_.back().set_dropped_before(carried);
+  queue_.push_back(Waiting{e, carried});
   Pump();
 }
 
@@ -67,7 +73,8 @@ void AnomalyWatcher::OnDone() {
 void AnomalyWatcher::Pump() {
   if (finished_ || writing_) return;
   if (!queue_.empty() && !done_) {
-    sending_ = std::move(queue_.front());
+    sending_ = *queue_.front().event;
+    sending_.set_dropped_before(queue_.front().dropped_before);
     queue_.pop_front();
     writing_ = true;
     StartWrite(&sending_);
@@ -80,23 +87,61 @@ void AnomalyWatcher::Pump() {
   }
 }
 
-void AnomalyFeed::Publish(const std::vector<v1::AnomalyEvent>& events) {
-  absl::MutexLock lock(&mu_);
-  for (AnomalyWatcher* w : watchers_) {
-    for (const auto& e : events) {
-      if (w->Wants(e.model(), e.severity())) w->Offer(e);
+AnomalyFeed::AnomalyFeed(ServerMetrics* metrics, int max_watchers, size_t max_queued)
+    : metrics_(metrics), max_watchers_(max_watchers), max_queued_(max_queued) {
+  fan_out_ = std::thread([this] { FanOut(); });
+}
+
+AnomalyFeed::~AnomalyFeed() {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    stopping_ = true;
+  }
+  fan_out_.join();
+}
+
+void AnomalyFeed::Publish(std::vector<v1::AnomalyEvent> events) {
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&queue_mu_);
+    for (auto& e : events) queue_.push_back(std::make_shared<const v1::AnomalyEvent>(std::move(e)));
+    while (queue_.size() > max_queued_) {
+      queue_.pop_front();
+      ++dropped;
+    }
+  }
+  if (dropped > 0) CountDropped(dropped);
+}
+
+void AnomalyFeed::FanOut() {
+  for (;;) {
+    std::deque<SharedEvent> batch;
+    {
+      absl::MutexLock lock(&queue_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) { return stopping_ || !queue_.empty(); };
+      queue_mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      batch.swap(queue_);
+    }
+    absl::MutexLock lock(&mu_);
+    for (AnomalyWatcher* w : watchers_) {
+      for (const SharedEvent& e : batch) {
+        if (w->Wants(e->model(), e->severity())) w->Offer(e);
+      }
     }
   }
 }
 
-void AnomalyFeed::Subscribe(AnomalyWatcher* w) {
+bool AnomalyFeed::Subscribe(AnomalyWatcher* w) {
   absl::MutexLock lock(&mu_);
   if (closed_) {
     w->Close();
-    return;
+    return true;  // subscribed in name: the watcher finishes as closed
   }
+  if (watchers_.size() >= static_cast<size_t>(max_watchers_)) return false;
   watchers_.insert(w);
   watchers_count_.store(static_cast<int>(watchers_.size()));
+  return true;
 }
 
 void AnomalyFeed::Unsubscribe(AnomalyWatcher* w) {

@@ -30,6 +30,7 @@ ABSL_FLAG(int, max_message_bytes, 64 << 20,
 ABSL_FLAG(uint32_t, max_batch_rows, 1 << 20, "Most rows in one Score call or stream batch.");
 ABSL_FLAG(int, max_queue, 1024, "Queued unary calls before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_streams, 256, "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_watchers, 1024, "Concurrent WatchAnomalies calls before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, stream_max_pending, 4, "Batches read ahead per stream before backpressure.");
 ABSL_FLAG(int, stream_max_unsent, 8, "Answers held for a slow stream reader before backpressure.");
 ABSL_FLAG(double, shutdown_grace_seconds, 10, "Time in-flight work gets on SIGTERM/SIGINT.");
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
   o.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.max_streams = absl::GetFlag(FLAGS_max_streams);
+  o.max_watchers = absl::GetFlag(FLAGS_max_watchers);
   o.stream_max_pending = absl::GetFlag(FLAGS_stream_max_pending);
   o.stream_max_unsent = absl::GetFlag(FLAGS_stream_max_unsent);
   o.shutdown_grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);

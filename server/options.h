@@ -17,6 +17,7 @@ struct Options {
   uint32_t max_batch_rows = 1 << 20;       // rows per Score call or stream batch
   int max_queue = 1024;                    // queued unary calls before RESOURCE_EXHAUSTED
   int max_streams = 256;                   // concurrent StreamScore calls
+  int max_watchers = 1024;                 // concurrent WatchAnomalies calls
   int stream_max_pending = 4;              // batches read ahead per stream (backpressure bound)
   int stream_max_unsent = 8;               // responses waiting for a slow reader per stream
   double shutdown_grace_seconds = 10;      // in-flight work gets this long on SIGTERM

@@ -102,7 +102,7 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, const e
       }
     }
   }
-  hooks.feed->Publish(events);
+  hooks.feed->Publish(std::move(events));
 }
 
 absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,

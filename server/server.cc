@@ -67,7 +67,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
   }
   if (o.metrics_port != 0) s->metrics_ = std::make_unique<ServerMetrics>(o.drift_threshold);
-  s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get());
+  s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get(), std::max(1, o.max_watchers));
   s->registry_ = std::make_unique<ModelRegistry>(
       ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096},
       s->metrics_.get(), s->log_);
@@ -150,9 +150,11 @@ void Server::AddCollectors() {
       auto it = counts.find(st);
       sample(jobs, {{"state", name}}, it == counts.end() ? 0 : it->second);
     }
+    MetricFamily watchers = family("aeserve_anomaly_watchers", "Open WatchAnomalies calls (bounded by --max_watchers).", MetricType::kGauge);
+    sample(watchers, {}, static_cast<double>(feed_->watchers()));
     MetricFamily upload = family("aeserve_training_data_bytes", "Training data held in memory by uploads in progress and queued or running jobs (bounded by --max_upload_bytes).", MetricType::kGauge);
     sample(upload, {}, static_cast<double>(upload_budget_->used()));
-    return std::vector<MetricFamily>{streams, queue, jobs, upload};
+    return std::vector<MetricFamily>{streams, queue, jobs, watchers, upload};
   });
   r.AddCollector([this, family, sample] {
     MetricFamily active = family("aeserve_model_active_version", "Active version of each model (0 = none).", MetricType::kGauge);

