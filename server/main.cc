@@ -17,6 +17,9 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC (127.0.0.
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
 ABSL_FLAG(int, metrics_port, 9464,
           "Port of the Prometheus /metrics endpoint (same host as gRPC); 0 = metrics off, -1 = any free port.");
+ABSL_FLAG(std::string, metrics_host, "",
+          "Address of the /metrics endpoint; empty = the same as --host. 127.0.0.1 keeps it on the "
+          "machine (e.g. behind a TLS/auth proxy or a sidecar).");
 ABSL_FLAG(double, drift_threshold, 0.2,
           "Kolmogorov-Smirnov distance between live and calibration errors above which a model is "
           "reported drifted (aeserve_model_drifted, GetModel).");
@@ -86,6 +89,7 @@ int main(int argc, char** argv) {
   o.host = absl::GetFlag(FLAGS_host);
   o.port = absl::GetFlag(FLAGS_port);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
   o.threads = absl::GetFlag(FLAGS_threads);
   o.model_threads = absl::GetFlag(FLAGS_model_threads);

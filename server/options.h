@@ -10,6 +10,7 @@ struct Options {
   std::string host = "0.0.0.0";
   int port = 50051;
   int metrics_port = 9464;                 // 0 = no /metrics endpoint
+  std::string metrics_host;                // address of /metrics; empty = the gRPC host
   std::string model_dir = "./models";
   int threads = 0;                         // scoring workers; 0 = one per core
   int model_threads = 1;                   // oneDNN threads inside one scoring call

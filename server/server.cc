@@ -105,11 +105,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->grpc_->GetHealthCheckService()->SetServingStatus(false);
   if (s->metrics_) {
     s->AddCollectors();
-    // -1 asks for a free port (tests); the gRPC host is the metrics host too.
-    auto exposer = metrics::Exposer::Start(o.host, std::max(0, o.metrics_port), &s->metrics_->registry());
+    // -1 asks for a free port (tests); without --metrics_host the gRPC host is the metrics host.
+    const std::string& mhost = o.metrics_host.empty() ? o.host : o.metrics_host;
+    auto exposer = metrics::Exposer::Start(mhost, std::max(0, o.metrics_port), &s->metrics_->registry());
     if (!exposer.ok()) return exposer.status();
     s->exposer_ = *std::move(exposer);
-    s->log_->info("metrics on http://{}:{}/metrics", o.host, s->exposer_->port());
+    s->log_->info("metrics on http://{}:{}/metrics", mhost, s->exposer_->port());
   }
   s->log_->info("listening on {}:{} ({}{}; health NOT_SERVING until models are loaded)", o.host,
                 s->port_, o.tls_cert.empty() ? "plaintext" : (o.tls_client_ca.empty() ? "TLS" : "mutual TLS"),

@@ -134,5 +134,38 @@ TEST(Limits, WatchersAreBoundedAndStalledOnesCostLittle) {
   EXPECT_EQ(r->Stop(), 0) << r->process.log();
 }
 
+TEST(Limits, IdleConnectionsDoNotStarveTheScraper) {
+  TempDir dir("aeserve_idle_http");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  auto r = Serve(dir.path(), {"--metrics_port=-1"});
+  const int port = MetricsPort(*r);
+  ASSERT_GT(port, 0);
+  // 20 connections that never send a request (two were enough to block every scrape before).
+  std::vector<int> idle;
+  for (int i = 0; i < 20; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    idle.push_back(fd);
+  }
+  // HttpGet gives up after 5 s without an answer.
+  const std::string text = HttpGet(port, "/metrics");
+  EXPECT_NE(text.find("aeserve_open_streams"), std::string::npos) << "scrape starved by idle connections";
+  for (int fd : idle) close(fd);
+  EXPECT_EQ(r->Stop(), 0);
+}
+
+TEST(Limits, MetricsCanListenOnAnotherAddress) {
+  TempDir dir("aeserve_metrics_host");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  auto r = Serve(dir.path(), {"--metrics_port=-1", "--metrics_host=127.0.0.2"});
+  EXPECT_NE(r->process.log().find("metrics on http://127.0.0.2:"), std::string::npos) << r->process.log();
+  EXPECT_EQ(HttpGet(MetricsPort(*r), "/metrics"), "") << "not on 127.0.0.1";
+  EXPECT_EQ(r->Stop(), 0);
+}
+
 }  // namespace
 }  // namespace aeserve::testing

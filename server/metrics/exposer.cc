@@ -35,9 +35,13 @@ std::string Gzip(const std::string& data) {
 absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& host, int port,
                                                         const Registry* registry) {
   std::unique_ptr<Exposer> e(new Exposer(registry));
+  e->host_ = host;
   mg_init_library(0);
   const std::string ports = absl::StrCat(host, ":", port);
-  const char* options[] = {"listening_ports", ports.c_str(), "num_threads", "2", nullptr};
+  // Idle connections must not starve the scraper: enough workers for a few stray clients, and a
+  // request timeout so that a connection that sends nothing frees its worker within 2 s.
+  const char* options[] = {"listening_ports", ports.c_str(), "num_threads", "16",
+                           "request_timeout_ms", "2000", "enable_keep_alive", "no", nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof callbacks);
   e->ctx_ = mg_start(&callbacks, nullptr, options);
@@ -65,7 +69,10 @@ Exposer::~Exposer() {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(static_cast<uint16_t>(port_));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    // The listening address, or loopback when it listens on every address.
+    if (inet_pton(AF_INET, host_.c_str(), &addr.sin_addr) != 1 || addr.sin_addr.s_addr == 0) {
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
     connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     close(fd);
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

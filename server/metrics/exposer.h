@@ -27,6 +27,7 @@ class Exposer {
 
   const Registry* registry_;
   mg_context* ctx_ = nullptr;
+  std::string host_;
   int port_ = 0;
 };
 
