@@ -28,8 +28,12 @@ ABSL_FLAG(std::string, model_dir, "./models",
 ABSL_FLAG(int, threads, 0, "Scoring worker threads; 0 = one per core.");
 ABSL_FLAG(int, model_threads, 1,
           "oneDNN threads inside one scoring call (1 is best when calls run in parallel).");
-ABSL_FLAG(int, max_message_bytes, 64 << 20,
+ABSL_FLAG(int, max_message_bytes, 32 << 20,
           "Largest request or response in bytes; larger requests get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(uint64_t, grpc_buffer_bytes, 0,
+          "Bytes gRPC may buffer for incoming messages over all calls together (its resource "
+          "quota); a message that would go past it is refused (RESOURCE_EXHAUSTED) before it is "
+          "read in full. 0 = --max_message_bytes + 16 MiB.");
 ABSL_FLAG(uint32_t, max_batch_rows, 1 << 20, "Most rows in one Score call or stream batch.");
 ABSL_FLAG(int, max_queue, 1024, "Queued unary calls before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_streams, 256, "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
@@ -94,6 +98,7 @@ int main(int argc, char** argv) {
   o.threads = absl::GetFlag(FLAGS_threads);
   o.model_threads = absl::GetFlag(FLAGS_model_threads);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.grpc_buffer_bytes = absl::GetFlag(FLAGS_grpc_buffer_bytes);
   o.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.max_streams = absl::GetFlag(FLAGS_max_streams);

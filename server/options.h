@@ -14,7 +14,8 @@ struct Options {
   std::string model_dir = "./models";
   int threads = 0;                         // scoring workers; 0 = one per core
   int model_threads = 1;                   // oneDNN threads inside one scoring call
-  int max_message_bytes = 64 << 20;        // larger requests get RESOURCE_EXHAUSTED
+  int max_message_bytes = 32 << 20;        // larger requests get RESOURCE_EXHAUSTED
+  uint64_t grpc_buffer_bytes = 0;          // gRPC's buffers over all calls; 0 = max_message_bytes + 16 MiB
   uint32_t max_batch_rows = 1 << 20;       // rows per Score call or stream batch
   int max_queue = 1024;                    // queued unary calls before RESOURCE_EXHAUSTED
   int max_streams = 256;                   // concurrent StreamScore calls

@@ -11,6 +11,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/impl/server_builder_option.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "spec.h"
 #include "tls_files.h"
@@ -18,6 +19,11 @@
 
 namespace aeserve::server {
 namespace {
+
+uint64_t GrpcBufferBytes(const Options& o) {
+  return o.grpc_buffer_bytes > 0 ? o.grpc_buffer_bytes
+                                 : static_cast<uint64_t>(o.max_message_bytes) + (uint64_t{16} << 20);
+}
 
 // Removes the reflection plugin, which linking gRPC's reflection library registers for every
 // server in the process.
@@ -93,6 +99,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(absl::StrCat(o.host, ":", o.port), creds, &s->port_);
   builder.SetMaxReceiveMessageSize(o.max_message_bytes);
+  // gRPC 1.51 reads a whole message before comparing it with the limit above, so one huge
+  // message (even without a token) would be buffered in full. The resource quota bounds what the
+  // transport buffers across all calls: past it, the stream is reset (RESOURCE_EXHAUSTED).
+  grpc::ResourceQuota quota("aeserve");
+  quota.Resize(static_cast<size_t>(GrpcBufferBytes(o)));
+  builder.SetResourceQuota(quota);
   builder.SetMaxSendMessageSize(o.max_message_bytes);
   builder.RegisterService(s->scoring_.get());
   builder.RegisterService(s->admin_.get());

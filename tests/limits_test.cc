@@ -1,7 +1,9 @@
 // Resource bounds under abuse (issue #12, items 4 and 6-10), against the real binary: idle
 // watchers, never-reading streams, oversized messages, idle connections to /metrics, malformed
 // stream messages and oversized stream answers.
+#include <atomic>
 #include <fstream>
+#include <thread>
 #include <regex>
 
 #include "gtest/gtest.h"
@@ -164,6 +166,82 @@ TEST(Limits, MetricsCanListenOnAnotherAddress) {
   auto r = Serve(dir.path(), {"--metrics_port=-1", "--metrics_host=127.0.0.2"});
   EXPECT_NE(r->process.log().find("metrics on http://127.0.0.2:"), std::string::npos) << r->process.log();
   EXPECT_EQ(HttpGet(MetricsPort(*r), "/metrics"), "") << "not on 127.0.0.1";
+  EXPECT_EQ(r->Stop(), 0);
+}
+
+// Polls a process's resident memory until stopped; reports the peak.
+class PeakRss {
+ public:
+  explicit PeakRss(pid_t pid) : pid_(pid), base_(RssMb(pid)), peak_(base_) {
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        peak_ = std::max(peak_.load(), RssMb(pid_));
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  double Growth() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    return peak_ - base_;
+  }
+  ~PeakRss() { Growth(); }
+
+ private:
+  const pid_t pid_;
+  const double base_;
+  std::atomic<double> peak_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+TEST(Limits, HugeMessagesAreRefusedBeforeTheyAreBuffered) {
+  TempDir dir("aeserve_huge_msg");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  { std::ofstream(dir.path() + "/tokens") << "admin-token admin\n"; }
+  auto r = StartServer(dir.path(), {"--auth_tokens=" + dir.path() + "/tokens"});
+  ASSERT_NE(r->process.port(), 0) << r->process.log();
+  auto score_ok = [&] {
+    v1::ScoreResponse resp;
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer admin-token");
+    v1::ScoreRequest req;
+    req.set_model("m");
+    req.mutable_samples()->set_num_features(kFeatures);
+    req.mutable_samples()->mutable_values()->Resize(kFeatures, 0.f);
+    return r->scoring->Score(&ctx, req, &resp).ok();
+  };
+  ASSERT_TRUE(WaitFor(score_ok, milliseconds(10000)));
+  const std::string method = "/aeserve.v1.Scoring/Score";
+  {
+    // Two 768 MiB messages without a token, at once.
+    PeakRss rss(r->process.pid());
+    const grpc::ByteBuffer body = HugeMessage(size_t{768} << 20);
+    std::vector<grpc::Status> st(2);
+    std::vector<std::thread> calls;
+    for (int i = 0; i < 2; ++i) {
+      calls.emplace_back([&, i] {
+        grpc::ByteBuffer out;
+        st[i] = RawUnaryCall(r->channel, method, body, &out);
+      });
+    }
+    for (auto& t : calls) t.join();
+    const double growth = rss.Growth();
+    std::printf("two 768 MiB unauthenticated messages: server RSS +%.0f MB\n", growth);
+    for (const auto& s : st) EXPECT_NE(s.error_code(), grpc::StatusCode::OK);
+    EXPECT_LT(growth, 100);
+  }
+  {
+    // One 1 GiB message with a valid token.
+    PeakRss rss(r->process.pid());
+    grpc::ByteBuffer out;
+    const grpc::Status st = RawUnaryCall(r->channel, method, HugeMessage(size_t{1} << 30), &out, 30, "admin-token");
+    const double growth = rss.Growth();
+    std::printf("one 1 GiB message: %s, server RSS +%.0f MB\n", st.error_message().c_str(), growth);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_LT(growth, 100);
+  }
+  EXPECT_TRUE(score_ok()) << "normal calls go on";
   EXPECT_EQ(r->Stop(), 0);
 }
 

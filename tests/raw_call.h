@@ -104,4 +104,43 @@ inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel, co
   return r;
 }
 
+// One unary call with a raw request body; returns its status (bounded by `deadline_s`).
+inline grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                                 const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
+                                 double deadline_s = 30, const std::string& token = "") {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(deadline_s)));
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status result;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, response, [&](grpc::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    result = std::move(s);
+    done = true;
+    cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  if (!cv.wait_for(lock, std::chrono::duration<double>(deadline_s + 10), [&] { return done; })) {
+    ctx.TryCancel();
+    cv.wait(lock, [&] { return done; });
+  }
+  return result;
+}
+
+// A message of `bytes` bytes whose first field is a length-delimited field 3 covering the rest:
+// to the server it looks like one huge `samples` (ScoreRequest) until it is parsed.
+inline grpc::ByteBuffer HugeMessage(size_t bytes) {
+  grpc::Slice slice(bytes);
+  uint8_t* p = const_cast<uint8_t*>(slice.begin());
+  const size_t n = bytes - 6;
+  p[0] = 0x1a;
+  for (int i = 0; i < 4; ++i) p[1 + i] = static_cast<uint8_t>(0x80 | ((n >> (7 * i)) & 0x7f));
+  p[5] = static_cast<uint8_t>(n >> 28);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
 }  // namespace aeserve::testing
