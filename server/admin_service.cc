@@ -2,13 +2,14 @@
 #include "admin_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "raw_call.h"
 #include "status_util.h"
 
 namespace aeserve::server {
 namespace {
 
 // Streams a job's state to one watcher: the latest state, never a backlog.
-class WatchReactor : public grpc::ServerWriteReactor<v1::TrainingJob> {
+class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   WatchReactor(TrainingJobs* jobs, const std::string& id, grpc::Status denied)
       : jobs_(jobs), id_(id) {
@@ -68,7 +69,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::TrainingJob> {
     }
     if (pending_) {
       pending_ = false;
-      sending_ = latest_;
+      SerializeMessage(latest_, &sending_);
       writing_ = true;
       StartWrite(&sending_);
       return;
@@ -83,7 +84,8 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::TrainingJob> {
   uint64_t token_ = 0;
   bool watching_ = false;
   absl::Mutex mu_;
-  v1::TrainingJob latest_ ABSL_GUARDED_BY(mu_), sending_ ABSL_GUARDED_BY(mu_);
+  v1::TrainingJob latest_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer sending_ ABSL_GUARDED_BY(mu_);
   bool pending_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -92,119 +94,125 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::TrainingJob> {
 
 }  // namespace
 
-template <typename Fn>
-grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* ctx, Fn fn) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+template <typename Call, typename Fn>
+grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* ctx, Call* call, Fn fn) {
+  if (!call->parsed()) return call;
   if (grpc::Status st = auth_->Check(ctx, Role::kAdmin); !st.ok()) {
-    reactor->Finish(st);
-    return reactor;
+    call->Reply(st);
+    return call;
   }
-  if (!executor_->TrySubmit([reactor, fn = std::move(fn)](Worker&) mutable {
-        reactor->Finish(ToGrpc(fn()));
+  if (!executor_->TrySubmit([call, fn = std::move(fn)](Worker&) mutable {
+        call->Reply(ToGrpc(fn(call->request(), call->response())));
       })) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "admin queue is full"));
+    call->Reply(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "admin queue is full"));
   }
-  return reactor;
+  return call;
 }
 
-grpc::ServerReadReactor<v1::CreateTrainingJobRequest>* AdminService::CreateTrainingJob(
-    grpc::CallbackServerContext* ctx, v1::TrainingJob* job) {
-  return uploads_->Start(ctx, job, auth_->Check(ctx, Role::kAdmin));
+grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::CreateTrainingJob(grpc::CallbackServerContext* ctx,
+                                                                          Raw* out) {
+  return uploads_->Start(ctx, out, auth_->Check(ctx, Role::kAdmin));
 }
 
-grpc::ServerWriteReactor<v1::TrainingJob>* AdminService::WatchTrainingJob(
-    grpc::CallbackServerContext* ctx, const v1::GetTrainingJobRequest* req) {
-  return new WatchReactor(jobs_, req->id(), auth_->Check(ctx, Role::kAdmin));
+grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(grpc::CallbackServerContext* ctx,
+                                                                          const Raw* body) {
+  v1::GetTrainingJobRequest req;
+  grpc::ByteBuffer copy(*body);
+  grpc::Status st = ParseMessage(&copy, &req);
+  if (st.ok()) st = auth_->Check(ctx, Role::kAdmin);
+  return new WatchReactor(jobs_, req.id(), st);
 }
 
-grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx,
-                                                       const v1::GetTrainingJobRequest* req,
-                                                       v1::TrainingJob* job) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                       Raw* out) {
+  auto* call = new UnaryCall<v1::GetTrainingJobRequest, v1::TrainingJob>(body, out);
+  if (!call->parsed()) return call;
   grpc::Status st = auth_->Check(ctx, Role::kAdmin);
   if (st.ok()) {
-    auto got = jobs_->Get(req->id());
-    if (got.ok()) *job = *got;
+    auto got = jobs_->Get(call->request().id());
+    if (got.ok()) *call->response() = *got;
     st = ToGrpc(got.status());
   }
-  reactor->Finish(st);
-  return reactor;
+  call->Reply(st);
+  return call;
 }
 
-grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerContext* ctx,
-                                                         const v1::ListTrainingJobsRequest* req,
-                                                         v1::ListTrainingJobsResponse* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                         Raw* out) {
+  auto* call = new UnaryCall<v1::ListTrainingJobsRequest, v1::ListTrainingJobsResponse>(body, out);
+  if (!call->parsed()) return call;
   grpc::Status st = auth_->Check(ctx, Role::kAdmin);
   if (st.ok()) {
-    for (auto& j : jobs_->List(req->model())) *resp->add_jobs() = std::move(j);
+    for (auto& j : jobs_->List(call->request().model())) *call->response()->add_jobs() = std::move(j);
   }
-  reactor->Finish(st);
-  return reactor;
+  call->Reply(st);
+  return call;
 }
 
-grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerContext* ctx,
-                                                          const v1::GetTrainingJobRequest* req,
-                                                          v1::TrainingJob* job) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                          Raw* out) {
+  auto* call = new UnaryCall<v1::GetTrainingJobRequest, v1::TrainingJob>(body, out);
+  if (!call->parsed()) return call;
   grpc::Status st = auth_->Check(ctx, Role::kAdmin);
   if (st.ok()) {
-    auto got = jobs_->Cancel(req->id());
-    if (got.ok()) *job = *got;
+    auto got = jobs_->Cancel(call->request().id());
+    if (got.ok()) *call->response() = *got;
     st = ToGrpc(got.status());
   }
-  reactor->Finish(st);
-  return reactor;
+  call->Reply(st);
+  return call;
 }
 
-grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx,
-                                                        const v1::ActivateVersionRequest* req,
-                                                        v1::ModelInfoBrief* resp) {
-  return Lifecycle(ctx, [this, req, resp]() -> absl::Status {
-    auto key = MakeKey(req->model(), req->entity());
-    if (!key.ok()) return key.status();
-    if (auto st = registry_->Activate(*key, req->version()); !st.ok()) return st;
-    *resp = registry_->Brief(*key, req->version());
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                        Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::ActivateVersionRequest, v1::ModelInfoBrief>(body, out),
+                   [this](const v1::ActivateVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
+                     *resp = registry_->Brief(*key, req.version());
+                     return absl::OkStatus();
+                   });
 }
 
-grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContext* ctx,
-                                                      const v1::DeleteVersionRequest* req,
-                                                      v1::ModelInfoBrief* resp) {
-  return Lifecycle(ctx, [this, req, resp]() -> absl::Status {
-    auto key = MakeKey(req->model(), req->entity());
-    if (!key.ok()) return key.status();
-    if (auto st = registry_->DeleteVersion(*key, req->version(), req->force()); !st.ok()) return st;
-    *resp = registry_->Brief(*key, 0);
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                      Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::DeleteVersionRequest, v1::ModelInfoBrief>(body, out),
+                   [this](const v1::DeleteVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     if (auto st = registry_->DeleteVersion(*key, req.version(), req.force()); !st.ok()) {
+                       return st;
+                     }
+                     *resp = registry_->Brief(*key, 0);
+                     return absl::OkStatus();
+                   });
 }
 
-grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx,
-                                                    const v1::DeleteModelRequest* req,
-                                                    v1::DeleteModelResponse*) {
-  return Lifecycle(ctx, [this, req]() -> absl::Status {
-    auto key = MakeKey(req->model(), req->entity());
-    if (!key.ok()) return key.status();
-    return registry_->DeleteModel(*key, req->force());
-  });
+grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                    Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::DeleteModelRequest, v1::DeleteModelResponse>(body, out),
+                   [this](const v1::DeleteModelRequest& req, v1::DeleteModelResponse*) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     return registry_->DeleteModel(*key, req.force());
+                   });
 }
 
-grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx,
-                                                     const v1::SetThresholdRequest* req,
-                                                     v1::ModelInfoBrief* resp) {
-  return Lifecycle(ctx, [this, req, resp]() -> absl::Status {
-    auto key = MakeKey(req->model(), req->entity());
-    if (!key.ok()) return key.status();
-    if (auto st = registry_->SetThreshold(*key, req->version(), req->threshold(),
-                                          req->critical_threshold(), req->clear_critical());
-        !st.ok()) {
-      return st;
-    }
-    *resp = registry_->Brief(*key, req->version());
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                     Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::SetThresholdRequest, v1::ModelInfoBrief>(body, out),
+                   [this](const v1::SetThresholdRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     if (auto st = registry_->SetThreshold(*key, req.version(), req.threshold(),
+                                                           req.critical_threshold(), req.clear_critical());
+                         !st.ok()) {
+                       return st;
+                     }
+                     *resp = registry_->Brief(*key, req.version());
+                     return absl::OkStatus();
+                   });
 }
 
 }  // namespace aeserve::server

@@ -7,48 +7,43 @@
 #include "executor.h"
 #include "model_registry.h"
 #include "options.h"
+#include "raw_call.h"
 #include "training_jobs.h"
 #include "uploads.h"
 
 namespace aeserve::server {
 
-class AdminService final : public v1::ModelAdmin::CallbackService {
+// Every method raw (see raw_call.h): the service parses its requests itself.
+using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
+    v1::ModelAdmin::WithRawCallbackMethod_WatchTrainingJob<v1::ModelAdmin::WithRawCallbackMethod_GetTrainingJob<
+        v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs<v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob<
+            v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion<v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion<
+                v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
+                    v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<v1::ModelAdmin::Service>>>>>>>>>;
+
+class AdminService final : public RawAdminService {
  public:
   AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs, Uploads* uploads,
                Executor* admin_executor, const Authorizer* auth)
       : options_(options), registry_(registry), jobs_(jobs), uploads_(uploads),
         executor_(admin_executor), auth_(auth) {}
 
-  grpc::ServerReadReactor<v1::CreateTrainingJobRequest>* CreateTrainingJob(
-      grpc::CallbackServerContext* ctx, v1::TrainingJob* job) override;
-  grpc::ServerWriteReactor<v1::TrainingJob>* WatchTrainingJob(
-      grpc::CallbackServerContext* ctx, const v1::GetTrainingJobRequest* req) override;
-  grpc::ServerUnaryReactor* GetTrainingJob(grpc::CallbackServerContext* ctx,
-                                           const v1::GetTrainingJobRequest* req,
-                                           v1::TrainingJob* job) override;
-  grpc::ServerUnaryReactor* ListTrainingJobs(grpc::CallbackServerContext* ctx,
-                                             const v1::ListTrainingJobsRequest* req,
-                                             v1::ListTrainingJobsResponse* resp) override;
-  grpc::ServerUnaryReactor* CancelTrainingJob(grpc::CallbackServerContext* ctx,
-                                              const v1::GetTrainingJobRequest* req,
-                                              v1::TrainingJob* job) override;
-  grpc::ServerUnaryReactor* ActivateVersion(grpc::CallbackServerContext* ctx,
-                                            const v1::ActivateVersionRequest* req,
-                                            v1::ModelInfoBrief* resp) override;
-  grpc::ServerUnaryReactor* DeleteVersion(grpc::CallbackServerContext* ctx,
-                                          const v1::DeleteVersionRequest* req,
-                                          v1::ModelInfoBrief* resp) override;
-  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx,
-                                        const v1::DeleteModelRequest* req,
-                                        v1::DeleteModelResponse* resp) override;
-  grpc::ServerUnaryReactor* SetThreshold(grpc::CallbackServerContext* ctx,
-                                         const v1::SetThresholdRequest* req,
-                                         v1::ModelInfoBrief* resp) override;
+  using Raw = grpc::ByteBuffer;
+  grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx, Raw* job) override;
+  grpc::ServerWriteReactor<Raw>* WatchTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req) override;
+  grpc::ServerUnaryReactor* GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* ListTrainingJobs(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* CancelTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* ActivateVersion(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* DeleteVersion(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* SetThreshold(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
 
  private:
-  // Authorises, then runs `fn` (which returns absl::Status) on the admin executor.
-  template <typename Fn>
-  grpc::ServerUnaryReactor* Lifecycle(grpc::CallbackServerContext* ctx, Fn fn);
+  // Authorises, then runs `fn(request, response)` (which returns absl::Status) on the admin
+  // executor and replies.
+  template <typename Call, typename Fn>
+  grpc::ServerUnaryReactor* Lifecycle(grpc::CallbackServerContext* ctx, Call* call, Fn fn);
 
   const Options& options_;
   ModelRegistry* registry_;

@@ -2,6 +2,7 @@
 #include "anomaly_feed.h"
 
 #include "absl/strings/str_cat.h"
+#include "raw_call.h"
 
 namespace aeserve::server {
 
@@ -73,9 +74,10 @@ void AnomalyWatcher::OnDone() {
 void AnomalyWatcher::Pump() {
   if (finished_ || writing_) return;
   if (!queue_.empty() && !done_) {
-    sending_ = *queue_.front().event;
-    sending_.set_dropped_before(queue_.front().dropped_before);
+    v1::AnomalyEvent e = *queue_.front().event;
+    e.set_dropped_before(queue_.front().dropped_before);
     queue_.pop_front();
+    SerializeMessage(e, &sending_);
     writing_ = true;
     StartWrite(&sending_);
     return;

@@ -27,7 +27,7 @@ class AnomalyFeed;
 using SharedEvent = std::shared_ptr<const v1::AnomalyEvent>;
 
 // One WatchAnomalies call. Lock order: AnomalyFeed::mu_ before AnomalyWatcher::mu_.
-class AnomalyWatcher : public grpc::ServerWriteReactor<v1::AnomalyEvent> {
+class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req, size_t buffer,
                  grpc::Status denied);
@@ -54,7 +54,7 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<v1::AnomalyEvent> {
   bool subscribed_ = false;
   absl::Mutex mu_;
   std::deque<Waiting> queue_ ABSL_GUARDED_BY(mu_);
-  v1::AnomalyEvent sending_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer sending_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

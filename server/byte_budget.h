@@ -20,6 +20,8 @@ class ByteBudget {
     } while (!used_.compare_exchange_weak(used, used + n, std::memory_order_relaxed));
     return true;
   }
+  // Counts `n` bytes already held, even past the limit (which then refuses further acquisitions).
+  void Add(uint64_t n) { used_.fetch_add(n, std::memory_order_relaxed); }
   void Release(uint64_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
   uint64_t used() const { return used_.load(std::memory_order_relaxed); }
   uint64_t limit() const { return limit_; }

@@ -40,6 +40,9 @@ ABSL_FLAG(int, max_streams, 256, "Concurrent StreamScore calls before RESOURCE_E
 ABSL_FLAG(int, max_watchers, 1024, "Concurrent WatchAnomalies calls before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, stream_max_pending, 4, "Batches read ahead per stream before backpressure.");
 ABSL_FLAG(int, stream_max_unsent, 8, "Answers held for a slow stream reader before backpressure.");
+ABSL_FLAG(uint64_t, max_stream_buffer_bytes, uint64_t{1} << 30,
+          "Bytes all StreamScore calls together may hold (batches read ahead and answers not yet "
+          "taken by their clients); past it streams stop reading until some are released.");
 ABSL_FLAG(double, shutdown_grace_seconds, 10, "Time in-flight work gets on SIGTERM/SIGINT.");
 ABSL_FLAG(int, max_training_jobs, 1, "Training jobs running at once (each on one core).");
 ABSL_FLAG(int, max_queued_jobs, 16, "Training jobs waiting before RESOURCE_EXHAUSTED.");
@@ -105,6 +108,7 @@ int main(int argc, char** argv) {
   o.max_watchers = absl::GetFlag(FLAGS_max_watchers);
   o.stream_max_pending = absl::GetFlag(FLAGS_stream_max_pending);
   o.stream_max_unsent = absl::GetFlag(FLAGS_stream_max_unsent);
+  o.max_stream_buffer_bytes = absl::GetFlag(FLAGS_max_stream_buffer_bytes);
   o.shutdown_grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   o.demo_csv = absl::GetFlag(FLAGS_demo_csv);
   o.max_training_jobs = absl::GetFlag(FLAGS_max_training_jobs);

@@ -22,6 +22,7 @@ struct Options {
   int max_watchers = 1024;                 // concurrent WatchAnomalies calls
   int stream_max_pending = 4;              // batches read ahead per stream (backpressure bound)
   int stream_max_unsent = 8;               // responses waiting for a slow reader per stream
+  uint64_t max_stream_buffer_bytes = uint64_t{1} << 30;  // batches and answers held, all streams
   double shutdown_grace_seconds = 10;      // in-flight work gets this long on SIGTERM
   std::string demo_csv;                    // train model "demo" from this CSV if the store is empty
   int max_training_jobs = 1;               // jobs training at once

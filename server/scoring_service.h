@@ -11,11 +11,19 @@
 #include "executor.h"
 #include "model_registry.h"
 #include "options.h"
+#include "raw_call.h"
 #include "stream_reactor.h"
 
 namespace aeserve::server {
 
-class ScoringService final : public v1::Scoring::CallbackService {
+// Every method raw (see raw_call.h): the service parses its requests itself.
+using RawScoringService = v1::Scoring::WithRawCallbackMethod_Score<
+    v1::Scoring::WithRawCallbackMethod_StreamScore<v1::Scoring::WithRawCallbackMethod_Encode<
+        v1::Scoring::WithRawCallbackMethod_Reconstruct<v1::Scoring::WithRawCallbackMethod_Generate<
+            v1::Scoring::WithRawCallbackMethod_WatchAnomalies<v1::Scoring::WithRawCallbackMethod_ListModels<
+                v1::Scoring::WithRawCallbackMethod_GetModel<v1::Scoring::Service>>>>>>>>;
+
+class ScoringService final : public RawScoringService {
  public:
   // `metrics` may be null (metrics off).
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
@@ -24,35 +32,26 @@ class ScoringService final : public v1::Scoring::CallbackService {
       : options_(options), registry_(registry), executor_(executor), streams_(streams), auth_(auth),
         metrics_(metrics), feed_(feed) {}
 
-  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
-                                  v1::ScoreResponse* resp) override;
-  grpc::ServerBidiReactor<v1::StreamScoreRequest, v1::StreamScoreResponse>* StreamScore(
-      grpc::CallbackServerContext* ctx) override;
-  grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const v1::EncodeRequest* req,
-                                   v1::EncodeResponse* resp) override;
-  grpc::ServerUnaryReactor* Reconstruct(grpc::CallbackServerContext* ctx,
-                                        const v1::ReconstructRequest* req,
-                                        v1::ReconstructResponse* resp) override;
-  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx,
-                                     const v1::GenerateRequest* req,
-                                     v1::GenerateResponse* resp) override;
-  grpc::ServerWriteReactor<v1::AnomalyEvent>* WatchAnomalies(
-      grpc::CallbackServerContext* ctx, const v1::WatchAnomaliesRequest* req) override;
-  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
-                                       const v1::ListModelsRequest* req,
-                                       v1::ListModelsResponse* resp) override;
-  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx,
-                                     const v1::GetModelRequest* req, v1::ModelInfo* resp) override;
+  using Raw = grpc::ByteBuffer;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerBidiReactor<Raw, Raw>* StreamScore(grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* Reconstruct(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerWriteReactor<Raw>* WatchAnomalies(grpc::CallbackServerContext* ctx, const Raw* req) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
 
  private:
-  // Looks up the model, then runs `fn(handle, worker)` on the executor and finishes the call
-  // with its status.
-  template <typename Fn>
-  grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, const char* rpc,
+  // Looks up the model, then runs `fn(handle, worker)` on the executor and replies with its
+  // status.
+  template <typename Call, typename Fn>
+  grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
                                        const std::string& model, const std::string& entity,
                                        uint64_t version, Fn fn);
-  // Finishes a call and counts it.
-  void Done(grpc::ServerUnaryReactor* reactor, const char* rpc, const grpc::Status& st,
+  // Replies and counts the call.
+  template <typename Call>
+  void Done(Call* call, const char* rpc, const grpc::Status& st,
             std::chrono::steady_clock::time_point start);
 
   const Options& options_;

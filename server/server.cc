@@ -40,7 +40,7 @@ class NoReflection : public grpc::ServerBuilderOption {
 }  // namespace
 
 Server::Server(const Options& options, std::shared_ptr<spdlog::logger> log)
-    : options_(options), log_(std::move(log)) {}
+    : options_(options), log_(std::move(log)), streams_(options.max_stream_buffer_bytes) {}
 
 Server::~Server() { Shutdown(); }
 
@@ -152,6 +152,8 @@ void Server::AddCollectors() {
   r.AddCollector([this, family, sample] {
     MetricFamily streams = family("aeserve_open_streams", "Open StreamScore calls.", MetricType::kGauge);
     sample(streams, {}, static_cast<double>(streams_.size()));
+    MetricFamily stream_bytes = family("aeserve_stream_buffer_bytes", "Bytes held by all streams (batches read ahead, answers not yet sent), bounded by --max_stream_buffer_bytes.", MetricType::kGauge);
+    sample(stream_bytes, {}, static_cast<double>(streams_.budget().used()));
     MetricFamily queue = family("aeserve_executor_queue_depth", "Calls and stream batches waiting for a scoring worker.", MetricType::kGauge);
     sample(queue, {}, static_cast<double>(executor_->queue_depth()));
     MetricFamily jobs = family("aeserve_training_jobs", "Training jobs by state.", MetricType::kGauge);
@@ -167,7 +169,7 @@ void Server::AddCollectors() {
     sample(watchers, {}, static_cast<double>(feed_->watchers()));
     MetricFamily upload = family("aeserve_training_data_bytes", "Training data held in memory by uploads in progress and queued or running jobs (bounded by --max_upload_bytes).", MetricType::kGauge);
     sample(upload, {}, static_cast<double>(upload_budget_->used()));
-    return std::vector<MetricFamily>{streams, queue, jobs, watchers, upload};
+    return std::vector<MetricFamily>{streams, stream_bytes, queue, jobs, watchers, upload};
   });
   r.AddCollector([this, family, sample] {
     MetricFamily active = family("aeserve_model_active_version", "Active version of each model (0 = none).", MetricType::kGauge);

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "raw_call.h"
 #include "scoring.h"
 
 namespace aeserve::server {
@@ -30,6 +31,18 @@ void StreamTracker::ShutdownAll() {
 size_t StreamTracker::size() const {
   absl::MutexLock lock(&mu_);
   return streams_.size();
+}
+
+void StreamTracker::Release(uint64_t bytes, Executor* executor) {
+  budget_.Release(bytes);
+  if (budget_.used() < budget_.limit() && waiting_.exchange(false, std::memory_order_relaxed)) {
+    executor->Submit([this](Worker&) { WakeWaiting(); });
+  }
+}
+
+void StreamTracker::WakeWaiting() {
+  absl::MutexLock lock(&mu_);
+  for (StreamReactor* r : streams_) r->Wake();
 }
 
 StreamReactor::StreamReactor(const Options& options, const ModelRegistry* registry,
@@ -66,8 +79,13 @@ void StreamReactor::OnReadDone(bool ok) {
   if (!ok) {
     reads_done_ = true;
   } else {
-    pending_.push_back(std::move(incoming_));
+    ++messages_read_;
+    Pending p;
+    p.bytes = incoming_.Length();
+    Hold(p.bytes);
+    p.parse_error = ParseMessage(&incoming_, &p.request, absl::StrCat("stream message ", messages_read_));
     incoming_.Clear();
+    pending_.push_back(std::move(p));
   }
   Pump();
 }
@@ -75,8 +93,26 @@ void StreamReactor::OnReadDone(bool ok) {
 void StreamReactor::OnWriteDone(bool ok) {
   absl::MutexLock lock(&mu_);
   writing_ = false;
+  Free(unsent_.front().bytes);
   unsent_.pop_front();
   if (!ok) cancelled_ = true;  // the client is gone
+  Pump();
+}
+
+void StreamReactor::Hold(uint64_t bytes) {
+  held_bytes_ += bytes;
+  tracker_->budget().Add(bytes);  // already received: counted even past the limit
+}
+
+void StreamReactor::Free(uint64_t bytes) {
+  held_bytes_ -= bytes;
+  tracker_->Release(bytes, executor_);
+}
+
+void StreamReactor::Wake() {
+  absl::MutexLock lock(&mu_);
+  if (!waiting_for_room_) return;
+  waiting_for_room_ = false;
   Pump();
 }
 
@@ -88,6 +124,10 @@ void StreamReactor::OnCancel() {
 
 void StreamReactor::OnDone() {
   if (tracked_) tracker_->Remove(this);
+  {
+    absl::MutexLock lock(&mu_);
+    if (held_bytes_ > 0) Free(held_bytes_);
+  }
   delete this;
 }
 
@@ -102,13 +142,15 @@ void StreamReactor::Pump() {
   if (finished_) return;
   const bool stopping = cancelled_ || shutting_down_;
   if (cancelled_) {
+    for (const auto& p : pending_) Free(p.bytes);
     pending_.clear();
     if (writing_) return;  // wait for the write in flight
+    for (const auto& u : unsent_) Free(u.bytes);
     unsent_.clear();
   }
   if (!writing_ && !unsent_.empty()) {
     writing_ = true;
-    StartWrite(&unsent_.front());
+    StartWrite(&unsent_.front().message);
   }
   if (!processing_ && !pending_.empty() &&
       unsent_.size() < static_cast<size_t>(options_.stream_max_unsent)) {
@@ -118,8 +160,16 @@ void StreamReactor::Pump() {
   }
   if (!reading_ && !reads_done_ && !stopping &&
       pending_.size() < static_cast<size_t>(options_.stream_max_pending)) {
-    reading_ = true;
-    StartRead(&incoming_);
+    ByteBudget& budget = tracker_->budget();
+    if (budget.used() < budget.limit()) {
+      reading_ = true;
+      StartRead(&incoming_);
+    } else if (!waiting_for_room_) {
+      // All streams together hold the budget: read again once some of it is released.
+      waiting_for_room_ = true;
+      tracker_->WaitForRoom();
+      if (metrics_ != nullptr) metrics_->RecordRejected("stream_buffer_full");
+    }
   }
   const bool input_over = reads_done_ || stopping;
   if (input_over && pending_.empty() && !processing_ && !writing_ && unsent_.empty()) {
@@ -139,7 +189,7 @@ void StreamReactor::Pump() {
 }
 
 void StreamReactor::Process(Worker& worker) {
-  v1::StreamScoreRequest req;
+  Pending p;
   {
     absl::MutexLock lock(&mu_);
     if (pending_.empty()) {  // cancelled meanwhile
@@ -147,12 +197,20 @@ void StreamReactor::Process(Worker& worker) {
       Pump();
       return;
     }
-    req = std::move(pending_.front());
+    p = std::move(pending_.front());
     pending_.pop_front();
   }
   const auto began = std::chrono::steady_clock::now();
   std::vector<v1::StreamScoreResponse> out;
-  ScoreOne(req, worker, &out);
+  if (p.parse_error.ok()) {
+    ScoreOne(p.request, worker, &out);
+  } else {
+    v1::StreamScoreResponse& r = out.emplace_back();
+    r.mutable_error()->set_code(static_cast<int>(p.parse_error.error_code()));
+    r.mutable_error()->set_message(p.parse_error.error_message());
+  }
+  std::vector<Unsent> encoded;
+  for (const auto& r : out) encoded.push_back(Encode(r));
   if (metrics_ != nullptr) {
     metrics_->RecordQueueAndCompute(
         "StreamScore", std::chrono::duration<double>(began - submitted_).count(),
@@ -160,10 +218,33 @@ void StreamReactor::Process(Worker& worker) {
   }
   absl::MutexLock lock(&mu_);
   processing_ = false;
+  Free(p.bytes);
   if (!cancelled_) {
-    for (auto& r : out) unsent_.push_back(std::move(r));
+    for (auto& u : encoded) {
+      Hold(u.bytes);
+      unsent_.push_back(std::move(u));
+    }
   }
   Pump();
+}
+
+StreamReactor::Unsent StreamReactor::Encode(const v1::StreamScoreResponse& r) {
+  Unsent u;
+  const size_t size = r.ByteSizeLong();
+  if (size > static_cast<size_t>(options_.max_message_bytes)) {
+    v1::StreamScoreResponse e;
+    e.set_sequence(r.sequence());
+    e.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+    e.mutable_error()->set_message(absl::StrCat(
+        "the answer to this batch would be ", size, " bytes, over the message limit of ",
+        options_.max_message_bytes, " (--max_message_bytes): send smaller batches or ask for fewer "
+        "per-feature fields"));
+    SerializeMessage(e, &u.message);
+  } else {
+    SerializeMessage(r, &u.message);
+  }
+  u.bytes = u.message.Length();
+  return u;
 }
 
 void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,

@@ -1,9 +1,14 @@
 // StreamScore: one reactor per stream. Reads ahead at most stream_max_pending batches and keeps
 // at most stream_max_unsent answers for a slow reader; past either bound it stops reading, so
-// gRPC flow control pushes back on the client and memory stays bounded. Batches are scored one
-// at a time per stream, in order, on the executor; reactions only move state and never block.
+// gRPC flow control pushes back on the client and memory stays bounded. The bytes every stream
+// holds (batches read, answers not yet sent) also count against one budget across all streams
+// (--max_stream_buffer_bytes): over it, streams stop reading until some are released. Batches are
+// scored one at a time per stream, in order, on the executor; reactions only move state and never
+// block. A message that does not parse, and an answer over the message limit, become error items
+// in their place; the stream goes on.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <set>
@@ -13,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "anomaly_feed.h"
+#include "byte_budget.h"
 #include "executor.h"
 #include "server_metrics.h"
 #include "model_registry.h"
@@ -22,24 +28,33 @@ namespace aeserve::server {
 
 class StreamReactor;
 
-// The open streams, so that shutdown can close each with a status.
+// The open streams, so that shutdown can close each with a status, and their shared byte budget.
 // Lock order: StreamTracker::mu_ before StreamReactor::mu_.
 class StreamTracker {
  public:
+  explicit StreamTracker(uint64_t max_bytes = uint64_t{1} << 30) : budget_(max_bytes) {}
   // False when --max_streams are open already.
   bool Add(StreamReactor* r, int max_streams);
   void Remove(StreamReactor* r);
   // Tells every open stream to finish after the batches it has read (UNAVAILABLE).
   void ShutdownAll();
   size_t size() const;
+  ByteBudget& budget() { return budget_; }
+  // Gives `bytes` back to the budget; when streams wait for room and there is some now, wakes
+  // them through `executor` (never from the caller's locks).
+  void Release(uint64_t bytes, Executor* executor);
+  void WaitForRoom() { waiting_.store(true, std::memory_order_relaxed); }
 
  private:
+  void WakeWaiting();
+  ByteBudget budget_;
+  std::atomic<bool> waiting_{false};
   mutable absl::Mutex mu_;
   std::set<StreamReactor*> streams_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-class StreamReactor : public grpc::ServerBidiReactor<v1::StreamScoreRequest, v1::StreamScoreResponse> {
+class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // A non-OK `denied` (authorisation) ends the stream at once with that status.
   StreamReactor(const Options& options, const ModelRegistry* registry, Executor* executor,
@@ -51,11 +66,26 @@ class StreamReactor : public grpc::ServerBidiReactor<v1::StreamScoreRequest, v1:
   void OnCancel() override;
   void OnDone() override;
   void Shutdown();
+  // Called by the tracker when the byte budget has room again.
+  void Wake();
 
  private:
+  struct Pending {
+    v1::StreamScoreRequest request;
+    grpc::Status parse_error;  // the message did not parse: answered with an error item
+    uint64_t bytes = 0;
+  };
+  struct Unsent {
+    grpc::ByteBuffer message;
+    uint64_t bytes = 0;
+  };
   void Process(Worker& worker);
   void ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
                 std::vector<v1::StreamScoreResponse>* out);
+  // Serializes an answer; one over --max_message_bytes becomes an error item for its batch.
+  Unsent Encode(const v1::StreamScoreResponse& r);
+  void Hold(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Free(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Debounce(v1::ScoreResponse* r);
   void Account(const v1::ScoreResponse& r);
@@ -72,9 +102,12 @@ class StreamReactor : public grpc::ServerBidiReactor<v1::StreamScoreRequest, v1:
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   absl::Mutex mu_;
-  v1::StreamScoreRequest incoming_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::StreamScoreRequest> pending_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::StreamScoreResponse> unsent_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer incoming_ ABSL_GUARDED_BY(mu_);
+  uint64_t messages_read_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  std::deque<Unsent> unsent_ ABSL_GUARDED_BY(mu_);
+  uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // this stream's share of the budget
+  bool waiting_for_room_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool processing_ ABSL_GUARDED_BY(mu_) = false;

@@ -2,15 +2,16 @@
 #include "uploads.h"
 
 #include "absl/strings/str_cat.h"
+#include "raw_call.h"
 #include "status_util.h"
 
 namespace aeserve::server {
 
 using Clock = std::chrono::steady_clock;
 
-class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobRequest> {
+class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  UploadReactor(Uploads* uploads, grpc::CallbackServerContext* ctx, v1::TrainingJob* out,
+  UploadReactor(Uploads* uploads, grpc::CallbackServerContext* ctx, grpc::ByteBuffer* out,
                 grpc::Status denied)
       : uploads_(uploads), ctx_(ctx), out_(out) {
     if (denied.ok()) {
@@ -19,7 +20,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobReques
     }
     absl::MutexLock lock(&mu_);
     if (denied.ok()) {
-      StartRead(&req_);
+      StartRead(&incoming_);
     } else {
       End(denied);
     }
@@ -30,6 +31,10 @@ class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobReques
     if (finished_) return;
     last_ = Clock::now();
     if (!ok) return Complete();
+    ++messages_;
+    if (grpc::Status st = ParseMessage(&incoming_, &req_, absl::StrCat("upload message ", messages_)); !st.ok()) {
+      return End(grpc::Status(st.error_code(), absl::StrCat(st.error_message(), "; no job was created")));
+    }
     if (req_.has_header()) {
       if (have_header_) return End(Invalid("the header is only allowed in the first message"));
       if (auto st = AcceptHeader(req_.header()); !st.ok()) return End(ToGrpc(st));
@@ -42,7 +47,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobReques
     }
     values_.insert(values_.end(), req_.values().begin(), req_.values().end());
     req_.Clear();
-    StartRead(&req_);
+    StartRead(&incoming_);
   }
 
   void OnCancel() override {
@@ -112,8 +117,9 @@ class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobReques
           "no job was created")));
     }
     auto job = uploads_->jobs_->Submit(header_, std::move(values_), std::move(reservation_));
-    if (job.ok()) *out_ = *job;
-    End(ToGrpc(job.status()));
+    grpc::Status st = ToGrpc(job.status());
+    if (job.ok()) st = SerializeMessage(*job, out_);
+    End(st);
   }
 
   // Finishes the call once and frees what it holds.
@@ -127,12 +133,14 @@ class UploadReactor : public grpc::ServerReadReactor<v1::CreateTrainingJobReques
 
   Uploads* const uploads_;
   grpc::CallbackServerContext* const ctx_;
-  v1::TrainingJob* const out_;
+  grpc::ByteBuffer* const out_;
   bool tracked_ = false;
   absl::Mutex mu_;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   Clock::time_point last_ ABSL_GUARDED_BY(mu_) = Clock::now();
-  v1::CreateTrainingJobRequest req_;  // the read in flight (one at a time)
+  grpc::ByteBuffer incoming_;  // the read in flight (one at a time)
+  uint64_t messages_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::CreateTrainingJobRequest req_ ABSL_GUARDED_BY(mu_);
   bool have_header_ ABSL_GUARDED_BY(mu_) = false;
   v1::TrainingJobHeader header_ ABSL_GUARDED_BY(mu_);
   uint64_t expected_values_ ABSL_GUARDED_BY(mu_) = 0;
@@ -153,8 +161,8 @@ Uploads::~Uploads() {
   if (sweeper_.joinable()) sweeper_.join();
 }
 
-grpc::ServerReadReactor<v1::CreateTrainingJobRequest>* Uploads::Start(
-    grpc::CallbackServerContext* ctx, v1::TrainingJob* out, grpc::Status denied) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* Uploads::Start(grpc::CallbackServerContext* ctx,
+                                                          grpc::ByteBuffer* out, grpc::Status denied) {
   return new UploadReactor(this, ctx, out, std::move(denied));
 }
 

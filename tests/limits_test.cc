@@ -245,5 +245,66 @@ TEST(Limits, HugeMessagesAreRefusedBeforeTheyAreBuffered) {
   EXPECT_EQ(r->Stop(), 0);
 }
 
+std::string StreamMessage(uint64_t sequence, uint32_t rows, bool config, bool per_feature = false) {
+  v1::StreamScoreRequest req;
+  req.set_sequence(sequence);
+  if (config) {
+    req.mutable_config()->set_model("m");
+    req.mutable_config()->mutable_options()->set_per_feature(per_feature);
+  }
+  if (rows > 0) {
+    req.mutable_samples()->set_num_features(kFeatures);
+    req.mutable_samples()->mutable_values()->Resize(static_cast<int>(rows * kFeatures), 0.25f);
+  }
+  return req.SerializeAsString();
+}
+
+TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
+  TempDir dir("aeserve_malformed");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  auto r = Serve(dir.path(), {"--max_message_bytes=1048576"});
+  const std::string junk("\xff\xff\xff\xff\x0f junk", 11);
+  // A stream: the junk message gets an error item in its place, and the batches after it are
+  // answered (in order).
+  RawResult res = RawStreamCall(r->channel, "/aeserve.v1.Scoring/StreamScore",
+                                {StreamMessage(1, 4, true), junk, StreamMessage(3, 4, false)});
+  ASSERT_TRUE(res.finished);
+  EXPECT_TRUE(res.status.ok()) << res.status.error_message();
+  ASSERT_EQ(res.responses.size(), 3u);
+  v1::StreamScoreResponse a, b, c;
+  ASSERT_TRUE(a.ParseFromString(res.responses[0]));
+  ASSERT_TRUE(b.ParseFromString(res.responses[1]));
+  ASSERT_TRUE(c.ParseFromString(res.responses[2]));
+  EXPECT_EQ(a.result().num_samples(), 4u);
+  EXPECT_EQ(b.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(b.error().message().find("stream message 2 does not parse as aeserve.v1.StreamScoreRequest"),
+            std::string::npos) << b.error().message();
+  EXPECT_EQ(c.sequence(), 3u);
+  EXPECT_EQ(c.result().num_samples(), 4u);
+  // Unary calls of both services.
+  for (const std::string method : {"/aeserve.v1.Scoring/Score", "/aeserve.v1.Scoring/GetModel",
+                                   "/aeserve.v1.ModelAdmin/ActivateVersion"}) {
+    grpc::ByteBuffer out;
+    const grpc::Status st = RawUnaryCall(r->channel, method, ToBuffer(junk), &out);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_NE(st.error_message().find("does not parse as aeserve.v1."), std::string::npos)
+        << method << ": " << st.error_message();
+  }
+  // An answer over the message limit (per-feature errors of 20,000 rows; the request itself
+  // fits) becomes an error item, and the stream goes on.
+  res = RawStreamCall(r->channel, "/aeserve.v1.Scoring/StreamScore",
+                      {StreamMessage(1, 20000, true, true), StreamMessage(2, 4, false)});
+  ASSERT_TRUE(res.finished);
+  EXPECT_TRUE(res.status.ok()) << res.status.error_message();
+  ASSERT_EQ(res.responses.size(), 2u);
+  ASSERT_TRUE(a.ParseFromString(res.responses[0]));
+  ASSERT_TRUE(b.ParseFromString(res.responses[1]));
+  EXPECT_EQ(a.sequence(), 1u);
+  EXPECT_EQ(a.error().code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_NE(a.error().message().find("--max_message_bytes"), std::string::npos) << a.error().message();
+  EXPECT_EQ(b.result().num_samples(), 4u);
+  EXPECT_EQ(r->Stop(), 0);
+}
+
 }  // namespace
 }  // namespace aeserve::testing
