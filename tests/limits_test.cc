@@ -306,5 +306,81 @@ TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
   EXPECT_EQ(r->Stop(), 0);
 }
 
+// A StreamScore call whose client sends `count` messages and never reads an answer.
+class NeverReadingStream : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  NeverReadingStream(const std::shared_ptr<grpc::Channel>& channel, std::string first, std::string rest,
+                     int count)
+      : stub_(channel), first_(std::move(first)), rest_(std::move(rest)), left_(count) {
+    stub_.PrepareBidiStreamingCall(&ctx_, "/aeserve.v1.Scoring/StreamScore", grpc::StubOptions(), this);
+    out_ = ToBuffer(first_);
+    StartWrite(&out_);
+    StartCall();
+  }
+  ~NeverReadingStream() override {
+    ctx_.TryCancel();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(20), [&] { return done_; });
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok || --left_ <= 0) return;
+    out_ = ToBuffer(rest_);
+    StartWrite(&out_);
+  }
+  void OnDone(const grpc::Status&) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  grpc::GenericStub stub_;
+  grpc::ClientContext ctx_;
+  const std::string first_, rest_;
+  int left_;
+  grpc::ByteBuffer out_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
+
+TEST(Limits, StreamMemoryIsBoundedAcrossStreams) {
+  TempDir dir("aeserve_stream_budget");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  // gRPC's own buffer bound is raised so that only the stream budget holds memory back.
+  auto r = Serve(dir.path(), {"--metrics_port=-1", "--max_stream_buffer_bytes=67108864", "--grpc_buffer_bytes=4294967296"});
+  const int port = MetricsPort(*r);
+  // Batches of 8 MiB whose answers (per-feature errors) are as large: per stream up to
+  // 4 batches read ahead + 8 answers held would pin ~140 MB; 8 such streams over 1 GB.
+  const uint32_t rows = (8u << 20) / (4 * kFeatures);
+  const std::string first = StreamMessage(1, rows, true, true), rest = StreamMessage(2, rows, false);
+  PeakRss rss(r->process.pid());
+  {
+    std::vector<std::unique_ptr<NeverReadingStream>> streams;
+    for (int i = 0; i < 8; ++i) streams.push_back(std::make_unique<NeverReadingStream>(r->channel, first, rest, 20));
+    // The held bytes reach the budget and stop growing (every stream is then blocked).
+    double held = 0, last = -1;
+    ASSERT_TRUE(WaitFor([&] {
+      last = held;
+      held = MetricValue(HttpGet(port, "/metrics"), "aeserve_stream_buffer_bytes");
+      return held >= 64 << 20 && held == last;
+    }, milliseconds(60000), milliseconds(500))) << held;
+    std::printf("8 never-reading streams: streams hold %.0f MB (budget 64 MB)\n", held / (1 << 20));
+    // At most one more batch and answer per stream than the budget (those read as it filled).
+    EXPECT_LE(held, (64 << 20) + 8 * (17 << 20));
+  }
+  const double growth = rss.Growth();
+  std::printf("server RSS +%.0f MB\n", growth);
+  EXPECT_LT(growth, 800) << "without the budget: about 1,300 MB";
+  // Once those streams are gone, their bytes are given back and a new stream is served.
+  ASSERT_TRUE(WaitFor([&] { return MetricValue(HttpGet(port, "/metrics"), "aeserve_stream_buffer_bytes") == 0; },
+                      milliseconds(10000)));
+  RawResult res = RawStreamCall(r->channel, "/aeserve.v1.Scoring/StreamScore", {StreamMessage(1, 4, true)});
+  ASSERT_TRUE(res.finished);
+  EXPECT_TRUE(res.status.ok()) << res.status.error_message();
+  EXPECT_EQ(res.responses.size(), 1u);
+  EXPECT_EQ(r->Stop(), 0);
+}
+
 }  // namespace
 }  // namespace aeserve::testing
