@@ -42,11 +42,12 @@ tsan: deps
 	cd build-tsan && TSAN_OPTIONS="$(TSAN_OPTIONS_ALL)" \
 	  ctest --output-on-failure --timeout 600 -j $(JOBS) -L '^(service|lifecycle|observability|replicas)$$'
 
-# libFuzzer targets (clang), 60 s each from the checked-in seed corpus.
+# libFuzzer targets (clang), 60 s each from the checked-in seed corpus; message_sequence runs an
+# in-process server and sends it message sequences over a real channel.
 fuzz: deps
 	CXX=clang++-14 CC=clang-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DAESERVE_SANITIZE=fuzz -DAESERVE_FUZZ=ON
-	cmake --build build-fuzz -j $(JOBS) --target model_file_fuzzer score_request_fuzzer label_escape_fuzzer
+	cmake --build build-fuzz -j $(JOBS) --target model_file_fuzzer score_request_fuzzer label_escape_fuzzer message_sequence_fuzzer
 	cd build-fuzz && ctest --output-on-failure -L '^fuzz$$'
 
 # Long runs: 50 SIGKILLs around model writes, 3 minutes of mixed load.
