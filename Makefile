@@ -24,23 +24,25 @@ run: build
 bench: build
 	$(BUILD)/bench/engine_bench
 
-# AddressSanitizer + UndefinedBehaviorSanitizer over the engine, service, lifecycle and metrics tests.
+# AddressSanitizer + UndefinedBehaviorSanitizer over the engine, service, lifecycle, metrics and
+# hardening tests (the last run the sanitized aeserve binary as a child process).
 sanitize: deps
 	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAESERVE_SANITIZE=address
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  ctest --output-on-failure --timeout 900 -j $(JOBS) -L '^(engine|service|lifecycle|metrics|security|observability)$$'
+	  ctest --output-on-failure --timeout 900 -j $(JOBS) -L '^(engine|service|lifecycle|metrics|security|observability|hardening)$$'
 
 # ThreadSanitizer (clang) over the server's concurrency tests: service, lifecycle (swaps under
-# running streams), observability (watchers) and replicas. tests/tsan/ holds what makes Debian's
-# uninstrumented absl and gRPC usable under TSan; any report fails the run (halt_on_error).
+# running streams), observability (watchers), replicas and hardening (uploads, store faults).
+# tests/tsan/ holds what makes Debian's uninstrumented absl and gRPC usable under TSan; any report
+# fails the run (halt_on_error).
 TSAN_OPTIONS_ALL = halt_on_error=1 ignore_noninstrumented_modules=1 second_deadlock_stack=1 \
   suppressions=$(CURDIR)/tests/tsan/suppressions.txt
 tsan: deps
 	CXX=clang++-14 CC=clang-14 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAESERVE_SANITIZE=thread
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS="$(TSAN_OPTIONS_ALL)" \
-	  ctest --output-on-failure --timeout 600 -j $(JOBS) -L '^(service|lifecycle|observability|replicas)$$'
+	  ctest --output-on-failure --timeout 600 -j $(JOBS) -L '^(service|lifecycle|observability|replicas|hardening)$$'
 
 # libFuzzer targets (clang), 60 s each from the checked-in seed corpus; message_sequence runs an
 # in-process server and sends it message sequences over a real channel.

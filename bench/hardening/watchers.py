@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""Score latency with idle anomaly watchers (issue #12, item 6): a 2,000-row batch whose rows are
+all flagged, scored with 0, 100 and 1,000 WatchAnomalies calls open that never read, on the demo
+model; median and p90 of 30 calls each, and the server's resident memory. The 0-watcher run is the
+reference in the same run.
+
+    PYTHONPATH=build/clients/python bench/hardening/watchers.py [--binary build/server/aeserve]
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import grpc
+import numpy as np
+
+from aeserve.local import start_server, stop_server
+from aeserve.v1 import scoring_pb2, scoring_pb2_grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--binary", default=os.path.join(ROOT, "build/server/aeserve"))
+    ap.add_argument("--watchers", default="0,100,1000")
+    ap.add_argument("--calls", type=int, default=30)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as store:
+        proc, addr = start_server(a.binary, store, [
+            "--demo_csv=" + os.path.join(ROOT, "deploy/demo/smd-machine-2-1-train.csv"),
+            "--max_watchers=100000"])
+        channel = grpc.insecure_channel(addr)
+        stub = scoring_pb2_grpc.ScoringStub(channel)
+        for _ in range(600):  # the demo model trains at start-up
+            try:
+                info = stub.GetModel(scoring_pb2.GetModelRequest(model="demo"), timeout=5)
+                break
+            except grpc.RpcError:
+                time.sleep(0.1)
+        d = info.num_features
+        req = scoring_pb2.ScoreRequest(model="demo")
+        req.samples.num_features = d
+        req.samples.values.extend(np.full(2000 * d, 1e3, dtype=np.float32))
+        watchers = []
+        print(f"{'watchers':>9} {'p50 ms':>8} {'p90 ms':>8} {'RSS MB':>8}")
+        for n in [int(x) for x in a.watchers.split(",")]:
+            while len(watchers) < n:  # open calls that are never read
+                watchers.append(stub.WatchAnomalies(scoring_pb2.WatchAnomaliesRequest(), timeout=600))
+            time.sleep(1)  # let the server accept the new calls
+            times = []
+            for _ in range(a.calls):
+                t = time.perf_counter()
+                r = stub.Score(req, timeout=60)
+                times.append((time.perf_counter() - t) * 1e3)
+                assert r.num_anomalies == 2000
+            times.sort()
+            print(f"{n:>9} {statistics.median(times):>8.2f} {times[int(0.9 * len(times))]:>8.2f} "
+                  f"{rss_mb(proc.pid):>8.0f}", flush=True)
+        for w in watchers:
+            w.cancel()
+        channel.close()
+        return 0 if stop_server(proc) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
