@@ -9,7 +9,7 @@
 #include "gtest/gtest.h"
 #include "http_get.h"
 #include "process_client.h"
-#include "raw_call.h"
+#include "raw_client.h"
 #include "test_models.h"
 #include "wait_for.h"
 

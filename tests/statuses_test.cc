@@ -6,7 +6,7 @@
 #include "admin_client.h"
 #include "gtest/gtest.h"
 #include "process_client.h"
-#include "raw_call.h"
+#include "raw_client.h"
 #include "test_models.h"
 #include "wait_for.h"
 

@@ -15,7 +15,7 @@
 
 #include "model_store.h"
 #include "params.h"
-#include "raw_call.h"
+#include "raw_client.h"
 #include "server.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spdlog/spdlog.h"
