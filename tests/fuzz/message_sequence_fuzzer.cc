@@ -2,8 +2,8 @@
 // CreateTrainingJob against an in-process server over a real channel. Whatever arrives, each call
 // ends within its deadline with a status (never a hang), the server never crashes, and it keeps
 // answering. Input: byte 0 picks the method (even: StreamScore, odd: CreateTrainingJob) and how
-// the client ends (bit 1: half-close, else the deadline/cancel ends it); then messages as
-// [2-byte little-endian length][bytes].
+// the client ends (bit 1: half-close; else a 0.2-s deadline ends the call mid-stream); then
+// messages as [2-byte little-endian length][bytes].
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -94,7 +94,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string method =
       upload ? "/aeserve.v1.ModelAdmin/CreateTrainingJob" : "/aeserve.v1.Scoring/StreamScore";
   const aeserve::testing::RawResult r =
-      aeserve::testing::RawStreamCall(f->channel, method, messages, half_close, /*deadline_s=*/2);
+      aeserve::testing::RawStreamCall(f->channel, method, messages, half_close, half_close ? 5 : 0.2);
   if (!r.finished) std::abort();  // a call that outlived its deadline by 10 s: a hang
   // The server still answers.
   grpc::ByteBuffer out;
