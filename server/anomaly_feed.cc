@@ -1,6 +1,9 @@
 // WatchAnomalies: a queue, one fan-out thread, and bounded, dropping watcher buffers.
 #include "anomaly_feed.h"
 
+#include <algorithm>
+#include <numeric>
+
 #include "absl/strings/str_cat.h"
 #include "raw_call.h"
 
@@ -28,20 +31,26 @@ bool AnomalyWatcher::Wants(const std::string& model, uint32_t severity) const {
   return (model_.empty() || model_ == model) && severity >= min_severity_;
 }
 
-void AnomalyWatcher::Offer(const SharedEvent& e) {
+void AnomalyWatcher::Offer(const std::shared_ptr<const EventBatch>& batch) {
+  const std::vector<grpc::Slice>* list = min_severity_ >= 2 ? &batch->critical : &batch->all;
+  if (list->empty()) return;
   absl::MutexLock lock(&mu_);
   if (done_) return;
-  uint64_t carried = 0;  // events dropped before `e`
-  if (queue_.size() >= buffer_) {
-    carried = queue_.front().dropped_before + 1;
-    queue_.pop_front();
-    feed_->CountDropped(1);
-    if (!queue_.empty()) {
-      queue_.front().dropped_before += carried;
-      carried = 0;
-    }
+  queue_.push_back(Waiting{batch, list, 0, list->size()});
+  queued_ += list->size();
+  uint64_t dropped = 0;
+  while (queued_ > buffer_) {  // drop the oldest waiting events
+    Waiting& w = queue_.front();
+    const size_t n = std::min(w.end - w.begin, queued_ - buffer_);
+    w.begin += n;
+    queued_ -= n;
+    dropped += n;
+    if (w.begin == w.end) queue_.pop_front();
   }
-  queue_.push_back(Waiting{e, carried});
+  if (dropped > 0) {
+    dropped_ += dropped;
+    feed_->CountDropped(dropped);
+  }
   Pump();
 }
 
@@ -63,6 +72,7 @@ void AnomalyWatcher::OnCancel() {
   absl::MutexLock lock(&mu_);
   done_ = true;
   queue_.clear();
+  queued_ = 0;
   Pump();
 }
 
@@ -74,10 +84,20 @@ void AnomalyWatcher::OnDone() {
 void AnomalyWatcher::Pump() {
   if (finished_ || writing_) return;
   if (!queue_.empty() && !done_) {
-    v1::AnomalyEvent e = *queue_.front().event;
-    e.set_dropped_before(queue_.front().dropped_before);
-    queue_.pop_front();
-    SerializeMessage(e, &sending_);
+    Waiting& w = queue_.front();
+    // The shared serialized event, plus a dropped_before field when events were lost before it
+    // (protobuf merges a field appended to a message).
+    grpc::Slice parts[2] = {(*w.list)[w.begin++], grpc::Slice()};
+    --queued_;
+    if (w.begin == w.end) queue_.pop_front();
+    size_t n = 1;
+    if (dropped_ > 0) {
+      v1::AnomalyEvent tail;
+      tail.set_dropped_before(dropped_);
+      parts[n++] = grpc::Slice(tail.SerializeAsString());
+      dropped_ = 0;
+    }
+    sending_ = grpc::ByteBuffer(parts, n);
     writing_ = true;
     StartWrite(&sending_);
     return;
@@ -102,34 +122,90 @@ AnomalyFeed::~AnomalyFeed() {
   fan_out_.join();
 }
 
-void AnomalyFeed::Publish(std::vector<v1::AnomalyEvent> events) {
+void AnomalyFeed::Publish(FlaggedRows rows) {
   uint64_t dropped = 0;
   {
     absl::MutexLock lock(&queue_mu_);
-    for (auto& e : events) queue_.push_back(std::make_shared<const v1::AnomalyEvent>(std::move(e)));
-    while (queue_.size() > max_queued_) {
+    queued_rows_ += rows.errors.size();
+    queue_.push_back(std::move(rows));
+    while (queued_rows_ > max_queued_ && queue_.size() > 1) {
+      dropped += queue_.front().errors.size();
+      queued_rows_ -= queue_.front().errors.size();
       queue_.pop_front();
-      ++dropped;
     }
   }
   if (dropped > 0) CountDropped(dropped);
 }
 
+// Events with the top 3 features of each flagged row.
+std::shared_ptr<const EventBatch> AnomalyFeed::BuildEvents(const FlaggedRows& f) {
+  const engine::Model& model = *f.handle.model;
+  const uint32_t d = model.num_features();
+  const size_t n = f.errors.size();
+  std::vector<float> computed;
+  const float* fe_all = f.feature_errors.data();
+  if (f.feature_errors.size() != n * d) {
+    // The call did not compute per-feature errors: compute them for the flagged rows only.
+    engine::ScoreResult again;
+    if (!model.Score(worker_.ContextFor(f.handle.model), f.values, {.per_feature = true}, &again).ok()) {
+      return nullptr;
+    }
+    computed = std::move(again.feature_error);
+    fe_all = computed.data();
+  }
+  const double critical = model.file().critical_threshold_value();
+  const bool named = model.file().feature_names_size() == static_cast<int>(d);
+  auto batch = std::make_shared<EventBatch>();
+  batch->model = f.handle.name;
+  batch->all.reserve(n);
+  const uint32_t k = std::min<uint32_t>(3, d);
+  std::vector<uint32_t> idx(d);
+  v1::AnomalyEvent e;
+  for (size_t i = 0; i < n; ++i) {
+    e.Clear();
+    e.set_model(f.handle.name);
+    e.set_version(f.handle.version);
+    e.set_entity(f.handle.entity);
+    e.set_stream_id(f.stream_id);
+    if (!f.ids.empty()) e.set_sample_id(f.ids[i]);
+    if (!f.timestamps_ms.empty()) e.set_timestamp_ms(f.timestamps_ms[i]);
+    e.set_error(f.errors[i]);
+    e.set_threshold(f.threshold);
+    e.set_p_value(f.p_values[i]);
+    e.set_severity(critical > 0 && f.errors[i] > critical ? 2 : 1);
+    e.set_server_time_ms(f.server_time_ms);
+    const float* fe = fe_all + i * d;
+    std::iota(idx.begin(), idx.end(), 0u);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [fe](uint32_t a, uint32_t b) { return fe[a] > fe[b] || (fe[a] == fe[b] && a < b); });
+    for (uint32_t j = 0; j < k; ++j) {
+      e.add_top_features(idx[j]);
+      e.add_top_feature_errors(fe[idx[j]]);
+      if (named) e.add_top_feature_names(model.file().feature_names(static_cast<int>(idx[j])));
+    }
+    batch->all.emplace_back(e.SerializeAsString());
+    if (e.severity() == 2) batch->critical.push_back(batch->all.back());
+  }
+  return batch;
+}
+
 void AnomalyFeed::FanOut() {
   for (;;) {
-    std::deque<SharedEvent> batch;
+    FlaggedRows rows;
     {
       absl::MutexLock lock(&queue_mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) { return stopping_ || !queue_.empty(); };
       queue_mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
-      batch.swap(queue_);
+      rows = std::move(queue_.front());
+      queue_.pop_front();
+      queued_rows_ -= rows.errors.size();
     }
+    std::shared_ptr<const EventBatch> batch = BuildEvents(rows);
+    if (batch == nullptr) continue;
     absl::MutexLock lock(&mu_);
     for (AnomalyWatcher* w : watchers_) {
-      for (const SharedEvent& e : batch) {
-        if (w->Wants(e->model(), e->severity())) w->Offer(e);
-      }
+      if (w->Wants(batch->model, 1)) w->Offer(batch);
     }
   }
 }

@@ -1,11 +1,11 @@
-// WatchAnomalies: flagged samples fan out to subscribed watchers. The scoring call only hands its
-// events to the feed's queue (bounded; the oldest batch is dropped and counted when full); one
-// fan-out thread offers them to the watchers, so scoring never pays for the number of watchers.
-// Events are shared, immutable objects: a watcher's buffer holds pointers, and a stalled watcher
-// costs O(1) per event. Each watcher has a bounded buffer; when it is full the oldest waiting
-// event makes room for the newest, and the event that becomes the oldest carries the count of
-// those dropped before it, so a watcher that resumes always learns what it lost. At most
-// --max_watchers watch at once.
+// WatchAnomalies: flagged samples fan out to subscribed watchers. A scoring call only copies its
+// flagged rows into the feed's queue (bounded; the oldest batch is dropped and counted when full);
+// one fan-out thread builds the events (top features, with its own scoring context) and offers
+// each batch to the watchers as one shared, immutable object, so scoring pays neither for event
+// building nor for the number of watchers, and a watcher costs O(1) per batch however far behind
+// it is. Each watcher buffers at most `buffer` events; past it the oldest waiting ones are dropped
+// and counted, and the next event the watcher receives carries how many were dropped before it.
+// At most --max_watchers watch at once.
 #pragma once
 
 #include <atomic>
@@ -19,20 +19,42 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
+#include "grpcpp/support/slice.h"
+#include "executor.h"
+#include "model_registry.h"
 #include "server_metrics.h"
 
 namespace aeserve::server {
 
 class AnomalyFeed;
-using SharedEvent = std::shared_ptr<const v1::AnomalyEvent>;
+
+// The flagged rows of one scored batch, as the scoring call hands them over.
+struct FlaggedRows {
+  ModelHandle handle;
+  std::string stream_id;
+  int64_t server_time_ms = 0;
+  float threshold = 0;
+  std::vector<float> values;          // the flagged rows, row-major
+  std::vector<float> feature_errors;  // their per-feature errors when the call computed them
+  std::vector<float> errors, p_values;
+  std::vector<std::string> ids;       // empty when the batch had none
+  std::vector<int64_t> timestamps_ms; // empty when the batch had none
+};
+
+// The events of one batch, serialized once and shared by every watcher that takes them.
+struct EventBatch {
+  std::string model;
+  std::vector<grpc::Slice> all, critical;
+};
 
 // One WatchAnomalies call. Lock order: AnomalyFeed::mu_ before AnomalyWatcher::mu_.
 class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req, size_t buffer,
                  grpc::Status denied);
-  // Called by the feed: queue the event, dropping (and counting) the oldest waiting one if full.
-  void Offer(const SharedEvent& e);
+  // Called by the feed: queue the batch's events this watcher wants, dropping (and counting) the
+  // oldest waiting ones past the buffer.
+  void Offer(const std::shared_ptr<const EventBatch>& batch);
   // Ends the watch (server shutdown): UNAVAILABLE.
   void Close();
   bool Wants(const std::string& model, uint32_t severity) const;
@@ -42,9 +64,10 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void OnDone() override;
 
  private:
-  struct Waiting {
-    SharedEvent event;
-    uint64_t dropped_before = 0;
+  struct Waiting {  // events [begin, end) of one batch's list
+    std::shared_ptr<const EventBatch> batch;
+    const std::vector<grpc::Slice>* list;
+    size_t begin, end;
   };
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   AnomalyFeed* feed_;
@@ -54,6 +77,8 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   bool subscribed_ = false;
   absl::Mutex mu_;
   std::deque<Waiting> queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;   // events in queue_
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;  // dropped since the last event sent
   grpc::ByteBuffer sending_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
@@ -70,8 +95,8 @@ class AnomalyFeed {
   // Cheap check for the scoring path: are there any watchers at all?
   bool HasWatchers() const { return watchers_count_.load(std::memory_order_relaxed) > 0; }
   int watchers() const { return watchers_count_.load(std::memory_order_relaxed); }
-  // Queues events for fan-out and returns at once.
-  void Publish(std::vector<v1::AnomalyEvent> events);
+  // Queues a scored batch's flagged rows for fan-out and returns at once.
+  void Publish(FlaggedRows rows);
   // False when --max_watchers watch already (or the feed is closed: the watcher is then closed).
   bool Subscribe(AnomalyWatcher* w);
   void Unsubscribe(AnomalyWatcher* w);
@@ -83,6 +108,7 @@ class AnomalyFeed {
 
  private:
   void FanOut();
+  std::shared_ptr<const EventBatch> BuildEvents(const FlaggedRows& rows);
 
   ServerMetrics* metrics_;
   const int max_watchers_;
@@ -93,7 +119,9 @@ class AnomalyFeed {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   // Events waiting for the fan-out thread (its own lock, so Publish never waits for fan-out).
   absl::Mutex queue_mu_;
-  std::deque<SharedEvent> queue_ ABSL_GUARDED_BY(queue_mu_);
+  std::deque<FlaggedRows> queue_ ABSL_GUARDED_BY(queue_mu_);
+  size_t queued_rows_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  Worker worker_;  // the fan-out thread's scoring contexts (per-feature errors of flagged rows)
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
   std::thread fan_out_;
 };

@@ -50,59 +50,30 @@ absl::Status ValidateSamples(const engine::Model& model, const v1::Samples& s, u
   return absl::OkStatus();
 }
 
-// Events for the flagged rows of a scored batch, with their top 3 features.
+// Hands the flagged rows of a scored batch to the anomaly feed (copies only: the feed's own
+// thread builds the events).
 static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, const engine::ScoreResult& res,
-                      bool have_feature_errors, Worker& worker, const ScoreHooks& hooks) {
-  const engine::Model& model = *h.model;
-  const uint32_t d = model.num_features();
-  const double critical = model.file().critical_threshold_value();
-  std::vector<size_t> rows;
+                             bool have_feature_errors, const ScoreHooks& hooks) {
+  const uint32_t d = h.model->num_features();
+  FlaggedRows f;
+  f.handle = h;
+  f.stream_id = hooks.stream_id;
+  f.server_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch()).count();
+  f.threshold = static_cast<float>(res.threshold);
   for (size_t i = 0; i < res.anomalous.size(); ++i) {
-    if (res.anomalous[i]) rows.push_back(i);
-  }
-  if (rows.empty()) return;
-  // Per-feature errors of the flagged rows only, when the call did not ask for them.
-  std::vector<float> flagged_fe;
-  if (!have_feature_errors) {
-    std::vector<float> x;
-    x.reserve(rows.size() * d);
-    for (size_t i : rows) x.insert(x.end(), s.values().begin() + i * d, s.values().begin() + (i + 1) * d);
-    engine::ScoreResult again;
-    if (!model.Score(worker.ContextFor(h.model), x, {.per_feature = true}, &again).ok()) return;
-    flagged_fe = std::move(again.feature_error);
-  }
-  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          std::chrono::system_clock::now().time_since_epoch()).count();
-  std::vector<v1::AnomalyEvent> events;
-  const uint32_t k = std::min<uint32_t>(3, d);
-  std::vector<uint32_t> idx(d);
-  for (size_t n = 0; n < rows.size(); ++n) {
-    const size_t i = rows[n];
-    v1::AnomalyEvent& e = events.emplace_back();
-    e.set_model(h.name);
-    e.set_version(h.version);
-    e.set_entity(h.entity);
-    e.set_stream_id(hooks.stream_id);
-    if (s.ids_size()) e.set_sample_id(s.ids(static_cast<int>(i)));
-    if (s.timestamps_ms_size()) e.set_timestamp_ms(s.timestamps_ms(static_cast<int>(i)));
-    e.set_error(res.error[i]);
-    e.set_threshold(res.threshold);
-    e.set_p_value(res.p_value[i]);
-    e.set_severity(critical > 0 && res.error[i] > critical ? 2 : 1);
-    e.set_server_time_ms(now);
-    const float* fe = have_feature_errors ? res.feature_error.data() + i * d : flagged_fe.data() + n * d;
-    std::iota(idx.begin(), idx.end(), 0u);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                      [fe](uint32_t a, uint32_t b) { return fe[a] > fe[b] || (fe[a] == fe[b] && a < b); });
-    for (uint32_t j = 0; j < k; ++j) {
-      e.add_top_features(idx[j]);
-      e.add_top_feature_errors(fe[idx[j]]);
-      if (model.file().feature_names_size() == static_cast<int>(d)) {
-        e.add_top_feature_names(model.file().feature_names(static_cast<int>(idx[j])));
-      }
+    if (!res.anomalous[i]) continue;
+    f.values.insert(f.values.end(), s.values().begin() + i * d, s.values().begin() + (i + 1) * d);
+    if (have_feature_errors) {
+      f.feature_errors.insert(f.feature_errors.end(), res.feature_error.begin() + i * d,
+                              res.feature_error.begin() + (i + 1) * d);
     }
+    f.errors.push_back(res.error[i]);
+    f.p_values.push_back(res.p_value[i]);
+    if (s.ids_size()) f.ids.push_back(s.ids(static_cast<int>(i)));
+    if (s.timestamps_ms_size()) f.timestamps_ms.push_back(s.timestamps_ms(static_cast<int>(i)));
   }
-  hooks.feed->Publish(std::move(events));
+  if (!f.errors.empty()) hooks.feed->Publish(std::move(f));
 }
 
 absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
@@ -166,7 +137,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   if (eo.neg_elbo) CopyInto(res.neg_elbo, r->mutable_neg_elbo());
   if (h.metrics != nullptr) h.metrics->Record(res.error, res.anomalous, critical);
   if (hooks.feed != nullptr && anomalies > 0 && hooks.feed->HasWatchers()) {
-    PublishAnomalies(h, s, res, eo.per_feature && !eo.original_units, worker, hooks);
+    PublishAnomalies(h, s, res, eo.per_feature && !eo.original_units, hooks);
   }
   *r->mutable_ids() = s.ids();
   *r->mutable_timestamps_ms() = s.timestamps_ms();
