@@ -27,7 +27,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       return;
     }
     watching_ = true;
-    if (!pending_) {  // an update that arrived meanwhile is newer than `first`
+    if (!updated_) {  // an update that arrived meanwhile is newer than `first`
       latest_ = *first;
       pending_ = true;
     }
@@ -52,6 +52,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  private:
   void Update(const v1::TrainingJob& s) {
     absl::MutexLock lock(&mu_);
+    updated_ = true;
     latest_ = s;
     pending_ = true;
     Pump();
@@ -87,6 +88,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   v1::TrainingJob latest_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer sending_ ABSL_GUARDED_BY(mu_);
   bool pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool updated_ ABSL_GUARDED_BY(mu_) = false;  // an Update arrived (possibly sent already)
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;

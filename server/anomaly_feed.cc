@@ -27,8 +27,8 @@ AnomalyWatcher::AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesReques
   }
 }
 
-bool AnomalyWatcher::Wants(const std::string& model, uint32_t severity) const {
-  return (model_.empty() || model_ == model) && severity >= min_severity_;
+bool AnomalyWatcher::WantsModel(const std::string& model) const {
+  return model_.empty() || model_ == model;
 }
 
 void AnomalyWatcher::Offer(const std::shared_ptr<const EventBatch>& batch) {
@@ -205,7 +205,7 @@ void AnomalyFeed::FanOut() {
     if (batch == nullptr) continue;
     absl::MutexLock lock(&mu_);
     for (AnomalyWatcher* w : watchers_) {
-      if (w->Wants(batch->model, 1)) w->Offer(batch);
+      if (w->WantsModel(batch->model)) w->Offer(batch);  // Offer picks the severity
     }
   }
 }

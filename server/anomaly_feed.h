@@ -57,7 +57,7 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void Offer(const std::shared_ptr<const EventBatch>& batch);
   // Ends the watch (server shutdown): UNAVAILABLE.
   void Close();
-  bool Wants(const std::string& model, uint32_t severity) const;
+  bool WantsModel(const std::string& model) const;
 
   void OnWriteDone(bool ok) override;
   void OnCancel() override;

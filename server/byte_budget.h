@@ -14,16 +14,16 @@ class ByteBudget {
   explicit ByteBudget(uint64_t limit) : limit_(limit) {}
   // Takes `n` bytes if they fit under the limit; false (and nothing taken) otherwise.
   bool TryAcquire(uint64_t n) {
-    uint64_t used = used_.load(std::memory_order_relaxed);
+    uint64_t used = used_.load();
     do {
       if (n > limit_ || used > limit_ - n) return false;
-    } while (!used_.compare_exchange_weak(used, used + n, std::memory_order_relaxed));
+    } while (!used_.compare_exchange_weak(used, used + n));
     return true;
   }
   // Counts `n` bytes already held, even past the limit (which then refuses further acquisitions).
-  void Add(uint64_t n) { used_.fetch_add(n, std::memory_order_relaxed); }
-  void Release(uint64_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
-  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  void Add(uint64_t n) { used_.fetch_add(n); }
+  void Release(uint64_t n) { used_.fetch_sub(n); }
+  uint64_t used() const { return used_.load(); }
   uint64_t limit() const { return limit_; }
 
   class Reservation {

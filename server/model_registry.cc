@@ -292,7 +292,9 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
 int ModelRegistry::Sync() {
   absl::MutexLock admin(&admin_mu_);
   int changes = 0;
-  const std::vector<ModelKey> keys = store_.ListModels();
+  bool all_keys = true;
+  const std::vector<ModelKey> keys = store_.ListModels(&all_keys);
+  if (!all_keys) ReportStoreError(ModelKey{"*", ""}, "listing", "the store directory could not be read to the end; nothing is unloaded this round");
   for (const ModelKey& key : keys) {
     // What we have now (stamps) versus what the store holds.
     std::map<uint64_t, std::pair<uint64_t, uint64_t>> have;  // version -> (stamp, bad stamp)
@@ -304,7 +306,13 @@ int ModelRegistry::Sync() {
       }
     }
     std::map<uint64_t, Version> loaded;  // new or rewritten versions, built outside the lock
-    const std::vector<uint64_t> on_disk = store_.ListVersions(key);
+    bool all_versions = true;
+    const std::vector<uint64_t> on_disk = store_.ListVersions(key, &all_versions);
+    if (!all_versions) {
+      // A listing that failed half-way is not the store's contents: change nothing this round.
+      ReportStoreError(key, "listing", "its directory could not be read to the end; left as it is");
+      continue;
+    }
     for (uint64_t v : on_disk) {
       auto h = have.find(v);
       const uint64_t stamp = store_.Stamp(key, v);
@@ -335,7 +343,8 @@ int ModelRegistry::Sync() {
         ++it;
       }
     }
-    const bool serving = e.active != 0 && e.versions.count(e.active) > 0;
+    auto act = e.versions.find(e.active);
+    const bool serving = e.active != 0 && act != e.versions.end() && act->second.state == v1::MODEL_STATE_READY;
     if (disk_active.ok()) {
       e.store_error.clear();
       const uint64_t want = *disk_active;
@@ -355,10 +364,20 @@ int ModelRegistry::Sync() {
         ++changes;
       }
     } else if (disk_active.status().code() == absl::StatusCode::kNotFound) {
-      if (e.active != 0 && !serving) {
+      if (e.active != 0 && !e.versions.count(e.active)) {
         e.active = 0;
         e.error = "no active version";
         ++changes;
+      } else if (e.active == 0 && !e.versions.empty()) {
+        // As at start-up: without an ACTIVE file the highest version is active.
+        auto high = e.versions.rbegin();
+        if (high->second.state == v1::MODEL_STATE_READY) {
+          e.active = high->first;
+          e.error.clear();
+          ++changes;
+        } else {
+          e.error = absl::StrCat("no ACTIVE file, and the highest version ", high->first, " is unavailable");
+        }
       }
     } else {
       // An unusable ACTIVE promotes nothing; what serves now keeps serving.
@@ -378,9 +397,9 @@ int ModelRegistry::Sync() {
       ++changes;
     }
   }
-  // Models whose directory is gone.
+  // Models whose directory is gone (only when the listing could be read to the end).
   absl::MutexLock lock(&mu_);
-  for (auto it = models_.begin(); it != models_.end();) {
+  for (auto it = models_.begin(); it != models_.end() && all_keys;) {
     if (std::find(keys.begin(), keys.end(), it->first) == keys.end()) {
       it = models_.erase(it);
       ++changes;

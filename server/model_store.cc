@@ -90,26 +90,33 @@ absl::Status RemoveDir(const fs::path& p) {
 
 }  // namespace
 
-std::vector<ModelKey> ModelStore::ListModels() const {
+std::vector<ModelKey> ModelStore::ListModels(bool* complete) const {
   std::vector<ModelKey> out;
   std::error_code ec;
-  for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+  bool whole = true;
+  fs::directory_iterator it(dir_, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (!IsDir(*it) || !ValidateName(name).ok()) continue;
     if (HasModel(it->path())) out.push_back({name, ""});
     std::error_code eec;
-    for (fs::directory_iterator ent(it->path() / "entities", eec); !eec && ent != end; ent.increment(eec)) {
+    fs::directory_iterator ent(it->path() / "entities", eec);
+    if (eec && eec != std::errc::no_such_file_or_directory) whole = false;
+    for (; !eec && ent != end; ent.increment(eec)) {
       const std::string entity = ent->path().filename().string();
       if (IsDir(*ent) && ValidateName(entity).ok() && HasModel(ent->path())) {
         out.push_back({name, entity});
       }
     }
+    if (eec && eec != std::errc::no_such_file_or_directory) whole = false;
   }
+  if (ec && ec != std::errc::no_such_file_or_directory) whole = false;  // no store yet: empty
+  if (complete != nullptr) *complete = whole;
   std::sort(out.begin(), out.end());
   return out;
 }
 
-std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key) const {
+std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key, bool* complete) const {
   std::vector<uint64_t> out;
   std::error_code ec;
   for (fs::directory_iterator it(KeyDir(key), ec), end; !ec && it != end; it.increment(ec)) {
@@ -119,6 +126,7 @@ std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key) const {
       out.push_back(v);
     }
   }
+  if (complete != nullptr) *complete = !ec || ec == std::errc::no_such_file_or_directory;
   std::sort(out.begin(), out.end());
   return out;
 }

@@ -43,10 +43,11 @@ class ModelStore {
   explicit ModelStore(std::string dir) : dir_(std::move(dir)) {}
 
   const std::string& dir() const { return dir_; }
-  // Every key with at least one version directory or an ACTIVE file.
-  std::vector<ModelKey> ListModels() const;
-  // Versions with a model.pb, ascending.
-  std::vector<uint64_t> ListVersions(const ModelKey& key) const;
+  // Every key with at least one version directory or an ACTIVE file. `*complete` (optional) is
+  // false when a directory could not be read to the end: the list may then miss keys.
+  std::vector<ModelKey> ListModels(bool* complete = nullptr) const;
+  // Versions with a model.pb, ascending; `*complete` as above.
+  std::vector<uint64_t> ListVersions(const ModelKey& key, bool* complete = nullptr) const;
   // The version named by ACTIVE; 0 when it says "none"; NOT_FOUND when there is no ACTIVE file;
   // DATA_LOSS with the reason when it is not a small regular file holding a version number.
   // Never blocks (a FIFO is refused) and never throws.

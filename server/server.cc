@@ -79,13 +79,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
       s->metrics_.get(), s->log_);
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);
   s->admin_executor_ = std::make_unique<Executor>(1, 64);
+  s->upload_budget_ = std::make_unique<ByteBudget>(o.max_upload_bytes);
   s->jobs_ = std::make_unique<TrainingJobs>(s->registry_.get(), std::max(1, o.max_training_jobs),
                                             std::max(1, o.max_queued_jobs), s->log_, s->metrics_.get(),
                                             o.max_finished_jobs);
   s->scoring_ = std::make_unique<ScoringService>(s->options_, s->registry_.get(),
                                                  s->executor_.get(), &s->streams_, &s->auth_,
                                                  s->metrics_.get(), s->feed_.get());
-  s->upload_budget_ = std::make_unique<ByteBudget>(o.max_upload_bytes);
   s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get());
   s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
                                              s->uploads_.get(), s->admin_executor_.get(), &s->auth_);

@@ -59,8 +59,8 @@ class Server {
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<Executor> admin_executor_;
+  std::unique_ptr<ByteBudget> upload_budget_;  // before jobs_: queued jobs hold reservations
   std::unique_ptr<TrainingJobs> jobs_;
-  std::unique_ptr<ByteBudget> upload_budget_;
   std::unique_ptr<Uploads> uploads_;
   StreamTracker streams_;
   std::unique_ptr<ScoringService> scoring_;

@@ -35,7 +35,7 @@ size_t StreamTracker::size() const {
 
 void StreamTracker::Release(uint64_t bytes, Executor* executor) {
   budget_.Release(bytes);
-  if (budget_.used() < budget_.limit() && waiting_.exchange(false, std::memory_order_relaxed)) {
+  if (budget_.used() < budget_.limit() && waiting_.exchange(false)) {
     executor->Submit([this](Worker&) { WakeWaiting(); });
   }
 }
@@ -69,8 +69,7 @@ StreamReactor::StreamReactor(const Options& options, const ModelRegistry* regist
                         absl::StrCat("too many open streams (limit ", options_.max_streams, ")")));
     return;
   }
-  reading_ = true;
-  StartRead(&incoming_);
+  Pump();  // starts the first read (or finishes at once if shutdown began meanwhile)
 }
 
 void StreamReactor::OnReadDone(bool ok) {
@@ -165,10 +164,17 @@ void StreamReactor::Pump() {
       reading_ = true;
       StartRead(&incoming_);
     } else if (!waiting_for_room_) {
-      // All streams together hold the budget: read again once some of it is released.
+      // All streams together hold the budget: read again once some of it is released. The
+      // budget is checked again after registering, so a release in between is not missed.
       waiting_for_room_ = true;
       tracker_->WaitForRoom();
-      if (metrics_ != nullptr) metrics_->RecordRejected("stream_buffer_full");
+      if (budget.used() < budget.limit()) {
+        waiting_for_room_ = false;
+        reading_ = true;
+        StartRead(&incoming_);
+      } else if (metrics_ != nullptr) {
+        metrics_->RecordRejected("stream_buffer_full");
+      }
     }
   }
   const bool input_over = reads_done_ || stopping;

@@ -43,7 +43,7 @@ class StreamTracker {
   // Gives `bytes` back to the budget; when streams wait for room and there is some now, wakes
   // them through `executor` (never from the caller's locks).
   void Release(uint64_t bytes, Executor* executor);
-  void WaitForRoom() { waiting_.store(true, std::memory_order_relaxed); }
+  void WaitForRoom() { waiting_.store(true); }
 
  private:
   void WakeWaiting();

@@ -180,6 +180,18 @@ void TrainingJobs::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
     for (auto& [id, job] : jobs_) job->cancel = true;
+    // Queued jobs will never run: end them now (their watchers learn it, their data is freed).
+    while (!queue_.empty()) {
+      std::shared_ptr<Job> job = queue_.front();
+      queue_.pop_front();
+      job->state.set_state(v1::JOB_STATE_CANCELLED);
+      job->state.set_error("server shutting down");
+      job->state.set_finished_unix_ms(NowMs());
+      std::vector<float>().swap(job->data);
+      job->reservation.Release();
+      Publish(*job);
+      Finished(job->state.id());
+    }
   }
   for (auto& t : runners_) {
     if (t.joinable()) t.join();
