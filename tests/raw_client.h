@@ -42,10 +42,15 @@ inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel, co
     Reactor(std::vector<std::string> msgs, bool half_close) : msgs_(std::move(msgs)), half_close_(half_close) {}
     void Begin() {
       StartRead(&in_);
-      Next();
+      {
+        std::lock_guard<std::mutex> lock(write_mu_);
+        Next();
+      }
       StartCall();
     }
     void OnWriteDone(bool ok) override {
+      // The lock orders this thread's writes after Begin's (a hand-off TSan cannot see in gRPC).
+      std::lock_guard<std::mutex> lock(write_mu_);
       if (ok) Next();
     }
     void OnReadDone(bool ok) override {
@@ -78,6 +83,7 @@ inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel, co
         StartWritesDone();
       }
     }
+    std::mutex write_mu_;
     std::vector<std::string> msgs_;
     const bool half_close_;
     size_t next_ = 0;

@@ -225,5 +225,48 @@ TEST(Statuses, ShutdownDoesNotWaitForALongEpoch) {
   EXPECT_NE(r->process.log().find("training cancelled in epoch 1"), std::string::npos) << r->process.log();
 }
 
+TEST(Statuses, CriticalOnlyWatchersGetCriticalEvents) {
+  TempDir dir("aeserve_watch_critical");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  auto r = Serve(dir.path());
+  {
+    grpc::ClientContext ctx;
+    v1::SetThresholdRequest sr;
+    sr.set_model("m");
+    sr.mutable_critical_threshold()->set_method(v1::THRESHOLD_MEAN_STD);
+    sr.mutable_critical_threshold()->set_value(20);
+    v1::ModelInfoBrief brief;
+    ASSERT_TRUE(r->admin->SetThreshold(&ctx, sr, &brief).ok());
+  }
+  {
+    grpc::ClientContext wctx;
+    v1::WatchAnomaliesRequest wreq;
+    wreq.set_model("m");
+    wreq.set_min_severity(2);
+    auto watch = r->scoring->WatchAnomalies(&wctx, wreq);
+    std::atomic<bool> got{false};
+    v1::AnomalyEvent e;
+    std::thread reader([&] { got = watch->Read(&e); });
+    // Rows of 50s are far above any critical level of this model.
+    const bool seen = WaitFor([&] {
+      grpc::ClientContext ctx;
+      v1::ScoreRequest req;
+      req.set_model("m");
+      req.mutable_samples()->set_num_features(kFeatures);
+      req.mutable_samples()->mutable_values()->Resize(kFeatures, 50.f);
+      v1::ScoreResponse resp;
+      r->scoring->Score(&ctx, req, &resp);
+      return got.load();
+    }, milliseconds(10000));
+    if (!seen) wctx.TryCancel();
+    reader.join();
+    ASSERT_TRUE(seen) << "a min_severity=2 watcher received nothing";
+    EXPECT_EQ(e.severity(), 2u);
+    wctx.TryCancel();
+    watch->Finish();
+  }
+  EXPECT_EQ(r->Stop(), 0);
+}
+
 }  // namespace
 }  // namespace aeserve::testing
