@@ -31,6 +31,13 @@ struct RunningServer {
   }
 };
 
+// The binary under test: AESERVE_TEST_BINARY runs these tests against another build (e.g. an
+// older one), else the one built beside the tests.
+inline std::string TestBinary() {
+  const char* binary = std::getenv("AESERVE_TEST_BINARY");
+  return binary != nullptr ? binary : AESERVE_BINARY;
+}
+
 // Starts aeserve on a free port with `model_dir` and `extra` flags (metrics off unless given).
 inline std::unique_ptr<RunningServer> StartServer(const std::string& model_dir,
                                                   std::vector<std::string> extra = {}) {
@@ -40,9 +47,7 @@ inline std::unique_ptr<RunningServer> StartServer(const std::string& model_dir,
   for (const auto& a : extra) metrics = metrics || a.rfind("--metrics_port", 0) == 0;
   if (!metrics) args.push_back("--metrics_port=0");
   args.insert(args.end(), extra.begin(), extra.end());
-  // AESERVE_TEST_BINARY runs these tests against another build (e.g. an older one).
-  const char* binary = std::getenv("AESERVE_TEST_BINARY");
-  if (!r->process.Start(binary != nullptr ? binary : AESERVE_BINARY, args)) return r;
+  if (!r->process.Start(TestBinary(), args)) return r;
   r->channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(r->process.port()),
                                    grpc::InsecureChannelCredentials());
   r->scoring = v1::Scoring::NewStub(r->channel);

@@ -28,7 +28,7 @@ TEST(Statuses, ASecondServerOnAPortInUseFails) {
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
   auto first = Serve(dir.path());
   ServerProcess second;
-  second.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=" + std::to_string(first->process.port()),
+  second.Start(TestBinary(), {"--host=127.0.0.1", "--port=" + std::to_string(first->process.port()),
                                 "--metrics_port=0", "--model_dir=" + dir.path()}, 0.2);
   EXPECT_EQ(second.Wait(20), 1) << second.log();
   EXPECT_NE(second.log().find("cannot listen on 127.0.0.1:" + std::to_string(first->process.port())),
