@@ -9,7 +9,9 @@ in the same run.
 """
 import argparse
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +24,18 @@ from aeserve.v1 import scoring_pb2, scoring_pb2_grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+# Opens N watchers on its own channel, says "ready", and waits (to be SIGSTOPped by the bench).
+FROZEN_CLIENT = """
+import sys, threading, grpc
+from aeserve.v1 import scoring_pb2, scoring_pb2_grpc
+ch = grpc.insecure_channel(sys.argv[1])
+stub = scoring_pb2_grpc.ScoringStub(ch)
+calls = [stub.WatchAnomalies(scoring_pb2.WatchAnomaliesRequest(), timeout=3600) for _ in range(int(sys.argv[2]))]
+print("ready", flush=True)
+threading.Event().wait()
+"""
 
 
 def rss_mb(pid):
@@ -37,6 +51,10 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "build/server/aeserve"))
     ap.add_argument("--watchers", default="0,1,100,1000")
     ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5, help="calls before timing at each watcher count")
+    ap.add_argument("--frozen", action="store_true",
+                    help="open the watchers in another process and SIGSTOP it: watchers whose "
+                         "client reads nothing at all (a hung client), so their windows fill")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as store:
         proc, addr = start_server(a.binary, store, [
@@ -58,12 +76,22 @@ def main():
         watch_channel = grpc.insecure_channel(addr)
         watch_stub = scoring_pb2_grpc.ScoringStub(watch_channel)
         watchers = []
+        frozen = []  # processes holding frozen watchers
         print(f"{'watchers':>9} {'p50 ms':>8} {'p90 ms':>8} {'RSS MB':>8}")
         for n in [int(x) for x in a.watchers.split(",")]:
-            while len(watchers) < n:  # open calls that are never read
+            if a.frozen:
+                have = sum(k for _, k in frozen)
+                if n > have:
+                    p = subprocess.Popen([sys.executable, "-c", FROZEN_CLIENT, addr, str(n - have)],
+                                         stdout=subprocess.PIPE, text=True)
+                    p.stdout.readline()  # "ready": its calls are open
+                    frozen.append((p, n - have))
+            while not a.frozen and len(watchers) < n:  # open calls that are never read
                 watchers.append(watch_stub.WatchAnomalies(scoring_pb2.WatchAnomaliesRequest(), timeout=600))
             time.sleep(1)  # let the server accept the new calls
-            for _ in range(5):  # warm-up: the watchers' flow-control windows fill, then they stall
+            for p, _ in frozen:
+                p.send_signal(signal.SIGSTOP)
+            for _ in range(a.warmup):  # warm-up: the watchers' flow-control windows fill
                 stub.Score(req, timeout=60)
             time.sleep(1)
             times = []
@@ -75,6 +103,9 @@ def main():
             times.sort()
             print(f"{n:>9} {statistics.median(times):>8.2f} {times[int(0.9 * len(times))]:>8.2f} "
                   f"{rss_mb(proc.pid):>8.0f}", flush=True)
+        for p, _ in frozen:
+            p.kill()
+            p.wait()
         for w in watchers:
             w.cancel()
         watch_channel.close()
