@@ -135,6 +135,7 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
   if (!model.ok()) return model.status();
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
+  if (!store_lock.status().ok()) return store_lock.status();
   auto version = store_.AddVersion(key, file);
   if (!version.ok()) return version.status();
   bool first = false;
@@ -162,6 +163,7 @@ absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
   if (auto st = RequireVersion(version); !st.ok()) return st;
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
+  if (!store_lock.status().ok()) return store_lock.status();
   {
     absl::ReaderMutexLock lock(&mu_);
     auto h = GetLocked(key, version);  // must exist and be ready (loaded and warm)
@@ -180,6 +182,7 @@ absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version,
   if (auto st = RequireVersion(version); !st.ok()) return st;
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
+  if (!store_lock.status().ok()) return store_lock.status();
   bool active = false;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -213,6 +216,7 @@ absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version,
 absl::Status ModelRegistry::DeleteModel(const ModelKey& key, bool force) {
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
+  if (!store_lock.status().ok()) return store_lock.status();
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = models_.find(key);
@@ -236,6 +240,7 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
                                          const v1::ThresholdConfig& critical, bool clear_critical) {
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
+  if (!store_lock.status().ok()) return store_lock.status();
   ModelHandle h;
   {
     absl::ReaderMutexLock lock(&mu_);

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <random>
 
@@ -262,8 +264,20 @@ uint64_t ModelStore::Stamp(const ModelKey& key, uint64_t version) const {
 ModelStore::Lock::Lock(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  fd_ = ::open((fs::path(dir) / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ >= 0) ::flock(fd_, LOCK_EX);
+  const std::string path = (fs::path(dir) / ".lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+  int rc = -1;
+  if (fd_ >= 0) {
+    do {
+      rc = ::flock(fd_, LOCK_EX);
+    } while (rc != 0 && errno == EINTR);
+  }
+  if (rc != 0) {
+    status_ = absl::UnavailableError(absl::StrCat("cannot lock the model store (", path, "): ",
+                                                  std::strerror(errno), "; nothing was changed"));
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
 }
 
 ModelStore::Lock::~Lock() {

@@ -72,16 +72,19 @@ class ModelStore {
   uint64_t Stamp(const ModelKey& key, uint64_t version) const;
 
   // An exclusive advisory lock (flock) on the store, held for read-modify-write sequences so that
-  // several replicas sharing the store serialise their lifecycle changes.
+  // several replicas sharing the store serialise their lifecycle changes. When it cannot be taken
+  // (status() not OK) the change must not go ahead: it would run unserialised.
   class Lock {
    public:
     explicit Lock(const std::string& dir);
     ~Lock();
+    const absl::Status& status() const { return status_; }
     Lock(const Lock&) = delete;
     Lock& operator=(const Lock&) = delete;
 
    private:
     int fd_ = -1;
+    absl::Status status_;
   };
 
  private:

@@ -223,5 +223,21 @@ TEST(StoreFaults, ARunningServerKeepsServingWhenItsStoreGoesBad) {
   EXPECT_EQ(r->Stop(), 0) << r->process.log();
 }
 
+TEST(StoreFaults, AStoreThatCannotBeLockedRefusesChangesAndKeepsServing) {
+  TempDir dir("aeserve_nolock");
+  StoreTwoVersions(dir.path(), "m");
+  fs::create_directory(fs::path(dir.path()) / ".lock");  // flock needs a file
+  auto r = StartServer(dir.path());
+  ASSERT_NE(r->process.port(), 0) << r->process.log();
+  v1::ScoreResponse resp;
+  ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
+  const grpc::Status st = Activate(*r, "m", 2);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("cannot lock the model store"), std::string::npos) << st.error_message();
+  ASSERT_TRUE(ScoreZeros(*r, "m", kFeatures, &resp).ok());
+  EXPECT_EQ(resp.version(), 1u) << "nothing changed";
+  EXPECT_EQ(r->Stop(), 0) << r->process.log();
+}
+
 }  // namespace
 }  // namespace aeserve::testing
