@@ -73,17 +73,19 @@ StreamReactor::StreamReactor(const Options& options, const ModelRegistry* regist
 }
 
 void StreamReactor::OnReadDone(bool ok) {
+  // Parsed before taking the lock: no other read can be started until reading_ is cleared below.
+  Pending p;
+  if (ok) {
+    ++messages_read_;
+    p.bytes = incoming_.Length();
+    p.parse_error = ParseMessage(&incoming_, &p.request, absl::StrCat("stream message ", messages_read_));
+  }
   absl::MutexLock lock(&mu_);
   reading_ = false;
   if (!ok) {
     reads_done_ = true;
   } else {
-    ++messages_read_;
-    Pending p;
-    p.bytes = incoming_.Length();
     Hold(p.bytes);
-    p.parse_error = ParseMessage(&incoming_, &p.request, absl::StrCat("stream message ", messages_read_));
-    incoming_.Clear();
     pending_.push_back(std::move(p));
   }
   Pump();
@@ -236,7 +238,8 @@ void StreamReactor::Process(Worker& worker) {
 
 StreamReactor::Unsent StreamReactor::Encode(const v1::StreamScoreResponse& r) {
   Unsent u;
-  const size_t size = r.ByteSizeLong();
+  SerializeMessage(r, &u.message);
+  const size_t size = u.message.Length();
   if (size > static_cast<size_t>(options_.max_message_bytes)) {
     v1::StreamScoreResponse e;
     e.set_sequence(r.sequence());
@@ -246,8 +249,6 @@ StreamReactor::Unsent StreamReactor::Encode(const v1::StreamScoreResponse& r) {
         options_.max_message_bytes, " (--max_message_bytes): send smaller batches or ask for fewer "
         "per-feature fields"));
     SerializeMessage(e, &u.message);
-  } else {
-    SerializeMessage(r, &u.message);
   }
   u.bytes = u.message.Length();
   return u;

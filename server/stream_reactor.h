@@ -102,8 +102,10 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   absl::Mutex mu_;
-  grpc::ByteBuffer incoming_ ABSL_GUARDED_BY(mu_);
-  uint64_t messages_read_ ABSL_GUARDED_BY(mu_) = 0;
+  // The read in flight and the count of messages read: touched only by StartRead's caller (under
+  // mu_, while reading_ is false) and by OnReadDone (before it clears reading_).
+  grpc::ByteBuffer incoming_;
+  uint64_t messages_read_ = 0;
   std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
   std::deque<Unsent> unsent_ ABSL_GUARDED_BY(mu_);
   uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // this stream's share of the budget

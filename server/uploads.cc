@@ -27,26 +27,29 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   }
 
   void OnReadDone(bool ok) override {
+    // Parsed before taking the lock (the sweeper takes it): only this callback touches the read
+    // in flight, and the next read starts below.
+    v1::CreateTrainingJobRequest req;
+    grpc::Status parsed;
+    if (ok) parsed = ParseMessage(&incoming_, &req, absl::StrCat("upload message ", ++messages_));
     absl::MutexLock lock(&mu_);
     if (finished_) return;
     last_ = Clock::now();
     if (!ok) return Complete();
-    ++messages_;
-    if (grpc::Status st = ParseMessage(&incoming_, &req_, absl::StrCat("upload message ", messages_)); !st.ok()) {
-      return End(grpc::Status(st.error_code(), absl::StrCat(st.error_message(), "; no job was created")));
+    if (!parsed.ok()) {
+      return End(grpc::Status(parsed.error_code(), absl::StrCat(parsed.error_message(), "; no job was created")));
     }
-    if (req_.has_header()) {
+    if (req.has_header()) {
       if (have_header_) return End(Invalid("the header is only allowed in the first message"));
-      if (auto st = AcceptHeader(req_.header()); !st.ok()) return End(ToGrpc(st));
+      if (auto st = AcceptHeader(req.header()); !st.ok()) return End(ToGrpc(st));
     } else if (!have_header_) {
       return End(Invalid("the first message must carry the header"));
     }
-    if (values_.size() + static_cast<size_t>(req_.values_size()) > expected_values_) {
+    if (values_.size() + static_cast<size_t>(req.values_size()) > expected_values_) {
       return End(Invalid(absl::StrCat("the upload sends more than the ", header_.rows(),
                                       " rows its header announced; no job was created")));
     }
-    values_.insert(values_.end(), req_.values().begin(), req_.values().end());
-    req_.Clear();
+    values_.insert(values_.end(), req.values().begin(), req.values().end());
     StartRead(&incoming_);
   }
 
@@ -139,8 +142,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   Clock::time_point last_ ABSL_GUARDED_BY(mu_) = Clock::now();
   grpc::ByteBuffer incoming_;  // the read in flight (one at a time)
-  uint64_t messages_ ABSL_GUARDED_BY(mu_) = 0;
-  v1::CreateTrainingJobRequest req_ ABSL_GUARDED_BY(mu_);
+  uint64_t messages_ = 0;      // messages read; touched only by OnReadDone
   bool have_header_ ABSL_GUARDED_BY(mu_) = false;
   v1::TrainingJobHeader header_ ABSL_GUARDED_BY(mu_);
   uint64_t expected_values_ ABSL_GUARDED_BY(mu_) = 0;
