@@ -119,24 +119,29 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::CreateTrainingJob(grpc:
 grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(grpc::CallbackServerContext* ctx,
                                                                           const Raw* body) {
   v1::GetTrainingJobRequest req;
-  grpc::ByteBuffer copy(*body);
-  grpc::Status st = ParseMessage(&copy, &req);
+  grpc::Status st = ParseRequest(*body, &req);
   if (st.ok()) st = auth_->Check(ctx, Role::kAdmin);
   return new WatchReactor(jobs_, req.id(), st);
 }
 
-grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                       Raw* out) {
+template <typename Fn>
+grpc::ServerUnaryReactor* AdminService::JobCall(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out,
+                                                Fn fn) {
   auto* call = new UnaryCall<v1::GetTrainingJobRequest, v1::TrainingJob>(body, out);
   if (!call->parsed()) return call;
   grpc::Status st = auth_->Check(ctx, Role::kAdmin);
   if (st.ok()) {
-    auto got = jobs_->Get(call->request().id());
-    if (got.ok()) *call->response() = *got;
+    absl::StatusOr<v1::TrainingJob> got = fn(call->request().id());
+    if (got.ok()) *call->response() = *std::move(got);
     st = ToGrpc(got.status());
   }
   call->Reply(st);
   return call;
+}
+
+grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                       Raw* out) {
+  return JobCall(ctx, body, out, [this](const std::string& id) { return jobs_->Get(id); });
 }
 
 grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerContext* ctx, const Raw* body,
@@ -153,16 +158,7 @@ grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerCon
 
 grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerContext* ctx, const Raw* body,
                                                           Raw* out) {
-  auto* call = new UnaryCall<v1::GetTrainingJobRequest, v1::TrainingJob>(body, out);
-  if (!call->parsed()) return call;
-  grpc::Status st = auth_->Check(ctx, Role::kAdmin);
-  if (st.ok()) {
-    auto got = jobs_->Cancel(call->request().id());
-    if (got.ok()) *call->response() = *got;
-    st = ToGrpc(got.status());
-  }
-  call->Reply(st);
-  return call;
+  return JobCall(ctx, body, out, [this](const std::string& id) { return jobs_->Cancel(id); });
 }
 
 grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx, const Raw* body,

@@ -44,6 +44,9 @@ class AdminService final : public RawAdminService {
   // executor and replies.
   template <typename Call, typename Fn>
   grpc::ServerUnaryReactor* Lifecycle(grpc::CallbackServerContext* ctx, Call* call, Fn fn);
+  // Get and Cancel: authorises, then answers with `fn(job id)` (a StatusOr<TrainingJob>).
+  template <typename Fn>
+  grpc::ServerUnaryReactor* JobCall(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out, Fn fn);
 
   const Options& options_;
   ModelRegistry* registry_;

@@ -25,6 +25,13 @@ grpc::Status ParseMessage(grpc::ByteBuffer* buffer, Message* message, const std:
   return grpc::Status::OK;
 }
 
+// The same for a request body gRPC owns (const): parses a copy that shares its slices.
+template <typename Message>
+grpc::Status ParseRequest(const grpc::ByteBuffer& body, Message* message) {
+  grpc::ByteBuffer copy(body);
+  return ParseMessage(&copy, message);
+}
+
 template <typename Message>
 grpc::Status SerializeMessage(const Message& message, grpc::ByteBuffer* out) {
   out->Clear();  // gRPC's writer starts from an empty buffer
@@ -39,8 +46,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   // Parses `body`; when it does not parse the call is answered at once (parsed() is false and
   // the caller just returns the call to gRPC).
   UnaryCall(const grpc::ByteBuffer* body, grpc::ByteBuffer* out) : out_(out) {
-    grpc::ByteBuffer copy(*body);  // shares the slices
-    grpc::Status st = ParseMessage(&copy, &request_);
+    grpc::Status st = ParseRequest(*body, &request_);
     parsed_ = st.ok();
     if (!parsed_) Finish(st);
   }

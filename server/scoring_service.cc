@@ -75,8 +75,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoringService::Str
 grpc::ServerWriteReactor<grpc::ByteBuffer>* ScoringService::WatchAnomalies(grpc::CallbackServerContext* ctx,
                                                                           const Raw* body) {
   v1::WatchAnomaliesRequest req;
-  grpc::ByteBuffer copy(*body);
-  grpc::Status st = ParseMessage(&copy, &req);
+  grpc::Status st = ParseRequest(*body, &req);
   if (st.ok()) st = auth_->Check(ctx, Role::kScore);
   return new AnomalyWatcher(feed_, req, 1024, st);
 }

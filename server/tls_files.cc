@@ -25,6 +25,18 @@ absl::StatusOr<std::string> ReadPem(const char* flag, const std::string& path) {
 template <typename T, void (*Free)(T*)>
 using Owned = std::unique_ptr<T, std::integral_constant<decltype(Free), Free>>;
 
+// The first certificate in PEM text; INVALID_ARGUMENT naming the flag and file when there is none.
+absl::StatusOr<Owned<X509, X509_free>> FirstCertificate(const std::string& pem, const char* flag,
+                                                        const std::string& path) {
+  Owned<BIO, BIO_free_all> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  Owned<X509, X509_free> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!cert) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", path, " holds no PEM certificate"));
+  }
+  return cert;
+}
+
 }  // namespace
 
 absl::StatusOr<TlsFiles> ReadTlsFiles(const Options& o) {
@@ -43,12 +55,8 @@ absl::StatusOr<TlsFiles> ReadTlsFiles(const Options& o) {
     if (!ca.ok()) return ca.status();
     f.client_ca = *std::move(ca);
   }
-  Owned<BIO, BIO_free_all> cbio(BIO_new_mem_buf(f.cert.data(), static_cast<int>(f.cert.size())));
-  Owned<X509, X509_free> x509(PEM_read_bio_X509(cbio.get(), nullptr, nullptr, nullptr));
-  if (!x509) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat("--tls_cert ", o.tls_cert, " holds no PEM certificate"));
-  }
+  auto x509 = FirstCertificate(f.cert, "tls_cert", o.tls_cert);
+  if (!x509.ok()) return x509.status();
   Owned<BIO, BIO_free_all> kbio(BIO_new_mem_buf(f.key.data(), static_cast<int>(f.key.size())));
   Owned<EVP_PKEY, EVP_PKEY_free> pkey(PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr));
   if (!pkey) {
@@ -56,19 +64,13 @@ absl::StatusOr<TlsFiles> ReadTlsFiles(const Options& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--tls_key ", o.tls_key, " holds no PEM private key (or it is encrypted)"));
   }
-  if (X509_check_private_key(x509.get(), pkey.get()) != 1) {
+  if (X509_check_private_key(x509->get(), pkey.get()) != 1) {
     ERR_clear_error();
     return absl::InvalidArgumentError(absl::StrCat("--tls_key ", o.tls_key,
                                                    " does not match the certificate in --tls_cert ", o.tls_cert));
   }
   if (!o.tls_client_ca.empty()) {
-    Owned<BIO, BIO_free_all> abio(BIO_new_mem_buf(f.client_ca.data(), static_cast<int>(f.client_ca.size())));
-    Owned<X509, X509_free> ca(PEM_read_bio_X509(abio.get(), nullptr, nullptr, nullptr));
-    if (!ca) {
-      ERR_clear_error();
-      return absl::InvalidArgumentError(
-          absl::StrCat("--tls_client_ca ", o.tls_client_ca, " holds no PEM certificate"));
-    }
+    if (auto ca = FirstCertificate(f.client_ca, "tls_client_ca", o.tls_client_ca); !ca.ok()) return ca.status();
   }
   return f;
 }
