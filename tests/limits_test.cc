@@ -4,7 +4,6 @@
 #include <atomic>
 #include <fstream>
 #include <thread>
-#include <regex>
 
 #include "gtest/gtest.h"
 #include "http_get.h"
@@ -26,27 +25,6 @@ double RssMb(pid_t pid) {
     if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   }
   return -1;
-}
-
-int MetricsPort(RunningServer& r) {
-  std::smatch m;
-  const std::string log = r.process.log();
-  if (!std::regex_search(log, m, std::regex("metrics on http://[^:]+:([0-9]+)"))) return 0;
-  return std::stoi(m[1]);
-}
-
-// The value of an unlabelled series in exposition text, -1 when absent.
-double MetricValue(const std::string& text, const std::string& name) {
-  const size_t pos = text.find("\n" + name + " ");
-  return pos == std::string::npos ? -1 : std::stod(text.substr(pos + name.size() + 2));
-}
-
-std::unique_ptr<RunningServer> Serve(const std::string& dir, std::vector<std::string> extra = {}) {
-  auto r = StartServer(dir, extra);
-  EXPECT_NE(r->process.port(), 0) << r->process.log();
-  v1::ScoreResponse resp;
-  EXPECT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
-  return r;
 }
 
 // A WatchAnomalies call that never reads: its events pile up on the server.
@@ -111,13 +89,8 @@ TEST(Limits, WatchersAreBoundedAndStalledOnesCostLittle) {
   // stays correct, and memory stays small because watchers share the events.
   const double before = RssMb(r->process.pid());
   for (int i = 0; i < 10; ++i) {
-    grpc::ClientContext ctx;
-    v1::ScoreRequest req;
-    req.set_model("m");
-    req.mutable_samples()->set_num_features(kFeatures);
-    req.mutable_samples()->mutable_values()->Resize(2000 * kFeatures, 50.f);
     v1::ScoreResponse resp;
-    ASSERT_TRUE(r->scoring->Score(&ctx, req, &resp).ok());
+    ASSERT_TRUE(ScoreFilled(*r, "m", kFeatures, 50.f, &resp, 2000).ok());
     ASSERT_EQ(resp.num_anomalies(), 2000u);
   }
   // Wait for the fan-out: each watcher keeps at most its buffer (1024) plus what its stream's

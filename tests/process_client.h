@@ -5,13 +5,17 @@
 
 #include <cstdlib>
 #include <memory>
+#include <regex>
 #include <string>
 #include <vector>
 
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "http_get.h"
 #include "server_process.h"
+#include "test_models.h"
+#include "wait_for.h"
 
 namespace aeserve::testing {
 
@@ -63,16 +67,50 @@ inline grpc::Status GetModel(RunningServer& r, const std::string& model, v1::Mod
   return r.scoring->GetModel(&ctx, req, info);
 }
 
-// Scores `rows` rows of zeros with `model`'s active version.
-inline grpc::Status ScoreZeros(RunningServer& r, const std::string& model, uint32_t features,
-                               v1::ScoreResponse* resp, uint32_t rows = 1) {
+// Scores `rows` rows whose every value is `value` with `model`'s active version.
+inline grpc::Status ScoreFilled(RunningServer& r, const std::string& model, uint32_t features, float value,
+                                v1::ScoreResponse* resp, uint32_t rows = 1) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ScoreRequest req;
   req.set_model(model);
   req.mutable_samples()->set_num_features(features);
-  req.mutable_samples()->mutable_values()->Resize(static_cast<int>(rows * features), 0.f);
+  req.mutable_samples()->mutable_values()->Resize(static_cast<int>(rows * features), value);
   return r.scoring->Score(&ctx, req, resp);
+}
+
+inline grpc::Status ScoreZeros(RunningServer& r, const std::string& model, uint32_t features,
+                               v1::ScoreResponse* resp, uint32_t rows = 1) {
+  return ScoreFilled(r, model, features, 0.f, resp, rows);
+}
+
+// Starts aeserve on a store holding model "m" (kFeatures features) and waits until it scores.
+inline std::unique_ptr<RunningServer> Serve(const std::string& dir, std::vector<std::string> extra = {}) {
+  auto r = StartServer(dir, std::move(extra));
+  EXPECT_NE(r->process.port(), 0) << r->process.log();
+  v1::ScoreResponse resp;
+  EXPECT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); },
+                      std::chrono::milliseconds(10000)));
+  return r;
+}
+
+// The /metrics port a server started with --metrics_port=-1 logged; 0 if none.
+inline int MetricsPort(RunningServer& r) {
+  std::smatch m;
+  const std::string log = r.process.log();
+  if (!std::regex_search(log, m, std::regex("metrics on http://[^:]+:([0-9]+)"))) return 0;
+  return std::stoi(m[1]);
+}
+
+// The value of `series` (a name, with its labels if it has any) in exposition text; -1 if absent.
+inline double MetricValue(const std::string& text, const std::string& series) {
+  for (size_t pos = text.find(series); pos != std::string::npos; pos = text.find(series, pos + 1)) {
+    const size_t end = pos + series.size();
+    if ((pos == 0 || text[pos - 1] == '\n') && end < text.size() && text[end] == ' ') {
+      return std::stod(text.substr(end + 1));
+    }
+  }
+  return -1;
 }
 
 }  // namespace aeserve::testing

@@ -15,14 +15,6 @@ namespace {
 
 using std::chrono::milliseconds;
 
-std::unique_ptr<RunningServer> Serve(const std::string& dir, std::vector<std::string> extra = {}) {
-  auto r = StartServer(dir, extra);
-  EXPECT_NE(r->process.port(), 0) << r->process.log();
-  v1::ScoreResponse resp;
-  EXPECT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
-  return r;
-}
-
 TEST(Statuses, ASecondServerOnAPortInUseFails) {
   TempDir dir("aeserve_port");
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
@@ -172,13 +164,8 @@ TEST(Statuses, WatchersAreToldTheServerIsShuttingDown) {
       got = watch->Read(&e);
     });
     ASSERT_TRUE(WaitFor([&] {
-      grpc::ClientContext ctx;
-      v1::ScoreRequest req;
-      req.set_model("m");
-      req.mutable_samples()->set_num_features(kFeatures);
-      req.mutable_samples()->mutable_values()->Resize(kFeatures, 50.f);
       v1::ScoreResponse resp;
-      r->scoring->Score(&ctx, req, &resp);
+      ScoreFilled(*r, "m", kFeatures, 50.f, &resp);  // rows of 50s are flagged
       return got.load();
     }, milliseconds(10000)));
     reader.join();
@@ -249,13 +236,8 @@ TEST(Statuses, CriticalOnlyWatchersGetCriticalEvents) {
     std::thread reader([&] { got = watch->Read(&e); });
     // Rows of 50s are far above any critical level of this model.
     const bool seen = WaitFor([&] {
-      grpc::ClientContext ctx;
-      v1::ScoreRequest req;
-      req.set_model("m");
-      req.mutable_samples()->set_num_features(kFeatures);
-      req.mutable_samples()->mutable_values()->Resize(kFeatures, 50.f);
       v1::ScoreResponse resp;
-      r->scoring->Score(&ctx, req, &resp);
+      ScoreFilled(*r, "m", kFeatures, 50.f, &resp);  // rows of 50s are flagged
       return got.load();
     }, milliseconds(10000));
     if (!seen) wctx.TryCancel();

@@ -6,7 +6,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -33,20 +32,6 @@ void StoreTwoVersions(const std::string& dir, const std::string& model) {
   ASSERT_TRUE(store.AddVersion(server::ModelKey{model, ""}, TrainSmall(v1::MODEL_KIND_PLAIN, 2)).ok());
 }
 
-int MetricsPort(RunningServer& r) {
-  std::smatch m;
-  const std::string log = r.process.log();
-  if (!std::regex_search(log, m, std::regex("metrics on http://[^:]+:([0-9]+)"))) return 0;
-  return std::stoi(m[1]);
-}
-
-double MetricValue(const std::string& text, const std::string& series) {
-  for (size_t pos = text.find(series); pos != std::string::npos; pos = text.find(series, pos + 1)) {
-    if (pos == 0 || text[pos - 1] == '\n') return std::stod(text.substr(pos + series.size() + 1));
-  }
-  return -1;
-}
-
 grpc::Status Activate(RunningServer& r, const std::string& model, uint64_t version) {
   grpc::ClientContext ctx;
   v1::ActivateVersionRequest req;
@@ -54,6 +39,16 @@ grpc::Status Activate(RunningServer& r, const std::string& model, uint64_t versi
   req.set_version(version);
   v1::ModelInfoBrief b;
   return r.admin->ActivateVersion(&ctx, req, &b);
+}
+
+grpc::Status DeleteVersion(RunningServer& r, const std::string& model, uint64_t version, bool force) {
+  grpc::ClientContext ctx;
+  v1::DeleteVersionRequest req;
+  req.set_model(model);
+  req.set_version(version);
+  req.set_force(force);
+  v1::ModelInfoBrief b;
+  return r.admin->DeleteVersion(&ctx, req, &b);
 }
 
 TEST(StoreFaults, VersionZeroIsRefusedAndTheModelKeepsServing) {
@@ -67,15 +62,7 @@ TEST(StoreFaults, VersionZeroIsRefusedAndTheModelKeepsServing) {
   grpc::Status st = Activate(*r, "m", 0);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("version is required"), std::string::npos) << st.error_message();
-  {
-    grpc::ClientContext ctx;
-    v1::DeleteVersionRequest req;
-    req.set_model("m");
-    req.set_version(0);
-    req.set_force(true);
-    v1::ModelInfoBrief b;
-    EXPECT_EQ(r->admin->DeleteVersion(&ctx, req, &b).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  }
+  EXPECT_EQ(DeleteVersion(*r, "m", 0, true).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // Still serving version 1; ACTIVE untouched; an unforced DeleteModel is still refused.
   ASSERT_TRUE(ScoreZeros(*r, "m", kFeatures, &resp).ok());
   EXPECT_EQ(resp.version(), 1u);
@@ -100,15 +87,7 @@ TEST(StoreFaults, ForceDeletingTheActiveVersionSurvivesARestart) {
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;
   ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
-  {
-    grpc::ClientContext ctx;
-    v1::DeleteVersionRequest req;
-    req.set_model("m");
-    req.set_version(1);
-    req.set_force(true);
-    v1::ModelInfoBrief b;
-    ASSERT_TRUE(r->admin->DeleteVersion(&ctx, req, &b).ok());
-  }
+  ASSERT_TRUE(DeleteVersion(*r, "m", 1, true).ok());
   EXPECT_EQ(ScoreZeros(*r, "m", kFeatures, &resp).error_code(), grpc::StatusCode::UNAVAILABLE);
   ASSERT_EQ(r->Stop(), 0);
   // After a restart the staged version 2 is still not active: the store says "none".

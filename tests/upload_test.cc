@@ -4,7 +4,6 @@
 // declared size from one budget (--max_upload_bytes).
 #include <cstdio>
 #include <filesystem>
-#include <regex>
 
 #include "admin_client.h"
 #include "gtest/gtest.h"
@@ -57,17 +56,12 @@ class Uploads : public ::testing::Test {
     extra.push_back("--metrics_port=-1");
     server_ = StartServer(dir_.path(), extra);
     ASSERT_NE(server_->process.port(), 0) << server_->process.log();
-    std::smatch m;
-    const std::string log = server_->process.log();
-    ASSERT_TRUE(std::regex_search(log, m, std::regex("metrics on http://[^:]+:([0-9]+)"))) << log;
-    metrics_port_ = std::stoi(m[1]);
+    metrics_port_ = MetricsPort(*server_);
+    ASSERT_NE(metrics_port_, 0) << server_->process.log();
   }
   // Training data the server holds in memory (aeserve_training_data_bytes), -1 if unknown.
   double DataBytes() {
-    const std::string text = HttpGet(metrics_port_, "/metrics");
-    const std::string name = "\naeserve_training_data_bytes ";
-    const size_t pos = text.find(name);
-    return pos == std::string::npos ? -1 : std::stod(text.substr(pos + name.size()));
+    return MetricValue(HttpGet(metrics_port_, "/metrics"), "aeserve_training_data_bytes");
   }
   // No job was ever created and nothing reached the store.
   void ExpectNothingCreated() {

@@ -9,38 +9,23 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "model_store.h"
-#include "params.h"
 #include "raw_client.h"
 #include "server.h"
+#include "small_model.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spdlog/spdlog.h"
-#include "spec.h"
 
 namespace {
 
 using namespace aeserve;
 
 v1::ModelFile SmallModel() {
-  v1::ModelSpec s;
-  s.add_encoder_units(8);
-  s.set_code_size(2);
-  auto spec = *engine::ResolveSpec(s, 4);
-  std::mt19937_64 rng(1);
-  engine::Params p = engine::InitParams(spec, rng);
-  v1::ModelFile f;
-  f.set_format_version(1);
-  *f.mutable_spec() = spec;
-  for (int j = 0; j < 4; ++j) {
-    f.mutable_scaler()->add_offset(0);
-    f.mutable_scaler()->add_scale(1);
-    f.add_feature_names("f" + std::to_string(j));
-  }
-  engine::ToModelFile(p, f);
+  v1::ModelFile f = fuzz::SmallModelFile();
+  for (int j = 0; j < 4; ++j) f.add_feature_names("f" + std::to_string(j));
   for (int i = 1; i <= 100; ++i) f.add_calibration_errors(0.01f * i);
   f.set_threshold_value(0.9);
   return f;

@@ -3,32 +3,17 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <random>
 
 #include "executor.h"
 #include "model.h"
-#include "params.h"
 #include "scoring.h"
-#include "spec.h"
+#include "small_model.h"
 
 namespace {
 
 std::shared_ptr<const aeserve::engine::Model> SmallModel() {
   using namespace aeserve;
-  v1::ModelSpec s;
-  s.add_encoder_units(8);
-  s.set_code_size(2);
-  auto spec = *engine::ResolveSpec(s, 4);
-  std::mt19937_64 rng(1);
-  engine::Params p = engine::InitParams(spec, rng);
-  v1::ModelFile f;
-  f.set_format_version(1);
-  *f.mutable_spec() = spec;
-  for (int j = 0; j < 4; ++j) {
-    f.mutable_scaler()->add_offset(0);
-    f.mutable_scaler()->add_scale(1);
-  }
-  engine::ToModelFile(p, f);
+  v1::ModelFile f = fuzz::SmallModelFile();
   f.add_calibration_errors(0.5f);
   f.set_threshold_value(0.5);
   f.mutable_critical_threshold()->set_method(v1::THRESHOLD_FIXED);
