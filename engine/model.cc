@@ -37,6 +37,20 @@ struct Model::Plan {
   memory::desc logvar_scratch_md;
 };
 
+// The neighbour-distance primitive of one bucket of up to kNeighbourBatch rows.
+struct Model::NeighbourPlan {
+  uint32_t batch;
+  dnnl::inner_product_forward fwd;
+  memory weights, bias;
+  memory::desc scratch_md;
+};
+
+namespace {
+// Rows per neighbour-distance call: bounds the per-context buffer to kNeighbourBatch x
+// reference_rows floats whatever max_batch is.
+constexpr uint32_t kNeighbourBatch = 256;
+}  // namespace
+
 struct ScoringContext::Args {
   std::vector<std::unordered_map<int, memory>> layer;
   std::unordered_map<int, memory> logvar;
@@ -52,6 +66,8 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   if (options.threads < 1 || options.max_batch == 0 || !std::has_single_bit(options.max_batch)) {
     return absl::InvalidArgumentError("model options: threads >= 1, max_batch a power of two");
   }
+  // Files written before neighbours existed have no `neighbors`: reconstruction error alone.
+  if (!file.spec().has_neighbors()) file.mutable_spec()->set_neighbors(0);
   AE_ASSIGN_OR_RETURN(v1::ModelSpec spec, ResolveSpec(file.spec(), file.spec().num_features()));
   *file.mutable_spec() = spec;
   AE_ASSIGN_OR_RETURN(Params params, FromModelFile(file));
@@ -74,7 +90,35 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   if (!std::isfinite(file.threshold_value())) {
     return absl::InvalidArgumentError("model: threshold must be finite");
   }
+  uint32_t reference_rows = 0;
+  if (spec.neighbors() > 0) {
+    const size_t values = static_cast<size_t>(file.reference_size());
+    reference_rows = static_cast<uint32_t>(values / d);
+    if (values % d != 0 || reference_rows < spec.neighbors() ||
+        reference_rows > spec.reference_rows()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model: ", spec.neighbors(), " neighbours need between ", spec.neighbors(), " and ",
+          spec.reference_rows(), " reference rows of ", d, " values; the file holds ", values,
+          " values"));
+    }
+    for (float v : file.reference()) {
+      if (!std::isfinite(v)) return absl::InvalidArgumentError("model: reference values must be finite");
+    }
+    if (file.has_score_scale()) {
+      const v1::ScoreScale& sc = file.score_scale();
+      if (!std::isfinite(sc.error_mean()) || !std::isfinite(sc.distance_mean()) ||
+          !(sc.error_std() > 0) || !(sc.distance_std() > 0) || !std::isfinite(sc.error_std()) ||
+          !std::isfinite(sc.distance_std())) {
+        return absl::InvalidArgumentError("model: score scale needs finite means and stds > 0");
+      }
+    }
+  } else if (file.reference_size() != 0 || file.has_score_scale()) {
+    return absl::InvalidArgumentError("model: reference rows without neighbours");
+  }
   std::shared_ptr<Model> m(new Model(std::move(file), options));
+  m->neighbors_ = m->file_.spec().neighbors();
+  m->reference_rows_ = reference_rows;
+  m->scaled_ = m->neighbors_ > 0 && m->file_.has_score_scale();
   for (uint32_t i = 0; i < d; ++i) {
     m->offset_.push_back(sc.offset(i));
     m->scale_.push_back(sc.scale(i));
@@ -82,7 +126,10 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   }
   m->calibration_.assign(m->file_.calibration_errors().begin(), m->file_.calibration_errors().end());
   ScopedThreads threads(options.threads);
-  AE_RETURN_IF_ERROR(CatchDnnl("building inference plans", [&] { m->Build(params); }));
+  AE_RETURN_IF_ERROR(CatchDnnl("building inference plans", [&] {
+    m->Build(params);
+    if (m->neighbors_ > 0) m->BuildNeighbours();
+  }));
   return std::shared_ptr<const Model>(std::move(m));
 }
 
@@ -160,6 +207,38 @@ void Model::Build(const Params& params) {
   }
 }
 
+void Model::BuildNeighbours() {
+  const uint32_t d = num_features(), n = reference_rows_;
+  const float* ref = file_.reference().data();
+  std::vector<float> bias(n);
+  for (uint32_t r = 0; r < n; ++r) {
+    float sq = 0;
+    for (uint32_t j = 0; j < d; ++j) sq += ref[size_t{r} * d + j] * ref[size_t{r} * d + j];
+    bias[r] = -0.5f * sq;
+  }
+  dnnl::stream st(engine_);
+  for (uint32_t batch = 1; batch <= std::min(kNeighbourBatch, options_.max_batch); batch *= 2) {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const memory::desc src_md({batch, d}, dt::f32, tag::ab);
+    const memory::desc dst_md({batch, n}, dt::f32, tag::ab);
+    const memory::desc w_any({n, d}, dt::f32, tag::any);
+    const memory::desc b_md({n}, dt::f32, tag::a);
+    dnnl::inner_product_forward::primitive_desc pd(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_any, b_md,
+                                          dst_md),
+        attr, engine_);
+    NeighbourPlan plan{batch, dnnl::inner_product_forward(pd), memory(pd.weights_desc(), engine_),
+                       memory(b_md, engine_), pd.scratchpad_desc()};
+    memory plain({{n, d}, dt::f32, tag::ab}, engine_, const_cast<float*>(ref));
+    dnnl::reorder(plain, plan.weights).execute(st, plain, plan.weights);
+    st.wait();
+    std::copy(bias.begin(), bias.end(), static_cast<float*>(plan.bias.get_data_handle()));
+    scratch_bytes_ = std::max(scratch_bytes_, plan.scratch_md.get_size());
+    neighbour_plans_.push_back(std::move(plan));
+  }
+}
+
 std::unique_ptr<ScoringContext> Model::NewContext() const {
   return std::unique_ptr<ScoringContext>(new ScoringContext(*this));
 }
@@ -174,6 +253,18 @@ ScoringContext::ScoringContext(const Model& m) : model_(m), stream_(m.engine_) {
   pong_.assign(b * m.max_width_, 0.f);
   out_.assign(b * d, 0.f);
   scratch_.assign(std::max<size_t>(m.scratch_bytes_, 64), 0);
+  for (const Model::NeighbourPlan& plan : m.neighbour_plans_) {
+    if (dots_.empty()) dots_.assign(size_t{m.neighbour_plans_.back().batch} * m.reference_rows_, 0.f);
+    auto args = std::make_unique<Args>();
+    args->layer.push_back(
+        {{DNNL_ARG_SRC, memory({{plan.batch, d}, dt::f32, tag::ab}, m.engine_, in_.data())},
+         {DNNL_ARG_WEIGHTS, plan.weights},
+         {DNNL_ARG_BIAS, plan.bias},
+         {DNNL_ARG_DST,
+          memory({{plan.batch, m.reference_rows_}, dt::f32, tag::ab}, m.engine_, dots_.data())},
+         {DNNL_ARG_SCRATCHPAD, memory(plan.scratch_md, m.engine_, scratch_.data())}});
+    neighbour_args_.push_back(std::move(args));
+  }
   // Layer i reads from and writes to fixed buffers: encoder hidden layers alternate ping/pong,
   // the code head writes `latent_`, decoder hidden layers alternate again, the output is `out_`.
   const size_t n = m.layers_.size();
@@ -271,6 +362,44 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
   });
 }
 
+absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) const {
+  const uint32_t d = num_features(), n = reference_rows_, k = neighbors_;
+  std::vector<float> nearest(k);  // squared distances, ascending
+  for (size_t start = 0; start < take; start += kNeighbourBatch) {
+    const size_t rows = std::min<size_t>(kNeighbourBatch, take - start);
+    const uint32_t bucket = std::bit_ceil(static_cast<uint32_t>(rows));
+    const size_t p = static_cast<size_t>(std::countr_zero(bucket));
+    auto& args = ctx.neighbour_args_[p]->layer[0];
+    args[DNNL_ARG_SRC].set_data_handle(ctx.in_.data() + start * d);
+    AE_RETURN_IF_ERROR(CatchDnnl("neighbour distances", [&] {
+      neighbour_plans_[p].fwd.execute(ctx.stream_, args);
+      ctx.stream_.wait();
+    }));
+    for (size_t r = 0; r < rows; ++r) {
+      const float* x = ctx.in_.data() + (start + r) * d;
+      float xx = 0;
+      for (uint32_t j = 0; j < d; ++j) xx += x[j] * x[j];
+      // Keep the k smallest squared distances by insertion; most candidates fail the first test.
+      const float* dots = ctx.dots_.data() + r * n;
+      uint32_t have = 0;
+      for (uint32_t i = 0; i < n; ++i) {
+        const float dist = std::max(xx - 2.f * dots[i], 0.f);
+        if (have == k && dist >= nearest[k - 1]) continue;
+        uint32_t pos = have < k ? have++ : k - 1;
+        while (pos > 0 && nearest[pos - 1] > dist) {
+          nearest[pos] = nearest[pos - 1];
+          --pos;
+        }
+        nearest[pos] = dist;
+      }
+      float sum = 0;
+      for (uint32_t i = 0; i < k; ++i) sum += std::sqrt(nearest[i]);
+      out[start + r] = sum / static_cast<float>(k);
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
                           const ScoreOptions& options, ScoreResult* result) const {
   if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
@@ -280,6 +409,8 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
   const bool elbo = options.neg_elbo && spec().kind() == v1::MODEL_KIND_VARIATIONAL;
   result->threshold = threshold();
   result->error.resize(rows);
+  result->distance.resize(neighbors_ > 0 ? rows : 0);
+  result->score.resize(rows);
   result->anomalous.resize(rows);
   result->p_value.resize(rows);
   result->feature_error.resize(options.per_feature ? rows * d : 0);
@@ -292,6 +423,7 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
     const uint32_t bucket = ChooseBucket(rows - done, &take);
     ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
     AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, elbo));
+    if (neighbors_ > 0) AE_RETURN_IF_ERROR(Distances(ctx, take, result->distance.data() + done));
     for (size_t r = 0; r < take; ++r) {
       const float* xs = ctx.in_.data() + r * d;
       const float* y = ctx.out_.data() + r * d;
@@ -318,8 +450,13 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
             " is too far outside this model's training range to score (its error overflows)"));
       }
       result->error[done + r] = err;
-      result->anomalous[done + r] = err > thr;
-      result->p_value[done + r] = static_cast<float>(PValue(err, calibration_));
+      const float score =
+          scaled_ ? AnomalyScore(err, result->distance[done + r], spec().reconstruction_weight(),
+                                 file_.score_scale())
+                  : err;
+      result->score[done + r] = score;
+      result->anomalous[done + r] = score > thr;
+      result->p_value[done + r] = static_cast<float>(PValue(score, calibration_));
       if (elbo) {
         double kl = 0;
         for (uint32_t k = 0; k < c; ++k) {

@@ -1,4 +1,7 @@
 // A loaded, immutable autoencoder that scores, encodes, reconstructs and generates.
+// A model's anomaly score is its reconstruction error, or, for models with neighbours
+// (ModelSpec.neighbors), the reconstruction error and the mean distance to the nearest of the
+// training rows kept in the file, put on one scale (ScoreScale, see AnomalyScore).
 // Inference plans (oneDNN primitives for power-of-two batch sizes up to max_batch, weights
 // reordered once into the layouts the primitives prefer) are built in Create and never on the
 // request path. One Model serves many threads: each thread brings its own ScoringContext.
@@ -31,14 +34,24 @@ struct ScoreOptions {
 
 struct ScoreResult {
   std::vector<float> error;          // per sample: mean squared error over features (scaled space)
-  std::vector<uint8_t> anomalous;    // error > threshold
-  std::vector<float> p_value;        // conformal p-value against the calibration errors
+  std::vector<float> distance;       // per sample: mean distance to the nearest reference rows
+                                     // (models with neighbours; empty otherwise)
+  std::vector<float> score;          // per sample: the anomaly score (= error without neighbours)
+  std::vector<uint8_t> anomalous;    // score > threshold
+  std::vector<float> p_value;        // conformal p-value against the calibration scores
   std::vector<float> feature_error;  // rows x features squared errors, when asked
   std::vector<float> neg_elbo;       // per sample, when asked and variational
   double threshold = 0;
 };
 
 class ScoringContext;
+
+// The anomaly score of a model with neighbours: w * (error - error_mean) / error_std +
+// (distance - distance_mean) / distance_std.
+inline float AnomalyScore(float error, float distance, float weight, const v1::ScoreScale& s) {
+  return static_cast<float>(weight * (error - s.error_mean()) / s.error_std() +
+                            (distance - s.distance_mean()) / s.distance_std());
+}
 
 class Model {
  public:
@@ -68,12 +81,14 @@ class Model {
   uint32_t num_features() const { return file_.spec().num_features(); }
   uint32_t code_size() const { return file_.spec().code_size(); }
   double threshold() const { return file_.threshold_value(); }
+  uint32_t neighbors() const { return neighbors_; }
   const ModelOptions& options() const { return options_; }
 
  private:
   friend class ScoringContext;
   struct Layer;
   struct Plan;
+  struct NeighbourPlan;
   enum class Pass { kEncode, kFull, kDecode };
 
   Model(v1::ModelFile file, const ModelOptions& options);
@@ -82,6 +97,9 @@ class Model {
   uint32_t ChooseBucket(size_t remaining, size_t* take) const;
   void ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const;
   absl::Status Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const;
+  void BuildNeighbours();
+  // Mean distance from each of the first `take` rows of ctx.in_ to its nearest reference rows.
+  absl::Status Distances(ScoringContext& ctx, size_t take, float* out) const;
 
   v1::ModelFile file_;
   ModelOptions options_;
@@ -91,6 +109,11 @@ class Model {
   size_t num_encoder_ = 0;
   std::vector<Plan> plans_;    // one per bucket: 1, 2, 4, ..., max_batch
   std::vector<float> calibration_;
+  // Neighbours: the reference rows are the weights of one inner product per bucket of up to
+  // kNeighbourBatch rows (bias -|r|^2 / 2, so |x - r|^2 = |x|^2 - 2 * output).
+  uint32_t neighbors_ = 0, reference_rows_ = 0;
+  std::vector<NeighbourPlan> neighbour_plans_;
+  bool scaled_ = false;  // the file has a ScoreScale: score = AnomalyScore(error, distance)
   size_t scratch_bytes_ = 0;
   uint32_t max_width_ = 0;
 };
@@ -108,10 +131,11 @@ class ScoringContext {
 
   const Model& model_;
   dnnl::stream stream_;
-  std::vector<float> in_, latent_, logvar_, ping_, pong_, out_;
+  std::vector<float> in_, latent_, logvar_, ping_, pong_, out_, dots_;
   std::vector<uint8_t> scratch_;
   struct Args;
   std::vector<std::unique_ptr<Args>> args_;  // per bucket, built on first use
+  std::vector<std::unique_ptr<Args>> neighbour_args_;  // per neighbour bucket
 };
 
 }  // namespace aeserve::engine

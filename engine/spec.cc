@@ -124,6 +124,25 @@ absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t nu
   } else {
     s.clear_beta();
   }
+
+  if (!s.has_neighbors()) s.set_neighbors(kDefaultNeighbors);
+  if (s.neighbors() == 0) {
+    s.clear_reference_rows();
+    s.clear_reconstruction_weight();
+  } else {
+    if (s.reference_rows() == 0) s.set_reference_rows(kDefaultReferenceRows);
+    if (s.reference_rows() > kMaxReferenceRows) {
+      return Invalid(absl::StrCat("reference_rows must be at most ", kMaxReferenceRows));
+    }
+    if (s.neighbors() > s.reference_rows()) {
+      return Invalid(absl::StrCat("neighbors (", s.neighbors(), ") must be at most reference_rows (",
+                                  s.reference_rows(), ")"));
+    }
+    if (!s.has_reconstruction_weight()) s.set_reconstruction_weight(kDefaultReconstructionWeight);
+    if (!std::isfinite(s.reconstruction_weight()) || s.reconstruction_weight() < 0) {
+      return Invalid("reconstruction_weight must be >= 0");
+    }
+  }
   return s;
 }
 

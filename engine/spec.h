@@ -9,6 +9,12 @@
 
 namespace aeserve::engine {
 
+// Neighbour distance defaults (ModelSpec.neighbors, reference_rows) and the largest reference.
+inline constexpr uint32_t kDefaultNeighbors = 10;
+inline constexpr uint32_t kDefaultReferenceRows = 256;
+inline constexpr uint32_t kMaxReferenceRows = 16384;
+inline constexpr float kDefaultReconstructionWeight = 0.5f;
+
 // Returns the spec with every default filled in, or INVALID_ARGUMENT naming what is wrong.
 // A spec that gives neither layers nor a code size gets DefaultSpec's architecture.
 // `num_features` (from the data) is used when the spec leaves it 0; otherwise they must agree.

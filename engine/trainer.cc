@@ -92,6 +92,28 @@ absl::StatusOr<double> Evaluate(TrainGraph& g, const std::vector<float>& x, size
   return total / static_cast<double>(rows);
 }
 
+// Mean and std of both parts of the score on the calibration rows; a std of 0 (all equal) is
+// replaced by a small fraction of the mean so that the score stays finite.
+v1::ScoreScale FitScoreScale(const std::vector<float>& errors, const std::vector<float>& distances) {
+  auto fit = [](const std::vector<float>& v, double* mean, double* std) {
+    double sum = 0, sq = 0;
+    for (float x : v) sum += x;
+    *mean = sum / static_cast<double>(v.size());
+    for (float x : v) sq += (x - *mean) * (x - *mean);
+    *std = std::sqrt(sq / static_cast<double>(v.size()));
+    *std = std::max(*std, 1e-6 * std::max(std::fabs(*mean), 1e-6));
+  };
+  double em, es, dm, ds;
+  fit(errors, &em, &es);
+  fit(distances, &dm, &ds);
+  v1::ScoreScale s;
+  s.set_error_mean(em);
+  s.set_error_std(es);
+  s.set_distance_mean(dm);
+  s.set_distance_std(ds);
+  return s;
+}
+
 }  // namespace
 
 absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData& data,
@@ -250,8 +272,29 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   meta->set_description(req.description);
 
   // Calibrate on the held-out rows (the training rows when nothing was held out), scored by the
-  // same inference path that will serve the model.
-  const std::vector<size_t>& calib_rows = val_rows.empty() ? train_rows : val_rows;
+  // same inference path that will serve the model. Neighbours: the reference rows are drawn from
+  // the training rows and never calibrate (a row's distance to itself is 0).
+  std::vector<size_t> calib_rows = val_rows.empty() ? train_rows : val_rows;
+  if (file.spec().neighbors() > 0) {
+    std::vector<size_t> reference = train_rows;
+    std::shuffle(reference.begin(), reference.end(), rng);
+    size_t keep = std::min<size_t>(reference.size(), file.spec().reference_rows());
+    if (val_rows.empty()) keep = std::min(keep, reference.size() / 2);  // the rest calibrates
+    if (keep == 0) {
+      file.mutable_spec()->set_neighbors(0);  // a single training row: no neighbours to keep
+      file.mutable_spec()->clear_reference_rows();
+      file.mutable_spec()->clear_reconstruction_weight();
+    } else {
+      if (val_rows.empty()) calib_rows.assign(reference.begin() + keep, reference.end());
+      reference.resize(keep);
+      std::sort(reference.begin(), reference.end());
+      file.mutable_spec()->set_neighbors(
+          static_cast<uint32_t>(std::min<size_t>(file.spec().neighbors(), keep)));
+      std::vector<float> scaled;
+      ScaleRows(data, reference, scaler, scaled);
+      file.mutable_reference()->Add(scaled.begin(), scaled.end());
+    }
+  }
   std::vector<float> calib_raw(calib_rows.size() * d);
   for (size_t i = 0; i < calib_rows.size(); ++i) {
     std::copy_n(data.values.data() + calib_rows[i] * d, d, calib_raw.data() + i * d);
@@ -261,6 +304,13 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   ScoreResult scores;
   AE_RETURN_IF_ERROR(model->Score(*ctx, calib_raw, {}, &scores));
   std::vector<float> errors = std::move(scores.error);
+  if (!scores.distance.empty()) {
+    *file.mutable_score_scale() = FitScoreScale(errors, scores.distance);
+    for (size_t i = 0; i < errors.size(); ++i) {
+      errors[i] = AnomalyScore(errors[i], scores.distance[i], file.spec().reconstruction_weight(),
+                               file.score_scale());
+    }
+  }
   if (errors.size() > opt.max_calibration_samples()) {
     std::shuffle(errors.begin(), errors.end(), rng);
     errors.resize(opt.max_calibration_samples());

@@ -170,9 +170,10 @@ std::shared_ptr<const EventBatch> AnomalyFeed::BuildEvents(const FlaggedRows& f)
     if (!f.ids.empty()) e.set_sample_id(f.ids[i]);
     if (!f.timestamps_ms.empty()) e.set_timestamp_ms(f.timestamps_ms[i]);
     e.set_error(f.errors[i]);
+    e.set_score(f.scores[i]);
     e.set_threshold(f.threshold);
     e.set_p_value(f.p_values[i]);
-    e.set_severity(critical > 0 && f.errors[i] > critical ? 2 : 1);
+    e.set_severity(critical > 0 && f.scores[i] > critical ? 2 : 1);
     e.set_server_time_ms(f.server_time_ms);
     const float* fe = fe_all + i * d;
     std::iota(idx.begin(), idx.end(), 0u);

@@ -36,7 +36,7 @@ struct FlaggedRows {
   float threshold = 0;
   std::vector<float> values;          // the flagged rows, row-major
   std::vector<float> feature_errors;  // their per-feature errors when the call computed them
-  std::vector<float> errors, p_values;
+  std::vector<float> errors, scores, p_values;
   std::vector<std::string> ids;       // empty when the batch had none
   std::vector<int64_t> timestamps_ms; // empty when the batch had none
 };

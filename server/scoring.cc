@@ -69,6 +69,7 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, const e
                               res.feature_error.begin() + (i + 1) * d);
     }
     f.errors.push_back(res.error[i]);
+    f.scores.push_back(res.score[i]);
     f.p_values.push_back(res.p_value[i]);
     if (s.ids_size()) f.ids.push_back(s.ids(static_cast<int>(i)));
     if (s.timestamps_ms_size()) f.timestamps_ms.push_back(s.timestamps_ms(static_cast<int>(i)));
@@ -101,6 +102,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   r->set_threshold(res.threshold);
   r->set_num_samples(static_cast<uint32_t>(rows));
   CopyInto(res.error, r->mutable_errors());
+  CopyInto(res.score, r->mutable_scores());
   CopyInto(res.p_value, r->mutable_p_values());
   r->mutable_anomalous()->Resize(static_cast<int>(rows), false);
   uint32_t anomalies = 0;
@@ -115,7 +117,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     r->mutable_severity()->Resize(static_cast<int>(rows), 0);
     for (size_t i = 0; i < rows; ++i) {
       r->mutable_severity()->Set(static_cast<int>(i),
-                                 res.error[i] > critical ? 2 : (res.anomalous[i] ? 1 : 0));
+                                 res.score[i] > critical ? 2 : (res.anomalous[i] ? 1 : 0));
     }
   }
   if (options.per_feature()) CopyInto(res.feature_error, r->mutable_feature_errors());
@@ -135,7 +137,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     }
   }
   if (eo.neg_elbo) CopyInto(res.neg_elbo, r->mutable_neg_elbo());
-  if (h.metrics != nullptr) h.metrics->Record(res.error, res.anomalous, critical);
+  if (h.metrics != nullptr) h.metrics->Record(res.error, res.score, res.anomalous, critical);
   if (hooks.feed != nullptr && anomalies > 0 && hooks.feed->HasWatchers()) {
     PublishAnomalies(h, s, res, eo.per_feature && !eo.original_units, hooks);
   }

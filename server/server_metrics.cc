@@ -48,24 +48,24 @@ ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std
       errors_(m.errors_.Add({{"model", model}, {"version", version}}, ErrorBuckets())),
       calibration_(std::move(sorted_calibration)) {}
 
-void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const uint8_t> anomalous,
-                          double critical) {
+void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const float> scores,
+                          absl::Span<const uint8_t> anomalous, double critical) {
   uint64_t warn = 0, crit = 0;
-  for (size_t i = 0; i < errors.size(); ++i) {
+  for (size_t i = 0; i < scores.size(); ++i) {
     if (!anomalous[i]) continue;
-    if (critical > 0 && errors[i] > critical) ++crit;
+    if (critical > 0 && scores[i] > critical) ++crit;
     else ++warn;
   }
   samples_.Increment(static_cast<double>(errors.size()));
   if (warn) warnings_.Increment(static_cast<double>(warn));
   if (crit) criticals_.Increment(static_cast<double>(crit));
   errors_.ObserveMany(errors);
-  // The drift window keeps the last kDriftWindow errors.
-  const size_t start = errors.size() > kDriftWindow ? errors.size() - kDriftWindow : 0;
-  const uint64_t n = errors.size() - start;
+  // The drift window keeps the last kDriftWindow scores.
+  const size_t start = scores.size() > kDriftWindow ? scores.size() - kDriftWindow : 0;
+  const uint64_t n = scores.size() - start;
   const uint64_t at = written_.fetch_add(n, std::memory_order_relaxed);
   for (uint64_t i = 0; i < n; ++i) {
-    window_[(at + i) % kDriftWindow].store(errors[start + i], std::memory_order_relaxed);
+    window_[(at + i) % kDriftWindow].store(scores[start + i], std::memory_order_relaxed);
   }
 }
 

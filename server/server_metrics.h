@@ -32,15 +32,17 @@ class ModelMetrics {
  public:
   ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version,
                std::vector<float> sorted_calibration);
-  // One scored batch. `critical` is the critical threshold (0 = none).
-  void Record(absl::Span<const float> errors, absl::Span<const uint8_t> anomalous, double critical);
+  // One scored batch: reconstruction errors (the histogram) and anomaly scores (severity against
+  // `critical`, the critical threshold, 0 = none; the drift window).
+  void Record(absl::Span<const float> errors, absl::Span<const float> scores,
+              absl::Span<const uint8_t> anomalous, double critical);
 
   struct Drift {
     double ks = 0;
     size_t window = 0;
   };
-  // Two-sample Kolmogorov-Smirnov statistic between the last scored errors and the calibration
-  // errors (0 when there is no calibration sample or nothing was scored).
+  // Two-sample Kolmogorov-Smirnov statistic between the last anomaly scores and the calibration
+  // scores (0 when there is no calibration sample or nothing was scored).
   Drift ComputeDrift() const;
   // Anomalies / samples over about the last 60 seconds, from counter snapshots taken at scrape
   // time (NaN when nothing was scored since the oldest snapshot kept).

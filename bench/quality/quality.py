@@ -62,7 +62,17 @@ def start_server():
         sys.exit(str(e))
 
 
-def evaluate(client, name, x, y, seeds):
+def variant_args(text):
+    """'neighbors=0,dropout=0.1' -> {"neighbors": 0, "dropout": 0.1}: Client.train keyword
+    arguments for a variant run (the default run passes none)."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        key, value = item.split("=")
+        out[key] = float(value) if "." in value or "e" in value else int(value)
+    return out
+
+
+def evaluate(client, name, x, y, seeds, train_args):
     res = {"pyod": {"roc_auc": [], "pr_auc": []}, "semi": {"roc_auc": [], "pr_auc": [],
            "precision": [], "recall": [], "f1": []}, "iforest": {"roc_auc": [], "pr_auc": []}}
     for seed in range(seeds):
@@ -71,10 +81,10 @@ def evaluate(client, name, x, y, seeds):
             continue
         for protocol, rows in (("pyod", xtr), ("semi", xtr[ytr == 0])):
             model = f"q_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}_{protocol}"
-            client.train(model, rows, seed=seed + 1)  # every setting is the server's default
+            client.train(model, rows, seed=seed + 1, **train_args)  # no train_args: server defaults
             r = client.score(model, xte)
-            res[protocol]["roc_auc"].append(roc_auc_score(yte, r.errors))
-            res[protocol]["pr_auc"].append(average_precision_score(yte, r.errors))
+            res[protocol]["roc_auc"].append(roc_auc_score(yte, r.scores))
+            res[protocol]["pr_auc"].append(average_precision_score(yte, r.scores))
             if protocol == "semi":
                 tp = int((r.anomalous & (yte == 1)).sum())
                 p = tp / max(int(r.anomalous.sum()), 1)
@@ -100,6 +110,7 @@ def main():
     p.add_argument("--json")
     p.add_argument("--server")
     p.add_argument("--sets", help="comma-separated subset of set names")
+    p.add_argument("--variant", help="Client.train settings for a variant run, e.g. neighbors=0")
     args = p.parse_args()
 
     proc = None
@@ -114,7 +125,8 @@ def main():
         files = [f for f in files if os.path.basename(f)[:-4] in wanted]
     started = time.time()
     results = {}
-    print(f"aeserve detection quality: {len(files)} sets from {args.data}, {args.seeds} seeds, 60/40 splits")
+    print(f"aeserve detection quality: {len(files)} sets from {args.data}, {args.seeds} seeds, 60/40 splits"
+          + (f", variant {args.variant}" if args.variant else ", server defaults"))
     print("ROC-AUC mean (std over seeds); pyod = trained with outliers, semi = trained on inliers")
     print(f"{'set':<12} {'rows':>6} {'d':>4} | {'aeserve pyod':>14} {'PR':>5} | {'aeserve semi':>14} {'PR':>5} "
           f"{'P':>5} {'R':>5} {'F1':>5} | {'IForest here':>12} | {'pub AE':>6} {'pub VAE':>7} {'pub IF':>6}")
@@ -123,7 +135,7 @@ def main():
         data = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.float32)
         x, y = data[:, :-1], data[:, -1].astype(int)
         try:
-            s = evaluate(client, name, x, y, args.seeds)
+            s = evaluate(client, name, x, y, args.seeds, variant_args(args.variant))
         except AeserveError as e:
             print(f"{name:<12} failed: {e}")
             continue

@@ -26,8 +26,9 @@ class ScoreResult:
     version: int
     threshold: float
     errors: np.ndarray            # float32, mean squared reconstruction error per sample
-    anomalous: np.ndarray         # bool
+    anomalous: np.ndarray         # bool: score > threshold
     p_values: np.ndarray          # float32
+    scores: Optional[np.ndarray] = None  # float32 anomaly score per sample (what is thresholded)
     feature_errors: Optional[np.ndarray] = None  # rows x features, when asked
     top_features: Optional[np.ndarray] = None    # rows x k feature indices
     top_feature_errors: Optional[np.ndarray] = None
@@ -47,6 +48,8 @@ class ScoreResult:
         return cls(
             model=r.model, version=r.version, threshold=r.threshold,
             errors=np.array(r.errors, dtype=np.float32),
+            # Servers before anomaly scores existed: the score is the error.
+            scores=np.array(r.scores if len(r.scores) else r.errors, dtype=np.float32),
             anomalous=np.array(r.anomalous, dtype=bool),
             p_values=np.array(r.p_values, dtype=np.float32),
             feature_errors=fe,
@@ -246,12 +249,16 @@ class Client:
               seed: int = 1, scaling: str = "standard", loss: str = "mse",
               activation: str = "relu", noise_level: float = 0.0, l1_penalty: float = 0.0,
               kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: float = 99.0,
+              neighbors: Optional[int] = None, reference_rows: int = 0,
+              reconstruction_weight: Optional[float] = None,
               entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True) -> admin_pb2.TrainingJob:
         """Uploads `data` (rows x features), trains a new version in the server, and (with wait)
         watches the job to its end, calling progress(job) on every update. Returns the final
-        TrainingJob; raises AeserveError if the job is refused or fails."""
+        TrainingJob; raises AeserveError if the job is refused or fails. `neighbors`,
+        `reference_rows`, `reconstruction_weight` and `dropout` left unset take the server's
+        defaults (neighbors=0: the score is the reconstruction error alone)."""
         x = np.asarray(data, dtype=np.float32)
         header = admin_pb2.TrainingJobHeader(
             model=model, entity=entity, num_features=x.shape[1], rows=x.shape[0],
@@ -273,7 +280,12 @@ class Client:
                 encoder_units=list(layers), code_size=code,
                 hidden_activation=model_pb2.Activation.Value("ACTIVATION_" + activation.upper()),
                 loss=model_pb2.Loss.Value("LOSS_" + loss.upper()), noise_level=noise_level,
-                l1_penalty=l1_penalty, kl_sparsity_weight=kl_sparsity_weight, beta=beta))
+                l1_penalty=l1_penalty, kl_sparsity_weight=kl_sparsity_weight, beta=beta,
+                reference_rows=reference_rows))
+            if neighbors is not None:
+                header.spec.neighbors = neighbors
+            if reconstruction_weight is not None:
+                header.spec.reconstruction_weight = reconstruction_weight
 
         def chunks(rows_per_chunk=16384):
             for start in range(0, max(len(x), 1), rows_per_chunk):

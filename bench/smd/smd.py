@@ -1,0 +1,153 @@
+#!/usr/bin/python3
+"""aeserve on multivariate server telemetry (SMD, ASD): VUS-PR as TSB-AD measures it, and the
+service's own use, through a running aeserve (train over RPC, score over RPC).
+
+  PYTHONPATH=build/clients/python bench/smd/smd.py [--data DIR] [--json FILE] [--server HOST:PORT]
+                                                   [--tsb-tr machine=N,...] [--machines a,b]
+                                                   [--window K] [--seed S]
+
+DIR holds one folder per machine with `train.csv` (features) and `test.csv` (features, `label`
+last, 1 = anomaly); every such folder is evaluated (sets never seen before included). Two protocols:
+  tsb:   TSB-AD's (Liu & Paparrizos, NeurIPS 2024): the series is the machine's test half; the model
+         is trained on its first `tr` points (--tsb-tr; SMD machine-2-1: 5923, machine-3-4: 2634 as
+         in TSB-AD's file names; other folders: the first 30% of the test half) and scores the
+         whole series. Metrics: VUS-PR (bench/smd/vus.py, TSB-AD's definition, sliding window from
+         find_length_rank on the first channel), PR-AUC (average precision), ROC-AUC.
+  split: the service's own use: trained on train.csv, scores test.csv; VUS-PR, PR-AUC, ROC-AUC and
+         the precision / recall / F1 of the server's own flags (its default threshold).
+No per-machine settings. Each sample is a window of the last K rows (--window, default 1 = the row
+alone), built here until the server builds windows itself; the first rows of a series repeat its
+first row. The score of a point is the reconstruction error of the window ending at it.
+JSON: {machine: {"tsb": {"vus_pr", "pr_auc", "roc_auc"}, "split": {... "precision", "recall",
+"f1"}}}. Without --server it starts build/server/aeserve on a free loopback port and stops it.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vus import find_length_rank, vus_pr  # noqa: E402
+
+from aeserve import Client  # noqa: E402
+from aeserve.local import start_server as start_local, stop_server  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TSB_TR = {"machine-2-1": 5923, "machine-3-4": 2634}  # TSB-AD's tr_ for these SMD series
+TSB_TR_FALLBACK = 0.3
+# TSB-AD's published VUS-PR for these series (../shared/data/smd/SOURCE.md).
+PUBLISHED_AE = {"machine-2-1": 0.350, "machine-3-4": 0.428}
+
+
+def load(path, labelled):
+    data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2)
+    if labelled:
+        return data[:, :-1], data[:, -1].astype(int)
+    return data, None
+
+
+def windows(x, k):
+    """Row t = rows t-k+1 .. t concatenated (oldest first); rows before the start repeat row 0."""
+    if k <= 1:
+        return x
+    padded = np.concatenate([np.repeat(x[:1], k - 1, axis=0), x])
+    return np.concatenate([padded[i:i + len(x)] for i in range(k)], axis=1)
+
+
+def metrics(labels, score, sliding_window):
+    return {"vus_pr": float(vus_pr(labels, score, sliding_window)),
+            "pr_auc": float(average_precision_score(labels, score)),
+            "roc_auc": float(roc_auc_score(labels, score)),
+            "sliding_window": int(sliding_window)}
+
+
+def flags(labels, anomalous):
+    tp = int((anomalous & (labels == 1)).sum())
+    p = tp / max(int(anomalous.sum()), 1)
+    r = tp / max(int(labels.sum()), 1)
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+            "flagged": int(anomalous.sum())}
+
+
+def evaluate(client, name, folder, tr, k, seed):
+    model = "smd_" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    test_x, test_y = load(os.path.join(folder, "test.csv"), True)
+    out = {}
+    sw = find_length_rank(test_x, rank=1)
+    series = windows(test_x, k)
+    if tr is None:
+        tr = int(TSB_TR_FALLBACK * len(series))
+    client.train(model + "_tsb", series[:tr], seed=seed)
+    r = client.score(model + "_tsb", series)
+    out["tsb"] = metrics(test_y, r.scores, sw)
+    out["tsb"]["train_points"] = tr
+    if os.path.exists(os.path.join(folder, "train.csv")):
+        train_x, _ = load(os.path.join(folder, "train.csv"), False)
+        client.train(model + "_split", windows(train_x, k), seed=seed)
+        r = client.score(model + "_split", series)
+        out["split"] = metrics(test_y, r.scores, sw)
+        out["split"].update(flags(test_y, r.anomalous))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "smd"))
+    p.add_argument("--json")
+    p.add_argument("--server")
+    p.add_argument("--tsb-tr", default="", help="machine=N,... training points for the tsb protocol")
+    p.add_argument("--machines", help="comma-separated subset of machine folders")
+    p.add_argument("--window", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    tsb_tr = dict(TSB_TR)
+    for item in filter(None, args.tsb_tr.split(",")):
+        m, n = item.split("=")
+        tsb_tr[m] = int(n)
+
+    proc, address = None, args.server
+    if not address:
+        try:
+            proc, address = start_local(os.path.join(ROOT, "build", "server", "aeserve"),
+                                        tempfile.mkdtemp(prefix="aeserve_smd_"))
+        except RuntimeError as e:
+            sys.exit(str(e))
+    client = Client(address, timeout=1200)
+    folders = sorted(d for d in os.listdir(args.data)
+                     if os.path.exists(os.path.join(args.data, d, "test.csv")))
+    if args.machines:
+        folders = [d for d in folders if d in args.machines.split(",")]
+    started = time.time()
+    print(f"aeserve on {len(folders)} series from {args.data}; window {args.window}, seed {args.seed}")
+    print(f"{'machine':<12} | {'tsb VUS-PR':>10} {'PR':>6} {'ROC':>6} {'pub AE':>6} | "
+          f"{'split VUS-PR':>12} {'PR':>6} {'ROC':>6} {'P':>5} {'R':>5} {'F1':>5}")
+    results = {}
+    for name in folders:
+        res = evaluate(client, name, os.path.join(args.data, name), tsb_tr.get(name), args.window,
+                       args.seed)
+        results[name] = res
+        t, s = res["tsb"], res.get("split")
+        pub = PUBLISHED_AE.get(name)
+        line = (f"{name:<12} | {t['vus_pr']:>10.3f} {t['pr_auc']:>6.3f} {t['roc_auc']:>6.3f} "
+                f"{pub if pub is not None else '-':>6} |")
+        if s:
+            line += (f" {s['vus_pr']:>12.3f} {s['pr_auc']:>6.3f} {s['roc_auc']:>6.3f} "
+                     f"{s['precision']:>5.2f} {s['recall']:>5.2f} {s['f1']:>5.2f}")
+        print(line, flush=True)
+    print(f"took {time.time() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    client.close()
+    if proc:
+        stop_server(proc)
+
+
+if __name__ == "__main__":
+    main()
