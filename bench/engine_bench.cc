@@ -36,6 +36,7 @@ v1::ModelSpec Spec() {
   s.add_encoder_units(32);
   s.set_code_size(8);
   s.set_hidden_activation(v1::ACTIVATION_RELU);
+  s.set_neighbors(0);  // the autoencoder alone; neighbours are added per run (--neighbors)
   return *ResolveSpec(s, kFeatures);
 }
 
@@ -156,22 +157,38 @@ int main(int argc, char** argv) {
   file.set_threshold_value(0.99);
   auto model = *Model::Create(file, ModelOptions{threads, 4096});
   auto ctx = model->NewContext();
+  // The default anomaly score: the same autoencoder plus the distance to the nearest
+  // kDefaultNeighbors of kDefaultReferenceRows reference rows.
+  v1::ModelFile nfile = file;
+  nfile.mutable_spec()->set_neighbors(kDefaultNeighbors);
+  nfile.mutable_spec()->set_reference_rows(kDefaultReferenceRows);
+  nfile.mutable_spec()->set_reconstruction_weight(kDefaultReconstructionWeight);
+  for (size_t i = 0; i < size_t{kDefaultReferenceRows} * kFeatures; ++i) {
+    nfile.add_reference(data.normal[i]);
+  }
+  nfile.mutable_score_scale()->set_error_std(1);
+  nfile.mutable_score_scale()->set_distance_std(1);
+  auto nmodel = *Model::Create(nfile, ModelOptions{threads, 4096});
+  auto nctx = nmodel->NewContext();
 
   std::printf("aeserve engine benchmark: model 38-64-32-8-32-64-38 ReLU, fp32, %d oneDNN thread(s)\n",
               threads);
   std::printf("each figure: median of 3 interleaved runs of %.2f s\n\n", seconds);
-  std::printf("%8s %16s %16s %8s\n", "batch", "bare oneDNN/s", "aeserve/s", "ratio");
+  std::printf("%8s %16s %16s %8s %20s %8s\n", "batch", "bare oneDNN/s", "aeserve/s", "ratio",
+              "aeserve default/s", "cost");
   ScoreResult result;
   for (uint32_t batch : {1u, 16u, 256u, 4096u, 65536u}) {
     BareForward bare(params, batch);
     const absl::Span<const float> x(data.normal.data(), size_t{batch} * kFeatures);
-    std::vector<double> b, e;
+    std::vector<double> b, e, n;
     for (int rep = 0; rep < 3; ++rep) {
       b.push_back(Rate([&] { bare.Run(x.data(), batch); }, batch, seconds));
       e.push_back(Rate([&] { (void)model->Score(*ctx, x, {}, &result); }, batch, seconds));
+      n.push_back(Rate([&] { (void)nmodel->Score(*nctx, x, {}, &result); }, batch, seconds));
     }
-    std::printf("%8u %16.0f %16.0f %7.1f%%\n", batch, Median(b), Median(e),
-                100 * Median(e) / Median(b));
+    // cost = time per sample of the default score / time per sample of the autoencoder alone.
+    std::printf("%8u %16.0f %16.0f %7.1f%% %20.0f %7.2fx\n", batch, Median(b), Median(e),
+                100 * Median(e) / Median(b), Median(n), Median(e) / Median(n));
   }
 
   // Batch-1 latency distribution.

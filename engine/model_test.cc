@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -30,6 +31,7 @@ v1::ModelFile MakeFile(v1::ModelKind kind, v1::Activation hidden, uint64_t seed 
   s.add_encoder_units(8);
   s.set_code_size(3);
   s.set_hidden_activation(hidden);
+  s.set_neighbors(0);  // the reconstruction path alone; neighbours have their own tests
   auto spec = ResolveSpec(s, kFeatures);
   EXPECT_TRUE(spec.ok()) << spec.status();
   std::mt19937_64 rng(seed);
@@ -292,6 +294,117 @@ TEST_F(ModelFileTest, InconsistentContentsAreRejectedAtCreate) {
   f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU);
   f.add_calibration_errors(0.01f);  // not sorted
   EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Neighbour distance, worked by hand: scaler identity, two features, reference rows (0,0),
+// (3,4), (6,8), 2 neighbours. For x = (0,0) the distances are 0, 5, 10: mean of the nearest two
+// 2.5. For x = (6,8): 10, 5, 0 -> 2.5. For x = (3,0): 3, 4, sqrt(9+64)=8.544 -> 3.5. With
+// ScoreScale {error 1 +- 2, distance 2 +- 0.5} and weight 0.5 the score is
+// 0.5 * (error - 1) / 2 + (distance - 2) / 0.5.
+v1::ModelFile NeighbourFile() {
+  v1::ModelSpec s;
+  s.add_encoder_units(4);
+  s.set_code_size(1);
+  s.set_neighbors(2);
+  s.set_reference_rows(4);
+  auto spec = ResolveSpec(s, 2);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  std::mt19937_64 rng(1);
+  v1::ModelFile f;
+  f.set_format_version(kModelFormatVersion);
+  *f.mutable_spec() = *spec;
+  ToModelFile(InitParams(*spec, rng), f);
+  for (int j = 0; j < 2; ++j) {
+    f.mutable_scaler()->add_offset(0);
+    f.mutable_scaler()->add_scale(1);
+  }
+  for (float v : {0.f, 0.f, 3.f, 4.f, 6.f, 8.f}) f.add_reference(v);
+  f.set_threshold_value(1.0);
+  return f;
+}
+
+TEST(Model, NeighbourDistanceKnownAnswers) {
+  v1::ModelFile f = NeighbourFile();
+  auto model = Model::Create(f);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto ctx = (*model)->NewContext();
+  ScoreResult r;
+  const std::vector<float> x = {0, 0, 6, 8, 3, 0};
+  ASSERT_TRUE((*model)->Score(*ctx, x, {}, &r).ok());
+  ASSERT_EQ(r.distance.size(), 3u);
+  EXPECT_NEAR(r.distance[0], 2.5, 1e-4);
+  EXPECT_NEAR(r.distance[1], 2.5, 1e-4);
+  EXPECT_NEAR(r.distance[2], 3.5, 1e-4);
+  // Without a score scale (a model being calibrated) the score is the error.
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r.score[i], r.error[i]);
+
+  v1::ScoreScale* sc = f.mutable_score_scale();
+  sc->set_error_mean(1);
+  sc->set_error_std(2);
+  sc->set_distance_mean(2);
+  sc->set_distance_std(0.5);
+  auto scaled = Model::Create(f);
+  ASSERT_TRUE(scaled.ok()) << scaled.status();
+  auto ctx2 = (*scaled)->NewContext();
+  ASSERT_TRUE((*scaled)->Score(*ctx2, x, {}, &r).ok());
+  for (size_t i = 0; i < 3; ++i) {
+    const double want = 0.5 * (r.error[i] - 1) / 2 + (r.distance[i] - 2) / 0.5;
+    EXPECT_NEAR(r.score[i], want, 1e-4);
+    EXPECT_EQ(r.anomalous[i], r.score[i] > 1.0f);
+  }
+  EXPECT_NEAR(r.score[0] - 0.25 * (r.error[0] - 1), 1.0, 1e-4);  // (2.5 - 2) / 0.5
+}
+
+// Every batch size through the neighbour primitive (buckets, 256-row chunks) against brute force.
+TEST(Model, NeighbourDistanceMatchesBruteForceForEveryBatchSize) {
+  v1::ModelFile f = NeighbourFile();
+  f.mutable_spec()->set_neighbors(3);
+  f.mutable_spec()->set_reference_rows(64);
+  f.clear_reference();
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> n(0.f, 1.f);
+  for (int i = 0; i < 50 * 2; ++i) f.add_reference(n(rng));
+  auto model = Model::Create(f, ModelOptions{1, 1024});
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto ctx = (*model)->NewContext();
+  for (size_t rows : {1u, 3u, 255u, 256u, 257u, 700u, 1024u, 1500u}) {
+    std::vector<float> x(rows * 2);
+    for (float& v : x) v = 2 * n(rng);
+    ScoreResult r;
+    ASSERT_TRUE((*model)->Score(*ctx, x, {}, &r).ok());
+    for (size_t i = 0; i < rows; ++i) {
+      std::vector<double> d;
+      for (int k = 0; k < 50; ++k) {
+        d.push_back(std::hypot(x[2 * i] - f.reference(2 * k), x[2 * i + 1] - f.reference(2 * k + 1)));
+      }
+      std::sort(d.begin(), d.end());
+      ASSERT_NEAR(r.distance[i], (d[0] + d[1] + d[2]) / 3, 1e-3) << rows << " rows, row " << i;
+    }
+  }
+}
+
+TEST(Model, NeighbourFilesAreChecked) {
+  v1::ModelFile f = NeighbourFile();
+  f.add_reference(1.f);  // not a multiple of the feature count
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = NeighbourFile();
+  f.mutable_reference()->Truncate(2);  // one row for two neighbours
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = NeighbourFile();
+  f.mutable_score_scale()->set_error_std(1);  // distance_std 0
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = NeighbourFile();
+  f.mutable_spec()->set_neighbors(0);  // reference rows without neighbours
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  // A file from before neighbours existed (no `neighbors` at all) scores by its error alone.
+  f = NeighbourFile();
+  f.mutable_spec()->clear_neighbors();
+  f.mutable_spec()->clear_reference_rows();
+  f.mutable_spec()->clear_reconstruction_weight();
+  f.clear_reference();
+  auto old = Model::Create(f);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ((*old)->neighbors(), 0u);
 }
 
 }  // namespace

@@ -336,7 +336,7 @@ TEST_F(LifecycleTest, ThresholdsWithoutRetrainingAndSeverity) {
   ASSERT_EQ(r.severity_size(), r.errors_size());
   int warnings = 0, criticals = 0;
   for (int i = 0; i < r.errors_size(); ++i) {
-    const uint32_t want = r.errors(i) > mad6 ? 2 : (r.errors(i) > p90 ? 1 : 0);
+    const uint32_t want = r.scores(i) > mad6 ? 2 : (r.scores(i) > p90 ? 1 : 0);
     EXPECT_EQ(r.severity(i), want);
     warnings += want == 1;
     criticals += want == 2;

@@ -221,7 +221,7 @@ TEST_F(ObservabilityTest, WatchAnomaliesDeliversExactlyTheFlaggedSamples) {
   while (got.size() < flagged.size() && watch->Read(&e)) {
     EXPECT_EQ(e.model(), "plain");
     EXPECT_EQ(e.stream_id(), "rack-7");
-    EXPECT_GT(e.error(), e.threshold());
+    EXPECT_GT(e.score(), e.threshold());
     EXPECT_EQ(e.top_features_size(), 3);
     EXPECT_EQ(e.top_feature_names(0), "m" + std::to_string(e.top_features(0)));
     EXPECT_GE(e.top_feature_errors(0), e.top_feature_errors(1));

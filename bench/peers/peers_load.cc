@@ -31,6 +31,7 @@ double EngineRate(const std::vector<uint32_t>& layers, uint32_t batch, int threa
   s.set_num_features(layers[0]);
   for (size_t i = 1; i + 1 < layers.size(); ++i) s.add_encoder_units(layers[i]);
   s.set_code_size(layers.back());
+  s.set_neighbors(0);  // the same autoencoder as the PyTorch peer
   auto spec = *engine::ResolveSpec(s, layers[0]);
   std::mt19937_64 rng(1);
   engine::Params p = engine::InitParams(spec, rng);

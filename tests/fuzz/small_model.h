@@ -14,6 +14,7 @@ inline v1::ModelFile SmallModelFile() {
   v1::ModelSpec s;
   s.add_encoder_units(8);
   s.set_code_size(2);
+  s.set_neighbors(0);
   auto spec = *engine::ResolveSpec(s, 4);
   std::mt19937_64 rng(1);
   engine::Params p = engine::InitParams(spec, rng);
