@@ -172,54 +172,60 @@ def main():
     rows = 5000 if a.quick else a.rows
     store = tempfile.mkdtemp(prefix="aeserve_peers_")
     server, address = start_server(os.path.join(BUILD, "server", "aeserve"), store, ["--threads=2"])
-    client = Client(address, timeout=600)
-    print(f"peers: {os.cpu_count()} cores; aeserve 2 scoring workers x 1 oneDNN thread; PyTorch "
-          f"threads 1; {seconds:.1f} s per figure; streaming with 4 streams over 4 connections")
-    summary = {}
-    for name, layers in models.items():
-        d = layers[0]
-        mname = "peer" + str(d)
-        rng = np.random.default_rng(1)
-        data = rng.standard_normal((rows, d)).astype(np.float32)
-        job = client.train(mname, data, layers=layers[1:-1], code=layers[-1], epochs=a.epochs,
-                           batch_size=256, dropout=0.0, validation_split=0.0)
-        aeserve_train = float(np.median([e.samples_per_second for e in job.history]))
-        torch_ref = run_worker("reference", ["--worker", "inference", "--layers", ",".join(map(str, layers)), "--seconds", str(seconds)])
-        torch_ob = run_worker("openblas", ["--worker", "inference", "--layers", ",".join(map(str, layers)), "--seconds", str(seconds)])
-        train_ref = run_worker("reference", ["--worker", "training", "--layers", ",".join(map(str, layers)), "--rows", str(rows), "--epochs", str(a.epochs)])
-        train_ob = run_worker("openblas", ["--worker", "training", "--layers", ",".join(map(str, layers)), "--rows", str(rows), "--epochs", str(a.epochs)])
-        best_blas = "openblas" if sum(torch_ob.values()) > sum(torch_ref.values()) else "reference"
-        py_port = free_port()
-        py_server = subprocess.Popen([sys.executable, __file__, "--worker", "serve", "--layers",
-                                      ",".join(map(str, layers)), "--port", str(py_port)],
-                                     env=torch_env(best_blas), stdout=subprocess.PIPE, text=True)
-        py_server.stdout.readline()  # "serving"
-        print(f"\n{name}: inference samples/s")
-        print(f"{'batch':>6} {'aeserve engine':>15} {'aeserve gRPC':>13} {'torch ref':>10} {'torch OpenBLAS':>15} "
-              f"{'py grpc+torch':>14} {'engine/torch':>13} {'aeserve/py':>11}")
-        for b in BATCHES:
-            eng = load("--engine", "--layers", ",".join(map(str, layers)), "--batch", b, "--seconds", seconds)
-            grpc_rate = load("--target", address, "--model", mname, "--features", d,
-                             "--batch", b, "--streams", 4, "--seconds", seconds)
-            py_rate = load("--target", f"127.0.0.1:{py_port}", "--model", mname, "--features", d,
-                           "--batch", b, "--streams", 4, "--seconds", seconds)
-            best_torch = max(torch_ref[str(b)], torch_ob[str(b)])
-            print(f"{b:>6} {eng:>15.0f} {grpc_rate:>13.0f} {torch_ref[str(b)]:>10.0f} {torch_ob[str(b)]:>15.0f} "
-                  f"{py_rate:>14.0f} {eng / best_torch:>12.1f}x {grpc_rate / py_rate:>10.1f}x", flush=True)
-            summary.setdefault(name, {})[b] = dict(engine=eng, grpc=grpc_rate, torch=best_torch, python_grpc=py_rate)
-        py_server.terminate()
-        py_server.wait()
-        best_train = max(train_ref, train_ob)
-        print(f"training (Adam, batch 256, {a.epochs} epochs of {rows} rows, median epoch): aeserve "
-              f"{aeserve_train:.0f}/s, torch ref {train_ref:.0f}/s, torch OpenBLAS {train_ob:.0f}/s -> "
-              f"{aeserve_train / best_train:.1f}x the faster PyTorch")
-        summary[name]["training"] = dict(aeserve=aeserve_train, torch=best_train)
-    r = summary[list(models)[0]]
-    print(f"\ntargets: training >= 2x PyTorch: {r['training']['aeserve'] / r['training']['torch']:.1f}x; "
-          f"streaming at batch 256 >= 10x the Python grpcio + PyTorch server: "
-          f"{r[256]['grpc'] / r[256]['python_grpc']:.1f}x")
-    client.close()
-    stop_server(server)
+    py_server = None
+    try:
+        client = Client(address, timeout=600)
+        print(f"peers: {os.cpu_count()} cores; aeserve 2 scoring workers x 1 oneDNN thread; PyTorch "
+              f"threads 1; {seconds:.1f} s per figure; streaming with 4 streams over 4 connections")
+        summary = {}
+        for name, layers in models.items():
+            d = layers[0]
+            mname = "peer" + str(d)
+            rng = np.random.default_rng(1)
+            data = rng.standard_normal((rows, d)).astype(np.float32)
+            job = client.train(mname, data, layers=layers[1:-1], code=layers[-1], epochs=a.epochs,
+                               batch_size=256, dropout=0.0, validation_split=0.0)
+            aeserve_train = float(np.median([e.samples_per_second for e in job.history]))
+            torch_ref = run_worker("reference", ["--worker", "inference", "--layers", ",".join(map(str, layers)), "--seconds", str(seconds)])
+            torch_ob = run_worker("openblas", ["--worker", "inference", "--layers", ",".join(map(str, layers)), "--seconds", str(seconds)])
+            train_ref = run_worker("reference", ["--worker", "training", "--layers", ",".join(map(str, layers)), "--rows", str(rows), "--epochs", str(a.epochs)])
+            train_ob = run_worker("openblas", ["--worker", "training", "--layers", ",".join(map(str, layers)), "--rows", str(rows), "--epochs", str(a.epochs)])
+            best_blas = "openblas" if sum(torch_ob.values()) > sum(torch_ref.values()) else "reference"
+            py_port = free_port()
+            py_server = subprocess.Popen([sys.executable, __file__, "--worker", "serve", "--layers",
+                                          ",".join(map(str, layers)), "--port", str(py_port)],
+                                         env=torch_env(best_blas), stdout=subprocess.PIPE, text=True)
+            py_server.stdout.readline()  # "serving"
+            print(f"\n{name}: inference samples/s")
+            print(f"{'batch':>6} {'aeserve engine':>15} {'aeserve gRPC':>13} {'torch ref':>10} {'torch OpenBLAS':>15} "
+                  f"{'py grpc+torch':>14} {'engine/torch':>13} {'aeserve/py':>11}")
+            for b in BATCHES:
+                eng = load("--engine", "--layers", ",".join(map(str, layers)), "--batch", b, "--seconds", seconds)
+                grpc_rate = load("--target", address, "--model", mname, "--features", d,
+                                 "--batch", b, "--streams", 4, "--seconds", seconds)
+                py_rate = load("--target", f"127.0.0.1:{py_port}", "--model", mname, "--features", d,
+                               "--batch", b, "--streams", 4, "--seconds", seconds)
+                best_torch = max(torch_ref[str(b)], torch_ob[str(b)])
+                print(f"{b:>6} {eng:>15.0f} {grpc_rate:>13.0f} {torch_ref[str(b)]:>10.0f} {torch_ob[str(b)]:>15.0f} "
+                      f"{py_rate:>14.0f} {eng / best_torch:>12.1f}x {grpc_rate / py_rate:>10.1f}x", flush=True)
+                summary.setdefault(name, {})[b] = dict(engine=eng, grpc=grpc_rate, torch=best_torch, python_grpc=py_rate)
+            py_server.terminate()
+            py_server.wait()
+            best_train = max(train_ref, train_ob)
+            print(f"training (Adam, batch 256, {a.epochs} epochs of {rows} rows, median epoch): aeserve "
+                  f"{aeserve_train:.0f}/s, torch ref {train_ref:.0f}/s, torch OpenBLAS {train_ob:.0f}/s -> "
+                  f"{aeserve_train / best_train:.1f}x the faster PyTorch")
+            summary[name]["training"] = dict(aeserve=aeserve_train, torch=best_train)
+        r = summary[list(models)[0]]
+        print(f"\ntargets: training >= 2x PyTorch: {r['training']['aeserve'] / r['training']['torch']:.1f}x; "
+              f"streaming at batch 256 >= 10x the Python grpcio + PyTorch server: "
+              f"{r[256]['grpc'] / r[256]['python_grpc']:.1f}x")
+        client.close()
+    finally:  # a failed step must not leave servers behind (ctest would wait for them)
+        if py_server is not None and py_server.poll() is None:
+            py_server.kill()
+            py_server.wait()
+        stop_server(server)
 
 
 if __name__ == "__main__":
