@@ -33,10 +33,14 @@ from aeserve import AeserveError, Client
 from aeserve.local import start_server as start_local, stop_server
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from variants import variant_args  # noqa: E402
 
 
 def published(data_dir):
-    """{set: {"AutoEncoder": auc, "VAE": auc, "IForest": auc}} from the SOURCE.md table, if any."""
+    """{set: {method: roc_auc}} from the SOURCE.md results table, if any: a table whose header
+    starts with `set`; a cell is a ROC-AUC ("0.81"), a "ROC / PR" pair ("0.496 / 0.025": the
+    ROC-AUC is kept) or "0.983 (IForest)" (kept); "n/a" is skipped."""
     out = {}
     path = os.path.join(data_dir, "SOURCE.md")
     if not os.path.exists(path):
@@ -45,12 +49,16 @@ def published(data_dir):
     for line in open(path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) > 2 and cells[0] == "set":
-            header = cells
+            header = [re.sub(r"\s+ROC.*$", "", h) for h in cells]
         elif header and len(cells) == len(header) and not cells[0].startswith("-"):
-            try:
-                out[cells[0]] = {h: float(v) for h, v in zip(header[1:], cells[1:])}
-            except ValueError:
-                header = None
+            row = {}
+            for h, v in zip(header[1:], cells[1:]):
+                m = re.match(r"^([0-9.]+)", v)
+                if m:
+                    row[h] = float(m.group(1))
+            out[cells[0]] = row
+        elif header and not line.strip():
+            header = None
     return out
 
 
@@ -60,16 +68,6 @@ def start_server():
                            tempfile.mkdtemp(prefix="aeserve_quality_"))
     except RuntimeError as e:
         sys.exit(str(e))
-
-
-def variant_args(text):
-    """'neighbors=0,dropout=0.1' -> {"neighbors": 0, "dropout": 0.1}: Client.train keyword
-    arguments for a variant run (the default run passes none)."""
-    out = {}
-    for item in filter(None, (text or "").split(",")):
-        key, value = item.split("=")
-        out[key] = float(value) if "." in value or "e" in value else int(value)
-    return out
 
 
 def evaluate(client, name, x, y, seeds, train_args):
@@ -110,6 +108,8 @@ def main():
     p.add_argument("--json")
     p.add_argument("--server")
     p.add_argument("--sets", help="comma-separated subset of set names")
+    p.add_argument("--max-rows", type=int, default=0,
+                   help="subsample larger sets to this many rows (ADBench's protocol: 10000)")
     p.add_argument("--variant", help="Client.train settings for a variant run, e.g. neighbors=0")
     args = p.parse_args()
 
@@ -119,6 +119,10 @@ def main():
         proc, address = start_server()
     client = Client(address, timeout=600)
     pub = published(args.data)
+    methods = []  # the published methods, in table order (at most 4 columns)
+    for row in pub.values():
+        methods += [m for m in row if m not in methods]
+    methods = methods[:4]
     files = sorted(glob.glob(os.path.join(args.data, "*.csv")))
     if args.sets:
         wanted = set(args.sets.split(","))
@@ -129,11 +133,14 @@ def main():
           + (f", variant {args.variant}" if args.variant else ", server defaults"))
     print("ROC-AUC mean (std over seeds); pyod = trained with outliers, semi = trained on inliers")
     print(f"{'set':<12} {'rows':>6} {'d':>4} | {'aeserve pyod':>14} {'PR':>5} | {'aeserve semi':>14} {'PR':>5} "
-          f"{'P':>5} {'R':>5} {'F1':>5} | {'IForest here':>12} | {'pub AE':>6} {'pub VAE':>7} {'pub IF':>6}")
+          f"{'P':>5} {'R':>5} {'F1':>5} | {'IForest here':>12} | " + " ".join(f"{m[:8]:>8}" for m in methods))
     for f in files:
         name = os.path.basename(f)[:-4]
         data = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.float32)
         x, y = data[:, :-1], data[:, -1].astype(int)
+        if args.max_rows and len(x) > args.max_rows:
+            keep = np.random.default_rng(0).choice(len(x), args.max_rows, replace=False)
+            x, y = x[keep], y[keep]
         try:
             s = evaluate(client, name, x, y, args.seeds, variant_args(args.variant))
         except AeserveError as e:
@@ -141,26 +148,32 @@ def main():
             continue
         results[name] = s
         pb = pub.get(name, {})
-        fmt = lambda v: f"{v:.4f}" if v is not None else "   -  "
+        fmt = lambda v: f"{v:.4f}" if v is not None else "-"
         print(f"{name:<12} {len(x):>6} {x.shape[1]:>4} | {s['pyod']['roc_auc']:.4f} ({s['pyod']['roc_auc_std']:.3f}) "
               f"{s['pyod']['pr_auc']:.3f} | {s['semi']['roc_auc']:.4f} ({s['semi']['roc_auc_std']:.3f}) "
               f"{s['semi']['pr_auc']:.3f} {s['semi']['precision']:.2f} {s['semi']['recall']:.2f} {s['semi']['f1']:.2f} | "
-              f"{s['iforest']['roc_auc']:>12.4f} | {fmt(pb.get('AutoEncoder'))} {fmt(pb.get('VAE')):>7} {fmt(pb.get('IForest'))}",
+              f"{s['iforest']['roc_auc']:>12.4f} | " + " ".join(f"{fmt(pb.get(m)):>8}" for m in methods),
               flush=True)
     if results:
         mean = lambda proto: np.mean([r[proto]["roc_auc"] for r in results.values()])
         print(f"{'mean':<12} {'':>6} {'':>4} | {mean('pyod'):.4f} {'':>14} | {mean('semi'):.4f} "
               f"{'':>32} | {mean('iforest'):>12.4f} |", end="")
-        with_pub = [n for n in results if "AutoEncoder" in pub.get(n, {})]
-        if with_pub:
-            pub_mean = np.mean([pub[n]["AutoEncoder"] for n in with_pub])
-            ours = np.mean([results[n]["pyod"]["roc_auc"] for n in with_pub])
-            wins = sum(results[n]["pyod"]["roc_auc"] > pub[n]["AutoEncoder"] for n in with_pub)
-            print(f" {pub_mean:.4f}")
-            print(f"aeserve (pyod protocol) beats the published AutoEncoder on {wins} of {len(with_pub)} sets; "
-                  f"mean {ours:.4f} vs {pub_mean:.4f}")
-        else:
-            print()
+        print(" " + " ".join(f"{np.mean([pub[n][m] for n in results if m in pub.get(n, {})]):>8.4f}"
+                             if any(m in pub.get(n, {}) for n in results) else f"{'-':>8}"
+                             for m in methods))
+        for m in methods:
+            with_pub = [n for n in results if m in pub.get(n, {})]
+            if not with_pub:
+                continue
+            wins = [n for n in with_pub if results[n]["pyod"]["roc_auc"] > pub[n][m]]
+            print(f"aeserve (pyod protocol) vs published {m}: wins on {len(wins)} of {len(with_pub)} sets; "
+                  f"mean {np.mean([results[n]['pyod']['roc_auc'] for n in with_pub]):.4f} vs "
+                  f"{np.mean([pub[n][m] for n in with_pub]):.4f}; losses: "
+                  f"{', '.join(n for n in with_pub if n not in wins) or 'none'}")
+        pr = lambda proto: np.mean([r[proto]["pr_auc"] for r in results.values()])
+        print(f"means: ROC-AUC pyod {mean('pyod'):.4f}, semi {mean('semi'):.4f}, IsolationForest here "
+              f"{mean('iforest'):.4f}; PR-AUC pyod {pr('pyod'):.4f}, semi {pr('semi'):.4f}, "
+              f"IsolationForest here {pr('iforest'):.4f}")
     print(f"took {time.time() - started:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -1,0 +1,12 @@
+"""Variant runs of the quality harnesses: `--variant neighbors=0,dropout=0.1` becomes Client.train
+keyword arguments, so every variant tried is run by the same harness as the default (which passes
+none and gets the server's defaults)."""
+
+
+def variant_args(text):
+    """'neighbors=0,dropout=0.1' -> {"neighbors": 0, "dropout": 0.1}."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        key, value = item.split("=")
+        out[key] = float(value) if any(c in value for c in ".e") else int(value)
+    return out
