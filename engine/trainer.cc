@@ -138,13 +138,17 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig thr_config, ResolveThresholdConfig(req.threshold));
   const size_t d = data.cols;
 
-  // Split with the seed: validation rows first in a shuffled order.
+  // Split: the last n_val rows as uploaded (HOLD_OUT_LAST) or n_val rows drawn with the seed.
   std::mt19937_64 rng(opt.seed());
   std::vector<size_t> order(data.rows);
   std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), rng);
   size_t n_val = static_cast<size_t>(std::floor(opt.validation_split() * data.rows));
   if (data.rows - n_val < 1) n_val = data.rows - 1;
+  if (opt.hold_out() == v1::HOLD_OUT_RANDOM) {
+    std::shuffle(order.begin(), order.end(), rng);
+  } else {
+    std::rotate(order.begin(), order.end() - n_val, order.end());
+  }
   std::vector<size_t> val_rows(order.begin(), order.begin() + n_val);
   std::vector<size_t> train_rows(order.begin() + n_val, order.end());
 

@@ -58,8 +58,8 @@ class AectlTest : public ::testing::Test {
     delete server_;
     delete dir_;
   }
-  static std::string Train() { return AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-2-1-train.csv"; }
-  static std::string Test() { return AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-2-1-test.csv"; }
+  static std::string Train() { return AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv"; }
+  static std::string Test() { return AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-test.csv"; }
   static inline TempDir* dir_ = nullptr;
   static inline ServerProcess* server_ = nullptr;
   static inline std::string server_arg_;
@@ -81,8 +81,8 @@ TEST_F(AectlTest, HealthAndModels) {
 TEST_F(AectlTest, ScoreCsvJsonAndStdin) {
   auto csv = Aectl(server_arg_ + " score --model demo " + Test());
   ASSERT_EQ(csv.code, 0) << csv.err;
-  EXPECT_EQ(Lines(csv.out), 3001);  // header + one line per row
-  EXPECT_EQ(csv.out.rfind("row,id,error,anomalous,p_value,top_features\n", 0), 0u);
+  EXPECT_EQ(Lines(csv.out), 1001);  // header + one line per row
+  EXPECT_EQ(csv.out.rfind("row,id,error,score,anomalous,p_value,top_features\n", 0), 0u);
   int flagged = 0;
   std::istringstream lines(csv.out);
   std::string line;
@@ -92,16 +92,16 @@ TEST_F(AectlTest, ScoreCsvJsonAndStdin) {
     std::stringstream ls(line);
     std::string cell;
     while (std::getline(ls, cell, ',')) cells.push_back(cell);
-    ASSERT_GE(cells.size(), 5u) << line;
-    flagged += cells[3] == "1";
+    ASSERT_GE(cells.size(), 6u) << line;
+    flagged += cells[4] == "1";
   }
-  EXPECT_NE(csv.err.find("scored 3000 samples, " + std::to_string(flagged) + " anomalous"), std::string::npos)
+  EXPECT_NE(csv.err.find("scored 1000 samples, " + std::to_string(flagged) + " anomalous"), std::string::npos)
       << csv.err;
-  EXPECT_NE(csv.err.find("labels: 126 anomalies"), std::string::npos) << csv.err;
+  EXPECT_NE(csv.err.find("labels: 92 anomalies"), std::string::npos) << csv.err;
 
   auto json = Aectl(server_arg_ + " score --model demo --format json --top-k 2 " + Test());
   ASSERT_EQ(json.code, 0);
-  EXPECT_EQ(Lines(json.out), 3000);
+  EXPECT_EQ(Lines(json.out), 1000);
   EXPECT_EQ(json.out.rfind("{\"row\":0,", 0), 0u) << json.out.substr(0, 200);
   EXPECT_NE(json.out.find("\"top\":[{\"feature\":\"f"), std::string::npos);
 

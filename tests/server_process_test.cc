@@ -29,7 +29,7 @@ TEST(ServerProcess, HealthIsNotServingUntilTheDemoModelIsReady) {
   ServerProcess p;
   ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
                                        "--model_dir=" + dir.path(),
-                                       "--demo_csv=" AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-2-1-train.csv"}))
+                                       "--demo_csv=" AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv"}))
       << p.log();
   auto stub = grpc::health::v1::Health::NewStub(Channel(p.port()));
   std::vector<int> seen;

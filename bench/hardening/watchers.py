@@ -58,7 +58,7 @@ def main():
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as store:
         proc, addr = start_server(a.binary, store, [
-            "--demo_csv=" + os.path.join(ROOT, "deploy/demo/smd-machine-2-1-train.csv"),
+            "--demo_csv=" + os.path.join(ROOT, "deploy/demo/smd-machine-3-4-train.csv"),
             "--max_watchers=100000"])
         channel = grpc.insecure_channel(addr)
         stub = scoring_pb2_grpc.ScoringStub(channel)

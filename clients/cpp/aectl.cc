@@ -82,9 +82,14 @@ absl::StatusOr<engine::CsvTable> ReadInput(const std::string& path) {
   return engine::ReadCsvFile(path);
 }
 
+// The anomaly score of sample i (servers before scores existed: its error).
+float ScoreOf(const v1::ScoreResponse& r, int i) {
+  return r.scores_size() > i ? r.scores(i) : r.errors(i);
+}
+
 // One result line in the chosen format.
 void PrintRow(const std::string& format, size_t row, const std::string& id, float error,
-              bool anomalous, float p_value, const v1::ScoreResponse& r, int i, uint32_t k,
+              float score, bool anomalous, float p_value, const v1::ScoreResponse& r, int i, uint32_t k,
               const std::vector<std::string>& names) {
   std::string top;
   for (uint32_t j = 0; j < k; ++j) {
@@ -101,11 +106,11 @@ void PrintRow(const std::string& format, size_t row, const std::string& id, floa
     top += buf;
   }
   if (format == "json") {
-    std::printf("{\"row\":%zu,\"id\":\"%s\",\"error\":%.8g,\"anomalous\":%s,\"p_value\":%.6g,\"top\":[%s]}\n",
-                row, id.c_str(), error, anomalous ? "true" : "false", p_value, top.c_str());
+    std::printf("{\"row\":%zu,\"id\":\"%s\",\"error\":%.8g,\"score\":%.8g,\"anomalous\":%s,\"p_value\":%.6g,\"top\":[%s]}\n",
+                row, id.c_str(), error, score, anomalous ? "true" : "false", p_value, top.c_str());
   } else {
-    std::printf("%zu,%s,%.8g,%d,%.6g,%s\n", row, id.c_str(), error, anomalous ? 1 : 0, p_value,
-                top.c_str());
+    std::printf("%zu,%s,%.8g,%.8g,%d,%.6g,%s\n", row, id.c_str(), error, score, anomalous ? 1 : 0,
+                p_value, top.c_str());
   }
 }
 
@@ -149,11 +154,11 @@ int Score(const Common& c, const std::string& model, uint64_t version, const std
     Deadline(ctx, c);
     grpc::Status st = stub->Score(&ctx, req, &last);
     if (!st.ok()) return Fail(st);
-    if (start == 0 && format == "csv") std::printf("row,id,error,anomalous,p_value,top_features\n");
+    if (start == 0 && format == "csv") std::printf("row,id,error,score,anomalous,p_value,top_features\n");
     for (int i = 0; i < last.errors_size(); ++i) {
       const size_t row = start + i;
       PrintRow(format, row, table->ids.empty() ? "" : table->ids[row], last.errors(i),
-               last.anomalous(i), last.p_values(i), last, i, top_k, table->feature_names);
+               ScoreOf(last, i), last.anomalous(i), last.p_values(i), last, i, top_k, table->feature_names);
       flags.push_back(last.anomalous(i));
     }
     anomalous += last.num_anomalies();
@@ -206,7 +211,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   std::vector<uint8_t> flags;
   uint64_t version = 0;
   double threshold = 0;
-  std::printf("row,id,error,anomalous,p_value,top_features\n");
+  std::printf("row,id,error,score,anomalous,p_value,top_features\n");
   while (stream->Read(&r)) {
     if (r.has_error()) {
       ++errors;
@@ -230,7 +235,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
         const size_t row = r.sequence() + i;
         flags.push_back(res.anomalous(i));
         if (res.anomalous(i)) {
-          PrintRow("csv", row, t.ids.empty() ? "" : t.ids[row], res.errors(i), true,
+          PrintRow("csv", row, t.ids.empty() ? "" : t.ids[row], res.errors(i), ScoreOf(res, i), true,
                    res.p_values(i), res, i, top_k, t.feature_names);
         }
       }

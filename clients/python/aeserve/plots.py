@@ -14,16 +14,19 @@ from aeserve.client import ScoreResult  # noqa: E402
 
 def plot_errors(result: ScoreResult, model_info=None, path: Optional[str] = None,
                 labels: Optional[np.ndarray] = None, figsize=(8, 5), dpi=100):
-    """Histogram of reconstruction errors with the threshold line and, when `model_info` comes
+    """Histogram of anomaly scores (reconstruction errors for models without neighbours) with the threshold line and, when `model_info` comes
     from Client.model(name, include_calibration=True), the calibration distribution. With
     `labels` (1 = known anomaly) the two classes are drawn apart."""
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-    errors = np.asarray(result.errors, dtype=np.float64)
+    errors = np.asarray(result.scores if result.scores is not None else result.errors, dtype=np.float64)
     calib = np.asarray(model_info.calibration_errors, dtype=np.float64) if model_info is not None else np.array([])
     pooled = np.concatenate([errors, calib]) if calib.size else errors
-    positive = pooled[pooled > 0]
-    lo = max(positive.min(), 1e-6) if positive.size else 1e-6
-    bins = np.logspace(np.log10(lo), np.log10(max(pooled.max(), lo * 10)), 60)
+    log_scale = bool((pooled > 0).all())  # reconstruction errors; anomaly scores can be negative
+    if log_scale:
+        lo = max(pooled.min(), 1e-6)
+        bins = np.logspace(np.log10(lo), np.log10(max(pooled.max(), lo * 10)), 60)
+    else:
+        bins = np.linspace(pooled.min(), pooled.max(), 61)
     if calib.size:
         ax.hist(calib, bins=bins, density=True, alpha=0.4, label="calibration (held-out normal)", color="tab:gray")
     if labels is not None:
@@ -33,8 +36,9 @@ def plot_errors(result: ScoreResult, model_info=None, path: Optional[str] = None
     else:
         ax.hist(errors, bins=bins, density=True, alpha=0.6, label="scored", color="tab:blue")
     ax.axvline(result.threshold, color="black", linestyle="--", label=f"threshold {result.threshold:.4g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("reconstruction error (mean squared, scaled units)")
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set_xlabel("anomaly score" + ("" if result.scores is not None else " (reconstruction error)"))
     ax.set_ylabel("density")
     ax.set_title(f"{result.model} v{result.version}: {int(result.anomalous.sum())} of {len(errors)} flagged")
     ax.legend()
@@ -73,17 +77,19 @@ def plot_training(history, path: Optional[str] = None, figsize=(8, 5), dpi=100):
 def plot_stream(results: Iterable[ScoreResult], path: Optional[str] = None, figsize=(10, 4), dpi=100):
     """Reconstruction error over time (sample index) with flagged points and the threshold."""
     results = [r for r in results if isinstance(r, ScoreResult)]
-    errors = np.concatenate([r.errors for r in results]) if results else np.array([])
+    errors = (np.concatenate([r.scores if r.scores is not None else r.errors for r in results])
+              if results else np.array([]))
     flagged = np.concatenate([r.anomalous for r in results]) if results else np.array([], dtype=bool)
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     t = np.arange(len(errors))
-    ax.plot(t, errors, linewidth=0.7, label="error")
+    ax.plot(t, errors, linewidth=0.7, label="anomaly score")
     ax.scatter(t[flagged], errors[flagged], color="tab:red", s=10, label="flagged", zorder=3)
     if results:
         ax.axhline(results[-1].threshold, color="black", linestyle="--", label="threshold")
-    ax.set_yscale("log")
+    if errors.size and (errors > 0).all():
+        ax.set_yscale("log")
     ax.set_xlabel("sample")
-    ax.set_ylabel("reconstruction error")
+    ax.set_ylabel("anomaly score")
     ax.set_title("stream")
     ax.legend()
     fig.tight_layout()
