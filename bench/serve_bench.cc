@@ -171,14 +171,17 @@ double EngineRate(const engine::Model& model, int threads, uint32_t rows, double
 
 int main(int argc, char** argv) {
   double seconds = 1.5;
+  int neighbors = -1;  // --neighbors=N: the model's ModelSpec.neighbors (unset = the default score)
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--seconds=", 10) == 0) seconds = std::atof(argv[i] + 10);
+    if (std::strncmp(argv[i], "--neighbors=", 12) == 0) neighbors = std::atoi(argv[i] + 12);
   }
   const std::string dir = "/tmp/aeserve_serve_bench_" + std::to_string(getpid());
   std::filesystem::remove_all(dir);
   auto data = engine::MakeSynthetic(20000, 0, kFeatures, 6, 11);
   engine::TrainRequest req;
   req.spec = engine::DefaultSpec(kFeatures);  // 38-64-32-8-32-64-38
+  if (neighbors >= 0) req.spec.set_neighbors(static_cast<uint32_t>(neighbors));
   req.options.set_epochs(2);
   auto file = engine::Train(req, engine::TrainingData{data.normal, 20000, kFeatures, {}});
   if (!file.ok()) return 1;

@@ -4,9 +4,12 @@ none and gets the server's defaults)."""
 
 
 def variant_args(text):
-    """'neighbors=0,dropout=0.1' -> {"neighbors": 0, "dropout": 0.1}."""
+    """'neighbors=0,dropout=0.1,hold_out=random' -> {"neighbors": 0, "dropout": 0.1, "hold_out": "random"}."""
     out = {}
     for item in filter(None, (text or "").split(",")):
         key, value = item.split("=")
-        out[key] = float(value) if any(c in value for c in ".e") else int(value)
+        try:
+            out[key] = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            out[key] = value  # e.g. hold_out=random
     return out

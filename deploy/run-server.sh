@@ -11,9 +11,9 @@ for a in "$@"; do
 done
 cat <<MSG
 aeserve: gRPC on localhost:$PORT (aeserve.v1.Scoring, grpc.health.v1, reflection)
-  score a file:   $AECTL score --server localhost:$PORT --model demo deploy/demo/smd-machine-3-4-test.csv
-  stream a file:  $AECTL stream --server localhost:$PORT --model demo --rate 1000 deploy/demo/smd-machine-3-4-test.csv
-  models:         $AECTL models --server localhost:$PORT
+  score a file:   $AECTL --server localhost:$PORT score --model demo deploy/demo/smd-machine-3-4-test.csv
+  stream a file:  $AECTL --server localhost:$PORT stream --model demo --rate 1000 deploy/demo/smd-machine-3-4-test.csv
+  models:         $AECTL --server localhost:$PORT models
 Stop with Ctrl-C (SIGINT) or SIGTERM.
 MSG
 exec "$BIN" --demo_csv=deploy/demo/smd-machine-3-4-train.csv "$@"

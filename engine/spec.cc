@@ -167,7 +167,7 @@ absl::StatusOr<v1::TrainingOptions> ResolveTrainingOptions(const v1::TrainingOpt
     return invalid("dropout must be in [0, 1)");
   }
   if (!o.has_validation_split()) o.set_validation_split(0.1f);
-  if (o.hold_out() == v1::HOLD_OUT_UNSPECIFIED) o.set_hold_out(v1::HOLD_OUT_LAST);
+  if (o.hold_out() == v1::HOLD_OUT_UNSPECIFIED) o.set_hold_out(v1::HOLD_OUT_RANDOM);
   if (!v1::HoldOut_IsValid(o.hold_out())) return invalid("unknown hold_out");
   if (!std::isfinite(o.validation_split()) || o.validation_split() < 0 ||
       o.validation_split() >= 1) {

@@ -250,7 +250,7 @@ class Client:
               activation: str = "relu", noise_level: float = 0.0, l1_penalty: float = 0.0,
               kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: float = 99.0,
               neighbors: Optional[int] = None, reference_rows: int = 0,
-              reconstruction_weight: Optional[float] = None,
+              reconstruction_weight: Optional[float] = None, hold_out: str = "random",
               entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True) -> admin_pb2.TrainingJob:
@@ -258,7 +258,8 @@ class Client:
         watches the job to its end, calling progress(job) on every update. Returns the final
         TrainingJob; raises AeserveError if the job is refused or fails. `neighbors`,
         `reference_rows`, `reconstruction_weight` and `dropout` left unset take the server's
-        defaults (neighbors=0: the score is the reconstruction error alone)."""
+        defaults (neighbors=0: the score is the reconstruction error alone). `hold_out`: "random"
+        (a seeded sample) or "last" (the last validation_split of the rows as given)."""
         x = np.asarray(data, dtype=np.float32)
         header = admin_pb2.TrainingJobHeader(
             model=model, entity=entity, num_features=x.shape[1], rows=x.shape[0],
@@ -268,7 +269,8 @@ class Client:
                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                 weight_decay=weight_decay, validation_split=validation_split,
                 patience=patience, seed=seed,
-                scaling=model_pb2.Scaling.Value("SCALING_" + scaling.upper())),
+                scaling=model_pb2.Scaling.Value("SCALING_" + scaling.upper()),
+                hold_out=model_pb2.HoldOut.Value("HOLD_OUT_" + hold_out.upper())),
             threshold=_threshold("percentile", percentile))
         if dropout is not None:  # unset = the server's default (0.2)
             header.options.dropout = dropout

@@ -122,7 +122,7 @@ class ServerTest(unittest.TestCase):
         self.assertGreaterEqual(len(seen), 8)
         info = self.client.model("py", include_calibration=True)
         self.assertEqual(list(info.feature_names), self.names)
-        self.assertEqual(len(info.calibration_errors), len(self.x) // 10)  # the last 10% held out
+        self.assertEqual(len(info.calibration_errors), len(self.x) // 10)  # 10% held out
         brief = self.client.set_threshold("py", "percentile", 90, critical=("median_mad", 10))
         self.assertGreater(brief.critical_threshold_value, brief.threshold_value)
         r = self.client.score("py", self.x[:50])
