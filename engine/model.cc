@@ -362,9 +362,42 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
   });
 }
 
+namespace {
+
+// Mean of the square roots of the k smallest of `sq` (n >= k squared distances; `sq` is scratch).
+// Block minima bound the search: the k-th smallest of the minima of blocks of 16 is at least the
+// k-th smallest value (those minima are k distinct values), so only values at or below it can be
+// among the k nearest. The pass over all n values is branch-free; the rare candidates are sorted.
+float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>& scratch) {
+  constexpr uint32_t kBlock = 16;
+  const uint32_t blocks = n / kBlock;
+  float bound = INFINITY;
+  if (blocks >= k) {
+    scratch.resize(blocks);
+    for (uint32_t b = 0; b < blocks; ++b) {
+      float m = sq[b * kBlock];
+      for (uint32_t i = 1; i < kBlock; ++i) m = std::min(m, sq[b * kBlock + i]);
+      scratch[b] = m;
+    }
+    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
+    bound = scratch[k - 1];
+  }
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    sq[kept] = sq[i];
+    kept += sq[i] <= bound;
+  }
+  std::nth_element(sq, sq + (k - 1), sq + kept);
+  float sum = 0;
+  for (uint32_t i = 0; i < k; ++i) sum += std::sqrt(sq[i]);
+  return sum / static_cast<float>(k);
+}
+
+}  // namespace
+
 absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) const {
   const uint32_t d = num_features(), n = reference_rows_, k = neighbors_;
-  std::vector<float> nearest(k);  // squared distances, ascending
+  std::vector<float> scratch;
   for (size_t start = 0; start < take; start += kNeighbourBatch) {
     const size_t rows = std::min<size_t>(kNeighbourBatch, take - start);
     const uint32_t bucket = std::bit_ceil(static_cast<uint32_t>(rows));
@@ -379,22 +412,10 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
       const float* x = ctx.in_.data() + (start + r) * d;
       float xx = 0;
       for (uint32_t j = 0; j < d; ++j) xx += x[j] * x[j];
-      // Keep the k smallest squared distances by insertion; most candidates fail the first test.
-      const float* dots = ctx.dots_.data() + r * n;
-      uint32_t have = 0;
-      for (uint32_t i = 0; i < n; ++i) {
-        const float dist = std::max(xx - 2.f * dots[i], 0.f);
-        if (have == k && dist >= nearest[k - 1]) continue;
-        uint32_t pos = have < k ? have++ : k - 1;
-        while (pos > 0 && nearest[pos - 1] > dist) {
-          nearest[pos] = nearest[pos - 1];
-          --pos;
-        }
-        nearest[pos] = dist;
-      }
-      float sum = 0;
-      for (uint32_t i = 0; i < k; ++i) sum += std::sqrt(nearest[i]);
-      out[start + r] = sum / static_cast<float>(k);
+      // The inner product gave x.r - |r|^2 / 2; |x - r|^2 = |x|^2 - 2 * that, in place.
+      float* sq = ctx.dots_.data() + r * n;
+      for (uint32_t i = 0; i < n; ++i) sq[i] = std::max(xx - 2.f * sq[i], 0.f);
+      out[start + r] = MeanOfSmallestRoots(sq, n, k, scratch);
     }
   }
   return absl::OkStatus();

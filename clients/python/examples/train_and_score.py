@@ -36,7 +36,7 @@ def roc_auc(scores, labels):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default="localhost:50051")
-    p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "odds", "cardio.csv"))
+    p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "shared", "data", "odds", "cardio.csv"))
     p.add_argument("--model", default="example")
     p.add_argument("--out", default=".")
     p.add_argument("--epochs", type=int, default=100)
@@ -72,7 +72,7 @@ def main():
     precision = tp / max(int(flagged.sum()), 1)
     recall = tp / max(int(truth.sum()), 1)
     print(f"test: {len(test)} rows, {int(truth.sum())} anomalies; flagged {int(flagged.sum())}")
-    print(f"precision {precision:.3f} recall {recall:.3f} ROC-AUC {roc_auc(result.errors, y[test]):.3f}")
+    print(f"precision {precision:.3f} recall {recall:.3f} ROC-AUC {roc_auc(result.scores, y[test]):.3f}")
 
     os.makedirs(args.out, exist_ok=True)
     info = client.model(args.model, include_calibration=True)
