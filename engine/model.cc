@@ -133,6 +133,40 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   return std::shared_ptr<const Model>(std::move(m));
 }
 
+// One dense layer's primitive for `batch` rows: activation fused, weights reordered once into the
+// layout the primitive prefers, bias copied; grows the shared scratchpad size.
+void Model::MakeDense(uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
+                      const std::vector<float>& w, const std::vector<float>& b,
+                      dnnl::inner_product_forward* prim, memory* wmem, memory* bmem,
+                      memory::desc* scratch) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (act != v1::ACTIVATION_LINEAR) {
+    dnnl::post_ops po;
+    po.append_eltwise(1.f, AlgorithmOf(act), AlphaOf(act, spec().leaky_relu_slope()), 0.f);
+    attr.set_post_ops(po);
+  }
+  const memory::desc src_md({batch, in}, dt::f32, tag::ab);
+  const memory::desc dst_md({batch, out}, dt::f32, tag::ab);
+  const memory::desc w_any({out, in}, dt::f32, tag::any);
+  const memory::desc b_md({out}, dt::f32, tag::a);
+  dnnl::inner_product_forward::primitive_desc pd(
+      dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_any, b_md,
+                                        dst_md),
+      attr, engine_);
+  *prim = dnnl::inner_product_forward(pd);
+  const memory::desc w_plain({out, in}, dt::f32, tag::ab);
+  memory plain(w_plain, engine_, const_cast<float*>(w.data()));
+  *wmem = memory(pd.weights_desc(), engine_);
+  dnnl::stream st(engine_);
+  dnnl::reorder(plain, *wmem).execute(st, plain, *wmem);
+  st.wait();
+  *bmem = memory(b_md, engine_);
+  std::copy(b.begin(), b.end(), static_cast<float*>(bmem->get_data_handle()));
+  *scratch = pd.scratchpad_desc();
+  scratch_bytes_ = std::max(scratch_bytes_, scratch->get_size());
+}
+
 void Model::Build(const Params& params) {
   const v1::ModelSpec& s = spec();
   const uint32_t c = s.code_size();
@@ -155,39 +189,6 @@ void Model::Build(const Params& params) {
     layers_.push_back(std::move(layer));
   }
 
-  auto make = [&](uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
-                  const std::vector<float>& w, const std::vector<float>& b,
-                  dnnl::inner_product_forward* prim, memory* wmem, memory* bmem,
-                  memory::desc* scratch) {
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    if (act != v1::ACTIVATION_LINEAR) {
-      dnnl::post_ops po;
-      po.append_eltwise(1.f, AlgorithmOf(act), AlphaOf(act, s.leaky_relu_slope()), 0.f);
-      attr.set_post_ops(po);
-    }
-    const memory::desc src_md({batch, in}, dt::f32, tag::ab);
-    const memory::desc dst_md({batch, out}, dt::f32, tag::ab);
-    const memory::desc w_any({out, in}, dt::f32, tag::any);
-    const memory::desc b_md({out}, dt::f32, tag::a);
-    dnnl::inner_product_forward::primitive_desc pd(
-        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_any, b_md,
-                                          dst_md),
-        attr, engine_);
-    *prim = dnnl::inner_product_forward(pd);
-    // Reorder the plain weights once into the primitive's layout.
-    const memory::desc w_plain({out, in}, dt::f32, tag::ab);
-    memory plain(w_plain, engine_, const_cast<float*>(w.data()));
-    *wmem = memory(pd.weights_desc(), engine_);
-    dnnl::stream st(engine_);
-    dnnl::reorder(plain, *wmem).execute(st, plain, *wmem);
-    st.wait();
-    *bmem = memory(b_md, engine_);
-    std::copy(b.begin(), b.end(), static_cast<float*>(bmem->get_data_handle()));
-    *scratch = pd.scratchpad_desc();
-    scratch_bytes_ = std::max(scratch_bytes_, scratch->get_size());
-  };
-
   for (uint32_t batch = 1; batch <= options_.max_batch; batch *= 2) {
     Plan plan;
     plan.batch = batch;
@@ -196,11 +197,11 @@ void Model::Build(const Params& params) {
       plan.weights.emplace_back();
       plan.bias.emplace_back();
       plan.scratch_md.emplace_back();
-      make(batch, L.inputs, L.outputs, L.activation, L.weights, L.bias, &plan.fwd.back(),
+      MakeDense(batch, L.inputs, L.outputs, L.activation, L.weights, L.bias, &plan.fwd.back(),
            &plan.weights.back(), &plan.bias.back(), &plan.scratch_md.back());
     }
     if (vae) {
-      make(batch, layers_[num_encoder_ - 1].inputs, c, v1::ACTIVATION_LINEAR, logvar_w, logvar_b,
+      MakeDense(batch, layers_[num_encoder_ - 1].inputs, c, v1::ACTIVATION_LINEAR, logvar_w, logvar_b,
            &plan.logvar_fwd, &plan.logvar_weights, &plan.logvar_bias, &plan.logvar_scratch_md);
     }
     plans_.push_back(std::move(plan));
@@ -216,25 +217,12 @@ void Model::BuildNeighbours() {
     for (uint32_t j = 0; j < d; ++j) sq += ref[size_t{r} * d + j] * ref[size_t{r} * d + j];
     bias[r] = -0.5f * sq;
   }
-  dnnl::stream st(engine_);
+  // The reference rows are the weights of a linear layer with d inputs and n outputs.
+  const std::vector<float> ref_rows(ref, ref + size_t{n} * d);
   for (uint32_t batch = 1; batch <= std::min(kNeighbourBatch, options_.max_batch); batch *= 2) {
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    const memory::desc src_md({batch, d}, dt::f32, tag::ab);
-    const memory::desc dst_md({batch, n}, dt::f32, tag::ab);
-    const memory::desc w_any({n, d}, dt::f32, tag::any);
-    const memory::desc b_md({n}, dt::f32, tag::a);
-    dnnl::inner_product_forward::primitive_desc pd(
-        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_any, b_md,
-                                          dst_md),
-        attr, engine_);
-    NeighbourPlan plan{batch, dnnl::inner_product_forward(pd), memory(pd.weights_desc(), engine_),
-                       memory(b_md, engine_), pd.scratchpad_desc()};
-    memory plain({{n, d}, dt::f32, tag::ab}, engine_, const_cast<float*>(ref));
-    dnnl::reorder(plain, plan.weights).execute(st, plain, plan.weights);
-    st.wait();
-    std::copy(bias.begin(), bias.end(), static_cast<float*>(plan.bias.get_data_handle()));
-    scratch_bytes_ = std::max(scratch_bytes_, plan.scratch_md.get_size());
+    NeighbourPlan plan{batch, {}, {}, {}, {}};
+    MakeDense(batch, d, n, v1::ACTIVATION_LINEAR, ref_rows, bias, &plan.fwd, &plan.weights,
+              &plan.bias, &plan.scratch_md);
     neighbour_plans_.push_back(std::move(plan));
   }
 }

@@ -98,6 +98,10 @@ class Model {
   void ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const;
   absl::Status Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const;
   void BuildNeighbours();
+  void MakeDense(uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
+                 const std::vector<float>& w, const std::vector<float>& b,
+                 dnnl::inner_product_forward* prim, dnnl::memory* wmem, dnnl::memory* bmem,
+                 dnnl::memory::desc* scratch);
   // Mean distance from each of the first `take` rows of ctx.in_ to its nearest reference rows.
   absl::Status Distances(ScoringContext& ctx, size_t take, float* out) const;
 
