@@ -1,6 +1,8 @@
 // CreateTrainingJob uploads: declared size, shared budget, idle timeout, all-or-nothing jobs.
 #include "uploads.h"
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "raw_call.h"
 #include "status_util.h"
@@ -142,7 +144,9 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   Clock::time_point last_ ABSL_GUARDED_BY(mu_) = Clock::now();
   grpc::ByteBuffer incoming_;  // the read in flight (one at a time)
-  uint64_t messages_ = 0;      // messages read; touched only by OnReadDone
+  // Messages read; touched only by OnReadDone, one call at a time, but on whichever gRPC thread
+  // completes the read (atomic so that the hand-off inside libgrpc, invisible to TSan, needs none).
+  std::atomic<uint64_t> messages_{0};
   bool have_header_ ABSL_GUARDED_BY(mu_) = false;
   v1::TrainingJobHeader header_ ABSL_GUARDED_BY(mu_);
   uint64_t expected_values_ ABSL_GUARDED_BY(mu_) = 0;
