@@ -136,7 +136,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
 // One dense layer's primitive for `batch` rows: activation fused, weights reordered once into the
 // layout the primitive prefers, bias copied; grows the shared scratchpad size.
 void Model::MakeDense(uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
-                      const std::vector<float>& w, const std::vector<float>& b,
+                      absl::Span<const float> w, absl::Span<const float> b,
                       dnnl::inner_product_forward* prim, memory* wmem, memory* bmem,
                       memory::desc* scratch) {
   dnnl::primitive_attr attr;
@@ -218,10 +218,10 @@ void Model::BuildNeighbours() {
     bias[r] = -0.5f * sq;
   }
   // The reference rows are the weights of a linear layer with d inputs and n outputs.
-  const std::vector<float> ref_rows(ref, ref + size_t{n} * d);
+  const absl::Span<const float> weights(ref, size_t{n} * d);
   for (uint32_t batch = 1; batch <= std::min(kNeighbourBatch, options_.max_batch); batch *= 2) {
     NeighbourPlan plan{batch, {}, {}, {}, {}};
-    MakeDense(batch, d, n, v1::ACTIVATION_LINEAR, ref_rows, bias, &plan.fwd, &plan.weights,
+    MakeDense(batch, d, n, v1::ACTIVATION_LINEAR, weights, bias, &plan.fwd, &plan.weights,
               &plan.bias, &plan.scratch_md);
     neighbour_plans_.push_back(std::move(plan));
   }
@@ -241,8 +241,10 @@ ScoringContext::ScoringContext(const Model& m) : model_(m), stream_(m.engine_) {
   pong_.assign(b * m.max_width_, 0.f);
   out_.assign(b * d, 0.f);
   scratch_.assign(std::max<size_t>(m.scratch_bytes_, 64), 0);
+  if (!m.neighbour_plans_.empty()) {
+    dots_.assign(size_t{m.neighbour_plans_.back().batch} * m.reference_rows_, 0.f);
+  }
   for (const Model::NeighbourPlan& plan : m.neighbour_plans_) {
-    if (dots_.empty()) dots_.assign(size_t{m.neighbour_plans_.back().batch} * m.reference_rows_, 0.f);
     auto args = std::make_unique<Args>();
     args->layer.push_back(
         {{DNNL_ARG_SRC, memory({{plan.batch, d}, dt::f32, tag::ab}, m.engine_, in_.data())},

@@ -99,7 +99,7 @@ class Model {
   absl::Status Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const;
   void BuildNeighbours();
   void MakeDense(uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
-                 const std::vector<float>& w, const std::vector<float>& b,
+                 absl::Span<const float> w, absl::Span<const float> b,
                  dnnl::inner_product_forward* prim, dnnl::memory* wmem, dnnl::memory* bmem,
                  dnnl::memory::desc* scratch);
   // Mean distance from each of the first `take` rows of ctx.in_ to its nearest reference rows.
