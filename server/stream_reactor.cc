@@ -74,11 +74,15 @@ StreamReactor::StreamReactor(const Options& options, const ModelRegistry* regist
 
 void StreamReactor::OnReadDone(bool ok) {
   // Parsed before taking the lock: no other read can be started until reading_ is cleared below.
+  // Successive reads may complete on different gRPC threads; the counter's release store after
+  // the parse and acquire load before the next one order the accesses to incoming_ (the hand-off
+  // inside libgrpc is invisible to TSan).
   Pending p;
   if (ok) {
-    ++messages_read_;
+    const uint64_t n = messages_read_.load(std::memory_order_acquire) + 1;
     p.bytes = incoming_.Length();
-    p.parse_error = ParseMessage(&incoming_, &p.request, absl::StrCat("stream message ", messages_read_));
+    p.parse_error = ParseMessage(&incoming_, &p.request, absl::StrCat("stream message ", n));
+    messages_read_.store(n, std::memory_order_release);
   }
   absl::MutexLock lock(&mu_);
   reading_ = false;

@@ -105,7 +105,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   // The read in flight and the count of messages read: touched only by StartRead's caller (under
   // mu_, while reading_ is false) and by OnReadDone (before it clears reading_).
   grpc::ByteBuffer incoming_;
-  uint64_t messages_read_ = 0;
+  std::atomic<uint64_t> messages_read_{0};  // see OnReadDone
   std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
   std::deque<Unsent> unsent_ ABSL_GUARDED_BY(mu_);
   uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // this stream's share of the budget

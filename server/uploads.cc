@@ -30,10 +30,16 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 
   void OnReadDone(bool ok) override {
     // Parsed before taking the lock (the sweeper takes it): only this callback touches the read
-    // in flight, and the next read starts below.
+    // in flight, and the next read starts below. Successive reads may complete on different gRPC
+    // threads; the counter's release store after the parse and acquire load before the next one
+    // order the accesses to incoming_ (the hand-off inside libgrpc is invisible to TSan).
     v1::CreateTrainingJobRequest req;
     grpc::Status parsed;
-    if (ok) parsed = ParseMessage(&incoming_, &req, absl::StrCat("upload message ", ++messages_));
+    if (ok) {
+      const uint64_t n = messages_.load(std::memory_order_acquire) + 1;
+      parsed = ParseMessage(&incoming_, &req, absl::StrCat("upload message ", n));
+      messages_.store(n, std::memory_order_release);
+    }
     absl::MutexLock lock(&mu_);
     if (finished_) return;
     last_ = Clock::now();
