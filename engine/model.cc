@@ -9,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "dnnl_util.h"
+#include "scaler.h"
+#include "spec.h"
 #include "status_macros.h"
 #include "threshold.h"
 
@@ -90,6 +92,14 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   if (!std::isfinite(file.threshold_value())) {
     return absl::InvalidArgumentError("model: threshold must be finite");
   }
+  if (sc.mean_size() != 0 && sc.mean_size() != static_cast<int>(d)) {
+    return absl::InvalidArgumentError("model: scaler mean size does not match num_features");
+  }
+  for (float v : sc.mean()) {
+    if (!std::isfinite(v)) return absl::InvalidArgumentError("model: scaler means must be finite");
+  }
+  // Files written before scoring policies existed get the defaults.
+  AE_ASSIGN_OR_RETURN(*file.mutable_policy(), ResolvePolicy(file.policy()));
   uint32_t reference_rows = 0;
   if (spec.neighbors() > 0) {
     const size_t values = static_cast<size_t>(file.reference_size());
@@ -119,6 +129,10 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   m->neighbors_ = m->file_.spec().neighbors();
   m->reference_rows_ = reference_rows;
   m->scaled_ = m->neighbors_ > 0 && m->file_.has_score_scale();
+  m->fill_ = ScaledFill(sc);
+  m->max_missing_ = static_cast<uint32_t>(
+      std::floor(m->file_.policy().max_missing_fraction() * static_cast<double>(d) + 1e-6));
+  m->refinements_ = m->file_.policy().impute_refinements();
   for (uint32_t i = 0; i < d; ++i) {
     m->offset_.push_back(sc.offset(i));
     m->scale_.push_back(sc.scale(i));
@@ -296,20 +310,50 @@ ScoringContext::ScoringContext(const Model& m) : model_(m), stream_(m.engine_) {
 
 ScoringContext::~ScoringContext() = default;
 
-absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows) const {
+absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows,
+                               std::vector<uint32_t>* missing) const {
   const uint32_t d = num_features();
   if (x.empty()) return absl::InvalidArgumentError("empty batch: no values");
   if (x.size() % d != 0) {
     return absl::InvalidArgumentError(absl::StrCat("values count ", x.size(),
                                                    " is not a multiple of the feature count ", d));
   }
+  *rows = x.size() / d;
+  missing->clear();
   for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("non-finite value (NaN or Inf) at row ",
-                                                     i / d, ", feature ", i % d));
+    if (std::isfinite(x[i])) continue;
+    const size_t r = i / d;
+    if (!std::isnan(x[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("infinite value at row ", r, ", feature ", FeatureName(i % d)));
+    }
+    if (max_missing_ == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "missing value (NaN) at row ", r, ", feature ", FeatureName(i % d),
+          ": this model's scoring policy allows none (max_missing_fraction 0)"));
+    }
+    if (missing->empty()) missing->resize(*rows, 0);
+    ++(*missing)[r];
+  }
+  return absl::OkStatus();
+}
+
+std::string Model::FeatureName(size_t j) const {
+  if (static_cast<int>(j) < file_.feature_names_size()) {
+    return absl::StrCat("'", file_.feature_names(static_cast<int>(j)), "'");
+  }
+  return absl::StrCat(j);
+}
+
+absl::Status Model::RefuseOverLimit(const std::vector<uint32_t>& missing) const {
+  for (size_t r = 0; r < missing.size(); ++r) {
+    if (missing[r] > max_missing_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "row ", r, " misses ", missing[r], " of ", num_features(),
+          " features, over this model's max_missing_fraction ",
+          file_.policy().max_missing_fraction()));
     }
   }
-  *rows = x.size() / d;
   return absl::OkStatus();
 }
 
@@ -334,9 +378,33 @@ void Model::ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) 
   for (size_t r = 0; r < take; ++r) {
     const float* row = x + r * d;
     float* out = dst + r * d;
-    for (uint32_t j = 0; j < d; ++j) out[j] = (row[j] - offset_[j]) * inv_scale_[j];
+    for (uint32_t j = 0; j < d; ++j) {
+      out[j] = std::isnan(row[j]) ? fill_[j] : (row[j] - offset_[j]) * inv_scale_[j];
+    }
   }
   std::fill(dst + take * d, dst + size_t{bucket} * d, 0.f);
+}
+
+// Rows with missing values: each refinement replaces the filled-in values with the model's
+// reconstruction and runs the bucket again.
+absl::Status Model::Impute(ScoringContext& ctx, const float* x, size_t take, uint32_t bucket,
+                           const uint32_t* missing, Pass pass, bool logvar) const {
+  if (missing == nullptr || refinements_ == 0) return absl::OkStatus();
+  if (std::all_of(missing, missing + take, [](uint32_t m) { return m == 0; })) {
+    return absl::OkStatus();
+  }
+  const uint32_t d = num_features();
+  for (uint32_t it = 0; it < refinements_; ++it) {
+    if (pass == Pass::kEncode) AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, false));
+    for (size_t r = 0; r < take; ++r) {
+      if (missing[r] == 0) continue;
+      for (uint32_t j = 0; j < d; ++j) {
+        if (std::isnan(x[r * d + j])) ctx.in_[r * d + j] = ctx.out_[r * d + j];
+      }
+    }
+    AE_RETURN_IF_ERROR(Run(ctx, bucket, pass, logvar));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const {
@@ -411,13 +479,35 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
   return absl::OkStatus();
 }
 
+// Mean distance from a row with missing values to its nearest reference rows over the observed
+// features, the squared distances scaled by features / observed so they stay comparable.
+float Model::GapDistance(ScoringContext& ctx, const float* raw, const float* xs,
+                         uint32_t missing) const {
+  const uint32_t d = num_features(), n = reference_rows_;
+  const float* ref = file_.reference().data();
+  const float stretch = static_cast<float>(d) / static_cast<float>(d - missing);
+  float* sq = ctx.dots_.data();
+  for (uint32_t i = 0; i < n; ++i) {
+    float s = 0;
+    for (uint32_t j = 0; j < d; ++j) {
+      const float diff = std::isnan(raw[j]) ? 0.f : xs[j] - ref[size_t{i} * d + j];
+      s += diff * diff;
+    }
+    sq[i] = s * stretch;
+  }
+  std::vector<float> scratch;
+  return MeanOfSmallestRoots(sq, n, neighbors_, scratch);
+}
+
 absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
                           const ScoreOptions& options, ScoreResult* result) const {
   if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
   size_t rows = 0;
-  AE_RETURN_IF_ERROR(CheckInput(x, &rows));
+  AE_RETURN_IF_ERROR(CheckInput(x, &rows, &result->missing));
   const uint32_t d = num_features(), c = code_size();
   const bool elbo = options.neg_elbo && spec().kind() == v1::MODEL_KIND_VARIATIONAL;
+  const bool gaps = !result->missing.empty();
+  result->skipped.assign(gaps ? rows : 0, 0);
   result->threshold = threshold();
   result->error.resize(rows);
   result->distance.resize(neighbors_ > 0 ? rows : 0);
@@ -432,14 +522,38 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
   for (size_t done = 0; done < rows;) {
     size_t take = 0;
     const uint32_t bucket = ChooseBucket(rows - done, &take);
-    ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
+    const float* xb = x.data() + done * d;
+    const uint32_t* miss = gaps ? result->missing.data() + done : nullptr;
+    ScaleInto(xb, take, bucket, ctx.in_.data());
     AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, elbo));
+    AE_RETURN_IF_ERROR(Impute(ctx, xb, take, bucket, miss, Pass::kFull, elbo));
     if (neighbors_ > 0) AE_RETURN_IF_ERROR(Distances(ctx, take, result->distance.data() + done));
     for (size_t r = 0; r < take; ++r) {
       const float* xs = ctx.in_.data() + r * d;
       const float* y = ctx.out_.data() + r * d;
       float sum = 0;
-      if (options.per_feature) {
+      if (miss != nullptr && miss[r] > 0) {
+        // Gaps: the error over the observed features only; a missing feature's error is 0.
+        const float* raw = xb + r * d;
+        const size_t i = done + r;
+        float* fe = options.per_feature ? result->feature_error.data() + i * d : nullptr;
+        for (uint32_t j = 0; j < d; ++j) {
+          const float e = std::isnan(raw[j]) ? 0.f : (y[j] - xs[j]) * (y[j] - xs[j]);
+          sum += e;
+          if (fe != nullptr) fe[j] = options.original_units ? e * scale_[j] * scale_[j] : e;
+        }
+        if (miss[r] > max_missing_) {
+          result->skipped[i] = 1;
+          result->error[i] = result->score[i] = NAN;
+          if (neighbors_ > 0) result->distance[i] = NAN;
+          result->anomalous[i] = 0;
+          result->p_value[i] = 1;
+          if (elbo) result->neg_elbo[i] = NAN;
+          continue;
+        }
+        if (neighbors_ > 0) result->distance[i] = GapDistance(ctx, raw, xs, miss[r]);
+        sum *= static_cast<float>(d) / static_cast<float>(d - miss[r]);
+      } else if (options.per_feature) {
         float* fe = result->feature_error.data() + (done + r) * d;
         for (uint32_t j = 0; j < d; ++j) {
           const float e = (y[j] - xs[j]) * (y[j] - xs[j]);
@@ -486,7 +600,9 @@ absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
                            std::vector<float>* codes) const {
   if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
   size_t rows = 0;
-  AE_RETURN_IF_ERROR(CheckInput(x, &rows));
+  std::vector<uint32_t> missing;
+  AE_RETURN_IF_ERROR(CheckInput(x, &rows, &missing));
+  AE_RETURN_IF_ERROR(RefuseOverLimit(missing));
   const uint32_t d = num_features(), c = code_size();
   codes->resize(rows * c);
   for (size_t done = 0; done < rows;) {
@@ -494,6 +610,9 @@ absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
     const uint32_t bucket = ChooseBucket(rows - done, &take);
     ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
     AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kEncode, false));
+    AE_RETURN_IF_ERROR(Impute(ctx, x.data() + done * d, take, bucket,
+                              missing.empty() ? nullptr : missing.data() + done, Pass::kEncode,
+                              false));
     std::copy_n(ctx.latent_.data(), take * c, codes->data() + done * c);
     done += take;
   }
@@ -504,7 +623,9 @@ absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
                                 std::vector<float>* out) const {
   if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
   size_t rows = 0;
-  AE_RETURN_IF_ERROR(CheckInput(x, &rows));
+  std::vector<uint32_t> missing;
+  AE_RETURN_IF_ERROR(CheckInput(x, &rows, &missing));
+  AE_RETURN_IF_ERROR(RefuseOverLimit(missing));
   const uint32_t d = num_features();
   out->resize(rows * d);
   for (size_t done = 0; done < rows;) {
@@ -512,6 +633,9 @@ absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
     const uint32_t bucket = ChooseBucket(rows - done, &take);
     ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
     AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, false));
+    AE_RETURN_IF_ERROR(Impute(ctx, x.data() + done * d, take, bucket,
+                              missing.empty() ? nullptr : missing.data() + done, Pass::kFull,
+                              false));
     for (size_t i = 0; i < take * d; ++i) {
       (*out)[done * d + i] = ctx.out_[i] * scale_[i % d] + offset_[i % d];
     }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -41,6 +42,11 @@ struct ScoreResult {
   std::vector<float> p_value;        // conformal p-value against the calibration scores
   std::vector<float> feature_error;  // rows x features squared errors, when asked
   std::vector<float> neg_elbo;       // per sample, when asked and variational
+  // Per sample, when any value was missing (NaN): how many features were missing, and whether
+  // the sample had more than the policy allows (skipped: error, distance and score NaN, never
+  // anomalous, p-value 1). Both empty when nothing was missing.
+  std::vector<uint32_t> missing;
+  std::vector<uint8_t> skipped;
   double threshold = 0;
 };
 
@@ -64,6 +70,10 @@ class Model {
   std::unique_ptr<ScoringContext> NewContext() const;
 
   // `x` holds rows x num_features() values, row-major, in original units. Any row count >= 1.
+  // NaN is a missing value (the file's ScoringPolicy): it is filled with the training mean,
+  // refined by the model's reconstruction, and the error (and neighbour distance) is measured over
+  // the observed features. Score answers rows over the policy's limit as skipped; Encode and
+  // Reconstruct refuse them. +-Inf is INVALID_ARGUMENT.
   absl::Status Score(ScoringContext& ctx, absl::Span<const float> x, const ScoreOptions& options,
                      ScoreResult* result) const;
   // The code of each sample (mu for variational models): rows x code_size.
@@ -93,10 +103,17 @@ class Model {
 
   Model(v1::ModelFile file, const ModelOptions& options);
   void Build(const Params& params);
-  absl::Status CheckInput(absl::Span<const float> x, size_t* rows) const;
+  // Counts missing values per row into `missing` (left empty when there are none).
+  absl::Status CheckInput(absl::Span<const float> x, size_t* rows,
+                          std::vector<uint32_t>* missing) const;
+  absl::Status RefuseOverLimit(const std::vector<uint32_t>& missing) const;
+  std::string FeatureName(size_t j) const;  // quoted name, or the index without names
   uint32_t ChooseBucket(size_t remaining, size_t* take) const;
   void ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const;
   absl::Status Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const;
+  absl::Status Impute(ScoringContext& ctx, const float* x, size_t take, uint32_t bucket,
+                      const uint32_t* missing, Pass pass, bool logvar) const;
+  float GapDistance(ScoringContext& ctx, const float* raw, const float* xs, uint32_t missing) const;
   void BuildNeighbours();
   void MakeDense(uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
                  absl::Span<const float> w, absl::Span<const float> b,
@@ -109,6 +126,8 @@ class Model {
   ModelOptions options_;
   dnnl::engine engine_;
   std::vector<float> offset_, inv_scale_, scale_;
+  std::vector<float> fill_;  // a missing value, scaled (ScaledFill)
+  uint32_t max_missing_ = 0, refinements_ = 0;  // from the file's ScoringPolicy
   std::vector<Layer> layers_;  // inference layers: encoder (code head last), decoder
   size_t num_encoder_ = 0;
   std::vector<Plan> plans_;    // one per bucket: 1, 2, 4, ..., max_batch

@@ -188,12 +188,10 @@ TEST(Model, BadInputIsInvalidArgument) {
   EXPECT_EQ(model->Score(*ctx, {}, {}, &r).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(model->Score(*ctx, absl::MakeSpan(x).subspan(0, kFeatures + 1), {}, &r).code(),
             absl::StatusCode::kInvalidArgument);
-  x[kFeatures + 2] = NAN;
+  x[kFeatures + 2] = -INFINITY;
   auto st = model->Score(*ctx, x, {}, &r);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(st.message().find("row 1, feature 2"), std::string::npos) << st;
-  x[kFeatures + 2] = -INFINITY;
-  EXPECT_EQ(model->Score(*ctx, x, {}, &r).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("infinite value at row 1, feature 2"), std::string::npos) << st;
   std::vector<float> codes;
   EXPECT_EQ(model->Encode(*ctx, x, &codes).code(), absl::StatusCode::kInvalidArgument);
 }
@@ -405,6 +403,114 @@ TEST(Model, NeighbourFilesAreChecked) {
   auto old = Model::Create(f);
   ASSERT_TRUE(old.ok()) << old.status();
   EXPECT_EQ((*old)->neighbors(), 0u);
+}
+
+// Gaps, by hand. Without refinement a missing value is the training mean, so a row with feature m
+// missing scores like the row with the mean in its place, except that the error is the mean of
+// the squared errors over the observed features only. One refinement puts the reconstruction of
+// that mean-filled row in the gap and runs again.
+TEST(Model, GapsAreFilledAndMeasuredOverTheObservedFeatures) {
+  v1::ModelFile f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_TANH);
+  const auto means = f.scaler().mean();
+  ASSERT_EQ(means.size(), static_cast<int>(kFeatures));
+  std::vector<float> row = Rows(1, 5);
+  constexpr size_t kGap = 4;
+  std::vector<float> gap = row, filled = row;
+  gap[kGap] = NAN;
+  filled[kGap] = means[kGap];
+  for (uint32_t refinements : {0u, 1u, 2u}) {
+    f.mutable_policy()->set_impute_refinements(refinements);
+    auto model = Model::Create(f);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto ctx = (*model)->NewContext();
+    // The value the model ends up using in the gap: the mean, then its own reconstructions.
+    std::vector<float> in = filled;
+    for (uint32_t i = 0; i < refinements; ++i) {
+      std::vector<float> rec;
+      ASSERT_TRUE((*model)->Reconstruct(*ctx, in, &rec).ok());
+      in[kGap] = rec[kGap];
+    }
+    ScoreResult want, got;
+    ASSERT_TRUE((*model)->Score(*ctx, in, {.per_feature = true}, &want).ok());
+    ASSERT_TRUE((*model)->Score(*ctx, gap, {.per_feature = true}, &got).ok());
+    double observed = 0;
+    for (size_t j = 0; j < kFeatures; ++j) {
+      if (j == kGap) {
+        EXPECT_EQ(got.feature_error[j], 0.f);
+      } else {
+        EXPECT_NEAR(got.feature_error[j], want.feature_error[j], 1e-5 + 1e-6 * want.feature_error[j])
+            << refinements << " " << j;
+        observed += want.feature_error[j];
+      }
+    }
+    EXPECT_NEAR(got.error[0], observed / (kFeatures - 1), 1e-6 * observed) << refinements;
+    ASSERT_EQ(got.missing.size(), 1u);
+    EXPECT_EQ(got.missing[0], 1u);
+    EXPECT_EQ(got.skipped[0], 0);
+    EXPECT_TRUE(want.missing.empty() && want.skipped.empty());
+    // Reconstruct fills the gap the same way.
+    std::vector<float> rec_gap, rec_in;
+    ASSERT_TRUE((*model)->Reconstruct(*ctx, gap, &rec_gap).ok());
+    ASSERT_TRUE((*model)->Reconstruct(*ctx, in, &rec_in).ok());
+    for (size_t j = 0; j < kFeatures; ++j) {
+      EXPECT_NEAR(rec_gap[j], rec_in[j], 1e-5 * std::max(1.f, std::fabs(rec_in[j])));
+    }
+  }
+}
+
+// Default policy: up to half the features (4 of 9) may be missing; more -> skipped (NaN score,
+// never anomalous, p-value 1) without failing the batch; Encode/Reconstruct refuse such a row;
+// policy 0 refuses any gap, naming it.
+TEST(Model, SamplesOverTheMissingLimitAreSkippedOrRefused) {
+  v1::ModelFile f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_TANH);
+  auto model = *Model::Create(f);
+  EXPECT_EQ(model->file().policy().max_missing_fraction(), 0.5f);  // resolved default
+  auto ctx = model->NewContext();
+  std::vector<float> x = Rows(3, 9);
+  for (size_t j = 0; j < 4; ++j) x[j] = NAN;                 // row 0: 4 missing, scored
+  for (size_t j = 0; j < 5; ++j) x[kFeatures + j] = NAN;     // row 1: 5 missing, skipped
+  ScoreResult r;
+  ASSERT_TRUE(model->Score(*ctx, x, {}, &r).ok());
+  EXPECT_EQ(r.missing, (std::vector<uint32_t>{4, 5, 0}));
+  EXPECT_EQ(r.skipped, (std::vector<uint8_t>{0, 1, 0}));
+  EXPECT_TRUE(std::isfinite(r.score[0]) && std::isfinite(r.score[2]));
+  EXPECT_TRUE(std::isnan(r.score[1]) && std::isnan(r.error[1]));
+  EXPECT_EQ(r.anomalous[1], 0);
+  EXPECT_EQ(r.p_value[1], 1.f);
+  std::vector<float> out;
+  auto st = model->Reconstruct(*ctx, x, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("row 1 misses 5 of 9 features"), std::string::npos) << st;
+  EXPECT_EQ(model->Encode(*ctx, x, &out).code(), absl::StatusCode::kInvalidArgument);
+
+  f.mutable_policy()->set_max_missing_fraction(0);
+  f.add_feature_names("a");
+  for (size_t j = 1; j < kFeatures; ++j) f.add_feature_names("f" + std::to_string(j));
+  auto strict = *Model::Create(f);
+  auto sctx = strict->NewContext();
+  std::vector<float> one = Rows(2, 2);
+  one[kFeatures + 0] = NAN;
+  st = strict->Score(*sctx, one, {}, &r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("missing value (NaN) at row 1, feature 'a'"), std::string::npos) << st;
+  f.mutable_policy()->set_max_missing_fraction(1);  // nothing observed would be allowed
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A row with gaps measures its neighbour distance over the observed features, each squared
+// distance stretched by features / observed. Reference (0,0), (3,4), (6,8), 2 neighbours;
+// x = (3, missing): squared distances over feature 0 are 9, 0, 9, times 2 -> 18, 0, 18; the
+// nearest two: 0 and sqrt(18) -> mean 2.1213.
+TEST(Model, NeighbourDistanceOfARowWithGaps) {
+  v1::ModelFile f = NeighbourFile();
+  auto model = Model::Create(f);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto ctx = (*model)->NewContext();
+  ScoreResult r;
+  const std::vector<float> x = {3, NAN, 0, 0};
+  ASSERT_TRUE((*model)->Score(*ctx, x, {}, &r).ok());
+  EXPECT_NEAR(r.distance[0], std::sqrt(18.0) / 2, 1e-4);
+  EXPECT_NEAR(r.distance[1], 2.5, 1e-4);  // the complete row is unchanged
 }
 
 }  // namespace

@@ -253,4 +253,29 @@ LayerShapes ShapesOf(const v1::ModelSpec& s) {
   return shapes;
 }
 
+absl::StatusOr<v1::ScoringPolicy> ResolvePolicy(const v1::ScoringPolicy& policy) {
+  v1::ScoringPolicy p = policy;
+  if (!p.has_max_missing_fraction()) p.set_max_missing_fraction(kDefaultMaxMissingFraction);
+  if (!p.has_impute_refinements()) p.set_impute_refinements(kDefaultImputeRefinements);
+  const float f = p.max_missing_fraction();
+  if (!(f >= 0 && f < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scoring policy: max_missing_fraction ", f,
+        " must be in [0, 1) (0 = no missing values; at least one feature must be observed)"));
+  }
+  if (p.impute_refinements() > kMaxImputeRefinements) {
+    return absl::InvalidArgumentError(absl::StrCat("scoring policy: impute_refinements ",
+                                                   p.impute_refinements(), " is over ",
+                                                   kMaxImputeRefinements));
+  }
+  return p;
+}
+
+absl::StatusOr<v1::ScoringPolicy> MergePolicy(const v1::ScoringPolicy& base,
+                                              const v1::ScoringPolicy& update) {
+  v1::ScoringPolicy p = base;
+  p.MergeFrom(update);  // proto3 optional fields: only the ones set in `update` are copied
+  return ResolvePolicy(p);
+}
+
 }  // namespace aeserve::engine

@@ -14,6 +14,11 @@ inline constexpr uint32_t kDefaultNeighbors = 10;
 inline constexpr uint32_t kDefaultReferenceRows = 256;
 inline constexpr uint32_t kMaxReferenceRows = 16384;
 inline constexpr float kDefaultReconstructionWeight = 0.5f;
+// ScoringPolicy defaults: a sample may miss up to half its features; missing values are filled
+// with the training mean and refined kDefaultImputeRefinements times by the model's reconstruction.
+inline constexpr float kDefaultMaxMissingFraction = 0.5f;
+inline constexpr uint32_t kDefaultImputeRefinements = 1;
+inline constexpr uint32_t kMaxImputeRefinements = 10;
 
 // Returns the spec with every default filled in, or INVALID_ARGUMENT naming what is wrong.
 // A spec that gives neither layers nor a code size gets DefaultSpec's architecture.
@@ -25,6 +30,13 @@ absl::StatusOr<v1::TrainingOptions> ResolveTrainingOptions(const v1::TrainingOpt
 
 // Returns the threshold config with defaults filled in (99th percentile), or INVALID_ARGUMENT.
 absl::StatusOr<v1::ThresholdConfig> ResolveThresholdConfig(const v1::ThresholdConfig& config);
+
+// Fills the policy's defaults and checks its ranges (max_missing_fraction in [0, 1),
+// impute_refinements <= kMaxImputeRefinements); INVALID_ARGUMENT naming the field.
+absl::StatusOr<v1::ScoringPolicy> ResolvePolicy(const v1::ScoringPolicy& policy);
+// `update`'s set fields over `base` (unset ones keep base's value), resolved.
+absl::StatusOr<v1::ScoringPolicy> MergePolicy(const v1::ScoringPolicy& base,
+                                              const v1::ScoringPolicy& update);
 
 // The architecture a user gets without tuning, from the feature count d alone: two hidden layers
 // of width h1 = clamp(bit_ceil(d), 8, 256) and h2 = max(h1 / 2, 2 * code), code size

@@ -57,6 +57,8 @@ void TrainGraph::Build() {
   const uint32_t d = spec_.num_features();
   target_.assign(size_t{batch_} * d, 0.f);
   input_.assign(size_t{batch_} * d, 0.f);
+  observed_.assign(size_t{batch_} * d, 1);
+  row_weight_.assign(batch_, 1.f);
   if (vae_) {
     latent_.assign(size_t{batch_} * code_, 0.f);
     dlatent_.assign(size_t{batch_} * code_, 0.f);
@@ -172,6 +174,22 @@ absl::StatusOr<LossParts> TrainGraph::Run(const float* x, uint32_t rows, bool tr
   const size_t used = size_t{rows} * d;
   std::copy(x, x + used, target_.begin());
   std::fill(target_.begin() + used, target_.end(), 0.f);
+  // Missing values (NaN): the input gets the fill value, the objective leaves them out and
+  // weighs each row's observed features up to a mean over them.
+  gaps_ = false;
+  for (size_t i = 0; i < used && !gaps_; ++i) gaps_ = std::isnan(target_[i]);
+  if (gaps_) {
+    for (uint32_t r = 0; r < rows; ++r) {
+      uint32_t observed = 0;
+      for (uint32_t j = 0; j < d; ++j) {
+        const size_t i = size_t{r} * d + j;
+        observed_[i] = !std::isnan(target_[i]);
+        observed += observed_[i];
+        if (!observed_[i]) target_[i] = fill_.empty() ? 0.f : fill_[j];
+      }
+      row_weight_[r] = observed == 0 ? 0.f : static_cast<float>(d) / static_cast<float>(observed);
+    }
+  }
   std::copy(target_.begin(), target_.end(), input_.begin());
   if (training && spec_.kind() == v1::MODEL_KIND_DENOISING && spec_.noise_level() > 0) {
     if (spec_.noise() == v1::NOISE_MASKING) {
@@ -247,13 +265,15 @@ LossParts TrainGraph::ObjectiveAndOutputGrad(uint32_t rows, bool backward) {
   const size_t used = size_t{rows} * d;
   for (size_t i = 0; i < used; ++i) {
     const double yi = y[i], xi = target_[i];
+    // Weight of this entry: 1 without gaps; 0 for a missing value, features / observed otherwise.
+    const double w = gaps_ ? (observed_[i] ? row_weight_[i / d] : 0.0) : 1.0;
     if (spec_.loss() == v1::LOSS_BCE) {
       const double yc = std::clamp(yi, 1e-7, 1 - 1e-7);
-      recon -= xi * std::log(yc) + (1 - xi) * std::log(1 - yc);
-      if (backward) grad[i] = static_cast<float>((yi - xi) * inv_rd);
+      recon -= w * (xi * std::log(yc) + (1 - xi) * std::log(1 - yc));
+      if (backward) grad[i] = static_cast<float>(w * (yi - xi) * inv_rd);
     } else {
-      recon += (yi - xi) * (yi - xi);
-      if (backward) grad[i] = static_cast<float>(2 * (yi - xi) * inv_rd);
+      recon += w * (yi - xi) * (yi - xi);
+      if (backward) grad[i] = static_cast<float>(2 * w * (yi - xi) * inv_rd);
     }
   }
   if (backward) std::fill(grad + used, grad + size_t{batch_} * d, 0.f);

@@ -35,7 +35,12 @@ class TrainGraph {
                                                             float dropout, uint32_t batch,
                                                             Params* params);
 
-  // Runs the first `rows` rows of `x` (scaled, row-major). With `training`, noise, dropout and
+  // What a missing value (NaN in `x`) is fed as, per feature (scaled); default 0.
+  void set_fill(std::vector<float> fill) { fill_ = std::move(fill); }
+
+  // Runs the first `rows` rows of `x` (scaled, row-major). NaN entries are missing: fed as the
+  // fill value and left out of the reconstruction term, whose per-row mean is then over the
+  // observed features (a row with none adds nothing). With `training`, noise, dropout and
   // the variational sample are drawn from `rng` (which may be null otherwise). With `backward`,
   // fills the gradients of the objective.
   absl::StatusOr<LossParts> Run(const float* x, uint32_t rows, bool training, std::mt19937_64* rng,
@@ -78,6 +83,10 @@ class TrainGraph {
   dnnl::stream stream_;
   std::vector<uint8_t> scratch_;
   std::vector<float> target_, input_;   // clean and (possibly corrupted) inputs, batch x features
+  std::vector<float> fill_;
+  bool gaps_ = false;                   // the current batch has missing values
+  std::vector<uint8_t> observed_;       // batch x features, when gaps_
+  std::vector<float> row_weight_;       // batch: features / observed features, when gaps_
   std::vector<float> latent_, dlatent_, eps_;  // variational sample z and its gradient
   std::vector<Layer> layers_;
 };

@@ -1,5 +1,5 @@
 // Finite-difference gradient checks of the training graph: every activation, loss, model kind,
-// dropout, and a padded short batch.
+// dropout, a padded short batch, and batches with missing values (the masked objective).
 #include "train_graph.h"
 
 #include <cmath>
@@ -21,6 +21,7 @@ struct Case {
   uint32_t rows = 5;
   bool unit_inputs = false;  // inputs in [0, 1] (binary cross entropy)
   double min_pass = 1.0;     // share of coordinates that must match (kinks of ReLU / L1)
+  float missing = 0;         // share of inputs set to NaN (missing); row 0 then misses all
 };
 
 v1::ModelSpec Base(v1::Activation hidden) {
@@ -86,6 +87,15 @@ std::vector<Case> Cases() {
   }
   cases.push_back({"dropout", Base(v1::ACTIVATION_TANH), 0.3f});
   cases.push_back({"padded_batch", Base(v1::ACTIVATION_SIGMOID), 0, 8, 3});
+  cases.push_back({"gaps_mse", Base(v1::ACTIVATION_TANH), 0, 6, 5, false, 1.0, 0.3f});
+  {
+    auto s = Base(v1::ACTIVATION_TANH);
+    s.set_loss(v1::LOSS_BCE);
+    cases.push_back({"gaps_bce", s, 0, 5, 5, true, 1.0, 0.3f});
+    s = Base(v1::ACTIVATION_ELU);
+    s.set_kind(v1::MODEL_KIND_VARIATIONAL);
+    cases.push_back({"gaps_variational_dropout", s, 0.2f, 5, 5, false, 1.0, 0.3f});
+  }
   {
     v1::ModelSpec s;  // no hidden layers: a single code layer
     s.set_code_size(2);
@@ -114,9 +124,19 @@ TEST_P(GradientCheck, MatchesCentralDifferences) {
   std::vector<float> x(size_t{c.rows} * kFeatures);
   std::uniform_real_distribution<float> u01(0.05f, 0.95f);
   for (float& v : x) v = c.unit_inputs ? u01(init) : 1.5f * n01(init) / 0.3f * 0.5f;
+  std::vector<float> fill(kFeatures);
+  for (float& v : fill) v = c.unit_inputs ? u01(init) : n01(init);
+  if (c.missing > 0) {
+    std::bernoulli_distribution gap(c.missing);
+    for (float& v : x) {
+      if (gap(init)) v = NAN;
+    }
+    for (uint32_t j = 0; j < kFeatures; ++j) x[j] = NAN;  // a row with nothing observed
+  }
 
   auto graph = TrainGraph::Create(*spec, c.dropout, c.batch, &params);
   ASSERT_TRUE(graph.ok()) << graph.status();
+  (*graph)->set_fill(fill);
   constexpr uint64_t kSeed = 7;
   auto objective = [&]() {
     std::mt19937_64 rng(kSeed);  // same noise, dropout masks and samples in every evaluation
@@ -168,6 +188,38 @@ TEST_P(GradientCheck, MatchesCentralDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, GradientCheck, ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// The masked objective by hand: a single linear layer with known weights, one row, one missing
+// feature. Output y = W x_in + b where x_in has the fill value in the gap; the reconstruction term
+// is the mean squared error over the observed features only.
+TEST(TrainGraph, MaskedObjectiveKnownAnswer) {
+  v1::ModelSpec s;
+  s.set_code_size(2);
+  s.set_code_activation(v1::ACTIVATION_LINEAR);
+  auto spec = ResolveSpec(s, 2);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  std::mt19937_64 rng(1);
+  Params params = InitParams(*spec, rng);
+  ASSERT_EQ(params.layers.size(), 2u);  // code layer 2->2, output layer 2->2
+  // Encoder: identity. Decoder: y0 = 2 * c0 + 1, y1 = c1 - 1 (row-major [out][in]).
+  params.layers[0].weights = {1, 0, 0, 1};
+  params.layers[0].bias = {0, 0};
+  params.layers[1].weights = {2, 0, 0, 1};
+  params.layers[1].bias = {1, -1};
+  auto graph = TrainGraph::Create(*spec, 0, 1, &params);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  (*graph)->set_fill({0.5f, 3.f});
+  // x = (0.25, missing): input (0.25, 3) -> y = (1.5, 2); observed error (1.5 - 0.25)^2 = 1.5625.
+  const float x[2] = {0.25f, NAN};
+  auto loss = (*graph)->Run(x, 1, false, nullptr, false);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  EXPECT_NEAR(loss->reconstruction, 1.5625, 1e-6);
+  // Nothing missing: (0.25, 2) -> y = (1.5, 1); mean of 1.5625 and 1 = 1.28125.
+  const float full[2] = {0.25f, 2.f};
+  loss = (*graph)->Run(full, 1, false, nullptr, false);
+  ASSERT_TRUE(loss.ok());
+  EXPECT_NEAR(loss->reconstruction, 1.28125, 1e-6);
+}
 
 TEST(TrainGraph, RejectsBadRowCounts) {
   auto spec = ResolveSpec(Base(v1::ACTIVATION_TANH), 4);

@@ -126,24 +126,48 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
     return absl::InvalidArgumentError(absl::StrCat("training data: ", data.feature_names.size(),
                                                    " feature names for ", data.cols, " features"));
   }
-  for (size_t i = 0; i < data.values.size(); ++i) {
-    if (!std::isfinite(data.values[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("training data: non-finite value at row ",
-                                                     i / data.cols, ", feature ", i % data.cols));
+  AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
+  const size_t d = data.cols;
+  const auto max_missing = static_cast<size_t>(
+      std::floor(policy.max_missing_fraction() * static_cast<double>(d) + 1e-6));
+  // Rows with gaps are kept while the policy would score them; `complete` rows may be reference rows.
+  std::vector<size_t> usable;
+  std::vector<uint8_t> complete(data.rows, 1);
+  for (size_t r = 0; r < data.rows; ++r) {
+    size_t missing = 0;
+    for (size_t j = 0; j < d; ++j) {
+      const float v = data.values[r * d + j];
+      if (std::isfinite(v)) continue;
+      if (!std::isnan(v)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("training data: infinite value at row ", r, ", feature ", j));
+      }
+      if (max_missing == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "training data: missing value (NaN) at row ", r, ", feature ", j,
+            ", and the scoring policy allows none (max_missing_fraction 0)"));
+      }
+      ++missing;
     }
+    complete[r] = missing == 0;
+    if (missing <= max_missing) usable.push_back(r);
+  }
+  if (usable.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training data: every row misses more than max_missing_fraction ",
+        policy.max_missing_fraction(), " of its features"));
   }
   AE_ASSIGN_OR_RETURN(v1::ModelSpec spec,
                       ResolveSpec(req.spec, static_cast<uint32_t>(data.cols)));
   AE_ASSIGN_OR_RETURN(v1::TrainingOptions opt, ResolveTrainingOptions(req.options));
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig thr_config, ResolveThresholdConfig(req.threshold));
-  const size_t d = data.cols;
 
   // Split: the last n_val rows as uploaded (HOLD_OUT_LAST) or n_val rows drawn with the seed.
   std::mt19937_64 rng(opt.seed());
-  std::vector<size_t> order(data.rows);
-  std::iota(order.begin(), order.end(), 0);
-  size_t n_val = static_cast<size_t>(std::floor(opt.validation_split() * data.rows));
-  if (data.rows - n_val < 1) n_val = data.rows - 1;
+  std::vector<size_t> order = usable;
+  const size_t n_rows = order.size();
+  size_t n_val = static_cast<size_t>(std::floor(opt.validation_split() * n_rows));
+  if (n_rows - n_val < 1) n_val = n_rows - 1;
   if (opt.hold_out() == v1::HOLD_OUT_RANDOM) {
     std::shuffle(order.begin(), order.end(), rng);
   } else {
@@ -174,7 +198,7 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
     // Cross entropy needs targets in [0, 1]; checked on the scaled training rows below.
   }
   std::vector<float> train_x, val_x;
-  ScaleRows(data, train_rows, scaler, train_x);
+  ScaleRows(data, train_rows, scaler, train_x);  // missing values stay NaN
   ScaleRows(data, val_rows, scaler, val_x);
   if (spec.loss() == v1::LOSS_BCE) {
     for (float v : train_x) {
@@ -188,6 +212,7 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   ScopedThreads threads(static_cast<int>(opt.threads()));
   const uint32_t batch = static_cast<uint32_t>(std::min<size_t>(opt.batch_size(), train_rows.size()));
   AE_ASSIGN_OR_RETURN(auto graph, TrainGraph::Create(spec, opt.dropout(), batch, &params));
+  graph->set_fill(ScaledFill(scaler));
   Adam adam(params, opt);
 
   v1::TrainingHistory history;
@@ -262,6 +287,7 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   *file.mutable_training() = opt;
   for (const auto& name : data.feature_names) file.add_feature_names(name);
   *file.mutable_scaler() = scaler;
+  *file.mutable_policy() = policy;
   ToModelFile(params, file);
   *file.mutable_threshold() = thr_config;
   history.set_seconds(SecondsSince(started));
@@ -280,7 +306,10 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   // the training rows and never calibrate (a row's distance to itself is 0).
   std::vector<size_t> calib_rows = val_rows.empty() ? train_rows : val_rows;
   if (file.spec().neighbors() > 0) {
-    std::vector<size_t> reference = train_rows;
+    std::vector<size_t> reference;  // complete training rows only
+    for (size_t r : train_rows) {
+      if (complete[r]) reference.push_back(r);
+    }
     std::shuffle(reference.begin(), reference.end(), rng);
     size_t keep = std::min<size_t>(reference.size(), file.spec().reference_rows());
     if (val_rows.empty()) keep = std::min(keep, reference.size() / 2);  // the rest calibrates

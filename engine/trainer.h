@@ -3,8 +3,6 @@
 #pragma once
 
 #include <atomic>
-
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -16,7 +14,8 @@
 
 namespace aeserve::engine {
 
-// Training rows in original units, row-major.
+// Training rows in original units, row-major. NaN is a missing value (ScoringPolicy): it adds no
+// gradient; rows missing more features than the policy allows are left out.
 struct TrainingData {
   absl::Span<const float> values;
   size_t rows = 0;
@@ -40,6 +39,7 @@ struct TrainRequest {
   v1::ModelSpec spec;
   v1::TrainingOptions options;
   v1::ThresholdConfig threshold;
+  v1::ScoringPolicy policy;  // unset fields take their defaults; stored in the file
   std::string description;
   // Fine-tuning: start from this model's weights and keep its scaler (same spec required).
   const v1::ModelFile* start_from = nullptr;

@@ -3,6 +3,7 @@
 #include "trainer.h"
 
 #include <cmath>
+#include <random>
 
 #include "gtest/gtest.h"
 #include "model.h"
@@ -172,13 +173,63 @@ TEST(Trainer, FineTuningStartsFromTheBaseWeights) {
   EXPECT_EQ(tuned->scaler().SerializeAsString(), base->scaler().SerializeAsString());
 }
 
+// Training rows with gaps (10% of values missing at random, and some rows missing more than the
+// policy allows): the model still learns (anomalies rank above normal rows), rows over the limit
+// are left out, reference rows are complete, and scoring rows with gaps works.
+TEST(Trainer, TrainsOnRowsWithGaps) {
+  const auto data = MakeSynthetic(3000, 200, kFeatures, 3, 21);
+  std::vector<float> train(data.normal.begin(), data.normal.end() - 500 * kFeatures);
+  std::vector<float> held(data.normal.end() - 500 * kFeatures, data.normal.end());
+  std::mt19937_64 rng(3);
+  std::bernoulli_distribution gap(0.1);
+  for (float& v : train) {
+    if (gap(rng)) v = NAN;
+  }
+  for (size_t r = 0; r < 50; ++r) {  // 50 rows missing 8 of 12 features: over the 0.5 limit
+    for (size_t j = 0; j < 8; ++j) train[r * 40 * kFeatures + j] = NAN;
+  }
+  TrainRequest req = Request(v1::MODEL_KIND_PLAIN);
+  req.policy.set_impute_refinements(1);
+  auto file = Train(req, Data(train));
+  ASSERT_TRUE(file.ok()) << file.status();
+  const size_t rows = train.size() / kFeatures;
+  EXPECT_EQ(file->history().train_rows() + file->history().validation_rows(), rows - 50);
+  EXPECT_EQ(file->policy().max_missing_fraction(), 0.5f);
+  EXPECT_EQ(file->policy().impute_refinements(), 1u);
+  for (float v : file->reference()) ASSERT_TRUE(std::isfinite(v));
+  for (float v : file->scaler().mean()) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_GT(Auc(Errors(*file, held), Errors(*file, data.anomalies)), 0.95);
+  // Scoring with one feature missing in every row still ranks anomalies above normal rows.
+  std::vector<float> held_gap = held, anomalies_gap = data.anomalies;
+  for (size_t r = 0; r < held_gap.size() / kFeatures; ++r) held_gap[r * kFeatures + r % kFeatures] = NAN;
+  for (size_t r = 0; r < anomalies_gap.size() / kFeatures; ++r) {
+    anomalies_gap[r * kFeatures + r % kFeatures] = NAN;
+  }
+  EXPECT_GT(Auc(Errors(*file, held_gap), Errors(*file, anomalies_gap)), 0.9);
+}
+
 TEST(Trainer, BadRequestsAreInvalidArgument) {
   auto data = MakeSynthetic(100, 0, kFeatures, 3, 11).normal;
   TrainRequest req = Request(v1::MODEL_KIND_PLAIN);
   req.options.set_epochs(1);
-  data[7] = NAN;
+  data[7] = INFINITY;
   EXPECT_EQ(Train(req, Data(data)).status().code(), absl::StatusCode::kInvalidArgument);
-  data[7] = 0;
+  data[7] = NAN;  // missing: refused only when the policy allows no gaps
+  TrainRequest strict = req;
+  strict.policy.set_max_missing_fraction(0);
+  auto st = Train(strict, Data(data)).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("row 0, feature 7"), std::string::npos) << st;
+  TrainRequest bad_policy = req;
+  bad_policy.policy.set_max_missing_fraction(1);
+  EXPECT_EQ(Train(bad_policy, Data(data)).status().code(), absl::StatusCode::kInvalidArgument);
+  for (size_t j = 0; j < kFeatures; ++j) {
+    for (size_t r = 0; r < 100; ++r) data[r * kFeatures + j] = j == 3 ? NAN : data[r * kFeatures + j];
+  }
+  st = Train(req, Data(data)).status();  // a feature no row observes
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("feature 3 has no observed value"), std::string::npos) << st;
+  data = MakeSynthetic(100, 0, kFeatures, 3, 11).normal;
   TrainRequest bce = req;
   bce.spec.set_loss(v1::LOSS_BCE);  // z-scored inputs are not in [0, 1]
   EXPECT_EQ(Train(bce, Data(data)).status().code(), absl::StatusCode::kInvalidArgument);

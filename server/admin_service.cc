@@ -3,6 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "raw_call.h"
+#include "spec.h"
 #include "status_util.h"
 
 namespace aeserve::server {
@@ -208,6 +209,24 @@ grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext
                          !st.ok()) {
                        return st;
                      }
+                     *resp = registry_->Brief(*key, req.version());
+                     return absl::OkStatus();
+                   });
+}
+
+grpc::ServerUnaryReactor* AdminService::SetScoringPolicy(grpc::CallbackServerContext* ctx,
+                                                         const Raw* body, Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>(body, out),
+                   [this](const v1::SetScoringPolicyRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     auto edit = [&](v1::ModelFile& file) -> absl::Status {
+                       auto policy = engine::MergePolicy(file.policy(), req.policy());
+                       if (!policy.ok()) return policy.status();
+                       *file.mutable_policy() = *policy;
+                       return absl::OkStatus();
+                     };
+                     if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
                      *resp = registry_->Brief(*key, req.version());
                      return absl::OkStatus();
                    });

@@ -19,7 +19,8 @@ using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
         v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs<v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob<
             v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion<v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion<
                 v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
-                    v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<v1::ModelAdmin::Service>>>>>>>>>;
+                    v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
+                        v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<v1::ModelAdmin::Service>>>>>>>>>>;
 
 class AdminService final : public RawAdminService {
  public:
@@ -38,6 +39,7 @@ class AdminService final : public RawAdminService {
   grpc::ServerUnaryReactor* DeleteVersion(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
   grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
   grpc::ServerUnaryReactor* SetThreshold(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* SetScoringPolicy(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
 
  private:
   // Authorises, then runs `fn(request, response)` (which returns absl::Status) on the admin

@@ -235,9 +235,8 @@ absl::Status ModelRegistry::DeleteModel(const ModelKey& key, bool force) {
   return absl::OkStatus();
 }
 
-absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
-                                         const v1::ThresholdConfig& threshold,
-                                         const v1::ThresholdConfig& critical, bool clear_critical) {
+absl::Status ModelRegistry::EditVersion(const ModelKey& key, uint64_t version,
+                                        absl::FunctionRef<absl::Status(v1::ModelFile&)> edit) {
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
   if (!store_lock.status().ok()) return store_lock.status();
@@ -249,41 +248,7 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
     h = *got;
   }
   v1::ModelFile file = h.model->file();
-  const auto& calib = file.calibration_errors();
-  const absl::Span<const float> errors(calib.data(), static_cast<size_t>(calib.size()));
-  v1::ThresholdChange change;
-  change.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count());
-  *change.mutable_old_threshold() = file.threshold();
-  change.set_old_value(file.threshold_value());
-  *change.mutable_old_critical() = file.critical_threshold();
-  change.set_old_critical_value(file.critical_threshold_value());
-  if (threshold.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
-    auto value = engine::ComputeThreshold(threshold, errors);
-    if (!value.ok()) return value.status();
-    *file.mutable_threshold() = threshold;
-    file.set_threshold_value(*value);
-  }
-  if (clear_critical) {
-    file.clear_critical_threshold();
-    file.clear_critical_threshold_value();
-  } else if (critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
-    auto value = engine::ComputeThreshold(critical, errors);
-    if (!value.ok()) return value.status();
-    *file.mutable_critical_threshold() = critical;
-    file.set_critical_threshold_value(*value);
-  }
-  if (file.has_critical_threshold() || critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
-    if (auto st = engine::CheckCriticalLevel(file.critical_threshold_value(), file.threshold_value());
-        !st.ok()) {
-      return st;
-    }
-  }
-  *change.mutable_new_threshold() = file.threshold();
-  change.set_new_value(file.threshold_value());
-  *change.mutable_new_critical() = file.critical_threshold();
-  change.set_new_critical_value(file.critical_threshold_value());
-  *file.add_threshold_history() = change;
+  if (auto st = edit(file); !st.ok()) return st;
   auto model = Build(file);
   if (!model.ok()) return model.status();
   if (auto st = store_.RewriteVersion(key, h.version, file); !st.ok()) return st;
@@ -292,6 +257,49 @@ absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
   ver.model = *std::move(model);
   ver.stamp = store_.Stamp(key, h.version);
   return absl::OkStatus();
+}
+
+absl::Status ModelRegistry::SetThreshold(const ModelKey& key, uint64_t version,
+                                         const v1::ThresholdConfig& threshold,
+                                         const v1::ThresholdConfig& critical, bool clear_critical) {
+  return EditVersion(key, version, [&](v1::ModelFile& file) -> absl::Status {
+    const auto& calib = file.calibration_errors();
+    const absl::Span<const float> errors(calib.data(), static_cast<size_t>(calib.size()));
+    v1::ThresholdChange change;
+    change.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count());
+    *change.mutable_old_threshold() = file.threshold();
+    change.set_old_value(file.threshold_value());
+    *change.mutable_old_critical() = file.critical_threshold();
+    change.set_old_critical_value(file.critical_threshold_value());
+    if (threshold.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+      auto value = engine::ComputeThreshold(threshold, errors);
+      if (!value.ok()) return value.status();
+      *file.mutable_threshold() = threshold;
+      file.set_threshold_value(*value);
+    }
+    if (clear_critical) {
+      file.clear_critical_threshold();
+      file.clear_critical_threshold_value();
+    } else if (critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+      auto value = engine::ComputeThreshold(critical, errors);
+      if (!value.ok()) return value.status();
+      *file.mutable_critical_threshold() = critical;
+      file.set_critical_threshold_value(*value);
+    }
+    if (file.has_critical_threshold() || critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+      if (auto st = engine::CheckCriticalLevel(file.critical_threshold_value(), file.threshold_value());
+          !st.ok()) {
+        return st;
+      }
+    }
+    *change.mutable_new_threshold() = file.threshold();
+    change.set_new_value(file.threshold_value());
+    *change.mutable_new_critical() = file.critical_threshold();
+    change.set_new_critical_value(file.critical_threshold_value());
+    *file.add_threshold_history() = change;
+    return absl::OkStatus();
+  });
 }
 
 int ModelRegistry::Sync() {
@@ -458,6 +466,7 @@ v1::ModelInfo ModelRegistry::InfoLocked(const ModelKey& key, const Entry& e) con
     *info.mutable_critical_threshold() = f.critical_threshold();
     info.set_critical_threshold_value(f.critical_threshold_value());
     *info.mutable_threshold_history() = f.threshold_history();
+    *info.mutable_policy() = f.policy();
     *info.mutable_history() = f.history();
     info.set_description(f.metadata().description());
     if (it->second.metrics != nullptr && key.entity.empty()) {

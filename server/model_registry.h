@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.pb.h"
@@ -60,6 +61,10 @@ class ModelRegistry {
   absl::Status Activate(const ModelKey& key, uint64_t version);
   absl::Status DeleteVersion(const ModelKey& key, uint64_t version, bool force);
   absl::Status DeleteModel(const ModelKey& key, bool force);
+  // Applies `edit` to a copy of a version's file (0 = the active version), loads the result,
+  // rewrites the file and swaps the loaded model; nothing changes when `edit` or the load fails.
+  absl::Status EditVersion(const ModelKey& key, uint64_t version,
+                           absl::FunctionRef<absl::Status(v1::ModelFile&)> edit);
   // Recomputes a version's threshold(s) from its calibration errors, records the change in its
   // history, rewrites its file and swaps the loaded model.
   absl::Status SetThreshold(const ModelKey& key, uint64_t version, const v1::ThresholdConfig& threshold,

@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "columns.h"
 
 namespace aeserve::server {
 namespace {
@@ -23,18 +25,34 @@ absl::Span<const float> Values(const v1::Samples& s) {
 
 }  // namespace
 
-absl::Status ValidateSamples(const engine::Model& model, const v1::Samples& s, uint32_t max_rows) {
+absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
+                                                    const v1::Samples& s, uint32_t max_rows,
+                                                    std::vector<float>* buffer,
+                                                    const v1::StreamConfig* stream) {
   const uint32_t d = model.num_features();
-  if (s.num_features() != d) {
+  // The batch's own names, else its stream's.
+  const bool from_stream = s.feature_names_size() == 0 && stream != nullptr &&
+                           stream->feature_names_size() > 0;
+  const Names& names = from_stream ? stream->feature_names() : s.feature_names();
+  const bool ignore_unknown =
+      from_stream ? stream->ignore_unknown_features() : s.ignore_unknown_features();
+  const bool named = names.size() > 0;
+  // Columns sent: the names when given (num_features may then be 0), else num_features.
+  const uint32_t cols = named ? static_cast<uint32_t>(names.size()) : s.num_features();
+  if (named && s.num_features() != 0 && s.num_features() != cols) {
     return absl::InvalidArgumentError(absl::StrCat("samples have num_features ", s.num_features(),
+                                                   " but ", cols, " feature_names"));
+  }
+  if (!named && cols != d) {
+    return absl::InvalidArgumentError(absl::StrCat("samples have num_features ", cols,
                                                    ", the model expects ", d));
   }
   if (s.values_size() == 0) return absl::InvalidArgumentError("empty batch: no values");
-  if (s.values_size() % d != 0) {
+  if (s.values_size() % cols != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "values count ", s.values_size(), " is not a multiple of num_features ", d));
+        "values count ", s.values_size(), " is not a multiple of the ", cols, " columns"));
   }
-  const size_t rows = static_cast<size_t>(s.values_size()) / d;
+  const size_t rows = static_cast<size_t>(s.values_size()) / cols;
   if (rows > max_rows) {
     return absl::ResourceExhaustedError(
         absl::StrCat("batch of ", rows, " rows is over the limit of ", max_rows));
@@ -47,23 +65,39 @@ absl::Status ValidateSamples(const engine::Model& model, const v1::Samples& s, u
     return absl::InvalidArgumentError(absl::StrCat(
         s.timestamps_ms_size(), " timestamps for ", rows, " rows: give none or one per row"));
   }
-  return absl::OkStatus();
+  const absl::Span<const float> values = Values(s);
+  if (!named) return values;
+  auto map = ColumnMap::Build(model.file().feature_names(), names, ignore_unknown);
+  if (!map.ok()) return map.status();
+  if (map->identity()) return values;
+  const auto& absent = map->absent();
+  const float fraction = model.file().policy().max_missing_fraction();
+  const auto allowed = static_cast<size_t>(std::floor(fraction * static_cast<double>(d) + 1e-6));
+  if (absent.size() > allowed) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        absent.size() == 1 ? "missing feature " : "missing features ", QuoteNames(absent),
+        ": this model scores a sample with at most ", allowed, " of its ", d,
+        " features missing (max_missing_fraction ", fraction, ")"));
+  }
+  map->Apply(values, buffer);
+  return absl::Span<const float>(*buffer);
 }
 
 // Hands the flagged rows of a scored batch to the anomaly feed (copies only: the feed's own
 // thread builds the events).
-static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, const engine::ScoreResult& res,
-                             bool have_feature_errors, const ScoreHooks& hooks) {
+static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::Span<const float> x,
+                             const engine::ScoreResult& res, bool have_feature_errors,
+                             const ScoreHooks& hooks) {
   const uint32_t d = h.model->num_features();
   FlaggedRows f;
   f.handle = h;
-  f.stream_id = hooks.stream_id;
+  if (hooks.stream != nullptr) f.stream_id = hooks.stream->stream_id();
   f.server_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch()).count();
   f.threshold = static_cast<float>(res.threshold);
   for (size_t i = 0; i < res.anomalous.size(); ++i) {
     if (!res.anomalous[i]) continue;
-    f.values.insert(f.values.end(), s.values().begin() + i * d, s.values().begin() + (i + 1) * d);
+    f.values.insert(f.values.end(), x.begin() + i * d, x.begin() + (i + 1) * d);
     if (have_feature_errors) {
       f.feature_errors.insert(f.feature_errors.end(), res.feature_error.begin() + i * d,
                               res.feature_error.begin() + (i + 1) * d);
@@ -77,12 +111,37 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, const e
   if (!f.errors.empty()) hooks.feed->Publish(std::move(f));
 }
 
+// The response's gap columns (missing counts, skipped flags and why); returns how many samples
+// were skipped.
+static size_t RecordGaps(const engine::ScoreResult& res, uint32_t d, v1::ScoreResponse* r) {
+  if (res.missing.empty()) return 0;
+  CopyInto(res.missing, r->mutable_missing());
+  size_t skipped = 0;
+  uint32_t worst = 0;
+  for (size_t i = 0; i < res.skipped.size(); ++i) {
+    if (!res.skipped[i]) continue;
+    ++skipped;
+    worst = std::max(worst, res.missing[i]);
+  }
+  if (skipped == 0) return 0;
+  r->mutable_skipped()->Resize(static_cast<int>(res.skipped.size()), false);
+  for (size_t i = 0; i < res.skipped.size(); ++i) {
+    r->mutable_skipped()->Set(static_cast<int>(i), res.skipped[i] != 0);
+  }
+  r->set_skip_reason(absl::StrCat(
+      skipped, skipped == 1 ? " sample misses" : " samples miss", " more features than the "
+      "model's max_missing_fraction allows (up to ", worst, " of ", d, " missing)"));
+  return skipped;
+}
+
 absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
                           const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
                           v1::ScoreResponse* r, const ScoreHooks& hooks) {
   const auto start = std::chrono::steady_clock::now();
   const engine::Model& model = *h.model;
-  if (auto st = ValidateSamples(model, s, max_rows); !st.ok()) return st;
+  std::vector<float> buffer;
+  auto x = ModelValues(model, s, max_rows, &buffer, hooks.stream);
+  if (!x.ok()) return x.status();
   const uint32_t d = model.num_features();
   const uint32_t k = options.top_k();
   if (k > d) {
@@ -93,7 +152,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   eo.original_units = options.original_units();
   eo.neg_elbo = options.neg_elbo();
   engine::ScoreResult& res = worker.result();
-  if (auto st = model.Score(worker.ContextFor(h.model), Values(s), eo, &res); !st.ok()) return st;
+  if (auto st = model.Score(worker.ContextFor(h.model), *x, eo, &res); !st.ok()) return st;
 
   const size_t rows = res.error.size();
   r->set_model(h.name);
@@ -121,6 +180,8 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     }
   }
   if (options.per_feature()) CopyInto(res.feature_error, r->mutable_feature_errors());
+  const auto& names = model.file().feature_names();
+  const bool with_names = options.top_feature_names() && names.size() == static_cast<int>(d);
   if (k > 0) {
     std::vector<uint32_t> idx(d);
     r->mutable_top_features()->Reserve(static_cast<int>(rows * k));
@@ -133,13 +194,32 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
       for (uint32_t j = 0; j < k; ++j) {
         r->add_top_features(idx[j]);
         r->add_top_feature_errors(fe[idx[j]]);
+        if (with_names) r->add_top_feature_names(names[static_cast<int>(idx[j])]);
       }
     }
   }
   if (eo.neg_elbo) CopyInto(res.neg_elbo, r->mutable_neg_elbo());
-  if (h.metrics != nullptr) h.metrics->Record(res.error, res.score, res.anomalous, critical);
+  const size_t skipped = RecordGaps(res, d, r);
+  if (h.metrics != nullptr) {
+    h.metrics->RecordGaps(std::accumulate(res.missing.begin(), res.missing.end(), uint64_t{0}),
+                          skipped);
+    if (skipped == 0) {
+      h.metrics->Record(res.error, res.score, res.anomalous, critical);
+    } else {
+      // Skipped samples have no error or score: left out of the histogram and the drift window.
+      std::vector<float> errors, scores;
+      std::vector<uint8_t> anomalous;
+      for (size_t i = 0; i < rows; ++i) {
+        if (res.skipped[i]) continue;
+        errors.push_back(res.error[i]);
+        scores.push_back(res.score[i]);
+        anomalous.push_back(res.anomalous[i]);
+      }
+      h.metrics->Record(errors, scores, anomalous, critical);
+    }
+  }
   if (hooks.feed != nullptr && anomalies > 0 && hooks.feed->HasWatchers()) {
-    PublishAnomalies(h, s, res, eo.per_feature && !eo.original_units, hooks);
+    PublishAnomalies(h, s, *x, res, eo.per_feature && !eo.original_units, hooks);
   }
   *r->mutable_ids() = s.ids();
   *r->mutable_timestamps_ms() = s.timestamps_ms();
@@ -150,9 +230,11 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
 
 absl::Status EncodeSamples(const ModelHandle& h, const v1::Samples& s, uint32_t max_rows,
                            Worker& worker, v1::EncodeResponse* r) {
-  if (auto st = ValidateSamples(*h.model, s, max_rows); !st.ok()) return st;
+  std::vector<float> buffer;
+  auto x = ModelValues(*h.model, s, max_rows, &buffer);
+  if (!x.ok()) return x.status();
   std::vector<float> codes;
-  if (auto st = h.model->Encode(worker.ContextFor(h.model), Values(s), &codes); !st.ok()) return st;
+  if (auto st = h.model->Encode(worker.ContextFor(h.model), *x, &codes); !st.ok()) return st;
   r->set_model(h.name);
   r->set_version(h.version);
   r->set_code_size(h.model->code_size());
@@ -162,9 +244,11 @@ absl::Status EncodeSamples(const ModelHandle& h, const v1::Samples& s, uint32_t 
 
 absl::Status ReconstructSamples(const ModelHandle& h, const v1::Samples& s, uint32_t max_rows,
                                 Worker& worker, v1::ReconstructResponse* r) {
-  if (auto st = ValidateSamples(*h.model, s, max_rows); !st.ok()) return st;
+  std::vector<float> buffer;
+  auto x = ModelValues(*h.model, s, max_rows, &buffer);
+  if (!x.ok()) return x.status();
   std::vector<float> out;
-  if (auto st = h.model->Reconstruct(worker.ContextFor(h.model), Values(s), &out); !st.ok()) {
+  if (auto st = h.model->Reconstruct(worker.ContextFor(h.model), *x, &out); !st.ok()) {
     return st;
   }
   r->set_model(h.name);

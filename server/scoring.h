@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "aeserve/v1/scoring.pb.h"
 #include "anomaly_feed.h"
 #include "executor.h"
@@ -12,15 +15,21 @@
 
 namespace aeserve::server {
 
-// Checks the shape of `samples` against the model: INVALID_ARGUMENT naming the problem, or
-// RESOURCE_EXHAUSTED over `max_rows`. Values themselves (NaN/Inf) are checked by the engine.
-absl::Status ValidateSamples(const engine::Model& model, const v1::Samples& samples,
-                             uint32_t max_rows);
+// The batch's values as rows of the model's features in its order: checks the shape of
+// `samples` (INVALID_ARGUMENT naming the problem, RESOURCE_EXHAUSTED over `max_rows`) and, when
+// the columns are named, matches them to the model's features (columns.h), rearranging into
+// `buffer` (absent features NaN, refused when more than the model's policy allows). Values
+// themselves (NaN = missing, Inf) are checked by the engine.
+absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
+                                                    const v1::Samples& samples, uint32_t max_rows,
+                                                    std::vector<float>* buffer,
+                                                    const v1::StreamConfig* stream = nullptr);
 
-// Where a scored batch also goes: the anomaly feed, with the stream's id.
+// What else a scored batch involves: the anomaly feed, and for stream batches the stream's
+// config (its id for events; its column names for batches that carry none).
 struct ScoreHooks {
   AnomalyFeed* feed = nullptr;
-  std::string stream_id;
+  const v1::StreamConfig* stream = nullptr;
 };
 
 absl::Status ScoreSamples(const ModelHandle& handle, const v1::Samples& samples,

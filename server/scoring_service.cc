@@ -62,7 +62,7 @@ grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx
   return OnExecutor(ctx, call, "Score", req->model(), req->entity(), req->version(),
                     [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
                       return ScoreSamples(h, req->samples(), req->options(),
-                                          options_.max_batch_rows, w, resp, ScoreHooks{feed_, ""});
+                                          options_.max_batch_rows, w, resp, ScoreHooks{feed_, nullptr});
                     });
 }
 

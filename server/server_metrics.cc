@@ -46,6 +46,8 @@ ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std
       warnings_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "warning"}})),
       criticals_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "critical"}})),
       errors_(m.errors_.Add({{"model", model}, {"version", version}}, ErrorBuckets())),
+      missing_values_(m.missing_values_.Add({{"model", model}, {"version", version}})),
+      skipped_(m.skipped_.Add({{"model", model}, {"version", version}})),
       calibration_(std::move(sorted_calibration)) {}
 
 void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const float> scores,
@@ -67,6 +69,11 @@ void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const float
   for (uint64_t i = 0; i < n; ++i) {
     window_[(at + i) % kDriftWindow].store(scores[start + i], std::memory_order_relaxed);
   }
+}
+
+void ModelMetrics::RecordGaps(uint64_t missing_values, uint64_t skipped) {
+  if (missing_values) missing_values_.Increment(static_cast<double>(missing_values));
+  if (skipped) skipped_.Increment(static_cast<double>(skipped));
 }
 
 ModelMetrics::Drift ModelMetrics::ComputeDrift() const {
@@ -126,6 +133,12 @@ ServerMetrics::ServerMetrics(double drift_threshold)
       errors_(BuildHistogram().Name("aeserve_reconstruction_error")
                   .Help("Reconstruction error (mean squared error over features, scaled units) "
                         "of scored samples.").Register(registry_)),
+      missing_values_(BuildCounter().Name("aeserve_missing_values_total")
+                          .Help("Missing feature values (NaN or absent named columns) in scored "
+                                "samples, filled in by the model.").Register(registry_)),
+      skipped_(BuildCounter().Name("aeserve_skipped_samples_total")
+                   .Help("Samples not scored because they missed more features than the "
+                         "model's max_missing_fraction allows.").Register(registry_)),
       rejected_(BuildCounter().Name("aeserve_rejected_requests_total")
                     .Help("Calls refused for capacity, by reason.").Register(registry_)),
       dropped_events_(BuildCounter().Name("aeserve_anomaly_events_dropped_total")

@@ -36,6 +36,8 @@ class ModelMetrics {
   // `critical`, the critical threshold, 0 = none; the drift window).
   void Record(absl::Span<const float> errors, absl::Span<const float> scores,
               absl::Span<const uint8_t> anomalous, double critical);
+  // Gaps in one scored batch: missing values filled in, samples skipped.
+  void RecordGaps(uint64_t missing_values, uint64_t skipped);
 
   struct Drift {
     double ks = 0;
@@ -58,6 +60,8 @@ class ModelMetrics {
   metrics::Counter& warnings_;
   metrics::Counter& criticals_;
   metrics::Histogram& errors_;
+  metrics::Counter& missing_values_;
+  metrics::Counter& skipped_;
   const std::vector<float> calibration_;
   // Ring of the last kDriftWindow errors, written without locks: a reader may see a mix of two
   // batches, which a distribution statistic does not mind.
@@ -115,6 +119,8 @@ class ServerMetrics {
   metrics::Family<metrics::Counter>& samples_;
   metrics::Family<metrics::Counter>& anomalies_;
   metrics::Family<metrics::Histogram>& errors_;
+  metrics::Family<metrics::Counter>& missing_values_;
+  metrics::Family<metrics::Counter>& skipped_;
   metrics::Family<metrics::Counter>& rejected_;
   metrics::Counter& dropped_events_;
   metrics::Family<metrics::Counter>& model_loads_;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "columns.h"
 #include "raw_call.h"
 #include "scoring.h"
 
@@ -274,6 +275,10 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
       configured_ = false;
       return error(absl::InvalidArgumentError("debounce needs k <= n <= 100000"));
     }
+    if (auto st = CheckUniqueNames(config_.feature_names()); !st.ok()) {
+      configured_ = false;
+      return error(absl::InvalidArgumentError(absl::StrCat("config: ", st.message())));
+    }
     window_.assign(config_.debounce_n(), 0);
     if (!req.has_samples()) return;  // config only
   }
@@ -283,7 +288,7 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
   absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
-                                 worker, resp.mutable_result(), ScoreHooks{feed_, config_.stream_id()});
+                                 worker, resp.mutable_result(), ScoreHooks{feed_, &config_});
   if (!st.ok()) return error(st);
   Debounce(resp.mutable_result());
   Account(resp.result());

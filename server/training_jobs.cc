@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "columns.h"
 #include "spec.h"
 #include "threshold.h"
 #include "trainer.h"
@@ -40,6 +41,10 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
     return absl::InvalidArgumentError(absl::StrCat("header: ", h.feature_names_size(),
                                                    " feature names for ", h.num_features(), " features"));
   }
+  if (auto st = CheckUniqueNames(h.feature_names()); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("header: ", st.message()));
+  }
+  if (auto p = engine::ResolvePolicy(h.policy()); !p.ok()) return p.status();
   if (h.fine_tune() || h.base_version() != 0) {
     auto base = registry_->Handle(*key, h.base_version());
     if (!base.ok()) return base.status();
@@ -227,6 +232,7 @@ void TrainingJobs::Run(Job& job) {
   req.spec = h.spec();
   req.options = h.options();
   req.threshold = h.threshold();
+  req.policy = h.policy();
   req.description = h.description();
   req.cancel = &job.cancel;
   absl::StatusOr<ModelHandle> base = ModelHandle{};
@@ -235,6 +241,8 @@ void TrainingJobs::Run(Job& job) {
     if (base.ok()) {
       req.start_from = &base->model->file();
       if (!h.has_spec()) req.spec = base->model->spec();
+      req.policy = base->model->file().policy();  // the base's, with the header's changes
+      req.policy.MergeFrom(h.policy());
     }
   }
   std::vector<std::string> names(h.feature_names().begin(), h.feature_names().end());

@@ -421,12 +421,12 @@ TEST_F(LifecycleTest, BadJobsAreRefusedWithTheReason) {
   std::vector<float> ragged(data.inliers.begin(), data.inliers.begin() + 10 * data.d + 3);
   EXPECT_EQ(CreateJob(admin_.get(), h, ragged, &job).error_code(), StatusCode::INVALID_ARGUMENT);
   std::vector<float> nan_data(data.inliers.begin(), data.inliers.begin() + 100 * data.d);
-  nan_data[5] = NAN;
+  nan_data[5] = INFINITY;
   ASSERT_TRUE(CreateJob(admin_.get(), h, nan_data, &job).ok());
   auto states = WatchToEnd(admin_.get(), job.id());
   ASSERT_FALSE(states.empty());
   EXPECT_EQ(states.back().state(), v1::JOB_STATE_FAILED);
-  EXPECT_NE(states.back().error().find("non-finite"), std::string::npos) << states.back().error();
+  EXPECT_NE(states.back().error().find("infinite value"), std::string::npos) << states.back().error();
 }
 
 TEST_F(LifecycleTest, FineTuneStartsFromTheActiveVersion) {

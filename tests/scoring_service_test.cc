@@ -260,11 +260,11 @@ TEST_F(ScoringServiceTest, BadInputGetsAClearStatus) {
   r.mutable_samples()->mutable_values()->RemoveLast();
   expect(r, StatusCode::INVALID_ARGUMENT, "not a multiple");
   r = good;
-  r.mutable_samples()->set_values(13, NAN);
-  expect(r, StatusCode::INVALID_ARGUMENT, "row 1, feature 1");
+  r.mutable_samples()->set_values(13, -INFINITY);
+  expect(r, StatusCode::INVALID_ARGUMENT, "infinite value at row 1, feature 'm1'");
   r = good;
   r.mutable_samples()->set_values(2, INFINITY);
-  expect(r, StatusCode::INVALID_ARGUMENT, "non-finite");
+  expect(r, StatusCode::INVALID_ARGUMENT, "infinite value");
   r = good;
   r.mutable_samples()->clear_values();
   expect(r, StatusCode::INVALID_ARGUMENT, "empty batch");
@@ -358,13 +358,13 @@ TEST_F(ScoringServiceTest, StreamErrorsStatsAndDebounce) {
   first.mutable_config()->set_debounce_k(2);
   first.mutable_config()->set_debounce_n(3);
   ASSERT_TRUE(stream->Write(first));  // config only: no answer
-  // Batch 1 and 3 good, batch 2 has NaN, batch 4 and 5 good.
+  // Batch 1 and 3 good, batch 2 has an infinite value, batch 4 and 5 good.
   std::vector<v1::Samples> batches;
   for (int i = 1; i <= 5; ++i) {
     v1::StreamScoreRequest req;
     req.set_sequence(i);
     *req.mutable_samples() = NormalSamples(10, 10 * i);
-    if (i == 2) req.mutable_samples()->set_values(0, NAN);
+    if (i == 2) req.mutable_samples()->set_values(0, INFINITY);
     // Row 3 of batch 4 and rows 0-1 of batch 5 are made anomalous (far off the manifold).
     if (i == 4) for (uint32_t j = 0; j < kFeatures; ++j) req.mutable_samples()->set_values(3 * kFeatures + j, 1e3f * (j % 2 ? 1 : -1));
     if (i == 5) for (uint32_t j = 0; j < 2 * kFeatures; ++j) req.mutable_samples()->set_values(j, 1e3f * (j % 2 ? 1 : -1));
@@ -382,7 +382,7 @@ TEST_F(ScoringServiceTest, StreamErrorsStatsAndDebounce) {
   EXPECT_EQ(got[1].sequence(), 2u);
   ASSERT_TRUE(got[1].has_error());
   EXPECT_EQ(got[1].error().code(), static_cast<int>(StatusCode::INVALID_ARGUMENT));
-  EXPECT_NE(got[1].error().message().find("non-finite"), std::string::npos);
+  EXPECT_NE(got[1].error().message().find("infinite value"), std::string::npos);
   EXPECT_TRUE(got[2].has_result());
   EXPECT_TRUE(got[3].has_result());
   ASSERT_TRUE(got[4].has_stats()) << got[4].DebugString();
