@@ -5,6 +5,7 @@
 #include <fstream>
 #include <thread>
 
+#include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -26,6 +27,7 @@ class ScoringServiceTest : public ::testing::Test {
     Store(dir_->path(), "plain", *plain_file_);
     vae_file_ = new v1::ModelFile(TrainSmall(v1::MODEL_KIND_VARIATIONAL));
     Store(dir_->path(), "vae", *vae_file_);
+    Store(dir_->path(), "gappy", *plain_file_);  // its policy is changed by a test
     std::filesystem::create_directories(dir_->path() + "/broken/1");
     std::ofstream(dir_->path() + "/broken/1/model.pb") << "not a model";
     server::Options o;
@@ -207,7 +209,7 @@ TEST_F(ScoringServiceTest, ListAndGetModels) {
   v1::ListModelsResponse list;
   grpc::ClientContext c;
   ASSERT_TRUE(stub->ListModels(&c, v1::ListModelsRequest(), &list).ok());
-  ASSERT_EQ(list.models_size(), 3);
+  ASSERT_EQ(list.models_size(), 4);  // plain, vae, gappy, broken
   v1::ModelInfo info;
   grpc::ClientContext c2;
   v1::GetModelRequest req;
@@ -522,6 +524,216 @@ TEST_F(ScoringServiceTest, TooManyStreamsIsResourceExhausted) {
     s->WritesDone();
     EXPECT_TRUE(s->Finish().ok());
   }
+}
+
+// Columns by name (#14): the same rows with their columns shuffled and named score bit-identically
+// to the positional request, unary and streamed; top features are the model's, with names.
+TEST_F(ScoringServiceTest, NamedColumnsInAnyOrderScoreBitIdentically) {
+  auto stub = Stub();
+  v1::ScoreRequest plain;
+  plain.set_model("plain");
+  *plain.mutable_samples() = Samples(50, 3);
+  plain.mutable_options()->set_top_k(2);
+  plain.mutable_options()->set_top_feature_names(true);
+  v1::ScoreResponse want;
+  ASSERT_TRUE(Score(stub.get(), plain, &want).ok());
+  ASSERT_EQ(want.top_feature_names_size(), 100);
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(want.top_feature_names(i), "m" + std::to_string(want.top_features(i)));
+  }
+  // Column c of the permuted request carries feature perm[c].
+  std::vector<uint32_t> perm(kFeatures);
+  for (uint32_t c = 0; c < kFeatures; ++c) perm[c] = (c * 5 + 3) % kFeatures;
+  v1::ScoreRequest named = plain;
+  v1::Samples* s = named.mutable_samples();
+  s->set_num_features(0);  // implied by the names
+  for (uint32_t c = 0; c < kFeatures; ++c) s->add_feature_names("m" + std::to_string(perm[c]));
+  for (int r = 0; r < 50; ++r) {
+    for (uint32_t c = 0; c < kFeatures; ++c) {
+      s->set_values(r * kFeatures + c, plain.samples().values(r * kFeatures + perm[c]));
+    }
+  }
+  v1::ScoreResponse got;
+  ASSERT_TRUE(Score(stub.get(), named, &got).ok());
+  ASSERT_EQ(got.scores_size(), 50);
+  EXPECT_EQ(std::memcmp(got.scores().data(), want.scores().data(), 50 * 4), 0);
+  EXPECT_EQ(std::memcmp(got.errors().data(), want.errors().data(), 50 * 4), 0);
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(got.top_features(i), want.top_features(i));
+    EXPECT_EQ(got.top_feature_names(i), want.top_feature_names(i));
+  }
+  EXPECT_EQ(got.missing_size(), 0);
+
+  // The same through a stream whose config names the columns once.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = stub->StreamScore(&ctx);
+  v1::StreamScoreRequest req;
+  req.mutable_config()->set_model("plain");
+  *req.mutable_config()->mutable_feature_names() = named.samples().feature_names();
+  req.set_sequence(1);
+  *req.mutable_samples() = named.samples();
+  req.mutable_samples()->clear_feature_names();
+  req.mutable_samples()->set_num_features(kFeatures);
+  ASSERT_TRUE(stream->Write(req));
+  stream->WritesDone();
+  v1::StreamScoreResponse r;
+  ASSERT_TRUE(stream->Read(&r));
+  ASSERT_TRUE(r.has_result()) << r.DebugString();
+  ASSERT_EQ(r.result().scores_size(), 50);
+  EXPECT_EQ(std::memcmp(r.result().scores().data(), want.scores().data(), 50 * 4), 0);
+  while (stream->Read(&r)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ScoringServiceTest, NamedColumnProblemsAreNamed) {
+  auto stub = Stub();
+  v1::ScoreRequest base;
+  base.set_model("plain");
+  *base.mutable_samples() = Samples(4, 9);
+  for (uint32_t j = 0; j < kFeatures; ++j) base.mutable_samples()->add_feature_names("m" + std::to_string(j));
+  v1::ScoreResponse want;
+  ASSERT_TRUE(Score(stub.get(), base, &want).ok());
+  auto status_of = [&](const v1::ScoreRequest& req, v1::ScoreResponse* resp) {
+    grpc::Status st = Score(stub.get(), req, resp);
+    return st;
+  };
+  v1::ScoreResponse resp;
+  // An extra column: refused naming it, or dropped on request.
+  v1::ScoreRequest extra = base;
+  v1::Samples* s = extra.mutable_samples();
+  s->clear_values();
+  s->set_num_features(kFeatures + 1);
+  s->add_feature_names("cpu_user");
+  for (int r = 0; r < 4; ++r) {
+    for (uint32_t j = 0; j < kFeatures; ++j) s->add_values(base.samples().values(r * kFeatures + j));
+    s->add_values(123.f);
+  }
+  grpc::Status st = status_of(extra, &resp);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("unknown feature 'cpu_user'"), std::string::npos) << st.error_message();
+  s->set_ignore_unknown_features(true);
+  ASSERT_TRUE(status_of(extra, &resp).ok());
+  EXPECT_EQ(std::memcmp(resp.scores().data(), want.scores().data(), 4 * 4), 0);
+  // A name given twice.
+  v1::ScoreRequest twice = base;
+  twice.mutable_samples()->set_feature_names(1, "m0");
+  st = status_of(twice, &resp);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("'m0' is given twice"), std::string::npos) << st.error_message();
+  // Names and num_features that disagree.
+  v1::ScoreRequest count = base;
+  count.mutable_samples()->set_num_features(kFeatures - 1);
+  EXPECT_EQ(status_of(count, &resp).error_code(), StatusCode::INVALID_ARGUMENT);
+  // One feature absent: filled in (the default policy allows 6 of 12), reported per row.
+  v1::ScoreRequest absent = base;
+  s = absent.mutable_samples();
+  s->clear_values();
+  s->mutable_feature_names()->RemoveLast();  // m11
+  s->set_num_features(kFeatures - 1);
+  for (int r = 0; r < 4; ++r) {
+    for (uint32_t j = 0; j + 1 < kFeatures; ++j) s->add_values(base.samples().values(r * kFeatures + j));
+  }
+  ASSERT_TRUE(status_of(absent, &resp).ok());
+  ASSERT_EQ(resp.missing_size(), 4);
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(resp.missing(r), 1u);
+  // The same as sending NaN in that column.
+  v1::ScoreRequest nan = base;
+  for (int r = 0; r < 4; ++r) nan.mutable_samples()->set_values(r * kFeatures + kFeatures - 1, NAN);
+  v1::ScoreResponse nan_resp;
+  ASSERT_TRUE(status_of(nan, &nan_resp).ok());
+  EXPECT_EQ(std::memcmp(resp.scores().data(), nan_resp.scores().data(), 4 * 4), 0);
+  // Seven of twelve absent: over the policy, refused naming them.
+  v1::ScoreRequest most = base;
+  s = most.mutable_samples();
+  s->clear_values();
+  s->mutable_feature_names()->DeleteSubrange(0, 7);
+  s->set_num_features(5);
+  for (int i = 0; i < 20; ++i) s->add_values(0.5f);
+  st = status_of(most, &resp);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("missing features 'm0', 'm1', 'm2', 'm3', 'm4', 'm5', 'm6'"),
+            std::string::npos) << st.error_message();
+  // A stream config naming a column twice is refused for that message; the stream goes on.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = stub->StreamScore(&ctx);
+  v1::StreamScoreRequest req;
+  req.mutable_config()->set_model("plain");
+  req.mutable_config()->add_feature_names("m1");
+  req.mutable_config()->add_feature_names("m1");
+  ASSERT_TRUE(stream->Write(req));
+  stream->WritesDone();
+  v1::StreamScoreResponse r;
+  ASSERT_TRUE(stream->Read(&r));
+  ASSERT_TRUE(r.has_error()) << r.DebugString();
+  EXPECT_NE(r.error().message().find("given twice"), std::string::npos) << r.error().message();
+  while (stream->Read(&r)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Gaps (#14): NaN is missing; a batch with gaps is scored as the engine scores it, rows over the
+// policy are skipped with the reason, and SetScoringPolicy changes the policy of a served model.
+TEST_F(ScoringServiceTest, GapsAreScoredSkippedAndThePolicyCanChange) {
+  auto stub = Stub();
+  v1::ScoreRequest req;
+  req.set_model("gappy");
+  *req.mutable_samples() = Samples(6, 4);
+  auto* v = req.mutable_samples()->mutable_values();
+  v->Set(0 * kFeatures + 2, NAN);                                     // row 0: 1 missing
+  for (uint32_t j = 0; j < 7; ++j) v->Set(3 * kFeatures + j, NAN);    // row 3: 7 missing
+  v1::ScoreResponse resp;
+  ASSERT_TRUE(Score(stub.get(), req, &resp).ok());
+  const auto expected = EngineScores(*plain_file_, req.samples());
+  ASSERT_EQ(resp.missing_size(), 6);
+  EXPECT_EQ(resp.missing(0), 1u);
+  EXPECT_EQ(resp.missing(3), 7u);
+  ASSERT_EQ(resp.skipped_size(), 6);
+  EXPECT_TRUE(resp.skipped(3));
+  EXPECT_FALSE(resp.skipped(0));
+  EXPECT_TRUE(std::isnan(resp.scores(3)));
+  EXPECT_FALSE(resp.anomalous(3));
+  EXPECT_NE(resp.skip_reason().find("1 sample misses more features"), std::string::npos) << resp.skip_reason();
+  for (int i : {0, 1, 2, 4, 5}) EXPECT_EQ(resp.scores(i), expected.score[i]) << i;
+
+  auto admin = v1::ModelAdmin::NewStub(*channel_);
+  v1::SetScoringPolicyRequest set;
+  set.set_model("gappy");
+  set.mutable_policy()->set_max_missing_fraction(0);
+  v1::ModelInfoBrief brief;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(admin->SetScoringPolicy(&ctx, set, &brief).ok());
+  }
+  grpc::Status st = Score(stub.get(), req, &resp);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("missing value (NaN) at row 0, feature 'm2'"), std::string::npos)
+      << st.error_message();
+  v1::GetModelRequest get;
+  get.set_model("gappy");
+  v1::ModelInfo info;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetModel(&ctx, get, &info).ok());
+  }
+  EXPECT_EQ(info.policy().max_missing_fraction(), 0.f);
+  EXPECT_EQ(info.policy().impute_refinements(), plain_file_->policy().impute_refinements());
+  set.mutable_policy()->set_max_missing_fraction(1.f);  // nothing observed: refused
+  {
+    grpc::ClientContext ctx;
+    st = admin->SetScoringPolicy(&ctx, set, &brief);
+  }
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("max_missing_fraction"), std::string::npos) << st.error_message();
+  set.mutable_policy()->set_max_missing_fraction(0.6f);
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(admin->SetScoringPolicy(&ctx, set, &brief).ok());
+  }
+  ASSERT_TRUE(Score(stub.get(), req, &resp).ok());
+  EXPECT_EQ(resp.skipped_size(), 0);  // 7 of 12 is within 0.6
 }
 
 }  // namespace
