@@ -5,11 +5,21 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "fast_float/fast_float.h"
 
 namespace aeserve::engine {
+namespace {
+
+// An empty cell, NaN, NA or null (any case) is a missing value.
+bool IsMissing(absl::string_view c) {
+  return c.empty() || absl::EqualsIgnoreCase(c, "nan") || absl::EqualsIgnoreCase(c, "na") ||
+         absl::EqualsIgnoreCase(c, "null");
+}
+
+}  // namespace
 
 absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
   CsvTable t;
@@ -31,6 +41,14 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
     }
   }
   if (feature_cols.empty()) return absl::InvalidArgumentError("csv: no feature columns");
+  for (size_t i = 0; i < t.feature_names.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (t.feature_names[i] == t.feature_names[j]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("csv header: column '", t.feature_names[i], "' appears twice"));
+      }
+    }
+  }
   size_t line_no = 1;
   while (std::getline(in, line)) {
     ++line_no;
@@ -41,8 +59,12 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       return absl::InvalidArgumentError(absl::StrCat("csv line ", line_no, ": ", cells.size(),
                                                      " cells, header has ", header.size()));
     }
-    auto number = [&](size_t col, float* out) -> absl::Status {
+    auto number = [&](size_t col, float* out, bool may_miss) -> absl::Status {
       absl::string_view c = absl::StripAsciiWhitespace(cells[col]);
+      if (may_miss && IsMissing(c)) {
+        *out = NAN;
+        return absl::OkStatus();
+      }
       auto r = fast_float::from_chars(c.data(), c.data() + c.size(), *out);
       if (r.ec != std::errc() || r.ptr != c.data() + c.size() || !std::isfinite(*out)) {
         return absl::InvalidArgumentError(absl::StrCat("csv line ", line_no, ", column '",
@@ -53,12 +75,12 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
     };
     for (int col : feature_cols) {
       float v = 0;
-      if (auto st = number(col, &v); !st.ok()) return st;
+      if (auto st = number(col, &v, true); !st.ok()) return st;
       t.values.push_back(v);
     }
     if (label_col >= 0) {
       float v = 0;
-      if (auto st = number(label_col, &v); !st.ok()) return st;
+      if (auto st = number(label_col, &v, false); !st.ok()) return st;
       t.labels.push_back(v);
     }
     if (id_col >= 0) t.ids.emplace_back(absl::StripAsciiWhitespace(cells[id_col]));

@@ -19,8 +19,9 @@ struct CsvTable {
   size_t features() const { return feature_names.size(); }
 };
 
-// INVALID_ARGUMENT names the line and column of anything that is not a number (NaN and Inf
-// included), a row of the wrong width, or a file with no data rows.
+// A feature cell that is empty, NaN, NA or null (any case) is a missing value (NaN). INVALID_ARGUMENT
+// names the line and column of anything else that is not a finite number (a label must be one), a
+// row of the wrong width, a column name given twice, or a file with no data rows.
 absl::StatusOr<CsvTable> ReadCsv(std::istream& in);
 absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path);
 

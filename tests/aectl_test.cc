@@ -110,6 +110,65 @@ TEST_F(AectlTest, ScoreCsvJsonAndStdin) {
   EXPECT_EQ(piped.out, csv.out);
 }
 
+// Rewrites the demo test CSV: columns `a` and `b` swapped (header and values), `extra` more
+// columns appended, and cell `blank_col` emptied in the first `blank_rows` rows.
+std::string RewriteCsv(const std::string& src, const std::string& tag, int a, int b, bool extra,
+                       int blank_col = -1, int blank_rows = 0) {
+  const std::string out_path = "/tmp/aectl_test_" + tag + "_" + std::to_string(getpid()) + ".csv";
+  std::ifstream in(src);
+  std::ofstream out(out_path);
+  std::string line;
+  for (int n = 0; std::getline(in, line); ++n) {
+    std::vector<std::string> cells;
+    std::stringstream ls(line);
+    std::string cell;
+    while (std::getline(ls, cell, ',')) cells.push_back(cell);
+    std::swap(cells[a], cells[b]);
+    if (n > 0 && n <= blank_rows && blank_col >= 0) cells[blank_col] = "";
+    if (extra) cells.push_back(n == 0 ? "cpu_user" : "0.5");
+    for (size_t i = 0; i < cells.size(); ++i) out << (i ? "," : "") << cells[i];
+    out << "\n";
+  }
+  return out_path;
+}
+
+// Columns by name (#14): a CSV with two columns swapped scores exactly as the original (aectl
+// sends the header), and by position it does not; an unknown column is refused unless dropped;
+// empty cells are missing values; `aectl policy` changes what the model accepts. Global options
+// also work after the subcommand (#16).
+TEST_F(AectlTest, ColumnsByNameAndGaps) {
+  const std::string swapped = RewriteCsv(Test(), "swapped", 0, 5, false);
+  auto want = Aectl(server_arg_ + " score --model demo " + Test());
+  ASSERT_EQ(want.code, 0) << want.err;
+  auto got = Aectl("score --model demo " + swapped + " " + server_arg_);
+  ASSERT_EQ(got.code, 0) << got.err;
+  EXPECT_EQ(got.out, want.out);
+  auto positional = Aectl("score --model demo --positional " + swapped + " " + server_arg_);
+  ASSERT_EQ(positional.code, 0) << positional.err;
+  EXPECT_NE(positional.out, want.out);
+
+  const std::string extra = RewriteCsv(Test(), "extra", 0, 0, true);
+  auto refused = Aectl(server_arg_ + " score --model demo " + extra);
+  EXPECT_NE(refused.code, 0);
+  EXPECT_NE(refused.err.find("unknown feature 'cpu_user'"), std::string::npos) << refused.err;
+  auto dropped = Aectl(server_arg_ + " score --model demo --ignore-extra-columns " + extra);
+  ASSERT_EQ(dropped.code, 0) << dropped.err;
+  EXPECT_EQ(dropped.out, want.out);
+
+  const std::string gaps = RewriteCsv(Test(), "gaps", 0, 0, false, 3, 10);
+  auto filled = Aectl(server_arg_ + " score --model demo " + gaps);
+  ASSERT_EQ(filled.code, 0) << filled.err;
+  EXPECT_NE(filled.err.find("10 samples had missing values"), std::string::npos) << filled.err;
+  auto strict = Aectl(server_arg_ + " policy demo --max-missing 0");
+  ASSERT_EQ(strict.code, 0) << strict.err;
+  auto none = Aectl(server_arg_ + " score --model demo " + gaps);
+  EXPECT_NE(none.code, 0);
+  EXPECT_NE(none.err.find("missing value (NaN) at row 0, feature 'f3'"), std::string::npos) << none.err;
+  ASSERT_EQ(Aectl(server_arg_ + " policy demo --max-missing 0.5").code, 0);
+  EXPECT_EQ(Aectl(server_arg_ + " score --model demo " + gaps).out, filled.out);
+  for (const auto& f : {swapped, extra, gaps}) std::remove(f.c_str());
+}
+
 TEST_F(AectlTest, StreamFlagsWhatScoreFlags) {
   auto score = Aectl(server_arg_ + " score --model demo " + Test());
   auto stream = Aectl(server_arg_ + " stream --model demo --batch 64 --rate 20000 --stats-every 0.02 " + Test());

@@ -94,7 +94,10 @@ void PrintRow(const std::string& format, size_t row, const std::string& id, floa
   std::string top;
   for (uint32_t j = 0; j < k; ++j) {
     const uint32_t f = r.top_features(i * k + j);
-    const std::string name = f < names.size() ? names[f] : std::to_string(f);
+    // The server's names (the model's features); older servers: the CSV's header by position.
+    const std::string name = r.top_feature_names_size() > static_cast<int>(i * k + j)
+                                 ? r.top_feature_names(i * k + j)
+                                 : (f < names.size() ? names[f] : std::to_string(f));
     char buf[128];
     if (format == "json") {
       std::snprintf(buf, sizeof buf, "%s{\"feature\":\"%s\",\"error\":%.6g}", j ? "," : "",
@@ -132,8 +135,37 @@ void Summary(size_t scored, size_t anomalous, const engine::CsvTable& t,
   }
 }
 
+// How CSV columns reach the model: by their header names (default), or by position.
+struct Columns {
+  bool positional = false;    // send no names: the model's features in the CSV's column order
+  bool ignore_extra = false;  // drop columns the model does not know
+};
+
+// The CSV header as the request's column names.
+void NameColumns(const engine::CsvTable& t, const Columns& cols,
+                 google::protobuf::RepeatedPtrField<std::string>* names, bool* ignore_unknown) {
+  if (cols.positional) return;
+  for (const auto& n : t.feature_names) *names->Add() = n;
+  *ignore_unknown = cols.ignore_extra;
+}
+
+// Missing values and skipped samples, counted over what was scored.
+struct GapCount {
+  size_t missing_rows = 0, skipped = 0;
+  void Add(const v1::ScoreResponse& r) {
+    for (uint32_t m : r.missing()) missing_rows += m > 0;
+    for (bool s : r.skipped()) skipped += s;
+  }
+  void Print() const {
+    if (missing_rows == 0) return;
+    std::fprintf(stderr, "%zu samples had missing values (filled in by the model)", missing_rows);
+    if (skipped) std::fprintf(stderr, "; %zu missed too many features and were skipped", skipped);
+    std::fprintf(stderr, "\n");
+  }
+};
+
 int Score(const Common& c, const std::string& model, uint64_t version, const std::string& path,
-          const std::string& format, uint32_t top_k, uint32_t batch) {
+          const std::string& format, uint32_t top_k, uint32_t batch, const Columns& cols) {
   auto table = ReadInput(path);
   if (!table.ok()) return Fail(table.status());
   auto stub = v1::Scoring::NewStub(Connect(c));
@@ -141,13 +173,18 @@ int Score(const Common& c, const std::string& model, uint64_t version, const std
   size_t anomalous = 0;
   std::vector<uint8_t> flags;
   v1::ScoreResponse last;
+  GapCount gaps;
   for (size_t start = 0; start < table->rows; start += batch) {
     const size_t n = std::min<size_t>(batch, table->rows - start);
     v1::ScoreRequest req;
     req.set_model(model);
     req.set_version(version);
     req.mutable_options()->set_top_k(top_k);
+    req.mutable_options()->set_top_feature_names(true);
     req.mutable_samples()->set_num_features(static_cast<uint32_t>(d));
+    bool ignore = false;
+    NameColumns(*table, cols, req.mutable_samples()->mutable_feature_names(), &ignore);
+    req.mutable_samples()->set_ignore_unknown_features(ignore);
     req.mutable_samples()->mutable_values()->Add(table->values.begin() + start * d,
                                                  table->values.begin() + (start + n) * d);
     grpc::ClientContext ctx;
@@ -162,14 +199,16 @@ int Score(const Common& c, const std::string& model, uint64_t version, const std
       flags.push_back(last.anomalous(i));
     }
     anomalous += last.num_anomalies();
+    gaps.Add(last);
   }
   Summary(table->rows, anomalous, *table, flags, model, last.version(), last.threshold());
+  gaps.Print();
   return 0;
 }
 
 int Stream(const Common& c, const std::string& model, const std::string& path, double rate,
            uint32_t batch, uint32_t top_k, double stats_every, uint32_t debounce_k,
-           uint32_t debounce_n) {
+           uint32_t debounce_n, const Columns& cols) {
   auto table = ReadInput(path);
   if (!table.ok()) return Fail(table.status());
   auto stub = v1::Scoring::NewStub(Connect(c));
@@ -191,6 +230,10 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
         v1::StreamConfig* cfg = req.mutable_config();
         cfg->set_model(model);
         cfg->mutable_options()->set_top_k(top_k);
+        cfg->mutable_options()->set_top_feature_names(true);
+        bool ignore = false;
+        NameColumns(t, cols, cfg->mutable_feature_names(), &ignore);
+        cfg->set_ignore_unknown_features(ignore);
         cfg->set_stats_every_seconds(stats_every);
         cfg->set_debounce_k(debounce_k);
         cfg->set_debounce_n(debounce_n);
@@ -208,6 +251,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   });
   v1::StreamScoreResponse r;
   size_t scored = 0, anomalous = 0, errors = 0;
+  GapCount gaps;
   std::vector<uint8_t> flags;
   uint64_t version = 0;
   double threshold = 0;
@@ -241,12 +285,14 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
       }
       scored += res.num_samples();
       anomalous += res.num_anomalies();
+      gaps.Add(res);
     }
   }
   writer.join();
   grpc::Status st = stream->Finish();
   if (!st.ok()) return Fail(st);
   Summary(scored, anomalous, t, flags, model, version, threshold);
+  gaps.Print();
   return errors == 0 ? 0 : 1;
 }
 
@@ -368,7 +414,17 @@ struct TrainArgs {
   double percentile = 99;
   bool fine_tune = false, no_activate = false, detach = false;
   uint64_t base_version = 0;
+  float max_missing = -1;          // -1 = the server's default
+  int impute_refinements = -1;     // -1 = the server's default
 };
+
+// The policy options given on the command line (negative = not given).
+v1::ScoringPolicy PolicyOf(float max_missing, int impute_refinements) {
+  v1::ScoringPolicy p;
+  if (max_missing >= 0) p.set_max_missing_fraction(max_missing);
+  if (impute_refinements >= 0) p.set_impute_refinements(static_cast<uint32_t>(impute_refinements));
+  return p;
+}
 
 template <typename E, typename F>
 bool ParseEnum(const std::string& text, const std::string& prefix, F is_valid_name, E* out) {
@@ -391,6 +447,7 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   h.set_base_version(a.base_version);
   h.set_no_activate(a.no_activate);
   h.set_description(a.description);
+  *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements);
   if (!a.fine_tune && a.base_version == 0) {
     v1::ModelSpec* s = h.mutable_spec();
     v1::ModelKind kind;
@@ -608,11 +665,29 @@ int Threshold(const Common& c, const std::string& model, const std::string& enti
   return 0;
 }
 
+int Policy(const Common& c, const std::string& model, const std::string& entity, uint64_t version,
+           float max_missing, int impute_refinements) {
+  v1::SetScoringPolicyRequest req;
+  req.set_model(model);
+  req.set_entity(entity);
+  req.set_version(version);
+  *req.mutable_policy() = PolicyOf(max_missing, impute_refinements);
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::ModelInfoBrief b;
+  grpc::Status st = stub->SetScoringPolicy(&ctx, req, &b);
+  if (!st.ok()) return Fail(st);
+  PrintBrief(b);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"aectl: the aeserve command line"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options (--server, --token, ...) also after the subcommand
   Common c;
   app.add_option("--server", c.server, "aeserve address host:port")->capture_default_str();
   app.add_option("--timeout", c.timeout, "deadline of each call in seconds")->capture_default_str();
@@ -630,6 +705,14 @@ int main(int argc, char** argv) {
   score->add_option("--top-k", top_k, "top contributing features per row")->capture_default_str();
   score->add_option("--batch", batch, "rows per request")->check(CLI::Range(1u, 1u << 20))->capture_default_str();
   score->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
+  Columns cols;
+  auto add_columns = [&](CLI::App* cmd) {
+    cmd->add_flag("--positional", cols.positional,
+                  "send columns by position, not by their header names (models trained without names)");
+    cmd->add_flag("--ignore-extra-columns", cols.ignore_extra,
+                  "drop CSV columns the model does not know instead of refusing them");
+  };
+  add_columns(score);
 
   auto* stream = app.add_subcommand("stream", "replay a CSV as live telemetry over StreamScore");
   stream->add_option("--model", model, "model name")->required();
@@ -640,6 +723,7 @@ int main(int argc, char** argv) {
   stream->add_option("--debounce-k", debounce_k, "alarm when k of the last n samples are anomalous");
   stream->add_option("--debounce-n", debounce_n, "window of the alarm debounce");
   stream->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
+  add_columns(stream);
 
   auto* models = app.add_subcommand("models", "list the hosted models");
   auto* model_cmd = app.add_subcommand("model", "show one model: spec, threshold, training");
@@ -684,6 +768,11 @@ int main(int argc, char** argv) {
   train->add_flag("--no-activate", ta.no_activate, "keep the new version staged");
   train->add_flag("--detach", ta.detach, "print the job id and return at once");
   train->add_option("--description", ta.description);
+  train->add_option("--max-missing", ta.max_missing,
+                    "largest share of a row's features that may be missing (empty/NaN cells) for it to "
+                    "be scored, in [0, 1); default 0.5");
+  train->add_option("--impute-refinements", ta.impute_refinements,
+                    "times a missing value is refined by the model's reconstruction (0..10)");
   train->add_option("file", path, "training CSV (a label column is ignored); '-' reads stdin");
 
   std::string job_id;
@@ -713,6 +802,17 @@ int main(int argc, char** argv) {
   threshold->add_option("--critical", critical, "second level, METHOD:VALUE");
   threshold->add_flag("--clear-critical", clear_critical);
 
+  float max_missing = -1;
+  int impute_refinements = -1;
+  auto* policy = app.add_subcommand("policy", "change how a version treats missing values, without retraining");
+  policy->add_option("model", model)->required();
+  policy->add_option("--version", version, "default: active");
+  policy->add_option("--entity", entity);
+  policy->add_option("--max-missing", max_missing,
+                     "largest share of a sample's features that may be missing, in [0, 1); 0 = none");
+  policy->add_option("--impute-refinements", impute_refinements,
+                     "times a missing value is refined by the model's reconstruction (0..10)");
+
   uint32_t min_severity = 0;
   uint64_t count = 0;
   auto* watch = app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
@@ -731,9 +831,11 @@ int main(int argc, char** argv) {
     if (pct > 0) level = "percentile:" + std::to_string(pct);
     return Threshold(c, model, entity, version, level, critical, clear_critical);
   }
-  if (score->parsed()) return Score(c, model, version, path, format, top_k, batch);
+  if (policy->parsed()) return Policy(c, model, entity, version, max_missing, impute_refinements);
+  if (score->parsed()) return Score(c, model, version, path, format, top_k, batch, cols);
   if (stream->parsed()) {
-    return Stream(c, model, path, rate, stream_batch, top_k, stats_every, debounce_k, debounce_n);
+    return Stream(c, model, path, rate, stream_batch, top_k, stats_every, debounce_k, debounce_n,
+                  cols);
   }
   if (models->parsed()) return Models(c);
   if (model_cmd->parsed()) return Model(c, model);
