@@ -51,6 +51,7 @@ python3-sklearn
 python3-torch
 libopenblas0-pthread
 python3-yaml
+python3-pandas
 clang-14
 libclang-rt-14-dev
 libomp-14-dev

@@ -32,6 +32,10 @@ class ScoreResult:
     feature_errors: Optional[np.ndarray] = None  # rows x features, when asked
     top_features: Optional[np.ndarray] = None    # rows x k feature indices
     top_feature_errors: Optional[np.ndarray] = None
+    top_feature_names: Optional[np.ndarray] = None  # rows x k names (the model's features)
+    missing: Optional[np.ndarray] = None         # per sample: features missing (None: no gaps)
+    skipped: Optional[np.ndarray] = None         # per sample: over max_missing_fraction, not scored
+    skip_reason: str = ""
     severity: Optional[np.ndarray] = None        # 0 normal, 1 warning, 2 critical
     alarm: Optional[np.ndarray] = None           # streams with debounce
     ids: Sequence[str] = ()
@@ -55,6 +59,11 @@ class ScoreResult:
             feature_errors=fe,
             top_features=np.array(r.top_features, dtype=np.int64).reshape(n, k) if k else None,
             top_feature_errors=np.array(r.top_feature_errors, dtype=np.float32).reshape(n, k) if k else None,
+            top_feature_names=(np.array(r.top_feature_names, dtype=object).reshape(n, k)
+                               if k and len(r.top_feature_names) else None),
+            missing=np.array(r.missing, dtype=np.int64) if len(r.missing) else None,
+            skipped=np.array(r.skipped, dtype=bool) if len(r.skipped) else None,
+            skip_reason=r.skip_reason,
             severity=np.array(r.severity, dtype=np.int64) if len(r.severity) else None,
             alarm=np.array(r.alarm, dtype=bool) if len(r.alarm) else None,
             ids=list(r.ids), entity=r.entity, sequence=sequence,
@@ -91,14 +100,33 @@ def _threshold(method: str, value: float) -> model_pb2.ThresholdConfig:
     return model_pb2.ThresholdConfig(method=_THRESHOLD_METHODS[method], value=value)
 
 
-def _samples(x, ids=None) -> scoring_pb2.Samples:
+def _columns(x, names=None):
+    """The rows as a float32 matrix and their column names: `names` when given, else a pandas
+    DataFrame's columns, else None (columns matched by position). NaN (pandas' NA too) is a
+    missing value."""
+    if names is None and hasattr(x, "columns") and hasattr(x, "to_numpy"):
+        names = [str(c) for c in x.columns]
+        x = x.to_numpy(dtype=np.float32, na_value=np.nan)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x.reshape(1, -1)
     if x.ndim != 2:
         raise ValueError("samples must be a 2-D array: rows x features")
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) != x.shape[1]:
+            raise ValueError(f"{len(names)} names for {x.shape[1]} columns")
+    return x, names
+
+
+def _samples(x, ids=None, names=None, ignore_unknown: bool = False) -> scoring_pb2.Samples:
+    """Samples for `x` (rows x features; a DataFrame sends its column names)."""
+    x, names = _columns(x, names)
     s = scoring_pb2.Samples(num_features=x.shape[1])
     s.values.extend(x.ravel())
+    if names is not None:
+        s.feature_names.extend(names)
+        s.ignore_unknown_features = ignore_unknown
     if ids is not None:
         s.ids.extend(str(i) for i in ids)
     return s
@@ -149,30 +177,44 @@ class Client:
 
     def score(self, model: str, x, version: int = 0, entity: str = "", top_k: int = 0,
               per_feature: bool = False, original_units: bool = False, neg_elbo: bool = False,
-              ids: Optional[Sequence] = None) -> ScoreResult:
-        """Scores the rows of `x` (rows x features). Raises AeserveError on a failed call."""
+              ids: Optional[Sequence] = None, names: Optional[Sequence[str]] = None,
+              ignore_unknown: bool = False) -> ScoreResult:
+        """Scores the rows of `x` (rows x features). Columns are matched to the model's features
+        by name when `names` is given or `x` is a pandas DataFrame (any order; a feature the
+        columns lack is missing; unknown columns are refused unless `ignore_unknown`), else by
+        position. NaN is a missing value. Raises AeserveError on a failed call."""
         req = scoring_pb2.ScoreRequest(
-            model=model, version=version, entity=entity, samples=_samples(x, ids),
+            model=model, version=version, entity=entity,
+            samples=_samples(x, ids, names, ignore_unknown),
             options=scoring_pb2.ScoreOptions(per_feature=per_feature, original_units=original_units,
-                                             top_k=top_k, neg_elbo=neg_elbo))
+                                             top_k=top_k, neg_elbo=neg_elbo,
+                                             top_feature_names=top_k > 0))
         return ScoreResult.from_proto(self._call(self._scoring.Score, req))
 
     def stream(self, model: str, batches: Iterable, top_k: int = 0, stats_every_batches: int = 0,
                stats_every_seconds: float = 0.0, debounce: Optional[tuple] = None,
-               stream_id: str = "", version: int = 0,
+               stream_id: str = "", version: int = 0, names: Optional[Sequence[str]] = None,
+               ignore_unknown: bool = False,
                ) -> Iterator[Union[ScoreResult, StreamStats, AeserveError]]:
         """Streams `batches` (each rows x features) over StreamScore and yields, in order, a
         ScoreResult per batch (or an AeserveError for a batch the server refused) and the
-        periodic StreamStats. Batches are sent from a background thread while results arrive."""
+        periodic StreamStats. Batches are sent from a background thread while results arrive.
+        `names` (or the first batch's DataFrame columns) name the columns of every batch."""
         config = scoring_pb2.StreamConfig(
-            model=model, version=version, options=scoring_pb2.ScoreOptions(top_k=top_k),
+            model=model, version=version,
+            options=scoring_pb2.ScoreOptions(top_k=top_k, top_feature_names=top_k > 0),
             stats_every_batches=stats_every_batches, stats_every_seconds=stats_every_seconds,
-            stream_id=stream_id)
+            stream_id=stream_id, ignore_unknown_features=ignore_unknown)
+        if names is not None:
+            config.feature_names.extend(str(n) for n in names)
         if debounce:
             config.debounce_k, config.debounce_n = debounce
 
         def requests():
             for seq, x in enumerate(batches):
+                x, batch_names = _columns(x)
+                if seq == 0 and batch_names is not None and not config.feature_names:
+                    config.feature_names.extend(batch_names)
                 req = scoring_pb2.StreamScoreRequest(sequence=seq, samples=_samples(x))
                 if seq == 0:
                     req.config.CopyFrom(config)
@@ -193,14 +235,16 @@ class Client:
         except grpc.RpcError as e:
             raise AeserveError(e.code(), e.details()) from None
 
-    def encode(self, model: str, x, version: int = 0) -> np.ndarray:
-        r = self._call(self._scoring.Encode,
-                       scoring_pb2.EncodeRequest(model=model, version=version, samples=_samples(x)))
+    def encode(self, model: str, x, version: int = 0, names: Optional[Sequence[str]] = None) -> np.ndarray:
+        r = self._call(self._scoring.Encode, scoring_pb2.EncodeRequest(
+            model=model, version=version, samples=_samples(x, names=names)))
         return np.array(r.codes, dtype=np.float32).reshape(-1, r.code_size)
 
-    def reconstruct(self, model: str, x, version: int = 0) -> np.ndarray:
-        r = self._call(self._scoring.Reconstruct,
-                       scoring_pb2.ReconstructRequest(model=model, version=version, samples=_samples(x)))
+    def reconstruct(self, model: str, x, version: int = 0,
+                    names: Optional[Sequence[str]] = None) -> np.ndarray:
+        """The reconstruction of each row in original units (missing values filled in)."""
+        r = self._call(self._scoring.Reconstruct, scoring_pb2.ReconstructRequest(
+            model=model, version=version, samples=_samples(x, names=names)))
         return np.array(r.values, dtype=np.float32).reshape(-1, r.num_features)
 
     def generate(self, model: str, count: int, seed: int = 1, version: int = 0) -> np.ndarray:
@@ -240,6 +284,17 @@ class Client:
             req.critical_threshold.CopyFrom(_threshold(*critical))
         return self._call(self._admin.SetThreshold, req)
 
+    def set_policy(self, model: str, max_missing_fraction: Optional[float] = None,
+                   impute_refinements: Optional[int] = None, version: int = 0,
+                   entity: str = "") -> admin_pb2.ModelInfoBrief:
+        """Changes how a version treats missing values (unset arguments keep their value)."""
+        req = admin_pb2.SetScoringPolicyRequest(model=model, entity=entity, version=version)
+        if max_missing_fraction is not None:
+            req.policy.max_missing_fraction = max_missing_fraction
+        if impute_refinements is not None:
+            req.policy.impute_refinements = impute_refinements
+        return self._call(self._admin.SetScoringPolicy, req)
+
     # Training -----------------------------------------------------------------------------
 
     def train(self, model: str, data, feature_names: Optional[Sequence[str]] = None,
@@ -251,6 +306,8 @@ class Client:
               kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: float = 99.0,
               neighbors: Optional[int] = None, reference_rows: int = 0,
               reconstruction_weight: Optional[float] = None, hold_out: str = "random",
+              max_missing_fraction: Optional[float] = None,
+              impute_refinements: Optional[int] = None,
               entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True) -> admin_pb2.TrainingJob:
@@ -259,8 +316,10 @@ class Client:
         TrainingJob; raises AeserveError if the job is refused or fails. `neighbors`,
         `reference_rows`, `reconstruction_weight` and `dropout` left unset take the server's
         defaults (neighbors=0: the score is the reconstruction error alone). `hold_out`: "random"
-        (a seeded sample) or "last" (the last validation_split of the rows as given)."""
-        x = np.asarray(data, dtype=np.float32)
+        (a seeded sample) or "last" (the last validation_split of the rows as given). A pandas
+        DataFrame gives the feature names. NaN is a missing value (no gradient); rows missing more
+        than `max_missing_fraction` (default 0.5) of their features are left out."""
+        x, names = _columns(data, feature_names)
         header = admin_pb2.TrainingJobHeader(
             model=model, entity=entity, num_features=x.shape[1], rows=x.shape[0],
             fine_tune=fine_tune,
@@ -274,8 +333,12 @@ class Client:
             threshold=_threshold("percentile", percentile))
         if dropout is not None:  # unset = the server's default (0.2)
             header.options.dropout = dropout
-        if feature_names is not None:
-            header.feature_names.extend(feature_names)
+        if names is not None:
+            header.feature_names.extend(names)
+        if max_missing_fraction is not None:
+            header.policy.max_missing_fraction = max_missing_fraction
+        if impute_refinements is not None:
+            header.policy.impute_refinements = impute_refinements
         if not fine_tune:
             header.spec.CopyFrom(model_pb2.ModelSpec(
                 kind=model_pb2.ModelKind.Value("MODEL_KIND_" + kind.upper()),

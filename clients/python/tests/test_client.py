@@ -90,12 +90,46 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(results[0].alarm.shape, (100,))
 
     def test_a_bad_batch_in_a_stream_is_an_error_item(self):
-        bad = np.full((3, 38), np.nan, dtype=np.float32)
+        bad = np.full((3, 38), np.inf, dtype=np.float32)
         items = list(self.client.stream("demo", [self.x[:10], bad, self.x[10:20]]))
         self.assertIsInstance(items[0], ScoreResult)
         self.assertIsInstance(items[1], AeserveError)
         self.assertEqual(items[1].code, grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIsInstance(items[2], ScoreResult)
+
+    def test_columns_by_name_and_gaps(self):
+        import pandas as pd
+        want = self.client.score("demo", self.x[:200], top_k=2)
+        self.assertEqual(want.missing, None)
+        frame = pd.DataFrame(self.x[:200], columns=self.names)
+        shuffled = frame[list(reversed(self.names))]  # columns reversed: matched by name
+        got = self.client.score("demo", shuffled, top_k=2)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        self.assertEqual(got.top_feature_names[0, 0], self.names[got.top_features[0, 0]])
+        got = self.client.score("demo", shuffled.to_numpy(), names=list(shuffled.columns))
+        np.testing.assert_array_equal(got.scores, want.scores)
+        # By position the reversed columns are another (wrong) input.
+        self.assertFalse(np.array_equal(self.client.score("demo", shuffled.to_numpy()).scores,
+                                        want.scores))
+        extra = frame.assign(cpu_user=1.0)
+        with self.assertRaises(AeserveError) as e:
+            self.client.score("demo", extra)
+        self.assertIn("unknown feature 'cpu_user'", e.exception.message)
+        np.testing.assert_array_equal(
+            self.client.score("demo", extra, ignore_unknown=True).scores, want.scores)
+        # Gaps: one missing value per row is filled in; rows missing most features are skipped.
+        gaps = frame.copy()
+        gaps.iloc[:, 3] = np.nan
+        gaps.iloc[:5, :30] = np.nan
+        r = self.client.score("demo", gaps)
+        self.assertEqual(list(r.missing[:6]), [30] * 5 + [1])
+        self.assertEqual(list(r.skipped[:6]), [True] * 5 + [False])
+        self.assertTrue(np.isnan(r.scores[:5]).all() and np.isfinite(r.scores[5:]).all())
+        self.assertIn("5 samples miss more features", r.skip_reason)
+        # Streams take the DataFrame's columns once.
+        results = [i for i in self.client.stream("demo", [shuffled[:100], shuffled[100:]])
+                   if isinstance(i, ScoreResult)]
+        np.testing.assert_array_equal(np.concatenate([r.scores for r in results]), want.scores)
 
     def test_errors_become_exceptions_with_the_servers_message(self):
         with self.assertRaises(AeserveError) as e:
