@@ -13,6 +13,9 @@ protocols, each over --seeds random 60/40 splits:
 ROC-AUC and PR-AUC (average precision) are measured on the test part; precision, recall and F1 of
 the server's own flags (its default threshold) are reported for the semi protocol. No per-set
 settings: the model is the server's default for the set's feature count.
+--missing F removes a share F of all values at random (seeded per split) from both parts: aeserve
+gets them as NaN (gaps); IsolationForest, which cannot take NaN, gets them filled with the training
+mean.
 Without --server it starts build/server/aeserve on a free loopback port and stops it at the end.
 """
 import argparse
@@ -70,19 +73,33 @@ def start_server():
         sys.exit(str(e))
 
 
-def evaluate(client, name, x, y, seeds, train_args):
+def remove_values(x, share, seed):
+    """A copy of x with `share` of its values set to NaN at random."""
+    if share <= 0:
+        return x
+    x = x.copy()
+    x[np.random.default_rng(1000 + seed).random(x.shape) < share] = np.nan
+    return x
+
+
+def evaluate(client, name, x, y, seeds, train_args, missing=0.0):
     res = {"pyod": {"roc_auc": [], "pr_auc": []}, "semi": {"roc_auc": [], "pr_auc": [],
            "precision": [], "recall": [], "f1": []}, "iforest": {"roc_auc": [], "pr_auc": []}}
     for seed in range(seeds):
         xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.4, random_state=seed)
         if yte.sum() == 0 or yte.sum() == len(yte):
             continue
+        xtr, xte = remove_values(xtr, missing, seed), remove_values(xte, missing, seed + 500)
         for protocol, rows in (("pyod", xtr), ("semi", xtr[ytr == 0])):
             model = f"q_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}_{protocol}"
             client.train(model, rows, seed=seed + 1, **train_args)  # no train_args: server defaults
             r = client.score(model, xte)
-            res[protocol]["roc_auc"].append(roc_auc_score(yte, r.scores))
-            res[protocol]["pr_auc"].append(average_precision_score(yte, r.scores))
+            # Samples skipped for missing too much rank last (never flagged).
+            scores = r.scores
+            if r.skipped is not None:
+                scores = np.where(r.skipped, np.nanmin(scores) - 1, scores)
+            res[protocol]["roc_auc"].append(roc_auc_score(yte, scores))
+            res[protocol]["pr_auc"].append(average_precision_score(yte, scores))
             if protocol == "semi":
                 tp = int((r.anomalous & (yte == 1)).sum())
                 p = tp / max(int(r.anomalous.sum()), 1)
@@ -90,8 +107,11 @@ def evaluate(client, name, x, y, seeds, train_args):
                 res["semi"]["precision"].append(p)
                 res["semi"]["recall"].append(rc)
                 res["semi"]["f1"].append(2 * p * rc / (p + rc) if p + rc else 0.0)
-        forest = IsolationForest(random_state=seed).fit(xtr)
-        s = -forest.score_samples(xte)
+        fill = np.nanmean(xtr, axis=0)
+        xtr_f = np.where(np.isnan(xtr), fill, xtr)
+        xte_f = np.where(np.isnan(xte), fill, xte)
+        forest = IsolationForest(random_state=seed).fit(xtr_f)
+        s = -forest.score_samples(xte_f)
         res["iforest"]["roc_auc"].append(roc_auc_score(yte, s))
         res["iforest"]["pr_auc"].append(average_precision_score(yte, s))
     summary = {}
@@ -111,6 +131,8 @@ def main():
     p.add_argument("--max-rows", type=int, default=0,
                    help="subsample larger sets to this many rows (ADBench's protocol: 10000)")
     p.add_argument("--variant", help="Client.train settings for a variant run, e.g. neighbors=0")
+    p.add_argument("--missing", type=float, default=0.0,
+                   help="share of values removed at random (gaps), e.g. 0.1")
     args = p.parse_args()
 
     proc = None
@@ -130,7 +152,8 @@ def main():
     started = time.time()
     results = {}
     print(f"aeserve detection quality: {len(files)} sets from {args.data}, {args.seeds} seeds, 60/40 splits"
-          + (f", variant {args.variant}" if args.variant else ", server defaults"))
+          + (f", variant {args.variant}" if args.variant else ", server defaults")
+          + (f", {args.missing:.0%} of values missing" if args.missing else ""))
     print("ROC-AUC mean (std over seeds); pyod = trained with outliers, semi = trained on inliers")
     print(f"{'set':<12} {'rows':>6} {'d':>4} | {'aeserve pyod':>14} {'PR':>5} | {'aeserve semi':>14} {'PR':>5} "
           f"{'P':>5} {'R':>5} {'F1':>5} | {'IForest here':>12} | " + " ".join(f"{m[:8]:>8}" for m in methods))
@@ -142,7 +165,7 @@ def main():
             keep = np.random.default_rng(0).choice(len(x), args.max_rows, replace=False)
             x, y = x[keep], y[keep]
         try:
-            s = evaluate(client, name, x, y, args.seeds, variant_args(args.variant))
+            s = evaluate(client, name, x, y, args.seeds, variant_args(args.variant), args.missing)
         except AeserveError as e:
             print(f"{name:<12} failed: {e}")
             continue
