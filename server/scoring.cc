@@ -148,7 +148,10 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     return absl::InvalidArgumentError(absl::StrCat("top_k ", k, " is over num_features ", d));
   }
   engine::ScoreOptions eo;
-  eo.per_feature = options.per_feature() || k > 0;
+  // With watchers the per-feature errors come from this pass (their top features go into the
+  // events), not from scoring the flagged rows again on the feed thread.
+  const bool watched = hooks.feed != nullptr && hooks.feed->HasWatchers();
+  eo.per_feature = options.per_feature() || k > 0 || watched;
   eo.original_units = options.original_units();
   eo.neg_elbo = options.neg_elbo();
   engine::ScoreResult& res = worker.result();
@@ -218,7 +221,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
       h.metrics->Record(errors, scores, anomalous, critical);
     }
   }
-  if (hooks.feed != nullptr && anomalies > 0 && hooks.feed->HasWatchers()) {
+  if (watched && anomalies > 0) {
     PublishAnomalies(h, s, *x, res, eo.per_feature && !eo.original_units, hooks);
   }
   *r->mutable_ids() = s.ids();

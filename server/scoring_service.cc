@@ -17,6 +17,12 @@ void ScoringService::Done(Call* call, const char* rpc, const grpc::Status& st, C
   call->Reply(st);
 }
 
+// A request that did not parse was answered INVALID_ARGUMENT by the call itself; it is counted.
+grpc::ServerUnaryReactor* ScoringService::Unparsed(grpc::ServerUnaryReactor* call, const char* rpc) {
+  if (metrics_ != nullptr) metrics_->RecordRequest(rpc, grpc::StatusCode::INVALID_ARGUMENT, 0);
+  return call;
+}
+
 template <typename Call, typename Fn>
 grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call,
                                                      const char* rpc, const std::string& model,
@@ -57,7 +63,7 @@ grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out) {
   auto* call = new UnaryCall<v1::ScoreRequest, v1::ScoreResponse>(body, out);
-  if (!call->parsed()) return call;
+  if (!call->parsed()) return Unparsed(call, "Score");
   const v1::ScoreRequest* req = &call->request();
   return OnExecutor(ctx, call, "Score", req->model(), req->entity(), req->version(),
                     [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
@@ -82,7 +88,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ScoringService::WatchAnomalies(grpc:
 
 grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out) {
   auto* call = new UnaryCall<v1::EncodeRequest, v1::EncodeResponse>(body, out);
-  if (!call->parsed()) return call;
+  if (!call->parsed()) return Unparsed(call, "Encode");
   const v1::EncodeRequest* req = &call->request();
   return OnExecutor(ctx, call, "Encode", req->model(), "", req->version(),
                     [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
@@ -93,7 +99,7 @@ grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContext* ctx, const Raw* body,
                                                       Raw* out) {
   auto* call = new UnaryCall<v1::ReconstructRequest, v1::ReconstructResponse>(body, out);
-  if (!call->parsed()) return call;
+  if (!call->parsed()) return Unparsed(call, "Reconstruct");
   const v1::ReconstructRequest* req = &call->request();
   return OnExecutor(ctx, call, "Reconstruct", req->model(), "", req->version(),
                     [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
@@ -104,7 +110,7 @@ grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ScoringService::Generate(grpc::CallbackServerContext* ctx, const Raw* body,
                                                    Raw* out) {
   auto* call = new UnaryCall<v1::GenerateRequest, v1::GenerateResponse>(body, out);
-  if (!call->parsed()) return call;
+  if (!call->parsed()) return Unparsed(call, "Generate");
   const v1::GenerateRequest* req = &call->request();
   return OnExecutor(ctx, call, "Generate", req->model(), "", req->version(),
                     [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
@@ -115,7 +121,7 @@ grpc::ServerUnaryReactor* ScoringService::Generate(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* ScoringService::ListModels(grpc::CallbackServerContext* ctx, const Raw* body,
                                                      Raw* out) {
   auto* call = new UnaryCall<v1::ListModelsRequest, v1::ListModelsResponse>(body, out);
-  if (!call->parsed()) return call;
+  if (!call->parsed()) return call;  // (catalogue calls are not counted)
   grpc::Status st = auth_->Check(ctx, Role::kScore);
   if (st.ok()) {
     for (auto& info : registry_->List()) *call->response()->add_models() = std::move(info);

@@ -50,6 +50,7 @@ class ScoringService final : public RawScoringService {
                                        const std::string& model, const std::string& entity,
                                        uint64_t version, Fn fn);
   // Replies and counts the call.
+  grpc::ServerUnaryReactor* Unparsed(grpc::ServerUnaryReactor* call, const char* rpc);
   template <typename Call>
   void Done(Call* call, const char* rpc, const grpc::Status& st,
             std::chrono::steady_clock::time_point start);

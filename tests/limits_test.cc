@@ -235,7 +235,7 @@ std::string StreamMessage(uint64_t sequence, uint32_t rows, bool config, bool pe
 TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
   TempDir dir("aeserve_malformed");
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
-  auto r = Serve(dir.path(), {"--max_message_bytes=1048576"});
+  auto r = Serve(dir.path(), {"--max_message_bytes=1048576", "--metrics_port=-1"});
   const std::string junk("\xff\xff\xff\xff\x0f junk", 11);
   // A stream: the junk message gets an error item in its place, and the batches after it are
   // answered (in order).
@@ -263,6 +263,12 @@ TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
     EXPECT_NE(st.error_message().find("does not parse as aeserve.v1."), std::string::npos)
         << method << ": " << st.error_message();
   }
+  // ... and counted like any other refused call.
+  const std::string text = HttpGet(MetricsPort(*r), "/metrics");
+  const double refused =
+      std::max(MetricValue(text, "aeserve_requests_total{rpc=\"Score\",code=\"INVALID_ARGUMENT\"}"),
+               MetricValue(text, "aeserve_requests_total{code=\"INVALID_ARGUMENT\",rpc=\"Score\"}"));
+  EXPECT_EQ(refused, 1) << text;
   // An answer over the message limit (per-feature errors of 20,000 rows; the request itself
   // fits) becomes an error item, and the stream goes on.
   res = RawStreamCall(r->channel, "/aeserve.v1.Scoring/StreamScore",
