@@ -11,7 +11,8 @@ namespace aeserve::server {
 
 AnomalyWatcher::AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req,
                                size_t buffer, grpc::Status denied)
-    : feed_(feed), model_(req.model()), min_severity_(req.min_severity()), buffer_(buffer) {
+    : feed_(feed), model_(req.model()), min_severity_(req.min_severity()),
+      incidents_(req.incidents()), buffer_(buffer) {
   if (denied.ok()) {
     subscribed_ = feed_->Subscribe(this);
     if (!subscribed_) {
@@ -32,7 +33,8 @@ bool AnomalyWatcher::WantsModel(const std::string& model) const {
 }
 
 void AnomalyWatcher::Offer(const std::shared_ptr<const EventBatch>& batch) {
-  const std::vector<grpc::Slice>* list = min_severity_ >= 2 ? &batch->critical : &batch->all;
+  const std::vector<grpc::Slice>* list =
+      incidents_ ? &batch->incidents : (min_severity_ >= 2 ? &batch->critical : &batch->all);
   if (list->empty()) return;
   absl::MutexLock lock(&mu_);
   if (done_) return;
@@ -137,8 +139,35 @@ void AnomalyFeed::Publish(FlaggedRows rows) {
   if (dropped > 0) CountDropped(dropped);
 }
 
-// Events with the top 3 features of each flagged row.
+void AnomalyFeed::PublishIncidents(const ModelHandle& handle,
+                                   const google::protobuf::RepeatedPtrField<v1::Incident>& incidents) {
+  FlaggedRows f;
+  f.handle = handle;
+  f.server_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch()).count();
+  f.incidents.assign(incidents.begin(), incidents.end());
+  if (!f.incidents.empty()) f.stream_id = f.incidents.front().stream_id();
+  Publish(std::move(f));
+}
+
+// Events with the top 3 features of each flagged row; one event per incident change.
 std::shared_ptr<const EventBatch> AnomalyFeed::BuildEvents(const FlaggedRows& f) {
+  if (!f.incidents.empty()) {
+    auto batch = std::make_shared<EventBatch>();
+    batch->model = f.handle.name;
+    v1::AnomalyEvent e;
+    for (const v1::Incident& incident : f.incidents) {
+      e.Clear();
+      e.set_model(f.handle.name);
+      e.set_version(f.handle.version);
+      e.set_entity(f.handle.entity);
+      e.set_stream_id(f.stream_id);
+      e.set_server_time_ms(f.server_time_ms);
+      *e.mutable_incident() = incident;
+      batch->incidents.emplace_back(e.SerializeAsString());
+    }
+    return batch;
+  }
   const engine::Model& model = *f.handle.model;
   const uint32_t d = model.num_features();
   const size_t n = f.errors.size();

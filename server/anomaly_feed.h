@@ -39,12 +39,13 @@ struct FlaggedRows {
   std::vector<float> errors, scores, p_values;
   std::vector<std::string> ids;       // empty when the batch had none
   std::vector<int64_t> timestamps_ms; // empty when the batch had none
+  std::vector<v1::Incident> incidents;  // incident changes (then the rows above are empty)
 };
 
 // The events of one batch, serialized once and shared by every watcher that takes them.
 struct EventBatch {
   std::string model;
-  std::vector<grpc::Slice> all, critical;
+  std::vector<grpc::Slice> all, critical, incidents;
 };
 
 // One WatchAnomalies call. Lock order: AnomalyFeed::mu_ before AnomalyWatcher::mu_.
@@ -73,6 +74,7 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   AnomalyFeed* feed_;
   const std::string model_;
   const uint32_t min_severity_;
+  const bool incidents_;  // incident events instead of per-sample ones
   const size_t buffer_;
   bool subscribed_ = false;
   absl::Mutex mu_;
@@ -97,6 +99,9 @@ class AnomalyFeed {
   int watchers() const { return watchers_count_.load(std::memory_order_relaxed); }
   // Queues a scored batch's flagged rows for fan-out and returns at once.
   void Publish(FlaggedRows rows);
+  // Queues a stream batch's incident changes for incident watchers.
+  void PublishIncidents(const ModelHandle& handle,
+                        const google::protobuf::RepeatedPtrField<v1::Incident>& incidents);
   // False when --max_watchers watch already (or the feed is closed: the watcher is then closed).
   bool Subscribe(AnomalyWatcher* w);
   void Unsubscribe(AnomalyWatcher* w);

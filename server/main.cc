@@ -38,6 +38,9 @@ ABSL_FLAG(uint32_t, max_batch_rows, 1 << 20, "Most rows in one Score call or str
 ABSL_FLAG(int, max_queue, 1024, "Queued unary calls before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_streams, 256, "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_watchers, 1024, "Concurrent WatchAnomalies calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, incident_resume_seconds, 300,
+          "How long a debounced stream with a stream_id keeps its alarm and open incident after it "
+          "ends, for a client that reconnects with the same stream_id. 0 = not kept.");
 ABSL_FLAG(int, stream_max_pending, 4, "Batches read ahead per stream before backpressure.");
 ABSL_FLAG(int, stream_max_unsent, 8, "Answers held for a slow stream reader before backpressure.");
 ABSL_FLAG(uint64_t, max_stream_buffer_bytes, uint64_t{1} << 30,
@@ -106,6 +109,7 @@ int main(int argc, char** argv) {
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.max_streams = absl::GetFlag(FLAGS_max_streams);
   o.max_watchers = absl::GetFlag(FLAGS_max_watchers);
+  o.incident_resume_seconds = absl::GetFlag(FLAGS_incident_resume_seconds);
   o.stream_max_pending = absl::GetFlag(FLAGS_stream_max_pending);
   o.stream_max_unsent = absl::GetFlag(FLAGS_stream_max_unsent);
   o.max_stream_buffer_bytes = absl::GetFlag(FLAGS_max_stream_buffer_bytes);

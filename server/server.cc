@@ -40,7 +40,8 @@ class NoReflection : public grpc::ServerBuilderOption {
 }  // namespace
 
 Server::Server(const Options& options, std::shared_ptr<spdlog::logger> log)
-    : options_(options), log_(std::move(log)), streams_(options.max_stream_buffer_bytes) {}
+    : options_(options), log_(std::move(log)), streams_(options.max_stream_buffer_bytes,
+               std::chrono::duration<double>(options.incident_resume_seconds)) {}
 
 Server::~Server() { Shutdown(); }
 

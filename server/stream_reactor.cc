@@ -131,8 +131,11 @@ void StreamReactor::OnCancel() {
 void StreamReactor::OnDone() {
   if (tracked_) tracker_->Remove(this);
   {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&mu_);  // also orders this after the last Process task
     if (held_bytes_ > 0) Free(held_bytes_);
+    if (incidents_ != nullptr && !config_.stream_id().empty()) {
+      tracker_->incidents().Keep(IncidentKey(), std::move(incidents_));
+    }
   }
   delete this;
 }
@@ -279,7 +282,13 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
       configured_ = false;
       return error(absl::InvalidArgumentError(absl::StrCat("config: ", st.message())));
     }
-    window_.assign(config_.debounce_n(), 0);
+    if (config_.debounce_k() > 0 && config_.debounce_n() > 0) {
+      // A named stream carries on with what it left within --incident_resume_seconds.
+      incidents_ = config_.stream_id().empty()
+                       ? std::make_unique<IncidentTracker>(config_.debounce_k(), config_.debounce_n())
+                       : tracker_->incidents().Take(IncidentKey(), config_.debounce_k(),
+                                                    config_.debounce_n());
+    }
     if (!req.has_samples()) return;  // config only
   }
   if (!configured_) return error(absl::InvalidArgumentError("the first message must carry config (the model to use)"));
@@ -290,22 +299,24 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
   absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
                                  worker, resp.mutable_result(), ScoreHooks{feed_, &config_});
   if (!st.ok()) return error(st);
-  Debounce(resp.mutable_result());
+  Debounce(*handle, resp.mutable_result());
   Account(resp.result());
   out->push_back(std::move(resp));
   MaybeStats(req.sequence(), out);
 }
 
-void StreamReactor::Debounce(v1::ScoreResponse* r) {
-  if (config_.debounce_n() == 0 || config_.debounce_k() == 0) return;
-  const size_t n = window_.size();
-  r->mutable_alarm()->Reserve(r->anomalous_size());
-  for (bool a : r->anomalous()) {
-    const uint8_t leaving = window_[window_pos_];
-    window_[window_pos_] = a;
-    window_pos_ = (window_pos_ + 1) % n;
-    window_count_ = window_count_ - leaving + (a ? 1 : 0);
-    r->add_alarm(window_count_ >= config_.debounce_k());
+std::string StreamReactor::IncidentKey() const {
+  return absl::StrCat(config_.model(), "\n", config_.entity(), "\n", config_.stream_id());
+}
+
+void StreamReactor::Debounce(const ModelHandle& h, v1::ScoreResponse* r) {
+  if (incidents_ == nullptr) return;
+  IncidentSource src{h.name, h.entity, config_.stream_id(),
+                     std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch()).count()};
+  incidents_->Feed(src, r);
+  if (feed_ != nullptr && r->incidents_size() > 0 && feed_->HasWatchers()) {
+    feed_->PublishIncidents(h, r->incidents());
   }
 }
 

@@ -20,6 +20,7 @@
 #include "anomaly_feed.h"
 #include "byte_budget.h"
 #include "executor.h"
+#include "incidents.h"
 #include "server_metrics.h"
 #include "model_registry.h"
 #include "options.h"
@@ -32,7 +33,9 @@ class StreamReactor;
 // Lock order: StreamTracker::mu_ before StreamReactor::mu_.
 class StreamTracker {
  public:
-  explicit StreamTracker(uint64_t max_bytes = uint64_t{1} << 30) : budget_(max_bytes) {}
+  explicit StreamTracker(uint64_t max_bytes = uint64_t{1} << 30,
+                         std::chrono::duration<double> incident_resume = std::chrono::seconds(300))
+      : budget_(max_bytes), incidents_(incident_resume) {}
   // False when --max_streams are open already.
   bool Add(StreamReactor* r, int max_streams);
   void Remove(StreamReactor* r);
@@ -40,6 +43,8 @@ class StreamTracker {
   void ShutdownAll();
   size_t size() const;
   ByteBudget& budget() { return budget_; }
+  // What named streams leave behind for a reconnect: their alarm and open incident.
+  IncidentBook& incidents() { return incidents_; }
   // Gives `bytes` back to the budget; when streams wait for room and there is some now, wakes
   // them through `executor` (never from the caller's locks).
   void Release(uint64_t bytes, Executor* executor);
@@ -48,6 +53,7 @@ class StreamTracker {
  private:
   void WakeWaiting();
   ByteBudget budget_;
+  IncidentBook incidents_;
   std::atomic<bool> waiting_{false};
   mutable absl::Mutex mu_;
   std::set<StreamReactor*> streams_ ABSL_GUARDED_BY(mu_);
@@ -87,7 +93,8 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   void Hold(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Free(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Debounce(v1::ScoreResponse* r);
+  void Debounce(const ModelHandle& h, v1::ScoreResponse* r);
+  std::string IncidentKey() const;
   void Account(const v1::ScoreResponse& r);
   void MaybeStats(uint64_t sequence, std::vector<v1::StreamScoreResponse>* out);
 
@@ -121,8 +128,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   // Touched only by the one Process task of this stream at a time.
   bool configured_ = false;
   v1::StreamConfig config_;
-  std::vector<uint8_t> window_;  // debounce ring of the last debounce_n flags
-  size_t window_pos_ = 0, window_count_ = 0;
+  std::unique_ptr<IncidentTracker> incidents_;  // with debounce: alarms and incidents
   uint64_t stats_batches_ = 0, stats_samples_ = 0, stats_anomalies_ = 0;
   uint64_t total_samples_ = 0, total_anomalies_ = 0;
   std::vector<float> stats_errors_;
