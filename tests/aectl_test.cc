@@ -179,6 +179,28 @@ TEST_F(AectlTest, StreamFlagsWhatScoreFlags) {
   EXPECT_NE(stream.err.find("stats:"), std::string::npos);
 }
 
+// Debounced streams report incidents: each alarm raised and cleared, and their number.
+TEST_F(AectlTest, StreamPrintsIncidents) {
+  auto r = Aectl(server_arg_ + " stream --model demo --batch 100 --debounce-k 3 --debounce-n 5 " +
+                 "--stream-id demo-replay --top-k 2 " + Test());
+  ASSERT_EQ(r.code, 0) << r.err;
+  size_t raised = 0, cleared = 0;
+  for (size_t at = r.err.find("alarm raised at row"); at != std::string::npos;
+       at = r.err.find("alarm raised at row", at + 1)) {
+    ++raised;
+  }
+  for (size_t at = r.err.find("alarm cleared: rows"); at != std::string::npos;
+       at = r.err.find("alarm cleared: rows", at + 1)) {
+    ++cleared;
+  }
+  EXPECT_GT(raised, 0u) << r.err;
+  EXPECT_GE(cleared + 1, raised) << r.err;  // the last one may still be open at the end
+  EXPECT_LE(cleared, raised);
+  EXPECT_NE(r.err.find(std::to_string(raised) + " incidents (alarm: 3 of the last 5 samples flagged)"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(", top f"), std::string::npos) << r.err;  // the worst sample's features
+}
+
 TEST_F(AectlTest, TrainThresholdActivate) {
   auto t = Aectl(server_arg_ + " train --model t2 --layers 16 --code 4 --epochs 5 " + Test());
   ASSERT_EQ(t.code, 0) << t.err;

@@ -18,6 +18,7 @@
 #include "server_process.h"
 #include "spdlog/sinks/null_sink.h"
 #include "test_models.h"
+#include "wait_for.h"
 
 namespace aeserve::testing {
 namespace {
@@ -233,6 +234,85 @@ TEST_F(ObservabilityTest, WatchAnomaliesDeliversExactlyTheFlaggedSamples) {
   v1::AnomalyEvent extra;
   while (watch->Read(&extra)) {
   }
+  watch->Finish();
+}
+
+// Incidents (#14): a debounced stream's results carry each incident's changes, a watcher that
+// asked for incidents gets exactly those changes (one event each, no per-sample events), and a
+// named stream that reconnects carries on with its open incident.
+TEST_F(ObservabilityTest, IncidentWatchersGetOneEventPerChangeAndStreamsResume) {
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::WatchAnomaliesRequest wreq;
+  wreq.set_incidents(true);
+  auto watch = scoring_->WatchAnomalies(&wctx, wreq);
+  ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_anomaly_watchers") == 1; },
+                      std::chrono::seconds(10)));
+  // One stream: its batches in order, k = 2 of n = 3; returns every incident change.
+  auto run = [&](const std::string& id, const std::vector<v1::Samples>& batches) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto stream = scoring_->StreamScore(&ctx);
+    for (size_t b = 0; b < batches.size(); ++b) {
+      v1::StreamScoreRequest req;
+      if (b == 0) {
+        req.mutable_config()->set_model("plain");
+        req.mutable_config()->set_stream_id(id);
+        req.mutable_config()->set_debounce_k(2);
+        req.mutable_config()->set_debounce_n(3);
+      }
+      req.set_sequence(b);
+      *req.mutable_samples() = batches[b];
+      EXPECT_TRUE(stream->Write(req));
+    }
+    stream->WritesDone();
+    std::vector<v1::Incident> changes;
+    v1::StreamScoreResponse r;
+    while (stream->Read(&r)) {
+      EXPECT_TRUE(r.has_result()) << r.DebugString();
+      for (const auto& c : r.result().incidents()) changes.push_back(c);
+    }
+    EXPECT_TRUE(stream->Finish().ok());
+    return changes;
+  };
+  // Normal, then 3 far-off rows, then normal: one incident, opened and closed.
+  auto first = run("rack-9", {Rows(3, 0), Rows(3, 10, 50.f), Rows(4, 20)});
+  ASSERT_GE(first.size(), 2u);
+  EXPECT_EQ(first.front().state(), v1::INCIDENT_OPENED);
+  EXPECT_EQ(first.back().state(), v1::INCIDENT_CLOSED);
+  for (const auto& c : first) EXPECT_EQ(c.id(), first.front().id());
+  EXPECT_EQ(first.back().stream_id(), "rack-9");
+  EXPECT_GE(first.front().first_sample(), 3u);  // raised within the far-off rows (3-5)
+  EXPECT_LE(first.front().first_sample(), 5u);
+  EXPECT_GE(first.back().anomalous_samples(), 2u);
+  EXPECT_GE(first.back().last_sample(), 5u);
+  // A named stream that ends with its incident open, and comes back: same incident, closed,
+  // sample numbers carried on.
+  auto opened = run("rack-10", {Rows(2, 30, 50.f)});
+  ASSERT_EQ(opened.size(), 1u);
+  EXPECT_EQ(opened[0].state(), v1::INCIDENT_OPENED);
+  EXPECT_EQ(opened[0].first_sample(), 1u);
+  auto closed = run("rack-10", {Rows(4, 40)});
+  ASSERT_FALSE(closed.empty());
+  EXPECT_EQ(closed.back().state(), v1::INCIDENT_CLOSED);
+  EXPECT_EQ(closed.back().id(), opened[0].id());
+  EXPECT_GE(closed.back().last_sample(), 2u);
+  // The watcher got exactly these changes, in order.
+  std::vector<v1::Incident> want = first;
+  want.insert(want.end(), opened.begin(), opened.end());
+  want.insert(want.end(), closed.begin(), closed.end());
+  for (const auto& w : want) {
+    v1::AnomalyEvent e;
+    ASSERT_TRUE(watch->Read(&e));
+    ASSERT_TRUE(e.has_incident()) << e.DebugString();
+    EXPECT_EQ(e.incident().id(), w.id());
+    EXPECT_EQ(e.incident().state(), w.state());
+    EXPECT_EQ(e.model(), "plain");
+    EXPECT_EQ(e.sample_id(), "");
+  }
+  wctx.TryCancel();
+  v1::AnomalyEvent extra;
+  while (watch->Read(&extra)) EXPECT_TRUE(extra.has_incident());
   watch->Finish();
 }
 

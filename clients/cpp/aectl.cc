@@ -12,6 +12,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
@@ -164,6 +165,26 @@ struct GapCount {
   }
 };
 
+// An alarm raised or cleared (stream rows are the stream's sample numbers).
+void PrintIncident(const v1::Incident& inc, size_t* count) {
+  std::string top;
+  for (const auto& f : inc.worst_top_features()) absl::StrAppend(&top, top.empty() ? "" : ";", f);
+  if (inc.state() == v1::INCIDENT_OPENED) {
+    ++*count;
+    std::fprintf(stderr, "alarm raised at row %llu (incident %s, score %.6g%s%s)\n",
+                 static_cast<unsigned long long>(inc.first_sample()), inc.id().c_str(),
+                 inc.worst_score(), top.empty() ? "" : ", top ", top.c_str());
+  } else if (inc.state() == v1::INCIDENT_CLOSED) {
+    std::fprintf(stderr,
+                 "alarm cleared: rows %llu-%llu, %llu flagged, worst row %llu (score %.6g%s%s)\n",
+                 static_cast<unsigned long long>(inc.first_sample()),
+                 static_cast<unsigned long long>(inc.last_sample()),
+                 static_cast<unsigned long long>(inc.anomalous_samples()),
+                 static_cast<unsigned long long>(inc.worst_sample()), inc.worst_score(),
+                 top.empty() ? "" : ", top ", top.c_str());
+  }
+}
+
 int Score(const Common& c, const std::string& model, uint64_t version, const std::string& path,
           const std::string& format, uint32_t top_k, uint32_t batch, const Columns& cols) {
   auto table = ReadInput(path);
@@ -208,7 +229,7 @@ int Score(const Common& c, const std::string& model, uint64_t version, const std
 
 int Stream(const Common& c, const std::string& model, const std::string& path, double rate,
            uint32_t batch, uint32_t top_k, double stats_every, uint32_t debounce_k,
-           uint32_t debounce_n, const Columns& cols) {
+           uint32_t debounce_n, const Columns& cols, const std::string& stream_id) {
   auto table = ReadInput(path);
   if (!table.ok()) return Fail(table.status());
   auto stub = v1::Scoring::NewStub(Connect(c));
@@ -237,6 +258,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
         cfg->set_stats_every_seconds(stats_every);
         cfg->set_debounce_k(debounce_k);
         cfg->set_debounce_n(debounce_n);
+        cfg->set_stream_id(stream_id);
       }
       req.set_sequence(row);  // the sequence number is the first row of the batch
       req.mutable_samples()->set_num_features(static_cast<uint32_t>(d));
@@ -250,7 +272,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
     stream->WritesDone();
   });
   v1::StreamScoreResponse r;
-  size_t scored = 0, anomalous = 0, errors = 0;
+  size_t scored = 0, anomalous = 0, errors = 0, incidents = 0;
   GapCount gaps;
   std::vector<uint8_t> flags;
   uint64_t version = 0;
@@ -286,6 +308,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
       scored += res.num_samples();
       anomalous += res.num_anomalies();
       gaps.Add(res);
+      for (const auto& inc : res.incidents()) PrintIncident(inc, &incidents);
     }
   }
   writer.join();
@@ -293,6 +316,10 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   if (!st.ok()) return Fail(st);
   Summary(scored, anomalous, t, flags, model, version, threshold);
   gaps.Print();
+  if (debounce_k > 0) {
+    std::fprintf(stderr, "%zu incidents (alarm: %u of the last %u samples flagged)\n", incidents,
+                 debounce_k, debounce_n);
+  }
   return errors == 0 ? 0 : 1;
 }
 
@@ -722,6 +749,10 @@ int main(int argc, char** argv) {
   stream->add_option("--stats-every", stats_every, "seconds between stats lines")->capture_default_str();
   stream->add_option("--debounce-k", debounce_k, "alarm when k of the last n samples are anomalous");
   stream->add_option("--debounce-n", debounce_n, "window of the alarm debounce");
+  std::string stream_id;
+  stream->add_option("--stream-id", stream_id,
+                     "name of the stream: in anomaly events, and a reconnect with the same name "
+                     "carries on with its alarm and open incident");
   stream->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
   add_columns(stream);
 
@@ -835,7 +866,7 @@ int main(int argc, char** argv) {
   if (score->parsed()) return Score(c, model, version, path, format, top_k, batch, cols);
   if (stream->parsed()) {
     return Stream(c, model, path, rate, stream_batch, top_k, stats_every, debounce_k, debounce_n,
-                  cols);
+                  cols, stream_id);
   }
   if (models->parsed()) return Models(c);
   if (model_cmd->parsed()) return Model(c, model);
