@@ -36,6 +36,7 @@ class ScoreResult:
     missing: Optional[np.ndarray] = None         # per sample: features missing (None: no gaps)
     skipped: Optional[np.ndarray] = None         # per sample: over max_missing_fraction, not scored
     skip_reason: str = ""
+    incidents: Sequence = ()                     # streams with debounce: Incident changes
     severity: Optional[np.ndarray] = None        # 0 normal, 1 warning, 2 critical
     alarm: Optional[np.ndarray] = None           # streams with debounce
     ids: Sequence[str] = ()
@@ -63,7 +64,7 @@ class ScoreResult:
                                if k and len(r.top_feature_names) else None),
             missing=np.array(r.missing, dtype=np.int64) if len(r.missing) else None,
             skipped=np.array(r.skipped, dtype=bool) if len(r.skipped) else None,
-            skip_reason=r.skip_reason,
+            skip_reason=r.skip_reason, incidents=list(r.incidents),
             severity=np.array(r.severity, dtype=np.int64) if len(r.severity) else None,
             alarm=np.array(r.alarm, dtype=bool) if len(r.alarm) else None,
             ids=list(r.ids), entity=r.entity, sequence=sequence,
@@ -252,14 +253,18 @@ class Client:
                        scoring_pb2.GenerateRequest(model=model, version=version, count=count, seed=seed))
         return np.array(r.values, dtype=np.float32).reshape(-1, r.num_features)
 
-    def watch(self, model: str = "", min_severity: int = 0) -> Iterator[scoring_pb2.AnomalyEvent]:
-        """The live feed of flagged samples (AnomalyEvent messages) until cancelled."""
+    def watch(self, model: str = "", min_severity: int = 0, incidents: bool = False,
+              timeout: Optional[float] = None) -> Iterator[scoring_pb2.AnomalyEvent]:
+        """The live feed of flagged samples (AnomalyEvent messages) until cancelled or `timeout`
+        seconds pass; with incidents=True one event per incident change of debounced streams
+        (event.incident) instead."""
         try:
             yield from self._scoring.WatchAnomalies(
-                scoring_pb2.WatchAnomaliesRequest(model=model, min_severity=min_severity),
-                metadata=self._metadata)
+                scoring_pb2.WatchAnomaliesRequest(model=model, min_severity=min_severity,
+                                                  incidents=incidents),
+                metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
+            if e.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise AeserveError(e.code(), e.details()) from None
 
     # Models -------------------------------------------------------------------------------

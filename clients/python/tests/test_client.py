@@ -88,6 +88,11 @@ class ServerTest(unittest.TestCase):
         unary = self.client.score("demo", self.x[:1000])
         np.testing.assert_array_equal(np.concatenate([r.errors for r in results]), unary.errors)
         self.assertEqual(results[0].alarm.shape, (100,))
+        # Each alarm is an incident: opened, maybe updated, closed, with one id.
+        changes = [c for r in results for c in r.incidents]
+        self.assertTrue(changes)
+        self.assertEqual(changes[0].state, 1)  # INCIDENT_OPENED
+        self.assertEqual({c.stream_id for c in changes}, {"py"})
 
     def test_a_bad_batch_in_a_stream_is_an_error_item(self):
         bad = np.full((3, 38), np.inf, dtype=np.float32)
