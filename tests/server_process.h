@@ -4,6 +4,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,8 +26,13 @@ class ServerProcess {
   bool Start(const std::string& binary, std::vector<std::string> args, double timeout_s = 30) {
     int fds[2];
     if (pipe(fds) != 0) return false;
+    const pid_t parent = getpid();
     pid_ = fork();
     if (pid_ == 0) {
+      // A test process that dies (a failed assertion under a sanitizer's halt_on_error, a crash)
+      // takes its servers with it instead of leaving them running.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
       dup2(fds[1], 1);
       dup2(fds[1], 2);
       close(fds[0]);
