@@ -76,6 +76,17 @@ TEST_F(AectlTest, HealthAndModels) {
   auto one = Aectl(server_arg_ + " model demo");
   EXPECT_EQ(one.code, 0);
   EXPECT_NE(one.out.find("num_features: 38"), std::string::npos) << one.out;
+  // --format json: one JSON document with the API's field names, for pipes (#16).
+  for (const std::string cmd : {"model demo", "models", "jobs"}) {
+    auto j = Aectl(server_arg_ + " " + cmd + " --format json");
+    ASSERT_EQ(j.code, 0) << cmd << ": " << j.err;
+    EXPECT_EQ(Lines(j.out), 1) << cmd << ": " << j.out.substr(0, 300);
+    EXPECT_EQ(j.out.front(), '{') << cmd;
+  }
+  EXPECT_NE(Aectl(server_arg_ + " model demo --format json").out.find("\"num_features\":38"),
+            std::string::npos);
+  EXPECT_NE(Aectl(server_arg_ + " models --format json").out.find("\"name\":\"demo\""),
+            std::string::npos);
 }
 
 TEST_F(AectlTest, ScoreCsvJsonAndStdin) {
@@ -103,7 +114,28 @@ TEST_F(AectlTest, ScoreCsvJsonAndStdin) {
   ASSERT_EQ(json.code, 0);
   EXPECT_EQ(Lines(json.out), 1000);
   EXPECT_EQ(json.out.rfind("{\"row\":0,", 0), 0u) << json.out.substr(0, 200);
-  EXPECT_NE(json.out.find("\"top\":[{\"feature\":\"f"), std::string::npos);
+  EXPECT_NE(json.out.find("\"top_features\":[{\"feature\":\"f"), std::string::npos);
+
+  // Ids are escaped in JSON (an id with a quote and a backslash), a skipped sample's score is null.
+  const std::string ids_csv = "/tmp/aectl_test_ids_" + std::to_string(getpid()) + ".csv";
+  {
+    std::ifstream in(Test());
+    std::ofstream out(ids_csv);
+    std::string line;
+    for (int n = 0; n < 3 && std::getline(in, line); ++n) {
+      if (n == 2) {  // the second data row: every feature missing
+        std::string blank(std::count(line.begin(), line.end(), ','), ',');
+        line = blank + line.substr(line.rfind(',') + 1);
+      }
+      out << (n == 0 ? "id" : (n == 1 ? "a\"b\\c" : "gap")) << "," << line << "\n";
+    }
+  }
+  auto escaped = Aectl(server_arg_ + " score --model demo --format json " + ids_csv);
+  ASSERT_EQ(escaped.code, 0) << escaped.err;
+  EXPECT_NE(escaped.out.find("\"id\":\"a\\\"b\\\\c\""), std::string::npos) << escaped.out;
+  EXPECT_NE(escaped.out.find("\"score\":null"), std::string::npos) << escaped.out;
+  EXPECT_NE(escaped.out.find("\"skipped\":true"), std::string::npos) << escaped.out;
+  std::remove(ids_csv.c_str());
 
   auto piped = Aectl(server_arg_ + " score --model demo -", Test());
   ASSERT_EQ(piped.code, 0);

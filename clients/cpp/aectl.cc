@@ -2,6 +2,7 @@
 // one-line message and a non-zero exit code.
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -18,6 +19,7 @@
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "csv.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 
 namespace {
@@ -88,6 +90,45 @@ float ScoreOf(const v1::ScoreResponse& r, int i) {
   return r.scores_size() > i ? r.scores(i) : r.errors(i);
 }
 
+// A JSON string literal: quotes, backslashes and control characters escaped.
+std::string JsonString(const std::string& text) {
+  std::string out = "\"";
+  for (unsigned char ch : text) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += static_cast<char>(ch);
+    } else if (ch < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+      out += buf;
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out + "\"";
+}
+
+// A JSON number; null for NaN or infinity (a skipped sample's score).
+std::string JsonNumber(double v, int digits = 8) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+  return buf;
+}
+
+// A response message as one JSON document on one line, with the API's field names.
+int PrintJson(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok()) {
+    std::fprintf(stderr, "aectl: could not print the answer as JSON\n");
+    return 1;
+  }
+  std::printf("%s\n", out.c_str());
+  return 0;
+}
+
 // One result line in the chosen format.
 void PrintRow(const std::string& format, size_t row, const std::string& id, float error,
               float score, bool anomalous, float p_value, const v1::ScoreResponse& r, int i, uint32_t k,
@@ -99,19 +140,25 @@ void PrintRow(const std::string& format, size_t row, const std::string& id, floa
     const std::string name = r.top_feature_names_size() > static_cast<int>(i * k + j)
                                  ? r.top_feature_names(i * k + j)
                                  : (f < names.size() ? names[f] : std::to_string(f));
-    char buf[128];
+    const float e = r.top_feature_errors(i * k + j);
     if (format == "json") {
-      std::snprintf(buf, sizeof buf, "%s{\"feature\":\"%s\",\"error\":%.6g}", j ? "," : "",
-                    name.c_str(), r.top_feature_errors(i * k + j));
+      absl::StrAppend(&top, j ? "," : "", "{\"feature\":", JsonString(name), ",\"index\":", f,
+                      ",\"error\":", JsonNumber(e, 6), "}");
     } else {
-      std::snprintf(buf, sizeof buf, "%s%s:%.6g", j ? ";" : "", name.c_str(),
-                    r.top_feature_errors(i * k + j));
+      char buf[32];
+      std::snprintf(buf, sizeof buf, ":%.6g", e);
+      absl::StrAppend(&top, j ? ";" : "", name, buf);
     }
-    top += buf;
   }
   if (format == "json") {
-    std::printf("{\"row\":%zu,\"id\":\"%s\",\"error\":%.8g,\"score\":%.8g,\"anomalous\":%s,\"p_value\":%.6g,\"top\":[%s]}\n",
-                row, id.c_str(), error, score, anomalous ? "true" : "false", p_value, top.c_str());
+    std::string extra;
+    if (r.severity_size() > i) absl::StrAppend(&extra, ",\"severity\":", r.severity(i));
+    if (r.missing_size() > i) absl::StrAppend(&extra, ",\"missing\":", r.missing(i));
+    if (r.skipped_size() > i) absl::StrAppend(&extra, ",\"skipped\":", r.skipped(i) ? "true" : "false");
+    std::printf("{\"row\":%zu,\"id\":%s,\"error\":%s,\"score\":%s,\"anomalous\":%s,\"p_value\":%s%s,"
+                "\"top_features\":[%s]}\n",
+                row, JsonString(id).c_str(), JsonNumber(error).c_str(), JsonNumber(score).c_str(),
+                anomalous ? "true" : "false", JsonNumber(p_value, 6).c_str(), extra.c_str(), top.c_str());
   } else {
     std::printf("%zu,%s,%.8g,%.8g,%d,%.6g,%s\n", row, id.c_str(), error, score, anomalous ? 1 : 0,
                 p_value, top.c_str());
@@ -323,13 +370,14 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   return errors == 0 ? 0 : 1;
 }
 
-int Models(const Common& c) {
+int Models(const Common& c, const std::string& format) {
   auto stub = v1::Scoring::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
   v1::ListModelsResponse resp;
   grpc::Status st = stub->ListModels(&ctx, v1::ListModelsRequest(), &resp);
   if (!st.ok()) return Fail(st);
+  if (format == "json") return PrintJson(resp);
   std::printf("%-24s %-12s %7s %9s %9s %-12s %s\n", "MODEL", "STATE", "ACTIVE", "VERSIONS",
               "FEATURES", "KIND", "THRESHOLD");
   for (const auto& m : resp.models()) {
@@ -345,7 +393,7 @@ int Models(const Common& c) {
   return 0;
 }
 
-int Model(const Common& c, const std::string& name) {
+int Model(const Common& c, const std::string& name, const std::string& format) {
   auto stub = v1::Scoring::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
@@ -354,6 +402,7 @@ int Model(const Common& c, const std::string& name) {
   v1::ModelInfo m;
   grpc::Status st = stub->GetModel(&ctx, req, &m);
   if (!st.ok()) return Fail(st);
+  if (format == "json") return PrintJson(m);
   m.mutable_history()->clear_epochs();  // summarised below instead
   std::printf("%s", m.DebugString().c_str());
   return 0;
@@ -564,7 +613,7 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   return 0;
 }
 
-int Jobs(const Common& c, const std::string& model) {
+int Jobs(const Common& c, const std::string& model, const std::string& format) {
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
@@ -573,6 +622,7 @@ int Jobs(const Common& c, const std::string& model) {
   v1::ListTrainingJobsResponse resp;
   grpc::Status st = stub->ListTrainingJobs(&ctx, req, &resp);
   if (!st.ok()) return Fail(st);
+  if (format == "json") return PrintJson(resp);
   std::printf("%-28s %-24s %-10s %9s %8s %12s %s\n", "JOB", "MODEL", "STATE", "EPOCH", "VERSION",
               "TRAIN LOSS", "ERROR");
   for (const auto& j : resp.jobs()) {
@@ -756,9 +806,16 @@ int main(int argc, char** argv) {
   stream->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
   add_columns(stream);
 
+  std::string list_format = "text";
+  auto add_list_format = [&](CLI::App* cmd) {
+    cmd->add_option("--format", list_format, "text or json (one JSON document, the API's field names)")
+        ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  };
   auto* models = app.add_subcommand("models", "list the hosted models");
+  add_list_format(models);
   auto* model_cmd = app.add_subcommand("model", "show one model: spec, threshold, training");
   model_cmd->add_option("name", model, "model name")->required();
+  add_list_format(model_cmd);
   auto* health = app.add_subcommand("health", "check the server's health (exit 0 when SERVING)");
 
   if (const char* t = std::getenv("AESERVE_TOKEN")) c.token = t;
@@ -809,6 +866,7 @@ int main(int argc, char** argv) {
   std::string job_id;
   auto* jobs = app.add_subcommand("jobs", "list training jobs");
   jobs->add_option("--model", model, "only this model's jobs");
+  add_list_format(jobs);
   auto* cancel = app.add_subcommand("cancel", "cancel a training job");
   cancel->add_option("job", job_id, "job id")->required();
   auto* activate = app.add_subcommand("activate", "make a version active (rollback = an older one)");
@@ -854,7 +912,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (watch->parsed()) return Watch(c, model, min_severity, count);
   if (train->parsed()) return Train(c, ta, path);
-  if (jobs->parsed()) return Jobs(c, model);
+  if (jobs->parsed()) return Jobs(c, model, list_format);
   if (cancel->parsed()) return Cancel(c, job_id);
   if (activate->parsed()) return Activate(c, model, entity, version);
   if (del->parsed()) return Delete(c, model, entity, version, force);
@@ -868,8 +926,8 @@ int main(int argc, char** argv) {
     return Stream(c, model, path, rate, stream_batch, top_k, stats_every, debounce_k, debounce_n,
                   cols, stream_id);
   }
-  if (models->parsed()) return Models(c);
-  if (model_cmd->parsed()) return Model(c, model);
+  if (models->parsed()) return Models(c, list_format);
+  if (model_cmd->parsed()) return Model(c, model, list_format);
   if (health->parsed()) return Health(c);
   return 2;
 }
