@@ -290,6 +290,20 @@ TEST_F(AectlTest, WatchPrintsFlaggedSamples) {
   EXPECT_NE(watched.out.find(",demo,1,"), std::string::npos) << watched.out;
 }
 
+// The connection options are listed in every subcommand's --help and work on either side (#16).
+TEST_F(AectlTest, GlobalOptionsInEverySubcommand) {
+  for (const std::string sub : {"score", "stream", "models", "model", "health", "train", "jobs",
+                                "cancel", "activate", "delete", "threshold", "policy", "watch"}) {
+    auto help = Aectl(sub + " --help");
+    EXPECT_EQ(help.code, 0) << sub;
+    for (const std::string opt : {"--server", "--timeout", "--token", "--tls-ca", "--tls-cert", "--tls-key"}) {
+      EXPECT_NE(help.out.find(opt), std::string::npos) << sub << " --help lacks " << opt;
+    }
+  }
+  EXPECT_EQ(Aectl("health " + server_arg_).out, "SERVING\n");
+  EXPECT_EQ(Aectl(server_arg_ + " health").out, "SERVING\n");
+}
+
 TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   auto unknown = Aectl(server_arg_ + " score --model nope " + Test());
   EXPECT_EQ(unknown.code, 1);

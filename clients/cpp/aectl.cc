@@ -766,8 +766,18 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();  // global options (--server, --token, ...) also after the subcommand
   Common c;
-  app.add_option("--server", c.server, "aeserve address host:port")->capture_default_str();
-  app.add_option("--timeout", c.timeout, "deadline of each call in seconds")->capture_default_str();
+  if (const char* t = std::getenv("AESERVE_TOKEN")) c.token = t;
+  // The connection options, on the app and on every subcommand (so they go before or after the
+  // subcommand, and every subcommand's --help lists them).
+  auto add_globals = [&c](CLI::App* a) {
+    a->add_option("--server", c.server, "aeserve address host:port")->capture_default_str();
+    a->add_option("--timeout", c.timeout, "deadline of each call in seconds")->capture_default_str();
+    a->add_option("--token", c.token, "bearer token (default: $AESERVE_TOKEN)");
+    a->add_option("--tls-ca", c.tls_ca, "PEM CA bundle: connect with TLS");
+    a->add_option("--tls-cert", c.tls_cert, "PEM client certificate (mutual TLS)");
+    a->add_option("--tls-key", c.tls_key, "PEM client key (mutual TLS)");
+  };
+  add_globals(&app);
 
   std::string model, path = "-", format = "csv";
   uint64_t version = 0;
@@ -818,11 +828,6 @@ int main(int argc, char** argv) {
   add_list_format(model_cmd);
   auto* health = app.add_subcommand("health", "check the server's health (exit 0 when SERVING)");
 
-  if (const char* t = std::getenv("AESERVE_TOKEN")) c.token = t;
-  app.add_option("--token", c.token, "bearer token (default: $AESERVE_TOKEN)");
-  app.add_option("--tls-ca", c.tls_ca, "PEM CA bundle: connect with TLS");
-  app.add_option("--tls-cert", c.tls_cert, "PEM client certificate (mutual TLS)");
-  app.add_option("--tls-key", c.tls_key, "PEM client key (mutual TLS)");
 
   TrainArgs ta;
   std::string entity;
@@ -909,6 +914,7 @@ int main(int argc, char** argv) {
   watch->add_option("--min-severity", min_severity, "2 = critical only");
   watch->add_option("--count", count, "stop after this many events (0 = run until interrupted)");
 
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_globals(sub);
   CLI11_PARSE(app, argc, argv);
   if (watch->parsed()) return Watch(c, model, min_severity, count);
   if (train->parsed()) return Train(c, ta, path);
