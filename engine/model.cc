@@ -130,8 +130,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   m->reference_rows_ = reference_rows;
   m->scaled_ = m->neighbors_ > 0 && m->file_.has_score_scale();
   m->fill_ = ScaledFill(sc);
-  m->max_missing_ = static_cast<uint32_t>(
-      std::floor(m->file_.policy().max_missing_fraction() * static_cast<double>(d) + 1e-6));
+  m->max_missing_ = MaxMissingFeatures(m->file_.policy(), d);
   m->refinements_ = m->file_.policy().impute_refinements();
   for (uint32_t i = 0; i < d; ++i) {
     m->offset_.push_back(sc.offset(i));

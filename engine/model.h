@@ -92,6 +92,8 @@ class Model {
   uint32_t code_size() const { return file_.spec().code_size(); }
   double threshold() const { return file_.threshold_value(); }
   uint32_t neighbors() const { return neighbors_; }
+  // The most features a sample may miss and still be scored (the file's ScoringPolicy).
+  uint32_t max_missing() const { return max_missing_; }
   const ModelOptions& options() const { return options_; }
 
  private:

@@ -271,6 +271,12 @@ absl::StatusOr<v1::ScoringPolicy> ResolvePolicy(const v1::ScoringPolicy& policy)
   return p;
 }
 
+uint32_t MaxMissingFeatures(const v1::ScoringPolicy& p, uint32_t num_features) {
+  // The epsilon keeps e.g. 0.5 x 12 at 6 despite the float fraction's rounding.
+  return static_cast<uint32_t>(
+      std::floor(p.max_missing_fraction() * static_cast<double>(num_features) + 1e-6));
+}
+
 absl::StatusOr<v1::ScoringPolicy> MergePolicy(const v1::ScoringPolicy& base,
                                               const v1::ScoringPolicy& update) {
   v1::ScoringPolicy p = base;

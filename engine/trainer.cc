@@ -128,8 +128,7 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   }
   AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
   const size_t d = data.cols;
-  const auto max_missing = static_cast<size_t>(
-      std::floor(policy.max_missing_fraction() * static_cast<double>(d) + 1e-6));
+  const size_t max_missing = MaxMissingFeatures(policy, static_cast<uint32_t>(d));
   // Rows with gaps are kept while the policy would score them; `complete` rows may be reference rows.
   std::vector<size_t> usable;
   std::vector<uint8_t> complete(data.rows, 1);

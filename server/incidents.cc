@@ -66,7 +66,6 @@ void IncidentTracker::Feed(const IncidentSource& src, v1::ScoreResponse* r) {
     incident_.set_anomalous_samples(incident_.anomalous_samples() + 1);
     const float score = r->scores_size() > i ? r->scores(i) : r->errors(i);
     if (score > incident_.worst_score()) {
-      const bool opening = incident_.anomalous_samples() == 1;
       incident_.set_worst_score(score);
       incident_.set_worst_sample(sample);
       incident_.set_worst_sample_id(id);
@@ -77,11 +76,12 @@ void IncidentTracker::Feed(const IncidentSource& src, v1::ScoreResponse* r) {
         incident_.add_worst_top_features(names ? r->top_feature_names(at)
                                                : absl::StrCat(r->top_features(at)));
       }
-      if (!opening) worse = true;
-      if (opening) {
+      if (incident_.anomalous_samples() == 1) {  // the sample that raised the alarm
         v1::Incident opened = incident_;
         opened.set_state(v1::INCIDENT_OPENED);
         *r->add_incidents() = opened;
+      } else {
+        worse = true;
       }
     }
   }

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstring>
 #include <numeric>
 
@@ -71,13 +70,12 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
   if (!map.ok()) return map.status();
   if (map->identity()) return values;
   const auto& absent = map->absent();
-  const float fraction = model.file().policy().max_missing_fraction();
-  const auto allowed = static_cast<size_t>(std::floor(fraction * static_cast<double>(d) + 1e-6));
-  if (absent.size() > allowed) {
+  if (absent.size() > model.max_missing()) {
     return absl::InvalidArgumentError(absl::StrCat(
         absent.size() == 1 ? "missing feature " : "missing features ", QuoteNames(absent),
-        ": this model scores a sample with at most ", allowed, " of its ", d,
-        " features missing (max_missing_fraction ", fraction, ")"));
+        ": this model scores a sample with at most ", model.max_missing(), " of its ", d,
+        " features missing (max_missing_fraction ", model.file().policy().max_missing_fraction(),
+        ")"));
   }
   map->Apply(values, buffer);
   return absl::Span<const float>(*buffer);
