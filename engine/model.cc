@@ -11,6 +11,7 @@
 #include "dnnl_util.h"
 #include "scaler.h"
 #include "spec.h"
+#include "window.h"
 #include "status_macros.h"
 #include "threshold.h"
 
@@ -85,6 +86,18 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   }
   if (file.feature_names_size() != 0 && file.feature_names_size() != static_cast<int>(d)) {
     return absl::InvalidArgumentError("model: feature_names size does not match num_features");
+  }
+  if (IsSeries(spec)) {
+    const v1::Window& w = spec.window();
+    if (w.columns() == 0 || w.interval_ms() <= 0) {
+      return absl::InvalidArgumentError("model: a series model needs window.columns and interval_ms");
+    }
+    if (file.series_columns_size() != 0 &&
+        file.series_columns_size() != static_cast<int>(w.columns())) {
+      return absl::InvalidArgumentError("model: series_columns size does not match window.columns");
+    }
+  } else if (file.series_columns_size() != 0) {
+    return absl::InvalidArgumentError("model: series_columns without a window");
   }
   if (!std::is_sorted(file.calibration_errors().begin(), file.calibration_errors().end())) {
     return absl::InvalidArgumentError("model: calibration errors must be sorted");

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "window.h"
 
 namespace aeserve::engine {
 namespace {
@@ -34,6 +35,13 @@ absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t nu
   }
   if (s.num_features() == 0 || s.num_features() > kMaxUnits) {
     return Invalid(absl::StrCat("num_features must be in [1, ", kMaxUnits, "]"));
+  }
+  if (auto st = ResolveWindow(s.mutable_window()); !st.ok()) return st;
+  if (IsSeries(s) && s.window().columns() != 0 &&
+      WindowInputs(s.window(), s.window().columns()) != s.num_features()) {
+    return Invalid(absl::StrCat("num_features ", s.num_features(), " does not match a window of ",
+                                s.window().length(), " x ", s.window().columns(), " columns and ",
+                                s.window().time_features_size(), " time features"));
   }
   if (s.code_size() == 0 && s.encoder_units_size() == 0 && s.decoder_units_size() == 0) {
     // Nothing about the architecture given: the default for this feature count.

@@ -18,6 +18,7 @@
 #include "status_macros.h"
 #include "threshold.h"
 #include "train_graph.h"
+#include "window.h"
 
 namespace aeserve::engine {
 namespace {
@@ -114,10 +115,9 @@ v1::ScoreScale FitScoreScale(const std::vector<float>& errors, const std::vector
   return s;
 }
 
-}  // namespace
-
-absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData& data,
-                                    const ProgressCallback& progress) {
+// Trains on samples that are the rows of `data` (for series models: its windows).
+absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const TrainingData& data,
+                                           const ProgressCallback& progress) {
   const auto started = Clock::now();
   if (data.rows == 0 || data.cols == 0 || data.values.size() != data.rows * data.cols) {
     return absl::InvalidArgumentError("training data: must be a non-empty rows x features matrix");
@@ -352,6 +352,54 @@ absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData&
   AE_ASSIGN_OR_RETURN(double thr, ComputeThreshold(thr_config, errors));
   file.set_threshold_value(thr);
   return file;
+}
+
+// A series model: the samples are windows over the rows, in time order.
+absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const TrainingData& data,
+                                          const ProgressCallback& progress) {
+  if (data.rows == 0 || data.cols == 0 || data.values.size() != data.rows * data.cols) {
+    return absl::InvalidArgumentError("training data: must be a non-empty rows x features matrix");
+  }
+  if (!data.feature_names.empty() && data.feature_names.size() != data.cols) {
+    return absl::InvalidArgumentError(absl::StrCat("training data: ", data.feature_names.size(),
+                                                   " feature names for ", data.cols, " features"));
+  }
+  TrainRequest windowed = req;
+  v1::Window* w = windowed.spec.mutable_window();
+  AE_RETURN_IF_ERROR(ResolveWindow(w));
+  if (w->columns() != 0 && w->columns() != data.cols) {
+    return absl::InvalidArgumentError(absl::StrCat("model spec: window.columns is ", w->columns(),
+                                                   " but the data has ", data.cols, " columns"));
+  }
+  w->set_columns(static_cast<uint32_t>(data.cols));
+  if (data.timestamps_ms.size() != data.rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training data: this model builds windows over time (window of ", std::max(w->length(), 1u),
+        " steps): every row needs a timestamp (", data.timestamps_ms.size(), " timestamps for ",
+        data.rows, " rows)"));
+  }
+  if (w->interval_ms() == 0) {  // fine-tuning keeps the base model's
+    auto step = MedianStep(data.timestamps_ms);
+    if (!step.ok()) return absl::InvalidArgumentError(absl::StrCat("training data: ", step.status().message()));
+    w->set_interval_ms(*step);
+  }
+  AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
+  size_t samples = 0;
+  AE_ASSIGN_OR_RETURN(std::vector<float> x, TrainingWindows(*w, policy, data.values, data.rows,
+                                                            data.timestamps_ms, &samples));
+  const std::vector<std::string> inputs = WindowInputNames(*w, data.feature_names);
+  TrainingData windows{x, samples, WindowInputs(*w, w->columns()), inputs, {}};
+  AE_ASSIGN_OR_RETURN(v1::ModelFile file, TrainSamples(windowed, windows, progress));
+  for (const auto& name : data.feature_names) file.add_series_columns(name);
+  file.mutable_metadata()->set_data_rows(data.rows);
+  return file;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ModelFile> Train(const TrainRequest& req, const TrainingData& data,
+                                    const ProgressCallback& progress) {
+  return IsSeries(req.spec) ? TrainSeries(req, data, progress) : TrainSamples(req, data, progress);
 }
 
 }  // namespace aeserve::engine

@@ -21,6 +21,9 @@ struct TrainingData {
   size_t rows = 0;
   size_t cols = 0;
   std::vector<std::string> feature_names;  // empty, or one per column
+  // One per row, increasing: required by series models (spec.window), whose samples are windows
+  // over these rows (window.h); ignored otherwise.
+  absl::Span<const int64_t> timestamps_ms;
 };
 
 struct TrainingProgress {

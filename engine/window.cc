@@ -1,0 +1,214 @@
+// Windows over a time series, for training and for scoring.
+#include "window.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numbers>
+
+#include "absl/strings/str_cat.h"
+
+namespace aeserve::engine {
+namespace {
+
+constexpr int64_t kDayMs = 86'400'000;
+constexpr uint32_t kMaxStride = 1'000'000;
+
+// The phase in [0, 1) of `unix_ms` in a period of `period_ms`.
+double Phase(int64_t unix_ms, int64_t period_ms) {
+  int64_t r = unix_ms % period_ms;
+  if (r < 0) r += period_ms;
+  return static_cast<double>(r) / static_cast<double>(period_ms);
+}
+
+uint32_t MaxGap(const v1::Window& w, const v1::ScoringPolicy& p) {
+  return p.has_max_gap_steps() ? p.max_gap_steps() : std::max(w.length(), 1u);
+}
+
+}  // namespace
+
+bool IsSeries(const v1::ModelSpec& spec) {
+  return spec.window().length() > 1 || spec.window().time_features_size() > 0;
+}
+
+absl::Status ResolveWindow(v1::Window* w) {
+  auto invalid = [](auto... what) {
+    return absl::InvalidArgumentError(absl::StrCat("model spec: window ", what...));
+  };
+  if (w->length() > kMaxWindowLength) {
+    return invalid("length ", w->length(), " is over ", kMaxWindowLength);
+  }
+  if (w->length() == 0 && w->time_features_size() > 0) w->set_length(1);
+  if (w->length() == 0) {
+    if (w->stride() != 0 || w->interval_ms() != 0 || w->columns() != 0) {
+      return invalid("stride, interval_ms and columns need a length");
+    }
+    return absl::OkStatus();
+  }
+  if (w->stride() == 0) w->set_stride(1);
+  if (w->stride() > kMaxStride) return invalid("stride ", w->stride(), " is over ", kMaxStride);
+  if (w->interval_ms() < 0) return invalid("interval_ms must not be negative");
+  bool seen[3] = {false, false, false};
+  for (int f : w->time_features()) {
+    if (f != v1::TIME_FEATURE_HOUR_OF_DAY && f != v1::TIME_FEATURE_DAY_OF_WEEK) {
+      return invalid("has an unknown time feature (", f, ")");
+    }
+    if (seen[f]) return invalid("lists time feature ", v1::TimeFeature_Name(f), " twice");
+    seen[f] = true;
+  }
+  return absl::OkStatus();
+}
+
+uint32_t WindowInputs(const v1::Window& w, uint32_t columns) {
+  return std::max(w.length(), 1u) * columns + 2 * static_cast<uint32_t>(w.time_features_size());
+}
+
+std::vector<std::string> WindowInputNames(const v1::Window& w,
+                                          absl::Span<const std::string> columns) {
+  std::vector<std::string> names;
+  if (columns.empty()) return names;
+  const uint32_t length = std::max(w.length(), 1u);
+  for (uint32_t s = 0; s < length; ++s) {
+    const uint32_t back = length - 1 - s;
+    for (const std::string& c : columns) {
+      names.push_back(back == 0 ? absl::StrCat(c, "[t]") : absl::StrCat(c, "[t-", back, "]"));
+    }
+  }
+  for (int f : w.time_features()) {
+    const char* base = f == v1::TIME_FEATURE_HOUR_OF_DAY ? "hour" : "weekday";
+    names.push_back(absl::StrCat(base, "_sin"));
+    names.push_back(absl::StrCat(base, "_cos"));
+  }
+  return names;
+}
+
+void TimeFeatures(const v1::Window& w, int64_t unix_ms, float* out) {
+  for (int f : w.time_features()) {
+    // Day of week: the Unix epoch was a Thursday; Monday 00:00 UTC is phase 0.
+    const double phase = f == v1::TIME_FEATURE_HOUR_OF_DAY ? Phase(unix_ms, kDayMs)
+                                                           : Phase(unix_ms + 3 * kDayMs, 7 * kDayMs);
+    *out++ = static_cast<float>(std::sin(2 * std::numbers::pi * phase));
+    *out++ = static_cast<float>(std::cos(2 * std::numbers::pi * phase));
+  }
+}
+
+absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> ts) {
+  if (ts.size() < 2) {
+    return absl::InvalidArgumentError("a series needs at least two timestamps to find its step");
+  }
+  std::vector<int64_t> steps(ts.size() - 1);
+  for (size_t i = 1; i < ts.size(); ++i) {
+    if (ts[i] <= ts[i - 1]) {
+      return absl::InvalidArgumentError(absl::StrCat("timestamps must increase: row ", i, " (",
+                                                     ts[i], " ms) is not after row ", i - 1, " (",
+                                                     ts[i - 1], " ms)"));
+    }
+    steps[i - 1] = ts[i] - ts[i - 1];
+  }
+  std::nth_element(steps.begin(), steps.begin() + steps.size() / 2, steps.end());
+  return steps[steps.size() / 2];
+}
+
+WindowBuffer::WindowBuffer(const v1::Window& w, const v1::ScoringPolicy& p)
+    : window_(w),
+      length_(std::max(w.length(), 1u)),
+      columns_(w.columns()),
+      inputs_(WindowInputs(w, w.columns())),
+      max_gap_(MaxGap(w, p)),
+      ring_(static_cast<size_t>(length_) * columns_) {}
+
+absl::Status WindowBuffer::CheckTimes(absl::Span<const int64_t> ts, size_t rows) const {
+  if (ts.size() != rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "this model builds windows over time (window of ", length_, " steps",
+        window_.time_features_size() > 0 ? ", time features" : "", "): every row needs a timestamp (",
+        ts.size(), " timestamps for ", rows, " rows)"));
+  }
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const bool has_prev = i > 0 || started_;
+    const int64_t prev = i > 0 ? ts[i - 1] : last_ms_;
+    if (has_prev && ts[i] <= prev) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "timestamps must increase: row ", i, " has ", ts[i], " ms, not after ",
+          i > 0 ? absl::StrCat("row ", i - 1, "'s ") : std::string("the stream's last step at "),
+          prev, " ms"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void WindowBuffer::Add(const float* row) {
+  float* dst = ring_.data() + static_cast<size_t>(next_) * columns_;
+  if (row != nullptr) {
+    std::copy_n(row, columns_, dst);
+  } else {
+    std::fill_n(dst, columns_, std::numeric_limits<float>::quiet_NaN());
+  }
+  next_ = (next_ + 1) % length_;
+  filled_ = std::min(filled_ + 1, length_);
+}
+
+bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
+  if (started_) {
+    const int64_t interval = std::max<int64_t>(window_.interval_ms(), 1);
+    const double steps = std::round(static_cast<double>(unix_ms - last_ms_) / interval);
+    const double missed = std::max(steps - 1, 0.0);
+    if (missed > static_cast<double>(max_gap_)) {
+      filled_ = 0;  // a long gap: the window starts again
+    } else {
+      for (uint64_t m = 0; m < std::min<uint64_t>(static_cast<uint64_t>(missed), length_); ++m) {
+        Add(nullptr);
+      }
+    }
+  }
+  started_ = true;
+  last_ms_ = unix_ms;
+  Add(row);
+  if (filled_ < length_) return false;
+  for (uint32_t s = 0; s < length_; ++s) {  // oldest first: the oldest sits at next_
+    const uint32_t at = (next_ + s) % length_;
+    std::copy_n(ring_.data() + static_cast<size_t>(at) * columns_, columns_,
+                out + static_cast<size_t>(s) * columns_);
+  }
+  TimeFeatures(window_, unix_ms, out + static_cast<size_t>(length_) * columns_);
+  return true;
+}
+
+bool WindowBuffer::Fits(const v1::Window& w) const {
+  return std::max(w.length(), 1u) == length_ && w.columns() == columns_;
+}
+
+void WindowBuffer::Retarget(const v1::Window& w, const v1::ScoringPolicy& p) {
+  window_ = w;
+  inputs_ = WindowInputs(w, columns_);
+  max_gap_ = MaxGap(w, p);
+}
+
+absl::StatusOr<std::vector<float>> TrainingWindows(const v1::Window& w,
+                                                   const v1::ScoringPolicy& policy,
+                                                   absl::Span<const float> values, size_t rows,
+                                                   absl::Span<const int64_t> ts, size_t* samples) {
+  WindowBuffer buffer(w, policy);
+  if (auto st = buffer.CheckTimes(ts, rows); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("training data: ", st.message()));
+  }
+  const uint32_t stride = std::max(w.stride(), 1u);
+  std::vector<float> out, sample(buffer.inputs());
+  size_t full = 0;
+  *samples = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    if (!buffer.Push(values.data() + r * w.columns(), ts[r], sample.data())) continue;
+    if (full++ % stride != 0) continue;
+    out.insert(out.end(), sample.begin(), sample.end());
+    ++*samples;
+  }
+  if (*samples == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training data: the series of ", rows, " rows gives no full window of ",
+        std::max(w.length(), 1u), " steps", rows >= std::max(w.length(), 1u)
+            ? " (its gaps are longer than max_gap_steps)" : ""));
+  }
+  return out;
+}
+
+}  // namespace aeserve::engine

@@ -1,0 +1,75 @@
+// Server-side windows for time series (ModelSpec.window): a series model's sample is the last
+// `length` time steps of a series plus the time features of the newest step. WindowBuffer turns a
+// series, one row per time step, into those samples — for training (TrainingWindows) and for
+// scoring (a stream keeps one buffer across its batches).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "aeserve/v1/model.pb.h"
+
+namespace aeserve::engine {
+
+inline constexpr uint32_t kMaxWindowLength = 1024;
+
+// True when the spec makes samples from a series (a window of 2 or more steps, or time features).
+bool IsSeries(const v1::ModelSpec& spec);
+// Fills stride's default and checks the window (INVALID_ARGUMENT naming the field).
+absl::Status ResolveWindow(v1::Window* window);
+// Model inputs of a series model with `columns` values per step.
+uint32_t WindowInputs(const v1::Window& window, uint32_t columns);
+// Each column at each step (oldest first, 'cpu[t-2]', 'cpu[t-1]', 'cpu[t]'), then the time
+// features; empty without column names.
+std::vector<std::string> WindowInputNames(const v1::Window& window,
+                                          absl::Span<const std::string> columns);
+// Writes the sin/cos pairs of the window's time features for `unix_ms` (UTC) to `out`.
+void TimeFeatures(const v1::Window& window, int64_t unix_ms, float* out);
+// The median step of increasing timestamps; INVALID_ARGUMENT naming the first row whose timestamp
+// does not increase, or when there are fewer than two.
+absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> timestamps_ms);
+
+// The last steps of one series. `window` is resolved with its interval set; max_gap_steps from
+// the model's ScoringPolicy (unset = the window length).
+class WindowBuffer {
+ public:
+  WindowBuffer(const v1::Window& window, const v1::ScoringPolicy& policy);
+
+  // INVALID_ARGUMENT unless there is one timestamp per row and they increase, within the batch and
+  // after the last step pushed. Nothing changes on error.
+  absl::Status CheckTimes(absl::Span<const int64_t> timestamps_ms, size_t rows) const;
+  // Adds one step (`columns` values, NaN = missing) at `unix_ms` (after the last one). A gap of up
+  // to max_gap_steps missed steps is pushed as missing rows first; a longer one empties the
+  // window. When the window is full, writes the sample (WindowInputs values) to `out` and returns
+  // true; false = warming up.
+  bool Push(const float* row, int64_t unix_ms, float* out);
+  // Whether the steps kept can go on into a model with this window (same length and columns):
+  // a stream's window survives a hot swap to such a version.
+  bool Fits(const v1::Window& window) const;
+  // Another model's interval and gap policy, keeping the steps.
+  void Retarget(const v1::Window& window, const v1::ScoringPolicy& policy);
+  uint32_t inputs() const { return inputs_; }
+
+ private:
+  void Add(const float* row);  // nullptr = a missing row
+
+  v1::Window window_;
+  uint32_t length_, columns_, inputs_;
+  uint64_t max_gap_;
+  std::vector<float> ring_;  // length_ rows of columns_, oldest at (next_ - filled_)
+  uint32_t next_ = 0, filled_ = 0;
+  bool started_ = false;
+  int64_t last_ms_ = 0;
+};
+
+// Training samples from a series: every `stride`-th full window, in order.
+absl::StatusOr<std::vector<float>> TrainingWindows(const v1::Window& window,
+                                                   const v1::ScoringPolicy& policy,
+                                                   absl::Span<const float> values, size_t rows,
+                                                   absl::Span<const int64_t> timestamps_ms,
+                                                   size_t* samples);
+
+}  // namespace aeserve::engine
