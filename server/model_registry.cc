@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "threshold.h"
+#include "window.h"
 
 namespace aeserve::server {
 
@@ -459,8 +460,13 @@ v1::ModelInfo ModelRegistry::InfoLocked(const ModelKey& key, const Entry& e) con
     info.set_state(v1::MODEL_STATE_READY);
     *info.mutable_spec() = f.spec();
     *info.mutable_training() = f.training();
-    info.set_num_features(f.spec().num_features());
-    *info.mutable_feature_names() = f.feature_names();
+    if (engine::IsSeries(f.spec())) {  // the columns clients send: one time step's
+      info.set_num_features(f.spec().window().columns());
+      *info.mutable_feature_names() = f.series_columns();
+    } else {
+      info.set_num_features(f.spec().num_features());
+      *info.mutable_feature_names() = f.feature_names();
+    }
     *info.mutable_threshold() = f.threshold();
     info.set_threshold_value(f.threshold_value());
     *info.mutable_critical_threshold() = f.critical_threshold();

@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -22,13 +24,81 @@ absl::Span<const float> Values(const v1::Samples& s) {
   return absl::Span<const float>(s.values().data(), static_cast<size_t>(s.values_size()));
 }
 
+// A series model's samples: one window per row whose window is full, in row order.
+struct Windows {
+  std::vector<float> inputs;            // samples x the model's inputs
+  std::vector<int32_t> sample_of_row;   // -1 = warming up
+  size_t samples = 0;
+  bool warming() const { return samples < sample_of_row.size(); }
+};
+
+// Pushes the rows (`columns` values each, in the model's order) through `*buffer`, making it anew
+// when there is none or the model's window does not fit the one it holds. Refuses the batch
+// (INVALID_ARGUMENT, the window unchanged) without a timestamp per row or when they do not increase.
+absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
+                         const v1::Samples& s, std::unique_ptr<engine::WindowBuffer>* buffer,
+                         Windows* out) {
+  const v1::Window& w = model.spec().window();
+  if (*buffer == nullptr || !(*buffer)->Fits(w)) {
+    *buffer = std::make_unique<engine::WindowBuffer>(w, model.file().policy());
+  } else {
+    (*buffer)->Retarget(w, model.file().policy());
+  }
+  const size_t rows = x.size() / w.columns();
+  const absl::Span<const int64_t> ts(s.timestamps_ms().data(), s.timestamps_ms_size());
+  if (auto st = (*buffer)->CheckTimes(ts, rows); !st.ok()) return st;
+  const size_t inputs = model.num_features();
+  out->inputs.resize(rows * inputs);
+  out->sample_of_row.assign(rows, -1);
+  for (size_t i = 0; i < rows; ++i) {
+    if ((*buffer)->Push(x.data() + i * w.columns(), ts[i], out->inputs.data() + out->samples * inputs)) {
+      out->sample_of_row[i] = static_cast<int32_t>(out->samples++);
+    }
+  }
+  out->inputs.resize(out->samples * inputs);
+  return absl::OkStatus();
+}
+
+// Spreads per-sample results (`width` values each) over the rows: a warming-up row gets `fill`.
+template <typename T>
+void Spread(const std::vector<int32_t>& sample_of_row, size_t width, T fill, std::vector<T>* v) {
+  std::vector<T> out(sample_of_row.size() * width, fill);
+  for (size_t i = 0; i < sample_of_row.size(); ++i) {
+    if (sample_of_row[i] < 0) continue;
+    std::copy_n(v->data() + static_cast<size_t>(sample_of_row[i]) * width, width,
+                out.data() + i * width);
+  }
+  v->swap(out);
+}
+
+// The engine's results for the windows, as results for the rows (warming-up rows: NaN error and
+// score, p-value 1, never anomalous).
+void SpreadOverRows(const Windows& win, size_t inputs, const engine::ScoreOptions& eo,
+                    bool variational, engine::ScoreResult* res) {
+  const auto& at = win.sample_of_row;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Spread(at, 1, nan, &res->error);
+  Spread(at, 1, nan, &res->score);
+  Spread(at, 1, uint8_t{0}, &res->anomalous);
+  Spread(at, 1, 1.0f, &res->p_value);
+  if (!res->distance.empty()) Spread(at, 1, nan, &res->distance);
+  if (eo.per_feature) Spread(at, inputs, nan, &res->feature_error);
+  if (eo.neg_elbo && variational) Spread(at, 1, nan, &res->neg_elbo);
+  if (!res->missing.empty()) {
+    Spread(at, 1, uint32_t{0}, &res->missing);
+    Spread(at, 1, uint8_t{0}, &res->skipped);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
                                                     const v1::Samples& s, uint32_t max_rows,
                                                     std::vector<float>* buffer,
                                                     const v1::StreamConfig* stream) {
-  const uint32_t d = model.num_features();
+  const bool series = engine::IsSeries(model.spec());
+  const uint32_t d = series ? model.spec().window().columns() : model.num_features();
+  const Names& model_names = series ? model.file().series_columns() : model.file().feature_names();
   // The batch's own names, else its stream's.
   const bool from_stream = s.feature_names_size() == 0 && stream != nullptr &&
                            stream->feature_names_size() > 0;
@@ -66,14 +136,15 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
   }
   const absl::Span<const float> values = Values(s);
   if (!named) return values;
-  auto map = ColumnMap::Build(model.file().feature_names(), names, ignore_unknown);
+  auto map = ColumnMap::Build(model_names, names, ignore_unknown);
   if (!map.ok()) return map.status();
   if (map->identity()) return values;
   const auto& absent = map->absent();
-  if (absent.size() > model.max_missing()) {
+  const uint32_t max_missing = engine::MaxMissingFeatures(model.file().policy(), d);
+  if (absent.size() > max_missing) {
     return absl::InvalidArgumentError(absl::StrCat(
         absent.size() == 1 ? "missing feature " : "missing features ", QuoteNames(absent),
-        ": this model scores a sample with at most ", model.max_missing(), " of its ", d,
+        ": this model scores a sample with at most ", max_missing, " of its ", d,
         " features missing (max_missing_fraction ", model.file().policy().max_missing_fraction(),
         ")"));
   }
@@ -83,7 +154,9 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
 
 // Hands the flagged rows of a scored batch to the anomaly feed (copies only: the feed's own
 // thread builds the events).
+// `x` holds the model's samples; for a series model, sample_of_row[i] is row i's.
 static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::Span<const float> x,
+                             const std::vector<int32_t>* sample_of_row,
                              const engine::ScoreResult& res, bool have_feature_errors,
                              const ScoreHooks& hooks) {
   const uint32_t d = h.model->num_features();
@@ -95,7 +168,8 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::S
   f.threshold = static_cast<float>(res.threshold);
   for (size_t i = 0; i < res.anomalous.size(); ++i) {
     if (!res.anomalous[i]) continue;
-    f.values.insert(f.values.end(), x.begin() + i * d, x.begin() + (i + 1) * d);
+    const size_t at = sample_of_row != nullptr ? static_cast<size_t>((*sample_of_row)[i]) : i;
+    f.values.insert(f.values.end(), x.begin() + at * d, x.begin() + (at + 1) * d);
     if (have_feature_errors) {
       f.feature_errors.insert(f.feature_errors.end(), res.feature_error.begin() + i * d,
                               res.feature_error.begin() + (i + 1) * d);
@@ -141,6 +215,16 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   auto x = ModelValues(model, s, max_rows, &buffer, hooks.stream);
   if (!x.ok()) return x.status();
   const uint32_t d = model.num_features();
+  // A series model scores windows over the rows; its first rows may be warming up.
+  const bool series = engine::IsSeries(model.spec());
+  Windows win;
+  absl::Span<const float> in = *x;
+  if (series) {
+    std::unique_ptr<engine::WindowBuffer> own;
+    auto st = MakeWindows(model, *x, s, hooks.window != nullptr ? hooks.window : &own, &win);
+    if (!st.ok()) return st;
+    in = win.inputs;
+  }
   const uint32_t k = options.top_k();
   if (k > d) {
     return absl::InvalidArgumentError(absl::StrCat("top_k ", k, " is over num_features ", d));
@@ -153,7 +237,21 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   eo.original_units = options.original_units();
   eo.neg_elbo = options.neg_elbo();
   engine::ScoreResult& res = worker.result();
-  if (auto st = model.Score(worker.ContextFor(h.model), *x, eo, &res); !st.ok()) return st;
+  if (!series || win.samples > 0) {
+    if (auto st = model.Score(worker.ContextFor(h.model), in, eo, &res); !st.ok()) return st;
+  } else {  // every row warming up
+    res = engine::ScoreResult{};
+    res.threshold = model.threshold();
+  }
+  if (series) {
+    SpreadOverRows(win, d, eo, model.spec().kind() == v1::MODEL_KIND_VARIATIONAL, &res);
+    if (win.warming()) {
+      r->mutable_warming_up()->Resize(static_cast<int>(win.sample_of_row.size()), false);
+      for (size_t i = 0; i < win.sample_of_row.size(); ++i) {
+        r->mutable_warming_up()->Set(static_cast<int>(i), win.sample_of_row[i] < 0);
+      }
+    }
+  }
 
   const size_t rows = res.error.size();
   r->set_model(h.name);
@@ -204,14 +302,15 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   if (h.metrics != nullptr) {
     h.metrics->RecordGaps(std::accumulate(res.missing.begin(), res.missing.end(), uint64_t{0}),
                           skipped);
-    if (skipped == 0) {
+    if (skipped == 0 && !win.warming()) {
       h.metrics->Record(res.error, res.score, res.anomalous, critical);
     } else {
-      // Skipped samples have no error or score: left out of the histogram and the drift window.
+      // Skipped and warming-up samples have no error or score: left out of the histogram and
+      // the drift window.
       std::vector<float> errors, scores;
       std::vector<uint8_t> anomalous;
       for (size_t i = 0; i < rows; ++i) {
-        if (res.skipped[i]) continue;
+        if (!std::isfinite(res.score[i])) continue;
         errors.push_back(res.error[i]);
         scores.push_back(res.score[i]);
         anomalous.push_back(res.anomalous[i]);
@@ -220,7 +319,8 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     }
   }
   if (watched && anomalies > 0) {
-    PublishAnomalies(h, s, *x, res, eo.per_feature && !eo.original_units, hooks);
+    PublishAnomalies(h, s, in, series ? &win.sample_of_row : nullptr, res,
+                     eo.per_feature && !eo.original_units, hooks);
   }
   *r->mutable_ids() = s.ids();
   *r->mutable_timestamps_ms() = s.timestamps_ms();
@@ -229,10 +329,29 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   return absl::OkStatus();
 }
 
+// The model's samples of a batch for Encode and Reconstruct: its rows, or for a series model the
+// full windows over them (FAILED_PRECONDITION when the series is too short for one).
+static absl::StatusOr<absl::Span<const float>> SampleValues(const engine::Model& model,
+                                                            const v1::Samples& s, uint32_t max_rows,
+                                                            std::vector<float>* buffer) {
+  auto x = ModelValues(model, s, max_rows, buffer);
+  if (!x.ok() || !engine::IsSeries(model.spec())) return x;
+  std::unique_ptr<engine::WindowBuffer> own;
+  Windows win;
+  if (auto st = MakeWindows(model, *x, s, &own, &win); !st.ok()) return st;
+  if (win.samples == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this series model's samples are windows of ", std::max(model.spec().window().length(), 1u),
+        " time steps: the ", win.sample_of_row.size(), " rows sent fill none"));
+  }
+  *buffer = std::move(win.inputs);
+  return absl::Span<const float>(*buffer);
+}
+
 absl::Status EncodeSamples(const ModelHandle& h, const v1::Samples& s, uint32_t max_rows,
                            Worker& worker, v1::EncodeResponse* r) {
   std::vector<float> buffer;
-  auto x = ModelValues(*h.model, s, max_rows, &buffer);
+  auto x = SampleValues(*h.model, s, max_rows, &buffer);
   if (!x.ok()) return x.status();
   std::vector<float> codes;
   if (auto st = h.model->Encode(worker.ContextFor(h.model), *x, &codes); !st.ok()) return st;
@@ -246,7 +365,7 @@ absl::Status EncodeSamples(const ModelHandle& h, const v1::Samples& s, uint32_t 
 absl::Status ReconstructSamples(const ModelHandle& h, const v1::Samples& s, uint32_t max_rows,
                                 Worker& worker, v1::ReconstructResponse* r) {
   std::vector<float> buffer;
-  auto x = ModelValues(*h.model, s, max_rows, &buffer);
+  auto x = SampleValues(*h.model, s, max_rows, &buffer);
   if (!x.ok()) return x.status();
   std::vector<float> out;
   if (auto st = h.model->Reconstruct(worker.ContextFor(h.model), *x, &out); !st.ok()) {

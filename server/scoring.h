@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -12,10 +13,12 @@
 #include "anomaly_feed.h"
 #include "executor.h"
 #include "model_registry.h"
+#include "window.h"
 
 namespace aeserve::server {
 
-// The batch's values as rows of the model's features in its order: checks the shape of
+// The batch's values as rows of the model's features in its order (a series model's columns of
+// one time step): checks the shape of
 // `samples` (INVALID_ARGUMENT naming the problem, RESOURCE_EXHAUSTED over `max_rows`) and, when
 // the columns are named, matches them to the model's features (columns.h), rearranging into
 // `buffer` (absent features NaN, refused when more than the model's policy allows). Values
@@ -30,6 +33,9 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
 struct ScoreHooks {
   AnomalyFeed* feed = nullptr;
   const v1::StreamConfig* stream = nullptr;
+  // Series models: the stream's window, carried from batch to batch (made, or made again when the
+  // model's window no longer fits it). nullptr = a unary call: its rows are a series of their own.
+  std::unique_ptr<engine::WindowBuffer>* window = nullptr;
 };
 
 absl::Status ScoreSamples(const ModelHandle& handle, const v1::Samples& samples,

@@ -297,7 +297,7 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
   absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
-                                 worker, resp.mutable_result(), ScoreHooks{feed_, &config_});
+                                 worker, resp.mutable_result(), ScoreHooks{feed_, &config_, &window_});
   if (!st.ok()) return error(st);
   Debounce(*handle, resp.mutable_result());
   Account(resp.result());
@@ -327,8 +327,8 @@ void StreamReactor::Account(const v1::ScoreResponse& r) {
   total_samples_ += r.num_samples();
   total_anomalies_ += r.num_anomalies();
   constexpr size_t kMaxKept = 1 << 20;  // quantiles over at most this many errors per window
-  for (float e : r.errors()) {
-    if (stats_errors_.size() < kMaxKept) stats_errors_.push_back(e);
+  for (float e : r.errors()) {  // skipped and warming-up samples have none (NaN)
+    if (std::isfinite(e) && stats_errors_.size() < kMaxKept) stats_errors_.push_back(e);
   }
 }
 

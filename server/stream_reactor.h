@@ -24,6 +24,7 @@
 #include "server_metrics.h"
 #include "model_registry.h"
 #include "options.h"
+#include "window.h"
 
 namespace aeserve::server {
 
@@ -129,6 +130,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   bool configured_ = false;
   v1::StreamConfig config_;
   std::unique_ptr<IncidentTracker> incidents_;  // with debounce: alarms and incidents
+  std::unique_ptr<engine::WindowBuffer> window_;  // series models: the stream's last steps
   uint64_t stats_batches_ = 0, stats_samples_ = 0, stats_anomalies_ = 0;
   uint64_t total_samples_ = 0, total_anomalies_ = 0;
   std::vector<float> stats_errors_;

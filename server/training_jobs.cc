@@ -8,6 +8,7 @@
 #include "spec.h"
 #include "threshold.h"
 #include "trainer.h"
+#include "window.h"
 
 namespace aeserve::server {
 namespace {
@@ -48,13 +49,34 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
   if (h.fine_tune() || h.base_version() != 0) {
     auto base = registry_->Handle(*key, h.base_version());
     if (!base.ok()) return base.status();
-    if (base->model->num_features() != h.num_features()) {
+    const v1::ModelSpec& bs = base->model->spec();
+    const uint32_t columns = engine::IsSeries(bs) ? bs.window().columns() : bs.num_features();
+    if (columns != h.num_features()) {
       return absl::InvalidArgumentError(absl::StrCat("fine-tuning: the base version has ",
-                                                     base->model->num_features(), " features, the data ",
+                                                     columns, " features, the data ",
                                                      h.num_features()));
     }
-  } else if (auto spec = engine::ResolveSpec(h.spec(), h.num_features()); !spec.ok()) {
-    return spec.status();
+  } else {
+    // A series model's inputs are windows over the uploaded columns.
+    v1::ModelSpec spec = h.spec();
+    uint32_t inputs = h.num_features();
+    if (engine::IsSeries(spec)) {
+      v1::Window* w = spec.mutable_window();
+      if (auto st = engine::ResolveWindow(w); !st.ok()) return st;
+      if (w->columns() != 0 && w->columns() != h.num_features()) {
+        return absl::InvalidArgumentError(absl::StrCat("model spec: window.columns is ",
+                                                       w->columns(), " but the upload has ",
+                                                       h.num_features(), " columns"));
+      }
+      w->set_columns(h.num_features());
+      inputs = engine::WindowInputs(*w, h.num_features());
+      if (h.rows() != 0 && h.rows() < w->length()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model spec: a window of ", w->length(), " steps is longer than the series of ",
+            h.rows(), " rows this upload sends"));
+      }
+    }
+    if (auto r = engine::ResolveSpec(spec, inputs); !r.ok()) return r.status();
   }
   if (auto o = engine::ResolveTrainingOptions(h.options()); !o.ok()) return o.status();
   if (auto t = engine::ResolveThresholdConfig(h.threshold()); !t.ok()) return t.status();
@@ -68,6 +90,7 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
 
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader& header,
                                                      std::vector<float> data,
+                                                     std::vector<int64_t> timestamps_ms,
                                                      ByteBudget::Reservation reservation) {
   if (auto st = CheckHeader(header); !st.ok()) return st;
   if (data.empty()) return absl::InvalidArgumentError("no training data");
@@ -76,9 +99,16 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
                                                    " values is not a multiple of num_features ",
                                                    header.num_features()));
   }
+  const size_t rows = data.size() / header.num_features();
+  if (!timestamps_ms.empty() && timestamps_ms.size() != rows) {
+    return absl::InvalidArgumentError(absl::StrCat("training data: ", timestamps_ms.size(),
+                                                   " timestamps for ", rows,
+                                                   " rows: give none or one per row"));
+  }
   auto job = std::make_shared<Job>();
   job->header = header;
   job->data = std::move(data);
+  job->timestamps_ms = std::move(timestamps_ms);
   job->reservation = std::move(reservation);
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server shutting down");
@@ -193,6 +223,7 @@ void TrainingJobs::Stop() {
       job->state.set_error("server shutting down");
       job->state.set_finished_unix_ms(NowMs());
       std::vector<float>().swap(job->data);
+      std::vector<int64_t>().swap(job->timestamps_ms);
       job->reservation.Release();
       Publish(*job);
       Finished(job->state.id());
@@ -247,7 +278,7 @@ void TrainingJobs::Run(Job& job) {
   }
   std::vector<std::string> names(h.feature_names().begin(), h.feature_names().end());
   const size_t d = h.num_features();
-  engine::TrainingData data{job.data, job.data.size() / d, d, names};
+  engine::TrainingData data{job.data, job.data.size() / d, d, names, job.timestamps_ms};
   absl::StatusOr<v1::ModelFile> file =
       !base.ok() ? absl::StatusOr<v1::ModelFile>(base.status())
                  : engine::Train(req, data, [&](const engine::TrainingProgress& p) {

@@ -37,8 +37,10 @@ class TrainingJobs {
 
   // Checks the header (INVALID_ARGUMENT with the reason) and, with `data`, queues the job.
   absl::Status CheckHeader(const v1::TrainingJobHeader& header) const;
-  // `reservation` holds the data's bytes in the training-data budget until the job has ended.
+  // `timestamps_ms`: none, or one per row (series models need them). `reservation` holds the
+  // data's bytes in the training-data budget until the job has ended.
   absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header, std::vector<float> data,
+                                         std::vector<int64_t> timestamps_ms = {},
                                          ByteBudget::Reservation reservation = {});
   absl::StatusOr<v1::TrainingJob> Get(const std::string& id) const;
   std::vector<v1::TrainingJob> List(const std::string& model) const;
@@ -57,6 +59,7 @@ class TrainingJobs {
     v1::TrainingJob state;
     v1::TrainingJobHeader header;
     std::vector<float> data;
+    std::vector<int64_t> timestamps_ms;  // none, or one per row
     ByteBudget::Reservation reservation;  // data's bytes in the training-data budget
     std::atomic<bool> cancel{false};
     std::map<uint64_t, Watcher> watchers;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "raw_call.h"
 #include "status_util.h"
+#include "window.h"
 
 namespace aeserve::server {
 
@@ -57,7 +58,12 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return End(Invalid(absl::StrCat("the upload sends more than the ", header_.rows(),
                                       " rows its header announced; no job was created")));
     }
+    if (timestamps_.size() + static_cast<size_t>(req.timestamps_ms_size()) > header_.rows()) {
+      return End(Invalid(absl::StrCat("the upload sends more than one timestamp per row (",
+                                      header_.rows(), " rows announced); no job was created")));
+    }
     values_.insert(values_.end(), req.values().begin(), req.values().end());
+    timestamps_.insert(timestamps_.end(), req.timestamps_ms().begin(), req.timestamps_ms().end());
     StartRead(&incoming_);
   }
 
@@ -101,7 +107,8 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           " values (--max_training_values)"));
     }
     expected_values_ = h.rows() * h.num_features();
-    const uint64_t bytes = expected_values_ * sizeof(float);
+    // Values, and room for one timestamp per row (series models send them).
+    const uint64_t bytes = expected_values_ * sizeof(float) + h.rows() * sizeof(int64_t);
     reservation_ = uploads_->budget_->Reserve(bytes);
     if (reservation_.bytes() != bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -127,7 +134,17 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           " rows its header announced (the client stopped early, or a message did not parse); "
           "no job was created")));
     }
-    auto job = uploads_->jobs_->Submit(header_, std::move(values_), std::move(reservation_));
+    if (engine::IsSeries(header_.spec()) && timestamps_.size() != rows) {
+      return End(Invalid(absl::StrCat(
+          "this model builds windows over time (spec.window): every row needs a timestamp (",
+          timestamps_.size(), " timestamps for ", rows, " rows); no job was created")));
+    }
+    if (!timestamps_.empty() && timestamps_.size() != rows) {
+      return End(Invalid(absl::StrCat("the upload sent ", timestamps_.size(), " timestamps for ",
+                                      rows, " rows: give none or one per row; no job was created")));
+    }
+    auto job = uploads_->jobs_->Submit(header_, std::move(values_), std::move(timestamps_),
+                                       std::move(reservation_));
     grpc::Status st = ToGrpc(job.status());
     if (job.ok()) st = SerializeMessage(*job, out_);
     End(st);
@@ -138,6 +155,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (finished_) return;
     finished_ = true;
     std::vector<float>().swap(values_);
+    std::vector<int64_t>().swap(timestamps_);
     reservation_.Release();
     Finish(st);
   }
@@ -157,6 +175,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   v1::TrainingJobHeader header_ ABSL_GUARDED_BY(mu_);
   uint64_t expected_values_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<float> values_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> timestamps_ ABSL_GUARDED_BY(mu_);
   ByteBudget::Reservation reservation_ ABSL_GUARDED_BY(mu_);
 };
 

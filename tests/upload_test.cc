@@ -176,8 +176,9 @@ TEST_F(Uploads, AnIdleUploadIsEnded) {
 }
 
 TEST_F(Uploads, TrainingDataInMemoryIsBoundedAcrossUploads) {
-  // Room for two uploads of 1000 rows x 12 features (48,000 bytes each), not three.
-  Start({"--max_upload_bytes=100000"});
+  // Room for two uploads of 1000 rows x 12 features (48,000 bytes of values and 8,000 of room
+  // for timestamps each), not three.
+  Start({"--max_upload_bytes=120000"});
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
   std::vector<std::unique_ptr<grpc::ClientWriter<v1::CreateTrainingJobRequest>>> open;
   v1::TrainingJob job;
@@ -188,7 +189,7 @@ TEST_F(Uploads, TrainingDataInMemoryIsBoundedAcrossUploads) {
     *req.mutable_header() = Header(1000);
     ASSERT_TRUE(open.back()->Write(req));
   }
-  ASSERT_TRUE(WaitFor([&] { return DataBytes() == 96000; }, milliseconds(10000))) << DataBytes();
+  ASSERT_TRUE(WaitFor([&] { return DataBytes() == 112000; }, milliseconds(10000))) << DataBytes();
   RawResult third = RawStreamCall(server_->channel, kMethod, {HeaderMessage(1000)}, false, 10);
   EXPECT_EQ(third.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(third.status.error_message().find("--max_upload_bytes"), std::string::npos)
@@ -200,7 +201,7 @@ TEST_F(Uploads, TrainingDataInMemoryIsBoundedAcrossUploads) {
   // Cancelling one frees its share, and the next upload fits.
   ctxs[0]->TryCancel();
   open[0]->Finish();
-  ASSERT_TRUE(WaitFor([&] { return DataBytes() == 48000; }, milliseconds(10000))) << DataBytes();
+  ASSERT_TRUE(WaitFor([&] { return DataBytes() == 56000; }, milliseconds(10000))) << DataBytes();
   auto data = engine::MakeSynthetic(1000, 0, kFeatures, 3, 5);
   ASSERT_TRUE(CreateJob(server_->admin.get(), Header(1000), data.normal, &job).ok());
   ctxs[1]->TryCancel();
