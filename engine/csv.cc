@@ -19,7 +19,86 @@ bool IsMissing(absl::string_view c) {
          absl::EqualsIgnoreCase(c, "null");
 }
 
+// Days from 1970-01-01 to the civil date y-m-d (proleptic Gregorian; H. Hinnant's algorithm).
+int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<int64_t>(doe) - 719468;
+}
+
+// Reads exactly `n` digits at `*p`.
+bool Digits(absl::string_view s, size_t* p, size_t n, int* out) {
+  if (*p + n > s.size()) return false;
+  int v = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const char c = s[*p + i];
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  *p += n;
+  *out = v;
+  return true;
+}
+
+bool ParseIso(absl::string_view s, int64_t* unix_ms) {
+  size_t p = 0;
+  int y, mo, d, h = 0, mi = 0, sec = 0;
+  auto lit = [&](char c) { return p < s.size() && s[p] == c && (++p, true); };
+  if (!Digits(s, &p, 4, &y) || !lit('-') || !Digits(s, &p, 2, &mo) || !lit('-') ||
+      !Digits(s, &p, 2, &d) || mo < 1 || mo > 12 || d < 1 || d > 31) {
+    return false;
+  }
+  double frac = 0;
+  int64_t offset_min = 0;
+  if (p < s.size()) {
+    if (s[p] != ' ' && s[p] != 'T') return false;
+    ++p;
+    if (!Digits(s, &p, 2, &h) || !lit(':') || !Digits(s, &p, 2, &mi) || h > 23 || mi > 59) return false;
+    if (lit(':')) {
+      if (!Digits(s, &p, 2, &sec) || sec > 60) return false;
+      if (lit('.')) {
+        double scale = 0.1;
+        const size_t start = p;
+        while (p < s.size() && s[p] >= '0' && s[p] <= '9') {
+          frac += (s[p++] - '0') * scale;
+          scale /= 10;
+        }
+        if (p == start) return false;
+      }
+    }
+    if (lit('Z')) {
+    } else if (p < s.size() && (s[p] == '+' || s[p] == '-')) {
+      const int sign = s[p++] == '-' ? -1 : 1;
+      int oh, om = 0;
+      if (!Digits(s, &p, 2, &oh)) return false;
+      lit(':');
+      if (p < s.size() && !Digits(s, &p, 2, &om)) return false;
+      offset_min = sign * (oh * 60 + om);
+    }
+    if (p != s.size()) return false;
+  }
+  const int64_t seconds = DaysFromCivil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+  *unix_ms = seconds * 1000 + static_cast<int64_t>(std::llround(frac * 1000));
+  return true;
+}
+
 }  // namespace
+
+bool ParseTimestamp(absl::string_view text, int64_t* unix_ms) {
+  const absl::string_view s = absl::StripAsciiWhitespace(text);
+  if (s.empty()) return false;
+  double seconds = 0;
+  auto r = fast_float::from_chars(s.data(), s.data() + s.size(), seconds);
+  if (r.ec == std::errc() && r.ptr == s.data() + s.size()) {
+    if (!std::isfinite(seconds) || std::fabs(seconds) > 9e12) return false;
+    *unix_ms = std::llround(seconds * 1000);
+    return true;
+  }
+  return ParseIso(s, unix_ms);
+}
 
 absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
   CsvTable t;
@@ -27,7 +106,7 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
   if (!std::getline(in, line)) return absl::InvalidArgumentError("csv: empty input, no header");
   if (!line.empty() && line.back() == '\r') line.pop_back();
   std::vector<std::string> header = absl::StrSplit(line, ',');
-  int label_col = -1, id_col = -1;
+  int label_col = -1, id_col = -1, time_col = -1;
   std::vector<int> feature_cols;
   for (size_t i = 0; i < header.size(); ++i) {
     std::string name(absl::StripAsciiWhitespace(header[i]));
@@ -35,6 +114,7 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       label_col = static_cast<int>(i);
     } else if ((name == "timestamp" || name == "id") && id_col < 0) {
       id_col = static_cast<int>(i);
+      if (name == "timestamp") time_col = id_col;
     } else {
       feature_cols.push_back(static_cast<int>(i));
       t.feature_names.push_back(name);
@@ -84,6 +164,17 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       t.labels.push_back(v);
     }
     if (id_col >= 0) t.ids.emplace_back(absl::StripAsciiWhitespace(cells[id_col]));
+    if (time_col >= 0 && t.timestamp_problem.empty()) {
+      int64_t ms = 0;
+      if (ParseTimestamp(cells[time_col], &ms)) {
+        t.timestamps_ms.push_back(ms);
+      } else {
+        t.timestamp_problem = absl::StrCat("csv line ", line_no, ", column 'timestamp': '",
+                                           absl::StripAsciiWhitespace(cells[time_col]),
+                                           "' is not a time (ISO 8601 or Unix seconds)");
+        t.timestamps_ms.clear();
+      }
+    }
     ++t.rows;
   }
   if (t.rows == 0) return absl::InvalidArgumentError("csv: no data rows");

@@ -1,12 +1,15 @@
 // Reading numeric CSV files: a header of column names, then rows of numbers. A column named
-// `label` (1 = anomaly) is split off; columns named `timestamp` or `id` are kept as text ids.
+// `label` (1 = anomaly) is split off; columns named `timestamp` or `id` are kept as text ids (and
+// a `timestamp` column, when it holds times, as timestamps too).
 #pragma once
 
+#include <cstdint>
 #include <istream>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace aeserve::engine {
 
@@ -16,8 +19,17 @@ struct CsvTable {
   size_t rows = 0;
   std::vector<float> labels;     // one per row when the file has a `label` column
   std::vector<std::string> ids;  // one per row when the file has a `timestamp` or `id` column
+  // One per row when the file has a `timestamp` column whose every cell is a time (ParseTimestamp);
+  // otherwise empty, and timestamp_problem names the first cell that is not.
+  std::vector<int64_t> timestamps_ms;
+  std::string timestamp_problem;
   size_t features() const { return feature_names.size(); }
 };
+
+// A time as milliseconds since the Unix epoch: ISO 8601 ("2024-01-31 14:05:00", "2024-01-31T14:05",
+// seconds, fractions and a "Z" or "+02:00" offset optional; UTC without an offset) or a number of
+// Unix seconds ("1706709900", "1706709900.25"). False when it is neither.
+bool ParseTimestamp(absl::string_view text, int64_t* unix_ms);
 
 // A feature cell that is empty, NaN, NA or null (any case) is a missing value (NaN). INVALID_ARGUMENT
 // names the line and column of anything else that is not a finite number (a label must be one), a

@@ -227,7 +227,7 @@ absl::Status Server::TrainDemoModel() {
   req.threshold.set_value(99.5);
   req.description = absl::StrCat("demo model trained at start-up on ", options_.demo_csv);
   engine::TrainingData data{rows, rows.size() / table->features(), table->features(),
-                            table->feature_names};
+                            table->feature_names, {}};
   auto file = engine::Train(req, data, [&](const engine::TrainingProgress& p) {
     log_->info("demo training: epoch {}/{} train loss {:.5f} validation loss {:.5f}", p.epoch,
                p.epochs, p.train_loss, p.validation_loss);

@@ -155,6 +155,9 @@ void PrintRow(const std::string& format, size_t row, const std::string& id, floa
     if (r.severity_size() > i) absl::StrAppend(&extra, ",\"severity\":", r.severity(i));
     if (r.missing_size() > i) absl::StrAppend(&extra, ",\"missing\":", r.missing(i));
     if (r.skipped_size() > i) absl::StrAppend(&extra, ",\"skipped\":", r.skipped(i) ? "true" : "false");
+    if (r.warming_up_size() > i) {
+      absl::StrAppend(&extra, ",\"warming_up\":", r.warming_up(i) ? "true" : "false");
+    }
     std::printf("{\"row\":%zu,\"id\":%s,\"error\":%s,\"score\":%s,\"anomalous\":%s,\"p_value\":%s%s,"
                 "\"top_features\":[%s]}\n",
                 row, JsonString(id).c_str(), JsonNumber(error).c_str(), JsonNumber(score).c_str(),
@@ -197,14 +200,39 @@ void NameColumns(const engine::CsvTable& t, const Columns& cols,
   *ignore_unknown = cols.ignore_extra;
 }
 
+// The rows' times (a `timestamp` column of times): series models need them.
+void AddTimes(const engine::CsvTable& t, size_t start, size_t n, v1::Samples* s) {
+  if (t.timestamps_ms.empty()) return;
+  s->mutable_timestamps_ms()->Add(t.timestamps_ms.begin() + start, t.timestamps_ms.begin() + start + n);
+}
+
+// When the server asked for timestamps the file did not give: say why.
+void TimesHint(const std::string& message, const engine::CsvTable& t) {
+  if (message.find("timestamp") == std::string::npos || !t.timestamps_ms.empty()) return;
+  std::fprintf(stderr, "aectl: %s\n", t.timestamp_problem.empty()
+      ? "the file has no 'timestamp' column (ISO 8601 like 2024-01-31 14:05:00, or Unix seconds)"
+      : t.timestamp_problem.c_str());
+}
+
+int FailWithTimes(const grpc::Status& st, const engine::CsvTable& t) {
+  const int code = Fail(st);
+  TimesHint(st.error_message(), t);
+  return code;
+}
+
 // Missing values and skipped samples, counted over what was scored.
 struct GapCount {
-  size_t missing_rows = 0, skipped = 0;
+  size_t missing_rows = 0, skipped = 0, warming = 0;
   void Add(const v1::ScoreResponse& r) {
     for (uint32_t m : r.missing()) missing_rows += m > 0;
     for (bool s : r.skipped()) skipped += s;
+    for (bool w : r.warming_up()) warming += w;
   }
   void Print() const {
+    if (warming > 0) {
+      std::fprintf(stderr, "%zu rows were warming up (not scored: the model's window was filling)\n",
+                   warming);
+    }
     if (missing_rows == 0) return;
     std::fprintf(stderr, "%zu samples had missing values (filled in by the model)", missing_rows);
     if (skipped) std::fprintf(stderr, "; %zu missed too many features and were skipped", skipped);
@@ -255,10 +283,11 @@ int Score(const Common& c, const std::string& model, uint64_t version, const std
     req.mutable_samples()->set_ignore_unknown_features(ignore);
     req.mutable_samples()->mutable_values()->Add(table->values.begin() + start * d,
                                                  table->values.begin() + (start + n) * d);
+    AddTimes(*table, start, n, req.mutable_samples());
     grpc::ClientContext ctx;
     Deadline(ctx, c);
     grpc::Status st = stub->Score(&ctx, req, &last);
-    if (!st.ok()) return Fail(st);
+    if (!st.ok()) return FailWithTimes(st, *table);
     if (start == 0 && format == "csv") std::printf("row,id,error,score,anomalous,p_value,top_features\n");
     for (int i = 0; i < last.errors_size(); ++i) {
       const size_t row = start + i;
@@ -314,6 +343,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
       if (!t.ids.empty()) {
         for (size_t i = row; i < row + n; ++i) req.mutable_samples()->add_ids(t.ids[i]);
       }
+      AddTimes(t, row, n, req.mutable_samples());
       if (!stream->Write(req)) break;
     }
     stream->WritesDone();
@@ -331,6 +361,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
       std::fprintf(stderr, "batch at row %llu: error %d: %s\n",
                    static_cast<unsigned long long>(r.sequence()), r.error().code(),
                    r.error().message().c_str());
+      if (errors == 1) TimesHint(r.error().message(), t);
     } else if (r.has_stats()) {
       const auto& s = r.stats();
       std::fprintf(stderr,
@@ -492,13 +523,17 @@ struct TrainArgs {
   uint64_t base_version = 0;
   float max_missing = -1;          // -1 = the server's default
   int impute_refinements = -1;     // -1 = the server's default
+  int max_gap_steps = -1;          // -1 = the server's default (the window length)
+  uint32_t window = 0, stride = 0;  // 0 = no window / every step
+  std::vector<std::string> time_features;  // hour, weekday
 };
 
 // The policy options given on the command line (negative = not given).
-v1::ScoringPolicy PolicyOf(float max_missing, int impute_refinements) {
+v1::ScoringPolicy PolicyOf(float max_missing, int impute_refinements, int max_gap_steps) {
   v1::ScoringPolicy p;
   if (max_missing >= 0) p.set_max_missing_fraction(max_missing);
   if (impute_refinements >= 0) p.set_impute_refinements(static_cast<uint32_t>(impute_refinements));
+  if (max_gap_steps >= 0) p.set_max_gap_steps(static_cast<uint32_t>(max_gap_steps));
   return p;
 }
 
@@ -523,7 +558,14 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   h.set_base_version(a.base_version);
   h.set_no_activate(a.no_activate);
   h.set_description(a.description);
-  *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements);
+  *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements, a.max_gap_steps);
+  const bool series = a.window > 1 || !a.time_features.empty();
+  if (series && table->timestamps_ms.empty()) {
+    std::fprintf(stderr, "aectl: --window and --time-features need a 'timestamp' column of times "
+                         "(ISO 8601 like 2024-01-31 14:05:00, or Unix seconds)%s%s\n",
+                 table->timestamp_problem.empty() ? "" : ": ", table->timestamp_problem.c_str());
+    return 2;
+  }
   if (!a.fine_tune && a.base_version == 0) {
     v1::ModelSpec* s = h.mutable_spec();
     v1::ModelKind kind;
@@ -549,6 +591,18 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
     s->set_kl_sparsity_weight(a.kl_sparsity);
     s->set_sparsity_target(a.rho);
     s->set_beta(a.beta);
+    s->mutable_window()->set_length(a.window);
+    s->mutable_window()->set_stride(a.stride);
+    for (const auto& f : a.time_features) {
+      if (f == "hour") {
+        s->mutable_window()->add_time_features(v1::TIME_FEATURE_HOUR_OF_DAY);
+      } else if (f == "weekday") {
+        s->mutable_window()->add_time_features(v1::TIME_FEATURE_DAY_OF_WEEK);
+      } else {
+        std::fprintf(stderr, "aectl: unknown time feature '%s' (hour or weekday)\n", f.c_str());
+        return 2;
+      }
+    }
   }
   v1::TrainingOptions* o = h.mutable_options();
   o->set_epochs(a.epochs);
@@ -580,6 +634,10 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
       if (start == 0) *req.mutable_header() = h;
       const size_t end = std::min(table->values.size(), start + chunk);
       req.mutable_values()->Add(table->values.begin() + start, table->values.begin() + end);
+      if (series) {  // the rows' timestamps travel with them
+        req.mutable_timestamps_ms()->Add(table->timestamps_ms.begin() + start / d,
+                                         table->timestamps_ms.begin() + end / d);
+      }
       if (!writer->Write(req)) break;
     }
     writer->WritesDone();
@@ -743,12 +801,12 @@ int Threshold(const Common& c, const std::string& model, const std::string& enti
 }
 
 int Policy(const Common& c, const std::string& model, const std::string& entity, uint64_t version,
-           float max_missing, int impute_refinements) {
+           float max_missing, int impute_refinements, int max_gap_steps) {
   v1::SetScoringPolicyRequest req;
   req.set_model(model);
   req.set_entity(entity);
   req.set_version(version);
-  *req.mutable_policy() = PolicyOf(max_missing, impute_refinements);
+  *req.mutable_policy() = PolicyOf(max_missing, impute_refinements, max_gap_steps);
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
@@ -866,6 +924,16 @@ int main(int argc, char** argv) {
                     "be scored, in [0, 1); default 0.5");
   train->add_option("--impute-refinements", ta.impute_refinements,
                     "times a missing value is refined by the model's reconstruction (0..10)");
+  train->add_option("--window", ta.window,
+                    "time series: samples are the last N rows (time steps) of the series, built by "
+                    "the server; needs a 'timestamp' column");
+  train->add_option("--stride", ta.stride, "with --window: train on every Nth window (default 1)");
+  train->add_option("--time-features", ta.time_features,
+                    "time series: add the time of day and/or week of each step (hour,weekday)")
+      ->delimiter(',');
+  train->add_option("--max-gap-steps", ta.max_gap_steps,
+                    "series: missed time steps filled as missing; a longer gap restarts the window "
+                    "(default: the window length)");
   train->add_option("file", path, "training CSV (a label column is ignored); '-' reads stdin");
 
   std::string job_id;
@@ -906,6 +974,9 @@ int main(int argc, char** argv) {
                      "largest share of a sample's features that may be missing, in [0, 1); 0 = none");
   policy->add_option("--impute-refinements", impute_refinements,
                      "times a missing value is refined by the model's reconstruction (0..10)");
+  int max_gap_steps = -1;
+  policy->add_option("--max-gap-steps", max_gap_steps,
+                     "series models: missed time steps filled as missing; a longer gap restarts the window");
 
   uint32_t min_severity = 0;
   uint64_t count = 0;
@@ -926,7 +997,9 @@ int main(int argc, char** argv) {
     if (pct > 0) level = "percentile:" + std::to_string(pct);
     return Threshold(c, model, entity, version, level, critical, clear_critical);
   }
-  if (policy->parsed()) return Policy(c, model, entity, version, max_missing, impute_refinements);
+  if (policy->parsed()) {
+    return Policy(c, model, entity, version, max_missing, impute_refinements, max_gap_steps);
+  }
   if (score->parsed()) return Score(c, model, version, path, format, top_k, batch, cols);
   if (stream->parsed()) {
     return Stream(c, model, path, rate, stream_batch, top_k, stats_every, debounce_k, debounce_n,

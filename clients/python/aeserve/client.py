@@ -36,6 +36,7 @@ class ScoreResult:
     missing: Optional[np.ndarray] = None         # per sample: features missing (None: no gaps)
     skipped: Optional[np.ndarray] = None         # per sample: over max_missing_fraction, not scored
     skip_reason: str = ""
+    warming_up: Optional[np.ndarray] = None      # series models: per sample, window still filling
     incidents: Sequence = ()                     # streams with debounce: Incident changes
     severity: Optional[np.ndarray] = None        # 0 normal, 1 warning, 2 critical
     alarm: Optional[np.ndarray] = None           # streams with debounce
@@ -65,6 +66,7 @@ class ScoreResult:
             missing=np.array(r.missing, dtype=np.int64) if len(r.missing) else None,
             skipped=np.array(r.skipped, dtype=bool) if len(r.skipped) else None,
             skip_reason=r.skip_reason, incidents=list(r.incidents),
+            warming_up=np.array(r.warming_up, dtype=bool) if len(r.warming_up) else None,
             severity=np.array(r.severity, dtype=np.int64) if len(r.severity) else None,
             alarm=np.array(r.alarm, dtype=bool) if len(r.alarm) else None,
             ids=list(r.ids), entity=r.entity, sequence=sequence,
@@ -120,10 +122,36 @@ def _columns(x, names=None):
     return x, names
 
 
-def _samples(x, ids=None, names=None, ignore_unknown: bool = False) -> scoring_pb2.Samples:
-    """Samples for `x` (rows x features; a DataFrame sends its column names)."""
+_TIME_FEATURES = {"hour": model_pb2.TIME_FEATURE_HOUR_OF_DAY,
+                  "weekday": model_pb2.TIME_FEATURE_DAY_OF_WEEK}
+
+
+def _timestamps(x, timestamps=None):
+    """Milliseconds since the Unix epoch, one per row: `timestamps` (integers in ms, or numpy /
+    pandas datetime64 values, naive = UTC), else the DatetimeIndex of a pandas DataFrame `x`,
+    else None."""
+    if timestamps is None:
+        index = getattr(x, "index", None)
+        if index is None or not np.issubdtype(getattr(index, "dtype", np.dtype(object)), np.datetime64):
+            return None
+        timestamps = index
+    t = np.asarray(timestamps)
+    if np.issubdtype(t.dtype, np.datetime64):
+        return t.astype("datetime64[ms]").astype(np.int64)
+    return t.astype(np.int64)
+
+
+def _samples(x, ids=None, names=None, ignore_unknown: bool = False,
+             timestamps=None) -> scoring_pb2.Samples:
+    """Samples for `x` (rows x features; a DataFrame sends its column names, and the times of a
+    DatetimeIndex)."""
+    ts = _timestamps(x, timestamps)
     x, names = _columns(x, names)
     s = scoring_pb2.Samples(num_features=x.shape[1])
+    if ts is not None:
+        if len(ts) != x.shape[0]:
+            raise ValueError(f"{len(ts)} timestamps for {x.shape[0]} rows")
+        s.timestamps_ms.extend(int(t) for t in ts)
     s.values.extend(x.ravel())
     if names is not None:
         s.feature_names.extend(names)
@@ -179,14 +207,17 @@ class Client:
     def score(self, model: str, x, version: int = 0, entity: str = "", top_k: int = 0,
               per_feature: bool = False, original_units: bool = False, neg_elbo: bool = False,
               ids: Optional[Sequence] = None, names: Optional[Sequence[str]] = None,
-              ignore_unknown: bool = False) -> ScoreResult:
+              ignore_unknown: bool = False, timestamps=None) -> ScoreResult:
         """Scores the rows of `x` (rows x features). Columns are matched to the model's features
         by name when `names` is given or `x` is a pandas DataFrame (any order; a feature the
         columns lack is missing; unknown columns are refused unless `ignore_unknown`), else by
-        position. NaN is a missing value. Raises AeserveError on a failed call."""
+        position. NaN is a missing value. A series model (trained with a window) takes the rows as
+        consecutive time steps with `timestamps` (ms, or datetime64; a DataFrame's DatetimeIndex by
+        default) and answers every row, the first window-1 as warming_up. Raises AeserveError on a
+        failed call."""
         req = scoring_pb2.ScoreRequest(
             model=model, version=version, entity=entity,
-            samples=_samples(x, ids, names, ignore_unknown),
+            samples=_samples(x, ids, names, ignore_unknown, timestamps),
             options=scoring_pb2.ScoreOptions(per_feature=per_feature, original_units=original_units,
                                              top_k=top_k, neg_elbo=neg_elbo,
                                              top_feature_names=top_k > 0))
@@ -200,7 +231,9 @@ class Client:
         """Streams `batches` (each rows x features) over StreamScore and yields, in order, a
         ScoreResult per batch (or an AeserveError for a batch the server refused) and the
         periodic StreamStats. Batches are sent from a background thread while results arrive.
-        `names` (or the first batch's DataFrame columns) name the columns of every batch."""
+        `names` (or the first batch's DataFrame columns) name the columns of every batch. For a
+        series model each batch is the next time steps: an (x, timestamps) pair, or a DataFrame
+        with a DatetimeIndex; the server keeps the window from batch to batch."""
         config = scoring_pb2.StreamConfig(
             model=model, version=version,
             options=scoring_pb2.ScoreOptions(top_k=top_k, top_feature_names=top_k > 0),
@@ -213,10 +246,14 @@ class Client:
 
         def requests():
             for seq, x in enumerate(batches):
+                times = None
+                if isinstance(x, tuple):
+                    x, times = x
+                times = _timestamps(x, times)
                 x, batch_names = _columns(x)
                 if seq == 0 and batch_names is not None and not config.feature_names:
                     config.feature_names.extend(batch_names)
-                req = scoring_pb2.StreamScoreRequest(sequence=seq, samples=_samples(x))
+                req = scoring_pb2.StreamScoreRequest(sequence=seq, samples=_samples(x, timestamps=times))
                 if seq == 0:
                     req.config.CopyFrom(config)
                 yield req
@@ -236,16 +273,19 @@ class Client:
         except grpc.RpcError as e:
             raise AeserveError(e.code(), e.details()) from None
 
-    def encode(self, model: str, x, version: int = 0, names: Optional[Sequence[str]] = None) -> np.ndarray:
+    def encode(self, model: str, x, version: int = 0, names: Optional[Sequence[str]] = None,
+               timestamps=None) -> np.ndarray:
+        """The code of each row (a series model: of each full window over the rows)."""
         r = self._call(self._scoring.Encode, scoring_pb2.EncodeRequest(
-            model=model, version=version, samples=_samples(x, names=names)))
+            model=model, version=version, samples=_samples(x, names=names, timestamps=timestamps)))
         return np.array(r.codes, dtype=np.float32).reshape(-1, r.code_size)
 
     def reconstruct(self, model: str, x, version: int = 0,
-                    names: Optional[Sequence[str]] = None) -> np.ndarray:
-        """The reconstruction of each row in original units (missing values filled in)."""
+                    names: Optional[Sequence[str]] = None, timestamps=None) -> np.ndarray:
+        """The reconstruction of each row in original units (missing values filled in); a series
+        model: of each full window over the rows."""
         r = self._call(self._scoring.Reconstruct, scoring_pb2.ReconstructRequest(
-            model=model, version=version, samples=_samples(x, names=names)))
+            model=model, version=version, samples=_samples(x, names=names, timestamps=timestamps)))
         return np.array(r.values, dtype=np.float32).reshape(-1, r.num_features)
 
     def generate(self, model: str, count: int, seed: int = 1, version: int = 0) -> np.ndarray:
@@ -291,9 +331,12 @@ class Client:
 
     def set_policy(self, model: str, max_missing_fraction: Optional[float] = None,
                    impute_refinements: Optional[int] = None, version: int = 0,
-                   entity: str = "") -> admin_pb2.ModelInfoBrief:
-        """Changes how a version treats missing values (unset arguments keep their value)."""
+                   entity: str = "", max_gap_steps: Optional[int] = None) -> admin_pb2.ModelInfoBrief:
+        """Changes how a version treats missing values and (series models) gaps in time; unset
+        arguments keep their value."""
         req = admin_pb2.SetScoringPolicyRequest(model=model, entity=entity, version=version)
+        if max_gap_steps is not None:
+            req.policy.max_gap_steps = max_gap_steps
         if max_missing_fraction is not None:
             req.policy.max_missing_fraction = max_missing_fraction
         if impute_refinements is not None:
@@ -313,6 +356,8 @@ class Client:
               reconstruction_weight: Optional[float] = None, hold_out: str = "random",
               max_missing_fraction: Optional[float] = None,
               impute_refinements: Optional[int] = None,
+              window: int = 0, stride: int = 0, time_features: Sequence[str] = (),
+              max_gap_steps: Optional[int] = None, timestamps=None,
               entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True) -> admin_pb2.TrainingJob:
@@ -323,8 +368,16 @@ class Client:
         defaults (neighbors=0: the score is the reconstruction error alone). `hold_out`: "random"
         (a seeded sample) or "last" (the last validation_split of the rows as given). A pandas
         DataFrame gives the feature names. NaN is a missing value (no gradient); rows missing more
-        than `max_missing_fraction` (default 0.5) of their features are left out."""
+        than `max_missing_fraction` (default 0.5) of their features are left out.
+
+        Time series: `window` > 1 and/or `time_features` ("hour", "weekday") make a series model:
+        `data` is then the raw series in time order with `timestamps` (ms or datetime64; a
+        DataFrame's DatetimeIndex by default), and the server builds the windows (every `stride`
+        steps). Scoring then takes one row per time step."""
+        ts = _timestamps(data, timestamps)
         x, names = _columns(data, feature_names)
+        if ts is not None and len(ts) != x.shape[0]:
+            raise ValueError(f"{len(ts)} timestamps for {x.shape[0]} rows")
         header = admin_pb2.TrainingJobHeader(
             model=model, entity=entity, num_features=x.shape[1], rows=x.shape[0],
             fine_tune=fine_tune,
@@ -344,6 +397,8 @@ class Client:
             header.policy.max_missing_fraction = max_missing_fraction
         if impute_refinements is not None:
             header.policy.impute_refinements = impute_refinements
+        if max_gap_steps is not None:
+            header.policy.max_gap_steps = max_gap_steps
         if not fine_tune:
             header.spec.CopyFrom(model_pb2.ModelSpec(
                 kind=model_pb2.ModelKind.Value("MODEL_KIND_" + kind.upper()),
@@ -356,6 +411,12 @@ class Client:
                 header.spec.neighbors = neighbors
             if reconstruction_weight is not None:
                 header.spec.reconstruction_weight = reconstruction_weight
+            header.spec.window.length = window
+            header.spec.window.stride = stride
+            for f in time_features:
+                if f not in _TIME_FEATURES:
+                    raise ValueError(f"time feature must be one of {sorted(_TIME_FEATURES)}")
+                header.spec.window.time_features.append(_TIME_FEATURES[f])
 
         def chunks(rows_per_chunk=16384):
             for start in range(0, max(len(x), 1), rows_per_chunk):
@@ -363,6 +424,8 @@ class Client:
                 if start == 0:
                     req.header.CopyFrom(header)
                 req.values.extend(x[start:start + rows_per_chunk].ravel())
+                if ts is not None:
+                    req.timestamps_ms.extend(int(t) for t in ts[start:start + rows_per_chunk])
                 yield req
 
         try:
