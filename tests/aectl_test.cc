@@ -2,6 +2,7 @@
 // bad arguments.
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <atomic>
@@ -231,6 +232,68 @@ TEST_F(AectlTest, StreamPrintsIncidents) {
   EXPECT_NE(r.err.find(std::to_string(raised) + " incidents (alarm: 3 of the last 5 samples flagged)"),
             std::string::npos) << r.err;
   EXPECT_NE(r.err.find(", top f"), std::string::npos) << r.err;  // the worst sample's features
+}
+
+// A CSV series: hourly rows with a 'timestamp' column (NAB's format), a daily cycle, and in the
+// second file a spike at `spike_row` (-1 = none).
+std::string SeriesCsv(const std::string& tag, int first_hour, int hours, int spike_row,
+                      bool with_time = true) {
+  const std::string path = "/tmp/aectl_series_" + tag + "_" + std::to_string(getpid()) + ".csv";
+  std::ofstream out(path);
+  out << (with_time ? "timestamp," : "") << "load,temp\n";
+  for (int i = 0; i < hours; ++i) {
+    const int h = first_hour + i;
+    char stamp[32];
+    std::snprintf(stamp, sizeof stamp, "2024-01-%02d %02d:00:00", 1 + h / 24, h % 24);
+    const double load = std::sin(2 * M_PI * h / 24) + (i == spike_row ? 4 : 0);
+    if (with_time) out << stamp << ",";
+    out << load << "," << 0.5 * std::cos(2 * M_PI * h / 24) + 1 << "\n";
+  }
+  return path;
+}
+
+// Series models: train on the raw series with --window, then score and stream one row per step.
+TEST_F(AectlTest, SeriesTrainScoreStream) {
+  const std::string train = SeriesCsv("train", 0, 24 * 20, -1);
+  const std::string test = SeriesCsv("test", 24 * 20, 48, 30);
+  auto t = Aectl(server_arg_ + " train --model series --window 6 --time-features hour "
+                 "--epochs 30 " + train);
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_NE(t.out.find("model series version 1 active"), std::string::npos) << t.out;
+  auto m = Aectl(server_arg_ + " model series --format json");
+  EXPECT_NE(m.out.find("\"interval_ms\":\"3600000\""), std::string::npos) << m.out.substr(0, 600);
+
+  auto score = Aectl(server_arg_ + " score --model series " + test);
+  ASSERT_EQ(score.code, 0) << score.err;
+  EXPECT_EQ(Lines(score.out), 1 + 48);  // every row answered
+  EXPECT_NE(score.err.find("5 rows were warming up"), std::string::npos) << score.err;
+  // The spike (row 30) is flagged: its line reads "30,<its timestamp>,...,1,".
+  const size_t at = score.out.find("\n30,2024-01-22 06:00:00,");
+  ASSERT_NE(at, std::string::npos) << score.out;
+  const std::string line = score.out.substr(at + 1, score.out.find('\n', at + 1) - at - 1);
+  int commas = 0;
+  size_t flag = 0;
+  for (size_t i = 0; i < line.size() && commas < 4; ++i) {
+    if (line[i] == ',' && ++commas == 4) flag = i + 1;
+  }
+  EXPECT_EQ(line[flag], '1') << line;
+
+  // Streamed in batches of 7, the window carries across them: the same 5 warm up.
+  auto stream = Aectl(server_arg_ + " stream --model series --batch 7 " + test);
+  ASSERT_EQ(stream.code, 0) << stream.err;
+  EXPECT_NE(stream.err.find("5 rows were warming up"), std::string::npos) << stream.err;
+  EXPECT_NE(stream.out.find("\n30,2024-01-22 06:00:00,"), std::string::npos) << stream.out;
+
+  // Without times: refused with the reason.
+  const std::string untimed = SeriesCsv("untimed", 0, 48, -1, false);
+  auto no_window = Aectl(server_arg_ + " train --model series --window 6 " + untimed);
+  EXPECT_EQ(no_window.code, 2);
+  EXPECT_NE(no_window.err.find("need a 'timestamp' column"), std::string::npos) << no_window.err;
+  auto no_times = Aectl(server_arg_ + " score --model series " + untimed);
+  EXPECT_EQ(no_times.code, 1);
+  EXPECT_NE(no_times.err.find("every row needs a timestamp"), std::string::npos) << no_times.err;
+  EXPECT_NE(no_times.err.find("the file has no 'timestamp' column"), std::string::npos) << no_times.err;
+  for (const auto& f : {train, test, untimed}) std::remove(f.c_str());
 }
 
 TEST_F(AectlTest, TrainThresholdActivate) {

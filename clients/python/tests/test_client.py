@@ -174,6 +174,35 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(self.client.score("py", self.x[:5]).version, 2)
         self.assertTrue(any(j.id == job.id for j in self.client.jobs("py")))
 
+    def test_series_model_from_a_dataframe_with_times(self):
+        import pandas as pd
+        hours = pd.date_range("2024-01-01", periods=24 * 20 + 48, freq="h")
+        step = np.arange(len(hours))
+        frame = pd.DataFrame({"load": np.sin(2 * np.pi * step / 24),
+                              "temp": 0.5 * np.cos(2 * np.pi * step / 24) + 1}, index=hours)
+        train, test = frame.iloc[:24 * 20], frame.iloc[24 * 20:].copy()
+        test.iloc[30, 0] += 4  # a spike
+        self.client.train("pyseries", train, window=6, time_features=["hour"], epochs=30)
+        info = self.client.model("pyseries")
+        self.assertEqual(list(info.feature_names), ["load", "temp"])
+        self.assertEqual(info.spec.window.interval_ms, 3600 * 1000)
+        r = self.client.score("pyseries", test)
+        self.assertEqual(len(r.scores), 48)
+        self.assertEqual(r.warming_up[:6].tolist(), [True] * 5 + [False])
+        self.assertTrue(np.isnan(r.scores[:5]).all())
+        self.assertTrue(r.anomalous[30])
+        # Streamed as (rows, timestamps) pairs, the window goes on across batches.
+        ms = test.index.values.astype("datetime64[ms]").astype(np.int64)
+        values = test.to_numpy(np.float32)
+        results = [x for x in self.client.stream(
+            "pyseries", [(values[i:i + 10], ms[i:i + 10]) for i in range(0, 48, 10)],
+            names=["load", "temp"]) if isinstance(x, ScoreResult)]
+        streamed = np.concatenate([x.scores for x in results])
+        np.testing.assert_array_equal(streamed[5:], r.scores[5:])
+        with self.assertRaises(AeserveError) as e:
+            self.client.score("pyseries", values)  # no times
+        self.assertIn("every row needs a timestamp", e.exception.message)
+
     def test_watch_receives_flagged_samples(self):
         events = []
         watcher = self.client.watch("demo")
