@@ -96,15 +96,16 @@ absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> ts) {
   if (ts.size() < 2) {
     return absl::InvalidArgumentError("a series needs at least two timestamps to find its step");
   }
-  std::vector<int64_t> steps(ts.size() - 1);
+  std::vector<int64_t> steps;
   for (size_t i = 1; i < ts.size(); ++i) {
-    if (ts[i] <= ts[i - 1]) {
-      return absl::InvalidArgumentError(absl::StrCat("timestamps must increase: row ", i, " (",
-                                                     ts[i], " ms) is not after row ", i - 1, " (",
+    if (ts[i] < ts[i - 1]) {
+      return absl::InvalidArgumentError(absl::StrCat("timestamps go backwards: row ", i, " (",
+                                                     ts[i], " ms) is before row ", i - 1, " (",
                                                      ts[i - 1], " ms)"));
     }
-    steps[i - 1] = ts[i] - ts[i - 1];
+    if (ts[i] > ts[i - 1]) steps.push_back(ts[i] - ts[i - 1]);
   }
+  if (steps.empty()) return absl::InvalidArgumentError("every timestamp of the series is the same");
   std::nth_element(steps.begin(), steps.begin() + steps.size() / 2, steps.end());
   return steps[steps.size() / 2];
 }
@@ -127,9 +128,9 @@ absl::Status WindowBuffer::CheckTimes(absl::Span<const int64_t> ts, size_t rows)
   for (size_t i = 0; i < ts.size(); ++i) {
     const bool has_prev = i > 0 || started_;
     const int64_t prev = i > 0 ? ts[i - 1] : last_ms_;
-    if (has_prev && ts[i] <= prev) {
+    if (has_prev && ts[i] < prev) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "timestamps must increase: row ", i, " has ", ts[i], " ms, not after ",
+          "timestamps go backwards: row ", i, " has ", ts[i], " ms, before ",
           i > 0 ? absl::StrCat("row ", i - 1, "'s ") : std::string("the stream's last step at "),
           prev, " ms"));
     }

@@ -28,8 +28,9 @@ std::vector<std::string> WindowInputNames(const v1::Window& window,
                                           absl::Span<const std::string> columns);
 // Writes the sin/cos pairs of the window's time features for `unix_ms` (UTC) to `out`.
 void TimeFeatures(const v1::Window& window, int64_t unix_ms, float* out);
-// The median step of increasing timestamps; INVALID_ARGUMENT naming the first row whose timestamp
-// does not increase, or when there are fewer than two.
+// The median of the positive steps between timestamps in order (equal ones, such as the repeated
+// hour of a daylight-saving change, are consecutive steps); INVALID_ARGUMENT naming the first row
+// whose timestamp goes backwards, or when there are fewer than two distinct ones.
 absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> timestamps_ms);
 
 // The last steps of one series. `window` is resolved with its interval set; max_gap_steps from
@@ -38,10 +39,10 @@ class WindowBuffer {
  public:
   WindowBuffer(const v1::Window& window, const v1::ScoringPolicy& policy);
 
-  // INVALID_ARGUMENT unless there is one timestamp per row and they increase, within the batch and
-  // after the last step pushed. Nothing changes on error.
+  // INVALID_ARGUMENT unless there is one timestamp per row and none goes backwards, within the batch
+  // or from the last step pushed (equal ones are consecutive steps). Nothing changes on error.
   absl::Status CheckTimes(absl::Span<const int64_t> timestamps_ms, size_t rows) const;
-  // Adds one step (`columns` values, NaN = missing) at `unix_ms` (after the last one). A gap of up
+  // Adds one step (`columns` values, NaN = missing) at `unix_ms` (not before the last one). A gap of up
   // to max_gap_steps missed steps is pushed as missing rows first; a longer one empties the
   // window. When the window is full, writes the sample (WindowInputs values) to `out` and returns
   // true; false = warming up.

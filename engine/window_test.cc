@@ -150,7 +150,9 @@ TEST(Window, CheckTimesRefusesBackwardsAndMissingAndChangesNothing) {
   auto st = b.CheckTimes(back, 2);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("row 1"), std::string::npos) << st;
-  const int64_t before_last[] = {5000};
+  const int64_t same_as_last[] = {5000};  // equal: the next step
+  EXPECT_TRUE(b.CheckTimes(same_as_last, 1).ok());
+  const int64_t before_last[] = {4000};
   st = b.CheckTimes(before_last, 1);
   EXPECT_NE(st.message().find("stream's last step"), std::string::npos) << st;
   st = b.CheckTimes({}, 3);
@@ -171,7 +173,11 @@ TEST(Window, FitsSameLengthAndColumnsOnly) {
 TEST(Window, MedianStep) {
   const int64_t ts[] = {0, 10, 20, 35, 45};
   EXPECT_EQ(*MedianStep(ts), 10);
-  const int64_t flat[] = {0, 10, 10};
+  const int64_t repeated[] = {0, 10, 10, 20};  // a repeated time is no step of 0
+  EXPECT_EQ(*MedianStep(repeated), 10);
+  const int64_t back[] = {0, 10, 5};
+  EXPECT_NE(MedianStep(back).status().message().find("go backwards: row 2"), std::string::npos);
+  const int64_t flat[] = {7, 7};
   EXPECT_EQ(MedianStep(flat).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(MedianStep(absl::Span<const int64_t>(ts, 1)).ok());
 }
@@ -247,13 +253,13 @@ TEST(Window, SeriesModelTrainsAndRanksBrokenWindowsAboveNormal) {
   // The windows holding the spike: those ending at steps 36..41 (indices 12..17 of the day).
   for (size_t i = 12; i < 18; ++i) EXPECT_GT(broken.score[i], worst_normal) << i;
 
-  // Timestamps are required and must increase.
+  // Timestamps are required and must not go backwards.
   auto no_ts = Train(req, TrainingData{values, n, 1, {"load"}, {}});
   EXPECT_NE(no_ts.status().message().find("every row needs a timestamp"), std::string::npos)
       << no_ts.status();
   std::swap(ts[10], ts[11]);
   auto back = Train(req, TrainingData{values, n, 1, {"load"}, ts});
-  EXPECT_NE(back.status().message().find("timestamps must increase"), std::string::npos)
+  EXPECT_NE(back.status().message().find("timestamps go backwards"), std::string::npos)
       << back.status();
 }
 

@@ -4,11 +4,13 @@
   PYTHONPATH=build/clients/python bench/nab/nab.py [--data ../shared/data/nab] [--out DIR]
                                                    [--server HOST:PORT] [--files a,b]
 
-For each series in realKnownCause/ and realAWSCloudwatch/: a model is trained over RPC on the
-first 15% (NAB's probationary period), on sliding windows of the last W values plus the time of day
-(sin and cos of the hour); then every later point is scored in order through StreamScore, its
-window as one sample, with the service's per-stream alarm debounce (K anomalous of the last N
-points). A detection is the rising edge of the alarm. Detections are written in NAB's results
+For each series in realKnownCause/ and realAWSCloudwatch/: a series model is trained over RPC on
+the first 15% (NAB's probationary period), sent as raw points with their timestamps: the server
+builds the samples itself, windows of the last W values plus the time of day (ModelSpec.window);
+then every later point is sent in order through one StreamScore stream, one row per time step (the
+server keeps the window), with the service's per-stream alarm debounce (K anomalous of the last N
+points). A point whose timestamp goes backwards (one in machine_temperature) is not sent, as a
+client would drop it, and is never a detection. A detection is the rising edge of the alarm. Detections are written in NAB's results
 format and scored here with NAB's published rules: anomaly windows from combined_windows.json; the
 first detection in a window earns tp_weight x scaled_sigmoid(position in the window); a detection
 outside every window costs fp_weight x scaled_sigmoid(distance after the last window), or the full
@@ -24,8 +26,8 @@ points, and after a detection a quiet period of 5% of the stream (about one NAB 
 NAB's windows take 10% of a stream, shared by its anomalies), so one incident raises one alarm.
 The model learns as the stream goes on, the way an operator runs the service: each time the history
 has grown by as many points as the first training set (the probationary period), a new version is
-trained over RPC on the whole history and activated, and streaming continues with it
-(--refit_every 0 keeps the first model for the whole stream). NAB lets detectors learn online;
+trained over RPC on the whole history and activated, and the same stream continues with it (its
+window survives the swap; --refit_every 0 keeps the first model for the whole stream). NAB lets detectors learn online;
 every detector on its scoreboard does.
 """
 import argparse
@@ -35,12 +37,13 @@ import math
 import os
 import re
 import tempfile
+import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 
-from aeserve import Client, ScoreResult
+from aeserve import AeserveError, Client, ScoreResult
 from aeserve.local import start_server as start_local, stop_server
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -93,42 +96,46 @@ def score_file(times, detections, windows, probation, weights):
     return sum(tp_scores.values()) + fp_total - weights["fn"] * missed, idx_windows
 
 
-DIFFS = False
+def train(client, model, values, stamps, args):
+    """A series model over the raw points: the server builds windows of WINDOW values and the
+    time of day."""
+    client.train(model, values.reshape(-1, 1), feature_names=["value"], timestamps=stamps,
+                 window=WINDOW, time_features=["hour"], seed=args.seed, scaling="minmax",
+                 epochs=100, patience=10, percentile=args.percentile, validation_split=0.2)
 
 
-def features(times, values):
-    """Row t: the last WINDOW values (and, with DIFFS, their first differences) and the time of
-    day; rows before WINDOW-1 have no window."""
-    v = np.asarray(values, dtype=np.float32)
-    rows = []
-    for t in range(WINDOW - 1, len(v)):
-        hour = times[t].hour + times[t].minute / 60.0
-        w = v[t - WINDOW + 1:t + 1]
-        parts = [w, np.diff(v[max(t - WINDOW, 0):t + 1])[-(WINDOW - 1):]] if DIFFS else [w]
-        rows.append(np.concatenate(parts + [[math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)]]))
-    return np.array(rows, dtype=np.float32)
+def stream_with_refits(client, model, values, stamps, n_train, args, debounce):
+    """Trains on the first n_train points, then streams the points from n_train - (WINDOW - 1) on
+    (those first ones warm the window up) through one StreamScore stream; whenever the history has
+    grown by refit_every x n_train points since the last training, waits for the answers so far,
+    retrains on all of it (the new version is activated) and streams on. Returns the alarm of
+    every streamed point."""
+    train(client, model, values[:n_train], stamps[:n_train], args)
+    n = len(values)
+    step = max(int(args.refit_every * n_train), 1) if args.refit_every > 0 else n
+    first = max(n_train - (WINDOW - 1), 0)
+    refits = set(range(n_train + step, n, step))
+    bounds = sorted(refits | set(range(first, n, 64)) | {n})
+    answered = threading.Condition()
+    done = [0]  # batches answered
 
+    def batches():
+        for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if start in refits:
+                with answered:  # what was sent before is scored by the version it was sent to
+                    answered.wait_for(lambda: done[0] == k, timeout=600)
+                train(client, model, values[:start], stamps[:start], args)
+            yield values[start:end].reshape(-1, 1), stamps[start:end]
 
-def train(client, model, x, args):
-    client.train(model, x, seed=args.seed, scaling="minmax", epochs=100, patience=10,
-                 percentile=args.percentile, validation_split=0.2)
-
-
-def stream_with_refits(client, model, x, n_train, first, args, debounce):
-    """Trains on x[:n_train], then streams x[first:] through StreamScore in order; whenever the
-    history has grown by refit_every x n_train points since the last training, retrains on all of
-    it (the new version is activated) and streams on. Returns the alarm of every streamed row."""
-    train(client, model, x[:n_train], args)
-    step = max(int(args.refit_every * n_train), 1) if args.refit_every > 0 else len(x)
-    bounds = list(range(first, len(x), step)) + [len(x)]
     alarms = []
-    for seg_start, seg_end in zip(bounds[:-1], bounds[1:]):
-        if seg_start > first:
-            train(client, model, x[:seg_start], args)
-        seg = x[seg_start:seg_end]
-        for item in client.stream(model, [seg[i:i + 64] for i in range(0, len(seg), 64)], debounce=debounce):
-            if isinstance(item, ScoreResult):
-                alarms.extend(item.alarm.tolist())
+    for item in client.stream(model, batches(), debounce=debounce, names=["value"]):
+        if isinstance(item, ScoreResult):
+            alarms.extend(item.alarm.tolist())
+            with answered:
+                done[0] += 1
+                answered.notify_all()
+        elif isinstance(item, AeserveError):  # a batch the server refused
+            raise RuntimeError(f"{model}: {item}")
     return alarms
 
 
@@ -146,7 +153,6 @@ def main():
     p.add_argument("--window", type=int, default=12, help="values per sample")
     p.add_argument("--percentile", type=float, default=PERCENTILE, help="threshold percentile")
     p.add_argument("--debounce", default=f"{DEBOUNCE[0]},{DEBOUNCE[1]}", help="K,N: alarm when K of the last N points are anomalous")
-    p.add_argument("--diffs", action="store_true", help="also feed the first differences of the window")
     p.add_argument("--suppress", type=float, default=SUPPRESS,
                    help="after a detection, no new one for this share of the stream's length")
     p.add_argument("--refit_every", type=float, default=REFIT_EVERY,
@@ -155,7 +161,6 @@ def main():
     p.add_argument("--seed", type=int, default=1, help="training seed")
     args = p.parse_args()
     globals()["WINDOW"] = args.window
-    globals()["DIFFS"] = args.diffs
     debounce = tuple(int(v) for v in args.debounce.split(","))
     proc, address = (None, args.server) if args.server else start_server()
     client = Client(address, timeout=600)
@@ -176,19 +181,25 @@ def main():
         with open(os.path.join(args.data, rel)) as f:
             rows = list(csv.DictReader(f))
         times = [parse_time(r["timestamp"]) for r in rows]
-        values = [float(r["value"]) for r in rows]
         probation = int(0.15 * len(rows))
-        x = features(times, values)  # x[j] is row j + WINDOW - 1
-        train = x[:max(probation - WINDOW + 1, 10)]
+        # The points sent: all but those whose time goes backwards (NAB times are local, UTC here).
+        sent, latest = [], None
+        for i, t in enumerate(times):
+            if latest is None or t >= latest:
+                sent.append(i)
+                latest = t
+        values = np.array([float(rows[i]["value"]) for i in sent], dtype=np.float32)
+        stamps = np.array([int(times[i].replace(tzinfo=timezone.utc).timestamp() * 1000) for i in sent],
+                          dtype=np.int64)
+        n_train = max(sum(1 for i in sent if i < probation), WINDOW + 10)
         model = "nab_" + re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(rel)[:-4])
-        alarms = stream_with_refits(client, model, x, len(train), max(probation - WINDOW + 1, 0),
-                                    args, debounce)
-        first_scored = len(rows) - len(alarms)
+        alarms = stream_with_refits(client, model, values, stamps, n_train, args, debounce)
+        first_sent = len(sent) - len(alarms)
         detections = [False] * len(rows)
         previous = False
         quiet_until = -1
         for j, a in enumerate(alarms):
-            i = first_scored + j
+            i = sent[first_sent + j]
             if a and not previous and i > quiet_until:  # rising edge, outside the quiet period
                 detections[i] = True
                 quiet_until = i + int(args.suppress * len(rows))
