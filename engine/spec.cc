@@ -265,6 +265,10 @@ absl::StatusOr<v1::ScoringPolicy> ResolvePolicy(const v1::ScoringPolicy& policy)
   v1::ScoringPolicy p = policy;
   if (!p.has_max_missing_fraction()) p.set_max_missing_fraction(kDefaultMaxMissingFraction);
   if (!p.has_impute_refinements()) p.set_impute_refinements(kDefaultImputeRefinements);
+  if (p.gap_fill() == v1::GAP_FILL_UNSPECIFIED) p.set_gap_fill(kDefaultGapFill);
+  if (!v1::GapFill_IsValid(p.gap_fill())) {
+    return absl::InvalidArgumentError(absl::StrCat("scoring policy: unknown gap_fill ", p.gap_fill()));
+  }
   const float f = p.max_missing_fraction();
   if (!(f >= 0 && f < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(

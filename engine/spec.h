@@ -20,6 +20,9 @@ inline constexpr float kDefaultReconstructionWeight = 0.5f;
 inline constexpr float kDefaultMaxMissingFraction = 0.5f;
 inline constexpr uint32_t kDefaultImputeRefinements = 0;
 inline constexpr uint32_t kMaxImputeRefinements = 10;
+// Series models: a short gap in time is closed up (measured best on NAB, bench/RESULTS.md
+// "Series gaps").
+inline constexpr v1::GapFill kDefaultGapFill = v1::GAP_FILL_JOIN;
 
 // Returns the spec with every default filled in, or INVALID_ARGUMENT naming what is wrong.
 // A spec that gives neither layers nor a code size gets DefaultSpec's architecture.

@@ -7,6 +7,7 @@
 #include <numbers>
 
 #include "absl/strings/str_cat.h"
+#include "spec.h"
 
 namespace aeserve::engine {
 namespace {
@@ -23,6 +24,11 @@ double Phase(int64_t unix_ms, int64_t period_ms) {
 
 uint32_t MaxGap(const v1::Window& w, const v1::ScoringPolicy& p) {
   return p.has_max_gap_steps() ? p.max_gap_steps() : std::max(w.length(), 1u);
+}
+
+bool FillMissing(const v1::ScoringPolicy& p) {
+  const v1::GapFill f = p.gap_fill() == v1::GAP_FILL_UNSPECIFIED ? kDefaultGapFill : p.gap_fill();
+  return f == v1::GAP_FILL_MISSING;
 }
 
 }  // namespace
@@ -116,6 +122,7 @@ WindowBuffer::WindowBuffer(const v1::Window& w, const v1::ScoringPolicy& p)
       columns_(w.columns()),
       inputs_(WindowInputs(w, w.columns())),
       max_gap_(MaxGap(w, p)),
+      fill_missing_(FillMissing(p)),
       ring_(static_cast<size_t>(length_) * columns_) {}
 
 absl::Status WindowBuffer::CheckTimes(absl::Span<const int64_t> ts, size_t rows) const {
@@ -156,7 +163,7 @@ bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
     const double missed = std::max(steps - 1, 0.0);
     if (missed > static_cast<double>(max_gap_)) {
       filled_ = 0;  // a long gap: the window starts again
-    } else {
+    } else if (fill_missing_) {
       for (uint64_t m = 0; m < std::min<uint64_t>(static_cast<uint64_t>(missed), length_); ++m) {
         Add(nullptr);
       }
@@ -183,6 +190,7 @@ void WindowBuffer::Retarget(const v1::Window& w, const v1::ScoringPolicy& p) {
   window_ = w;
   inputs_ = WindowInputs(w, columns_);
   max_gap_ = MaxGap(w, p);
+  fill_missing_ = FillMissing(p);
 }
 
 absl::StatusOr<std::vector<float>> TrainingWindows(const v1::Window& w,

@@ -33,8 +33,8 @@ void TimeFeatures(const v1::Window& window, int64_t unix_ms, float* out);
 // whose timestamp goes backwards, or when there are fewer than two distinct ones.
 absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> timestamps_ms);
 
-// The last steps of one series. `window` is resolved with its interval set; max_gap_steps from
-// the model's ScoringPolicy (unset = the window length).
+// The last steps of one series. `window` is resolved with its interval set; max_gap_steps and
+// gap_fill from the model's ScoringPolicy (unset: the window length, kDefaultGapFill).
 class WindowBuffer {
  public:
   WindowBuffer(const v1::Window& window, const v1::ScoringPolicy& policy);
@@ -42,10 +42,10 @@ class WindowBuffer {
   // INVALID_ARGUMENT unless there is one timestamp per row and none goes backwards, within the batch
   // or from the last step pushed (equal ones are consecutive steps). Nothing changes on error.
   absl::Status CheckTimes(absl::Span<const int64_t> timestamps_ms, size_t rows) const;
-  // Adds one step (`columns` values, NaN = missing) at `unix_ms` (not before the last one). A gap of up
-  // to max_gap_steps missed steps is pushed as missing rows first; a longer one empties the
-  // window. When the window is full, writes the sample (WindowInputs values) to `out` and returns
-  // true; false = warming up.
+  // Adds one step (`columns` values, NaN = missing) at `unix_ms` (not before the last one). A gap of
+  // up to max_gap_steps missed steps is closed up (GAP_FILL_JOIN) or pushed as missing rows first
+  // (GAP_FILL_MISSING); a longer one empties the window. When the window is full, writes the
+  // sample (WindowInputs values) to `out` and returns true; false = warming up.
   bool Push(const float* row, int64_t unix_ms, float* out);
   // Whether the steps kept can go on into a model with this window (same length and columns):
   // a stream's window survives a hot swap to such a version.
@@ -60,6 +60,7 @@ class WindowBuffer {
   v1::Window window_;
   uint32_t length_, columns_, inputs_;
   uint64_t max_gap_;
+  bool fill_missing_;  // GAP_FILL_MISSING
   std::vector<float> ring_;  // length_ rows of columns_, oldest at (next_ - filled_)
   uint32_t next_ = 0, filled_ = 0;
   bool started_ = false;

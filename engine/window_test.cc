@@ -26,9 +26,10 @@ v1::Window MakeWindow(uint32_t length, uint32_t columns, int64_t interval_ms,
   return w;
 }
 
-v1::ScoringPolicy MaxGap(uint32_t steps) {
+v1::ScoringPolicy Gaps(v1::GapFill fill, int max_gap_steps = -1) {
   v1::ScoringPolicy p;
-  p.set_max_gap_steps(steps);
+  p.set_gap_fill(fill);
+  if (max_gap_steps >= 0) p.set_max_gap_steps(static_cast<uint32_t>(max_gap_steps));
   return p;
 }
 
@@ -95,8 +96,19 @@ TEST(Window, FillsStepByStepThenSlides) {
   EXPECT_EQ(std::vector<float>(out, out + 6), (std::vector<float>{2, 20, 3, 30, 4, 40}));
 }
 
+TEST(Window, ShortGapIsClosedUpByDefault) {
+  WindowBuffer b(MakeWindow(3, 1, 1000), {});
+  float out[3];
+  const float v[] = {1, 2, 3, 4};
+  b.Push(&v[0], 0, out);
+  b.Push(&v[1], 1000, out);
+  ASSERT_TRUE(b.Push(&v[2], 4000, out));  // two steps missed: joined
+  EXPECT_EQ(std::vector<float>(out, out + 3), (std::vector<float>{1, 2, 3}));
+  EXPECT_FALSE(b.Push(&v[3], 9000, out));  // four missed, over the window length: restarts
+}
+
 TEST(Window, ShortGapIsMissingLongGapRestarts) {
-  WindowBuffer b(MakeWindow(3, 1, 1000), MaxGap(1));
+  WindowBuffer b(MakeWindow(3, 1, 1000), Gaps(v1::GAP_FILL_MISSING, 1));
   float out[3];
   const float v[] = {1, 2, 3, 4, 5, 6};
   b.Push(&v[0], 0, out);
@@ -114,7 +126,7 @@ TEST(Window, ShortGapIsMissingLongGapRestarts) {
 }
 
 TEST(Window, DefaultMaxGapIsTheWindowLength) {
-  WindowBuffer b(MakeWindow(3, 1, 1000), {});
+  WindowBuffer b(MakeWindow(3, 1, 1000), Gaps(v1::GAP_FILL_MISSING));
   float out[3];
   const float v[] = {1, 2, 3};
   b.Push(&v[0], 0, out);

@@ -259,7 +259,46 @@ TEST_F(SeriesTest, WindowSurvivesASwapToTheSameLengthAndRestartsOtherwise) {
   EXPECT_FALSE(r.result().warming_up(3));
 }
 
-TEST_F(SeriesTest, ShortGapsAreMissingStepsLongGapsRestartTheWindow) {
+// The engine's scores when steps [gap_from, gap_to) never arrive and the gap is closed up.
+std::vector<float> JoinedScores(const v1::ModelFile& f, size_t to, size_t gap_from, size_t gap_to) {
+  auto model = *engine::Model::Create(f);
+  engine::WindowBuffer b(f.spec().window(), f.policy());
+  std::vector<float> sample(b.inputs()), out(to, NAN);
+  auto ctx = model->NewContext();
+  for (size_t i = 0; i < to; ++i) {
+    if (i >= gap_from && i < gap_to) continue;
+    const v1::Samples one = Steps(i, i + 1);
+    if (!b.Push(one.values().data(), one.timestamps_ms(0), sample.data())) continue;
+    engine::ScoreResult r;
+    EXPECT_TRUE(model->Score(*ctx, sample, {}, &r).ok());
+    out[i] = r.score[0];
+  }
+  return out;
+}
+
+TEST_F(SeriesTest, ShortGapsAreClosedUpOrMissingLongGapsRestartTheWindow) {
+  {
+    // Default (GAP_FILL_JOIN): the rows on either side of a short gap are consecutive steps.
+    Stream s;
+    ASSERT_TRUE(s.Send(Steps(0, 10)).has_result());
+    v1::StreamScoreResponse r = s.Send(Steps(12, 20));
+    ASSERT_TRUE(r.has_result()) << r.DebugString();
+    EXPECT_EQ(r.result().missing_size(), 0);
+    EXPECT_EQ(r.result().warming_up_size(), 0);
+    ExpectScores(r.result(), JoinedScores(*w6_, 20, 10, 12), 12);
+  }
+  v1::SetScoringPolicyRequest set;
+  set.set_model("daily");
+  set.mutable_policy()->set_gap_fill(v1::GAP_FILL_MISSING);
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfoBrief brief;
+    auto st = server_->admin->SetScoringPolicy(&ctx, set, &brief);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  v1::ModelInfo info;
+  ASSERT_TRUE(GetModel(*server_, "daily", &info).ok());
+  EXPECT_EQ(info.policy().gap_fill(), v1::GAP_FILL_MISSING);
   Stream s;
   ASSERT_TRUE(s.Send(Steps(0, 10)).has_result());
   // Steps 10 and 11 never arrive: two missed steps enter the window as missing rows (2 columns

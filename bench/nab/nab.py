@@ -101,7 +101,8 @@ def train(client, model, values, stamps, args):
     time of day."""
     client.train(model, values.reshape(-1, 1), feature_names=["value"], timestamps=stamps,
                  window=WINDOW, time_features=["hour"], seed=args.seed, scaling="minmax",
-                 epochs=100, patience=10, percentile=args.percentile, validation_split=0.2)
+                 epochs=100, patience=10, percentile=args.percentile, validation_split=0.2,
+                 max_gap_steps=args.max_gap_steps, gap_fill=args.gap_fill)
 
 
 def stream_with_refits(client, model, values, stamps, n_train, args, debounce):
@@ -112,7 +113,8 @@ def stream_with_refits(client, model, values, stamps, n_train, args, debounce):
     every streamed point."""
     train(client, model, values[:n_train], stamps[:n_train], args)
     n = len(values)
-    step = max(int(args.refit_every * n_train), 1) if args.refit_every > 0 else n
+    samples = n_train - (WINDOW - 1)  # windows in the first training set
+    step = max(int(args.refit_every * samples), 1) if args.refit_every > 0 else n
     first = max(n_train - (WINDOW - 1), 0)
     refits = set(range(n_train + step, n, step))
     bounds = sorted(refits | set(range(first, n, 64)) | {n})
@@ -159,6 +161,12 @@ def main():
                    help="retrain on the whole history each time it has grown by this many times the "
                         "first training set (0: never retrain)")
     p.add_argument("--seed", type=int, default=1, help="training seed")
+    p.add_argument("--max_gap_steps", type=int, default=None,
+                   help="the models' ScoringPolicy.max_gap_steps (default: the server's, the window "
+                        "length): missed steps up to this are missing values, a longer gap restarts "
+                        "the window")
+    p.add_argument("--gap_fill", choices=("join", "missing"), default=None,
+                   help="the models' ScoringPolicy.gap_fill (default: the server's)")
     args = p.parse_args()
     globals()["WINDOW"] = args.window
     debounce = tuple(int(v) for v in args.debounce.split(","))

@@ -524,13 +524,17 @@ struct TrainArgs {
   float max_missing = -1;          // -1 = the server's default
   int impute_refinements = -1;     // -1 = the server's default
   int max_gap_steps = -1;          // -1 = the server's default (the window length)
+  std::string gap_fill;            // empty = the server's default
   uint32_t window = 0, stride = 0;  // 0 = no window / every step
   std::vector<std::string> time_features;  // hour, weekday
 };
 
 // The policy options given on the command line (negative = not given).
-v1::ScoringPolicy PolicyOf(float max_missing, int impute_refinements, int max_gap_steps) {
+v1::ScoringPolicy PolicyOf(float max_missing, int impute_refinements, int max_gap_steps,
+                           const std::string& gap_fill) {
   v1::ScoringPolicy p;
+  if (gap_fill == "join") p.set_gap_fill(v1::GAP_FILL_JOIN);
+  if (gap_fill == "missing") p.set_gap_fill(v1::GAP_FILL_MISSING);
   if (max_missing >= 0) p.set_max_missing_fraction(max_missing);
   if (impute_refinements >= 0) p.set_impute_refinements(static_cast<uint32_t>(impute_refinements));
   if (max_gap_steps >= 0) p.set_max_gap_steps(static_cast<uint32_t>(max_gap_steps));
@@ -558,7 +562,7 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   h.set_base_version(a.base_version);
   h.set_no_activate(a.no_activate);
   h.set_description(a.description);
-  *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements, a.max_gap_steps);
+  *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements, a.max_gap_steps, a.gap_fill);
   const bool series = a.window > 1 || !a.time_features.empty();
   if (series && table->timestamps_ms.empty()) {
     std::fprintf(stderr, "aectl: --window and --time-features need a 'timestamp' column of times "
@@ -801,12 +805,13 @@ int Threshold(const Common& c, const std::string& model, const std::string& enti
 }
 
 int Policy(const Common& c, const std::string& model, const std::string& entity, uint64_t version,
-           float max_missing, int impute_refinements, int max_gap_steps) {
+           float max_missing, int impute_refinements, int max_gap_steps,
+           const std::string& gap_fill) {
   v1::SetScoringPolicyRequest req;
   req.set_model(model);
   req.set_entity(entity);
   req.set_version(version);
-  *req.mutable_policy() = PolicyOf(max_missing, impute_refinements, max_gap_steps);
+  *req.mutable_policy() = PolicyOf(max_missing, impute_refinements, max_gap_steps, gap_fill);
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
@@ -932,8 +937,11 @@ int main(int argc, char** argv) {
                     "time series: add the time of day and/or week of each step (hour,weekday)")
       ->delimiter(',');
   train->add_option("--max-gap-steps", ta.max_gap_steps,
-                    "series: missed time steps filled as missing; a longer gap restarts the window "
-                    "(default: the window length)");
+                    "series: a gap of up to N missed time steps is handled by --gap-fill, a longer "
+                    "one restarts the window (default: the window length)");
+  train->add_option("--gap-fill", ta.gap_fill,
+                    "series: a short gap is closed up (join, the default) or its steps are missing "
+                    "values (missing)")->check(CLI::IsMember({"join", "missing"}));
   train->add_option("file", path, "training CSV (a label column is ignored); '-' reads stdin");
 
   std::string job_id;
@@ -976,7 +984,12 @@ int main(int argc, char** argv) {
                      "times a missing value is refined by the model's reconstruction (0..10)");
   int max_gap_steps = -1;
   policy->add_option("--max-gap-steps", max_gap_steps,
-                     "series models: missed time steps filled as missing; a longer gap restarts the window");
+                     "series models: a gap of up to N missed time steps is handled by --gap-fill, a "
+                     "longer one restarts the window");
+  std::string gap_fill;
+  policy->add_option("--gap-fill", gap_fill,
+                     "series models: a short gap is closed up (join) or its steps are missing values "
+                     "(missing)")->check(CLI::IsMember({"join", "missing"}));
 
   uint32_t min_severity = 0;
   uint64_t count = 0;
@@ -998,7 +1011,8 @@ int main(int argc, char** argv) {
     return Threshold(c, model, entity, version, level, critical, clear_critical);
   }
   if (policy->parsed()) {
-    return Policy(c, model, entity, version, max_missing, impute_refinements, max_gap_steps);
+    return Policy(c, model, entity, version, max_missing, impute_refinements, max_gap_steps,
+                  gap_fill);
   }
   if (score->parsed()) return Score(c, model, version, path, format, top_k, batch, cols);
   if (stream->parsed()) {

@@ -126,6 +126,12 @@ _TIME_FEATURES = {"hour": model_pb2.TIME_FEATURE_HOUR_OF_DAY,
                   "weekday": model_pb2.TIME_FEATURE_DAY_OF_WEEK}
 
 
+def _gap_fill(name: str) -> int:
+    if name not in ("join", "missing"):
+        raise ValueError('gap_fill must be "join" or "missing"')
+    return model_pb2.GapFill.Value("GAP_FILL_" + name.upper())
+
+
 def _timestamps(x, timestamps=None):
     """Milliseconds since the Unix epoch, one per row: `timestamps` (integers in ms, or numpy /
     pandas datetime64 values, naive = UTC), else the DatetimeIndex of a pandas DataFrame `x`,
@@ -331,12 +337,15 @@ class Client:
 
     def set_policy(self, model: str, max_missing_fraction: Optional[float] = None,
                    impute_refinements: Optional[int] = None, version: int = 0,
-                   entity: str = "", max_gap_steps: Optional[int] = None) -> admin_pb2.ModelInfoBrief:
+                   entity: str = "", max_gap_steps: Optional[int] = None,
+                   gap_fill: Optional[str] = None) -> admin_pb2.ModelInfoBrief:
         """Changes how a version treats missing values and (series models) gaps in time; unset
         arguments keep their value."""
         req = admin_pb2.SetScoringPolicyRequest(model=model, entity=entity, version=version)
         if max_gap_steps is not None:
             req.policy.max_gap_steps = max_gap_steps
+        if gap_fill is not None:
+            req.policy.gap_fill = _gap_fill(gap_fill)
         if max_missing_fraction is not None:
             req.policy.max_missing_fraction = max_missing_fraction
         if impute_refinements is not None:
@@ -357,7 +366,7 @@ class Client:
               max_missing_fraction: Optional[float] = None,
               impute_refinements: Optional[int] = None,
               window: int = 0, stride: int = 0, time_features: Sequence[str] = (),
-              max_gap_steps: Optional[int] = None, timestamps=None,
+              max_gap_steps: Optional[int] = None, gap_fill: Optional[str] = None, timestamps=None,
               entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True) -> admin_pb2.TrainingJob:
@@ -373,7 +382,9 @@ class Client:
         Time series: `window` > 1 and/or `time_features` ("hour", "weekday") make a series model:
         `data` is then the raw series in time order with `timestamps` (ms or datetime64; a
         DataFrame's DatetimeIndex by default), and the server builds the windows (every `stride`
-        steps). Scoring then takes one row per time step."""
+        steps). Scoring then takes one row per time step. A gap in time of up to `max_gap_steps`
+        missed steps is closed up (gap_fill="join", the default) or entered as missing rows
+        ("missing"); a longer one restarts the window."""
         ts = _timestamps(data, timestamps)
         x, names = _columns(data, feature_names)
         if ts is not None and len(ts) != x.shape[0]:
@@ -399,6 +410,8 @@ class Client:
             header.policy.impute_refinements = impute_refinements
         if max_gap_steps is not None:
             header.policy.max_gap_steps = max_gap_steps
+        if gap_fill is not None:
+            header.policy.gap_fill = _gap_fill(gap_fill)
         if not fine_tune:
             header.spec.CopyFrom(model_pb2.ModelSpec(
                 kind=model_pb2.ModelKind.Value("MODEL_KIND_" + kind.upper()),
