@@ -2,10 +2,13 @@
 // beside a bare gRPC echo server answering same-sized messages and the engine in-process, all in
 // one run on one machine.
 //
-//   build/bench/serve_bench [--seconds=S]
+//   build/bench/serve_bench [--seconds=S] [--neighbors=N] [--series-only]
 //
+// Also: a series model (server-side windows) streamed one row per time step against plain rows
+// of the same model input size.
 // Model: 38-64-32-8-32-64-38 ReLU. Streams use one connection each.
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -172,9 +175,11 @@ double EngineRate(const engine::Model& model, int threads, uint32_t rows, double
 int main(int argc, char** argv) {
   double seconds = 1.5;
   int neighbors = -1;  // --neighbors=N: the model's ModelSpec.neighbors (unset = the default score)
+  bool series_only = false;  // --series-only: just the windowed-vs-plain table
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--seconds=", 10) == 0) seconds = std::atof(argv[i] + 10);
     if (std::strncmp(argv[i], "--neighbors=", 12) == 0) neighbors = std::atoi(argv[i] + 12);
+    if (std::strcmp(argv[i], "--series-only") == 0) series_only = true;
   }
   const std::string dir = "/tmp/aeserve_serve_bench_" + std::to_string(getpid());
   std::filesystem::remove_all(dir);
@@ -189,6 +194,30 @@ int main(int argc, char** argv) {
   const server::ModelKey key{"bench", ""};
   (void)store.WriteActive(key, *store.AddVersion(key, *file));
 
+  // Series models: one row of 3 columns per time step, the server builds windows of 12 steps and
+  // the hour of day (12 x 3 + 2 = 38 inputs, the same network) — against plain rows of 38.
+  constexpr uint32_t kColumns = 3, kWindow = 12;
+  const int64_t step_ms = 60'000;
+  std::vector<float> series_values;
+  std::vector<int64_t> series_ts;
+  for (uint32_t i = 0; i < 20000; ++i) {
+    for (uint32_t c = 0; c < kColumns; ++c) {
+      series_values.push_back(static_cast<float>(std::sin(0.01 * i * (c + 1))));
+    }
+    series_ts.push_back(int64_t{i} * step_ms);
+  }
+  engine::TrainRequest sreq;
+  sreq.spec.mutable_window()->set_length(kWindow);
+  sreq.spec.mutable_window()->add_time_features(v1::TIME_FEATURE_HOUR_OF_DAY);
+  if (neighbors >= 0) sreq.spec.set_neighbors(static_cast<uint32_t>(neighbors));
+  sreq.options.set_epochs(2);
+  auto sfile = engine::Train(sreq, engine::TrainingData{series_values, 20000, kColumns, {}, series_ts});
+  if (!sfile.ok()) {
+    std::fprintf(stderr, "series model: %s\n", sfile.status().ToString().c_str());
+    return 1;
+  }
+  const server::ModelKey skey{"series", ""};
+  (void)store.WriteActive(skey, *store.AddVersion(skey, *sfile));
   server::Options o;
   o.host = "127.0.0.1";
   o.port = 0;
@@ -214,6 +243,7 @@ int main(int argc, char** argv) {
   std::printf("%6s %8s %14s %14s %14s %14s %9s %9s\n", "batch", "streams", "aeserve", "grpc echo",
               "engine 1 thr", "engine 2 thr", "vs echo", "vs eng 2");
   for (uint32_t rows : {16u, 256u, 4096u}) {
+    if (series_only) break;
     const double e1 = EngineRate(*model, 1, rows, seconds / 2);
     const double e2 = EngineRate(*model, 2, rows, seconds / 2);
     for (int streams : {1, 4}) {
@@ -231,6 +261,7 @@ int main(int argc, char** argv) {
   std::printf("\nmetrics on vs off, StreamScore samples/s (median of 3 interleaved runs)\n");
   std::printf("%6s %8s %14s %14s %9s\n", "batch", "streams", "metrics on", "metrics off", "cost");
   for (uint32_t rows : {16u, 256u}) {
+    if (series_only) break;
     for (int streams : {1, 4}) {
       std::vector<double> on_rates, off_rates;
       for (int rep = 0; rep < 3; ++rep) {
@@ -245,13 +276,43 @@ int main(int argc, char** argv) {
   }
   (*quiet)->Shutdown();
 
-  const auto [a50, a99] = UnaryLatency<v1::Scoring>(aeserve_port, 5000);
-  const auto [b50, b99] = UnaryLatency<bench::Echo>(echo_port, 5000);
-  std::printf("\nunary Score, one sample, sequential calls (us)\n");
-  std::printf("%-10s %10s %10s\n", "", "p50", "p99");
-  std::printf("%-10s %10.1f %10.1f\n", "aeserve", a50, a99);
-  std::printf("%-10s %10.1f %10.1f\n", "grpc echo", b50, b99);
-  std::printf("p50 ratio aeserve / echo: %.2fx\n", a50 / b50);
+  std::printf("\nseries model (window %u x %u columns + hour = %u inputs) vs plain rows of %u, "
+              "StreamScore rows/s (median of 3 interleaved runs; both send a timestamp per row)\n",
+              kWindow, kColumns, kFeatures, kFeatures);
+  std::printf("%6s %8s %14s %14s %9s\n", "batch", "streams", "windowed", "plain", "ratio");
+  for (uint32_t rows : {256u, 4096u}) {
+    // Each write carries the next `rows` time steps.
+    auto times = [rows](uint64_t seq, v1::StreamScoreRequest* req) {
+      auto* ts = req->mutable_samples()->mutable_timestamps_ms();
+      ts->Resize(static_cast<int>(rows), 0);
+      for (uint32_t i = 0; i < rows; ++i) ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i) * 60'000);
+    };
+    v1::Samples series;
+    series.set_num_features(kColumns);
+    series.mutable_values()->Add(series_values.begin(), series_values.begin() + rows * kColumns);
+    for (int streams : {1, 4}) {
+      std::vector<double> w, p;
+      for (int rep = 0; rep < 3; ++rep) {
+        w.push_back(aeserve::bench::StreamRate<v1::Scoring>(
+            "127.0.0.1:" + std::to_string(aeserve_port), "series", series, streams, seconds, times));
+        p.push_back(aeserve::bench::StreamRate<v1::Scoring>(
+            "127.0.0.1:" + std::to_string(aeserve_port), "bench", Batch(rows), streams, seconds, times));
+      }
+      std::sort(w.begin(), w.end());
+      std::sort(p.begin(), p.end());
+      std::printf("%6u %8d %14.0f %14.0f %8.0f%%\n", rows, streams, w[1], p[1], 100 * w[1] / p[1]);
+    }
+  }
+
+  if (!series_only) {
+    const auto [a50, a99] = UnaryLatency<v1::Scoring>(aeserve_port, 5000);
+    const auto [b50, b99] = UnaryLatency<bench::Echo>(echo_port, 5000);
+    std::printf("\nunary Score, one sample, sequential calls (us)\n");
+    std::printf("%-10s %10s %10s\n", "", "p50", "p99");
+    std::printf("%-10s %10.1f %10.1f\n", "aeserve", a50, a99);
+    std::printf("%-10s %10.1f %10.1f\n", "grpc echo", b50, b99);
+    std::printf("p50 ratio aeserve / echo: %.2fx\n", a50 / b50);
+  }
   echo_server->Shutdown();
   (*aeserve)->Shutdown();
   std::filesystem::remove_all(dir);

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -27,9 +28,11 @@ inline std::shared_ptr<grpc::Channel> BenchChannel(const std::string& target, in
 // Samples per second answered over `streams` StreamScore streams for `seconds`, each sending
 // `batch` again and again (the first message names `model`). `Stub` is any generated service with
 // aeserve.v1's StreamScore signature: aeserve's Scoring, the echo server, the Python peer.
+// `each`, when given, adjusts the request before each write (e.g. a series' timestamps).
 template <typename Stub>
 double StreamRate(const std::string& target, const std::string& model, const v1::Samples& batch,
-                  int streams, double seconds) {
+                  int streams, double seconds,
+                  const std::function<void(uint64_t, v1::StreamScoreRequest*)>& each = {}) {
   using Clock = std::chrono::steady_clock;
   std::atomic<uint64_t> answered{0};
   std::vector<std::thread> threads;
@@ -45,6 +48,7 @@ double StreamRate(const std::string& target, const std::string& model, const v1:
         *req.mutable_samples() = batch;
         for (uint64_t seq = 0; Clock::now() < stop_at; ++seq) {
           req.set_sequence(seq);
+          if (each) each(seq, &req);
           if (!stream->Write(req)) break;
           if (seq == 0) req.clear_config();
         }

@@ -88,13 +88,20 @@ std::vector<std::string> WindowInputNames(const v1::Window& w,
   return names;
 }
 
+// The sin/cos pair of one time feature.
+void TimeFeature(v1::TimeFeature f, int64_t unix_ms, float* out) {
+  // Day of week: the Unix epoch was a Thursday; Monday 00:00 UTC is phase 0.
+  const double phase = f == v1::TIME_FEATURE_HOUR_OF_DAY ? Phase(unix_ms, kDayMs)
+                                                         : Phase(unix_ms + 3 * kDayMs, 7 * kDayMs);
+  const float angle = static_cast<float>(2 * std::numbers::pi * phase);
+  out[0] = std::sin(angle);
+  out[1] = std::cos(angle);
+}
+
 void TimeFeatures(const v1::Window& w, int64_t unix_ms, float* out) {
   for (int f : w.time_features()) {
-    // Day of week: the Unix epoch was a Thursday; Monday 00:00 UTC is phase 0.
-    const double phase = f == v1::TIME_FEATURE_HOUR_OF_DAY ? Phase(unix_ms, kDayMs)
-                                                           : Phase(unix_ms + 3 * kDayMs, 7 * kDayMs);
-    *out++ = static_cast<float>(std::sin(2 * std::numbers::pi * phase));
-    *out++ = static_cast<float>(std::cos(2 * std::numbers::pi * phase));
+    TimeFeature(static_cast<v1::TimeFeature>(f), unix_ms, out);
+    out += 2;
   }
 }
 
@@ -117,19 +124,20 @@ absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> ts) {
 }
 
 WindowBuffer::WindowBuffer(const v1::Window& w, const v1::ScoringPolicy& p)
-    : window_(w),
-      length_(std::max(w.length(), 1u)),
+    : length_(std::max(w.length(), 1u)),
       columns_(w.columns()),
       inputs_(WindowInputs(w, w.columns())),
       max_gap_(MaxGap(w, p)),
       fill_missing_(FillMissing(p)),
-      ring_(static_cast<size_t>(length_) * columns_) {}
+      ring_(2 * static_cast<size_t>(length_) * columns_) {
+  Retarget(w, p);
+}
 
 absl::Status WindowBuffer::CheckTimes(absl::Span<const int64_t> ts, size_t rows) const {
   if (ts.size() != rows) {
     return absl::InvalidArgumentError(absl::StrCat(
         "this model builds windows over time (window of ", length_, " steps",
-        window_.time_features_size() > 0 ? ", time features" : "", "): every row needs a timestamp (",
+        hour_ + weekday_ > 0 ? ", time features" : "", "): every row needs a timestamp (",
         ts.size(), " timestamps for ", rows, " rows)"));
   }
   for (size_t i = 0; i < ts.size(); ++i) {
@@ -146,11 +154,15 @@ absl::Status WindowBuffer::CheckTimes(absl::Span<const int64_t> ts, size_t rows)
 }
 
 void WindowBuffer::Add(const float* row) {
+  // Each row is kept twice, at next_ and next_ + length_: the window is then one contiguous run.
   float* dst = ring_.data() + static_cast<size_t>(next_) * columns_;
+  float* mirror = dst + static_cast<size_t>(length_) * columns_;
   if (row != nullptr) {
     std::copy_n(row, columns_, dst);
+    std::copy_n(row, columns_, mirror);
   } else {
     std::fill_n(dst, columns_, std::numeric_limits<float>::quiet_NaN());
+    std::fill_n(mirror, columns_, std::numeric_limits<float>::quiet_NaN());
   }
   next_ = (next_ + 1) % length_;
   filled_ = std::min(filled_ + 1, length_);
@@ -158,7 +170,7 @@ void WindowBuffer::Add(const float* row) {
 
 bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
   if (started_) {
-    const int64_t interval = std::max<int64_t>(window_.interval_ms(), 1);
+    const int64_t interval = std::max<int64_t>(interval_ms_, 1);
     const double steps = std::round(static_cast<double>(unix_ms - last_ms_) / interval);
     const double missed = std::max(steps - 1, 0.0);
     if (missed > static_cast<double>(max_gap_)) {
@@ -173,12 +185,12 @@ bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
   last_ms_ = unix_ms;
   Add(row);
   if (filled_ < length_) return false;
-  for (uint32_t s = 0; s < length_; ++s) {  // oldest first: the oldest sits at next_
-    const uint32_t at = (next_ + s) % length_;
-    std::copy_n(ring_.data() + static_cast<size_t>(at) * columns_, columns_,
-                out + static_cast<size_t>(s) * columns_);
-  }
-  TimeFeatures(window_, unix_ms, out + static_cast<size_t>(length_) * columns_);
+  // Oldest first: the oldest sits at next_, the newest at next_ + length_ - 1 (its mirror).
+  std::copy_n(ring_.data() + static_cast<size_t>(next_) * columns_,
+              static_cast<size_t>(length_) * columns_, out);
+  float* time = out + static_cast<size_t>(length_) * columns_;
+  if (hour_) TimeFeature(v1::TIME_FEATURE_HOUR_OF_DAY, unix_ms, time + 2 * (hour_ - 1));
+  if (weekday_) TimeFeature(v1::TIME_FEATURE_DAY_OF_WEEK, unix_ms, time + 2 * (weekday_ - 1));
   return true;
 }
 
@@ -187,7 +199,11 @@ bool WindowBuffer::Fits(const v1::Window& w) const {
 }
 
 void WindowBuffer::Retarget(const v1::Window& w, const v1::ScoringPolicy& p) {
-  window_ = w;
+  interval_ms_ = w.interval_ms();
+  hour_ = weekday_ = 0;
+  for (int i = 0; i < w.time_features_size(); ++i) {
+    (w.time_features(i) == v1::TIME_FEATURE_HOUR_OF_DAY ? hour_ : weekday_) = static_cast<uint8_t>(i + 1);
+  }
   inputs_ = WindowInputs(w, columns_);
   max_gap_ = MaxGap(w, p);
   fill_missing_ = FillMissing(p);

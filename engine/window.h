@@ -57,11 +57,12 @@ class WindowBuffer {
  private:
   void Add(const float* row);  // nullptr = a missing row
 
-  v1::Window window_;
   uint32_t length_, columns_, inputs_;
+  int64_t interval_ms_;
+  uint8_t hour_ = 0, weekday_ = 0;  // 1 + position of each time feature's pair, 0 = absent
   uint64_t max_gap_;
   bool fill_missing_;  // GAP_FILL_MISSING
-  std::vector<float> ring_;  // length_ rows of columns_, oldest at (next_ - filled_)
+  std::vector<float> ring_;  // length_ rows of columns_, each twice (see Add)
   uint32_t next_ = 0, filled_ = 0;
   bool started_ = false;
   int64_t last_ms_ = 0;

@@ -26,7 +26,7 @@ absl::Span<const float> Values(const v1::Samples& s) {
 
 // A series model's samples: one window per row whose window is full, in row order.
 struct Windows {
-  std::vector<float> inputs;            // samples x the model's inputs
+  std::vector<float> inputs;            // samples x the model's inputs (may be longer)
   std::vector<int32_t> sample_of_row;   // -1 = warming up
   size_t samples = 0;
   bool warming() const { return samples < sample_of_row.size(); }
@@ -48,14 +48,14 @@ absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
   const absl::Span<const int64_t> ts(s.timestamps_ms().data(), s.timestamps_ms_size());
   if (auto st = (*buffer)->CheckTimes(ts, rows); !st.ok()) return st;
   const size_t inputs = model.num_features();
-  out->inputs.resize(rows * inputs);
+  if (out->inputs.size() < rows * inputs) out->inputs.resize(rows * inputs);
   out->sample_of_row.assign(rows, -1);
+  out->samples = 0;
   for (size_t i = 0; i < rows; ++i) {
     if ((*buffer)->Push(x.data() + i * w.columns(), ts[i], out->inputs.data() + out->samples * inputs)) {
       out->sample_of_row[i] = static_cast<int32_t>(out->samples++);
     }
   }
-  out->inputs.resize(out->samples * inputs);
   return absl::OkStatus();
 }
 
@@ -75,6 +75,7 @@ void Spread(const std::vector<int32_t>& sample_of_row, size_t width, T fill, std
 // score, p-value 1, never anomalous).
 void SpreadOverRows(const Windows& win, size_t inputs, const engine::ScoreOptions& eo,
                     bool variational, engine::ScoreResult* res) {
+  if (!win.warming()) return;  // one sample per row already
   const auto& at = win.sample_of_row;
   const float nan = std::numeric_limits<float>::quiet_NaN();
   Spread(at, 1, nan, &res->error);
@@ -217,13 +218,15 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   const uint32_t d = model.num_features();
   // A series model scores windows over the rows; its first rows may be warming up.
   const bool series = engine::IsSeries(model.spec());
-  Windows win;
+  thread_local Windows win;  // its buffer reused: a worker scores one batch at a time
+  win.sample_of_row.clear();
+  win.samples = 0;
   absl::Span<const float> in = *x;
   if (series) {
     std::unique_ptr<engine::WindowBuffer> own;
     auto st = MakeWindows(model, *x, s, hooks.window != nullptr ? hooks.window : &own, &win);
     if (!st.ok()) return st;
-    in = win.inputs;
+    in = absl::Span<const float>(win.inputs.data(), win.samples * d);
   }
   const uint32_t k = options.top_k();
   if (k > d) {
@@ -339,6 +342,7 @@ static absl::StatusOr<absl::Span<const float>> SampleValues(const engine::Model&
   std::unique_ptr<engine::WindowBuffer> own;
   Windows win;
   if (auto st = MakeWindows(model, *x, s, &own, &win); !st.ok()) return st;
+  win.inputs.resize(win.samples * model.num_features());
   if (win.samples == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "this series model's samples are windows of ", std::max(model.spec().window().length(), 1u),
