@@ -85,6 +85,81 @@ bool ParseIso(absl::string_view s, int64_t* unix_ms) {
   return true;
 }
 
+// Reads one record (RFC 4180): fields separated by commas, a field in double quotes may hold
+// commas, line breaks and doubled quotes (""). Returns false at the end of the input; `*lines` is
+// the number of physical lines the record took. INVALID_ARGUMENT for a quote left open.
+absl::StatusOr<bool> ReadRecord(std::istream& in, size_t first_line, std::vector<std::string>* cells,
+                                size_t* lines) {
+  cells->clear();
+  std::string line;
+  auto next = [&in, &line] {
+    if (!std::getline(in, line)) return false;
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
+    return true;
+  };
+  if (!next()) return false;
+  *lines = 1;
+  std::string cell;
+  bool quoted = false;   // inside a quoted field
+  bool was_quoted = false;
+  for (size_t i = 0;; ++i) {
+    if (i == line.size()) {
+      if (!quoted) break;
+      // A line break inside quotes belongs to the field.
+      if (!next()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "csv line ", first_line, ": a quoted field is never closed (a lone '\"')"));
+      }
+      ++*lines;
+      cell += '\n';
+      i = static_cast<size_t>(-1);
+      continue;
+    }
+    const char c = line[i];
+    if (quoted) {
+      if (c != '"') {
+        cell += c;
+      } else if (i + 1 < line.size() && line[i + 1] == '"') {
+        cell += '"';
+        ++i;
+      } else {
+        quoted = false;
+      }
+    } else if (c == '"' && absl::StripAsciiWhitespace(cell).empty() && !was_quoted) {
+      cell.clear();
+      quoted = was_quoted = true;
+    } else if (c == ',') {
+      cells->push_back(std::move(cell));
+      cell.clear();
+      was_quoted = false;
+    } else {
+      cell += c;
+    }
+  }
+  cells->push_back(std::move(cell));
+  return true;
+}
+
+bool IsNumber(absl::string_view c) {
+  c = absl::StripAsciiWhitespace(c);
+  double v;
+  auto r = fast_float::from_chars(c.data(), c.data() + c.size(), v);
+  return !c.empty() && r.ec == std::errc() && r.ptr == c.data() + c.size();
+}
+
+// A first line that is data, not names: every cell a number, and not just the column positions
+// (0,1,2,... or 1,2,3,..., as pandas writes for unnamed columns).
+bool LooksLikeData(const std::vector<std::string>& header) {
+  bool positions0 = true, positions1 = true;
+  for (size_t i = 0; i < header.size(); ++i) {
+    if (!IsNumber(header[i])) return false;
+    const std::string name(absl::StripAsciiWhitespace(header[i]));
+    positions0 = positions0 && name == std::to_string(i);
+    positions1 = positions1 && name == std::to_string(i + 1);
+  }
+  return !positions0 && !positions1;
+}
+
 }  // namespace
 
 bool ParseTimestamp(absl::string_view text, int64_t* unix_ms) {
@@ -102,10 +177,25 @@ bool ParseTimestamp(absl::string_view text, int64_t* unix_ms) {
 
 absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
   CsvTable t;
-  std::string line;
-  if (!std::getline(in, line)) return absl::InvalidArgumentError("csv: empty input, no header");
-  if (!line.empty() && line.back() == '\r') line.pop_back();
-  std::vector<std::string> header = absl::StrSplit(line, ',');
+  std::vector<std::string> header;
+  size_t lines = 0;
+  auto first = ReadRecord(in, 1, &header, &lines);
+  if (!first.ok()) return first.status();
+  if (!*first) return absl::InvalidArgumentError("csv: empty input, no header");
+  if (header.size() == 1) {
+    for (const char* sep : {";", "\t", "|"}) {
+      if (absl::StrContains(header[0], sep)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "csv: the header is one column holding '", std::string(sep) == "\t" ? "\\t" : sep,
+            "': the file seems separated by it; aeserve reads comma-separated values"));
+      }
+    }
+  }
+  if (LooksLikeData(header)) {
+    return absl::InvalidArgumentError(
+        "csv: the first line is numbers, not column names: the file needs a header row naming "
+        "its columns (the model's feature names; 'label', 'timestamp' and 'id' are special)");
+  }
   int label_col = -1, id_col = -1, time_col = -1;
   std::vector<int> feature_cols;
   for (size_t i = 0; i < header.size(); ++i) {
@@ -129,14 +219,17 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       }
     }
   }
-  size_t line_no = 1;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    std::vector<absl::string_view> cells = absl::StrSplit(line, ',');
+  size_t line_no = lines;
+  std::vector<std::string> cells;
+  for (;;) {
+    const size_t record_line = line_no + 1;
+    auto more = ReadRecord(in, record_line, &cells, &lines);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    line_no += lines;
+    if (cells.size() == 1 && absl::StripAsciiWhitespace(cells[0]).empty()) continue;  // blank line
     if (cells.size() != header.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("csv line ", line_no, ": ", cells.size(),
+      return absl::InvalidArgumentError(absl::StrCat("csv line ", record_line, ": ", cells.size(),
                                                      " cells, header has ", header.size()));
     }
     auto number = [&](size_t col, float* out, bool may_miss) -> absl::Status {
@@ -147,7 +240,7 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       }
       auto r = fast_float::from_chars(c.data(), c.data() + c.size(), *out);
       if (r.ec != std::errc() || r.ptr != c.data() + c.size() || !std::isfinite(*out)) {
-        return absl::InvalidArgumentError(absl::StrCat("csv line ", line_no, ", column '",
+        return absl::InvalidArgumentError(absl::StrCat("csv line ", record_line, ", column '",
                                                        header[col], "': not a finite number: '",
                                                        c, "'"));
       }
@@ -169,7 +262,7 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       if (ParseTimestamp(cells[time_col], &ms)) {
         t.timestamps_ms.push_back(ms);
       } else {
-        t.timestamp_problem = absl::StrCat("csv line ", line_no, ", column 'timestamp': '",
+        t.timestamp_problem = absl::StrCat("csv line ", record_line, ", column 'timestamp': '",
                                            absl::StripAsciiWhitespace(cells[time_col]),
                                            "' is not a time (ISO 8601 or Unix seconds)");
         t.timestamps_ms.clear();

@@ -31,9 +31,12 @@ struct CsvTable {
 // Unix seconds ("1706709900", "1706709900.25"). False when it is neither.
 bool ParseTimestamp(absl::string_view text, int64_t* unix_ms);
 
-// A feature cell that is empty, NaN, NA or null (any case) is a missing value (NaN). INVALID_ARGUMENT
-// names the line and column of anything else that is not a finite number (a label must be one), a
-// row of the wrong width, a column name given twice, or a file with no data rows.
+// Records as RFC 4180 has them: a field in double quotes may hold commas, line breaks and doubled
+// quotes; CRLF or LF line ends. A feature cell that is empty, NaN, NA or null (any case) is a
+// missing value (NaN). INVALID_ARGUMENT names the line and column of anything else that is not a
+// finite number (a label must be one), a row of the wrong width, a column name given twice, a
+// quote never closed, a first line of numbers (a file without a header row), a header that is one
+// column holding ';', a tab or '|' (another separator), or a file with no data rows.
 absl::StatusOr<CsvTable> ReadCsv(std::istream& in);
 absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path);
 

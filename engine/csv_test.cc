@@ -51,5 +51,44 @@ TEST(Csv, TimestampColumnThatIsNotATimeStaysAnId) {
   EXPECT_EQ(t->ids[0], "monday");
 }
 
+absl::StatusOr<CsvTable> Read(const std::string& text) {
+  std::istringstream in(text);
+  return ReadCsv(in);
+}
+
+TEST(Csv, QuotedFieldsAsRfc4180) {
+  auto t = Read("\"a\",\"b, with comma\",\"label\"\r\n1,2,0\r\n\"3\",4,1\r\n");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->feature_names, (std::vector<std::string>{"a", "b, with comma"}));
+  EXPECT_EQ(t->values, (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(t->labels, (std::vector<float>{0, 1}));  // the quoted "label" is the label
+  // Doubled quotes and a line break inside a quoted id; line numbers count physical lines.
+  t = Read("id,x\n\"say \"\"hi\"\"\",1\n\"two\nlines\",2\nthree,oops\n");
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("csv line 5, column 'x'"), std::string::npos) << t.status();
+  t = Read("id,x\n\"say \"\"hi\"\"\",1\n\"two\nlines\",2\n");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->ids, (std::vector<std::string>{"say \"hi\"", "two\nlines"}));
+  EXPECT_EQ(Read("a,b\n\"1,2\n").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Csv, AFileWithoutAHeaderIsRefusedWithAHint) {
+  auto t = Read("0.5,1.25,3\n0.1,0.2,0.3\n");
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("needs a header row"), std::string::npos) << t.status();
+  // Column positions as names (pandas' unnamed columns) are a header.
+  t = Read("0,1,2\n0.5,1.25,3\n");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->feature_names, (std::vector<std::string>{"0", "1", "2"}));
+}
+
+TEST(Csv, AnotherSeparatorIsNamed) {
+  auto t = Read("a;b;label\n1;2;0\n");
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("separated by it"), std::string::npos) << t.status();
+  EXPECT_NE(t.status().message().find("';'"), std::string::npos) << t.status();
+  EXPECT_FALSE(Read("a\tb\n1\t2\n").ok());
+}
+
 }  // namespace
 }  // namespace aeserve::engine

@@ -81,7 +81,12 @@ void Deadline(grpc::ClientContext& ctx, const Common& c, bool deadline = true) {
 }
 
 absl::StatusOr<engine::CsvTable> ReadInput(const std::string& path) {
-  if (path == "-") return engine::ReadCsv(std::cin);
+  if (path == "-") {
+    if (isatty(0)) {  // a forgotten file argument: say what is happening
+      std::fprintf(stderr, "aectl: reading CSV from stdin (end with Ctrl-D; or give a file)\n");
+    }
+    return engine::ReadCsv(std::cin);
+  }
   return engine::ReadCsvFile(path);
 }
 
