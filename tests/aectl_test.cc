@@ -371,6 +371,11 @@ TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   auto unknown = Aectl(server_arg_ + " score --model nope " + Test());
   EXPECT_EQ(unknown.code, 1);
   EXPECT_EQ(unknown.err, "aectl: NOT_FOUND: unknown model 'nope'\n");
+  // A stream to an unknown model fails at its first answer, not after pacing the whole file
+  // (3000 rows at 20 rows/s would take 150 s).
+  auto unknown_stream = Aectl(server_arg_ + " stream --model nope --rate 20 --batch 10 " + Test());
+  EXPECT_EQ(unknown_stream.code, 1);
+  EXPECT_EQ(unknown_stream.err, "aectl: NOT_FOUND: unknown model 'nope'\n");
   auto no_model = Aectl(server_arg_ + " score " + Test());
   EXPECT_NE(no_model.code, 0);
   EXPECT_NE(no_model.err.find("--model"), std::string::npos) << no_model.err;
@@ -380,6 +385,12 @@ TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   auto down = Aectl("--server 127.0.0.1:1 --timeout 2 health");
   EXPECT_EQ(down.code, 1);
   EXPECT_NE(down.err.find("UNAVAILABLE"), std::string::npos) << down.err;
+  const std::string headless = "/tmp/aectl_headless_" + std::to_string(getpid()) + ".csv";
+  std::ofstream(headless) << "0.5,0.25,1\n0.1,0.2,0.3\n";
+  auto no_header = Aectl(server_arg_ + " score --model demo " + headless);
+  EXPECT_EQ(no_header.code, 1);
+  EXPECT_NE(no_header.err.find("needs a header row"), std::string::npos) << no_header.err;
+  std::remove(headless.c_str());
   auto no_cmd = Aectl("");
   EXPECT_NE(no_cmd.code, 0);
 }

@@ -319,13 +319,19 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   auto stream = stub->StreamScore(&ctx);
   const size_t d = table->features();
   const auto& t = *table;
+  std::atomic<bool> stop{false};  // set when the stream fails: the writer ends within 50 ms
   std::thread writer([&] {
     const auto start = std::chrono::steady_clock::now();
     uint64_t seq = 0;
-    for (size_t row = 0; row < t.rows; row += batch, ++seq) {
+    for (size_t row = 0; row < t.rows && !stop; row += batch, ++seq) {
       const size_t n = std::min<size_t>(batch, t.rows - row);
       if (rate > 0) {  // pace: row `row` is due at row / rate seconds
-        std::this_thread::sleep_until(start + std::chrono::duration<double>(row / rate));
+        const auto due = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                     std::chrono::duration<double>(row / rate));
+        while (!stop && std::chrono::steady_clock::now() < due) {
+          std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+              due - std::chrono::steady_clock::now(), std::chrono::milliseconds(50)));
+        }
       }
       v1::StreamScoreRequest req;
       if (seq == 0) {
@@ -345,8 +351,9 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
       req.mutable_samples()->set_num_features(static_cast<uint32_t>(d));
       req.mutable_samples()->mutable_values()->Add(t.values.begin() + row * d,
                                                    t.values.begin() + (row + n) * d);
-      if (!t.ids.empty()) {
-        for (size_t i = row; i < row + n; ++i) req.mutable_samples()->add_ids(t.ids[i]);
+      // The rows' ids, or their row numbers, so that anomaly events (aectl watch) name the row.
+      for (size_t i = row; i < row + n; ++i) {
+        req.mutable_samples()->add_ids(t.ids.empty() ? std::to_string(i) : t.ids[i]);
       }
       AddTimes(t, row, n, req.mutable_samples());
       if (!stream->Write(req)) break;
@@ -360,7 +367,21 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   uint64_t version = 0;
   double threshold = 0;
   std::printf("row,id,error,score,anomalous,p_value,top_features\n");
+  bool answered = false;
   while (stream->Read(&r)) {
+    if (r.has_error() && !answered &&
+        r.error().code() == static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
+      // An unknown model or version fails every batch: stop at the first.
+      std::fprintf(stderr, "aectl: NOT_FOUND: %s\n", r.error().message().c_str());
+      stop = true;
+      ctx.TryCancel();
+      while (stream->Read(&r)) {
+      }
+      writer.join();
+      stream->Finish();
+      return 1;
+    }
+    answered = answered || r.has_result();
     if (r.has_error()) {
       ++errors;
       std::fprintf(stderr, "batch at row %llu: error %d: %s\n",
