@@ -296,6 +296,26 @@ TEST_F(AectlTest, SeriesTrainScoreStream) {
   for (const auto& f : {train, test, untimed}) std::remove(f.c_str());
 }
 
+// Per-entity models from the CLI: listed with their entity, scored and streamed by entity.
+TEST_F(AectlTest, EntityModels) {
+  ASSERT_EQ(Aectl(server_arg_ + " train --model ent --layers 16 --code 4 --epochs 2 " + Test()).code, 0);
+  auto t = Aectl(server_arg_ + " train --model ent --entity host-7 --layers 16 --code 4 --epochs 2 " +
+                 Test());
+  ASSERT_EQ(t.code, 0) << t.err;
+  auto m = Aectl(server_arg_ + " models");
+  EXPECT_NE(m.out.find("ent/host-7"), std::string::npos) << m.out;
+  auto own = Aectl(server_arg_ + " score --model ent --entity host-7 --version 1 " + Test());
+  ASSERT_EQ(own.code, 0) << own.err;
+  auto generic = Aectl(server_arg_ + " score --model ent --entity host-9 " + Test());
+  ASSERT_EQ(generic.code, 0) << generic.err;  // no such entity model: the generic one scores
+  EXPECT_NE(own.out, generic.out);
+  auto streamed = Aectl(server_arg_ + " stream --model ent --entity host-7 --version 1 " + Test());
+  ASSERT_EQ(streamed.code, 0) << streamed.err;
+  auto missing = Aectl(server_arg_ + " stream --model ent --entity host-7 --version 9 " + Test());
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("aectl: NOT_FOUND"), std::string::npos) << missing.err;
+}
+
 TEST_F(AectlTest, TrainThresholdActivate) {
   auto t = Aectl(server_arg_ + " train --model t2 --layers 16 --code 4 --epochs 5 " + Test());
   ASSERT_EQ(t.code, 0) << t.err;

@@ -265,7 +265,13 @@ void PrintIncident(const v1::Incident& inc, size_t* count) {
   }
 }
 
-int Score(const Common& c, const std::string& model, uint64_t version, const std::string& path,
+// What a score or stream call scores with: a model, optionally one entity's model and a version.
+struct Target {
+  std::string model, entity;
+  uint64_t version = 0;  // 0 = the active one (at each batch, for a stream)
+};
+
+int Score(const Common& c, const Target& target, const std::string& path,
           const std::string& format, uint32_t top_k, uint32_t batch, const Columns& cols) {
   auto table = ReadInput(path);
   if (!table.ok()) return Fail(table.status());
@@ -278,8 +284,9 @@ int Score(const Common& c, const std::string& model, uint64_t version, const std
   for (size_t start = 0; start < table->rows; start += batch) {
     const size_t n = std::min<size_t>(batch, table->rows - start);
     v1::ScoreRequest req;
-    req.set_model(model);
-    req.set_version(version);
+    req.set_model(target.model);
+    req.set_entity(target.entity);
+    req.set_version(target.version);
     req.mutable_options()->set_top_k(top_k);
     req.mutable_options()->set_top_feature_names(true);
     req.mutable_samples()->set_num_features(static_cast<uint32_t>(d));
@@ -303,12 +310,12 @@ int Score(const Common& c, const std::string& model, uint64_t version, const std
     anomalous += last.num_anomalies();
     gaps.Add(last);
   }
-  Summary(table->rows, anomalous, *table, flags, model, last.version(), last.threshold());
+  Summary(table->rows, anomalous, *table, flags, target.model, last.version(), last.threshold());
   gaps.Print();
   return 0;
 }
 
-int Stream(const Common& c, const std::string& model, const std::string& path, double rate,
+int Stream(const Common& c, const Target& target, const std::string& path, double rate,
            uint32_t batch, uint32_t top_k, double stats_every, uint32_t debounce_k,
            uint32_t debounce_n, const Columns& cols, const std::string& stream_id) {
   auto table = ReadInput(path);
@@ -336,7 +343,9 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
       v1::StreamScoreRequest req;
       if (seq == 0) {
         v1::StreamConfig* cfg = req.mutable_config();
-        cfg->set_model(model);
+        cfg->set_model(target.model);
+        cfg->set_entity(target.entity);
+        cfg->set_version(target.version);
         cfg->mutable_options()->set_top_k(top_k);
         cfg->mutable_options()->set_top_feature_names(true);
         bool ignore = false;
@@ -418,7 +427,7 @@ int Stream(const Common& c, const std::string& model, const std::string& path, d
   writer.join();
   grpc::Status st = stream->Finish();
   if (!st.ok()) return Fail(st);
-  Summary(scored, anomalous, t, flags, model, version, threshold);
+  Summary(scored, anomalous, t, flags, target.model, version, threshold);
   gaps.Print();
   if (debounce_k > 0) {
     std::fprintf(stderr, "%zu incidents (alarm: %u of the last %u samples flagged)\n", incidents,
@@ -441,7 +450,8 @@ int Models(const Common& c, const std::string& format) {
     std::string kind = v1::ModelKind_Name(m.spec().kind());
     if (kind.rfind("MODEL_KIND_", 0) == 0) kind = kind.substr(11);
     std::string state = v1::ModelState_Name(m.state()).substr(12);
-    std::printf("%-24s %-12s %7llu %9d %9u %-12s %.6g\n", m.name().c_str(), state.c_str(),
+    const std::string name = m.entity().empty() ? m.name() : m.name() + "/" + m.entity();
+    std::printf("%-24s %-12s %7llu %9d %9u %-12s %.6g\n", name.c_str(), state.c_str(),
                 static_cast<unsigned long long>(m.active_version()), m.versions_size(),
                 m.num_features(), m.state() == v1::MODEL_STATE_READY ? kind.c_str() : "-",
                 m.threshold_value());
@@ -868,7 +878,7 @@ int main(int argc, char** argv) {
   };
   add_globals(&app);
 
-  std::string model, path = "-", format = "csv";
+  std::string model, entity, path = "-", format = "csv";
   uint64_t version = 0;
   uint32_t top_k = 3, batch = 4096, stream_batch = 100, debounce_k = 0, debounce_n = 0;
   double rate = 0, stats_every = 5;
@@ -876,6 +886,8 @@ int main(int argc, char** argv) {
   auto* score = app.add_subcommand("score", "score a CSV file (or stdin) and print one line per row");
   score->add_option("--model", model, "model name")->required();
   score->add_option("--version", version, "model version (default: active)");
+  score->add_option("--entity", entity,
+                    "score with <model>/<entity> (a per-entity model; the generic one when absent)");
   score->add_option("--format", format, "csv or json (JSON lines)")
       ->check(CLI::IsMember({"csv", "json"}))->capture_default_str();
   score->add_option("--top-k", top_k, "top contributing features per row")->capture_default_str();
@@ -892,6 +904,9 @@ int main(int argc, char** argv) {
 
   auto* stream = app.add_subcommand("stream", "replay a CSV as live telemetry over StreamScore");
   stream->add_option("--model", model, "model name")->required();
+  stream->add_option("--version", version, "model version (default: the active one at each batch)");
+  stream->add_option("--entity", entity,
+                     "score with <model>/<entity> (a per-entity model; the generic one when absent)");
   stream->add_option("--rate", rate, "samples per second; 0 = as fast as possible")->capture_default_str();
   stream->add_option("--batch", stream_batch, "rows per stream message")->check(CLI::Range(1u, 1u << 20))->capture_default_str();
   stream->add_option("--top-k", top_k, "top contributing features per flagged row")->capture_default_str();
@@ -919,7 +934,6 @@ int main(int argc, char** argv) {
 
 
   TrainArgs ta;
-  std::string entity;
   auto* train = app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
   train->add_option("--model", ta.model, "model name")->required();
   train->add_option("--entity", ta.entity, "train the per-entity model <model>/<entity>");
@@ -1040,10 +1054,10 @@ int main(int argc, char** argv) {
     return Policy(c, model, entity, version, max_missing, impute_refinements, max_gap_steps,
                   gap_fill);
   }
-  if (score->parsed()) return Score(c, model, version, path, format, top_k, batch, cols);
+  if (score->parsed()) return Score(c, Target{model, entity, version}, path, format, top_k, batch, cols);
   if (stream->parsed()) {
-    return Stream(c, model, path, rate, stream_batch, top_k, stats_every, debounce_k, debounce_n,
-                  cols, stream_id);
+    return Stream(c, Target{model, entity, version}, path, rate, stream_batch, top_k, stats_every,
+                  debounce_k, debounce_n, cols, stream_id);
   }
   if (models->parsed()) return Models(c, list_format);
   if (model_cmd->parsed()) return Model(c, model, list_format);
