@@ -411,6 +411,15 @@ TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   EXPECT_EQ(no_header.code, 1);
   EXPECT_NE(no_header.err.find("needs a header row"), std::string::npos) << no_header.err;
   std::remove(headless.c_str());
+  // Bad values are usage errors (exit 2) naming the flag and the valid choices.
+  auto bad_layers = Aectl(server_arg_ + " train --model x --layers 64,abc " + Test());
+  EXPECT_EQ(bad_layers.code, 2);
+  EXPECT_NE(bad_layers.err.find("--layers"), std::string::npos) << bad_layers.err;
+  EXPECT_NE(bad_layers.err.find("'abc' is not a positive integer"), std::string::npos) << bad_layers.err;
+  auto bad_kind = Aectl(server_arg_ + " train --model x --kind denoise " + Test());
+  EXPECT_EQ(bad_kind.code, 2);
+  EXPECT_NE(bad_kind.err.find("denoising"), std::string::npos) << bad_kind.err;  // the valid ones
+  EXPECT_EQ(Aectl(server_arg_ + " score --model demo --no-such-flag " + Test()).code, 2);
   auto no_cmd = Aectl("");
   EXPECT_NE(no_cmd.code, 0);
 }

@@ -623,8 +623,13 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
     s->set_loss(loss);
     s->set_hidden_activation(act);
     s->set_noise(noise);
-    for (auto part : absl::StrSplit(a.layers, ',', absl::SkipEmpty())) s->add_encoder_units(std::stoul(std::string(part)));
-    for (auto part : absl::StrSplit(a.decoder, ',', absl::SkipEmpty())) s->add_decoder_units(std::stoul(std::string(part)));
+    uint32_t width = 0;  // checked by the --layers / --decoder validators
+    for (auto part : absl::StrSplit(a.layers, ',', absl::SkipEmpty())) {
+      if (absl::SimpleAtoi(part, &width)) s->add_encoder_units(width);
+    }
+    for (auto part : absl::StrSplit(a.decoder, ',', absl::SkipEmpty())) {
+      if (absl::SimpleAtoi(part, &width)) s->add_decoder_units(width);
+    }
     s->set_code_size(a.code);
     s->set_noise_level(a.noise_level);
     s->set_l1_penalty(a.l1);
@@ -937,13 +942,30 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
   train->add_option("--model", ta.model, "model name")->required();
   train->add_option("--entity", ta.entity, "train the per-entity model <model>/<entity>");
-  train->add_option("--kind", ta.kind, "plain, denoising, sparse or variational")->capture_default_str();
-  train->add_option("--layers", ta.layers, "encoder hidden widths, e.g. 64,32");
-  train->add_option("--decoder", ta.decoder, "decoder hidden widths (default: mirrored)");
+  // Bad values are usage errors naming the flag and, for choices, the valid ones.
+  const CLI::Validator widths(
+      [](std::string& text) -> std::string {
+        for (auto part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+          uint32_t v = 0;
+          if (!absl::SimpleAtoi(part, &v) || v == 0) {
+            return "'" + std::string(part) + "' is not a positive integer (widths look like 64,32)";
+          }
+        }
+        return "";
+      },
+      "W1,W2,...");
+  train->add_option("--kind", ta.kind, "plain, denoising, sparse or variational")
+      ->check(CLI::IsMember({"plain", "denoising", "sparse", "variational"}))->capture_default_str();
+  train->add_option("--layers", ta.layers, "encoder hidden widths, e.g. 64,32")->check(widths);
+  train->add_option("--decoder", ta.decoder, "decoder hidden widths (default: mirrored)")->check(widths);
   train->add_option("--code", ta.code, "code (latent) size");
-  train->add_option("--loss", ta.loss, "mse or bce")->capture_default_str();
-  train->add_option("--activation", ta.activation, "relu, tanh, sigmoid, elu, leaky-relu")->capture_default_str();
-  train->add_option("--noise", ta.noise, "denoising: gaussian or masking")->capture_default_str();
+  train->add_option("--loss", ta.loss, "mse or bce")
+      ->check(CLI::IsMember({"mse", "bce"}))->capture_default_str();
+  train->add_option("--activation", ta.activation, "relu, tanh, sigmoid, elu, leaky-relu")
+      ->check(CLI::IsMember({"relu", "tanh", "sigmoid", "elu", "leaky-relu", "linear"}))
+      ->capture_default_str();
+  train->add_option("--noise", ta.noise, "denoising: gaussian or masking")
+      ->check(CLI::IsMember({"gaussian", "masking"}))->capture_default_str();
   train->add_option("--noise-level", ta.noise_level, "denoising: std or masking probability");
   train->add_option("--l1", ta.l1, "sparse: L1 activity penalty");
   train->add_option("--kl-sparsity", ta.kl_sparsity, "sparse: KL sparsity weight");
@@ -957,7 +979,8 @@ int main(int argc, char** argv) {
   train->add_option("--validation-split", ta.validation_split)->capture_default_str();
   train->add_option("--patience", ta.patience, "early-stopping patience in epochs (0 = off)")->capture_default_str();
   train->add_option("--seed", ta.seed)->capture_default_str();
-  train->add_option("--scaling", ta.scaling, "standard, minmax or none")->capture_default_str();
+  train->add_option("--scaling", ta.scaling, "standard, minmax or none")
+      ->check(CLI::IsMember({"standard", "minmax", "none"}))->capture_default_str();
   train->add_option("--percentile", ta.percentile, "threshold percentile of held-out errors")->capture_default_str();
   train->add_flag("--fine-tune", ta.fine_tune, "start from the active version's weights");
   train->add_option("--base-version", ta.base_version, "fine-tune from this version");
@@ -1039,7 +1062,12 @@ int main(int argc, char** argv) {
   watch->add_option("--count", count, "stop after this many events (0 = run until interrupted)");
 
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_globals(sub);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2 (failed calls exit 1).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   if (watch->parsed()) return Watch(c, model, min_severity, count);
   if (train->parsed()) return Train(c, ta, path);
   if (jobs->parsed()) return Jobs(c, model, list_format);
