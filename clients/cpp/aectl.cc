@@ -998,7 +998,7 @@ int main(int argc, char** argv) {
   train->add_option("--stride", ta.stride, "with --window: train on every Nth window (default 1)");
   train->add_option("--time-features", ta.time_features,
                     "time series: add the time of day and/or week of each step (hour,weekday)")
-      ->delimiter(',');
+      ->delimiter(',')->check(CLI::IsMember({"hour", "weekday"}));
   train->add_option("--max-gap-steps", ta.max_gap_steps,
                     "series: a gap of up to N missed time steps is handled by --gap-fill, a longer "
                     "one restarts the window (default: the window length)");
