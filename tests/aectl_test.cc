@@ -420,6 +420,17 @@ TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   EXPECT_EQ(bad_kind.code, 2);
   EXPECT_NE(bad_kind.err.find("denoising"), std::string::npos) << bad_kind.err;  // the valid ones
   EXPECT_EQ(Aectl(server_arg_ + " score --model demo --no-such-flag " + Test()).code, 2);
+  // TLS files must exist, and a client certificate needs its key.
+  auto no_ca = Aectl(server_arg_ + " --tls-ca /nonexistent/ca.pem health");
+  EXPECT_EQ(no_ca.code, 2);
+  EXPECT_NE(no_ca.err.find("/nonexistent/ca.pem"), std::string::npos) << no_ca.err;
+  auto cert_only = Aectl(server_arg_ + " --tls-ca " + Test() + " --tls-cert " + Test() + " health");
+  EXPECT_EQ(cert_only.code, 2);
+  EXPECT_NE(cert_only.err.find("--tls-key"), std::string::npos) << cert_only.err;
+  // A TLS client against this plaintext server: the failure comes with the TLS hint.
+  auto mismatch = Aectl(server_arg_ + " --timeout 5 --tls-ca " + Test() + " health");
+  EXPECT_EQ(mismatch.code, 1);
+  EXPECT_NE(mismatch.err.find("TLS mismatch"), std::string::npos) << mismatch.err;
   auto no_cmd = Aectl("");
   EXPECT_NE(no_cmd.code, 0);
 }

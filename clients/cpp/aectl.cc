@@ -47,6 +47,15 @@ int Fail(const grpc::Status& st) {
   const int c = st.error_code();
   std::fprintf(stderr, "aectl: %s: %s\n", c >= 0 && c <= 16 ? kNames[c] : "ERROR",
                st.error_message().c_str());
+  const std::string& m = st.error_message();
+  if (c == grpc::StatusCode::UNAVAILABLE &&
+      (m.find("Socket closed") != std::string::npos || m.find("ssl") != std::string::npos ||
+       m.find("SSL") != std::string::npos || m.find("handshake") != std::string::npos)) {
+    std::fprintf(stderr, "aectl: hint: the server closed the connection while it was being set up: "
+                         "most often a TLS mismatch (a plaintext client and a TLS server or the "
+                         "reverse, or a client certificate the server does not accept); check "
+                         "--tls-ca, --tls-cert and --tls-key\n");
+  }
   return 1;
 }
 
@@ -877,9 +886,15 @@ int main(int argc, char** argv) {
     a->add_option("--server", c.server, "aeserve address host:port")->capture_default_str();
     a->add_option("--timeout", c.timeout, "deadline of each call in seconds")->capture_default_str();
     a->add_option("--token", c.token, "bearer token (default: $AESERVE_TOKEN)");
-    a->add_option("--tls-ca", c.tls_ca, "PEM CA bundle: connect with TLS");
-    a->add_option("--tls-cert", c.tls_cert, "PEM client certificate (mutual TLS)");
-    a->add_option("--tls-key", c.tls_key, "PEM client key (mutual TLS)");
+    // TLS files must exist (never a silent fallback to the system roots); a client certificate
+    // and its key come together.
+    a->add_option("--tls-ca", c.tls_ca, "PEM CA bundle: connect with TLS")->check(CLI::ExistingFile);
+    auto* cert = a->add_option("--tls-cert", c.tls_cert, "PEM client certificate (mutual TLS)")
+                     ->check(CLI::ExistingFile);
+    auto* key = a->add_option("--tls-key", c.tls_key, "PEM client key (mutual TLS)")
+                    ->check(CLI::ExistingFile);
+    cert->needs(key);
+    key->needs(cert);
   };
   add_globals(&app);
 
