@@ -545,16 +545,34 @@ const char* JobStateName(v1::JobState s) {
 }
 
 // A live progress line on a terminal; one line per update otherwise.
+// A rate for people: 950, 12.3k, 1.2M.
+std::string HumanRate(double v) {
+  char buf[32];
+  if (v >= 1e6) {
+    std::snprintf(buf, sizeof buf, "%.1fM", v / 1e6);
+  } else if (v >= 1e4) {
+    std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+  }
+  return buf;
+}
+
 void ShowProgress(const v1::TrainingJob& j) {
   const bool tty = isatty(2);
   const int width = 30;
   const int filled = j.epochs() ? static_cast<int>(width * j.epoch() / j.epochs()) : 0;
   std::string bar(filled, '#');
   bar.resize(width, '.');
-  std::fprintf(stderr, "%s[%s] %s epoch %u/%u train %.5g val %.5g %.0f samples/s ETA %.0fs%s",
+  if (j.epoch() == 0) {  // queued, or before the first epoch ends: no losses yet
+    std::fprintf(stderr, "%s[%s] %s, %u epochs%s", tty ? "\r" : "", bar.c_str(),
+                 JobStateName(j.state()), j.epochs(), tty ? "   " : "\n");
+    return;
+  }
+  std::fprintf(stderr, "%s[%s] %s epoch %u/%u train %.5g val %.5g %s samples/s ETA %.0fs%s",
                tty ? "\r" : "", bar.c_str(), JobStateName(j.state()), j.epoch(), j.epochs(),
-               j.train_loss(), j.validation_loss(), j.samples_per_second(), j.eta_seconds(),
-               tty ? "   " : "\n");
+               j.train_loss(), j.validation_loss(), HumanRate(j.samples_per_second()).c_str(),
+               j.eta_seconds(), tty ? "   " : "\n");
 }
 
 struct TrainArgs {
