@@ -48,9 +48,12 @@ bool ParseIso(absl::string_view s, int64_t* unix_ms) {
   int y, mo, d, h = 0, mi = 0, sec = 0;
   auto lit = [&](char c) { return p < s.size() && s[p] == c && (++p, true); };
   if (!Digits(s, &p, 4, &y) || !lit('-') || !Digits(s, &p, 2, &mo) || !lit('-') ||
-      !Digits(s, &p, 2, &d) || mo < 1 || mo > 12 || d < 1 || d > 31) {
+      !Digits(s, &p, 2, &d) || mo < 1 || mo > 12 || d < 1) {
     return false;
   }
+  static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (d > kDays[mo - 1] + (mo == 2 && leap ? 1 : 0)) return false;
   double frac = 0;
   int64_t offset_min = 0;
   if (p < s.size()) {
@@ -74,8 +77,9 @@ bool ParseIso(absl::string_view s, int64_t* unix_ms) {
       const int sign = s[p++] == '-' ? -1 : 1;
       int oh, om = 0;
       if (!Digits(s, &p, 2, &oh)) return false;
-      lit(':');
+      if (lit(':') && !Digits(s, &p, 2, &om)) return false;  // "+05:" is not an offset
       if (p < s.size() && !Digits(s, &p, 2, &om)) return false;
+      if (oh > 23 || om > 59) return false;
       offset_min = sign * (oh * 60 + om);
     }
     if (p != s.size()) return false;
@@ -165,11 +169,13 @@ bool LooksLikeData(const std::vector<std::string>& header) {
 bool ParseTimestamp(absl::string_view text, int64_t* unix_ms) {
   const absl::string_view s = absl::StripAsciiWhitespace(text);
   if (s.empty()) return false;
-  double seconds = 0;
-  auto r = fast_float::from_chars(s.data(), s.data() + s.size(), seconds);
+  double number = 0;
+  auto r = fast_float::from_chars(s.data(), s.data() + s.size(), number);
   if (r.ec == std::errc() && r.ptr == s.data() + s.size()) {
-    if (!std::isfinite(seconds) || std::fabs(seconds) > 9e12) return false;
-    *unix_ms = std::llround(seconds * 1000);
+    // Unix seconds; a number of 1e11 or more (after the year 5138 in seconds) is milliseconds, as
+    // many exporters write them.
+    if (!std::isfinite(number) || std::fabs(number) >= 1e15) return false;
+    *unix_ms = std::llround(std::fabs(number) >= 1e11 ? number : number * 1000);
     return true;
   }
   return ParseIso(s, unix_ms);
@@ -202,9 +208,10 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
     std::string name(absl::StripAsciiWhitespace(header[i]));
     if (name == "label") {
       label_col = static_cast<int>(i);
-    } else if ((name == "timestamp" || name == "id") && id_col < 0) {
+    } else if (name == "timestamp" && time_col < 0) {
+      time_col = static_cast<int>(i);
+    } else if (name == "id" && id_col < 0) {
       id_col = static_cast<int>(i);
-      if (name == "timestamp") time_col = id_col;
     } else {
       feature_cols.push_back(static_cast<int>(i));
       t.feature_names.push_back(name);
@@ -256,7 +263,9 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       if (auto st = number(label_col, &v, false); !st.ok()) return st;
       t.labels.push_back(v);
     }
-    if (id_col >= 0) t.ids.emplace_back(absl::StripAsciiWhitespace(cells[id_col]));
+    // Ids: the `id` column, else the `timestamp` column's text.
+    const int ids = id_col >= 0 ? id_col : time_col;
+    if (ids >= 0) t.ids.emplace_back(absl::StripAsciiWhitespace(cells[ids]));
     if (time_col >= 0 && t.timestamp_problem.empty()) {
       int64_t ms = 0;
       if (ParseTimestamp(cells[time_col], &ms)) {

@@ -18,7 +18,7 @@ struct CsvTable {
   std::vector<float> values;  // rows x features, row-major
   size_t rows = 0;
   std::vector<float> labels;     // one per row when the file has a `label` column
-  std::vector<std::string> ids;  // one per row when the file has a `timestamp` or `id` column
+  std::vector<std::string> ids;  // one per row: the `id` column, else the `timestamp` column
   // One per row when the file has a `timestamp` column whose every cell is a time (ParseTimestamp);
   // otherwise empty, and timestamp_problem names the first cell that is not.
   std::vector<int64_t> timestamps_ms;
@@ -27,8 +27,9 @@ struct CsvTable {
 };
 
 // A time as milliseconds since the Unix epoch: ISO 8601 ("2024-01-31 14:05:00", "2024-01-31T14:05",
-// seconds, fractions and a "Z" or "+02:00" offset optional; UTC without an offset) or a number of
-// Unix seconds ("1706709900", "1706709900.25"). False when it is neither.
+// seconds, fractions and a "Z" or "+02:00" offset optional; UTC without an offset; the date must
+// exist) or a number of Unix seconds ("1706709900", "1706709900.25"), read as milliseconds from
+// 1e11 on ("1706709900000"). False when it is neither.
 bool ParseTimestamp(absl::string_view text, int64_t* unix_ms);
 
 // Records as RFC 4180 has them: a field in double quotes may hold commas, line breaks and doubled

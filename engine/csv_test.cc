@@ -25,9 +25,12 @@ TEST(Csv, TimestampsToKnownAnswers) {
   EXPECT_EQ(Ms("2000-02-29"), 951782400000);
   EXPECT_EQ(Ms("1706709900"), 1706709900000);  // Unix seconds
   EXPECT_EQ(Ms(" 1706709900.25 "), 1706709900250);
+  EXPECT_EQ(Ms("1706709900000"), 1706709900000);  // 13 digits: milliseconds
+  EXPECT_EQ(Ms("2024-02-29"), 1709164800000);     // a leap day
   int64_t ms = 0;
   for (const char* bad : {"", "yesterday", "2024-13-01", "2024-01-31 25:00", "2024-01-31x",
-                          "2024-01-31 14:05:00 UTC", "1e400", "nan"}) {
+                          "2024-01-31 14:05:00 UTC", "1e400", "nan", "2024-02-30", "2023-02-29",
+                          "2024-01-31 14:05+05:", "2024-01-31 14:05+99:00", "1e16"}) {
     EXPECT_FALSE(ParseTimestamp(bad, &ms)) << bad;
   }
 }
@@ -40,6 +43,15 @@ TEST(Csv, TimestampColumnIsKeptAsTimesAndIds) {
   EXPECT_EQ(t->timestamps_ms, (std::vector<int64_t>{1396448940000, 1396449240000}));
   EXPECT_EQ(t->ids[1], "2014-04-02 14:34:00");
   EXPECT_TRUE(t->timestamp_problem.empty());
+}
+
+TEST(Csv, TimestampAfterAnIdColumn) {
+  std::istringstream in("id,timestamp,value\nh1,2014-04-02 14:29:00,1\n");
+  auto t = ReadCsv(in);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->feature_names, std::vector<std::string>{"value"});
+  EXPECT_EQ(t->timestamps_ms, std::vector<int64_t>{1396448940000});
+  EXPECT_EQ(t->ids, std::vector<std::string>{"h1"});
 }
 
 TEST(Csv, TimestampColumnThatIsNotATimeStaysAnId) {

@@ -365,6 +365,9 @@ absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const Trainin
                                                    " feature names for ", data.cols, " features"));
   }
   TrainRequest windowed = req;
+  if (windowed.options.hold_out() == v1::HOLD_OUT_UNSPECIFIED) {
+    windowed.options.set_hold_out(kDefaultSeriesHoldOut);
+  }
   v1::Window* w = windowed.spec.mutable_window();
   AE_RETURN_IF_ERROR(ResolveWindow(w));
   if (w->columns() != 0 && w->columns() != data.cols) {
@@ -372,6 +375,13 @@ absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const Trainin
                                                    " but the data has ", data.cols, " columns"));
   }
   w->set_columns(static_cast<uint32_t>(data.cols));
+  AE_RETURN_IF_ERROR(ResolveWindow(w));  // the column count's range
+  const uint64_t inputs = WindowInputs(*w, w->columns());
+  if (inputs > (1u << 16)) {
+    return absl::InvalidArgumentError(absl::StrCat("model spec: a window of ", w->length(), " x ",
+                                                   w->columns(), " columns has ", inputs,
+                                                   " inputs, over 65536"));
+  }
   if (data.timestamps_ms.size() != data.rows) {
     return absl::InvalidArgumentError(absl::StrCat(
         "training data: this model builds windows over time (window of ", std::max(w->length(), 1u),
@@ -384,11 +394,27 @@ absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const Trainin
     w->set_interval_ms(*step);
   }
   AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
+  // Values are checked here, where a problem can name the series' row and column (each row
+  // appears in many windows).
+  const bool none_missing = MaxMissingFeatures(policy, static_cast<uint32_t>(inputs)) == 0;
+  for (size_t r = 0; r < data.rows; ++r) {
+    for (size_t j = 0; j < data.cols; ++j) {
+      const float v = data.values[r * data.cols + j];
+      if (std::isinf(v) || (std::isnan(v) && none_missing)) {
+        const std::string column = data.feature_names.empty()
+                                       ? std::to_string(j) : "'" + data.feature_names[j] + "'";
+        return absl::InvalidArgumentError(absl::StrCat(
+            "training data: ", std::isinf(v) ? "infinite value" : "missing value (NaN)", " at row ",
+            r, ", column ", column,
+            std::isinf(v) ? "" : ", and the scoring policy allows none (max_missing_fraction 0)"));
+      }
+    }
+  }
   size_t samples = 0;
   AE_ASSIGN_OR_RETURN(std::vector<float> x, TrainingWindows(*w, policy, data.values, data.rows,
                                                             data.timestamps_ms, &samples));
-  const std::vector<std::string> inputs = WindowInputNames(*w, data.feature_names);
-  TrainingData windows{x, samples, WindowInputs(*w, w->columns()), inputs, {}};
+  const std::vector<std::string> names = WindowInputNames(*w, data.feature_names);
+  TrainingData windows{x, samples, static_cast<size_t>(inputs), names, {}};
   AE_ASSIGN_OR_RETURN(v1::ModelFile file, TrainSamples(windowed, windows, progress));
   for (const auto& name : data.feature_names) file.add_series_columns(name);
   file.mutable_metadata()->set_data_rows(data.rows);

@@ -26,9 +26,21 @@ uint32_t MaxGap(const v1::Window& w, const v1::ScoringPolicy& p) {
   return p.has_max_gap_steps() ? p.max_gap_steps() : std::max(w.length(), 1u);
 }
 
+// GAP_FILL_MISSING, and the policy lets a sample miss something (else a filled gap could only be
+// refused, again at every batch: the window restarts instead).
 bool FillMissing(const v1::ScoringPolicy& p) {
   const v1::GapFill f = p.gap_fill() == v1::GAP_FILL_UNSPECIFIED ? kDefaultGapFill : p.gap_fill();
-  return f == v1::GAP_FILL_MISSING;
+  const float fraction = p.has_max_missing_fraction() ? p.max_missing_fraction()
+                                                      : kDefaultMaxMissingFraction;
+  return f == v1::GAP_FILL_MISSING && fraction > 0;
+}
+
+absl::Status CheckRange(int64_t t, size_t row) {
+  if (t < -kMaxAbsTimestampMs || t > kMaxAbsTimestampMs) {
+    return absl::InvalidArgumentError(absl::StrCat("row ", row, " has timestamp ", t,
+                                                   " ms, outside +-1e15 ms of 1970"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -53,7 +65,10 @@ absl::Status ResolveWindow(v1::Window* w) {
   }
   if (w->stride() == 0) w->set_stride(1);
   if (w->stride() > kMaxStride) return invalid("stride ", w->stride(), " is over ", kMaxStride);
-  if (w->interval_ms() < 0) return invalid("interval_ms must not be negative");
+  if (w->interval_ms() < 0 || w->interval_ms() > kMaxAbsTimestampMs) {
+    return invalid("interval_ms ", w->interval_ms(), " is out of range");
+  }
+  if (w->columns() > (1u << 16)) return invalid("columns ", w->columns(), " is over 65536");
   bool seen[3] = {false, false, false};
   for (int f : w->time_features()) {
     if (f != v1::TIME_FEATURE_HOUR_OF_DAY && f != v1::TIME_FEATURE_DAY_OF_WEEK) {
@@ -65,8 +80,9 @@ absl::Status ResolveWindow(v1::Window* w) {
   return absl::OkStatus();
 }
 
-uint32_t WindowInputs(const v1::Window& w, uint32_t columns) {
-  return std::max(w.length(), 1u) * columns + 2 * static_cast<uint32_t>(w.time_features_size());
+uint64_t WindowInputs(const v1::Window& w, uint32_t columns) {
+  return uint64_t{std::max(w.length(), 1u)} * columns +
+         2 * static_cast<uint64_t>(w.time_features_size());
 }
 
 std::vector<std::string> WindowInputNames(const v1::Window& w,
@@ -110,6 +126,9 @@ absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> ts) {
     return absl::InvalidArgumentError("a series needs at least two timestamps to find its step");
   }
   std::vector<int64_t> steps;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (auto st = CheckRange(ts[i], i); !st.ok()) return st;
+  }
   for (size_t i = 1; i < ts.size(); ++i) {
     if (ts[i] < ts[i - 1]) {
       return absl::InvalidArgumentError(absl::StrCat("timestamps go backwards: row ", i, " (",
@@ -123,10 +142,13 @@ absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> ts) {
   return steps[steps.size() / 2];
 }
 
-WindowBuffer::WindowBuffer(const v1::Window& w, const v1::ScoringPolicy& p)
+WindowBuffer::WindowBuffer(const v1::Window& w, const v1::ScoringPolicy& p,
+                           absl::Span<const std::string> columns)
     : length_(std::max(w.length(), 1u)),
       columns_(w.columns()),
-      inputs_(WindowInputs(w, w.columns())),
+      inputs_(static_cast<uint32_t>(WindowInputs(w, w.columns()))),
+      interval_ms_(w.interval_ms()),
+      names_(columns.begin(), columns.end()),
       max_gap_(MaxGap(w, p)),
       fill_missing_(FillMissing(p)),
       ring_(2 * static_cast<size_t>(length_) * columns_) {
@@ -141,6 +163,7 @@ absl::Status WindowBuffer::CheckTimes(absl::Span<const int64_t> ts, size_t rows)
         ts.size(), " timestamps for ", rows, " rows)"));
   }
   for (size_t i = 0; i < ts.size(); ++i) {
+    if (auto st = CheckRange(ts[i], i); !st.ok()) return st;
     const bool has_prev = i > 0 || started_;
     const int64_t prev = i > 0 ? ts[i - 1] : last_ms_;
     if (has_prev && ts[i] < prev) {
@@ -194,8 +217,10 @@ bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
   return true;
 }
 
-bool WindowBuffer::Fits(const v1::Window& w) const {
-  return std::max(w.length(), 1u) == length_ && w.columns() == columns_;
+bool WindowBuffer::Fits(const v1::Window& w, absl::Span<const std::string> columns) const {
+  return std::max(w.length(), 1u) == length_ && w.columns() == columns_ &&
+         w.interval_ms() == interval_ms_ &&
+         std::equal(columns.begin(), columns.end(), names_.begin(), names_.end());
 }
 
 void WindowBuffer::Retarget(const v1::Window& w, const v1::ScoringPolicy& p) {
@@ -204,7 +229,7 @@ void WindowBuffer::Retarget(const v1::Window& w, const v1::ScoringPolicy& p) {
   for (int i = 0; i < w.time_features_size(); ++i) {
     (w.time_features(i) == v1::TIME_FEATURE_HOUR_OF_DAY ? hour_ : weekday_) = static_cast<uint8_t>(i + 1);
   }
-  inputs_ = WindowInputs(w, columns_);
+  inputs_ = static_cast<uint32_t>(WindowInputs(w, columns_));
   max_gap_ = MaxGap(w, p);
   fill_missing_ = FillMissing(p);
 }

@@ -15,13 +15,17 @@
 namespace aeserve::engine {
 
 inline constexpr uint32_t kMaxWindowLength = 1024;
+// Timestamps beyond +-1e15 ms (about 31,700 years from 1970) are refused: differences of any two
+// then fit in 64 bits.
+inline constexpr int64_t kMaxAbsTimestampMs = 1'000'000'000'000'000;
 
 // True when the spec makes samples from a series (a window of 2 or more steps, or time features).
 bool IsSeries(const v1::ModelSpec& spec);
 // Fills stride's default and checks the window (INVALID_ARGUMENT naming the field).
 absl::Status ResolveWindow(v1::Window* window);
-// Model inputs of a series model with `columns` values per step.
-uint32_t WindowInputs(const v1::Window& window, uint32_t columns);
+// Model inputs of a series model with `columns` values per step (64-bit: a hand-made file may ask
+// for more than fits in 32).
+uint64_t WindowInputs(const v1::Window& window, uint32_t columns);
 // Each column at each step (oldest first, 'cpu[t-2]', 'cpu[t-1]', 'cpu[t]'), then the time
 // features; empty without column names.
 std::vector<std::string> WindowInputNames(const v1::Window& window,
@@ -34,22 +38,28 @@ void TimeFeatures(const v1::Window& window, int64_t unix_ms, float* out);
 absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> timestamps_ms);
 
 // The last steps of one series. `window` is resolved with its interval set; max_gap_steps and
-// gap_fill from the model's ScoringPolicy (unset: the window length, kDefaultGapFill).
+// gap_fill from the model's ScoringPolicy (unset: the window length, kDefaultGapFill; missed steps
+// are never filled as missing when the policy allows no missing value — the window restarts).
+// `columns` are the names of a step's columns (may be empty). Copyable: a caller can keep a copy
+// to put back when a batch is refused after its rows were pushed.
 class WindowBuffer {
  public:
-  WindowBuffer(const v1::Window& window, const v1::ScoringPolicy& policy);
+  WindowBuffer(const v1::Window& window, const v1::ScoringPolicy& policy,
+               absl::Span<const std::string> columns = {});
 
-  // INVALID_ARGUMENT unless there is one timestamp per row and none goes backwards, within the batch
-  // or from the last step pushed (equal ones are consecutive steps). Nothing changes on error.
+  // INVALID_ARGUMENT unless there is one timestamp per row, each within +-kMaxAbsTimestampMs, and
+  // none goes backwards, within the batch or from the last step pushed (equal ones are consecutive
+  // steps). Nothing changes on error.
   absl::Status CheckTimes(absl::Span<const int64_t> timestamps_ms, size_t rows) const;
   // Adds one step (`columns` values, NaN = missing) at `unix_ms` (not before the last one). A gap of
   // up to max_gap_steps missed steps is closed up (GAP_FILL_JOIN) or pushed as missing rows first
   // (GAP_FILL_MISSING); a longer one empties the window. When the window is full, writes the
   // sample (WindowInputs values) to `out` and returns true; false = warming up.
   bool Push(const float* row, int64_t unix_ms, float* out);
-  // Whether the steps kept can go on into a model with this window (same length and columns):
-  // a stream's window survives a hot swap to such a version.
-  bool Fits(const v1::Window& window) const;
+  // Whether the steps kept can go on into a model with this window and step columns (same length,
+  // interval and columns, by name when named): a stream's window survives a hot swap to such a
+  // version.
+  bool Fits(const v1::Window& window, absl::Span<const std::string> columns = {}) const;
   // Another model's interval and gap policy, keeping the steps.
   void Retarget(const v1::Window& window, const v1::ScoringPolicy& policy);
   uint32_t inputs() const { return inputs_; }
@@ -59,6 +69,7 @@ class WindowBuffer {
 
   uint32_t length_, columns_, inputs_;
   int64_t interval_ms_;
+  std::vector<std::string> names_;  // of a step's columns; empty = unnamed
   uint8_t hour_ = 0, weekday_ = 0;  // 1 + position of each time feature's pair, 0 = absent
   uint64_t max_gap_;
   bool fill_missing_;  // GAP_FILL_MISSING

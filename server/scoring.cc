@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "columns.h"
@@ -32,22 +33,50 @@ struct Windows {
   bool warming() const { return samples < sample_of_row.size(); }
 };
 
+// The most values the windows of one batch may hold (64 MB): each row of a series model becomes a
+// sample of length x columns values.
+constexpr size_t kMaxWindowValues = size_t{1} << 24;
+// A worker keeps its windows buffer up to this size between batches (16 MB).
+constexpr size_t kKeptWindowValues = size_t{1} << 22;
+
 // Pushes the rows (`columns` values each, in the model's order) through `*buffer`, making it anew
-// when there is none or the model's window does not fit the one it holds. Refuses the batch
-// (INVALID_ARGUMENT, the window unchanged) without a timestamp per row or when they do not increase.
+// when there is none or the model's window does not fit the one it holds. Refuses the batch,
+// the window unchanged, without a timestamp per row or when they go backwards, for an infinite
+// value or a NaN the policy does not allow (naming the row and column sent), or when its windows
+// would hold over kMaxWindowValues values (RESOURCE_EXHAUSTED).
 absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
                          const v1::Samples& s, std::unique_ptr<engine::WindowBuffer>* buffer,
                          Windows* out) {
   const v1::Window& w = model.spec().window();
-  if (*buffer == nullptr || !(*buffer)->Fits(w)) {
-    *buffer = std::make_unique<engine::WindowBuffer>(w, model.file().policy());
+  const auto& names = model.file().series_columns();
+  const absl::Span<const std::string> columns(names.data(), static_cast<size_t>(names.size()));
+  if (*buffer == nullptr || !(*buffer)->Fits(w, columns)) {
+    *buffer = std::make_unique<engine::WindowBuffer>(w, model.file().policy(), columns);
   } else {
     (*buffer)->Retarget(w, model.file().policy());
   }
   const size_t rows = x.size() / w.columns();
+  const size_t inputs = model.num_features();
+  if (rows * inputs > kMaxWindowValues) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a batch of ", rows, " rows makes windows of ", rows * inputs, " values for this series "
+        "model (", inputs, " inputs each), over the limit of ", kMaxWindowValues, ": send at most ",
+        kMaxWindowValues / inputs, " rows per batch"));
+  }
   const absl::Span<const int64_t> ts(s.timestamps_ms().data(), s.timestamps_ms_size());
   if (auto st = (*buffer)->CheckTimes(ts, rows); !st.ok()) return st;
-  const size_t inputs = model.num_features();
+  // Values are checked here, where a problem can name the row and column sent (each row appears
+  // in many windows).
+  const bool none_missing = model.max_missing() == 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isinf(x[i]) && !(std::isnan(x[i]) && none_missing)) continue;
+    const size_t j = i % w.columns();
+    const std::string column = j < columns.size() ? "'" + columns[j] + "'" : std::to_string(j);
+    return absl::InvalidArgumentError(absl::StrCat(
+        std::isinf(x[i]) ? "infinite value" : "missing value (NaN)", " at row ", i / w.columns(),
+        ", column ", column,
+        std::isinf(x[i]) ? "" : ": this model's policy allows none (max_missing_fraction 0)"));
+  }
   if (out->inputs.size() < rows * inputs) out->inputs.resize(rows * inputs);
   out->sample_of_row.assign(rows, -1);
   out->samples = 0;
@@ -216,22 +245,31 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   auto x = ModelValues(model, s, max_rows, &buffer, hooks.stream);
   if (!x.ok()) return x.status();
   const uint32_t d = model.num_features();
-  // A series model scores windows over the rows; its first rows may be warming up.
-  const bool series = engine::IsSeries(model.spec());
-  thread_local Windows win;  // its buffer reused: a worker scores one batch at a time
-  win.sample_of_row.clear();
-  win.samples = 0;
-  absl::Span<const float> in = *x;
-  if (series) {
-    std::unique_ptr<engine::WindowBuffer> own;
-    auto st = MakeWindows(model, *x, s, hooks.window != nullptr ? hooks.window : &own, &win);
-    if (!st.ok()) return st;
-    in = absl::Span<const float>(win.inputs.data(), win.samples * d);
-  }
   const uint32_t k = options.top_k();
   if (k > d) {
     return absl::InvalidArgumentError(absl::StrCat("top_k ", k, " is over num_features ", d));
   }
+  // A series model scores windows over the rows; its first rows may be warming up. The stream's
+  // window is put back as it was when the batch fails after its rows were pushed.
+  const bool series = engine::IsSeries(model.spec());
+  thread_local Windows win;  // its buffer reused: a worker scores one batch at a time
+  win.sample_of_row.clear();
+  win.samples = 0;
+  std::unique_ptr<engine::WindowBuffer> own;
+  std::unique_ptr<engine::WindowBuffer>* window = hooks.window != nullptr ? hooks.window : &own;
+  std::optional<engine::WindowBuffer> before;
+  absl::Span<const float> in = *x;
+  if (series) {
+    if (*window != nullptr && hooks.window != nullptr) before.emplace(**window);
+    auto st = MakeWindows(model, *x, s, window, &win);
+    if (!st.ok()) return st;
+    in = absl::Span<const float>(win.inputs.data(), win.samples * d);
+  }
+  struct Shrink {  // a worker does not keep a huge windows buffer
+    ~Shrink() {
+      if (win.inputs.capacity() > kKeptWindowValues) std::vector<float>().swap(win.inputs);
+    }
+  } shrink;
   engine::ScoreOptions eo;
   // With watchers the per-feature errors come from this pass (their top features go into the
   // events), not from scoring the flagged rows again on the feed thread.
@@ -241,7 +279,16 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   eo.neg_elbo = options.neg_elbo();
   engine::ScoreResult& res = worker.result();
   if (!series || win.samples > 0) {
-    if (auto st = model.Score(worker.ContextFor(h.model), in, eo, &res); !st.ok()) return st;
+    if (auto st = model.Score(worker.ContextFor(h.model), in, eo, &res); !st.ok()) {
+      if (series && hooks.window != nullptr) {  // the stream's window as before this batch
+        if (before) {
+          **window = std::move(*before);
+        } else {
+          window->reset();
+        }
+      }
+      return st;
+    }
   } else {  // every row warming up
     res = engine::ScoreResult{};
     res.threshold = model.threshold();

@@ -69,7 +69,14 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
                                                        h.num_features(), " columns"));
       }
       w->set_columns(h.num_features());
-      inputs = engine::WindowInputs(*w, h.num_features());
+      if (auto st = engine::ResolveWindow(w); !st.ok()) return st;
+      const uint64_t wide = engine::WindowInputs(*w, h.num_features());
+      if (wide > (1u << 16)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model spec: a window of ", w->length(), " x ", h.num_features(), " columns has ",
+            wide, " inputs, over 65536"));
+      }
+      inputs = static_cast<uint32_t>(wide);
       if (h.rows() != 0 && h.rows() < w->length()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "model spec: a window of ", w->length(), " steps is longer than the series of ",
@@ -86,6 +93,15 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<v1::ModelSpec> TrainingJobs::EffectiveSpec(const v1::TrainingJobHeader& h) const {
+  if (h.has_spec() || (!h.fine_tune() && h.base_version() == 0)) return h.spec();
+  auto key = MakeKey(h.model(), h.entity());
+  if (!key.ok()) return key.status();
+  auto base = registry_->Handle(*key, h.base_version());
+  if (!base.ok()) return base.status();
+  return base->model->spec();
 }
 
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader& header,

@@ -37,6 +37,9 @@ class TrainingJobs {
 
   // Checks the header (INVALID_ARGUMENT with the reason) and, with `data`, queues the job.
   absl::Status CheckHeader(const v1::TrainingJobHeader& header) const;
+  // The spec the job will train with: the header's, or (fine-tuning without one) the base
+  // version's. Call after CheckHeader.
+  absl::StatusOr<v1::ModelSpec> EffectiveSpec(const v1::TrainingJobHeader& header) const;
   // `timestamps_ms`: none, or one per row (series models need them). `reservation` holds the
   // data's bytes in the training-data budget until the job has ended.
   absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header, std::vector<float> data,

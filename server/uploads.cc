@@ -1,6 +1,7 @@
 // CreateTrainingJob uploads: declared size, shared budget, idle timeout, all-or-nothing jobs.
 #include "uploads.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
@@ -107,8 +108,29 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           " values (--max_training_values)"));
     }
     expected_values_ = h.rows() * h.num_features();
-    // Values, and room for one timestamp per row (series models send them).
-    const uint64_t bytes = expected_values_ * sizeof(float) + h.rows() * sizeof(int64_t);
+    auto spec = uploads_->jobs_->EffectiveSpec(h);
+    if (!spec.ok()) return spec.status();
+    series_ = engine::IsSeries(*spec);
+    // A series model trains on windows: each row appears in up to length / stride of them. They
+    // count against the same limits as the uploaded values.
+    uint64_t window_values = 0;
+    if (series_) {
+      v1::Window w = spec->window();
+      w.set_columns(h.num_features());
+      const uint64_t length = std::max(w.length(), 1u), stride = std::max(w.stride(), 1u);
+      const uint64_t windows = h.rows() >= length ? (h.rows() - length) / stride + 1 : 0;
+      const uint64_t inputs = engine::WindowInputs(w, h.num_features());
+      if (windows > max_values / std::max<uint64_t>(inputs, 1)) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the ", windows, " windows of ", inputs, " inputs this series makes are over the limit "
+            "of ", max_values, " values (--max_training_values): send a shorter series or use a "
+            "larger window.stride"));
+      }
+      window_values = windows * inputs;
+    }
+    // Values, room for one timestamp per row (series models send them), and a series' windows.
+    const uint64_t bytes = (expected_values_ + window_values) * sizeof(float) +
+                           h.rows() * sizeof(int64_t);
     reservation_ = uploads_->budget_->Reserve(bytes);
     if (reservation_.bytes() != bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -134,7 +156,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           " rows its header announced (the client stopped early, or a message did not parse); "
           "no job was created")));
     }
-    if (engine::IsSeries(header_.spec()) && timestamps_.size() != rows) {
+    if (series_ && timestamps_.size() != rows) {
       return End(Invalid(absl::StrCat(
           "this model builds windows over time (spec.window): every row needs a timestamp (",
           timestamps_.size(), " timestamps for ", rows, " rows); no job was created")));
@@ -176,6 +198,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   uint64_t expected_values_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<float> values_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> timestamps_ ABSL_GUARDED_BY(mu_);
+  bool series_ ABSL_GUARDED_BY(mu_) = false;  // the job trains a series model
   ByteBudget::Reservation reservation_ ABSL_GUARDED_BY(mu_);
 };
 

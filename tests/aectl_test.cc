@@ -278,6 +278,12 @@ TEST_F(AectlTest, SeriesTrainScoreStream) {
   }
   EXPECT_EQ(line[flag], '1') << line;
 
+  // In calls of 10 rows, each call repeats the 5 rows before it for its window: the same answers.
+  auto small = Aectl(server_arg_ + " score --model series --batch 10 " + test);
+  ASSERT_EQ(small.code, 0) << small.err;
+  EXPECT_EQ(small.out, score.out);
+  EXPECT_NE(small.err.find("5 rows were warming up"), std::string::npos) << small.err;
+
   // Streamed in batches of 7, the window carries across them: the same 5 warm up.
   auto stream = Aectl(server_arg_ + " stream --model series --batch 7 " + test);
   ASSERT_EQ(stream.code, 0) << stream.err;

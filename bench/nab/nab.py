@@ -102,7 +102,7 @@ def train(client, model, values, stamps, args):
     client.train(model, values.reshape(-1, 1), feature_names=["value"], timestamps=stamps,
                  window=WINDOW, time_features=["hour"], seed=args.seed, scaling="minmax",
                  epochs=100, patience=10, percentile=args.percentile, validation_split=0.2,
-                 max_gap_steps=args.max_gap_steps, gap_fill=args.gap_fill)
+                 max_gap_steps=args.max_gap_steps, gap_fill=args.gap_fill, hold_out=args.hold_out)
 
 
 def stream_with_refits(client, model, values, stamps, n_train, args, debounce):
@@ -165,6 +165,8 @@ def main():
                    help="the models' ScoringPolicy.max_gap_steps (default: the server's, the window "
                         "length): missed steps up to this are missing values, a longer gap restarts "
                         "the window")
+    p.add_argument("--hold_out", choices=("random", "last"), default=None,
+                   help="which windows calibrate the threshold (default: the server's)")
     p.add_argument("--gap_fill", choices=("join", "missing"), default=None,
                    help="the models' ScoringPolicy.gap_fill (default: the server's)")
     args = p.parse_args()

@@ -148,6 +148,7 @@ void PrintRow(const std::string& format, size_t row, const std::string& id, floa
               float score, bool anomalous, float p_value, const v1::ScoreResponse& r, int i, uint32_t k,
               const std::vector<std::string>& names) {
   std::string top;
+  if (r.warming_up_size() > i && r.warming_up(i)) k = 0;  // not scored: no top features
   for (uint32_t j = 0; j < k; ++j) {
     const uint32_t f = r.top_features(i * k + j);
     // The server's names (the model's features); older servers: the CSV's header by position.
@@ -237,10 +238,11 @@ int FailWithTimes(const grpc::Status& st, const engine::CsvTable& t) {
 // Missing values and skipped samples, counted over what was scored.
 struct GapCount {
   size_t missing_rows = 0, skipped = 0, warming = 0;
-  void Add(const v1::ScoreResponse& r) {
-    for (uint32_t m : r.missing()) missing_rows += m > 0;
-    for (bool s : r.skipped()) skipped += s;
-    for (bool w : r.warming_up()) warming += w;
+  // Counts samples `from` on (earlier ones were counted with another answer).
+  void Add(const v1::ScoreResponse& r, int from = 0) {
+    for (int i = from; i < r.missing_size(); ++i) missing_rows += r.missing(i) > 0;
+    for (int i = from; i < r.skipped_size(); ++i) skipped += r.skipped(i);
+    for (int i = from; i < r.warming_up_size(); ++i) warming += r.warming_up(i);
   }
   void Print() const {
     if (warming > 0) {
@@ -286,12 +288,27 @@ int Score(const Common& c, const Target& target, const std::string& path,
   if (!table.ok()) return Fail(table.status());
   auto stub = v1::Scoring::NewStub(Connect(c));
   const size_t d = table->features();
+  // A series model makes each call a series of its own: every call after the first repeats the
+  // `overlap` rows before it, so that its window is full at its first new row.
+  size_t overlap = 0;
+  if (!table->timestamps_ms.empty()) {
+    grpc::ClientContext ctx;
+    Deadline(ctx, c);
+    v1::GetModelRequest get;
+    get.set_model(target.model);
+    get.set_entity(target.entity);
+    v1::ModelInfo info;
+    if (stub->GetModel(&ctx, get, &info).ok() && info.spec().window().length() > 1) {
+      overlap = info.spec().window().length() - 1;  // the active version's (the usual case)
+    }
+  }
   size_t anomalous = 0;
   std::vector<uint8_t> flags;
   v1::ScoreResponse last;
   GapCount gaps;
   for (size_t start = 0; start < table->rows; start += batch) {
-    const size_t n = std::min<size_t>(batch, table->rows - start);
+    const size_t from = start - std::min(start, overlap);  // rows sent again, for the window
+    const size_t n = std::min<size_t>(batch, table->rows - start) + (start - from);
     v1::ScoreRequest req;
     req.set_model(target.model);
     req.set_entity(target.entity);
@@ -302,22 +319,23 @@ int Score(const Common& c, const Target& target, const std::string& path,
     bool ignore = false;
     NameColumns(*table, cols, req.mutable_samples()->mutable_feature_names(), &ignore);
     req.mutable_samples()->set_ignore_unknown_features(ignore);
-    req.mutable_samples()->mutable_values()->Add(table->values.begin() + start * d,
-                                                 table->values.begin() + (start + n) * d);
-    AddTimes(*table, start, n, req.mutable_samples());
+    req.mutable_samples()->mutable_values()->Add(table->values.begin() + from * d,
+                                                 table->values.begin() + (from + n) * d);
+    AddTimes(*table, from, n, req.mutable_samples());
     grpc::ClientContext ctx;
     Deadline(ctx, c);
     grpc::Status st = stub->Score(&ctx, req, &last);
     if (!st.ok()) return FailWithTimes(st, *table);
     if (start == 0 && format == "csv") std::printf("row,id,error,score,anomalous,p_value,top_features\n");
-    for (int i = 0; i < last.errors_size(); ++i) {
-      const size_t row = start + i;
+    const int first = static_cast<int>(start - from);  // answers for rows printed before
+    for (int i = first; i < last.errors_size(); ++i) {
+      const size_t row = from + i;
       PrintRow(format, row, table->ids.empty() ? "" : table->ids[row], last.errors(i),
                ScoreOf(last, i), last.anomalous(i), last.p_values(i), last, i, top_k, table->feature_names);
       flags.push_back(last.anomalous(i));
+      anomalous += last.anomalous(i);
     }
-    anomalous += last.num_anomalies();
-    gaps.Add(last);
+    gaps.Add(last, first);
   }
   Summary(table->rows, anomalous, *table, flags, target.model, last.version(), last.threshold());
   gaps.Print();
@@ -706,7 +724,7 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
       if (start == 0) *req.mutable_header() = h;
       const size_t end = std::min(table->values.size(), start + chunk);
       req.mutable_values()->Add(table->values.begin() + start, table->values.begin() + end);
-      if (series) {  // the rows' timestamps travel with them
+      if (!table->timestamps_ms.empty()) {  // the rows' times (series models need them)
         req.mutable_timestamps_ms()->Add(table->timestamps_ms.begin() + start / d,
                                          table->timestamps_ms.begin() + end / d);
       }

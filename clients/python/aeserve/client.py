@@ -138,13 +138,30 @@ def _timestamps(x, timestamps=None):
     else None."""
     if timestamps is None:
         index = getattr(x, "index", None)
-        if index is None or not np.issubdtype(getattr(index, "dtype", np.dtype(object)), np.datetime64):
+        if index is None or not _is_time(index):
             return None
         timestamps = index
+    if getattr(timestamps, "tz", None) is not None:  # pandas, time-zone aware: to UTC, naive
+        timestamps = timestamps.tz_convert("UTC").tz_localize(None)
+    elif getattr(getattr(timestamps, "dt", None), "tz", None) is not None:  # a pandas Series
+        timestamps = timestamps.dt.tz_convert("UTC").dt.tz_localize(None)
     t = np.asarray(timestamps)
     if np.issubdtype(t.dtype, np.datetime64):
+        if np.isnat(t).any():
+            raise ValueError("timestamps must not hold NaT (not a time)")
         return t.astype("datetime64[ms]").astype(np.int64)
     return t.astype(np.int64)
+
+
+def _is_time(index) -> bool:
+    """A pandas DatetimeIndex (time-zone aware or not)."""
+    if getattr(index, "tz", None) is not None:
+        return True
+    dtype = getattr(index, "dtype", None)
+    try:
+        return dtype is not None and np.issubdtype(dtype, np.datetime64)
+    except TypeError:  # a pandas extension dtype
+        return False
 
 
 def _samples(x, ids=None, names=None, ignore_unknown: bool = False,
@@ -362,7 +379,7 @@ class Client:
               activation: str = "relu", noise_level: float = 0.0, l1_penalty: float = 0.0,
               kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: float = 99.0,
               neighbors: Optional[int] = None, reference_rows: int = 0,
-              reconstruction_weight: Optional[float] = None, hold_out: str = "random",
+              reconstruction_weight: Optional[float] = None, hold_out: Optional[str] = None,
               max_missing_fraction: Optional[float] = None,
               impute_refinements: Optional[int] = None,
               window: int = 0, stride: int = 0, time_features: Sequence[str] = (),
@@ -375,7 +392,8 @@ class Client:
         TrainingJob; raises AeserveError if the job is refused or fails. `neighbors`,
         `reference_rows`, `reconstruction_weight` and `dropout` left unset take the server's
         defaults (neighbors=0: the score is the reconstruction error alone). `hold_out`: "random"
-        (a seeded sample) or "last" (the last validation_split of the rows as given). A pandas
+        (a seeded sample) or "last" (the last validation_split of the rows as given); unset = the
+        server's default. A pandas
         DataFrame gives the feature names. NaN is a missing value (no gradient); rows missing more
         than `max_missing_fraction` (default 0.5) of their features are left out.
 
@@ -397,11 +415,14 @@ class Client:
                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                 weight_decay=weight_decay, validation_split=validation_split,
                 patience=patience, seed=seed,
-                scaling=model_pb2.Scaling.Value("SCALING_" + scaling.upper()),
-                hold_out=model_pb2.HoldOut.Value("HOLD_OUT_" + hold_out.upper())),
+                scaling=model_pb2.Scaling.Value("SCALING_" + scaling.upper())),
             threshold=_threshold("percentile", percentile))
         if dropout is not None:  # unset = the server's default (0.2)
             header.options.dropout = dropout
+        if hold_out is not None:  # unset = the server's default
+            if hold_out not in ("random", "last"):
+                raise ValueError('hold_out must be "random" or "last"')
+            header.options.hold_out = model_pb2.HoldOut.Value("HOLD_OUT_" + hold_out.upper())
         if names is not None:
             header.feature_names.extend(names)
         if max_missing_fraction is not None:

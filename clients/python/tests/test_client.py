@@ -202,6 +202,13 @@ class ServerTest(unittest.TestCase):
         with self.assertRaises(AeserveError) as e:
             self.client.score("pyseries", values)  # no times
         self.assertIn("every row needs a timestamp", e.exception.message)
+        # Time-zone aware times are the same instants in UTC; NaT is refused.
+        aware = test.tz_localize("UTC").tz_convert("Europe/Berlin")
+        np.testing.assert_array_equal(self.client.score("pyseries", aware).scores[5:], r.scores[5:])
+        broken = test.copy()
+        broken.index = broken.index.where(np.arange(len(broken)) != 3, pd.NaT)
+        with self.assertRaises(ValueError):
+            self.client.score("pyseries", broken)
 
     def test_watch_receives_flagged_samples(self):
         events = []
