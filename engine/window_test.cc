@@ -4,10 +4,12 @@
 #include "window.h"
 
 #include <cmath>
+#include <limits>
 #include <numbers>
 
 #include "gtest/gtest.h"
 #include "model.h"
+#include "spec.h"
 #include "trainer.h"
 
 namespace aeserve::engine {
@@ -180,6 +182,47 @@ TEST(Window, FitsSameLengthAndColumnsOnly) {
   EXPECT_TRUE(b.Fits(MakeWindow(4, 2, 60000)));
   EXPECT_FALSE(b.Fits(MakeWindow(5, 2, 1000)));
   EXPECT_FALSE(b.Fits(MakeWindow(4, 3, 1000)));
+}
+
+TEST(Window, HandMadeSpecsCannotOverflowTheInputCount) {
+  // 1024 x 2^22 columns + 2 wraps to 2 in 32 bits.
+  v1::ModelSpec spec;
+  spec.set_num_features(2);
+  spec.mutable_window()->set_length(1024);
+  spec.mutable_window()->set_columns(1u << 22);
+  spec.mutable_window()->set_interval_ms(60000);
+  spec.mutable_window()->add_time_features(v1::TIME_FEATURE_HOUR_OF_DAY);
+  EXPECT_EQ(WindowInputs(spec.window(), 1u << 22), uint64_t{1024} << 22 | 2);
+  EXPECT_EQ(ResolveSpec(spec, 2).status().code(), absl::StatusCode::kInvalidArgument);
+  spec.mutable_window()->set_columns(1u << 16);  // in range, but 1024 x 65536 + 2 != 2
+  EXPECT_EQ(ResolveSpec(spec, 2).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Window, TimestampsOutOfRangeAreRefused) {
+  WindowBuffer b(MakeWindow(2, 1, 1000), {});
+  const int64_t huge[] = {std::numeric_limits<int64_t>::min(), 0};
+  auto st = b.CheckTimes(huge, 2);
+  EXPECT_NE(st.message().find("outside +-1e15 ms"), std::string::npos) << st;
+  EXPECT_EQ(MedianStep(huge).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Window, SwapKeepsTheWindowOnlyForTheSameLayout) {
+  const std::vector<std::string> cm = {"cpu", "mem"}, mc = {"mem", "cpu"};
+  WindowBuffer b(MakeWindow(4, 2, 1000), {}, cm);
+  EXPECT_TRUE(b.Fits(MakeWindow(4, 2, 1000), cm));
+  EXPECT_FALSE(b.Fits(MakeWindow(4, 2, 1000), mc));      // the columns in another order
+  EXPECT_FALSE(b.Fits(MakeWindow(4, 2, 60000), cm));     // another step
+}
+
+TEST(Window, MissingFillRestartsWhenThePolicyAllowsNoMissingValue) {
+  v1::ScoringPolicy p = Gaps(v1::GAP_FILL_MISSING);
+  p.set_max_missing_fraction(0);
+  WindowBuffer b(MakeWindow(2, 1, 1000), p);
+  float out[2];
+  const float v[] = {1, 2, 3};
+  b.Push(&v[0], 0, out);
+  ASSERT_TRUE(b.Push(&v[1], 1000, out));
+  EXPECT_FALSE(b.Push(&v[2], 3000, out));  // one missed step: restarts instead of a NaN row
 }
 
 TEST(Window, MedianStep) {

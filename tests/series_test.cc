@@ -241,6 +241,27 @@ TEST_F(SeriesTest, StreamKeepsTheWindowAcrossBatchesAndBadBatchesFailAlone) {
   ExpectScores(r.result(), expected, 20);
 }
 
+// A batch refused for its values leaves the stream's window as it was: the next batch goes on.
+TEST_F(SeriesTest, RefusedValuesNameTheRowSentAndLeaveTheWindow) {
+  const auto expected = EngineScores(*w6_, 30);
+  Stream s;
+  ASSERT_TRUE(s.Send(Steps(0, 10)).has_result());
+  v1::Samples inf = Steps(10, 13);
+  inf.set_values(1 * 2 + 1, INFINITY);  // row 1, column 'temp'
+  v1::StreamScoreResponse r = s.Send(inf);
+  ASSERT_TRUE(r.has_error()) << r.DebugString();
+  EXPECT_NE(r.error().message().find("infinite value at row 1, column 'temp'"), std::string::npos)
+      << r.error().message();
+  v1::Samples huge = Steps(10, 13);
+  huge.set_values(0, 3e38f);  // finite, but its error overflows: refused after the rows were pushed
+  r = s.Send(huge);
+  ASSERT_TRUE(r.has_error()) << r.DebugString();
+  r = s.Send(Steps(10, 30));
+  ASSERT_TRUE(r.has_result()) << r.DebugString();
+  EXPECT_EQ(r.result().warming_up_size(), 0);
+  ExpectScores(r.result(), expected, 10);
+}
+
 TEST_F(SeriesTest, WindowSurvivesASwapToTheSameLengthAndRestartsOtherwise) {
   Stream s;
   ASSERT_TRUE(s.Send(Steps(0, 10)).has_result());
@@ -363,6 +384,14 @@ TEST_F(SeriesTest, TrainingOverRpcTakesTheRawSeries) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("longer than the series of 400 rows"), std::string::npos)
       << st.error_message();
+  // A series whose windows would hold more than --max_training_values: refused at the header.
+  v1::TrainingJobHeader wide = h;
+  wide.set_rows(10'000'000);
+  wide.mutable_spec()->mutable_window()->set_length(1024);
+  wide.mutable_spec()->mutable_window()->set_stride(1);
+  st = CreateJob(server_->admin.get(), wide, {}, &job);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("--max_training_values"), std::string::npos) << st.error_message();
   // With a timestamp per row, sent in chunks that do not match the rows' messages.
   {
     grpc::ClientContext ctx;
