@@ -26,13 +26,14 @@ uint32_t MaxGap(const v1::Window& w, const v1::ScoringPolicy& p) {
   return p.has_max_gap_steps() ? p.max_gap_steps() : std::max(w.length(), 1u);
 }
 
-// GAP_FILL_MISSING, and the policy lets a sample miss something (else a filled gap could only be
-// refused, again at every batch: the window restarts instead).
-bool FillMissing(const v1::ScoringPolicy& p) {
+// What a short gap does: closed up, missing rows, or (GAP_FILL_MISSING when the policy lets a
+// sample miss nothing, so a filled gap could only be refused, again at every batch) a restart.
+WindowBuffer::ShortGap ShortGapOf(const v1::ScoringPolicy& p) {
   const v1::GapFill f = p.gap_fill() == v1::GAP_FILL_UNSPECIFIED ? kDefaultGapFill : p.gap_fill();
+  if (f != v1::GAP_FILL_MISSING) return WindowBuffer::ShortGap::kJoin;
   const float fraction = p.has_max_missing_fraction() ? p.max_missing_fraction()
                                                       : kDefaultMaxMissingFraction;
-  return f == v1::GAP_FILL_MISSING && fraction > 0;
+  return fraction > 0 ? WindowBuffer::ShortGap::kMissing : WindowBuffer::ShortGap::kRestart;
 }
 
 absl::Status CheckRange(int64_t t, size_t row) {
@@ -142,15 +143,14 @@ absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> ts) {
   return steps[steps.size() / 2];
 }
 
-WindowBuffer::WindowBuffer(const v1::Window& w, const v1::ScoringPolicy& p,
-                           absl::Span<const std::string> columns)
+WindowBuffer::WindowBuffer(const v1::Window& w, const v1::ScoringPolicy& p, const Names& columns)
     : length_(std::max(w.length(), 1u)),
       columns_(w.columns()),
       inputs_(static_cast<uint32_t>(WindowInputs(w, w.columns()))),
       interval_ms_(w.interval_ms()),
       names_(columns.begin(), columns.end()),
       max_gap_(MaxGap(w, p)),
-      fill_missing_(FillMissing(p)),
+      short_gap_(ShortGapOf(p)),
       ring_(2 * static_cast<size_t>(length_) * columns_) {
   Retarget(w, p);
 }
@@ -196,9 +196,9 @@ bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
     const int64_t interval = std::max<int64_t>(interval_ms_, 1);
     const double steps = std::round(static_cast<double>(unix_ms - last_ms_) / interval);
     const double missed = std::max(steps - 1, 0.0);
-    if (missed > static_cast<double>(max_gap_)) {
+    if (missed > static_cast<double>(max_gap_) || (missed > 0 && short_gap_ == ShortGap::kRestart)) {
       filled_ = 0;  // a long gap: the window starts again
-    } else if (fill_missing_) {
+    } else if (short_gap_ == ShortGap::kMissing) {
       for (uint64_t m = 0; m < std::min<uint64_t>(static_cast<uint64_t>(missed), length_); ++m) {
         Add(nullptr);
       }
@@ -217,7 +217,7 @@ bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
   return true;
 }
 
-bool WindowBuffer::Fits(const v1::Window& w, absl::Span<const std::string> columns) const {
+bool WindowBuffer::Fits(const v1::Window& w, const Names& columns) const {
   return std::max(w.length(), 1u) == length_ && w.columns() == columns_ &&
          w.interval_ms() == interval_ms_ &&
          std::equal(columns.begin(), columns.end(), names_.begin(), names_.end());
@@ -231,7 +231,7 @@ void WindowBuffer::Retarget(const v1::Window& w, const v1::ScoringPolicy& p) {
   }
   inputs_ = static_cast<uint32_t>(WindowInputs(w, columns_));
   max_gap_ = MaxGap(w, p);
-  fill_missing_ = FillMissing(p);
+  short_gap_ = ShortGapOf(p);
 }
 
 absl::StatusOr<std::vector<float>> TrainingWindows(const v1::Window& w,

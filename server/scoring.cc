@@ -48,8 +48,7 @@ absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
                          const v1::Samples& s, std::unique_ptr<engine::WindowBuffer>* buffer,
                          Windows* out) {
   const v1::Window& w = model.spec().window();
-  const auto& names = model.file().series_columns();
-  const absl::Span<const std::string> columns(names.data(), static_cast<size_t>(names.size()));
+  const auto& columns = model.file().series_columns();
   if (*buffer == nullptr || !(*buffer)->Fits(w, columns)) {
     *buffer = std::make_unique<engine::WindowBuffer>(w, model.file().policy(), columns);
   } else {
@@ -71,7 +70,8 @@ absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isinf(x[i]) && !(std::isnan(x[i]) && none_missing)) continue;
     const size_t j = i % w.columns();
-    const std::string column = j < columns.size() ? "'" + columns[j] + "'" : std::to_string(j);
+    const std::string column = static_cast<int>(j) < columns.size()
+                                   ? "'" + columns[static_cast<int>(j)] + "'" : std::to_string(j);
     return absl::InvalidArgumentError(absl::StrCat(
         std::isinf(x[i]) ? "infinite value" : "missing value (NaN)", " at row ", i / w.columns(),
         ", column ", column,

@@ -433,8 +433,15 @@ TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   auto cert_only = Aectl(server_arg_ + " --tls-ca " + Test() + " --tls-cert " + Test() + " health");
   EXPECT_EQ(cert_only.code, 2);
   EXPECT_NE(cert_only.err.find("--tls-key"), std::string::npos) << cert_only.err;
+  auto not_pem = Aectl(server_arg_ + " --tls-ca " + Test() + " health");
+  EXPECT_EQ(not_pem.code, 2);
+  EXPECT_NE(not_pem.err.find("holds no PEM certificate"), std::string::npos) << not_pem.err;
   // A TLS client against this plaintext server: the failure comes with the TLS hint.
-  auto mismatch = Aectl(server_arg_ + " --timeout 5 --tls-ca " + Test() + " health");
+  const std::string ca = dir_->path() + "/ca.pem";
+  ASSERT_EQ(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -keyout " + dir_->path() +
+                         "/ca.key -out " + ca + " -days 1 -subj /CN=aectl-test 2>/dev/null").c_str()),
+            0);
+  auto mismatch = Aectl(server_arg_ + " --timeout 5 --tls-ca " + ca + " health");
   EXPECT_EQ(mismatch.code, 1);
   EXPECT_NE(mismatch.err.find("TLS mismatch"), std::string::npos) << mismatch.err;
   auto no_cmd = Aectl("");

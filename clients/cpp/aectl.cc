@@ -1,6 +1,7 @@
 // aectl: the aeserve command line. One binary, one subcommand per task; gRPC errors become a
 // one-line message and a non-zero exit code.
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -73,6 +74,10 @@ std::shared_ptr<grpc::Channel> Connect(const Common& c) {
   }
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = ReadFile(c.tls_ca);
+  if (ssl.pem_root_certs.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+    std::fprintf(stderr, "aectl: --tls-ca %s holds no PEM certificate\n", c.tls_ca.c_str());
+    std::exit(2);
+  }
   if (!c.tls_cert.empty()) {
     ssl.pem_cert_chain = ReadFile(c.tls_cert);
     ssl.pem_private_key = ReadFile(c.tls_key);
