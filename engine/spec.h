@@ -23,9 +23,6 @@ inline constexpr uint32_t kMaxImputeRefinements = 10;
 // Series models: a short gap in time is closed up (measured best on NAB, bench/RESULTS.md
 // "Series gaps").
 inline constexpr v1::GapFill kDefaultGapFill = v1::GAP_FILL_JOIN;
-// Series models calibrate on their last windows by default: a random hold-out would calibrate on
-// windows that overlap training ones almost entirely (bench/RESULTS.md "Series models").
-inline constexpr v1::HoldOut kDefaultSeriesHoldOut = v1::HOLD_OUT_LAST;
 
 // Returns the spec with every default filled in, or INVALID_ARGUMENT naming what is wrong.
 // A spec that gives neither layers nor a code size gets DefaultSpec's architecture.

@@ -365,9 +365,6 @@ absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const Trainin
                                                    " feature names for ", data.cols, " features"));
   }
   TrainRequest windowed = req;
-  if (windowed.options.hold_out() == v1::HOLD_OUT_UNSPECIFIED) {
-    windowed.options.set_hold_out(kDefaultSeriesHoldOut);
-  }
   v1::Window* w = windowed.spec.mutable_window();
   AE_RETURN_IF_ERROR(ResolveWindow(w));
   if (w->columns() != 0 && w->columns() != data.cols) {
