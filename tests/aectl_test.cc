@@ -322,6 +322,21 @@ TEST_F(AectlTest, EntityModels) {
   EXPECT_NE(missing.err.find("aectl: NOT_FOUND"), std::string::npos) << missing.err;
 }
 
+// encode, reconstruct and generate print CSV: a header, then one line per row.
+TEST_F(AectlTest, EncodeReconstructGenerate) {
+  auto codes = Aectl(server_arg_ + " encode --model demo " + Test());
+  ASSERT_EQ(codes.code, 0) << codes.err;
+  EXPECT_EQ(codes.out.rfind("row,code0,", 0), 0u) << codes.out.substr(0, 80);
+  EXPECT_EQ(Lines(codes.out), 1 + 1000);  // the demo test file's rows
+  auto rec = Aectl(server_arg_ + " reconstruct --model demo " + Test());
+  ASSERT_EQ(rec.code, 0) << rec.err;
+  EXPECT_EQ(rec.out.rfind("row,f0,f1,", 0), 0u) << rec.out.substr(0, 80);  // the model's names
+  EXPECT_EQ(Lines(rec.out), 1 + 1000);
+  auto gen = Aectl(server_arg_ + " generate --model demo --count 5");
+  EXPECT_EQ(gen.code, 1);  // the demo model is not variational
+  EXPECT_NE(gen.err.find("aectl: "), std::string::npos) << gen.err;
+}
+
 TEST_F(AectlTest, TrainThresholdActivate) {
   auto t = Aectl(server_arg_ + " train --model t2 --layers 16 --code 4 --epochs 5 " + Test());
   ASSERT_EQ(t.code, 0) << t.err;

@@ -545,6 +545,94 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
   return 0;
 }
 
+// A matrix as CSV: a header (`row` and the column names), then one line per row.
+void PrintMatrix(const std::vector<std::string>& names, const float* values, size_t rows) {
+  std::printf("row");
+  for (const auto& n : names) std::printf(",%s", n.c_str());
+  std::printf("\n");
+  for (size_t r = 0; r < rows; ++r) {
+    std::printf("%zu", r);
+    for (size_t j = 0; j < names.size(); ++j) std::printf(",%.8g", values[r * names.size() + j]);
+    std::printf("\n");
+  }
+}
+
+// The model's feature names when they match `width` columns, else x0, x1, ...
+std::vector<std::string> ColumnNames(v1::Scoring::Stub* stub, const Common& c,
+                                     const std::string& model, size_t width) {
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::GetModelRequest get;
+  get.set_model(model);
+  v1::ModelInfo info;
+  std::vector<std::string> names;
+  if (stub->GetModel(&ctx, get, &info).ok() && static_cast<size_t>(info.feature_names_size()) == width) {
+    names.assign(info.feature_names().begin(), info.feature_names().end());
+  } else {
+    for (size_t j = 0; j < width; ++j) names.push_back("x" + std::to_string(j));
+  }
+  return names;
+}
+
+// encode / reconstruct: the CSV's rows through the model, printed as CSV.
+int Transform(const Common& c, const std::string& what, const Target& target,
+              const std::string& path, const Columns& cols) {
+  auto table = ReadInput(path);
+  if (!table.ok()) return Fail(table.status());
+  auto stub = v1::Scoring::NewStub(Connect(c));
+  v1::Samples samples;
+  samples.set_num_features(static_cast<uint32_t>(table->features()));
+  bool ignore = false;
+  NameColumns(*table, cols, samples.mutable_feature_names(), &ignore);
+  samples.set_ignore_unknown_features(ignore);
+  samples.mutable_values()->Add(table->values.begin(), table->values.end());
+  AddTimes(*table, 0, table->rows, &samples);
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  if (what == "encode") {
+    v1::EncodeRequest req;
+    req.set_model(target.model);
+    req.set_version(target.version);
+    *req.mutable_samples() = samples;
+    v1::EncodeResponse resp;
+    grpc::Status st = stub->Encode(&ctx, req, &resp);
+    if (!st.ok()) return FailWithTimes(st, *table);
+    std::vector<std::string> names;
+    for (uint32_t j = 0; j < resp.code_size(); ++j) names.push_back("code" + std::to_string(j));
+    PrintMatrix(names, resp.codes().data(), resp.code_size() ? resp.codes_size() / resp.code_size() : 0);
+    return 0;
+  }
+  v1::ReconstructRequest req;
+  req.set_model(target.model);
+  req.set_version(target.version);
+  *req.mutable_samples() = samples;
+  v1::ReconstructResponse resp;
+  grpc::Status st = stub->Reconstruct(&ctx, req, &resp);
+  if (!st.ok()) return FailWithTimes(st, *table);
+  const size_t width = resp.num_features();
+  PrintMatrix(ColumnNames(stub.get(), c, target.model, width), resp.values().data(),
+              width ? resp.values_size() / width : 0);
+  return 0;
+}
+
+int Generate(const Common& c, const Target& target, uint32_t count, uint64_t seed) {
+  auto stub = v1::Scoring::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::GenerateRequest req;
+  req.set_model(target.model);
+  req.set_version(target.version);
+  req.set_count(count);
+  req.set_seed(seed);
+  v1::GenerateResponse resp;
+  grpc::Status st = stub->Generate(&ctx, req, &resp);
+  if (!st.ok()) return Fail(st);
+  const size_t width = resp.num_features();
+  PrintMatrix(ColumnNames(stub.get(), c, target.model, width), resp.values().data(),
+              width ? resp.values_size() / width : 0);
+  return 0;
+}
+
 int Health(const Common& c) {
   auto stub = grpc::health::v1::Health::NewStub(Connect(c));
   grpc::ClientContext ctx;
@@ -993,6 +1081,23 @@ int main(int argc, char** argv) {
   add_list_format(model_cmd);
   auto* health = app.add_subcommand("health", "check the server's health (exit 0 when SERVING)");
 
+  auto* encode = app.add_subcommand("encode", "print each CSV row's code (the latent layer) as CSV");
+  auto* reconstruct = app.add_subcommand(
+      "reconstruct", "print each CSV row's reconstruction (original units, gaps filled) as CSV");
+  for (CLI::App* cmd : {encode, reconstruct}) {
+    cmd->add_option("--model", model, "model name")->required();
+    cmd->add_option("--version", version, "model version (default: active)");
+    cmd->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
+    add_columns(cmd);
+  }
+  uint32_t count = 10;
+  uint64_t seed = 1;
+  auto* generate = app.add_subcommand("generate", "variational models: print samples drawn from the prior as CSV");
+  generate->add_option("--model", model, "model name")->required();
+  generate->add_option("--version", version, "model version (default: active)");
+  generate->add_option("--count", count, "samples")->capture_default_str();
+  generate->add_option("--seed", seed, "same seed, same samples")->capture_default_str();
+
 
   TrainArgs ta;
   auto* train = app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
@@ -1146,5 +1251,8 @@ int main(int argc, char** argv) {
   if (models->parsed()) return Models(c, list_format);
   if (model_cmd->parsed()) return Model(c, model, list_format);
   if (health->parsed()) return Health(c);
+  if (encode->parsed()) return Transform(c, "encode", Target{model, "", version}, path, cols);
+  if (reconstruct->parsed()) return Transform(c, "reconstruct", Target{model, "", version}, path, cols);
+  if (generate->parsed()) return Generate(c, Target{model, "", version}, count, seed);
   return 2;
 }
