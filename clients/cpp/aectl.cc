@@ -1090,12 +1090,12 @@ int main(int argc, char** argv) {
     cmd->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
     add_columns(cmd);
   }
-  uint32_t count = 10;
+  uint32_t generate_count = 10;
   uint64_t seed = 1;
   auto* generate = app.add_subcommand("generate", "variational models: print samples drawn from the prior as CSV");
   generate->add_option("--model", model, "model name")->required();
   generate->add_option("--version", version, "model version (default: active)");
-  generate->add_option("--count", count, "samples")->capture_default_str();
+  generate->add_option("--count", generate_count, "samples")->capture_default_str();
   generate->add_option("--seed", seed, "same seed, same samples")->capture_default_str();
 
 
@@ -1253,6 +1253,6 @@ int main(int argc, char** argv) {
   if (health->parsed()) return Health(c);
   if (encode->parsed()) return Transform(c, "encode", Target{model, "", version}, path, cols);
   if (reconstruct->parsed()) return Transform(c, "reconstruct", Target{model, "", version}, path, cols);
-  if (generate->parsed()) return Generate(c, Target{model, "", version}, count, seed);
+  if (generate->parsed()) return Generate(c, Target{model, "", version}, generate_count, seed);
   return 2;
 }
