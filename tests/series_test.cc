@@ -60,13 +60,16 @@ v1::Samples Steps(size_t from, size_t to, bool reversed = false) {
   return s;
 }
 
-// The engine's scores of every full window over steps [0, to), indexed by step (NaN = warming).
-std::vector<float> EngineScores(const v1::ModelFile& f, size_t to, size_t restart_at = 0) {
+// The engine's scores of every full window over steps [from, to) without the steps
+// [gap_from, gap_to) (a gap, closed up), indexed by step (NaN = warming up).
+std::vector<float> EngineScores(const v1::ModelFile& f, size_t to, size_t from = 0,
+                                size_t gap_from = 0, size_t gap_to = 0) {
   auto model = *engine::Model::Create(f);
   engine::WindowBuffer b(f.spec().window(), f.policy());
   std::vector<float> sample(b.inputs()), out(to, NAN);
   auto ctx = model->NewContext();
-  for (size_t i = restart_at; i < to; ++i) {
+  for (size_t i = from; i < to; ++i) {
+    if (i >= gap_from && i < gap_to) continue;
     const v1::Samples one = Steps(i, i + 1);
     if (!b.Push(one.values().data(), one.timestamps_ms(0), sample.data())) continue;
     engine::ScoreResult r;
@@ -280,23 +283,6 @@ TEST_F(SeriesTest, WindowSurvivesASwapToTheSameLengthAndRestartsOtherwise) {
   EXPECT_FALSE(r.result().warming_up(3));
 }
 
-// The engine's scores when steps [gap_from, gap_to) never arrive and the gap is closed up.
-std::vector<float> JoinedScores(const v1::ModelFile& f, size_t to, size_t gap_from, size_t gap_to) {
-  auto model = *engine::Model::Create(f);
-  engine::WindowBuffer b(f.spec().window(), f.policy());
-  std::vector<float> sample(b.inputs()), out(to, NAN);
-  auto ctx = model->NewContext();
-  for (size_t i = 0; i < to; ++i) {
-    if (i >= gap_from && i < gap_to) continue;
-    const v1::Samples one = Steps(i, i + 1);
-    if (!b.Push(one.values().data(), one.timestamps_ms(0), sample.data())) continue;
-    engine::ScoreResult r;
-    EXPECT_TRUE(model->Score(*ctx, sample, {}, &r).ok());
-    out[i] = r.score[0];
-  }
-  return out;
-}
-
 TEST_F(SeriesTest, ShortGapsAreClosedUpOrMissingLongGapsRestartTheWindow) {
   {
     // Default (GAP_FILL_JOIN): the rows on either side of a short gap are consecutive steps.
@@ -306,7 +292,7 @@ TEST_F(SeriesTest, ShortGapsAreClosedUpOrMissingLongGapsRestartTheWindow) {
     ASSERT_TRUE(r.has_result()) << r.DebugString();
     EXPECT_EQ(r.result().missing_size(), 0);
     EXPECT_EQ(r.result().warming_up_size(), 0);
-    ExpectScores(r.result(), JoinedScores(*w6_, 20, 10, 12), 12);
+    ExpectScores(r.result(), EngineScores(*w6_, 20, 0, 10, 12), 12);
   }
   v1::SetScoringPolicyRequest set;
   set.set_model("daily");
