@@ -126,10 +126,19 @@ _TIME_FEATURES = {"hour": model_pb2.TIME_FEATURE_HOUR_OF_DAY,
                   "weekday": model_pb2.TIME_FEATURE_DAY_OF_WEEK}
 
 
+def _enum(enum, prefix: str, argument: str, value: str) -> int:
+    """The value of `enum` named prefix + value (any case, '-' for '_'); ValueError listing the valid
+    names otherwise."""
+    valid = [n[len(prefix):].lower() for n in enum.keys()
+             if n.startswith(prefix) and not n.endswith("UNSPECIFIED")]
+    name = str(value).lower().replace("-", "_")
+    if name not in valid:
+        raise ValueError(f"{argument}={value!r}: valid values are {', '.join(valid)}")
+    return enum.Value(prefix + name.upper())
+
+
 def _gap_fill(name: str) -> int:
-    if name not in ("join", "missing"):
-        raise ValueError('gap_fill must be "join" or "missing"')
-    return model_pb2.GapFill.Value("GAP_FILL_" + name.upper())
+    return _enum(model_pb2.GapFill, "GAP_FILL_", "gap_fill", name)
 
 
 def _timestamps(x, timestamps=None):
@@ -415,14 +424,12 @@ class Client:
                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                 weight_decay=weight_decay, validation_split=validation_split,
                 patience=patience, seed=seed,
-                scaling=model_pb2.Scaling.Value("SCALING_" + scaling.upper())),
+                scaling=_enum(model_pb2.Scaling, "SCALING_", "scaling", scaling)),
             threshold=_threshold("percentile", percentile))
         if dropout is not None:  # unset = the server's default (0.2)
             header.options.dropout = dropout
         if hold_out is not None:  # unset = the server's default
-            if hold_out not in ("random", "last"):
-                raise ValueError('hold_out must be "random" or "last"')
-            header.options.hold_out = model_pb2.HoldOut.Value("HOLD_OUT_" + hold_out.upper())
+            header.options.hold_out = _enum(model_pb2.HoldOut, "HOLD_OUT_", "hold_out", hold_out)
         if names is not None:
             header.feature_names.extend(names)
         if max_missing_fraction is not None:
@@ -435,10 +442,10 @@ class Client:
             header.policy.gap_fill = _gap_fill(gap_fill)
         if not fine_tune:
             header.spec.CopyFrom(model_pb2.ModelSpec(
-                kind=model_pb2.ModelKind.Value("MODEL_KIND_" + kind.upper()),
+                kind=_enum(model_pb2.ModelKind, "MODEL_KIND_", "kind", kind),
                 encoder_units=list(layers), code_size=code,
-                hidden_activation=model_pb2.Activation.Value("ACTIVATION_" + activation.upper()),
-                loss=model_pb2.Loss.Value("LOSS_" + loss.upper()), noise_level=noise_level,
+                hidden_activation=_enum(model_pb2.Activation, "ACTIVATION_", "activation", activation),
+                loss=_enum(model_pb2.Loss, "LOSS_", "loss", loss), noise_level=noise_level,
                 l1_penalty=l1_penalty, kl_sparsity_weight=kl_sparsity_weight, beta=beta,
                 reference_rows=reference_rows))
             if neighbors is not None:

@@ -210,6 +210,15 @@ class ServerTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.client.score("pyseries", broken)
 
+    def test_bad_choices_list_the_valid_values(self):
+        with self.assertRaises(ValueError) as e:
+            self.client.train("bad", self.x[:50], kind="denoise")
+        self.assertIn("denoising", str(e.exception))
+        self.assertIn("variational", str(e.exception))
+        with self.assertRaises(ValueError) as e:
+            self.client.train("bad", self.x[:50], gap_fill="zero")
+        self.assertIn("join, missing", str(e.exception))
+
     def test_watch_receives_flagged_samples(self):
         events = []
         watcher = self.client.watch("demo")
