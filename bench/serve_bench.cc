@@ -29,6 +29,7 @@
 #include "stream_load.h"
 #include "synthetic_data.h"
 #include "trainer.h"
+#include "window.h"
 
 namespace {
 
@@ -233,6 +234,13 @@ int main(int argc, char** argv) {
   }
   const server::ModelKey skey{"series", ""};
   (void)store.WriteActive(skey, *store.AddVersion(skey, *sfile));
+  // The same network, weights, reference rows and calibration as a plain model: it is sent the
+  // windows the server would build, so both sides score the same samples.
+  v1::ModelFile windows_file = *sfile;
+  windows_file.mutable_spec()->clear_window();
+  windows_file.clear_series_columns();
+  const server::ModelKey wkey{"windows", ""};
+  (void)store.WriteActive(wkey, *store.AddVersion(wkey, windows_file));
   server::Options o;
   o.host = "127.0.0.1";
   o.port = 0;
@@ -291,27 +299,60 @@ int main(int argc, char** argv) {
   }
   (*quiet)->Shutdown();
 
-  std::printf("\nseries model (window %u x %u columns + hour = %u inputs) vs plain rows of %u, "
-              "StreamScore rows/s (median of 3 interleaved runs; both send a timestamp per row)\n",
+  std::printf("\nseries model (window %u x %u columns + hour = %u inputs), one row per step, vs the "
+              "same model as a plain one sent the windows it would build (rows of %u), StreamScore "
+              "rows/s (median of 3 interleaved runs; both send a timestamp per row)\n",
               kWindow, kColumns, kFeatures, kFeatures);
   std::printf("%6s %8s %14s %14s %9s\n", "batch", "streams", "windowed", "plain", "ratio");
+  // Both streams go on along the training series (wrapping around after it): the windowed one
+  // sends its next rows, the plain one the windows the server would build from them.
+  std::vector<float> all_windows;  // window of step i at i * kFeatures (the first kWindow-1 unused)
+  {
+    engine::WindowBuffer b(sfile->spec().window(), sfile->policy());
+    all_windows.resize(series_ts.size() * kFeatures);
+    for (size_t i = 0; i < series_ts.size(); ++i) {
+      (void)b.Push(series_values.data() + i * kColumns, series_ts[i], all_windows.data() + i * kFeatures);
+    }
+  }
+  const size_t steps = series_ts.size();
   for (uint32_t rows : {256u, 4096u}) {
-    // Each write carries the next `rows` time steps.
-    auto times = [rows](uint64_t seq, v1::StreamScoreRequest* req) {
-      auto* ts = req->mutable_samples()->mutable_timestamps_ms();
-      ts->Resize(static_cast<int>(rows), 0);
-      for (uint32_t i = 0; i < rows; ++i) ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i) * 60'000);
+    // Write `seq` carries steps seq * rows ... (the first kWindow - 1 steps of the series skipped).
+    auto step_of = [rows, steps](uint64_t seq, uint32_t i) {
+      return kWindow - 1 + (seq * rows + i) % (steps - kWindow + 1);
     };
-    v1::Samples series;
+    auto windowed = [&, rows](uint64_t seq, v1::StreamScoreRequest* req) {
+      auto* v = req->mutable_samples()->mutable_values();
+      auto* ts = req->mutable_samples()->mutable_timestamps_ms();
+      v->Resize(static_cast<int>(rows * kColumns), 0.f);
+      ts->Resize(static_cast<int>(rows), 0);
+      for (uint32_t i = 0; i < rows; ++i) {
+        const size_t at = step_of(seq, i);
+        std::copy_n(series_values.data() + at * kColumns, kColumns, v->mutable_data() + i * kColumns);
+        // Time goes on across wraps, one interval per step.
+        ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i + kWindow - 1) * step_ms);
+      }
+    };
+    auto plain = [&, rows](uint64_t seq, v1::StreamScoreRequest* req) {
+      auto* v = req->mutable_samples()->mutable_values();
+      auto* ts = req->mutable_samples()->mutable_timestamps_ms();
+      v->Resize(static_cast<int>(rows * kFeatures), 0.f);
+      ts->Resize(static_cast<int>(rows), 0);
+      for (uint32_t i = 0; i < rows; ++i) {
+        const size_t at = step_of(seq, i);
+        std::copy_n(all_windows.data() + at * kFeatures, kFeatures, v->mutable_data() + i * kFeatures);
+        ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i + kWindow - 1) * step_ms);
+      }
+    };
+    v1::Samples series, built;
     series.set_num_features(kColumns);
-    series.mutable_values()->Add(series_values.begin(), series_values.begin() + rows * kColumns);
+    built.set_num_features(kFeatures);
     for (int streams : {1, 4}) {
       std::vector<double> w, p;
       for (int rep = 0; rep < 3; ++rep) {
         w.push_back(aeserve::bench::StreamRate<v1::Scoring>(
-            "127.0.0.1:" + std::to_string(aeserve_port), "series", series, streams, seconds, times));
+            "127.0.0.1:" + std::to_string(aeserve_port), "series", series, streams, seconds, windowed));
         p.push_back(aeserve::bench::StreamRate<v1::Scoring>(
-            "127.0.0.1:" + std::to_string(aeserve_port), "bench", Batch(rows), streams, seconds, times));
+            "127.0.0.1:" + std::to_string(aeserve_port), "windows", built, streams, seconds, plain));
       }
       std::sort(w.begin(), w.end());
       std::sort(p.begin(), p.end());
