@@ -202,6 +202,14 @@ TEST_F(AectlTest, ColumnsByNameAndGaps) {
   for (const auto& f : {swapped, extra, gaps}) std::remove(f.c_str());
 }
 
+// A replay shorter than --stats-every still ends with one stats line (over the whole replay).
+TEST_F(AectlTest, StreamPrintsAFinalStatsLine) {
+  auto r = Aectl(server_arg_ + " stream --model demo --stats-every 3600 " + Test());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("stats: 1000 samples in"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the whole replay"), std::string::npos) << r.err;
+}
+
 TEST_F(AectlTest, StreamFlagsWhatScoreFlags) {
   auto score = Aectl(server_arg_ + " score --model demo " + Test());
   auto stream = Aectl(server_arg_ + " stream --model demo --batch 64 --rate 20000 --stats-every 0.02 " + Test());

@@ -402,7 +402,9 @@ int Stream(const Common& c, const Target& target, const std::string& path, doubl
     stream->WritesDone();
   });
   v1::StreamScoreResponse r;
-  size_t scored = 0, anomalous = 0, errors = 0, incidents = 0;
+  size_t scored = 0, anomalous = 0, errors = 0, incidents = 0, stats_lines = 0;
+  std::vector<float> errors_seen;  // scored samples' errors, for a final stats line
+  const auto began = std::chrono::steady_clock::now();
   GapCount gaps;
   std::vector<uint8_t> flags;
   uint64_t version = 0;
@@ -430,6 +432,7 @@ int Stream(const Common& c, const Target& target, const std::string& path, doubl
                    r.error().message().c_str());
       if (errors == 1) TimesHint(r.error().message(), t);
     } else if (r.has_stats()) {
+      ++stats_lines;
       const auto& s = r.stats();
       std::fprintf(stderr,
                    "stats: %llu samples in %.1f s, %llu anomalous (%.2f%%), error mean %.4g p50 "
@@ -442,6 +445,9 @@ int Stream(const Common& c, const Target& target, const std::string& path, doubl
       const auto& res = r.result();
       version = res.version();
       threshold = res.threshold();
+      for (float e : res.errors()) {
+        if (std::isfinite(e)) errors_seen.push_back(e);  // for a final stats line
+      }
       for (int i = 0; i < res.errors_size(); ++i) {
         const size_t row = r.sequence() + i;
         flags.push_back(res.anomalous(i));
@@ -459,6 +465,22 @@ int Stream(const Common& c, const Target& target, const std::string& path, doubl
   writer.join();
   grpc::Status st = stream->Finish();
   if (!st.ok()) return Fail(st);
+  if (stats_every > 0 && stats_lines == 0 && !errors_seen.empty()) {
+    // The replay ended before the first --stats-every: one line over the whole replay instead.
+    std::sort(errors_seen.begin(), errors_seen.end());
+    double mean = 0;
+    for (float e : errors_seen) mean += e;
+    mean /= static_cast<double>(errors_seen.size());
+    auto q = [&](double p) {
+      return errors_seen[std::min(errors_seen.size() - 1, static_cast<size_t>(p * errors_seen.size()))];
+    };
+    std::fprintf(stderr,
+                 "stats: %zu samples in %.1f s (the whole replay, shorter than --stats-every), %zu "
+                 "anomalous (%.2f%%), error mean %.4g p50 %.4g p99 %.4g\n",
+                 scored, std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count(),
+                 anomalous, scored ? 100.0 * static_cast<double>(anomalous) / static_cast<double>(scored) : 0.0,
+                 mean, q(0.5), q(0.99));
+  }
   Summary(scored, anomalous, t, flags, target.model, version, threshold);
   gaps.Print();
   if (debounce_k > 0) {
