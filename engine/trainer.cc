@@ -115,10 +115,7 @@ v1::ScoreScale FitScoreScale(const std::vector<float>& errors, const std::vector
   return s;
 }
 
-// Trains on samples that are the rows of `data` (for series models: its windows).
-absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const TrainingData& data,
-                                           const ProgressCallback& progress) {
-  const auto started = Clock::now();
+absl::Status CheckShape(const TrainingData& data) {
   if (data.rows == 0 || data.cols == 0 || data.values.size() != data.rows * data.cols) {
     return absl::InvalidArgumentError("training data: must be a non-empty rows x features matrix");
   }
@@ -126,6 +123,14 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
     return absl::InvalidArgumentError(absl::StrCat("training data: ", data.feature_names.size(),
                                                    " feature names for ", data.cols, " features"));
   }
+  return absl::OkStatus();
+}
+
+// Trains on samples that are the rows of `data` (for series models: its windows).
+absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const TrainingData& data,
+                                           const ProgressCallback& progress) {
+  const auto started = Clock::now();
+  AE_RETURN_IF_ERROR(CheckShape(data));
   AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
   const size_t d = data.cols;
   const size_t max_missing = MaxMissingFeatures(policy, static_cast<uint32_t>(d));
@@ -357,28 +362,11 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
 // A series model: the samples are windows over the rows, in time order.
 absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const TrainingData& data,
                                           const ProgressCallback& progress) {
-  if (data.rows == 0 || data.cols == 0 || data.values.size() != data.rows * data.cols) {
-    return absl::InvalidArgumentError("training data: must be a non-empty rows x features matrix");
-  }
-  if (!data.feature_names.empty() && data.feature_names.size() != data.cols) {
-    return absl::InvalidArgumentError(absl::StrCat("training data: ", data.feature_names.size(),
-                                                   " feature names for ", data.cols, " features"));
-  }
+  AE_RETURN_IF_ERROR(CheckShape(data));
   TrainRequest windowed = req;
   v1::Window* w = windowed.spec.mutable_window();
-  AE_RETURN_IF_ERROR(ResolveWindow(w));
-  if (w->columns() != 0 && w->columns() != data.cols) {
-    return absl::InvalidArgumentError(absl::StrCat("model spec: window.columns is ", w->columns(),
-                                                   " but the data has ", data.cols, " columns"));
-  }
-  w->set_columns(static_cast<uint32_t>(data.cols));
-  AE_RETURN_IF_ERROR(ResolveWindow(w));  // the column count's range
+  AE_RETURN_IF_ERROR(WindowForColumns(w, static_cast<uint32_t>(data.cols)));
   const uint64_t inputs = WindowInputs(*w, w->columns());
-  if (inputs > (1u << 16)) {
-    return absl::InvalidArgumentError(absl::StrCat("model spec: a window of ", w->length(), " x ",
-                                                   w->columns(), " columns has ", inputs,
-                                                   " inputs, over 65536"));
-  }
   if (data.timestamps_ms.size() != data.rows) {
     return absl::InvalidArgumentError(absl::StrCat(
         "training data: this model builds windows over time (window of ", std::max(w->length(), 1u),
@@ -391,21 +379,13 @@ absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const Trainin
     w->set_interval_ms(*step);
   }
   AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
-  // Values are checked here, where a problem can name the series' row and column (each row
-  // appears in many windows).
-  const bool none_missing = MaxMissingFeatures(policy, static_cast<uint32_t>(inputs)) == 0;
-  for (size_t r = 0; r < data.rows; ++r) {
-    for (size_t j = 0; j < data.cols; ++j) {
-      const float v = data.values[r * data.cols + j];
-      if (std::isinf(v) || (std::isnan(v) && none_missing)) {
-        const std::string column = data.feature_names.empty()
-                                       ? std::to_string(j) : "'" + data.feature_names[j] + "'";
-        return absl::InvalidArgumentError(absl::StrCat(
-            "training data: ", std::isinf(v) ? "infinite value" : "missing value (NaN)", " at row ",
-            r, ", column ", column,
-            std::isinf(v) ? "" : ", and the scoring policy allows none (max_missing_fraction 0)"));
-      }
-    }
+  if (auto st = CheckSeriesValues(
+          data.values, w->columns(), MaxMissingFeatures(policy, static_cast<uint32_t>(inputs)) > 0,
+          [&](size_t j) {
+            return data.feature_names.empty() ? std::to_string(j) : "'" + data.feature_names[j] + "'";
+          });
+      !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("training data: ", st.message()));
   }
   size_t samples = 0;
   AE_ASSIGN_OR_RETURN(std::vector<float> x, TrainingWindows(*w, policy, data.values, data.rows,

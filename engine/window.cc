@@ -69,7 +69,11 @@ absl::Status ResolveWindow(v1::Window* w) {
   if (w->interval_ms() < 0 || w->interval_ms() > kMaxAbsTimestampMs) {
     return invalid("interval_ms ", w->interval_ms(), " is out of range");
   }
-  if (w->columns() > (1u << 16)) return invalid("columns ", w->columns(), " is over 65536");
+  if (w->columns() > kMaxWindowInputs) return invalid("columns ", w->columns(), " is over 65536");
+  if (const uint64_t inputs = WindowInputs(*w, w->columns()); w->columns() != 0 && inputs > kMaxWindowInputs) {
+    return invalid("of ", w->length(), " x ", w->columns(), " columns has ", inputs,
+                   " inputs, over 65536");
+  }
   bool seen[3] = {false, false, false};
   for (int f : w->time_features()) {
     if (f != v1::TIME_FEATURE_HOUR_OF_DAY && f != v1::TIME_FEATURE_DAY_OF_WEEK) {
@@ -77,6 +81,28 @@ absl::Status ResolveWindow(v1::Window* w) {
     }
     if (seen[f]) return invalid("lists time feature ", v1::TimeFeature_Name(f), " twice");
     seen[f] = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WindowForColumns(v1::Window* w, uint32_t columns) {
+  if (w->columns() != 0 && w->columns() != columns) {
+    return absl::InvalidArgumentError(absl::StrCat("model spec: window.columns is ", w->columns(),
+                                                   " but the data has ", columns, " columns"));
+  }
+  w->set_columns(columns);
+  return ResolveWindow(w);
+}
+
+absl::Status CheckSeriesValues(absl::Span<const float> values, uint32_t columns, bool nan_allowed,
+                               absl::FunctionRef<std::string(size_t)> column_name) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    const float v = values[i];
+    if (!std::isinf(v) && !(std::isnan(v) && !nan_allowed)) continue;
+    return absl::InvalidArgumentError(absl::StrCat(
+        std::isinf(v) ? "infinite value" : "missing value (NaN)", " at row ", i / columns,
+        ", column ", column_name(i % columns),
+        std::isinf(v) ? "" : ": this model's policy allows none (max_missing_fraction 0)"));
   }
   return absl::OkStatus();
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "aeserve/v1/model.pb.h"
@@ -21,8 +22,19 @@ inline constexpr int64_t kMaxAbsTimestampMs = 1'000'000'000'000'000;
 
 // True when the spec makes samples from a series (a window of 2 or more steps, or time features).
 bool IsSeries(const v1::ModelSpec& spec);
-// Fills stride's default and checks the window (INVALID_ARGUMENT naming the field).
+inline constexpr uint64_t kMaxWindowInputs = 1 << 16;  // as ModelSpec.num_features
+
+// Fills stride's default and checks the window (INVALID_ARGUMENT naming the field), with the
+// columns set also its input count (at most kMaxWindowInputs).
 absl::Status ResolveWindow(v1::Window* window);
+// The window of a series with `columns` columns per step: window.columns must be unset or equal;
+// set and resolved.
+absl::Status WindowForColumns(v1::Window* window, uint32_t columns);
+// A series' raw values (`columns` per row) before they enter windows, where a problem can still
+// name the row and column sent (each row appears in many windows): INVALID_ARGUMENT for an
+// infinite value, or a NaN unless `nan_allowed`.
+absl::Status CheckSeriesValues(absl::Span<const float> values, uint32_t columns, bool nan_allowed,
+                               absl::FunctionRef<std::string(size_t)> column_name);
 // Model inputs of a series model with `columns` values per step (64-bit: a hand-made file may ask
 // for more than fits in 32).
 uint64_t WindowInputs(const v1::Window& window, uint32_t columns);

@@ -64,18 +64,13 @@ absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
   }
   const absl::Span<const int64_t> ts(s.timestamps_ms().data(), s.timestamps_ms_size());
   if (auto st = (*buffer)->CheckTimes(ts, rows); !st.ok()) return st;
-  // Values are checked here, where a problem can name the row and column sent (each row appears
-  // in many windows).
-  const bool none_missing = model.max_missing() == 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isinf(x[i]) && !(std::isnan(x[i]) && none_missing)) continue;
-    const size_t j = i % w.columns();
-    const std::string column = static_cast<int>(j) < columns.size()
-                                   ? "'" + columns[static_cast<int>(j)] + "'" : std::to_string(j);
-    return absl::InvalidArgumentError(absl::StrCat(
-        std::isinf(x[i]) ? "infinite value" : "missing value (NaN)", " at row ", i / w.columns(),
-        ", column ", column,
-        std::isinf(x[i]) ? "" : ": this model's policy allows none (max_missing_fraction 0)"));
+  auto column_name = [&columns](size_t j) {
+    return static_cast<int>(j) < columns.size() ? "'" + columns[static_cast<int>(j)] + "'"
+                                                : std::to_string(j);
+  };
+  if (auto st = engine::CheckSeriesValues(x, w.columns(), model.max_missing() > 0, column_name);
+      !st.ok()) {
+    return st;
   }
   if (out->inputs.size() < rows * inputs) out->inputs.resize(rows * inputs);
   out->sample_of_row.assign(rows, -1);

@@ -62,21 +62,8 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
     uint32_t inputs = h.num_features();
     if (engine::IsSeries(spec)) {
       v1::Window* w = spec.mutable_window();
-      if (auto st = engine::ResolveWindow(w); !st.ok()) return st;
-      if (w->columns() != 0 && w->columns() != h.num_features()) {
-        return absl::InvalidArgumentError(absl::StrCat("model spec: window.columns is ",
-                                                       w->columns(), " but the upload has ",
-                                                       h.num_features(), " columns"));
-      }
-      w->set_columns(h.num_features());
-      if (auto st = engine::ResolveWindow(w); !st.ok()) return st;
-      const uint64_t wide = engine::WindowInputs(*w, h.num_features());
-      if (wide > (1u << 16)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "model spec: a window of ", w->length(), " x ", h.num_features(), " columns has ",
-            wide, " inputs, over 65536"));
-      }
-      inputs = static_cast<uint32_t>(wide);
+      if (auto st = engine::WindowForColumns(w, h.num_features()); !st.ok()) return st;
+      inputs = static_cast<uint32_t>(engine::WindowInputs(*w, h.num_features()));
       if (h.rows() != 0 && h.rows() < w->length()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "model spec: a window of ", w->length(), " steps is longer than the series of ",
