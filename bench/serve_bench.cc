@@ -320,29 +320,22 @@ int main(int argc, char** argv) {
     auto step_of = [rows, steps](uint64_t seq, uint32_t i) {
       return kWindow - 1 + (seq * rows + i) % (steps - kWindow + 1);
     };
-    auto windowed = [&, rows](uint64_t seq, v1::StreamScoreRequest* req) {
-      auto* v = req->mutable_samples()->mutable_values();
-      auto* ts = req->mutable_samples()->mutable_timestamps_ms();
-      v->Resize(static_cast<int>(rows * kColumns), 0.f);
-      ts->Resize(static_cast<int>(rows), 0);
-      for (uint32_t i = 0; i < rows; ++i) {
-        const size_t at = step_of(seq, i);
-        std::copy_n(series_values.data() + at * kColumns, kColumns, v->mutable_data() + i * kColumns);
-        // Time goes on across wraps, one interval per step.
-        ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i + kWindow - 1) * step_ms);
-      }
+    // A write's rows: `width` values per step from `source` (row i of it is step i), and times.
+    auto steps_from = [&, rows](const float* source, uint32_t width) {
+      return [&, rows, source, width](uint64_t seq, v1::StreamScoreRequest* req) {
+        auto* v = req->mutable_samples()->mutable_values();
+        auto* ts = req->mutable_samples()->mutable_timestamps_ms();
+        v->Resize(static_cast<int>(rows * width), 0.f);
+        ts->Resize(static_cast<int>(rows), 0);
+        for (uint32_t i = 0; i < rows; ++i) {
+          std::copy_n(source + step_of(seq, i) * width, width, v->mutable_data() + i * width);
+          // Time goes on across wraps, one interval per step.
+          ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i + kWindow - 1) * step_ms);
+        }
+      };
     };
-    auto plain = [&, rows](uint64_t seq, v1::StreamScoreRequest* req) {
-      auto* v = req->mutable_samples()->mutable_values();
-      auto* ts = req->mutable_samples()->mutable_timestamps_ms();
-      v->Resize(static_cast<int>(rows * kFeatures), 0.f);
-      ts->Resize(static_cast<int>(rows), 0);
-      for (uint32_t i = 0; i < rows; ++i) {
-        const size_t at = step_of(seq, i);
-        std::copy_n(all_windows.data() + at * kFeatures, kFeatures, v->mutable_data() + i * kFeatures);
-        ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i + kWindow - 1) * step_ms);
-      }
-    };
+    const auto windowed = steps_from(series_values.data(), kColumns);
+    const auto plain = steps_from(all_windows.data(), kFeatures);
     v1::Samples series, built;
     series.set_num_features(kColumns);
     built.set_num_features(kFeatures);
