@@ -76,6 +76,53 @@ absl::Status CheckCriticalLevel(double critical_value, double threshold_value) {
   return absl::OkStatus();
 }
 
+absl::Status SetThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
+                           const v1::ThresholdConfig& critical, bool clear_critical) {
+  const auto& calib = file.calibration_errors();
+  const absl::Span<const float> errors(calib.data(), static_cast<size_t>(calib.size()));
+  const bool set_threshold = threshold.method() != v1::THRESHOLD_METHOD_UNSPECIFIED;
+  const bool set_critical = !clear_critical && critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED;
+  double threshold_value = file.threshold_value(), critical_value = file.critical_threshold_value();
+  if (set_threshold) {
+    AE_ASSIGN_OR_RETURN(threshold_value, ComputeThreshold(threshold, errors));
+  }
+  if (set_critical) {
+    AE_ASSIGN_OR_RETURN(critical_value, ComputeThreshold(critical, errors));
+  }
+  if (set_critical || (!clear_critical && file.has_critical_threshold())) {
+    AE_RETURN_IF_ERROR(CheckCriticalLevel(critical_value, threshold_value));
+  }
+  if (set_threshold) {
+    *file.mutable_threshold() = threshold;
+    file.set_threshold_value(threshold_value);
+  }
+  if (clear_critical) {
+    file.clear_critical_threshold();
+    file.clear_critical_threshold_value();
+  } else if (set_critical) {
+    *file.mutable_critical_threshold() = critical;
+    file.set_critical_threshold_value(critical_value);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EditThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
+                            const v1::ThresholdConfig& critical, bool clear_critical, int64_t unix_ms) {
+  v1::ThresholdChange change;
+  change.set_unix_ms(unix_ms);
+  *change.mutable_old_threshold() = file.threshold();
+  change.set_old_value(file.threshold_value());
+  *change.mutable_old_critical() = file.critical_threshold();
+  change.set_old_critical_value(file.critical_threshold_value());
+  AE_RETURN_IF_ERROR(SetThresholds(file, threshold, critical, clear_critical));
+  *change.mutable_new_threshold() = file.threshold();
+  change.set_new_value(file.threshold_value());
+  *change.mutable_new_critical() = file.critical_threshold();
+  change.set_new_critical_value(file.critical_threshold_value());
+  *file.add_threshold_history() = change;
+  return absl::OkStatus();
+}
+
 absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical, const v1::ThresholdConfig& threshold) {
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig c, ResolveThresholdConfig(critical));
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig t, ResolveThresholdConfig(threshold));

@@ -26,6 +26,19 @@ absl::Status CheckCriticalLevel(double critical_value, double threshold_value);
 // when the methods differ (the values are checked once computed).
 absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical, const v1::ThresholdConfig& threshold);
 
+// Sets a model's anomaly level to `threshold` and/or its critical level to `critical`, computed
+// from the file's calibration errors. A config without a method leaves that level as it is;
+// `clear_critical` removes the critical level. Fails (file unchanged) when a config does not
+// compute or the critical level would be below the anomaly level. The one place where a trained
+// model's levels change: training jobs (critical level) and SetThreshold (both) call it.
+absl::Status SetThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
+                           const v1::ThresholdConfig& critical, bool clear_critical);
+
+// SetThresholds, and the change (old and new levels, at `unix_ms`) appended to the file's
+// threshold history.
+absl::Status EditThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
+                            const v1::ThresholdConfig& critical, bool clear_critical, int64_t unix_ms);
+
 // Conformal p-value of `error`: (1 + #{calibration errors >= error}) / (n + 1), in (0, 1].
 // Small means unusual. With no calibration errors it is 1.
 double PValue(float error, absl::Span<const float> sorted_errors);

@@ -75,6 +75,72 @@ TEST(Threshold, RejectsBadConfigs) {
   EXPECT_EQ(ComputeThreshold(c, {}).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+v1::ThresholdConfig Config(v1::ThresholdMethod m, double value) {
+  v1::ThresholdConfig c;
+  c.set_method(m);
+  c.set_value(value);
+  return c;
+}
+
+// A file calibrated on 1..10 with the anomaly level at the 90th percentile (9.1).
+v1::ModelFile CalibratedFile() {
+  v1::ModelFile f;
+  for (float e : kOneToTen) f.add_calibration_errors(e);
+  *f.mutable_threshold() = Config(v1::THRESHOLD_PERCENTILE, 90);
+  f.set_threshold_value(9.1);
+  return f;
+}
+
+TEST(SetThresholds, RecomputesEitherLevelFromCalibration) {
+  v1::ModelFile f = CalibratedFile();
+  ASSERT_TRUE(SetThresholds(f, Config(v1::THRESHOLD_PERCENTILE, 50), {}, false).ok());
+  EXPECT_DOUBLE_EQ(f.threshold_value(), 5.5);
+  EXPECT_EQ(f.threshold().value(), 50);
+  EXPECT_FALSE(f.has_critical_threshold());
+  // Critical only: the anomaly level stays; percentile 100 of 1..10 is 10.
+  ASSERT_TRUE(SetThresholds(f, {}, Config(v1::THRESHOLD_PERCENTILE, 100), false).ok());
+  EXPECT_DOUBLE_EQ(f.threshold_value(), 5.5);
+  EXPECT_DOUBLE_EQ(f.critical_threshold_value(), 10);
+  ASSERT_TRUE(SetThresholds(f, {}, {}, true).ok());
+  EXPECT_FALSE(f.has_critical_threshold());
+  EXPECT_EQ(f.critical_threshold_value(), 0);
+}
+
+TEST(SetThresholds, RefusesACriticalLevelBelowTheAnomalyLevelAndLeavesTheFile) {
+  v1::ModelFile f = CalibratedFile();
+  ASSERT_TRUE(SetThresholds(f, {}, Config(v1::THRESHOLD_PERCENTILE, 100), false).ok());
+  const std::string before = f.SerializeAsString();
+  // Critical 50th percentile (5.5) under the anomaly level 9.1.
+  EXPECT_EQ(SetThresholds(f, {}, Config(v1::THRESHOLD_PERCENTILE, 50), false).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Raising the anomaly level above the existing critical level (10) is refused too.
+  EXPECT_EQ(SetThresholds(f, Config(v1::THRESHOLD_FIXED, 11), {}, false).code(),
+            absl::StatusCode::kInvalidArgument);
+  // ... unless the critical level goes in the same edit.
+  EXPECT_EQ(f.SerializeAsString(), before);
+  ASSERT_TRUE(SetThresholds(f, Config(v1::THRESHOLD_FIXED, 11), {}, true).ok());
+  EXPECT_DOUBLE_EQ(f.threshold_value(), 11);
+  // A config that does not compute changes nothing.
+  EXPECT_FALSE(SetThresholds(f, Config(v1::THRESHOLD_PERCENTILE, 101), {}, false).ok());
+  EXPECT_DOUBLE_EQ(f.threshold_value(), 11);
+}
+
+TEST(EditThresholds, RecordsOldAndNewLevelsOnlyWhenTheEditSucceeds) {
+  v1::ModelFile f = CalibratedFile();
+  ASSERT_TRUE(EditThresholds(f, Config(v1::THRESHOLD_PERCENTILE, 50), Config(v1::THRESHOLD_FIXED, 7),
+                             false, 1234).ok());
+  ASSERT_EQ(f.threshold_history_size(), 1);
+  const v1::ThresholdChange& c = f.threshold_history(0);
+  EXPECT_EQ(c.unix_ms(), 1234);
+  EXPECT_DOUBLE_EQ(c.old_value(), 9.1);
+  EXPECT_DOUBLE_EQ(c.new_value(), 5.5);
+  EXPECT_EQ(c.old_critical_value(), 0);
+  EXPECT_DOUBLE_EQ(c.new_critical_value(), 7);
+  EXPECT_EQ(c.new_critical().method(), v1::THRESHOLD_FIXED);
+  EXPECT_FALSE(EditThresholds(f, Config(v1::THRESHOLD_FIXED, 8), {}, false, 5678).ok());
+  EXPECT_EQ(f.threshold_history_size(), 1);
+}
+
 TEST(PValue, ConformalShareOfCalibrationAtLeastAsLarge) {
   EXPECT_DOUBLE_EQ(PValue(10, kOneToTen), 2.0 / 11);   // 10 itself is at least as large
   EXPECT_DOUBLE_EQ(PValue(10.5, kOneToTen), 1.0 / 11);  // beyond everything seen

@@ -2,9 +2,11 @@
 #include "admin_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "raw_call.h"
 #include "spec.h"
 #include "status_util.h"
+#include "threshold.h"
 
 namespace aeserve::server {
 namespace {
@@ -169,7 +171,7 @@ grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerCont
                      auto key = MakeKey(req.model(), req.entity());
                      if (!key.ok()) return key.status();
                      if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
-                     *resp = registry_->Brief(*key, req.version());
+                     *resp = view_.Brief(*key, req.version());
                      return absl::OkStatus();
                    });
 }
@@ -183,7 +185,7 @@ grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContex
                      if (auto st = registry_->DeleteVersion(*key, req.version(), req.force()); !st.ok()) {
                        return st;
                      }
-                     *resp = registry_->Brief(*key, 0);
+                     *resp = view_.Brief(*key, 0);
                      return absl::OkStatus();
                    });
 }
@@ -204,12 +206,12 @@ grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext
                    [this](const v1::SetThresholdRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
                      auto key = MakeKey(req.model(), req.entity());
                      if (!key.ok()) return key.status();
-                     if (auto st = registry_->SetThreshold(*key, req.version(), req.threshold(),
-                                                           req.critical_threshold(), req.clear_critical());
-                         !st.ok()) {
-                       return st;
-                     }
-                     *resp = registry_->Brief(*key, req.version());
+                     auto edit = [&](v1::ModelFile& file) {
+                       return engine::EditThresholds(file, req.threshold(), req.critical_threshold(),
+                                                     req.clear_critical(), absl::ToUnixMillis(absl::Now()));
+                     };
+                     if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
+                     *resp = view_.Brief(*key, req.version());
                      return absl::OkStatus();
                    });
 }
@@ -227,7 +229,7 @@ grpc::ServerUnaryReactor* AdminService::SetScoringPolicy(grpc::CallbackServerCon
                        return absl::OkStatus();
                      };
                      if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
-                     *resp = registry_->Brief(*key, req.version());
+                     *resp = view_.Brief(*key, req.version());
                      return absl::OkStatus();
                    });
 }

@@ -6,6 +6,7 @@
 #include "auth.h"
 #include "executor.h"
 #include "model_registry.h"
+#include "model_view.h"
 #include "options.h"
 #include "raw_call.h"
 #include "training_jobs.h"
@@ -26,8 +27,8 @@ class AdminService final : public RawAdminService {
  public:
   AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs, Uploads* uploads,
                Executor* admin_executor, const Authorizer* auth)
-      : options_(options), registry_(registry), jobs_(jobs), uploads_(uploads),
-        executor_(admin_executor), auth_(auth) {}
+      : options_(options), registry_(registry), view_(*registry, options.drift_threshold), jobs_(jobs),
+        uploads_(uploads), executor_(admin_executor), auth_(auth) {}
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx, Raw* job) override;
@@ -52,6 +53,7 @@ class AdminService final : public RawAdminService {
 
   const Options& options_;
   ModelRegistry* registry_;
+  const ModelView view_;
   TrainingJobs* jobs_;
   Uploads* uploads_;
   Executor* executor_;

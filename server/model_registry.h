@@ -1,8 +1,12 @@
-// The models the server hosts: every version in the store, loaded and ready, and which one is
-// active. A request takes a shared handle to one version for its duration only, so a swap never
+// The models the server hosts — the lifecycle core: every version, loaded and ready, and which one
+// is active. A request takes a shared handle to one version for its duration only, so a swap never
 // pulls a model from under it; a version is freed when its last handle drops. Lifecycle changes
 // write the store first and swap in memory after, new before old (the new version is loaded and
 // warm before it becomes visible).
+//
+// Around it: StoreSync (store_sync.h) fills it from the store and follows changes other replicas
+// make; ModelView (model_view.h) renders it for the API; threshold edits are
+// engine::EditThresholds applied through EditVersion.
 #pragma once
 
 #include <cstdint>
@@ -15,9 +19,9 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "aeserve/v1/admin.pb.h"
 #include "aeserve/v1/scoring.pb.h"
 #include "model.h"
+#include "model_stats.h"
 #include "model_store.h"
 #include "server_metrics.h"
 #include "spdlog/logger.h"
@@ -30,26 +34,39 @@ struct ModelHandle {
   std::string entity;  // the entity model that will score; empty = the generic one
   uint64_t version = 0;
   std::shared_ptr<ModelMetrics> metrics;  // null when metrics are off
+  std::shared_ptr<ModelStats> stats;      // drift and anomaly rate; never null
+};
+
+// One version as the registry holds it.
+struct VersionEntry {
+  v1::ModelState state = v1::MODEL_STATE_UNSPECIFIED;  // LOADING, READY or UNAVAILABLE
+  std::string error;                                   // why it is UNAVAILABLE
+  std::shared_ptr<const engine::Model> model;          // set when READY
+  std::shared_ptr<ModelMetrics> metrics;
+  std::shared_ptr<ModelStats> stats;
+  uint64_t stamp = 0;      // ModelStore::Stamp when loaded
+  uint64_t bad_stamp = 0;  // stamp of a rewrite that failed to load (not retried until it changes)
+};
+
+// One model (or entity model) and its versions.
+struct ModelEntry {
+  std::map<uint64_t, VersionEntry> versions;
+  uint64_t active = 0;
+  bool loading = false;     // found in the store, not loaded yet (start-up)
+  std::string error;        // why the model does not serve
+  std::string store_error;  // a store problem while it still serves (e.g. ACTIVE unreadable)
 };
 
 class ModelRegistry {
  public:
-  // `metrics` may be null (metrics off).
   // `metrics` may be null (metrics off); `log` may be null (store problems are then not logged).
   ModelRegistry(ModelStore store, engine::ModelOptions model_options, ServerMetrics* metrics = nullptr,
                 std::shared_ptr<spdlog::logger> log = nullptr)
       : store_(std::move(store)), model_options_(model_options), metrics_(metrics), log_(std::move(log)) {}
 
-  // Loads every model in the store. A version that fails to load is UNAVAILABLE with the reason;
-  // the rest serve. An unusable ACTIVE file makes that model UNAVAILABLE with the reason (it never
-  // falls back to another version); a missing one makes the highest version active. Each problem
-  // is logged and counted (aeserve_model_store_errors_total). Returns how many models have a
-  // ready active version.
-  int LoadAll();
-
   // The version to score with: <model>/<entity> when `entity` is given and that model exists,
   // else the generic model; its active version (version 0) or the given one. NOT_FOUND for
-  // unknown names or versions, UNAVAILABLE for a version that failed to load.
+  // unknown names or versions, UNAVAILABLE for a version that is loading or failed to load.
   absl::StatusOr<ModelHandle> Get(const std::string& model, const std::string& entity,
                                   uint64_t version) const;
   // Exactly `key` (no entity fallback), its active version (0) or the given one.
@@ -65,47 +82,28 @@ class ModelRegistry {
   // rewrites the file and swaps the loaded model; nothing changes when `edit` or the load fails.
   absl::Status EditVersion(const ModelKey& key, uint64_t version,
                            absl::FunctionRef<absl::Status(v1::ModelFile&)> edit);
-  // Recomputes a version's threshold(s) from its calibration errors, records the change in its
-  // history, rewrites its file and swaps the loaded model.
-  absl::Status SetThreshold(const ModelKey& key, uint64_t version, const v1::ThresholdConfig& threshold,
-                            const v1::ThresholdConfig& critical, bool clear_critical);
 
-  // Brings the registry in line with the store, which other replicas may have changed: loads new
-  // models and versions (and rewritten ones), follows ACTIVE, drops deleted versions. A rewritten
-  // file that no longer loads, or an ACTIVE file that became unusable, keeps what serves now and
-  // is reported in GetModel's error, the log and the store-error counter. Returns how many
-  // changes it applied. Called periodically by the server (--store_poll_seconds).
-  int Sync();
+  // Read access for views: `fn` runs under a shared lock (keep it short; no lifecycle calls).
+  // Every model, in key order (a model's entities follow it).
+  void ForEach(absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;
+  // The generic model `model` and its entity models, in key order.
+  void ForEachOf(const std::string& model,
+                 absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;
 
-  std::vector<v1::ModelInfo> List() const;
-  absl::StatusOr<v1::ModelInfo> Info(const ModelKey& key) const;
-  v1::ModelInfoBrief Brief(const ModelKey& key, uint64_t version) const;
   const ModelStore& store() const { return store_; }
 
  private:
-  struct Version {
-    v1::ModelState state = v1::MODEL_STATE_UNSPECIFIED;
-    std::string error;
-    std::shared_ptr<const engine::Model> model;
-    std::shared_ptr<ModelMetrics> metrics;
-    uint64_t stamp = 0;      // ModelStore::Stamp when loaded
-    uint64_t bad_stamp = 0;  // stamp of a rewrite that failed to load (not retried until it changes)
-  };
-  struct Entry {
-    std::map<uint64_t, Version> versions;
-    uint64_t active = 0;
-    std::string error;        // why the model does not serve
-    std::string store_error;  // a store problem while it still serves (e.g. ACTIVE unreadable)
-  };
+  friend class StoreSync;  // fills and follows models_ from the store
+
   // Logs and counts a store entry that cannot be used.
   void ReportStoreError(const ModelKey& key, const char* kind, const std::string& message) const;
   // One version from the store: READY and warm, or UNAVAILABLE with the reason.
-  Version LoadVersion(const ModelKey& key, uint64_t version) const;
-  Entry LoadEntry(const ModelKey& key) const;
+  VersionEntry LoadVersion(const ModelKey& key, uint64_t version) const;
   absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const v1::ModelFile& file) const;
-  std::shared_ptr<ModelMetrics> MetricsFor(const ModelKey& key, uint64_t version,
-                                           const engine::Model& model) const;
-  v1::ModelInfo InfoLocked(const ModelKey& key, const Entry& e) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // A READY entry for a built model: its instruments and live statistics.
+  VersionEntry Ready(const ModelKey& key, uint64_t version, std::shared_ptr<const engine::Model> model) const;
+  // Drops the exported series of a version that left the registry.
+  void Forget(const ModelKey& key, uint64_t version) const;
   absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
@@ -119,7 +117,10 @@ class ModelRegistry {
   // Guards the map only; models themselves are immutable. Held for lookups and swaps, never
   // while loading, writing or scoring.
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(admin_mu_);
-  std::map<ModelKey, Entry> models_ ABSL_GUARDED_BY(mu_);
+  std::map<ModelKey, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
+  // The anomaly-rate statistics the entity models of one model share (created on first load).
+  mutable absl::Mutex entity_stats_mu_;
+  mutable std::map<std::string, std::shared_ptr<ModelStats>> entity_stats_ ABSL_GUARDED_BY(entity_stats_mu_);
 };
 
 }  // namespace aeserve::server

@@ -231,6 +231,13 @@ static size_t RecordGaps(const engine::ScoreResult& res, uint32_t d, v1::ScoreRe
   return skipped;
 }
 
+// One scored batch into the version's live statistics and, with metrics on, its instruments.
+static void RecordScored(const ModelHandle& h, absl::Span<const float> errors, absl::Span<const float> scores,
+                         absl::Span<const uint8_t> anomalous, double critical) {
+  if (h.stats != nullptr) h.stats->Record(scores, anomalous);
+  if (h.metrics != nullptr) h.metrics->Record(errors, scores, anomalous, critical);
+}
+
 absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
                           const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
                           v1::ScoreResponse* r, const ScoreHooks& hooks) {
@@ -347,21 +354,21 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   if (h.metrics != nullptr) {
     h.metrics->RecordGaps(std::accumulate(res.missing.begin(), res.missing.end(), uint64_t{0}),
                           skipped);
-    if (skipped == 0 && !win.warming()) {
-      h.metrics->Record(res.error, res.score, res.anomalous, critical);
-    } else {
-      // Skipped and warming-up samples have no error or score: left out of the histogram and
-      // the drift window.
-      std::vector<float> errors, scores;
-      std::vector<uint8_t> anomalous;
-      for (size_t i = 0; i < rows; ++i) {
-        if (!std::isfinite(res.score[i])) continue;
-        errors.push_back(res.error[i]);
-        scores.push_back(res.score[i]);
-        anomalous.push_back(res.anomalous[i]);
-      }
-      h.metrics->Record(errors, scores, anomalous, critical);
+  }
+  if (skipped == 0 && !win.warming()) {
+    RecordScored(h, res.error, res.score, res.anomalous, critical);
+  } else {
+    // Skipped and warming-up samples have no error or score: left out of the histogram, the
+    // drift window and the anomaly rate.
+    std::vector<float> errors, scores;
+    std::vector<uint8_t> anomalous;
+    for (size_t i = 0; i < rows; ++i) {
+      if (!std::isfinite(res.score[i])) continue;
+      errors.push_back(res.error[i]);
+      scores.push_back(res.score[i]);
+      anomalous.push_back(res.anomalous[i]);
     }
+    RecordScored(h, errors, scores, anomalous, critical);
   }
   if (watched && anomalies > 0) {
     PublishAnomalies(h, s, in, series ? &win.sample_of_row : nullptr, res,

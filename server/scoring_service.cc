@@ -124,7 +124,7 @@ grpc::ServerUnaryReactor* ScoringService::ListModels(grpc::CallbackServerContext
   if (!call->parsed()) return call;  // (catalogue calls are not counted)
   grpc::Status st = auth_->Check(ctx, Role::kScore);
   if (st.ok()) {
-    for (auto& info : registry_->List()) *call->response()->add_models() = std::move(info);
+    for (auto& info : view_.List()) *call->response()->add_models() = std::move(info);
   }
   call->Reply(st);
   return call;
@@ -144,7 +144,7 @@ grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* 
     call->Reply(ToGrpc(key.status()));
     return call;
   }
-  auto info = registry_->Info(*key);
+  auto info = view_.Info(*key);
   v1::ModelInfo* resp = call->response();
   if (info.ok()) *resp = *std::move(info);
   if (info.ok() && req->include_calibration()) {

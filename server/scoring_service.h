@@ -10,6 +10,7 @@
 #include "server_metrics.h"
 #include "executor.h"
 #include "model_registry.h"
+#include "model_view.h"
 #include "options.h"
 #include "raw_call.h"
 #include "stream_reactor.h"
@@ -29,8 +30,8 @@ class ScoringService final : public RawScoringService {
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
                  StreamTracker* streams, const Authorizer* auth, ServerMetrics* metrics,
                  AnomalyFeed* feed)
-      : options_(options), registry_(registry), executor_(executor), streams_(streams), auth_(auth),
-        metrics_(metrics), feed_(feed) {}
+      : options_(options), registry_(registry), view_(*registry, options.drift_threshold),
+        executor_(executor), streams_(streams), auth_(auth), metrics_(metrics), feed_(feed) {}
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
@@ -57,6 +58,7 @@ class ScoringService final : public RawScoringService {
 
   const Options& options_;
   const ModelRegistry* registry_;
+  const ModelView view_;
   Executor* executor_;
   StreamTracker* streams_;
   const Authorizer* auth_;

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,7 @@
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "spec.h"
+#include "store_sync.h"
 #include "tls_files.h"
 #include "trainer.h"
 
@@ -73,7 +75,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   } else if (!o.tls_client_ca.empty()) {
     return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
   }
-  if (o.metrics_port != 0) s->metrics_ = std::make_unique<ServerMetrics>(o.drift_threshold);
+  if (o.metrics_port != 0) s->metrics_ = std::make_unique<ServerMetrics>();
   s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get(), std::max(1, o.max_watchers));
   s->registry_ = std::make_unique<ModelRegistry>(
       ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096},
@@ -177,29 +179,40 @@ void Server::AddCollectors() {
     MetricFamily ready = family("aeserve_model_ready", "1 when the model's active version serves.", MetricType::kGauge);
     MetricFamily threshold = family("aeserve_model_threshold", "Anomaly threshold of the active version (reconstruction-error units).", MetricType::kGauge);
     MetricFamily critical = family("aeserve_model_critical_threshold", "Critical threshold of the active version (0 = none).", MetricType::kGauge);
-    for (const auto& info : registry_->List()) {
-      if (!info.entity().empty()) continue;  // entities are not labels
-      const std::string v = std::to_string(info.active_version());
-      sample(active, {{"model", info.name()}}, static_cast<double>(info.active_version()));
-      sample(ready, {{"model", info.name()}}, info.state() == v1::MODEL_STATE_READY ? 1 : 0);
-      if (info.state() == v1::MODEL_STATE_READY) {
-        sample(threshold, {{"model", info.name()}, {"version", v}}, info.threshold_value());
-        sample(critical, {{"model", info.name()}, {"version", v}}, info.critical_threshold_value());
-      }
-    }
     MetricFamily rate = family("aeserve_anomaly_rate", "Share of samples flagged over the last 60 s.", MetricType::kGauge);
-    MetricFamily drift = family("aeserve_drift_ks", "Kolmogorov-Smirnov distance between the last 2048 live reconstruction errors and the calibration errors.", MetricType::kGauge);
+    MetricFamily drift = family("aeserve_drift_ks", "Kolmogorov-Smirnov distance between the last 2048 live anomaly scores and the calibration scores.", MetricType::kGauge);
     MetricFamily drifted = family("aeserve_model_drifted", "1 when aeserve_drift_ks exceeds --drift_threshold over a window of at least 500 samples.", MetricType::kGauge);
-    for (const auto& m : metrics_->Models()) {
-      const metrics::Labels l = {{"model", m->model()}, {"version", m->version()}};
-      const double rate_value = m->AnomalyRate();
-      if (!std::isnan(rate_value)) sample(rate, l, rate_value);
-      if (m->version() == "entity") continue;
-      const ModelMetrics::Drift d = m->ComputeDrift();
-      if (d.window == 0) continue;
-      sample(drift, l, d.ks);
-      sample(drifted, l, d.window >= kMinDriftWindow && d.ks > metrics_->drift_threshold() ? 1 : 0);
-    }
+    std::set<const ModelStats*> entity_rates;  // the entity models of a model share one
+    registry_->ForEach([&](const ModelKey& key, const ModelEntry& e) {
+      if (!key.entity.empty()) {
+        for (const auto& [v, ver] : e.versions) {
+          if (ver.stats == nullptr || !entity_rates.insert(ver.stats.get()).second) continue;
+          const double r = ver.stats->AnomalyRate();
+          if (!std::isnan(r)) sample(rate, {{"model", key.model}, {"version", "entity"}}, r);
+        }
+        return;  // entities are not labels
+      }
+      auto act = e.versions.find(e.active);
+      const bool serving = act != e.versions.end() && act->second.state == v1::MODEL_STATE_READY;
+      sample(active, {{"model", key.model}}, static_cast<double>(e.active));
+      sample(ready, {{"model", key.model}}, serving ? 1 : 0);
+      if (serving) {
+        const v1::ModelFile& f = act->second.model->file();
+        const metrics::Labels l = {{"model", key.model}, {"version", std::to_string(e.active)}};
+        sample(threshold, l, f.threshold_value());
+        sample(critical, l, f.critical_threshold_value());
+      }
+      for (const auto& [v, ver] : e.versions) {
+        if (ver.stats == nullptr) continue;
+        const metrics::Labels l = {{"model", key.model}, {"version", std::to_string(v)}};
+        const double r = ver.stats->AnomalyRate();
+        if (!std::isnan(r)) sample(rate, l, r);
+        const Drift d = ver.stats->ComputeDrift();
+        if (d.window == 0) continue;
+        sample(drift, l, d.ks);
+        sample(drifted, l, d.drifted(options_.drift_threshold) ? 1 : 0);
+      }
+    });
     return std::vector<MetricFamily>{active, ready, threshold, critical, rate, drift, drifted};
   });
   r.AddCollector(CollectProcessMetrics);
@@ -246,21 +259,18 @@ absl::Status Server::LoadModels() {
       return absl::Status(st.code(), absl::StrCat("training the demo model: ", st.message()));
     }
   }
-  const int ready = registry_->LoadAll();
-  for (const auto& info : registry_->List()) {
-    if (info.state() == v1::MODEL_STATE_READY) {
-      log_->info("model '{}{}{}' ready: version {} of {}, {} features", info.name(),
-                 info.entity().empty() ? "" : "/", info.entity(),
-                 info.active_version(), info.versions_size(), info.num_features());
+  StoreSync sync(*registry_);
+  const int ready = sync.LoadAll([this](const ModelKey& key, const ModelEntry& e) {
+    if (e.error.empty()) {
+      log_->info("model '{}' ready: version {} of {}", key.str(), e.active, e.versions.size());
     } else {
-      log_->error("model '{}{}{}' unavailable: {}", info.name(), info.entity().empty() ? "" : "/",
-                  info.entity(), info.error());
+      log_->error("model '{}' unavailable: {}", key.str(), e.error);
     }
-  }
+  });
   grpc_->GetHealthCheckService()->SetServingStatus(true);
   log_->info("{} model(s) ready; health SERVING", ready);
   if (options_.store_poll_seconds > 0) {
-    store_watcher_ = std::thread([this] {
+    store_watcher_ = std::thread([this, sync]() mutable {
       const auto period = absl::Milliseconds(static_cast<int64_t>(options_.store_poll_seconds * 1000));
       for (;;) {
         {
@@ -268,7 +278,7 @@ absl::Status Server::LoadModels() {
           auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) { return stop_watching_; };
           if (watch_mu_.AwaitWithTimeout(absl::Condition(&stop), period)) return;
         }
-        if (const int changes = registry_->Sync(); changes > 0) {
+        if (const int changes = sync.Poll(); changes > 0) {
           log_->info("model store: picked up {} change(s) made elsewhere", changes);
         }
       }

@@ -38,8 +38,7 @@ const char* CodeName(grpc::StatusCode c) {
 
 }  // namespace
 
-ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version,
-                           std::vector<float> sorted_calibration)
+ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version)
     : model_(model),
       version_(version),
       samples_(m.samples_.Add({{"model", model}, {"version", version}})),
@@ -47,8 +46,7 @@ ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std
       criticals_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "critical"}})),
       errors_(m.errors_.Add({{"model", model}, {"version", version}}, ErrorBuckets())),
       missing_values_(m.missing_values_.Add({{"model", model}, {"version", version}})),
-      skipped_(m.skipped_.Add({{"model", model}, {"version", version}})),
-      calibration_(std::move(sorted_calibration)) {}
+      skipped_(m.skipped_.Add({{"model", model}, {"version", version}})) {}
 
 void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const float> scores,
                           absl::Span<const uint8_t> anomalous, double critical) {
@@ -62,13 +60,6 @@ void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const float
   if (warn) warnings_.Increment(static_cast<double>(warn));
   if (crit) criticals_.Increment(static_cast<double>(crit));
   errors_.ObserveMany(errors);
-  // The drift window keeps the last kDriftWindow scores.
-  const size_t start = scores.size() > kDriftWindow ? scores.size() - kDriftWindow : 0;
-  const uint64_t n = scores.size() - start;
-  const uint64_t at = written_.fetch_add(n, std::memory_order_relaxed);
-  for (uint64_t i = 0; i < n; ++i) {
-    window_[(at + i) % kDriftWindow].store(scores[start + i], std::memory_order_relaxed);
-  }
 }
 
 void ModelMetrics::RecordGaps(uint64_t missing_values, uint64_t skipped) {
@@ -76,45 +67,8 @@ void ModelMetrics::RecordGaps(uint64_t missing_values, uint64_t skipped) {
   if (skipped) skipped_.Increment(static_cast<double>(skipped));
 }
 
-ModelMetrics::Drift ModelMetrics::ComputeDrift() const {
-  const size_t filled = static_cast<size_t>(std::min<uint64_t>(written_.load(), kDriftWindow));
-  std::vector<float> live(filled);
-  for (size_t i = 0; i < filled; ++i) live[i] = window_[i].load(std::memory_order_relaxed);
-  Drift d;
-  d.window = live.size();
-  if (live.empty() || calibration_.empty()) return d;
-  std::sort(live.begin(), live.end());
-  // Walk both sorted samples; D = max |F_live(x) - F_calib(x)|.
-  size_t i = 0, j = 0;
-  const double n = live.size(), m = calibration_.size();
-  while (i < live.size() && j < calibration_.size()) {
-    const float x = std::min(live[i], calibration_[j]);
-    while (i < live.size() && live[i] <= x) ++i;
-    while (j < calibration_.size() && calibration_[j] <= x) ++j;
-    d.ks = std::max(d.ks, std::abs(i / n - j / m));
-  }
-  return d;
-}
-
-double ModelMetrics::AnomalyRate() {
-  const auto now = std::chrono::steady_clock::now();
-  const double samples = samples_.Value(), anomalies = warnings_.Value() + criticals_.Value();
-  absl::MutexLock lock(&mu_);
-  snapshots_.emplace_back(now, samples, anomalies);
-  // Keep the newest snapshot at least 60 s old as the baseline, and everything after it.
-  while (snapshots_.size() > 2 && std::get<0>(snapshots_[1]) <= now - std::chrono::seconds(60)) {
-    snapshots_.pop_front();
-  }
-  // With one snapshot only, the baseline is the start (all that was scored so far).
-  const auto& [t0, s0, a0] = snapshots_.size() > 1 ? snapshots_.front()
-                                                   : std::tuple<std::chrono::steady_clock::time_point, double, double>{now, 0, 0};
-  const double ds = samples - s0;
-  return ds > 0 ? (anomalies - a0) / ds : NAN;
-}
-
-ServerMetrics::ServerMetrics(double drift_threshold)
-    : drift_threshold_(drift_threshold),
-      requests_(BuildCounter().Name("aeserve_requests_total")
+ServerMetrics::ServerMetrics()
+    : requests_(BuildCounter().Name("aeserve_requests_total")
                     .Help("gRPC calls finished, by method and status code.").Register(registry_)),
       request_seconds_(BuildHistogram().Name("aeserve_request_duration_seconds")
                            .Help("Time from receiving a call (or stream batch) to answering it.")
@@ -223,19 +177,11 @@ void ServerMetrics::RecordTrainingResult(const std::string& result) {
 }
 
 std::shared_ptr<ModelMetrics> ServerMetrics::ForModel(const std::string& model,
-                                                      const std::string& version,
-                                                      std::vector<float> sorted_calibration) {
+                                                      const std::string& version) {
   absl::MutexLock lock(&mu_);
   auto& slot = models_[{model, version}];
-  if (!slot) slot = std::make_shared<ModelMetrics>(*this, model, version, std::move(sorted_calibration));
+  if (!slot) slot = std::make_shared<ModelMetrics>(*this, model, version);
   return slot;
-}
-
-std::vector<std::shared_ptr<ModelMetrics>> ServerMetrics::Models() const {
-  absl::MutexLock lock(&mu_);
-  std::vector<std::shared_ptr<ModelMetrics>> out;
-  for (const auto& [k, m] : models_) out.push_back(m);
-  return out;
 }
 
 void ServerMetrics::ForgetModel(const std::string& model, const std::string& version) {
@@ -244,6 +190,8 @@ void ServerMetrics::ForgetModel(const std::string& model, const std::string& ver
   const metrics::Labels l = {{"model", model}, {"version", version}};
   samples_.Remove(l);
   errors_.Remove(l);
+  missing_values_.Remove(l);
+  skipped_.Remove(l);
   anomalies_.Remove({{"model", model}, {"version", version}, {"severity", "warning"}});
   anomalies_.Remove({{"model", model}, {"version", version}, {"severity", "critical"}});
 }

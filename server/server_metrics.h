@@ -23,36 +23,20 @@ namespace aeserve::server {
 
 class ServerMetrics;
 
-// Drift is only reported once this many live errors are in the window.
-inline constexpr size_t kMinDriftWindow = 500;
-
-// One model version's hot-path instruments, its live-error window for drift and its recent
-// anomaly rate. Per-entity models of a model share one, with version="entity".
+// One model version's hot-path instruments. Per-entity models of a model share one, with
+// version="entity". (Drift and the anomaly rate are ModelStats: they work with metrics off.)
 class ModelMetrics {
  public:
-  ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version,
-               std::vector<float> sorted_calibration);
+  ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version);
   // One scored batch: reconstruction errors (the histogram) and anomaly scores (severity against
-  // `critical`, the critical threshold, 0 = none; the drift window).
+  // `critical`, the critical threshold, 0 = none).
   void Record(absl::Span<const float> errors, absl::Span<const float> scores,
               absl::Span<const uint8_t> anomalous, double critical);
   // Gaps in one scored batch: missing values filled in, samples skipped.
   void RecordGaps(uint64_t missing_values, uint64_t skipped);
 
-  struct Drift {
-    double ks = 0;
-    size_t window = 0;
-  };
-  // Two-sample Kolmogorov-Smirnov statistic between the last anomaly scores and the calibration
-  // scores (0 when there is no calibration sample or nothing was scored).
-  Drift ComputeDrift() const;
-  // Anomalies / samples over about the last 60 seconds, from counter snapshots taken at scrape
-  // time (NaN when nothing was scored since the oldest snapshot kept).
-  double AnomalyRate();
   const std::string& model() const { return model_; }
   const std::string& version() const { return version_; }
-
-  static constexpr size_t kDriftWindow = 2048;
 
  private:
   const std::string model_, version_;
@@ -62,23 +46,13 @@ class ModelMetrics {
   metrics::Histogram& errors_;
   metrics::Counter& missing_values_;
   metrics::Counter& skipped_;
-  const std::vector<float> calibration_;
-  // Ring of the last kDriftWindow errors, written without locks: a reader may see a mix of two
-  // batches, which a distribution statistic does not mind.
-  std::array<std::atomic<float>, kDriftWindow> window_{};
-  std::atomic<uint64_t> written_{0};
-  // (time, samples, anomalies) at recent scrapes, for the anomaly rate.
-  absl::Mutex mu_;
-  std::deque<std::tuple<std::chrono::steady_clock::time_point, double, double>> snapshots_
-      ABSL_GUARDED_BY(mu_);
 };
 
 class ServerMetrics {
  public:
-  explicit ServerMetrics(double drift_threshold);
+  ServerMetrics();
 
   metrics::Registry& registry() { return registry_; }
-  double drift_threshold() const { return drift_threshold_; }
 
   void RecordRequest(const std::string& rpc, grpc::StatusCode code, double seconds);
   void RecordQueueAndCompute(const std::string& rpc, double queue_seconds, double compute_seconds);
@@ -93,10 +67,7 @@ class ServerMetrics {
   void RecordTrainingResult(const std::string& result);
 
   // The instruments of one model version (shared by every caller asking for the same labels).
-  std::shared_ptr<ModelMetrics> ForModel(const std::string& model, const std::string& version,
-                                         std::vector<float> sorted_calibration);
-  // The versions currently tracked, for scrape-time gauges.
-  std::vector<std::shared_ptr<ModelMetrics>> Models() const;
+  std::shared_ptr<ModelMetrics> ForModel(const std::string& model, const std::string& version);
   void ForgetModel(const std::string& model, const std::string& version);
 
  private:
@@ -111,7 +82,6 @@ class ServerMetrics {
   RpcInstruments& Rpc(const std::string& rpc);
 
   metrics::Registry registry_;
-  const double drift_threshold_;
   metrics::Family<metrics::Counter>& requests_;
   metrics::Family<metrics::Histogram>& request_seconds_;
   metrics::Family<metrics::Histogram>& queue_seconds_;

@@ -309,16 +309,8 @@ void TrainingJobs::Run(Job& job) {
   if (file.ok()) {
     file->mutable_metadata()->set_training_job(job.state.id());
     if (req.start_from != nullptr) file->mutable_metadata()->set_base_version(base->version);
-    if (h.critical_threshold().method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
-      const auto& c = file->calibration_errors();
-      auto v = engine::ComputeThreshold(h.critical_threshold(), absl::Span<const float>(c.data(), c.size()));
-      absl::Status st = v.ok() ? engine::CheckCriticalLevel(*v, file->threshold_value()) : v.status();
-      if (st.ok()) {
-        *file->mutable_critical_threshold() = h.critical_threshold();
-        file->set_critical_threshold_value(*v);
-      } else {
-        file = absl::InvalidArgumentError(absl::StrCat("critical_threshold: ", st.message()));
-      }
+    if (auto st = engine::SetThresholds(*file, {}, h.critical_threshold(), false); !st.ok()) {
+      file = absl::InvalidArgumentError(absl::StrCat("critical_threshold: ", st.message()));
     }
   }
   if (file.ok() && job.cancel) file = absl::CancelledError("cancelled");

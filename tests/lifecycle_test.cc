@@ -12,9 +12,9 @@
 #include "gtest/gtest.h"
 #include "model.h"
 #include "server.h"
-#include "spdlog/sinks/null_sink.h"
 #include "synthetic_data.h"
 #include "test_models.h"
+#include "test_server.h"
 #include "threshold.h"
 
 namespace aeserve::testing {
@@ -59,19 +59,11 @@ class LifecycleTest : public ::testing::Test {
     dir_.reset();
   }
   void Start() {
-    server::Options o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_port = -1;
-    o.model_dir = dir_->path();
-    o.threads = 2;
+    server::Options o = TestOptions(dir_->path());
     o.max_training_values = 2'000'000;
-    auto s = server::Server::Start(o, spdlog::null_logger_mt("lifecycle" + std::to_string(counter_++)));
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = *std::move(s);
-    ASSERT_TRUE(server_->LoadModels().ok());
-    auto ch = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
-                                  grpc::InsecureChannelCredentials());
+    server_ = StartTestServer(o);
+    ASSERT_NE(server_, nullptr);
+    auto ch = Connect(*server_);
     admin_ = v1::ModelAdmin::NewStub(ch);
     scoring_ = v1::Scoring::NewStub(ch);
   }
@@ -136,7 +128,6 @@ class LifecycleTest : public ::testing::Test {
     return admin_->ActivateVersion(&ctx, req, &b);
   }
 
-  static inline int counter_ = 0;
   std::unique_ptr<TempDir> dir_;
   std::unique_ptr<server::Server> server_;
   std::unique_ptr<v1::ModelAdmin::Stub> admin_;

@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "server_process.h"
 #include "test_models.h"
+#include "wait_for.h"
 
 namespace aeserve::testing {
 namespace {
@@ -58,16 +59,15 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   };
   auto data = engine::MakeSynthetic(2000, 0, kFeatures, 3, 77);
   auto admin = v1::ModelAdmin::NewStub(channel(100));
-  {  // wait until serving
+  {  // wait until the model serves (it is listed as LOADING before)
     auto scoring = v1::Scoring::NewStub(channel(101));
-    for (int i = 0; i < 500; ++i) {
+    ASSERT_TRUE(WaitFor([&] {
       grpc::ClientContext ctx;
       v1::GetModelRequest req;
       req.set_model("m");
       v1::ModelInfo info;
-      if (scoring->GetModel(&ctx, req, &info).ok()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+      return scoring->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
+    }, std::chrono::seconds(30))) << server.log();
   }
 
   std::atomic<bool> stop{false};

@@ -16,8 +16,8 @@
 #include "http_get.h"
 #include "server.h"
 #include "server_process.h"
-#include "spdlog/sinks/null_sink.h"
 #include "test_models.h"
+#include "test_server.h"
 #include "wait_for.h"
 
 namespace aeserve::testing {
@@ -28,19 +28,9 @@ class ObservabilityTest : public ::testing::Test {
   void SetUp() override {
     dir_ = std::make_unique<TempDir>("aeserve_observe");
     Store(dir_->path(), "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
-    server::Options o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_port = -1;
-    o.model_dir = dir_->path();
-    o.threads = 2;
-    static int n = 0;
-    auto s = server::Server::Start(o, spdlog::null_logger_mt("observe" + std::to_string(n++)));
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = *std::move(s);
-    ASSERT_TRUE(server_->LoadModels().ok());
-    scoring_ = v1::Scoring::NewStub(grpc::CreateChannel(
-        "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials()));
+    server_ = StartTestServer(TestOptions(dir_->path()));
+    ASSERT_NE(server_, nullptr);
+    scoring_ = v1::Scoring::NewStub(Connect(*server_));
   }
 
   // Normal rows from the training manifold; `shift` moves every feature by that many units.
@@ -166,12 +156,12 @@ TEST_F(ObservabilityTest, RealPrometheusScrapesTheCounts) {
     return static_cast<double>(NAN);
   };
   double samples = NAN, anomalies = NAN;
-  for (int i = 0; i < 300; ++i) {  // at most ~30 s
+  const bool scraped = WaitFor([&] {
     samples = query("sum(aeserve_samples_scored_total)");
     anomalies = query("sum(aeserve_anomalies_total)");
-    if (samples == 1000 && anomalies == flagged) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+    return samples == 1000 && anomalies == flagged;
+  }, std::chrono::seconds(30), std::chrono::milliseconds(100));
+  EXPECT_TRUE(scraped) << "Prometheus did not report the scored samples within 30 s";
   EXPECT_EQ(samples, 1000) << prom.log();
   EXPECT_EQ(anomalies, static_cast<double>(flagged));
   EXPECT_EQ(query("up"), 1);
@@ -181,18 +171,17 @@ TEST_F(ObservabilityTest, RealPrometheusScrapesTheCounts) {
 
 TEST_F(ObservabilityTest, WatchAnomaliesDeliversExactlyTheFlaggedSamples) {
   grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
   v1::WatchAnomaliesRequest wreq;
   wreq.set_model("plain");
   auto watch = scoring_->WatchAnomalies(&wctx, wreq);
-  // Wait until the watcher is subscribed (a probe of anomalous rows comes back as events).
+  // Once the watcher is subscribed, a probe of an anomalous row comes back as its first event.
+  ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_anomaly_watchers") == 1; },
+                      std::chrono::seconds(10)));
   v1::AnomalyEvent e;
-  for (int i = 0; i < 200; ++i) {
-    v1::Samples probe = Rows(1, 0, 50.f);
-    probe.add_ids("probe");
-    Score(probe);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    break;
-  }
+  v1::Samples probe = Rows(1, 0, 50.f);
+  probe.add_ids("probe");
+  Score(probe);
   ASSERT_TRUE(watch->Read(&e));
   ASSERT_EQ(e.sample_id(), "probe");
   // A known stream with ids; every flagged row must come back as one event, and nothing else.
@@ -369,6 +358,31 @@ TEST_F(ObservabilityTest, DriftRisesWhenTheDataShifts) {
   const std::string text = Metrics();
   EXPECT_NEAR(Value(text, "aeserve_drift_ks{model=\"plain\",version=\"1\"}"), after.drift_ks(), 0.05);
   EXPECT_EQ(Value(text, "aeserve_model_drifted{model=\"plain\",version=\"1\"}"), 1);
+}
+
+// Drift is the service's own statistic: with the /metrics endpoint off (--metrics_port=0) GetModel
+// still reports it.
+TEST_F(ObservabilityTest, GetModelReportsDriftWithMetricsOff) {
+  server::Options o = TestOptions(dir_->path());
+  o.metrics_port = 0;
+  auto quiet = StartTestServer(o);
+  ASSERT_NE(quiet, nullptr);
+  ASSERT_EQ(quiet->metrics(), nullptr);
+  auto stub = v1::Scoring::NewStub(Connect(*quiet));
+  v1::ScoreRequest req;
+  req.set_model("plain");
+  *req.mutable_samples() = Rows(600, 0, 0.7f);
+  v1::ScoreResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->Score(&ctx, req, &resp).ok());
+  v1::GetModelRequest get;
+  get.set_model("plain");
+  v1::ModelInfo info;
+  grpc::ClientContext ctx2;
+  ASSERT_TRUE(stub->GetModel(&ctx2, get, &info).ok());
+  EXPECT_EQ(info.drift_window(), 600u);
+  EXPECT_GT(info.drift_ks(), 0.5);
+  EXPECT_TRUE(info.drifted());
 }
 
 }  // namespace

@@ -11,8 +11,8 @@
 #include "gtest/gtest.h"
 #include "model.h"
 #include "server.h"
-#include "spdlog/sinks/null_sink.h"
 #include "test_models.h"
+#include "test_server.h"
 
 namespace aeserve::testing {
 namespace {
@@ -30,24 +30,13 @@ class ScoringServiceTest : public ::testing::Test {
     Store(dir_->path(), "gappy", *plain_file_);  // its policy is changed by a test
     std::filesystem::create_directories(dir_->path() + "/broken/1");
     std::ofstream(dir_->path() + "/broken/1/model.pb") << "not a model";
-    server::Options o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_port = -1;
-    o.model_dir = dir_->path();
-    o.threads = 2;
+    server::Options o = TestOptions(dir_->path());
     o.max_message_bytes = 4 << 20;
     o.max_batch_rows = 20000;
     o.max_streams = 16;
-    auto s = server::Server::Start(o, spdlog::null_logger_mt("scoring_test"));
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = s->release();
-    ASSERT_TRUE(server_->LoadModels().ok());
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(64 << 20);
-    args.SetMaxSendMessageSize(64 << 20);
-    channel_ = new std::shared_ptr<grpc::Channel>(grpc::CreateCustomChannel(
-        "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials(), args));
+    server_ = StartTestServer(o).release();
+    ASSERT_NE(server_, nullptr);
+    channel_ = new std::shared_ptr<grpc::Channel>(Connect(*server_, 64 << 20));
   }
   static void TearDownTestSuite() {
     delete channel_;
@@ -508,12 +497,14 @@ TEST_F(ScoringServiceTest, TooManyStreamsIsResourceExhausted) {
   for (int i = 0; i < 16; ++i) {
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
     streams.push_back(stub->StreamScore(ctxs.back().get()));
+    // A batch answered means the stream is open on the server (before the 17th is tried).
     v1::StreamScoreRequest req;
     req.mutable_config()->set_model("plain");
+    *req.mutable_samples() = Samples(1, i);
     ASSERT_TRUE(streams.back()->Write(req));
+    v1::StreamScoreResponse answered;
+    ASSERT_TRUE(streams.back()->Read(&answered));
   }
-  // Make sure the 16 are open on the server before the 17th.
-  for (int i = 0; i < 100; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   grpc::ClientContext extra;
   auto over = stub->StreamScore(&extra);
   v1::StreamScoreResponse r;

@@ -8,8 +8,8 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server.h"
-#include "spdlog/sinks/null_sink.h"
 #include "test_models.h"
+#include "test_server.h"
 
 namespace aeserve::testing {
 namespace {
@@ -29,12 +29,7 @@ std::unique_ptr<server::Server> StartServer(const std::string& dir, server::Opti
   o.metrics_port = -1;
   o.model_dir = dir;
   o.threads = 1;
-  static int n = 0;
-  auto s = server::Server::Start(o, spdlog::null_logger_mt("security" + std::to_string(n++)));
-  EXPECT_TRUE(s.ok()) << s.status();
-  if (!s.ok()) return nullptr;
-  EXPECT_TRUE((*s)->LoadModels().ok());
-  return *std::move(s);
+  return StartTestServer(o);
 }
 
 grpc::Status ListModels(std::shared_ptr<grpc::Channel> ch, const std::string& token) {

@@ -13,6 +13,7 @@
 #include "model_file.h"
 #include "server_process.h"
 #include "test_models.h"
+#include "wait_for.h"
 
 // The health proto's generated client lives in gRPC's library; this is its wire form.
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -73,15 +74,14 @@ TEST(ServerProcess, SigtermClosesOpenStreamsAndExitsZero) {
                                        "--shutdown_grace_seconds=5"}))
       << p.log();
   auto stub = v1::Scoring::NewStub(Channel(p.port()));
-  // Wait until the model serves.
-  for (int i = 0; i < 500; ++i) {
+  // Wait until the model serves (it is listed as LOADING before).
+  ASSERT_TRUE(WaitFor([&] {
     grpc::ClientContext ctx;
     v1::GetModelRequest req;
     req.set_model("plain");
     v1::ModelInfo info;
-    if (stub->GetModel(&ctx, req, &info).ok()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+    return stub->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
+  }, std::chrono::seconds(10))) << p.log();
   constexpr int kStreams = 3;
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
   std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::StreamScoreRequest, v1::StreamScoreResponse>>> streams;
@@ -133,12 +133,8 @@ grpc::Status CreateWideJob(v1::ModelAdmin::Stub* admin, const std::vector<float>
   h.mutable_options()->set_epochs(1);
   h.mutable_options()->set_batch_size(256);
   grpc::Status st;
-  for (int i = 0; i < 200; ++i) {
-    st = CreateJob(admin, h, data, job);
-    if (st.ok()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return st;
+  (void)WaitFor([&] { return (st = CreateJob(admin, h, data, job)).ok(); }, std::chrono::seconds(2));
+  return st;  // the caller asserts on the last answer
 }
 
 // True once any temp file of an atomic write exists under `dir`.
@@ -207,12 +203,10 @@ TEST(ServerProcess, SigkillDuringModelWritesLeavesOnlyCompleteVersions) {
     req.mutable_samples()->mutable_values()->Add(data.normal.begin(), data.normal.begin() + 5 * kFeatures);
     v1::ScoreResponse resp;
     grpc::Status scored;
-    for (int i = 0; i < 500; ++i) {
+    (void)WaitFor([&] {
       grpc::ClientContext ctx;
-      scored = scoring->Score(&ctx, req, &resp);
-      if (scored.ok()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+      return (scored = scoring->Score(&ctx, req, &resp)).ok();
+    }, std::chrono::seconds(5));
     EXPECT_TRUE(scored.ok()) << scored.error_message() << again.log();
     EXPECT_EQ(resp.version(), *active);
     scoring.reset();

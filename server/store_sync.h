@@ -1,0 +1,41 @@
+// Keeps the registry in line with the model store: the first load at start-up and the periodic
+// poll that picks up what other replicas sharing the store changed (new versions, rewritten files,
+// ACTIVE, deletions) — the registry's repository side, as Triton separates its repository
+// manager from the model lifecycle.
+#pragma once
+
+#include "absl/functional/function_ref.h"
+#include "model_registry.h"
+
+namespace aeserve::server {
+
+class StoreSync {
+ public:
+  explicit StoreSync(ModelRegistry& registry) : r_(registry) {}
+
+  // Loads every model in the store. Every model found is listed at once as LOADING (GetModel
+  // shows it; scoring it is UNAVAILABLE "is loading"), then loaded one by one; `loaded` runs after
+  // each (progress logs). A version that fails to load is UNAVAILABLE with the reason; the rest
+  // serve. An unusable ACTIVE file makes that model UNAVAILABLE with the reason (it never falls
+  // back to another version); a missing one makes the highest version active. Each problem is
+  // logged and counted (aeserve_model_store_errors_total). Returns how many models have a ready
+  // active version.
+  int LoadAll(absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> loaded);
+
+  // Brings the registry in line with the store: loads new models and versions (listed as LOADING
+  // while they load) and rewritten ones, follows ACTIVE, drops deleted versions and models. A
+  // rewritten file that no longer loads, or an ACTIVE file that became unusable, keeps what serves
+  // now and is reported in GetModel's error, the log and the store-error counter. Returns how
+  // many changes it applied. Called every --store_poll_seconds.
+  int Poll();
+
+ private:
+  // A model's entry as the store holds it now (loads every version).
+  ModelEntry Load(const ModelKey& key) const;
+  // Follows the store's ACTIVE file for one model. Returns the changes made.
+  int FollowActive(const ModelKey& key, ModelEntry& e, const absl::StatusOr<uint64_t>& disk_active) const;
+
+  ModelRegistry& r_;
+};
+
+}  // namespace aeserve::server
