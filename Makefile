@@ -2,9 +2,9 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 ARGS ?=
-CTEST_ARGS ?= -LE '^(soak|fuzz)$$'
+CTEST_ARGS ?= -LE '^(soak|fuzz|bench_smoke)$$'
 
-.PHONY: deps configure build test run bench clean sanitize tsan fuzz soak
+.PHONY: deps configure build test run bench bench-smoke clean sanitize tsan fuzz soak
 
 deps:
 	./deploy/install-deps.sh
@@ -23,6 +23,11 @@ run: build
 
 bench: build
 	$(BUILD)/bench/engine_bench
+
+# The evaluation and peer harnesses on one small set each (about a minute), so they do not rot;
+# a CI step of its own, outside `make test`.
+bench-smoke: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 600 -j $(JOBS) -L '^bench_smoke$$'
 
 # AddressSanitizer + UndefinedBehaviorSanitizer over the engine, service, lifecycle, metrics and
 # hardening tests (the last run the sanitized aeserve binary as a child process).

@@ -142,7 +142,7 @@ def stream_with_refits(client, model, values, stamps, n_train, args, debounce):
 
 
 def start_server():
-    return start_local(os.path.join(ROOT, "build", "server", "aeserve"),
+    return start_local(os.environ.get("AESERVE_BINARY", os.path.join(ROOT, "build", "server", "aeserve")),
                        tempfile.mkdtemp(prefix="aeserve_nab_"))
 
 

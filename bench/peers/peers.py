@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BUILD = os.path.join(ROOT, "build")
+BUILD = os.environ.get("AESERVE_BUILD_DIR", os.path.join(ROOT, "build"))  # ctest passes its own
 LOAD = os.path.join(BUILD, "bench", "peers_load")
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread"
 MODELS = {"38-64-32-8 (reference)": [38, 64, 32, 8], "cardio default 21-32-16-4": [21, 32, 16, 4]}

@@ -16,7 +16,8 @@ settings: the model is the server's default for the set's feature count.
 --missing F removes a share F of all values at random (seeded per split) from both parts: aeserve
 gets them as NaN (gaps); IsolationForest, which cannot take NaN, gets them filled with the training
 mean.
-Without --server it starts build/server/aeserve on a free loopback port and stops it at the end.
+Without --server it starts build/server/aeserve (or $AESERVE_BINARY) on a free loopback port and
+stops it at the end.
 """
 import argparse
 import glob
@@ -67,7 +68,7 @@ def published(data_dir):
 
 def start_server():
     try:
-        return start_local(os.path.join(ROOT, "build", "server", "aeserve"),
+        return start_local(os.environ.get("AESERVE_BINARY", os.path.join(ROOT, "build", "server", "aeserve")),
                            tempfile.mkdtemp(prefix="aeserve_quality_"))
     except RuntimeError as e:
         sys.exit(str(e))

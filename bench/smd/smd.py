@@ -20,7 +20,8 @@ alone; 8 chosen over 1 and 4 by the mean VUS-PR over SMD and ASD, both protocols
 bench/RESULTS.md), built here until the server builds windows itself; the first rows of a series repeat its
 first row. The score of a point is the anomaly score of the window ending at it.
 JSON: {machine: {"tsb": {"vus_pr", "pr_auc", "roc_auc"}, "split": {... "precision", "recall",
-"f1"}}}. Without --server it starts build/server/aeserve on a free loopback port and stops it.
+"f1"}}}. Without --server it starts build/server/aeserve (or $AESERVE_BINARY) on a free loopback
+port and stops it.
 """
 import argparse
 import json
@@ -118,7 +119,7 @@ def main():
     proc, address = None, args.server
     if not address:
         try:
-            proc, address = start_local(os.path.join(ROOT, "build", "server", "aeserve"),
+            proc, address = start_local(os.environ.get("AESERVE_BINARY", os.path.join(ROOT, "build", "server", "aeserve")),
                                         tempfile.mkdtemp(prefix="aeserve_smd_"))
         except RuntimeError as e:
             sys.exit(str(e))
