@@ -78,6 +78,9 @@ absl::Status CheckCriticalLevel(double critical_value, double threshold_value) {
 
 absl::Status SetThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
                            const v1::ThresholdConfig& critical, bool clear_critical) {
+  if (clear_critical && critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
+    return absl::InvalidArgumentError("clear_critical and a critical_threshold exclude each other: give one");
+  }
   const auto& calib = file.calibration_errors();
   const absl::Span<const float> errors(calib.data(), static_cast<size_t>(calib.size()));
   const bool set_threshold = threshold.method() != v1::THRESHOLD_METHOD_UNSPECIFIED;

@@ -101,6 +101,9 @@ TEST(SetThresholds, RecomputesEitherLevelFromCalibration) {
   ASSERT_TRUE(SetThresholds(f, {}, Config(v1::THRESHOLD_PERCENTILE, 100), false).ok());
   EXPECT_DOUBLE_EQ(f.threshold_value(), 5.5);
   EXPECT_DOUBLE_EQ(f.critical_threshold_value(), 10);
+  EXPECT_EQ(SetThresholds(f, {}, Config(v1::THRESHOLD_PERCENTILE, 100), true).code(),
+            absl::StatusCode::kInvalidArgument) << "clearing and setting the critical level at once";
+  EXPECT_DOUBLE_EQ(f.critical_threshold_value(), 10);
   ASSERT_TRUE(SetThresholds(f, {}, {}, true).ok());
   EXPECT_FALSE(f.has_critical_threshold());
   EXPECT_EQ(f.critical_threshold_value(), 0);

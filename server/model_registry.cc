@@ -32,17 +32,16 @@ VersionEntry ModelRegistry::Ready(const ModelKey& key, uint64_t version,
     // Per-entity models share one set of series and one anomaly rate per model, so entities
     // never become labels.
     absl::MutexLock lock(&entity_stats_mu_);
-    auto& shared = entity_stats_[key.model];
-    if (!shared) shared = std::make_shared<ModelStats>(std::vector<float>{});
-    ver.stats = shared;
+    std::weak_ptr<ModelStats>& shared = entity_stats_[key.model];
+    ver.stats = shared.lock();
+    if (ver.stats == nullptr) {
+      ver.stats = std::make_shared<ModelStats>(std::vector<float>{});
+      shared = ver.stats;
+    }
     if (metrics_ != nullptr) ver.metrics = metrics_->ForModel(key.model, "entity");
   }
   ver.model = std::move(model);
   return ver;
-}
-
-void ModelRegistry::Forget(const ModelKey& key, uint64_t version) const {
-  if (metrics_ != nullptr && key.entity.empty()) metrics_->ForgetModel(key.model, std::to_string(version));
 }
 
 void ModelRegistry::ReportStoreError(const ModelKey& key, const char* kind,
@@ -66,6 +65,16 @@ VersionEntry ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
   ver.error = std::string(model.status().message());
   if (!file.ok()) ReportStoreError(key, "model_file", absl::StrCat("version ", v, ": ", ver.error));
   return ver;
+}
+
+// A model whose first versions are still being built: nothing active yet, something loading.
+static bool FirstLoad(const ModelEntry& e) {
+  if (e.loading) return true;
+  if (e.active != 0) return false;
+  for (const auto& [v, ver] : e.versions) {
+    if (ver.state == v1::MODEL_STATE_LOADING) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64_t version) const {
@@ -94,8 +103,10 @@ absl::StatusOr<ModelHandle> ModelRegistry::Get(const std::string& model, const s
                                                uint64_t version) const {
   absl::ReaderMutexLock lock(&mu_);
   if (!entity.empty()) {
-    ModelKey ek{model, entity};
-    if (models_.count(ek)) return GetLocked(ek, version);
+    // The entity model when it exists, unless it is still being built for the first time (then
+    // the generic model serves, as before the entity model appeared).
+    auto it = models_.find(ModelKey{model, entity});
+    if (it != models_.end() && !FirstLoad(it->second)) return GetLocked(it->first, version);
   }
   return GetLocked(ModelKey{model, ""}, version);
 }
@@ -178,7 +189,6 @@ absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version,
     if (auto st = store_.ClearActive(key); !st.ok()) return st;
   }
   if (auto st = store_.DeleteVersion(key, version); !st.ok()) return st;
-  Forget(key, version);
   absl::MutexLock lock(&mu_);
   ModelEntry& e = models_[key];
   e.versions.erase(version);
@@ -206,9 +216,6 @@ absl::Status ModelRegistry::DeleteModel(const ModelKey& key, bool force) {
   absl::MutexLock lock(&mu_);
   for (auto it = models_.begin(); it != models_.end();) {
     const bool gone = it->first == key || (key.entity.empty() && it->first.model == key.model);
-    if (gone) {
-      for (const auto& [v, ver] : it->second.versions) Forget(it->first, v);
-    }
     it = gone ? models_.erase(it) : std::next(it);
   }
   return absl::OkStatus();

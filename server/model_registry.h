@@ -102,8 +102,6 @@ class ModelRegistry {
   absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const v1::ModelFile& file) const;
   // A READY entry for a built model: its instruments and live statistics.
   VersionEntry Ready(const ModelKey& key, uint64_t version, std::shared_ptr<const engine::Model> model) const;
-  // Drops the exported series of a version that left the registry.
-  void Forget(const ModelKey& key, uint64_t version) const;
   absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
@@ -118,9 +116,9 @@ class ModelRegistry {
   // while loading, writing or scoring.
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(admin_mu_);
   std::map<ModelKey, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
-  // The anomaly-rate statistics the entity models of one model share (created on first load).
+  // The anomaly-rate statistics the entity models of one model share while any is loaded.
   mutable absl::Mutex entity_stats_mu_;
-  mutable std::map<std::string, std::shared_ptr<ModelStats>> entity_stats_ ABSL_GUARDED_BY(entity_stats_mu_);
+  mutable std::map<std::string, std::weak_ptr<ModelStats>> entity_stats_ ABSL_GUARDED_BY(entity_stats_mu_);
 };
 
 }  // namespace aeserve::server

@@ -33,7 +33,6 @@ v1::ModelState StateOf(const ModelEntry& e) {
   auto it = e.versions.find(e.active);
   if (it != e.versions.end() && it->second.state == v1::MODEL_STATE_READY) return v1::MODEL_STATE_READY;
   if (e.loading) return v1::MODEL_STATE_LOADING;
-  if (it != e.versions.end()) return it->second.state;  // LOADING or UNAVAILABLE
   for (const auto& [v, ver] : e.versions) {
     if (ver.state == v1::MODEL_STATE_LOADING) return v1::MODEL_STATE_LOADING;
   }

@@ -182,13 +182,14 @@ void Server::AddCollectors() {
     MetricFamily rate = family("aeserve_anomaly_rate", "Share of samples flagged over the last 60 s.", MetricType::kGauge);
     MetricFamily drift = family("aeserve_drift_ks", "Kolmogorov-Smirnov distance between the last 2048 live anomaly scores and the calibration scores.", MetricType::kGauge);
     MetricFamily drifted = family("aeserve_model_drifted", "1 when aeserve_drift_ks exceeds --drift_threshold over a window of at least 500 samples.", MetricType::kGauge);
+    // Statistics are read after the registry's lock is released: (labels, stats, with drift).
+    std::vector<std::tuple<metrics::Labels, std::shared_ptr<ModelStats>, bool>> stats;
     std::set<const ModelStats*> entity_rates;  // the entity models of a model share one
     registry_->ForEach([&](const ModelKey& key, const ModelEntry& e) {
       if (!key.entity.empty()) {
         for (const auto& [v, ver] : e.versions) {
           if (ver.stats == nullptr || !entity_rates.insert(ver.stats.get()).second) continue;
-          const double r = ver.stats->AnomalyRate();
-          if (!std::isnan(r)) sample(rate, {{"model", key.model}, {"version", "entity"}}, r);
+          stats.emplace_back(metrics::Labels{{"model", key.model}, {"version", "entity"}}, ver.stats, false);
         }
         return;  // entities are not labels
       }
@@ -204,15 +205,18 @@ void Server::AddCollectors() {
       }
       for (const auto& [v, ver] : e.versions) {
         if (ver.stats == nullptr) continue;
-        const metrics::Labels l = {{"model", key.model}, {"version", std::to_string(v)}};
-        const double r = ver.stats->AnomalyRate();
-        if (!std::isnan(r)) sample(rate, l, r);
-        const Drift d = ver.stats->ComputeDrift();
-        if (d.window == 0) continue;
-        sample(drift, l, d.ks);
-        sample(drifted, l, d.drifted(options_.drift_threshold) ? 1 : 0);
+        stats.emplace_back(metrics::Labels{{"model", key.model}, {"version", std::to_string(v)}}, ver.stats, true);
       }
     });
+    for (const auto& [l, st, with_drift] : stats) {
+      const double r = st->AnomalyRate();
+      if (!std::isnan(r)) sample(rate, l, r);
+      if (!with_drift) continue;
+      const Drift d = st->ComputeDrift();
+      if (d.window == 0) continue;
+      sample(drift, l, d.ks);
+      sample(drifted, l, d.drifted(options_.drift_threshold) ? 1 : 0);
+    }
     return std::vector<MetricFamily>{active, ready, threshold, critical, rate, drift, drifted};
   });
   r.AddCollector(CollectProcessMetrics);

@@ -39,7 +39,8 @@ const char* CodeName(grpc::StatusCode c) {
 }  // namespace
 
 ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version)
-    : model_(model),
+    : m_(m),
+      model_(model),
       version_(version),
       samples_(m.samples_.Add({{"model", model}, {"version", version}})),
       warnings_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "warning"}})),
@@ -47,6 +48,8 @@ ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std
       errors_(m.errors_.Add({{"model", model}, {"version", version}}, ErrorBuckets())),
       missing_values_(m.missing_values_.Add({{"model", model}, {"version", version}})),
       skipped_(m.skipped_.Add({{"model", model}, {"version", version}})) {}
+
+ModelMetrics::~ModelMetrics() { m_.Release(model_, version_); }
 
 void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const float> scores,
                           absl::Span<const uint8_t> anomalous, double critical) {
@@ -179,14 +182,20 @@ void ServerMetrics::RecordTrainingResult(const std::string& result) {
 std::shared_ptr<ModelMetrics> ServerMetrics::ForModel(const std::string& model,
                                                       const std::string& version) {
   absl::MutexLock lock(&mu_);
-  auto& slot = models_[{model, version}];
-  if (!slot) slot = std::make_shared<ModelMetrics>(*this, model, version);
-  return slot;
+  std::weak_ptr<ModelMetrics>& slot = models_[{model, version}];
+  std::shared_ptr<ModelMetrics> m = slot.lock();
+  if (m == nullptr) {
+    m = std::make_shared<ModelMetrics>(*this, model, version);
+    slot = m;
+  }
+  return m;
 }
 
-void ServerMetrics::ForgetModel(const std::string& model, const std::string& version) {
+void ServerMetrics::Release(const std::string& model, const std::string& version) {
   absl::MutexLock lock(&mu_);
-  models_.erase({model, version});
+  auto it = models_.find({model, version});
+  if (it != models_.end() && !it->second.expired()) return;  // labels taken again meanwhile
+  if (it != models_.end()) models_.erase(it);
   const metrics::Labels l = {{"model", model}, {"version", version}};
   samples_.Remove(l);
   errors_.Remove(l);

@@ -24,10 +24,15 @@ namespace aeserve::server {
 class ServerMetrics;
 
 // One model version's hot-path instruments. Per-entity models of a model share one, with
-// version="entity". (Drift and the anomaly rate are ModelStats: they work with metrics off.)
+// version="entity". Its series leave /metrics when the last holder drops it (the registry when the
+// version is deleted, and every request still scoring with it), never while a batch may record.
+// (Drift and the anomaly rate are ModelStats: they work with metrics off.)
 class ModelMetrics {
  public:
   ModelMetrics(ServerMetrics& m, const std::string& model, const std::string& version);
+  ~ModelMetrics();
+  ModelMetrics(const ModelMetrics&) = delete;
+  ModelMetrics& operator=(const ModelMetrics&) = delete;
   // One scored batch: reconstruction errors (the histogram) and anomaly scores (severity against
   // `critical`, the critical threshold, 0 = none).
   void Record(absl::Span<const float> errors, absl::Span<const float> scores,
@@ -39,6 +44,7 @@ class ModelMetrics {
   const std::string& version() const { return version_; }
 
  private:
+  ServerMetrics& m_;
   const std::string model_, version_;
   metrics::Counter& samples_;
   metrics::Counter& warnings_;
@@ -66,9 +72,9 @@ class ServerMetrics {
                               double validation_loss);
   void RecordTrainingResult(const std::string& result);
 
-  // The instruments of one model version (shared by every caller asking for the same labels).
+  // The instruments of one model version (shared by every caller asking for the same labels
+  // while any holds them).
   std::shared_ptr<ModelMetrics> ForModel(const std::string& model, const std::string& version);
-  void ForgetModel(const std::string& model, const std::string& version);
 
  private:
   friend class ModelMetrics;
@@ -80,6 +86,8 @@ class ServerMetrics {
     std::array<std::atomic<metrics::Counter*>, 17> codes{};
   };
   RpcInstruments& Rpc(const std::string& rpc);
+  // From ~ModelMetrics: removes the version's series unless a new holder took its labels since.
+  void Release(const std::string& model, const std::string& version);
 
   metrics::Registry registry_;
   metrics::Family<metrics::Counter>& requests_;
@@ -103,7 +111,7 @@ class ServerMetrics {
   // Built in the constructor for every RPC, read-only afterwards.
   std::map<std::string, std::unique_ptr<RpcInstruments>, std::less<>> rpcs_;
   mutable absl::Mutex mu_;
-  std::map<std::pair<std::string, std::string>, std::shared_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, std::weak_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
 };
 
 // Process metrics read from /proc: resident memory, CPU seconds, open fds, start time.

@@ -45,6 +45,7 @@ int StoreSync::LoadAll(absl::FunctionRef<void(const ModelKey&, const ModelEntry&
     // Everything the store holds is visible at once, as LOADING, while it loads.
     absl::MutexLock lock(&r_.mu_);
     for (const ModelKey& key : keys) {
+      if (r_.models_.count(key)) continue;  // already serving (the demo model, trained first)
       ModelEntry& e = r_.models_[key];
       e.loading = true;
       e.error = "loading";
@@ -140,6 +141,8 @@ int StoreSync::Poll() {
     }
     // What the store holds that we have not loaded (new versions, rewritten files): new versions
     // are listed as LOADING until they are built, outside the lock.
+    std::map<uint64_t, uint64_t> stamps;  // read before locking: stat() is I/O
+    for (uint64_t v : on_disk) stamps[v] = r_.store_.Stamp(key, v);
     std::vector<uint64_t> to_load;
     {
       absl::MutexLock lock(&r_.mu_);
@@ -151,7 +154,7 @@ int StoreSync::Poll() {
           to_load.push_back(v);
           continue;
         }
-        const uint64_t stamp = r_.store_.Stamp(key, v);
+        const uint64_t stamp = stamps[v];
         if (have->second.state == v1::MODEL_STATE_LOADING ||
             (have->second.stamp != stamp && have->second.bad_stamp != stamp)) {
           to_load.push_back(v);
@@ -180,7 +183,6 @@ int StoreSync::Poll() {
     }
     for (auto it = e.versions.begin(); it != e.versions.end();) {
       if (std::find(on_disk.begin(), on_disk.end(), it->first) == on_disk.end()) {
-        r_.Forget(key, it->first);
         it = e.versions.erase(it);
         ++changes;
       } else {
@@ -193,7 +195,6 @@ int StoreSync::Poll() {
   absl::MutexLock lock(&r_.mu_);
   for (auto it = r_.models_.begin(); it != r_.models_.end() && all_keys;) {
     if (std::find(keys.begin(), keys.end(), it->first) == keys.end()) {
-      for (const auto& [v, ver] : it->second.versions) r_.Forget(it->first, v);
       it = r_.models_.erase(it);
       ++changes;
     } else {

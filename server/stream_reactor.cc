@@ -300,9 +300,13 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
                                  worker, resp.mutable_result(), ScoreHooks{feed_, &config_, &window_});
   if (!st.ok()) return error(st);
   Debounce(*handle, resp.mutable_result());
-  Account(resp.result());
+  stats_.Add(resp.result());
   out->push_back(std::move(resp));
-  MaybeStats(req.sequence(), out);
+  if (auto summary = stats_.Take(config_)) {
+    v1::StreamScoreResponse& s = out->emplace_back();
+    s.set_sequence(req.sequence());
+    *s.mutable_stats() = *std::move(summary);
+  }
 }
 
 std::string StreamReactor::IncidentKey() const {
@@ -318,52 +322,6 @@ void StreamReactor::Debounce(const ModelHandle& h, v1::ScoreResponse* r) {
   if (feed_ != nullptr && r->incidents_size() > 0 && feed_->HasWatchers()) {
     feed_->PublishIncidents(h, r->incidents());
   }
-}
-
-void StreamReactor::Account(const v1::ScoreResponse& r) {
-  ++stats_batches_;
-  stats_samples_ += r.num_samples();
-  stats_anomalies_ += r.num_anomalies();
-  total_samples_ += r.num_samples();
-  total_anomalies_ += r.num_anomalies();
-  constexpr size_t kMaxKept = 1 << 20;  // quantiles over at most this many errors per window
-  for (float e : r.errors()) {  // skipped and warming-up samples have none (NaN)
-    if (std::isfinite(e) && stats_errors_.size() < kMaxKept) stats_errors_.push_back(e);
-  }
-}
-
-void StreamReactor::MaybeStats(uint64_t sequence, std::vector<v1::StreamScoreResponse>* out) {
-  const auto now = std::chrono::steady_clock::now();
-  const double elapsed = std::chrono::duration<double>(now - stats_start_).count();
-  const bool by_count = config_.stats_every_batches() > 0 && stats_batches_ >= config_.stats_every_batches();
-  const bool by_time = config_.stats_every_seconds() > 0 && elapsed >= config_.stats_every_seconds();
-  if (!by_count && !by_time) return;
-  v1::StreamScoreResponse& s = out->emplace_back();
-  s.set_sequence(sequence);
-  v1::StreamStats* st = s.mutable_stats();
-  st->set_batches(stats_batches_);
-  st->set_samples(stats_samples_);
-  st->set_anomalies(stats_anomalies_);
-  st->set_anomaly_rate(stats_samples_ ? double(stats_anomalies_) / stats_samples_ : 0);
-  double mean = 0;
-  for (float e : stats_errors_) mean += e;
-  if (!stats_errors_.empty()) mean /= stats_errors_.size();
-  st->set_error_mean(mean);
-  auto q = [&](double p) -> double {
-    if (stats_errors_.empty()) return 0;
-    const size_t i = std::min(stats_errors_.size() - 1, static_cast<size_t>(p * stats_errors_.size()));
-    std::nth_element(stats_errors_.begin(), stats_errors_.begin() + i, stats_errors_.end());
-    return stats_errors_[i];
-  };
-  st->set_error_p50(q(0.5));
-  st->set_error_p90(q(0.9));
-  st->set_error_p99(q(0.99));
-  st->set_window_seconds(elapsed);
-  st->set_total_samples(total_samples_);
-  st->set_total_anomalies(total_anomalies_);
-  stats_batches_ = stats_samples_ = stats_anomalies_ = 0;
-  stats_errors_.clear();
-  stats_start_ = now;
 }
 
 }  // namespace aeserve::server

@@ -24,6 +24,7 @@
 #include "server_metrics.h"
 #include "model_registry.h"
 #include "options.h"
+#include "stream_stats.h"
 #include "window.h"
 
 namespace aeserve::server {
@@ -96,8 +97,6 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Debounce(const ModelHandle& h, v1::ScoreResponse* r);
   std::string IncidentKey() const;
-  void Account(const v1::ScoreResponse& r);
-  void MaybeStats(uint64_t sequence, std::vector<v1::StreamScoreResponse>* out);
 
   const Options& options_;
   const ModelRegistry* registry_;
@@ -131,10 +130,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   v1::StreamConfig config_;
   std::unique_ptr<IncidentTracker> incidents_;  // with debounce: alarms and incidents
   std::unique_ptr<engine::WindowBuffer> window_;  // series models: the stream's last steps
-  uint64_t stats_batches_ = 0, stats_samples_ = 0, stats_anomalies_ = 0;
-  uint64_t total_samples_ = 0, total_anomalies_ = 0;
-  std::vector<float> stats_errors_;
-  std::chrono::steady_clock::time_point stats_start_ = std::chrono::steady_clock::now();
+  StreamStats stats_;  // the periodic summary
 };
 
 }  // namespace aeserve::server

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <atomic>
 #include <thread>
 
 #include "aeserve/v1/scoring.grpc.pb.h"
@@ -383,6 +384,53 @@ TEST_F(ObservabilityTest, GetModelReportsDriftWithMetricsOff) {
   EXPECT_EQ(info.drift_window(), 600u);
   EXPECT_GT(info.drift_ks(), 0.5);
   EXPECT_TRUE(info.drifted());
+}
+
+// A model deleted (with force) while a stream is scoring it: the stream's batches fail with a
+// status, the server goes on, and the model's series leave /metrics once nothing scores with it
+// (the instruments live as long as the last batch that may record into them).
+TEST_F(ObservabilityTest, DeletingAModelUnderAStreamDropsItsSeriesSafely) {
+  auto admin = v1::ModelAdmin::NewStub(Connect(*server_));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = scoring_->StreamScore(&ctx);
+  std::atomic<bool> deleted{false};
+  std::atomic<int> after_delete{0};
+  std::thread writer([&] {
+    for (int b = 0; b < 5000 && after_delete < 20; ++b) {
+      v1::StreamScoreRequest req;
+      if (b == 0) req.mutable_config()->set_model("plain");
+      *req.mutable_samples() = Rows(32, 32 * (b % 40));
+      if (!stream->Write(req)) break;
+      if (deleted) ++after_delete;
+    }
+    stream->WritesDone();
+  });
+  ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_samples_scored_total{model=\"plain\",version=\"1\"}") > 0; },
+                      std::chrono::seconds(10)));
+  {
+    grpc::ClientContext dctx;
+    v1::DeleteModelRequest del;
+    del.set_model("plain");
+    del.set_force(true);
+    v1::DeleteModelResponse resp;
+    ASSERT_TRUE(admin->DeleteModel(&dctx, del, &resp).ok());
+    deleted = true;
+  }
+  v1::StreamScoreResponse r;
+  int errors = 0;
+  while (stream->Read(&r)) errors += r.has_error();
+  writer.join();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_GT(errors, 0) << "batches after the delete are answered with an error item";
+  const std::string text = Metrics();
+  EXPECT_EQ(text.find("model=\"plain\""), std::string::npos) << text.substr(0, 2000);
+  v1::ScoreRequest req;
+  req.set_model("plain");
+  *req.mutable_samples() = Rows(1, 0);
+  v1::ScoreResponse resp;
+  grpc::ClientContext sctx;
+  EXPECT_EQ(scoring_->Score(&sctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace
