@@ -385,6 +385,30 @@ uint32_t Model::ChooseBucket(size_t remaining, size_t* take) const {
   return up / 2;
 }
 
+absl::Status Model::ForEachBucket(
+    size_t rows, absl::FunctionRef<absl::Status(size_t done, size_t take, uint32_t bucket)> fn) const {
+  for (size_t done = 0; done < rows;) {
+    size_t take = 0;
+    const uint32_t bucket = ChooseBucket(rows - done, &take);
+    AE_RETURN_IF_ERROR(fn(done, take, bucket));
+    done += take;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::RunRows(ScoringContext& ctx, absl::Span<const float> x, size_t done, size_t take,
+                            uint32_t bucket, const uint32_t* missing, Pass pass, bool logvar) const {
+  const float* xb = x.data() + done * num_features();
+  ScaleInto(xb, take, bucket, ctx.in_.data());
+  AE_RETURN_IF_ERROR(Run(ctx, bucket, pass, logvar));
+  return Impute(ctx, xb, take, bucket, missing == nullptr ? nullptr : missing + done, pass, logvar);
+}
+
+void Model::Unscale(const ScoringContext& ctx, size_t take, float* out) const {
+  const uint32_t d = num_features();
+  for (size_t i = 0; i < take * d; ++i) out[i] = ctx.out_[i] * scale_[i % d] + offset_[i % d];
+}
+
 void Model::ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const {
   const uint32_t d = num_features();
   for (size_t r = 0; r < take; ++r) {
@@ -531,14 +555,11 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
   const float thr = static_cast<float>(threshold());
   const float inv_d = 1.0f / static_cast<float>(d);
   const float beta = spec().beta();
-  for (size_t done = 0; done < rows;) {
-    size_t take = 0;
-    const uint32_t bucket = ChooseBucket(rows - done, &take);
+  return ForEachBucket(rows, [&](size_t done, size_t take, uint32_t bucket) -> absl::Status {
     const float* xb = x.data() + done * d;
     const uint32_t* miss = gaps ? result->missing.data() + done : nullptr;
-    ScaleInto(xb, take, bucket, ctx.in_.data());
-    AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, elbo));
-    AE_RETURN_IF_ERROR(Impute(ctx, xb, take, bucket, miss, Pass::kFull, elbo));
+    AE_RETURN_IF_ERROR(RunRows(ctx, x, done, take, bucket, gaps ? result->missing.data() : nullptr,
+                               Pass::kFull, elbo));
     if (neighbors_ > 0) AE_RETURN_IF_ERROR(Distances(ctx, take, result->distance.data() + done));
     for (size_t r = 0; r < take; ++r) {
       const float* xs = ctx.in_.data() + r * d;
@@ -603,9 +624,8 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
         result->neg_elbo[done + r] = static_cast<float>(err + beta * kl / d);
       }
     }
-    done += take;
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
@@ -615,20 +635,14 @@ absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
   std::vector<uint32_t> missing;
   AE_RETURN_IF_ERROR(CheckInput(x, &rows, &missing));
   AE_RETURN_IF_ERROR(RefuseOverLimit(missing));
-  const uint32_t d = num_features(), c = code_size();
+  const uint32_t c = code_size();
   codes->resize(rows * c);
-  for (size_t done = 0; done < rows;) {
-    size_t take = 0;
-    const uint32_t bucket = ChooseBucket(rows - done, &take);
-    ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
-    AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kEncode, false));
-    AE_RETURN_IF_ERROR(Impute(ctx, x.data() + done * d, take, bucket,
-                              missing.empty() ? nullptr : missing.data() + done, Pass::kEncode,
-                              false));
+  return ForEachBucket(rows, [&](size_t done, size_t take, uint32_t bucket) -> absl::Status {
+    AE_RETURN_IF_ERROR(RunRows(ctx, x, done, take, bucket, missing.empty() ? nullptr : missing.data(),
+                               Pass::kEncode, false));
     std::copy_n(ctx.latent_.data(), take * c, codes->data() + done * c);
-    done += take;
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
@@ -640,20 +654,12 @@ absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
   AE_RETURN_IF_ERROR(RefuseOverLimit(missing));
   const uint32_t d = num_features();
   out->resize(rows * d);
-  for (size_t done = 0; done < rows;) {
-    size_t take = 0;
-    const uint32_t bucket = ChooseBucket(rows - done, &take);
-    ScaleInto(x.data() + done * d, take, bucket, ctx.in_.data());
-    AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kFull, false));
-    AE_RETURN_IF_ERROR(Impute(ctx, x.data() + done * d, take, bucket,
-                              missing.empty() ? nullptr : missing.data() + done, Pass::kFull,
-                              false));
-    for (size_t i = 0; i < take * d; ++i) {
-      (*out)[done * d + i] = ctx.out_[i] * scale_[i % d] + offset_[i % d];
-    }
-    done += take;
-  }
-  return absl::OkStatus();
+  return ForEachBucket(rows, [&](size_t done, size_t take, uint32_t bucket) -> absl::Status {
+    AE_RETURN_IF_ERROR(RunRows(ctx, x, done, take, bucket, missing.empty() ? nullptr : missing.data(),
+                               Pass::kFull, false));
+    Unscale(ctx, take, out->data() + done * d);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status Model::Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
@@ -667,17 +673,12 @@ absl::Status Model::Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
   out->resize(size_t{n} * d);
-  for (size_t done = 0; done < n;) {
-    size_t take = 0;
-    const uint32_t bucket = ChooseBucket(n - done, &take);
+  return ForEachBucket(n, [&](size_t done, size_t take, uint32_t bucket) -> absl::Status {
     for (size_t i = 0; i < size_t{bucket} * c; ++i) ctx.latent_[i] = i < take * c ? normal(rng) : 0.f;
     AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kDecode, false));
-    for (size_t i = 0; i < take * d; ++i) {
-      (*out)[done * d + i] = ctx.out_[i] * scale_[i % d] + offset_[i % d];
-    }
-    done += take;
-  }
-  return absl::OkStatus();
+    Unscale(ctx, take, out->data() + done * d);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace aeserve::engine

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "aeserve/v1/model.pb.h"
@@ -111,6 +112,15 @@ class Model {
   absl::Status RefuseOverLimit(const std::vector<uint32_t>& missing) const;
   std::string FeatureName(size_t j) const;  // quoted name, or the index without names
   uint32_t ChooseBucket(size_t remaining, size_t* take) const;
+  // Runs `fn(done, take, bucket)` over consecutive slices of `rows` rows, each one bucket call.
+  absl::Status ForEachBucket(size_t rows,
+                             absl::FunctionRef<absl::Status(size_t done, size_t take, uint32_t bucket)> fn) const;
+  // Scales rows [done, done + take) of `x` into the bucket's input, runs `pass` and fills in
+  // missing values (`missing`: counts per row of the whole batch, or null).
+  absl::Status RunRows(ScoringContext& ctx, absl::Span<const float> x, size_t done, size_t take,
+                       uint32_t bucket, const uint32_t* missing, Pass pass, bool logvar) const;
+  // The first `take` rows of the bucket's output, back in original units.
+  void Unscale(const ScoringContext& ctx, size_t take, float* out) const;
   void ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const;
   absl::Status Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const;
   absl::Status Impute(ScoringContext& ctx, const float* x, size_t take, uint32_t bucket,

@@ -126,17 +126,17 @@ absl::Status CheckShape(const TrainingData& data) {
   return absl::OkStatus();
 }
 
-// Trains on samples that are the rows of `data` (for series models: its windows).
-absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const TrainingData& data,
-                                           const ProgressCallback& progress) {
-  const auto started = Clock::now();
-  AE_RETURN_IF_ERROR(CheckShape(data));
-  AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
+// The rows training can use (gaps the scoring policy would score) and which are complete.
+struct UsableRows {
+  std::vector<size_t> usable;
+  std::vector<uint8_t> complete;  // per row of the data: no missing value (may be a reference row)
+};
+
+absl::StatusOr<UsableRows> FindUsableRows(const TrainingData& data, const v1::ScoringPolicy& policy) {
   const size_t d = data.cols;
   const size_t max_missing = MaxMissingFeatures(policy, static_cast<uint32_t>(d));
-  // Rows with gaps are kept while the policy would score them; `complete` rows may be reference rows.
-  std::vector<size_t> usable;
-  std::vector<uint8_t> complete(data.rows, 1);
+  UsableRows out;
+  out.complete.assign(data.rows, 1);
   for (size_t r = 0; r < data.rows; ++r) {
     size_t missing = 0;
     for (size_t j = 0; j < d; ++j) {
@@ -153,79 +153,86 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
       }
       ++missing;
     }
-    complete[r] = missing == 0;
-    if (missing <= max_missing) usable.push_back(r);
+    out.complete[r] = missing == 0;
+    if (missing <= max_missing) out.usable.push_back(r);
   }
-  if (usable.empty()) {
+  if (out.usable.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "training data: every row misses more than max_missing_fraction ",
         policy.max_missing_fraction(), " of its features"));
   }
-  AE_ASSIGN_OR_RETURN(v1::ModelSpec spec,
-                      ResolveSpec(req.spec, static_cast<uint32_t>(data.cols)));
-  AE_ASSIGN_OR_RETURN(v1::TrainingOptions opt, ResolveTrainingOptions(req.options));
-  AE_ASSIGN_OR_RETURN(v1::ThresholdConfig thr_config, ResolveThresholdConfig(req.threshold));
+  return out;
+}
 
-  // Split: the last n_val rows as uploaded (HOLD_OUT_LAST) or n_val rows drawn with the seed.
-  std::mt19937_64 rng(opt.seed());
-  std::vector<size_t> order = usable;
+struct Split {
+  std::vector<size_t> train, validation;
+};
+
+// The last validation_split of the rows as uploaded (HOLD_OUT_LAST) or that many drawn with the
+// seed; at least one row trains.
+Split SplitRows(std::vector<size_t> order, const v1::TrainingOptions& opt, std::mt19937_64& rng) {
   const size_t n_rows = order.size();
-  size_t n_val = static_cast<size_t>(std::floor(opt.validation_split() * n_rows));
+  size_t n_val = static_cast<size_t>(std::floor(opt.validation_split() * static_cast<double>(n_rows)));
   if (n_rows - n_val < 1) n_val = n_rows - 1;
   if (opt.hold_out() == v1::HOLD_OUT_RANDOM) {
     std::shuffle(order.begin(), order.end(), rng);
   } else {
-    std::rotate(order.begin(), order.end() - n_val, order.end());
+    std::rotate(order.begin(), order.end() - static_cast<std::ptrdiff_t>(n_val), order.end());
   }
-  std::vector<size_t> val_rows(order.begin(), order.begin() + n_val);
-  std::vector<size_t> train_rows(order.begin() + n_val, order.end());
+  Split s;
+  s.validation.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n_val));
+  s.train.assign(order.begin() + static_cast<std::ptrdiff_t>(n_val), order.end());
+  return s;
+}
 
-  Params params;
-  v1::Scaler scaler;
+std::vector<float> RawRows(const TrainingData& data, const std::vector<size_t>& rows) {
+  const size_t d = data.cols;
+  std::vector<float> out(rows.size() * d);
+  for (size_t i = 0; i < rows.size(); ++i) std::copy_n(data.values.data() + rows[i] * d, d, out.data() + i * d);
+  return out;
+}
+
+// The starting weights and scaler: the base model's when fine-tuning (same spec), else fresh
+// weights and a scaler fitted on the training rows.
+absl::Status InitWeights(const TrainRequest& req, const v1::ModelSpec& spec, const v1::TrainingOptions& opt,
+                         const TrainingData& data, const std::vector<size_t>& train_rows,
+                         std::mt19937_64& rng, Params* params, v1::Scaler* scaler) {
   if (req.start_from != nullptr) {
     AE_ASSIGN_OR_RETURN(v1::ModelSpec base, ResolveSpec(req.start_from->spec(), 0));
     if (base.SerializeAsString() != spec.SerializeAsString()) {
       return absl::InvalidArgumentError("fine-tuning: the spec must equal the base model's spec");
     }
-    AE_ASSIGN_OR_RETURN(params, FromModelFile(*req.start_from));
-    scaler = req.start_from->scaler();
-  } else {
-    std::vector<float> train_raw(train_rows.size() * d);
-    for (size_t i = 0; i < train_rows.size(); ++i) {
-      std::copy_n(data.values.data() + train_rows[i] * d, d, train_raw.data() + i * d);
-    }
-    AE_ASSIGN_OR_RETURN(scaler, FitScaler(opt.scaling(), train_raw, train_rows.size(), d));
-    params = InitParams(spec, rng);
+    AE_ASSIGN_OR_RETURN(*params, FromModelFile(*req.start_from));
+    *scaler = req.start_from->scaler();
+    return absl::OkStatus();
   }
-  if (spec.loss() == v1::LOSS_BCE && opt.scaling() != v1::SCALING_MINMAX &&
-      req.start_from == nullptr) {
-    // Cross entropy needs targets in [0, 1]; checked on the scaled training rows below.
-  }
-  std::vector<float> train_x, val_x;
-  ScaleRows(data, train_rows, scaler, train_x);  // missing values stay NaN
-  ScaleRows(data, val_rows, scaler, val_x);
-  if (spec.loss() == v1::LOSS_BCE) {
-    for (float v : train_x) {
-      if (v < -1e-6f || v > 1 + 1e-6f) {
-        return absl::InvalidArgumentError(
-            "binary cross entropy needs scaled inputs in [0, 1]: use min-max scaling");
-      }
-    }
-  }
+  AE_ASSIGN_OR_RETURN(*scaler, FitScaler(opt.scaling(), RawRows(data, train_rows), train_rows.size(), data.cols));
+  *params = InitParams(spec, rng);
+  return absl::OkStatus();
+}
 
+// Adam over shuffled mini-batches of the scaled training rows, early stopping on the validation
+// loss (the training loss when nothing is held out). Leaves the best epoch's weights in `params`.
+absl::StatusOr<v1::TrainingHistory> RunEpochs(const TrainRequest& req, const v1::ModelSpec& spec,
+                                              const v1::TrainingOptions& opt, const v1::Scaler& scaler,
+                                              const std::vector<float>& train_x,
+                                              const std::vector<float>& val_x, size_t d,
+                                              std::mt19937_64& rng, Params* params,
+                                              const ProgressCallback& progress, Clock::time_point started) {
+  const size_t train_rows = train_x.size() / d;
   ScopedThreads threads(static_cast<int>(opt.threads()));
-  const uint32_t batch = static_cast<uint32_t>(std::min<size_t>(opt.batch_size(), train_rows.size()));
-  AE_ASSIGN_OR_RETURN(auto graph, TrainGraph::Create(spec, opt.dropout(), batch, &params));
+  const uint32_t batch = static_cast<uint32_t>(std::min<size_t>(opt.batch_size(), train_rows));
+  AE_ASSIGN_OR_RETURN(auto graph, TrainGraph::Create(spec, opt.dropout(), batch, params));
   graph->set_fill(ScaledFill(scaler));
-  Adam adam(params, opt);
+  Adam adam(*params, opt);
 
   v1::TrainingHistory history;
-  history.set_train_rows(train_rows.size());
-  history.set_validation_rows(val_rows.size());
-  Params best = params;
+  history.set_train_rows(train_rows);
+  history.set_validation_rows(val_x.size() / d);
+  Params best = *params;
   double best_loss = INFINITY;
   uint32_t since_best = 0;
-  std::vector<size_t> perm(train_rows.size());
+  std::vector<size_t> perm(train_rows);
   std::iota(perm.begin(), perm.end(), 0);
   std::vector<float> batch_x(size_t{batch} * d);
   for (uint32_t epoch = 1; epoch <= opt.epochs(); ++epoch) {
@@ -246,7 +253,7 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
             "training diverged (non-finite loss) in epoch ", epoch, ": lower the learning rate"));
       }
       train_loss += loss.total * n;
-      adam.Step(params, *graph);
+      adam.Step(*params, *graph);
     }
     train_loss /= static_cast<double>(perm.size());
     const double epoch_seconds = SecondsSince(epoch_start);
@@ -258,13 +265,13 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
     rec->set_epoch(epoch);
     rec->set_train_loss(train_loss);
     rec->set_validation_loss(val_loss);
-    rec->set_samples_per_second(perm.size() / std::max(epoch_seconds, 1e-9));
+    rec->set_samples_per_second(static_cast<double>(perm.size()) / std::max(epoch_seconds, 1e-9));
     rec->set_seconds(epoch_seconds);
 
     const double monitored = val_x.empty() ? train_loss : val_loss;
     if (monitored < best_loss - opt.min_delta()) {
       best_loss = monitored;
-      best = params;
+      best = *params;
       history.set_best_epoch(epoch);
       since_best = 0;
     } else {
@@ -283,7 +290,94 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
   if (history.best_epoch() == 0) {
     return absl::FailedPreconditionError("training did not produce a finite loss");
   }
-  params = std::move(best);
+  *params = std::move(best);
+  return history;
+}
+
+// Calibrates `file` on the held-out rows (the training rows when nothing was held out), scored by
+// the same inference path that will serve the model: the reference rows for the neighbour
+// distance (drawn from the complete training rows; they never calibrate, as a row's distance to
+// itself is 0), the score scale, the sorted calibration scores and the threshold.
+absl::Status Calibrate(const TrainingData& data, const Split& split, const std::vector<uint8_t>& complete,
+                       const v1::TrainingOptions& opt, const v1::ThresholdConfig& thr_config,
+                       std::mt19937_64& rng, v1::ModelFile& file) {
+  std::vector<size_t> calib_rows = split.validation.empty() ? split.train : split.validation;
+  if (file.spec().neighbors() > 0) {
+    std::vector<size_t> reference;  // complete training rows only
+    for (size_t r : split.train) {
+      if (complete[r]) reference.push_back(r);
+    }
+    std::shuffle(reference.begin(), reference.end(), rng);
+    size_t keep = std::min<size_t>(reference.size(), file.spec().reference_rows());
+    if (split.validation.empty()) keep = std::min(keep, reference.size() / 2);  // the rest calibrates
+    if (keep == 0) {
+      file.mutable_spec()->set_neighbors(0);  // a single training row: no neighbours to keep
+      file.mutable_spec()->clear_reference_rows();
+      file.mutable_spec()->clear_reconstruction_weight();
+    } else {
+      if (split.validation.empty()) calib_rows.assign(reference.begin() + static_cast<std::ptrdiff_t>(keep), reference.end());
+      reference.resize(keep);
+      std::sort(reference.begin(), reference.end());
+      file.mutable_spec()->set_neighbors(
+          static_cast<uint32_t>(std::min<size_t>(file.spec().neighbors(), keep)));
+      std::vector<float> scaled;
+      ScaleRows(data, reference, file.scaler(), scaled);
+      file.mutable_reference()->Add(scaled.begin(), scaled.end());
+    }
+  }
+  AE_ASSIGN_OR_RETURN(auto model, Model::Create(file, ModelOptions{static_cast<int>(opt.threads()), 4096}));
+  auto ctx = model->NewContext();
+  ScoreResult scores;
+  AE_RETURN_IF_ERROR(model->Score(*ctx, RawRows(data, calib_rows), {}, &scores));
+  std::vector<float> errors = std::move(scores.error);
+  if (!scores.distance.empty()) {
+    *file.mutable_score_scale() = FitScoreScale(errors, scores.distance);
+    for (size_t i = 0; i < errors.size(); ++i) {
+      errors[i] = AnomalyScore(errors[i], scores.distance[i], file.spec().reconstruction_weight(),
+                               file.score_scale());
+    }
+  }
+  if (errors.size() > opt.max_calibration_samples()) {
+    std::shuffle(errors.begin(), errors.end(), rng);
+    errors.resize(opt.max_calibration_samples());
+  }
+  std::sort(errors.begin(), errors.end());
+  file.mutable_calibration_errors()->Add(errors.begin(), errors.end());
+  AE_ASSIGN_OR_RETURN(double thr, ComputeThreshold(thr_config, errors));
+  file.set_threshold_value(thr);
+  return absl::OkStatus();
+}
+
+// Trains on samples that are the rows of `data` (for series models: its windows): usable rows,
+// split, starting weights, epochs, the model file, calibration.
+absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const TrainingData& data,
+                                           const ProgressCallback& progress) {
+  const auto started = Clock::now();
+  AE_RETURN_IF_ERROR(CheckShape(data));
+  AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
+  AE_ASSIGN_OR_RETURN(UsableRows rows, FindUsableRows(data, policy));
+  AE_ASSIGN_OR_RETURN(v1::ModelSpec spec, ResolveSpec(req.spec, static_cast<uint32_t>(data.cols)));
+  AE_ASSIGN_OR_RETURN(v1::TrainingOptions opt, ResolveTrainingOptions(req.options));
+  AE_ASSIGN_OR_RETURN(v1::ThresholdConfig thr_config, ResolveThresholdConfig(req.threshold));
+
+  std::mt19937_64 rng(opt.seed());  // one stream of draws, in this order: split, init, epochs, calibration
+  const Split split = SplitRows(rows.usable, opt, rng);
+  Params params;
+  v1::Scaler scaler;
+  AE_RETURN_IF_ERROR(InitWeights(req, spec, opt, data, split.train, rng, &params, &scaler));
+  std::vector<float> train_x, val_x;
+  ScaleRows(data, split.train, scaler, train_x);  // missing values stay NaN
+  ScaleRows(data, split.validation, scaler, val_x);
+  if (spec.loss() == v1::LOSS_BCE) {
+    for (float v : train_x) {
+      if (v < -1e-6f || v > 1 + 1e-6f) {
+        return absl::InvalidArgumentError(
+            "binary cross entropy needs scaled inputs in [0, 1]: use min-max scaling");
+      }
+    }
+  }
+  AE_ASSIGN_OR_RETURN(v1::TrainingHistory history,
+                      RunEpochs(req, spec, opt, scaler, train_x, val_x, data.cols, rng, &params, progress, started));
 
   v1::ModelFile file;
   file.set_format_version(kModelFormatVersion);
@@ -302,60 +396,9 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
                                 .count());
   meta->set_data_rows(data.rows);
   meta->set_seed(opt.seed());
-  meta->set_engine_version("0.1.0");
+  meta->set_engine_version(AESERVE_VERSION);
   meta->set_description(req.description);
-
-  // Calibrate on the held-out rows (the training rows when nothing was held out), scored by the
-  // same inference path that will serve the model. Neighbours: the reference rows are drawn from
-  // the training rows and never calibrate (a row's distance to itself is 0).
-  std::vector<size_t> calib_rows = val_rows.empty() ? train_rows : val_rows;
-  if (file.spec().neighbors() > 0) {
-    std::vector<size_t> reference;  // complete training rows only
-    for (size_t r : train_rows) {
-      if (complete[r]) reference.push_back(r);
-    }
-    std::shuffle(reference.begin(), reference.end(), rng);
-    size_t keep = std::min<size_t>(reference.size(), file.spec().reference_rows());
-    if (val_rows.empty()) keep = std::min(keep, reference.size() / 2);  // the rest calibrates
-    if (keep == 0) {
-      file.mutable_spec()->set_neighbors(0);  // a single training row: no neighbours to keep
-      file.mutable_spec()->clear_reference_rows();
-      file.mutable_spec()->clear_reconstruction_weight();
-    } else {
-      if (val_rows.empty()) calib_rows.assign(reference.begin() + keep, reference.end());
-      reference.resize(keep);
-      std::sort(reference.begin(), reference.end());
-      file.mutable_spec()->set_neighbors(
-          static_cast<uint32_t>(std::min<size_t>(file.spec().neighbors(), keep)));
-      std::vector<float> scaled;
-      ScaleRows(data, reference, scaler, scaled);
-      file.mutable_reference()->Add(scaled.begin(), scaled.end());
-    }
-  }
-  std::vector<float> calib_raw(calib_rows.size() * d);
-  for (size_t i = 0; i < calib_rows.size(); ++i) {
-    std::copy_n(data.values.data() + calib_rows[i] * d, d, calib_raw.data() + i * d);
-  }
-  AE_ASSIGN_OR_RETURN(auto model, Model::Create(file, ModelOptions{static_cast<int>(opt.threads()), 4096}));
-  auto ctx = model->NewContext();
-  ScoreResult scores;
-  AE_RETURN_IF_ERROR(model->Score(*ctx, calib_raw, {}, &scores));
-  std::vector<float> errors = std::move(scores.error);
-  if (!scores.distance.empty()) {
-    *file.mutable_score_scale() = FitScoreScale(errors, scores.distance);
-    for (size_t i = 0; i < errors.size(); ++i) {
-      errors[i] = AnomalyScore(errors[i], scores.distance[i], file.spec().reconstruction_weight(),
-                               file.score_scale());
-    }
-  }
-  if (errors.size() > opt.max_calibration_samples()) {
-    std::shuffle(errors.begin(), errors.end(), rng);
-    errors.resize(opt.max_calibration_samples());
-  }
-  std::sort(errors.begin(), errors.end());
-  file.mutable_calibration_errors()->Add(errors.begin(), errors.end());
-  AE_ASSIGN_OR_RETURN(double thr, ComputeThreshold(thr_config, errors));
-  file.set_threshold_value(thr);
+  AE_RETURN_IF_ERROR(Calibrate(data, split, rows.complete, opt, thr_config, rng, file));
   return file;
 }
 

@@ -120,6 +120,8 @@ TEST(Trainer, SameSeedSameWeightsOtherSeedOtherWeights) {
                          b->decoder(0).weights().begin()));
   EXPECT_EQ(a->calibration_errors_size(), b->calibration_errors_size());
   EXPECT_NE(a->encoder(0).weights().at(0), c->encoder(0).weights().at(0));
+  EXPECT_EQ(a->metadata().engine_version(), AESERVE_VERSION) << "the project version (CMakeLists.txt)";
+  EXPECT_NE(std::string(AESERVE_VERSION), "");
 }
 
 TEST(Trainer, EarlyStoppingKeepsTheBestEpoch) {

@@ -171,17 +171,8 @@ std::shared_ptr<const EventBatch> AnomalyFeed::BuildEvents(const FlaggedRows& f)
   const engine::Model& model = *f.handle.model;
   const uint32_t d = model.num_features();
   const size_t n = f.errors.size();
-  std::vector<float> computed;
+  if (f.feature_errors.size() != n * d) return nullptr;  // scoring always computes them for the feed
   const float* fe_all = f.feature_errors.data();
-  if (f.feature_errors.size() != n * d) {
-    // The call did not compute per-feature errors: compute them for the flagged rows only.
-    engine::ScoreResult again;
-    if (!model.Score(worker_.ContextFor(f.handle.model), f.values, {.per_feature = true}, &again).ok()) {
-      return nullptr;
-    }
-    computed = std::move(again.feature_error);
-    fe_all = computed.data();
-  }
   const double critical = model.file().critical_threshold_value();
   const bool named = model.file().feature_names_size() == static_cast<int>(d);
   auto batch = std::make_shared<EventBatch>();

@@ -35,7 +35,7 @@ struct FlaggedRows {
   int64_t server_time_ms = 0;
   float threshold = 0;
   std::vector<float> values;          // the flagged rows, row-major
-  std::vector<float> feature_errors;  // their per-feature errors when the call computed them
+  std::vector<float> feature_errors;  // their per-feature errors (scaled units)
   std::vector<float> errors, scores, p_values;
   std::vector<std::string> ids;       // empty when the batch had none
   std::vector<int64_t> timestamps_ms; // empty when the batch had none
@@ -126,7 +126,6 @@ class AnomalyFeed {
   absl::Mutex queue_mu_;
   std::deque<FlaggedRows> queue_ ABSL_GUARDED_BY(queue_mu_);
   size_t queued_rows_ ABSL_GUARDED_BY(queue_mu_) = 0;
-  Worker worker_;  // the fan-out thread's scoring contexts (per-feature errors of flagged rows)
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
   std::thread fan_out_;
 };

@@ -13,66 +13,74 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC (127.0.0.1 for local only).");
-ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
-ABSL_FLAG(int, metrics_port, 9464,
+namespace {
+// The flags' defaults are Options' (server/options.h): one place for both.
+const aeserve::server::Options& Defaults() {
+  static const aeserve::server::Options defaults;
+  return defaults;
+}
+}  // namespace
+
+ABSL_FLAG(std::string, host, Defaults().host, "Address to listen on for gRPC (127.0.0.1 for local only).");
+ABSL_FLAG(int, port, Defaults().port, "gRPC port; 0 picks a free port (printed at start).");
+ABSL_FLAG(int, metrics_port, Defaults().metrics_port,
           "Port of the Prometheus /metrics endpoint (same host as gRPC); 0 = metrics off, -1 = any free port.");
-ABSL_FLAG(std::string, metrics_host, "",
+ABSL_FLAG(std::string, metrics_host, Defaults().metrics_host,
           "Address of the /metrics endpoint; empty = the same as --host. 127.0.0.1 keeps it on the "
           "machine (e.g. behind a TLS/auth proxy or a sidecar).");
-ABSL_FLAG(double, drift_threshold, 0.2,
+ABSL_FLAG(double, drift_threshold, Defaults().drift_threshold,
           "Kolmogorov-Smirnov distance between live and calibration errors above which a model is "
           "reported drifted (aeserve_model_drifted, GetModel).");
-ABSL_FLAG(std::string, model_dir, "./models",
+ABSL_FLAG(std::string, model_dir, Defaults().model_dir,
           "Model store: <dir>/<model>/<version>/model.pb and <dir>/<model>/ACTIVE.");
-ABSL_FLAG(int, threads, 0, "Scoring worker threads; 0 = one per core.");
-ABSL_FLAG(int, model_threads, 1,
+ABSL_FLAG(int, threads, Defaults().threads, "Scoring worker threads; 0 = one per core.");
+ABSL_FLAG(int, model_threads, Defaults().model_threads,
           "oneDNN threads inside one scoring call (1 is best when calls run in parallel).");
-ABSL_FLAG(int, max_message_bytes, 32 << 20,
+ABSL_FLAG(int, max_message_bytes, Defaults().max_message_bytes,
           "Largest request or response in bytes; larger requests get RESOURCE_EXHAUSTED.");
-ABSL_FLAG(uint64_t, grpc_buffer_bytes, 0,
+ABSL_FLAG(uint64_t, grpc_buffer_bytes, Defaults().grpc_buffer_bytes,
           "Bytes gRPC may buffer for incoming messages over all calls together (its resource "
           "quota); a message that would go past it is refused (RESOURCE_EXHAUSTED) before it is "
           "read in full. 0 = --max_message_bytes + 16 MiB.");
-ABSL_FLAG(uint32_t, max_batch_rows, 1 << 20, "Most rows in one Score call or stream batch.");
-ABSL_FLAG(int, max_queue, 1024, "Queued unary calls before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_streams, 256, "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_watchers, 1024, "Concurrent WatchAnomalies calls before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(double, incident_resume_seconds, 300,
+ABSL_FLAG(uint32_t, max_batch_rows, Defaults().max_batch_rows, "Most rows in one Score call or stream batch.");
+ABSL_FLAG(int, max_queue, Defaults().max_queue, "Queued unary calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_streams, Defaults().max_streams, "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_watchers, Defaults().max_watchers, "Concurrent WatchAnomalies calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, incident_resume_seconds, Defaults().incident_resume_seconds,
           "How long a debounced stream with a stream_id keeps its alarm and open incident after it "
           "ends, for a client that reconnects with the same stream_id. 0 = not kept.");
-ABSL_FLAG(int, stream_max_pending, 4, "Batches read ahead per stream before backpressure.");
-ABSL_FLAG(int, stream_max_unsent, 8, "Answers held for a slow stream reader before backpressure.");
-ABSL_FLAG(uint64_t, max_stream_buffer_bytes, uint64_t{1} << 30,
+ABSL_FLAG(int, stream_max_pending, Defaults().stream_max_pending, "Batches read ahead per stream before backpressure.");
+ABSL_FLAG(int, stream_max_unsent, Defaults().stream_max_unsent, "Answers held for a slow stream reader before backpressure.");
+ABSL_FLAG(uint64_t, max_stream_buffer_bytes, Defaults().max_stream_buffer_bytes,
           "Bytes all StreamScore calls together may hold (batches read ahead and answers not yet "
           "taken by their clients); past it streams stop reading until some are released.");
-ABSL_FLAG(double, shutdown_grace_seconds, 10, "Time in-flight work gets on SIGTERM/SIGINT.");
-ABSL_FLAG(int, max_training_jobs, 1, "Training jobs running at once (each on one core).");
-ABSL_FLAG(int, max_queued_jobs, 16, "Training jobs waiting before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_finished_jobs, 100,
+ABSL_FLAG(double, shutdown_grace_seconds, Defaults().shutdown_grace_seconds, "Time in-flight work gets on SIGTERM/SIGINT.");
+ABSL_FLAG(int, max_training_jobs, Defaults().max_training_jobs, "Training jobs running at once (each on one core).");
+ABSL_FLAG(int, max_queued_jobs, Defaults().max_queued_jobs, "Training jobs waiting before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_finished_jobs, Defaults().max_finished_jobs,
           "Ended training jobs remembered for GetTrainingJob/ListTrainingJobs (oldest forgotten first).");
-ABSL_FLAG(uint64_t, max_training_values, 256u << 20,
+ABSL_FLAG(uint64_t, max_training_values, Defaults().max_training_values,
           "Most float values uploaded for one training job (rows x features).");
-ABSL_FLAG(uint64_t, max_upload_bytes, uint64_t{2} << 30,
+ABSL_FLAG(uint64_t, max_upload_bytes, Defaults().max_upload_bytes,
           "Training data held in memory at once, over all uploads in progress and queued or running "
           "jobs (each upload reserves rows x features x 4 bytes when its header arrives); an upload "
           "over it gets RESOURCE_EXHAUSTED.");
-ABSL_FLAG(double, upload_idle_seconds, 60,
+ABSL_FLAG(double, upload_idle_seconds, Defaults().upload_idle_seconds,
           "A training upload that sends no message for this long is ended with DEADLINE_EXCEEDED "
           "and creates no job; 0 = never.");
-ABSL_FLAG(std::string, auth_tokens, "",
+ABSL_FLAG(std::string, auth_tokens, Defaults().auth_tokens,
           "File of '<token> score|admin' lines; when set every call needs 'authorization: Bearer "
           "<token>' and admin calls the admin role.");
-ABSL_FLAG(bool, reflection, true,
+ABSL_FLAG(bool, reflection, Defaults().reflection,
           "Serve gRPC server reflection (the API schema, which is public; answered without a token "
           "even with --auth_tokens). --reflection=false turns it off.");
-ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS.");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
-ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mTLS).");
-ABSL_FLAG(double, store_poll_seconds, 2,
+ABSL_FLAG(std::string, tls_cert, Defaults().tls_cert, "PEM certificate chain: serve TLS.");
+ABSL_FLAG(std::string, tls_key, Defaults().tls_key, "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, Defaults().tls_client_ca, "PEM CA bundle: require and verify client certificates (mTLS).");
+ABSL_FLAG(double, store_poll_seconds, Defaults().store_poll_seconds,
           "How often to pick up versions, activations and threshold changes other replicas made in "
           "the shared model store; 0 = never.");
-ABSL_FLAG(std::string, demo_csv, "",
+ABSL_FLAG(std::string, demo_csv, Defaults().demo_csv,
           "If the model store is empty, train model 'demo' on this CSV at start-up.");
 
 int main(int argc, char** argv) {

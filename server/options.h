@@ -1,4 +1,4 @@
-// Everything the server is configured with; main.cc fills it from flags.
+// Everything the server is configured with, and its defaults: main.cc's flags default to these.
 #pragma once
 
 #include <cstdint>
@@ -36,8 +36,8 @@ struct Options {
   std::string tls_client_ca;               // PEM file: require client certificates (mutual TLS)
   double drift_threshold = 0.2;            // KS statistic above which a model is reported drifted
   bool reflection = true;                  // gRPC server reflection (public schema, no token)
-  double store_poll_seconds = 2;
-  double incident_resume_seconds = 300;    // a named stream's alarm and open incident survive a reconnect           // how often to pick up other replicas' changes; 0 = off
+  double store_poll_seconds = 2;           // how often to pick up other replicas' changes; 0 = off
+  double incident_resume_seconds = 300;    // a named stream's alarm and open incident survive a reconnect
 };
 
 }  // namespace aeserve::server

@@ -182,7 +182,7 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
 // `x` holds the model's samples; for a series model, sample_of_row[i] is row i's.
 static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::Span<const float> x,
                              const std::vector<int32_t>* sample_of_row,
-                             const engine::ScoreResult& res, bool have_feature_errors,
+                             const engine::ScoreResult& res, bool original_units,
                              const ScoreHooks& hooks) {
   const uint32_t d = h.model->num_features();
   FlaggedRows f;
@@ -195,9 +195,12 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::S
     if (!res.anomalous[i]) continue;
     const size_t at = sample_of_row != nullptr ? static_cast<size_t>((*sample_of_row)[i]) : i;
     f.values.insert(f.values.end(), x.begin() + at * d, x.begin() + (at + 1) * d);
-    if (have_feature_errors) {
-      f.feature_errors.insert(f.feature_errors.end(), res.feature_error.begin() + i * d,
-                              res.feature_error.begin() + (i + 1) * d);
+    // Events rank features in scaled units: errors asked for in original units go back
+    // (e * scale^2 / scale^2) instead of the engine running the rows again.
+    const float* fe = res.feature_error.data() + i * d;
+    for (uint32_t j = 0; j < d; ++j) {
+      const float s = original_units ? h.model->file().scaler().scale(static_cast<int>(j)) : 1.f;
+      f.feature_errors.push_back(fe[j] / (s * s));
     }
     f.errors.push_back(res.error[i]);
     f.scores.push_back(res.score[i]);
@@ -372,7 +375,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   }
   if (watched && anomalies > 0) {
     PublishAnomalies(h, s, in, series ? &win.sample_of_row : nullptr, res,
-                     eo.per_feature && !eo.original_units, hooks);
+                     eo.original_units, hooks);
   }
   *r->mutable_ids() = s.ids();
   *r->mutable_timestamps_ms() = s.timestamps_ms();

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/status/status.h"
+
 namespace aeserve::server {
 namespace {
 
@@ -26,15 +28,6 @@ const Histogram::BucketBoundaries& ErrorBuckets() {
   return *b;  // 1e-4 .. 13400
 }
 
-const char* CodeName(grpc::StatusCode c) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  const int i = static_cast<int>(c);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
-}
 
 }  // namespace
 
@@ -138,7 +131,7 @@ void ServerMetrics::RecordRequest(const std::string& rpc, grpc::StatusCode code,
   const size_t c = std::min<size_t>(static_cast<size_t>(code), 16);
   metrics::Counter* counter = r.codes[c].load(std::memory_order_acquire);
   if (counter == nullptr) {
-    counter = &requests_.Add({{"rpc", rpc}, {"code", CodeName(code)}});
+    counter = &requests_.Add({{"rpc", rpc}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
     r.codes[c].store(counter, std::memory_order_release);
   }
   counter->Increment();

@@ -126,7 +126,8 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
   s.set_state(v1::JOB_STATE_QUEUED);
   s.set_num_features(header.num_features());
   s.set_rows(job->data.size() / header.num_features());
-  s.set_epochs(header.options().epochs() ? header.options().epochs() : 50);
+  // The header was checked (CheckHeader), so the options resolve.
+  s.set_epochs(engine::ResolveTrainingOptions(header.options()).value_or(v1::TrainingOptions()).epochs());
   s.set_created_unix_ms(NowMs());
   jobs_[s.id()] = job;
   queue_.push_back(job);

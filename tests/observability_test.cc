@@ -309,9 +309,10 @@ TEST_F(ObservabilityTest, IncidentWatchersGetOneEventPerChangeAndStreamsResume) 
 TEST_F(ObservabilityTest, AStalledWatcherDoesNotHoldScoringBack) {
   // This watcher never reads.
   grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   auto stalled = scoring_->WatchAnomalies(&wctx, v1::WatchAnomaliesRequest());
-  for (int i = 0; i < 200 && !(Score(Rows(1, 0, 50.f)), false); ++i) {
-  }
+  ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_anomaly_watchers") == 1; },
+                      std::chrono::seconds(10)));
   // 60000 anomalous rows: far more events than the watcher's buffer (1024) and what gRPC's
   // flow-control windows absorb (a few MB).
   const auto start = std::chrono::steady_clock::now();

@@ -1,5 +1,6 @@
 // aectl: the aeserve command line. One binary, one subcommand per task; gRPC errors become a
 // one-line message and a non-zero exit code.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <chrono>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -40,14 +42,9 @@ std::string ReadFile(const std::string& path) {
 }
 
 int Fail(const grpc::Status& st) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
   const int c = st.error_code();
-  std::fprintf(stderr, "aectl: %s: %s\n", c >= 0 && c <= 16 ? kNames[c] : "ERROR",
-               st.error_message().c_str());
+  std::fprintf(stderr, "aectl: %s: %s\n",
+               absl::StatusCodeToString(static_cast<absl::StatusCode>(c)).c_str(), st.error_message().c_str());
   const std::string& m = st.error_message();
   if (c == grpc::StatusCode::UNAVAILABLE &&
       (m.find("Socket closed") != std::string::npos || m.find("ssl") != std::string::npos ||
@@ -708,13 +705,14 @@ void ShowProgress(const v1::TrainingJob& j) {
                j.eta_seconds(), tty ? "   " : "\n");
 }
 
+// What `aectl train` was given. Anything not given stays unset (0, empty or -1) and the server's
+// engine fills in its default: the defaults live in one place (engine/spec.cc).
 struct TrainArgs {
-  std::string model, entity, kind = "plain", layers, decoder, loss = "mse", activation = "relu",
-                     scaling = "standard", noise = "gaussian", description;
-  uint32_t code = 0, epochs = 50, batch = 64, patience = 0, seed = 1;
-  float lr = 1e-3f, weight_decay = 0, dropout = -1, validation_split = 0.1f, noise_level = 0,
+  std::string model, entity, kind, layers, decoder, loss, activation, scaling, noise, description;
+  uint32_t code = 0, epochs = 0, batch = 0, patience = 0, seed = 0;
+  float lr = 0, weight_decay = 0, dropout = -1, validation_split = -1, noise_level = 0,
         l1 = 0, kl_sparsity = 0, rho = 0, beta = 0;
-  double percentile = 99;
+  double percentile = 0;
   bool fine_tune = false, no_activate = false, detach = false;
   uint64_t base_version = 0;
   float max_missing = -1;          // -1 = the server's default
@@ -772,17 +770,17 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
     v1::Loss loss;
     v1::Activation act;
     v1::Noise noise;
-    if (!ParseEnum(a.kind, "MODEL_KIND_", v1::ModelKind_Parse, &kind) ||
-        !ParseEnum(a.loss, "LOSS_", v1::Loss_Parse, &loss) ||
-        !ParseEnum(a.activation, "ACTIVATION_", v1::Activation_Parse, &act) ||
-        !ParseEnum(a.noise, "NOISE_", v1::Noise_Parse, &noise)) {
+    if ((!a.kind.empty() && !ParseEnum(a.kind, "MODEL_KIND_", v1::ModelKind_Parse, &kind)) ||
+        (!a.loss.empty() && !ParseEnum(a.loss, "LOSS_", v1::Loss_Parse, &loss)) ||
+        (!a.activation.empty() && !ParseEnum(a.activation, "ACTIVATION_", v1::Activation_Parse, &act)) ||
+        (!a.noise.empty() && !ParseEnum(a.noise, "NOISE_", v1::Noise_Parse, &noise))) {
       std::fprintf(stderr, "aectl: unknown --kind, --loss, --activation or --noise\n");
       return 2;
     }
-    s->set_kind(kind);
-    s->set_loss(loss);
-    s->set_hidden_activation(act);
-    s->set_noise(noise);
+    if (!a.kind.empty()) s->set_kind(kind);
+    if (!a.loss.empty()) s->set_loss(loss);
+    if (!a.activation.empty()) s->set_hidden_activation(act);
+    if (!a.noise.empty()) s->set_noise(noise);
     uint32_t width = 0;  // checked by the --layers / --decoder validators
     for (auto part : absl::StrSplit(a.layers, ',', absl::SkipEmpty())) {
       if (absl::SimpleAtoi(part, &width)) s->add_encoder_units(width);
@@ -814,18 +812,22 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   o->set_batch_size(a.batch);
   o->set_learning_rate(a.lr);
   o->set_weight_decay(a.weight_decay);
-  if (a.dropout >= 0) o->set_dropout(a.dropout);  // unset: the server's default (0.2)
-  o->set_validation_split(a.validation_split);
+  if (a.dropout >= 0) o->set_dropout(a.dropout);
+  if (a.validation_split >= 0) o->set_validation_split(a.validation_split);
   o->set_patience(a.patience);
   o->set_seed(a.seed);
-  v1::Scaling scaling;
-  if (!ParseEnum(a.scaling, "SCALING_", v1::Scaling_Parse, &scaling)) {
-    std::fprintf(stderr, "aectl: unknown --scaling\n");
-    return 2;
+  if (!a.scaling.empty()) {
+    v1::Scaling scaling;
+    if (!ParseEnum(a.scaling, "SCALING_", v1::Scaling_Parse, &scaling)) {
+      std::fprintf(stderr, "aectl: unknown --scaling\n");
+      return 2;
+    }
+    o->set_scaling(scaling);
   }
-  o->set_scaling(scaling);
-  h.mutable_threshold()->set_method(v1::THRESHOLD_PERCENTILE);
-  h.mutable_threshold()->set_value(a.percentile);
+  if (a.percentile > 0) {
+    h.mutable_threshold()->set_method(v1::THRESHOLD_PERCENTILE);
+    h.mutable_threshold()->set_value(a.percentile);
+  }
 
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   v1::TrainingJob job;
@@ -967,7 +969,8 @@ int Delete(const Common& c, const std::string& model, const std::string& entity,
 bool ParseThreshold(const std::string& text, v1::ThresholdConfig* out) {
   const auto colon = text.find(':');
   if (colon == std::string::npos) return false;
-  const std::string method = text.substr(0, colon);
+  std::string method = text.substr(0, colon);
+  std::replace(method.begin(), method.end(), '_', '-');  // mean_std, as the Python client spells it too
   double value = 0;
   if (!absl::SimpleAtod(text.substr(colon + 1), &value)) return false;
   static const std::map<std::string, v1::ThresholdMethod> kMethods = {
@@ -1137,34 +1140,34 @@ int main(int argc, char** argv) {
         return "";
       },
       "W1,W2,...");
-  train->add_option("--kind", ta.kind, "plain, denoising, sparse or variational")
-      ->check(CLI::IsMember({"plain", "denoising", "sparse", "variational"}))->capture_default_str();
+  // Options left out take the server's defaults (one place: engine/spec.cc; README, "Defaults").
+  train->add_option("--kind", ta.kind, "plain, denoising, sparse or variational (server default)")
+      ->check(CLI::IsMember({"plain", "denoising", "sparse", "variational"}));
   train->add_option("--layers", ta.layers, "encoder hidden widths, e.g. 64,32")->check(widths);
   train->add_option("--decoder", ta.decoder, "decoder hidden widths (default: mirrored)")->check(widths);
   train->add_option("--code", ta.code, "code (latent) size");
-  train->add_option("--loss", ta.loss, "mse or bce")
-      ->check(CLI::IsMember({"mse", "bce"}))->capture_default_str();
-  train->add_option("--activation", ta.activation, "relu, tanh, sigmoid, elu, leaky-relu")
-      ->check(CLI::IsMember({"relu", "tanh", "sigmoid", "elu", "leaky-relu", "linear"}))
-      ->capture_default_str();
-  train->add_option("--noise", ta.noise, "denoising: gaussian or masking")
-      ->check(CLI::IsMember({"gaussian", "masking"}))->capture_default_str();
+  train->add_option("--loss", ta.loss, "mse or bce (server default)")
+      ->check(CLI::IsMember({"mse", "bce"}));
+  train->add_option("--activation", ta.activation, "relu, tanh, sigmoid, elu, leaky-relu (server default)")
+      ->check(CLI::IsMember({"relu", "tanh", "sigmoid", "elu", "leaky-relu", "linear"}));
+  train->add_option("--noise", ta.noise, "denoising: gaussian or masking (server default)")
+      ->check(CLI::IsMember({"gaussian", "masking"}));
   train->add_option("--noise-level", ta.noise_level, "denoising: std or masking probability");
   train->add_option("--l1", ta.l1, "sparse: L1 activity penalty");
   train->add_option("--kl-sparsity", ta.kl_sparsity, "sparse: KL sparsity weight");
   train->add_option("--rho", ta.rho, "sparse: target mean activation");
   train->add_option("--beta", ta.beta, "variational: KL weight");
-  train->add_option("--epochs", ta.epochs)->capture_default_str();
-  train->add_option("--batch-size", ta.batch)->capture_default_str();
-  train->add_option("--lr", ta.lr, "Adam learning rate")->capture_default_str();
-  train->add_option("--weight-decay", ta.weight_decay)->capture_default_str();
-  train->add_option("--dropout", ta.dropout, "hidden-layer dropout (default: the server's, 0.2)");
-  train->add_option("--validation-split", ta.validation_split)->capture_default_str();
-  train->add_option("--patience", ta.patience, "early-stopping patience in epochs (0 = off)")->capture_default_str();
-  train->add_option("--seed", ta.seed)->capture_default_str();
-  train->add_option("--scaling", ta.scaling, "standard, minmax or none")
-      ->check(CLI::IsMember({"standard", "minmax", "none"}))->capture_default_str();
-  train->add_option("--percentile", ta.percentile, "threshold percentile of held-out errors")->capture_default_str();
+  train->add_option("--epochs", ta.epochs, "server default")->check(CLI::Range(1u, 100000u));
+  train->add_option("--batch-size", ta.batch, "server default")->check(CLI::Range(1u, 65536u));
+  train->add_option("--lr", ta.lr, "Adam learning rate (server default)");
+  train->add_option("--weight-decay", ta.weight_decay, "server default");
+  train->add_option("--dropout", ta.dropout, "hidden-layer dropout (server default)");
+  train->add_option("--validation-split", ta.validation_split, "held-out share (server default)");
+  train->add_option("--patience", ta.patience, "early-stopping patience in epochs (server default)");
+  train->add_option("--seed", ta.seed, "server default");
+  train->add_option("--scaling", ta.scaling, "standard, minmax or none (server default)")
+      ->check(CLI::IsMember({"standard", "minmax", "none"}));
+  train->add_option("--percentile", ta.percentile, "threshold percentile of held-out errors (server default)");
   train->add_flag("--fine-tune", ta.fine_tune, "start from the active version's weights");
   train->add_option("--base-version", ta.base_version, "fine-tune from this version");
   train->add_flag("--no-activate", ta.no_activate, "keep the new version staged");

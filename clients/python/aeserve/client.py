@@ -88,16 +88,18 @@ class StreamStats:
     total_samples: int
 
 
+# The same spellings as aectl's (`mean-std`); `mean_std` is accepted too.
 _THRESHOLD_METHODS = {
     "percentile": model_pb2.THRESHOLD_PERCENTILE,
-    "mean_std": model_pb2.THRESHOLD_MEAN_STD,
-    "median_mad": model_pb2.THRESHOLD_MEDIAN_MAD,
+    "mean-std": model_pb2.THRESHOLD_MEAN_STD,
+    "median-mad": model_pb2.THRESHOLD_MEDIAN_MAD,
     "fpr": model_pb2.THRESHOLD_TARGET_FPR,
     "fixed": model_pb2.THRESHOLD_FIXED,
 }
 
 
 def _threshold(method: str, value: float) -> model_pb2.ThresholdConfig:
+    method = method.replace("_", "-")
     if method not in _THRESHOLD_METHODS:
         raise ValueError(f"threshold method must be one of {sorted(_THRESHOLD_METHODS)}")
     return model_pb2.ThresholdConfig(method=_THRESHOLD_METHODS[method], value=value)
@@ -354,7 +356,7 @@ class Client:
 
     def set_threshold(self, model: str, method: str, value: float, version: int = 0,
                       critical: Optional[tuple] = None, entity: str = "") -> admin_pb2.ModelInfoBrief:
-        """method: percentile, mean_std, median_mad, fpr or fixed; critical: (method, value)."""
+        """method: percentile, mean-std, median-mad, fpr or fixed (as in aectl; mean_std works too); critical: (method, value)."""
         req = admin_pb2.SetThresholdRequest(model=model, entity=entity, version=version,
                                             threshold=_threshold(method, value))
         if critical:
@@ -381,12 +383,14 @@ class Client:
     # Training -----------------------------------------------------------------------------
 
     def train(self, model: str, data, feature_names: Optional[Sequence[str]] = None,
-              kind: str = "plain", layers: Sequence[int] = (), code: int = 0, epochs: int = 50,
-              batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 0.0,
-              dropout: Optional[float] = None, validation_split: float = 0.1, patience: int = 0,
-              seed: int = 1, scaling: str = "standard", loss: str = "mse",
-              activation: str = "relu", noise_level: float = 0.0, l1_penalty: float = 0.0,
-              kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: float = 99.0,
+              kind: Optional[str] = None, layers: Sequence[int] = (), code: int = 0,
+              epochs: Optional[int] = None, batch_size: Optional[int] = None,
+              learning_rate: Optional[float] = None, weight_decay: Optional[float] = None,
+              dropout: Optional[float] = None, validation_split: Optional[float] = None,
+              patience: Optional[int] = None, seed: Optional[int] = None,
+              scaling: Optional[str] = None, loss: Optional[str] = None,
+              activation: Optional[str] = None, noise_level: float = 0.0, l1_penalty: float = 0.0,
+              kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: Optional[float] = None,
               neighbors: Optional[int] = None, reference_rows: int = 0,
               reconstruction_weight: Optional[float] = None, hold_out: Optional[str] = None,
               max_missing_fraction: Optional[float] = None,
@@ -398,9 +402,10 @@ class Client:
               wait: bool = True) -> admin_pb2.TrainingJob:
         """Uploads `data` (rows x features), trains a new version in the server, and (with wait)
         watches the job to its end, calling progress(job) on every update. Returns the final
-        TrainingJob; raises AeserveError if the job is refused or fails. `neighbors`,
-        `reference_rows`, `reconstruction_weight` and `dropout` left unset take the server's
-        defaults (neighbors=0: the score is the reconstruction error alone). `hold_out`: "random"
+        TrainingJob; raises AeserveError if the job is refused or fails. Every option left unset
+        (None, or no layers) takes the server's default (README, "Defaults": 50 epochs, batch 64,
+        Adam 1e-3, dropout 0.2, 10% held out, threshold at the 99th percentile; neighbors=0: the
+        score is the reconstruction error alone). `hold_out`: "random"
         (a seeded sample) or "last" (the last validation_split of the rows as given); unset = the
         server's default. A pandas
         DataFrame gives the feature names. NaN is a missing value (no gradient); rows missing more
@@ -421,12 +426,15 @@ class Client:
             fine_tune=fine_tune,
             no_activate=not activate,
             options=model_pb2.TrainingOptions(
-                epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                weight_decay=weight_decay, validation_split=validation_split,
-                patience=patience, seed=seed,
-                scaling=_enum(model_pb2.Scaling, "SCALING_", "scaling", scaling)),
-            threshold=_threshold("percentile", percentile))
-        if dropout is not None:  # unset = the server's default (0.2)
+                epochs=epochs or 0, batch_size=batch_size or 0, learning_rate=learning_rate or 0,
+                weight_decay=weight_decay or 0, patience=patience or 0, seed=seed or 0))
+        if scaling is not None:
+            header.options.scaling = _enum(model_pb2.Scaling, "SCALING_", "scaling", scaling)
+        if percentile is not None:
+            header.threshold.CopyFrom(_threshold("percentile", percentile))
+        if validation_split is not None:
+            header.options.validation_split = validation_split
+        if dropout is not None:
             header.options.dropout = dropout
         if hold_out is not None:  # unset = the server's default
             header.options.hold_out = _enum(model_pb2.HoldOut, "HOLD_OUT_", "hold_out", hold_out)
@@ -442,12 +450,15 @@ class Client:
             header.policy.gap_fill = _gap_fill(gap_fill)
         if not fine_tune:
             header.spec.CopyFrom(model_pb2.ModelSpec(
-                kind=_enum(model_pb2.ModelKind, "MODEL_KIND_", "kind", kind),
-                encoder_units=list(layers), code_size=code,
-                hidden_activation=_enum(model_pb2.Activation, "ACTIVATION_", "activation", activation),
-                loss=_enum(model_pb2.Loss, "LOSS_", "loss", loss), noise_level=noise_level,
+                encoder_units=list(layers), code_size=code, noise_level=noise_level,
                 l1_penalty=l1_penalty, kl_sparsity_weight=kl_sparsity_weight, beta=beta,
                 reference_rows=reference_rows))
+            if kind is not None:
+                header.spec.kind = _enum(model_pb2.ModelKind, "MODEL_KIND_", "kind", kind)
+            if activation is not None:
+                header.spec.hidden_activation = _enum(model_pb2.Activation, "ACTIVATION_", "activation", activation)
+            if loss is not None:
+                header.spec.loss = _enum(model_pb2.Loss, "LOSS_", "loss", loss)
             if neighbors is not None:
                 header.spec.neighbors = neighbors
             if reconstruction_weight is not None:

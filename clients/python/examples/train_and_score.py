@@ -54,13 +54,9 @@ def main():
     normal_train = train[y[train] == 0]
 
     client = Client(args.server)
-    d = x.shape[1]
-    width = int(min(256, max(8, 2 ** int(np.ceil(np.log2(d))))))
-    code = int(min(32, max(2, 2 ** int(np.floor(np.log2(max(d // 4, 1)))))))
-    print(f"training {args.model} on {len(normal_train)} normal rows x {d} features "
-          f"({d}-{width}-{max(width // 2, 2 * code)}-{code}-...)")
-    job = client.train(args.model, x[normal_train], feature_names=names,
-                       layers=(width, max(width // 2, 2 * code)), code=code, epochs=args.epochs,
+    print(f"training {args.model} on {len(normal_train)} normal rows x {x.shape[1]} features "
+          f"(the server's default architecture)")
+    job = client.train(args.model, x[normal_train], feature_names=names, epochs=args.epochs,
                        patience=10, seed=args.seed,
                        progress=lambda j: print(f"  epoch {j.epoch}/{j.epochs} train {j.train_loss:.4f} "
                                                 f"val {j.validation_loss:.4f}", end="\r"))
