@@ -133,9 +133,6 @@ void StreamReactor::OnDone() {
   {
     absl::MutexLock lock(&mu_);  // also orders this after the last Process task
     if (held_bytes_ > 0) Free(held_bytes_);
-    if (incidents_ != nullptr && !config_.stream_id().empty()) {
-      tracker_->incidents().Keep(IncidentKey(), std::move(incidents_));
-    }
   }
   delete this;
 }
@@ -199,6 +196,11 @@ void StreamReactor::Pump() {
     if (metrics_ != nullptr) {
       metrics_->RecordRequest("StreamScore", st.error_code(),
                               std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+    }
+    // A named stream leaves its alarm and open incident for a reconnect before the client learns
+    // that the stream ended (no Process task runs now), so an immediate reconnect finds them.
+    if (incidents_ != nullptr && !config_.stream_id().empty()) {
+      tracker_->incidents().Keep(IncidentKey(), std::move(incidents_));
     }
     Finish(st);
   }
