@@ -2,6 +2,8 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 ARGS ?=
+# Warnings are errors in the main (gcc) build; WERROR=OFF relaxes that.
+WERROR ?= ON
 CTEST_ARGS ?= -LE '^(soak|fuzz|bench_smoke)$$'
 
 .PHONY: deps configure build test run bench bench-smoke clean sanitize tsan fuzz soak
@@ -10,7 +12,7 @@ deps:
 	./deploy/install-deps.sh
 
 configure: deps
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DAESERVE_WERROR=$(WERROR)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)

@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   req.options.set_batch_size(256);
   req.options.set_validation_split(0);
   req.options.set_threads(threads);
-  auto trained = Train(req, TrainingData{train.normal, 100000, kFeatures, {}});
+  auto trained = Train(req, TrainingData{train.normal, 100000, kFeatures, {}, {}});
   if (!trained.ok()) {
     std::fprintf(stderr, "training failed: %s\n", trained.status().ToString().c_str());
     return 1;

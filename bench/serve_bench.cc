@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
   req.spec = engine::DefaultSpec(kFeatures);  // 38-64-32-8-32-64-38
   if (neighbors >= 0) req.spec.set_neighbors(static_cast<uint32_t>(neighbors));
   req.options.set_epochs(2);
-  auto file = engine::Train(req, engine::TrainingData{data.normal, 20000, kFeatures, {}});
+  auto file = engine::Train(req, engine::TrainingData{data.normal, 20000, kFeatures, {}, {}});
   if (!file.ok()) return 1;
   server::ModelStore store(dir);
   const server::ModelKey key{"bench", ""};

@@ -28,7 +28,7 @@ TrainRequest Request(v1::ModelKind kind) {
 }
 
 TrainingData Data(const std::vector<float>& v) {
-  return TrainingData{v, v.size() / kFeatures, kFeatures, {}};
+  return TrainingData{v, v.size() / kFeatures, kFeatures, {}, {}};
 }
 
 std::vector<float> Errors(const v1::ModelFile& f, const std::vector<float>& x) {

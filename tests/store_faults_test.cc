@@ -115,7 +115,9 @@ TEST(StoreFaults, EveryBadEntryMakesOnlyItsModelUnavailable) {
     fs::remove(active);
     if (name == "active-dir") fs::create_directory(active);
     if (name == "active-devzero") fs::create_symlink("/dev/zero", active);
-    if (name == "active-fifo") ASSERT_EQ(mkfifo(active.c_str(), 0644), 0);
+    if (name == "active-fifo") {
+      ASSERT_EQ(mkfifo(active.c_str(), 0644), 0);
+    }
     if (name == "active-1x") WriteText(active, "1x\n");
     if (name == "active-empty") WriteText(active, "");
     if (name == "active-minus") WriteText(active, "-1\n");

@@ -46,7 +46,7 @@ inline v1::ModelFile TrainModel(v1::ModelKind kind, uint64_t seed, const std::ve
   req.options.set_seed(seed);
   std::vector<std::string> names;
   for (uint32_t i = 0; i < kFeatures; ++i) names.push_back("m" + std::to_string(i));
-  auto f = engine::Train(req, engine::TrainingData{data.normal, 1500, kFeatures, names});
+  auto f = engine::Train(req, engine::TrainingData{data.normal, 1500, kFeatures, names, {}});
   if (!f.ok()) {
     ADD_FAILURE() << f.status();
     return {};

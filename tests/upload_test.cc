@@ -74,7 +74,9 @@ class Uploads : public ::testing::Test {
     EXPECT_TRUE(WaitFor([&] { return DataBytes() == 0; }, milliseconds(10000))) << DataBytes();
   }
   void TearDown() override {
-    if (server_) EXPECT_EQ(server_->Stop(), 0) << server_->process.log();
+    if (server_) {
+      EXPECT_EQ(server_->Stop(), 0) << server_->process.log();
+    }
   }
   TempDir dir_{"aeserve_uploads"};
   std::unique_ptr<RunningServer> server_;
