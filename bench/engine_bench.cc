@@ -68,11 +68,11 @@ class BareForward {
                      memory::format_tag::any);
       memory::desc bmd({l.shape.outputs}, memory::data_type::f32, memory::format_tag::a);
       dnnl::inner_product_forward::primitive_desc pd(
-          dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, s, w, bmd, d),
-          attr, eng_);
-      memory plain({{l.shape.outputs, l.shape.inputs}, memory::data_type::f32,
-                    memory::format_tag::ab},
-                   eng_, const_cast<float*>(l.weights.data()));
+          dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, s, w, bmd, d), attr,
+          eng_);
+      memory plain(
+          {{l.shape.outputs, l.shape.inputs}, memory::data_type::f32, memory::format_tag::ab}, eng_,
+          const_cast<float*>(l.weights.data()));
       memory wm(pd.weights_desc(), eng_);
       dnnl::reorder(plain, wm).execute(st_, plain, wm);
       memory bm(bmd, eng_, const_cast<float*>(l.bias.data()));
@@ -136,8 +136,10 @@ int main(int argc, char** argv) {
   int threads = 1;
   double seconds = 0.3;
   for (int i = 1; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
-    else if (std::strncmp(argv[i], "--seconds=", 10) == 0) seconds = std::atof(argv[i] + 10);
+    if (std::strncmp(argv[i], "--threads=", 10) == 0)
+      threads = std::atoi(argv[i] + 10);
+    else if (std::strncmp(argv[i], "--seconds=", 10) == 0)
+      seconds = std::atof(argv[i] + 10);
     else {
       std::fprintf(stderr, "usage: engine_bench [--threads=N] [--seconds=S]\n");
       return 2;
@@ -171,8 +173,9 @@ int main(int argc, char** argv) {
   auto nmodel = *Model::Create(nfile, ModelOptions{threads, 4096});
   auto nctx = nmodel->NewContext();
 
-  std::printf("aeserve engine benchmark: model 38-64-32-8-32-64-38 ReLU, fp32, %d oneDNN thread(s)\n",
-              threads);
+  std::printf(
+      "aeserve engine benchmark: model 38-64-32-8-32-64-38 ReLU, fp32, %d oneDNN thread(s)\n",
+      threads);
   std::printf("each figure: median of 3 interleaved runs of %.2f s\n\n", seconds);
   std::printf("%8s %16s %16s %8s %20s %8s\n", "batch", "bare oneDNN/s", "aeserve/s", "ratio",
               "aeserve default/s", "cost");

@@ -8,9 +8,9 @@
 // of the same model input size.
 // Model: 38-64-32-8-32-64-38 ReLU. Streams use one connection each.
 #include <algorithm>
-#include <cmath>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -19,10 +19,10 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "proto/echo.grpc.pb.h"
-#include "grpcpp/grpcpp.h"
 #include "dnnl_util.h"
+#include "grpcpp/grpcpp.h"
 #include "model_store.h"
+#include "proto/echo.grpc.pb.h"
 #include "server.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spec.h"
@@ -179,11 +179,12 @@ int main(int argc, char** argv) {
   bool series_only = false;  // --series-only: just the windowed-vs-plain table
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      std::printf("usage: serve_bench [--seconds=S] [--neighbors=N] [--series-only]\n"
-                  "  StreamScore throughput and unary latency of aeserve beside a bare gRPC echo\n"
-                  "  and the engine in-process (about 70 s with the default 1.5 s per figure);\n"
-                  "  --neighbors=0 benchmarks the autoencoder alone; --series-only runs only the\n"
-                  "  windowed-vs-plain streaming table.\n");
+      std::printf(
+          "usage: serve_bench [--seconds=S] [--neighbors=N] [--series-only]\n"
+          "  StreamScore throughput and unary latency of aeserve beside a bare gRPC echo\n"
+          "  and the engine in-process (about 70 s with the default 1.5 s per figure);\n"
+          "  --neighbors=0 benchmarks the autoencoder alone; --series-only runs only the\n"
+          "  windowed-vs-plain streaming table.\n");
       return 0;
     }
     if (std::strncmp(argv[i], "--seconds=", 10) == 0) {
@@ -227,7 +228,8 @@ int main(int argc, char** argv) {
   sreq.spec.mutable_window()->add_time_features(v1::TIME_FEATURE_HOUR_OF_DAY);
   if (neighbors >= 0) sreq.spec.set_neighbors(static_cast<uint32_t>(neighbors));
   sreq.options.set_epochs(2);
-  auto sfile = engine::Train(sreq, engine::TrainingData{series_values, 20000, kColumns, {}, series_ts});
+  auto sfile =
+      engine::Train(sreq, engine::TrainingData{series_values, 20000, kColumns, {}, series_ts});
   if (!sfile.ok()) {
     std::fprintf(stderr, "series model: %s\n", sfile.status().ToString().c_str());
     return 1;
@@ -260,8 +262,10 @@ int main(int argc, char** argv) {
   auto echo_server = builder.BuildAndStart();
 
   auto model = *engine::Model::Create(*file);
-  std::printf("aeserve serving benchmark: model 38-64-32-8-32-64-38, loopback, %u cores, %d scoring "
-              "workers, %.1f s per figure\n\n", std::thread::hardware_concurrency(), o.threads, seconds);
+  std::printf(
+      "aeserve serving benchmark: model 38-64-32-8-32-64-38, loopback, %u cores, %d scoring "
+      "workers, %.1f s per figure\n\n",
+      std::thread::hardware_concurrency(), o.threads, seconds);
   std::printf("StreamScore samples/s\n");
   std::printf("%6s %8s %14s %14s %14s %14s %9s %9s\n", "batch", "streams", "aeserve", "grpc echo",
               "engine 1 thr", "engine 2 thr", "vs echo", "vs eng 2");
@@ -299,10 +303,11 @@ int main(int argc, char** argv) {
   }
   (*quiet)->Shutdown();
 
-  std::printf("\nseries model (window %u x %u columns + hour = %u inputs), one row per step, vs the "
-              "same model as a plain one sent the windows it would build (rows of %u), StreamScore "
-              "rows/s (median of 3 interleaved runs; both send a timestamp per row)\n",
-              kWindow, kColumns, kFeatures, kFeatures);
+  std::printf(
+      "\nseries model (window %u x %u columns + hour = %u inputs), one row per step, vs the "
+      "same model as a plain one sent the windows it would build (rows of %u), StreamScore "
+      "rows/s (median of 3 interleaved runs; both send a timestamp per row)\n",
+      kWindow, kColumns, kFeatures, kFeatures);
   std::printf("%6s %8s %14s %14s %9s\n", "batch", "streams", "windowed", "plain", "ratio");
   // Both streams go on along the training series (wrapping around after it): the windowed one
   // sends its next rows, the plain one the windows the server would build from them.
@@ -311,7 +316,8 @@ int main(int argc, char** argv) {
     engine::WindowBuffer b(sfile->spec().window(), sfile->policy());
     all_windows.resize(series_ts.size() * kFeatures);
     for (size_t i = 0; i < series_ts.size(); ++i) {
-      (void)b.Push(series_values.data() + i * kColumns, series_ts[i], all_windows.data() + i * kFeatures);
+      (void)b.Push(series_values.data() + i * kColumns, series_ts[i],
+                   all_windows.data() + i * kFeatures);
     }
   }
   const size_t steps = series_ts.size();
@@ -330,7 +336,8 @@ int main(int argc, char** argv) {
         for (uint32_t i = 0; i < rows; ++i) {
           std::copy_n(source + step_of(seq, i) * width, width, v->mutable_data() + i * width);
           // Time goes on across wraps, one interval per step.
-          ts->Set(static_cast<int>(i), static_cast<int64_t>(seq * rows + i + kWindow - 1) * step_ms);
+          ts->Set(static_cast<int>(i),
+                  static_cast<int64_t>(seq * rows + i + kWindow - 1) * step_ms);
         }
       };
     };
@@ -342,10 +349,12 @@ int main(int argc, char** argv) {
     for (int streams : {1, 4}) {
       std::vector<double> w, p;
       for (int rep = 0; rep < 3; ++rep) {
-        w.push_back(aeserve::bench::StreamRate<v1::Scoring>(
-            "127.0.0.1:" + std::to_string(aeserve_port), "series", series, streams, seconds, windowed));
-        p.push_back(aeserve::bench::StreamRate<v1::Scoring>(
-            "127.0.0.1:" + std::to_string(aeserve_port), "windows", built, streams, seconds, plain));
+        w.push_back(
+            aeserve::bench::StreamRate<v1::Scoring>("127.0.0.1:" + std::to_string(aeserve_port),
+                                                    "series", series, streams, seconds, windowed));
+        p.push_back(
+            aeserve::bench::StreamRate<v1::Scoring>("127.0.0.1:" + std::to_string(aeserve_port),
+                                                    "windows", built, streams, seconds, plain));
       }
       std::sort(w.begin(), w.end());
       std::sort(p.begin(), p.end());

@@ -55,6 +55,7 @@ python3-pandas
 clang-14
 libclang-rt-14-dev
 libomp-14-dev
+clang-format-14
 "
 
 if [ "${1:-}" = "runtime" ]; then

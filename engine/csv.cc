@@ -4,8 +4,8 @@
 #include <cmath>
 #include <fstream>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "fast_float/fast_float.h"
@@ -59,7 +59,8 @@ bool ParseIso(absl::string_view s, int64_t* unix_ms) {
   if (p < s.size()) {
     if (s[p] != ' ' && s[p] != 'T') return false;
     ++p;
-    if (!Digits(s, &p, 2, &h) || !lit(':') || !Digits(s, &p, 2, &mi) || h > 23 || mi > 59) return false;
+    if (!Digits(s, &p, 2, &h) || !lit(':') || !Digits(s, &p, 2, &mi) || h > 23 || mi > 59)
+      return false;
     if (lit(':')) {
       if (!Digits(s, &p, 2, &sec) || sec > 60) return false;
       if (lit('.')) {
@@ -84,7 +85,8 @@ bool ParseIso(absl::string_view s, int64_t* unix_ms) {
     }
     if (p != s.size()) return false;
   }
-  const int64_t seconds = DaysFromCivil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+  const int64_t seconds =
+      DaysFromCivil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset_min * 60;
   *unix_ms = seconds * 1000 + static_cast<int64_t>(std::llround(frac * 1000));
   return true;
 }
@@ -92,8 +94,8 @@ bool ParseIso(absl::string_view s, int64_t* unix_ms) {
 // Reads one record (RFC 4180): fields separated by commas, a field in double quotes may hold
 // commas, line breaks and doubled quotes (""). Returns false at the end of the input; `*lines` is
 // the number of physical lines the record took. INVALID_ARGUMENT for a quote left open.
-absl::StatusOr<bool> ReadRecord(std::istream& in, size_t first_line, std::vector<std::string>* cells,
-                                size_t* lines) {
+absl::StatusOr<bool> ReadRecord(std::istream& in, size_t first_line,
+                                std::vector<std::string>* cells, size_t* lines) {
   cells->clear();
   std::string line;
   auto next = [&in, &line] {
@@ -104,7 +106,7 @@ absl::StatusOr<bool> ReadRecord(std::istream& in, size_t first_line, std::vector
   if (!next()) return false;
   *lines = 1;
   std::string cell;
-  bool quoted = false;   // inside a quoted field
+  bool quoted = false;  // inside a quoted field
   bool was_quoted = false;
   for (size_t i = 0;; ++i) {
     if (i == line.size()) {
@@ -248,8 +250,8 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       auto r = fast_float::from_chars(c.data(), c.data() + c.size(), *out);
       if (r.ec != std::errc() || r.ptr != c.data() + c.size() || !std::isfinite(*out)) {
         return absl::InvalidArgumentError(absl::StrCat("csv line ", record_line, ", column '",
-                                                       header[col], "': not a finite number: '",
-                                                       c, "'"));
+                                                       header[col], "': not a finite number: '", c,
+                                                       "'"));
       }
       return absl::OkStatus();
     };
@@ -287,7 +289,8 @@ absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   auto t = ReadCsv(in);
-  if (!t.ok()) return absl::Status(t.status().code(), absl::StrCat(path, ": ", t.status().message()));
+  if (!t.ok())
+    return absl::Status(t.status().code(), absl::StrCat(path, ": ", t.status().message()));
   return t;
 }
 

@@ -3,10 +3,9 @@
 
 #include <omp.h>
 
-#include "absl/strings/string_view.h"
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "aeserve/v1/model.pb.h"
 #include "oneapi/dnnl/dnnl.hpp"
 

@@ -44,12 +44,13 @@ absl::StatusOr<std::string> ReadRegularFile(const std::string& path, uint64_t ma
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return absl::FailedPreconditionError(absl::StrCat(path, " is ", KindOf(st.st_mode), ", not a file"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is ", KindOf(st.st_mode), ", not a file"));
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
     ::close(fd);
-    return absl::OutOfRangeError(absl::StrCat(path, " is ", st.st_size, " bytes, over the limit of ",
-                                              max_bytes));
+    return absl::OutOfRangeError(
+        absl::StrCat(path, " is ", st.st_size, " bytes, over the limit of ", max_bytes));
   }
   std::string out;
   out.resize(static_cast<size_t>(st.st_size));
@@ -115,7 +116,8 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view byte
   // The rename is durable only once the directory is.
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return Errno("cannot open directory", dir.string());
-  const bool synced = ::fsync(dfd) == 0 || errno == EINVAL;  // some filesystems cannot fsync a directory
+  const bool synced =
+      ::fsync(dfd) == 0 || errno == EINVAL;  // some filesystems cannot fsync a directory
   const int saved = errno;
   ::close(dfd);
   if (!synced) {

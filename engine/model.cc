@@ -11,9 +11,9 @@
 #include "dnnl_util.h"
 #include "scaler.h"
 #include "spec.h"
-#include "window.h"
 #include "status_macros.h"
 #include "threshold.h"
+#include "window.h"
 
 namespace aeserve::engine {
 
@@ -90,7 +90,8 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   if (IsSeries(spec)) {
     const v1::Window& w = spec.window();
     if (w.columns() == 0 || w.interval_ms() <= 0) {
-      return absl::InvalidArgumentError("model: a series model needs window.columns and interval_ms");
+      return absl::InvalidArgumentError(
+          "model: a series model needs window.columns and interval_ms");
     }
     if (file.series_columns_size() != 0 &&
         file.series_columns_size() != static_cast<int>(w.columns())) {
@@ -119,13 +120,14 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
     reference_rows = static_cast<uint32_t>(values / d);
     if (values % d != 0 || reference_rows < spec.neighbors() ||
         reference_rows > spec.reference_rows()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model: ", spec.neighbors(), " neighbours need between ", spec.neighbors(), " and ",
-          spec.reference_rows(), " reference rows of ", d, " values; the file holds ", values,
-          " values"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model: ", spec.neighbors(), " neighbours need between ", spec.neighbors(),
+                       " and ", spec.reference_rows(), " reference rows of ", d,
+                       " values; the file holds ", values, " values"));
     }
     for (float v : file.reference()) {
-      if (!std::isfinite(v)) return absl::InvalidArgumentError("model: reference values must be finite");
+      if (!std::isfinite(v))
+        return absl::InvalidArgumentError("model: reference values must be finite");
     }
     if (file.has_score_scale()) {
       const v1::ScoreScale& sc = file.score_scale();
@@ -150,7 +152,8 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
     m->scale_.push_back(sc.scale(i));
     m->inv_scale_.push_back(1.0f / sc.scale(i));
   }
-  m->calibration_.assign(m->file_.calibration_errors().begin(), m->file_.calibration_errors().end());
+  m->calibration_.assign(m->file_.calibration_errors().begin(),
+                         m->file_.calibration_errors().end());
   ScopedThreads threads(options.threads);
   AE_RETURN_IF_ERROR(CatchDnnl("building inference plans", [&] {
     m->Build(params);
@@ -224,11 +227,12 @@ void Model::Build(const Params& params) {
       plan.bias.emplace_back();
       plan.scratch_md.emplace_back();
       MakeDense(batch, L.inputs, L.outputs, L.activation, L.weights, L.bias, &plan.fwd.back(),
-           &plan.weights.back(), &plan.bias.back(), &plan.scratch_md.back());
+                &plan.weights.back(), &plan.bias.back(), &plan.scratch_md.back());
     }
     if (vae) {
-      MakeDense(batch, layers_[num_encoder_ - 1].inputs, c, v1::ACTIVATION_LINEAR, logvar_w, logvar_b,
-           &plan.logvar_fwd, &plan.logvar_weights, &plan.logvar_bias, &plan.logvar_scratch_md);
+      MakeDense(batch, layers_[num_encoder_ - 1].inputs, c, v1::ACTIVATION_LINEAR, logvar_w,
+                logvar_b, &plan.logvar_fwd, &plan.logvar_weights, &plan.logvar_bias,
+                &plan.logvar_scratch_md);
     }
     plans_.push_back(std::move(plan));
   }
@@ -327,8 +331,8 @@ absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows,
   const uint32_t d = num_features();
   if (x.empty()) return absl::InvalidArgumentError("empty batch: no values");
   if (x.size() % d != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("values count ", x.size(),
-                                                   " is not a multiple of the feature count ", d));
+    return absl::InvalidArgumentError(
+        absl::StrCat("values count ", x.size(), " is not a multiple of the feature count ", d));
   }
   *rows = x.size() / d;
   missing->clear();
@@ -340,9 +344,9 @@ absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows,
           absl::StrCat("infinite value at row ", r, ", feature ", FeatureName(i % d)));
     }
     if (max_missing_ == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "missing value (NaN) at row ", r, ", feature ", FeatureName(i % d),
-          ": this model's scoring policy allows none (max_missing_fraction 0)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("missing value (NaN) at row ", r, ", feature ", FeatureName(i % d),
+                       ": this model's scoring policy allows none (max_missing_fraction 0)"));
     }
     if (missing->empty()) missing->resize(*rows, 0);
     ++(*missing)[r];
@@ -360,10 +364,10 @@ std::string Model::FeatureName(size_t j) const {
 absl::Status Model::RefuseOverLimit(const std::vector<uint32_t>& missing) const {
   for (size_t r = 0; r < missing.size(); ++r) {
     if (missing[r] > max_missing_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "row ", r, " misses ", missing[r], " of ", num_features(),
-          " features, over this model's max_missing_fraction ",
-          file_.policy().max_missing_fraction()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("row ", r, " misses ", missing[r], " of ", num_features(),
+                       " features, over this model's max_missing_fraction ",
+                       file_.policy().max_missing_fraction()));
     }
   }
   return absl::OkStatus();
@@ -386,7 +390,8 @@ uint32_t Model::ChooseBucket(size_t remaining, size_t* take) const {
 }
 
 absl::Status Model::ForEachBucket(
-    size_t rows, absl::FunctionRef<absl::Status(size_t done, size_t take, uint32_t bucket)> fn) const {
+    size_t rows,
+    absl::FunctionRef<absl::Status(size_t done, size_t take, uint32_t bucket)> fn) const {
   for (size_t done = 0; done < rows;) {
     size_t take = 0;
     const uint32_t bucket = ChooseBucket(rows - done, &take);
@@ -396,8 +401,9 @@ absl::Status Model::ForEachBucket(
   return absl::OkStatus();
 }
 
-absl::Status Model::RunRows(ScoringContext& ctx, absl::Span<const float> x, size_t done, size_t take,
-                            uint32_t bucket, const uint32_t* missing, Pass pass, bool logvar) const {
+absl::Status Model::RunRows(ScoringContext& ctx, absl::Span<const float> x, size_t done,
+                            size_t take, uint32_t bucket, const uint32_t* missing, Pass pass,
+                            bool logvar) const {
   const float* xb = x.data() + done * num_features();
   ScaleInto(xb, take, bucket, ctx.in_.data());
   AE_RETURN_IF_ERROR(Run(ctx, bucket, pass, logvar));
@@ -602,16 +608,17 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
         // no attribution) would mean anything, so the batch is refused with the row named.
         const float* raw = x.data() + (done + r) * d;
         uint32_t worst = 0;
-        for (uint32_t j = 1; j < d; ++j) worst = std::fabs(raw[j]) > std::fabs(raw[worst]) ? j : worst;
+        for (uint32_t j = 1; j < d; ++j)
+          worst = std::fabs(raw[j]) > std::fabs(raw[worst]) ? j : worst;
         return absl::InvalidArgumentError(absl::StrCat(
             "row ", done + r, ": feature ", worst, " = ", raw[worst],
             " is too far outside this model's training range to score (its error overflows)"));
       }
       result->error[done + r] = err;
-      const float score =
-          scaled_ ? AnomalyScore(err, result->distance[done + r], spec().reconstruction_weight(),
-                                 file_.score_scale())
-                  : err;
+      const float score = scaled_
+                              ? AnomalyScore(err, result->distance[done + r],
+                                             spec().reconstruction_weight(), file_.score_scale())
+                              : err;
       result->score[done + r] = score;
       result->anomalous[done + r] = score > thr;
       result->p_value[done + r] = static_cast<float>(PValue(score, calibration_));
@@ -638,8 +645,8 @@ absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
   const uint32_t c = code_size();
   codes->resize(rows * c);
   return ForEachBucket(rows, [&](size_t done, size_t take, uint32_t bucket) -> absl::Status {
-    AE_RETURN_IF_ERROR(RunRows(ctx, x, done, take, bucket, missing.empty() ? nullptr : missing.data(),
-                               Pass::kEncode, false));
+    AE_RETURN_IF_ERROR(RunRows(ctx, x, done, take, bucket,
+                               missing.empty() ? nullptr : missing.data(), Pass::kEncode, false));
     std::copy_n(ctx.latent_.data(), take * c, codes->data() + done * c);
     return absl::OkStatus();
   });
@@ -655,8 +662,8 @@ absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
   const uint32_t d = num_features();
   out->resize(rows * d);
   return ForEachBucket(rows, [&](size_t done, size_t take, uint32_t bucket) -> absl::Status {
-    AE_RETURN_IF_ERROR(RunRows(ctx, x, done, take, bucket, missing.empty() ? nullptr : missing.data(),
-                               Pass::kFull, false));
+    AE_RETURN_IF_ERROR(RunRows(ctx, x, done, take, bucket,
+                               missing.empty() ? nullptr : missing.data(), Pass::kFull, false));
     Unscale(ctx, take, out->data() + done * d);
     return absl::OkStatus();
   });
@@ -674,7 +681,8 @@ absl::Status Model::Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
   std::normal_distribution<float> normal(0.f, 1.f);
   out->resize(size_t{n} * d);
   return ForEachBucket(n, [&](size_t done, size_t take, uint32_t bucket) -> absl::Status {
-    for (size_t i = 0; i < size_t{bucket} * c; ++i) ctx.latent_[i] = i < take * c ? normal(rng) : 0.f;
+    for (size_t i = 0; i < size_t{bucket} * c; ++i)
+      ctx.latent_[i] = i < take * c ? normal(rng) : 0.f;
     AE_RETURN_IF_ERROR(Run(ctx, bucket, Pass::kDecode, false));
     Unscale(ctx, take, out->data() + done * d);
     return absl::OkStatus();

@@ -113,8 +113,9 @@ class Model {
   std::string FeatureName(size_t j) const;  // quoted name, or the index without names
   uint32_t ChooseBucket(size_t remaining, size_t* take) const;
   // Runs `fn(done, take, bucket)` over consecutive slices of `rows` rows, each one bucket call.
-  absl::Status ForEachBucket(size_t rows,
-                             absl::FunctionRef<absl::Status(size_t done, size_t take, uint32_t bucket)> fn) const;
+  absl::Status ForEachBucket(
+      size_t rows,
+      absl::FunctionRef<absl::Status(size_t done, size_t take, uint32_t bucket)> fn) const;
   // Scales rows [done, done + take) of `x` into the bucket's input, runs `pass` and fills in
   // missing values (`missing`: counts per row of the whole batch, or null).
   absl::Status RunRows(ScoringContext& ctx, absl::Span<const float> x, size_t done, size_t take,
@@ -138,11 +139,11 @@ class Model {
   ModelOptions options_;
   dnnl::engine engine_;
   std::vector<float> offset_, inv_scale_, scale_;
-  std::vector<float> fill_;  // a missing value, scaled (ScaledFill)
+  std::vector<float> fill_;                     // a missing value, scaled (ScaledFill)
   uint32_t max_missing_ = 0, refinements_ = 0;  // from the file's ScoringPolicy
   std::vector<Layer> layers_;  // inference layers: encoder (code head last), decoder
   size_t num_encoder_ = 0;
-  std::vector<Plan> plans_;    // one per bucket: 1, 2, 4, ..., max_batch
+  std::vector<Plan> plans_;  // one per bucket: 1, 2, 4, ..., max_batch
   std::vector<float> calibration_;
   // Neighbours: the reference rows are the weights of one inner product per bucket of up to
   // kNeighbourBatch rows (bias -|r|^2 / 2, so |x - r|^2 = |x|^2 - 2 * output).
@@ -169,7 +170,7 @@ class ScoringContext {
   std::vector<float> in_, latent_, logvar_, ping_, pong_, out_, dots_;
   std::vector<uint8_t> scratch_;
   struct Args;
-  std::vector<std::unique_ptr<Args>> args_;  // per bucket, built on first use
+  std::vector<std::unique_ptr<Args>> args_;            // per bucket, built on first use
   std::vector<std::unique_ptr<Args>> neighbour_args_;  // per neighbour bucket
 };
 

@@ -70,7 +70,8 @@ absl::StatusOr<v1::ModelFile> LoadModelFile(const std::string& path) {
     return absl::DataLossError(absl::StrCat("model file: ", bytes.status().message()));
   }
   auto file = ParseModelFile(*bytes);
-  if (!file.ok()) return absl::Status(file.status().code(), absl::StrCat(path, ": ", file.status().message()));
+  if (!file.ok())
+    return absl::Status(file.status().code(), absl::StrCat(path, ": ", file.status().message()));
   return file;
 }
 

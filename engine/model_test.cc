@@ -53,12 +53,18 @@ v1::ModelFile MakeFile(v1::ModelKind kind, v1::Activation hidden, uint64_t seed 
 
 double Act(v1::Activation a, double x) {
   switch (a) {
-    case v1::ACTIVATION_RELU: return x > 0 ? x : 0;
-    case v1::ACTIVATION_LEAKY_RELU: return x > 0 ? x : 0.01 * x;
-    case v1::ACTIVATION_TANH: return std::tanh(x);
-    case v1::ACTIVATION_SIGMOID: return 1 / (1 + std::exp(-x));
-    case v1::ACTIVATION_ELU: return x > 0 ? x : std::exp(x) - 1;
-    default: return x;
+    case v1::ACTIVATION_RELU:
+      return x > 0 ? x : 0;
+    case v1::ACTIVATION_LEAKY_RELU:
+      return x > 0 ? x : 0.01 * x;
+    case v1::ACTIVATION_TANH:
+      return std::tanh(x);
+    case v1::ACTIVATION_SIGMOID:
+      return 1 / (1 + std::exp(-x));
+    case v1::ACTIVATION_ELU:
+      return x > 0 ? x : std::exp(x) - 1;
+    default:
+      return x;
   }
 }
 
@@ -69,7 +75,8 @@ std::vector<double> ReferenceErrors(const v1::ModelFile& f, const std::vector<fl
   std::vector<double> errors;
   for (size_t r = 0; r < x.size() / d; ++r) {
     std::vector<double> xs(d);
-    for (size_t j = 0; j < d; ++j) xs[j] = (x[r * d + j] - f.scaler().offset(j)) / f.scaler().scale(j);
+    for (size_t j = 0; j < d; ++j)
+      xs[j] = (x[r * d + j] - f.scaler().offset(j)) / f.scaler().scale(j);
     std::vector<double> h = xs;
     auto layer = [&](const v1::DenseLayer& l, size_t outputs) {
       std::vector<double> o(outputs);
@@ -219,8 +226,8 @@ TEST(Model, ManyThreadsShareOneModel) {
 class ModelFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("aeserve_model_test_" + std::to_string(getpid()));
+    dir_ =
+        std::filesystem::temp_directory_path() / ("aeserve_model_test_" + std::to_string(getpid()));
     std::filesystem::create_directories(dir_);
     path_ = (dir_ / "model.pb").string();
   }
@@ -266,7 +273,8 @@ TEST_F(ModelFileTest, CorruptedAndTruncatedFilesAreRejected) {
     bad[at] = static_cast<char>(bad[at] ^ (1 + trial % 255));
     EXPECT_EQ(ParseModelFile(bad).status().code(), absl::StatusCode::kDataLoss) << "byte " << at;
   }
-  for (size_t len : {size_t{0}, size_t{5}, size_t{23}, size_t{24}, bytes.size() / 2, bytes.size() - 1}) {
+  for (size_t len :
+       {size_t{0}, size_t{5}, size_t{23}, size_t{24}, bytes.size() / 2, bytes.size() - 1}) {
     EXPECT_EQ(ParseModelFile(bytes.substr(0, len)).status().code(), absl::StatusCode::kDataLoss)
         << "length " << len;
   }
@@ -373,7 +381,8 @@ TEST(Model, NeighbourDistanceMatchesBruteForceForEveryBatchSize) {
     for (size_t i = 0; i < rows; ++i) {
       std::vector<double> d;
       for (int k = 0; k < 50; ++k) {
-        d.push_back(std::hypot(x[2 * i] - f.reference(2 * k), x[2 * i + 1] - f.reference(2 * k + 1)));
+        d.push_back(
+            std::hypot(x[2 * i] - f.reference(2 * k), x[2 * i + 1] - f.reference(2 * k + 1)));
       }
       std::sort(d.begin(), d.end());
       ASSERT_NEAR(r.distance[i], (d[0] + d[1] + d[2]) / 3, 1e-3) << rows << " rows, row " << i;
@@ -438,7 +447,8 @@ TEST(Model, GapsAreFilledAndMeasuredOverTheObservedFeatures) {
       if (j == kGap) {
         EXPECT_EQ(got.feature_error[j], 0.f);
       } else {
-        EXPECT_NEAR(got.feature_error[j], want.feature_error[j], 1e-5 + 1e-6 * want.feature_error[j])
+        EXPECT_NEAR(got.feature_error[j], want.feature_error[j],
+                    1e-5 + 1e-6 * want.feature_error[j])
             << refinements << " " << j;
         observed += want.feature_error[j];
       }
@@ -467,8 +477,8 @@ TEST(Model, SamplesOverTheMissingLimitAreSkippedOrRefused) {
   EXPECT_EQ(model->file().policy().max_missing_fraction(), 0.5f);  // resolved default
   auto ctx = model->NewContext();
   std::vector<float> x = Rows(3, 9);
-  for (size_t j = 0; j < 4; ++j) x[j] = NAN;                 // row 0: 4 missing, scored
-  for (size_t j = 0; j < 5; ++j) x[kFeatures + j] = NAN;     // row 1: 5 missing, skipped
+  for (size_t j = 0; j < 4; ++j) x[j] = NAN;              // row 0: 4 missing, scored
+  for (size_t j = 0; j < 5; ++j) x[kFeatures + j] = NAN;  // row 1: 5 missing, skipped
   ScoreResult r;
   ASSERT_TRUE(model->Score(*ctx, x, {}, &r).ok());
   EXPECT_EQ(r.missing, (std::vector<uint32_t>{4, 5, 0}));
@@ -492,7 +502,8 @@ TEST(Model, SamplesOverTheMissingLimitAreSkippedOrRefused) {
   one[kFeatures + 0] = NAN;
   st = strict->Score(*sctx, one, {}, &r);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(st.message().find("missing value (NaN) at row 1, feature 'a'"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("missing value (NaN) at row 1, feature 'a'"), std::string::npos)
+      << st;
   f.mutable_policy()->set_max_missing_fraction(1);  // nothing observed would be allowed
   EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
 }

@@ -12,11 +12,13 @@ Params InitParams(const v1::ModelSpec& spec, std::mt19937_64& rng) {
   Params p;
   p.num_encoder = shapes.encoder.size();
   auto add = [&](const LayerShape& s) {
-    DenseParams d{s, std::vector<float>(size_t{s.outputs} * s.inputs), std::vector<float>(s.outputs)};
+    DenseParams d{s, std::vector<float>(size_t{s.outputs} * s.inputs),
+                  std::vector<float>(s.outputs)};
     const bool rectifier = s.activation == v1::ACTIVATION_RELU ||
                            s.activation == v1::ACTIVATION_LEAKY_RELU ||
                            s.activation == v1::ACTIVATION_ELU;
-    const double limit = rectifier ? std::sqrt(6.0 / s.inputs) : std::sqrt(6.0 / (s.inputs + s.outputs));
+    const double limit =
+        rectifier ? std::sqrt(6.0 / s.inputs) : std::sqrt(6.0 / (s.inputs + s.outputs));
     std::uniform_real_distribution<float> u(static_cast<float>(-limit), static_cast<float>(limit));
     for (float& w : d.weights) w = u(rng);
     p.layers.push_back(std::move(d));
@@ -61,7 +63,8 @@ absl::StatusOr<Params> FromModelFile(const v1::ModelFile& file) {
     for (float b : l.bias()) {
       if (!std::isfinite(b)) return absl::InvalidArgumentError("model: non-finite bias");
     }
-    p.layers.push_back({s, {l.weights().begin(), l.weights().end()}, {l.bias().begin(), l.bias().end()}});
+    p.layers.push_back(
+        {s, {l.weights().begin(), l.weights().end()}, {l.bias().begin(), l.bias().end()}});
     return absl::OkStatus();
   };
   for (size_t i = 0; i < shapes.encoder.size(); ++i) {

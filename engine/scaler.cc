@@ -9,8 +9,8 @@
 
 namespace aeserve::engine {
 
-absl::StatusOr<v1::Scaler> FitScaler(v1::Scaling method, absl::Span<const float> data,
-                                     size_t rows, size_t cols) {
+absl::StatusOr<v1::Scaler> FitScaler(v1::Scaling method, absl::Span<const float> data, size_t rows,
+                                     size_t cols) {
   if (rows == 0 || cols == 0 || data.size() != rows * cols) {
     return absl::InvalidArgumentError("scaler: data must be a non-empty rows x cols matrix");
   }

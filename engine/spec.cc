@@ -143,8 +143,8 @@ absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t nu
       return Invalid(absl::StrCat("reference_rows must be at most ", kMaxReferenceRows));
     }
     if (s.neighbors() > s.reference_rows()) {
-      return Invalid(absl::StrCat("neighbors (", s.neighbors(), ") must be at most reference_rows (",
-                                  s.reference_rows(), ")"));
+      return Invalid(absl::StrCat("neighbors (", s.neighbors(),
+                                  ") must be at most reference_rows (", s.reference_rows(), ")"));
     }
     if (!s.has_reconstruction_weight()) s.set_reconstruction_weight(kDefaultReconstructionWeight);
     if (!std::isfinite(s.reconstruction_weight()) || s.reconstruction_weight() < 0) {
@@ -218,7 +218,8 @@ absl::StatusOr<v1::ThresholdConfig> ResolveThresholdConfig(const v1::ThresholdCo
       break;
     case v1::THRESHOLD_TARGET_FPR:
       if (!(v >= 0 && v < 1)) {
-        return absl::InvalidArgumentError("threshold: target false-positive rate must be in [0, 1)");
+        return absl::InvalidArgumentError(
+            "threshold: target false-positive rate must be in [0, 1)");
       }
       break;
     case v1::THRESHOLD_FIXED:
@@ -267,7 +268,8 @@ absl::StatusOr<v1::ScoringPolicy> ResolvePolicy(const v1::ScoringPolicy& policy)
   if (!p.has_impute_refinements()) p.set_impute_refinements(kDefaultImputeRefinements);
   if (p.gap_fill() == v1::GAP_FILL_UNSPECIFIED) p.set_gap_fill(kDefaultGapFill);
   if (!v1::GapFill_IsValid(p.gap_fill())) {
-    return absl::InvalidArgumentError(absl::StrCat("scoring policy: unknown gap_fill ", p.gap_fill()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("scoring policy: unknown gap_fill ", p.gap_fill()));
   }
   const float f = p.max_missing_fraction();
   if (!(f >= 0 && f < 1)) {

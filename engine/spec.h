@@ -38,7 +38,8 @@ absl::StatusOr<v1::ThresholdConfig> ResolveThresholdConfig(const v1::ThresholdCo
 // Fills the policy's defaults and checks its ranges (max_missing_fraction in [0, 1),
 // impute_refinements <= kMaxImputeRefinements); INVALID_ARGUMENT naming the field.
 absl::StatusOr<v1::ScoringPolicy> ResolvePolicy(const v1::ScoringPolicy& policy);
-// The most features a sample of `num_features` may miss under a resolved policy and still be scored.
+// The most features a sample of `num_features` may miss under a resolved policy and still be
+// scored.
 uint32_t MaxMissingFeatures(const v1::ScoringPolicy& resolved, uint32_t num_features);
 // `update`'s set fields over `base` (unset ones keep base's value), resolved.
 absl::StatusOr<v1::ScoringPolicy> MergePolicy(const v1::ScoringPolicy& base,

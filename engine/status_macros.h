@@ -8,10 +8,10 @@
 #define AE_STATUS_CONCAT(a, b) AE_STATUS_CONCAT_INNER(a, b)
 
 // Returns from the calling function if `expr` yields a non-OK absl::Status.
-#define AE_RETURN_IF_ERROR(expr)                   \
-  do {                                             \
-    ::absl::Status ae_status_ = (expr);            \
-    if (!ae_status_.ok()) return ae_status_;       \
+#define AE_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status ae_status_ = (expr);      \
+    if (!ae_status_.ok()) return ae_status_; \
   } while (0)
 
 // `AE_ASSIGN_OR_RETURN(auto x, F())` assigns the value of an absl::StatusOr or returns its status.

@@ -32,7 +32,8 @@ inline SyntheticData MakeSynthetic(size_t normal_rows, size_t anomaly_rows, size
     for (size_t j = 0; j < features; ++j) {
       float s = 0;
       for (size_t k = 0; k < latent; ++k) s += a[j * latent + k] * z[k];
-      out[j] = offset[j] + scale[j] * (s / std::sqrt(static_cast<float>(latent)) + 0.05f * n01(rng));
+      out[j] =
+          offset[j] + scale[j] * (s / std::sqrt(static_cast<float>(latent)) + 0.05f * n01(rng));
     }
   };
   SyntheticData d;

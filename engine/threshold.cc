@@ -65,8 +65,8 @@ double PValue(float error, absl::Span<const float> sorted) {
 
 absl::Status CheckCriticalLevel(double critical_value, double threshold_value) {
   if (!(critical_value > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the critical level must be above 0 (got ", critical_value, "; 0 means no critical level)"));
+    return absl::InvalidArgumentError(absl::StrCat("the critical level must be above 0 (got ",
+                                                   critical_value, "; 0 means no critical level)"));
   }
   if (critical_value < threshold_value) {
     return absl::InvalidArgumentError(absl::StrCat("the critical level (", critical_value,
@@ -79,12 +79,14 @@ absl::Status CheckCriticalLevel(double critical_value, double threshold_value) {
 absl::Status SetThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
                            const v1::ThresholdConfig& critical, bool clear_critical) {
   if (clear_critical && critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED) {
-    return absl::InvalidArgumentError("clear_critical and a critical_threshold exclude each other: give one");
+    return absl::InvalidArgumentError(
+        "clear_critical and a critical_threshold exclude each other: give one");
   }
   const auto& calib = file.calibration_errors();
   const absl::Span<const float> errors(calib.data(), static_cast<size_t>(calib.size()));
   const bool set_threshold = threshold.method() != v1::THRESHOLD_METHOD_UNSPECIFIED;
-  const bool set_critical = !clear_critical && critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED;
+  const bool set_critical =
+      !clear_critical && critical.method() != v1::THRESHOLD_METHOD_UNSPECIFIED;
   double threshold_value = file.threshold_value(), critical_value = file.critical_threshold_value();
   if (set_threshold) {
     AE_ASSIGN_OR_RETURN(threshold_value, ComputeThreshold(threshold, errors));
@@ -110,7 +112,8 @@ absl::Status SetThresholds(v1::ModelFile& file, const v1::ThresholdConfig& thres
 }
 
 absl::Status EditThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
-                            const v1::ThresholdConfig& critical, bool clear_critical, int64_t unix_ms) {
+                            const v1::ThresholdConfig& critical, bool clear_critical,
+                            int64_t unix_ms) {
   v1::ThresholdChange change;
   change.set_unix_ms(unix_ms);
   *change.mutable_old_threshold() = file.threshold();
@@ -126,17 +129,21 @@ absl::Status EditThresholds(v1::ModelFile& file, const v1::ThresholdConfig& thre
   return absl::OkStatus();
 }
 
-absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical, const v1::ThresholdConfig& threshold) {
+absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical,
+                                 const v1::ThresholdConfig& threshold) {
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig c, ResolveThresholdConfig(critical));
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig t, ResolveThresholdConfig(threshold));
-  if (c.method() == v1::THRESHOLD_FIXED && !(c.value() > 0)) return CheckCriticalLevel(c.value(), 0);
+  if (c.method() == v1::THRESHOLD_FIXED && !(c.value() > 0))
+    return CheckCriticalLevel(c.value(), 0);
   if (c.method() != t.method()) return absl::OkStatus();
   // A lower false-positive rate is a higher level; every other method grows with its value.
-  const bool below = c.method() == v1::THRESHOLD_TARGET_FPR ? c.value() > t.value() : c.value() < t.value();
+  const bool below =
+      c.method() == v1::THRESHOLD_TARGET_FPR ? c.value() > t.value() : c.value() < t.value();
   if (below) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the critical level (", v1::ThresholdMethod_Name(c.method()), " ", c.value(),
-        ") would be below the anomaly level (", v1::ThresholdMethod_Name(t.method()), " ", t.value(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the critical level (", v1::ThresholdMethod_Name(c.method()), " ", c.value(),
+                     ") would be below the anomaly level (", v1::ThresholdMethod_Name(t.method()),
+                     " ", t.value(), ")"));
   }
   return absl::OkStatus();
 }

@@ -24,7 +24,8 @@ absl::Status CheckCriticalLevel(double critical_value, double threshold_value);
 // The same check before any calibration errors exist, for two configurations of one method
 // (e.g. percentile 99 for the critical level under percentile 99.5 for the anomaly level); OK
 // when the methods differ (the values are checked once computed).
-absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical, const v1::ThresholdConfig& threshold);
+absl::Status CheckCriticalConfig(const v1::ThresholdConfig& critical,
+                                 const v1::ThresholdConfig& threshold);
 
 // Sets a model's anomaly level to `threshold` and/or its critical level to `critical`, computed
 // from the file's calibration errors. A config without a method leaves that level as it is;
@@ -37,7 +38,8 @@ absl::Status SetThresholds(v1::ModelFile& file, const v1::ThresholdConfig& thres
 // SetThresholds, and the change (old and new levels, at `unix_ms`) appended to the file's
 // threshold history.
 absl::Status EditThresholds(v1::ModelFile& file, const v1::ThresholdConfig& threshold,
-                            const v1::ThresholdConfig& critical, bool clear_critical, int64_t unix_ms);
+                            const v1::ThresholdConfig& critical, bool clear_critical,
+                            int64_t unix_ms);
 
 // Conformal p-value of `error`: (1 + #{calibration errors >= error}) / (n + 1), in (0, 1].
 // Small means unusual. With no calibration errors it is 1.

@@ -102,7 +102,8 @@ TEST(SetThresholds, RecomputesEitherLevelFromCalibration) {
   EXPECT_DOUBLE_EQ(f.threshold_value(), 5.5);
   EXPECT_DOUBLE_EQ(f.critical_threshold_value(), 10);
   EXPECT_EQ(SetThresholds(f, {}, Config(v1::THRESHOLD_PERCENTILE, 100), true).code(),
-            absl::StatusCode::kInvalidArgument) << "clearing and setting the critical level at once";
+            absl::StatusCode::kInvalidArgument)
+      << "clearing and setting the critical level at once";
   EXPECT_DOUBLE_EQ(f.critical_threshold_value(), 10);
   ASSERT_TRUE(SetThresholds(f, {}, {}, true).ok());
   EXPECT_FALSE(f.has_critical_threshold());
@@ -130,8 +131,9 @@ TEST(SetThresholds, RefusesACriticalLevelBelowTheAnomalyLevelAndLeavesTheFile) {
 
 TEST(EditThresholds, RecordsOldAndNewLevelsOnlyWhenTheEditSucceeds) {
   v1::ModelFile f = CalibratedFile();
-  ASSERT_TRUE(EditThresholds(f, Config(v1::THRESHOLD_PERCENTILE, 50), Config(v1::THRESHOLD_FIXED, 7),
-                             false, 1234).ok());
+  ASSERT_TRUE(EditThresholds(f, Config(v1::THRESHOLD_PERCENTILE, 50),
+                             Config(v1::THRESHOLD_FIXED, 7), false, 1234)
+                  .ok());
   ASSERT_EQ(f.threshold_history_size(), 1);
   const v1::ThresholdChange& c = f.threshold_history(0);
   EXPECT_EQ(c.unix_ms(), 1234);
@@ -145,7 +147,7 @@ TEST(EditThresholds, RecordsOldAndNewLevelsOnlyWhenTheEditSucceeds) {
 }
 
 TEST(PValue, ConformalShareOfCalibrationAtLeastAsLarge) {
-  EXPECT_DOUBLE_EQ(PValue(10, kOneToTen), 2.0 / 11);   // 10 itself is at least as large
+  EXPECT_DOUBLE_EQ(PValue(10, kOneToTen), 2.0 / 11);    // 10 itself is at least as large
   EXPECT_DOUBLE_EQ(PValue(10.5, kOneToTen), 1.0 / 11);  // beyond everything seen
   EXPECT_DOUBLE_EQ(PValue(0, kOneToTen), 1.0);
   EXPECT_DOUBLE_EQ(PValue(5.5, kOneToTen), 6.0 / 11);

@@ -117,8 +117,8 @@ void TrainGraph::Build() {
                                           dst_md),
         attr, engine_);
     L.fwd = dnnl::inner_product_forward(fwd_pd);
-    L.fwd_args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b},
-                  {DNNL_ARG_DST, z}};
+    L.fwd_args = {
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, z}};
     use_scratch(&L.fwd_args, fwd_pd.scratchpad_desc());
 
     dnnl::inner_product_backward_weights::primitive_desc bw_pd(
@@ -329,7 +329,8 @@ void TrainGraph::CodePenaltyGrad(uint32_t rows) {
         const size_t j = size_t{i} * code_ + k;
         const double mu = h[k], lv = h[code_ + k], sd = std::exp(0.5 * lv);
         g[k] = static_cast<float>(dlatent_[j] + w * mu);
-        g[code_ + k] = static_cast<float>(dlatent_[j] * eps_[j] * 0.5 * sd + w * 0.5 * (sd * sd - 1));
+        g[code_ + k] =
+            static_cast<float>(dlatent_[j] * eps_[j] * 0.5 * sd + w * 0.5 * (sd * sd - 1));
       }
     }
     return;

@@ -82,11 +82,11 @@ class TrainGraph {
   dnnl::engine engine_;
   dnnl::stream stream_;
   std::vector<uint8_t> scratch_;
-  std::vector<float> target_, input_;   // clean and (possibly corrupted) inputs, batch x features
+  std::vector<float> target_, input_;  // clean and (possibly corrupted) inputs, batch x features
   std::vector<float> fill_;
-  bool gaps_ = false;                   // the current batch has missing values
-  std::vector<uint8_t> observed_;       // batch x features, when gaps_
-  std::vector<float> row_weight_;       // batch: features / observed features, when gaps_
+  bool gaps_ = false;                          // the current batch has missing values
+  std::vector<uint8_t> observed_;              // batch x features, when gaps_
+  std::vector<float> row_weight_;              // batch: features / observed features, when gaps_
   std::vector<float> latent_, dlatent_, eps_;  // variational sample z and its gradient
   std::vector<Layer> layers_;
 };

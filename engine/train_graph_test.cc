@@ -5,8 +5,8 @@
 #include <cmath>
 #include <random>
 
-#include "gtest/gtest.h"
 #include "dnnl_util.h"
+#include "gtest/gtest.h"
 #include "params.h"
 #include "spec.h"
 

@@ -95,7 +95,8 @@ absl::StatusOr<double> Evaluate(TrainGraph& g, const std::vector<float>& x, size
 
 // Mean and std of both parts of the score on the calibration rows; a std of 0 (all equal) is
 // replaced by a small fraction of the mean so that the score stays finite.
-v1::ScoreScale FitScoreScale(const std::vector<float>& errors, const std::vector<float>& distances) {
+v1::ScoreScale FitScoreScale(const std::vector<float>& errors,
+                             const std::vector<float>& distances) {
   auto fit = [](const std::vector<float>& v, double* mean, double* std) {
     double sum = 0, sq = 0;
     for (float x : v) sum += x;
@@ -132,7 +133,8 @@ struct UsableRows {
   std::vector<uint8_t> complete;  // per row of the data: no missing value (may be a reference row)
 };
 
-absl::StatusOr<UsableRows> FindUsableRows(const TrainingData& data, const v1::ScoringPolicy& policy) {
+absl::StatusOr<UsableRows> FindUsableRows(const TrainingData& data,
+                                          const v1::ScoringPolicy& policy) {
   const size_t d = data.cols;
   const size_t max_missing = MaxMissingFeatures(policy, static_cast<uint32_t>(d));
   UsableRows out;
@@ -147,9 +149,9 @@ absl::StatusOr<UsableRows> FindUsableRows(const TrainingData& data, const v1::Sc
             absl::StrCat("training data: infinite value at row ", r, ", feature ", j));
       }
       if (max_missing == 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "training data: missing value (NaN) at row ", r, ", feature ", j,
-            ", and the scoring policy allows none (max_missing_fraction 0)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("training data: missing value (NaN) at row ", r, ", feature ", j,
+                         ", and the scoring policy allows none (max_missing_fraction 0)"));
       }
       ++missing;
     }
@@ -157,9 +159,9 @@ absl::StatusOr<UsableRows> FindUsableRows(const TrainingData& data, const v1::Sc
     if (missing <= max_missing) out.usable.push_back(r);
   }
   if (out.usable.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "training data: every row misses more than max_missing_fraction ",
-        policy.max_missing_fraction(), " of its features"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("training data: every row misses more than max_missing_fraction ",
+                     policy.max_missing_fraction(), " of its features"));
   }
   return out;
 }
@@ -172,7 +174,8 @@ struct Split {
 // seed; at least one row trains.
 Split SplitRows(std::vector<size_t> order, const v1::TrainingOptions& opt, std::mt19937_64& rng) {
   const size_t n_rows = order.size();
-  size_t n_val = static_cast<size_t>(std::floor(opt.validation_split() * static_cast<double>(n_rows)));
+  size_t n_val =
+      static_cast<size_t>(std::floor(opt.validation_split() * static_cast<double>(n_rows)));
   if (n_rows - n_val < 1) n_val = n_rows - 1;
   if (opt.hold_out() == v1::HOLD_OUT_RANDOM) {
     std::shuffle(order.begin(), order.end(), rng);
@@ -188,15 +191,17 @@ Split SplitRows(std::vector<size_t> order, const v1::TrainingOptions& opt, std::
 std::vector<float> RawRows(const TrainingData& data, const std::vector<size_t>& rows) {
   const size_t d = data.cols;
   std::vector<float> out(rows.size() * d);
-  for (size_t i = 0; i < rows.size(); ++i) std::copy_n(data.values.data() + rows[i] * d, d, out.data() + i * d);
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::copy_n(data.values.data() + rows[i] * d, d, out.data() + i * d);
   return out;
 }
 
 // The starting weights and scaler: the base model's when fine-tuning (same spec), else fresh
 // weights and a scaler fitted on the training rows.
-absl::Status InitWeights(const TrainRequest& req, const v1::ModelSpec& spec, const v1::TrainingOptions& opt,
-                         const TrainingData& data, const std::vector<size_t>& train_rows,
-                         std::mt19937_64& rng, Params* params, v1::Scaler* scaler) {
+absl::Status InitWeights(const TrainRequest& req, const v1::ModelSpec& spec,
+                         const v1::TrainingOptions& opt, const TrainingData& data,
+                         const std::vector<size_t>& train_rows, std::mt19937_64& rng,
+                         Params* params, v1::Scaler* scaler) {
   if (req.start_from != nullptr) {
     AE_ASSIGN_OR_RETURN(v1::ModelSpec base, ResolveSpec(req.start_from->spec(), 0));
     if (base.SerializeAsString() != spec.SerializeAsString()) {
@@ -206,19 +211,19 @@ absl::Status InitWeights(const TrainRequest& req, const v1::ModelSpec& spec, con
     *scaler = req.start_from->scaler();
     return absl::OkStatus();
   }
-  AE_ASSIGN_OR_RETURN(*scaler, FitScaler(opt.scaling(), RawRows(data, train_rows), train_rows.size(), data.cols));
+  AE_ASSIGN_OR_RETURN(
+      *scaler, FitScaler(opt.scaling(), RawRows(data, train_rows), train_rows.size(), data.cols));
   *params = InitParams(spec, rng);
   return absl::OkStatus();
 }
 
 // Adam over shuffled mini-batches of the scaled training rows, early stopping on the validation
 // loss (the training loss when nothing is held out). Leaves the best epoch's weights in `params`.
-absl::StatusOr<v1::TrainingHistory> RunEpochs(const TrainRequest& req, const v1::ModelSpec& spec,
-                                              const v1::TrainingOptions& opt, const v1::Scaler& scaler,
-                                              const std::vector<float>& train_x,
-                                              const std::vector<float>& val_x, size_t d,
-                                              std::mt19937_64& rng, Params* params,
-                                              const ProgressCallback& progress, Clock::time_point started) {
+absl::StatusOr<v1::TrainingHistory> RunEpochs(
+    const TrainRequest& req, const v1::ModelSpec& spec, const v1::TrainingOptions& opt,
+    const v1::Scaler& scaler, const std::vector<float>& train_x, const std::vector<float>& val_x,
+    size_t d, std::mt19937_64& rng, Params* params, const ProgressCallback& progress,
+    Clock::time_point started) {
   const size_t train_rows = train_x.size() / d;
   ScopedThreads threads(static_cast<int>(opt.threads()));
   const uint32_t batch = static_cast<uint32_t>(std::min<size_t>(opt.batch_size(), train_rows));
@@ -278,9 +283,14 @@ absl::StatusOr<v1::TrainingHistory> RunEpochs(const TrainRequest& req, const v1:
       ++since_best;
     }
     if (progress) {
-      TrainingProgress p{epoch, opt.epochs(), train_loss, val_loss, rec->samples_per_second(),
+      TrainingProgress p{epoch,
+                         opt.epochs(),
+                         train_loss,
+                         val_loss,
+                         rec->samples_per_second(),
                          SecondsSince(started)};
-      if (!progress(p)) return absl::CancelledError(absl::StrCat("training cancelled after epoch ", epoch));
+      if (!progress(p))
+        return absl::CancelledError(absl::StrCat("training cancelled after epoch ", epoch));
     }
     if (opt.patience() > 0 && since_best >= opt.patience()) {
       history.set_early_stopped(true);
@@ -298,9 +308,10 @@ absl::StatusOr<v1::TrainingHistory> RunEpochs(const TrainRequest& req, const v1:
 // the same inference path that will serve the model: the reference rows for the neighbour
 // distance (drawn from the complete training rows; they never calibrate, as a row's distance to
 // itself is 0), the score scale, the sorted calibration scores and the threshold.
-absl::Status Calibrate(const TrainingData& data, const Split& split, const std::vector<uint8_t>& complete,
-                       const v1::TrainingOptions& opt, const v1::ThresholdConfig& thr_config,
-                       std::mt19937_64& rng, v1::ModelFile& file) {
+absl::Status Calibrate(const TrainingData& data, const Split& split,
+                       const std::vector<uint8_t>& complete, const v1::TrainingOptions& opt,
+                       const v1::ThresholdConfig& thr_config, std::mt19937_64& rng,
+                       v1::ModelFile& file) {
   std::vector<size_t> calib_rows = split.validation.empty() ? split.train : split.validation;
   if (file.spec().neighbors() > 0) {
     std::vector<size_t> reference;  // complete training rows only
@@ -309,13 +320,15 @@ absl::Status Calibrate(const TrainingData& data, const Split& split, const std::
     }
     std::shuffle(reference.begin(), reference.end(), rng);
     size_t keep = std::min<size_t>(reference.size(), file.spec().reference_rows());
-    if (split.validation.empty()) keep = std::min(keep, reference.size() / 2);  // the rest calibrates
+    if (split.validation.empty())
+      keep = std::min(keep, reference.size() / 2);  // the rest calibrates
     if (keep == 0) {
       file.mutable_spec()->set_neighbors(0);  // a single training row: no neighbours to keep
       file.mutable_spec()->clear_reference_rows();
       file.mutable_spec()->clear_reconstruction_weight();
     } else {
-      if (split.validation.empty()) calib_rows.assign(reference.begin() + static_cast<std::ptrdiff_t>(keep), reference.end());
+      if (split.validation.empty())
+        calib_rows.assign(reference.begin() + static_cast<std::ptrdiff_t>(keep), reference.end());
       reference.resize(keep);
       std::sort(reference.begin(), reference.end());
       file.mutable_spec()->set_neighbors(
@@ -325,7 +338,8 @@ absl::Status Calibrate(const TrainingData& data, const Split& split, const std::
       file.mutable_reference()->Add(scaled.begin(), scaled.end());
     }
   }
-  AE_ASSIGN_OR_RETURN(auto model, Model::Create(file, ModelOptions{static_cast<int>(opt.threads()), 4096}));
+  AE_ASSIGN_OR_RETURN(auto model,
+                      Model::Create(file, ModelOptions{static_cast<int>(opt.threads()), 4096}));
   auto ctx = model->NewContext();
   ScoreResult scores;
   AE_RETURN_IF_ERROR(model->Score(*ctx, RawRows(data, calib_rows), {}, &scores));
@@ -360,7 +374,8 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
   AE_ASSIGN_OR_RETURN(v1::TrainingOptions opt, ResolveTrainingOptions(req.options));
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig thr_config, ResolveThresholdConfig(req.threshold));
 
-  std::mt19937_64 rng(opt.seed());  // one stream of draws, in this order: split, init, epochs, calibration
+  std::mt19937_64 rng(
+      opt.seed());  // one stream of draws, in this order: split, init, epochs, calibration
   const Split split = SplitRows(rows.usable, opt, rng);
   Params params;
   v1::Scaler scaler;
@@ -377,7 +392,8 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
     }
   }
   AE_ASSIGN_OR_RETURN(v1::TrainingHistory history,
-                      RunEpochs(req, spec, opt, scaler, train_x, val_x, data.cols, rng, &params, progress, started));
+                      RunEpochs(req, spec, opt, scaler, train_x, val_x, data.cols, rng, &params,
+                                progress, started));
 
   v1::ModelFile file;
   file.set_format_version(kModelFormatVersion);
@@ -411,21 +427,23 @@ absl::StatusOr<v1::ModelFile> TrainSeries(const TrainRequest& req, const Trainin
   AE_RETURN_IF_ERROR(WindowForColumns(w, static_cast<uint32_t>(data.cols)));
   const uint64_t inputs = WindowInputs(*w, w->columns());
   if (data.timestamps_ms.size() != data.rows) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "training data: this model builds windows over time (window of ", std::max(w->length(), 1u),
-        " steps): every row needs a timestamp (", data.timestamps_ms.size(), " timestamps for ",
-        data.rows, " rows)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("training data: this model builds windows over time (window of ",
+                     std::max(w->length(), 1u), " steps): every row needs a timestamp (",
+                     data.timestamps_ms.size(), " timestamps for ", data.rows, " rows)"));
   }
   if (w->interval_ms() == 0) {  // fine-tuning keeps the base model's
     auto step = MedianStep(data.timestamps_ms);
-    if (!step.ok()) return absl::InvalidArgumentError(absl::StrCat("training data: ", step.status().message()));
+    if (!step.ok())
+      return absl::InvalidArgumentError(absl::StrCat("training data: ", step.status().message()));
     w->set_interval_ms(*step);
   }
   AE_ASSIGN_OR_RETURN(v1::ScoringPolicy policy, ResolvePolicy(req.policy));
   if (auto st = CheckSeriesValues(
           data.values, w->columns(), MaxMissingFeatures(policy, static_cast<uint32_t>(inputs)) > 0,
           [&](size_t j) {
-            return data.feature_names.empty() ? std::to_string(j) : "'" + data.feature_names[j] + "'";
+            return data.feature_names.empty() ? std::to_string(j)
+                                              : "'" + data.feature_names[j] + "'";
           });
       !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("training data: ", st.message()));

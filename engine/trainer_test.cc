@@ -77,32 +77,32 @@ TEST_P(TrainKinds, LossFallsAndAnomaliesRankAboveNormal) {
 
 INSTANTIATE_TEST_SUITE_P(
     AllKinds, TrainKinds,
-    ::testing::Values(
-        KindCase{"plain", v1::MODEL_KIND_PLAIN, nullptr},
-        KindCase{"denoising", v1::MODEL_KIND_DENOISING,
-                 [](TrainRequest& r) { r.spec.set_noise_level(0.1f); }},
-        KindCase{"denoising_masking", v1::MODEL_KIND_DENOISING,
-                 [](TrainRequest& r) { r.spec.set_noise(v1::NOISE_MASKING); }},
-        KindCase{"sparse_l1", v1::MODEL_KIND_SPARSE,
-                 [](TrainRequest& r) { r.spec.set_l1_penalty(1e-3f); }},
-        KindCase{"sparse_kl", v1::MODEL_KIND_SPARSE,
-                 [](TrainRequest& r) {
-                   r.spec.set_kl_sparsity_weight(1e-2f);
-                   r.spec.set_code_size(8);
-                 }},
-        KindCase{"variational", v1::MODEL_KIND_VARIATIONAL,
-                 [](TrainRequest& r) { r.spec.set_beta(0.01f); }},
-        KindCase{"dropout_weight_decay_tanh", v1::MODEL_KIND_PLAIN,
-                 [](TrainRequest& r) {
-                   r.options.set_dropout(0.1f);
-                   r.options.set_weight_decay(1e-4f);
-                   r.spec.set_hidden_activation(v1::ACTIVATION_TANH);
-                 }},
-        KindCase{"bce_minmax", v1::MODEL_KIND_PLAIN, [](TrainRequest& r) {
-                   r.spec.set_loss(v1::LOSS_BCE);
-                   r.options.set_scaling(v1::SCALING_MINMAX);
-                   r.options.set_learning_rate(1e-2f);
-                 }}),
+    ::testing::Values(KindCase{"plain", v1::MODEL_KIND_PLAIN, nullptr},
+                      KindCase{"denoising", v1::MODEL_KIND_DENOISING,
+                               [](TrainRequest& r) { r.spec.set_noise_level(0.1f); }},
+                      KindCase{"denoising_masking", v1::MODEL_KIND_DENOISING,
+                               [](TrainRequest& r) { r.spec.set_noise(v1::NOISE_MASKING); }},
+                      KindCase{"sparse_l1", v1::MODEL_KIND_SPARSE,
+                               [](TrainRequest& r) { r.spec.set_l1_penalty(1e-3f); }},
+                      KindCase{"sparse_kl", v1::MODEL_KIND_SPARSE,
+                               [](TrainRequest& r) {
+                                 r.spec.set_kl_sparsity_weight(1e-2f);
+                                 r.spec.set_code_size(8);
+                               }},
+                      KindCase{"variational", v1::MODEL_KIND_VARIATIONAL,
+                               [](TrainRequest& r) { r.spec.set_beta(0.01f); }},
+                      KindCase{"dropout_weight_decay_tanh", v1::MODEL_KIND_PLAIN,
+                               [](TrainRequest& r) {
+                                 r.options.set_dropout(0.1f);
+                                 r.options.set_weight_decay(1e-4f);
+                                 r.spec.set_hidden_activation(v1::ACTIVATION_TANH);
+                               }},
+                      KindCase{"bce_minmax", v1::MODEL_KIND_PLAIN,
+                               [](TrainRequest& r) {
+                                 r.spec.set_loss(v1::LOSS_BCE);
+                                 r.options.set_scaling(v1::SCALING_MINMAX);
+                                 r.options.set_learning_rate(1e-2f);
+                               }}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Trainer, SameSeedSameWeightsOtherSeedOtherWeights) {
@@ -120,7 +120,8 @@ TEST(Trainer, SameSeedSameWeightsOtherSeedOtherWeights) {
                          b->decoder(0).weights().begin()));
   EXPECT_EQ(a->calibration_errors_size(), b->calibration_errors_size());
   EXPECT_NE(a->encoder(0).weights().at(0), c->encoder(0).weights().at(0));
-  EXPECT_EQ(a->metadata().engine_version(), AESERVE_VERSION) << "the project version (CMakeLists.txt)";
+  EXPECT_EQ(a->metadata().engine_version(), AESERVE_VERSION)
+      << "the project version (CMakeLists.txt)";
   EXPECT_NE(std::string(AESERVE_VERSION), "");
 }
 
@@ -171,7 +172,8 @@ TEST(Trainer, FineTuningStartsFromTheBaseWeights) {
   req.start_from = &*base;
   auto tuned = Train(req, Data(data.normal));
   ASSERT_TRUE(scratch.ok() && tuned.ok()) << tuned.status();
-  EXPECT_LT(tuned->history().epochs(0).train_loss(), 0.5 * scratch->history().epochs(0).train_loss());
+  EXPECT_LT(tuned->history().epochs(0).train_loss(),
+            0.5 * scratch->history().epochs(0).train_loss());
   EXPECT_EQ(tuned->scaler().SerializeAsString(), base->scaler().SerializeAsString());
 }
 
@@ -203,7 +205,8 @@ TEST(Trainer, TrainsOnRowsWithGaps) {
   EXPECT_GT(Auc(Errors(*file, held), Errors(*file, data.anomalies)), 0.95);
   // Scoring with one feature missing in every row still ranks anomalies above normal rows.
   std::vector<float> held_gap = held, anomalies_gap = data.anomalies;
-  for (size_t r = 0; r < held_gap.size() / kFeatures; ++r) held_gap[r * kFeatures + r % kFeatures] = NAN;
+  for (size_t r = 0; r < held_gap.size() / kFeatures; ++r)
+    held_gap[r * kFeatures + r % kFeatures] = NAN;
   for (size_t r = 0; r < anomalies_gap.size() / kFeatures; ++r) {
     anomalies_gap[r * kFeatures + r % kFeatures] = NAN;
   }
@@ -226,7 +229,8 @@ TEST(Trainer, BadRequestsAreInvalidArgument) {
   bad_policy.policy.set_max_missing_fraction(1);
   EXPECT_EQ(Train(bad_policy, Data(data)).status().code(), absl::StatusCode::kInvalidArgument);
   for (size_t j = 0; j < kFeatures; ++j) {
-    for (size_t r = 0; r < 100; ++r) data[r * kFeatures + j] = j == 3 ? NAN : data[r * kFeatures + j];
+    for (size_t r = 0; r < 100; ++r)
+      data[r * kFeatures + j] = j == 3 ? NAN : data[r * kFeatures + j];
   }
   st = Train(req, Data(data)).status();  // a feature no row observes
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);

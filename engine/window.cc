@@ -31,15 +31,15 @@ uint32_t MaxGap(const v1::Window& w, const v1::ScoringPolicy& p) {
 WindowBuffer::ShortGap ShortGapOf(const v1::ScoringPolicy& p) {
   const v1::GapFill f = p.gap_fill() == v1::GAP_FILL_UNSPECIFIED ? kDefaultGapFill : p.gap_fill();
   if (f != v1::GAP_FILL_MISSING) return WindowBuffer::ShortGap::kJoin;
-  const float fraction = p.has_max_missing_fraction() ? p.max_missing_fraction()
-                                                      : kDefaultMaxMissingFraction;
+  const float fraction =
+      p.has_max_missing_fraction() ? p.max_missing_fraction() : kDefaultMaxMissingFraction;
   return fraction > 0 ? WindowBuffer::ShortGap::kMissing : WindowBuffer::ShortGap::kRestart;
 }
 
 absl::Status CheckRange(int64_t t, size_t row) {
   if (t < -kMaxAbsTimestampMs || t > kMaxAbsTimestampMs) {
-    return absl::InvalidArgumentError(absl::StrCat("row ", row, " has timestamp ", t,
-                                                   " ms, outside +-1e15 ms of 1970"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("row ", row, " has timestamp ", t, " ms, outside +-1e15 ms of 1970"));
   }
   return absl::OkStatus();
 }
@@ -70,7 +70,8 @@ absl::Status ResolveWindow(v1::Window* w) {
     return invalid("interval_ms ", w->interval_ms(), " is out of range");
   }
   if (w->columns() > kMaxWindowInputs) return invalid("columns ", w->columns(), " is over 65536");
-  if (const uint64_t inputs = WindowInputs(*w, w->columns()); w->columns() != 0 && inputs > kMaxWindowInputs) {
+  if (const uint64_t inputs = WindowInputs(*w, w->columns());
+      w->columns() != 0 && inputs > kMaxWindowInputs) {
     return invalid("of ", w->length(), " x ", w->columns(), " columns has ", inputs,
                    " inputs, over 65536");
   }
@@ -222,7 +223,8 @@ bool WindowBuffer::Push(const float* row, int64_t unix_ms, float* out) {
     const int64_t interval = std::max<int64_t>(interval_ms_, 1);
     const double steps = std::round(static_cast<double>(unix_ms - last_ms_) / interval);
     const double missed = std::max(steps - 1, 0.0);
-    if (missed > static_cast<double>(max_gap_) || (missed > 0 && short_gap_ == ShortGap::kRestart)) {
+    if (missed > static_cast<double>(max_gap_) ||
+        (missed > 0 && short_gap_ == ShortGap::kRestart)) {
       filled_ = 0;  // a long gap: the window starts again
     } else if (short_gap_ == ShortGap::kMissing) {
       for (uint64_t m = 0; m < std::min<uint64_t>(static_cast<uint64_t>(missed), length_); ++m) {
@@ -253,7 +255,8 @@ void WindowBuffer::Retarget(const v1::Window& w, const v1::ScoringPolicy& p) {
   interval_ms_ = w.interval_ms();
   hour_ = weekday_ = 0;
   for (int i = 0; i < w.time_features_size(); ++i) {
-    (w.time_features(i) == v1::TIME_FEATURE_HOUR_OF_DAY ? hour_ : weekday_) = static_cast<uint8_t>(i + 1);
+    (w.time_features(i) == v1::TIME_FEATURE_HOUR_OF_DAY ? hour_ : weekday_) =
+        static_cast<uint8_t>(i + 1);
   }
   inputs_ = static_cast<uint32_t>(WindowInputs(w, columns_));
   max_gap_ = MaxGap(w, p);
@@ -281,8 +284,8 @@ absl::StatusOr<std::vector<float>> TrainingWindows(const v1::Window& w,
   if (*samples == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "training data: the series of ", rows, " rows gives no full window of ",
-        std::max(w.length(), 1u), " steps", rows >= std::max(w.length(), 1u)
-            ? " (its gaps are longer than max_gap_steps)" : ""));
+        std::max(w.length(), 1u), " steps",
+        rows >= std::max(w.length(), 1u) ? " (its gaps are longer than max_gap_steps)" : ""));
   }
   return out;
 }

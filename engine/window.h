@@ -65,9 +65,9 @@ class WindowBuffer {
   // none goes backwards, within the batch or from the last step pushed (equal ones are consecutive
   // steps). Nothing changes on error.
   absl::Status CheckTimes(absl::Span<const int64_t> timestamps_ms, size_t rows) const;
-  // Adds one step (`columns` values, NaN = missing) at `unix_ms` (not before the last one). A gap of
-  // up to max_gap_steps missed steps is closed up (GAP_FILL_JOIN) or pushed as missing rows first
-  // (GAP_FILL_MISSING); a longer one empties the window. When the window is full, writes the
+  // Adds one step (`columns` values, NaN = missing) at `unix_ms` (not before the last one). A gap
+  // of up to max_gap_steps missed steps is closed up (GAP_FILL_JOIN) or pushed as missing rows
+  // first (GAP_FILL_MISSING); a longer one empties the window. When the window is full, writes the
   // sample (WindowInputs values) to `out` and returns true; false = warming up.
   bool Push(const float* row, int64_t unix_ms, float* out);
   // Whether the steps kept can go on into a model with this window and step columns (same length,

@@ -36,8 +36,8 @@ v1::ScoringPolicy Gaps(v1::GapFill fill, int max_gap_steps = -1) {
 }
 
 TEST(Window, TimeFeaturesByHand) {
-  const v1::Window w = MakeWindow(1, 1, 1000, {v1::TIME_FEATURE_HOUR_OF_DAY,
-                                               v1::TIME_FEATURE_DAY_OF_WEEK});
+  const v1::Window w =
+      MakeWindow(1, 1, 1000, {v1::TIME_FEATURE_HOUR_OF_DAY, v1::TIME_FEATURE_DAY_OF_WEEK});
   float f[4];
   // 1970-01-01 00:00 UTC, a Thursday: hour phase 0; week phase 3/7 (Monday 00:00 is 0).
   TimeFeatures(w, 0, f);
@@ -212,8 +212,8 @@ TEST(Window, SwapKeepsTheWindowOnlyForTheSameLayout) {
   for (const char* n : {"mem", "cpu"}) *mc.Add() = n;
   WindowBuffer b(MakeWindow(4, 2, 1000), {}, cm);
   EXPECT_TRUE(b.Fits(MakeWindow(4, 2, 1000), cm));
-  EXPECT_FALSE(b.Fits(MakeWindow(4, 2, 1000), mc));      // the columns in another order
-  EXPECT_FALSE(b.Fits(MakeWindow(4, 2, 60000), cm));     // another step
+  EXPECT_FALSE(b.Fits(MakeWindow(4, 2, 1000), mc));   // the columns in another order
+  EXPECT_FALSE(b.Fits(MakeWindow(4, 2, 60000), cm));  // another step
 }
 
 TEST(Window, MissingFillRestartsWhenThePolicyAllowsNoMissingValue) {

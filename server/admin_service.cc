@@ -22,7 +22,8 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       Finish(denied);
       return;
     }
-    auto first = jobs_->Watch(id, [this](const v1::TrainingJob& s) { Update(s); }, &token_);
+    auto first = jobs_->Watch(
+        id, [this](const v1::TrainingJob& s) { Update(s); }, &token_);
     absl::MutexLock lock(&mu_);
     if (!first.ok()) {
       finished_ = true;
@@ -100,7 +101,8 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 }  // namespace
 
 template <typename Call, typename Fn>
-grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* ctx, Call* call, Fn fn) {
+grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* ctx, Call* call,
+                                                  Fn fn) {
   if (!call->parsed()) return call;
   if (grpc::Status st = auth_->Check(ctx, Role::kAdmin); !st.ok()) {
     call->Reply(st);
@@ -114,13 +116,13 @@ grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* c
   return call;
 }
 
-grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::CreateTrainingJob(grpc::CallbackServerContext* ctx,
-                                                                          Raw* out) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::CreateTrainingJob(
+    grpc::CallbackServerContext* ctx, Raw* out) {
   return uploads_->Start(ctx, out, auth_->Check(ctx, Role::kAdmin));
 }
 
-grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(grpc::CallbackServerContext* ctx,
-                                                                          const Raw* body) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(
+    grpc::CallbackServerContext* ctx, const Raw* body) {
   v1::GetTrainingJobRequest req;
   grpc::Status st = ParseRequest(*body, &req);
   if (st.ok()) st = auth_->Check(ctx, Role::kAdmin);
@@ -128,8 +130,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(grpc:
 }
 
 template <typename Fn>
-grpc::ServerUnaryReactor* AdminService::JobCall(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out,
-                                                Fn fn) {
+grpc::ServerUnaryReactor* AdminService::JobCall(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                Raw* out, Fn fn) {
   auto* call = new UnaryCall<v1::GetTrainingJobRequest, v1::TrainingJob>(body, out);
   if (!call->parsed()) return call;
   grpc::Status st = auth_->Check(ctx, Role::kAdmin);
@@ -142,96 +144,102 @@ grpc::ServerUnaryReactor* AdminService::JobCall(grpc::CallbackServerContext* ctx
   return call;
 }
 
-grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                       Raw* out) {
+grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx,
+                                                       const Raw* body, Raw* out) {
   return JobCall(ctx, body, out, [this](const std::string& id) { return jobs_->Get(id); });
 }
 
-grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                         Raw* out) {
+grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerContext* ctx,
+                                                         const Raw* body, Raw* out) {
   auto* call = new UnaryCall<v1::ListTrainingJobsRequest, v1::ListTrainingJobsResponse>(body, out);
   if (!call->parsed()) return call;
   grpc::Status st = auth_->Check(ctx, Role::kAdmin);
   if (st.ok()) {
-    for (auto& j : jobs_->List(call->request().model())) *call->response()->add_jobs() = std::move(j);
+    for (auto& j : jobs_->List(call->request().model()))
+      *call->response()->add_jobs() = std::move(j);
   }
   call->Reply(st);
   return call;
 }
 
-grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                          Raw* out) {
+grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerContext* ctx,
+                                                          const Raw* body, Raw* out) {
   return JobCall(ctx, body, out, [this](const std::string& id) { return jobs_->Cancel(id); });
 }
 
-grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                        Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::ActivateVersionRequest, v1::ModelInfoBrief>(body, out),
-                   [this](const v1::ActivateVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
-                     *resp = view_.Brief(*key, req.version());
-                     return absl::OkStatus();
-                   });
+grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx,
+                                                        const Raw* body, Raw* out) {
+  return Lifecycle(
+      ctx, new UnaryCall<v1::ActivateVersionRequest, v1::ModelInfoBrief>(body, out),
+      [this](const v1::ActivateVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
+        *resp = view_.Brief(*key, req.version());
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                      Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::DeleteVersionRequest, v1::ModelInfoBrief>(body, out),
-                   [this](const v1::DeleteVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     if (auto st = registry_->DeleteVersion(*key, req.version(), req.force()); !st.ok()) {
-                       return st;
-                     }
-                     *resp = view_.Brief(*key, 0);
-                     return absl::OkStatus();
-                   });
+grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContext* ctx,
+                                                      const Raw* body, Raw* out) {
+  return Lifecycle(
+      ctx, new UnaryCall<v1::DeleteVersionRequest, v1::ModelInfoBrief>(body, out),
+      [this](const v1::DeleteVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        if (auto st = registry_->DeleteVersion(*key, req.version(), req.force()); !st.ok()) {
+          return st;
+        }
+        *resp = view_.Brief(*key, 0);
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                    Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::DeleteModelRequest, v1::DeleteModelResponse>(body, out),
-                   [this](const v1::DeleteModelRequest& req, v1::DeleteModelResponse*) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     return registry_->DeleteModel(*key, req.force());
-                   });
+grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx,
+                                                    const Raw* body, Raw* out) {
+  return Lifecycle(
+      ctx, new UnaryCall<v1::DeleteModelRequest, v1::DeleteModelResponse>(body, out),
+      [this](const v1::DeleteModelRequest& req, v1::DeleteModelResponse*) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        return registry_->DeleteModel(*key, req.force());
+      });
 }
 
-grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                     Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::SetThresholdRequest, v1::ModelInfoBrief>(body, out),
-                   [this](const v1::SetThresholdRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     auto edit = [&](v1::ModelFile& file) {
-                       return engine::EditThresholds(file, req.threshold(), req.critical_threshold(),
-                                                     req.clear_critical(), absl::ToUnixMillis(absl::Now()));
-                     };
-                     if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
-                     *resp = view_.Brief(*key, req.version());
-                     return absl::OkStatus();
-                   });
+grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx,
+                                                     const Raw* body, Raw* out) {
+  return Lifecycle(
+      ctx, new UnaryCall<v1::SetThresholdRequest, v1::ModelInfoBrief>(body, out),
+      [this](const v1::SetThresholdRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        auto edit = [&](v1::ModelFile& file) {
+          return engine::EditThresholds(file, req.threshold(), req.critical_threshold(),
+                                        req.clear_critical(), absl::ToUnixMillis(absl::Now()));
+        };
+        if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
+        *resp = view_.Brief(*key, req.version());
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* AdminService::SetScoringPolicy(grpc::CallbackServerContext* ctx,
                                                          const Raw* body, Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>(body, out),
-                   [this](const v1::SetScoringPolicyRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     auto edit = [&](v1::ModelFile& file) -> absl::Status {
-                       auto policy = engine::MergePolicy(file.policy(), req.policy());
-                       if (!policy.ok()) return policy.status();
-                       *file.mutable_policy() = *policy;
-                       return absl::OkStatus();
-                     };
-                     if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
-                     *resp = view_.Brief(*key, req.version());
-                     return absl::OkStatus();
-                   });
+  return Lifecycle(
+      ctx, new UnaryCall<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>(body, out),
+      [this](const v1::SetScoringPolicyRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        auto edit = [&](v1::ModelFile& file) -> absl::Status {
+          auto policy = engine::MergePolicy(file.policy(), req.policy());
+          if (!policy.ok()) return policy.status();
+          *file.mutable_policy() = *policy;
+          return absl::OkStatus();
+        };
+        if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
+        *resp = view_.Brief(*key, req.version());
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace aeserve::server

@@ -16,31 +16,50 @@ namespace aeserve::server {
 
 // Every method raw (see raw_call.h): the service parses its requests itself.
 using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
-    v1::ModelAdmin::WithRawCallbackMethod_WatchTrainingJob<v1::ModelAdmin::WithRawCallbackMethod_GetTrainingJob<
-        v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs<v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob<
-            v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion<v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion<
-                v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
-                    v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
-                        v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<v1::ModelAdmin::Service>>>>>>>>>>;
+    v1::ModelAdmin::WithRawCallbackMethod_WatchTrainingJob<
+        v1::ModelAdmin::WithRawCallbackMethod_GetTrainingJob<
+            v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs<
+                v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob<
+                    v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion<
+                        v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion<
+                            v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
+                                v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
+                                    v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<
+                                        v1::ModelAdmin::Service>>>>>>>>>>;
 
 class AdminService final : public RawAdminService {
  public:
-  AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs, Uploads* uploads,
-               Executor* admin_executor, const Authorizer* auth)
-      : options_(options), registry_(registry), view_(*registry, options.drift_threshold), jobs_(jobs),
-        uploads_(uploads), executor_(admin_executor), auth_(auth) {}
+  AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
+               Uploads* uploads, Executor* admin_executor, const Authorizer* auth)
+      : options_(options),
+        registry_(registry),
+        view_(*registry, options.drift_threshold),
+        jobs_(jobs),
+        uploads_(uploads),
+        executor_(admin_executor),
+        auth_(auth) {}
 
   using Raw = grpc::ByteBuffer;
-  grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx, Raw* job) override;
-  grpc::ServerWriteReactor<Raw>* WatchTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req) override;
-  grpc::ServerUnaryReactor* GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* ListTrainingJobs(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* CancelTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* ActivateVersion(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* DeleteVersion(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* SetThreshold(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* SetScoringPolicy(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx,
+                                                  Raw* job) override;
+  grpc::ServerWriteReactor<Raw>* WatchTrainingJob(grpc::CallbackServerContext* ctx,
+                                                  const Raw* req) override;
+  grpc::ServerUnaryReactor* GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req,
+                                           Raw* resp) override;
+  grpc::ServerUnaryReactor* ListTrainingJobs(grpc::CallbackServerContext* ctx, const Raw* req,
+                                             Raw* resp) override;
+  grpc::ServerUnaryReactor* CancelTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req,
+                                              Raw* resp) override;
+  grpc::ServerUnaryReactor* ActivateVersion(grpc::CallbackServerContext* ctx, const Raw* req,
+                                            Raw* resp) override;
+  grpc::ServerUnaryReactor* DeleteVersion(grpc::CallbackServerContext* ctx, const Raw* req,
+                                          Raw* resp) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const Raw* req,
+                                        Raw* resp) override;
+  grpc::ServerUnaryReactor* SetThreshold(grpc::CallbackServerContext* ctx, const Raw* req,
+                                         Raw* resp) override;
+  grpc::ServerUnaryReactor* SetScoringPolicy(grpc::CallbackServerContext* ctx, const Raw* req,
+                                             Raw* resp) override;
 
  private:
   // Authorises, then runs `fn(request, response)` (which returns absl::Status) on the admin
@@ -49,7 +68,8 @@ class AdminService final : public RawAdminService {
   grpc::ServerUnaryReactor* Lifecycle(grpc::CallbackServerContext* ctx, Call* call, Fn fn);
   // Get and Cancel: authorises, then answers with `fn(job id)` (a StatusOr<TrainingJob>).
   template <typename Fn>
-  grpc::ServerUnaryReactor* JobCall(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out, Fn fn);
+  grpc::ServerUnaryReactor* JobCall(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out,
+                                    Fn fn);
 
   const Options& options_;
   ModelRegistry* registry_;

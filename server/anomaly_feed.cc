@@ -11,8 +11,11 @@ namespace aeserve::server {
 
 AnomalyWatcher::AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req,
                                size_t buffer, grpc::Status denied)
-    : feed_(feed), model_(req.model()), min_severity_(req.min_severity()),
-      incidents_(req.incidents()), buffer_(buffer) {
+    : feed_(feed),
+      model_(req.model()),
+      min_severity_(req.min_severity()),
+      incidents_(req.incidents()),
+      buffer_(buffer) {
   if (denied.ok()) {
     subscribed_ = feed_->Subscribe(this);
     if (!subscribed_) {
@@ -139,12 +142,13 @@ void AnomalyFeed::Publish(FlaggedRows rows) {
   if (dropped > 0) CountDropped(dropped);
 }
 
-void AnomalyFeed::PublishIncidents(const ModelHandle& handle,
-                                   const google::protobuf::RepeatedPtrField<v1::Incident>& incidents) {
+void AnomalyFeed::PublishIncidents(
+    const ModelHandle& handle, const google::protobuf::RepeatedPtrField<v1::Incident>& incidents) {
   FlaggedRows f;
   f.handle = handle;
   f.server_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count();
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
   f.incidents.assign(incidents.begin(), incidents.end());
   if (!f.incidents.empty()) f.stream_id = f.incidents.front().stream_id();
   Publish(std::move(f));
@@ -171,7 +175,8 @@ std::shared_ptr<const EventBatch> AnomalyFeed::BuildEvents(const FlaggedRows& f)
   const engine::Model& model = *f.handle.model;
   const uint32_t d = model.num_features();
   const size_t n = f.errors.size();
-  if (f.feature_errors.size() != n * d) return nullptr;  // scoring always computes them for the feed
+  if (f.feature_errors.size() != n * d)
+    return nullptr;  // scoring always computes them for the feed
   const float* fe_all = f.feature_errors.data();
   const double critical = model.file().critical_threshold_value();
   const bool named = model.file().feature_names_size() == static_cast<int>(d);
@@ -197,8 +202,9 @@ std::shared_ptr<const EventBatch> AnomalyFeed::BuildEvents(const FlaggedRows& f)
     e.set_server_time_ms(f.server_time_ms);
     const float* fe = fe_all + i * d;
     std::iota(idx.begin(), idx.end(), 0u);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                      [fe](uint32_t a, uint32_t b) { return fe[a] > fe[b] || (fe[a] == fe[b] && a < b); });
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [fe](uint32_t a, uint32_t b) {
+      return fe[a] > fe[b] || (fe[a] == fe[b] && a < b);
+    });
     for (uint32_t j = 0; j < k; ++j) {
       e.add_top_features(idx[j]);
       e.add_top_feature_errors(fe[idx[j]]);
@@ -215,7 +221,9 @@ void AnomalyFeed::FanOut() {
     FlaggedRows rows;
     {
       absl::MutexLock lock(&queue_mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) { return stopping_ || !queue_.empty(); };
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+        return stopping_ || !queue_.empty();
+      };
       queue_mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
       rows = std::move(queue_.front());

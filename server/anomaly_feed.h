@@ -19,8 +19,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
-#include "grpcpp/support/slice.h"
 #include "executor.h"
+#include "grpcpp/support/slice.h"
 #include "model_registry.h"
 #include "server_metrics.h"
 
@@ -37,8 +37,8 @@ struct FlaggedRows {
   std::vector<float> values;          // the flagged rows, row-major
   std::vector<float> feature_errors;  // their per-feature errors (scaled units)
   std::vector<float> errors, scores, p_values;
-  std::vector<std::string> ids;       // empty when the batch had none
-  std::vector<int64_t> timestamps_ms; // empty when the batch had none
+  std::vector<std::string> ids;         // empty when the batch had none
+  std::vector<int64_t> timestamps_ms;   // empty when the batch had none
   std::vector<v1::Incident> incidents;  // incident changes (then the rows above are empty)
 };
 
@@ -79,7 +79,7 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   bool subscribed_ = false;
   absl::Mutex mu_;
   std::deque<Waiting> queue_ ABSL_GUARDED_BY(mu_);
-  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;   // events in queue_
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;     // events in queue_
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;  // dropped since the last event sent
   grpc::ByteBuffer sending_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

@@ -12,7 +12,8 @@ namespace aeserve::server {
 absl::StatusOr<Authorizer> Authorizer::FromFile(const std::string& path) {
   auto text = engine::ReadRegularFile(path, 16 << 20);
   if (!text.ok()) {
-    return absl::Status(text.status().code(), absl::StrCat("auth tokens file: ", text.status().message()));
+    return absl::Status(text.status().code(),
+                        absl::StrCat("auth tokens file: ", text.status().message()));
   }
   std::istringstream in(*text);
   Authorizer a;
@@ -40,12 +41,14 @@ grpc::Status Authorizer::Check(const grpc::CallbackServerContext* ctx, Role need
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing 'authorization: Bearer <token>'");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing 'authorization: Bearer <token>'");
   }
   std::string value(it->second.data(), it->second.size());
   constexpr absl::string_view kBearer = "Bearer ";
   if (value.rfind(std::string(kBearer), 0) != 0) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization must be 'Bearer <token>'");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "authorization must be 'Bearer <token>'");
   }
   auto t = tokens_.find(value.substr(kBearer.size()));
   if (t == tokens_.end()) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");

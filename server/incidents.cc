@@ -92,7 +92,8 @@ void IncidentTracker::Feed(const IncidentSource& src, v1::ScoreResponse* r) {
   }
 }
 
-std::unique_ptr<IncidentTracker> IncidentBook::Take(const std::string& key, uint32_t k, uint32_t n) {
+std::unique_ptr<IncidentTracker> IncidentBook::Take(const std::string& key, uint32_t k,
+                                                    uint32_t n) {
   {
     absl::MutexLock lock(&mu_);
     auto it = kept_.find(key);

@@ -21,10 +21,12 @@ const aeserve::server::Options& Defaults() {
 }
 }  // namespace
 
-ABSL_FLAG(std::string, host, Defaults().host, "Address to listen on for gRPC (127.0.0.1 for local only).");
+ABSL_FLAG(std::string, host, Defaults().host,
+          "Address to listen on for gRPC (127.0.0.1 for local only).");
 ABSL_FLAG(int, port, Defaults().port, "gRPC port; 0 picks a free port (printed at start).");
 ABSL_FLAG(int, metrics_port, Defaults().metrics_port,
-          "Port of the Prometheus /metrics endpoint (same host as gRPC); 0 = metrics off, -1 = any free port.");
+          "Port of the Prometheus /metrics endpoint (same host as gRPC); 0 = metrics off, -1 = any "
+          "free port.");
 ABSL_FLAG(std::string, metrics_host, Defaults().metrics_host,
           "Address of the /metrics endpoint; empty = the same as --host. 127.0.0.1 keeps it on the "
           "machine (e.g. behind a TLS/auth proxy or a sidecar).");
@@ -42,29 +44,39 @@ ABSL_FLAG(uint64_t, grpc_buffer_bytes, Defaults().grpc_buffer_bytes,
           "Bytes gRPC may buffer for incoming messages over all calls together (its resource "
           "quota); a message that would go past it is refused (RESOURCE_EXHAUSTED) before it is "
           "read in full. 0 = --max_message_bytes + 16 MiB.");
-ABSL_FLAG(uint32_t, max_batch_rows, Defaults().max_batch_rows, "Most rows in one Score call or stream batch.");
+ABSL_FLAG(uint32_t, max_batch_rows, Defaults().max_batch_rows,
+          "Most rows in one Score call or stream batch.");
 ABSL_FLAG(int, max_queue, Defaults().max_queue, "Queued unary calls before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_streams, Defaults().max_streams, "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_watchers, Defaults().max_watchers, "Concurrent WatchAnomalies calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_streams, Defaults().max_streams,
+          "Concurrent StreamScore calls before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_watchers, Defaults().max_watchers,
+          "Concurrent WatchAnomalies calls before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(double, incident_resume_seconds, Defaults().incident_resume_seconds,
           "How long a debounced stream with a stream_id keeps its alarm and open incident after it "
           "ends, for a client that reconnects with the same stream_id. 0 = not kept.");
-ABSL_FLAG(int, stream_max_pending, Defaults().stream_max_pending, "Batches read ahead per stream before backpressure.");
-ABSL_FLAG(int, stream_max_unsent, Defaults().stream_max_unsent, "Answers held for a slow stream reader before backpressure.");
+ABSL_FLAG(int, stream_max_pending, Defaults().stream_max_pending,
+          "Batches read ahead per stream before backpressure.");
+ABSL_FLAG(int, stream_max_unsent, Defaults().stream_max_unsent,
+          "Answers held for a slow stream reader before backpressure.");
 ABSL_FLAG(uint64_t, max_stream_buffer_bytes, Defaults().max_stream_buffer_bytes,
           "Bytes all StreamScore calls together may hold (batches read ahead and answers not yet "
           "taken by their clients); past it streams stop reading until some are released.");
-ABSL_FLAG(double, shutdown_grace_seconds, Defaults().shutdown_grace_seconds, "Time in-flight work gets on SIGTERM/SIGINT.");
-ABSL_FLAG(int, max_training_jobs, Defaults().max_training_jobs, "Training jobs running at once (each on one core).");
-ABSL_FLAG(int, max_queued_jobs, Defaults().max_queued_jobs, "Training jobs waiting before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_finished_jobs, Defaults().max_finished_jobs,
-          "Ended training jobs remembered for GetTrainingJob/ListTrainingJobs (oldest forgotten first).");
+ABSL_FLAG(double, shutdown_grace_seconds, Defaults().shutdown_grace_seconds,
+          "Time in-flight work gets on SIGTERM/SIGINT.");
+ABSL_FLAG(int, max_training_jobs, Defaults().max_training_jobs,
+          "Training jobs running at once (each on one core).");
+ABSL_FLAG(int, max_queued_jobs, Defaults().max_queued_jobs,
+          "Training jobs waiting before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(
+    int, max_finished_jobs, Defaults().max_finished_jobs,
+    "Ended training jobs remembered for GetTrainingJob/ListTrainingJobs (oldest forgotten first).");
 ABSL_FLAG(uint64_t, max_training_values, Defaults().max_training_values,
           "Most float values uploaded for one training job (rows x features).");
-ABSL_FLAG(uint64_t, max_upload_bytes, Defaults().max_upload_bytes,
-          "Training data held in memory at once, over all uploads in progress and queued or running "
-          "jobs (each upload reserves rows x features x 4 bytes when its header arrives); an upload "
-          "over it gets RESOURCE_EXHAUSTED.");
+ABSL_FLAG(
+    uint64_t, max_upload_bytes, Defaults().max_upload_bytes,
+    "Training data held in memory at once, over all uploads in progress and queued or running "
+    "jobs (each upload reserves rows x features x 4 bytes when its header arrives); an upload "
+    "over it gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(double, upload_idle_seconds, Defaults().upload_idle_seconds,
           "A training upload that sends no message for this long is ended with DEADLINE_EXCEEDED "
           "and creates no job; 0 = never.");
@@ -76,7 +88,8 @@ ABSL_FLAG(bool, reflection, Defaults().reflection,
           "even with --auth_tokens). --reflection=false turns it off.");
 ABSL_FLAG(std::string, tls_cert, Defaults().tls_cert, "PEM certificate chain: serve TLS.");
 ABSL_FLAG(std::string, tls_key, Defaults().tls_key, "PEM private key of --tls_cert.");
-ABSL_FLAG(std::string, tls_client_ca, Defaults().tls_client_ca, "PEM CA bundle: require and verify client certificates (mTLS).");
+ABSL_FLAG(std::string, tls_client_ca, Defaults().tls_client_ca,
+          "PEM CA bundle: require and verify client certificates (mTLS).");
 ABSL_FLAG(double, store_poll_seconds, Defaults().store_poll_seconds,
           "How often to pick up versions, activations and threshold changes other replicas made in "
           "the shared model store; 0 = never.");
@@ -89,7 +102,9 @@ int main(int argc, char** argv) {
       "  aeserve --model_dir=./models --port=50051\n"
       "Scores with aeserve.v1.Scoring; health via grpc.health.v1; reflection on.");
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/main.cc"); };
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);

@@ -13,8 +13,9 @@ absl::StatusOr<std::shared_ptr<const engine::Model>> ModelRegistry::Build(
   const auto start = std::chrono::steady_clock::now();
   auto model = engine::Model::Create(file, model_options_);
   if (metrics_ != nullptr) {
-    metrics_->RecordModelLoad(model.ok(), std::chrono::duration<double>(
-                                              std::chrono::steady_clock::now() - start).count());
+    metrics_->RecordModelLoad(
+        model.ok(),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return model;
 }
@@ -53,7 +54,8 @@ void ModelRegistry::ReportStoreError(const ModelKey& key, const char* kind,
 VersionEntry ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
   const uint64_t stamp = store_.Stamp(key, v);
   auto file = store_.Load(key, v);
-  auto model = file.ok() ? Build(*file) : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
+  auto model = file.ok() ? Build(*file)
+                         : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
   if (model.ok()) {
     VersionEntry ver = Ready(key, v, *std::move(model));
     ver.stamp = stamp;  // the file that was read, even if it changed since
@@ -79,21 +81,24 @@ static bool FirstLoad(const ModelEntry& e) {
 
 absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64_t version) const {
   auto it = models_.find(key);
-  if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
+  if (it == models_.end())
+    return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
   const ModelEntry& e = it->second;
   if (e.loading) return absl::UnavailableError(absl::StrCat("model '", key.str(), "' is loading"));
   const uint64_t v = version == 0 ? e.active : version;
-  if (v == 0) return absl::UnavailableError(absl::StrCat("model '", key.str(), "' has no active version"));
+  if (v == 0)
+    return absl::UnavailableError(absl::StrCat("model '", key.str(), "' has no active version"));
   auto vit = e.versions.find(v);
   if (vit == e.versions.end()) {
     return absl::NotFoundError(absl::StrCat("model '", key.str(), "' has no version ", v));
   }
   if (vit->second.state == v1::MODEL_STATE_LOADING) {
-    return absl::UnavailableError(absl::StrCat("model '", key.str(), "' version ", v, " is loading"));
+    return absl::UnavailableError(
+        absl::StrCat("model '", key.str(), "' version ", v, " is loading"));
   }
   if (vit->second.state != v1::MODEL_STATE_READY) {
-    return absl::UnavailableError(
-        absl::StrCat("model '", key.str(), "' version ", v, " is unavailable: ", vit->second.error));
+    return absl::UnavailableError(absl::StrCat("model '", key.str(), "' version ", v,
+                                               " is unavailable: ", vit->second.error));
   }
   const VersionEntry& ver = vit->second;
   return ModelHandle{ver.model, key.model, key.entity, v, ver.metrics, ver.stats};
@@ -174,16 +179,17 @@ absl::Status ModelRegistry::DeleteVersion(const ModelKey& key, uint64_t version,
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = models_.find(key);
-    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
+    if (it == models_.end())
+      return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
     if (!it->second.versions.count(version)) {
       return absl::NotFoundError(absl::StrCat("model '", key.str(), "' has no version ", version));
     }
     active = it->second.active == version;
   }
   if (active && !force) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "version ", version, " of '", key.str(),
-        "' is active: activate another version first, or delete with force"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("version ", version, " of '", key.str(),
+                     "' is active: activate another version first, or delete with force"));
   }
   if (active) {
     if (auto st = store_.ClearActive(key); !st.ok()) return st;
@@ -206,10 +212,11 @@ absl::Status ModelRegistry::DeleteModel(const ModelKey& key, bool force) {
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = models_.find(key);
-    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
+    if (it == models_.end())
+      return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
     if (it->second.active != 0 && !force) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "model '", key.str(), "' has an active version: delete with force"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("model '", key.str(), "' has an active version: delete with force"));
     }
   }
   if (auto st = store_.DeleteModel(key); !st.ok()) return st;
@@ -250,10 +257,12 @@ void ModelRegistry::ForEach(absl::FunctionRef<void(const ModelKey&, const ModelE
   for (const auto& [key, e] : models_) fn(key, e);
 }
 
-void ModelRegistry::ForEachOf(const std::string& model,
-                              absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const {
+void ModelRegistry::ForEachOf(
+    const std::string& model,
+    absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const {
   absl::ReaderMutexLock lock(&mu_);
-  for (auto it = models_.lower_bound(ModelKey{model, ""}); it != models_.end() && it->first.model == model; ++it) {
+  for (auto it = models_.lower_bound(ModelKey{model, ""});
+       it != models_.end() && it->first.model == model; ++it) {
     fn(it->first, it->second);
   }
 }

@@ -60,9 +60,12 @@ struct ModelEntry {
 class ModelRegistry {
  public:
   // `metrics` may be null (metrics off); `log` may be null (store problems are then not logged).
-  ModelRegistry(ModelStore store, engine::ModelOptions model_options, ServerMetrics* metrics = nullptr,
-                std::shared_ptr<spdlog::logger> log = nullptr)
-      : store_(std::move(store)), model_options_(model_options), metrics_(metrics), log_(std::move(log)) {}
+  ModelRegistry(ModelStore store, engine::ModelOptions model_options,
+                ServerMetrics* metrics = nullptr, std::shared_ptr<spdlog::logger> log = nullptr)
+      : store_(std::move(store)),
+        model_options_(model_options),
+        metrics_(metrics),
+        log_(std::move(log)) {}
 
   // The version to score with: <model>/<entity> when `entity` is given and that model exists,
   // else the generic model; its active version (version 0) or the given one. NOT_FOUND for
@@ -74,7 +77,8 @@ class ModelRegistry {
 
   // Writes `file` as a new version, loads it, and activates it unless `activate` is false
   // (a model's first version is always activated). Returns the version number.
-  absl::StatusOr<uint64_t> AddVersion(const ModelKey& key, const v1::ModelFile& file, bool activate);
+  absl::StatusOr<uint64_t> AddVersion(const ModelKey& key, const v1::ModelFile& file,
+                                      bool activate);
   absl::Status Activate(const ModelKey& key, uint64_t version);
   absl::Status DeleteVersion(const ModelKey& key, uint64_t version, bool force);
   absl::Status DeleteModel(const ModelKey& key, bool force);
@@ -101,7 +105,8 @@ class ModelRegistry {
   VersionEntry LoadVersion(const ModelKey& key, uint64_t version) const;
   absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const v1::ModelFile& file) const;
   // A READY entry for a built model: its instruments and live statistics.
-  VersionEntry Ready(const ModelKey& key, uint64_t version, std::shared_ptr<const engine::Model> model) const;
+  VersionEntry Ready(const ModelKey& key, uint64_t version,
+                     std::shared_ptr<const engine::Model> model) const;
   absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
@@ -118,7 +123,8 @@ class ModelRegistry {
   std::map<ModelKey, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
   // The anomaly-rate statistics the entity models of one model share while any is loaded.
   mutable absl::Mutex entity_stats_mu_;
-  mutable std::map<std::string, std::weak_ptr<ModelStats>> entity_stats_ ABSL_GUARDED_BY(entity_stats_mu_);
+  mutable std::map<std::string, std::weak_ptr<ModelStats>> entity_stats_
+      ABSL_GUARDED_BY(entity_stats_mu_);
 };
 
 }  // namespace aeserve::server

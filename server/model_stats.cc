@@ -55,7 +55,8 @@ double ModelStats::AnomalyRate() {
   // With one snapshot only, the baseline is the start (all that was scored so far).
   uint64_t s0 = 0, a0 = 0;
   if (snapshots_.size() > 1) std::tie(std::ignore, s0, a0) = snapshots_.front();
-  return samples > s0 ? static_cast<double>(anomalies - a0) / static_cast<double>(samples - s0) : NAN;
+  return samples > s0 ? static_cast<double>(anomalies - a0) / static_cast<double>(samples - s0)
+                      : NAN;
 }
 
 }  // namespace aeserve::server

@@ -54,7 +54,8 @@ std::string ModelStore::KeyDir(const ModelKey& key) const {
 namespace {
 
 bool IsVersionName(const std::string& s, uint64_t* v) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit) && absl::SimpleAtoi(s, v) && *v > 0;
+  return !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit) && absl::SimpleAtoi(s, v) &&
+         *v > 0;
 }
 
 // Directory entries are inspected with error codes throughout: a store entry that cannot be
@@ -83,9 +84,11 @@ bool HasModel(const fs::path& dir) {
 absl::Status RemoveDir(const fs::path& p) {
   std::error_code ec;
   std::random_device rd;
-  const fs::path gone = p.parent_path() / absl::StrCat(".deleted.", p.filename().string(), ".", rd());
+  const fs::path gone =
+      p.parent_path() / absl::StrCat(".deleted.", p.filename().string(), ".", rd());
   fs::rename(p, gone, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot delete ", p.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot delete ", p.string(), ": ", ec.message()));
   fs::remove_all(gone, ec);
   return absl::OkStatus();
 }
@@ -147,7 +150,8 @@ absl::StatusOr<uint64_t> ModelStore::ReadActive(const ModelKey& key) const {
     if (text.status().code() == absl::StatusCode::kNotFound) {
       return absl::NotFoundError(absl::StrCat("model ", key.str(), " has no ACTIVE file"));
     }
-    return absl::DataLossError(absl::StrCat("model ", key.str(), ": ACTIVE: ", text.status().message()));
+    return absl::DataLossError(
+        absl::StrCat("model ", key.str(), ": ACTIVE: ", text.status().message()));
   }
   const absl::string_view value = absl::StripAsciiWhitespace(*text);
   if (value == kNoActive) return 0;
@@ -184,11 +188,13 @@ absl::StatusOr<v1::ModelFile> ModelStore::Load(const ModelKey& key, uint64_t ver
   return engine::LoadModelFile(VersionPath(key, version));
 }
 
-absl::StatusOr<uint64_t> ModelStore::AddVersion(const ModelKey& key, const v1::ModelFile& file) const {
+absl::StatusOr<uint64_t> ModelStore::AddVersion(const ModelKey& key,
+                                                const v1::ModelFile& file) const {
   const fs::path kdir = KeyDir(key);
   std::error_code ec;
   fs::create_directories(kdir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", kdir.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", kdir.string(), ": ", ec.message()));
   // Claim the next number with mkdir, which fails if another writer (another replica) took it;
   // a directory a crashed writer left without model.pb is skipped, never reused.
   uint64_t next = 1;
@@ -273,8 +279,9 @@ ModelStore::Lock::Lock(const std::string& dir) {
     } while (rc != 0 && errno == EINTR);
   }
   if (rc != 0) {
-    status_ = absl::UnavailableError(absl::StrCat("cannot lock the model store (", path, "): ",
-                                                  std::strerror(errno), "; nothing was changed"));
+    status_ =
+        absl::UnavailableError(absl::StrCat("cannot lock the model store (", path,
+                                            "): ", std::strerror(errno), "; nothing was changed"));
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
   }

@@ -25,7 +25,9 @@ struct ModelKey {
   std::string model;
   std::string entity;
   std::string str() const { return entity.empty() ? model : model + "/" + entity; }
-  bool operator<(const ModelKey& o) const { return std::tie(model, entity) < std::tie(o.model, o.entity); }
+  bool operator<(const ModelKey& o) const {
+    return std::tie(model, entity) < std::tie(o.model, o.entity);
+  }
   bool operator==(const ModelKey& o) const { return model == o.model && entity == o.entity; }
 };
 absl::StatusOr<ModelKey> MakeKey(const std::string& model, const std::string& entity);
@@ -60,7 +62,8 @@ class ModelStore {
   // Writes a new version numbered above every version directory present and returns it.
   absl::StatusOr<uint64_t> AddVersion(const ModelKey& key, const v1::ModelFile& file) const;
   // Replaces an existing version's file atomically (threshold changes; the weights stay).
-  absl::Status RewriteVersion(const ModelKey& key, uint64_t version, const v1::ModelFile& file) const;
+  absl::Status RewriteVersion(const ModelKey& key, uint64_t version,
+                              const v1::ModelFile& file) const;
   absl::Status DeleteVersion(const ModelKey& key, uint64_t version) const;
   // Removes the key's directory (a generic model's includes its entities).
   absl::Status DeleteModel(const ModelKey& key) const;

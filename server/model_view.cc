@@ -21,7 +21,8 @@ void RenderVersion(uint64_t v, const VersionEntry& ver, v1::VersionInfo* vi) {
   vi->set_epochs(f.history().epochs_size());
   if (f.history().best_epoch() > 0 &&
       f.history().best_epoch() <= static_cast<uint32_t>(f.history().epochs_size())) {
-    vi->set_best_validation_loss(f.history().epochs(f.history().best_epoch() - 1).validation_loss());
+    vi->set_best_validation_loss(
+        f.history().epochs(f.history().best_epoch() - 1).validation_loss());
   }
   vi->set_train_rows(f.history().train_rows());
   vi->set_training_seconds(f.history().seconds());
@@ -31,7 +32,8 @@ void RenderVersion(uint64_t v, const VersionEntry& ver, v1::VersionInfo* vi) {
 // the version that will serve is being built, else UNAVAILABLE.
 v1::ModelState StateOf(const ModelEntry& e) {
   auto it = e.versions.find(e.active);
-  if (it != e.versions.end() && it->second.state == v1::MODEL_STATE_READY) return v1::MODEL_STATE_READY;
+  if (it != e.versions.end() && it->second.state == v1::MODEL_STATE_READY)
+    return v1::MODEL_STATE_READY;
   if (e.loading) return v1::MODEL_STATE_LOADING;
   for (const auto& [v, ver] : e.versions) {
     if (ver.state == v1::MODEL_STATE_LOADING) return v1::MODEL_STATE_LOADING;
@@ -84,7 +86,8 @@ std::vector<v1::ModelInfo> ModelView::List() const {
   registry_.ForEach([&](const ModelKey& key, const ModelEntry& e) {
     if (key.entity.empty()) {
       generic = out.size();
-    } else if (generic < out.size() && out[generic].entity().empty() && out[generic].name() == key.model) {
+    } else if (generic < out.size() && out[generic].entity().empty() &&
+               out[generic].name() == key.model) {
       out[generic].add_entities(key.entity);
     }
     out.push_back(Render(key, e));

@@ -9,35 +9,36 @@ namespace aeserve::server {
 struct Options {
   std::string host = "0.0.0.0";
   int port = 50051;
-  int metrics_port = 9464;                 // 0 = no /metrics endpoint
-  std::string metrics_host;                // address of /metrics; empty = the gRPC host
+  int metrics_port = 9464;   // 0 = no /metrics endpoint
+  std::string metrics_host;  // address of /metrics; empty = the gRPC host
   std::string model_dir = "./models";
-  int threads = 0;                         // scoring workers; 0 = one per core
-  int model_threads = 1;                   // oneDNN threads inside one scoring call
-  int max_message_bytes = 32 << 20;        // larger requests get RESOURCE_EXHAUSTED
-  uint64_t grpc_buffer_bytes = 0;          // gRPC's buffers over all calls; 0 = max_message_bytes + 16 MiB
-  uint32_t max_batch_rows = 1 << 20;       // rows per Score call or stream batch
-  int max_queue = 1024;                    // queued unary calls before RESOURCE_EXHAUSTED
-  int max_streams = 256;                   // concurrent StreamScore calls
-  int max_watchers = 1024;                 // concurrent WatchAnomalies calls
-  int stream_max_pending = 4;              // batches read ahead per stream (backpressure bound)
-  int stream_max_unsent = 8;               // responses waiting for a slow reader per stream
+  int threads = 0;                   // scoring workers; 0 = one per core
+  int model_threads = 1;             // oneDNN threads inside one scoring call
+  int max_message_bytes = 32 << 20;  // larger requests get RESOURCE_EXHAUSTED
+  uint64_t grpc_buffer_bytes = 0;  // gRPC's buffers over all calls; 0 = max_message_bytes + 16 MiB
+  uint32_t max_batch_rows = 1 << 20;  // rows per Score call or stream batch
+  int max_queue = 1024;               // queued unary calls before RESOURCE_EXHAUSTED
+  int max_streams = 256;              // concurrent StreamScore calls
+  int max_watchers = 1024;            // concurrent WatchAnomalies calls
+  int stream_max_pending = 4;         // batches read ahead per stream (backpressure bound)
+  int stream_max_unsent = 8;          // responses waiting for a slow reader per stream
   uint64_t max_stream_buffer_bytes = uint64_t{1} << 30;  // batches and answers held, all streams
-  double shutdown_grace_seconds = 10;      // in-flight work gets this long on SIGTERM
-  std::string demo_csv;                    // train model "demo" from this CSV if the store is empty
-  int max_training_jobs = 1;               // jobs training at once
-  int max_queued_jobs = 16;                // jobs waiting before RESOURCE_EXHAUSTED
-  int max_finished_jobs = 100;             // ended jobs remembered for Get/List/Watch
-  uint64_t max_training_values = 256u << 20;  // floats uploaded per job (1 GiB)
+  double shutdown_grace_seconds = 10;                    // in-flight work gets this long on SIGTERM
+  std::string demo_csv;         // train model "demo" from this CSV if the store is empty
+  int max_training_jobs = 1;    // jobs training at once
+  int max_queued_jobs = 16;     // jobs waiting before RESOURCE_EXHAUSTED
+  int max_finished_jobs = 100;  // ended jobs remembered for Get/List/Watch
+  uint64_t max_training_values = 256u << 20;      // floats uploaded per job (1 GiB)
   uint64_t max_upload_bytes = uint64_t{2} << 30;  // training data of all uploads and queued jobs
-  double upload_idle_seconds = 60;         // an upload with no message for this long is ended
-  std::string auth_tokens;                 // file of `<token> score|admin` lines; empty = no auth
-  std::string tls_cert, tls_key;           // PEM files: serve TLS
-  std::string tls_client_ca;               // PEM file: require client certificates (mutual TLS)
-  double drift_threshold = 0.2;            // KS statistic above which a model is reported drifted
-  bool reflection = true;                  // gRPC server reflection (public schema, no token)
-  double store_poll_seconds = 2;           // how often to pick up other replicas' changes; 0 = off
-  double incident_resume_seconds = 300;    // a named stream's alarm and open incident survive a reconnect
+  double upload_idle_seconds = 60;  // an upload with no message for this long is ended
+  std::string auth_tokens;          // file of `<token> score|admin` lines; empty = no auth
+  std::string tls_cert, tls_key;    // PEM files: serve TLS
+  std::string tls_client_ca;        // PEM file: require client certificates (mutual TLS)
+  double drift_threshold = 0.2;     // KS statistic above which a model is reported drifted
+  bool reflection = true;           // gRPC server reflection (public schema, no token)
+  double store_poll_seconds = 2;    // how often to pick up other replicas' changes; 0 = off
+  double incident_resume_seconds =
+      300;  // a named stream's alarm and open incident survive a reconnect
 };
 
 }  // namespace aeserve::server

@@ -16,7 +16,8 @@ namespace aeserve::server {
 
 // Parses `buffer` (which it empties) into `message`; INVALID_ARGUMENT naming the type otherwise.
 template <typename Message>
-grpc::Status ParseMessage(grpc::ByteBuffer* buffer, Message* message, const std::string& where = "") {
+grpc::Status ParseMessage(grpc::ByteBuffer* buffer, Message* message,
+                          const std::string& where = "") {
   if (!grpc::SerializationTraits<Message>::Deserialize(buffer, message).ok()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat(where.empty() ? "the request" : where, " does not parse as ",

@@ -27,8 +27,8 @@ absl::Span<const float> Values(const v1::Samples& s) {
 
 // A series model's samples: one window per row whose window is full, in row order.
 struct Windows {
-  std::vector<float> inputs;            // samples x the model's inputs (may be longer)
-  std::vector<int32_t> sample_of_row;   // -1 = warming up
+  std::vector<float> inputs;           // samples x the model's inputs (may be longer)
+  std::vector<int32_t> sample_of_row;  // -1 = warming up
   size_t samples = 0;
   bool warming() const { return samples < sample_of_row.size(); }
 };
@@ -57,10 +57,12 @@ absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
   const size_t rows = x.size() / w.columns();
   const size_t inputs = model.num_features();
   if (rows * inputs > kMaxWindowValues) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "a batch of ", rows, " rows makes windows of ", rows * inputs, " values for this series "
-        "model (", inputs, " inputs each), over the limit of ", kMaxWindowValues, ": send at most ",
-        kMaxWindowValues / inputs, " rows per batch"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a batch of ", rows, " rows makes windows of ", rows * inputs,
+                     " values for this series "
+                     "model (",
+                     inputs, " inputs each), over the limit of ", kMaxWindowValues,
+                     ": send at most ", kMaxWindowValues / inputs, " rows per batch"));
   }
   const absl::Span<const int64_t> ts(s.timestamps_ms().data(), s.timestamps_ms_size());
   if (auto st = (*buffer)->CheckTimes(ts, rows); !st.ok()) return st;
@@ -76,7 +78,8 @@ absl::Status MakeWindows(const engine::Model& model, absl::Span<const float> x,
   out->sample_of_row.assign(rows, -1);
   out->samples = 0;
   for (size_t i = 0; i < rows; ++i) {
-    if ((*buffer)->Push(x.data() + i * w.columns(), ts[i], out->inputs.data() + out->samples * inputs)) {
+    if ((*buffer)->Push(x.data() + i * w.columns(), ts[i],
+                        out->inputs.data() + out->samples * inputs)) {
       out->sample_of_row[i] = static_cast<int32_t>(out->samples++);
     }
   }
@@ -125,8 +128,8 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
   const uint32_t d = series ? model.spec().window().columns() : model.num_features();
   const Names& model_names = series ? model.file().series_columns() : model.file().feature_names();
   // The batch's own names, else its stream's.
-  const bool from_stream = s.feature_names_size() == 0 && stream != nullptr &&
-                           stream->feature_names_size() > 0;
+  const bool from_stream =
+      s.feature_names_size() == 0 && stream != nullptr && stream->feature_names_size() > 0;
   const Names& names = from_stream ? stream->feature_names() : s.feature_names();
   const bool ignore_unknown =
       from_stream ? stream->ignore_unknown_features() : s.ignore_unknown_features();
@@ -138,13 +141,13 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
                                                    " but ", cols, " feature_names"));
   }
   if (!named && cols != d) {
-    return absl::InvalidArgumentError(absl::StrCat("samples have num_features ", cols,
-                                                   ", the model expects ", d));
+    return absl::InvalidArgumentError(
+        absl::StrCat("samples have num_features ", cols, ", the model expects ", d));
   }
   if (s.values_size() == 0) return absl::InvalidArgumentError("empty batch: no values");
   if (s.values_size() % cols != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "values count ", s.values_size(), " is not a multiple of the ", cols, " columns"));
+    return absl::InvalidArgumentError(absl::StrCat("values count ", s.values_size(),
+                                                   " is not a multiple of the ", cols, " columns"));
   }
   const size_t rows = static_cast<size_t>(s.values_size()) / cols;
   if (rows > max_rows) {
@@ -156,8 +159,8 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
         absl::StrCat(s.ids_size(), " ids for ", rows, " rows: give none or one per row"));
   }
   if (s.timestamps_ms_size() != 0 && static_cast<size_t>(s.timestamps_ms_size()) != rows) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        s.timestamps_ms_size(), " timestamps for ", rows, " rows: give none or one per row"));
+    return absl::InvalidArgumentError(absl::StrCat(s.timestamps_ms_size(), " timestamps for ", rows,
+                                                   " rows: give none or one per row"));
   }
   const absl::Span<const float> values = Values(s);
   if (!named) return values;
@@ -167,11 +170,11 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
   const auto& absent = map->absent();
   const uint32_t max_missing = engine::MaxMissingFeatures(model.file().policy(), d);
   if (absent.size() > max_missing) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        absent.size() == 1 ? "missing feature " : "missing features ", QuoteNames(absent),
-        ": this model scores a sample with at most ", max_missing, " of its ", d,
-        " features missing (max_missing_fraction ", model.file().policy().max_missing_fraction(),
-        ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(absent.size() == 1 ? "missing feature " : "missing features ",
+                     QuoteNames(absent), ": this model scores a sample with at most ", max_missing,
+                     " of its ", d, " features missing (max_missing_fraction ",
+                     model.file().policy().max_missing_fraction(), ")"));
   }
   map->Apply(values, buffer);
   return absl::Span<const float>(*buffer);
@@ -189,7 +192,8 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::S
   f.handle = h;
   if (hooks.stream != nullptr) f.stream_id = hooks.stream->stream_id();
   f.server_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count();
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
   f.threshold = static_cast<float>(res.threshold);
   for (size_t i = 0; i < res.anomalous.size(); ++i) {
     if (!res.anomalous[i]) continue;
@@ -228,15 +232,17 @@ static size_t RecordGaps(const engine::ScoreResult& res, uint32_t d, v1::ScoreRe
   for (size_t i = 0; i < res.skipped.size(); ++i) {
     r->mutable_skipped()->Set(static_cast<int>(i), res.skipped[i] != 0);
   }
-  r->set_skip_reason(absl::StrCat(
-      skipped, skipped == 1 ? " sample misses" : " samples miss", " more features than the "
-      "model's max_missing_fraction allows (up to ", worst, " of ", d, " missing)"));
+  r->set_skip_reason(absl::StrCat(skipped, skipped == 1 ? " sample misses" : " samples miss",
+                                  " more features than the "
+                                  "model's max_missing_fraction allows (up to ",
+                                  worst, " of ", d, " missing)"));
   return skipped;
 }
 
 // One scored batch into the version's live statistics and, with metrics on, its instruments.
-static void RecordScored(const ModelHandle& h, absl::Span<const float> errors, absl::Span<const float> scores,
-                         absl::Span<const uint8_t> anomalous, double critical) {
+static void RecordScored(const ModelHandle& h, absl::Span<const float> errors,
+                         absl::Span<const float> scores, absl::Span<const uint8_t> anomalous,
+                         double critical) {
   if (h.stats != nullptr) h.stats->Record(scores, anomalous);
   if (h.metrics != nullptr) h.metrics->Record(errors, scores, anomalous, critical);
 }
@@ -343,8 +349,9 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     for (size_t i = 0; i < rows; ++i) {
       const float* fe = res.feature_error.data() + i * d;
       std::iota(idx.begin(), idx.end(), 0u);
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                        [fe](uint32_t a, uint32_t b) { return fe[a] > fe[b] || (fe[a] == fe[b] && a < b); });
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [fe](uint32_t a, uint32_t b) {
+        return fe[a] > fe[b] || (fe[a] == fe[b] && a < b);
+      });
       for (uint32_t j = 0; j < k; ++j) {
         r->add_top_features(idx[j]);
         r->add_top_feature_errors(fe[idx[j]]);
@@ -374,8 +381,8 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
     RecordScored(h, errors, scores, anomalous, critical);
   }
   if (watched && anomalies > 0) {
-    PublishAnomalies(h, s, in, series ? &win.sample_of_row : nullptr, res,
-                     eo.original_units, hooks);
+    PublishAnomalies(h, s, in, series ? &win.sample_of_row : nullptr, res, eo.original_units,
+                     hooks);
   }
   *r->mutable_ids() = s.ids();
   *r->mutable_timestamps_ms() = s.timestamps_ms();
@@ -434,8 +441,8 @@ absl::Status ReconstructSamples(const ModelHandle& h, const v1::Samples& s, uint
   return absl::OkStatus();
 }
 
-absl::Status GenerateSamples(const ModelHandle& h, uint32_t count, uint64_t seed,
-                             uint32_t max_rows, Worker& worker, v1::GenerateResponse* r) {
+absl::Status GenerateSamples(const ModelHandle& h, uint32_t count, uint64_t seed, uint32_t max_rows,
+                             Worker& worker, v1::GenerateResponse* r) {
   if (count == 0) return absl::InvalidArgumentError("count must be >= 1");
   if (count > max_rows) {
     return absl::ResourceExhaustedError(

@@ -42,8 +42,8 @@ absl::Status ScoreSamples(const ModelHandle& handle, const v1::Samples& samples,
                           const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
                           v1::ScoreResponse* response, const ScoreHooks& hooks = {});
 
-absl::Status EncodeSamples(const ModelHandle& handle, const v1::Samples& samples,
-                           uint32_t max_rows, Worker& worker, v1::EncodeResponse* response);
+absl::Status EncodeSamples(const ModelHandle& handle, const v1::Samples& samples, uint32_t max_rows,
+                           Worker& worker, v1::EncodeResponse* response);
 absl::Status ReconstructSamples(const ModelHandle& handle, const v1::Samples& samples,
                                 uint32_t max_rows, Worker& worker,
                                 v1::ReconstructResponse* response);

@@ -7,12 +7,12 @@
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "anomaly_feed.h"
 #include "auth.h"
-#include "server_metrics.h"
 #include "executor.h"
 #include "model_registry.h"
 #include "model_view.h"
 #include "options.h"
 #include "raw_call.h"
+#include "server_metrics.h"
 #include "stream_reactor.h"
 
 namespace aeserve::server {
@@ -21,8 +21,9 @@ namespace aeserve::server {
 using RawScoringService = v1::Scoring::WithRawCallbackMethod_Score<
     v1::Scoring::WithRawCallbackMethod_StreamScore<v1::Scoring::WithRawCallbackMethod_Encode<
         v1::Scoring::WithRawCallbackMethod_Reconstruct<v1::Scoring::WithRawCallbackMethod_Generate<
-            v1::Scoring::WithRawCallbackMethod_WatchAnomalies<v1::Scoring::WithRawCallbackMethod_ListModels<
-                v1::Scoring::WithRawCallbackMethod_GetModel<v1::Scoring::Service>>>>>>>>;
+            v1::Scoring::WithRawCallbackMethod_WatchAnomalies<
+                v1::Scoring::WithRawCallbackMethod_ListModels<
+                    v1::Scoring::WithRawCallbackMethod_GetModel<v1::Scoring::Service>>>>>>>>;
 
 class ScoringService final : public RawScoringService {
  public:
@@ -30,26 +31,39 @@ class ScoringService final : public RawScoringService {
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
                  StreamTracker* streams, const Authorizer* auth, ServerMetrics* metrics,
                  AnomalyFeed* feed)
-      : options_(options), registry_(registry), view_(*registry, options.drift_threshold),
-        executor_(executor), streams_(streams), auth_(auth), metrics_(metrics), feed_(feed) {}
+      : options_(options),
+        registry_(registry),
+        view_(*registry, options.drift_threshold),
+        executor_(executor),
+        streams_(streams),
+        auth_(auth),
+        metrics_(metrics),
+        feed_(feed) {}
 
   using Raw = grpc::ByteBuffer;
-  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req,
+                                  Raw* resp) override;
   grpc::ServerBidiReactor<Raw, Raw>* StreamScore(grpc::CallbackServerContext* ctx) override;
-  grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* Reconstruct(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerWriteReactor<Raw>* WatchAnomalies(grpc::CallbackServerContext* ctx, const Raw* req) override;
-  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
-  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const Raw* req, Raw* resp) override;
+  grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const Raw* req,
+                                   Raw* resp) override;
+  grpc::ServerUnaryReactor* Reconstruct(grpc::CallbackServerContext* ctx, const Raw* req,
+                                        Raw* resp) override;
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx, const Raw* req,
+                                     Raw* resp) override;
+  grpc::ServerWriteReactor<Raw>* WatchAnomalies(grpc::CallbackServerContext* ctx,
+                                                const Raw* req) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const Raw* req,
+                                       Raw* resp) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const Raw* req,
+                                     Raw* resp) override;
 
  private:
   // Looks up the model, then runs `fn(handle, worker)` on the executor and replies with its
   // status.
   template <typename Call, typename Fn>
-  grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
-                                       const std::string& model, const std::string& entity,
-                                       uint64_t version, Fn fn);
+  grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, Call* call,
+                                       const char* rpc, const std::string& model,
+                                       const std::string& entity, uint64_t version, Fn fn);
   // Replies and counts the call.
   grpc::ServerUnaryReactor* Unparsed(grpc::ServerUnaryReactor* call, const char* rpc);
   template <typename Call>

@@ -23,8 +23,9 @@ namespace aeserve::server {
 namespace {
 
 uint64_t GrpcBufferBytes(const Options& o) {
-  return o.grpc_buffer_bytes > 0 ? o.grpc_buffer_bytes
-                                 : static_cast<uint64_t>(o.max_message_bytes) + (uint64_t{16} << 20);
+  return o.grpc_buffer_bytes > 0
+             ? o.grpc_buffer_bytes
+             : static_cast<uint64_t>(o.max_message_bytes) + (uint64_t{16} << 20);
 }
 
 // Removes the reflection plugin, which linking gRPC's reflection library registers for every
@@ -33,16 +34,19 @@ class NoReflection : public grpc::ServerBuilderOption {
  public:
   void UpdateArguments(grpc::ChannelArguments*) override {}
   void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
-    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
-                                  [](const auto& p) { return p->name() == "proto_server_reflection"; }),
-                   plugins->end());
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const auto& p) { return p->name() == "proto_server_reflection"; }),
+        plugins->end());
   }
 };
 
 }  // namespace
 
 Server::Server(const Options& options, std::shared_ptr<spdlog::logger> log)
-    : options_(options), log_(std::move(log)), streams_(options.max_stream_buffer_bytes,
+    : options_(options),
+      log_(std::move(log)),
+      streams_(options.max_stream_buffer_bytes,
                std::chrono::duration<double>(options.incident_resume_seconds)) {}
 
 Server::~Server() { Shutdown(); }
@@ -51,7 +55,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
                                                       std::shared_ptr<spdlog::logger> log) {
   std::unique_ptr<Server> s(new Server(options, std::move(log)));
   Options& o = s->options_;
-  if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.threads <= 0)
+    o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (!o.auth_tokens.empty()) {
     auto auth = Authorizer::FromFile(o.auth_tokens);
     if (!auth.ok()) return auth.status();
@@ -84,14 +89,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->admin_executor_ = std::make_unique<Executor>(1, 64);
   s->upload_budget_ = std::make_unique<ByteBudget>(o.max_upload_bytes);
   s->jobs_ = std::make_unique<TrainingJobs>(s->registry_.get(), std::max(1, o.max_training_jobs),
-                                            std::max(1, o.max_queued_jobs), s->log_, s->metrics_.get(),
-                                            o.max_finished_jobs);
-  s->scoring_ = std::make_unique<ScoringService>(s->options_, s->registry_.get(),
-                                                 s->executor_.get(), &s->streams_, &s->auth_,
-                                                 s->metrics_.get(), s->feed_.get());
+                                            std::max(1, o.max_queued_jobs), s->log_,
+                                            s->metrics_.get(), o.max_finished_jobs);
+  s->scoring_ =
+      std::make_unique<ScoringService>(s->options_, s->registry_.get(), s->executor_.get(),
+                                       &s->streams_, &s->auth_, s->metrics_.get(), s->feed_.get());
   s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get());
-  s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
-                                             s->uploads_.get(), s->admin_executor_.get(), &s->auth_);
+  s->admin_ =
+      std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
+                                     s->uploads_.get(), s->admin_executor_.get(), &s->auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -122,13 +128,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     s->AddCollectors();
     // -1 asks for a free port (tests); without --metrics_host the gRPC host is the metrics host.
     const std::string& mhost = o.metrics_host.empty() ? o.host : o.metrics_host;
-    auto exposer = metrics::Exposer::Start(mhost, std::max(0, o.metrics_port), &s->metrics_->registry());
+    auto exposer =
+        metrics::Exposer::Start(mhost, std::max(0, o.metrics_port), &s->metrics_->registry());
     if (!exposer.ok()) return exposer.status();
     s->exposer_ = *std::move(exposer);
     s->log_->info("metrics on http://{}:{}/metrics", mhost, s->exposer_->port());
   }
   s->log_->info("listening on {}:{} ({}{}; health NOT_SERVING until models are loaded)", o.host,
-                s->port_, o.tls_cert.empty() ? "plaintext" : (o.tls_client_ca.empty() ? "TLS" : "mutual TLS"),
+                s->port_,
+                o.tls_cert.empty() ? "plaintext" : (o.tls_client_ca.empty() ? "TLS" : "mutual TLS"),
                 s->auth_.enabled() ? ", bearer tokens required" : "");
   return s;
 }
@@ -153,13 +161,20 @@ void Server::AddCollectors() {
   };
   metrics::Registry& r = metrics_->registry();
   r.AddCollector([this, family, sample] {
-    MetricFamily streams = family("aeserve_open_streams", "Open StreamScore calls.", MetricType::kGauge);
+    MetricFamily streams =
+        family("aeserve_open_streams", "Open StreamScore calls.", MetricType::kGauge);
     sample(streams, {}, static_cast<double>(streams_.size()));
-    MetricFamily stream_bytes = family("aeserve_stream_buffer_bytes", "Bytes held by all streams (batches read ahead, answers not yet sent), bounded by --max_stream_buffer_bytes.", MetricType::kGauge);
+    MetricFamily stream_bytes = family("aeserve_stream_buffer_bytes",
+                                       "Bytes held by all streams (batches read ahead, answers not "
+                                       "yet sent), bounded by --max_stream_buffer_bytes.",
+                                       MetricType::kGauge);
     sample(stream_bytes, {}, static_cast<double>(streams_.budget().used()));
-    MetricFamily queue = family("aeserve_executor_queue_depth", "Calls and stream batches waiting for a scoring worker.", MetricType::kGauge);
+    MetricFamily queue =
+        family("aeserve_executor_queue_depth",
+               "Calls and stream batches waiting for a scoring worker.", MetricType::kGauge);
     sample(queue, {}, static_cast<double>(executor_->queue_depth()));
-    MetricFamily jobs = family("aeserve_training_jobs", "Training jobs by state.", MetricType::kGauge);
+    MetricFamily jobs =
+        family("aeserve_training_jobs", "Training jobs by state.", MetricType::kGauge);
     const auto counts = jobs_->CountByState();
     for (v1::JobState st : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED,
                             v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}) {
@@ -168,20 +183,39 @@ void Server::AddCollectors() {
       auto it = counts.find(st);
       sample(jobs, {{"state", name}}, it == counts.end() ? 0 : it->second);
     }
-    MetricFamily watchers = family("aeserve_anomaly_watchers", "Open WatchAnomalies calls (bounded by --max_watchers).", MetricType::kGauge);
+    MetricFamily watchers =
+        family("aeserve_anomaly_watchers", "Open WatchAnomalies calls (bounded by --max_watchers).",
+               MetricType::kGauge);
     sample(watchers, {}, static_cast<double>(feed_->watchers()));
-    MetricFamily upload = family("aeserve_training_data_bytes", "Training data held in memory by uploads in progress and queued or running jobs (bounded by --max_upload_bytes).", MetricType::kGauge);
+    MetricFamily upload = family("aeserve_training_data_bytes",
+                                 "Training data held in memory by uploads in progress and queued "
+                                 "or running jobs (bounded by --max_upload_bytes).",
+                                 MetricType::kGauge);
     sample(upload, {}, static_cast<double>(upload_budget_->used()));
     return std::vector<MetricFamily>{streams, stream_bytes, queue, jobs, watchers, upload};
   });
   r.AddCollector([this, family, sample] {
-    MetricFamily active = family("aeserve_model_active_version", "Active version of each model (0 = none).", MetricType::kGauge);
-    MetricFamily ready = family("aeserve_model_ready", "1 when the model's active version serves.", MetricType::kGauge);
-    MetricFamily threshold = family("aeserve_model_threshold", "Anomaly threshold of the active version (reconstruction-error units).", MetricType::kGauge);
-    MetricFamily critical = family("aeserve_model_critical_threshold", "Critical threshold of the active version (0 = none).", MetricType::kGauge);
-    MetricFamily rate = family("aeserve_anomaly_rate", "Share of samples flagged over the last 60 s.", MetricType::kGauge);
-    MetricFamily drift = family("aeserve_drift_ks", "Kolmogorov-Smirnov distance between the last 2048 live anomaly scores and the calibration scores.", MetricType::kGauge);
-    MetricFamily drifted = family("aeserve_model_drifted", "1 when aeserve_drift_ks exceeds --drift_threshold over a window of at least 500 samples.", MetricType::kGauge);
+    MetricFamily active = family("aeserve_model_active_version",
+                                 "Active version of each model (0 = none).", MetricType::kGauge);
+    MetricFamily ready = family("aeserve_model_ready", "1 when the model's active version serves.",
+                                MetricType::kGauge);
+    MetricFamily threshold =
+        family("aeserve_model_threshold",
+               "Anomaly threshold of the active version (reconstruction-error units).",
+               MetricType::kGauge);
+    MetricFamily critical =
+        family("aeserve_model_critical_threshold",
+               "Critical threshold of the active version (0 = none).", MetricType::kGauge);
+    MetricFamily rate = family("aeserve_anomaly_rate",
+                               "Share of samples flagged over the last 60 s.", MetricType::kGauge);
+    MetricFamily drift = family("aeserve_drift_ks",
+                                "Kolmogorov-Smirnov distance between the last 2048 live anomaly "
+                                "scores and the calibration scores.",
+                                MetricType::kGauge);
+    MetricFamily drifted = family(
+        "aeserve_model_drifted",
+        "1 when aeserve_drift_ks exceeds --drift_threshold over a window of at least 500 samples.",
+        MetricType::kGauge);
     // Statistics are read after the registry's lock is released: (labels, stats, with drift).
     std::vector<std::tuple<metrics::Labels, std::shared_ptr<ModelStats>, bool>> stats;
     std::set<const ModelStats*> entity_rates;  // the entity models of a model share one
@@ -189,7 +223,8 @@ void Server::AddCollectors() {
       if (!key.entity.empty()) {
         for (const auto& [v, ver] : e.versions) {
           if (ver.stats == nullptr || !entity_rates.insert(ver.stats.get()).second) continue;
-          stats.emplace_back(metrics::Labels{{"model", key.model}, {"version", "entity"}}, ver.stats, false);
+          stats.emplace_back(metrics::Labels{{"model", key.model}, {"version", "entity"}},
+                             ver.stats, false);
         }
         return;  // entities are not labels
       }
@@ -205,7 +240,8 @@ void Server::AddCollectors() {
       }
       for (const auto& [v, ver] : e.versions) {
         if (ver.stats == nullptr) continue;
-        stats.emplace_back(metrics::Labels{{"model", key.model}, {"version", std::to_string(v)}}, ver.stats, true);
+        stats.emplace_back(metrics::Labels{{"model", key.model}, {"version", std::to_string(v)}},
+                           ver.stats, true);
       }
     });
     for (const auto& [l, st, with_drift] : stats) {
@@ -243,8 +279,8 @@ absl::Status Server::TrainDemoModel() {
   req.threshold.set_method(v1::THRESHOLD_PERCENTILE);
   req.threshold.set_value(99.5);
   req.description = absl::StrCat("demo model trained at start-up on ", options_.demo_csv);
-  engine::TrainingData data{rows, rows.size() / table->features(), table->features(),
-                            table->feature_names, {}};
+  engine::TrainingData data{
+      rows, rows.size() / table->features(), table->features(), table->feature_names, {}};
   auto file = engine::Train(req, data, [&](const engine::TrainingProgress& p) {
     log_->info("demo training: epoch {}/{} train loss {:.5f} validation loss {:.5f}", p.epoch,
                p.epochs, p.train_loss, p.validation_loss);
@@ -253,7 +289,8 @@ absl::Status Server::TrainDemoModel() {
   if (!file.ok()) return file.status();
   auto version = registry_->AddVersion(ModelKey{"demo", ""}, *file, true);
   if (!version.ok()) return version.status();
-  log_->info("demo model saved as version {} (threshold {:.5f})", *version, file->threshold_value());
+  log_->info("demo model saved as version {} (threshold {:.5f})", *version,
+             file->threshold_value());
   return absl::OkStatus();
 }
 
@@ -275,7 +312,8 @@ absl::Status Server::LoadModels() {
   log_->info("{} model(s) ready; health SERVING", ready);
   if (options_.store_poll_seconds > 0) {
     store_watcher_ = std::thread([this, sync]() mutable {
-      const auto period = absl::Milliseconds(static_cast<int64_t>(options_.store_poll_seconds * 1000));
+      const auto period =
+          absl::Milliseconds(static_cast<int64_t>(options_.store_poll_seconds * 1000));
       for (;;) {
         {
           absl::MutexLock lock(&watch_mu_);
@@ -300,12 +338,14 @@ void Server::Shutdown() {
     stop_watching_ = true;
   }
   if (store_watcher_.joinable()) store_watcher_.join();
-  log_->info("shutting down: finishing in-flight work (grace {} s)", options_.shutdown_grace_seconds);
+  log_->info("shutting down: finishing in-flight work (grace {} s)",
+             options_.shutdown_grace_seconds);
   grpc_->GetHealthCheckService()->SetServingStatus(false);
   streams_.ShutdownAll();
   feed_->CloseAll();
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(static_cast<int64_t>(options_.shutdown_grace_seconds * 1000));
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(options_.shutdown_grace_seconds * 1000));
   jobs_->Stop();
   grpc_->Shutdown(deadline);
   executor_->Stop();

@@ -5,19 +5,18 @@
 #include <memory>
 #include <thread>
 
-#include "absl/synchronization/mutex.h"
-
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "admin_service.h"
 #include "anomaly_feed.h"
 #include "auth.h"
-#include "exposer.h"
-#include "server_metrics.h"
 #include "executor.h"
+#include "exposer.h"
 #include "grpcpp/server.h"
 #include "model_registry.h"
 #include "options.h"
 #include "scoring_service.h"
+#include "server_metrics.h"
 #include "spdlog/logger.h"
 #include "stream_reactor.h"
 #include "training_jobs.h"

@@ -20,14 +20,15 @@ using metrics::BuildHistogram;
 using metrics::Histogram;
 
 const Histogram::BucketBoundaries& LatencyBuckets() {
-  static const auto* b = new Histogram::BucketBoundaries(Histogram::ExponentialBuckets(25e-6, 2, 18));
+  static const auto* b =
+      new Histogram::BucketBoundaries(Histogram::ExponentialBuckets(25e-6, 2, 18));
   return *b;  // 25 us .. 3.3 s
 }
 const Histogram::BucketBoundaries& ErrorBuckets() {
-  static const auto* b = new Histogram::BucketBoundaries(Histogram::ExponentialBuckets(1e-4, 2, 28));
+  static const auto* b =
+      new Histogram::BucketBoundaries(Histogram::ExponentialBuckets(1e-4, 2, 28));
   return *b;  // 1e-4 .. 13400
 }
-
 
 }  // namespace
 
@@ -36,8 +37,10 @@ ModelMetrics::ModelMetrics(ServerMetrics& m, const std::string& model, const std
       model_(model),
       version_(version),
       samples_(m.samples_.Add({{"model", model}, {"version", version}})),
-      warnings_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "warning"}})),
-      criticals_(m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "critical"}})),
+      warnings_(
+          m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "warning"}})),
+      criticals_(
+          m.anomalies_.Add({{"model", model}, {"version", version}, {"severity", "critical"}})),
       errors_(m.errors_.Add({{"model", model}, {"version", version}}, ErrorBuckets())),
       missing_values_(m.missing_values_.Add({{"model", model}, {"version", version}})),
       skipped_(m.skipped_.Add({{"model", model}, {"version", version}})) {}
@@ -49,8 +52,10 @@ void ModelMetrics::Record(absl::Span<const float> errors, absl::Span<const float
   uint64_t warn = 0, crit = 0;
   for (size_t i = 0; i < scores.size(); ++i) {
     if (!anomalous[i]) continue;
-    if (critical > 0 && scores[i] > critical) ++crit;
-    else ++warn;
+    if (critical > 0 && scores[i] > critical)
+      ++crit;
+    else
+      ++warn;
   }
   samples_.Increment(static_cast<double>(errors.size()));
   if (warn) warnings_.Increment(static_cast<double>(warn));
@@ -64,54 +69,87 @@ void ModelMetrics::RecordGaps(uint64_t missing_values, uint64_t skipped) {
 }
 
 ServerMetrics::ServerMetrics()
-    : requests_(BuildCounter().Name("aeserve_requests_total")
-                    .Help("gRPC calls finished, by method and status code.").Register(registry_)),
-      request_seconds_(BuildHistogram().Name("aeserve_request_duration_seconds")
+    : requests_(BuildCounter()
+                    .Name("aeserve_requests_total")
+                    .Help("gRPC calls finished, by method and status code.")
+                    .Register(registry_)),
+      request_seconds_(BuildHistogram()
+                           .Name("aeserve_request_duration_seconds")
                            .Help("Time from receiving a call (or stream batch) to answering it.")
                            .Register(registry_)),
-      queue_seconds_(BuildHistogram().Name("aeserve_queue_duration_seconds")
+      queue_seconds_(BuildHistogram()
+                         .Name("aeserve_queue_duration_seconds")
                          .Help("Time a call or stream batch waited for a scoring worker.")
                          .Register(registry_)),
-      compute_seconds_(BuildHistogram().Name("aeserve_compute_duration_seconds")
+      compute_seconds_(BuildHistogram()
+                           .Name("aeserve_compute_duration_seconds")
                            .Help("Time a scoring worker spent on a call or stream batch.")
                            .Register(registry_)),
-      samples_(BuildCounter().Name("aeserve_samples_scored_total")
-                   .Help("Samples scored.").Register(registry_)),
-      anomalies_(BuildCounter().Name("aeserve_anomalies_total")
+      samples_(BuildCounter()
+                   .Name("aeserve_samples_scored_total")
+                   .Help("Samples scored.")
+                   .Register(registry_)),
+      anomalies_(BuildCounter()
+                     .Name("aeserve_anomalies_total")
                      .Help("Samples flagged anomalous, by severity (critical: above the critical "
-                           "threshold; warning: above the threshold only).").Register(registry_)),
-      errors_(BuildHistogram().Name("aeserve_reconstruction_error")
+                           "threshold; warning: above the threshold only).")
+                     .Register(registry_)),
+      errors_(BuildHistogram()
+                  .Name("aeserve_reconstruction_error")
                   .Help("Reconstruction error (mean squared error over features, scaled units) "
-                        "of scored samples.").Register(registry_)),
-      missing_values_(BuildCounter().Name("aeserve_missing_values_total")
+                        "of scored samples.")
+                  .Register(registry_)),
+      missing_values_(BuildCounter()
+                          .Name("aeserve_missing_values_total")
                           .Help("Missing feature values (NaN or absent named columns) in scored "
-                                "samples, filled in by the model.").Register(registry_)),
-      skipped_(BuildCounter().Name("aeserve_skipped_samples_total")
+                                "samples, filled in by the model.")
+                          .Register(registry_)),
+      skipped_(BuildCounter()
+                   .Name("aeserve_skipped_samples_total")
                    .Help("Samples not scored because they missed more features than the "
-                         "model's max_missing_fraction allows.").Register(registry_)),
-      rejected_(BuildCounter().Name("aeserve_rejected_requests_total")
-                    .Help("Calls refused for capacity, by reason.").Register(registry_)),
-      dropped_events_(BuildCounter().Name("aeserve_anomaly_events_dropped_total")
+                         "model's max_missing_fraction allows.")
+                   .Register(registry_)),
+      rejected_(BuildCounter()
+                    .Name("aeserve_rejected_requests_total")
+                    .Help("Calls refused for capacity, by reason.")
+                    .Register(registry_)),
+      dropped_events_(BuildCounter()
+                          .Name("aeserve_anomaly_events_dropped_total")
                           .Help("Anomaly events dropped because a watcher's buffer was full.")
-                          .Register(registry_).Add({})),
-      model_loads_(BuildCounter().Name("aeserve_model_loads_total")
-                       .Help("Model versions loaded, by result.").Register(registry_)),
-      model_load_seconds_(BuildHistogram().Name("aeserve_model_load_duration_seconds")
+                          .Register(registry_)
+                          .Add({})),
+      model_loads_(BuildCounter()
+                       .Name("aeserve_model_loads_total")
+                       .Help("Model versions loaded, by result.")
+                       .Register(registry_)),
+      model_load_seconds_(BuildHistogram()
+                              .Name("aeserve_model_load_duration_seconds")
                               .Help("Time to load a model version and build its inference plans.")
-                              .Register(registry_).Add({}, LatencyBuckets())),
-      store_errors_(BuildCounter().Name("aeserve_model_store_errors_total")
-                        .Help("Store entries found unusable (an ACTIVE file or a model file), by kind; "
-                              "each is also logged and shown in GetModel's error.")
-                        .Register(registry_)),
-      swaps_(BuildCounter().Name("aeserve_model_swaps_total")
-                 .Help("Active-version changes.").Register(registry_).Add({})),
-      training_epoch_(BuildGauge().Name("aeserve_training_epoch")
-                          .Help("Epoch the latest training job of a model finished.").Register(registry_)),
-      training_loss_(BuildGauge().Name("aeserve_training_loss")
+                              .Register(registry_)
+                              .Add({}, LatencyBuckets())),
+      store_errors_(
+          BuildCounter()
+              .Name("aeserve_model_store_errors_total")
+              .Help("Store entries found unusable (an ACTIVE file or a model file), by kind; "
+                    "each is also logged and shown in GetModel's error.")
+              .Register(registry_)),
+      swaps_(BuildCounter()
+                 .Name("aeserve_model_swaps_total")
+                 .Help("Active-version changes.")
+                 .Register(registry_)
+                 .Add({})),
+      training_epoch_(BuildGauge()
+                          .Name("aeserve_training_epoch")
+                          .Help("Epoch the latest training job of a model finished.")
+                          .Register(registry_)),
+      training_loss_(BuildGauge()
+                         .Name("aeserve_training_loss")
                          .Help("Latest training and validation loss of a model's training job.")
                          .Register(registry_)),
-      training_jobs_total_(BuildCounter().Name("aeserve_training_jobs_total")
-                               .Help("Training jobs ended, by result.").Register(registry_)) {
+      training_jobs_total_(BuildCounter()
+                               .Name("aeserve_training_jobs_total")
+                               .Help("Training jobs ended, by result.")
+                               .Register(registry_)) {
   for (const char* rpc : {"Score", "StreamScore", "Encode", "Reconstruct", "Generate"}) {
     auto r = std::make_unique<RpcInstruments>();
     r->request = &request_seconds_.Add({{"rpc", rpc}}, LatencyBuckets());
@@ -131,14 +169,16 @@ void ServerMetrics::RecordRequest(const std::string& rpc, grpc::StatusCode code,
   const size_t c = std::min<size_t>(static_cast<size_t>(code), 16);
   metrics::Counter* counter = r.codes[c].load(std::memory_order_acquire);
   if (counter == nullptr) {
-    counter = &requests_.Add({{"rpc", rpc}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+    counter = &requests_.Add(
+        {{"rpc", rpc}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
     r.codes[c].store(counter, std::memory_order_release);
   }
   counter->Increment();
   r.request->Observe(seconds);
 }
 
-void ServerMetrics::RecordQueueAndCompute(const std::string& rpc, double queue_s, double compute_s) {
+void ServerMetrics::RecordQueueAndCompute(const std::string& rpc, double queue_s,
+                                          double compute_s) {
   RpcInstruments& r = Rpc(rpc);
   r.queue->Observe(queue_s);
   r.compute->Observe(compute_s);
@@ -148,7 +188,9 @@ void ServerMetrics::RecordRejected(const std::string& reason) {
   rejected_.Add({{"reason", reason}}).Increment();
 }
 
-void ServerMetrics::RecordDroppedEvents(uint64_t n) { dropped_events_.Increment(static_cast<double>(n)); }
+void ServerMetrics::RecordDroppedEvents(uint64_t n) {
+  dropped_events_.Increment(static_cast<double>(n));
+}
 
 void ServerMetrics::RecordModelLoad(bool ok, double seconds) {
   model_loads_.Add({{"result", ok ? "ok" : "error"}}).Increment();
@@ -227,8 +269,9 @@ std::vector<metrics::MetricFamily> CollectProcessMetrics() {
     while (std::getline(pstat, line)) {
       if (line.rfind("btime ", 0) == 0) btime = std::stod(line.substr(6));
     }
-    gauge("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.",
-          metrics::MetricType::kGauge, btime + start_ticks / tick);
+    gauge("process_start_time_seconds",
+          "Start time of the process since the Unix epoch in seconds.", metrics::MetricType::kGauge,
+          btime + start_ticks / tick);
     gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
           metrics::MetricType::kGauge, std::stod(f[21]) * sysconf(_SC_PAGESIZE));
   }

@@ -111,7 +111,8 @@ class ServerMetrics {
   // Built in the constructor for every RPC, read-only afterwards.
   std::map<std::string, std::unique_ptr<RpcInstruments>, std::less<>> rpcs_;
   mutable absl::Mutex mu_;
-  std::map<std::pair<std::string, std::string>, std::weak_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, std::weak_ptr<ModelMetrics>> models_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // Process metrics read from /proc: resident memory, CPU seconds, open fds, start time.

@@ -17,8 +17,9 @@ ModelEntry StoreSync::Load(const ModelKey& key) const {
     if (!entry.versions.empty()) {
       entry.active = entry.versions.rbegin()->first;
       if (r_.log_ != nullptr) {
-        r_.log_->warn("model store: model '{}' has no ACTIVE file: version {} (the highest) is active",
-                      key.str(), entry.active);
+        r_.log_->warn(
+            "model store: model '{}' has no ACTIVE file: version {} (the highest) is active",
+            key.str(), entry.active);
       }
     }
   } else {
@@ -67,7 +68,8 @@ int StoreSync::FollowActive(const ModelKey& key, ModelEntry& e,
                             const absl::StatusOr<uint64_t>& disk_active) const {
   int changes = 0;
   auto act = e.versions.find(e.active);
-  const bool serving = e.active != 0 && act != e.versions.end() && act->second.state == v1::MODEL_STATE_READY;
+  const bool serving =
+      e.active != 0 && act != e.versions.end() && act->second.state == v1::MODEL_STATE_READY;
   if (disk_active.ok()) {
     e.store_error.clear();
     const uint64_t want = *disk_active;
@@ -99,7 +101,8 @@ int StoreSync::FollowActive(const ModelKey& key, ModelEntry& e,
         e.error.clear();
         ++changes;
       } else {
-        e.error = absl::StrCat("no ACTIVE file, and the highest version ", high->first, " is unavailable");
+        e.error = absl::StrCat("no ACTIVE file, and the highest version ", high->first,
+                               " is unavailable");
       }
     }
   } else {
@@ -128,15 +131,17 @@ int StoreSync::Poll() {
   bool all_keys = true;
   const std::vector<ModelKey> keys = r_.store_.ListModels(&all_keys);
   if (!all_keys) {
-    r_.ReportStoreError(ModelKey{"*", ""}, "listing",
-                        "the store directory could not be read to the end; nothing is unloaded this round");
+    r_.ReportStoreError(
+        ModelKey{"*", ""}, "listing",
+        "the store directory could not be read to the end; nothing is unloaded this round");
   }
   for (const ModelKey& key : keys) {
     bool all_versions = true;
     const std::vector<uint64_t> on_disk = r_.store_.ListVersions(key, &all_versions);
     if (!all_versions) {
       // A listing that failed half-way is not the store's contents: change nothing this round.
-      r_.ReportStoreError(key, "listing", "its directory could not be read to the end; left as it is");
+      r_.ReportStoreError(key, "listing",
+                          "its directory could not be read to the end; left as it is");
       continue;
     }
     // What the store holds that we have not loaded (new versions, rewritten files): new versions
@@ -172,8 +177,8 @@ int StoreSync::Poll() {
       if (ver.state != v1::MODEL_STATE_READY && was_ready) {
         // A rewrite that does not load: keep serving the good copy, say why.
         old->second.bad_stamp = ver.stamp;
-        old->second.error = absl::StrCat("the file in the store changed and does not load (", ver.error,
-                                         "); serving the copy loaded before");
+        old->second.error = absl::StrCat("the file in the store changed and does not load (",
+                                         ver.error, "); serving the copy loaded before");
       } else {
         // A rewrite keeps the version's live statistics (its calibration does not change).
         if (was_ready && ver.stats != nullptr) ver.stats = old->second.stats;

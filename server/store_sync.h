@@ -33,7 +33,8 @@ class StoreSync {
   // A model's entry as the store holds it now (loads every version).
   ModelEntry Load(const ModelKey& key) const;
   // Follows the store's ACTIVE file for one model. Returns the changes made.
-  int FollowActive(const ModelKey& key, ModelEntry& e, const absl::StatusOr<uint64_t>& disk_active) const;
+  int FollowActive(const ModelKey& key, ModelEntry& e,
+                   const absl::StatusOr<uint64_t>& disk_active) const;
 
   ModelRegistry& r_;
 };

@@ -49,8 +49,12 @@ void StreamTracker::WakeWaiting() {
 StreamReactor::StreamReactor(const Options& options, const ModelRegistry* registry,
                              Executor* executor, StreamTracker* tracker, grpc::Status denied,
                              ServerMetrics* metrics, AnomalyFeed* feed)
-    : options_(options), registry_(registry), executor_(executor), tracker_(tracker),
-      metrics_(metrics), feed_(feed) {
+    : options_(options),
+      registry_(registry),
+      executor_(executor),
+      tracker_(tracker),
+      metrics_(metrics),
+      feed_(feed) {
   if (!denied.ok()) {
     if (metrics_ != nullptr) metrics_->RecordRequest("StreamScore", denied.error_code(), 0);
     absl::MutexLock lock(&mu_);
@@ -194,8 +198,9 @@ void StreamReactor::Pump() {
       st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
     }
     if (metrics_ != nullptr) {
-      metrics_->RecordRequest("StreamScore", st.error_code(),
-                              std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+      metrics_->RecordRequest(
+          "StreamScore", st.error_code(),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
     }
     // A named stream leaves its alarm and open incident for a reconnect before the client learns
     // that the stream ended (no Process task runs now), so an immediate reconnect finds them.
@@ -254,10 +259,11 @@ StreamReactor::Unsent StreamReactor::Encode(const v1::StreamScoreResponse& r) {
     v1::StreamScoreResponse e;
     e.set_sequence(r.sequence());
     e.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
-    e.mutable_error()->set_message(absl::StrCat(
-        "the answer to this batch would be ", size, " bytes, over the message limit of ",
-        options_.max_message_bytes, " (--max_message_bytes): send smaller batches or ask for fewer "
-        "per-feature fields"));
+    e.mutable_error()->set_message(
+        absl::StrCat("the answer to this batch would be ", size,
+                     " bytes, over the message limit of ", options_.max_message_bytes,
+                     " (--max_message_bytes): send smaller batches or ask for fewer "
+                     "per-feature fields"));
     SerializeMessage(e, &u.message);
   }
   u.bytes = u.message.Length();
@@ -273,7 +279,8 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
     r.mutable_error()->set_message(std::string(st.message()));
   };
   if (req.has_config()) {
-    if (configured_) return error(absl::InvalidArgumentError("config is only allowed in the first message"));
+    if (configured_)
+      return error(absl::InvalidArgumentError("config is only allowed in the first message"));
     configured_ = true;
     config_ = req.config();
     if (config_.debounce_n() > 100000 || config_.debounce_k() > config_.debounce_n()) {
@@ -286,20 +293,24 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
     }
     if (config_.debounce_k() > 0 && config_.debounce_n() > 0) {
       // A named stream carries on with what it left within --incident_resume_seconds.
-      incidents_ = config_.stream_id().empty()
-                       ? std::make_unique<IncidentTracker>(config_.debounce_k(), config_.debounce_n())
-                       : tracker_->incidents().Take(IncidentKey(), config_.debounce_k(),
-                                                    config_.debounce_n());
+      incidents_ =
+          config_.stream_id().empty()
+              ? std::make_unique<IncidentTracker>(config_.debounce_k(), config_.debounce_n())
+              : tracker_->incidents().Take(IncidentKey(), config_.debounce_k(),
+                                           config_.debounce_n());
     }
     if (!req.has_samples()) return;  // config only
   }
-  if (!configured_) return error(absl::InvalidArgumentError("the first message must carry config (the model to use)"));
+  if (!configured_)
+    return error(
+        absl::InvalidArgumentError("the first message must carry config (the model to use)"));
   auto handle = registry_->Get(config_.model(), config_.entity(), config_.version());
   if (!handle.ok()) return error(handle.status());
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
-  absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
-                                 worker, resp.mutable_result(), ScoreHooks{feed_, &config_, &window_});
+  absl::Status st =
+      ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows, worker,
+                   resp.mutable_result(), ScoreHooks{feed_, &config_, &window_});
   if (!st.ok()) return error(st);
   Debounce(*handle, resp.mutable_result());
   stats_.Add(resp.result());
@@ -319,7 +330,8 @@ void StreamReactor::Debounce(const ModelHandle& h, v1::ScoreResponse* r) {
   if (incidents_ == nullptr) return;
   IncidentSource src{h.name, h.entity, config_.stream_id(),
                      std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count()};
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count()};
   incidents_->Feed(src, r);
   if (feed_ != nullptr && r->incidents_size() > 0 && feed_->HasWatchers()) {
     feed_->PublishIncidents(h, r->incidents());

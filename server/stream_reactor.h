@@ -21,9 +21,9 @@
 #include "byte_budget.h"
 #include "executor.h"
 #include "incidents.h"
-#include "server_metrics.h"
 #include "model_registry.h"
 #include "options.h"
+#include "server_metrics.h"
 #include "stream_stats.h"
 #include "window.h"
 
@@ -128,9 +128,9 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   // Touched only by the one Process task of this stream at a time.
   bool configured_ = false;
   v1::StreamConfig config_;
-  std::unique_ptr<IncidentTracker> incidents_;  // with debounce: alarms and incidents
+  std::unique_ptr<IncidentTracker> incidents_;    // with debounce: alarms and incidents
   std::unique_ptr<engine::WindowBuffer> window_;  // series models: the stream's last steps
-  StreamStats stats_;  // the periodic summary
+  StreamStats stats_;                             // the periodic summary
 };
 
 }  // namespace aeserve::server

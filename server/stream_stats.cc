@@ -17,24 +17,29 @@ void StreamStats::Add(const v1::ScoreResponse& r) {
   }
 }
 
-std::optional<v1::StreamStats> StreamStats::Take(const v1::StreamConfig& config, Clock::time_point now) {
+std::optional<v1::StreamStats> StreamStats::Take(const v1::StreamConfig& config,
+                                                 Clock::time_point now) {
   const double elapsed = std::chrono::duration<double>(now - window_start_).count();
-  const bool by_count = config.stats_every_batches() > 0 && batches_ >= config.stats_every_batches();
+  const bool by_count =
+      config.stats_every_batches() > 0 && batches_ >= config.stats_every_batches();
   const bool by_time = config.stats_every_seconds() > 0 && elapsed >= config.stats_every_seconds();
   if (!by_count && !by_time) return std::nullopt;
   v1::StreamStats st;
   st.set_batches(batches_);
   st.set_samples(samples_);
   st.set_anomalies(anomalies_);
-  st.set_anomaly_rate(samples_ ? static_cast<double>(anomalies_) / static_cast<double>(samples_) : 0);
+  st.set_anomaly_rate(samples_ ? static_cast<double>(anomalies_) / static_cast<double>(samples_)
+                               : 0);
   double mean = 0;
   for (float e : errors_) mean += e;
   if (!errors_.empty()) mean /= static_cast<double>(errors_.size());
   st.set_error_mean(mean);
   auto quantile = [&](double p) -> double {
     if (errors_.empty()) return 0;
-    const size_t i = std::min(errors_.size() - 1, static_cast<size_t>(p * static_cast<double>(errors_.size())));
-    std::nth_element(errors_.begin(), errors_.begin() + static_cast<std::ptrdiff_t>(i), errors_.end());
+    const size_t i =
+        std::min(errors_.size() - 1, static_cast<size_t>(p * static_cast<double>(errors_.size())));
+    std::nth_element(errors_.begin(), errors_.begin() + static_cast<std::ptrdiff_t>(i),
+                     errors_.end());
     return errors_[i];
   };
   st.set_error_p50(quantile(0.5));

@@ -27,7 +27,8 @@ class StreamStats {
   // The summary when `config` asks for one at `now` (enough batches or seconds since the last),
   // which starts the next window; nullopt otherwise. Quantiles are order statistics: the error at
   // index floor(p * n) of the window's sorted errors (p50, p90, p99), 0 with no errors.
-  std::optional<v1::StreamStats> Take(const v1::StreamConfig& config, Clock::time_point now = Clock::now());
+  std::optional<v1::StreamStats> Take(const v1::StreamConfig& config,
+                                      Clock::time_point now = Clock::now());
 
  private:
   uint64_t batches_ = 0, samples_ = 0, anomalies_ = 0;

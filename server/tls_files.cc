@@ -18,7 +18,8 @@ constexpr uint64_t kMaxPemBytes = 1 << 20;
 
 absl::StatusOr<std::string> ReadPem(const char* flag, const std::string& path) {
   auto text = engine::ReadRegularFile(path, kMaxPemBytes);
-  if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", text.status().message()));
+  if (!text.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", text.status().message()));
   return *text;
 }
 
@@ -32,7 +33,8 @@ absl::StatusOr<Owned<X509, X509_free>> FirstCertificate(const std::string& pem, 
   Owned<X509, X509_free> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   if (!cert) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", path, " holds no PEM certificate"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " ", path, " holds no PEM certificate"));
   }
   return cert;
 }
@@ -58,7 +60,8 @@ absl::StatusOr<TlsFiles> ReadTlsFiles(const Options& o) {
   auto x509 = FirstCertificate(f.cert, "tls_cert", o.tls_cert);
   if (!x509.ok()) return x509.status();
   Owned<BIO, BIO_free_all> kbio(BIO_new_mem_buf(f.key.data(), static_cast<int>(f.key.size())));
-  Owned<EVP_PKEY, EVP_PKEY_free> pkey(PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr));
+  Owned<EVP_PKEY, EVP_PKEY_free> pkey(
+      PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr));
   if (!pkey) {
     ERR_clear_error();
     return absl::InvalidArgumentError(
@@ -66,11 +69,12 @@ absl::StatusOr<TlsFiles> ReadTlsFiles(const Options& o) {
   }
   if (X509_check_private_key(x509->get(), pkey.get()) != 1) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat("--tls_key ", o.tls_key,
-                                                   " does not match the certificate in --tls_cert ", o.tls_cert));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls_key ", o.tls_key, " does not match the certificate in --tls_cert ", o.tls_cert));
   }
   if (!o.tls_client_ca.empty()) {
-    if (auto ca = FirstCertificate(f.client_ca, "tls_client_ca", o.tls_client_ca); !ca.ok()) return ca.status();
+    if (auto ca = FirstCertificate(f.client_ca, "tls_client_ca", o.tls_client_ca); !ca.ok())
+      return ca.status();
   }
   return f;
 }

@@ -15,7 +15,8 @@ namespace {
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch()).count();
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 }  // namespace
@@ -23,8 +24,11 @@ int64_t NowMs() {
 TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
                            std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics,
                            int max_finished)
-    : registry_(registry), metrics_(metrics), max_queued_(static_cast<size_t>(max_queued)),
-      max_finished_(static_cast<size_t>(std::max(1, max_finished))), log_(std::move(log)) {
+    : registry_(registry),
+      metrics_(metrics),
+      max_queued_(static_cast<size_t>(max_queued)),
+      max_finished_(static_cast<size_t>(std::max(1, max_finished))),
+      log_(std::move(log)) {
   for (int i = 0; i < runners; ++i) runners_.emplace_back([this] { Loop(); });
 }
 
@@ -39,8 +43,8 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
   if (!key.ok()) return key.status();
   if (h.num_features() == 0) return absl::InvalidArgumentError("header: num_features must be > 0");
   if (h.feature_names_size() != 0 && h.feature_names_size() != static_cast<int>(h.num_features())) {
-    return absl::InvalidArgumentError(absl::StrCat("header: ", h.feature_names_size(),
-                                                   " feature names for ", h.num_features(), " features"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header: ", h.feature_names_size(), " feature names for ", h.num_features(), " features"));
   }
   if (auto st = CheckUniqueNames(h.feature_names()); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("header: ", st.message()));
@@ -52,9 +56,8 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
     const v1::ModelSpec& bs = base->model->spec();
     const uint32_t columns = engine::IsSeries(bs) ? bs.window().columns() : bs.num_features();
     if (columns != h.num_features()) {
-      return absl::InvalidArgumentError(absl::StrCat("fine-tuning: the base version has ",
-                                                     columns, " features, the data ",
-                                                     h.num_features()));
+      return absl::InvalidArgumentError(absl::StrCat("fine-tuning: the base version has ", columns,
+                                                     " features, the data ", h.num_features()));
     }
   } else {
     // A series model's inputs are windows over the uploaded columns.
@@ -65,9 +68,9 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
       if (auto st = engine::WindowForColumns(w, h.num_features()); !st.ok()) return st;
       inputs = static_cast<uint32_t>(engine::WindowInputs(*w, h.num_features()));
       if (h.rows() != 0 && h.rows() < w->length()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "model spec: a window of ", w->length(), " steps is longer than the series of ",
-            h.rows(), " rows this upload sends"));
+        return absl::InvalidArgumentError(absl::StrCat("model spec: a window of ", w->length(),
+                                                       " steps is longer than the series of ",
+                                                       h.rows(), " rows this upload sends"));
       }
     }
     if (auto r = engine::ResolveSpec(spec, inputs); !r.ok()) return r.status();
@@ -127,7 +130,8 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
   s.set_num_features(header.num_features());
   s.set_rows(job->data.size() / header.num_features());
   // The header was checked (CheckHeader), so the options resolve.
-  s.set_epochs(engine::ResolveTrainingOptions(header.options()).value_or(v1::TrainingOptions()).epochs());
+  s.set_epochs(
+      engine::ResolveTrainingOptions(header.options()).value_or(v1::TrainingOptions()).epochs());
   s.set_created_unix_ms(NowMs());
   jobs_[s.id()] = job;
   queue_.push_back(job);
@@ -140,7 +144,8 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Get(const std::string& id) const {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  if (it == jobs_.end())
+    return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
   return it->second->state;
 }
 
@@ -167,7 +172,8 @@ std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const 
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  if (it == jobs_.end())
+    return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
   Job& job = *it->second;
   if (Terminal(job.state.state())) {
     return absl::FailedPreconditionError(
@@ -197,7 +203,8 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Watch(const std::string& id, Watch
                                                     uint64_t* token) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  if (it == jobs_.end())
+    return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
   *token = next_token_++;
   if (!Terminal(it->second->state.state())) it->second->watchers[*token] = std::move(watcher);
   return it->second->state;
@@ -245,9 +252,8 @@ void TrainingJobs::Loop() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](TrainingJobs* t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu_) {
-            return !t->queue_.empty() || t->stopping_;
-          },
+          +[](TrainingJobs* t)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu_) { return !t->queue_.empty() || t->stopping_; },
           this));
       if (stopping_) return;
       job = queue_.front();
@@ -302,7 +308,8 @@ void TrainingJobs::Run(Job& job) {
                      r->set_samples_per_second(p.samples_per_second);
                      Publish(job);
                      if (metrics_ != nullptr) {
-                       metrics_->RecordTrainingProgress(key.str(), p.epoch, p.train_loss, p.validation_loss);
+                       metrics_->RecordTrainingProgress(key.str(), p.epoch, p.train_loss,
+                                                        p.validation_loss);
                      }
                      return !job.cancel.load();
                    });
@@ -331,13 +338,15 @@ void TrainingJobs::Run(Job& job) {
     const bool cancelled = st.code() == absl::StatusCode::kCancelled || job.cancel;
     s.set_state(cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
     s.set_error(std::string(st.message()));
-    log_->warn("training job {} {}: {}", s.id(), cancelled ? "cancelled" : "failed", std::string(st.message()));
+    log_->warn("training job {} {}: {}", s.id(), cancelled ? "cancelled" : "failed",
+               std::string(st.message()));
   }
   std::vector<float>().swap(job.data);
   job.reservation.Release();
   if (metrics_ != nullptr) {
-    metrics_->RecordTrainingResult(s.state() == v1::JOB_STATE_SUCCEEDED ? "succeeded"
-                                   : s.state() == v1::JOB_STATE_CANCELLED ? "cancelled" : "failed");
+    metrics_->RecordTrainingResult(s.state() == v1::JOB_STATE_SUCCEEDED   ? "succeeded"
+                                   : s.state() == v1::JOB_STATE_CANCELLED ? "cancelled"
+                                                                          : "failed");
   }
   Publish(job);
   Finished(s.id());

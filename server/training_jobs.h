@@ -42,7 +42,8 @@ class TrainingJobs {
   absl::StatusOr<v1::ModelSpec> EffectiveSpec(const v1::TrainingJobHeader& header) const;
   // `timestamps_ms`: none, or one per row (series models need them). `reservation` holds the
   // data's bytes in the training-data budget until the job has ended.
-  absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header, std::vector<float> data,
+  absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header,
+                                         std::vector<float> data,
                                          std::vector<int64_t> timestamps_ms = {},
                                          ByteBudget::Reservation reservation = {});
   absl::StatusOr<v1::TrainingJob> Get(const std::string& id) const;
@@ -62,7 +63,7 @@ class TrainingJobs {
     v1::TrainingJob state;
     v1::TrainingJobHeader header;
     std::vector<float> data;
-    std::vector<int64_t> timestamps_ms;  // none, or one per row
+    std::vector<int64_t> timestamps_ms;   // none, or one per row
     ByteBudget::Reservation reservation;  // data's bytes in the training-data budget
     std::atomic<bool> cancel{false};
     std::map<uint64_t, Watcher> watchers;

@@ -47,7 +47,8 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     last_ = Clock::now();
     if (!ok) return Complete();
     if (!parsed.ok()) {
-      return End(grpc::Status(parsed.error_code(), absl::StrCat(parsed.error_message(), "; no job was created")));
+      return End(grpc::Status(parsed.error_code(),
+                              absl::StrCat(parsed.error_message(), "; no job was created")));
     }
     if (req.has_header()) {
       if (have_header_) return End(Invalid("the header is only allowed in the first message"));
@@ -70,7 +71,8 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 
   void OnCancel() override {
     absl::MutexLock lock(&mu_);
-    if (!finished_) End(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled; no job was created"));
+    if (!finished_)
+      End(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled; no job was created"));
   }
 
   void OnDone() override {
@@ -103,9 +105,9 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }
     const uint64_t max_values = uploads_->options_.max_training_values;
     if (h.rows() > max_values / h.num_features()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          h.rows(), " rows x ", h.num_features(), " features is over the limit of ", max_values,
-          " values (--max_training_values)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(h.rows(), " rows x ", h.num_features(), " features is over the limit of ",
+                       max_values, " values (--max_training_values)"));
     }
     expected_values_ = h.rows() * h.num_features();
     auto spec = uploads_->jobs_->EffectiveSpec(h);
@@ -121,22 +123,26 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       const uint64_t windows = h.rows() >= length ? (h.rows() - length) / stride + 1 : 0;
       const uint64_t inputs = engine::WindowInputs(w, h.num_features());
       if (windows > max_values / std::max<uint64_t>(inputs, 1)) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "the ", windows, " windows of ", inputs, " inputs this series makes are over the limit "
-            "of ", max_values, " values (--max_training_values): send a shorter series or use a "
-            "larger window.stride"));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("the ", windows, " windows of ", inputs,
+                         " inputs this series makes are over the limit "
+                         "of ",
+                         max_values,
+                         " values (--max_training_values): send a shorter series or use a "
+                         "larger window.stride"));
       }
       window_values = windows * inputs;
     }
     // Values, room for one timestamp per row (series models send them), and a series' windows.
-    const uint64_t bytes = (expected_values_ + window_values) * sizeof(float) +
-                           h.rows() * sizeof(int64_t);
+    const uint64_t bytes =
+        (expected_values_ + window_values) * sizeof(float) + h.rows() * sizeof(int64_t);
     reservation_ = uploads_->budget_->Reserve(bytes);
     if (reservation_.bytes() != bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "training data in memory is at its limit (uploads and queued jobs hold ",
-          uploads_->budget_->used(), " of ", uploads_->budget_->limit(),
-          " bytes, --max_upload_bytes; this upload needs ", bytes, "): retry when a job has finished"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("training data in memory is at its limit (uploads and queued jobs hold ",
+                       uploads_->budget_->used(), " of ", uploads_->budget_->limit(),
+                       " bytes, --max_upload_bytes; this upload needs ", bytes,
+                       "): retry when a job has finished"));
     }
     values_.reserve(expected_values_);
     return absl::OkStatus();
@@ -162,8 +168,9 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           timestamps_.size(), " timestamps for ", rows, " rows); no job was created")));
     }
     if (!timestamps_.empty() && timestamps_.size() != rows) {
-      return End(Invalid(absl::StrCat("the upload sent ", timestamps_.size(), " timestamps for ",
-                                      rows, " rows: give none or one per row; no job was created")));
+      return End(
+          Invalid(absl::StrCat("the upload sent ", timestamps_.size(), " timestamps for ", rows,
+                               " rows: give none or one per row; no job was created")));
     }
     auto job = uploads_->jobs_->Submit(header_, std::move(values_), std::move(timestamps_),
                                        std::move(reservation_));
@@ -216,7 +223,8 @@ Uploads::~Uploads() {
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* Uploads::Start(grpc::CallbackServerContext* ctx,
-                                                          grpc::ByteBuffer* out, grpc::Status denied) {
+                                                          grpc::ByteBuffer* out,
+                                                          grpc::Status denied) {
   return new UploadReactor(this, ctx, out, std::move(denied));
 }
 

@@ -27,8 +27,8 @@ class Uploads {
   ~Uploads();  // stops the sweeper
 
   // One CreateTrainingJob call; a non-OK `denied` finishes it at once.
-  grpc::ServerReadReactor<grpc::ByteBuffer>* Start(grpc::CallbackServerContext* ctx, grpc::ByteBuffer* out,
-                                                  grpc::Status denied);
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Start(grpc::CallbackServerContext* ctx,
+                                                   grpc::ByteBuffer* out, grpc::Status denied);
   size_t open() const;
 
  private:

@@ -14,7 +14,8 @@ namespace aeserve::testing {
 inline grpc::Status CreateJob(v1::ModelAdmin::Stub* stub, v1::TrainingJobHeader header,
                               const std::vector<float>& values, v1::TrainingJob* job,
                               const std::string& token = "", size_t chunk_rows = 500) {
-  if (header.rows() == 0 && header.num_features() > 0) header.set_rows(values.size() / header.num_features());
+  if (header.rows() == 0 && header.num_features() > 0)
+    header.set_rows(values.size() / header.num_features());
   grpc::ClientContext ctx;
   if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));

@@ -2,13 +2,13 @@
 // bad arguments.
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <atomic>
-#include <thread>
 #include <sstream>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "server_process.h"
@@ -25,7 +25,8 @@ struct Result {
 
 Result Aectl(const std::string& args, const std::string& stdin_file = "") {
   static int n = 0;
-  const std::string err_path = "/tmp/aectl_test_err_" + std::to_string(getpid()) + "_" + std::to_string(n++);
+  const std::string err_path =
+      "/tmp/aectl_test_err_" + std::to_string(getpid()) + "_" + std::to_string(n++);
   std::string cmd = std::string(AECTL_BINARY) + " " + args + " 2>" + err_path;
   if (!stdin_file.empty()) cmd += " < " + stdin_file;
   Result r;
@@ -50,12 +51,15 @@ int Lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), 
 TEST(AectlDemoStore, DISABLED_Train) {
   std::filesystem::remove_all(AECTL_DEMO_STORE);
   ServerProcess p;
-  ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
-                                       "--model_dir=" AECTL_DEMO_STORE,
-                                       "--demo_csv=" AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv"}))
+  ASSERT_TRUE(
+      p.Start(AESERVE_BINARY,
+              {"--host=127.0.0.1", "--port=0", "--metrics_port=0", "--model_dir=" AECTL_DEMO_STORE,
+               "--demo_csv=" AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv"}))
       << p.log();
   const std::string server = "--server 127.0.0.1:" + std::to_string(p.port());
-  ASSERT_TRUE(WaitFor([&] { return Aectl(server + " health").code == 0; }, std::chrono::seconds(120))) << p.log();
+  ASSERT_TRUE(
+      WaitFor([&] { return Aectl(server + " health").code == 0; }, std::chrono::seconds(120)))
+      << p.log();
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(20), 0) << p.log();
   EXPECT_TRUE(std::filesystem::exists(AECTL_DEMO_STORE "/demo/1/model.pb"));
@@ -72,7 +76,8 @@ class AectlTest : public ::testing::Test {
     ASSERT_TRUE(server_->Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
                                                 "--model_dir=" + dir_->path()}));
     server_arg_ = "--server 127.0.0.1:" + std::to_string(server_->port());
-    ASSERT_TRUE(WaitFor([] { return Aectl(server_arg_ + " health").code == 0; }, std::chrono::seconds(30)))
+    ASSERT_TRUE(
+        WaitFor([] { return Aectl(server_arg_ + " health").code == 0; }, std::chrono::seconds(30)))
         << server_->log();
   }
   static void TearDownTestSuite() {
@@ -127,7 +132,8 @@ TEST_F(AectlTest, ScoreCsvJsonAndStdin) {
     ASSERT_GE(cells.size(), 6u) << line;
     flagged += cells[4] == "1";
   }
-  EXPECT_NE(csv.err.find("scored 1000 samples, " + std::to_string(flagged) + " anomalous"), std::string::npos)
+  EXPECT_NE(csv.err.find("scored 1000 samples, " + std::to_string(flagged) + " anomalous"),
+            std::string::npos)
       << csv.err;
   EXPECT_NE(csv.err.find("labels: 92 anomalies"), std::string::npos) << csv.err;
 
@@ -216,7 +222,8 @@ TEST_F(AectlTest, ColumnsByNameAndGaps) {
   ASSERT_EQ(strict.code, 0) << strict.err;
   auto none = Aectl(server_arg_ + " score --model demo " + gaps);
   EXPECT_NE(none.code, 0);
-  EXPECT_NE(none.err.find("missing value (NaN) at row 0, feature 'f3'"), std::string::npos) << none.err;
+  EXPECT_NE(none.err.find("missing value (NaN) at row 0, feature 'f3'"), std::string::npos)
+      << none.err;
   ASSERT_EQ(Aectl(server_arg_ + " policy demo --max-missing 0.5").code, 0);
   EXPECT_EQ(Aectl(server_arg_ + " score --model demo " + gaps).out, filled.out);
   for (const auto& f : {swapped, extra, gaps}) std::remove(f.c_str());
@@ -232,7 +239,8 @@ TEST_F(AectlTest, StreamPrintsAFinalStatsLine) {
 
 TEST_F(AectlTest, StreamFlagsWhatScoreFlags) {
   auto score = Aectl(server_arg_ + " score --model demo " + Test());
-  auto stream = Aectl(server_arg_ + " stream --model demo --batch 64 --rate 20000 --stats-every 0.02 " + Test());
+  auto stream = Aectl(server_arg_ +
+                      " stream --model demo --batch 64 --rate 20000 --stats-every 0.02 " + Test());
   ASSERT_EQ(stream.code, 0) << stream.err;
   // The stream prints the flagged rows only, with the same summary as score.
   const auto summary = [](const std::string& err) { return err.substr(err.find("scored")); };
@@ -257,8 +265,10 @@ TEST_F(AectlTest, StreamPrintsIncidents) {
   EXPECT_GT(raised, 0u) << r.err;
   EXPECT_GE(cleared + 1, raised) << r.err;  // the last one may still be open at the end
   EXPECT_LE(cleared, raised);
-  EXPECT_NE(r.err.find(std::to_string(raised) + " incidents (alarm: 3 of the last 5 samples flagged)"),
-            std::string::npos) << r.err;
+  EXPECT_NE(
+      r.err.find(std::to_string(raised) + " incidents (alarm: 3 of the last 5 samples flagged)"),
+      std::string::npos)
+      << r.err;
   EXPECT_NE(r.err.find(", top f"), std::string::npos) << r.err;  // the worst sample's features
 }
 
@@ -284,8 +294,10 @@ std::string SeriesCsv(const std::string& tag, int first_hour, int hours, int spi
 TEST_F(AectlTest, SeriesTrainScoreStream) {
   const std::string train = SeriesCsv("train", 0, 24 * 20, -1);
   const std::string test = SeriesCsv("test", 24 * 20, 48, 30);
-  auto t = Aectl(server_arg_ + " train --model series --window 6 --time-features hour "
-                 "--epochs 30 " + train);
+  auto t = Aectl(server_arg_ +
+                 " train --model series --window 6 --time-features hour "
+                 "--epochs 30 " +
+                 train);
   ASSERT_EQ(t.code, 0) << t.err;
   EXPECT_NE(t.out.find("model series version 1 active"), std::string::npos) << t.out;
   auto m = Aectl(server_arg_ + " model series --format json");
@@ -326,14 +338,17 @@ TEST_F(AectlTest, SeriesTrainScoreStream) {
   auto no_times = Aectl(server_arg_ + " score --model series " + untimed);
   EXPECT_EQ(no_times.code, 1);
   EXPECT_NE(no_times.err.find("every row needs a timestamp"), std::string::npos) << no_times.err;
-  EXPECT_NE(no_times.err.find("the file has no 'timestamp' column"), std::string::npos) << no_times.err;
+  EXPECT_NE(no_times.err.find("the file has no 'timestamp' column"), std::string::npos)
+      << no_times.err;
   for (const auto& f : {train, test, untimed}) std::remove(f.c_str());
 }
 
 // Per-entity models from the CLI: listed with their entity, scored and streamed by entity.
 TEST_F(AectlTest, EntityModels) {
-  ASSERT_EQ(Aectl(server_arg_ + " train --model ent --layers 16 --code 4 --epochs 2 " + Test()).code, 0);
-  auto t = Aectl(server_arg_ + " train --model ent --entity host-7 --layers 16 --code 4 --epochs 2 --seed 2 " +
+  ASSERT_EQ(
+      Aectl(server_arg_ + " train --model ent --layers 16 --code 4 --epochs 2 " + Test()).code, 0);
+  auto t = Aectl(server_arg_ +
+                 " train --model ent --entity host-7 --layers 16 --code 4 --epochs 2 --seed 2 " +
                  Test());
   ASSERT_EQ(t.code, 0) << t.err;
   auto m = Aectl(server_arg_ + " models");
@@ -370,7 +385,9 @@ TEST_F(AectlTest, TrainThresholdActivate) {
   ASSERT_EQ(t.code, 0) << t.err;
   EXPECT_NE(t.out.find("model t2 version 1 active"), std::string::npos) << t.out;
   EXPECT_NE(t.err.find("SUCCEEDED epoch 5/5"), std::string::npos);
-  auto detached = Aectl(server_arg_ + " train --model t2 --layers 16 --code 4 --epochs 2 --detach --no-activate " + Test());
+  auto detached =
+      Aectl(server_arg_ +
+            " train --model t2 --layers 16 --code 4 --epochs 2 --detach --no-activate " + Test());
   ASSERT_EQ(detached.code, 0);
   EXPECT_EQ(detached.out.rfind("job-", 0), 0u);
   auto jobs = Aectl(server_arg_ + " jobs --model t2");
@@ -428,7 +445,8 @@ TEST_F(AectlTest, GlobalOptionsInEverySubcommand) {
                                 "cancel", "activate", "delete", "threshold", "policy", "watch"}) {
     auto help = Aectl(sub + " --help");
     EXPECT_EQ(help.code, 0) << sub;
-    for (const std::string opt : {"--server", "--timeout", "--token", "--tls-ca", "--tls-cert", "--tls-key"}) {
+    for (const std::string opt :
+         {"--server", "--timeout", "--token", "--tls-ca", "--tls-cert", "--tls-key"}) {
       EXPECT_NE(help.out.find(opt), std::string::npos) << sub << " --help lacks " << opt;
     }
   }
@@ -464,7 +482,8 @@ TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   auto bad_layers = Aectl(server_arg_ + " train --model x --layers 64,abc " + Test());
   EXPECT_EQ(bad_layers.code, 2);
   EXPECT_NE(bad_layers.err.find("--layers"), std::string::npos) << bad_layers.err;
-  EXPECT_NE(bad_layers.err.find("'abc' is not a positive integer"), std::string::npos) << bad_layers.err;
+  EXPECT_NE(bad_layers.err.find("'abc' is not a positive integer"), std::string::npos)
+      << bad_layers.err;
   auto bad_kind = Aectl(server_arg_ + " train --model x --kind denoise " + Test());
   EXPECT_EQ(bad_kind.code, 2);
   EXPECT_NE(bad_kind.err.find("denoising"), std::string::npos) << bad_kind.err;  // the valid ones
@@ -482,7 +501,8 @@ TEST_F(AectlTest, ErrorsAreOneLineAndNonZero) {
   // A TLS client against this plaintext server: the failure comes with the TLS hint.
   const std::string ca = dir_->path() + "/ca.pem";
   ASSERT_EQ(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -keyout " + dir_->path() +
-                         "/ca.key -out " + ca + " -days 1 -subj /CN=aectl-test 2>/dev/null").c_str()),
+                         "/ca.key -out " + ca + " -days 1 -subj /CN=aectl-test 2>/dev/null")
+                            .c_str()),
             0);
   auto mismatch = Aectl(server_arg_ + " --timeout 5 --tls-ca " + ca + " health");
   EXPECT_EQ(mismatch.code, 1);

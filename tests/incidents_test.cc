@@ -3,7 +3,6 @@
 // stream's state kept across a reconnect.
 #include "incidents.h"
 
-
 #include "gtest/gtest.h"
 
 namespace aeserve::server {
@@ -121,7 +120,8 @@ TEST(IncidentBook, ANamedStreamResumesWithinTheWindowOnly) {
 
 TEST(IncidentBook, KeepsAtMostItsBound) {
   IncidentBook book(std::chrono::seconds(60), 3);
-  for (int i = 0; i < 5; ++i) book.Keep("k" + std::to_string(i), std::make_unique<IncidentTracker>(1, 1));
+  for (int i = 0; i < 5; ++i)
+    book.Keep("k" + std::to_string(i), std::make_unique<IncidentTracker>(1, 1));
   EXPECT_EQ(book.size(), 3u);
 }
 

@@ -40,7 +40,8 @@ const Data& Cardio() {
     d->labels = t->labels;
     for (size_t r = 0; r < t->rows; ++r) {
       if (t->labels[r] == 0) {
-        d->inliers.insert(d->inliers.end(), t->values.begin() + r * d->d, t->values.begin() + (r + 1) * d->d);
+        d->inliers.insert(d->inliers.end(), t->values.begin() + r * d->d,
+                          t->values.begin() + (r + 1) * d->d);
       }
     }
     return d;
@@ -93,8 +94,8 @@ class LifecycleTest : public ::testing::Test {
     return states.empty() ? job : states.back();
   }
 
-  v1::ScoreResponse Score(const std::vector<float>& x, uint64_t version = 0, const std::string& entity = "",
-                          const std::string& model = "cardio") {
+  v1::ScoreResponse Score(const std::vector<float>& x, uint64_t version = 0,
+                          const std::string& entity = "", const std::string& model = "cardio") {
     v1::ScoreRequest req;
     req.set_model(model);
     req.set_entity(entity);
@@ -109,7 +110,8 @@ class LifecycleTest : public ::testing::Test {
   }
 
   // The engine's errors for `x` with the version file in the store.
-  std::vector<float> EngineErrors(uint64_t version, const std::vector<float>& x, const std::string& entity = "") {
+  std::vector<float> EngineErrors(uint64_t version, const std::vector<float>& x,
+                                  const std::string& entity = "") {
     server::ModelStore store(dir_->path());
     auto file = store.Load(server::ModelKey{"cardio", entity}, version);
     EXPECT_TRUE(file.ok()) << file.status();
@@ -158,10 +160,12 @@ TEST_F(LifecycleTest, TrainWatchScoreRollBackRollForwardRestart) {
   EXPECT_EQ(r1.version(), 1u);
   EXPECT_EQ(std::vector<float>(r1.errors().begin(), r1.errors().end()), EngineErrors(1, data.all));
   std::vector<float> normal, outlier;
-  for (int i = 0; i < r1.errors_size(); ++i) (data.labels[i] ? outlier : normal).push_back(r1.errors(i));
+  for (int i = 0; i < r1.errors_size(); ++i)
+    (data.labels[i] ? outlier : normal).push_back(r1.errors(i));
   const double auc = engine::Auc(normal, outlier);
   EXPECT_GT(auc, 0.8) << "cardio ROC-AUC of a model trained over RPC";
-  std::printf("cardio: trained over RPC in %.2f s, ROC-AUC %.3f\n", states.back().elapsed_seconds(), auc);
+  std::printf("cardio: trained over RPC in %.2f s, ROC-AUC %.3f\n", states.back().elapsed_seconds(),
+              auc);
 
   // Version 2 (other seed) becomes active; roll back to 1; roll forward to 2.
   auto j2 = TrainAndWait(Header("cardio", 10, 2), data.inliers);
@@ -221,7 +225,8 @@ TEST_F(LifecycleTest, SwapsUnderARunningStreamFailNothing) {
     for (int i = 0; i < 400; ++i) {
       const auto t = std::chrono::steady_clock::now();
       auto r = Score(batch);
-      latency_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t).count());
+      latency_us.push_back(
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t).count());
       EXPECT_EQ(std::vector<float>(r.errors().begin(), r.errors().end()), expected.at(r.version()));
     }
   });
@@ -286,9 +291,11 @@ TEST_F(LifecycleTest, CancelAJobMidway) {
   EXPECT_EQ(states.back().state(), v1::JOB_STATE_CANCELLED);
   EXPECT_LT(states.back().epoch(), 100000u);
   EXPECT_EQ(states.back().version(), 0u);
-  EXPECT_TRUE(server::ModelStore(dir_->path()).ListVersions(server::ModelKey{"cardio", ""}).empty());
+  EXPECT_TRUE(
+      server::ModelStore(dir_->path()).ListVersions(server::ModelKey{"cardio", ""}).empty());
   grpc::ClientContext again;
-  EXPECT_EQ(admin_->CancelTrainingJob(&again, req, &s).error_code(), StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(admin_->CancelTrainingJob(&again, req, &s).error_code(),
+            StatusCode::FAILED_PRECONDITION);
   v1::ListTrainingJobsResponse list;
   grpc::ClientContext lctx;
   ASSERT_TRUE(admin_->ListTrainingJobs(&lctx, v1::ListTrainingJobsRequest(), &list).ok());
@@ -310,8 +317,10 @@ TEST_F(LifecycleTest, ThresholdsWithoutRetrainingAndSeverity) {
   v1::ModelInfoBrief b;
   grpc::ClientContext ctx;
   ASSERT_TRUE(admin_->SetThreshold(&ctx, req, &b).ok());
-  const double p90 = *engine::ComputeThreshold(req.threshold(), {calib.data(), size_t(calib.size())});
-  const double mad6 = *engine::ComputeThreshold(req.critical_threshold(), {calib.data(), size_t(calib.size())});
+  const double p90 =
+      *engine::ComputeThreshold(req.threshold(), {calib.data(), size_t(calib.size())});
+  const double mad6 =
+      *engine::ComputeThreshold(req.critical_threshold(), {calib.data(), size_t(calib.size())});
   EXPECT_DOUBLE_EQ(b.threshold_value(), p90);
   EXPECT_DOUBLE_EQ(b.critical_threshold_value(), mad6);
   // The stored file carries the change and its history; the weights are unchanged.
@@ -346,15 +355,18 @@ TEST_F(LifecycleTest, PerEntityModelsFallBackToTheGenericOne) {
   ASSERT_EQ(TrainAndWait(Header("cardio", 5, 1), data.inliers).version(), 1u);
   auto h = Header("cardio", 5, 7);
   h.set_entity("host-1");
-  auto j = TrainAndWait(h, std::vector<float>(data.inliers.begin(), data.inliers.begin() + 800 * data.d));
+  auto j = TrainAndWait(
+      h, std::vector<float>(data.inliers.begin(), data.inliers.begin() + 800 * data.d));
   ASSERT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.error();
   const std::vector<float> probe(data.all.begin(), data.all.begin() + 20 * data.d);
   auto own = Score(probe, 0, "host-1");
   EXPECT_EQ(own.entity(), "host-1");
-  EXPECT_EQ(std::vector<float>(own.errors().begin(), own.errors().end()), EngineErrors(1, probe, "host-1"));
+  EXPECT_EQ(std::vector<float>(own.errors().begin(), own.errors().end()),
+            EngineErrors(1, probe, "host-1"));
   auto other = Score(probe, 0, "host-2");
   EXPECT_EQ(other.entity(), "");
-  EXPECT_EQ(std::vector<float>(other.errors().begin(), other.errors().end()), EngineErrors(1, probe));
+  EXPECT_EQ(std::vector<float>(other.errors().begin(), other.errors().end()),
+            EngineErrors(1, probe));
   v1::GetModelRequest gm;
   gm.set_model("cardio");
   v1::ModelInfo info;
@@ -401,7 +413,8 @@ TEST_F(LifecycleTest, BadJobsAreRefusedWithTheReason) {
   EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("code_size"), std::string::npos) << st.error_message();
   h = Header("bad name!", 3, 1);
-  EXPECT_EQ(CreateJob(admin_.get(), h, data.inliers, &job).error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(CreateJob(admin_.get(), h, data.inliers, &job).error_code(),
+            StatusCode::INVALID_ARGUMENT);
   h = Header("cardio", 3, 1);
   h.set_fine_tune(true);  // nothing to fine-tune yet
   EXPECT_EQ(CreateJob(admin_.get(), h, data.inliers, &job).error_code(), StatusCode::NOT_FOUND);
@@ -417,7 +430,8 @@ TEST_F(LifecycleTest, BadJobsAreRefusedWithTheReason) {
   auto states = WatchToEnd(admin_.get(), job.id());
   ASSERT_FALSE(states.empty());
   EXPECT_EQ(states.back().state(), v1::JOB_STATE_FAILED);
-  EXPECT_NE(states.back().error().find("infinite value"), std::string::npos) << states.back().error();
+  EXPECT_NE(states.back().error().find("infinite value"), std::string::npos)
+      << states.back().error();
 }
 
 TEST_F(LifecycleTest, FineTuneStartsFromTheActiveVersion) {

@@ -66,20 +66,26 @@ TEST(Limits, WatchersAreBoundedAndStalledOnesCostLittle) {
   constexpr int kWatchers = 1000;
   auto r = Serve(dir.path(), {"--max_watchers=" + std::to_string(kWatchers), "--metrics_port=-1"});
   std::vector<std::unique_ptr<StalledWatcher>> watchers;
-  for (int i = 0; i < kWatchers; ++i) watchers.push_back(std::make_unique<StalledWatcher>(r->scoring.get()));
+  for (int i = 0; i < kWatchers; ++i)
+    watchers.push_back(std::make_unique<StalledWatcher>(r->scoring.get()));
   const int metrics_port = MetricsPort(*r);
   double open = 0;
-  ASSERT_TRUE(WaitFor([&] {
-    open = MetricValue(HttpGet(metrics_port, "/metrics"), "aeserve_anomaly_watchers");
-    return open == kWatchers;
-  }, milliseconds(30000))) << open;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        open = MetricValue(HttpGet(metrics_port, "/metrics"), "aeserve_anomaly_watchers");
+        return open == kWatchers;
+      },
+      milliseconds(30000)))
+      << open;
   // One more is refused.
   grpc::Status extra_status;
-  ASSERT_TRUE(WaitFor([&] {
-    StalledWatcher extra(r->scoring.get());
-    if (!WaitFor([&] { return extra.Done(&extra_status); }, milliseconds(200))) return false;
-    return extra_status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
-  }, milliseconds(30000)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        StalledWatcher extra(r->scoring.get());
+        if (!WaitFor([&] { return extra.Done(&extra_status); }, milliseconds(200))) return false;
+        return extra_status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+      },
+      milliseconds(30000)));
   EXPECT_NE(extra_status.error_message().find("--max_watchers"), std::string::npos);
   for (auto& w : watchers) {
     grpc::Status s;
@@ -96,14 +102,19 @@ TEST(Limits, WatchersAreBoundedAndStalledOnesCostLittle) {
   // Wait for the fan-out: each watcher keeps at most its buffer (1024) plus what its stream's
   // flow-control window took, so it drops most of the 20,000; done once the count stops moving.
   double dropped = 0, last = -1;
-  EXPECT_TRUE(WaitFor([&] {
-    last = dropped;
-    dropped = MetricValue(HttpGet(metrics_port, "/metrics"), "aeserve_anomaly_events_dropped_total");
-    return dropped == last && dropped >= kWatchers * 16000.0;
-  }, milliseconds(60000), milliseconds(200))) << dropped;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        last = dropped;
+        dropped =
+            MetricValue(HttpGet(metrics_port, "/metrics"), "aeserve_anomaly_events_dropped_total");
+        return dropped == last && dropped >= kWatchers * 16000.0;
+      },
+      milliseconds(60000), milliseconds(200)))
+      << dropped;
   const double after = RssMb(r->process.pid());
-  std::printf("server RSS with %d stalled watchers: %.0f MB before, %.0f MB after 20,000 anomalies\n",
-              kWatchers, before, after);
+  std::printf(
+      "server RSS with %d stalled watchers: %.0f MB before, %.0f MB after 20,000 anomalies\n",
+      kWatchers, before, after);
   EXPECT_LT(after - before, 100) << "stalled watchers must share events, not copy them";
   watchers.clear();
   EXPECT_EQ(r->Stop(), 0) << r->process.log();
@@ -128,7 +139,8 @@ TEST(Limits, IdleConnectionsDoNotStarveTheScraper) {
   }
   // HttpGet gives up after 5 s without an answer.
   const std::string text = HttpGet(port, "/metrics");
-  EXPECT_NE(text.find("aeserve_open_streams"), std::string::npos) << "scrape starved by idle connections";
+  EXPECT_NE(text.find("aeserve_open_streams"), std::string::npos)
+      << "scrape starved by idle connections";
   for (int fd : idle) close(fd);
   EXPECT_EQ(r->Stop(), 0);
 }
@@ -137,7 +149,8 @@ TEST(Limits, MetricsCanListenOnAnotherAddress) {
   TempDir dir("aeserve_metrics_host");
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
   auto r = Serve(dir.path(), {"--metrics_port=-1", "--metrics_host=127.0.0.2"});
-  EXPECT_NE(r->process.log().find("metrics on http://127.0.0.2:"), std::string::npos) << r->process.log();
+  EXPECT_NE(r->process.log().find("metrics on http://127.0.0.2:"), std::string::npos)
+      << r->process.log();
   EXPECT_EQ(HttpGet(MetricsPort(*r), "/metrics"), "") << "not on 127.0.0.1";
   EXPECT_EQ(r->Stop(), 0);
 }
@@ -208,7 +221,8 @@ TEST(Limits, HugeMessagesAreRefusedBeforeTheyAreBuffered) {
     // One 1 GiB message with a valid token.
     PeakRss rss(r->process.pid());
     grpc::ByteBuffer out;
-    const grpc::Status st = RawUnaryCall(r->channel, method, HugeMessage(size_t{1} << 30), &out, 30, "admin-token");
+    const grpc::Status st =
+        RawUnaryCall(r->channel, method, HugeMessage(size_t{1} << 30), &out, 30, "admin-token");
     const double growth = rss.Growth();
     std::printf("one 1 GiB message: %s, server RSS +%.0f MB\n", st.error_message().c_str(), growth);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -250,8 +264,10 @@ TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
   ASSERT_TRUE(c.ParseFromString(res.responses[2]));
   EXPECT_EQ(a.result().num_samples(), 4u);
   EXPECT_EQ(b.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
-  EXPECT_NE(b.error().message().find("stream message 2 does not parse as aeserve.v1.StreamScoreRequest"),
-            std::string::npos) << b.error().message();
+  EXPECT_NE(
+      b.error().message().find("stream message 2 does not parse as aeserve.v1.StreamScoreRequest"),
+      std::string::npos)
+      << b.error().message();
   EXPECT_EQ(c.sequence(), 3u);
   EXPECT_EQ(c.result().num_samples(), 4u);
   // Unary calls of both services.
@@ -265,9 +281,9 @@ TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
   }
   // ... and counted like any other refused call.
   const std::string text = HttpGet(MetricsPort(*r), "/metrics");
-  const double refused =
-      std::max(MetricValue(text, "aeserve_requests_total{rpc=\"Score\",code=\"INVALID_ARGUMENT\"}"),
-               MetricValue(text, "aeserve_requests_total{code=\"INVALID_ARGUMENT\",rpc=\"Score\"}"));
+  const double refused = std::max(
+      MetricValue(text, "aeserve_requests_total{rpc=\"Score\",code=\"INVALID_ARGUMENT\"}"),
+      MetricValue(text, "aeserve_requests_total{code=\"INVALID_ARGUMENT\",rpc=\"Score\"}"));
   EXPECT_EQ(refused, 1) << text;
   // An answer over the message limit (per-feature errors of 20,000 rows; the request itself
   // fits) becomes an error item, and the stream goes on.
@@ -280,7 +296,8 @@ TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
   ASSERT_TRUE(b.ParseFromString(res.responses[1]));
   EXPECT_EQ(a.sequence(), 1u);
   EXPECT_EQ(a.error().code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
-  EXPECT_NE(a.error().message().find("--max_message_bytes"), std::string::npos) << a.error().message();
+  EXPECT_NE(a.error().message().find("--max_message_bytes"), std::string::npos)
+      << a.error().message();
   EXPECT_EQ(b.result().num_samples(), 4u);
   EXPECT_EQ(r->Stop(), 0);
 }
@@ -288,10 +305,11 @@ TEST(Limits, MalformedMessagesGetAStatusThatNamesThem) {
 // A StreamScore call whose client sends `count` messages and never reads an answer.
 class NeverReadingStream : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  NeverReadingStream(const std::shared_ptr<grpc::Channel>& channel, std::string first, std::string rest,
-                     int count)
+  NeverReadingStream(const std::shared_ptr<grpc::Channel>& channel, std::string first,
+                     std::string rest, int count)
       : stub_(channel), first_(std::move(first)), rest_(std::move(rest)), left_(count) {
-    stub_.PrepareBidiStreamingCall(&ctx_, "/aeserve.v1.Scoring/StreamScore", grpc::StubOptions(), this);
+    stub_.PrepareBidiStreamingCall(&ctx_, "/aeserve.v1.Scoring/StreamScore", grpc::StubOptions(),
+                                   this);
     out_ = ToBuffer(first_);
     StartWrite(&out_);
     StartCall();
@@ -327,23 +345,29 @@ TEST(Limits, StreamMemoryIsBoundedAcrossStreams) {
   TempDir dir("aeserve_stream_budget");
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
   // gRPC's own buffer bound is raised so that only the stream budget holds memory back.
-  auto r = Serve(dir.path(), {"--metrics_port=-1", "--max_stream_buffer_bytes=67108864", "--grpc_buffer_bytes=4294967296"});
+  auto r = Serve(dir.path(), {"--metrics_port=-1", "--max_stream_buffer_bytes=67108864",
+                              "--grpc_buffer_bytes=4294967296"});
   const int port = MetricsPort(*r);
   // Batches of 8 MiB whose answers (per-feature errors) are as large: per stream up to
   // 4 batches read ahead + 8 answers held would pin ~140 MB; 8 such streams over 1 GB.
   const uint32_t rows = (8u << 20) / (4 * kFeatures);
-  const std::string first = StreamMessage(1, rows, true, true), rest = StreamMessage(2, rows, false);
+  const std::string first = StreamMessage(1, rows, true, true),
+                    rest = StreamMessage(2, rows, false);
   PeakRss rss(r->process.pid());
   {
     std::vector<std::unique_ptr<NeverReadingStream>> streams;
-    for (int i = 0; i < 8; ++i) streams.push_back(std::make_unique<NeverReadingStream>(r->channel, first, rest, 20));
+    for (int i = 0; i < 8; ++i)
+      streams.push_back(std::make_unique<NeverReadingStream>(r->channel, first, rest, 20));
     // The held bytes reach the budget and stop growing (every stream is then blocked).
     double held = 0, last = -1;
-    ASSERT_TRUE(WaitFor([&] {
-      last = held;
-      held = MetricValue(HttpGet(port, "/metrics"), "aeserve_stream_buffer_bytes");
-      return held >= 64 << 20 && held == last;
-    }, milliseconds(60000), milliseconds(500))) << held;
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          last = held;
+          held = MetricValue(HttpGet(port, "/metrics"), "aeserve_stream_buffer_bytes");
+          return held >= 64 << 20 && held == last;
+        },
+        milliseconds(60000), milliseconds(500)))
+        << held;
     std::printf("8 never-reading streams: streams hold %.0f MB (budget 64 MB)\n", held / (1 << 20));
     // At most one more batch and answer per stream than the budget (those read as it filled).
     EXPECT_LE(held, (64 << 20) + 8 * (17 << 20));
@@ -352,9 +376,11 @@ TEST(Limits, StreamMemoryIsBoundedAcrossStreams) {
   std::printf("server RSS +%.0f MB\n", growth);
   EXPECT_LT(growth, 800) << "without the budget: about 1,300 MB";
   // Once those streams are gone, their bytes are given back and a new stream is served.
-  ASSERT_TRUE(WaitFor([&] { return MetricValue(HttpGet(port, "/metrics"), "aeserve_stream_buffer_bytes") == 0; },
-                      milliseconds(10000)));
-  RawResult res = RawStreamCall(r->channel, "/aeserve.v1.Scoring/StreamScore", {StreamMessage(1, 4, true)});
+  ASSERT_TRUE(WaitFor(
+      [&] { return MetricValue(HttpGet(port, "/metrics"), "aeserve_stream_buffer_bytes") == 0; },
+      milliseconds(10000)));
+  RawResult res =
+      RawStreamCall(r->channel, "/aeserve.v1.Scoring/StreamScore", {StreamMessage(1, 4, true)});
   ASSERT_TRUE(res.finished);
   EXPECT_TRUE(res.status.ok()) << res.status.error_message();
   EXPECT_EQ(res.responses.size(), 1u);

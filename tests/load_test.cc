@@ -1,7 +1,7 @@
 // Load and soak on 127.0.0.1: many streams, unary calls, a retrain and version swaps at once, for
-// AESERVE_LOAD_SECONDS (15 in `make test`, 180 in the soak run). No call may fail but the deliberate
-// ones, the server's memory and open files stay flat, and a flood beyond capacity is refused with
-// RESOURCE_EXHAUSTED quickly rather than queued without bound.
+// AESERVE_LOAD_SECONDS (15 in `make test`, 180 in the soak run). No call may fail but the
+// deliberate ones, the server's memory and open files stay flat, and a flood beyond capacity is
+// refused with RESOURCE_EXHAUSTED quickly rather than queued without bound.
 #include <signal.h>
 
 #include <atomic>
@@ -41,7 +41,8 @@ long OpenFds(pid_t pid) {
 }
 
 TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
-  const double seconds = std::getenv("AESERVE_LOAD_SECONDS") ? std::atof(std::getenv("AESERVE_LOAD_SECONDS")) : 15;
+  const double seconds =
+      std::getenv("AESERVE_LOAD_SECONDS") ? std::atof(std::getenv("AESERVE_LOAD_SECONDS")) : 15;
   TempDir dir("aeserve_load");
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
   // The flood scores a wide model: much compute per byte, so calls arrive faster than two workers
@@ -61,13 +62,16 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   auto admin = v1::ModelAdmin::NewStub(channel(100));
   {  // wait until the model serves (it is listed as LOADING before)
     auto scoring = v1::Scoring::NewStub(channel(101));
-    ASSERT_TRUE(WaitFor([&] {
-      grpc::ClientContext ctx;
-      v1::GetModelRequest req;
-      req.set_model("m");
-      v1::ModelInfo info;
-      return scoring->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
-    }, std::chrono::seconds(30))) << server.log();
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          grpc::ClientContext ctx;
+          v1::GetModelRequest req;
+          req.set_model("m");
+          v1::ModelInfo info;
+          return scoring->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
+        },
+        std::chrono::seconds(30)))
+        << server.log();
   }
 
   std::atomic<bool> stop{false};
@@ -80,7 +84,8 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
     std::vector<std::thread>& threads;
     ~StopAndJoin() {
       stop = true;
-      for (auto& t : threads) if (t.joinable()) t.join();
+      for (auto& t : threads)
+        if (t.joinable()) t.join();
     }
   } stop_and_join{stop, threads};
   for (int s = 0; s < 8; ++s) {  // streams
@@ -96,16 +101,18 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
             req.set_sequence(i);
             req.mutable_samples()->set_num_features(kFeatures);
             const size_t at = (i * 64) % 1900;
-            req.mutable_samples()->mutable_values()->Add(data.normal.begin() + at * kFeatures,
-                                                         data.normal.begin() + (at + 64) * kFeatures);
+            req.mutable_samples()->mutable_values()->Add(
+                data.normal.begin() + at * kFeatures, data.normal.begin() + (at + 64) * kFeatures);
             if (!stream->Write(req)) break;
           }
           stream->WritesDone();
         });
         v1::StreamScoreResponse r;
         while (stream->Read(&r)) {
-          if (r.has_error()) ++failures;
-          else if (r.has_result()) ++stream_batches;
+          if (r.has_error())
+            ++failures;
+          else if (r.has_result())
+            ++stream_batches;
         }
         writer.join();
         if (!stream->Finish().ok()) ++failures;
@@ -118,14 +125,16 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
       v1::ScoreRequest req;
       req.set_model("m");
       req.mutable_samples()->set_num_features(kFeatures);
-      req.mutable_samples()->mutable_values()->Add(data.normal.begin(), data.normal.begin() + 16 * kFeatures);
+      req.mutable_samples()->mutable_values()->Add(data.normal.begin(),
+                                                   data.normal.begin() + 16 * kFeatures);
       while (!stop) {
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
         v1::ScoreResponse resp;
         const auto t = std::chrono::steady_clock::now();
         if (!stub->Score(&ctx, req, &resp).ok()) ++failures;
-        const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t).count();
+        const double us =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t).count();
         ++unary_calls;
         std::lock_guard<std::mutex> lock(mu);
         latency_us.push_back(us);
@@ -162,17 +171,21 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   threads.clear();
 
   std::sort(latency_us.begin(), latency_us.end());
-  const double p50 = latency_us[latency_us.size() / 2], p99 = latency_us[latency_us.size() * 99 / 100];
-  std::printf("load %.0f s: %llu stream batches, %llu unary calls (p50 %.0f us, p99 %.0f us), %d swaps, "
-              "1 retrain; failures %llu; RSS %ld -> %ld kB; fds %ld -> %ld\n",
-              seconds, (unsigned long long)stream_batches.load(), (unsigned long long)unary_calls.load(),
-              p50, p99, swaps, (unsigned long long)failures.load(), rss_before, rss_after, fds_before, fds_after);
+  const double p50 = latency_us[latency_us.size() / 2],
+               p99 = latency_us[latency_us.size() * 99 / 100];
+  std::printf(
+      "load %.0f s: %llu stream batches, %llu unary calls (p50 %.0f us, p99 %.0f us), %d swaps, "
+      "1 retrain; failures %llu; RSS %ld -> %ld kB; fds %ld -> %ld\n",
+      seconds, (unsigned long long)stream_batches.load(), (unsigned long long)unary_calls.load(),
+      p50, p99, swaps, (unsigned long long)failures.load(), rss_before, rss_after, fds_before,
+      fds_after);
   EXPECT_EQ(failures.load(), 0u);
   EXPECT_GT(stream_batches.load(), 100u);
   EXPECT_LT(rss_after - rss_before, 64 * 1024) << "resident memory must stay flat (64 MB bound)";
   EXPECT_LE(fds_after - fds_before, 4) << "open files must stay flat";
 
-  // A flood beyond capacity: 400 calls of 2000 rows on the wide model at once against a queue of 32.
+  // A flood beyond capacity: 400 calls of 2000 rows on the wide model at once against a queue
+  // of 32.
   auto stub = v1::Scoring::NewStub(channel(200));
   v1::ScoreRequest big;
   big.set_model("wide");
@@ -186,16 +199,23 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
     ctxs[i] = std::make_unique<grpc::ClientContext>();
     ctxs[i]->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     stub->async()->Score(ctxs[i].get(), &big, &resps[i], [&](grpc::Status st) {
-      if (st.ok()) ++ok;
-      else if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++exhausted;
-      else ++other;
+      if (st.ok())
+        ++ok;
+      else if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)
+        ++exhausted;
+      else
+        ++other;
       ++done;
     });
   }
-  for (int i = 0; i < 6000 && done < 400; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  const double flood_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - flood_start).count();
-  std::printf("flood: 400 calls of 2000 rows (wide model): %d OK, %d RESOURCE_EXHAUSTED, %d other, in %.1f s\n",
-              ok.load(), exhausted.load(), other.load(), flood_s);
+  for (int i = 0; i < 6000 && done < 400; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const double flood_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - flood_start).count();
+  std::printf(
+      "flood: 400 calls of 2000 rows (wide model): %d OK, %d RESOURCE_EXHAUSTED, %d other, in %.1f "
+      "s\n",
+      ok.load(), exhausted.load(), other.load(), flood_s);
   EXPECT_EQ(done.load(), 400);
   EXPECT_GT(exhausted.load(), 0) << "a queue of 32 cannot take 400 calls";
   EXPECT_GT(ok.load(), 0);

@@ -4,11 +4,11 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <regex>
 #include <set>
-#include <atomic>
 #include <thread>
 
 #include "aeserve/v1/scoring.grpc.pb.h"
@@ -39,7 +39,8 @@ class ObservabilityTest : public ::testing::Test {
     auto d = engine::MakeSynthetic(1500 + offset + n, 0, kFeatures, 3, 77);
     v1::Samples s;
     s.set_num_features(kFeatures);
-    for (size_t i = (1500 + offset) * kFeatures; i < d.normal.size(); ++i) s.add_values(d.normal[i] + shift);
+    for (size_t i = (1500 + offset) * kFeatures; i < d.normal.size(); ++i)
+      s.add_values(d.normal[i] + shift);
     return s;
   }
 
@@ -73,7 +74,8 @@ double Value(const std::string& text, const std::string& series) {
 TEST_F(ObservabilityTest, MetricsAfterTrafficPassPromtool) {
   // Known traffic: 3 calls of 100 rows, one bad call, one stream of 5 batches.
   uint64_t flagged = 0;
-  for (int i = 0; i < 3; ++i) flagged += Score(Rows(100, 100 * i, i == 2 ? 3.f : 0.f)).num_anomalies();
+  for (int i = 0; i < 3; ++i)
+    flagged += Score(Rows(100, 100 * i, i == 2 ? 3.f : 0.f)).num_anomalies();
   v1::ScoreRequest bad;
   bad.set_model("nope");
   v1::ScoreResponse resp;
@@ -99,27 +101,32 @@ TEST_F(ObservabilityTest, MetricsAfterTrafficPassPromtool) {
   EXPECT_EQ(Value(text, "aeserve_requests_total{rpc=\"Score\",code=\"OK\"}"), 3);
   EXPECT_EQ(Value(text, "aeserve_requests_total{rpc=\"Score\",code=\"NOT_FOUND\"}"), 1);
   EXPECT_EQ(Value(text, "aeserve_requests_total{rpc=\"StreamScore\",code=\"OK\"}"), 1);
-  EXPECT_EQ(Value(text, "aeserve_anomalies_total{model=\"plain\",version=\"1\",severity=\"warning\"}") +
-                Value(text, "aeserve_anomalies_total{model=\"plain\",version=\"1\",severity=\"critical\"}"),
-            static_cast<double>(flagged));
+  EXPECT_EQ(
+      Value(text, "aeserve_anomalies_total{model=\"plain\",version=\"1\",severity=\"warning\"}") +
+          Value(text,
+                "aeserve_anomalies_total{model=\"plain\",version=\"1\",severity=\"critical\"}"),
+      static_cast<double>(flagged));
   EXPECT_GT(flagged, 0u);
   EXPECT_EQ(Value(text, "aeserve_reconstruction_error_count{model=\"plain\",version=\"1\"}"), 400);
   EXPECT_EQ(Value(text, "aeserve_compute_duration_seconds_count{rpc=\"StreamScore\"}"), 5);
   EXPECT_EQ(Value(text, "aeserve_model_active_version{model=\"plain\"}"), 1);
   EXPECT_GT(Value(text, "process_resident_memory_bytes"), 1e6);
   EXPECT_GT(Value(text, "process_open_fds"), 3);
-  EXPECT_NEAR(Value(text, "aeserve_anomaly_rate{model=\"plain\",version=\"1\"}"), flagged / 400.0, 1e-9);
+  EXPECT_NEAR(Value(text, "aeserve_anomaly_rate{model=\"plain\",version=\"1\"}"), flagged / 400.0,
+              1e-9);
   // promtool, the reference linter, accepts the exposition.
   const std::string path = dir_->path() + "/metrics.txt";
   std::ofstream(path) << text;
-  const int rc = std::system(("promtool check metrics < " + path + " > " + path + ".out 2>&1").c_str());
+  const int rc =
+      std::system(("promtool check metrics < " + path + " > " + path + ".out 2>&1").c_str());
   std::ifstream out(path + ".out");
   std::string lint((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
   EXPECT_EQ(rc, 0) << lint;
   EXPECT_EQ(lint, "") << "promtool lint findings";
   // gzip when asked.
   std::string headers;
-  const std::string gz = HttpGet(server_->metrics_port(), "/metrics", &headers, "Accept-Encoding: gzip\r\n");
+  const std::string gz =
+      HttpGet(server_->metrics_port(), "/metrics", &headers, "Accept-Encoding: gzip\r\n");
   EXPECT_NE(headers.find("Content-Encoding: gzip"), std::string::npos);
   EXPECT_NE(headers.find("text/plain; version=0.0.4"), std::string::npos);
   EXPECT_LT(gz.size(), text.size());
@@ -141,27 +148,32 @@ TEST_F(ObservabilityTest, RealPrometheusScrapesTheCounts) {
   const std::string cfg = dir_->path() + "/prometheus.yml";
   std::ofstream(cfg) << "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
                         "scrape_configs:\n  - job_name: aeserve\n    static_configs:\n"
-                        "      - targets: ['127.0.0.1:" << server_->metrics_port() << "']\n";
+                        "      - targets: ['127.0.0.1:"
+                     << server_->metrics_port() << "']\n";
   ServerProcess prom;
   prom.Start("/usr/bin/prometheus",
              {"--config.file=" + cfg, "--storage.tsdb.path=" + dir_->path() + "/tsdb",
               "--web.listen-address=127.0.0.1:" + std::to_string(prom_port), "--log.level=warn"},
              0.1);  // it logs no port line; readiness is polled below
   uint64_t flagged = 0;
-  for (int i = 0; i < 5; ++i) flagged += Score(Rows(200, 200 * i, i == 4 ? 2.f : 0.f)).num_anomalies();
+  for (int i = 0; i < 5; ++i)
+    flagged += Score(Rows(200, 200 * i, i == 4 ? 2.f : 0.f)).num_anomalies();
   ASSERT_GT(flagged, 0u);
   auto query = [&](const std::string& q) {
     const std::string body = HttpGet(prom_port, "/api/v1/query?query=" + q);
     std::smatch m;
-    if (std::regex_search(body, m, std::regex("\"value\":\\[[0-9.]+,\"([^\"]+)\"\\]"))) return std::stod(m[1]);
+    if (std::regex_search(body, m, std::regex("\"value\":\\[[0-9.]+,\"([^\"]+)\"\\]")))
+      return std::stod(m[1]);
     return static_cast<double>(NAN);
   };
   double samples = NAN, anomalies = NAN;
-  const bool scraped = WaitFor([&] {
-    samples = query("sum(aeserve_samples_scored_total)");
-    anomalies = query("sum(aeserve_anomalies_total)");
-    return samples == 1000 && anomalies == flagged;
-  }, std::chrono::seconds(30), std::chrono::milliseconds(100));
+  const bool scraped = WaitFor(
+      [&] {
+        samples = query("sum(aeserve_samples_scored_total)");
+        anomalies = query("sum(aeserve_anomalies_total)");
+        return samples == 1000 && anomalies == flagged;
+      },
+      std::chrono::seconds(30), std::chrono::milliseconds(100));
   EXPECT_TRUE(scraped) << "Prometheus did not report the scored samples within 30 s";
   EXPECT_EQ(samples, 1000) << prom.log();
   EXPECT_EQ(anomalies, static_cast<double>(flagged));
@@ -196,7 +208,8 @@ TEST_F(ObservabilityTest, WatchAnomaliesDeliversExactlyTheFlaggedSamples) {
       req.mutable_config()->set_stream_id("rack-7");
     }
     *req.mutable_samples() = Rows(50, 50 * b, b % 3 == 2 ? 1.5f : 0.f);
-    for (int i = 0; i < 50; ++i) req.mutable_samples()->add_ids("b" + std::to_string(b) + "r" + std::to_string(i));
+    for (int i = 0; i < 50; ++i)
+      req.mutable_samples()->add_ids("b" + std::to_string(b) + "r" + std::to_string(i));
     ASSERT_TRUE(stream->Write(req));
   }
   stream->WritesDone();
@@ -318,7 +331,8 @@ TEST_F(ObservabilityTest, AStalledWatcherDoesNotHoldScoringBack) {
   const auto start = std::chrono::steady_clock::now();
   uint64_t flagged = 0;
   for (int i = 0; i < 60; ++i) flagged += Score(Rows(1000, 0, 50.f)).num_anomalies();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(flagged, 60000u);
   EXPECT_LT(seconds, 60.0) << "scoring must not wait for a stalled watcher";
   const double dropped = Value(Metrics(), "aeserve_anomaly_events_dropped_total");
@@ -358,7 +372,8 @@ TEST_F(ObservabilityTest, DriftRisesWhenTheDataShifts) {
   EXPECT_GT(after.drift_ks(), 0.5);
   EXPECT_TRUE(after.drifted());
   const std::string text = Metrics();
-  EXPECT_NEAR(Value(text, "aeserve_drift_ks{model=\"plain\",version=\"1\"}"), after.drift_ks(), 0.05);
+  EXPECT_NEAR(Value(text, "aeserve_drift_ks{model=\"plain\",version=\"1\"}"), after.drift_ks(),
+              0.05);
   EXPECT_EQ(Value(text, "aeserve_model_drifted{model=\"plain\",version=\"1\"}"), 1);
 }
 
@@ -407,8 +422,11 @@ TEST_F(ObservabilityTest, DeletingAModelUnderAStreamDropsItsSeriesSafely) {
     }
     stream->WritesDone();
   });
-  ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_samples_scored_total{model=\"plain\",version=\"1\"}") > 0; },
-                      std::chrono::seconds(10)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Value(Metrics(), "aeserve_samples_scored_total{model=\"plain\",version=\"1\"}") > 0;
+      },
+      std::chrono::seconds(10)));
   {
     grpc::ClientContext dctx;
     v1::DeleteModelRequest del;

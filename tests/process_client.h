@@ -68,8 +68,8 @@ inline grpc::Status GetModel(RunningServer& r, const std::string& model, v1::Mod
 }
 
 // Scores `rows` rows whose every value is `value` with `model`'s active version.
-inline grpc::Status ScoreFilled(RunningServer& r, const std::string& model, uint32_t features, float value,
-                                v1::ScoreResponse* resp, uint32_t rows = 1) {
+inline grpc::Status ScoreFilled(RunningServer& r, const std::string& model, uint32_t features,
+                                float value, v1::ScoreResponse* resp, uint32_t rows = 1) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ScoreRequest req;
@@ -85,7 +85,8 @@ inline grpc::Status ScoreZeros(RunningServer& r, const std::string& model, uint3
 }
 
 // Starts aeserve on a store holding model "m" (kFeatures features) and waits until it scores.
-inline std::unique_ptr<RunningServer> Serve(const std::string& dir, std::vector<std::string> extra = {}) {
+inline std::unique_ptr<RunningServer> Serve(const std::string& dir,
+                                            std::vector<std::string> extra = {}) {
   auto r = StartServer(dir, std::move(extra));
   EXPECT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;

@@ -34,12 +34,13 @@ struct RawResult {
 
 // Sends `messages` on `method` (any streaming shape), then half-closes unless `half_close` is
 // false (the call then ends by its deadline or the server), and collects every response.
-inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                               const std::vector<std::string>& messages, bool half_close = true,
-                               double deadline_s = 20) {
+inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel,
+                               const std::string& method, const std::vector<std::string>& messages,
+                               bool half_close = true, double deadline_s = 20) {
   class Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
    public:
-    Reactor(std::vector<std::string> msgs, bool half_close) : msgs_(std::move(msgs)), half_close_(half_close) {}
+    Reactor(std::vector<std::string> msgs, bool half_close)
+        : msgs_(std::move(msgs)), half_close_(half_close) {}
     void Begin() {
       StartRead(&in_);
       {
@@ -95,8 +96,9 @@ inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel, co
   };
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                          std::chrono::duration<double>(deadline_s)));
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::duration<double>(deadline_s)));
   Reactor reactor(messages, half_close);
   grpc::StubOptions options;
   stub.PrepareBidiStreamingCall(&ctx, method, options, &reactor);
@@ -111,14 +113,16 @@ inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel, co
 }
 
 // One unary call with a raw request body; returns its status (bounded by `deadline_s`).
-inline grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                                 const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
-                                 double deadline_s = 30, const std::string& token = "") {
+inline grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel,
+                                 const std::string& method, const grpc::ByteBuffer& request,
+                                 grpc::ByteBuffer* response, double deadline_s = 30,
+                                 const std::string& token = "") {
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
   ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(deadline_s)));
+                   std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::duration<double>(deadline_s)));
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;

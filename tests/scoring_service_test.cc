@@ -70,7 +70,8 @@ class ScoringServiceTest : public ::testing::Test {
                                           engine::ScoreOptions o = {}) {
     auto m = *engine::Model::Create(f);
     engine::ScoreResult r;
-    EXPECT_TRUE(m->Score(*m->NewContext(), {s.values().data(), size_t(s.values_size())}, o, &r).ok());
+    EXPECT_TRUE(
+        m->Score(*m->NewContext(), {s.values().data(), size_t(s.values_size())}, o, &r).ok());
     return r;
   }
 
@@ -128,7 +129,8 @@ TEST_F(ScoringServiceTest, PerFeatureTopKIdsAndElbo) {
   req.mutable_options()->set_neg_elbo(true);
   v1::ScoreResponse resp;
   ASSERT_TRUE(Score(stub.get(), req, &resp).ok());
-  const auto expected = EngineScores(*vae_file_, req.samples(), {.per_feature = true, .neg_elbo = true});
+  const auto expected =
+      EngineScores(*vae_file_, req.samples(), {.per_feature = true, .neg_elbo = true});
   ASSERT_EQ(resp.feature_errors_size(), 5 * static_cast<int>(kFeatures));
   ASSERT_EQ(resp.top_features_size(), 15);
   ASSERT_EQ(resp.neg_elbo_size(), 5);
@@ -357,8 +359,12 @@ TEST_F(ScoringServiceTest, StreamErrorsStatsAndDebounce) {
     *req.mutable_samples() = NormalSamples(10, 10 * i);
     if (i == 2) req.mutable_samples()->set_values(0, INFINITY);
     // Row 3 of batch 4 and rows 0-1 of batch 5 are made anomalous (far off the manifold).
-    if (i == 4) for (uint32_t j = 0; j < kFeatures; ++j) req.mutable_samples()->set_values(3 * kFeatures + j, 1e3f * (j % 2 ? 1 : -1));
-    if (i == 5) for (uint32_t j = 0; j < 2 * kFeatures; ++j) req.mutable_samples()->set_values(j, 1e3f * (j % 2 ? 1 : -1));
+    if (i == 4)
+      for (uint32_t j = 0; j < kFeatures; ++j)
+        req.mutable_samples()->set_values(3 * kFeatures + j, 1e3f * (j % 2 ? 1 : -1));
+    if (i == 5)
+      for (uint32_t j = 0; j < 2 * kFeatures; ++j)
+        req.mutable_samples()->set_values(j, 1e3f * (j % 2 ? 1 : -1));
     batches.push_back(req.samples());
     ASSERT_TRUE(stream->Write(req));
   }
@@ -404,7 +410,8 @@ TEST_F(ScoringServiceTest, StreamErrorsStatsAndDebounce) {
     for (int j = 0; j < got[i].result().anomalous_size(); ++j) {
       flags.push_back(got[i].result().anomalous(j));
       int count = 0;
-      for (size_t k = flags.size() >= 3 ? flags.size() - 3 : 0; k < flags.size(); ++k) count += flags[k];
+      for (size_t k = flags.size() >= 3 ? flags.size() - 3 : 0; k < flags.size(); ++k)
+        count += flags[k];
       EXPECT_EQ(got[i].result().alarm(j), count >= 2);
     }
   }
@@ -473,7 +480,8 @@ TEST_F(ScoringServiceTest, ClientThatNeverReadsGetsBackpressure) {
     }
   });
   // Bounded wait: the writer either stalls (as it must) or finishes all 2000 (a failure).
-  for (int i = 0; i < 20 && written < 2000; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 20 && written < 2000; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const int stalled_at = written.load();
   const long rss_after = ResidentKb();
   EXPECT_LT(stalled_at, 100) << "writes should stall once the server stops reading";
@@ -493,7 +501,9 @@ TEST_F(ScoringServiceTest, ClientThatNeverReadsGetsBackpressure) {
 TEST_F(ScoringServiceTest, TooManyStreamsIsResourceExhausted) {
   auto stub = Stub();
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
-  std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::StreamScoreRequest, v1::StreamScoreResponse>>> streams;
+  std::vector<
+      std::unique_ptr<grpc::ClientReaderWriter<v1::StreamScoreRequest, v1::StreamScoreResponse>>>
+      streams;
   for (int i = 0; i < 16; ++i) {
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
     streams.push_back(stub->StreamScore(ctxs.back().get()));
@@ -583,7 +593,8 @@ TEST_F(ScoringServiceTest, NamedColumnProblemsAreNamed) {
   v1::ScoreRequest base;
   base.set_model("plain");
   *base.mutable_samples() = Samples(4, 9);
-  for (uint32_t j = 0; j < kFeatures; ++j) base.mutable_samples()->add_feature_names("m" + std::to_string(j));
+  for (uint32_t j = 0; j < kFeatures; ++j)
+    base.mutable_samples()->add_feature_names("m" + std::to_string(j));
   v1::ScoreResponse want;
   ASSERT_TRUE(Score(stub.get(), base, &want).ok());
   auto status_of = [&](const v1::ScoreRequest& req, v1::ScoreResponse* resp) {
@@ -598,12 +609,14 @@ TEST_F(ScoringServiceTest, NamedColumnProblemsAreNamed) {
   s->set_num_features(kFeatures + 1);
   s->add_feature_names("cpu_user");
   for (int r = 0; r < 4; ++r) {
-    for (uint32_t j = 0; j < kFeatures; ++j) s->add_values(base.samples().values(r * kFeatures + j));
+    for (uint32_t j = 0; j < kFeatures; ++j)
+      s->add_values(base.samples().values(r * kFeatures + j));
     s->add_values(123.f);
   }
   grpc::Status st = status_of(extra, &resp);
   EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("unknown feature 'cpu_user'"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("unknown feature 'cpu_user'"), std::string::npos)
+      << st.error_message();
   s->set_ignore_unknown_features(true);
   ASSERT_TRUE(status_of(extra, &resp).ok());
   EXPECT_EQ(std::memcmp(resp.scores().data(), want.scores().data(), 4 * 4), 0);
@@ -612,7 +625,8 @@ TEST_F(ScoringServiceTest, NamedColumnProblemsAreNamed) {
   twice.mutable_samples()->set_feature_names(1, "m0");
   st = status_of(twice, &resp);
   EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("'m0' is given twice"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("'m0' is given twice"), std::string::npos)
+      << st.error_message();
   // Names and num_features that disagree.
   v1::ScoreRequest count = base;
   count.mutable_samples()->set_num_features(kFeatures - 1);
@@ -624,7 +638,8 @@ TEST_F(ScoringServiceTest, NamedColumnProblemsAreNamed) {
   s->mutable_feature_names()->RemoveLast();  // m11
   s->set_num_features(kFeatures - 1);
   for (int r = 0; r < 4; ++r) {
-    for (uint32_t j = 0; j + 1 < kFeatures; ++j) s->add_values(base.samples().values(r * kFeatures + j));
+    for (uint32_t j = 0; j + 1 < kFeatures; ++j)
+      s->add_values(base.samples().values(r * kFeatures + j));
   }
   ASSERT_TRUE(status_of(absent, &resp).ok());
   ASSERT_EQ(resp.missing_size(), 4);
@@ -645,7 +660,8 @@ TEST_F(ScoringServiceTest, NamedColumnProblemsAreNamed) {
   st = status_of(most, &resp);
   EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("missing features 'm0', 'm1', 'm2', 'm3', 'm4', 'm5', 'm6'"),
-            std::string::npos) << st.error_message();
+            std::string::npos)
+      << st.error_message();
   // A stream config naming a column twice is refused for that message; the stream goes on.
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
@@ -673,8 +689,8 @@ TEST_F(ScoringServiceTest, GapsAreScoredSkippedAndThePolicyCanChange) {
   req.set_model("gappy");
   *req.mutable_samples() = Samples(6, 4);
   auto* v = req.mutable_samples()->mutable_values();
-  v->Set(0 * kFeatures + 2, NAN);                                     // row 0: 1 missing
-  for (uint32_t j = 0; j < 7; ++j) v->Set(3 * kFeatures + j, NAN);    // row 3: 7 missing
+  v->Set(0 * kFeatures + 2, NAN);                                   // row 0: 1 missing
+  for (uint32_t j = 0; j < 7; ++j) v->Set(3 * kFeatures + j, NAN);  // row 3: 7 missing
   v1::ScoreResponse resp;
   ASSERT_TRUE(Score(stub.get(), req, &resp).ok());
   const auto expected = EngineScores(*plain_file_, req.samples());
@@ -686,7 +702,8 @@ TEST_F(ScoringServiceTest, GapsAreScoredSkippedAndThePolicyCanChange) {
   EXPECT_FALSE(resp.skipped(0));
   EXPECT_TRUE(std::isnan(resp.scores(3)));
   EXPECT_FALSE(resp.anomalous(3));
-  EXPECT_NE(resp.skip_reason().find("1 sample misses more features"), std::string::npos) << resp.skip_reason();
+  EXPECT_NE(resp.skip_reason().find("1 sample misses more features"), std::string::npos)
+      << resp.skip_reason();
   for (int i : {0, 1, 2, 4, 5}) EXPECT_EQ(resp.scores(i), expected.score[i]) << i;
 
   auto admin = v1::ModelAdmin::NewStub(*channel_);
@@ -700,7 +717,8 @@ TEST_F(ScoringServiceTest, GapsAreScoredSkippedAndThePolicyCanChange) {
   }
   grpc::Status st = Score(stub.get(), req, &resp);
   EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("missing value (NaN) at row 0, feature 'm2'"), std::string::npos)
+  EXPECT_NE(st.error_message().find("missing value (NaN) at row 0, feature 'm2'"),
+            std::string::npos)
       << st.error_message();
   v1::GetModelRequest get;
   get.set_model("gappy");
@@ -717,7 +735,8 @@ TEST_F(ScoringServiceTest, GapsAreScoredSkippedAndThePolicyCanChange) {
     st = admin->SetScoringPolicy(&ctx, set, &brief);
   }
   EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("max_missing_fraction"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("max_missing_fraction"), std::string::npos)
+      << st.error_message();
   set.mutable_policy()->set_max_missing_fraction(0.6f);
   {
     grpc::ClientContext ctx;

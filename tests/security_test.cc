@@ -55,12 +55,14 @@ grpc::Status Activate(std::shared_ptr<grpc::Channel> ch, const std::string& toke
 TEST(Security, TokensAndRoles) {
   TempDir dir("aeserve_auth");
   Store(dir.path(), "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
-  std::ofstream(dir.path() + "/tokens") << "# token role\nscorer-secret score\nadmin-secret admin\n";
+  std::ofstream(dir.path() + "/tokens")
+      << "# token role\nscorer-secret score\nadmin-secret admin\n";
   server::Options o;
   o.auth_tokens = dir.path() + "/tokens";
   auto s = StartServer(dir.path(), o);
   ASSERT_TRUE(s);
-  auto ch = grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()), grpc::InsecureChannelCredentials());
+  auto ch = grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()),
+                                grpc::InsecureChannelCredentials());
   EXPECT_EQ(ListModels(ch, "").error_code(), StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(ListModels(ch, "wrong").error_code(), StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(ListModels(ch, "scorer-secret").ok());
@@ -81,9 +83,13 @@ TEST(Security, TokensAndRoles) {
   h.set_num_features(kFeatures);
   h.mutable_spec()->set_code_size(2);
   v1::TrainingJob job;
-  EXPECT_EQ(CreateJob(admin.get(), h, std::vector<float>(kFeatures * 10, 1.f), &job, "scorer-secret").error_code(),
-            StatusCode::PERMISSION_DENIED);
-  EXPECT_TRUE(CreateJob(admin.get(), h, std::vector<float>(kFeatures * 10, 1.f), &job, "admin-secret").ok());
+  EXPECT_EQ(
+      CreateJob(admin.get(), h, std::vector<float>(kFeatures * 10, 1.f), &job, "scorer-secret")
+          .error_code(),
+      StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(
+      CreateJob(admin.get(), h, std::vector<float>(kFeatures * 10, 1.f), &job, "admin-secret")
+          .ok());
 }
 
 TEST(Security, BadTokenFileRefusesToStart) {
@@ -104,15 +110,21 @@ class Tls : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir("aeserve_tls");
     const std::string d = dir_->path();
-    const std::string script =
-        "cd " + d + " && "
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=aeserve-test-ca && "
-        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost && "
-        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext && "
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext && "
-        "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=aeserve-client && "
-        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 && "
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout rogue.key -out rogue.pem -days 2 -subj /CN=rogue";
+    const std::string script = "cd " + d +
+                               " && "
+                               "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out "
+                               "ca.pem -days 2 -subj /CN=aeserve-test-ca && "
+                               "openssl req -newkey rsa:2048 -nodes -keyout server.key -out "
+                               "server.csr -subj /CN=localhost && "
+                               "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext && "
+                               "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
+                               "-CAcreateserial -out server.pem -days 2 -extfile san.ext && "
+                               "openssl req -newkey rsa:2048 -nodes -keyout client.key -out "
+                               "client.csr -subj /CN=aeserve-client && "
+                               "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key "
+                               "-CAcreateserial -out client.pem -days 2 && "
+                               "openssl req -x509 -newkey rsa:2048 -nodes -keyout rogue.key -out "
+                               "rogue.pem -days 2 -subj /CN=rogue";
     ASSERT_EQ(std::system((script + " > openssl.log 2>&1").c_str()), 0) << Read(d + "/openssl.log");
     Store(d + "/models", "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
   }
@@ -139,7 +151,8 @@ TEST_F(Tls, ServerTls) {
   ASSERT_TRUE(s);
   EXPECT_TRUE(ListModels(Secure(s->port(), "", ""), "").ok());
   // A plaintext client cannot talk to a TLS server.
-  auto plain = grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()), grpc::InsecureChannelCredentials());
+  auto plain = grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()),
+                                   grpc::InsecureChannelCredentials());
   EXPECT_EQ(ListModels(plain, "").error_code(), StatusCode::UNAVAILABLE);
 }
 
@@ -153,7 +166,8 @@ TEST_F(Tls, MutualTls) {
   EXPECT_TRUE(ListModels(Secure(s->port(), "client.pem", "client.key"), "").ok());
   EXPECT_EQ(ListModels(Secure(s->port(), "", ""), "").error_code(), StatusCode::UNAVAILABLE)
       << "no client certificate";
-  EXPECT_EQ(ListModels(Secure(s->port(), "rogue.pem", "rogue.key"), "").error_code(), StatusCode::UNAVAILABLE)
+  EXPECT_EQ(ListModels(Secure(s->port(), "rogue.pem", "rogue.key"), "").error_code(),
+            StatusCode::UNAVAILABLE)
       << "a certificate from another CA";
 }
 
@@ -166,7 +180,8 @@ TEST_F(Tls, BadTlsFilesAreRefusedWithTheReason) {
     o.model_dir = dir_->path() + "/models";
     o.tls_cert = cert;
     o.tls_key = key;
-    return server::Server::Start(o, spdlog::null_logger_mt("tls_bad_" + std::to_string(counter_++))).status();
+    return server::Server::Start(o, spdlog::null_logger_mt("tls_bad_" + std::to_string(counter_++)))
+        .status();
   };
   const std::string d = dir_->path();
   absl::Status st = start(d, d + "/server.key");  // a directory as the certificate

@@ -169,8 +169,8 @@ void ExpectScores(const v1::ScoreResponse& r, const std::vector<float>& expected
       EXPECT_FALSE(r.anomalous(i));
       EXPECT_EQ(r.p_values(i), 1.f);
     } else {
-      EXPECT_EQ(std::memcmp(r.scores().data() + i, &want, 4), 0) << "step " << from + i << ": "
-                                                        << r.scores(i) << " vs " << want;
+      EXPECT_EQ(std::memcmp(r.scores().data() + i, &want, 4), 0)
+          << "step " << from + i << ": " << r.scores(i) << " vs " << want;
     }
   }
 }
@@ -231,7 +231,8 @@ TEST_F(SeriesTest, StreamKeepsTheWindowAcrossBatchesAndBadBatchesFailAlone) {
   v1::Samples old = Steps(10, 11);  // before the stream's last step (19)
   r = s.Send(old);
   ASSERT_TRUE(r.has_error());
-  EXPECT_NE(r.error().message().find("stream's last step"), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find("stream's last step"), std::string::npos)
+      << r.error().message();
   v1::Samples none = Steps(20, 22);
   none.clear_timestamps_ms();
   r = s.Send(none);
@@ -337,7 +338,8 @@ TEST_F(SeriesTest, EncodeTakesASeriesAndAnswersPerFullWindow) {
   *req.mutable_samples() = Steps(0, 3);
   auto st = server_->scoring->Encode(&short_ctx, req, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_NE(st.error_message().find("windows of 6 time steps"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("windows of 6 time steps"), std::string::npos)
+      << st.error_message();
 }
 
 TEST_F(SeriesTest, TrainingOverRpcTakesTheRawSeries) {
@@ -362,7 +364,8 @@ TEST_F(SeriesTest, TrainingOverRpcTakesTheRawSeries) {
   v1::TrainingJob job;
   grpc::Status st = CreateJob(server_->admin.get(), h, values, &job);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("every row needs a timestamp"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("every row needs a timestamp"), std::string::npos)
+      << st.error_message();
   // A window longer than the series: refused at the header.
   v1::TrainingJobHeader long_window = h;
   long_window.mutable_spec()->mutable_window()->set_length(500);
@@ -377,7 +380,8 @@ TEST_F(SeriesTest, TrainingOverRpcTakesTheRawSeries) {
   wide.mutable_spec()->mutable_window()->set_stride(1);
   st = CreateJob(server_->admin.get(), wide, {}, &job);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(st.error_message().find("--max_training_values"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("--max_training_values"), std::string::npos)
+      << st.error_message();
   // With a timestamp per row, sent in chunks that do not match the rows' messages.
   {
     grpc::ClientContext ctx;

@@ -97,8 +97,8 @@ class ServerProcess {
       waitpid(pid_, nullptr, 0);
     }
     if (reader_.joinable()) reader_.join();
-    for (const char* mark : {"ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "runtime error:",
-                             "ERROR: LeakSanitizer"}) {
+    for (const char* mark : {"ERROR: AddressSanitizer", "WARNING: ThreadSanitizer",
+                             "runtime error:", "ERROR: LeakSanitizer"}) {
       if (log_.find(mark) != std::string::npos) {
         ADD_FAILURE() << "the server reported \"" << mark << "\"; its log:\n" << log_;
         break;

@@ -1,17 +1,18 @@
 // The aeserve binary as users run it: health transitions while the demo model trains, and a clean
 // exit on SIGTERM with streams open.
+#include "server_process.h"
+
 #include <signal.h>
 
 #include <cstdlib>
 #include <thread>
 
+#include "admin_client.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
-#include "admin_client.h"
 #include "model_file.h"
-#include "server_process.h"
 #include "test_models.h"
 #include "wait_for.h"
 
@@ -22,15 +23,17 @@ namespace aeserve::testing {
 namespace {
 
 std::shared_ptr<grpc::Channel> Channel(int port) {
-  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                             grpc::InsecureChannelCredentials());
 }
 
 TEST(ServerProcess, HealthIsNotServingUntilTheDemoModelIsReady) {
   TempDir dir("aeserve_health");
   ServerProcess p;
-  ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
-                                       "--model_dir=" + dir.path(),
-                                       "--demo_csv=" AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv"}))
+  ASSERT_TRUE(
+      p.Start(AESERVE_BINARY,
+              {"--host=127.0.0.1", "--port=0", "--metrics_port=0", "--model_dir=" + dir.path(),
+               "--demo_csv=" AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv"}))
       << p.log();
   auto stub = grpc::health::v1::Health::NewStub(Channel(p.port()));
   std::vector<int> seen;
@@ -70,21 +73,25 @@ TEST(ServerProcess, SigtermClosesOpenStreamsAndExitsZero) {
   Store(dir.path(), "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
   ServerProcess p;
   ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
-                                       "--model_dir=" + dir.path(),
-                                       "--shutdown_grace_seconds=5"}))
+                                       "--model_dir=" + dir.path(), "--shutdown_grace_seconds=5"}))
       << p.log();
   auto stub = v1::Scoring::NewStub(Channel(p.port()));
   // Wait until the model serves (it is listed as LOADING before).
-  ASSERT_TRUE(WaitFor([&] {
-    grpc::ClientContext ctx;
-    v1::GetModelRequest req;
-    req.set_model("plain");
-    v1::ModelInfo info;
-    return stub->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
-  }, std::chrono::seconds(10))) << p.log();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        v1::GetModelRequest req;
+        req.set_model("plain");
+        v1::ModelInfo info;
+        return stub->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
+      },
+      std::chrono::seconds(10)))
+      << p.log();
   constexpr int kStreams = 3;
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
-  std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::StreamScoreRequest, v1::StreamScoreResponse>>> streams;
+  std::vector<
+      std::unique_ptr<grpc::ClientReaderWriter<v1::StreamScoreRequest, v1::StreamScoreResponse>>>
+      streams;
   auto data = engine::MakeSynthetic(50, 0, kFeatures, 3, 77);
   for (int i = 0; i < kStreams; ++i) {
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
@@ -133,7 +140,8 @@ grpc::Status CreateWideJob(v1::ModelAdmin::Stub* admin, const std::vector<float>
   h.mutable_options()->set_epochs(1);
   h.mutable_options()->set_batch_size(256);
   grpc::Status st;
-  (void)WaitFor([&] { return (st = CreateJob(admin, h, data, job)).ok(); }, std::chrono::seconds(2));
+  (void)WaitFor([&] { return (st = CreateJob(admin, h, data, job)).ok(); },
+                std::chrono::seconds(2));
   return st;  // the caller asserts on the last answer
 }
 
@@ -153,7 +161,8 @@ TEST(ServerProcess, SigkillDuringModelWritesLeavesOnlyCompleteVersions) {
   auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
   int kills_during_write = 0;
   // 4 rounds in `make test`; the soak run sets AESERVE_KILL_ROUNDS=50.
-  const int rounds = std::getenv("AESERVE_KILL_ROUNDS") ? std::atoi(std::getenv("AESERVE_KILL_ROUNDS")) : 4;
+  const int rounds =
+      std::getenv("AESERVE_KILL_ROUNDS") ? std::atoi(std::getenv("AESERVE_KILL_ROUNDS")) : 4;
   for (int round = 0; round < rounds; ++round) {
     ServerProcess p;
     ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
@@ -200,13 +209,16 @@ TEST(ServerProcess, SigkillDuringModelWritesLeavesOnlyCompleteVersions) {
     v1::ScoreRequest req;
     req.set_model("plain");
     req.mutable_samples()->set_num_features(kFeatures);
-    req.mutable_samples()->mutable_values()->Add(data.normal.begin(), data.normal.begin() + 5 * kFeatures);
+    req.mutable_samples()->mutable_values()->Add(data.normal.begin(),
+                                                 data.normal.begin() + 5 * kFeatures);
     v1::ScoreResponse resp;
     grpc::Status scored;
-    (void)WaitFor([&] {
-      grpc::ClientContext ctx;
-      return (scored = scoring->Score(&ctx, req, &resp)).ok();
-    }, std::chrono::seconds(5));
+    (void)WaitFor(
+        [&] {
+          grpc::ClientContext ctx;
+          return (scored = scoring->Score(&ctx, req, &resp)).ok();
+        },
+        std::chrono::seconds(5));
     EXPECT_TRUE(scored.ok()) << scored.error_message() << again.log();
     EXPECT_EQ(resp.version(), *active);
     scoring.reset();
@@ -244,12 +256,14 @@ TEST(ServerProcess, DiskFullWhileSavingFailsTheJobNotTheServer) {
   auto states = WatchToEnd(admin.get(), job.id());
   ASSERT_FALSE(states.empty());
   EXPECT_EQ(states.back().state(), v1::JOB_STATE_FAILED);
-  EXPECT_NE(states.back().error().find("No space left"), std::string::npos) << states.back().error();
+  EXPECT_NE(states.back().error().find("No space left"), std::string::npos)
+      << states.back().error();
   // Still serving the version it had; nothing half-written is visible.
   v1::ScoreRequest req;
   req.set_model("plain");
   req.mutable_samples()->set_num_features(kFeatures);
-  req.mutable_samples()->mutable_values()->Add(data.normal.begin(), data.normal.begin() + kFeatures);
+  req.mutable_samples()->mutable_values()->Add(data.normal.begin(),
+                                               data.normal.begin() + kFeatures);
   v1::ScoreResponse resp;
   grpc::ClientContext ctx;
   ASSERT_TRUE(scoring->Score(&ctx, req, &resp).ok());

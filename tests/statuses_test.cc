@@ -20,11 +20,15 @@ TEST(Statuses, ASecondServerOnAPortInUseFails) {
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
   auto first = Serve(dir.path());
   ServerProcess second;
-  second.Start(TestBinary(), {"--host=127.0.0.1", "--port=" + std::to_string(first->process.port()),
-                                "--metrics_port=0", "--model_dir=" + dir.path()}, 0.2);
+  second.Start(TestBinary(),
+               {"--host=127.0.0.1", "--port=" + std::to_string(first->process.port()),
+                "--metrics_port=0", "--model_dir=" + dir.path()},
+               0.2);
   EXPECT_EQ(second.Wait(20), 1) << second.log();
-  EXPECT_NE(second.log().find("cannot listen on 127.0.0.1:" + std::to_string(first->process.port())),
-            std::string::npos) << second.log();
+  EXPECT_NE(
+      second.log().find("cannot listen on 127.0.0.1:" + std::to_string(first->process.port())),
+      std::string::npos)
+      << second.log();
   EXPECT_EQ(first->Stop(), 0);
 }
 
@@ -64,7 +68,8 @@ TEST(Statuses, CriticalLevelsThatCannotWorkAreRefused) {
   v1::TrainingJob job;
   grpc::Status st = CreateJob(r->admin.get(), h, data.normal, &job);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("below the anomaly level"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("below the anomaly level"), std::string::npos)
+      << st.error_message();
   h.mutable_critical_threshold()->set_method(v1::THRESHOLD_FIXED);
   h.mutable_critical_threshold()->set_value(0);
   st = CreateJob(r->admin.get(), h, data.normal, &job);
@@ -163,11 +168,13 @@ TEST(Statuses, WatchersAreToldTheServerIsShuttingDown) {
       v1::AnomalyEvent e;
       got = watch->Read(&e);
     });
-    ASSERT_TRUE(WaitFor([&] {
-      v1::ScoreResponse resp;
-      ScoreFilled(*r, "m", kFeatures, 50.f, &resp);  // rows of 50s are flagged
-      return got.load();
-    }, milliseconds(10000)));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          v1::ScoreResponse resp;
+          ScoreFilled(*r, "m", kFeatures, 50.f, &resp);  // rows of 50s are flagged
+          return got.load();
+        },
+        milliseconds(10000)));
     reader.join();
     r->process.Signal(SIGTERM);
     v1::AnomalyEvent e;
@@ -198,18 +205,23 @@ TEST(Statuses, ShutdownDoesNotWaitForALongEpoch) {
   v1::TrainingJob job;
   ASSERT_TRUE(CreateJob(r->admin.get(), h, data.normal, &job, "", 5000).ok());
   v1::TrainingJob now;
-  ASSERT_TRUE(WaitFor([&] {
-    grpc::ClientContext ctx;
-    v1::GetTrainingJobRequest req;
-    req.set_id(job.id());
-    return r->admin->GetTrainingJob(&ctx, req, &now).ok() && now.state() == v1::JOB_STATE_RUNNING;
-  }, milliseconds(20000)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        v1::GetTrainingJobRequest req;
+        req.set_id(job.id());
+        return r->admin->GetTrainingJob(&ctx, req, &now).ok() &&
+               now.state() == v1::JOB_STATE_RUNNING;
+      },
+      milliseconds(20000)));
   const auto start = std::chrono::steady_clock::now();
   const int code = r->Stop();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(code, 0) << r->process.log();
   EXPECT_LT(seconds, 8) << "SIGTERM waited for the epoch to end";
-  EXPECT_NE(r->process.log().find("training cancelled in epoch 1"), std::string::npos) << r->process.log();
+  EXPECT_NE(r->process.log().find("training cancelled in epoch 1"), std::string::npos)
+      << r->process.log();
 }
 
 TEST(Statuses, CriticalOnlyWatchersGetCriticalEvents) {
@@ -235,11 +247,13 @@ TEST(Statuses, CriticalOnlyWatchersGetCriticalEvents) {
     v1::AnomalyEvent e;
     std::thread reader([&] { got = watch->Read(&e); });
     // Rows of 50s are far above any critical level of this model.
-    const bool seen = WaitFor([&] {
-      v1::ScoreResponse resp;
-      ScoreFilled(*r, "m", kFeatures, 50.f, &resp);  // rows of 50s are flagged
-      return got.load();
-    }, milliseconds(10000));
+    const bool seen = WaitFor(
+        [&] {
+          v1::ScoreResponse resp;
+          ScoreFilled(*r, "m", kFeatures, 50.f, &resp);  // rows of 50s are flagged
+          return got.load();
+        },
+        milliseconds(10000));
     if (!seen) wctx.TryCancel();
     reader.join();
     ASSERT_TRUE(seen) << "a min_severity=2 watcher received nothing";

@@ -29,7 +29,8 @@ void WriteText(const fs::path& p, const std::string& text) {
 void StoreTwoVersions(const std::string& dir, const std::string& model) {
   Store(dir, model, TrainSmall(v1::MODEL_KIND_PLAIN, 1));
   server::ModelStore store(dir);
-  ASSERT_TRUE(store.AddVersion(server::ModelKey{model, ""}, TrainSmall(v1::MODEL_KIND_PLAIN, 2)).ok());
+  ASSERT_TRUE(
+      store.AddVersion(server::ModelKey{model, ""}, TrainSmall(v1::MODEL_KIND_PLAIN, 2)).ok());
 }
 
 grpc::Status Activate(RunningServer& r, const std::string& model, uint64_t version) {
@@ -41,7 +42,8 @@ grpc::Status Activate(RunningServer& r, const std::string& model, uint64_t versi
   return r.admin->ActivateVersion(&ctx, req, &b);
 }
 
-grpc::Status DeleteVersion(RunningServer& r, const std::string& model, uint64_t version, bool force) {
+grpc::Status DeleteVersion(RunningServer& r, const std::string& model, uint64_t version,
+                           bool force) {
   grpc::ClientContext ctx;
   v1::DeleteVersionRequest req;
   req.set_model(model);
@@ -57,11 +59,13 @@ TEST(StoreFaults, VersionZeroIsRefusedAndTheModelKeepsServing) {
   auto r = StartServer(dir.path());
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;
-  ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
+  ASSERT_TRUE(
+      WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
 
   grpc::Status st = Activate(*r, "m", 0);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("version is required"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("version is required"), std::string::npos)
+      << st.error_message();
   EXPECT_EQ(DeleteVersion(*r, "m", 0, true).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // Still serving version 1; ACTIVE untouched; an unforced DeleteModel is still refused.
   ASSERT_TRUE(ScoreZeros(*r, "m", kFeatures, &resp).ok());
@@ -74,7 +78,8 @@ TEST(StoreFaults, VersionZeroIsRefusedAndTheModelKeepsServing) {
     v1::DeleteModelRequest req;
     req.set_model("m");
     v1::DeleteModelResponse out;
-    EXPECT_EQ(r->admin->DeleteModel(&ctx, req, &out).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_EQ(r->admin->DeleteModel(&ctx, req, &out).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
   }
   EXPECT_EQ(server::ModelStore(dir.path()).ListVersions(server::ModelKey{"m", ""}).size(), 2u);
   EXPECT_EQ(r->Stop(), 0) << r->process.log();
@@ -86,7 +91,8 @@ TEST(StoreFaults, ForceDeletingTheActiveVersionSurvivesARestart) {
   auto r = StartServer(dir.path());
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;
-  ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
+  ASSERT_TRUE(
+      WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
   ASSERT_TRUE(DeleteVersion(*r, "m", 1, true).ok());
   EXPECT_EQ(ScoreZeros(*r, "m", kFeatures, &resp).error_code(), grpc::StatusCode::UNAVAILABLE);
   ASSERT_EQ(r->Stop(), 0);
@@ -106,8 +112,8 @@ TEST(StoreFaults, EveryBadEntryMakesOnlyItsModelUnavailable) {
   StoreTwoVersions(dir.path(), "good");
   // Each bad model has version 1 active and version 2 staged, then its ACTIVE or model.pb broken.
   const std::vector<std::pair<std::string, std::string>> bad_active = {
-      {"active-dir", "directory"}, {"active-devzero", "device"}, {"active-fifo", "FIFO"},
-      {"active-1x", "'1x'"},       {"active-empty", "''"},      {"active-minus", "'-1'"},
+      {"active-dir", "directory"}, {"active-devzero", "device"},     {"active-fifo", "FIFO"},
+      {"active-1x", "'1x'"},       {"active-empty", "''"},           {"active-minus", "'-1'"},
       {"active-zero", "'0'"},      {"active-huge", "over the limit"}};
   for (const auto& [name, why] : bad_active) {
     StoreTwoVersions(dir.path(), name);
@@ -131,7 +137,8 @@ TEST(StoreFaults, EveryBadEntryMakesOnlyItsModelUnavailable) {
   auto r = StartServer(dir.path(), {"--metrics_port=-1", "--store_poll_seconds=0.1"});
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;
-  ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "good", kFeatures, &resp).ok(); }, milliseconds(20000)))
+  ASSERT_TRUE(
+      WaitFor([&] { return ScoreZeros(*r, "good", kFeatures, &resp).ok(); }, milliseconds(20000)))
       << r->process.log();
   EXPECT_EQ(resp.version(), 1u);
   for (const auto& [name, why] : bad_active) {
@@ -141,8 +148,10 @@ TEST(StoreFaults, EveryBadEntryMakesOnlyItsModelUnavailable) {
     EXPECT_EQ(info.active_version(), 0u) << name << ": a bad ACTIVE must not promote a version";
     EXPECT_NE(info.error().find("ACTIVE"), std::string::npos) << name << ": " << info.error();
     EXPECT_NE(info.error().find(why), std::string::npos) << name << ": " << info.error();
-    EXPECT_EQ(ScoreZeros(*r, name, kFeatures, &resp).error_code(), grpc::StatusCode::UNAVAILABLE) << name;
-    EXPECT_NE(r->process.log().find("model '" + name + "'"), std::string::npos) << "no log line for " << name;
+    EXPECT_EQ(ScoreZeros(*r, name, kFeatures, &resp).error_code(), grpc::StatusCode::UNAVAILABLE)
+        << name;
+    EXPECT_NE(r->process.log().find("model '" + name + "'"), std::string::npos)
+        << "no log line for " << name;
   }
   v1::ModelInfo info;
   ASSERT_TRUE(GetModel(*r, "model-fifo", &info).ok());
@@ -153,7 +162,8 @@ TEST(StoreFaults, EveryBadEntryMakesOnlyItsModelUnavailable) {
   const std::string text = HttpGet(MetricsPort(*r), "/metrics");
   EXPECT_EQ(MetricValue(text, "aeserve_model_store_errors_total{kind=\"active\"}"), 8) << text;
   EXPECT_EQ(MetricValue(text, "aeserve_model_store_errors_total{kind=\"model_file\"}"), 1) << text;
-  EXPECT_EQ(r->Stop(), 0) << "SIGTERM must still work with FIFOs in the store\n" << r->process.log();
+  EXPECT_EQ(r->Stop(), 0) << "SIGTERM must still work with FIFOs in the store\n"
+                          << r->process.log();
 }
 
 TEST(StoreFaults, ARunningServerKeepsServingWhenItsStoreGoesBad) {
@@ -163,7 +173,8 @@ TEST(StoreFaults, ARunningServerKeepsServingWhenItsStoreGoesBad) {
   auto r = StartServer(dir.path(), {"--store_poll_seconds=0.05"});
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;
-  ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
+  ASSERT_TRUE(
+      WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
   v1::ModelInfo info;
   auto error_has = [&](const std::string& what) {
     return GetModel(*r, "m", &info).ok() && info.error().find(what) != std::string::npos;
@@ -173,13 +184,16 @@ TEST(StoreFaults, ARunningServerKeepsServingWhenItsStoreGoesBad) {
   // the staged version 2, and says why.
   fs::remove(active);
   fs::create_directory(active);
-  ASSERT_TRUE(WaitFor([&] { return error_has("directory"); }, milliseconds(10000))) << info.DebugString();
+  ASSERT_TRUE(WaitFor([&] { return error_has("directory"); }, milliseconds(10000)))
+      << info.DebugString();
   EXPECT_NE(info.error().find("still serving version 1"), std::string::npos) << info.error();
   fs::remove(active);
   ASSERT_EQ(mkfifo(active.c_str(), 0644), 0);
-  ASSERT_TRUE(WaitFor([&] { return error_has("FIFO"); }, milliseconds(10000))) << info.DebugString();
+  ASSERT_TRUE(WaitFor([&] { return error_has("FIFO"); }, milliseconds(10000)))
+      << info.DebugString();
   WriteText(active, "2x");
-  ASSERT_TRUE(WaitFor([&] { return error_has("'2x'"); }, milliseconds(10000))) << info.DebugString();
+  ASSERT_TRUE(WaitFor([&] { return error_has("'2x'"); }, milliseconds(10000)))
+      << info.DebugString();
   ASSERT_TRUE(ScoreZeros(*r, "m", kFeatures, &resp).ok());
   EXPECT_EQ(resp.version(), 1u);
   // Repaired: the error clears.
@@ -194,10 +208,13 @@ TEST(StoreFaults, ARunningServerKeepsServingWhenItsStoreGoesBad) {
     std::ofstream f(root / "m" / "1" / "model.pb", std::ios::binary | std::ios::trunc);
     f << "not a model file, and of another size";
   }
-  ASSERT_TRUE(WaitFor([&] {
-    return GetModel(*r, "m", &info).ok() && info.versions_size() == 2 &&
-           info.versions(0).error().find("does not load") != std::string::npos;
-  }, milliseconds(10000))) << info.DebugString();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return GetModel(*r, "m", &info).ok() && info.versions_size() == 2 &&
+               info.versions(0).error().find("does not load") != std::string::npos;
+      },
+      milliseconds(10000)))
+      << info.DebugString();
   EXPECT_EQ(info.state(), v1::MODEL_STATE_READY);
   ASSERT_TRUE(ScoreZeros(*r, "m", kFeatures, &resp).ok());
   EXPECT_EQ(resp.version(), 1u);
@@ -211,10 +228,12 @@ TEST(StoreFaults, AStoreThatCannotBeLockedRefusesChangesAndKeepsServing) {
   auto r = StartServer(dir.path());
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   v1::ScoreResponse resp;
-  ASSERT_TRUE(WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
+  ASSERT_TRUE(
+      WaitFor([&] { return ScoreZeros(*r, "m", kFeatures, &resp).ok(); }, milliseconds(10000)));
   const grpc::Status st = Activate(*r, "m", 2);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_NE(st.error_message().find("cannot lock the model store"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("cannot lock the model store"), std::string::npos)
+      << st.error_message();
   ASSERT_TRUE(ScoreZeros(*r, "m", kFeatures, &resp).ok());
   EXPECT_EQ(resp.version(), 1u) << "nothing changed";
   EXPECT_EQ(r->Stop(), 0) << r->process.log();

@@ -34,8 +34,8 @@ class TempDir {
 };
 
 // A model of `kind` with the given encoder layers (code size 3), trained on synthetic data.
-inline v1::ModelFile TrainModel(v1::ModelKind kind, uint64_t seed, const std::vector<uint32_t>& units,
-                                uint32_t epochs) {
+inline v1::ModelFile TrainModel(v1::ModelKind kind, uint64_t seed,
+                                const std::vector<uint32_t>& units, uint32_t epochs) {
   auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
   engine::TrainRequest req;
   req.spec.set_kind(kind);
@@ -54,7 +54,9 @@ inline v1::ModelFile TrainModel(v1::ModelKind kind, uint64_t seed, const std::ve
   return *std::move(f);
 }
 
-inline v1::ModelFile TrainSmall(v1::ModelKind kind, uint64_t seed = 1) { return TrainModel(kind, seed, {16}, 15); }
+inline v1::ModelFile TrainSmall(v1::ModelKind kind, uint64_t seed = 1) {
+  return TrainModel(kind, seed, {16}, 15);
+}
 
 // Writes `file` as a new version of `model` and makes it active.
 inline uint64_t Store(const std::string& dir, const std::string& model, const v1::ModelFile& file,

@@ -102,7 +102,8 @@ TEST_F(Uploads, AShortOrLongUploadCreatesNothing) {
   EXPECT_NE(r.status.error_message().find("ended after 100 of the 600 rows"), std::string::npos)
       << r.status.error_message();
   // More rows than announced.
-  r = RawStreamCall(server_->channel, kMethod, {HeaderMessage(100), RowsMessage(60), RowsMessage(60)});
+  r = RawStreamCall(server_->channel, kMethod,
+                    {HeaderMessage(100), RowsMessage(60), RowsMessage(60)});
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(r.status.error_message().find("more than the 100 rows"), std::string::npos);
   // No row count at all.
@@ -119,7 +120,8 @@ TEST_F(Uploads, AnUnparseableMessageInTheMiddleCreatesNothing) {
                               {HeaderMessage(600), RowsMessage(100), junk, RowsMessage(500)});
   ASSERT_TRUE(r.finished);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << r.status.error_message();
-  EXPECT_NE(r.status.error_message().find("upload message 3 does not parse as aeserve.v1.CreateTrainingJobRequest"),
+  EXPECT_NE(r.status.error_message().find(
+                "upload message 3 does not parse as aeserve.v1.CreateTrainingJobRequest"),
             std::string::npos)
       << r.status.error_message();
   ExpectNothingCreated();
@@ -197,7 +199,8 @@ TEST_F(Uploads, TrainingDataInMemoryIsBoundedAcrossUploads) {
   EXPECT_NE(third.status.error_message().find("--max_upload_bytes"), std::string::npos)
       << third.status.error_message();
   // One declared over the per-job limit is refused at its header, before any data.
-  RawResult huge = RawStreamCall(server_->channel, kMethod, {HeaderMessage(uint64_t{1} << 40)}, false, 10);
+  RawResult huge =
+      RawStreamCall(server_->channel, kMethod, {HeaderMessage(uint64_t{1} << 40)}, false, 10);
   EXPECT_EQ(huge.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(huge.status.error_message().find("--max_training_values"), std::string::npos);
   // Cancelling one frees its share, and the next upload fits.

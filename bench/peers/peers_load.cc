@@ -2,7 +2,8 @@
 // that drives any server speaking aeserve.v1.Scoring (aeserve itself, or the Python peer).
 //
 //   peers_load --engine --layers 38,64,32,8 --batch 256 [--threads 1] [--seconds 2]
-//   peers_load --target 127.0.0.1:50051 --model m --features 38 --batch 256 --streams 4 [--seconds 2]
+//   peers_load --target 127.0.0.1:50051 --model m --features 38 --batch 256 --streams 4 [--seconds
+//   2]
 // Prints one line: "samples_per_second <value>".
 #include <chrono>
 #include <cstdio>
@@ -26,7 +27,8 @@ namespace {
 using namespace aeserve;
 using Clock = std::chrono::steady_clock;
 
-double EngineRate(const std::vector<uint32_t>& layers, uint32_t batch, int threads, double seconds) {
+double EngineRate(const std::vector<uint32_t>& layers, uint32_t batch, int threads,
+                  double seconds) {
   v1::ModelSpec s;
   s.set_num_features(layers[0]);
   for (size_t i = 1; i + 1 < layers.size(); ++i) s.add_encoder_units(layers[i]);
@@ -85,15 +87,24 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--engine") engine_mode = true;
-    else if (a == "--layers") layers_arg = next();
-    else if (a == "--target") target = next();
-    else if (a == "--model") model = next();
-    else if (a == "--features") d = static_cast<uint32_t>(std::stoul(next()));
-    else if (a == "--batch") batch = static_cast<uint32_t>(std::stoul(next()));
-    else if (a == "--streams") streams = std::stoi(next());
-    else if (a == "--threads") threads = std::stoi(next());
-    else if (a == "--seconds") seconds = std::stod(next());
+    if (a == "--engine")
+      engine_mode = true;
+    else if (a == "--layers")
+      layers_arg = next();
+    else if (a == "--target")
+      target = next();
+    else if (a == "--model")
+      model = next();
+    else if (a == "--features")
+      d = static_cast<uint32_t>(std::stoul(next()));
+    else if (a == "--batch")
+      batch = static_cast<uint32_t>(std::stoul(next()));
+    else if (a == "--streams")
+      streams = std::stoi(next());
+    else if (a == "--threads")
+      threads = std::stoi(next());
+    else if (a == "--seconds")
+      seconds = std::stod(next());
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;

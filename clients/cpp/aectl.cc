@@ -1,17 +1,17 @@
 // aectl: the aeserve command line. One binary, one subcommand per task; gRPC errors become a
 // one-line message and a non-zero exit code.
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <thread>
-
-#include <unistd.h>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
@@ -21,8 +21,8 @@
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "csv.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 
 namespace {
@@ -32,8 +32,8 @@ using namespace aeserve;
 struct Common {
   std::string server = "localhost:50051";
   double timeout = 30;
-  std::string token;                       // bearer token (or $AESERVE_TOKEN)
-  std::string tls_ca, tls_cert, tls_key;   // TLS: CA bundle; client certificate for mTLS
+  std::string token;                      // bearer token (or $AESERVE_TOKEN)
+  std::string tls_ca, tls_cert, tls_key;  // TLS: CA bundle; client certificate for mTLS
 };
 
 std::string ReadFile(const std::string& path) {
@@ -44,15 +44,17 @@ std::string ReadFile(const std::string& path) {
 int Fail(const grpc::Status& st) {
   const int c = st.error_code();
   std::fprintf(stderr, "aectl: %s: %s\n",
-               absl::StatusCodeToString(static_cast<absl::StatusCode>(c)).c_str(), st.error_message().c_str());
+               absl::StatusCodeToString(static_cast<absl::StatusCode>(c)).c_str(),
+               st.error_message().c_str());
   const std::string& m = st.error_message();
   if (c == grpc::StatusCode::UNAVAILABLE &&
       (m.find("Socket closed") != std::string::npos || m.find("ssl") != std::string::npos ||
        m.find("SSL") != std::string::npos || m.find("handshake") != std::string::npos)) {
-    std::fprintf(stderr, "aectl: hint: the server closed the connection while it was being set up: "
-                         "most often a TLS mismatch (a plaintext client and a TLS server or the "
-                         "reverse, or a client certificate the server does not accept); check "
-                         "--tls-ca, --tls-cert and --tls-key\n");
+    std::fprintf(stderr,
+                 "aectl: hint: the server closed the connection while it was being set up: "
+                 "most often a TLS mismatch (a plaintext client and a TLS server or the "
+                 "reverse, or a client certificate the server does not accept); check "
+                 "--tls-ca, --tls-cert and --tls-key\n");
   }
   return 1;
 }
@@ -147,8 +149,8 @@ int PrintJson(const google::protobuf::Message& m) {
 
 // One result line in the chosen format.
 void PrintRow(const std::string& format, size_t row, const std::string& id, float error,
-              float score, bool anomalous, float p_value, const v1::ScoreResponse& r, int i, uint32_t k,
-              const std::vector<std::string>& names) {
+              float score, bool anomalous, float p_value, const v1::ScoreResponse& r, int i,
+              uint32_t k, const std::vector<std::string>& names) {
   std::string top;
   if (r.warming_up_size() > i && r.warming_up(i)) k = 0;  // not scored: no top features
   for (uint32_t j = 0; j < k; ++j) {
@@ -171,14 +173,16 @@ void PrintRow(const std::string& format, size_t row, const std::string& id, floa
     std::string extra;
     if (r.severity_size() > i) absl::StrAppend(&extra, ",\"severity\":", r.severity(i));
     if (r.missing_size() > i) absl::StrAppend(&extra, ",\"missing\":", r.missing(i));
-    if (r.skipped_size() > i) absl::StrAppend(&extra, ",\"skipped\":", r.skipped(i) ? "true" : "false");
+    if (r.skipped_size() > i)
+      absl::StrAppend(&extra, ",\"skipped\":", r.skipped(i) ? "true" : "false");
     if (r.warming_up_size() > i) {
       absl::StrAppend(&extra, ",\"warming_up\":", r.warming_up(i) ? "true" : "false");
     }
-    std::printf("{\"row\":%zu,\"id\":%s,\"error\":%s,\"score\":%s,\"anomalous\":%s,\"p_value\":%s%s,"
-                "\"top_features\":[%s]}\n",
-                row, JsonString(id).c_str(), JsonNumber(error).c_str(), JsonNumber(score).c_str(),
-                anomalous ? "true" : "false", JsonNumber(p_value, 6).c_str(), extra.c_str(), top.c_str());
+    std::printf(
+        "{\"row\":%zu,\"id\":%s,\"error\":%s,\"score\":%s,\"anomalous\":%s,\"p_value\":%s%s,"
+        "\"top_features\":[%s]}\n",
+        row, JsonString(id).c_str(), JsonNumber(error).c_str(), JsonNumber(score).c_str(),
+        anomalous ? "true" : "false", JsonNumber(p_value, 6).c_str(), extra.c_str(), top.c_str());
   } else {
     std::printf("%zu,%s,%.8g,%.8g,%d,%.6g,%s\n", row, id.c_str(), error, score, anomalous ? 1 : 0,
                 p_value, top.c_str());
@@ -188,8 +192,9 @@ void PrintRow(const std::string& format, size_t row, const std::string& id, floa
 void Summary(size_t scored, size_t anomalous, const engine::CsvTable& t,
              const std::vector<uint8_t>& flags, const std::string& model, uint64_t version,
              double threshold) {
-  std::fprintf(stderr, "scored %zu samples, %zu anomalous (model %s version %llu, threshold %.6g)\n",
-               scored, anomalous, model.c_str(), static_cast<unsigned long long>(version), threshold);
+  std::fprintf(
+      stderr, "scored %zu samples, %zu anomalous (model %s version %llu, threshold %.6g)\n", scored,
+      anomalous, model.c_str(), static_cast<unsigned long long>(version), threshold);
   if (t.labels.size() == flags.size() && !flags.empty()) {
     size_t tp = 0, fp = 0, fn = 0;
     for (size_t i = 0; i < flags.size(); ++i) {
@@ -220,15 +225,17 @@ void NameColumns(const engine::CsvTable& t, const Columns& cols,
 // The rows' times (a `timestamp` column of times): series models need them.
 void AddTimes(const engine::CsvTable& t, size_t start, size_t n, v1::Samples* s) {
   if (t.timestamps_ms.empty()) return;
-  s->mutable_timestamps_ms()->Add(t.timestamps_ms.begin() + start, t.timestamps_ms.begin() + start + n);
+  s->mutable_timestamps_ms()->Add(t.timestamps_ms.begin() + start,
+                                  t.timestamps_ms.begin() + start + n);
 }
 
 // When the server asked for timestamps the file did not give: say why.
 void TimesHint(const std::string& message, const engine::CsvTable& t) {
   if (message.find("timestamp") == std::string::npos || !t.timestamps_ms.empty()) return;
-  std::fprintf(stderr, "aectl: %s\n", t.timestamp_problem.empty()
-      ? "the file has no 'timestamp' column (ISO 8601 like 2024-01-31 14:05:00, or Unix seconds)"
-      : t.timestamp_problem.c_str());
+  std::fprintf(stderr, "aectl: %s\n",
+               t.timestamp_problem.empty() ? "the file has no 'timestamp' column (ISO 8601 like "
+                                             "2024-01-31 14:05:00, or Unix seconds)"
+                                           : t.timestamp_problem.c_str());
 }
 
 int FailWithTimes(const grpc::Status& st, const engine::CsvTable& t) {
@@ -248,7 +255,8 @@ struct GapCount {
   }
   void Print() const {
     if (warming > 0) {
-      std::fprintf(stderr, "%zu rows were warming up (not scored: the model's window was filling)\n",
+      std::fprintf(stderr,
+                   "%zu rows were warming up (not scored: the model's window was filling)\n",
                    warming);
     }
     if (missing_rows == 0) return;
@@ -284,8 +292,8 @@ struct Target {
   uint64_t version = 0;  // 0 = the active one (at each batch, for a stream)
 };
 
-int Score(const Common& c, const Target& target, const std::string& path,
-          const std::string& format, uint32_t top_k, uint32_t batch, const Columns& cols) {
+int Score(const Common& c, const Target& target, const std::string& path, const std::string& format,
+          uint32_t top_k, uint32_t batch, const Columns& cols) {
   auto table = ReadInput(path);
   if (!table.ok()) return Fail(table.status());
   auto stub = v1::Scoring::NewStub(Connect(c));
@@ -328,12 +336,14 @@ int Score(const Common& c, const Target& target, const std::string& path,
     Deadline(ctx, c);
     grpc::Status st = stub->Score(&ctx, req, &last);
     if (!st.ok()) return FailWithTimes(st, *table);
-    if (start == 0 && format == "csv") std::printf("row,id,error,score,anomalous,p_value,top_features\n");
+    if (start == 0 && format == "csv")
+      std::printf("row,id,error,score,anomalous,p_value,top_features\n");
     const int first = static_cast<int>(start - from);  // answers for rows printed before
     for (int i = first; i < last.errors_size(); ++i) {
       const size_t row = from + i;
       PrintRow(format, row, table->ids.empty() ? "" : table->ids[row], last.errors(i),
-               ScoreOf(last, i), last.anomalous(i), last.p_values(i), last, i, top_k, table->feature_names);
+               ScoreOf(last, i), last.anomalous(i), last.p_values(i), last, i, top_k,
+               table->feature_names);
       flags.push_back(last.anomalous(i));
       anomalous += last.anomalous(i);
     }
@@ -449,8 +459,8 @@ int Stream(const Common& c, const Target& target, const std::string& path, doubl
         const size_t row = r.sequence() + i;
         flags.push_back(res.anomalous(i));
         if (res.anomalous(i)) {
-          PrintRow("csv", row, t.ids.empty() ? "" : t.ids[row], res.errors(i), ScoreOf(res, i), true,
-                   res.p_values(i), res, i, top_k, t.feature_names);
+          PrintRow("csv", row, t.ids.empty() ? "" : t.ids[row], res.errors(i), ScoreOf(res, i),
+                   true, res.p_values(i), res, i, top_k, t.feature_names);
         }
       }
       scored += res.num_samples();
@@ -469,14 +479,17 @@ int Stream(const Common& c, const Target& target, const std::string& path, doubl
     for (float e : errors_seen) mean += e;
     mean /= static_cast<double>(errors_seen.size());
     auto q = [&](double p) {
-      return errors_seen[std::min(errors_seen.size() - 1, static_cast<size_t>(p * errors_seen.size()))];
+      return errors_seen[std::min(errors_seen.size() - 1,
+                                  static_cast<size_t>(p * errors_seen.size()))];
     };
-    std::fprintf(stderr,
-                 "stats: %zu samples in %.1f s (the whole replay, shorter than --stats-every), %zu "
-                 "anomalous (%.2f%%), error mean %.4g p50 %.4g p99 %.4g\n",
-                 scored, std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count(),
-                 anomalous, scored ? 100.0 * static_cast<double>(anomalous) / static_cast<double>(scored) : 0.0,
-                 mean, q(0.5), q(0.99));
+    std::fprintf(
+        stderr,
+        "stats: %zu samples in %.1f s (the whole replay, shorter than --stats-every), %zu "
+        "anomalous (%.2f%%), error mean %.4g p50 %.4g p99 %.4g\n",
+        scored, std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count(),
+        anomalous,
+        scored ? 100.0 * static_cast<double>(anomalous) / static_cast<double>(scored) : 0.0, mean,
+        q(0.5), q(0.99));
   }
   Summary(scored, anomalous, t, flags, target.model, version, threshold);
   gaps.Print();
@@ -534,7 +547,9 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
   req.set_model(model);
   req.set_min_severity(min_severity);
   auto reader = stub->WatchAnomalies(&ctx, req);
-  std::printf("server_time_ms,model,version,entity,stream_id,sample_id,timestamp_ms,error,threshold,p_value,severity,top_features\n");
+  std::printf(
+      "server_time_ms,model,version,entity,stream_id,sample_id,timestamp_ms,error,threshold,p_"
+      "value,severity,top_features\n");
   std::fflush(stdout);
   v1::AnomalyEvent e;
   uint64_t seen = 0;
@@ -545,14 +560,16 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
     }
     std::string top;
     for (int j = 0; j < e.top_features_size(); ++j) {
-      const std::string name = j < e.top_feature_names_size() ? e.top_feature_names(j) : std::to_string(e.top_features(j));
+      const std::string name = j < e.top_feature_names_size() ? e.top_feature_names(j)
+                                                              : std::to_string(e.top_features(j));
       top += (j ? ";" : "") + name + ":" + std::to_string(e.top_feature_errors(j));
     }
     std::printf("%lld,%s,%llu,%s,%s,%s,%lld,%.8g,%.8g,%.6g,%u,%s\n",
                 static_cast<long long>(e.server_time_ms()), e.model().c_str(),
                 static_cast<unsigned long long>(e.version()), e.entity().c_str(),
-                e.stream_id().c_str(), e.sample_id().c_str(), static_cast<long long>(e.timestamp_ms()),
-                e.error(), e.threshold(), e.p_value(), e.severity(), top.c_str());
+                e.stream_id().c_str(), e.sample_id().c_str(),
+                static_cast<long long>(e.timestamp_ms()), e.error(), e.threshold(), e.p_value(),
+                e.severity(), top.c_str());
     std::fflush(stdout);
     if (count > 0 && ++seen >= count) {
       ctx.TryCancel();
@@ -585,7 +602,8 @@ std::vector<std::string> ColumnNames(v1::Scoring::Stub* stub, const Common& c,
   get.set_model(model);
   v1::ModelInfo info;
   std::vector<std::string> names;
-  if (stub->GetModel(&ctx, get, &info).ok() && static_cast<size_t>(info.feature_names_size()) == width) {
+  if (stub->GetModel(&ctx, get, &info).ok() &&
+      static_cast<size_t>(info.feature_names_size()) == width) {
     names.assign(info.feature_names().begin(), info.feature_names().end());
   } else {
     for (size_t j = 0; j < width; ++j) names.push_back("x" + std::to_string(j));
@@ -618,7 +636,8 @@ int Transform(const Common& c, const std::string& what, const Target& target,
     if (!st.ok()) return FailWithTimes(st, *table);
     std::vector<std::string> names;
     for (uint32_t j = 0; j < resp.code_size(); ++j) names.push_back("code" + std::to_string(j));
-    PrintMatrix(names, resp.codes().data(), resp.code_size() ? resp.codes_size() / resp.code_size() : 0);
+    PrintMatrix(names, resp.codes().data(),
+                resp.code_size() ? resp.codes_size() / resp.code_size() : 0);
     return 0;
   }
   v1::ReconstructRequest req;
@@ -659,18 +678,25 @@ int Health(const Common& c) {
   grpc::health::v1::HealthCheckResponse resp;
   grpc::Status st = stub->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
   if (!st.ok()) return Fail(st);
-  std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
+  std::printf("%s\n",
+              grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
   return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
 const char* JobStateName(v1::JobState s) {
   switch (s) {
-    case v1::JOB_STATE_QUEUED: return "QUEUED";
-    case v1::JOB_STATE_RUNNING: return "RUNNING";
-    case v1::JOB_STATE_SUCCEEDED: return "SUCCEEDED";
-    case v1::JOB_STATE_FAILED: return "FAILED";
-    case v1::JOB_STATE_CANCELLED: return "CANCELLED";
-    default: return "?";
+    case v1::JOB_STATE_QUEUED:
+      return "QUEUED";
+    case v1::JOB_STATE_RUNNING:
+      return "RUNNING";
+    case v1::JOB_STATE_SUCCEEDED:
+      return "SUCCEEDED";
+    case v1::JOB_STATE_FAILED:
+      return "FAILED";
+    case v1::JOB_STATE_CANCELLED:
+      return "CANCELLED";
+    default:
+      return "?";
   }
 }
 
@@ -710,16 +736,16 @@ void ShowProgress(const v1::TrainingJob& j) {
 struct TrainArgs {
   std::string model, entity, kind, layers, decoder, loss, activation, scaling, noise, description;
   uint32_t code = 0, epochs = 0, batch = 0, patience = 0, seed = 0;
-  float lr = 0, weight_decay = 0, dropout = -1, validation_split = -1, noise_level = 0,
-        l1 = 0, kl_sparsity = 0, rho = 0, beta = 0;
+  float lr = 0, weight_decay = 0, dropout = -1, validation_split = -1, noise_level = 0, l1 = 0,
+        kl_sparsity = 0, rho = 0, beta = 0;
   double percentile = 0;
   bool fine_tune = false, no_activate = false, detach = false;
   uint64_t base_version = 0;
-  float max_missing = -1;          // -1 = the server's default
-  int impute_refinements = -1;     // -1 = the server's default
-  int max_gap_steps = -1;          // -1 = the server's default (the window length)
-  std::string gap_fill;            // empty = the server's default
-  uint32_t window = 0, stride = 0;  // 0 = no window / every step
+  float max_missing = -1;                  // -1 = the server's default
+  int impute_refinements = -1;             // -1 = the server's default
+  int max_gap_steps = -1;                  // -1 = the server's default (the window length)
+  std::string gap_fill;                    // empty = the server's default
+  uint32_t window = 0, stride = 0;         // 0 = no window / every step
   std::vector<std::string> time_features;  // hour, weekday
 };
 
@@ -739,7 +765,8 @@ template <typename E, typename F>
 bool ParseEnum(const std::string& text, const std::string& prefix, F is_valid_name, E* out) {
   std::string upper = prefix + text;
   for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-  for (char& ch : upper) if (ch == '-') ch = '_';
+  for (char& ch : upper)
+    if (ch == '-') ch = '_';
   return is_valid_name(upper, out);
 }
 
@@ -759,8 +786,9 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements, a.max_gap_steps, a.gap_fill);
   const bool series = a.window > 1 || !a.time_features.empty();
   if (series && table->timestamps_ms.empty()) {
-    std::fprintf(stderr, "aectl: --window and --time-features need a 'timestamp' column of times "
-                         "(ISO 8601 like 2024-01-31 14:05:00, or Unix seconds)%s%s\n",
+    std::fprintf(stderr,
+                 "aectl: --window and --time-features need a 'timestamp' column of times "
+                 "(ISO 8601 like 2024-01-31 14:05:00, or Unix seconds)%s%s\n",
                  table->timestamp_problem.empty() ? "" : ": ", table->timestamp_problem.c_str());
     return 2;
   }
@@ -772,7 +800,8 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
     v1::Noise noise;
     if ((!a.kind.empty() && !ParseEnum(a.kind, "MODEL_KIND_", v1::ModelKind_Parse, &kind)) ||
         (!a.loss.empty() && !ParseEnum(a.loss, "LOSS_", v1::Loss_Parse, &loss)) ||
-        (!a.activation.empty() && !ParseEnum(a.activation, "ACTIVATION_", v1::Activation_Parse, &act)) ||
+        (!a.activation.empty() &&
+         !ParseEnum(a.activation, "ACTIVATION_", v1::Activation_Parse, &act)) ||
         (!a.noise.empty() && !ParseEnum(a.noise, "NOISE_", v1::Noise_Parse, &noise))) {
       std::fprintf(stderr, "aectl: unknown --kind, --loss, --activation or --noise\n");
       return 2;
@@ -908,7 +937,9 @@ int Cancel(const Common& c, const std::string& id) {
   v1::TrainingJob job;
   grpc::Status st = stub->CancelTrainingJob(&ctx, req, &job);
   if (!st.ok()) return Fail(st);
-  std::printf("job %s %s\n", id.c_str(), job.state() == v1::JOB_STATE_CANCELLED ? "cancelled" : "cancelling (stops at the next epoch)");
+  std::printf("job %s %s\n", id.c_str(),
+              job.state() == v1::JOB_STATE_CANCELLED ? "cancelled"
+                                                     : "cancelling (stops at the next epoch)");
   return 0;
 }
 
@@ -920,10 +951,12 @@ void PrintBrief(const v1::ModelInfoBrief& b) {
               static_cast<unsigned long long>(b.active_version()), versions.c_str(),
               b.threshold_value(),
               b.critical_threshold_value() > 0
-                  ? (", critical " + std::to_string(b.critical_threshold_value())).c_str() : "");
+                  ? (", critical " + std::to_string(b.critical_threshold_value())).c_str()
+                  : "");
 }
 
-int Activate(const Common& c, const std::string& model, const std::string& entity, uint64_t version) {
+int Activate(const Common& c, const std::string& model, const std::string& entity,
+             uint64_t version) {
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
@@ -970,12 +1003,15 @@ bool ParseThreshold(const std::string& text, v1::ThresholdConfig* out) {
   const auto colon = text.find(':');
   if (colon == std::string::npos) return false;
   std::string method = text.substr(0, colon);
-  std::replace(method.begin(), method.end(), '_', '-');  // mean_std, as the Python client spells it too
+  std::replace(method.begin(), method.end(), '_',
+               '-');  // mean_std, as the Python client spells it too
   double value = 0;
   if (!absl::SimpleAtod(text.substr(colon + 1), &value)) return false;
   static const std::map<std::string, v1::ThresholdMethod> kMethods = {
-      {"percentile", v1::THRESHOLD_PERCENTILE}, {"mean-std", v1::THRESHOLD_MEAN_STD},
-      {"median-mad", v1::THRESHOLD_MEDIAN_MAD}, {"fpr", v1::THRESHOLD_TARGET_FPR},
+      {"percentile", v1::THRESHOLD_PERCENTILE},
+      {"mean-std", v1::THRESHOLD_MEAN_STD},
+      {"median-mad", v1::THRESHOLD_MEDIAN_MAD},
+      {"fpr", v1::THRESHOLD_TARGET_FPR},
       {"fixed", v1::THRESHOLD_FIXED}};
   auto it = kMethods.find(method);
   if (it == kMethods.end()) return false;
@@ -994,8 +1030,9 @@ int Threshold(const Common& c, const std::string& model, const std::string& enti
   req.set_clear_critical(clear_critical);
   if ((!level.empty() && !ParseThreshold(level, req.mutable_threshold())) ||
       (!critical.empty() && !ParseThreshold(critical, req.mutable_critical_threshold()))) {
-    std::fprintf(stderr, "aectl: a threshold is METHOD:VALUE with METHOD one of percentile, "
-                         "mean-std, median-mad, fpr, fixed\n");
+    std::fprintf(stderr,
+                 "aectl: a threshold is METHOD:VALUE with METHOD one of percentile, "
+                 "mean-std, median-mad, fpr, fixed\n");
     return 2;
   }
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
@@ -1038,11 +1075,13 @@ int main(int argc, char** argv) {
   // subcommand, and every subcommand's --help lists them).
   auto add_globals = [&c](CLI::App* a) {
     a->add_option("--server", c.server, "aeserve address host:port")->capture_default_str();
-    a->add_option("--timeout", c.timeout, "deadline of each call in seconds")->capture_default_str();
+    a->add_option("--timeout", c.timeout, "deadline of each call in seconds")
+        ->capture_default_str();
     a->add_option("--token", c.token, "bearer token (default: $AESERVE_TOKEN)");
     // TLS files must exist (never a silent fallback to the system roots); a client certificate
     // and its key come together.
-    a->add_option("--tls-ca", c.tls_ca, "PEM CA bundle: connect with TLS")->check(CLI::ExistingFile);
+    a->add_option("--tls-ca", c.tls_ca, "PEM CA bundle: connect with TLS")
+        ->check(CLI::ExistingFile);
     auto* cert = a->add_option("--tls-cert", c.tls_cert, "PEM client certificate (mutual TLS)")
                      ->check(CLI::ExistingFile);
     auto* key = a->add_option("--tls-key", c.tls_key, "PEM client key (mutual TLS)")
@@ -1057,20 +1096,26 @@ int main(int argc, char** argv) {
   uint32_t top_k = 3, batch = 4096, stream_batch = 100, debounce_k = 0, debounce_n = 0;
   double rate = 0, stats_every = 5;
 
-  auto* score = app.add_subcommand("score", "score a CSV file (or stdin) and print one line per row");
+  auto* score =
+      app.add_subcommand("score", "score a CSV file (or stdin) and print one line per row");
   score->add_option("--model", model, "model name")->required();
   score->add_option("--version", version, "model version (default: active)");
-  score->add_option("--entity", entity,
-                    "score with <model>/<entity> (a per-entity model; the generic one when absent)");
+  score->add_option(
+      "--entity", entity,
+      "score with <model>/<entity> (a per-entity model; the generic one when absent)");
   score->add_option("--format", format, "csv or json (JSON lines)")
-      ->check(CLI::IsMember({"csv", "json"}))->capture_default_str();
+      ->check(CLI::IsMember({"csv", "json"}))
+      ->capture_default_str();
   score->add_option("--top-k", top_k, "top contributing features per row")->capture_default_str();
-  score->add_option("--batch", batch, "rows per request")->check(CLI::Range(1u, 1u << 20))->capture_default_str();
+  score->add_option("--batch", batch, "rows per request")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
   score->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
   Columns cols;
   auto add_columns = [&](CLI::App* cmd) {
-    cmd->add_flag("--positional", cols.positional,
-                  "send columns by position, not by their header names (models trained without names)");
+    cmd->add_flag(
+        "--positional", cols.positional,
+        "send columns by position, not by their header names (models trained without names)");
     cmd->add_flag("--ignore-extra-columns", cols.ignore_extra,
                   "drop CSV columns the model does not know instead of refusing them");
   };
@@ -1079,13 +1124,20 @@ int main(int argc, char** argv) {
   auto* stream = app.add_subcommand("stream", "replay a CSV as live telemetry over StreamScore");
   stream->add_option("--model", model, "model name")->required();
   stream->add_option("--version", version, "model version (default: the active one at each batch)");
-  stream->add_option("--entity", entity,
-                     "score with <model>/<entity> (a per-entity model; the generic one when absent)");
-  stream->add_option("--rate", rate, "samples per second; 0 = as fast as possible")->capture_default_str();
-  stream->add_option("--batch", stream_batch, "rows per stream message")->check(CLI::Range(1u, 1u << 20))->capture_default_str();
-  stream->add_option("--top-k", top_k, "top contributing features per flagged row")->capture_default_str();
-  stream->add_option("--stats-every", stats_every, "seconds between stats lines")->capture_default_str();
-  stream->add_option("--debounce-k", debounce_k, "alarm when k of the last n samples are anomalous");
+  stream->add_option(
+      "--entity", entity,
+      "score with <model>/<entity> (a per-entity model; the generic one when absent)");
+  stream->add_option("--rate", rate, "samples per second; 0 = as fast as possible")
+      ->capture_default_str();
+  stream->add_option("--batch", stream_batch, "rows per stream message")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  stream->add_option("--top-k", top_k, "top contributing features per flagged row")
+      ->capture_default_str();
+  stream->add_option("--stats-every", stats_every, "seconds between stats lines")
+      ->capture_default_str();
+  stream->add_option("--debounce-k", debounce_k,
+                     "alarm when k of the last n samples are anomalous");
   stream->add_option("--debounce-n", debounce_n, "window of the alarm debounce");
   std::string stream_id;
   stream->add_option("--stream-id", stream_id,
@@ -1096,8 +1148,10 @@ int main(int argc, char** argv) {
 
   std::string list_format = "text";
   auto add_list_format = [&](CLI::App* cmd) {
-    cmd->add_option("--format", list_format, "text or json (one JSON document, the API's field names)")
-        ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+    cmd->add_option("--format", list_format,
+                    "text or json (one JSON document, the API's field names)")
+        ->check(CLI::IsMember({"text", "json"}))
+        ->capture_default_str();
   };
   auto* models = app.add_subcommand("models", "list the hosted models");
   add_list_format(models);
@@ -1106,7 +1160,8 @@ int main(int argc, char** argv) {
   add_list_format(model_cmd);
   auto* health = app.add_subcommand("health", "check the server's health (exit 0 when SERVING)");
 
-  auto* encode = app.add_subcommand("encode", "print each CSV row's code (the latent layer) as CSV");
+  auto* encode =
+      app.add_subcommand("encode", "print each CSV row's code (the latent layer) as CSV");
   auto* reconstruct = app.add_subcommand(
       "reconstruct", "print each CSV row's reconstruction (original units, gaps filled) as CSV");
   for (CLI::App* cmd : {encode, reconstruct}) {
@@ -1117,15 +1172,16 @@ int main(int argc, char** argv) {
   }
   uint32_t generate_count = 10;
   uint64_t seed = 1;
-  auto* generate = app.add_subcommand("generate", "variational models: print samples drawn from the prior as CSV");
+  auto* generate = app.add_subcommand(
+      "generate", "variational models: print samples drawn from the prior as CSV");
   generate->add_option("--model", model, "model name")->required();
   generate->add_option("--version", version, "model version (default: active)");
   generate->add_option("--count", generate_count, "samples")->capture_default_str();
   generate->add_option("--seed", seed, "same seed, same samples")->capture_default_str();
 
-
   TrainArgs ta;
-  auto* train = app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
+  auto* train =
+      app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
   train->add_option("--model", ta.model, "model name")->required();
   train->add_option("--entity", ta.entity, "train the per-entity model <model>/<entity>");
   // Bad values are usage errors naming the flag and, for choices, the valid ones.
@@ -1144,11 +1200,14 @@ int main(int argc, char** argv) {
   train->add_option("--kind", ta.kind, "plain, denoising, sparse or variational (server default)")
       ->check(CLI::IsMember({"plain", "denoising", "sparse", "variational"}));
   train->add_option("--layers", ta.layers, "encoder hidden widths, e.g. 64,32")->check(widths);
-  train->add_option("--decoder", ta.decoder, "decoder hidden widths (default: mirrored)")->check(widths);
+  train->add_option("--decoder", ta.decoder, "decoder hidden widths (default: mirrored)")
+      ->check(widths);
   train->add_option("--code", ta.code, "code (latent) size");
   train->add_option("--loss", ta.loss, "mse or bce (server default)")
       ->check(CLI::IsMember({"mse", "bce"}));
-  train->add_option("--activation", ta.activation, "relu, tanh, sigmoid, elu, leaky-relu (server default)")
+  train
+      ->add_option("--activation", ta.activation,
+                   "relu, tanh, sigmoid, elu, leaky-relu (server default)")
       ->check(CLI::IsMember({"relu", "tanh", "sigmoid", "elu", "leaky-relu", "linear"}));
   train->add_option("--noise", ta.noise, "denoising: gaussian or masking (server default)")
       ->check(CLI::IsMember({"gaussian", "masking"}));
@@ -1163,34 +1222,41 @@ int main(int argc, char** argv) {
   train->add_option("--weight-decay", ta.weight_decay, "server default");
   train->add_option("--dropout", ta.dropout, "hidden-layer dropout (server default)");
   train->add_option("--validation-split", ta.validation_split, "held-out share (server default)");
-  train->add_option("--patience", ta.patience, "early-stopping patience in epochs (server default)");
+  train->add_option("--patience", ta.patience,
+                    "early-stopping patience in epochs (server default)");
   train->add_option("--seed", ta.seed, "server default");
   train->add_option("--scaling", ta.scaling, "standard, minmax or none (server default)")
       ->check(CLI::IsMember({"standard", "minmax", "none"}));
-  train->add_option("--percentile", ta.percentile, "threshold percentile of held-out errors (server default)");
+  train->add_option("--percentile", ta.percentile,
+                    "threshold percentile of held-out errors (server default)");
   train->add_flag("--fine-tune", ta.fine_tune, "start from the active version's weights");
   train->add_option("--base-version", ta.base_version, "fine-tune from this version");
   train->add_flag("--no-activate", ta.no_activate, "keep the new version staged");
   train->add_flag("--detach", ta.detach, "print the job id and return at once");
   train->add_option("--description", ta.description);
-  train->add_option("--max-missing", ta.max_missing,
-                    "largest share of a row's features that may be missing (empty/NaN cells) for it to "
-                    "be scored, in [0, 1); default 0.5");
+  train->add_option(
+      "--max-missing", ta.max_missing,
+      "largest share of a row's features that may be missing (empty/NaN cells) for it to "
+      "be scored, in [0, 1); default 0.5");
   train->add_option("--impute-refinements", ta.impute_refinements,
                     "times a missing value is refined by the model's reconstruction (0..10)");
   train->add_option("--window", ta.window,
                     "time series: samples are the last N rows (time steps) of the series, built by "
                     "the server; needs a 'timestamp' column");
   train->add_option("--stride", ta.stride, "with --window: train on every Nth window (default 1)");
-  train->add_option("--time-features", ta.time_features,
-                    "time series: add the time of day and/or week of each step (hour,weekday)")
-      ->delimiter(',')->check(CLI::IsMember({"hour", "weekday"}));
+  train
+      ->add_option("--time-features", ta.time_features,
+                   "time series: add the time of day and/or week of each step (hour,weekday)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"hour", "weekday"}));
   train->add_option("--max-gap-steps", ta.max_gap_steps,
                     "series: a gap of up to N missed time steps is handled by --gap-fill, a longer "
                     "one restarts the window (default: the window length)");
-  train->add_option("--gap-fill", ta.gap_fill,
-                    "series: a short gap is closed up (join, the default) or its steps are missing "
-                    "values (missing)")->check(CLI::IsMember({"join", "missing"}));
+  train
+      ->add_option("--gap-fill", ta.gap_fill,
+                   "series: a short gap is closed up (join, the default) or its steps are missing "
+                   "values (missing)")
+      ->check(CLI::IsMember({"join", "missing"}));
   train->add_option("file", path, "training CSV (a label column is ignored); '-' reads stdin");
 
   std::string job_id;
@@ -1199,7 +1265,8 @@ int main(int argc, char** argv) {
   add_list_format(jobs);
   auto* cancel = app.add_subcommand("cancel", "cancel a training job");
   cancel->add_option("job", job_id, "job id")->required();
-  auto* activate = app.add_subcommand("activate", "make a version active (rollback = an older one)");
+  auto* activate =
+      app.add_subcommand("activate", "make a version active (rollback = an older one)");
   activate->add_option("model", model)->required();
   activate->add_option("version", version)->required();
   activate->add_option("--entity", entity);
@@ -1212,37 +1279,45 @@ int main(int argc, char** argv) {
   std::string level, critical;
   bool clear_critical = false;
   double pct = 0;
-  auto* threshold = app.add_subcommand("threshold", "change a version's threshold without retraining");
+  auto* threshold =
+      app.add_subcommand("threshold", "change a version's threshold without retraining");
   threshold->add_option("model", model)->required();
   threshold->add_option("--version", version, "default: active");
   threshold->add_option("--entity", entity);
   threshold->add_option("--percentile", pct, "shorthand for --set percentile:P");
-  threshold->add_option("--set", level, "METHOD:VALUE (percentile, mean-std, median-mad, fpr, fixed)");
+  threshold->add_option("--set", level,
+                        "METHOD:VALUE (percentile, mean-std, median-mad, fpr, fixed)");
   threshold->add_option("--critical", critical, "second level, METHOD:VALUE");
   threshold->add_flag("--clear-critical", clear_critical);
 
   float max_missing = -1;
   int impute_refinements = -1;
-  auto* policy = app.add_subcommand("policy", "change how a version treats missing values, without retraining");
+  auto* policy = app.add_subcommand(
+      "policy", "change how a version treats missing values, without retraining");
   policy->add_option("model", model)->required();
   policy->add_option("--version", version, "default: active");
   policy->add_option("--entity", entity);
-  policy->add_option("--max-missing", max_missing,
-                     "largest share of a sample's features that may be missing, in [0, 1); 0 = none");
+  policy->add_option(
+      "--max-missing", max_missing,
+      "largest share of a sample's features that may be missing, in [0, 1); 0 = none");
   policy->add_option("--impute-refinements", impute_refinements,
                      "times a missing value is refined by the model's reconstruction (0..10)");
   int max_gap_steps = -1;
-  policy->add_option("--max-gap-steps", max_gap_steps,
-                     "series models: a gap of up to N missed time steps is handled by --gap-fill, a "
-                     "longer one restarts the window");
+  policy->add_option(
+      "--max-gap-steps", max_gap_steps,
+      "series models: a gap of up to N missed time steps is handled by --gap-fill, a "
+      "longer one restarts the window");
   std::string gap_fill;
-  policy->add_option("--gap-fill", gap_fill,
-                     "series models: a short gap is closed up (join) or its steps are missing values "
-                     "(missing)")->check(CLI::IsMember({"join", "missing"}));
+  policy
+      ->add_option("--gap-fill", gap_fill,
+                   "series models: a short gap is closed up (join) or its steps are missing values "
+                   "(missing)")
+      ->check(CLI::IsMember({"join", "missing"}));
 
   uint32_t min_severity = 0;
   uint64_t count = 0;
-  auto* watch = app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
+  auto* watch =
+      app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
   watch->add_option("model", model, "only this model (default: all)");
   watch->add_option("--min-severity", min_severity, "2 = critical only");
   watch->add_option("--count", count, "stop after this many events (0 = run until interrupted)");
@@ -1268,7 +1343,8 @@ int main(int argc, char** argv) {
     return Policy(c, model, entity, version, max_missing, impute_refinements, max_gap_steps,
                   gap_fill);
   }
-  if (score->parsed()) return Score(c, Target{model, entity, version}, path, format, top_k, batch, cols);
+  if (score->parsed())
+    return Score(c, Target{model, entity, version}, path, format, top_k, batch, cols);
   if (stream->parsed()) {
     return Stream(c, Target{model, entity, version}, path, rate, stream_batch, top_k, stats_every,
                   debounce_k, debounce_n, cols, stream_id);
@@ -1277,7 +1353,8 @@ int main(int argc, char** argv) {
   if (model_cmd->parsed()) return Model(c, model, list_format);
   if (health->parsed()) return Health(c);
   if (encode->parsed()) return Transform(c, "encode", Target{model, "", version}, path, cols);
-  if (reconstruct->parsed()) return Transform(c, "reconstruct", Target{model, "", version}, path, cols);
+  if (reconstruct->parsed())
+    return Transform(c, "reconstruct", Target{model, "", version}, path, cols);
   if (generate->parsed()) return Generate(c, Target{model, "", version}, generate_count, seed);
   return 2;
 }

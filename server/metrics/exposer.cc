@@ -8,9 +8,8 @@
 #include <zlib.h>
 
 #include <atomic>
-#include <thread>
-
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "civetweb.h"
@@ -40,8 +39,9 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& host,
   const std::string ports = absl::StrCat(host, ":", port);
   // Idle connections must not starve the scraper: enough workers for a few stray clients, and a
   // request timeout so that a connection that sends nothing frees its worker within 2 s.
-  const char* options[] = {"listening_ports", ports.c_str(), "num_threads", "16",
-                           "request_timeout_ms", "2000", "enable_keep_alive", "no", nullptr};
+  const char* options[] = {
+      "listening_ports",   ports.c_str(), "num_threads", "16", "request_timeout_ms", "2000",
+      "enable_keep_alive", "no",          nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof callbacks);
   e->ctx_ = mg_start(&callbacks, nullptr, options);

@@ -104,7 +104,8 @@ class Registry {
     auto family = std::make_shared<Family<T>>(name, help, constant);
     Family<T>& ref = *family;
     absl::MutexLock lock(&mu_);
-    families_.push_back([f = std::move(family)] { return std::vector<MetricFamily>{f->Collect()}; });
+    families_.push_back(
+        [f = std::move(family)] { return std::vector<MetricFamily>{f->Collect()}; });
     return ref;
   }
   // Metrics computed at scrape time (process state, queue depths, drift).

@@ -1,4 +1,6 @@
 // Golden-text tests of the exposition format, the metric types, and the HTTP endpoint.
+#include "metrics.h"
+
 #include <zlib.h>
 
 #include <cmath>
@@ -6,7 +8,6 @@
 
 #include "exposer.h"
 #include "gtest/gtest.h"
-#include "metrics.h"
 #include "text_serializer.h"
 
 namespace aeserve::metrics {
@@ -14,10 +15,15 @@ namespace {
 
 TEST(TextSerializer, GoldenCounterGaugeHistogram) {
   Registry r;
-  auto& requests = BuildCounter().Name("aeserve_requests_total").Help("Requests by code.").Register(r);
+  auto& requests =
+      BuildCounter().Name("aeserve_requests_total").Help("Requests by code.").Register(r);
   requests.Add({{"rpc", "Score"}, {"code", "OK"}}).Increment(3);
   requests.Add({{"rpc", "Score"}, {"code", "NOT_FOUND"}}).Increment();
-  auto& gauge = BuildGauge().Name("aeserve_threshold").Help("Threshold.").Labels({{"model", "m"}}).Register(r);
+  auto& gauge = BuildGauge()
+                    .Name("aeserve_threshold")
+                    .Help("Threshold.")
+                    .Labels({{"model", "m"}})
+                    .Register(r);
   gauge.Add({{"version", "2"}}).Set(0.25);
   auto& hist = BuildHistogram().Name("aeserve_error").Help("Errors.").Register(r);
   Histogram& h = hist.Add({{"model", "m"}}, Histogram::BucketBoundaries{0.1, 1, 10});
@@ -84,7 +90,8 @@ TEST(Metrics, HistogramRejectsBadBounds) {
 TEST(Metrics, ConcurrentIncrementsAreAllCounted) {
   Registry r;
   Counter& c = BuildCounter().Name("n_total").Help("h").Register(r).Add({});
-  Histogram& h = BuildHistogram().Name("h").Help("h").Register(r).Add({}, Histogram::BucketBoundaries{1});
+  Histogram& h =
+      BuildHistogram().Name("h").Help("h").Register(r).Add({}, Histogram::BucketBoundaries{1});
   std::vector<std::thread> ts;
   for (int t = 0; t < 4; ++t) {
     ts.emplace_back([&] {

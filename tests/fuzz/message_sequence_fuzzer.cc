@@ -37,7 +37,8 @@ struct Fixture {
   std::shared_ptr<grpc::Channel> channel;
 
   Fixture() {
-    dir = (std::filesystem::temp_directory_path() / ("aeserve_fuzz_" + std::to_string(getpid()))).string();
+    dir = (std::filesystem::temp_directory_path() / ("aeserve_fuzz_" + std::to_string(getpid())))
+              .string();
     std::filesystem::remove_all(dir);
     server::ModelStore store(dir);
     const server::ModelKey key{"m", ""};
@@ -78,8 +79,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const std::string method =
       upload ? "/aeserve.v1.ModelAdmin/CreateTrainingJob" : "/aeserve.v1.Scoring/StreamScore";
-  const aeserve::testing::RawResult r =
-      aeserve::testing::RawStreamCall(f->channel, method, messages, half_close, half_close ? 5 : 0.2);
+  const aeserve::testing::RawResult r = aeserve::testing::RawStreamCall(
+      f->channel, method, messages, half_close, half_close ? 5 : 0.2);
   if (!r.finished) std::abort();  // a call that outlived its deadline by 10 s: a hang
   // The server still answers.
   grpc::ByteBuffer out;

@@ -9,8 +9,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size > (1 << 20)) return 0;
-  auto file = aeserve::engine::ParseModelFile(
-      absl::string_view(reinterpret_cast<const char*>(data), size));
+  auto file =
+      aeserve::engine::ParseModelFile(absl::string_view(reinterpret_cast<const char*>(data), size));
   if (!file.ok()) return 0;
   // A file that parses goes on to the loader, with small plans so a run stays fast.
   auto model = aeserve::engine::Model::Create(*file, {1, 16});

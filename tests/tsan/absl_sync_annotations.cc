@@ -2,9 +2,9 @@
 // visible to TSan.
 //
 // Debian's libabsl_synchronization is not built with -fsanitize=thread, so its locks carry no TSan
-// annotations: every access guarded by an absl::Mutex — in aeserve and inside gRPC, whose gpr_mu and
-// gpr_cv are absl::Mutex and absl::CondVar — would be reported as a race. This file interposes the
-// library's lock functions (a definition in the executable takes precedence over the shared
+// annotations: every access guarded by an absl::Mutex — in aeserve and inside gRPC, whose gpr_mu
+// and gpr_cv are absl::Mutex and absl::CondVar — would be reported as a race. This file interposes
+// the library's lock functions (a definition in the executable takes precedence over the shared
 // library's for every caller, gRPC included), tells TSan about each acquire and release with its
 // mutex annotation API — what absl itself does when it is compiled with TSan — and forwards to the
 // real function found with dlsym(RTLD_NEXT). Await is re-implemented as "unlock, sleep, lock until
@@ -78,7 +78,8 @@ bool Mutex::TryLock() {
   static const TryFn f = Real<TryFn>("5Mutex7TryLockEv");
   __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
   const bool locked = f(this);
-  __tsan_mutex_post_lock(this, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+  __tsan_mutex_post_lock(this, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed),
+                         0);
   return locked;
 }
 
