@@ -539,10 +539,16 @@ int Model(const Common& c, const std::string& name, const std::string& format) {
   return 0;
 }
 
-int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint64_t count) {
+// Prints the anomaly feed until `count` events (0 = no limit) or `seconds` (0 = no limit) pass.
+int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint64_t count,
+          double seconds) {
   auto stub = v1::Scoring::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c, false);
+  if (seconds > 0) {
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  }
   v1::WatchAnomaliesRequest req;
   req.set_model(model);
   req.set_min_severity(min_severity);
@@ -577,7 +583,8 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
     }
   }
   grpc::Status st = reader->Finish();
-  if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED) return Fail(st);
+  const bool time_up = seconds > 0 && st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+  if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED && !time_up) return Fail(st);
   return 0;
 }
 
@@ -1071,10 +1078,12 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global options (--server, --token, ...) also after the subcommand
   Common c;
   if (const char* t = std::getenv("AESERVE_TOKEN")) c.token = t;
+  if (const char* s = std::getenv("AESERVE_SERVER"); s != nullptr && *s != '\0') c.server = s;
   // The connection options, on the app and on every subcommand (so they go before or after the
   // subcommand, and every subcommand's --help lists them).
   auto add_globals = [&c](CLI::App* a) {
-    a->add_option("--server", c.server, "aeserve address host:port")->capture_default_str();
+    a->add_option("--server", c.server, "aeserve address host:port (default: $AESERVE_SERVER if set)")
+        ->capture_default_str();
     a->add_option("--timeout", c.timeout, "deadline of each call in seconds")
         ->capture_default_str();
     a->add_option("--token", c.token, "bearer token (default: $AESERVE_TOKEN)");
@@ -1316,11 +1325,14 @@ int main(int argc, char** argv) {
 
   uint32_t min_severity = 0;
   uint64_t count = 0;
+  double watch_seconds = 0;
   auto* watch =
       app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
   watch->add_option("model", model, "only this model (default: all)");
   watch->add_option("--min-severity", min_severity, "2 = critical only");
   watch->add_option("--count", count, "stop after this many events (0 = run until interrupted)");
+  watch->add_option("--seconds", watch_seconds, "stop after this many seconds (0 = run until interrupted)")
+      ->check(CLI::NonNegativeNumber);
 
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_globals(sub);
   try {
@@ -1329,7 +1341,7 @@ int main(int argc, char** argv) {
     // --help and --version exit 0; every usage error exits 2 (failed calls exit 1).
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (watch->parsed()) return Watch(c, model, min_severity, count);
+  if (watch->parsed()) return Watch(c, model, min_severity, count, watch_seconds);
   if (train->parsed()) return Train(c, ta, path);
   if (jobs->parsed()) return Jobs(c, model, list_format);
   if (cancel->parsed()) return Cancel(c, job_id);

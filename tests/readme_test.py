@@ -1,0 +1,164 @@
+#!/usr/bin/python3
+"""Every command a newcomer is shown works as written (#16): the commands `make run` prints
+(deploy/run-server.sh, run here as `make run` runs it, on a free port) and every ```sh and
+```python block of README.md, in order, against that server.
+
+Not run here, because they are their own steps: blocks whose every command is `make ...` (make run,
+make test, the CI targets) and the benchmark block (`bench/...`, `make bench-smoke` runs each
+harness). The test fails if any other block is skipped, so a new block cannot escape it.
+
+The server address: aectl takes it from $AESERVE_SERVER, the Python block's "localhost:50051" is
+replaced. Paths: README commands use build/; when the tests' build directory is elsewhere, that
+prefix is replaced too.
+
+Environment: AESERVE_SOURCE_DIR, AESERVE_BUILD_DIR, AECTL_DEMO_STORE (the pre-trained demo store),
+PYTHONPATH (the Python client)."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SRC = os.environ["AESERVE_SOURCE_DIR"]
+BUILD = os.environ["AESERVE_BUILD_DIR"]
+STORE = os.environ["AECTL_DEMO_STORE"]
+AECTL = os.path.join(BUILD, "clients", "cpp", "aectl")
+TIMEOUT = 300  # seconds for any one block
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def blocks(readme):
+    """(line, language, text) of each fenced block."""
+    out, lang, start, lines = [], None, 0, []
+    for n, line in enumerate(readme.splitlines(), 1):
+        m = re.match(r"^```(\w*)\s*$", line)
+        if m and lang is None:
+            lang, start, lines = m.group(1) or "text", n, []
+        elif line.startswith("```") and lang is not None:
+            out.append((start, lang, "\n".join(lines) + "\n"))
+            lang = None
+        elif lang is not None:
+            lines.append(line)
+    return out
+
+
+def commands(text):
+    return [l for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+
+
+def skipped(text):
+    """Why a shell block is not run here, or None."""
+    cmds = commands(text)
+    if cmds and all(c.split()[0] == "make" for c in cmds):
+        return "make targets"
+    if any("bench/" in c for c in cmds):
+        return "benchmarks"
+    return None
+
+
+def localize(text):
+    if os.path.realpath(BUILD) != os.path.realpath(os.path.join(SRC, "build")):
+        text = re.sub(r"(?<![\w/])build/", BUILD.rstrip("/") + "/", text)
+    return text
+
+
+def run(what, cmd, env, cwd, stdin=None):
+    started = time.time()
+    try:
+        p = subprocess.run(cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"{what}: did not finish in {TIMEOUT} s"
+    took = time.time() - started
+    if p.returncode != 0:
+        return (f"{what}: exit {p.returncode} after {took:.1f} s\n--- stdout (end)\n{p.stdout[-2000:]}"
+                f"\n--- stderr (end)\n{p.stderr[-3000:]}")
+    print(f"ok   {what} ({took:.1f} s)", flush=True)
+    return None
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="aeserve_readme_")
+    store = os.path.join(work, "models")
+    shutil.copytree(STORE, store)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = dict(os.environ, BUILD=BUILD, AESERVE_SERVER=address, MPLBACKEND="Agg")
+    # Exactly what `make run` runs (with a free port and this test's store).
+    server = subprocess.Popen(
+        [os.path.join(SRC, "deploy", "run-server.sh"), f"--port={port}", f"--model_dir={store}",
+         "--host=127.0.0.1", "--metrics_port=0"],
+        cwd=SRC, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    failures, log = [], []
+    try:
+        printed = []
+        for line in server.stdout:
+            if line.startswith("Stop with"):
+                break
+            m = re.match(r"^\s+[\w ]+:\s+(\S*aectl .*)$", line)
+            if m:
+                printed.append(m.group(1))
+        assert len(printed) >= 3, f"make run printed no commands: {printed}"
+        # The server keeps logging: drain its pipe so that it never blocks on a full one.
+        drain = threading.Thread(target=lambda: log.extend(server.stdout), daemon=True)
+        drain.start()
+        deadline = time.time() + 60
+        while subprocess.run([AECTL, "health"], env=env, capture_output=True).returncode != 0:
+            if time.time() > deadline or server.poll() is not None:
+                raise SystemExit("the server did not become SERVING within 60 s")
+            time.sleep(0.2)
+        for cmd in printed:
+            err = run(f"make run printed: {cmd}", ["sh", "-ec", cmd + " > /dev/null"], env, SRC)
+            if err:
+                failures.append(err)
+        with open(os.path.join(SRC, "README.md")) as f:
+            readme = f.read()
+        ran = 0
+        for line, lang, text in blocks(readme):
+            if lang in ("sh", "bash"):
+                why = skipped(text)
+                if why:
+                    print(f"skip README.md:{line} ({why})")
+                    continue
+                # The block's own working directory is the repository; files it writes go to `work`.
+                script = f"set -e\ncd {SRC}\n" + localize(text)
+                script = script.replace("> scores.csv", f"> {work}/scores.csv")
+                script = script.replace("> staged.csv", f"> {work}/staged.csv")
+                err = run(f"README.md:{line} (sh)", ["sh", "-c", script], env, SRC)
+            elif lang == "python":
+                code = localize(text).replace('"localhost:50051"', f'"{address}"')
+                code = code.replace('"errors.png"', f'"{work}/errors.png"')
+                err = run(f"README.md:{line} (python)", [sys.executable, "-"], env, SRC, stdin=code)
+            else:
+                continue
+            ran += 1
+            if err:
+                failures.append(err)
+        assert ran >= 4, f"only {ran} README blocks ran"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        if failures:
+            print("--- server log (end)\n" + "".join(log)[-3000:])
+    for f in failures:
+        print("FAIL " + f)
+    print(f"{len(failures)} failure(s)")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
