@@ -78,6 +78,13 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   std::atomic<uint64_t> stream_batches{0}, unary_calls{0}, failures{0};
   std::mutex mu;
   std::vector<double> latency_us;
+  // Every failure is counted; the first few are printed with their status.
+  auto fail = [&](const char* what, int code, const std::string& message) {
+    if (++failures <= 5) {
+      std::lock_guard<std::mutex> lock(mu);
+      std::printf("failure (%s): code %d: %s\n", what, code, message.c_str());
+    }
+  };
   std::vector<std::thread> threads;
   struct StopAndJoin {  // also on an early return from a failed ASSERT
     std::atomic<bool>& stop;
@@ -110,12 +117,14 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
         v1::StreamScoreResponse r;
         while (stream->Read(&r)) {
           if (r.has_error())
-            ++failures;
+            fail("stream batch", r.error().code(), r.error().message());
           else if (r.has_result())
             ++stream_batches;
         }
         writer.join();
-        if (!stream->Finish().ok()) ++failures;
+        if (grpc::Status st = stream->Finish(); !st.ok()) {
+          fail("stream", st.error_code(), st.error_message());
+        }
       }
     });
   }
@@ -132,7 +141,9 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
         v1::ScoreResponse resp;
         const auto t = std::chrono::steady_clock::now();
-        if (!stub->Score(&ctx, req, &resp).ok()) ++failures;
+        if (grpc::Status st = stub->Score(&ctx, req, &resp); !st.ok()) {
+          fail("unary", st.error_code(), st.error_message());
+        }
         const double us =
             std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t).count();
         ++unary_calls;
@@ -161,7 +172,9 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
     req.set_model("m");
     req.set_version(1 + swaps % 2);
     v1::ModelInfoBrief b;
-    if (!admin->ActivateVersion(&ctx, req, &b).ok()) ++failures;
+    if (grpc::Status st = admin->ActivateVersion(&ctx, req, &b); !st.ok()) {
+      fail("activate", st.error_code(), st.error_message());
+    }
     ++swaps;
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }

@@ -1082,7 +1082,8 @@ int main(int argc, char** argv) {
   // The connection options, on the app and on every subcommand (so they go before or after the
   // subcommand, and every subcommand's --help lists them).
   auto add_globals = [&c](CLI::App* a) {
-    a->add_option("--server", c.server, "aeserve address host:port (default: $AESERVE_SERVER if set)")
+    a->add_option("--server", c.server,
+                  "aeserve address host:port (default: $AESERVE_SERVER if set)")
         ->capture_default_str();
     a->add_option("--timeout", c.timeout, "deadline of each call in seconds")
         ->capture_default_str();
@@ -1253,11 +1254,17 @@ int main(int argc, char** argv) {
                     "time series: samples are the last N rows (time steps) of the series, built by "
                     "the server; needs a 'timestamp' column");
   train->add_option("--stride", ta.stride, "with --window: train on every Nth window (default 1)");
+  // One comma-separated value (a vector option would also swallow the data file after it).
+  std::string time_features;
   train
-      ->add_option("--time-features", ta.time_features,
+      ->add_option("--time-features", time_features,
                    "time series: add the time of day and/or week of each step (hour,weekday)")
-      ->delimiter(',')
-      ->check(CLI::IsMember({"hour", "weekday"}));
+      ->check([](const std::string& v) -> std::string {
+        for (auto f : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+          if (f != "hour" && f != "weekday") return "time features are hour and weekday";
+        }
+        return "";
+      });
   train->add_option("--max-gap-steps", ta.max_gap_steps,
                     "series: a gap of up to N missed time steps is handled by --gap-fill, a longer "
                     "one restarts the window (default: the window length)");
@@ -1331,7 +1338,9 @@ int main(int argc, char** argv) {
   watch->add_option("model", model, "only this model (default: all)");
   watch->add_option("--min-severity", min_severity, "2 = critical only");
   watch->add_option("--count", count, "stop after this many events (0 = run until interrupted)");
-  watch->add_option("--seconds", watch_seconds, "stop after this many seconds (0 = run until interrupted)")
+  watch
+      ->add_option("--seconds", watch_seconds,
+                   "stop after this many seconds (0 = run until interrupted)")
       ->check(CLI::NonNegativeNumber);
 
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_globals(sub);
@@ -1342,7 +1351,10 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   if (watch->parsed()) return Watch(c, model, min_severity, count, watch_seconds);
-  if (train->parsed()) return Train(c, ta, path);
+  if (train->parsed()) {
+    ta.time_features = absl::StrSplit(time_features, ',', absl::SkipEmpty());
+    return Train(c, ta, path);
+  }
   if (jobs->parsed()) return Jobs(c, model, list_format);
   if (cancel->parsed()) return Cancel(c, job_id);
   if (activate->parsed()) return Activate(c, model, entity, version);
