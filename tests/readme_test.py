@@ -71,7 +71,19 @@ def localize(text):
     return text
 
 
-def run(what, cmd, env, cwd, stdin=None):
+def quoted_figures(readme):
+    """The example's figures as the README quotes them: (roc_auc, precision, recall)."""
+    m = re.search(r"ROC-AUC ([0-9.]+), precision ([0-9.]+), recall ([0-9.]+) at the", readme)
+    assert m, "README.md no longer quotes the example's figures"
+    return tuple(float(v) for v in m.groups())
+
+
+def printed_figures(output):
+    m = re.search(r"precision ([0-9.]+) recall ([0-9.]+) ROC-AUC ([0-9.]+)", output)
+    return None if m is None else (float(m.group(3)), float(m.group(1)), float(m.group(2)))
+
+
+def run(what, cmd, env, cwd, stdin=None, output=None):
     started = time.time()
     try:
         p = subprocess.run(cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
@@ -79,6 +91,8 @@ def run(what, cmd, env, cwd, stdin=None):
     except subprocess.TimeoutExpired:
         return f"{what}: did not finish in {TIMEOUT} s"
     took = time.time() - started
+    if output is not None:
+        output.append(p.stdout)
     if p.returncode != 0:
         return (f"{what}: exit {p.returncode} after {took:.1f} s\n--- stdout (end)\n{p.stdout[-2000:]}"
                 f"\n--- stderr (end)\n{p.stderr[-3000:]}")
@@ -122,7 +136,7 @@ def main():
                 failures.append(err)
         with open(os.path.join(SRC, "README.md")) as f:
             readme = f.read()
-        ran = 0
+        ran, figures_checked = 0, False
         for line, lang, text in blocks(readme):
             if lang in ("sh", "bash"):
                 why = skipped(text)
@@ -133,7 +147,16 @@ def main():
                 script = f"set -e\ncd {SRC}\n" + localize(text)
                 script = script.replace("> scores.csv", f"> {work}/scores.csv")
                 script = script.replace("> staged.csv", f"> {work}/staged.csv")
-                err = run(f"README.md:{line} (sh)", ["sh", "-c", script], env, SRC)
+                script = script.replace("--out docs", f"--out {work}")  # never rewrite docs/ here
+                out = []
+                err = run(f"README.md:{line} (sh)", ["sh", "-c", script], env, SRC, output=out)
+                got = printed_figures(out[0]) if out else None
+                if got is not None:
+                    want = quoted_figures(readme)
+                    if any(abs(g - w) > 0.02 for g, w in zip(got, want)):
+                        err = (f"README.md:{line}: the example printed ROC-AUC/precision/recall {got}, "
+                               f"the README quotes {want} (regenerate the figures with that command)")
+                    figures_checked = True
             elif lang == "python":
                 code = localize(text).replace('"localhost:50051"', f'"{address}"')
                 code = code.replace('"errors.png"', f'"{work}/errors.png"')
@@ -144,6 +167,7 @@ def main():
             if err:
                 failures.append(err)
         assert ran >= 4, f"only {ran} README blocks ran"
+        assert figures_checked, "no README block printed the example's figures"
     finally:
         server.terminate()
         try:

@@ -35,10 +35,11 @@ def roc_auc(scores, labels):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--server", default="localhost:50051")
+    p.add_argument("--server", default=os.environ.get("AESERVE_SERVER") or "localhost:50051")
     p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "shared", "data", "odds", "cardio.csv"))
     p.add_argument("--model", default="example")
     p.add_argument("--out", default=".")
+    p.add_argument("--prefix", default="", help="prefix of the plot file names (cardio- for docs/)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
@@ -72,11 +73,11 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     info = client.model(args.model, include_calibration=True)
-    plots.plot_errors(result, info, os.path.join(args.out, "errors.png"), labels=y[test])
-    plots.plot_training(job, os.path.join(args.out, "training.png"))
+    plots.plot_errors(result, info, os.path.join(args.out, args.prefix + "errors.png"), labels=y[test])
+    plots.plot_training(job, os.path.join(args.out, args.prefix + "training.png"))
     stream = client.stream(args.model, [x[test][i:i + 100] for i in range(0, len(test), 100)])
-    plots.plot_stream(stream, os.path.join(args.out, "stream.png"))
-    print(f"plots: {args.out}/errors.png, training.png, stream.png")
+    plots.plot_stream(stream, os.path.join(args.out, args.prefix + "stream.png"))
+    print(f"plots: {args.out}/{args.prefix}errors.png, {args.prefix}training.png, {args.prefix}stream.png")
 
 
 if __name__ == "__main__":
