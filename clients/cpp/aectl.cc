@@ -24,6 +24,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "json_writer.h"
 
 namespace {
 
@@ -108,32 +109,6 @@ float ScoreOf(const v1::ScoreResponse& r, int i) {
   return r.scores_size() > i ? r.scores(i) : r.errors(i);
 }
 
-// A JSON string literal: quotes, backslashes and control characters escaped.
-std::string JsonString(const std::string& text) {
-  std::string out = "\"";
-  for (unsigned char ch : text) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += static_cast<char>(ch);
-    } else if (ch < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-      out += buf;
-    } else {
-      out += static_cast<char>(ch);
-    }
-  }
-  return out + "\"";
-}
-
-// A JSON number; null for NaN or infinity (a skipped sample's score).
-std::string JsonNumber(double v, int digits = 8) {
-  if (!std::isfinite(v)) return "null";
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-  return buf;
-}
-
 // A response message as one JSON document on one line, with the API's field names.
 int PrintJson(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions o;
@@ -151,42 +126,40 @@ int PrintJson(const google::protobuf::Message& m) {
 void PrintRow(const std::string& format, size_t row, const std::string& id, float error,
               float score, bool anomalous, float p_value, const v1::ScoreResponse& r, int i,
               uint32_t k, const std::vector<std::string>& names) {
-  std::string top;
   if (r.warming_up_size() > i && r.warming_up(i)) k = 0;  // not scored: no top features
-  for (uint32_t j = 0; j < k; ++j) {
+  // The server's names (the model's features); older servers: the CSV's header by position.
+  auto name_of = [&](uint32_t j) {
     const uint32_t f = r.top_features(i * k + j);
-    // The server's names (the model's features); older servers: the CSV's header by position.
-    const std::string name = r.top_feature_names_size() > static_cast<int>(i * k + j)
-                                 ? r.top_feature_names(i * k + j)
-                                 : (f < names.size() ? names[f] : std::to_string(f));
-    const float e = r.top_feature_errors(i * k + j);
-    if (format == "json") {
-      absl::StrAppend(&top, j ? "," : "", "{\"feature\":", JsonString(name), ",\"index\":", f,
-                      ",\"error\":", JsonNumber(e, 6), "}");
-    } else {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, ":%.6g", e);
-      absl::StrAppend(&top, j ? ";" : "", name, buf);
-    }
-  }
+    return r.top_feature_names_size() > static_cast<int>(i * k + j)
+               ? r.top_feature_names(i * k + j)
+               : (f < names.size() ? names[f] : std::to_string(f));
+  };
   if (format == "json") {
-    std::string extra;
-    if (r.severity_size() > i) absl::StrAppend(&extra, ",\"severity\":", r.severity(i));
-    if (r.missing_size() > i) absl::StrAppend(&extra, ",\"missing\":", r.missing(i));
-    if (r.skipped_size() > i)
-      absl::StrAppend(&extra, ",\"skipped\":", r.skipped(i) ? "true" : "false");
-    if (r.warming_up_size() > i) {
-      absl::StrAppend(&extra, ",\"warming_up\":", r.warming_up(i) ? "true" : "false");
+    aectl::JsonWriter w;
+    w.BeginObject().Key("row").Int(row).Key("id").String(id);
+    w.Key("error").Number(error).Key("score").Number(score).Key("anomalous").Bool(anomalous);
+    w.Key("p_value").Number(p_value, 6);
+    if (r.severity_size() > i) w.Key("severity").Int(r.severity(i));
+    if (r.missing_size() > i) w.Key("missing").Int(r.missing(i));
+    if (r.skipped_size() > i) w.Key("skipped").Bool(r.skipped(i));
+    if (r.warming_up_size() > i) w.Key("warming_up").Bool(r.warming_up(i));
+    w.Key("top_features").BeginArray();
+    for (uint32_t j = 0; j < k; ++j) {
+      w.BeginObject().Key("feature").String(name_of(j)).Key("index").Int(r.top_features(i * k + j));
+      w.Key("error").Number(r.top_feature_errors(i * k + j), 6).EndObject();
     }
-    std::printf(
-        "{\"row\":%zu,\"id\":%s,\"error\":%s,\"score\":%s,\"anomalous\":%s,\"p_value\":%s%s,"
-        "\"top_features\":[%s]}\n",
-        row, JsonString(id).c_str(), JsonNumber(error).c_str(), JsonNumber(score).c_str(),
-        anomalous ? "true" : "false", JsonNumber(p_value, 6).c_str(), extra.c_str(), top.c_str());
-  } else {
-    std::printf("%zu,%s,%.8g,%.8g,%d,%.6g,%s\n", row, id.c_str(), error, score, anomalous ? 1 : 0,
-                p_value, top.c_str());
+    w.EndArray().EndObject();
+    std::printf("%s\n", w.str().c_str());
+    return;
   }
+  std::string top;
+  for (uint32_t j = 0; j < k; ++j) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, ":%.6g", r.top_feature_errors(i * k + j));
+    absl::StrAppend(&top, j ? ";" : "", name_of(j), buf);
+  }
+  std::printf("%zu,%s,%.8g,%.8g,%d,%.6g,%s\n", row, id.c_str(), error, score, anomalous ? 1 : 0,
+              p_value, top.c_str());
 }
 
 void Summary(size_t scored, size_t anomalous, const engine::CsvTable& t,
@@ -1101,95 +1074,144 @@ int main(int argc, char** argv) {
   };
   add_globals(&app);
 
-  std::string model, entity, path = "-", format = "csv";
-  uint64_t version = 0;
-  uint32_t top_k = 3, batch = 4096, stream_batch = 100, debounce_k = 0, debounce_n = 0;
-  double rate = 0, stats_every = 5;
-
-  auto* score =
-      app.add_subcommand("score", "score a CSV file (or stdin) and print one line per row");
-  score->add_option("--model", model, "model name")->required();
-  score->add_option("--version", version, "model version (default: active)");
-  score->add_option(
-      "--entity", entity,
-      "score with <model>/<entity> (a per-entity model; the generic one when absent)");
-  score->add_option("--format", format, "csv or json (JSON lines)")
-      ->check(CLI::IsMember({"csv", "json"}))
-      ->capture_default_str();
-  score->add_option("--top-k", top_k, "top contributing features per row")->capture_default_str();
-  score->add_option("--batch", batch, "rows per request")
-      ->check(CLI::Range(1u, 1u << 20))
-      ->capture_default_str();
-  score->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
-  Columns cols;
-  auto add_columns = [&](CLI::App* cmd) {
+  // Each subcommand: its own options (a struct), registered with its flags, and a callback that
+  // runs it after the whole command line is parsed. `code` is the exit code.
+  int code = 2;
+  // The columns options of the commands that send CSV rows.
+  auto add_columns = [](CLI::App* cmd, Columns* cols) {
     cmd->add_flag(
-        "--positional", cols.positional,
+        "--positional", cols->positional,
         "send columns by position, not by their header names (models trained without names)");
-    cmd->add_flag("--ignore-extra-columns", cols.ignore_extra,
+    cmd->add_flag("--ignore-extra-columns", cols->ignore_extra,
                   "drop CSV columns the model does not know instead of refusing them");
   };
-  add_columns(score);
-
-  auto* stream = app.add_subcommand("stream", "replay a CSV as live telemetry over StreamScore");
-  stream->add_option("--model", model, "model name")->required();
-  stream->add_option("--version", version, "model version (default: the active one at each batch)");
-  stream->add_option(
-      "--entity", entity,
-      "score with <model>/<entity> (a per-entity model; the generic one when absent)");
-  stream->add_option("--rate", rate, "samples per second; 0 = as fast as possible")
-      ->capture_default_str();
-  stream->add_option("--batch", stream_batch, "rows per stream message")
-      ->check(CLI::Range(1u, 1u << 20))
-      ->capture_default_str();
-  stream->add_option("--top-k", top_k, "top contributing features per flagged row")
-      ->capture_default_str();
-  stream->add_option("--stats-every", stats_every, "seconds between stats lines")
-      ->capture_default_str();
-  stream->add_option("--debounce-k", debounce_k,
-                     "alarm when k of the last n samples are anomalous");
-  stream->add_option("--debounce-n", debounce_n, "window of the alarm debounce");
-  std::string stream_id;
-  stream->add_option("--stream-id", stream_id,
-                     "name of the stream: in anomaly events, and a reconnect with the same name "
-                     "carries on with its alarm and open incident");
-  stream->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
-  add_columns(stream);
-
-  std::string list_format = "text";
-  auto add_list_format = [&](CLI::App* cmd) {
-    cmd->add_option("--format", list_format,
-                    "text or json (one JSON document, the API's field names)")
+  auto add_target = [](CLI::App* cmd, Target* t, const char* version_help, bool entity) {
+    cmd->add_option("--model", t->model, "model name")->required();
+    cmd->add_option("--version", t->version, version_help);
+    if (entity) {
+      cmd->add_option(
+          "--entity", t->entity,
+          "score with <model>/<entity> (a per-entity model; the generic one when absent)");
+    }
+  };
+  auto add_list_format = [](CLI::App* cmd, std::string* format) {
+    cmd->add_option("--format", *format, "text or json (one JSON document, the API's field names)")
         ->check(CLI::IsMember({"text", "json"}))
         ->capture_default_str();
   };
-  auto* models = app.add_subcommand("models", "list the hosted models");
-  add_list_format(models);
-  auto* model_cmd = app.add_subcommand("model", "show one model: spec, threshold, training");
-  model_cmd->add_option("name", model, "model name")->required();
-  add_list_format(model_cmd);
-  auto* health = app.add_subcommand("health", "check the server's health (exit 0 when SERVING)");
 
-  auto* encode =
-      app.add_subcommand("encode", "print each CSV row's code (the latent layer) as CSV");
-  auto* reconstruct = app.add_subcommand(
-      "reconstruct", "print each CSV row's reconstruction (original units, gaps filled) as CSV");
-  for (CLI::App* cmd : {encode, reconstruct}) {
-    cmd->add_option("--model", model, "model name")->required();
-    cmd->add_option("--version", version, "model version (default: active)");
-    cmd->add_option("file", path, "CSV with a header of feature names; '-' reads stdin");
-    add_columns(cmd);
-  }
-  uint32_t generate_count = 10;
-  uint64_t seed = 1;
+  struct ScoreArgs {
+    Target target;
+    std::string path = "-", format = "csv";
+    uint32_t top_k = 3, batch = 4096;
+    Columns cols;
+  } score_args;
+  auto* score =
+      app.add_subcommand("score", "score a CSV file (or stdin) and print one line per row");
+  add_target(score, &score_args.target, "model version (default: active)", true);
+  score->add_option("--format", score_args.format, "csv or json (JSON lines)")
+      ->check(CLI::IsMember({"csv", "json"}))
+      ->capture_default_str();
+  score->add_option("--top-k", score_args.top_k, "top contributing features per row")
+      ->capture_default_str();
+  score->add_option("--batch", score_args.batch, "rows per request")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  score->add_option("file", score_args.path, "CSV with a header of feature names; '-' reads stdin");
+  add_columns(score, &score_args.cols);
+  score->callback([&] {
+    const ScoreArgs& a = score_args;
+    code = Score(c, a.target, a.path, a.format, a.top_k, a.batch, a.cols);
+  });
+
+  struct StreamArgs {
+    Target target;
+    std::string path = "-", stream_id;
+    double rate = 0, stats_every = 5;
+    uint32_t batch = 100, top_k = 3, debounce_k = 0, debounce_n = 0;
+    Columns cols;
+  } stream_args;
+  auto* stream = app.add_subcommand("stream", "replay a CSV as live telemetry over StreamScore");
+  add_target(stream, &stream_args.target, "model version (default: the active one at each batch)",
+             true);
+  stream->add_option("--rate", stream_args.rate, "samples per second; 0 = as fast as possible")
+      ->capture_default_str();
+  stream->add_option("--batch", stream_args.batch, "rows per stream message")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  stream->add_option("--top-k", stream_args.top_k, "top contributing features per flagged row")
+      ->capture_default_str();
+  stream->add_option("--stats-every", stream_args.stats_every, "seconds between stats lines")
+      ->capture_default_str();
+  stream->add_option("--debounce-k", stream_args.debounce_k,
+                     "alarm when k of the last n samples are anomalous");
+  stream->add_option("--debounce-n", stream_args.debounce_n, "window of the alarm debounce");
+  stream->add_option("--stream-id", stream_args.stream_id,
+                     "name of the stream: in anomaly events, and a reconnect with the same name "
+                     "carries on with its alarm and open incident");
+  stream->add_option("file", stream_args.path, "CSV with a header of feature names; '-' reads stdin");
+  add_columns(stream, &stream_args.cols);
+  stream->callback([&] {
+    const StreamArgs& a = stream_args;
+    code = Stream(c, a.target, a.path, a.rate, a.batch, a.top_k, a.stats_every, a.debounce_k,
+                  a.debounce_n, a.cols, a.stream_id);
+  });
+
+  std::string models_format = "text";
+  auto* models = app.add_subcommand("models", "list the hosted models");
+  add_list_format(models, &models_format);
+  models->callback([&] { code = Models(c, models_format); });
+
+  struct ModelArgs {
+    std::string name, format = "text";
+  } model_args;
+  auto* model_cmd = app.add_subcommand("model", "show one model: spec, threshold, training");
+  model_cmd->add_option("name", model_args.name, "model name")->required();
+  add_list_format(model_cmd, &model_args.format);
+  model_cmd->callback([&] { code = Model(c, model_args.name, model_args.format); });
+
+  auto* health = app.add_subcommand("health", "check the server's health (exit 0 when SERVING)");
+  health->callback([&] { code = Health(c); });
+
+  struct TransformArgs {
+    Target target;
+    std::string path = "-";
+    Columns cols;
+  };
+  TransformArgs encode_args, reconstruct_args;
+  auto add_transform = [&](const char* name, const char* help, TransformArgs* a) {
+    auto* cmd = app.add_subcommand(name, help);
+    cmd->add_option("--model", a->target.model, "model name")->required();
+    cmd->add_option("--version", a->target.version, "model version (default: active)");
+    cmd->add_option("file", a->path, "CSV with a header of feature names; '-' reads stdin");
+    add_columns(cmd, &a->cols);
+    cmd->callback([&code, &c, name, a] { code = Transform(c, name, a->target, a->path, a->cols); });
+  };
+  add_transform("encode", "print each CSV row's code (the latent layer) as CSV", &encode_args);
+  add_transform("reconstruct",
+                "print each CSV row's reconstruction (original units, gaps filled) as CSV",
+                &reconstruct_args);
+
+  struct GenerateArgs {
+    Target target;
+    uint32_t count = 10;
+    uint64_t seed = 1;
+  } generate_args;
   auto* generate = app.add_subcommand(
       "generate", "variational models: print samples drawn from the prior as CSV");
-  generate->add_option("--model", model, "model name")->required();
-  generate->add_option("--version", version, "model version (default: active)");
-  generate->add_option("--count", generate_count, "samples")->capture_default_str();
-  generate->add_option("--seed", seed, "same seed, same samples")->capture_default_str();
+  generate->add_option("--model", generate_args.target.model, "model name")->required();
+  generate->add_option("--version", generate_args.target.version, "model version (default: active)");
+  generate->add_option("--count", generate_args.count, "samples")->capture_default_str();
+  generate->add_option("--seed", generate_args.seed, "same seed, same samples")
+      ->capture_default_str();
+  generate->callback([&] {
+    code = Generate(c, generate_args.target, generate_args.count, generate_args.seed);
+  });
 
   TrainArgs ta;
+  std::string train_path = "-";
+  // One comma-separated value (a vector option would also swallow the data file after it).
+  std::string time_features;
   auto* train =
       app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
   train->add_option("--model", ta.model, "model name")->required();
@@ -1254,8 +1276,6 @@ int main(int argc, char** argv) {
                     "time series: samples are the last N rows (time steps) of the series, built by "
                     "the server; needs a 'timestamp' column");
   train->add_option("--stride", ta.stride, "with --window: train on every Nth window (default 1)");
-  // One comma-separated value (a vector option would also swallow the data file after it).
-  std::string time_features;
   train
       ->add_option("--time-features", time_features,
                    "time series: add the time of day and/or week of each step (hour,weekday)")
@@ -1273,112 +1293,132 @@ int main(int argc, char** argv) {
                    "series: a short gap is closed up (join, the default) or its steps are missing "
                    "values (missing)")
       ->check(CLI::IsMember({"join", "missing"}));
-  train->add_option("file", path, "training CSV (a label column is ignored); '-' reads stdin");
+  train->add_option("file", train_path, "training CSV (a label column is ignored); '-' reads stdin");
+  train->callback([&] {
+    ta.time_features = absl::StrSplit(time_features, ',', absl::SkipEmpty());
+    code = Train(c, ta, train_path);
+  });
+
+  struct JobsArgs {
+    std::string model, format = "text";
+  } jobs_args;
+  auto* jobs = app.add_subcommand("jobs", "list training jobs");
+  jobs->add_option("--model", jobs_args.model, "only this model's jobs");
+  add_list_format(jobs, &jobs_args.format);
+  jobs->callback([&] { code = Jobs(c, jobs_args.model, jobs_args.format); });
 
   std::string job_id;
-  auto* jobs = app.add_subcommand("jobs", "list training jobs");
-  jobs->add_option("--model", model, "only this model's jobs");
-  add_list_format(jobs);
   auto* cancel = app.add_subcommand("cancel", "cancel a training job");
   cancel->add_option("job", job_id, "job id")->required();
+  cancel->callback([&] { code = Cancel(c, job_id); });
+
+  Target activate_args;
   auto* activate =
       app.add_subcommand("activate", "make a version active (rollback = an older one)");
-  activate->add_option("model", model)->required();
-  activate->add_option("version", version)->required();
-  activate->add_option("--entity", entity);
+  activate->add_option("model", activate_args.model)->required();
+  activate->add_option("version", activate_args.version)->required();
+  activate->add_option("--entity", activate_args.entity);
+  activate->callback([&] {
+    code = Activate(c, activate_args.model, activate_args.entity, activate_args.version);
+  });
+
+  struct DeleteArgs {
+    Target target;
+    bool force = false;
+  } delete_args;
   auto* del = app.add_subcommand("delete", "delete a version, or a whole model without --version");
-  bool force = false;
-  del->add_option("model", model)->required();
-  del->add_option("--version", version);
-  del->add_option("--entity", entity);
-  del->add_flag("--force", force, "also when it is active");
-  std::string level, critical;
-  bool clear_critical = false;
-  double pct = 0;
+  del->add_option("model", delete_args.target.model)->required();
+  del->add_option("--version", delete_args.target.version);
+  del->add_option("--entity", delete_args.target.entity);
+  del->add_flag("--force", delete_args.force, "also when it is active");
+  del->callback([&] {
+    const Target& t = delete_args.target;
+    code = Delete(c, t.model, t.entity, t.version, delete_args.force);
+  });
+
+  struct ThresholdArgs {
+    Target target;
+    std::string level, critical;
+    bool clear_critical = false;
+    double percentile = 0;
+  } threshold_args;
   auto* threshold =
       app.add_subcommand("threshold", "change a version's threshold without retraining");
-  threshold->add_option("model", model)->required();
-  threshold->add_option("--version", version, "default: active");
-  threshold->add_option("--entity", entity);
-  threshold->add_option("--percentile", pct, "shorthand for --set percentile:P");
-  threshold->add_option("--set", level,
+  threshold->add_option("model", threshold_args.target.model)->required();
+  threshold->add_option("--version", threshold_args.target.version, "default: active");
+  threshold->add_option("--entity", threshold_args.target.entity);
+  threshold->add_option("--percentile", threshold_args.percentile,
+                        "shorthand for --set percentile:P");
+  threshold->add_option("--set", threshold_args.level,
                         "METHOD:VALUE (percentile, mean-std, median-mad, fpr, fixed)");
-  threshold->add_option("--critical", critical, "second level, METHOD:VALUE");
-  threshold->add_flag("--clear-critical", clear_critical);
+  threshold->add_option("--critical", threshold_args.critical, "second level, METHOD:VALUE");
+  threshold->add_flag("--clear-critical", threshold_args.clear_critical);
+  threshold->callback([&] {
+    ThresholdArgs& a = threshold_args;
+    if (a.percentile > 0) a.level = "percentile:" + std::to_string(a.percentile);
+    code = Threshold(c, a.target.model, a.target.entity, a.target.version, a.level, a.critical,
+                     a.clear_critical);
+  });
 
-  float max_missing = -1;
-  int impute_refinements = -1;
+  struct PolicyArgs {
+    Target target;
+    float max_missing = -1;        // -1 = unchanged
+    int impute_refinements = -1;   // -1 = unchanged
+    int max_gap_steps = -1;        // -1 = unchanged
+    std::string gap_fill;          // empty = unchanged
+  } policy_args;
   auto* policy = app.add_subcommand(
       "policy", "change how a version treats missing values, without retraining");
-  policy->add_option("model", model)->required();
-  policy->add_option("--version", version, "default: active");
-  policy->add_option("--entity", entity);
+  policy->add_option("model", policy_args.target.model)->required();
+  policy->add_option("--version", policy_args.target.version, "default: active");
+  policy->add_option("--entity", policy_args.target.entity);
   policy->add_option(
-      "--max-missing", max_missing,
+      "--max-missing", policy_args.max_missing,
       "largest share of a sample's features that may be missing, in [0, 1); 0 = none");
-  policy->add_option("--impute-refinements", impute_refinements,
+  policy->add_option("--impute-refinements", policy_args.impute_refinements,
                      "times a missing value is refined by the model's reconstruction (0..10)");
-  int max_gap_steps = -1;
   policy->add_option(
-      "--max-gap-steps", max_gap_steps,
+      "--max-gap-steps", policy_args.max_gap_steps,
       "series models: a gap of up to N missed time steps is handled by --gap-fill, a "
       "longer one restarts the window");
-  std::string gap_fill;
   policy
-      ->add_option("--gap-fill", gap_fill,
+      ->add_option("--gap-fill", policy_args.gap_fill,
                    "series models: a short gap is closed up (join) or its steps are missing values "
                    "(missing)")
       ->check(CLI::IsMember({"join", "missing"}));
+  policy->callback([&] {
+    const PolicyArgs& a = policy_args;
+    code = Policy(c, a.target.model, a.target.entity, a.target.version, a.max_missing,
+                  a.impute_refinements, a.max_gap_steps, a.gap_fill);
+  });
 
-  uint32_t min_severity = 0;
-  uint64_t count = 0;
-  double watch_seconds = 0;
+  struct WatchArgs {
+    std::string model;
+    uint32_t min_severity = 0;
+    uint64_t count = 0;
+    double seconds = 0;
+  } watch_args;
   auto* watch =
       app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
-  watch->add_option("model", model, "only this model (default: all)");
-  watch->add_option("--min-severity", min_severity, "2 = critical only");
-  watch->add_option("--count", count, "stop after this many events (0 = run until interrupted)");
+  watch->add_option("model", watch_args.model, "only this model (default: all)");
+  watch->add_option("--min-severity", watch_args.min_severity, "2 = critical only");
+  watch->add_option("--count", watch_args.count,
+                    "stop after this many events (0 = run until interrupted)");
   watch
-      ->add_option("--seconds", watch_seconds,
+      ->add_option("--seconds", watch_args.seconds,
                    "stop after this many seconds (0 = run until interrupted)")
       ->check(CLI::NonNegativeNumber);
+  watch->callback([&] {
+    const WatchArgs& a = watch_args;
+    code = Watch(c, a.model, a.min_severity, a.count, a.seconds);
+  });
 
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_globals(sub);
   try {
-    app.parse(argc, argv);
+    app.parse(argc, argv);  // runs the chosen subcommand's callback
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every usage error exits 2 (failed calls exit 1).
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (watch->parsed()) return Watch(c, model, min_severity, count, watch_seconds);
-  if (train->parsed()) {
-    ta.time_features = absl::StrSplit(time_features, ',', absl::SkipEmpty());
-    return Train(c, ta, path);
-  }
-  if (jobs->parsed()) return Jobs(c, model, list_format);
-  if (cancel->parsed()) return Cancel(c, job_id);
-  if (activate->parsed()) return Activate(c, model, entity, version);
-  if (del->parsed()) return Delete(c, model, entity, version, force);
-  if (threshold->parsed()) {
-    if (pct > 0) level = "percentile:" + std::to_string(pct);
-    return Threshold(c, model, entity, version, level, critical, clear_critical);
-  }
-  if (policy->parsed()) {
-    return Policy(c, model, entity, version, max_missing, impute_refinements, max_gap_steps,
-                  gap_fill);
-  }
-  if (score->parsed())
-    return Score(c, Target{model, entity, version}, path, format, top_k, batch, cols);
-  if (stream->parsed()) {
-    return Stream(c, Target{model, entity, version}, path, rate, stream_batch, top_k, stats_every,
-                  debounce_k, debounce_n, cols, stream_id);
-  }
-  if (models->parsed()) return Models(c, list_format);
-  if (model_cmd->parsed()) return Model(c, model, list_format);
-  if (health->parsed()) return Health(c);
-  if (encode->parsed()) return Transform(c, "encode", Target{model, "", version}, path, cols);
-  if (reconstruct->parsed())
-    return Transform(c, "reconstruct", Target{model, "", version}, path, cols);
-  if (generate->parsed()) return Generate(c, Target{model, "", version}, generate_count, seed);
-  return 2;
+  return code;
 }
