@@ -225,7 +225,6 @@ absl::StatusOr<v1::TrainingHistory> RunEpochs(
     size_t d, std::mt19937_64& rng, Params* params, const ProgressCallback& progress,
     Clock::time_point started) {
   const size_t train_rows = train_x.size() / d;
-  ScopedThreads threads(static_cast<int>(opt.threads()));
   const uint32_t batch = static_cast<uint32_t>(std::min<size_t>(opt.batch_size(), train_rows));
   AE_ASSIGN_OR_RETURN(auto graph, TrainGraph::Create(spec, opt.dropout(), batch, params));
   graph->set_fill(ScaledFill(scaler));
@@ -374,8 +373,10 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
   AE_ASSIGN_OR_RETURN(v1::TrainingOptions opt, ResolveTrainingOptions(req.options));
   AE_ASSIGN_OR_RETURN(v1::ThresholdConfig thr_config, ResolveThresholdConfig(req.threshold));
 
-  std::mt19937_64 rng(
-      opt.seed());  // one stream of draws, in this order: split, init, epochs, calibration
+  // Training and calibration run on opt.threads() cores (a training job keeps to its share).
+  ScopedThreads threads(static_cast<int>(opt.threads()));
+  // One stream of draws, in this order: split, initial weights, epochs, calibration.
+  std::mt19937_64 rng(opt.seed());
   const Split split = SplitRows(rows.usable, opt, rng);
   Params params;
   v1::Scaler scaler;

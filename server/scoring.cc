@@ -203,8 +203,8 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::S
     // (e * scale^2 / scale^2) instead of the engine running the rows again.
     const float* fe = res.feature_error.data() + i * d;
     for (uint32_t j = 0; j < d; ++j) {
-      const float s = original_units ? h.model->file().scaler().scale(static_cast<int>(j)) : 1.f;
-      f.feature_errors.push_back(fe[j] / (s * s));
+      const double s = original_units ? h.model->file().scaler().scale(static_cast<int>(j)) : 1.0;
+      f.feature_errors.push_back(static_cast<float>(fe[j] / (s * s)));  // double: no inf/inf
     }
     f.errors.push_back(res.error[i]);
     f.scores.push_back(res.score[i]);

@@ -1253,14 +1253,17 @@ int main(int argc, char** argv) {
   train->add_option("--lr", ta.lr, "Adam learning rate (server default)");
   train->add_option("--weight-decay", ta.weight_decay, "server default");
   train->add_option("--dropout", ta.dropout, "hidden-layer dropout (server default)");
-  train->add_option("--validation-split", ta.validation_split, "held-out share (server default)");
+  train->add_option("--validation-split", ta.validation_split, "held-out share (server default)")
+      ->check(CLI::Range(0.0f, 1.0f));
   train->add_option("--patience", ta.patience,
                     "early-stopping patience in epochs (server default)");
   train->add_option("--seed", ta.seed, "server default");
   train->add_option("--scaling", ta.scaling, "standard, minmax or none (server default)")
       ->check(CLI::IsMember({"standard", "minmax", "none"}));
-  train->add_option("--percentile", ta.percentile,
-                    "threshold percentile of held-out errors (server default)");
+  train
+      ->add_option("--percentile", ta.percentile,
+                   "threshold percentile of held-out errors (server default)")
+      ->check(CLI::Range(0.0, 100.0) & CLI::PositiveNumber);
   train->add_flag("--fine-tune", ta.fine_tune, "start from the active version's weights");
   train->add_option("--base-version", ta.base_version, "fine-tune from this version");
   train->add_flag("--no-activate", ta.no_activate, "keep the new version staged");
