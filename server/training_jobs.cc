@@ -308,7 +308,7 @@ void TrainingJobs::Run(Job& job) {
                      r->set_samples_per_second(p.samples_per_second);
                      Publish(job);
                      if (metrics_ != nullptr) {
-                       metrics_->RecordTrainingProgress(key.str(), p.epoch, p.train_loss,
+                       metrics_->RecordTrainingProgress(key.model, p.epoch, p.train_loss,
                                                         p.validation_loss);
                      }
                      return !job.cancel.load();

@@ -4,8 +4,10 @@
 ```python block of README.md, in order, against that server.
 
 Not run here, because they are their own steps: blocks whose every command is `make ...` (make run,
-make test, the CI targets) and the benchmark block (`bench/...`, `make bench-smoke` runs each
-harness). The test fails if any other block is skipped, so a new block cannot escape it.
+make test, the CI targets) and the benchmark block (every command `make ...` or a `bench/` program;
+`make bench-smoke` runs each harness). Unlabelled fences are output or listings, not commands: one
+that starts with a command of this repository (build/, deploy/, clients/, bench/) fails the test,
+as does a fence in any other language, so a new block cannot escape it.
 
 The server address: aectl takes it from $AESERVE_SERVER, the Python block's "localhost:50051" is
 replaced. Paths: README commands use build/; when the tests' build directory is elsewhere, that
@@ -16,6 +18,7 @@ PYTHONPATH (the Python client)."""
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +63,7 @@ def skipped(text):
     cmds = commands(text)
     if cmds and all(c.split()[0] == "make" for c in cmds):
         return "make targets"
-    if any("bench/" in c for c in cmds):
+    if cmds and all(c.split()[0] == "make" or "bench/" in c for c in cmds):
         return "benchmarks"
     return None
 
@@ -85,11 +88,17 @@ def printed_figures(output):
 
 def run(what, cmd, env, cwd, stdin=None, output=None):
     started = time.time()
+    # Its own process group: a block that runs out of time is killed with everything it started.
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin else None,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
-                           timeout=TIMEOUT)
+        out, err = p.communicate(input=stdin, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
         return f"{what}: did not finish in {TIMEOUT} s"
+    p = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     took = time.time() - started
     if output is not None:
         output.append(p.stdout)
@@ -144,12 +153,13 @@ def main():
                     print(f"skip README.md:{line} ({why})")
                     continue
                 # The block's own working directory is the repository; files it writes go to `work`.
-                script = f"set -e\ncd {SRC}\n" + localize(text)
+                # bash with pipefail: a failing command in a pipeline fails the block too.
+                script = f"set -eo pipefail\ncd {SRC}\n" + localize(text)
                 script = script.replace("> scores.csv", f"> {work}/scores.csv")
                 script = script.replace("> staged.csv", f"> {work}/staged.csv")
                 script = script.replace("--out docs", f"--out {work}")  # never rewrite docs/ here
                 out = []
-                err = run(f"README.md:{line} (sh)", ["sh", "-c", script], env, SRC, output=out)
+                err = run(f"README.md:{line} (sh)", ["bash", "-c", script], env, SRC, output=out)
                 got = printed_figures(out[0]) if out else None
                 if got is not None:
                     want = quoted_figures(readme)
@@ -161,7 +171,15 @@ def main():
                 code = localize(text).replace('"localhost:50051"', f'"{address}"')
                 code = code.replace('"errors.png"', f'"{work}/errors.png"')
                 err = run(f"README.md:{line} (python)", [sys.executable, "-"], env, SRC, stdin=code)
+            elif lang == "text":  # an unlabelled fence: output or a listing, never a command
+                first = (commands(text) or [""])[0]
+                if re.match(r"^(\./)?(build|deploy|clients|bench)/\S", first):
+                    failures.append(f"README.md:{line}: an unlabelled block starts with a command "
+                                    f"({first!r}): label it ```sh so that it is run")
+                continue
             else:
+                failures.append(f"README.md:{line}: a ```{lang} block: this test runs sh, bash and "
+                                f"python blocks only")
                 continue
             ran += 1
             if err:
