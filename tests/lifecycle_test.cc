@@ -9,6 +9,7 @@
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "csv.h"
 #include "grpcpp/grpcpp.h"
+#include "http_get.h"
 #include "gtest/gtest.h"
 #include "model.h"
 #include "server.h"
@@ -374,6 +375,10 @@ TEST_F(LifecycleTest, PerEntityModelsFallBackToTheGenericOne) {
   ASSERT_TRUE(scoring_->GetModel(&ctx, gm, &info).ok());
   ASSERT_EQ(info.entities_size(), 1);
   EXPECT_EQ(info.entities(0), "host-1");
+  // Entities are never metric labels: the entity job's progress is the model's.
+  const std::string text = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(text.find("aeserve_training_epoch{model=\"cardio\"}"), std::string::npos);
+  EXPECT_EQ(text.find("host-1"), std::string::npos) << "an entity id in a label";
 }
 
 TEST_F(LifecycleTest, DeletesNeedForceForActiveVersions) {
