@@ -1149,7 +1149,8 @@ int main(int argc, char** argv) {
   stream->add_option("--stream-id", stream_args.stream_id,
                      "name of the stream: in anomaly events, and a reconnect with the same name "
                      "carries on with its alarm and open incident");
-  stream->add_option("file", stream_args.path, "CSV with a header of feature names; '-' reads stdin");
+  stream->add_option("file", stream_args.path,
+                     "CSV with a header of feature names; '-' reads stdin");
   add_columns(stream, &stream_args.cols);
   stream->callback([&] {
     const StreamArgs& a = stream_args;
@@ -1200,13 +1201,13 @@ int main(int argc, char** argv) {
   auto* generate = app.add_subcommand(
       "generate", "variational models: print samples drawn from the prior as CSV");
   generate->add_option("--model", generate_args.target.model, "model name")->required();
-  generate->add_option("--version", generate_args.target.version, "model version (default: active)");
+  generate->add_option("--version", generate_args.target.version,
+                       "model version (default: active)");
   generate->add_option("--count", generate_args.count, "samples")->capture_default_str();
   generate->add_option("--seed", generate_args.seed, "same seed, same samples")
       ->capture_default_str();
-  generate->callback([&] {
-    code = Generate(c, generate_args.target, generate_args.count, generate_args.seed);
-  });
+  generate->callback(
+      [&] { code = Generate(c, generate_args.target, generate_args.count, generate_args.seed); });
 
   TrainArgs ta;
   std::string train_path = "-";
@@ -1296,7 +1297,8 @@ int main(int argc, char** argv) {
                    "series: a short gap is closed up (join, the default) or its steps are missing "
                    "values (missing)")
       ->check(CLI::IsMember({"join", "missing"}));
-  train->add_option("file", train_path, "training CSV (a label column is ignored); '-' reads stdin");
+  train->add_option("file", train_path,
+                    "training CSV (a label column is ignored); '-' reads stdin");
   train->callback([&] {
     ta.time_features = absl::StrSplit(time_features, ',', absl::SkipEmpty());
     code = Train(c, ta, train_path);
@@ -1365,10 +1367,10 @@ int main(int argc, char** argv) {
 
   struct PolicyArgs {
     Target target;
-    float max_missing = -1;        // -1 = unchanged
-    int impute_refinements = -1;   // -1 = unchanged
-    int max_gap_steps = -1;        // -1 = unchanged
-    std::string gap_fill;          // empty = unchanged
+    float max_missing = -1;       // -1 = unchanged
+    int impute_refinements = -1;  // -1 = unchanged
+    int max_gap_steps = -1;       // -1 = unchanged
+    std::string gap_fill;         // empty = unchanged
   } policy_args;
   auto* policy = app.add_subcommand(
       "policy", "change how a version treats missing values, without retraining");

@@ -21,7 +21,12 @@ TEST(JsonWriter, NestsWithCommasInTheRightPlaces) {
 
 TEST(JsonWriter, EscapesStringsAndWritesNullForNonFiniteNumbers) {
   JsonWriter w;
-  w.BeginArray().String("a\"b\\c\nd\x01").Number(NAN).Number(INFINITY).Number(1.0 / 3, 3).EndArray();
+  w.BeginArray()
+      .String("a\"b\\c\nd\x01")
+      .Number(NAN)
+      .Number(INFINITY)
+      .Number(1.0 / 3, 3)
+      .EndArray();
   EXPECT_EQ(w.str(), R"(["a\"b\\c\u000ad\u0001",null,null,0.333])");
 }
 
