@@ -52,6 +52,9 @@ python3-torch
 libopenblas0-pthread
 python3-yaml
 python3-pandas
+python3-pip
+python3-setuptools
+python3-wheel
 clang-14
 libclang-rt-14-dev
 libomp-14-dev

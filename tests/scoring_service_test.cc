@@ -489,7 +489,10 @@ TEST_F(ScoringServiceTest, ClientThatNeverReadsGetsBackpressure) {
   stop = true;
   ctx.TryCancel();
   writer.join();
-  EXPECT_EQ(stream->Finish().error_code(), StatusCode::CANCELLED);
+  // Cancelled by us, or reset by the server when the flood filled gRPC's buffer quota
+  // (--grpc_buffer_bytes) first, which a loaded machine makes likely: both keep memory bounded.
+  const StatusCode code = stream->Finish().error_code();
+  EXPECT_TRUE(code == StatusCode::CANCELLED || code == StatusCode::RESOURCE_EXHAUSTED) << code;
   // The server is fine afterwards.
   v1::ScoreRequest ok;
   ok.set_model("plain");

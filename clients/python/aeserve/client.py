@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -205,10 +205,18 @@ class Client:
     """
 
     def __init__(self, address: str = "localhost:50051", token: Optional[str] = None,
-                 tls: Optional[dict] = None, timeout: float = 30.0):
-        options = [("grpc.max_receive_message_length", 256 << 20),
-                   ("grpc.max_send_message_length", 256 << 20)]
-        if tls:
+                 tls=None, timeout: float = 30.0, options: Sequence[Tuple[str, object]] = ()):
+        """`tls`: a dict of PEM file paths ({"ca": ..., "cert": ..., "key": ...}; cert and key for
+        mutual TLS), or a grpc.ChannelCredentials. `options`: more gRPC channel options (they
+        override the client's own message-size limits) — e.g. [("grpc.lb_policy_name",
+        "round_robin")] with a "dns:///aeserve:50051" address spreads calls over replicas."""
+        given = {k for k, _ in options}  # gRPC takes the first of duplicate options: theirs win
+        options = [*options] + [(k, v) for k, v in (("grpc.max_receive_message_length", 256 << 20),
+                                                      ("grpc.max_send_message_length", 256 << 20))
+                                if k not in given]
+        if isinstance(tls, grpc.ChannelCredentials):
+            self._channel = grpc.secure_channel(address, tls, options)
+        elif tls:
             def read(key):
                 return open(tls[key], "rb").read() if tls.get(key) else None
             creds = grpc.ssl_channel_credentials(read("ca"), read("key"), read("cert"))

@@ -36,6 +36,9 @@ def plot_errors(result: ScoreResult, model_info=None, path: Optional[str] = None
     else:
         ax.hist(errors, bins=bins, density=True, alpha=0.6, label="scored", color="tab:blue")
     ax.axvline(result.threshold, color="black", linestyle="--", label=f"threshold {result.threshold:.4g}")
+    # The flagged tail: everything past the threshold.
+    ax.axvspan(result.threshold, max(bins[-1], result.threshold), color="tab:red", alpha=0.08,
+               label=f"flagged: {int(result.anomalous.sum())}")
     if log_scale:
         ax.set_xscale("log")
     ax.set_xlabel("anomaly score" + ("" if result.scores is not None else " (reconstruction error)"))
@@ -66,7 +69,9 @@ def plot_training(history, path: Optional[str] = None, figsize=(8, 5), dpi=100):
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.set_title("training")
+    name = getattr(history, "model", "") or getattr(history, "name", "")
+    version = getattr(history, "version", 0) or getattr(history, "active_version", 0)
+    ax.set_title(f"training: {name} v{version}" if name else "training")
     ax.legend()
     fig.tight_layout()
     if path:
@@ -74,23 +79,39 @@ def plot_training(history, path: Optional[str] = None, figsize=(8, 5), dpi=100):
     return fig
 
 
-def plot_stream(results: Iterable[ScoreResult], path: Optional[str] = None, figsize=(10, 4), dpi=100):
-    """Reconstruction error over time (sample index) with flagged points and the threshold."""
+def plot_stream(results: Iterable[ScoreResult], path: Optional[str] = None, figsize=(10, 4), dpi=100,
+                labels: Optional[np.ndarray] = None, timestamps=None):
+    """Anomaly score over the stream with flagged points and the threshold. `timestamps` (one per
+    sample: datetime64 or ms since the epoch) put time on the x axis instead of the sample index;
+    `labels` (1 = known anomaly) shade the known anomalies."""
     results = [r for r in results if isinstance(r, ScoreResult)]
     errors = (np.concatenate([r.scores if r.scores is not None else r.errors for r in results])
               if results else np.array([]))
     flagged = np.concatenate([r.anomalous for r in results]) if results else np.array([], dtype=bool)
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-    t = np.arange(len(errors))
+    if timestamps is not None:
+        t = np.asarray(timestamps)
+        if not np.issubdtype(t.dtype, np.datetime64):
+            t = t.astype("int64").astype("datetime64[ms]")
+        t = t[:len(errors)]
+        ax.set_xlabel("time (UTC)")
+    else:
+        t = np.arange(len(errors))
+        ax.set_xlabel("sample")
     ax.plot(t, errors, linewidth=0.7, label="anomaly score")
     ax.scatter(t[flagged], errors[flagged], color="tab:red", s=10, label="flagged", zorder=3)
+    if labels is not None:
+        known = np.asarray(labels).astype(bool)[:len(errors)]
+        for i in np.flatnonzero(known):
+            ax.axvspan(t[i], t[min(i + 1, len(t) - 1)], color="tab:orange", alpha=0.3, linewidth=0,
+                       label="known anomaly" if i == np.flatnonzero(known)[0] else None)
     if results:
         ax.axhline(results[-1].threshold, color="black", linestyle="--", label="threshold")
     if errors.size and (errors > 0).all():
         ax.set_yscale("log")
-    ax.set_xlabel("sample")
     ax.set_ylabel("anomaly score")
-    ax.set_title("stream")
+    ax.set_title(f"stream: {results[0].model} v{results[-1].version}, {int(flagged.sum())} of "
+                 f"{len(errors)} flagged" if results else "stream")
     ax.legend()
     fig.tight_layout()
     if path:

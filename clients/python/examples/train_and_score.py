@@ -76,7 +76,7 @@ def main():
     plots.plot_errors(result, info, os.path.join(args.out, args.prefix + "errors.png"), labels=y[test])
     plots.plot_training(job, os.path.join(args.out, args.prefix + "training.png"))
     stream = client.stream(args.model, [x[test][i:i + 100] for i in range(0, len(test), 100)])
-    plots.plot_stream(stream, os.path.join(args.out, args.prefix + "stream.png"))
+    plots.plot_stream(stream, os.path.join(args.out, args.prefix + "stream.png"), labels=y[test])
     print(f"plots: {args.out}/{args.prefix}errors.png, {args.prefix}training.png, {args.prefix}stream.png")
 
 

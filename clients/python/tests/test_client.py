@@ -46,12 +46,15 @@ class ServerTest(unittest.TestCase):
         cls.dir = tempfile.TemporaryDirectory()
         cls.proc, cls.address = start_server(BINARY, cls.dir.name, ["--demo_csv=" + TRAIN])
         cls.client = Client(cls.address)
-        for _ in range(3000):
+        deadline = time.time() + 60
+        while True:
             try:
                 if cls.client.model("demo").state == 2:  # READY
                     break
             except AeserveError:
                 pass
+            if time.time() > deadline:
+                raise RuntimeError("the demo model did not become READY within 60 s")
             time.sleep(0.01)
         cls.x, cls.labels, cls.names = read_csv(TEST)
 
@@ -250,7 +253,13 @@ class ServerTest(unittest.TestCase):
             plots.plot_errors(r, info, paths[0], labels=self.labels, figsize=(8, 5), dpi=100)
             plots.plot_training(info, paths[1], figsize=(6, 4), dpi=50)
             items = self.client.stream("demo", [self.x[i:i + 500] for i in range(0, len(self.x), 500)])
-            plots.plot_stream(items, paths[2], figsize=(10, 4), dpi=100)
+            fig = plots.plot_stream(items, paths[2], figsize=(10, 4), dpi=100, labels=self.labels)
+            self.assertIn("demo v1", fig.axes[0].get_title())
+            self.assertIn("known anomaly", fig.axes[0].get_legend_handles_labels()[1])
+            ms = 1_700_000_000_000 + 60_000 * np.arange(len(self.x))
+            fig = plots.plot_stream(items, None, timestamps=ms)
+            self.assertEqual(fig.axes[0].get_xlabel(), "time (UTC)")
+            self.assertIn("demo v1", plots.plot_training(info).axes[0].get_title())
             self.assertEqual(png_size(paths[0]), (800, 500))
             self.assertEqual(png_size(paths[1]), (300, 200))
             self.assertEqual(png_size(paths[2]), (1000, 400))
@@ -270,6 +279,39 @@ class ServerTest(unittest.TestCase):
             self.assertGreater(float(m.group(1)), 0.8)
             for n in ("errors.png", "training.png", "stream.png"):
                 self.assertTrue(os.path.getsize(os.path.join(d, n)) > 5000)
+
+    def test_channel_options_reach_the_channel(self):
+        # A receive limit below the answer's size: the call fails on the client, so the option
+        # was applied (and placed over the client's own limits).
+        with Client(self.address, options=[("grpc.max_receive_message_length", 1024)]) as small:
+            with self.assertRaises(AeserveError) as e:
+                small.score("demo", self.x[:200])
+            self.assertEqual(e.exception.code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class TlsTest(unittest.TestCase):
+    """`tls=` takes PEM paths or a grpc.ChannelCredentials, against a real TLS server."""
+
+    def test_credentials_object_and_pem_paths(self):
+        with tempfile.TemporaryDirectory() as d:
+            cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                            "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                           check=True, capture_output=True)
+            proc, address = start_server(BINARY, os.path.join(d, "models"),
+                                         ["--tls_cert=" + cert, "--tls_key=" + key])
+            try:
+                creds = grpc.ssl_channel_credentials(open(cert, "rb").read())
+                for tls in (creds, {"ca": cert}):
+                    with Client(address, tls=tls) as c:
+                        self.assertEqual(c.models(), [])
+                with Client(address) as plain:  # no TLS: refused by the handshake
+                    with self.assertRaises(AeserveError):
+                        plain.models()
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
 
 
 if __name__ == "__main__":
