@@ -21,10 +21,11 @@ absl::StatusOr<std::shared_ptr<const engine::Model>> ModelRegistry::Build(
 }
 
 VersionEntry ModelRegistry::Ready(const ModelKey& key, uint64_t version,
-                                  std::shared_ptr<const engine::Model> model) const {
+                                  std::shared_ptr<const engine::Model> model,
+                                  uint64_t stamp) const {
   VersionEntry ver;
   ver.state = v1::MODEL_STATE_READY;
-  ver.stamp = store_.Stamp(key, version);
+  ver.stamp = stamp;
   if (key.entity.empty()) {
     const auto& c = model->file().calibration_errors();
     ver.stats = std::make_shared<ModelStats>(std::vector<float>(c.begin(), c.end()));
@@ -56,11 +57,8 @@ VersionEntry ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
   auto file = store_.Load(key, v);
   auto model = file.ok() ? Build(*file)
                          : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
-  if (model.ok()) {
-    VersionEntry ver = Ready(key, v, *std::move(model));
-    ver.stamp = stamp;  // the file that was read, even if it changed since
-    return ver;
-  }
+  // The stamp of the file that was read, even if it changed since.
+  if (model.ok()) return Ready(key, v, *std::move(model), stamp);
   VersionEntry ver;
   ver.stamp = stamp;
   ver.state = v1::MODEL_STATE_UNAVAILABLE;
@@ -70,14 +68,7 @@ VersionEntry ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
 }
 
 // A model whose first versions are still being built: nothing active yet, something loading.
-static bool FirstLoad(const ModelEntry& e) {
-  if (e.loading) return true;
-  if (e.active != 0) return false;
-  for (const auto& [v, ver] : e.versions) {
-    if (ver.state == v1::MODEL_STATE_LOADING) return true;
-  }
-  return false;
-}
+static bool FirstLoad(const ModelEntry& e) { return e.active == 0 && e.Loading(); }
 
 absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64_t version) const {
   auto it = models_.find(key);
@@ -140,7 +131,7 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
   if (activate || first) {
     if (auto st = store_.WriteActive(key, *version); !st.ok()) return st;
   }
-  VersionEntry ver = Ready(key, *version, *std::move(model));
+  VersionEntry ver = Ready(key, *version, *std::move(model), store_.Stamp(key, *version));
   absl::MutexLock lock(&mu_);
   ModelEntry& e = models_[key];
   e.versions[*version] = std::move(ver);
@@ -255,6 +246,23 @@ absl::Status ModelRegistry::EditVersion(const ModelKey& key, uint64_t version,
 void ModelRegistry::ForEach(absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const {
   absl::ReaderMutexLock lock(&mu_);
   for (const auto& [key, e] : models_) fn(key, e);
+}
+
+bool ModelRegistry::Visit(const ModelKey& key,
+                          absl::FunctionRef<void(const ModelEntry&)> fn) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = models_.find(key);
+  if (it == models_.end()) return false;
+  fn(it->second);
+  return true;
+}
+
+bool ModelEntry::Loading() const {
+  if (loading) return true;
+  for (const auto& [v, ver] : versions) {
+    if (ver.state == v1::MODEL_STATE_LOADING) return true;
+  }
+  return false;
 }
 
 void ModelRegistry::ForEachOf(

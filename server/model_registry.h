@@ -55,6 +55,8 @@ struct ModelEntry {
   bool loading = false;     // found in the store, not loaded yet (start-up)
   std::string error;        // why the model does not serve
   std::string store_error;  // a store problem while it still serves (e.g. ACTIVE unreadable)
+  // The store is being read for it, or one of its versions is being built.
+  bool Loading() const;
 };
 
 class ModelRegistry {
@@ -90,6 +92,8 @@ class ModelRegistry {
   // Read access for views: `fn` runs under a shared lock (keep it short; no lifecycle calls).
   // Every model, in key order (a model's entities follow it).
   void ForEach(absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;
+  // Exactly `key`'s entry; false (fn not run) when there is none.
+  bool Visit(const ModelKey& key, absl::FunctionRef<void(const ModelEntry&)> fn) const;
   // The generic model `model` and its entity models, in key order.
   void ForEachOf(const std::string& model,
                  absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;
@@ -104,9 +108,9 @@ class ModelRegistry {
   // One version from the store: READY and warm, or UNAVAILABLE with the reason.
   VersionEntry LoadVersion(const ModelKey& key, uint64_t version) const;
   absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const v1::ModelFile& file) const;
-  // A READY entry for a built model: its instruments and live statistics.
+  // A READY entry for a built model (whose file had `stamp`): its instruments and live statistics.
   VersionEntry Ready(const ModelKey& key, uint64_t version,
-                     std::shared_ptr<const engine::Model> model) const;
+                     std::shared_ptr<const engine::Model> model, uint64_t stamp) const;
   absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 

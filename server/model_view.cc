@@ -34,11 +34,7 @@ v1::ModelState StateOf(const ModelEntry& e) {
   auto it = e.versions.find(e.active);
   if (it != e.versions.end() && it->second.state == v1::MODEL_STATE_READY)
     return v1::MODEL_STATE_READY;
-  if (e.loading) return v1::MODEL_STATE_LOADING;
-  for (const auto& [v, ver] : e.versions) {
-    if (ver.state == v1::MODEL_STATE_LOADING) return v1::MODEL_STATE_LOADING;
-  }
-  return v1::MODEL_STATE_UNAVAILABLE;
+  return e.Loading() ? v1::MODEL_STATE_LOADING : v1::MODEL_STATE_UNAVAILABLE;
 }
 
 }  // namespace
@@ -113,8 +109,7 @@ v1::ModelInfoBrief ModelView::Brief(const ModelKey& key, uint64_t version) const
   v1::ModelInfoBrief b;
   b.set_model(key.model);
   b.set_entity(key.entity);
-  registry_.ForEachOf(key.model, [&](const ModelKey& k, const ModelEntry& e) {
-    if (!(k == key)) return;
+  registry_.Visit(key, [&](const ModelEntry& e) {
     b.set_active_version(e.active);
     for (const auto& [v, ver] : e.versions) b.add_versions(v);
     auto vit = e.versions.find(version == 0 ? e.active : version);

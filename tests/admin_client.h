@@ -1,9 +1,10 @@
-// Test helpers for the admin API: upload a training job, watch it to the end.
+// Test helpers for the API: upload a training job, watch it to the end, ask whether a model serves.
 #pragma once
 
 #include <vector>
 
 #include "aeserve/v1/admin.grpc.pb.h"
+#include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
@@ -49,6 +50,16 @@ inline std::vector<v1::TrainingJob> WatchToEnd(v1::ModelAdmin::Stub* stub, const
   grpc::Status st = reader->Finish();
   EXPECT_TRUE(st.ok()) << st.error_message();
   return states;
+}
+
+// True once `model`'s active version serves (a model is listed as LOADING before); for WaitFor.
+inline bool ModelReady(v1::Scoring::Stub* stub, const std::string& model) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::GetModelRequest req;
+  req.set_model(model);
+  v1::ModelInfo info;
+  return stub->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
 }
 
 }  // namespace aeserve::testing

@@ -62,15 +62,7 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   auto admin = v1::ModelAdmin::NewStub(channel(100));
   {  // wait until the model serves (it is listed as LOADING before)
     auto scoring = v1::Scoring::NewStub(channel(101));
-    ASSERT_TRUE(WaitFor(
-        [&] {
-          grpc::ClientContext ctx;
-          v1::GetModelRequest req;
-          req.set_model("m");
-          v1::ModelInfo info;
-          return scoring->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
-        },
-        std::chrono::seconds(30)))
+    ASSERT_TRUE(WaitFor([&] { return ModelReady(scoring.get(), "m"); }, std::chrono::seconds(30)))
         << server.log();
   }
 

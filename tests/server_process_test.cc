@@ -77,15 +77,7 @@ TEST(ServerProcess, SigtermClosesOpenStreamsAndExitsZero) {
       << p.log();
   auto stub = v1::Scoring::NewStub(Channel(p.port()));
   // Wait until the model serves (it is listed as LOADING before).
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        grpc::ClientContext ctx;
-        v1::GetModelRequest req;
-        req.set_model("plain");
-        v1::ModelInfo info;
-        return stub->GetModel(&ctx, req, &info).ok() && info.state() == v1::MODEL_STATE_READY;
-      },
-      std::chrono::seconds(10)))
+  ASSERT_TRUE(WaitFor([&] { return ModelReady(stub.get(), "plain"); }, std::chrono::seconds(10)))
       << p.log();
   constexpr int kStreams = 3;
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
