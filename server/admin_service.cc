@@ -11,6 +11,16 @@
 namespace aeserve::server {
 namespace {
 
+void Describe(v1::Event* e, const ModelKey& key, uint64_t version, const std::string& action,
+              const std::string& reason) {
+  if (e == nullptr) return;
+  e->set_model(key.model);
+  e->set_entity(key.entity);
+  e->set_version(version);
+  e->set_action(action);
+  e->set_reason(reason);
+}
+
 // Streams a job's state to one watcher: the latest state, never a backlog.
 class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
@@ -108,8 +118,17 @@ grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* c
     call->Reply(st);
     return call;
   }
-  if (!executor_->TrySubmit([call, fn = std::move(fn)](Worker&) mutable {
-        call->Reply(ToGrpc(fn(call->request(), call->response())));
+  v1::Event event;
+  event.set_actor(auth_->Actor(ctx));
+  if (!executor_->TrySubmit([this, call, event, fn = std::move(fn)](Worker&) mutable {
+        absl::Status st = fn(call->request(), call->response(), &event);
+        if (st.ok() && !event.action().empty()) {
+          if (auto logged = audit_->Record(std::move(event)); !logged.ok()) {
+            // The change is made; say so rather than pretend it failed.
+            st = absl::DataLossError(absl::StrCat("done, but not recorded: ", logged.message()));
+          }
+        }
+        call->Reply(ToGrpc(st));
       })) {
     call->Reply(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "admin queue is full"));
   }
@@ -118,7 +137,7 @@ grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* c
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::CreateTrainingJob(
     grpc::CallbackServerContext* ctx, Raw* out) {
-  return uploads_->Start(ctx, out, auth_->Check(ctx, Role::kAdmin));
+  return uploads_->Start(ctx, out, auth_->Check(ctx, Role::kAdmin), auth_->Actor(ctx));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(
@@ -169,27 +188,34 @@ grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerCo
 
 grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx,
                                                         const Raw* body, Raw* out) {
-  return Lifecycle(
-      ctx, new UnaryCall<v1::ActivateVersionRequest, v1::ModelInfoBrief>(body, out),
-      [this](const v1::ActivateVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
-        auto key = MakeKey(req.model(), req.entity());
-        if (!key.ok()) return key.status();
-        if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
-        *resp = view_.Brief(*key, req.version());
-        return absl::OkStatus();
-      });
+  return Lifecycle(ctx, new UnaryCall<v1::ActivateVersionRequest, v1::ModelInfoBrief>(body, out),
+                   [this](const v1::ActivateVersionRequest& req, v1::ModelInfoBrief* resp,
+                          v1::Event* audit) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     uint64_t was = 0;
+                     registry_->Visit(*key, [&](const ModelEntry& e) { was = e.active; });
+                     if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
+                     Describe(
+                         audit, *key, req.version(), "activate",
+                         was == 0 ? "no version was active" : absl::StrCat("was version ", was));
+                     *resp = view_.Brief(*key, req.version());
+                     return absl::OkStatus();
+                   });
 }
 
 grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContext* ctx,
                                                       const Raw* body, Raw* out) {
   return Lifecycle(
       ctx, new UnaryCall<v1::DeleteVersionRequest, v1::ModelInfoBrief>(body, out),
-      [this](const v1::DeleteVersionRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+      [this](const v1::DeleteVersionRequest& req, v1::ModelInfoBrief* resp,
+             v1::Event* audit) -> absl::Status {
         auto key = MakeKey(req.model(), req.entity());
         if (!key.ok()) return key.status();
         if (auto st = registry_->DeleteVersion(*key, req.version(), req.force()); !st.ok()) {
           return st;
         }
+        Describe(audit, *key, req.version(), "delete-version", req.force() ? "forced" : "");
         *resp = view_.Brief(*key, 0);
         return absl::OkStatus();
       });
@@ -197,20 +223,23 @@ grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContex
 
 grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx,
                                                     const Raw* body, Raw* out) {
-  return Lifecycle(
-      ctx, new UnaryCall<v1::DeleteModelRequest, v1::DeleteModelResponse>(body, out),
-      [this](const v1::DeleteModelRequest& req, v1::DeleteModelResponse*) -> absl::Status {
-        auto key = MakeKey(req.model(), req.entity());
-        if (!key.ok()) return key.status();
-        return registry_->DeleteModel(*key, req.force());
-      });
+  return Lifecycle(ctx, new UnaryCall<v1::DeleteModelRequest, v1::DeleteModelResponse>(body, out),
+                   [this](const v1::DeleteModelRequest& req, v1::DeleteModelResponse*,
+                          v1::Event* audit) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     if (auto st = registry_->DeleteModel(*key, req.force()); !st.ok()) return st;
+                     Describe(audit, *key, 0, "delete-model", req.force() ? "forced" : "");
+                     return absl::OkStatus();
+                   });
 }
 
 grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx,
                                                      const Raw* body, Raw* out) {
   return Lifecycle(
       ctx, new UnaryCall<v1::SetThresholdRequest, v1::ModelInfoBrief>(body, out),
-      [this](const v1::SetThresholdRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
+      [this](const v1::SetThresholdRequest& req, v1::ModelInfoBrief* resp,
+             v1::Event* audit) -> absl::Status {
         auto key = MakeKey(req.model(), req.entity());
         if (!key.ok()) return key.status();
         auto edit = [&](v1::ModelFile& file) {
@@ -219,27 +248,62 @@ grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext
         };
         if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
         *resp = view_.Brief(*key, req.version());
+        Describe(audit, *key,
+                 resp->active_version() != 0 && req.version() == 0 ? resp->active_version()
+                                                                   : req.version(),
+                 "set-threshold",
+                 absl::StrCat("anomaly level ", resp->threshold_value(),
+                              resp->critical_threshold_value() > 0
+                                  ? absl::StrCat(", critical ", resp->critical_threshold_value())
+                                  : ""));
         return absl::OkStatus();
       });
 }
 
 grpc::ServerUnaryReactor* AdminService::SetScoringPolicy(grpc::CallbackServerContext* ctx,
                                                          const Raw* body, Raw* out) {
-  return Lifecycle(
-      ctx, new UnaryCall<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>(body, out),
-      [this](const v1::SetScoringPolicyRequest& req, v1::ModelInfoBrief* resp) -> absl::Status {
-        auto key = MakeKey(req.model(), req.entity());
-        if (!key.ok()) return key.status();
-        auto edit = [&](v1::ModelFile& file) -> absl::Status {
-          auto policy = engine::MergePolicy(file.policy(), req.policy());
-          if (!policy.ok()) return policy.status();
-          *file.mutable_policy() = *policy;
-          return absl::OkStatus();
-        };
-        if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
-        *resp = view_.Brief(*key, req.version());
-        return absl::OkStatus();
-      });
+  return Lifecycle(ctx, new UnaryCall<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>(body, out),
+                   [this](const v1::SetScoringPolicyRequest& req, v1::ModelInfoBrief* resp,
+                          v1::Event* audit) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     auto edit = [&](v1::ModelFile& file) -> absl::Status {
+                       auto policy = engine::MergePolicy(file.policy(), req.policy());
+                       if (!policy.ok()) return policy.status();
+                       *file.mutable_policy() = *policy;
+                       return absl::OkStatus();
+                     };
+                     if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok())
+                       return st;
+                     *resp = view_.Brief(*key, req.version());
+                     Describe(audit, *key,
+                              req.version() == 0 ? resp->active_version() : req.version(),
+                              "set-scoring-policy", req.policy().ShortDebugString());
+                     return absl::OkStatus();
+                   });
+}
+
+grpc::ServerUnaryReactor* AdminService::ListEvents(grpc::CallbackServerContext* ctx,
+                                                   const Raw* body, Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::ListEventsRequest, v1::ListEventsResponse>(body, out),
+                   [this](const v1::ListEventsRequest& req, v1::ListEventsResponse* resp,
+                          v1::Event*) -> absl::Status {
+                     if (!req.model().empty()) {
+                       if (auto st = ValidateName(req.model()); !st.ok()) return st;
+                     }
+                     if (!req.entity().empty()) {
+                       if (req.model().empty()) {
+                         return absl::InvalidArgumentError("entity needs a model");
+                       }
+                       if (auto st = ValidateName(req.entity(), "entity name"); !st.ok()) {
+                         return st;
+                       }
+                     }
+                     auto events = audit_->List(req);
+                     if (!events.ok()) return events.status();
+                     *resp = *std::move(events);
+                     return absl::OkStatus();
+                   });
 }
 
 }  // namespace aeserve::server

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "aeserve/v1/admin.grpc.pb.h"
+#include "audit_log.h"
 #include "auth.h"
 #include "executor.h"
 #include "model_registry.h"
@@ -25,19 +26,22 @@ using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
                             v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
                                 v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
                                     v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<
-                                        v1::ModelAdmin::Service>>>>>>>>>>;
+                                        v1::ModelAdmin::WithRawCallbackMethod_ListEvents<
+                                            v1::ModelAdmin::Service>>>>>>>>>>>;
 
 class AdminService final : public RawAdminService {
  public:
   AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
-               Uploads* uploads, Executor* admin_executor, const Authorizer* auth)
+               Uploads* uploads, Executor* admin_executor, const Authorizer* auth,
+               const AuditLog* audit)
       : options_(options),
         registry_(registry),
         view_(*registry, options.drift_threshold),
         jobs_(jobs),
         uploads_(uploads),
         executor_(admin_executor),
-        auth_(auth) {}
+        auth_(auth),
+        audit_(audit) {}
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx,
@@ -60,10 +64,13 @@ class AdminService final : public RawAdminService {
                                          Raw* resp) override;
   grpc::ServerUnaryReactor* SetScoringPolicy(grpc::CallbackServerContext* ctx, const Raw* req,
                                              Raw* resp) override;
+  grpc::ServerUnaryReactor* ListEvents(grpc::CallbackServerContext* ctx, const Raw* req,
+                                       Raw* resp) override;
 
  private:
-  // Authorises, then runs `fn(request, response)` (which returns absl::Status) on the admin
-  // executor and replies.
+  // Authorises, then runs `fn(request, response, audit)` (which returns absl::Status) on the admin
+  // executor and replies; `audit` is an event with the caller as actor, recorded in the audit log
+  // when fn succeeds and has set its action.
   template <typename Call, typename Fn>
   grpc::ServerUnaryReactor* Lifecycle(grpc::CallbackServerContext* ctx, Call* call, Fn fn);
   // Get and Cancel: authorises, then answers with `fn(job id)` (a StatusOr<TrainingJob>).
@@ -78,6 +85,7 @@ class AdminService final : public RawAdminService {
   Uploads* uploads_;
   Executor* executor_;
   const Authorizer* auth_;
+  const AuditLog* audit_;
 };
 
 }  // namespace aeserve::server

@@ -24,35 +24,62 @@ absl::StatusOr<Authorizer> Authorizer::FromFile(const std::string& path) {
     ++n;
     if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
     std::istringstream words(line);
-    std::string token, role, extra;
+    std::string token, role, name, extra;
     if (!(words >> token)) continue;
-    if (!(words >> role) || (words >> extra) || (role != "score" && role != "admin")) {
+    if (!(words >> role) || (role != "score" && role != "admin") || (words >> name >> extra)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, " line ", n, ": expected '<token> score|admin'"));
+          absl::StrCat(path, " line ", n, ": expected '<token> score|admin [name]'"));
     }
-    a.tokens_[token] = role == "admin" ? Role::kAdmin : Role::kScore;
+    if (name.empty()) name = absl::StrCat("token-line-", n);
+    a.tokens_[token] = {role == "admin" ? Role::kAdmin : Role::kScore, name};
   }
   if (a.tokens_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no tokens"));
   return a;
 }
 
-grpc::Status Authorizer::Check(const grpc::CallbackServerContext* ctx, Role needed) const {
-  if (!enabled_) return grpc::Status::OK;
+const Authorizer::Token* Authorizer::Find(const grpc::CallbackServerContext* ctx,
+                                          grpc::Status* st) const {
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "missing 'authorization: Bearer <token>'");
+    *st =
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing 'authorization: Bearer <token>'");
+    return nullptr;
   }
   std::string value(it->second.data(), it->second.size());
   constexpr absl::string_view kBearer = "Bearer ";
   if (value.rfind(std::string(kBearer), 0) != 0) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "authorization must be 'Bearer <token>'");
+    *st = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization must be 'Bearer <token>'");
+    return nullptr;
   }
   auto t = tokens_.find(value.substr(kBearer.size()));
-  if (t == tokens_.end()) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
-  if (static_cast<int>(t->second) < static_cast<int>(needed)) {
+  if (t == tokens_.end()) {
+    *st = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
+    return nullptr;
+  }
+  return &t->second;
+}
+
+std::string Authorizer::Actor(const grpc::CallbackServerContext* ctx) const {
+  if (enabled_) {
+    grpc::Status ignored;
+    if (const Token* t = Find(ctx, &ignored); t != nullptr) return t->name;
+  }
+  if (auto auth = ctx->auth_context(); auth != nullptr) {
+    for (const auto& property : {"x509_subject", "x509_common_name"}) {
+      auto values = auth->FindPropertyValues(property);
+      if (!values.empty()) return std::string(values.front().data(), values.front().size());
+    }
+  }
+  return "anonymous";
+}
+
+grpc::Status Authorizer::Check(const grpc::CallbackServerContext* ctx, Role needed) const {
+  if (!enabled_) return grpc::Status::OK;
+  grpc::Status st;
+  const Token* t = Find(ctx, &st);
+  if (t == nullptr) return st;
+  if (static_cast<int>(t->role) < static_cast<int>(needed)) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "this call needs the admin role");
   }
   return grpc::Status::OK;

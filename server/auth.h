@@ -16,16 +16,25 @@ enum class Role { kScore = 1, kAdmin = 2 };
 class Authorizer {
  public:
   Authorizer() = default;  // allows everything
-  // File format: one `<token> <role>` per line, role `score` or `admin`; '#' starts a comment.
+  // File format: one `<token> <role> [name]` per line, role `score` or `admin`; the name (default
+  // "token-line-N") is the actor the audit log records. '#' starts a comment.
   static absl::StatusOr<Authorizer> FromFile(const std::string& path);
 
   // UNAUTHENTICATED without a known token, PERMISSION_DENIED when its role is not enough.
   grpc::Status Check(const grpc::CallbackServerContext* ctx, Role needed) const;
   bool enabled() const { return enabled_; }
+  // Who is calling, for the audit log: the token's name, else the client certificate's subject
+  // (mutual TLS), else "anonymous".
+  std::string Actor(const grpc::CallbackServerContext* ctx) const;
 
  private:
+  struct Token {
+    Role role;
+    std::string name;
+  };
+  const Token* Find(const grpc::CallbackServerContext* ctx, grpc::Status* st) const;
   bool enabled_ = false;
-  std::map<std::string, Role> tokens_;
+  std::map<std::string, Token> tokens_;
 };
 
 }  // namespace aeserve::server

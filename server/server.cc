@@ -85,19 +85,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->registry_ = std::make_unique<ModelRegistry>(
       ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096},
       s->metrics_.get(), s->log_);
+  s->audit_ = std::make_unique<AuditLog>(o.model_dir);
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);
   s->admin_executor_ = std::make_unique<Executor>(1, 64);
   s->upload_budget_ = std::make_unique<ByteBudget>(o.max_upload_bytes);
-  s->jobs_ = std::make_unique<TrainingJobs>(s->registry_.get(), std::max(1, o.max_training_jobs),
-                                            std::max(1, o.max_queued_jobs), s->log_,
-                                            s->metrics_.get(), o.max_finished_jobs);
+  s->jobs_ = std::make_unique<TrainingJobs>(
+      s->registry_.get(), std::max(1, o.max_training_jobs), std::max(1, o.max_queued_jobs), s->log_,
+      s->metrics_.get(), o.max_finished_jobs, s->audit_.get());
   s->scoring_ =
       std::make_unique<ScoringService>(s->options_, s->registry_.get(), s->executor_.get(),
                                        &s->streams_, &s->auth_, s->metrics_.get(), s->feed_.get());
   s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get());
-  s->admin_ =
-      std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
-                                     s->uploads_.get(), s->admin_executor_.get(), &s->auth_);
+  s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
+                                             s->uploads_.get(), s->admin_executor_.get(), &s->auth_,
+                                             s->audit_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "admin_service.h"
 #include "anomaly_feed.h"
+#include "audit_log.h"
 #include "auth.h"
 #include "executor.h"
 #include "exposer.h"
@@ -56,6 +57,7 @@ class Server {
   std::unique_ptr<AnomalyFeed> feed_;
   std::unique_ptr<metrics::Exposer> exposer_;
   std::unique_ptr<ModelRegistry> registry_;
+  std::unique_ptr<AuditLog> audit_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<Executor> admin_executor_;
   std::unique_ptr<ByteBudget> upload_budget_;  // before jobs_: queued jobs hold reservations

@@ -2,8 +2,10 @@
 #include "training_jobs.h"
 
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "columns.h"
 #include "spec.h"
 #include "threshold.h"
@@ -23,9 +25,10 @@ int64_t NowMs() {
 
 TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
                            std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics,
-                           int max_finished)
+                           int max_finished, const AuditLog* audit)
     : registry_(registry),
       metrics_(metrics),
+      audit_(audit),
       max_queued_(static_cast<size_t>(max_queued)),
       max_finished_(static_cast<size_t>(std::max(1, max_finished))),
       log_(std::move(log)) {
@@ -97,7 +100,8 @@ absl::StatusOr<v1::ModelSpec> TrainingJobs::EffectiveSpec(const v1::TrainingJobH
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader& header,
                                                      std::vector<float> data,
                                                      std::vector<int64_t> timestamps_ms,
-                                                     ByteBudget::Reservation reservation) {
+                                                     ByteBudget::Reservation reservation,
+                                                     JobOrigin origin) {
   if (auto st = CheckHeader(header); !st.ok()) return st;
   if (data.empty()) return absl::InvalidArgumentError("no training data");
   if (data.size() % header.num_features() != 0) {
@@ -127,6 +131,8 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
   s.set_model(header.model());
   s.set_entity(header.entity());
   s.set_state(v1::JOB_STATE_QUEUED);
+  s.set_actor(origin.actor);
+  s.set_trigger(origin.trigger);
   s.set_num_features(header.num_features());
   s.set_rows(job->data.size() / header.num_features());
   // The header was checked (CheckHeader), so the options resolve.
@@ -323,7 +329,8 @@ void TrainingJobs::Run(Job& job) {
   }
   if (file.ok() && job.cancel) file = absl::CancelledError("cancelled");
   if (file.ok()) version = registry_->AddVersion(key, *file, !h.no_activate());
-  absl::MutexLock lock(&mu_);
+  std::optional<v1::Event> event;  // recorded after the lock is released (it fsyncs)
+  absl::ReleasableMutexLock lock(&mu_);
   v1::TrainingJob& s = job.state;
   s.set_finished_unix_ms(NowMs());
   s.set_eta_seconds(0);
@@ -333,6 +340,18 @@ void TrainingJobs::Run(Job& job) {
     s.set_activated(!h.no_activate() || *version == 1);
     log_->info("training job {} succeeded: model '{}' version {}{}", s.id(), key.str(), *version,
                s.activated() ? " (active)" : " (staged)");
+    if (audit_ != nullptr) {
+      v1::Event& e = event.emplace();
+      e.set_model(key.model);
+      e.set_entity(key.entity);
+      e.set_version(*version);
+      e.set_action("train");
+      e.set_actor(s.actor());
+      e.set_job_id(s.id());
+      e.set_reason(absl::StrFormat("%s: %d rows, %d epochs, validation loss %.6g; %s", s.trigger(),
+                                   s.rows(), s.epoch(), s.validation_loss(),
+                                   s.activated() ? "activated" : "staged"));
+    }
   } else {
     const absl::Status st = file.ok() ? version.status() : file.status();
     const bool cancelled = st.code() == absl::StatusCode::kCancelled || job.cancel;
@@ -350,6 +369,11 @@ void TrainingJobs::Run(Job& job) {
   }
   Publish(job);
   Finished(s.id());
+  lock.Release();
+  if (event) {
+    if (auto st = audit_->Record(*std::move(event)); !st.ok())
+      log_->error("{}", std::string(st.message()));
+  }
 }
 
 void TrainingJobs::Finished(const std::string& id) {

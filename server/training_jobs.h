@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.pb.h"
+#include "audit_log.h"
 #include "byte_budget.h"
 #include "model_registry.h"
 #include "server_metrics.h"
@@ -23,14 +24,21 @@
 
 namespace aeserve::server {
 
+// Who started a job and why (shown in the job and recorded in the audit log).
+struct JobOrigin {
+  std::string actor = "anonymous";
+  std::string trigger = "upload";
+};
+
 class TrainingJobs {
  public:
   using Watcher = std::function<void(const v1::TrainingJob&)>;
 
   // At most `max_finished` ended jobs are remembered (oldest forgotten first, then NOT_FOUND).
+  // `audit` (optional) records every version a job writes.
   TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
                std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics = nullptr,
-               int max_finished = 100);
+               int max_finished = 100, const AuditLog* audit = nullptr);
   // Jobs per state, for the aeserve_training_jobs gauge.
   std::map<v1::JobState, int> CountByState() const;
   ~TrainingJobs();
@@ -45,7 +53,8 @@ class TrainingJobs {
   absl::StatusOr<v1::TrainingJob> Submit(const v1::TrainingJobHeader& header,
                                          std::vector<float> data,
                                          std::vector<int64_t> timestamps_ms = {},
-                                         ByteBudget::Reservation reservation = {});
+                                         ByteBudget::Reservation reservation = {},
+                                         JobOrigin origin = {});
   absl::StatusOr<v1::TrainingJob> Get(const std::string& id) const;
   std::vector<v1::TrainingJob> List(const std::string& model) const;
   absl::StatusOr<v1::TrainingJob> Cancel(const std::string& id);
@@ -77,6 +86,7 @@ class TrainingJobs {
 
   ModelRegistry* registry_;
   ServerMetrics* metrics_;
+  const AuditLog* audit_;
   const size_t max_queued_;
   const size_t max_finished_;
   std::shared_ptr<spdlog::logger> log_;

@@ -16,8 +16,8 @@ using Clock = std::chrono::steady_clock;
 class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   UploadReactor(Uploads* uploads, grpc::CallbackServerContext* ctx, grpc::ByteBuffer* out,
-                grpc::Status denied)
-      : uploads_(uploads), ctx_(ctx), out_(out) {
+                grpc::Status denied, std::string actor)
+      : uploads_(uploads), ctx_(ctx), out_(out), actor_(std::move(actor)) {
     if (denied.ok()) {
       tracked_ = true;
       uploads_->Add(this);  // before taking mu_: Uploads::mu_ comes first
@@ -173,7 +173,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
                                " rows: give none or one per row; no job was created")));
     }
     auto job = uploads_->jobs_->Submit(header_, std::move(values_), std::move(timestamps_),
-                                       std::move(reservation_));
+                                       std::move(reservation_), JobOrigin{actor_, "upload"});
     grpc::Status st = ToGrpc(job.status());
     if (job.ok()) st = SerializeMessage(*job, out_);
     End(st);
@@ -192,6 +192,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   Uploads* const uploads_;
   grpc::CallbackServerContext* const ctx_;
   grpc::ByteBuffer* const out_;
+  const std::string actor_;
   bool tracked_ = false;
   absl::Mutex mu_;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -224,8 +225,8 @@ Uploads::~Uploads() {
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* Uploads::Start(grpc::CallbackServerContext* ctx,
                                                           grpc::ByteBuffer* out,
-                                                          grpc::Status denied) {
-  return new UploadReactor(this, ctx, out, std::move(denied));
+                                                          grpc::Status denied, std::string actor) {
+  return new UploadReactor(this, ctx, out, std::move(denied), std::move(actor));
 }
 
 size_t Uploads::open() const {

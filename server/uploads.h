@@ -26,9 +26,11 @@ class Uploads {
   Uploads(const Options& options, TrainingJobs* jobs, ByteBudget* budget);
   ~Uploads();  // stops the sweeper
 
-  // One CreateTrainingJob call; a non-OK `denied` finishes it at once.
+  // One CreateTrainingJob call; a non-OK `denied` finishes it at once. `actor` is who asked
+  // (recorded with the job and in the audit log).
   grpc::ServerReadReactor<grpc::ByteBuffer>* Start(grpc::CallbackServerContext* ctx,
-                                                   grpc::ByteBuffer* out, grpc::Status denied);
+                                                   grpc::ByteBuffer* out, grpc::Status denied,
+                                                   std::string actor);
   size_t open() const;
 
  private:

@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "csv.h"
@@ -897,13 +898,43 @@ int Jobs(const Common& c, const std::string& model, const std::string& format) {
   grpc::Status st = stub->ListTrainingJobs(&ctx, req, &resp);
   if (!st.ok()) return Fail(st);
   if (format == "json") return PrintJson(resp);
-  std::printf("%-28s %-24s %-10s %9s %8s %12s %s\n", "JOB", "MODEL", "STATE", "EPOCH", "VERSION",
-              "TRAIN LOSS", "ERROR");
+  std::printf("%-28s %-24s %-10s %9s %8s %12s %-12s %s\n", "JOB", "MODEL", "STATE", "EPOCH",
+              "VERSION", "TRAIN LOSS", "TRIGGER", "ERROR");
   for (const auto& j : resp.jobs()) {
     const std::string name = j.entity().empty() ? j.model() : j.model() + "/" + j.entity();
-    std::printf("%-28s %-24s %-10s %4u/%-4u %8llu %12.5g %s\n", j.id().c_str(), name.c_str(),
+    std::printf("%-28s %-24s %-10s %4u/%-4u %8llu %12.5g %-12s %s\n", j.id().c_str(), name.c_str(),
                 JobStateName(j.state()), j.epoch(), j.epochs(),
-                static_cast<unsigned long long>(j.version()), j.train_loss(), j.error().c_str());
+                static_cast<unsigned long long>(j.version()), j.train_loss(), j.trigger().c_str(),
+                j.error().c_str());
+  }
+  return 0;
+}
+
+int History(const Common& c, const std::string& model, const std::string& entity, uint32_t limit,
+            const std::string& format) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::ListEventsRequest req;
+  req.set_model(model);
+  req.set_entity(entity);
+  req.set_limit(limit);
+  v1::ListEventsResponse resp;
+  grpc::Status st = stub->ListEvents(&ctx, req, &resp);
+  if (!st.ok()) return Fail(st);
+  if (format == "json") return PrintJson(resp);
+  if (resp.truncated()) std::printf("(older events left out; see --limit)\n");
+  std::printf("%-24s %-24s %-8s %-18s %-16s %s\n", "TIME (UTC)", "MODEL", "VERSION", "ACTION",
+              "ACTOR", "REASON");
+  for (const auto& e : resp.events()) {
+    const std::string name = e.entity().empty() ? e.model() : e.model() + "/" + e.entity();
+    const std::string when = absl::FormatTime(
+        "%Y-%m-%d %H:%M:%E3S", absl::FromUnixMillis(e.time_unix_ms()), absl::UTCTimeZone());
+    const std::string version = e.version() == 0 ? "-" : std::to_string(e.version());
+    std::printf("%-24s %-24s %-8s %-18s %-16s %s%s%s\n", when.c_str(), name.c_str(),
+                version.c_str(), e.action().c_str(), e.actor().c_str(), e.reason().c_str(),
+                e.job_id().empty() ? "" : " [",
+                e.job_id().empty() ? "" : (e.job_id() + "]").c_str());
   }
   return 0;
 }
@@ -1311,6 +1342,21 @@ int main(int argc, char** argv) {
   jobs->add_option("--model", jobs_args.model, "only this model's jobs");
   add_list_format(jobs, &jobs_args.format);
   jobs->callback([&] { code = Jobs(c, jobs_args.model, jobs_args.format); });
+
+  struct HistoryArgs {
+    std::string model, entity, format = "text";
+    uint32_t limit = 100;
+  } history_args;
+  auto* history = app.add_subcommand(
+      "history", "the audit log: who trained, activated, deleted or changed what, and why");
+  history->add_option("model", history_args.model, "only this model (and its entities)");
+  history->add_option("--entity", history_args.entity, "only this entity's events");
+  history->add_option("--limit", history_args.limit, "the newest N events (at most 10000)");
+  add_list_format(history, &history_args.format);
+  history->callback([&] {
+    const HistoryArgs& a = history_args;
+    code = History(c, a.model, a.entity, a.limit, a.format);
+  });
 
   std::string job_id;
   auto* cancel = app.add_subcommand("cancel", "cancel a training job");

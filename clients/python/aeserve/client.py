@@ -510,6 +510,13 @@ class Client:
     def cancel(self, job_id: str) -> admin_pb2.TrainingJob:
         return self._call(self._admin.CancelTrainingJob, admin_pb2.GetTrainingJobRequest(id=job_id))
 
+    def history(self, model: str = "", entity: str = "", since_unix_ms: int = 0,
+                limit: int = 0) -> list:
+        """The audit log's events (oldest first): who trained, activated, deleted or changed
+        what, and why; a model name includes its entities' events."""
+        return list(self._call(self._admin.ListEvents, admin_pb2.ListEventsRequest(
+            model=model, entity=entity, since_unix_ms=since_unix_ms, limit=limit)).events)
+
 
 def _code(value: int) -> tuple:
     """The grpc.StatusCode member value for a numeric google.rpc code."""
