@@ -306,4 +306,47 @@ grpc::ServerUnaryReactor* AdminService::ListEvents(grpc::CallbackServerContext* 
                    });
 }
 
+grpc::ServerUnaryReactor* AdminService::SetRetrainPolicy(grpc::CallbackServerContext* ctx,
+                                                         const Raw* body, Raw* out) {
+  return Lifecycle(
+      ctx, new UnaryCall<v1::SetRetrainPolicyRequest, v1::AutopilotStatus>(body, out),
+      [this](const v1::SetRetrainPolicyRequest& req, v1::AutopilotStatus* resp,
+             v1::Event* audit) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        auto status = autopilot_->SetPolicy(*key, req.policy(), req.clear(), audit->actor());
+        if (!status.ok()) return status.status();
+        *resp = *std::move(status);
+        return absl::OkStatus();  // recorded by the autopilot, with the resolved policy
+      });
+}
+
+grpc::ServerUnaryReactor* AdminService::Retrain(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::RetrainRequest, v1::TrainingJob>(body, out),
+                   [this](const v1::RetrainRequest& req, v1::TrainingJob* resp,
+                          v1::Event* audit) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     auto job = autopilot_->Retrain(*key, audit->actor());
+                     if (!job.ok()) return job.status();
+                     *resp = *std::move(job);
+                     return absl::OkStatus();
+                   });
+}
+
+grpc::ServerUnaryReactor* AdminService::StartShadow(grpc::CallbackServerContext* ctx,
+                                                    const Raw* body, Raw* out) {
+  return Lifecycle(ctx, new UnaryCall<v1::StartShadowRequest, v1::AutopilotStatus>(body, out),
+                   [this](const v1::StartShadowRequest& req, v1::AutopilotStatus* resp,
+                          v1::Event* audit) -> absl::Status {
+                     auto key = MakeKey(req.model(), req.entity());
+                     if (!key.ok()) return key.status();
+                     auto status = autopilot_->StartShadow(*key, req.version(), audit->actor());
+                     if (!status.ok()) return status.status();
+                     *resp = *std::move(status);
+                     return absl::OkStatus();
+                   });
+}
+
 }  // namespace aeserve::server

@@ -5,6 +5,7 @@
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "audit_log.h"
 #include "auth.h"
+#include "autopilot.h"
 #include "executor.h"
 #include "model_registry.h"
 #include "model_view.h"
@@ -27,13 +28,17 @@ using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
                                 v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
                                     v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<
                                         v1::ModelAdmin::WithRawCallbackMethod_ListEvents<
-                                            v1::ModelAdmin::Service>>>>>>>>>>>;
+                                            v1::ModelAdmin::WithRawCallbackMethod_SetRetrainPolicy<
+                                                v1::ModelAdmin::WithRawCallbackMethod_Retrain<
+                                                    v1::ModelAdmin::
+                                                        WithRawCallbackMethod_StartShadow<
+                                                            v1::ModelAdmin::Service>>>>>>>>>>>>>>;
 
 class AdminService final : public RawAdminService {
  public:
   AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
                Uploads* uploads, Executor* admin_executor, const Authorizer* auth,
-               const AuditLog* audit)
+               const AuditLog* audit, Autopilot* autopilot)
       : options_(options),
         registry_(registry),
         view_(*registry, options.drift_threshold),
@@ -41,7 +46,8 @@ class AdminService final : public RawAdminService {
         uploads_(uploads),
         executor_(admin_executor),
         auth_(auth),
-        audit_(audit) {}
+        audit_(audit),
+        autopilot_(autopilot) {}
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx,
@@ -66,6 +72,12 @@ class AdminService final : public RawAdminService {
                                              Raw* resp) override;
   grpc::ServerUnaryReactor* ListEvents(grpc::CallbackServerContext* ctx, const Raw* req,
                                        Raw* resp) override;
+  grpc::ServerUnaryReactor* SetRetrainPolicy(grpc::CallbackServerContext* ctx, const Raw* req,
+                                             Raw* resp) override;
+  grpc::ServerUnaryReactor* Retrain(grpc::CallbackServerContext* ctx, const Raw* req,
+                                    Raw* resp) override;
+  grpc::ServerUnaryReactor* StartShadow(grpc::CallbackServerContext* ctx, const Raw* req,
+                                        Raw* resp) override;
 
  private:
   // Authorises, then runs `fn(request, response, audit)` (which returns absl::Status) on the admin
@@ -86,6 +98,7 @@ class AdminService final : public RawAdminService {
   Executor* executor_;
   const Authorizer* auth_;
   const AuditLog* audit_;
+  Autopilot* autopilot_;
 };
 
 }  // namespace aeserve::server

@@ -93,6 +93,9 @@ ABSL_FLAG(std::string, tls_client_ca, Defaults().tls_client_ca,
 ABSL_FLAG(double, store_poll_seconds, Defaults().store_poll_seconds,
           "How often to pick up versions, activations and threshold changes other replicas made in "
           "the shared model store; 0 = never.");
+ABSL_FLAG(double, autopilot_tick_seconds, Defaults().autopilot_tick_seconds,
+          "How often retrain policies are re-read from the store, retained rows written, and "
+          "retrain triggers and shadow windows checked.");
 ABSL_FLAG(std::string, demo_csv, Defaults().demo_csv,
           "If the model store is empty, train model 'demo' on this CSV at start-up.");
 
@@ -151,6 +154,7 @@ int main(int argc, char** argv) {
   o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   o.drift_threshold = absl::GetFlag(FLAGS_drift_threshold);
   o.store_poll_seconds = absl::GetFlag(FLAGS_store_poll_seconds);
+  o.autopilot_tick_seconds = absl::GetFlag(FLAGS_autopilot_tick_seconds);
 
   auto server = aeserve::server::Server::Start(o, log);
   if (!server.ok()) {

@@ -70,6 +70,9 @@ class ModelStore {
   // Deletes temp files and version directories without model.pb left by crashed writers.
   int RemoveDebris(const ModelKey& key) const;
 
+  // The key's directory (<dir>/<model> or <dir>/<model>/entities/<entity>).
+  std::string KeyDir(const ModelKey& key) const;
+
   // Modification stamp (mtime in ns and size) of a version's file, to notice rewrites by other
   // replicas; 0 when it does not exist.
   uint64_t Stamp(const ModelKey& key, uint64_t version) const;
@@ -91,7 +94,6 @@ class ModelStore {
   };
 
  private:
-  std::string KeyDir(const ModelKey& key) const;
   std::string dir_;
 };
 

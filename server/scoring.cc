@@ -290,6 +290,7 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   eo.neg_elbo = options.neg_elbo();
   engine::ScoreResult& res = worker.result();
   if (!series || win.samples > 0) {
+    const auto scoring = std::chrono::steady_clock::now();
     if (auto st = model.Score(worker.ContextFor(h.model), in, eo, &res); !st.ok()) {
       if (series && hooks.window != nullptr) {  // the stream's window as before this batch
         if (before) {
@@ -299,6 +300,11 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
         }
       }
       return st;
+    }
+    if (hooks.autopilot != nullptr && hooks.autopilot->Enabled()) {  // a candidate beside it
+      hooks.autopilot->ShadowBatch(
+          h, in, res.score, res.anomalous,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - scoring).count());
     }
   } else {  // every row warming up
     res = engine::ScoreResult{};
@@ -386,6 +392,13 @@ absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
   }
   *r->mutable_ids() = s.ids();
   *r->mutable_timestamps_ms() = s.timestamps_ms();
+  if (hooks.debounce) hooks.debounce(r);
+  if (hooks.autopilot != nullptr && hooks.autopilot->Enabled()) {
+    std::vector<uint8_t> alarmed(r->alarm().begin(), r->alarm().end());
+    hooks.autopilot->Scored(h, *x,
+                            absl::MakeConstSpan(s.timestamps_ms().data(), s.timestamps_ms().size()),
+                            res.score, res.anomalous, alarmed);
+  }
   r->set_compute_seconds(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return absl::OkStatus();

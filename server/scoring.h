@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "absl/types/span.h"
 #include "aeserve/v1/scoring.pb.h"
 #include "anomaly_feed.h"
+#include "autopilot.h"
 #include "executor.h"
 #include "model_registry.h"
 #include "window.h"
@@ -36,6 +38,10 @@ struct ScoreHooks {
   // Series models: the stream's window, carried from batch to batch (made, or made again when the
   // model's window no longer fits it). nullptr = a unary call: its rows are a series of their own.
   std::unique_ptr<engine::WindowBuffer>* window = nullptr;
+  // Retention, retrain triggers and shadow windows (null: none).
+  Autopilot* autopilot = nullptr;
+  // Stream calls: sets the response's alarms and incidents (before retention sees them).
+  std::function<void(v1::ScoreResponse*)> debounce = nullptr;
 };
 
 absl::Status ScoreSamples(const ModelHandle& handle, const v1::Samples& samples,

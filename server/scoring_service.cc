@@ -75,14 +75,14 @@ grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx
                     [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
                       return ScoreSamples(h, req->samples(), req->options(),
                                           options_.max_batch_rows, w, resp,
-                                          ScoreHooks{feed_, nullptr});
+                                          ScoreHooks{.feed = feed_, .autopilot = autopilot_});
                     });
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoringService::StreamScore(
     grpc::CallbackServerContext* ctx) {
   return new StreamReactor(options_, registry_, executor_, streams_,
-                           auth_->Check(ctx, Role::kScore), metrics_, feed_);
+                           auth_->Check(ctx, Role::kScore), metrics_, feed_, autopilot_);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* ScoringService::WatchAnomalies(
@@ -157,6 +157,7 @@ grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* 
   auto info = view_.Info(*key);
   v1::ModelInfo* resp = call->response();
   if (info.ok()) *resp = *std::move(info);
+  if (info.ok() && autopilot_ != nullptr) autopilot_->Status(*key, resp->mutable_autopilot());
   if (info.ok() && req->include_calibration()) {
     auto h = registry_->Handle(*key, 0);
     if (h.ok()) *resp->mutable_calibration_errors() = h->model->file().calibration_errors();

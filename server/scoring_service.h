@@ -7,6 +7,7 @@
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "anomaly_feed.h"
 #include "auth.h"
+#include "autopilot.h"
 #include "executor.h"
 #include "model_registry.h"
 #include "model_view.h"
@@ -30,7 +31,7 @@ class ScoringService final : public RawScoringService {
   // `metrics` may be null (metrics off).
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
                  StreamTracker* streams, const Authorizer* auth, ServerMetrics* metrics,
-                 AnomalyFeed* feed)
+                 AnomalyFeed* feed, Autopilot* autopilot = nullptr)
       : options_(options),
         registry_(registry),
         view_(*registry, options.drift_threshold),
@@ -38,7 +39,8 @@ class ScoringService final : public RawScoringService {
         streams_(streams),
         auth_(auth),
         metrics_(metrics),
-        feed_(feed) {}
+        feed_(feed),
+        autopilot_(autopilot) {}
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req,
@@ -78,6 +80,7 @@ class ScoringService final : public RawScoringService {
   const Authorizer* auth_;
   ServerMetrics* metrics_;
   AnomalyFeed* feed_;
+  Autopilot* autopilot_;  // may be null
 };
 
 }  // namespace aeserve::server

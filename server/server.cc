@@ -92,13 +92,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->jobs_ = std::make_unique<TrainingJobs>(
       s->registry_.get(), std::max(1, o.max_training_jobs), std::max(1, o.max_queued_jobs), s->log_,
       s->metrics_.get(), o.max_finished_jobs, s->audit_.get());
-  s->scoring_ =
-      std::make_unique<ScoringService>(s->options_, s->registry_.get(), s->executor_.get(),
-                                       &s->streams_, &s->auth_, s->metrics_.get(), s->feed_.get());
-  s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get());
+  s->scoring_ = std::make_unique<ScoringService>(
+      s->options_, s->registry_.get(), s->executor_.get(), &s->streams_, &s->auth_,
+      s->metrics_.get(), s->feed_.get(), s->autopilot_.get());
+  s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get(),
+                                          s->autopilot_.get());
   s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
                                              s->uploads_.get(), s->admin_executor_.get(), &s->auth_,
-                                             s->audit_.get());
+                                             s->audit_.get(), s->autopilot_.get());
+  s->autopilot_ = std::make_unique<Autopilot>(s->registry_.get(), s->jobs_.get(), s->audit_.get(),
+                                              s->log_, o.autopilot_tick_seconds);
+  s->jobs_->SetRetainHook([a = s->autopilot_.get()](const v1::TrainingJobHeader& h,
+                                                    const std::vector<float>& values,
+                                                    const std::vector<int64_t>& timestamps) {
+    return a->RetainUpload(h, values, timestamps);
+  });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -309,6 +317,7 @@ absl::Status Server::LoadModels() {
       log_->error("model '{}' unavailable: {}", key.str(), e.error);
     }
   });
+  autopilot_->Start();  // retrain policies in the store: retention on before the first call
   grpc_->GetHealthCheckService()->SetServingStatus(true);
   log_->info("{} model(s) ready; health SERVING", ready);
   if (options_.store_poll_seconds > 0) {
@@ -352,6 +361,7 @@ void Server::Shutdown() {
   executor_->Stop();
   admin_executor_->Stop();
   grpc_->Wait();
+  autopilot_->Stop();  // after the last scored batch: writes the rows still in memory
   log_->info("shut down");
   exposer_.reset();
 }

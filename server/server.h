@@ -11,6 +11,7 @@
 #include "anomaly_feed.h"
 #include "audit_log.h"
 #include "auth.h"
+#include "autopilot.h"
 #include "executor.h"
 #include "exposer.h"
 #include "grpcpp/server.h"
@@ -44,6 +45,7 @@ class Server {
   ServerMetrics* metrics() { return metrics_.get(); }
   ModelRegistry& registry() { return *registry_; }
   TrainingJobs& jobs() { return *jobs_; }
+  Autopilot& autopilot() { return *autopilot_; }
 
  private:
   Server(const Options& options, std::shared_ptr<spdlog::logger> log);
@@ -62,6 +64,7 @@ class Server {
   std::unique_ptr<Executor> admin_executor_;
   std::unique_ptr<ByteBudget> upload_budget_;  // before jobs_: queued jobs hold reservations
   std::unique_ptr<TrainingJobs> jobs_;
+  std::unique_ptr<Autopilot> autopilot_;
   std::unique_ptr<Uploads> uploads_;
   StreamTracker streams_;
   std::unique_ptr<ScoringService> scoring_;

@@ -48,13 +48,14 @@ void StreamTracker::WakeWaiting() {
 
 StreamReactor::StreamReactor(const Options& options, const ModelRegistry* registry,
                              Executor* executor, StreamTracker* tracker, grpc::Status denied,
-                             ServerMetrics* metrics, AnomalyFeed* feed)
+                             ServerMetrics* metrics, AnomalyFeed* feed, Autopilot* autopilot)
     : options_(options),
       registry_(registry),
       executor_(executor),
       tracker_(tracker),
       metrics_(metrics),
-      feed_(feed) {
+      feed_(feed),
+      autopilot_(autopilot) {
   if (!denied.ok()) {
     if (metrics_ != nullptr) metrics_->RecordRequest("StreamScore", denied.error_code(), 0);
     absl::MutexLock lock(&mu_);
@@ -308,11 +309,11 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
   if (!handle.ok()) return error(handle.status());
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
-  absl::Status st =
-      ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows, worker,
-                   resp.mutable_result(), ScoreHooks{feed_, &config_, &window_});
+  ScoreHooks hooks{.feed = feed_, .stream = &config_, .window = &window_, .autopilot = autopilot_};
+  hooks.debounce = [this, &handle](v1::ScoreResponse* r) { Debounce(*handle, r); };
+  absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
+                                 worker, resp.mutable_result(), hooks);
   if (!st.ok()) return error(st);
-  Debounce(*handle, resp.mutable_result());
   stats_.Add(resp.result());
   out->push_back(std::move(resp));
   if (auto summary = stats_.Take(config_)) {

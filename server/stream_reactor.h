@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "anomaly_feed.h"
+#include "autopilot.h"
 #include "byte_budget.h"
 #include "executor.h"
 #include "incidents.h"
@@ -67,7 +68,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   // A non-OK `denied` (authorisation) ends the stream at once with that status.
   StreamReactor(const Options& options, const ModelRegistry* registry, Executor* executor,
                 StreamTracker* tracker, grpc::Status denied, ServerMetrics* metrics,
-                AnomalyFeed* feed);
+                AnomalyFeed* feed, Autopilot* autopilot);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -104,6 +105,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   StreamTracker* tracker_;
   ServerMetrics* metrics_;
   AnomalyFeed* feed_;
+  Autopilot* autopilot_;
   bool tracked_ = false;
   std::chrono::steady_clock::time_point submitted_;  // when the batch being scored was queued
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

@@ -120,6 +120,23 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
   job->data = std::move(data);
   job->timestamps_ms = std::move(timestamps_ms);
   job->reservation = std::move(reservation);
+  return Enqueue(std::move(job), origin);
+}
+
+absl::StatusOr<v1::TrainingJob> TrainingJobs::SubmitFrom(const v1::TrainingJobHeader& header,
+                                                         Source source, JobOrigin origin,
+                                                         Done on_done) {
+  if (auto st = CheckHeader(header); !st.ok()) return st;
+  auto job = std::make_shared<Job>();
+  job->header = header;
+  job->source = std::move(source);
+  job->on_done = std::move(on_done);
+  return Enqueue(std::move(job), origin);
+}
+
+absl::StatusOr<v1::TrainingJob> TrainingJobs::Enqueue(std::shared_ptr<Job> job,
+                                                      const JobOrigin& origin) {
+  const v1::TrainingJobHeader& header = job->header;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server shutting down");
   if (queue_.size() >= max_queued_) {
@@ -176,7 +193,7 @@ std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const 
 }
 
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+  absl::ReleasableMutexLock lock(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end())
     return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
@@ -199,7 +216,10 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
     job.reservation.Release();
     Publish(job);
     v1::TrainingJob state = job.state;
+    Done done = std::move(job.on_done);
     Finished(id);  // may erase the job
+    lock.Release();
+    if (done) done(state);
     return state;
   }
   return job.state;
@@ -228,6 +248,7 @@ void TrainingJobs::Publish(Job& job) {
 }
 
 void TrainingJobs::Stop() {
+  std::vector<std::pair<Done, v1::TrainingJob>> ended;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -243,9 +264,11 @@ void TrainingJobs::Stop() {
       std::vector<int64_t>().swap(job->timestamps_ms);
       job->reservation.Release();
       Publish(*job);
+      if (job->on_done) ended.emplace_back(std::move(job->on_done), job->state);
       Finished(job->state.id());
     }
   }
+  for (auto& [done, state] : ended) done(state);
   for (auto& t : runners_) {
     if (t.joinable()) t.join();
   }
@@ -275,6 +298,22 @@ void TrainingJobs::Loop() {
 void TrainingJobs::Run(Job& job) {
   const v1::TrainingJobHeader& h = job.header;
   const ModelKey key{h.model(), h.entity()};
+  absl::Status sourced = absl::OkStatus();
+  if (h.retain() && retain_) {
+    sourced = retain_(h, job.data, job.timestamps_ms);
+    if (!sourced.ok())
+      sourced = absl::Status(sourced.code(), absl::StrCat("retain: ", sourced.message()));
+  }
+  if (job.source) {
+    sourced = job.source(&job.data, &job.timestamps_ms);
+    if (sourced.ok()) {
+      absl::MutexLock lock(&mu_);
+      const uint64_t rows = job.data.size() / std::max<uint32_t>(1, h.num_features());
+      job.header.set_rows(rows);
+      job.state.set_rows(rows);
+      Publish(job);
+    }
+  }
   engine::TrainRequest req;
   req.spec = h.spec();
   req.options = h.options();
@@ -283,7 +322,9 @@ void TrainingJobs::Run(Job& job) {
   req.description = h.description();
   req.cancel = &job.cancel;
   absl::StatusOr<ModelHandle> base = ModelHandle{};
-  if (h.fine_tune() || h.base_version() != 0) {
+  if (!sourced.ok()) {
+    base = sourced;
+  } else if (h.fine_tune() || h.base_version() != 0) {
     base = registry_->Handle(key, h.base_version());
     if (base.ok()) {
       req.start_from = &base->model->file();
@@ -368,8 +409,11 @@ void TrainingJobs::Run(Job& job) {
                                                                           : "failed");
   }
   Publish(job);
+  const v1::TrainingJob final_state = s;
+  Done done = std::move(job.on_done);
   Finished(s.id());
   lock.Release();
+  if (done) done(final_state);
   if (event) {
     if (auto st = audit_->Record(*std::move(event)); !st.ok())
       log_->error("{}", std::string(st.message()));

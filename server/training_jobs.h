@@ -33,6 +33,11 @@ struct JobOrigin {
 class TrainingJobs {
  public:
   using Watcher = std::function<void(const v1::TrainingJob&)>;
+  // Fills a job's rows (and timestamps) when it starts running, for jobs whose data is on the
+  // server (the autopilot's retained rows); an error fails the job.
+  using Source = std::function<absl::Status(std::vector<float>*, std::vector<int64_t>*)>;
+  // Called once with the job's final state, whatever ended it, from no lock of ours.
+  using Done = std::function<void(const v1::TrainingJob&)>;
 
   // At most `max_finished` ended jobs are remembered (oldest forgotten first, then NOT_FOUND).
   // `audit` (optional) records every version a job writes.
@@ -55,9 +60,18 @@ class TrainingJobs {
                                          std::vector<int64_t> timestamps_ms = {},
                                          ByteBudget::Reservation reservation = {},
                                          JobOrigin origin = {});
+  // A job whose rows `source` gathers when it starts (header.rows is then filled in).
+  absl::StatusOr<v1::TrainingJob> SubmitFrom(const v1::TrainingJobHeader& header, Source source,
+                                             JobOrigin origin, Done on_done);
   absl::StatusOr<v1::TrainingJob> Get(const std::string& id) const;
   std::vector<v1::TrainingJob> List(const std::string& model) const;
   absl::StatusOr<v1::TrainingJob> Cancel(const std::string& id);
+
+  // Keeps the rows of an upload whose header says `retain` (the autopilot's history), when the
+  // job starts; an error fails the job.
+  using RetainHook = std::function<absl::Status(
+      const v1::TrainingJobHeader&, const std::vector<float>&, const std::vector<int64_t>&)>;
+  void SetRetainHook(RetainHook hook) { retain_ = std::move(hook); }
 
   // Calls `watcher` with every new state of the job, from a runner thread, under the jobs lock:
   // it must only copy and hand off. Returns the current state; `*token` identifies the watcher.
@@ -76,7 +90,10 @@ class TrainingJobs {
     ByteBudget::Reservation reservation;  // data's bytes in the training-data budget
     std::atomic<bool> cancel{false};
     std::map<uint64_t, Watcher> watchers;
+    Source source;  // data gathered at the start (else `data` was uploaded)
+    Done on_done;
   };
+  absl::StatusOr<v1::TrainingJob> Enqueue(std::shared_ptr<Job> job, const JobOrigin& origin);
   void Loop();
   void Run(Job& job);
   void Publish(Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -87,6 +104,7 @@ class TrainingJobs {
   ModelRegistry* registry_;
   ServerMetrics* metrics_;
   const AuditLog* audit_;
+  RetainHook retain_;  // set before any job runs
   const size_t max_queued_;
   const size_t max_finished_;
   std::shared_ptr<spdlog::logger> log_;

@@ -98,6 +98,12 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     have_header_ = true;
     header_ = h;
     if (auto st = uploads_->jobs_->CheckHeader(header_); !st.ok()) return st;
+    if (header_.retain() && (uploads_->autopilot_ == nullptr ||
+                             !uploads_->autopilot_->HasPolicy({h.model(), h.entity()}))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("retain: '", h.model(), h.entity().empty() ? "" : "/", h.entity(),
+                       "' has no retrain policy to keep the rows under; set one first"));
+    }
     if (h.rows() == 0) {
       return absl::InvalidArgumentError(
           "header.rows is required: the number of rows this upload sends (so that a cut upload "
@@ -210,8 +216,9 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   ByteBudget::Reservation reservation_ ABSL_GUARDED_BY(mu_);
 };
 
-Uploads::Uploads(const Options& options, TrainingJobs* jobs, ByteBudget* budget)
-    : options_(options), jobs_(jobs), budget_(budget) {
+Uploads::Uploads(const Options& options, TrainingJobs* jobs, ByteBudget* budget,
+                 Autopilot* autopilot)
+    : options_(options), jobs_(jobs), budget_(budget), autopilot_(autopilot) {
   if (options_.upload_idle_seconds > 0) sweeper_ = std::thread([this] { Sweep(); });
 }
 

@@ -12,6 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.grpc.pb.h"
+#include "autopilot.h"
 #include "byte_budget.h"
 #include "options.h"
 #include "training_jobs.h"
@@ -23,7 +24,9 @@ class UploadReactor;
 class Uploads {
  public:
   // Starts the idle sweeper (none when --upload_idle_seconds is 0).
-  Uploads(const Options& options, TrainingJobs* jobs, ByteBudget* budget);
+  // `autopilot` (may be null) keeps uploads marked `retain`.
+  Uploads(const Options& options, TrainingJobs* jobs, ByteBudget* budget,
+          Autopilot* autopilot = nullptr);
   ~Uploads();  // stops the sweeper
 
   // One CreateTrainingJob call; a non-OK `denied` finishes it at once. `actor` is who asked
@@ -42,6 +45,7 @@ class Uploads {
   const Options& options_;
   TrainingJobs* const jobs_;
   ByteBudget* const budget_;
+  Autopilot* const autopilot_;
   // Lock order: Uploads::mu_ before UploadReactor::mu_.
   mutable absl::Mutex mu_;
   std::set<UploadReactor*> open_ ABSL_GUARDED_BY(mu_);
