@@ -233,7 +233,7 @@ absl::StatusOr<v1::RetrainPolicy> Autopilot::Resolve(const v1::RetrainPolicy& in
   if (p.min_interval_seconds() < 0 || !std::isfinite(p.min_interval_seconds())) {
     return bad("min_interval_seconds must be >= 0");
   }
-  if (!p.has_min_rows()) p.set_min_rows(200);
+  if (!p.has_min_rows()) p.set_min_rows(std::min<uint64_t>(200, p.retain_rows()));
   if (p.min_rows() > p.retain_rows())
     return bad("min_rows is over retain_rows: it could never be met");
   if (!p.has_shadow_samples()) p.set_shadow_samples(10000);
@@ -443,7 +443,8 @@ void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,
       s->scored_since_tick += finite.size();
     }
     const v1::RetrainPolicy& p = s->policy;
-    const bool quiet = now < s->next_attempt_ms || s->retrain.running();
+    // One cycle at a time: no new retrain while one runs or its candidate is in shadow.
+    const bool quiet = now < s->next_attempt_ms || s->retrain.running() || s->shadow != nullptr;
     if (!quiet && p.grown_rows() > 0 && s->rows_since >= p.grown_rows()) {
       due = absl::StrCat("growth: ", s->rows_since, " rows retained since version ", h.version,
                          " (policy: ", p.grown_rows(), ")");
@@ -938,8 +939,16 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
 
 void Autopilot::CheckTriggers(const ModelKey& key, State& s, int64_t now_ms) {
   std::string due, trigger;
+  auto active = registry_->Handle(key, 0);
   {
     absl::MutexLock lock(&s.mu);
+    if (!active.ok() || active->version != s.drift_version) {
+      // Drift is measured against the active version's calibration: a new one starts afresh.
+      s.drift = nullptr;
+      s.drift_version = 0;
+      s.drifted_samples = 0;
+      s.scored_since_tick = 0;
+    }
     const v1::RetrainPolicy& p = s.policy;
     // Another replica's retrain finishing or starting shows up here; ours is kept alive.
     const std::string path = (fs::path(s.key_dir) / kRetrainFile).string();
@@ -968,7 +977,7 @@ void Autopilot::CheckTriggers(const ModelKey& key, State& s, int64_t now_ms) {
         due = absl::StrFormat("schedule: every %g h", p.every_hours());
       }
     }
-    if (s.retrain.running() || now_ms < s.next_attempt_ms) due.clear();
+    if (s.retrain.running() || s.shadow != nullptr || now_ms < s.next_attempt_ms) due.clear();
   }
   if (due.empty()) return;
   auto job = StartRetrain(key, s, trigger, due, "autopilot", false);

@@ -253,6 +253,10 @@ absl::StatusOr<RetainedRows> Retention::Read(uint32_t num_features, uint64_t max
   if (stamped) out.timestamps_ms.reserve(rows.size() - skip);
   for (size_t r = skip; r < rows.size(); ++r) {
     const auto& [s, i] = rows[r];
+    // A time step kept twice (the rows a stream sends again to warm its window up) once.
+    if (stamped && !out.timestamps_ms.empty() && out.timestamps_ms.back() == s->timestamps_ms(i)) {
+      continue;
+    }
     const float* v = s->values().data() + static_cast<size_t>(i) * num_features;
     out.values.insert(out.values.end(), v, v + num_features);
     if (stamped) out.timestamps_ms.push_back(s->timestamps_ms(i));

@@ -71,7 +71,8 @@ class Retention {
   RetentionTotals Totals() const;
 
   // Every retained row of `num_features` features, oldest first (by timestamp when every row has
-  // one, else by when it was scored), at most the newest `max_rows`. Call Maintain(now, true)
+  // one — a repeated timestamp is kept once —, else by when it was scored), at most the newest
+  // `max_rows`. Call Maintain(now, true)
   // first to include the open segment.
   absl::StatusOr<RetainedRows> Read(uint32_t num_features, uint64_t max_rows) const;
 

@@ -92,6 +92,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->jobs_ = std::make_unique<TrainingJobs>(
       s->registry_.get(), std::max(1, o.max_training_jobs), std::max(1, o.max_queued_jobs), s->log_,
       s->metrics_.get(), o.max_finished_jobs, s->audit_.get());
+  s->autopilot_ = std::make_unique<Autopilot>(s->registry_.get(), s->jobs_.get(), s->audit_.get(),
+                                              s->log_, o.autopilot_tick_seconds);
+  s->jobs_->SetRetainHook([a = s->autopilot_.get()](const v1::TrainingJobHeader& h,
+                                                    const std::vector<float>& values,
+                                                    const std::vector<int64_t>& timestamps) {
+    return a->RetainUpload(h, values, timestamps);
+  });
   s->scoring_ = std::make_unique<ScoringService>(
       s->options_, s->registry_.get(), s->executor_.get(), &s->streams_, &s->auth_,
       s->metrics_.get(), s->feed_.get(), s->autopilot_.get());
@@ -100,13 +107,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
                                              s->uploads_.get(), s->admin_executor_.get(), &s->auth_,
                                              s->audit_.get(), s->autopilot_.get());
-  s->autopilot_ = std::make_unique<Autopilot>(s->registry_.get(), s->jobs_.get(), s->audit_.get(),
-                                              s->log_, o.autopilot_tick_seconds);
-  s->jobs_->SetRetainHook([a = s->autopilot_.get()](const v1::TrainingJobHeader& h,
-                                                    const std::vector<float>& values,
-                                                    const std::vector<int64_t>& timestamps) {
-    return a->RetainUpload(h, values, timestamps);
-  });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

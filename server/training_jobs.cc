@@ -413,11 +413,11 @@ void TrainingJobs::Run(Job& job) {
   Done done = std::move(job.on_done);
   Finished(s.id());
   lock.Release();
-  if (done) done(final_state);
   if (event) {
     if (auto st = audit_->Record(*std::move(event)); !st.ok())
       log_->error("{}", std::string(st.message()));
   }
+  if (done) done(final_state);  // after the audit entry of the version it wrote
 }
 
 void TrainingJobs::Finished(const std::string& id) {

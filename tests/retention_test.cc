@@ -1,0 +1,161 @@
+// Retained traffic on its own (issue #15 part 1): segments, bounds, checksums, the flagged-rows
+// policy and time order.
+#include "retention.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "test_models.h"
+
+namespace aeserve::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using server::Retention;
+
+google::protobuf::RepeatedPtrField<std::string> Names(uint32_t d) {
+  google::protobuf::RepeatedPtrField<std::string> out;
+  for (uint32_t i = 0; i < d; ++i) *out.Add() = "f" + std::to_string(i);
+  return out;
+}
+
+// Rows whose first value is their index, so order and identity can be checked.
+std::vector<float> Rows(size_t first, size_t n, uint32_t d) {
+  std::vector<float> v(n * d, 0.5f);
+  for (size_t i = 0; i < n; ++i) v[i * d] = static_cast<float>(first + i);
+  return v;
+}
+
+std::vector<fs::path> Segments(const std::string& dir) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() == ".seg") out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void FlipBit(const fs::path& file, std::streamoff offset) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(offset);
+  char c = 0;
+  f.read(&c, 1);
+  f.seekp(offset);
+  c = static_cast<char>(c ^ 0x10);
+  f.write(&c, 1);
+  ASSERT_TRUE(f.good());
+}
+
+TEST(Retention, Crc32cKnownAnswers) {
+  // The standard check value of CRC-32C, and the empty string.
+  EXPECT_EQ(server::Crc32c("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(server::Crc32c("", 0), 0u);
+  const unsigned char zeros[32] = {};
+  EXPECT_EQ(server::Crc32c(zeros, 32), 0x8A9136AAu);  // RFC 3720, B.4: 32 bytes of zeros
+}
+
+TEST(Retention, KeepsRowsInOrderAcrossSegmentsAndBoundsThemOldestFirst) {
+  TempDir dir("aeserve_retention");
+  const std::string d_dir = dir.path() + "/retained";
+  Retention r(d_dir, "test");
+  constexpr uint32_t d = 3;
+  r.SetBounds(/*rows=*/2 * Retention::kSegmentRows, /*hours=*/0, v1::FLAGGED_ROWS_KEEP);
+  // 3 full segments and 10 rows more, in batches that straddle the segment boundaries.
+  const size_t total = 3 * Retention::kSegmentRows + 10;
+  for (size_t at = 0; at < total; at += 1000) {
+    const size_t n = std::min<size_t>(1000, total - at);
+    auto rows = Rows(at, n, d);
+    EXPECT_EQ(r.Append(d, Names(d), rows, {}, {}, {}, 1000 + static_cast<int64_t>(at)), n);
+  }
+  ASSERT_TRUE(r.Maintain(/*now_ms=*/5000, /*force=*/false).ok());
+  // The full ones are written; the open one stays in memory (not old enough); the oldest full
+  // segment went beyond the bound of 2 segments' rows.
+  EXPECT_EQ(Segments(d_dir).size(), 2u);
+  EXPECT_EQ(r.Totals().rows, 2 * Retention::kSegmentRows + 10);
+  ASSERT_TRUE(r.Maintain(5000, /*force=*/true).ok());
+  // With the open segment written: whole segments are kept until they hold the bound (the newest
+  // 10 + 4096 rows are under it, so the one before stays too).
+  EXPECT_EQ(Segments(d_dir).size(), 3u);
+  auto back = r.Read(d, 0);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->rows(), 2 * Retention::kSegmentRows + 10);
+  for (size_t i = 0; i < back->rows(); ++i) {
+    ASSERT_EQ(back->values[i * d], static_cast<float>(Retention::kSegmentRows + i)) << i;
+  }
+  auto bounded = r.Read(d, 2 * Retention::kSegmentRows);  // what a retrain reads: the newest N
+  ASSERT_TRUE(bounded.ok());
+  ASSERT_EQ(bounded->rows(), 2 * Retention::kSegmentRows);
+  EXPECT_EQ(bounded->values[0], static_cast<float>(Retention::kSegmentRows + 10));
+  EXPECT_EQ(back->feature_names, (std::vector<std::string>{"f0", "f1", "f2"}));
+  EXPECT_TRUE(back->timestamps_ms.empty());  // none were given
+  auto newest = r.Read(d, 5);
+  ASSERT_TRUE(newest.ok());
+  ASSERT_EQ(newest->rows(), 5u);
+  EXPECT_EQ(newest->values[0], static_cast<float>(total - 5));
+}
+
+TEST(Retention, AgeBoundDropsOldSegments) {
+  TempDir dir("aeserve_retention");
+  Retention r(dir.path() + "/retained", "test");
+  r.SetBounds(1000000, /*hours=*/1, v1::FLAGGED_ROWS_KEEP);
+  auto rows = Rows(0, 10, 2);
+  r.Append(2, Names(2), rows, {}, {}, {}, /*now_ms=*/0);
+  ASSERT_TRUE(r.Maintain(0, true).ok());
+  r.Append(2, Names(2), rows, {}, {}, {}, /*now_ms=*/3600 * 1000);
+  ASSERT_TRUE(r.Maintain(3600 * 1000, true).ok());
+  EXPECT_EQ(r.Totals().rows, 20u);
+  ASSERT_TRUE(r.Maintain(3600 * 1000 + 1, false).ok());  // the first is now over an hour old
+  EXPECT_EQ(r.Totals().rows, 10u);
+  EXPECT_EQ(Segments(dir.path() + "/retained").size(), 1u);
+}
+
+TEST(Retention, ACorruptSegmentIsSkippedAndCounted) {
+  TempDir dir("aeserve_retention");
+  const std::string d_dir = dir.path() + "/retained";
+  Retention r(d_dir, "test");
+  r.SetBounds(1000000, 0, v1::FLAGGED_ROWS_KEEP);
+  for (int seg = 0; seg < 3; ++seg) {
+    auto rows = Rows(seg * 100, 100, 4);
+    r.Append(4, Names(4), rows, {}, {}, {}, 1000 * (seg + 1));
+    ASSERT_TRUE(r.Maintain(1000 * (seg + 1), true).ok());
+  }
+  auto files = Segments(d_dir);
+  ASSERT_EQ(files.size(), 3u);
+  FlipBit(files[1], 40);  // in the middle segment's payload
+  std::ofstream(files[0].string() + ".junk.seg") << "not a segment";
+  auto back = r.Read(4, 0);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->rows(), 200u);
+  EXPECT_EQ(back->corrupt_segments, 2u);  // the flipped bit and the junk file
+  EXPECT_EQ(back->values[0], 0.f);
+  EXPECT_EQ(back->values[100 * 4], 200.f);
+  auto other = r.Read(5, 0);  // another feature count: nothing matches
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->rows(), 0u);
+  EXPECT_EQ(other->other_features, 2u);
+}
+
+TEST(Retention, FlaggedRowsPolicyAndTimeOrder) {
+  TempDir dir("aeserve_retention");
+  Retention r(dir.path() + "/retained", "test");
+  auto rows = Rows(0, 4, 1);
+  const std::vector<uint8_t> flagged{0, 1, 1, 0}, alarmed{0, 0, 1, 1};
+  const std::vector<int64_t> stamps{40, 30, 20, 10};
+  r.SetBounds(100, 0, v1::FLAGGED_ROWS_DROP);
+  EXPECT_EQ(r.Append(1, Names(1), rows, stamps, flagged, alarmed, 1), 2u);
+  r.SetBounds(100, 0, v1::FLAGGED_ROWS_KEEP_UNLESS_INCIDENT);  // drops flagged rows in an alarm
+  EXPECT_EQ(r.Append(1, Names(1), rows, stamps, flagged, alarmed, 2), 3u);
+  r.SetBounds(100, 0, v1::FLAGGED_ROWS_KEEP);
+  EXPECT_EQ(r.Append(1, Names(1), rows, stamps, flagged, alarmed, 3), 4u);
+  EXPECT_EQ(r.Totals().dropped_rows, 3u);
+  ASSERT_TRUE(r.Maintain(10, true).ok());
+  auto back = r.Read(1, 0);
+  ASSERT_TRUE(back.ok());
+  // Rows with timestamps come back in time order; a repeated timestamp is kept once.
+  EXPECT_EQ(back->timestamps_ms, (std::vector<int64_t>{10, 20, 30, 40}));
+  EXPECT_EQ(back->values, (std::vector<float>{3, 2, 1, 0}));
+}
+
+}  // namespace
+}  // namespace aeserve::testing
