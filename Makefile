@@ -37,7 +37,7 @@ sanitize: deps
 	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAESERVE_SANITIZE=address
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  ctest --output-on-failure --timeout 900 -j $(JOBS) -L '^(engine|service|lifecycle|metrics|security|observability|hardening)$$'
+	  ctest --output-on-failure --timeout 900 -j $(JOBS) -L '^(engine|service|lifecycle|metrics|security|observability|hardening|autopilot)$$'
 
 # ThreadSanitizer (clang) over the server's concurrency tests: service, lifecycle (swaps under
 # running streams), observability (watchers), replicas and hardening (uploads, store faults).
@@ -49,7 +49,7 @@ tsan: deps
 	CXX=clang++-14 CC=clang-14 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAESERVE_SANITIZE=thread
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS="$(TSAN_OPTIONS_ALL)" \
-	  ctest --output-on-failure --timeout 600 -j $(JOBS) -L '^(service|lifecycle|observability|replicas|hardening)$$'
+	  ctest --output-on-failure --timeout 600 -j $(JOBS) -L '^(service|lifecycle|observability|replicas|hardening|autopilot)$$'
 
 # libFuzzer targets (clang), 60 s each from the checked-in seed corpus; message_sequence runs an
 # in-process server and sends it message sequences over a real channel.

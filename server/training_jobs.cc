@@ -2,7 +2,6 @@
 #include "training_jobs.h"
 
 #include <chrono>
-#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -370,29 +369,37 @@ void TrainingJobs::Run(Job& job) {
   }
   if (file.ok() && job.cancel) file = absl::CancelledError("cancelled");
   if (file.ok()) version = registry_->AddVersion(key, *file, !h.no_activate());
-  std::optional<v1::Event> event;  // recorded after the lock is released (it fsyncs)
+  // A new version is in the audit log before anyone can see the job succeeded.
+  const bool succeeded = file.ok() && version.ok();
+  if (succeeded && audit_ != nullptr) {
+    v1::Event e;
+    e.set_model(key.model);
+    e.set_entity(key.entity);
+    e.set_version(*version);
+    e.set_action("train");
+    {
+      absl::MutexLock lock(&mu_);
+      const v1::TrainingJob& s = job.state;
+      e.set_actor(s.actor());
+      e.set_job_id(s.id());
+      e.set_reason(absl::StrFormat("%s: %d rows, %d epochs, validation loss %.6g; %s", s.trigger(),
+                                   s.rows(), s.epoch(), s.validation_loss(),
+                                   !h.no_activate() || *version == 1 ? "activated" : "staged"));
+    }
+    if (auto st = audit_->Record(std::move(e)); !st.ok()) {
+      log_->error("{}", std::string(st.message()));
+    }
+  }
   absl::ReleasableMutexLock lock(&mu_);
   v1::TrainingJob& s = job.state;
   s.set_finished_unix_ms(NowMs());
   s.set_eta_seconds(0);
-  if (file.ok() && version.ok()) {
+  if (succeeded) {
     s.set_state(v1::JOB_STATE_SUCCEEDED);
     s.set_version(*version);
     s.set_activated(!h.no_activate() || *version == 1);
     log_->info("training job {} succeeded: model '{}' version {}{}", s.id(), key.str(), *version,
                s.activated() ? " (active)" : " (staged)");
-    if (audit_ != nullptr) {
-      v1::Event& e = event.emplace();
-      e.set_model(key.model);
-      e.set_entity(key.entity);
-      e.set_version(*version);
-      e.set_action("train");
-      e.set_actor(s.actor());
-      e.set_job_id(s.id());
-      e.set_reason(absl::StrFormat("%s: %d rows, %d epochs, validation loss %.6g; %s", s.trigger(),
-                                   s.rows(), s.epoch(), s.validation_loss(),
-                                   s.activated() ? "activated" : "staged"));
-    }
   } else {
     const absl::Status st = file.ok() ? version.status() : file.status();
     const bool cancelled = st.code() == absl::StatusCode::kCancelled || job.cancel;
@@ -413,11 +420,7 @@ void TrainingJobs::Run(Job& job) {
   Done done = std::move(job.on_done);
   Finished(s.id());
   lock.Release();
-  if (event) {
-    if (auto st = audit_->Record(*std::move(event)); !st.ok())
-      log_->error("{}", std::string(st.message()));
-  }
-  if (done) done(final_state);  // after the audit entry of the version it wrote
+  if (done) done(final_state);
 }
 
 void TrainingJobs::Finished(const std::string& id) {
