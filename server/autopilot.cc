@@ -402,6 +402,20 @@ bool Autopilot::Status(const ModelKey& key, v1::AutopilotStatus* out) const {
   return true;
 }
 
+std::vector<std::pair<ModelKey, v1::AutopilotStatus>> Autopilot::AllStatus() const {
+  std::vector<ModelKey> keys;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [k, s] : states_) keys.push_back(k);
+  }
+  std::vector<std::pair<ModelKey, v1::AutopilotStatus>> out;
+  for (const ModelKey& k : keys) {
+    v1::AutopilotStatus st;
+    if (Status(k, &st)) out.emplace_back(k, std::move(st));
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- the scoring path
 
 void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,

@@ -70,6 +70,8 @@ class Autopilot {
   bool HasPolicy(const ModelKey& key) const { return Find(key) != nullptr; }
   // For GetModel; false when the model has no policy.
   bool Status(const ModelKey& key, v1::AutopilotStatus* out) const;
+  // Every model with a policy, for /metrics.
+  std::vector<std::pair<ModelKey, v1::AutopilotStatus>> AllStatus() const;
 
   // Policy checks and defaults (INVALID_ARGUMENT naming the field).
   static absl::StatusOr<v1::RetrainPolicy> Resolve(const v1::RetrainPolicy& p);

@@ -203,6 +203,84 @@ void Server::AddCollectors() {
     sample(upload, {}, static_cast<double>(upload_budget_->used()));
     return std::vector<MetricFamily>{streams, stream_bytes, queue, jobs, watchers, upload};
   });
+  // The autopilot, per generic model with a retrain policy (entity models are not labels).
+  r.AddCollector([this, family, sample] {
+    MetricFamily rows =
+        family("aeserve_retained_rows", "Scored rows kept as the model's history (retrain policy).",
+               MetricType::kGauge);
+    MetricFamily bytes = family("aeserve_retained_bytes", "Bytes of retained-row segments on disk.",
+                                MetricType::kGauge);
+    MetricFamily dropped = family("aeserve_retained_dropped_rows_total",
+                                  "Scored rows not kept: flagged (policy) or a full write queue.",
+                                  MetricType::kCounter);
+    MetricFamily retraining =
+        family("aeserve_retrain_running", "1 while an autopilot retrain of the model runs.",
+               MetricType::kGauge);
+    MetricFamily shadow_running =
+        family("aeserve_shadow_running", "1 while a candidate version scores in shadow.",
+               MetricType::kGauge);
+    MetricFamily shadow_samples =
+        family("aeserve_shadow_samples", "Samples compared in the current (or last) shadow window.",
+               MetricType::kGauge);
+    MetricFamily shadow_dropped = family(
+        "aeserve_shadow_dropped_samples",
+        "Samples the shadow could not keep up with in the current (or last) window (not compared).",
+        MetricType::kGauge);
+    MetricFamily shadow_rate =
+        family("aeserve_shadow_flag_rate",
+               "Share of compared samples each version flagged (role active or candidate).",
+               MetricType::kGauge);
+    MetricFamily shadow_agree =
+        family("aeserve_shadow_agreement",
+               "Compared samples flagged by both versions, only the active one, or only the "
+               "candidate.",
+               MetricType::kGauge);
+    MetricFamily shadow_ks =
+        family("aeserve_shadow_drift_ks",
+               "Each version's KS distance between its shadow-window scores and its own "
+               "calibration.",
+               MetricType::kGauge);
+    MetricFamily shadow_cost =
+        family("aeserve_shadow_cost_ratio",
+               "Scoring seconds the candidate spent per second the active version spent on the "
+               "same batches.",
+               MetricType::kGauge);
+    for (const auto& [key, st] : autopilot_->AllStatus()) {
+      if (!key.entity.empty()) continue;
+      const metrics::Labels m{{"model", key.model}};
+      sample(rows, m, static_cast<double>(st.retained_rows()));
+      sample(bytes, m, static_cast<double>(st.retained_bytes()));
+      sample(dropped, m, static_cast<double>(st.retained_dropped_rows()));
+      sample(retraining, m, st.retrain().running() ? 1 : 0);
+      const v1::ShadowReport& s = st.shadow();
+      if (s.candidate_version() == 0) continue;
+      sample(shadow_running, m, s.finished() ? 0 : 1);
+      sample(shadow_samples, m, static_cast<double>(s.samples()));
+      sample(shadow_dropped, m, static_cast<double>(s.dropped_samples()));
+      const std::string active = std::to_string(s.active_version());
+      const std::string candidate = std::to_string(s.candidate_version());
+      sample(shadow_rate, {{"model", key.model}, {"role", "active"}, {"version", active}},
+             s.active_flag_rate());
+      sample(shadow_rate, {{"model", key.model}, {"role", "candidate"}, {"version", candidate}},
+             s.candidate_flag_rate());
+      sample(shadow_ks, {{"model", key.model}, {"role", "active"}, {"version", active}},
+             s.active_drift_ks());
+      sample(shadow_ks, {{"model", key.model}, {"role", "candidate"}, {"version", candidate}},
+             s.candidate_drift_ks());
+      sample(shadow_agree, {{"model", key.model}, {"flagged_by", "both"}},
+             static_cast<double>(s.both_flagged()));
+      sample(shadow_agree, {{"model", key.model}, {"flagged_by", "only_active"}},
+             static_cast<double>(s.only_active()));
+      sample(shadow_agree, {{"model", key.model}, {"flagged_by", "only_candidate"}},
+             static_cast<double>(s.only_candidate()));
+      if (s.active_compute_seconds() > 0) {
+        sample(shadow_cost, m, s.candidate_compute_seconds() / s.active_compute_seconds());
+      }
+    }
+    return std::vector<MetricFamily>{rows,           bytes,          dropped,        retraining,
+                                     shadow_running, shadow_samples, shadow_dropped, shadow_rate,
+                                     shadow_agree,   shadow_ks,      shadow_cost};
+  });
   r.AddCollector([this, family, sample] {
     MetricFamily active = family("aeserve_model_active_version",
                                  "Active version of each model (0 = none).", MetricType::kGauge);

@@ -158,8 +158,10 @@ std::vector<v1::TrainingJob> Jobs(RunningServer& r) {
   return out;
 }
 
-std::unique_ptr<RunningServer> Start(const std::string& dir) {
-  auto r = StartServer(dir, {"--autopilot_tick_seconds=0.1", "--store_poll_seconds=0"});
+std::unique_ptr<RunningServer> Start(const std::string& dir, bool metrics = false) {
+  std::vector<std::string> flags{"--autopilot_tick_seconds=0.1", "--store_poll_seconds=0"};
+  if (metrics) flags.push_back("--metrics_port=-1");
+  auto r = StartServer(dir, flags);
   EXPECT_NE(r->process.port(), 0) << r->process.log();
   return r;
 }
@@ -227,7 +229,7 @@ TEST(Autopilot, DriftRetrainsShadowsAndPromotesWithoutAnyClientAction) {
 
 TEST(Autopilot, ABadCandidateIsRejectedAndTheActiveVersionStays) {
   TempDir dir("aeserve_autopilot");
-  auto r = Start(dir.path());
+  auto r = Start(dir.path(), /*metrics=*/true);
   ASSERT_EQ(Train(*r, Normal(2000, 1)), 1u);
   v1::RetrainPolicy p;
   p.set_retain_rows(2000);
@@ -275,6 +277,20 @@ TEST(Autopilot, ABadCandidateIsRejectedAndTheActiveVersionStays) {
                                                        "train", "shadow", "reject"}));
   // A rejected candidate stays staged, for a person to look at.
   ASSERT_EQ(info.versions_size(), 2);
+  // The same report on /metrics.
+  const std::string text = HttpGet(MetricsPort(*r), "/metrics");
+  EXPECT_EQ(MetricValue(text, R"(aeserve_shadow_running{model="ap"})"), 0) << text;
+  EXPECT_EQ(MetricValue(text, R"(aeserve_shadow_samples{model="ap"})"),
+            static_cast<double>(info.autopilot().shadow().samples()));
+  EXPECT_GT(
+      MetricValue(text, R"(aeserve_shadow_flag_rate{model="ap",role="candidate",version="2"})"),
+      0.5);
+  EXPECT_LT(MetricValue(text, R"(aeserve_shadow_flag_rate{model="ap",role="active",version="1"})"),
+            0.1);
+  EXPECT_EQ(
+      MetricValue(text, R"(aeserve_shadow_agreement{model="ap",flagged_by="only_candidate"})"),
+      static_cast<double>(info.autopilot().shadow().only_candidate()));
+  EXPECT_GT(MetricValue(text, R"(aeserve_retained_rows{model="ap"})"), 0);
 }
 
 TEST(Autopilot, GrowthRetrainsOnUploadedAndScoredHistoryBeforeTheCallIsAnswered) {
