@@ -157,7 +157,10 @@ grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* 
   auto info = view_.Info(*key);
   v1::ModelInfo* resp = call->response();
   if (info.ok()) *resp = *std::move(info);
-  if (info.ok() && autopilot_ != nullptr) autopilot_->Status(*key, resp->mutable_autopilot());
+  v1::AutopilotStatus autopilot;  // only for a model with a retrain policy
+  if (info.ok() && autopilot_ != nullptr && autopilot_->Status(*key, &autopilot)) {
+    *resp->mutable_autopilot() = std::move(autopilot);
+  }
   if (info.ok() && req->include_calibration()) {
     auto h = registry_->Handle(*key, 0);
     if (h.ok()) *resp->mutable_calibration_errors() = h->model->file().calibration_errors();

@@ -939,6 +939,158 @@ int History(const Common& c, const std::string& model, const std::string& entity
   return 0;
 }
 
+void PrintShadow(const v1::ShadowReport& s) {
+  if (s.candidate_version() == 0) {
+    std::printf("shadow: none yet\n");
+    return;
+  }
+  std::printf("shadow: candidate version %llu beside active version %llu, %s\n",
+              static_cast<unsigned long long>(s.candidate_version()),
+              static_cast<unsigned long long>(s.active_version()),
+              s.finished() ? "finished" : "running");
+  std::printf("  samples %llu of %llu (or %.0f s); not compared (queue full) %llu\n",
+              static_cast<unsigned long long>(s.samples()),
+              static_cast<unsigned long long>(s.target_samples()), s.target_seconds(),
+              static_cast<unsigned long long>(s.dropped_samples()));
+  std::printf("  flag rate: active %.4f, candidate %.4f (its target %.4f)\n", s.active_flag_rate(),
+              s.candidate_flag_rate(), s.candidate_target_rate());
+  std::printf("  flagged by both %llu, only active %llu, only candidate %llu\n",
+              static_cast<unsigned long long>(s.both_flagged()),
+              static_cast<unsigned long long>(s.only_active()),
+              static_cast<unsigned long long>(s.only_candidate()));
+  std::printf("  drift KS against own calibration: active %.3f, candidate %.3f\n",
+              s.active_drift_ks(), s.candidate_drift_ks());
+  if (s.active_compute_seconds() > 0) {
+    std::printf("  cost: the candidate spent %.2fx the active version's scoring time\n",
+                s.candidate_compute_seconds() / s.active_compute_seconds());
+  }
+  if (s.finished()) std::printf("  outcome: %s\n", s.outcome().c_str());
+}
+
+void PrintAutopilot(const v1::AutopilotStatus& a) {
+  const v1::RetrainPolicy& p = a.policy();
+  std::printf("retained: %llu rows, %llu bytes in %u segments (%llu rows not kept)\n",
+              static_cast<unsigned long long>(a.retained_rows()),
+              static_cast<unsigned long long>(a.retained_bytes()), a.retained_segments(),
+              static_cast<unsigned long long>(a.retained_dropped_rows()));
+  std::printf("policy: %s\n", p.ShortDebugString().c_str());
+  const v1::RetrainState& r = a.retrain();
+  if (!r.job_id().empty()) {
+    std::printf("last retrain: job %s (%s) %s%s\n", r.job_id().c_str(), r.trigger().c_str(),
+                r.running() ? "running on " : "",
+                r.running() ? r.replica().c_str() : r.outcome().c_str());
+  }
+  PrintShadow(a.shadow());
+}
+
+struct AutopilotArgs {
+  std::string model, entity, flagged = "keep", promotion = "shadow", flag_ratio, format = "text";
+  uint64_t retain_rows = 0, drift_samples = 0, grown_rows = 0;
+  double retain_hours = 0, drift_above = 0, grown_factor = 0, every_hours = 0;
+  double min_interval = -1, shadow_seconds = -1;  // -1 = the server's default
+  int64_t min_rows = -1, shadow_samples = -1;
+  bool fine_tune = false, off = false;
+};
+
+int SetAutopilot(const Common& c, const AutopilotArgs& a) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::SetRetrainPolicyRequest req;
+  req.set_model(a.model);
+  req.set_entity(a.entity);
+  req.set_clear(a.off);
+  v1::RetrainPolicy* p = req.mutable_policy();
+  p->set_retain_rows(a.retain_rows);
+  p->set_retain_hours(a.retain_hours);
+  p->set_flagged_rows(a.flagged == "drop"                   ? v1::FLAGGED_ROWS_DROP
+                      : a.flagged == "keep-unless-incident" ? v1::FLAGGED_ROWS_KEEP_UNLESS_INCIDENT
+                                                            : v1::FLAGGED_ROWS_KEEP);
+  p->set_drift_above(a.drift_above);
+  p->set_drift_samples(a.drift_samples);
+  p->set_grown_factor(a.grown_factor);
+  p->set_grown_rows(a.grown_rows);
+  p->set_every_hours(a.every_hours);
+  if (a.min_interval >= 0) p->set_min_interval_seconds(a.min_interval);
+  if (a.min_rows >= 0) p->set_min_rows(static_cast<uint64_t>(a.min_rows));
+  p->set_fine_tune(a.fine_tune);
+  p->set_promotion(a.promotion == "activate" ? v1::PROMOTION_ACTIVATE
+                   : a.promotion == "stage"  ? v1::PROMOTION_STAGE
+                                             : v1::PROMOTION_SHADOW);
+  if (a.shadow_samples >= 0) p->set_shadow_samples(static_cast<uint64_t>(a.shadow_samples));
+  if (a.shadow_seconds >= 0) p->set_shadow_seconds(a.shadow_seconds);
+  if (!a.flag_ratio.empty()) {
+    std::vector<std::string> parts = absl::StrSplit(a.flag_ratio, ',');
+    double lo = 0, hi = 0;
+    if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &lo) || !absl::SimpleAtod(parts[1], &hi)) {
+      std::fprintf(stderr, "aectl: --flag-ratio takes MIN,MAX (e.g. 0.25,4)\n");
+      return 2;
+    }
+    p->set_min_flag_ratio(lo);
+    p->set_max_flag_ratio(hi);
+  }
+  v1::AutopilotStatus status;
+  grpc::Status st = stub->SetRetrainPolicy(&ctx, req, &status);
+  if (!st.ok()) return Fail(st);
+  if (a.format == "json") return PrintJson(status);
+  if (a.off) {
+    std::printf("autopilot off for %s; retained rows deleted\n", a.model.c_str());
+    return 0;
+  }
+  PrintAutopilot(status);
+  return 0;
+}
+
+int Retrain(const Common& c, const std::string& model, const std::string& entity) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::RetrainRequest req;
+  req.set_model(model);
+  req.set_entity(entity);
+  v1::TrainingJob job;
+  grpc::Status st = stub->Retrain(&ctx, req, &job);
+  if (!st.ok()) return Fail(st);
+  std::printf("job %s queued: retraining %s on its retained rows (aectl jobs --model %s)\n",
+              job.id().c_str(), model.c_str(), model.c_str());
+  return 0;
+}
+
+int ShadowCmd(const Common& c, const std::string& model, const std::string& entity, uint64_t start,
+              const std::string& format) {
+  v1::AutopilotStatus status;
+  grpc::Status st;
+  if (start != 0) {
+    auto stub = v1::ModelAdmin::NewStub(Connect(c));
+    grpc::ClientContext ctx;
+    Deadline(ctx, c);
+    v1::StartShadowRequest req;
+    req.set_model(model);
+    req.set_entity(entity);
+    req.set_version(start);
+    st = stub->StartShadow(&ctx, req, &status);
+  } else {
+    auto stub = v1::Scoring::NewStub(Connect(c));
+    grpc::ClientContext ctx;
+    Deadline(ctx, c);
+    v1::GetModelRequest req;
+    req.set_model(model);
+    req.set_entity(entity);
+    v1::ModelInfo info;
+    st = stub->GetModel(&ctx, req, &info);
+    if (st.ok() && !info.has_autopilot()) {
+      std::fprintf(stderr, "aectl: %s has no retrain policy (aectl autopilot %s --retain-rows N)\n",
+                   model.c_str(), model.c_str());
+      return 1;
+    }
+    status = info.autopilot();
+  }
+  if (!st.ok()) return Fail(st);
+  if (format == "json") return PrintJson(status.shadow());
+  PrintShadow(status.shadow());
+  return 0;
+}
+
 int Cancel(const Common& c, const std::string& id) {
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
@@ -1356,6 +1508,76 @@ int main(int argc, char** argv) {
   history->callback([&] {
     const HistoryArgs& a = history_args;
     code = History(c, a.model, a.entity, a.limit, a.format);
+  });
+
+  AutopilotArgs ap;
+  auto* autopilot = app.add_subcommand(
+      "autopilot",
+      "set a model's retrain policy: keep the traffic it scores, retrain on it when a trigger "
+      "fires, try the result in shadow and promote it by a rule (see README, Autopilot)");
+  autopilot->add_option("model", ap.model)->required();
+  autopilot->add_option("--entity", ap.entity);
+  autopilot->add_option("--retain-rows", ap.retain_rows,
+                        "keep the newest N scored rows (required unless --off)");
+  autopilot->add_option("--retain-hours", ap.retain_hours, "and none older than this");
+  autopilot->add_option("--flagged", ap.flagged, "flagged rows: keep, drop, keep-unless-incident")
+      ->check(CLI::IsMember({"keep", "drop", "keep-unless-incident"}));
+  autopilot->add_option("--drift-above", ap.drift_above, "trigger: drift KS above this ...");
+  autopilot->add_option("--drift-samples", ap.drift_samples, "... for this many scored samples");
+  autopilot->add_option("--grown-factor", ap.grown_factor,
+                        "trigger: retained rows reach this x the rows of the last training");
+  autopilot->add_option("--grown-rows", ap.grown_rows,
+                        "trigger: this many rows retained since the active version");
+  autopilot->add_option("--every-hours", ap.every_hours, "trigger: on a schedule");
+  autopilot->add_option("--min-interval", ap.min_interval,
+                        "seconds between automatic retrains (default 300)");
+  autopilot->add_option("--min-rows", ap.min_rows, "retained rows a retrain needs (default 200)");
+  autopilot->add_flag("--fine-tune", ap.fine_tune,
+                      "start from the active version's weights (default: train afresh)");
+  autopilot
+      ->add_option("--promotion", ap.promotion,
+                   "the new version: shadow (then promote by the rule), activate, or stage")
+      ->check(CLI::IsMember({"shadow", "activate", "stage"}));
+  autopilot->add_option("--shadow-samples", ap.shadow_samples, "shadow window (default 10000)");
+  autopilot->add_option("--shadow-seconds", ap.shadow_seconds, "or this long (default 3600)");
+  autopilot->add_option("--flag-ratio", ap.flag_ratio,
+                        "MIN,MAX: promote when the candidate's flag rate is within MIN..MAX x its "
+                        "target (default 0.25,4)");
+  autopilot->add_flag("--off", ap.off, "remove the policy and delete the retained rows");
+  autopilot->add_option("--format", ap.format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  autopilot->callback([&] {
+    if (!ap.off && ap.retain_rows == 0) {
+      std::fprintf(stderr, "aectl: --retain-rows is required (or --off)\n");
+      code = 2;
+      return;
+    }
+    code = SetAutopilot(c, ap);
+  });
+
+  Target retrain_args;
+  auto* retrain = app.add_subcommand(
+      "retrain", "retrain a model now on its retained rows, as its retrain policy says");
+  retrain->add_option("model", retrain_args.model)->required();
+  retrain->add_option("--entity", retrain_args.entity);
+  retrain->callback([&] { code = Retrain(c, retrain_args.model, retrain_args.entity); });
+
+  struct ShadowArgs {
+    std::string model, entity, format = "text";
+    uint64_t start = 0;
+  } shadow_args;
+  auto* shadow = app.add_subcommand(
+      "shadow",
+      "the shadow report: a candidate version scoring live traffic beside the active one");
+  shadow->add_option("model", shadow_args.model)->required();
+  shadow->add_option("--entity", shadow_args.entity);
+  shadow->add_option("--start", shadow_args.start,
+                     "put this staged version in shadow (the policy's window and rule)");
+  shadow->add_option("--format", shadow_args.format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  shadow->callback([&] {
+    const ShadowArgs& a = shadow_args;
+    code = ShadowCmd(c, a.model, a.entity, a.start, a.format);
   });
 
   std::string job_id;
