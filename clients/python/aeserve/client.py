@@ -407,7 +407,7 @@ class Client:
               max_gap_steps: Optional[int] = None, gap_fill: Optional[str] = None, timestamps=None,
               entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
-              wait: bool = True) -> admin_pb2.TrainingJob:
+              wait: bool = True, retain: bool = False) -> admin_pb2.TrainingJob:
         """Uploads `data` (rows x features), trains a new version in the server, and (with wait)
         watches the job to its end, calling progress(job) on every update. Returns the final
         TrainingJob; raises AeserveError if the job is refused or fails. Every option left unset
@@ -424,7 +424,10 @@ class Client:
         DataFrame's DatetimeIndex by default), and the server builds the windows (every `stride`
         steps). Scoring then takes one row per time step. A gap in time of up to `max_gap_steps`
         missed steps is closed up (gap_fill="join", the default) or entered as missing rows
-        ("missing"); a longer one restarts the window."""
+        ("missing"); a longer one restarts the window.
+
+        `retain`: also keep these rows as the model's history for its retrain policy (which must
+        exist; see set_retrain_policy), so the autopilot's retrains learn from them too."""
         ts = _timestamps(data, timestamps)
         x, names = _columns(data, feature_names)
         if ts is not None and len(ts) != x.shape[0]:
@@ -432,7 +435,7 @@ class Client:
         header = admin_pb2.TrainingJobHeader(
             model=model, entity=entity, num_features=x.shape[1], rows=x.shape[0],
             fine_tune=fine_tune,
-            no_activate=not activate,
+            no_activate=not activate, retain=retain,
             options=model_pb2.TrainingOptions(
                 epochs=epochs or 0, batch_size=batch_size or 0, learning_rate=learning_rate or 0,
                 weight_decay=weight_decay or 0, patience=patience or 0, seed=seed or 0))
@@ -507,8 +510,63 @@ class Client:
         return list(self._call(self._admin.ListTrainingJobs,
                                admin_pb2.ListTrainingJobsRequest(model=model)).jobs)
 
+    def job(self, job_id: str) -> admin_pb2.TrainingJob:
+        return self._call(self._admin.GetTrainingJob, admin_pb2.GetTrainingJobRequest(id=job_id))
+
     def cancel(self, job_id: str) -> admin_pb2.TrainingJob:
         return self._call(self._admin.CancelTrainingJob, admin_pb2.GetTrainingJobRequest(id=job_id))
+
+    def set_retrain_policy(self, model: str, retain_rows: int = 0, *, entity: str = "",
+                           retain_hours: float = 0, flagged_rows: str = "keep",
+                           drift_above: float = 0, drift_samples: int = 0,
+                           grown_factor: float = 0, grown_rows: int = 0, every_hours: float = 0,
+                           min_interval_seconds: Optional[float] = None,
+                           min_rows: Optional[int] = None, fine_tune: bool = False,
+                           promotion: str = "shadow", shadow_samples: Optional[int] = None,
+                           shadow_seconds: Optional[float] = None,
+                           flag_ratio: Optional[Tuple[float, float]] = None,
+                           clear: bool = False) -> model_pb2.AutopilotStatus:
+        """The model's autopilot (README, "Autopilot"): keep the newest `retain_rows` rows it
+        scores, retrain on them when a trigger fires (drift above `drift_above` for
+        `drift_samples` samples, `grown_factor` x or `grown_rows` more rows than the last
+        training, every `every_hours`), then "shadow" the new version and promote it by the rule
+        (`flag_ratio` = (min, max) x its target flag rate, and no more drift than the active one),
+        "activate" it at once, or "stage" it. `clear=True` removes the policy and the rows.
+        Unset options take the server's defaults."""
+        p = model_pb2.RetrainPolicy(
+            retain_rows=retain_rows, retain_hours=retain_hours,
+            flagged_rows=_enum(model_pb2.FlaggedRows, "FLAGGED_ROWS_", "flagged_rows",
+                               flagged_rows.replace("-", "_")),
+            drift_above=drift_above, drift_samples=drift_samples, grown_factor=grown_factor,
+            grown_rows=grown_rows, every_hours=every_hours, fine_tune=fine_tune,
+            promotion=_enum(model_pb2.Promotion, "PROMOTION_", "promotion", promotion))
+        if min_interval_seconds is not None:
+            p.min_interval_seconds = min_interval_seconds
+        if min_rows is not None:
+            p.min_rows = min_rows
+        if shadow_samples is not None:
+            p.shadow_samples = shadow_samples
+        if shadow_seconds is not None:
+            p.shadow_seconds = shadow_seconds
+        if flag_ratio is not None:
+            p.min_flag_ratio, p.max_flag_ratio = flag_ratio
+        return self._call(self._admin.SetRetrainPolicy, admin_pb2.SetRetrainPolicyRequest(
+            model=model, entity=entity, policy=p, clear=clear))
+
+    def retrain(self, model: str, entity: str = "") -> admin_pb2.TrainingJob:
+        """Retrains now on the model's retained rows, as its retrain policy says."""
+        return self._call(self._admin.Retrain, admin_pb2.RetrainRequest(model=model, entity=entity))
+
+    def start_shadow(self, model: str, version: int, entity: str = "") -> model_pb2.AutopilotStatus:
+        """Puts a staged version in shadow beside the active one (the policy's window)."""
+        return self._call(self._admin.StartShadow, admin_pb2.StartShadowRequest(
+            model=model, entity=entity, version=version))
+
+    def autopilot(self, model: str, entity: str = "") -> Optional[model_pb2.AutopilotStatus]:
+        """The model's retained rows, last retrain and shadow report; None without a policy."""
+        info = self._call(self._scoring.GetModel,
+                          scoring_pb2.GetModelRequest(model=model, entity=entity))
+        return info.autopilot if info.HasField("autopilot") else None
 
     def history(self, model: str = "", entity: str = "", since_unix_ms: int = 0,
                 limit: int = 0) -> list:

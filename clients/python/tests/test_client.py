@@ -213,6 +213,38 @@ class ServerTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.client.score("pyseries", broken)
 
+    def test_autopilot_retrains_on_growth_and_the_history_says_so(self):
+        c = self.client
+        c.train("ap", self.x[:500], layers=[16], code=4, epochs=3)
+        with self.assertRaises(AeserveError) as e:
+            c.retrain("ap")  # no policy yet
+        self.assertEqual(e.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        status = c.set_retrain_policy("ap", 5000, grown_rows=400, min_rows=100,
+                                      min_interval_seconds=0, promotion="activate",
+                                      flagged_rows="keep-unless-incident")
+        self.assertEqual(status.policy.retain_rows, 5000)
+        self.assertEqual(status.policy.shadow_samples, 10000)  # the server's default, filled in
+        self.assertIsNone(c.autopilot("demo"))
+        c.score("ap", self.x[500:900])  # 400 rows: the growth trigger fires before the answer
+        jobs = [j for j in c.jobs("ap") if j.trigger == "growth"]
+        self.assertEqual(len(jobs), 1)
+        self.assertEqual(jobs[0].actor, "autopilot")
+        deadline = time.time() + 60
+        while c.job(jobs[0].id).state not in (3, 4, 5) and time.time() < deadline:
+            time.sleep(0.05)
+        done = c.job(jobs[0].id)
+        self.assertEqual(done.state, 3, done.error)  # SUCCEEDED
+        self.assertEqual(done.rows, 400)
+        self.assertEqual(c.model("ap").active_version, 2)
+        self.assertGreaterEqual(c.autopilot("ap").retained_rows, 400)
+        actions = [e.action for e in c.history("ap")]
+        self.assertEqual(actions, ["train", "set-retrain-policy", "retrain", "train"])
+        self.assertEqual(c.history("ap", limit=1)[0].actor, "autopilot")
+        with self.assertRaises(ValueError):
+            c.set_retrain_policy("ap", 10, promotion="sometimes")
+        c.set_retrain_policy("ap", clear=True)
+        self.assertIsNone(c.autopilot("ap"))
+
     def test_bad_choices_list_the_valid_values(self):
         with self.assertRaises(ValueError) as e:
             self.client.train("bad", self.x[:50], kind="denoise")
