@@ -92,6 +92,11 @@ double TargetRate(const engine::Model& m) {
   return std::max(static_cast<double>(over) / c.size(), 1.0 / c.size());
 }
 
+// The columns a client sends per row: a series model's columns of one time step.
+uint32_t Columns(const engine::Model& m) {
+  return engine::IsSeries(m.spec()) ? m.spec().window().columns() : m.num_features();
+}
+
 std::vector<std::string> ColumnNames(const engine::Model& m) {
   const auto& f = m.file();
   const auto& names = engine::IsSeries(m.spec()) ? f.series_columns() : f.feature_names();
@@ -298,10 +303,8 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
   }
   auto p = Resolve(in);
   if (!p.ok()) return p.status();
-  if (!registry_->Handle(key, 0).ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("'", key.str(), "' has no active version to retrain from: train one first"));
-  }
+  // A model may get its policy before its first version, so that the first upload's rows are
+  // kept too (TrainingJobHeader.retain).
   std::error_code ec;
   fs::create_directories(dir, ec);
   // The policy as given (defaults unset), so a later default change reaches it.
@@ -426,11 +429,12 @@ void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,
   std::shared_ptr<State> s = Find(key);
   if (s == nullptr) return;
   const engine::Model& m = *h.model;
-  const uint32_t d = m.num_features();
+  const uint32_t d = Columns(m);
   const int64_t now = NowMs();
   google::protobuf::RepeatedPtrField<std::string> names;
   for (auto& n : ColumnNames(m)) *names.Add() = std::move(n);
-  const uint64_t kept = s->retention.Append(d, names, rows, timestamps, flagged, alarmed, now);
+  const uint64_t kept = s->retention.Append(d, names, rows, timestamps, flagged, alarmed, now,
+                                            engine::IsSeries(m.spec()));
 
   std::string due;
   {
@@ -659,11 +663,11 @@ absl::StatusOr<v1::TrainingJob> Autopilot::StartRetrain(const ModelKey& key, Sta
   *h.mutable_critical_threshold() = f.critical_threshold();
   *h.mutable_policy() = f.policy();
   for (const auto& n : ColumnNames(m)) h.add_feature_names(n);
-  h.set_num_features(m.num_features());
+  h.set_num_features(Columns(m));
   h.set_no_activate(p.promotion() != v1::PROMOTION_ACTIVATE);
   h.set_description(
       absl::StrCat("autopilot retrain of version ", active->version, " (", trigger, ")"));
-  const uint32_t d = m.num_features();
+  const uint32_t d = Columns(m);
   const uint64_t max_rows = p.retain_rows();
   const uint64_t min_rows = p.min_rows();
   Retention* retention = &s.retention;
@@ -1029,7 +1033,7 @@ absl::Status Autopilot::RetainUpload(const v1::TrainingJobHeader& header,
         "retain: '", key.str(), "' has no retrain policy to keep the rows under; set one first"));
   }
   s->retention.Append(header.num_features(), header.feature_names(), values, timestamps, {}, {},
-                      NowMs());
+                      NowMs(), engine::IsSeries(header.spec()));
   return s->retention.Maintain(NowMs(), true);
 }
 

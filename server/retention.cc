@@ -63,12 +63,25 @@ void Retention::SetBounds(uint64_t rows, double hours, v1::FlaggedRows flagged) 
 size_t Retention::Append(uint32_t d, const google::protobuf::RepeatedPtrField<std::string>& names,
                          absl::Span<const float> values, absl::Span<const int64_t> timestamps,
                          absl::Span<const uint8_t> flagged, absl::Span<const uint8_t> alarmed,
-                         int64_t now_ms) {
+                         int64_t now_ms, bool series) {
   if (d == 0) return 0;
   const size_t n = values.size() / d;
   size_t kept = 0;
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < n; ++i) {
+    if (series && i < timestamps.size()) {
+      // A step before the newest kept, or the newest again with the same values, was sent
+      // again (a stream warming its window up). An equal timestamp with other values is the
+      // next step (a daylight-saving hour).
+      const float* row = values.data() + i * d;
+      if (timestamps[i] < last_series_ms_ ||
+          (timestamps[i] == last_series_ms_ && last_series_row_.size() == d &&
+           std::equal(row, row + d, last_series_row_.begin()))) {
+        continue;
+      }
+      last_series_ms_ = timestamps[i];
+      last_series_row_.assign(row, row + d);
+    }
     const bool is_flagged = i < flagged.size() && flagged[i] != 0;
     const bool in_alarm = i < alarmed.size() && alarmed[i] != 0;
     if (is_flagged && (flagged_ == v1::FLAGGED_ROWS_DROP ||
@@ -253,10 +266,6 @@ absl::StatusOr<RetainedRows> Retention::Read(uint32_t num_features, uint64_t max
   if (stamped) out.timestamps_ms.reserve(rows.size() - skip);
   for (size_t r = skip; r < rows.size(); ++r) {
     const auto& [s, i] = rows[r];
-    // A time step kept twice (the rows a stream sends again to warm its window up) once.
-    if (stamped && !out.timestamps_ms.empty() && out.timestamps_ms.back() == s->timestamps_ms(i)) {
-      continue;
-    }
     const float* v = s->values().data() + static_cast<size_t>(i) * num_features;
     out.values.insert(out.values.end(), v, v + num_features);
     if (stamped) out.timestamps_ms.push_back(s->timestamps_ms(i));
@@ -269,6 +278,7 @@ void Retention::DeleteAll() {
   {
     absl::MutexLock lock(&mu_);
     open_ = Open{};
+    last_series_ms_ = INT64_MIN;
     pending_.clear();
     pending_bytes_ = 0;
     disk_ = RetentionTotals{};

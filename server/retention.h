@@ -58,11 +58,13 @@ class Retention {
 
   // One scored batch: `n` rows of `d` values (NaN = missing) with `timestamps` (empty or n) and
   // per-row `flagged` and `alarmed` (empty = none); kept as the flagged-rows policy says.
+  // `series`: the rows are time steps of one series, so a row whose timestamp is not after the
+  // last one kept is one sent again (a stream warming its window up) and is not kept twice.
   // Cheap: copies into the open segment under a mutex. Returns the rows kept.
   size_t Append(uint32_t d, const google::protobuf::RepeatedPtrField<std::string>& names,
                 absl::Span<const float> values, absl::Span<const int64_t> timestamps,
                 absl::Span<const uint8_t> flagged, absl::Span<const uint8_t> alarmed,
-                int64_t now_ms);
+                int64_t now_ms, bool series = false);
 
   // Closes the open segment when it is old enough (or when `force`), writes every closed segment,
   // drops the oldest beyond the bounds and refreshes the totals from the directory (which holds
@@ -71,8 +73,7 @@ class Retention {
   RetentionTotals Totals() const;
 
   // Every retained row of `num_features` features, oldest first (by timestamp when every row has
-  // one — a repeated timestamp is kept once —, else by when it was scored), at most the newest
-  // `max_rows`. Call Maintain(now, true)
+  // one, else by when it was scored), at most the newest `max_rows`. Call Maintain(now, true)
   // first to include the open segment.
   absl::StatusOr<RetainedRows> Read(uint32_t num_features, uint64_t max_rows) const;
 
@@ -104,6 +105,8 @@ class Retention {
   uint64_t seq_ ABSL_GUARDED_BY(mu_) = 0;
   RetentionTotals disk_ ABSL_GUARDED_BY(mu_);  // as of the last Maintain
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_series_ms_ ABSL_GUARDED_BY(mu_) = INT64_MIN;  // newest series step kept
+  std::vector<float> last_series_row_ ABSL_GUARDED_BY(mu_);
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // one Maintain at a time
 };
 

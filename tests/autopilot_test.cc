@@ -351,9 +351,22 @@ TEST(Autopilot, BadPoliciesAreRefusedWithTheField) {
   auto r = Start(dir.path());
   v1::RetrainPolicy p;
   p.set_retain_rows(100);
-  grpc::Status st = SetPolicy(*r, p);  // no model yet
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  ASSERT_EQ(Train(*r, Normal(500, 1)), 1u);
+  // Before the first version: allowed, so that the first upload can be kept as history.
+  grpc::Status st = SetPolicy(*r, p);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(Train(*r, Normal(500, 1), true, /*retain=*/true), 1u);
+  EXPECT_EQ(Info(*r).autopilot().retained_rows(), 500u);
+  {  // retain_rows bounds what a retrain reads, not what the first upload keeps
+    grpc::ClientContext ctx;
+    v1::RetrainRequest req;
+    req.set_model(kModel);
+    v1::TrainingJob job;
+    st = r->admin->Retrain(&ctx, req, &job);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    auto states = WatchToEnd(r->admin.get(), job.id());
+    ASSERT_FALSE(states.empty());
+    EXPECT_EQ(states.back().rows(), 100u);
+  }
   auto refused = [&](v1::RetrainPolicy q, const std::string& field) {
     grpc::Status s = SetPolicy(*r, q);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
@@ -375,6 +388,12 @@ TEST(Autopilot, BadPoliciesAreRefusedWithTheField) {
   refused(q, "min_flag_ratio");
   // Retrain without enough rows, StartShadow of the active version.
   {
+    grpc::ClientContext cctx;
+    v1::SetRetrainPolicyRequest clear;
+    clear.set_model(kModel);
+    clear.set_clear(true);
+    v1::AutopilotStatus out;
+    ASSERT_TRUE(r->admin->SetRetrainPolicy(&cctx, clear, &out).ok());
     grpc::Status set = SetPolicy(*r, p);
     ASSERT_TRUE(set.ok()) << set.error_message() << r->process.log();
   }

@@ -152,9 +152,28 @@ TEST(Retention, FlaggedRowsPolicyAndTimeOrder) {
   ASSERT_TRUE(r.Maintain(10, true).ok());
   auto back = r.Read(1, 0);
   ASSERT_TRUE(back.ok());
-  // Rows with timestamps come back in time order; a repeated timestamp is kept once.
-  EXPECT_EQ(back->timestamps_ms, (std::vector<int64_t>{10, 20, 30, 40}));
-  EXPECT_EQ(back->values, (std::vector<float>{3, 2, 1, 0}));
+  // Rows with timestamps come back in time order (rows of one time in the order they came).
+  EXPECT_EQ(back->timestamps_ms, (std::vector<int64_t>{10, 10, 10, 20, 30, 30, 40, 40, 40}));
+  EXPECT_EQ(back->values, (std::vector<float>{3, 3, 3, 2, 1, 1, 0, 0, 0}));
+}
+
+TEST(Retention, ASeriesSentAgainToWarmAWindowUpIsKeptOnce) {
+  TempDir dir("aeserve_retention");
+  Retention r(dir.path() + "/retained", "test");
+  r.SetBounds(100, 0, v1::FLAGGED_ROWS_KEEP);
+  const std::vector<float> first{1, 2, 3};
+  EXPECT_EQ(r.Append(1, Names(1), first, std::vector<int64_t>{100, 200, 300}, {}, {}, 1, true), 3u);
+  // A stream re-sends the last two steps, then goes on; a repeated time with another value is the
+  // next step (a daylight-saving hour), the same value at that time again is a re-send.
+  const std::vector<float> again{2, 3, 4, 5, 5};
+  EXPECT_EQ(
+      r.Append(1, Names(1), again, std::vector<int64_t>{200, 300, 400, 400, 400}, {}, {}, 2, true),
+      2u);
+  ASSERT_TRUE(r.Maintain(10, true).ok());
+  auto back = r.Read(1, 0);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->timestamps_ms, (std::vector<int64_t>{100, 200, 300, 400, 400}));
+  EXPECT_EQ(back->values, (std::vector<float>{1, 2, 3, 4, 5}));
 }
 
 }  // namespace

@@ -24,11 +24,15 @@ points), min-max scaling of the training part, default architecture, 100 epochs 
 (patience 10), threshold at the 99.5th percentile of held-out errors, debounce 3 of the last 5
 points, and after a detection a quiet period of 5% of the stream (about one NAB anomaly window:
 NAB's windows take 10% of a stream, shared by its anomalies), so one incident raises one alarm.
-The model learns as the stream goes on, the way an operator runs the service: each time the history
-has grown by as many points as the first training set (the probationary period), a new version is
-trained over RPC on the whole history and activated, and the same stream continues with it (its
-window survives the swap; --refit_every 0 keeps the first model for the whole stream). NAB lets detectors learn online;
-every detector on its scoreboard does.
+The model learns as the stream goes on, and the server does it, not this script: the model gets a
+retrain policy (issue #15's autopilot: keep every scored point as history; each time the history has
+grown by as many points as the first training set — the probationary period — retrain on all of it
+and activate the new version) and its first training set is kept as history too. The stream
+continues with each new version (its window survives the swap; --refit_every 0 sets no policy and
+keeps the first model for the whole stream). Points are sent in batches of 16, each once the
+previous one is answered and any retrain it triggered has ended, as time would pass for live
+telemetry (a point every 5 minutes, a retrain in seconds). NAB lets detectors learn online; every
+detector on its scoreboard does.
 """
 import argparse
 import csv
@@ -52,7 +56,7 @@ PROFILES = {
     "reward_low_FP_rate": dict(tp=1.0, fp=0.22, fn=1.0),
     "reward_low_FN_rate": dict(tp=1.0, fp=0.11, fn=2.0),
 }
-WINDOW, DEBOUNCE, PERCENTILE, SUPPRESS, REFIT_EVERY = 12, (3, 5), 99.5, 0.05, 1.0
+WINDOW, DEBOUNCE, PERCENTILE, SUPPRESS, REFIT_EVERY, BATCH = 12, (3, 5), 99.5, 0.05, 1.0, 16
 
 
 def parse_time(s):
@@ -96,37 +100,57 @@ def score_file(times, detections, windows, probation, weights):
     return sum(tp_scores.values()) + fp_total - weights["fn"] * missed, idx_windows
 
 
-def train(client, model, values, stamps, args):
+def train(client, model, values, stamps, args, retain=False):
     """A series model over the raw points: the server builds windows of WINDOW values and the
     time of day."""
     client.train(model, values.reshape(-1, 1), feature_names=["value"], timestamps=stamps,
                  window=WINDOW, time_features=["hour"], seed=args.seed, scaling="minmax",
                  epochs=100, patience=10, percentile=args.percentile, validation_split=0.2,
-                 max_gap_steps=args.max_gap_steps, gap_fill=args.gap_fill, hold_out=args.hold_out)
+                 max_gap_steps=args.max_gap_steps, gap_fill=args.gap_fill, hold_out=args.hold_out,
+                 retain=retain)
 
 
-def stream_with_refits(client, model, values, stamps, n_train, args, debounce):
-    """Trains on the first n_train points, then streams the points from n_train - (WINDOW - 1) on
-    (those first ones warm the window up) through one StreamScore stream; whenever the history has
-    grown by refit_every x n_train points since the last training, waits for the answers so far,
-    retrains on all of it (the new version is activated) and streams on. Returns the alarm of
-    every streamed point."""
-    train(client, model, values[:n_train], stamps[:n_train], args)
-    n = len(values)
+def wait_for_retrains(client, model):
+    """Lets time pass while a retrain the server started runs (live telemetry would bring a point
+    every five minutes; a retrain takes seconds)."""
+    deadline = time.time() + 600
+    while any(j.trigger != "upload" and j.state in (1, 2) for j in client.jobs(model)):  # QUEUED, RUNNING
+        if time.time() > deadline:
+            raise RuntimeError(f"{model}: a retrain did not end within 600 s")
+        time.sleep(0.02)
+
+
+def stream_with_autopilot(client, model, values, stamps, n_train, args, debounce):
+    """Gives the model a retrain policy (keep the whole history; each time it has grown by
+    refit_every x the first training set's windows, retrain on all of it and activate the result),
+    trains the first version on the first n_train points — kept as history —, then streams the
+    points from n_train - (WINDOW - 1) on (those first ones warm the window up) through one
+    StreamScore stream. The harness never trains or activates anything after the first version:
+    the server retrains itself. Each batch is sent once the previous one is answered and any
+    retrain it triggered has ended. Returns the alarm of every streamed point."""
     samples = n_train - (WINDOW - 1)  # windows in the first training set
-    step = max(int(args.refit_every * samples), 1) if args.refit_every > 0 else n
+    step = max(int(args.refit_every * samples), 1)
+    autopilot = args.refit_every > 0
+    if autopilot:
+        client.set_retrain_policy(model, 10_000_000, grown_rows=step, min_rows=WINDOW + 10,
+                                  min_interval_seconds=0, promotion="activate")
+    train(client, model, values[:n_train], stamps[:n_train], args, retain=autopilot)
+    n = len(values)
     first = max(n_train - (WINDOW - 1), 0)
-    refits = set(range(n_train + step, n, step))
-    bounds = sorted(refits | set(range(first, n, 64)) | {n})
+    # Batches end where the policy's trigger falls (every `step` points streamed), so each version
+    # scores exactly the points after the history it learnt from — as with live telemetry, where
+    # the trigger falls between two points.
+    triggers = set(range(n_train + step, n, step)) if autopilot else set()
+    bounds = sorted(set(range(first, n, BATCH)) | triggers | {n})
     answered = threading.Condition()
     done = [0]  # batches answered
 
     def batches():
         for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-            if start in refits:
-                with answered:  # what was sent before is scored by the version it was sent to
+            if autopilot and k > 0:
+                with answered:  # the trigger is decided when a batch is scored
                     answered.wait_for(lambda: done[0] == k, timeout=600)
-                train(client, model, values[:start], stamps[:start], args)
+                wait_for_retrains(client, model)
             yield values[start:end].reshape(-1, 1), stamps[start:end]
 
     alarms = []
@@ -138,6 +162,11 @@ def stream_with_refits(client, model, values, stamps, n_train, args, debounce):
                 answered.notify_all()
         elif isinstance(item, AeserveError):  # a batch the server refused
             raise RuntimeError(f"{model}: {item}")
+    if autopilot:
+        retrains = [j for j in client.jobs(model) if j.trigger == "growth"]
+        failed = [j for j in retrains if j.state != 3]
+        if failed:
+            raise RuntimeError(f"{model}: retrain {failed[0].id} ended {failed[0].state}: {failed[0].error}")
     return alarms
 
 
@@ -203,7 +232,7 @@ def main():
                           dtype=np.int64)
         n_train = max(sum(1 for i in sent if i < probation), WINDOW + 10)
         model = "nab_" + re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(rel)[:-4])
-        alarms = stream_with_refits(client, model, values, stamps, n_train, args, debounce)
+        alarms = stream_with_autopilot(client, model, values, stamps, n_train, args, debounce)
         first_sent = len(sent) - len(alarms)
         detections = [False] * len(rows)
         previous = False
