@@ -346,6 +346,77 @@ TEST(Autopilot, GrowthRetrainsOnUploadedAndScoredHistoryBeforeTheCallIsAnswered)
             grpc::StatusCode::FAILED_PRECONDITION);
 }
 
+// A series model keeps time steps (not its windows' inputs); the steps a stream sends again to warm
+// its window up are kept once; a repeated time with another value is a step of its own.
+TEST(Autopilot, ASeriesModelRetrainsOnItsTimeSteps) {
+  TempDir dir("aeserve_autopilot");
+  auto r = Start(dir.path());
+  v1::RetrainPolicy p;
+  p.set_retain_rows(100000);
+  p.set_grown_rows(200);
+  p.set_min_rows(50);
+  p.set_min_interval_seconds(0);
+  p.set_promotion(v1::PROMOTION_ACTIVATE);
+  ASSERT_TRUE(SetPolicy(*r, p).ok());  // before the first version: its upload is kept too
+  constexpr int kSteps = 600;
+  std::vector<float> values(kSteps);
+  std::vector<int64_t> stamps(kSteps);
+  for (int i = 0; i < kSteps; ++i) {
+    values[i] = std::sin(i * 0.3f) + 0.01f * (i % 7);
+    stamps[i] = 1'700'000'000'000 + 60'000 * int64_t{i};
+  }
+  stamps[150] = stamps[149];  // a daylight-saving hour: the same time, the next step
+  v1::TrainingJobHeader h;
+  h.set_model(kModel);
+  h.set_num_features(1);
+  h.add_feature_names("cpu");
+  h.mutable_spec()->mutable_window()->set_length(4);
+  h.mutable_options()->set_epochs(5);
+  h.set_retain(true);
+  h.set_rows(300);
+  {
+    grpc::ClientContext ctx;
+    v1::TrainingJob job;
+    auto writer = r->admin->CreateTrainingJob(&ctx, &job);
+    v1::CreateTrainingJobRequest req;
+    *req.mutable_header() = h;
+    req.mutable_values()->Add(values.begin(), values.begin() + 300);
+    req.mutable_timestamps_ms()->Add(stamps.begin(), stamps.begin() + 300);
+    ASSERT_TRUE(writer->Write(req));
+    writer->WritesDone();
+    grpc::Status st = writer->Finish();
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    auto states = WatchToEnd(r->admin.get(), job.id());
+    ASSERT_FALSE(states.empty());
+    ASSERT_EQ(states.back().state(), v1::JOB_STATE_SUCCEEDED) << states.back().error();
+  }
+  EXPECT_EQ(Info(*r).autopilot().retained_rows(), 300u);
+  // Batches of 50 steps; the first re-sends the last 3 uploaded steps to warm the window up.
+  auto score = [&](int from, int to) {
+    grpc::ClientContext ctx;
+    v1::ScoreRequest req;
+    req.set_model(kModel);
+    req.mutable_samples()->set_num_features(1);
+    req.mutable_samples()->add_feature_names("cpu");
+    req.mutable_samples()->mutable_values()->Add(values.begin() + from, values.begin() + to);
+    req.mutable_samples()->mutable_timestamps_ms()->Add(stamps.begin() + from, stamps.begin() + to);
+    v1::ScoreResponse resp;
+    return r->scoring->Score(&ctx, req, &resp);
+  };
+  ASSERT_TRUE(score(297, 347).ok());
+  for (int from = 347; from < 497; from += 50) ASSERT_TRUE(score(from, from + 50).ok());
+  EXPECT_EQ(Info(*r).autopilot().retained_rows(), 497u);  // 300 + 197 new steps
+  EXPECT_EQ(Jobs(*r).size(), 1u);
+  ASSERT_TRUE(score(497, 547).ok());  // 247 new steps since version 1: over 200
+  auto jobs = Jobs(*r);
+  ASSERT_EQ(jobs.size(), 2u);
+  auto states = WatchToEnd(r->admin.get(), jobs[1].id());
+  ASSERT_FALSE(states.empty());
+  ASSERT_EQ(states.back().state(), v1::JOB_STATE_SUCCEEDED) << states.back().error();
+  EXPECT_EQ(states.back().rows(), 547u);
+  EXPECT_EQ(Info(*r).active_version(), 2u);
+}
+
 TEST(Autopilot, BadPoliciesAreRefusedWithTheField) {
   TempDir dir("aeserve_autopilot");
   auto r = Start(dir.path());
