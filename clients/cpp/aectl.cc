@@ -720,7 +720,7 @@ struct TrainArgs {
   float lr = 0, weight_decay = 0, dropout = -1, validation_split = -1, noise_level = 0, l1 = 0,
         kl_sparsity = 0, rho = 0, beta = 0;
   double percentile = 0;
-  bool fine_tune = false, no_activate = false, detach = false;
+  bool fine_tune = false, no_activate = false, detach = false, retain = false;
   uint64_t base_version = 0;
   float max_missing = -1;                  // -1 = the server's default
   int impute_refinements = -1;             // -1 = the server's default
@@ -763,6 +763,7 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   h.set_fine_tune(a.fine_tune);
   h.set_base_version(a.base_version);
   h.set_no_activate(a.no_activate);
+  h.set_retain(a.retain);
   h.set_description(a.description);
   *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements, a.max_gap_steps, a.gap_fill);
   const bool series = a.window > 1 || !a.time_features.empty();
@@ -1451,6 +1452,9 @@ int main(int argc, char** argv) {
   train->add_flag("--fine-tune", ta.fine_tune, "start from the active version's weights");
   train->add_option("--base-version", ta.base_version, "fine-tune from this version");
   train->add_flag("--no-activate", ta.no_activate, "keep the new version staged");
+  train->add_flag("--retain", ta.retain,
+                  "also keep these rows as the model's history for its retrain policy (set the "
+                  "policy first: aectl autopilot)");
   train->add_flag("--detach", ta.detach, "print the job id and return at once");
   train->add_option("--description", ta.description);
   train->add_option(
