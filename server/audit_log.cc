@@ -53,7 +53,8 @@ class LockedFile {
   // open and the lock; then it is reopened (the lock is held on the file that has the name).
   absl::Status Open(const std::string& path) {
     for (int attempt = 0; attempt < 8; ++attempt) {
-      fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+      fd_ = ::open(path.c_str(),
+                   O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW, 0644);
       if (fd_ < 0) return Errno("open", path);
       int rc;
       do {

@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <optional>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -29,17 +31,19 @@ constexpr uint64_t kMaxStateBytes = 1 << 20;
 // A retrain claim or shadow window whose replica has not touched its file for this many ticks
 // (plus a margin) is taken to have died with its replica.
 constexpr double kHeartbeatTicks = 5;
-constexpr double kHeartbeatMarginSeconds = 2;
+constexpr double kHeartbeatMarginSeconds = 5;
 constexpr size_t kShadowQueueBatches = 64;
 constexpr size_t kShadowQueueBytes = 64 << 20;
-constexpr uint64_t kMinShadowSamples = 100;  // fewer compared samples never promote
+constexpr uint64_t kMinShadowSamples = kMinDriftWindow;  // fewer compared never promote
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
 std::string ReplicaName() {
   char host[256] = {};
   if (::gethostname(host, sizeof(host) - 1) != 0) std::strcpy(host, "unknown");
-  return absl::StrCat(host, ":", ::getpid());
+  // host:pid alone repeats when a container restarts in the same pod (pid 1 again).
+  std::random_device rd;
+  return absl::StrCat(host, ":", ::getpid(), ":", absl::Hex(rd() & 0xFFFFFF));
 }
 
 // Segment names carry the replica; keep it to [A-Za-z0-9_.] so names parse.
@@ -164,18 +168,27 @@ struct Autopilot::State {
   uint64_t scored_since_tick ABSL_GUARDED_BY(mu) = 0;
   uint64_t drifted_samples ABSL_GUARDED_BY(mu) = 0;
   double last_drift_ks ABSL_GUARDED_BY(mu) = 0;
-  int64_t next_attempt_ms ABSL_GUARDED_BY(mu) = 0;     // quiet after a refused automatic start
-  std::shared_ptr<Shadow> shadow ABSL_GUARDED_BY(mu);  // running here
-  v1::ShadowReport last_shadow ABSL_GUARDED_BY(mu);    // finished, or another replica's
+  int64_t next_attempt_ms ABSL_GUARDED_BY(mu) = 0;        // quiet after a refused automatic start
+  uint64_t drift_retrained_from ABSL_GUARDED_BY(mu) = 0;  // a drift retrain fires once per version
+  std::shared_ptr<Shadow> shadow ABSL_GUARDED_BY(mu);     // running here
+  bool other_shadow ABSL_GUARDED_BY(mu) = false;          // another replica's window is open
+  v1::ShadowReport last_shadow ABSL_GUARDED_BY(mu);       // finished, or another replica's
+  // The columns of the version last seen scoring (copied once per version, not per batch).
+  uint64_t names_version ABSL_GUARDED_BY(mu) = 0;
+  std::shared_ptr<const google::protobuf::RepeatedPtrField<std::string>> names ABSL_GUARDED_BY(mu);
+  // Serialises starting and ending shadow windows (never taken on the scoring path). Before mu.
+  absl::Mutex shadow_mu ABSL_ACQUIRED_BEFORE(mu);
 };
 
 Autopilot::Autopilot(ModelRegistry* registry, TrainingJobs* jobs, const AuditLog* audit,
-                     std::shared_ptr<spdlog::logger> log, double tick_seconds)
+                     std::shared_ptr<spdlog::logger> log, double tick_seconds,
+                     uint64_t max_training_values)
     : registry_(registry),
       jobs_(jobs),
       audit_(audit),
       log_(std::move(log)),
       tick_seconds_(tick_seconds > 0 ? tick_seconds : 1),
+      max_training_values_(max_training_values),
       replica_(ReplicaName()) {}
 
 Autopilot::~Autopilot() { Stop(); }
@@ -222,7 +235,13 @@ std::shared_ptr<Autopilot::State> Autopilot::Find(const ModelKey& key) const {
 
 absl::StatusOr<v1::RetrainPolicy> Autopilot::Resolve(const v1::RetrainPolicy& in) {
   v1::RetrainPolicy p = in;
+  p.DiscardUnknownFields();
   auto bad = [](const std::string& what) { return absl::InvalidArgumentError(what); };
+  for (double v :
+       {p.retain_hours(), p.drift_above(), p.grown_factor(), p.every_hours(),
+        p.min_interval_seconds(), p.shadow_seconds(), p.min_flag_ratio(), p.max_flag_ratio()}) {
+    if (!std::isfinite(v)) return bad("every number in the policy must be finite");
+  }
   if (p.retain_rows() == 0) return bad("retain_rows is required (the history retrains learn from)");
   if (p.retain_hours() < 0 || !std::isfinite(p.retain_hours()))
     return bad("retain_hours must be >= 0");
@@ -243,6 +262,7 @@ absl::StatusOr<v1::RetrainPolicy> Autopilot::Resolve(const v1::RetrainPolicy& in
     return bad("min_rows is over retain_rows: it could never be met");
   if (!p.has_shadow_samples()) p.set_shadow_samples(10000);
   if (!p.has_shadow_seconds()) p.set_shadow_seconds(3600);
+  if (p.shadow_seconds() < 0) return bad("shadow_seconds must be >= 0");
   if (p.shadow_samples() == 0 && p.shadow_seconds() <= 0) {
     return bad("a shadow window needs shadow_samples or shadow_seconds");
   }
@@ -290,10 +310,14 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
       states_.erase(it);
       policies_.fetch_sub(1);
     }
+    v1::RetrainState retrain;
     {
       absl::MutexLock lock(&s->mu);
       if (s->shadow) s->shadow->closed = true;
+      retrain = s->retrain;
     }
+    // A retrain of ours still queued or running stops (its data would be gone).
+    if (retrain.running() && retrain.replica() == replica_) (void)jobs_->Cancel(retrain.job_id());
     std::error_code ec;
     fs::remove(fs::path(dir) / kPolicyFile, ec);
     fs::remove(fs::path(dir) / kShadowFile, ec);
@@ -305,10 +329,21 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
   if (!p.ok()) return p.status();
   // A model may get its policy before its first version, so that the first upload's rows are
   // kept too (TrainingJobHeader.retain).
+  if (auto active = registry_->Handle(key, 0); active.ok()) {
+    const uint64_t columns = Columns(*active->model);
+    if (p->retain_rows() > max_training_values_ / columns) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "retain_rows ", p->retain_rows(), " x ", columns, " features is over the ",
+          max_training_values_, " values a training job may hold (--max_training_values)"));
+    }
+  }
   std::error_code ec;
   fs::create_directories(dir, ec);
-  // The policy as given (defaults unset), so a later default change reaches it.
-  if (auto st = WriteMessage((fs::path(dir) / kPolicyFile).string(), in); !st.ok()) return st;
+  // The policy as given (defaults unset, so a later default change reaches it), without fields
+  // this server does not know.
+  v1::RetrainPolicy given = in;
+  given.DiscardUnknownFields();
+  if (auto st = WriteMessage((fs::path(dir) / kPolicyFile).string(), given); !st.ok()) return st;
   std::shared_ptr<State> s;
   {
     absl::MutexLock lock(&mu_);
@@ -431,10 +466,32 @@ void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,
   const engine::Model& m = *h.model;
   const uint32_t d = Columns(m);
   const int64_t now = NowMs();
-  google::protobuf::RepeatedPtrField<std::string> names;
-  for (auto& n : ColumnNames(m)) *names.Add() = std::move(n);
-  const uint64_t kept = s->retention.Append(d, names, rows, timestamps, flagged, alarmed, now,
+  std::shared_ptr<const google::protobuf::RepeatedPtrField<std::string>> names;
+  bool drift_on;
+  {
+    absl::MutexLock lock(&s->mu);
+    if (s->names == nullptr || s->names_version != h.version) {
+      auto fresh = std::make_shared<google::protobuf::RepeatedPtrField<std::string>>();
+      for (auto& n : ColumnNames(m)) *fresh->Add() = std::move(n);
+      s->names = std::move(fresh);
+      s->names_version = h.version;
+    }
+    names = s->names;
+    drift_on = s->policy.drift_above() > 0;
+  }
+  const uint64_t kept = s->retention.Append(d, *names, rows, timestamps, flagged, alarmed, now,
                                             engine::IsSeries(m.spec()));
+  std::vector<float> finite;  // the scores the drift window takes (samples without one are out)
+  std::vector<uint8_t> finite_flags;
+  if (drift_on) {
+    finite.reserve(scores.size());
+    finite_flags.reserve(scores.size());
+    for (size_t i = 0; i < scores.size(); ++i) {
+      if (!std::isfinite(scores[i])) continue;
+      finite.push_back(scores[i]);
+      finite_flags.push_back(i < flagged.size() ? flagged[i] : 0);
+    }
+  }
 
   std::string due;
   {
@@ -444,25 +501,19 @@ void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,
       s->rows_since = 0;
     }
     s->rows_since += kept;
-    if (s->policy.drift_above() > 0) {
+    if (drift_on) {
       if (s->drift == nullptr || s->drift_version != h.version) {
         s->drift = std::make_shared<ModelStats>(Shadow::Calibration(m));
         s->drift_version = h.version;
         s->drifted_samples = 0;
       }
-      std::vector<float> finite;
-      std::vector<uint8_t> flags;
-      for (size_t i = 0; i < scores.size(); ++i) {
-        if (!std::isfinite(scores[i])) continue;
-        finite.push_back(scores[i]);
-        flags.push_back(i < flagged.size() ? flagged[i] : 0);
-      }
-      s->drift->Record(finite, flags);
+      s->drift->Record(finite, finite_flags);
       s->scored_since_tick += finite.size();
     }
     const v1::RetrainPolicy& p = s->policy;
     // One cycle at a time: no new retrain while one runs or its candidate is in shadow.
-    const bool quiet = now < s->next_attempt_ms || s->retrain.running() || s->shadow != nullptr;
+    const bool quiet =
+        now < s->next_attempt_ms || s->retrain.running() || s->shadow != nullptr || s->other_shadow;
     if (!quiet && p.grown_rows() > 0 && s->rows_since >= p.grown_rows()) {
       due = absl::StrCat("growth: ", s->rows_since, " rows retained since version ", h.version,
                          " (policy: ", p.grown_rows(), ")");
@@ -480,7 +531,7 @@ void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,
   }
   // Started here, before the call is answered: a client that waits for the answer sees the job.
   if (!due.empty()) {
-    auto job = StartRetrain(key, *s, "growth", due, "autopilot", false);
+    auto job = StartRetrain(key, s, "growth", due, "autopilot", false);
     if (!job.ok() && log_) {
       log_->debug("autopilot: no retrain of '{}': {}", key.str(),
                   std::string(job.status().message()));
@@ -503,17 +554,24 @@ void Autopilot::ShadowBatch(const ModelHandle& h, absl::Span<const float> inputs
   w.shadow = shadow;
   w.compute_seconds = compute_seconds;
   const size_t bytes = inputs.size() * 4 + scores.size() * 4 + anomalous.size();
-  {
+  bool room;
+  {  // room is reserved under the lock, the batch copied outside it
     absl::MutexLock lock(&queue_mu_);
-    if (!stopping_ && queue_.size() < kShadowQueueBatches &&
-        queue_bytes_ + bytes <= kShadowQueueBytes) {
-      w.inputs.assign(inputs.begin(), inputs.end());
-      w.scores.assign(scores.begin(), scores.end());
-      w.anomalous.assign(anomalous.begin(), anomalous.end());
+    room = !stopping_ && queue_.size() + queue_reserved_ < kShadowQueueBatches &&
+           queue_bytes_ + bytes <= kShadowQueueBytes;
+    if (room) {
       queue_bytes_ += bytes;
-      queue_.push_back(std::move(w));
-      return;
+      ++queue_reserved_;
     }
+  }
+  if (room) {
+    w.inputs.assign(inputs.begin(), inputs.end());
+    w.scores.assign(scores.begin(), scores.end());
+    w.anomalous.assign(anomalous.begin(), anomalous.end());
+    absl::MutexLock lock(&queue_mu_);
+    --queue_reserved_;
+    queue_.push_back(std::move(w));
+    return;
   }
   absl::MutexLock lock(&shadow->mu);  // the shadow cannot keep up: counted, not queued
   shadow->report.set_dropped_batches(shadow->report.dropped_batches() + 1);
@@ -589,13 +647,15 @@ absl::StatusOr<v1::TrainingJob> Autopilot::Retrain(const ModelKey& key, const st
         absl::StrCat("'", key.str(), "' has no retrain policy: set one first (aectl autopilot ",
                      key.model, " --retain-rows N ...)"));
   }
-  return StartRetrain(key, *s, "manual", "asked for", actor, true);
+  return StartRetrain(key, s, "manual", "asked for", actor, true);
 }
 
-absl::StatusOr<v1::TrainingJob> Autopilot::StartRetrain(const ModelKey& key, State& s,
+absl::StatusOr<v1::TrainingJob> Autopilot::StartRetrain(const ModelKey& key,
+                                                        std::shared_ptr<State> state_ptr,
                                                         const std::string& trigger,
                                                         const std::string& reason,
                                                         const std::string& actor, bool manual) {
+  State& s = *state_ptr;
   const int64_t now = NowMs();
   v1::RetrainPolicy p;
   {
@@ -619,8 +679,11 @@ absl::StatusOr<v1::TrainingJob> Autopilot::StartRetrain(const ModelKey& key, Sta
     return quiet(absl::FailedPreconditionError(
         absl::StrCat(totals.rows, " rows retained; the policy needs min_rows ", p.min_rows())));
   }
-  ModelStore::Lock lock(registry_->store().dir());
-  if (!lock.status().ok()) return quiet(lock.status());
+  // Held while the claim is read and written; released before anything that may call back into
+  // the autopilot (a cancelled job's on_done takes it again).
+  std::optional<ModelStore::Lock> lock;
+  lock.emplace(registry_->store().dir());
+  if (!lock->status().ok()) return quiet(lock->status());
   const std::string path = (fs::path(s.key_dir) / kRetrainFile).string();
   auto stored = ReadMessage<v1::RetrainState>(path);
   v1::RetrainState state = stored.ok() ? *stored : v1::RetrainState{};
@@ -662,20 +725,23 @@ absl::StatusOr<v1::TrainingJob> Autopilot::StartRetrain(const ModelKey& key, Sta
   *h.mutable_threshold() = f.threshold();
   *h.mutable_critical_threshold() = f.critical_threshold();
   *h.mutable_policy() = f.policy();
-  for (const auto& n : ColumnNames(m)) h.add_feature_names(n);
+  const std::vector<std::string> names = ColumnNames(m);
+  for (const auto& n : names) h.add_feature_names(n);
   h.set_num_features(Columns(m));
   h.set_no_activate(p.promotion() != v1::PROMOTION_ACTIVATE);
   h.set_description(
       absl::StrCat("autopilot retrain of version ", active->version, " (", trigger, ")"));
   const uint32_t d = Columns(m);
-  const uint64_t max_rows = p.retain_rows();
+  // At most the policy's rows, and never more values than an upload may send.
+  const uint64_t max_rows = std::min<uint64_t>(p.retain_rows(), max_training_values_ / d);
   const uint64_t min_rows = p.min_rows();
-  Retention* retention = &s.retention;
-  TrainingJobs::Source source = [retention, d, max_rows, min_rows](
+  // The source keeps the state (and its retention) alive while the job waits and runs, even if
+  // the policy is removed meanwhile.
+  TrainingJobs::Source source = [state_ptr, d, names, max_rows, min_rows](
                                     std::vector<float>* values,
                                     std::vector<int64_t>* timestamps) -> absl::Status {
-    if (auto st = retention->Maintain(NowMs(), true); !st.ok()) return st;
-    auto rows = retention->Read(d, max_rows);
+    if (auto st = state_ptr->retention.Maintain(NowMs(), true); !st.ok()) return st;
+    auto rows = state_ptr->retention.Read(d, max_rows, names);
     if (!rows.ok()) return rows.status();
     if (rows->rows() < min_rows) {
       return absl::FailedPreconditionError(
@@ -697,14 +763,17 @@ absl::StatusOr<v1::TrainingJob> Autopilot::StartRetrain(const ModelKey& key, Sta
   state.set_trigger(trigger);
   state.set_started_unix_ms(now);
   if (auto st = WriteMessage(path, state); !st.ok()) {
+    lock.reset();
     (void)jobs_->Cancel(job->id());
     return quiet(st);
   }
+  lock.reset();
   {
     absl::MutexLock l(&s.mu);
     s.retrain = state;
     s.rows_since = 0;
     s.drifted_samples = 0;
+    if (trigger == "drift") s.drift_retrained_from = active->version;
   }
   Record(key, active->version, "retrain", actor,
          absl::StrCat(reason, "; ", totals.rows, " rows retained; ",
@@ -753,6 +822,7 @@ void Autopilot::RetrainDone(const ModelKey& key, const v1::TrainingJob& job,
     return;
   }
   if (promotion == v1::PROMOTION_SHADOW) {
+    absl::MutexLock shadowing(&s->shadow_mu);
     if (auto st = BeginShadow(key, *s, job.version(), "autopilot", true); !st.ok()) {
       Record(key, job.version(), "reject", "autopilot",
              absl::StrCat("cannot shadow: ", st.message()), job.id());
@@ -775,7 +845,10 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::StartShadow(const ModelKey& key, 
     absl::MutexLock lock(&s->mu);
     decide = s->policy.promotion() == v1::PROMOTION_SHADOW;
   }
-  if (auto st = BeginShadow(key, *s, version, actor, decide); !st.ok()) return st;
+  {
+    absl::MutexLock shadowing(&s->shadow_mu);
+    if (auto st = BeginShadow(key, *s, version, actor, decide); !st.ok()) return st;
+  }
   v1::AutopilotStatus out;
   Status(key, &out);
   return out;
@@ -844,6 +917,7 @@ absl::Status Autopilot::BeginShadow(const ModelKey& key, State& s, uint64_t vers
 }
 
 void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
+  absl::MutexLock shadowing(&s.shadow_mu);
   std::shared_ptr<Shadow> sh;
   v1::RetrainPolicy p;
   {
@@ -852,29 +926,42 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
     p = s.policy;
   }
   const std::string path = (fs::path(s.key_dir) / kShadowFile).string();
+  const double heartbeat = kHeartbeatTicks * tick_seconds_ + kHeartbeatMarginSeconds;
   if (sh == nullptr) {
-    // Another replica's shadow (shown in GetModel), or one this server's predecessor left: a
-    // shadow whose owner stopped writing is restarted from nothing — evidence gathered before is
-    // not kept, so nothing is promoted on part of a window.
+    // Another replica's shadow (shown in GetModel; it holds retrains back while it runs), or one a
+    // server that died left: a window whose owner stopped writing is started again from nothing —
+    // evidence gathered before is not kept, so nothing is promoted on part of a window. The
+    // restart is claimed under the store lock, so one replica takes it over.
     auto other = ReadMessage<v1::ShadowReport>(path);
-    if (!other.ok()) return;
-    const bool stale = !other->finished() &&
-                       AgeSeconds(path) > kHeartbeatTicks * tick_seconds_ + kHeartbeatMarginSeconds;
-    if (stale) {
+    bool open = other.ok() && !other->finished();
+    if (open && AgeSeconds(path) > heartbeat) {
+      ModelStore::Lock lock(registry_->store().dir());
+      auto again = ReadMessage<v1::ShadowReport>(path);
       auto active = registry_->Handle(key, 0);
-      if (active.ok() && active->version == other->active_version() &&
-          registry_->Handle(key, other->candidate_version()).ok()) {
-        Record(key, other->candidate_version(), "shadow-restarted", "autopilot",
-               absl::StrCat("its server (", other->outcome(),
-                            ") stopped mid-window; the window starts again from 0 samples (had ",
-                            other->samples(), ")"));
-        (void)BeginShadow(key, s, other->candidate_version(), "autopilot",
-                          p.promotion() == v1::PROMOTION_SHADOW);
-        return;
+      if (lock.status().ok() && again.ok() && !again->finished() && AgeSeconds(path) > heartbeat) {
+        if (active.ok() && active->version == again->active_version() &&
+            registry_->Handle(key, again->candidate_version()).ok()) {
+          Record(key, again->candidate_version(), "shadow-restarted", "autopilot",
+                 absl::StrCat("its server (", again->outcome(),
+                              ") stopped mid-window; the window starts again from 0 samples (had ",
+                              again->samples(), ")"));
+          if (BeginShadow(key, s, again->candidate_version(), "autopilot",
+                          p.promotion() == v1::PROMOTION_SHADOW)
+                  .ok()) {
+            return;
+          }
+        }
+        // Nothing to resume (the versions moved on): the window ends without a decision.
+        again->set_finished(true);
+        again->set_outcome("stopped: its server stopped mid-window and the versions changed");
+        (void)WriteMessage(path, *again);
+        other = *again;
+        open = false;
       }
     }
     absl::MutexLock lock(&s.mu);
-    s.last_shadow = *other;
+    s.other_shadow = open;
+    if (other.ok()) s.last_shadow = *other;
     return;
   }
   v1::ShadowReport r;
@@ -912,9 +999,9 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
     } else if (r.samples() < kMinShadowSamples) {
       outcome = absl::StrCat("rejected: not enough evidence (", r.samples(), " of at least ",
                              kMinShadowSamples, " samples compared); ", numbers);
-    } else if (rate < p.min_flag_ratio() * target || rate > p.max_flag_ratio() * target) {
+    } else if (!(rate >= p.min_flag_ratio() * target && rate <= p.max_flag_ratio() * target)) {
       outcome = "rejected: flag rate outside the allowed range; " + numbers;
-    } else if (dc.ks > da.ks) {
+    } else if (!(dc.ks <= da.ks)) {
       outcome = "rejected: candidate drifts more than the active version; " + numbers;
     } else {
       promote = true;
@@ -946,7 +1033,7 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
   {
     absl::MutexLock lock(&s.mu);
     s.last_shadow = r;
-    s.shadow = nullptr;
+    if (s.shadow == sh) s.shadow = nullptr;
   }
   const std::string action =
       promote ? "promote" : (outcome.rfind("rejected", 0) == 0 ? "reject" : "shadow-ended");
@@ -955,11 +1042,24 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
 
 // ---------------------------------------------------------------- the tick
 
-void Autopilot::CheckTriggers(const ModelKey& key, State& s, int64_t now_ms) {
+void Autopilot::CheckTriggers(const ModelKey& key, std::shared_ptr<State> s_ptr, int64_t now_ms) {
+  State& s = *s_ptr;
   std::string due, trigger;
   auto active = registry_->Handle(key, 0);
+  // Another replica's retrain starting or finishing shows up here; ours is kept alive while its
+  // job lives (file I/O outside s.mu, which the scoring path takes).
+  const std::string path = (fs::path(s.key_dir) / kRetrainFile).string();
+  auto stored = ReadMessage<v1::RetrainState>(path);
+  if (stored.ok() && stored->running() && stored->replica() == replica_) {
+    auto job = jobs_->Get(stored->job_id());
+    if (job.ok() && job->state() != v1::JOB_STATE_SUCCEEDED &&
+        job->state() != v1::JOB_STATE_FAILED && job->state() != v1::JOB_STATE_CANCELLED) {
+      Touch(path);
+    }
+  }
   {
     absl::MutexLock lock(&s.mu);
+    if (stored.ok()) s.retrain = *stored;
     if (!active.ok() || active->version != s.drift_version) {
       // Drift is measured against the active version's calibration: a new one starts afresh.
       s.drift = nullptr;
@@ -968,11 +1068,6 @@ void Autopilot::CheckTriggers(const ModelKey& key, State& s, int64_t now_ms) {
       s.scored_since_tick = 0;
     }
     const v1::RetrainPolicy& p = s.policy;
-    // Another replica's retrain finishing or starting shows up here; ours is kept alive.
-    const std::string path = (fs::path(s.key_dir) / kRetrainFile).string();
-    auto stored = ReadMessage<v1::RetrainState>(path);
-    if (stored.ok()) s.retrain = *stored;
-    if (s.retrain.running() && s.retrain.replica() == replica_) Touch(path);
     if (p.drift_above() > 0 && s.drift != nullptr) {
       const Drift d = s.drift->ComputeDrift();
       s.last_drift_ks = d.ks;
@@ -982,7 +1077,10 @@ void Autopilot::CheckTriggers(const ModelKey& key, State& s, int64_t now_ms) {
         s.drifted_samples = 0;
       }
       s.scored_since_tick = 0;
-      if (d.drifted(p.drift_above()) && s.drifted_samples >= p.drift_samples()) {
+      // One drift retrain per active version: a staged or rejected result does not start another
+      // on the same drift (a new active version, or a retrain by hand, does).
+      if (d.drifted(p.drift_above()) && s.drifted_samples >= p.drift_samples() &&
+          s.drift_retrained_from != s.drift_version) {
         trigger = "drift";
         due = absl::StrFormat("drift: KS %.3f over %d scores, above %g for %d samples", d.ks,
                               d.window, p.drift_above(), s.drifted_samples);
@@ -995,10 +1093,13 @@ void Autopilot::CheckTriggers(const ModelKey& key, State& s, int64_t now_ms) {
         due = absl::StrFormat("schedule: every %g h", p.every_hours());
       }
     }
-    if (s.retrain.running() || s.shadow != nullptr || now_ms < s.next_attempt_ms) due.clear();
+    if (s.retrain.running() || s.shadow != nullptr || s.other_shadow ||
+        now_ms < s.next_attempt_ms) {
+      due.clear();
+    }
   }
   if (due.empty()) return;
-  auto job = StartRetrain(key, s, trigger, due, "autopilot", false);
+  auto job = StartRetrain(key, std::move(s_ptr), trigger, due, "autopilot", false);
   if (!job.ok() && log_) {
     log_->debug("autopilot: no retrain of '{}': {}", key.str(),
                 std::string(job.status().message()));
@@ -1019,7 +1120,7 @@ void Autopilot::Tick() {
       log_->error("autopilot: retention of '{}': {}", key.str(), std::string(st.message()));
     }
     CheckShadow(key, *s, now);
-    CheckTriggers(key, *s, now);
+    CheckTriggers(key, s, now);
   }
 }
 
@@ -1032,9 +1133,22 @@ absl::Status Autopilot::RetainUpload(const v1::TrainingJobHeader& header,
     return absl::FailedPreconditionError(absl::StrCat(
         "retain: '", key.str(), "' has no retrain policy to keep the rows under; set one first"));
   }
-  s->retention.Append(header.num_features(), header.feature_names(), values, timestamps, {}, {},
-                      NowMs(), engine::IsSeries(header.spec()));
-  return s->retention.Maintain(NowMs(), true);
+  // Segment by segment, each written before the next is added: the write queue's bound is for
+  // scoring bursts, not for a 1 GiB upload.
+  const size_t d = header.num_features();
+  if (d == 0) return absl::OkStatus();
+  const size_t rows = values.size() / d;
+  const bool series = engine::IsSeries(header.spec());
+  for (size_t at = 0; at < rows; at += Retention::kSegmentRows) {
+    const size_t n = std::min(Retention::kSegmentRows, rows - at);
+    s->retention.Append(header.num_features(), header.feature_names(),
+                        absl::MakeConstSpan(values.data() + at * d, n * d),
+                        timestamps.empty() ? absl::Span<const int64_t>()
+                                           : absl::MakeConstSpan(timestamps.data() + at, n),
+                        {}, {}, NowMs(), series);
+    if (auto st = s->retention.Maintain(NowMs(), true); !st.ok()) return st;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace aeserve::server

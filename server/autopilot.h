@@ -36,8 +36,10 @@ class Autopilot {
  public:
   // `tick_seconds`: how often policies are re-read from the store, segments written and triggers
   // and shadow windows checked.
+  // A retrain reads at most `max_training_values` values (--max_training_values).
   Autopilot(ModelRegistry* registry, TrainingJobs* jobs, const AuditLog* audit,
-            std::shared_ptr<spdlog::logger> log, double tick_seconds);
+            std::shared_ptr<spdlog::logger> log, double tick_seconds,
+            uint64_t max_training_values = 256u << 20);
   ~Autopilot();  // Stop()
   void Start();  // reads every policy in the store, then starts the threads
   void Stop();   // writes what is retained and stops the threads
@@ -86,14 +88,15 @@ class Autopilot {
   void Reload();
   // Starts a retrain when no other runs and the interval allows; the reason goes to the audit
   // log. `manual` skips the interval.
-  absl::StatusOr<v1::TrainingJob> StartRetrain(const ModelKey& key, State& s,
+  absl::StatusOr<v1::TrainingJob> StartRetrain(const ModelKey& key, std::shared_ptr<State> s,
                                                const std::string& trigger,
                                                const std::string& reason, const std::string& actor,
                                                bool manual);
   void RetrainDone(const ModelKey& key, const v1::TrainingJob& job, const std::string& actor);
+  // Call with s.shadow_mu held.
   absl::Status BeginShadow(const ModelKey& key, State& s, uint64_t version,
                            const std::string& actor, bool decide);
-  void CheckTriggers(const ModelKey& key, State& s, int64_t now_ms);
+  void CheckTriggers(const ModelKey& key, std::shared_ptr<State> s, int64_t now_ms);
   void CheckShadow(const ModelKey& key, State& s, int64_t now_ms);
   void Record(const ModelKey& key, uint64_t version, const std::string& action,
               const std::string& actor, const std::string& reason, const std::string& job = "");
@@ -104,6 +107,7 @@ class Autopilot {
   const AuditLog* const audit_;
   const std::shared_ptr<spdlog::logger> log_;
   const double tick_seconds_;
+  const uint64_t max_training_values_;
   const std::string replica_;
 
   mutable absl::Mutex mu_;
@@ -115,6 +119,7 @@ class Autopilot {
   absl::Mutex queue_mu_;
   std::deque<ShadowWork> queue_ ABSL_GUARDED_BY(queue_mu_);
   size_t queue_bytes_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  size_t queue_reserved_ ABSL_GUARDED_BY(queue_mu_) = 0;  // batches being copied in
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
 
   absl::Mutex tick_mu_;  // one Tick at a time

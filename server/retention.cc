@@ -211,7 +211,8 @@ RetentionTotals Retention::Totals() const {
   return t;
 }
 
-absl::StatusOr<RetainedRows> Retention::Read(uint32_t num_features, uint64_t max_rows) const {
+absl::StatusOr<RetainedRows> Retention::Read(uint32_t num_features, uint64_t max_rows,
+                                             const std::vector<std::string>& names) const {
   RetainedRows out;
   out.num_features = num_features;
   std::vector<v1::RetainedSegment> segs;
@@ -235,7 +236,10 @@ absl::StatusOr<RetainedRows> Retention::Read(uint32_t num_features, uint64_t max
       ++out.corrupt_segments;
       continue;
     }
-    if (seg.num_features() != num_features) {
+    const bool other_names = !names.empty() && seg.feature_names_size() > 0 &&
+                             !std::equal(names.begin(), names.end(), seg.feature_names().begin(),
+                                         seg.feature_names().end());
+    if (seg.num_features() != num_features || other_names) {
       ++out.other_features;
       continue;
     }

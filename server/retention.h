@@ -75,7 +75,9 @@ class Retention {
   // Every retained row of `num_features` features, oldest first (by timestamp when every row has
   // one, else by when it was scored), at most the newest `max_rows`. Call Maintain(now, true)
   // first to include the open segment.
-  absl::StatusOr<RetainedRows> Read(uint32_t num_features, uint64_t max_rows) const;
+  // With `names`, segments whose (non-empty) feature names differ are skipped as other features.
+  absl::StatusOr<RetainedRows> Read(uint32_t num_features, uint64_t max_rows,
+                                    const std::vector<std::string>& names = {}) const;
 
   // Deletes every segment (the policy was removed).
   void DeleteAll();

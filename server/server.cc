@@ -92,8 +92,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   s->jobs_ = std::make_unique<TrainingJobs>(
       s->registry_.get(), std::max(1, o.max_training_jobs), std::max(1, o.max_queued_jobs), s->log_,
       s->metrics_.get(), o.max_finished_jobs, s->audit_.get());
-  s->autopilot_ = std::make_unique<Autopilot>(s->registry_.get(), s->jobs_.get(), s->audit_.get(),
-                                              s->log_, o.autopilot_tick_seconds);
+  s->autopilot_ =
+      std::make_unique<Autopilot>(s->registry_.get(), s->jobs_.get(), s->audit_.get(), s->log_,
+                                  o.autopilot_tick_seconds, o.max_training_values);
   s->jobs_->SetRetainHook([a = s->autopilot_.get()](const v1::TrainingJobHeader& h,
                                                     const std::vector<float>& values,
                                                     const std::vector<int64_t>& timestamps) {

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "admin_client.h"
 #include "gtest/gtest.h"
@@ -417,6 +418,64 @@ TEST(Autopilot, ASeriesModelRetrainsOnItsTimeSteps) {
   EXPECT_EQ(Info(*r).active_version(), 2u);
 }
 
+// A claim that cannot be written fails the retrain and leaves the store usable (it used to hold the
+// store lock forever); removing the policy under a queued or running retrain cancels it safely.
+TEST(Autopilot, AFailedClaimAndARemovedPolicyLeaveTheServerWorking) {
+  TempDir dir("aeserve_autopilot");
+  auto r = Start(dir.path());
+  ASSERT_EQ(Train(*r, Normal(600, 1)), 1u);
+  v1::RetrainPolicy p;
+  p.set_retain_rows(10000);
+  p.set_min_rows(100);
+  p.set_promotion(v1::PROMOTION_STAGE);
+  ASSERT_TRUE(SetPolicy(*r, p).ok());
+  const auto traffic = NormalAfter(600, 2000);
+  size_t at = 0;
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(ScoreFrom(*r, traffic, &at, 500).ok());
+  fs::create_directories(dir.path() + "/ap/RETRAIN");  // the claim cannot be written
+  auto retrain = [&](v1::TrainingJob* job) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::RetrainRequest req;
+    req.set_model(kModel);
+    return r->admin->Retrain(&ctx, req, job);
+  };
+  v1::TrainingJob job;
+  grpc::Status st = retrain(&job);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
+  {  // the store lock is free: a lifecycle change goes through
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::ActivateVersionRequest req;
+    req.set_model(kModel);
+    req.set_version(1);
+    v1::ModelInfoBrief b;
+    st = r->admin->ActivateVersion(&ctx, req, &b);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+  fs::remove_all(dir.path() + "/ap/RETRAIN");
+  st = retrain(&job);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  {
+    grpc::ClientContext ctx;
+    v1::SetRetrainPolicyRequest clear;
+    clear.set_model(kModel);
+    clear.set_clear(true);
+    v1::AutopilotStatus out;
+    ASSERT_TRUE(r->admin->SetRetrainPolicy(&ctx, clear, &out).ok());
+  }
+  auto states = WatchToEnd(r->admin.get(), job.id());
+  ASSERT_FALSE(states.empty());
+  EXPECT_TRUE(states.back().state() == v1::JOB_STATE_CANCELLED ||
+              states.back().state() == v1::JOB_STATE_SUCCEEDED ||
+              states.back().state() == v1::JOB_STATE_FAILED)
+      << states.back().DebugString();
+  v1::ScoreResponse resp;
+  EXPECT_TRUE(ScoreFrom(*r, traffic, &at, 10, &resp).ok());
+  EXPECT_EQ(r->Stop(), 0) << r->process.log();
+}
+
 TEST(Autopilot, BadPoliciesAreRefusedWithTheField) {
   TempDir dir("aeserve_autopilot");
   auto r = Start(dir.path());
@@ -457,6 +516,15 @@ TEST(Autopilot, BadPoliciesAreRefusedWithTheField) {
   q.set_min_flag_ratio(2);
   q.set_max_flag_ratio(1);
   refused(q, "min_flag_ratio");
+  q = p;  // NaN would switch a bound of the promotion rule off silently
+  q.set_max_flag_ratio(std::numeric_limits<double>::quiet_NaN());
+  refused(q, "finite");
+  q = p;
+  q.set_shadow_seconds(std::numeric_limits<double>::infinity());
+  refused(q, "finite");
+  q = p;
+  q.set_retain_rows(uint64_t{1} << 40);  // x 12 features: over --max_training_values
+  refused(q, "max_training_values");
   // Retrain without enough rows, StartShadow of the active version.
   {
     grpc::ClientContext cctx;
