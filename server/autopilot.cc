@@ -29,9 +29,9 @@ constexpr char kRetrainFile[] = "RETRAIN";
 constexpr char kShadowFile[] = "SHADOW";
 constexpr uint64_t kMaxStateBytes = 1 << 20;
 // A retrain claim or shadow window whose replica has not touched its file for this many ticks
-// (plus a margin) is taken to have died with its replica.
-constexpr double kHeartbeatTicks = 5;
-constexpr double kHeartbeatMarginSeconds = 5;
+// (plus a margin) is taken to have died with its replica: 11 s at the default tick of 1 s.
+constexpr double kHeartbeatTicks = 10;
+constexpr double kHeartbeatMarginSeconds = 1;
 constexpr size_t kShadowQueueBatches = 64;
 constexpr size_t kShadowQueueBytes = 64 << 20;
 constexpr uint64_t kMinShadowSamples = kMinDriftWindow;  // fewer compared never promote

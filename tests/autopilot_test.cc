@@ -582,6 +582,7 @@ TEST(Autopilot, SigkillKeepsEveryCompleteSegment) {
   ASSERT_EQ(segs.size(), 3u);
   FlipBit(segs[2], 100);
   r = Start(dir.path());
+  ASSERT_TRUE(WaitFor([&] { return ModelReady(r->scoring.get(), kModel); }, milliseconds(20000)));
   ASSERT_TRUE(
       WaitFor([&] { return Info(*r).autopilot().retained_rows() > 0; }, milliseconds(10000)));
   EXPECT_EQ(Info(*r).autopilot().retained_rows(), 3 * server::Retention::kSegmentRows);
@@ -633,6 +634,7 @@ TEST(Autopilot, SigkillDuringAShadowWindowRestartsItAndNeverPromotesOnPartOfIt) 
   r->process.Signal(SIGKILL);
   r->process.Wait(10);
   r = Start(dir.path());
+  ASSERT_TRUE(WaitFor([&] { return ModelReady(r->scoring.get(), kModel); }, milliseconds(20000)));
   // The new server finds the window unfinished and its owner silent: it starts it again.
   ASSERT_TRUE(
       WaitFor([&] { return Find(Events(*r), "shadow-restarted") != nullptr; }, milliseconds(20000)))
