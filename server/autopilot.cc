@@ -311,9 +311,14 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
       policies_.fetch_sub(1);
     }
     v1::RetrainState retrain;
+    std::string stopped;
     {
       absl::MutexLock lock(&s->mu);
-      if (s->shadow) s->shadow->closed = true;
+      if (s->shadow != nullptr && !s->shadow->closed) {
+        s->shadow->closed = true;
+        stopped = absl::StrCat("; the shadow window of version ", s->shadow->candidate.version,
+                               " ended without a decision");
+      }
       retrain = s->retrain;
     }
     // A retrain of ours still queued or running stops (its data would be gone).
@@ -322,7 +327,8 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
     fs::remove(fs::path(dir) / kPolicyFile, ec);
     fs::remove(fs::path(dir) / kShadowFile, ec);
     s->retention.DeleteAll();
-    Record(key, 0, "set-retrain-policy", actor, "policy removed, retained rows deleted");
+    Record(key, 0, "set-retrain-policy", actor,
+           absl::StrCat("policy removed, retained rows deleted", stopped));
     return v1::AutopilotStatus{};
   }
   auto p = Resolve(in);
@@ -496,7 +502,9 @@ void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,
   std::string due;
   {
     absl::MutexLock lock(&s->mu);
-    if (s->counted_version != h.version) {  // a new active version: growth counts from here
+    // A new (higher) version scoring: growth counts from here. A call pinned to an older version
+    // does not restart the count.
+    if (h.version > s->counted_version) {
       s->counted_version = h.version;
       s->rows_since = 0;
     }
@@ -879,11 +887,15 @@ absl::Status Autopilot::BeginShadow(const ModelKey& key, State& s, uint64_t vers
     p = s.policy;
     old = s.shadow;
   }
-  if (old != nullptr) {
+  if (old != nullptr && !old->closed) {
     old->closed = true;
-    absl::MutexLock lock(&old->mu);
-    old->report.set_finished(true);
-    old->report.set_outcome(absl::StrCat("stopped: version ", version, " is shadowed instead"));
+    const std::string why = absl::StrCat("stopped: version ", version, " is shadowed instead");
+    {
+      absl::MutexLock lock(&old->mu);
+      old->report.set_finished(true);
+      old->report.set_outcome(why);
+    }
+    Record(key, old->candidate.version, "shadow-ended", actor, why);
   }
   auto shadow = std::make_shared<Shadow>(key, *active, *candidate, decide, p.shadow_samples(),
                                          p.shadow_seconds(), NowMs());
