@@ -125,8 +125,9 @@ v1::Samples Batch(uint32_t rows) {
 
 // Samples per second answered over `streams` streams of `rows`-row batches for `seconds`.
 template <typename Stub>
-double StreamRate(int port, int streams, uint32_t rows, double seconds) {
-  return aeserve::bench::StreamRate<Stub>("127.0.0.1:" + std::to_string(port), "bench", Batch(rows),
+double StreamRate(int port, int streams, uint32_t rows, double seconds,
+                  const std::string& model = "bench") {
+  return aeserve::bench::StreamRate<Stub>("127.0.0.1:" + std::to_string(port), model, Batch(rows),
                                           streams, seconds);
 }
 
@@ -210,6 +211,12 @@ int main(int argc, char** argv) {
   server::ModelStore store(dir);
   const server::ModelKey key{"bench", ""};
   (void)store.WriteActive(key, *store.AddVersion(key, *file));
+  // The autopilot's cost (issue #15): the same model with retention on, and with a candidate (the
+  // same weights, staged as version 2) in shadow beside it.
+  const server::ModelKey kept{"kept", ""}, shadowed{"shadowed", ""};
+  (void)store.WriteActive(kept, *store.AddVersion(kept, *file));
+  (void)store.WriteActive(shadowed, *store.AddVersion(shadowed, *file));
+  (void)store.AddVersion(shadowed, *file);
 
   // Series models: one row of 3 columns per time step, the server builds windows of 12 steps and
   // the hour of day (12 x 3 + 2 = 38 inputs, the same network) — against plain rows of 38.
@@ -302,6 +309,62 @@ int main(int argc, char** argv) {
     }
   }
   (*quiet)->Shutdown();
+
+  // The autopilot on the streaming path: every scored row kept (no trigger), and the same with a
+  // candidate in shadow (twice the compute, off the response path); runs interleaved.
+  if (!series_only) {
+    v1::RetrainPolicy keep;
+    keep.set_retain_rows(1'000'000);
+    keep.set_promotion(v1::PROMOTION_STAGE);
+    keep.set_shadow_samples(uint64_t{1} << 50);  // a window that lasts the whole run
+    keep.set_shadow_seconds(1e9);
+    server::Autopilot& ap = (*aeserve)->autopilot();
+    if (!ap.SetPolicy(kept, keep, false, "bench").ok() ||
+        !ap.SetPolicy(shadowed, keep, false, "bench").ok() ||
+        !ap.StartShadow(shadowed, 2, "bench").ok()) {
+      std::fprintf(stderr, "serve_bench: cannot set up the autopilot models\n");
+      return 1;
+    }
+    std::printf(
+        "\nautopilot, StreamScore samples/s (median of 3 interleaved runs): no policy; retention "
+        "(every row kept, segments written by the autopilot thread); retention + a candidate in "
+        "shadow\n");
+    std::printf("%6s %8s %12s %12s %8s %14s %8s %10s\n", "batch", "streams", "no policy",
+                "retention", "cost", "+ shadow", "cost", "compared");
+    const std::string address = "127.0.0.1:" + std::to_string(aeserve_port);
+    for (uint32_t rows : {256u, 4096u}) {
+      for (int streams : {1, 4}) {
+        std::vector<double> none, keep_rates, shadow_rates;
+        v1::AutopilotStatus before;
+        ap.Status(shadowed, &before);
+        for (int rep = 0; rep < 3; ++rep) {
+          none.push_back(StreamRate<v1::Scoring>(aeserve_port, streams, rows, seconds));
+          keep_rates.push_back(
+              StreamRate<v1::Scoring>(aeserve_port, streams, rows, seconds, "kept"));
+          shadow_rates.push_back(
+              StreamRate<v1::Scoring>(aeserve_port, streams, rows, seconds, "shadowed"));
+        }
+        v1::AutopilotStatus after;
+        ap.Status(shadowed, &after);
+        const double compared =
+            static_cast<double>(after.shadow().samples() - before.shadow().samples());
+        const double dropped = static_cast<double>(after.shadow().dropped_samples() -
+                                                   before.shadow().dropped_samples());
+        std::sort(none.begin(), none.end());
+        std::sort(keep_rates.begin(), keep_rates.end());
+        std::sort(shadow_rates.begin(), shadow_rates.end());
+        std::printf("%6u %8d %12.0f %12.0f %7.1f%% %14.0f %7.1f%% %9.0f%%\n", rows, streams,
+                    none[1], keep_rates[1], 100 * (1 - keep_rates[1] / none[1]), shadow_rates[1],
+                    100 * (1 - shadow_rates[1] / none[1]),
+                    compared + dropped > 0 ? 100 * compared / (compared + dropped) : 0.0);
+      }
+    }
+    v1::AutopilotStatus k;
+    ap.Status(kept, &k);
+    std::printf("retention: %llu rows on disk in %u segments, %llu rows not kept (writer behind)\n",
+                static_cast<unsigned long long>(k.retained_rows()), k.retained_segments(),
+                static_cast<unsigned long long>(k.retained_dropped_rows()));
+  }
 
   std::printf(
       "\nseries model (window %u x %u columns + hour = %u inputs), one row per step, vs the "
