@@ -518,22 +518,22 @@ void Autopilot::Scored(const ModelHandle& h, absl::Span<const float> rows,
       s->drift->Record(finite, finite_flags);
       s->scored_since_tick += finite.size();
     }
-    const v1::RetrainPolicy& p = s->policy;
+    const uint64_t grown_rows = s->policy.grown_rows();
+    const double grown_factor = s->policy.grown_factor();
     // One cycle at a time: no new retrain while one runs or its candidate is in shadow.
     const bool quiet =
         now < s->next_attempt_ms || s->retrain.running() || s->shadow != nullptr || s->other_shadow;
-    if (!quiet && p.grown_rows() > 0 && s->rows_since >= p.grown_rows()) {
+    if (!quiet && grown_rows > 0 && s->rows_since >= grown_rows) {
       due = absl::StrCat("growth: ", s->rows_since, " rows retained since version ", h.version,
-                         " (policy: ", p.grown_rows(), ")");
-    } else if (!quiet && p.grown_factor() > 0) {
+                         " (policy: ", grown_rows, ")");
+    } else if (!quiet && grown_factor > 0) {
       const uint64_t trained = m.file().metadata().data_rows();
       const uint64_t retained = s->retention.Totals().rows;
-      if (trained > 0 && retained >= p.grown_factor() * trained) {
+      if (trained > 0 && retained >= grown_factor * trained) {
         due = absl::StrFormat(
             "growth: %d rows retained, %.2fx the %d rows version %d was trained on "
             "(policy: %gx)",
-            retained, static_cast<double>(retained) / trained, trained, h.version,
-            p.grown_factor());
+            retained, static_cast<double>(retained) / trained, trained, h.version, grown_factor);
       }
     }
   }
@@ -1079,7 +1079,7 @@ void Autopilot::CheckTriggers(const ModelKey& key, std::shared_ptr<State> s_ptr,
       s.drifted_samples = 0;
       s.scored_since_tick = 0;
     }
-    const v1::RetrainPolicy& p = s.policy;
+    const v1::RetrainPolicy p = s.policy;  // a copy: the analysis cannot follow a reference
     if (p.drift_above() > 0 && s.drift != nullptr) {
       const Drift d = s.drift->ComputeDrift();
       s.last_drift_ks = d.ks;
