@@ -152,6 +152,7 @@ absl::Status Retention::Maintain(int64_t now_ms, bool force) {
     }
     todo.swap(pending_);
     pending_bytes_ = 0;
+    for (const auto& seg : todo) writing_ += static_cast<uint64_t>(seg.timestamps_ms_size());
     max_rows = max_rows_;
     max_hours = max_hours_;
   }
@@ -199,13 +200,14 @@ absl::Status Retention::Maintain(int64_t now_ms, bool force) {
   }
   absl::MutexLock lock(&mu_);
   disk_ = totals;
+  writing_ = 0;  // now on disk (counted in disk_) or dropped (counted in dropped_)
   return status;
 }
 
 RetentionTotals Retention::Totals() const {
   absl::MutexLock lock(&mu_);
   RetentionTotals t = disk_;
-  t.rows += open_.rows;
+  t.rows += open_.rows + writing_;
   for (const auto& seg : pending_) t.rows += static_cast<uint64_t>(seg.timestamps_ms_size());
   t.dropped_rows = dropped_;
   return t;
@@ -282,6 +284,7 @@ void Retention::DeleteAll() {
   {
     absl::MutexLock lock(&mu_);
     open_ = Open{};
+    writing_ = 0;
     last_series_ms_ = INT64_MIN;
     pending_.clear();
     pending_bytes_ = 0;

@@ -106,6 +106,7 @@ class Retention {
   size_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t seq_ ABSL_GUARDED_BY(mu_) = 0;
   RetentionTotals disk_ ABSL_GUARDED_BY(mu_);  // as of the last Maintain
+  uint64_t writing_ ABSL_GUARDED_BY(mu_) = 0;  // rows a Maintain is writing (not in disk_ yet)
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_series_ms_ ABSL_GUARDED_BY(mu_) = INT64_MIN;  // newest series step kept
   std::vector<float> last_series_row_ ABSL_GUARDED_BY(mu_);

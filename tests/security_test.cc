@@ -169,6 +169,25 @@ TEST_F(Tls, MutualTls) {
   EXPECT_EQ(ListModels(Secure(s->port(), "rogue.pem", "rogue.key"), "").error_code(),
             StatusCode::UNAVAILABLE)
       << "a certificate from another CA";
+  // The audit log names the client by its certificate's subject.
+  auto admin = v1::ModelAdmin::NewStub(Secure(s->port(), "client.pem", "client.key"));
+  {
+    grpc::ClientContext ctx;
+    v1::SetRetrainPolicyRequest req;
+    req.set_model("audited");
+    req.mutable_policy()->set_retain_rows(100);
+    v1::AutopilotStatus out;
+    grpc::Status st = admin->SetRetrainPolicy(&ctx, req, &out);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  grpc::ClientContext ctx;
+  v1::ListEventsRequest req;
+  req.set_model("audited");
+  v1::ListEventsResponse events;
+  ASSERT_TRUE(admin->ListEvents(&ctx, req, &events).ok());
+  ASSERT_EQ(events.events_size(), 1);
+  EXPECT_NE(events.events(0).actor().find("aeserve-client"), std::string::npos)
+      << events.events(0).actor();
 }
 
 TEST_F(Tls, BadTlsFilesAreRefusedWithTheReason) {
