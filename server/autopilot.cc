@@ -350,22 +350,7 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
   v1::RetrainPolicy given = in;
   given.DiscardUnknownFields();
   if (auto st = WriteMessage((fs::path(dir) / kPolicyFile).string(), given); !st.ok()) return st;
-  std::shared_ptr<State> s;
-  {
-    absl::MutexLock lock(&mu_);
-    auto& slot = states_[key];
-    if (slot == nullptr) {
-      slot = std::make_shared<State>(dir, replica_);
-      policies_.fetch_add(1);
-    }
-    s = slot;
-  }
-  {
-    absl::MutexLock lock(&s->mu);
-    s->policy = *p;
-    s->policy_stamp = FileStamp((fs::path(dir) / kPolicyFile).string());
-  }
-  s->retention.SetBounds(p->retain_rows(), p->retain_hours(), p->flagged_rows());
+  Apply(key, *p, FileStamp((fs::path(dir) / kPolicyFile).string()));
   Record(key, 0, "set-retrain-policy", actor, p->ShortDebugString());
   v1::AutopilotStatus out;
   Status(key, &out);
@@ -407,20 +392,27 @@ void Autopilot::Reload() {
       }
       continue;
     }
-    if (s == nullptr) {
-      absl::MutexLock lock(&mu_);
-      auto& slot = states_[key];
-      if (slot == nullptr) {
-        slot = std::make_shared<State>(dir, replica_);
-        policies_.fetch_add(1);
-      }
-      s = slot;
-    }
-    absl::MutexLock lock(&s->mu);
-    s->policy = *p;
-    s->policy_stamp = stamp;
-    s->retention.SetBounds(p->retain_rows(), p->retain_hours(), p->flagged_rows());
+    Apply(key, *p, stamp);
   }
+}
+
+void Autopilot::Apply(const ModelKey& key, const v1::RetrainPolicy& p, uint64_t stamp) {
+  std::shared_ptr<State> s;
+  {
+    absl::MutexLock lock(&mu_);
+    auto& slot = states_[key];
+    if (slot == nullptr) {
+      slot = std::make_shared<State>(registry_->store().KeyDir(key), replica_);
+      policies_.fetch_add(1);
+    }
+    s = slot;
+  }
+  {
+    absl::MutexLock lock(&s->mu);
+    s->policy = p;
+    s->policy_stamp = stamp;
+  }
+  s->retention.SetBounds(p.retain_rows(), p.retain_hours(), p.flagged_rows());
 }
 
 bool Autopilot::Status(const ModelKey& key, v1::AutopilotStatus* out) const {

@@ -86,6 +86,8 @@ class Autopilot {
   std::shared_ptr<State> Find(const ModelKey& key) const;
   // Re-reads policies from the store (new, changed, removed).
   void Reload();
+  // Makes `p` (resolved; its file has `stamp`) the key's policy, creating its state if new.
+  void Apply(const ModelKey& key, const v1::RetrainPolicy& p, uint64_t stamp);
   // Starts a retrain when no other runs and the interval allows; the reason goes to the audit
   // log. `manual` skips the interval.
   absl::StatusOr<v1::TrainingJob> StartRetrain(const ModelKey& key, std::shared_ptr<State> s,
