@@ -10,6 +10,7 @@
 #include "admin_client.h"
 #include "gtest/gtest.h"
 #include "process_client.h"
+#include "retained_files.h"
 #include "retention.h"
 #include "test_models.h"
 #include "wait_for.h"
@@ -20,26 +21,6 @@ namespace {
 namespace fs = std::filesystem;
 using server::Retention;
 using std::chrono::milliseconds;
-
-std::vector<fs::path> Segments(const std::string& dir) {
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.path().extension() == ".seg") out.push_back(e.path());
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-void FlipBit(const fs::path& file, std::streamoff offset) {
-  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(offset);
-  char c = 0;
-  f.read(&c, 1);
-  f.seekp(offset);
-  c = static_cast<char>(c ^ 0x10);
-  f.write(&c, 1);
-  ASSERT_TRUE(f.good());
-}
 
 // ---------------------------------------------------------------- through the real binary
 
@@ -87,6 +68,24 @@ grpc::Status SetPolicy(RunningServer& r, const v1::RetrainPolicy& p,
   *req.mutable_policy() = p;
   v1::AutopilotStatus ignored;
   return r.admin->SetRetrainPolicy(&ctx, req, out != nullptr ? out : &ignored);
+}
+
+grpc::Status ClearPolicy(RunningServer& r) {
+  grpc::ClientContext ctx;
+  v1::SetRetrainPolicyRequest req;
+  req.set_model(kModel);
+  req.set_clear(true);
+  v1::AutopilotStatus out;
+  return r.admin->SetRetrainPolicy(&ctx, req, &out);
+}
+
+// A retrain by hand (the Retrain RPC), within 20 s.
+grpc::Status RetrainNow(RunningServer& r, v1::TrainingJob* job) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::RetrainRequest req;
+  req.set_model(kModel);
+  return r.admin->Retrain(&ctx, req, job);
 }
 
 grpc::Status Score(RunningServer& r, const std::vector<float>& rows, v1::ScoreResponse* resp) {
@@ -249,11 +248,8 @@ TEST(Autopilot, ABadCandidateIsRejectedAndTheActiveVersionStays) {
   size_t at = 0;
   for (int i = 0; i < 8; ++i) ASSERT_TRUE(ScoreFrom(*r, shifted, &at, 250).ok());
   // ... an operator retrains on it by hand ...
-  grpc::ClientContext ctx;
-  v1::RetrainRequest req;
-  req.set_model(kModel);
   v1::TrainingJob job;
-  grpc::Status st = r->admin->Retrain(&ctx, req, &job);
+  grpc::Status st = RetrainNow(*r, &job);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(job.trigger(), "manual");
   auto states = WatchToEnd(r->admin.get(), job.id());
@@ -333,14 +329,7 @@ TEST(Autopilot, GrowthRetrainsOnUploadedAndScoredHistoryBeforeTheCallIsAnswered)
   ASSERT_TRUE(ScoreFrom(*r, traffic, &at, 10, &resp).ok());
   EXPECT_EQ(resp.version(), 3u);
   // Without a policy, `retain` is refused before any data is sent.
-  {
-    grpc::ClientContext ctx;
-    v1::SetRetrainPolicyRequest clear;
-    clear.set_model(kModel);
-    clear.set_clear(true);
-    v1::AutopilotStatus out;
-    ASSERT_TRUE(r->admin->SetRetrainPolicy(&ctx, clear, &out).ok());
-  }
+  ASSERT_TRUE(ClearPolicy(*r).ok());
   EXPECT_FALSE(fs::exists(dir.path() + "/ap/retained"));
   v1::TrainingJobHeader h;
   h.set_model(kModel);
@@ -437,15 +426,8 @@ TEST(Autopilot, AFailedClaimAndARemovedPolicyLeaveTheServerWorking) {
   size_t at = 0;
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(ScoreFrom(*r, traffic, &at, 500).ok());
   fs::create_directories(dir.path() + "/ap/RETRAIN");  // the claim cannot be written
-  auto retrain = [&](v1::TrainingJob* job) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-    v1::RetrainRequest req;
-    req.set_model(kModel);
-    return r->admin->Retrain(&ctx, req, job);
-  };
   v1::TrainingJob job;
-  grpc::Status st = retrain(&job);
+  grpc::Status st = RetrainNow(*r, &job);
   EXPECT_FALSE(st.ok());
   EXPECT_NE(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
   {  // the store lock is free: a lifecycle change goes through
@@ -459,16 +441,9 @@ TEST(Autopilot, AFailedClaimAndARemovedPolicyLeaveTheServerWorking) {
     EXPECT_TRUE(st.ok()) << st.error_message();
   }
   fs::remove_all(dir.path() + "/ap/RETRAIN");
-  st = retrain(&job);
+  st = RetrainNow(*r, &job);
   ASSERT_TRUE(st.ok()) << st.error_message();
-  {
-    grpc::ClientContext ctx;
-    v1::SetRetrainPolicyRequest clear;
-    clear.set_model(kModel);
-    clear.set_clear(true);
-    v1::AutopilotStatus out;
-    ASSERT_TRUE(r->admin->SetRetrainPolicy(&ctx, clear, &out).ok());
-  }
+  ASSERT_TRUE(ClearPolicy(*r).ok());
   auto states = WatchToEnd(r->admin.get(), job.id());
   ASSERT_FALSE(states.empty());
   EXPECT_TRUE(states.back().state() == v1::JOB_STATE_CANCELLED ||
@@ -491,11 +466,8 @@ TEST(Autopilot, BadPoliciesAreRefusedWithTheField) {
   ASSERT_EQ(Train(*r, Normal(500, 1), true, /*retain=*/true), 1u);
   EXPECT_EQ(Info(*r).autopilot().retained_rows(), 500u);
   {  // retain_rows bounds what a retrain reads, not what the first upload keeps
-    grpc::ClientContext ctx;
-    v1::RetrainRequest req;
-    req.set_model(kModel);
     v1::TrainingJob job;
-    st = r->admin->Retrain(&ctx, req, &job);
+    st = RetrainNow(*r, &job);
     ASSERT_TRUE(st.ok()) << st.error_message();
     auto states = WatchToEnd(r->admin.get(), job.id());
     ASSERT_FALSE(states.empty());
@@ -531,20 +503,12 @@ TEST(Autopilot, BadPoliciesAreRefusedWithTheField) {
   refused(q, "max_training_values");
   // Retrain without enough rows, StartShadow of the active version.
   {
-    grpc::ClientContext cctx;
-    v1::SetRetrainPolicyRequest clear;
-    clear.set_model(kModel);
-    clear.set_clear(true);
-    v1::AutopilotStatus out;
-    ASSERT_TRUE(r->admin->SetRetrainPolicy(&cctx, clear, &out).ok());
+    ASSERT_TRUE(ClearPolicy(*r).ok());
     grpc::Status set = SetPolicy(*r, p);
     ASSERT_TRUE(set.ok()) << set.error_message() << r->process.log();
   }
-  grpc::ClientContext ctx;
-  v1::RetrainRequest req;
-  req.set_model(kModel);
   v1::TrainingJob job;
-  st = r->admin->Retrain(&ctx, req, &job);
+  st = RetrainNow(*r, &job);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(st.error_message().find("0 rows retained; the policy needs min_rows 100"),
             std::string::npos)
@@ -590,11 +554,8 @@ TEST(Autopilot, SigkillKeepsEveryCompleteSegment) {
   ASSERT_TRUE(
       WaitFor([&] { return Info(*r).autopilot().retained_rows() > 0; }, milliseconds(10000)));
   EXPECT_EQ(Info(*r).autopilot().retained_rows(), 3 * server::Retention::kSegmentRows);
-  grpc::ClientContext ctx;
-  v1::RetrainRequest req;
-  req.set_model(kModel);
   v1::TrainingJob job;
-  grpc::Status st = r->admin->Retrain(&ctx, req, &job);
+  grpc::Status st = RetrainNow(*r, &job);
   ASSERT_TRUE(st.ok()) << st.error_message();
   auto states = WatchToEnd(r->admin.get(), job.id());
   ASSERT_FALSE(states.empty());

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "gtest/gtest.h"
+#include "retained_files.h"
 #include "test_models.h"
 
 namespace aeserve::testing {
@@ -25,26 +26,6 @@ std::vector<float> Rows(size_t first, size_t n, uint32_t d) {
   std::vector<float> v(n * d, 0.5f);
   for (size_t i = 0; i < n; ++i) v[i * d] = static_cast<float>(first + i);
   return v;
-}
-
-std::vector<fs::path> Segments(const std::string& dir) {
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.path().extension() == ".seg") out.push_back(e.path());
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-void FlipBit(const fs::path& file, std::streamoff offset) {
-  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(offset);
-  char c = 0;
-  f.read(&c, 1);
-  f.seekp(offset);
-  c = static_cast<char>(c ^ 0x10);
-  f.write(&c, 1);
-  ASSERT_TRUE(f.good());
 }
 
 TEST(Retention, Crc32cKnownAnswers) {
