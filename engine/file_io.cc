@@ -79,6 +79,16 @@ absl::StatusOr<std::string> ReadRegularFile(const std::string& path, uint64_t ma
   return out;
 }
 
+bool WriteAll(int fd, absl::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes) {
   const std::filesystem::path target(path);
   const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : ".";
@@ -93,15 +103,7 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view byte
     ::unlink(tmp.c_str());
     return s;
   };
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail("cannot write");
-    }
-    written += static_cast<size_t>(n);
-  }
+  if (!WriteAll(fd, bytes)) return fail("cannot write");
   if (::fsync(fd) != 0) return fail("cannot fsync");
   if (::close(fd) != 0) {
     absl::Status s = Errno("cannot close", tmp);

@@ -16,6 +16,10 @@ namespace aeserve::engine {
 // errors. Every message names the path.
 absl::StatusOr<std::string> ReadRegularFile(const std::string& path, uint64_t max_bytes);
 
+// Writes every byte of `bytes` to `fd`, retrying partial writes and EINTR; false (errno set) on
+// an error.
+bool WriteAll(int fd, absl::string_view bytes);
+
 // Replaces `path` with `bytes` atomically: readers see the old content or the new, never a mix.
 // Partial writes and EINTR are retried; a failed write, fsync, close, rename or directory fsync
 // is an error (the temp file is removed).

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "file_io.h"
 #include "google/protobuf/util/json_util.h"
+#include "model_store.h"
 
 namespace aeserve::server {
 namespace {
@@ -25,22 +26,6 @@ namespace fs = std::filesystem;
 absl::Status Errno(const std::string& what, const std::string& path) {
   return absl::InternalError(
       absl::StrCat("audit log: cannot ", what, " ", path, ": ", std::strerror(errno)));
-}
-
-std::string ReplicaName() {
-  char host[256] = {};
-  if (::gethostname(host, sizeof(host) - 1) != 0) std::strcpy(host, "unknown");
-  return absl::StrCat(host, ":", ::getpid());
-}
-
-bool WriteAll(int fd, absl::string_view bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    bytes.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
 }
 
 // An open, locked file descriptor of the log's current file; closing it releases the lock.
@@ -120,7 +105,8 @@ absl::Status AuditLog::Record(v1::Event event) const {
     if (::rename(path_.c_str(), old_path_.c_str()) != 0) return Errno("rotate", path_);
     LockedFile fresh;
     if (auto st = fresh.Open(path_); !st.ok()) return st;
-    if (!WriteAll(fresh.fd(), line) || ::fsync(fresh.fd()) != 0) return Errno("write", path_);
+    if (!engine::WriteAll(fresh.fd(), line) || ::fsync(fresh.fd()) != 0)
+      return Errno("write", path_);
     return absl::OkStatus();
   }
   if (file.size() > 0) {
@@ -133,7 +119,8 @@ absl::Status AuditLog::Record(v1::Event event) const {
     }
     if (last != '\n') prefix = "\n";
   }
-  if (!WriteAll(file.fd(), prefix + line) || ::fsync(file.fd()) != 0) return Errno("write", path_);
+  if (!engine::WriteAll(file.fd(), prefix + line) || ::fsync(file.fd()) != 0)
+    return Errno("write", path_);
   return absl::OkStatus();
 }
 

@@ -8,7 +8,6 @@
 #include <cmath>
 #include <filesystem>
 #include <optional>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -37,14 +36,6 @@ constexpr size_t kShadowQueueBytes = 64 << 20;
 constexpr uint64_t kMinShadowSamples = kMinDriftWindow;  // fewer compared never promote
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
-
-std::string ReplicaName() {
-  char host[256] = {};
-  if (::gethostname(host, sizeof(host) - 1) != 0) std::strcpy(host, "unknown");
-  // host:pid alone repeats when a container restarts in the same pod (pid 1 again).
-  std::random_device rd;
-  return absl::StrCat(host, ":", ::getpid(), ":", absl::Hex(rd() & 0xFFFFFF));
-}
 
 // Segment names carry the replica; keep it to [A-Za-z0-9_.] so names parse.
 std::string FileTag(const std::string& replica) {

@@ -21,6 +21,16 @@
 
 namespace aeserve::server {
 
+const std::string& ReplicaName() {
+  static const std::string name = [] {
+    char host[256] = {};
+    if (::gethostname(host, sizeof(host) - 1) != 0) std::strcpy(host, "unknown");
+    std::random_device rd;
+    return absl::StrCat(host, ":", ::getpid(), ":", absl::Hex(rd() & 0xFFFFFF));
+  }();
+  return name;
+}
+
 namespace fs = std::filesystem;
 
 absl::Status ValidateName(const std::string& name, const char* what) {

@@ -17,6 +17,11 @@
 
 namespace aeserve::server {
 
+// This server process as it names itself in the store (audit log entries, retrain claims, shadow
+// windows, retained segments): host:pid and a random part chosen once per process (host:pid alone
+// repeats when a container restarts in the same pod, as pid 1 again).
+const std::string& ReplicaName();
+
 // Names of models and entities: 1-128 characters of [A-Za-z0-9_.-], not starting with '.'.
 absl::Status ValidateName(const std::string& name, const char* what = "model name");
 
