@@ -158,7 +158,6 @@ struct Autopilot::State {
   uint64_t drift_version ABSL_GUARDED_BY(mu) = 0;
   uint64_t scored_since_tick ABSL_GUARDED_BY(mu) = 0;
   uint64_t drifted_samples ABSL_GUARDED_BY(mu) = 0;
-  double last_drift_ks ABSL_GUARDED_BY(mu) = 0;
   int64_t next_attempt_ms ABSL_GUARDED_BY(mu) = 0;        // quiet after a refused automatic start
   uint64_t drift_retrained_from ABSL_GUARDED_BY(mu) = 0;  // a drift retrain fires once per version
   std::shared_ptr<Shadow> shadow ABSL_GUARDED_BY(mu);     // running here
@@ -1065,7 +1064,6 @@ void Autopilot::CheckTriggers(const ModelKey& key, std::shared_ptr<State> s_ptr,
     const v1::RetrainPolicy p = s.policy;  // a copy: the analysis cannot follow a reference
     if (p.drift_above() > 0 && s.drift != nullptr) {
       const Drift d = s.drift->ComputeDrift();
-      s.last_drift_ks = d.ks;
       if (d.drifted(p.drift_above())) {
         s.drifted_samples += s.scored_since_tick;
       } else {
