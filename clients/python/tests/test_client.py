@@ -161,7 +161,10 @@ class ServerTest(unittest.TestCase):
         epochs = [j.epoch for j in seen]
         self.assertEqual(epochs, sorted(epochs))
         self.assertEqual(epochs[-1], 8)
-        self.assertGreaterEqual(len(seen), 8)
+        # A slow watcher gets the latest state, never a backlog (admin.proto): not one update per
+        # epoch, but the first state and the final one at least, in order.
+        self.assertGreaterEqual(len(seen), 2)
+        self.assertEqual(seen[-1].state, 3)  # JOB_STATE_SUCCEEDED
         info = self.client.model("py", include_calibration=True)
         self.assertEqual(list(info.feature_names), self.names)
         self.assertEqual(len(info.calibration_errors), len(self.x) // 10)  # 10% held out
