@@ -160,10 +160,11 @@ int main(int argc, char** argv) {
   auto model = *Model::Create(file, ModelOptions{threads, 4096});
   auto ctx = model->NewContext();
   // The default anomaly score: the same autoencoder plus the distance to the nearest
-  // kDefaultNeighbors of kDefaultReferenceRows reference rows.
+  // kDefaultNeighbors in each of kDefaultNeighborGroups groups of kDefaultReferenceRows rows.
   v1::ModelFile nfile = file;
   nfile.mutable_spec()->set_neighbors(kDefaultNeighbors);
   nfile.mutable_spec()->set_reference_rows(kDefaultReferenceRows);
+  nfile.mutable_spec()->set_neighbor_groups(kDefaultNeighborGroups);
   nfile.mutable_spec()->set_reconstruction_weight(kDefaultReconstructionWeight);
   for (size_t i = 0; i < size_t{kDefaultReferenceRows} * kFeatures; ++i) {
     nfile.add_reference(data.normal[i]);

@@ -71,6 +71,10 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   }
   // Files written before neighbours existed have no `neighbors`: reconstruction error alone.
   if (!file.spec().has_neighbors()) file.mutable_spec()->set_neighbors(0);
+  // ... and files written before groups existed have one group of reference rows.
+  if (file.spec().neighbors() > 0 && !file.spec().has_neighbor_groups()) {
+    file.mutable_spec()->set_neighbor_groups(1);
+  }
   AE_ASSIGN_OR_RETURN(v1::ModelSpec spec, ResolveSpec(file.spec(), file.spec().num_features()));
   *file.mutable_spec() = spec;
   AE_ASSIGN_OR_RETURN(Params params, FromModelFile(file));
@@ -114,16 +118,22 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   }
   // Files written before scoring policies existed get the defaults.
   AE_ASSIGN_OR_RETURN(*file.mutable_policy(), ResolvePolicy(file.policy()));
-  uint32_t reference_rows = 0;
+  uint32_t reference_rows = 0, groups = 1;
   if (spec.neighbors() > 0) {
     const size_t values = static_cast<size_t>(file.reference_size());
     reference_rows = static_cast<uint32_t>(values / d);
-    if (values % d != 0 || reference_rows < spec.neighbors() ||
+    groups = spec.neighbor_groups();
+    if (reference_rows % groups != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("model: ", reference_rows,
+                                                     " reference rows do not make ", groups,
+                                                     " groups of equal size"));
+    }
+    if (values % d != 0 || reference_rows / groups < spec.neighbors() ||
         reference_rows > spec.reference_rows()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model: ", spec.neighbors(), " neighbours need between ", spec.neighbors(),
-                       " and ", spec.reference_rows(), " reference rows of ", d,
-                       " values; the file holds ", values, " values"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model: ", spec.neighbors(), " neighbours need between ", spec.neighbors(), " and ",
+          spec.reference_rows(), " reference rows of ", d, " values per group (", groups,
+          " groups); the file holds ", values, " values"));
     }
     for (float v : file.reference()) {
       if (!std::isfinite(v))
@@ -143,6 +153,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
   std::shared_ptr<Model> m(new Model(std::move(file), options));
   m->neighbors_ = m->file_.spec().neighbors();
   m->reference_rows_ = reference_rows;
+  m->groups_ = groups;
   m->scaled_ = m->neighbors_ > 0 && m->file_.has_score_scale();
   m->fill_ = ScaledFill(sc);
   m->max_missing_ = MaxMissingFeatures(m->file_.policy(), d);
@@ -493,6 +504,15 @@ float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>&
   return sum / static_cast<float>(k);
 }
 
+// The mean over `groups` equal consecutive groups of `sq` of MeanOfSmallestRoots in each.
+float MeanOverGroups(float* sq, uint32_t n, uint32_t groups, uint32_t k,
+                     std::vector<float>& scratch) {
+  const uint32_t size = n / groups;
+  float sum = 0;
+  for (uint32_t g = 0; g < groups; ++g) sum += MeanOfSmallestRoots(sq + g * size, size, k, scratch);
+  return sum / static_cast<float>(groups);
+}
+
 }  // namespace
 
 absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) const {
@@ -515,7 +535,7 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
       // The inner product gave x.r - |r|^2 / 2; |x - r|^2 = |x|^2 - 2 * that, in place.
       float* sq = ctx.dots_.data() + r * n;
       for (uint32_t i = 0; i < n; ++i) sq[i] = std::max(xx - 2.f * sq[i], 0.f);
-      out[start + r] = MeanOfSmallestRoots(sq, n, k, scratch);
+      out[start + r] = MeanOverGroups(sq, n, groups_, k, scratch);
     }
   }
   return absl::OkStatus();
@@ -538,7 +558,7 @@ float Model::GapDistance(ScoringContext& ctx, const float* raw, const float* xs,
     sq[i] = s * stretch;
   }
   std::vector<float> scratch;
-  return MeanOfSmallestRoots(sq, n, neighbors_, scratch);
+  return MeanOverGroups(sq, n, groups_, neighbors_, scratch);
 }
 
 absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,

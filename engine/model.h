@@ -147,7 +147,7 @@ class Model {
   std::vector<float> calibration_;
   // Neighbours: the reference rows are the weights of one inner product per bucket of up to
   // kNeighbourBatch rows (bias -|r|^2 / 2, so |x - r|^2 = |x|^2 - 2 * output).
-  uint32_t neighbors_ = 0, reference_rows_ = 0;
+  uint32_t neighbors_ = 0, reference_rows_ = 0, groups_ = 1;
   std::vector<NeighbourPlan> neighbour_plans_;
   bool scaled_ = false;  // the file has a ScoreScale: score = AnomalyScore(error, distance)
   size_t scratch_bytes_ = 0;

@@ -313,6 +313,8 @@ v1::ModelFile NeighbourFile() {
   s.set_code_size(1);
   s.set_neighbors(2);
   s.set_reference_rows(4);
+  s.set_neighbor_groups(1);
+  s.set_reconstruction_weight(0.5f);
   auto spec = ResolveSpec(s, 2);
   EXPECT_TRUE(spec.ok()) << spec.status();
   std::mt19937_64 rng(1);
@@ -361,6 +363,38 @@ TEST(Model, NeighbourDistanceKnownAnswers) {
   EXPECT_NEAR(r.score[0] - 0.25 * (r.error[0] - 1), 1.0, 1e-4);  // (2.5 - 2) / 0.5
 }
 
+// Two groups, worked by hand: group A (0,0), (3,4); group B (6,8), (9,12); 1 neighbour. The
+// distance is the mean over the groups of the nearest row's distance in each: x = (0,0): A 0,
+// B 10 -> 5. x = (6,8): A 5, B 0 -> 2.5. x = (3,0): A 3, B sqrt(9+64) = 8.544 -> 5.772. With
+// x = (3,0) missing its second feature (gaps: squared distances over the observed feature,
+// stretched by 2/1): A min(0, 9)*2 -> 0, B min(9, 36)*2 -> sqrt(18) = 4.243 -> 2.121.
+TEST(Model, NeighbourGroupsKnownAnswers) {
+  v1::ModelFile f = NeighbourFile();
+  f.mutable_spec()->set_neighbors(1);
+  f.mutable_spec()->set_neighbor_groups(2);
+  f.clear_reference();
+  for (float v : {0.f, 0.f, 3.f, 4.f, 6.f, 8.f, 9.f, 12.f}) f.add_reference(v);
+  auto model = Model::Create(f);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto ctx = (*model)->NewContext();
+  ScoreResult r;
+  ASSERT_TRUE((*model)->Score(*ctx, std::vector<float>{0, 0, 6, 8, 3, 0, 3, NAN}, {}, &r).ok());
+  ASSERT_EQ(r.distance.size(), 4u);
+  EXPECT_NEAR(r.distance[0], 5.0, 1e-4);
+  EXPECT_NEAR(r.distance[1], 2.5, 1e-4);
+  EXPECT_NEAR(r.distance[2], (3 + std::sqrt(73.0)) / 2, 1e-4);
+  EXPECT_NEAR(r.distance[3], std::sqrt(18.0) / 2, 1e-4);
+  // Rows that do not make equal groups are refused; a file from before groups existed (no
+  // neighbor_groups) has one group: x = (0,0) is then 0 from its nearest row.
+  f.mutable_reference()->Truncate(6);
+  EXPECT_EQ(Model::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f.mutable_spec()->clear_neighbor_groups();
+  auto old = Model::Create(f);
+  ASSERT_TRUE(old.ok()) << old.status();
+  ASSERT_TRUE((*old)->Score(*(*old)->NewContext(), std::vector<float>{0, 0}, {}, &r).ok());
+  EXPECT_NEAR(r.distance[0], 0.0, 1e-4);
+}
+
 // Every batch size through the neighbour primitive (buckets, 256-row chunks) against brute force.
 TEST(Model, NeighbourDistanceMatchesBruteForceForEveryBatchSize) {
   v1::ModelFile f = NeighbourFile();
@@ -388,6 +422,29 @@ TEST(Model, NeighbourDistanceMatchesBruteForceForEveryBatchSize) {
       ASSERT_NEAR(r.distance[i], (d[0] + d[1] + d[2]) / 3, 1e-3) << rows << " rows, row " << i;
     }
   }
+}
+
+TEST(Model, NeighbourSpecDefaultsAndLimits) {
+  v1::ModelSpec s;
+  auto d = ResolveSpec(s, 4);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->neighbors(), 8u);
+  EXPECT_EQ(d->reference_rows(), 256u);
+  EXPECT_EQ(d->neighbor_groups(), 2u);
+  EXPECT_FLOAT_EQ(d->reconstruction_weight(), 0.25f);
+  s.set_neighbors(10);
+  s.set_reference_rows(16);  // groups unset: as many as hold 10 neighbours each, here 1
+  auto one = ResolveSpec(s, 4);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->neighbor_groups(), 1u);
+  s.set_neighbor_groups(2);  // 8 rows a group for 10 neighbours
+  EXPECT_EQ(ResolveSpec(s, 4).status().code(), absl::StatusCode::kInvalidArgument);
+  s.set_neighbor_groups(0);
+  EXPECT_EQ(ResolveSpec(s, 4).status().code(), absl::StatusCode::kInvalidArgument);
+  s.set_neighbors(0);  // no neighbours: the other fields are cleared
+  auto none = ResolveSpec(s, 4);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_neighbor_groups());
 }
 
 TEST(Model, NeighbourFilesAreChecked) {

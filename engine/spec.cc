@@ -137,14 +137,22 @@ absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t nu
   if (s.neighbors() == 0) {
     s.clear_reference_rows();
     s.clear_reconstruction_weight();
+    s.clear_neighbor_groups();
   } else {
     if (s.reference_rows() == 0) s.set_reference_rows(kDefaultReferenceRows);
     if (s.reference_rows() > kMaxReferenceRows) {
       return Invalid(absl::StrCat("reference_rows must be at most ", kMaxReferenceRows));
     }
-    if (s.neighbors() > s.reference_rows()) {
-      return Invalid(absl::StrCat("neighbors (", s.neighbors(),
-                                  ") must be at most reference_rows (", s.reference_rows(), ")"));
+    if (!s.has_neighbor_groups()) {
+      s.set_neighbor_groups(
+          std::clamp(s.reference_rows() / s.neighbors(), 1u, kDefaultNeighborGroups));
+    }
+    if (s.neighbor_groups() == 0) return Invalid("neighbor_groups must be > 0");
+    const uint32_t group_rows = s.reference_rows() / s.neighbor_groups();
+    if (s.neighbors() > group_rows) {
+      return Invalid(absl::StrCat(
+          "neighbors (", s.neighbors(), ") must be at most the rows of a group: reference_rows (",
+          s.reference_rows(), ") / neighbor_groups (", s.neighbor_groups(), ")"));
     }
     if (!s.has_reconstruction_weight()) s.set_reconstruction_weight(kDefaultReconstructionWeight);
     if (!std::isfinite(s.reconstruction_weight()) || s.reconstruction_weight() < 0) {

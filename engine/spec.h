@@ -9,11 +9,14 @@
 
 namespace aeserve::engine {
 
-// Neighbour distance defaults (ModelSpec.neighbors, reference_rows) and the largest reference.
-inline constexpr uint32_t kDefaultNeighbors = 10;
+// Neighbour distance defaults (ModelSpec.neighbors, reference_rows, neighbor_groups,
+// reconstruction_weight) and the largest reference: chosen on ODDS (bench/RESULTS.md, "Detection
+// quality, round 3").
+inline constexpr uint32_t kDefaultNeighbors = 8;
 inline constexpr uint32_t kDefaultReferenceRows = 256;
+inline constexpr uint32_t kDefaultNeighborGroups = 2;
 inline constexpr uint32_t kMaxReferenceRows = 16384;
-inline constexpr float kDefaultReconstructionWeight = 0.5f;
+inline constexpr float kDefaultReconstructionWeight = 0.25f;
 // ScoringPolicy defaults: a sample may miss up to half its features; missing values are filled
 // with the training mean, refined kDefaultImputeRefinements times by the model's reconstruction
 // (0: measured no better on ODDS with 10% missing, bench/RESULTS.md "Gaps").

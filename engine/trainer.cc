@@ -318,23 +318,36 @@ absl::Status Calibrate(const TrainingData& data, const Split& split,
       if (complete[r]) reference.push_back(r);
     }
     std::shuffle(reference.begin(), reference.end(), rng);
-    size_t keep = std::min<size_t>(reference.size(), file.spec().reference_rows());
-    if (split.validation.empty())
-      keep = std::min(keep, reference.size() / 2);  // the rest calibrates
-    if (keep == 0) {
+    if (split.validation.empty()) {  // the reference candidates never calibrate: at most half
+      const auto pool = static_cast<std::ptrdiff_t>(
+          std::min<size_t>(reference.size() / 2, file.spec().reference_rows()));
+      calib_rows.assign(reference.begin() + pool, reference.end());
+      reference.resize(static_cast<size_t>(pool));
+    }
+    // Each group is an independent random sample of the candidates (groups may share rows);
+    // when one group holds every candidate, one group is enough.
+    const v1::ModelSpec& spec = file.spec();
+    const size_t group_rows =
+        std::min<size_t>(reference.size(), spec.reference_rows() / spec.neighbor_groups());
+    const uint32_t groups = group_rows == reference.size() ? 1 : spec.neighbor_groups();
+    if (group_rows == 0) {
       file.mutable_spec()->set_neighbors(0);  // a single training row: no neighbours to keep
       file.mutable_spec()->clear_reference_rows();
       file.mutable_spec()->clear_reconstruction_weight();
+      file.mutable_spec()->clear_neighbor_groups();
     } else {
-      if (split.validation.empty())
-        calib_rows.assign(reference.begin() + static_cast<std::ptrdiff_t>(keep), reference.end());
-      reference.resize(keep);
-      std::sort(reference.begin(), reference.end());
       file.mutable_spec()->set_neighbors(
-          static_cast<uint32_t>(std::min<size_t>(file.spec().neighbors(), keep)));
+          static_cast<uint32_t>(std::min<size_t>(spec.neighbors(), group_rows)));
+      file.mutable_spec()->set_neighbor_groups(groups);
       std::vector<float> scaled;
-      ScaleRows(data, reference, file.scaler(), scaled);
-      file.mutable_reference()->Add(scaled.begin(), scaled.end());
+      for (uint32_t g = 0; g < groups; ++g) {
+        if (g > 0) std::shuffle(reference.begin(), reference.end(), rng);
+        std::vector<size_t> rows(reference.begin(),
+                                 reference.begin() + static_cast<std::ptrdiff_t>(group_rows));
+        std::sort(rows.begin(), rows.end());
+        ScaleRows(data, rows, file.scaler(), scaled);
+        file.mutable_reference()->Add(scaled.begin(), scaled.end());
+      }
     }
   }
   AE_ASSIGN_OR_RETURN(auto model,

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "gtest/gtest.h"
 #include "model.h"
@@ -175,6 +176,46 @@ TEST(Trainer, FineTuningStartsFromTheBaseWeights) {
   EXPECT_LT(tuned->history().epochs(0).train_loss(),
             0.5 * scratch->history().epochs(0).train_loss());
   EXPECT_EQ(tuned->scaler().SerializeAsString(), base->scaler().SerializeAsString());
+}
+
+// The default neighbour distance keeps 2 groups of 128 reference rows, each an independent sample
+// of the training rows (rows as scaled; never a held-out row), 8 neighbours, error weight 0.25; a
+// training set smaller than a group keeps every training row in one group.
+TEST(Trainer, ReferenceRowsAreGroupsOfTrainingRows) {
+  const auto data = MakeSynthetic(1000, 10, kFeatures, 3, 4);
+  TrainRequest req = Request(v1::MODEL_KIND_PLAIN);
+  req.options.set_epochs(2);
+  auto file = Train(req, Data(data.normal));
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->spec().neighbors(), 8u);
+  EXPECT_EQ(file->spec().neighbor_groups(), 2u);
+  EXPECT_FLOAT_EQ(file->spec().reconstruction_weight(), 0.25f);
+  ASSERT_EQ(file->reference_size(), static_cast<int>(256 * kFeatures));
+  // Each reference row is a training row, scaled; within a group no row repeats.
+  const v1::Scaler& sc = file->scaler();
+  for (size_t g = 0; g < 2; ++g) {
+    std::set<size_t> rows;
+    for (size_t i = 0; i < 128; ++i) {
+      const float* ref = file->reference().data() + ((g * 128) + i) * kFeatures;
+      size_t found = SIZE_MAX;
+      for (size_t r = 0; r < 1000 && found == SIZE_MAX; ++r) {
+        bool same = true;
+        for (size_t j = 0; j < kFeatures && same; ++j) {
+          const float scaled = (data.normal[r * kFeatures + j] - sc.offset(j)) / sc.scale(j);
+          same = std::abs(scaled - ref[j]) < 1e-4f;
+        }
+        if (same) found = r;
+      }
+      ASSERT_NE(found, SIZE_MAX) << "group " << g << " row " << i << " is no training row";
+      EXPECT_TRUE(rows.insert(found).second) << "group " << g << " repeats training row " << found;
+    }
+  }
+  // 100 rows, 90 after the hold-out: one group of all 90.
+  std::vector<float> few(data.normal.begin(), data.normal.begin() + 100 * kFeatures);
+  auto small = Train(req, Data(few));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->spec().neighbor_groups(), 1u);
+  EXPECT_EQ(small->reference_size(), static_cast<int>(90 * kFeatures));
 }
 
 // Training rows with gaps (10% of values missing at random, and some rows missing more than the

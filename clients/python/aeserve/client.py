@@ -400,7 +400,8 @@ class Client:
               activation: Optional[str] = None, noise_level: float = 0.0, l1_penalty: float = 0.0,
               kl_sparsity_weight: float = 0.0, beta: float = 0.0, percentile: Optional[float] = None,
               neighbors: Optional[int] = None, reference_rows: int = 0,
-              reconstruction_weight: Optional[float] = None, hold_out: Optional[str] = None,
+              reconstruction_weight: Optional[float] = None,
+              neighbor_groups: Optional[int] = None, hold_out: Optional[str] = None,
               max_missing_fraction: Optional[float] = None,
               impute_refinements: Optional[int] = None,
               window: int = 0, stride: int = 0, time_features: Sequence[str] = (),
@@ -474,6 +475,8 @@ class Client:
                 header.spec.neighbors = neighbors
             if reconstruction_weight is not None:
                 header.spec.reconstruction_weight = reconstruction_weight
+            if neighbor_groups is not None:
+                header.spec.neighbor_groups = neighbor_groups
             header.spec.window.length = window
             header.spec.window.stride = stride
             for f in time_features:
