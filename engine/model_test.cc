@@ -432,6 +432,21 @@ TEST(Model, NeighbourSpecDefaultsAndLimits) {
   EXPECT_EQ(d->reference_rows(), 256u);
   EXPECT_EQ(d->neighbor_groups(), 2u);
   EXPECT_FLOAT_EQ(d->reconstruction_weight(), 0.25f);
+  // A series model (a window, or time features) scores by its error alone unless asked.
+  v1::ModelSpec series;
+  series.mutable_window()->set_length(4);
+  auto sd = ResolveSpec(series, 4);
+  ASSERT_TRUE(sd.ok()) << sd.status();
+  EXPECT_EQ(sd->neighbors(), 0u);
+  series.mutable_window()->set_length(1);
+  series.mutable_window()->add_time_features(v1::TIME_FEATURE_HOUR_OF_DAY);
+  sd = ResolveSpec(series, 3);
+  ASSERT_TRUE(sd.ok()) << sd.status();
+  EXPECT_EQ(sd->neighbors(), 0u);
+  series.set_neighbors(4);
+  sd = ResolveSpec(series, 3);
+  ASSERT_TRUE(sd.ok()) << sd.status();
+  EXPECT_EQ(sd->neighbors(), 4u);
   s.set_neighbors(10);
   s.set_reference_rows(16);  // groups unset: as many as hold 10 neighbours each, here 1
   auto one = ResolveSpec(s, 4);

@@ -133,7 +133,11 @@ absl::StatusOr<v1::ModelSpec> ResolveSpec(const v1::ModelSpec& spec, uint32_t nu
     s.clear_beta();
   }
 
-  if (!s.has_neighbors()) s.set_neighbors(kDefaultNeighbors);
+  // Series models score by the reconstruction error alone unless asked: their samples are
+  // overlapping windows of one series, which a few hundred reference windows cover poorly (NAB
+  // 61.4 without neighbours against 57.8 with them; bench/RESULTS.md, "Detection quality, round
+  // 3").
+  if (!s.has_neighbors()) s.set_neighbors(IsSeries(s) ? 0 : kDefaultNeighbors);
   if (s.neighbors() == 0) {
     s.clear_reference_rows();
     s.clear_reconstruction_weight();

@@ -407,7 +407,7 @@ TEST_F(AectlTest, TrainThresholdActivate) {
 // audit log that records all of it (#15).
 TEST_F(AectlTest, AutopilotRetrainShadowAndHistory) {
   auto set = Aectl(server_arg_ +
-                   " autopilot ap --retain-rows 5000 --min-rows 100 --shadow-samples 200 "
+                   " autopilot ap --retain-rows 20000 --min-rows 100 --shadow-samples 200 "
                    "--flag-ratio 0,1000");
   ASSERT_EQ(set.code, 0) << set.err;
   EXPECT_NE(set.out.find("retained: 0 rows"), std::string::npos) << set.out;
@@ -416,8 +416,8 @@ TEST_F(AectlTest, AutopilotRetrainShadowAndHistory) {
       Aectl(server_arg_ + " train --model ap --layers 16 --code 4 --epochs 3 --retain " + Train())
           .code,
       0);
-  EXPECT_NE(Aectl(server_arg_ + " model ap").out.find("retained_rows: 4500"), std::string::npos);
-  EXPECT_NE(set.out.find("retain_rows: 5000"), std::string::npos) << set.out;
+  EXPECT_NE(Aectl(server_arg_ + " model ap").out.find("retained_rows: 12000"), std::string::npos);
+  EXPECT_NE(set.out.find("retain_rows: 20000"), std::string::npos) << set.out;
   EXPECT_EQ(Aectl(server_arg_ + " autopilot ap").code, 2);  // --retain-rows is required
   ASSERT_EQ(Aectl(server_arg_ + " score --model ap " + Test()).code, 0);
   auto retrain = Aectl(server_arg_ + " retrain ap");

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -51,6 +52,8 @@ from aeserve import AeserveError, Client, ScoreResult
 from aeserve.local import start_server as start_local, stop_server
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from variants import variant_args  # noqa: E402
 PROFILES = {
     "standard": dict(tp=1.0, fp=0.11, fn=1.0),
     "reward_low_FP_rate": dict(tp=1.0, fp=0.22, fn=1.0),
@@ -107,7 +110,7 @@ def train(client, model, values, stamps, args, retain=False):
                  window=WINDOW, time_features=["hour"], seed=args.seed, scaling="minmax",
                  epochs=100, patience=10, percentile=args.percentile, validation_split=0.2,
                  max_gap_steps=args.max_gap_steps, gap_fill=args.gap_fill, hold_out=args.hold_out,
-                 retain=retain)
+                 retain=retain, **variant_args(args.variant))
 
 
 def wait_for_retrains(client, model):
@@ -190,6 +193,7 @@ def main():
                    help="retrain on the whole history each time it has grown by this many times the "
                         "first training set (0: never retrain)")
     p.add_argument("--seed", type=int, default=1, help="training seed")
+    p.add_argument("--variant", help="more Client.train settings for a variant run, e.g. neighbors=0")
     p.add_argument("--max_gap_steps", type=int, default=None,
                    help="the models' ScoringPolicy.max_gap_steps (default: the server's, the window "
                         "length): missed steps up to this are missing values, a longer gap restarts "

@@ -15,10 +15,11 @@ last, 1 = anomaly); every such folder is evaluated (sets never seen before inclu
          find_length_rank on the first channel), PR-AUC (average precision), ROC-AUC.
   split: the service's own use: trained on train.csv, scores test.csv; VUS-PR, PR-AUC, ROC-AUC and
          the precision / recall / F1 of the server's own flags (its default threshold).
-No per-machine settings. Each sample is a window of the last K rows (--window, default 8; 1 = the row
-alone; 8 chosen over 1 and 4 by the mean VUS-PR over SMD and ASD, both protocols, see
-bench/RESULTS.md), built here until the server builds windows itself; the first rows of a series repeat its
-first row. The score of a point is the anomaly score of the window ending at it.
+No per-machine settings. The model is a series model (ModelSpec.window): each sample is a window of
+the last K rows (--window, default 8; 1 = the row alone; 8 chosen over 1 and 4 by the mean VUS-PR
+over SMD and ASD, both protocols, see bench/RESULTS.md), built by the server from rows sent with
+their timestamps (one a minute); the score of a point is the anomaly score of the window ending at
+it, and the first K-1 points, which warm the window up, take the first window's score.
 JSON: {machine: {"tsb": {"vus_pr", "pr_auc", "roc_auc"}, "split": {... "precision", "recall",
 "f1"}}}. Without --server it starts build/server/aeserve (or $AESERVE_BINARY) on a free loopback
 port and stops it.
@@ -56,12 +57,19 @@ def load(path, labelled):
     return data, None
 
 
-def windows(x, k):
-    """Row t = rows t-k+1 .. t concatenated (oldest first); rows before the start repeat row 0."""
-    if k <= 1:
-        return x
-    padded = np.concatenate([np.repeat(x[:1], k - 1, axis=0), x])
-    return np.concatenate([padded[i:i + len(x)] for i in range(k)], axis=1)
+STEP_MS = 60_000  # SMD and ASD are one-minute series without timestamps of their own
+
+
+def series_scores(client, model, x):
+    """Scores the series `x` (rows in time order) with the series model `model` in one call: the
+    server keeps the window; its first window-1 steps warm up and take the first full window's
+    score (as if the series had started earlier at the same level)."""
+    r = client.score(model, x, timestamps=np.arange(len(x), dtype=np.int64) * STEP_MS)
+    scores = np.asarray(r.scores, dtype=np.float64)
+    warm = r.warming_up if r.warming_up is not None else np.zeros(len(scores), dtype=bool)
+    first = int(np.argmin(warm)) if not warm.all() else len(scores)
+    scores[:first] = scores[first] if first < len(scores) else 0.0
+    return scores, r.anomalous
 
 
 def metrics(labels, score, sliding_window):
@@ -84,19 +92,23 @@ def evaluate(client, name, folder, tr, k, seed, train_args):
     test_x, test_y = load(os.path.join(folder, "test.csv"), True)
     out = {}
     sw = find_length_rank(test_x, rank=1)
-    series = windows(test_x, k)
     if tr is None:
-        tr = int(TSB_TR_FALLBACK * len(series))
-    client.train(model + "_tsb", series[:tr], seed=seed, **train_args)
-    r = client.score(model + "_tsb", series)
-    out["tsb"] = metrics(test_y, r.scores, sw)
+        tr = int(TSB_TR_FALLBACK * len(test_x))
+
+    def train(name, x):
+        client.train(name, x, window=k, timestamps=np.arange(len(x), dtype=np.int64) * STEP_MS,
+                     seed=seed, **train_args)
+
+    train(model + "_tsb", test_x[:tr])
+    scores, _ = series_scores(client, model + "_tsb", test_x)
+    out["tsb"] = metrics(test_y, scores, sw)
     out["tsb"]["train_points"] = tr
     if os.path.exists(os.path.join(folder, "train.csv")):
         train_x, _ = load(os.path.join(folder, "train.csv"), False)
-        client.train(model + "_split", windows(train_x, k), seed=seed, **train_args)
-        r = client.score(model + "_split", series)
-        out["split"] = metrics(test_y, r.scores, sw)
-        out["split"].update(flags(test_y, r.anomalous))
+        train(model + "_split", train_x)
+        scores, anomalous = series_scores(client, model + "_split", test_x)
+        out["split"] = metrics(test_y, scores, sw)
+        out["split"].update(flags(test_y, anomalous))
     return out
 
 
