@@ -476,20 +476,29 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
 namespace {
 
 // Mean of the square roots of the k smallest of `sq` (n >= k squared distances; `sq` is scratch).
-// Block minima bound the search: the k-th smallest of the minima of blocks of 16 is at least the
+// Block minima bound the search: the k-th smallest of the minima of disjoint blocks is at least the
 // k-th smallest value (those minima are k distinct values), so only values at or below it can be
-// among the k nearest. The pass over all n values is branch-free; the rare candidates are sorted.
-float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>& scratch) {
-  constexpr uint32_t kBlock = 16;
+// among the k nearest. Blocks of 16, 8 or 4 values, at least 2k-4k of them, keep the bound tight
+// for small groups too (128 rows, 8 neighbours: 16 blocks of 8). The pass over all n values is
+// branch-free; the rare candidates are sorted.
+template <uint32_t kBlock>
+uint32_t BlockMinima(const float* sq, uint32_t n, std::vector<float>& scratch) {
   const uint32_t blocks = n / kBlock;
+  scratch.resize(blocks);
+  for (uint32_t b = 0; b < blocks; ++b) {
+    float m = sq[b * kBlock];
+    for (uint32_t i = 1; i < kBlock; ++i) m = std::min(m, sq[b * kBlock + i]);
+    scratch[b] = m;
+  }
+  return blocks;
+}
+
+float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>& scratch) {
+  const uint32_t blocks = n / 16 >= 4 * k  ? BlockMinima<16>(sq, n, scratch)
+                          : n / 8 >= 2 * k ? BlockMinima<8>(sq, n, scratch)
+                                           : BlockMinima<4>(sq, n, scratch);
   float bound = INFINITY;
   if (blocks >= k) {
-    scratch.resize(blocks);
-    for (uint32_t b = 0; b < blocks; ++b) {
-      float m = sq[b * kBlock];
-      for (uint32_t i = 1; i < kBlock; ++i) m = std::min(m, sq[b * kBlock + i]);
-      scratch[b] = m;
-    }
     std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
     bound = scratch[k - 1];
   }
