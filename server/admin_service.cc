@@ -110,29 +110,29 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
 }  // namespace
 
-template <typename Call, typename Fn>
-grpc::ServerUnaryReactor* AdminService::Lifecycle(grpc::CallbackServerContext* ctx, Call* call,
-                                                  Fn fn) {
-  if (!call->parsed()) return call;
-  if (grpc::Status st = auth_->Check(ctx, Role::kAdmin); !st.ok()) {
-    call->Reply(st);
-    return call;
-  }
-  v1::Event event;
-  event.set_actor(auth_->Actor(ctx));
-  if (!executor_->TrySubmit([this, call, event, fn = std::move(fn)](Worker&) mutable {
-        absl::Status st = fn(call->request(), call->response(), &event);
-        if (st.ok() && !event.action().empty()) {
-          if (auto logged = audit_->Record(std::move(event)); !logged.ok()) {
-            // The change is made; say so rather than pretend it failed.
-            st = absl::DataLossError(absl::StrCat("done, but not recorded: ", logged.message()));
+template <typename Request, typename Response>
+UnaryHandler<Request, Response> AdminService::Lifecycle(LifecycleFn<Request, Response> fn) {
+  return [this, fn = std::move(fn)](grpc::CallbackServerContext* ctx,
+                                    UnaryCall<Request, Response>* call) {
+    if (grpc::Status st = auth_->Check(ctx, Role::kAdmin); !st.ok()) {
+      call->Reply(st);
+      return;
+    }
+    v1::Event event;
+    event.set_actor(auth_->Actor(ctx));
+    if (!executor_->TrySubmit([this, call, event, fn](Worker&) mutable {
+          absl::Status st = fn(call->request(), call->response(), &event);
+          if (st.ok() && !event.action().empty()) {
+            if (auto logged = audit_->Record(std::move(event)); !logged.ok()) {
+              // The change is made; say so rather than pretend it failed.
+              st = absl::DataLossError(absl::StrCat("done, but not recorded: ", logged.message()));
+            }
           }
-        }
-        call->Reply(ToGrpc(st));
-      })) {
-    call->Reply(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "admin queue is full"));
-  }
-  return call;
+          call->Reply(ToGrpc(st));
+        })) {
+      call->Reply(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "admin queue is full"));
+    }
+  };
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::CreateTrainingJob(
@@ -148,66 +148,139 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(
   return new WatchReactor(jobs_, req.id(), st);
 }
 
-template <typename Fn>
-grpc::ServerUnaryReactor* AdminService::JobCall(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                Raw* out, Fn fn) {
-  auto* call = new UnaryCall<v1::GetTrainingJobRequest, v1::TrainingJob>(body, out);
-  if (!call->parsed()) return call;
-  grpc::Status st = auth_->Check(ctx, Role::kAdmin);
-  if (st.ok()) {
-    absl::StatusOr<v1::TrainingJob> got = fn(call->request().id());
-    if (got.ok()) *call->response() = *std::move(got);
-    st = ToGrpc(got.status());
-  }
-  call->Reply(st);
-  return call;
+UnaryHandler<v1::GetTrainingJobRequest, v1::TrainingJob> AdminService::JobHandler(
+    std::function<absl::StatusOr<v1::TrainingJob>(const std::string& id)> fn) {
+  return [this, fn = std::move(fn)](grpc::CallbackServerContext* ctx,
+                                    UnaryCall<v1::GetTrainingJobRequest, v1::TrainingJob>* call) {
+    grpc::Status st = auth_->Check(ctx, Role::kAdmin);
+    if (st.ok()) {
+      absl::StatusOr<v1::TrainingJob> got = fn(call->request().id());
+      if (got.ok()) *call->response() = *std::move(got);
+      st = ToGrpc(got.status());
+    }
+    call->Reply(st);
+  };
+}
+
+UnaryHandler<v1::GetTrainingJobRequest, v1::TrainingJob> AdminService::GetTrainingJobHandler() {
+  return JobHandler([this](const std::string& id) { return jobs_->Get(id); });
+}
+
+UnaryHandler<v1::GetTrainingJobRequest, v1::TrainingJob> AdminService::CancelTrainingJobHandler() {
+  return JobHandler([this](const std::string& id) { return jobs_->Cancel(id); });
+}
+
+UnaryHandler<v1::ListTrainingJobsRequest, v1::ListTrainingJobsResponse>
+AdminService::ListTrainingJobsHandler() {
+  return [this](grpc::CallbackServerContext* ctx,
+                UnaryCall<v1::ListTrainingJobsRequest, v1::ListTrainingJobsResponse>* call) {
+    grpc::Status st = auth_->Check(ctx, Role::kAdmin);
+    if (st.ok()) {
+      for (auto& j : jobs_->List(call->request().model()))
+        *call->response()->add_jobs() = std::move(j);
+    }
+    call->Reply(st);
+  };
+}
+
+// Each unary method: gRPC's buffered path (no tokens) and, with tokens, the streamed one that
+// checks the token before the request is read (raw_call.h). Indices: the order in admin.proto.
+AdminService::AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
+                           Uploads* uploads, Executor* admin_executor, const Authorizer* auth,
+                           const AuditLog* audit, Autopilot* autopilot)
+    : options_(options),
+      registry_(registry),
+      view_(*registry, options.drift_threshold),
+      jobs_(jobs),
+      uploads_(uploads),
+      executor_(admin_executor),
+      auth_(auth),
+      audit_(audit),
+      autopilot_(autopilot) {
+  if (!auth_->enabled()) return;
+  auto gate = [this](grpc::CallbackServerContext* ctx) { return auth_->Check(ctx, Role::kAdmin); };
+  StreamUnary(2, gate, GetTrainingJobHandler());
+  StreamUnary(3, gate, ListTrainingJobsHandler());
+  StreamUnary(4, gate, CancelTrainingJobHandler());
+  StreamUnary(5, gate, ActivateVersionHandler());
+  StreamUnary(6, gate, DeleteVersionHandler());
+  StreamUnary(7, gate, DeleteModelHandler());
+  StreamUnary(8, gate, SetThresholdHandler());
+  StreamUnary(9, gate, SetScoringPolicyHandler());
+  StreamUnary(10, gate, ListEventsHandler());
+  StreamUnary(11, gate, SetRetrainPolicyHandler());
+  StreamUnary(12, gate, RetrainHandler());
+  StreamUnary(13, gate, StartShadowHandler());
 }
 
 grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx,
                                                        const Raw* body, Raw* out) {
-  return JobCall(ctx, body, out, [this](const std::string& id) { return jobs_->Get(id); });
+  return Buffered(ctx, body, out, GetTrainingJobHandler());
 }
-
 grpc::ServerUnaryReactor* AdminService::ListTrainingJobs(grpc::CallbackServerContext* ctx,
                                                          const Raw* body, Raw* out) {
-  auto* call = new UnaryCall<v1::ListTrainingJobsRequest, v1::ListTrainingJobsResponse>(body, out);
-  if (!call->parsed()) return call;
-  grpc::Status st = auth_->Check(ctx, Role::kAdmin);
-  if (st.ok()) {
-    for (auto& j : jobs_->List(call->request().model()))
-      *call->response()->add_jobs() = std::move(j);
-  }
-  call->Reply(st);
-  return call;
+  return Buffered(ctx, body, out, ListTrainingJobsHandler());
 }
-
 grpc::ServerUnaryReactor* AdminService::CancelTrainingJob(grpc::CallbackServerContext* ctx,
                                                           const Raw* body, Raw* out) {
-  return JobCall(ctx, body, out, [this](const std::string& id) { return jobs_->Cancel(id); });
+  return Buffered(ctx, body, out, CancelTrainingJobHandler());
 }
-
 grpc::ServerUnaryReactor* AdminService::ActivateVersion(grpc::CallbackServerContext* ctx,
                                                         const Raw* body, Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::ActivateVersionRequest, v1::ModelInfoBrief>(body, out),
-                   [this](const v1::ActivateVersionRequest& req, v1::ModelInfoBrief* resp,
-                          v1::Event* audit) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     uint64_t was = 0;
-                     registry_->Visit(*key, [&](const ModelEntry& e) { was = e.active; });
-                     if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
-                     Describe(
-                         audit, *key, req.version(), "activate",
-                         was == 0 ? "no version was active" : absl::StrCat("was version ", was));
-                     *resp = view_.Brief(*key, req.version());
-                     return absl::OkStatus();
-                   });
+  return Buffered(ctx, body, out, ActivateVersionHandler());
 }
-
 grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContext* ctx,
                                                       const Raw* body, Raw* out) {
-  return Lifecycle(
-      ctx, new UnaryCall<v1::DeleteVersionRequest, v1::ModelInfoBrief>(body, out),
+  return Buffered(ctx, body, out, DeleteVersionHandler());
+}
+grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx,
+                                                    const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, DeleteModelHandler());
+}
+grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx,
+                                                     const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, SetThresholdHandler());
+}
+grpc::ServerUnaryReactor* AdminService::SetScoringPolicy(grpc::CallbackServerContext* ctx,
+                                                         const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, SetScoringPolicyHandler());
+}
+grpc::ServerUnaryReactor* AdminService::ListEvents(grpc::CallbackServerContext* ctx,
+                                                   const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, ListEventsHandler());
+}
+grpc::ServerUnaryReactor* AdminService::SetRetrainPolicy(grpc::CallbackServerContext* ctx,
+                                                         const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, SetRetrainPolicyHandler());
+}
+grpc::ServerUnaryReactor* AdminService::Retrain(grpc::CallbackServerContext* ctx, const Raw* body,
+                                                Raw* out) {
+  return Buffered(ctx, body, out, RetrainHandler());
+}
+grpc::ServerUnaryReactor* AdminService::StartShadow(grpc::CallbackServerContext* ctx,
+                                                    const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, StartShadowHandler());
+}
+
+UnaryHandler<v1::ActivateVersionRequest, v1::ModelInfoBrief>
+AdminService::ActivateVersionHandler() {
+  return Lifecycle<v1::ActivateVersionRequest, v1::ModelInfoBrief>(
+      [this](const v1::ActivateVersionRequest& req, v1::ModelInfoBrief* resp,
+             v1::Event* audit) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        uint64_t was = 0;
+        registry_->Visit(*key, [&](const ModelEntry& e) { was = e.active; });
+        if (auto st = registry_->Activate(*key, req.version()); !st.ok()) return st;
+        Describe(audit, *key, req.version(), "activate",
+                 was == 0 ? "no version was active" : absl::StrCat("was version ", was));
+        *resp = view_.Brief(*key, req.version());
+        return absl::OkStatus();
+      });
+}
+
+UnaryHandler<v1::DeleteVersionRequest, v1::ModelInfoBrief> AdminService::DeleteVersionHandler() {
+  return Lifecycle<v1::DeleteVersionRequest, v1::ModelInfoBrief>(
       [this](const v1::DeleteVersionRequest& req, v1::ModelInfoBrief* resp,
              v1::Event* audit) -> absl::Status {
         auto key = MakeKey(req.model(), req.entity());
@@ -221,23 +294,20 @@ grpc::ServerUnaryReactor* AdminService::DeleteVersion(grpc::CallbackServerContex
       });
 }
 
-grpc::ServerUnaryReactor* AdminService::DeleteModel(grpc::CallbackServerContext* ctx,
-                                                    const Raw* body, Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::DeleteModelRequest, v1::DeleteModelResponse>(body, out),
-                   [this](const v1::DeleteModelRequest& req, v1::DeleteModelResponse*,
-                          v1::Event* audit) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     if (auto st = registry_->DeleteModel(*key, req.force()); !st.ok()) return st;
-                     Describe(audit, *key, 0, "delete-model", req.force() ? "forced" : "");
-                     return absl::OkStatus();
-                   });
+UnaryHandler<v1::DeleteModelRequest, v1::DeleteModelResponse> AdminService::DeleteModelHandler() {
+  return Lifecycle<v1::DeleteModelRequest, v1::DeleteModelResponse>(
+      [this](const v1::DeleteModelRequest& req, v1::DeleteModelResponse*,
+             v1::Event* audit) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        if (auto st = registry_->DeleteModel(*key, req.force()); !st.ok()) return st;
+        Describe(audit, *key, 0, "delete-model", req.force() ? "forced" : "");
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext* ctx,
-                                                     const Raw* body, Raw* out) {
-  return Lifecycle(
-      ctx, new UnaryCall<v1::SetThresholdRequest, v1::ModelInfoBrief>(body, out),
+UnaryHandler<v1::SetThresholdRequest, v1::ModelInfoBrief> AdminService::SetThresholdHandler() {
+  return Lifecycle<v1::SetThresholdRequest, v1::ModelInfoBrief>(
       [this](const v1::SetThresholdRequest& req, v1::ModelInfoBrief* resp,
              v1::Event* audit) -> absl::Status {
         auto key = MakeKey(req.model(), req.entity());
@@ -260,56 +330,52 @@ grpc::ServerUnaryReactor* AdminService::SetThreshold(grpc::CallbackServerContext
       });
 }
 
-grpc::ServerUnaryReactor* AdminService::SetScoringPolicy(grpc::CallbackServerContext* ctx,
-                                                         const Raw* body, Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>(body, out),
-                   [this](const v1::SetScoringPolicyRequest& req, v1::ModelInfoBrief* resp,
-                          v1::Event* audit) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     auto edit = [&](v1::ModelFile& file) -> absl::Status {
-                       auto policy = engine::MergePolicy(file.policy(), req.policy());
-                       if (!policy.ok()) return policy.status();
-                       *file.mutable_policy() = *policy;
-                       return absl::OkStatus();
-                     };
-                     if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok())
-                       return st;
-                     *resp = view_.Brief(*key, req.version());
-                     Describe(audit, *key,
-                              req.version() == 0 ? resp->active_version() : req.version(),
-                              "set-scoring-policy", req.policy().ShortDebugString());
-                     return absl::OkStatus();
-                   });
+UnaryHandler<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>
+AdminService::SetScoringPolicyHandler() {
+  return Lifecycle<v1::SetScoringPolicyRequest, v1::ModelInfoBrief>(
+      [this](const v1::SetScoringPolicyRequest& req, v1::ModelInfoBrief* resp,
+             v1::Event* audit) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        auto edit = [&](v1::ModelFile& file) -> absl::Status {
+          auto policy = engine::MergePolicy(file.policy(), req.policy());
+          if (!policy.ok()) return policy.status();
+          *file.mutable_policy() = *policy;
+          return absl::OkStatus();
+        };
+        if (auto st = registry_->EditVersion(*key, req.version(), edit); !st.ok()) return st;
+        *resp = view_.Brief(*key, req.version());
+        Describe(audit, *key, req.version() == 0 ? resp->active_version() : req.version(),
+                 "set-scoring-policy", req.policy().ShortDebugString());
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* AdminService::ListEvents(grpc::CallbackServerContext* ctx,
-                                                   const Raw* body, Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::ListEventsRequest, v1::ListEventsResponse>(body, out),
-                   [this](const v1::ListEventsRequest& req, v1::ListEventsResponse* resp,
-                          v1::Event*) -> absl::Status {
-                     if (!req.model().empty()) {
-                       if (auto st = ValidateName(req.model()); !st.ok()) return st;
-                     }
-                     if (!req.entity().empty()) {
-                       if (req.model().empty()) {
-                         return absl::InvalidArgumentError("entity needs a model");
-                       }
-                       if (auto st = ValidateName(req.entity(), "entity name"); !st.ok()) {
-                         return st;
-                       }
-                     }
-                     auto events = audit_->List(req);
-                     if (!events.ok()) return events.status();
-                     *resp = *std::move(events);
-                     return absl::OkStatus();
-                   });
+UnaryHandler<v1::ListEventsRequest, v1::ListEventsResponse> AdminService::ListEventsHandler() {
+  return Lifecycle<v1::ListEventsRequest, v1::ListEventsResponse>(
+      [this](const v1::ListEventsRequest& req, v1::ListEventsResponse* resp,
+             v1::Event*) -> absl::Status {
+        if (!req.model().empty()) {
+          if (auto st = ValidateName(req.model()); !st.ok()) return st;
+        }
+        if (!req.entity().empty()) {
+          if (req.model().empty()) {
+            return absl::InvalidArgumentError("entity needs a model");
+          }
+          if (auto st = ValidateName(req.entity(), "entity name"); !st.ok()) {
+            return st;
+          }
+        }
+        auto events = audit_->List(req);
+        if (!events.ok()) return events.status();
+        *resp = *std::move(events);
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* AdminService::SetRetrainPolicy(grpc::CallbackServerContext* ctx,
-                                                         const Raw* body, Raw* out) {
-  return Lifecycle(
-      ctx, new UnaryCall<v1::SetRetrainPolicyRequest, v1::AutopilotStatus>(body, out),
+UnaryHandler<v1::SetRetrainPolicyRequest, v1::AutopilotStatus>
+AdminService::SetRetrainPolicyHandler() {
+  return Lifecycle<v1::SetRetrainPolicyRequest, v1::AutopilotStatus>(
       [this](const v1::SetRetrainPolicyRequest& req, v1::AutopilotStatus* resp,
              v1::Event* audit) -> absl::Status {
         auto key = MakeKey(req.model(), req.entity());
@@ -321,32 +387,30 @@ grpc::ServerUnaryReactor* AdminService::SetRetrainPolicy(grpc::CallbackServerCon
       });
 }
 
-grpc::ServerUnaryReactor* AdminService::Retrain(grpc::CallbackServerContext* ctx, const Raw* body,
-                                                Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::RetrainRequest, v1::TrainingJob>(body, out),
-                   [this](const v1::RetrainRequest& req, v1::TrainingJob* resp,
-                          v1::Event* audit) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     auto job = autopilot_->Retrain(*key, audit->actor());
-                     if (!job.ok()) return job.status();
-                     *resp = *std::move(job);
-                     return absl::OkStatus();
-                   });
+UnaryHandler<v1::RetrainRequest, v1::TrainingJob> AdminService::RetrainHandler() {
+  return Lifecycle<v1::RetrainRequest, v1::TrainingJob>([this](const v1::RetrainRequest& req,
+                                                               v1::TrainingJob* resp,
+                                                               v1::Event* audit) -> absl::Status {
+    auto key = MakeKey(req.model(), req.entity());
+    if (!key.ok()) return key.status();
+    auto job = autopilot_->Retrain(*key, audit->actor());
+    if (!job.ok()) return job.status();
+    *resp = *std::move(job);
+    return absl::OkStatus();
+  });
 }
 
-grpc::ServerUnaryReactor* AdminService::StartShadow(grpc::CallbackServerContext* ctx,
-                                                    const Raw* body, Raw* out) {
-  return Lifecycle(ctx, new UnaryCall<v1::StartShadowRequest, v1::AutopilotStatus>(body, out),
-                   [this](const v1::StartShadowRequest& req, v1::AutopilotStatus* resp,
-                          v1::Event* audit) -> absl::Status {
-                     auto key = MakeKey(req.model(), req.entity());
-                     if (!key.ok()) return key.status();
-                     auto status = autopilot_->StartShadow(*key, req.version(), audit->actor());
-                     if (!status.ok()) return status.status();
-                     *resp = *std::move(status);
-                     return absl::OkStatus();
-                   });
+UnaryHandler<v1::StartShadowRequest, v1::AutopilotStatus> AdminService::StartShadowHandler() {
+  return Lifecycle<v1::StartShadowRequest, v1::AutopilotStatus>(
+      [this](const v1::StartShadowRequest& req, v1::AutopilotStatus* resp,
+             v1::Event* audit) -> absl::Status {
+        auto key = MakeKey(req.model(), req.entity());
+        if (!key.ok()) return key.status();
+        auto status = autopilot_->StartShadow(*key, req.version(), audit->actor());
+        if (!status.ok()) return status.status();
+        *resp = *std::move(status);
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace aeserve::server

@@ -32,22 +32,17 @@ using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
                                                 v1::ModelAdmin::WithRawCallbackMethod_Retrain<
                                                     v1::ModelAdmin::
                                                         WithRawCallbackMethod_StartShadow<
-                                                            v1::ModelAdmin::Service>>>>>>>>>>>>>>;
+                                                            WithStreamedUnary<
+                                                                v1::ModelAdmin::
+                                                                    Service>>>>>>>>>>>>>>>;
 
 class AdminService final : public RawAdminService {
  public:
+  // With `auth` enabled the unary methods are streamed (raw_call.h): the token is checked before
+  // a request is read.
   AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
                Uploads* uploads, Executor* admin_executor, const Authorizer* auth,
-               const AuditLog* audit, Autopilot* autopilot)
-      : options_(options),
-        registry_(registry),
-        view_(*registry, options.drift_threshold),
-        jobs_(jobs),
-        uploads_(uploads),
-        executor_(admin_executor),
-        auth_(auth),
-        audit_(audit),
-        autopilot_(autopilot) {}
+               const AuditLog* audit, Autopilot* autopilot);
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx,
@@ -80,15 +75,29 @@ class AdminService final : public RawAdminService {
                                         Raw* resp) override;
 
  private:
-  // Authorises, then runs `fn(request, response, audit)` (which returns absl::Status) on the admin
-  // executor and replies; `audit` is an event with the caller as actor, recorded in the audit log
-  // when fn succeeds and has set its action.
-  template <typename Call, typename Fn>
-  grpc::ServerUnaryReactor* Lifecycle(grpc::CallbackServerContext* ctx, Call* call, Fn fn);
-  // Get and Cancel: authorises, then answers with `fn(job id)` (a StatusOr<TrainingJob>).
-  template <typename Fn>
-  grpc::ServerUnaryReactor* JobCall(grpc::CallbackServerContext* ctx, const Raw* body, Raw* out,
-                                    Fn fn);
+  template <typename Request, typename Response>
+  using LifecycleFn = std::function<absl::Status(const Request&, Response*, v1::Event*)>;
+  // The handler that authorises, then runs `fn(request, response, audit)` on the admin executor
+  // and replies; `audit` is an event with the caller as actor, recorded in the audit log when fn
+  // succeeds and has set its action.
+  template <typename Request, typename Response>
+  UnaryHandler<Request, Response> Lifecycle(LifecycleFn<Request, Response> fn);
+  // Get and Cancel: authorises, then answers with `fn(job id)`.
+  UnaryHandler<v1::GetTrainingJobRequest, v1::TrainingJob> JobHandler(
+      std::function<absl::StatusOr<v1::TrainingJob>(const std::string& id)> fn);
+  // One handler per unary method (either path of raw_call.h).
+  UnaryHandler<v1::GetTrainingJobRequest, v1::TrainingJob> GetTrainingJobHandler();
+  UnaryHandler<v1::ListTrainingJobsRequest, v1::ListTrainingJobsResponse> ListTrainingJobsHandler();
+  UnaryHandler<v1::GetTrainingJobRequest, v1::TrainingJob> CancelTrainingJobHandler();
+  UnaryHandler<v1::ActivateVersionRequest, v1::ModelInfoBrief> ActivateVersionHandler();
+  UnaryHandler<v1::DeleteVersionRequest, v1::ModelInfoBrief> DeleteVersionHandler();
+  UnaryHandler<v1::DeleteModelRequest, v1::DeleteModelResponse> DeleteModelHandler();
+  UnaryHandler<v1::SetThresholdRequest, v1::ModelInfoBrief> SetThresholdHandler();
+  UnaryHandler<v1::SetScoringPolicyRequest, v1::ModelInfoBrief> SetScoringPolicyHandler();
+  UnaryHandler<v1::ListEventsRequest, v1::ListEventsResponse> ListEventsHandler();
+  UnaryHandler<v1::SetRetrainPolicyRequest, v1::AutopilotStatus> SetRetrainPolicyHandler();
+  UnaryHandler<v1::RetrainRequest, v1::TrainingJob> RetrainHandler();
+  UnaryHandler<v1::StartShadowRequest, v1::AutopilotStatus> StartShadowHandler();
 
   const Options& options_;
   ModelRegistry* registry_;

@@ -4,10 +4,14 @@
 // of the stream (streaming calls, where a cut upload would otherwise pass for a complete one).
 #pragma once
 
+#include <functional>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
+#include "grpcpp/impl/codegen/server_callback_handlers.h"
+#include "grpcpp/impl/service_type.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
 #include "grpcpp/support/status.h"
@@ -40,32 +44,133 @@ grpc::Status SerializeMessage(const Message& message, grpc::ByteBuffer* out) {
   return grpc::SerializationTraits<Message>::Serialize(message, out, &own);
 }
 
-// One unary call: the parsed request, the response to fill, and Reply() to send it.
+// One unary call, whichever way it reached the server: the parsed request, the response to fill,
+// and Reply() to send it (the call is not touched after Reply; it deletes itself when gRPC is
+// done).
 template <typename Request, typename Response>
-class UnaryCall final : public grpc::ServerUnaryReactor {
+class UnaryCall {
  public:
-  // Parses `body`; when it does not parse the call is answered at once (parsed() is false and
-  // the caller just returns the call to gRPC).
-  UnaryCall(const grpc::ByteBuffer* body, grpc::ByteBuffer* out) : out_(out) {
-    grpc::Status st = ParseRequest(*body, &request_);
-    parsed_ = st.ok();
-    if (!parsed_) Finish(st);
-  }
-  bool parsed() const { return parsed_; }
+  virtual ~UnaryCall() = default;
   const Request& request() const { return request_; }
   Response* response() { return &response_; }
   // Sends the response with an OK status, or just the status.
-  void Reply(const grpc::Status& st) {
-    grpc::Status s = st.ok() ? SerializeMessage(response_, out_) : st;
-    Finish(s);
+  virtual void Reply(const grpc::Status& st) = 0;
+
+ protected:
+  Request request_;
+  Response response_;
+};
+
+// What a service does with a parsed unary call (it replies, now or later).
+template <typename Request, typename Response>
+using UnaryHandler =
+    std::function<void(grpc::CallbackServerContext*, UnaryCall<Request, Response>*)>;
+
+// gRPC's unary path: gRPC read the whole request before calling the method.
+template <typename Request, typename Response>
+class BufferedCall final : public grpc::ServerUnaryReactor, public UnaryCall<Request, Response> {
+ public:
+  explicit BufferedCall(grpc::ByteBuffer* out) : out_(out) {}
+  Request* mutable_request() { return &this->request_; }
+  void Reply(const grpc::Status& st) override {
+    Finish(st.ok() ? SerializeMessage(this->response_, out_) : st);
   }
   void OnDone() override { delete this; }
 
  private:
   grpc::ByteBuffer* const out_;
-  Request request_;
-  Response response_;
-  bool parsed_ = false;
+};
+
+// Runs `handler` on the request gRPC read; a request that does not parse is answered at once
+// (INVALID_ARGUMENT naming its type) after `unparsed` (if any) is told.
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* Buffered(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* body,
+                                   grpc::ByteBuffer* out,
+                                   const UnaryHandler<Request, Response>& handler,
+                                   const std::function<void()>& unparsed = {}) {
+  auto* call = new BufferedCall<Request, Response>(out);
+  if (grpc::Status st = ParseRequest(*body, call->mutable_request()); !st.ok()) {
+    if (unparsed) unparsed();
+    call->Reply(st);
+    return call;
+  }
+  handler(ctx, call);
+  return call;
+}
+
+// The streamed path, for a unary method registered as a stream (WithStreamedUnary): gRPC hands the
+// call over with its metadata and reads nothing, so `gate` (the token check) decides before a
+// byte of the request is read. A refused call is answered at once and its body never read (the
+// transport's flow-control window is all it can send); an admitted one reads its one message.
+template <typename Request, typename Response>
+class StreamedCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+                           public UnaryCall<Request, Response> {
+ public:
+  StreamedCall(grpc::CallbackServerContext* ctx, const grpc::Status& gate,
+               UnaryHandler<Request, Response> handler, std::function<void()> unparsed)
+      : ctx_(ctx), handler_(std::move(handler)), unparsed_(std::move(unparsed)) {
+    if (!gate.ok()) {
+      Finish(gate);
+      return;
+    }
+    StartRead(&in_);
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "the call ended before its request message"));
+      return;
+    }
+    if (grpc::Status st = ParseMessage(&in_, &this->request_); !st.ok()) {
+      if (unparsed_) unparsed_();
+      Finish(st);
+      return;
+    }
+    handler_(ctx_, this);
+  }
+  void Reply(const grpc::Status& st) override {
+    grpc::Status s = st.ok() ? SerializeMessage(this->response_, &out_) : st;
+    if (!s.ok()) {
+      Finish(s);
+      return;
+    }
+    StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  grpc::CallbackServerContext* const ctx_;
+  const UnaryHandler<Request, Response> handler_;
+  const std::function<void()> unparsed_;
+  grpc::ByteBuffer in_, out_;
+};
+
+// The bottom of a raw service: StreamUnary re-registers one of its unary methods as a stream
+// (StreamedCall), so that a call is authorised before gRPC reads its request. gRPC 1.51 reads a
+// unary request whole before the method runs, so without this an unauthenticated client could
+// make the server hold a body up to the message limit (bounded by the resource quota, but shared
+// with every other call). Used when bearer tokens are required; the buffered path stays otherwise
+// (one fewer completion per call).
+template <typename Base>
+class WithStreamedUnary : public Base {
+ protected:
+  // `index`: the method's position in the service definition (as the generated code numbers it).
+  template <typename Request, typename Response>
+  void StreamUnary(int index, std::function<grpc::Status(grpc::CallbackServerContext*)> gate,
+                   UnaryHandler<Request, Response> handler, std::function<void()> unparsed = {}) {
+    using Handler = grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>;
+    // MarkMethodStreamed makes the method a stream for gRPC's core (no request read up front);
+    // its placeholder handler is replaced at once by the real one.
+    this->MarkMethodStreamed(
+        index, new Handler([](grpc::CallbackServerContext*) {
+          return static_cast<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*>(nullptr);
+        }));
+    this->MarkMethodRawCallback(
+        index, new Handler([gate = std::move(gate), handler = std::move(handler),
+                            unparsed = std::move(unparsed)](grpc::CallbackServerContext* ctx) {
+          return new StreamedCall<Request, Response>(ctx, gate(ctx), handler, unparsed);
+        }));
+  }
 };
 
 }  // namespace aeserve::server

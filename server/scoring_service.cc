@@ -18,27 +18,57 @@ void ScoringService::Done(Call* call, const char* rpc, const grpc::Status& st,
   call->Reply(st);
 }
 
-// A request that did not parse was answered INVALID_ARGUMENT by the call itself; it is counted.
-grpc::ServerUnaryReactor* ScoringService::Unparsed(grpc::ServerUnaryReactor* call,
-                                                   const char* rpc) {
-  if (metrics_ != nullptr) metrics_->RecordRequest(rpc, grpc::StatusCode::INVALID_ARGUMENT, 0);
-  return call;
+// A request that did not parse is answered INVALID_ARGUMENT by the call itself; it is counted.
+std::function<void()> ScoringService::Unparsed(const char* rpc) {
+  return [this, rpc] {
+    if (metrics_ != nullptr) metrics_->RecordRequest(rpc, grpc::StatusCode::INVALID_ARGUMENT, 0);
+  };
+}
+
+ScoringService::ScoringService(const Options& options, const ModelRegistry* registry,
+                               Executor* executor, StreamTracker* streams, const Authorizer* auth,
+                               ServerMetrics* metrics, AnomalyFeed* feed, Autopilot* autopilot)
+    : options_(options),
+      registry_(registry),
+      view_(*registry, options.drift_threshold),
+      executor_(executor),
+      streams_(streams),
+      auth_(auth),
+      metrics_(metrics),
+      feed_(feed),
+      autopilot_(autopilot) {
+  if (!auth_->enabled()) return;
+  // With tokens required, every unary method checks the token before its request is read
+  // (raw_call.h, WithStreamedUnary). Indices: the methods' order in scoring.proto.
+  auto gate = [this](grpc::CallbackServerContext* ctx) { return auth_->Check(ctx, Role::kScore); };
+  StreamUnary<v1::ScoreRequest, v1::ScoreResponse>(
+      0, gate, [this](auto* ctx, auto* call) { ScoreCall(ctx, call); }, Unparsed("Score"));
+  StreamUnary<v1::EncodeRequest, v1::EncodeResponse>(
+      2, gate, [this](auto* ctx, auto* call) { EncodeCall(ctx, call); }, Unparsed("Encode"));
+  StreamUnary<v1::ReconstructRequest, v1::ReconstructResponse>(
+      3, gate, [this](auto* ctx, auto* call) { ReconstructCall(ctx, call); },
+      Unparsed("Reconstruct"));
+  StreamUnary<v1::GenerateRequest, v1::GenerateResponse>(
+      4, gate, [this](auto* ctx, auto* call) { GenerateCall(ctx, call); }, Unparsed("Generate"));
+  StreamUnary<v1::ListModelsRequest, v1::ListModelsResponse>(
+      6, gate, [this](auto* ctx, auto* call) { ListModelsCall(ctx, call); });
+  StreamUnary<v1::GetModelRequest, v1::ModelInfo>(
+      7, gate, [this](auto* ctx, auto* call) { GetModelCall(ctx, call); });
 }
 
 template <typename Call, typename Fn>
-grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call,
-                                                     const char* rpc, const std::string& model,
-                                                     const std::string& entity, uint64_t version,
-                                                     Fn fn) {
+void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
+                                const std::string& model, const std::string& entity,
+                                uint64_t version, Fn fn) {
   const auto start = Clock::now();
   if (grpc::Status st = auth_->Check(ctx, Role::kScore); !st.ok()) {
     Done(call, rpc, st, start);
-    return call;
+    return;
   }
   auto handle = registry_->Get(model, entity, version);
   if (!handle.ok()) {
     Done(call, rpc, ToGrpc(handle.status()), start);
-    return call;
+    return;
   }
   const bool queued = executor_->TrySubmit([this, ctx, call, rpc, start, h = *std::move(handle),
                                             fn = std::move(fn)](Worker& worker) mutable {
@@ -63,20 +93,22 @@ grpc::ServerUnaryReactor* ScoringService::OnExecutor(grpc::CallbackServerContext
                       "scoring queue is full; retry with backoff"),
          start);
   }
-  return call;
 }
 
 grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx, const Raw* body,
                                                 Raw* out) {
-  auto* call = new UnaryCall<v1::ScoreRequest, v1::ScoreResponse>(body, out);
-  if (!call->parsed()) return Unparsed(call, "Score");
+  return Buffered<v1::ScoreRequest, v1::ScoreResponse>(
+      ctx, body, out, [this](auto* c, auto* call) { ScoreCall(c, call); }, Unparsed("Score"));
+}
+
+void ScoringService::ScoreCall(grpc::CallbackServerContext* ctx,
+                               UnaryCall<v1::ScoreRequest, v1::ScoreResponse>* call) {
   const v1::ScoreRequest* req = &call->request();
-  return OnExecutor(ctx, call, "Score", req->model(), req->entity(), req->version(),
-                    [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
-                      return ScoreSamples(h, req->samples(), req->options(),
-                                          options_.max_batch_rows, w, resp,
-                                          ScoreHooks{.feed = feed_, .autopilot = autopilot_});
-                    });
+  OnExecutor(ctx, call, "Score", req->model(), req->entity(), req->version(),
+             [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
+               return ScoreSamples(h, req->samples(), req->options(), options_.max_batch_rows, w,
+                                   resp, ScoreHooks{.feed = feed_, .autopilot = autopilot_});
+             });
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoringService::StreamScore(
@@ -95,64 +127,86 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ScoringService::WatchAnomalies(
 
 grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ctx, const Raw* body,
                                                  Raw* out) {
-  auto* call = new UnaryCall<v1::EncodeRequest, v1::EncodeResponse>(body, out);
-  if (!call->parsed()) return Unparsed(call, "Encode");
+  return Buffered<v1::EncodeRequest, v1::EncodeResponse>(
+      ctx, body, out, [this](auto* c, auto* call) { EncodeCall(c, call); }, Unparsed("Encode"));
+}
+
+void ScoringService::EncodeCall(grpc::CallbackServerContext* ctx,
+                                UnaryCall<v1::EncodeRequest, v1::EncodeResponse>* call) {
   const v1::EncodeRequest* req = &call->request();
-  return OnExecutor(ctx, call, "Encode", req->model(), "", req->version(),
-                    [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
-                      return EncodeSamples(h, req->samples(), options_.max_batch_rows, w, resp);
-                    });
+  OnExecutor(ctx, call, "Encode", req->model(), "", req->version(),
+             [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
+               return EncodeSamples(h, req->samples(), options_.max_batch_rows, w, resp);
+             });
 }
 
 grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContext* ctx,
                                                       const Raw* body, Raw* out) {
-  auto* call = new UnaryCall<v1::ReconstructRequest, v1::ReconstructResponse>(body, out);
-  if (!call->parsed()) return Unparsed(call, "Reconstruct");
+  return Buffered<v1::ReconstructRequest, v1::ReconstructResponse>(
+      ctx, body, out, [this](auto* c, auto* call) { ReconstructCall(c, call); },
+      Unparsed("Reconstruct"));
+}
+
+void ScoringService::ReconstructCall(
+    grpc::CallbackServerContext* ctx,
+    UnaryCall<v1::ReconstructRequest, v1::ReconstructResponse>* call) {
   const v1::ReconstructRequest* req = &call->request();
-  return OnExecutor(ctx, call, "Reconstruct", req->model(), "", req->version(),
-                    [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
-                      return ReconstructSamples(h, req->samples(), options_.max_batch_rows, w,
-                                                resp);
-                    });
+  OnExecutor(ctx, call, "Reconstruct", req->model(), "", req->version(),
+             [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
+               return ReconstructSamples(h, req->samples(), options_.max_batch_rows, w, resp);
+             });
 }
 
 grpc::ServerUnaryReactor* ScoringService::Generate(grpc::CallbackServerContext* ctx,
                                                    const Raw* body, Raw* out) {
-  auto* call = new UnaryCall<v1::GenerateRequest, v1::GenerateResponse>(body, out);
-  if (!call->parsed()) return Unparsed(call, "Generate");
-  const v1::GenerateRequest* req = &call->request();
-  return OnExecutor(ctx, call, "Generate", req->model(), "", req->version(),
-                    [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
-                      return GenerateSamples(h, req->count(), req->seed(), options_.max_batch_rows,
-                                             w, resp);
-                    });
+  return Buffered<v1::GenerateRequest, v1::GenerateResponse>(
+      ctx, body, out, [this](auto* c, auto* call) { GenerateCall(c, call); }, Unparsed("Generate"));
 }
 
+void ScoringService::GenerateCall(grpc::CallbackServerContext* ctx,
+                                  UnaryCall<v1::GenerateRequest, v1::GenerateResponse>* call) {
+  const v1::GenerateRequest* req = &call->request();
+  OnExecutor(ctx, call, "Generate", req->model(), "", req->version(),
+             [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
+               return GenerateSamples(h, req->count(), req->seed(), options_.max_batch_rows, w,
+                                      resp);
+             });
+}
+
+// (Catalogue calls are not counted, parsed or not.)
 grpc::ServerUnaryReactor* ScoringService::ListModels(grpc::CallbackServerContext* ctx,
                                                      const Raw* body, Raw* out) {
-  auto* call = new UnaryCall<v1::ListModelsRequest, v1::ListModelsResponse>(body, out);
-  if (!call->parsed()) return call;  // (catalogue calls are not counted)
+  return Buffered<v1::ListModelsRequest, v1::ListModelsResponse>(
+      ctx, body, out, [this](auto* c, auto* call) { ListModelsCall(c, call); });
+}
+
+void ScoringService::ListModelsCall(
+    grpc::CallbackServerContext* ctx,
+    UnaryCall<v1::ListModelsRequest, v1::ListModelsResponse>* call) {
   grpc::Status st = auth_->Check(ctx, Role::kScore);
   if (st.ok()) {
     for (auto& info : view_.List()) *call->response()->add_models() = std::move(info);
   }
   call->Reply(st);
-  return call;
 }
 
 grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* ctx,
                                                    const Raw* body, Raw* out) {
-  auto* call = new UnaryCall<v1::GetModelRequest, v1::ModelInfo>(body, out);
-  if (!call->parsed()) return call;
+  return Buffered<v1::GetModelRequest, v1::ModelInfo>(
+      ctx, body, out, [this](auto* c, auto* call) { GetModelCall(c, call); });
+}
+
+void ScoringService::GetModelCall(grpc::CallbackServerContext* ctx,
+                                  UnaryCall<v1::GetModelRequest, v1::ModelInfo>* call) {
   const v1::GetModelRequest* req = &call->request();
   if (grpc::Status st = auth_->Check(ctx, Role::kScore); !st.ok()) {
     call->Reply(st);
-    return call;
+    return;
   }
   auto key = MakeKey(req->model(), req->entity());
   if (!key.ok()) {
     call->Reply(ToGrpc(key.status()));
-    return call;
+    return;
   }
   auto info = view_.Info(*key);
   v1::ModelInfo* resp = call->response();
@@ -166,7 +220,6 @@ grpc::ServerUnaryReactor* ScoringService::GetModel(grpc::CallbackServerContext* 
     if (h.ok()) *resp->mutable_calibration_errors() = h->model->file().calibration_errors();
   }
   call->Reply(ToGrpc(info.status()));
-  return call;
 }
 
 }  // namespace aeserve::server

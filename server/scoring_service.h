@@ -24,23 +24,16 @@ using RawScoringService = v1::Scoring::WithRawCallbackMethod_Score<
         v1::Scoring::WithRawCallbackMethod_Reconstruct<v1::Scoring::WithRawCallbackMethod_Generate<
             v1::Scoring::WithRawCallbackMethod_WatchAnomalies<
                 v1::Scoring::WithRawCallbackMethod_ListModels<
-                    v1::Scoring::WithRawCallbackMethod_GetModel<v1::Scoring::Service>>>>>>>>;
+                    v1::Scoring::WithRawCallbackMethod_GetModel<
+                        WithStreamedUnary<v1::Scoring::Service>>>>>>>>>;
 
 class ScoringService final : public RawScoringService {
  public:
-  // `metrics` may be null (metrics off).
+  // `metrics` may be null (metrics off). With `auth` enabled the unary methods are streamed
+  // (raw_call.h): the token is checked before a request is read.
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
                  StreamTracker* streams, const Authorizer* auth, ServerMetrics* metrics,
-                 AnomalyFeed* feed, Autopilot* autopilot = nullptr)
-      : options_(options),
-        registry_(registry),
-        view_(*registry, options.drift_threshold),
-        executor_(executor),
-        streams_(streams),
-        auth_(auth),
-        metrics_(metrics),
-        feed_(feed),
-        autopilot_(autopilot) {}
+                 AnomalyFeed* feed, Autopilot* autopilot = nullptr);
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req,
@@ -60,14 +53,26 @@ class ScoringService final : public RawScoringService {
                                      Raw* resp) override;
 
  private:
+  // The unary methods, on a parsed request (either path of raw_call.h); each replies.
+  void ScoreCall(grpc::CallbackServerContext* ctx,
+                 UnaryCall<v1::ScoreRequest, v1::ScoreResponse>* call);
+  void EncodeCall(grpc::CallbackServerContext* ctx,
+                  UnaryCall<v1::EncodeRequest, v1::EncodeResponse>* call);
+  void ReconstructCall(grpc::CallbackServerContext* ctx,
+                       UnaryCall<v1::ReconstructRequest, v1::ReconstructResponse>* call);
+  void GenerateCall(grpc::CallbackServerContext* ctx,
+                    UnaryCall<v1::GenerateRequest, v1::GenerateResponse>* call);
+  void ListModelsCall(grpc::CallbackServerContext* ctx,
+                      UnaryCall<v1::ListModelsRequest, v1::ListModelsResponse>* call);
+  void GetModelCall(grpc::CallbackServerContext* ctx,
+                    UnaryCall<v1::GetModelRequest, v1::ModelInfo>* call);
   // Looks up the model, then runs `fn(handle, worker)` on the executor and replies with its
   // status.
   template <typename Call, typename Fn>
-  grpc::ServerUnaryReactor* OnExecutor(grpc::CallbackServerContext* ctx, Call* call,
-                                       const char* rpc, const std::string& model,
-                                       const std::string& entity, uint64_t version, Fn fn);
-  // Replies and counts the call.
-  grpc::ServerUnaryReactor* Unparsed(grpc::ServerUnaryReactor* call, const char* rpc);
+  void OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
+                  const std::string& model, const std::string& entity, uint64_t version, Fn fn);
+  // Counts a request that did not parse (the call answers it).
+  std::function<void()> Unparsed(const char* rpc);
   template <typename Call>
   void Done(Call* call, const char* rpc, const grpc::Status& st,
             std::chrono::steady_clock::time_point start);

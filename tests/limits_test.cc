@@ -232,6 +232,86 @@ TEST(Limits, HugeMessagesAreRefusedBeforeTheyAreBuffered) {
   EXPECT_EQ(r->Stop(), 0);
 }
 
+// With tokens required, a unary call without one is refused before its request is read (#12
+// item 4): every unary method of both services, flooded at once with 24 MiB bodies (4 x 18 calls,
+// 1.7 GB in all), answers UNAUTHENTICATED — never RESOURCE_EXHAUSTED, which a server that read
+// the bodies into its 48 MiB gRPC buffer quota would answer — the server's memory stays flat, and
+// an authorised call made during the flood is answered.
+TEST(Limits, UnauthenticatedUnaryBodiesAreNeverRead) {
+  TempDir dir("aeserve_auth_first");
+  Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  { std::ofstream(dir.path() + "/tokens") << "admin-token admin\n"; }
+  auto r = StartServer(dir.path(), {"--auth_tokens=" + dir.path() + "/tokens"});
+  ASSERT_NE(r->process.port(), 0) << r->process.log();
+  auto score_ok = [&] {
+    v1::ScoreResponse resp;
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer admin-token");
+    v1::ScoreRequest req;
+    req.set_model("m");
+    req.mutable_samples()->set_num_features(kFeatures);
+    req.mutable_samples()->mutable_values()->Resize(kFeatures, 0.f);
+    return r->scoring->Score(&ctx, req, &resp).ok() && resp.scores_size() == 1;
+  };
+  ASSERT_TRUE(WaitFor(score_ok, milliseconds(10000)));
+  const std::vector<std::string> methods = {"/aeserve.v1.Scoring/Score",
+                                            "/aeserve.v1.Scoring/Encode",
+                                            "/aeserve.v1.Scoring/Reconstruct",
+                                            "/aeserve.v1.Scoring/Generate",
+                                            "/aeserve.v1.Scoring/ListModels",
+                                            "/aeserve.v1.Scoring/GetModel",
+                                            "/aeserve.v1.ModelAdmin/GetTrainingJob",
+                                            "/aeserve.v1.ModelAdmin/ListTrainingJobs",
+                                            "/aeserve.v1.ModelAdmin/CancelTrainingJob",
+                                            "/aeserve.v1.ModelAdmin/ActivateVersion",
+                                            "/aeserve.v1.ModelAdmin/DeleteVersion",
+                                            "/aeserve.v1.ModelAdmin/DeleteModel",
+                                            "/aeserve.v1.ModelAdmin/SetThreshold",
+                                            "/aeserve.v1.ModelAdmin/SetScoringPolicy",
+                                            "/aeserve.v1.ModelAdmin/ListEvents",
+                                            "/aeserve.v1.ModelAdmin/SetRetrainPolicy",
+                                            "/aeserve.v1.ModelAdmin/Retrain",
+                                            "/aeserve.v1.ModelAdmin/StartShadow"};
+  const grpc::ByteBuffer body = HugeMessage(size_t{24} << 20);
+  PeakRss rss(r->process.pid());
+  std::vector<grpc::Status> st(methods.size() * 4);
+  std::vector<std::thread> calls;
+  for (size_t i = 0; i < st.size(); ++i) {
+    calls.emplace_back([&, i] {
+      grpc::ByteBuffer out;
+      st[i] = RawUnaryCall(r->channel, methods[i % methods.size()], body, &out, 30);
+    });
+  }
+  const bool served_during_flood = score_ok();
+  for (auto& t : calls) t.join();
+  const double growth = rss.Growth();
+  std::printf("%zu unauthenticated 24 MiB calls: server RSS +%.0f MB\n", st.size(), growth);
+  for (size_t i = 0; i < st.size(); ++i) {
+    EXPECT_EQ(st[i].error_code(), grpc::StatusCode::UNAUTHENTICATED)
+        << methods[i % methods.size()] << ": " << st[i].error_message();
+  }
+  EXPECT_TRUE(served_during_flood);
+  EXPECT_LT(growth, 40);
+  // A call with a token but no request message (a client that half-closes at once) is told so;
+  // one whose message does not parse is told which type it is not.
+  RawResult none =
+      RawStreamCall(r->channel, "/aeserve.v1.Scoring/Score", {}, true, 20, "admin-token");
+  ASSERT_TRUE(none.finished);
+  EXPECT_EQ(none.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(none.status.error_message().find("before its request message"), std::string::npos)
+      << none.status.error_message();
+  grpc::ByteBuffer out;
+  const grpc::Status junk =
+      RawUnaryCall(r->channel, "/aeserve.v1.ModelAdmin/ActivateVersion",
+                   ToBuffer(std::string("\xff\xff\xff\xff\x0f junk", 11)), &out, 20, "admin-token");
+  EXPECT_EQ(junk.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(junk.error_message().find("does not parse as aeserve.v1.ActivateVersionRequest"),
+            std::string::npos)
+      << junk.error_message();
+  EXPECT_TRUE(score_ok()) << "normal calls go on";
+  EXPECT_EQ(r->Stop(), 0);
+}
+
 std::string StreamMessage(uint64_t sequence, uint32_t rows, bool config, bool per_feature = false) {
   v1::StreamScoreRequest req;
   req.set_sequence(sequence);

@@ -36,7 +36,8 @@ struct RawResult {
 // false (the call then ends by its deadline or the server), and collects every response.
 inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel,
                                const std::string& method, const std::vector<std::string>& messages,
-                               bool half_close = true, double deadline_s = 20) {
+                               bool half_close = true, double deadline_s = 20,
+                               const std::string& token = "") {
   class Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
    public:
     Reactor(std::vector<std::string> msgs, bool half_close)
@@ -96,6 +97,7 @@ inline RawResult RawStreamCall(const std::shared_ptr<grpc::Channel>& channel,
   };
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::duration<double>(deadline_s)));
