@@ -4,7 +4,7 @@ service's own use, through a running aeserve (train over RPC, score over RPC).
 
   PYTHONPATH=build/clients/python bench/smd/smd.py [--data DIR] [--json FILE] [--server HOST:PORT]
                                                    [--tsb-tr machine=N,...] [--machines a,b]
-                                                   [--window K] [--seed S]
+                                                   [--window K] [--seed S] [--seeds N]
 
 DIR holds one folder per machine with `train.csv` (features) and `test.csv` (features, `label`
 last, 1 = anomaly); every such folder is evaluated (sets never seen before included). Two protocols:
@@ -112,6 +112,24 @@ def evaluate(client, name, folder, tr, k, seed, train_args):
     return out
 
 
+def mean_of(runs):
+    """The per-protocol mean of each metric over seed runs (one run: itself)."""
+    out = {}
+    for protocol in runs[0]:
+        out[protocol] = {k: float(np.mean([r[protocol][k] for r in runs])) for k in runs[0][protocol]}
+    return out
+
+
+def print_line(label, res, pub):
+    t, s = res["tsb"], res.get("split")
+    line = (f"{label:<12} | {t['vus_pr']:>10.3f} {t['pr_auc']:>6.3f} {t['roc_auc']:>6.3f} "
+            f"{pub if pub is not None else '-':>6} |")
+    if s:
+        line += (f" {s['vus_pr']:>12.3f} {s['pr_auc']:>6.3f} {s['roc_auc']:>6.3f} "
+                 f"{s['precision']:>5.2f} {s['recall']:>5.2f} {s['f1']:>5.2f}")
+    print(line, flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "smd"))
@@ -121,6 +139,9 @@ def main():
     p.add_argument("--machines", help="comma-separated subset of machine folders")
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run seeds --seed .. --seed+N-1 and report each and their mean (VUS-PR on "
+                        "one series moves by up to 0.1 between training seeds)")
     p.add_argument("--variant", help="Client.train settings for a variant run, e.g. neighbors=0")
     args = p.parse_args()
     tsb_tr = dict(TSB_TR)
@@ -141,23 +162,25 @@ def main():
     if args.machines:
         folders = [d for d in folders if d in args.machines.split(",")]
     started = time.time()
-    print(f"aeserve on {len(folders)} series from {args.data}; window {args.window}, seed {args.seed}, "
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    print(f"aeserve on {len(folders)} series from {args.data}; window {args.window}, "
+          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, "
           + (f"variant {args.variant}" if args.variant else "server defaults"))
     print(f"{'machine':<12} | {'tsb VUS-PR':>10} {'PR':>6} {'ROC':>6} {'pub AE':>6} | "
           f"{'split VUS-PR':>12} {'PR':>6} {'ROC':>6} {'P':>5} {'R':>5} {'F1':>5}")
     results = {}
     for name in folders:
-        res = evaluate(client, name, os.path.join(args.data, name), tsb_tr.get(name), args.window,
-                       args.seed, variant_args(args.variant))
+        runs = []
+        for seed in seeds:
+            runs.append(evaluate(client, name, os.path.join(args.data, name), tsb_tr.get(name),
+                                 args.window, seed, variant_args(args.variant)))
+            if len(seeds) > 1:
+                print_line(f"{name[:7]} s{seed}", runs[-1], PUBLISHED_AE.get(name))
+        res = mean_of(runs)
+        if len(seeds) > 1:
+            res["per_seed"] = {str(seed): r for seed, r in zip(seeds, runs)}
         results[name] = res
-        t, s = res["tsb"], res.get("split")
-        pub = PUBLISHED_AE.get(name)
-        line = (f"{name:<12} | {t['vus_pr']:>10.3f} {t['pr_auc']:>6.3f} {t['roc_auc']:>6.3f} "
-                f"{pub if pub is not None else '-':>6} |")
-        if s:
-            line += (f" {s['vus_pr']:>12.3f} {s['pr_auc']:>6.3f} {s['roc_auc']:>6.3f} "
-                     f"{s['precision']:>5.2f} {s['recall']:>5.2f} {s['f1']:>5.2f}")
-        print(line, flush=True)
+        print_line(name if len(seeds) == 1 else f"{name[:7]} mean", res, PUBLISHED_AE.get(name))
     print(f"took {time.time() - started:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
