@@ -199,18 +199,19 @@ AdminService::AdminService(const Options& options, ModelRegistry* registry, Trai
       autopilot_(autopilot) {
   if (!auth_->enabled()) return;
   auto gate = [this](grpc::CallbackServerContext* ctx) { return auth_->Check(ctx, Role::kAdmin); };
-  StreamUnary(2, gate, GetTrainingJobHandler());
-  StreamUnary(3, gate, ListTrainingJobsHandler());
-  StreamUnary(4, gate, CancelTrainingJobHandler());
-  StreamUnary(5, gate, ActivateVersionHandler());
-  StreamUnary(6, gate, DeleteVersionHandler());
-  StreamUnary(7, gate, DeleteModelHandler());
-  StreamUnary(8, gate, SetThresholdHandler());
-  StreamUnary(9, gate, SetScoringPolicyHandler());
-  StreamUnary(10, gate, ListEventsHandler());
-  StreamUnary(11, gate, SetRetrainPolicyHandler());
-  StreamUnary(12, gate, RetrainHandler());
-  StreamUnary(13, gate, StartShadowHandler());
+  constexpr const char* kService = "aeserve.v1.ModelAdmin";
+  StreamUnary(kService, 2, gate, GetTrainingJobHandler());
+  StreamUnary(kService, 3, gate, ListTrainingJobsHandler());
+  StreamUnary(kService, 4, gate, CancelTrainingJobHandler());
+  StreamUnary(kService, 5, gate, ActivateVersionHandler());
+  StreamUnary(kService, 6, gate, DeleteVersionHandler());
+  StreamUnary(kService, 7, gate, DeleteModelHandler());
+  StreamUnary(kService, 8, gate, SetThresholdHandler());
+  StreamUnary(kService, 9, gate, SetScoringPolicyHandler());
+  StreamUnary(kService, 10, gate, ListEventsHandler());
+  StreamUnary(kService, 11, gate, SetRetrainPolicyHandler());
+  StreamUnary(kService, 12, gate, RetrainHandler());
+  StreamUnary(kService, 13, gate, StartShadowHandler());
 }
 
 grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx,

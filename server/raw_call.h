@@ -4,11 +4,14 @@
 // of the stream (streaming calls, where a cut upload would otherwise pass for a complete one).
 #pragma once
 
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/impl/codegen/server_callback_handlers.h"
 #include "grpcpp/impl/service_type.h"
@@ -154,10 +157,22 @@ class StreamedCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 template <typename Base>
 class WithStreamedUnary : public Base {
  protected:
-  // `index`: the method's position in the service definition (as the generated code numbers it).
+  // `index`: the method's position in `service` (full name), as the generated code numbers it;
+  // checked against the descriptors (a unary method taking Request and answering Response), so a
+  // reordered proto stops the server at start-up instead of parsing requests as the wrong type.
   template <typename Request, typename Response>
-  void StreamUnary(int index, std::function<grpc::Status(grpc::CallbackServerContext*)> gate,
+  void StreamUnary(const char* service, int index,
+                   std::function<grpc::Status(grpc::CallbackServerContext*)> gate,
                    UnaryHandler<Request, Response> handler, std::function<void()> unparsed = {}) {
+    const auto* s = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(service);
+    const auto* m = s != nullptr && index < s->method_count() ? s->method(index) : nullptr;
+    if (m == nullptr || m->client_streaming() || m->server_streaming() ||
+        m->input_type() != Request::descriptor() || m->output_type() != Response::descriptor()) {
+      std::fprintf(stderr, "aeserve: %s method %d is not unary %s -> %s\n", service, index,
+                   Request::descriptor()->full_name().c_str(),
+                   Response::descriptor()->full_name().c_str());
+      std::abort();
+    }
     using Handler = grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>;
     // MarkMethodStreamed makes the method a stream for gRPC's core (no request read up front);
     // its placeholder handler is replaced at once by the real one.

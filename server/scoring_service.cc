@@ -40,20 +40,33 @@ ScoringService::ScoringService(const Options& options, const ModelRegistry* regi
   if (!auth_->enabled()) return;
   // With tokens required, every unary method checks the token before its request is read
   // (raw_call.h, WithStreamedUnary). Indices: the methods' order in scoring.proto.
-  auto gate = [this](grpc::CallbackServerContext* ctx) { return auth_->Check(ctx, Role::kScore); };
+  // A refused scoring call is counted, as on the buffered path (catalogue calls are not counted).
+  auto gate = [this](const char* rpc) {
+    return [this, rpc](grpc::CallbackServerContext* ctx) {
+      grpc::Status st = auth_->Check(ctx, Role::kScore);
+      if (!st.ok() && rpc != nullptr && metrics_ != nullptr) {
+        metrics_->RecordRequest(rpc, st.error_code(), 0);
+      }
+      return st;
+    };
+  };
+  constexpr const char* kService = "aeserve.v1.Scoring";
   StreamUnary<v1::ScoreRequest, v1::ScoreResponse>(
-      0, gate, [this](auto* ctx, auto* call) { ScoreCall(ctx, call); }, Unparsed("Score"));
+      kService, 0, gate("Score"), [this](auto* ctx, auto* call) { ScoreCall(ctx, call); },
+      Unparsed("Score"));
   StreamUnary<v1::EncodeRequest, v1::EncodeResponse>(
-      2, gate, [this](auto* ctx, auto* call) { EncodeCall(ctx, call); }, Unparsed("Encode"));
+      kService, 2, gate("Encode"), [this](auto* ctx, auto* call) { EncodeCall(ctx, call); },
+      Unparsed("Encode"));
   StreamUnary<v1::ReconstructRequest, v1::ReconstructResponse>(
-      3, gate, [this](auto* ctx, auto* call) { ReconstructCall(ctx, call); },
-      Unparsed("Reconstruct"));
+      kService, 3, gate("Reconstruct"),
+      [this](auto* ctx, auto* call) { ReconstructCall(ctx, call); }, Unparsed("Reconstruct"));
   StreamUnary<v1::GenerateRequest, v1::GenerateResponse>(
-      4, gate, [this](auto* ctx, auto* call) { GenerateCall(ctx, call); }, Unparsed("Generate"));
+      kService, 4, gate("Generate"), [this](auto* ctx, auto* call) { GenerateCall(ctx, call); },
+      Unparsed("Generate"));
   StreamUnary<v1::ListModelsRequest, v1::ListModelsResponse>(
-      6, gate, [this](auto* ctx, auto* call) { ListModelsCall(ctx, call); });
+      kService, 6, gate(nullptr), [this](auto* ctx, auto* call) { ListModelsCall(ctx, call); });
   StreamUnary<v1::GetModelRequest, v1::ModelInfo>(
-      7, gate, [this](auto* ctx, auto* call) { GetModelCall(ctx, call); });
+      kService, 7, gate(nullptr), [this](auto* ctx, auto* call) { GetModelCall(ctx, call); });
 }
 
 template <typename Call, typename Fn>

@@ -1,6 +1,7 @@
 // Resource bounds under abuse (issue #12, items 4 and 6-10), against the real binary: idle
 // watchers, never-reading streams, oversized messages, idle connections to /metrics, malformed
 // stream messages and oversized stream answers.
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <thread>
@@ -241,7 +242,8 @@ TEST(Limits, UnauthenticatedUnaryBodiesAreNeverRead) {
   TempDir dir("aeserve_auth_first");
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
   { std::ofstream(dir.path() + "/tokens") << "admin-token admin\n"; }
-  auto r = StartServer(dir.path(), {"--auth_tokens=" + dir.path() + "/tokens"});
+  auto r =
+      StartServer(dir.path(), {"--auth_tokens=" + dir.path() + "/tokens", "--metrics_port=-1"});
   ASSERT_NE(r->process.port(), 0) << r->process.log();
   auto score_ok = [&] {
     v1::ScoreResponse resp;
@@ -292,6 +294,13 @@ TEST(Limits, UnauthenticatedUnaryBodiesAreNeverRead) {
   }
   EXPECT_TRUE(served_during_flood);
   EXPECT_LT(growth, 40);
+  // Refused scoring calls are counted as on the unary path: 4 Score calls, UNAUTHENTICATED.
+  const std::string text = HttpGet(MetricsPort(*r), "/metrics");
+  EXPECT_EQ(
+      std::max(MetricValue(text, "aeserve_requests_total{rpc=\"Score\",code=\"UNAUTHENTICATED\"}"),
+               MetricValue(text, "aeserve_requests_total{code=\"UNAUTHENTICATED\",rpc=\"Score\"}")),
+      4)
+      << text;
   // A call with a token but no request message (a client that half-closes at once) is told so;
   // one whose message does not parse is told which type it is not.
   RawResult none =
