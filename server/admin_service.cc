@@ -21,21 +21,37 @@ void Describe(v1::Event* e, const ModelKey& key, uint64_t version, const std::st
   e->set_reason(reason);
 }
 
-// Streams a job's state to one watcher: the latest state, never a backlog.
-class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+// Streams a job's state to one watcher: the latest state, never a backlog. The call is a stream for
+// gRPC's core (StreamServerSide): its request is read only after `gate` (the token check) passed.
+class WatchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  WatchReactor(TrainingJobs* jobs, const std::string& id, grpc::Status denied)
-      : jobs_(jobs), id_(id) {
-    if (!denied.ok()) {
-      absl::MutexLock lock(&mu_);
+  WatchReactor(TrainingJobs* jobs, const grpc::Status& gate) : jobs_(jobs) {
+    absl::MutexLock lock(&mu_);
+    if (!gate.ok()) {
       finished_ = true;
-      Finish(denied);
+      Finish(gate);
       return;
     }
+    StartRead(&request_);
+  }
+  void OnReadDone(bool ok) override {
+    v1::GetTrainingJobRequest req;
+    grpc::Status st = ok ? ParseMessage(&request_, &req)
+                         : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                        "the call ended before its request message");
+    if (!st.ok()) {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;  // cancelled while the request was on its way
+      finished_ = true;
+      Finish(st);
+      return;
+    }
+    id_ = req.id();
     auto first = jobs_->Watch(
-        id, [this](const v1::TrainingJob& s) { Update(s); }, &token_);
+        id_, [this](const v1::TrainingJob& s) { Update(s); }, &token_);
     absl::MutexLock lock(&mu_);
     if (!first.ok()) {
+      if (finished_) return;
       finished_ = true;
       Finish(ToGrpc(first.status()));
       return;
@@ -95,7 +111,8 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
   }
   TrainingJobs* jobs_;
-  const std::string id_;
+  grpc::ByteBuffer request_;
+  std::string id_;  // from the request, set before the job is watched
   uint64_t token_ = 0;
   bool watching_ = false;
   absl::Mutex mu_;
@@ -138,14 +155,6 @@ UnaryHandler<Request, Response> AdminService::Lifecycle(LifecycleFn<Request, Res
 grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::CreateTrainingJob(
     grpc::CallbackServerContext* ctx, Raw* out) {
   return uploads_->Start(ctx, out, auth_->Check(ctx, Role::kAdmin), auth_->Actor(ctx));
-}
-
-grpc::ServerWriteReactor<grpc::ByteBuffer>* AdminService::WatchTrainingJob(
-    grpc::CallbackServerContext* ctx, const Raw* body) {
-  v1::GetTrainingJobRequest req;
-  grpc::Status st = ParseRequest(*body, &req);
-  if (st.ok()) st = auth_->Check(ctx, Role::kAdmin);
-  return new WatchReactor(jobs_, req.id(), st);
 }
 
 UnaryHandler<v1::GetTrainingJobRequest, v1::TrainingJob> AdminService::JobHandler(
@@ -197,6 +206,11 @@ AdminService::AdminService(const Options& options, ModelRegistry* registry, Trai
       auth_(auth),
       audit_(audit),
       autopilot_(autopilot) {
+  // WatchTrainingJob reads its request itself, after the token check (raw_call.h).
+  StreamServerSide<v1::GetTrainingJobRequest>(
+      "aeserve.v1.ModelAdmin", 1, [this](grpc::CallbackServerContext* ctx) {
+        return new WatchReactor(jobs_, auth_->Check(ctx, Role::kAdmin));
+      });
   if (!auth_->enabled()) return;
   auto gate = [this](grpc::CallbackServerContext* ctx) { return auth_->Check(ctx, Role::kAdmin); };
   constexpr const char* kService = "aeserve.v1.ModelAdmin";

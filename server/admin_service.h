@@ -18,23 +18,20 @@ namespace aeserve::server {
 
 // Every method raw (see raw_call.h): the service parses its requests itself.
 using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
-    v1::ModelAdmin::WithRawCallbackMethod_WatchTrainingJob<
-        v1::ModelAdmin::WithRawCallbackMethod_GetTrainingJob<
-            v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs<
-                v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob<
-                    v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion<
-                        v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion<
-                            v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
-                                v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
-                                    v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<
-                                        v1::ModelAdmin::WithRawCallbackMethod_ListEvents<
-                                            v1::ModelAdmin::WithRawCallbackMethod_SetRetrainPolicy<
-                                                v1::ModelAdmin::WithRawCallbackMethod_Retrain<
-                                                    v1::ModelAdmin::
-                                                        WithRawCallbackMethod_StartShadow<
-                                                            WithStreamedUnary<
-                                                                v1::ModelAdmin::
-                                                                    Service>>>>>>>>>>>>>>>;
+    v1::ModelAdmin::WithRawCallbackMethod_GetTrainingJob<
+        v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs<
+            v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob<
+                v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion<
+                    v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion<
+                        v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
+                            v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
+                                v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<
+                                    v1::ModelAdmin::WithRawCallbackMethod_ListEvents<
+                                        v1::ModelAdmin::WithRawCallbackMethod_SetRetrainPolicy<
+                                            v1::ModelAdmin::WithRawCallbackMethod_Retrain<
+                                                v1::ModelAdmin::WithRawCallbackMethod_StartShadow<
+                                                    WithStreamedMethods<
+                                                        v1::ModelAdmin::Service>>>>>>>>>>>>>>;
 
 class AdminService final : public RawAdminService {
  public:
@@ -47,8 +44,6 @@ class AdminService final : public RawAdminService {
   using Raw = grpc::ByteBuffer;
   grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx,
                                                   Raw* job) override;
-  grpc::ServerWriteReactor<Raw>* WatchTrainingJob(grpc::CallbackServerContext* ctx,
-                                                  const Raw* req) override;
   grpc::ServerUnaryReactor* GetTrainingJob(grpc::CallbackServerContext* ctx, const Raw* req,
                                            Raw* resp) override;
   grpc::ServerUnaryReactor* ListTrainingJobs(grpc::CallbackServerContext* ctx, const Raw* req,

@@ -9,26 +9,37 @@
 
 namespace aeserve::server {
 
-AnomalyWatcher::AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req,
-                               size_t buffer, grpc::Status denied)
-    : feed_(feed),
-      model_(req.model()),
-      min_severity_(req.min_severity()),
-      incidents_(req.incidents()),
-      buffer_(buffer) {
-  if (denied.ok()) {
+AnomalyWatcher::AnomalyWatcher(AnomalyFeed* feed, size_t buffer, const grpc::Status& gate)
+    : feed_(feed), buffer_(buffer) {
+  absl::MutexLock lock(&mu_);
+  if (!gate.ok()) {
+    finished_ = true;
+    Finish(gate);
+    return;
+  }
+  StartRead(&request_);
+}
+
+void AnomalyWatcher::OnReadDone(bool ok) {
+  v1::WatchAnomaliesRequest req;
+  grpc::Status st = ok ? ParseMessage(&request_, &req)
+                       : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                      "the call ended before its request message");
+  if (st.ok()) {
+    model_ = req.model();
+    min_severity_ = req.min_severity();
+    incidents_ = req.incidents();
     subscribed_ = feed_->Subscribe(this);
     if (!subscribed_) {
-      denied = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            absl::StrCat("too many anomaly watchers (limit ", feed_->max_watchers(),
-                                         ", --max_watchers)"));
+      st = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("too many anomaly watchers (limit ", feed_->max_watchers(),
+                                     ", --max_watchers)"));
     }
   }
-  if (!denied.ok()) {
-    absl::MutexLock lock(&mu_);
-    finished_ = true;
-    Finish(denied);
-  }
+  absl::MutexLock lock(&mu_);
+  if (finished_ || st.ok()) return;  // (finished: cancelled while the request was on its way)
+  finished_ = true;
+  Finish(st);
 }
 
 bool AnomalyWatcher::WantsModel(const std::string& model) const {

@@ -49,10 +49,11 @@ struct EventBatch {
 };
 
 // One WatchAnomalies call. Lock order: AnomalyFeed::mu_ before AnomalyWatcher::mu_.
-class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+// The call is a stream for gRPC's core (see ScoringService: registered with StreamServerSide), so
+// its request is read only after `gate` (the token check) passed; then it subscribes.
+class AnomalyWatcher : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  AnomalyWatcher(AnomalyFeed* feed, const v1::WatchAnomaliesRequest& req, size_t buffer,
-                 grpc::Status denied);
+  AnomalyWatcher(AnomalyFeed* feed, size_t buffer, const grpc::Status& gate);
   // Called by the feed: queue the batch's events this watcher wants, dropping (and counting) the
   // oldest waiting ones past the buffer.
   void Offer(const std::shared_ptr<const EventBatch>& batch);
@@ -60,6 +61,7 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void Close();
   bool WantsModel(const std::string& model) const;
 
+  void OnReadDone(bool ok) override;  // the request: parse it, then subscribe
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
   void OnDone() override;
@@ -72,10 +74,12 @@ class AnomalyWatcher : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   };
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   AnomalyFeed* feed_;
-  const std::string model_;
-  const uint32_t min_severity_;
-  const bool incidents_;  // incident events instead of per-sample ones
+  // From the request, set before the watcher subscribes (the feed reads them after that).
+  std::string model_;
+  uint32_t min_severity_ = 0;
+  bool incidents_ = false;  // incident events instead of per-sample ones
   const size_t buffer_;
+  grpc::ByteBuffer request_;
   bool subscribed_ = false;
   absl::Mutex mu_;
   std::deque<Waiting> queue_ ABSL_GUARDED_BY(mu_);

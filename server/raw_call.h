@@ -101,8 +101,8 @@ grpc::ServerUnaryReactor* Buffered(grpc::CallbackServerContext* ctx, const grpc:
   return call;
 }
 
-// The streamed path, for a unary method registered as a stream (WithStreamedUnary): gRPC hands the
-// call over with its metadata and reads nothing, so `gate` (the token check) decides before a
+// The streamed path, for a unary method registered as a stream (WithStreamedMethods): gRPC hands
+// the call over with its metadata and reads nothing, so `gate` (the token check) decides before a
 // byte of the request is read. A refused call is answered at once and its body never read (the
 // transport's flow-control window is all it can send); an admitted one reads its one message.
 template <typename Request, typename Response>
@@ -148,15 +148,18 @@ class StreamedCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   grpc::ByteBuffer in_, out_;
 };
 
-// The bottom of a raw service: StreamUnary re-registers one of its unary methods as a stream
-// (StreamedCall), so that a call is authorised before gRPC reads its request. gRPC 1.51 reads a
-// unary request whole before the method runs, so without this an unauthenticated client could
-// make the server hold a body up to the message limit (bounded by the resource quota, but shared
-// with every other call). Used when bearer tokens are required; the buffered path stays otherwise
-// (one fewer completion per call).
+// The bottom of a raw service: methods whose request gRPC would read before the method runs
+// (unary and server-streaming ones) re-registered as streams, so that a call is authorised before
+// its request is read. gRPC 1.51 reads such a request whole first, so otherwise an unauthenticated
+// client could make the server hold a body up to the message limit (bounded by the resource
+// quota, but shared with every other call). StreamUnary is used when bearer tokens are required
+// (the buffered unary path stays otherwise: one fewer completion per call); StreamServerSide
+// always (the watch calls).
 template <typename Base>
-class WithStreamedUnary : public Base {
+class WithStreamedMethods : public Base {
  protected:
+  using BidiFactory = std::function<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*(
+      grpc::CallbackServerContext*)>;
   // `index`: the method's position in `service` (full name), as the generated code numbers it;
   // checked against the descriptors (a unary method taking Request and answering Response), so a
   // reordered proto stops the server at start-up instead of parsing requests as the wrong type.
@@ -164,8 +167,7 @@ class WithStreamedUnary : public Base {
   void StreamUnary(const char* service, int index,
                    std::function<grpc::Status(grpc::CallbackServerContext*)> gate,
                    UnaryHandler<Request, Response> handler, std::function<void()> unparsed = {}) {
-    const auto* s = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(service);
-    const auto* m = s != nullptr && index < s->method_count() ? s->method(index) : nullptr;
+    const google::protobuf::MethodDescriptor* m = Method(service, index);
     if (m == nullptr || m->client_streaming() || m->server_streaming() ||
         m->input_type() != Request::descriptor() || m->output_type() != Response::descriptor()) {
       std::fprintf(stderr, "aeserve: %s method %d is not unary %s -> %s\n", service, index,
@@ -173,6 +175,33 @@ class WithStreamedUnary : public Base {
                    Response::descriptor()->full_name().c_str());
       std::abort();
     }
+    Register(index, [gate = std::move(gate), handler = std::move(handler),
+                     unparsed = std::move(unparsed)](grpc::CallbackServerContext* ctx) {
+      return new StreamedCall<Request, Response>(ctx, gate(ctx), handler, unparsed);
+    });
+  }
+
+  // A server-streaming method (one request, a stream of answers) as a stream for gRPC's core,
+  // always: `start` makes its reactor, which reads the one request itself (after its token check).
+  // These calls are long-lived, so the extra read costs nothing that matters.
+  template <typename Request>
+  void StreamServerSide(const char* service, int index, BidiFactory start) {
+    const google::protobuf::MethodDescriptor* m = Method(service, index);
+    if (m == nullptr || m->client_streaming() || !m->server_streaming() ||
+        m->input_type() != Request::descriptor()) {
+      std::fprintf(stderr, "aeserve: %s method %d is not server-streaming from %s\n", service,
+                   index, Request::descriptor()->full_name().c_str());
+      std::abort();
+    }
+    Register(index, std::move(start));
+  }
+
+ private:
+  static const google::protobuf::MethodDescriptor* Method(const char* service, int index) {
+    const auto* s = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(service);
+    return s != nullptr && index < s->method_count() ? s->method(index) : nullptr;
+  }
+  void Register(int index, BidiFactory start) {
     using Handler = grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>;
     // MarkMethodStreamed makes the method a stream for gRPC's core (no request read up front);
     // its placeholder handler is replaced at once by the real one.
@@ -180,11 +209,7 @@ class WithStreamedUnary : public Base {
         index, new Handler([](grpc::CallbackServerContext*) {
           return static_cast<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*>(nullptr);
         }));
-    this->MarkMethodRawCallback(
-        index, new Handler([gate = std::move(gate), handler = std::move(handler),
-                            unparsed = std::move(unparsed)](grpc::CallbackServerContext* ctx) {
-          return new StreamedCall<Request, Response>(ctx, gate(ctx), handler, unparsed);
-        }));
+    this->MarkMethodRawCallback(index, new Handler(std::move(start)));
   }
 };
 

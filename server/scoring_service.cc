@@ -37,9 +37,14 @@ ScoringService::ScoringService(const Options& options, const ModelRegistry* regi
       metrics_(metrics),
       feed_(feed),
       autopilot_(autopilot) {
+  // WatchAnomalies reads its request itself, after the token check (raw_call.h).
+  StreamServerSide<v1::WatchAnomaliesRequest>(
+      "aeserve.v1.Scoring", 5, [this](grpc::CallbackServerContext* ctx) {
+        return new AnomalyWatcher(feed_, 1024, auth_->Check(ctx, Role::kScore));
+      });
   if (!auth_->enabled()) return;
   // With tokens required, every unary method checks the token before its request is read
-  // (raw_call.h, WithStreamedUnary). Indices: the methods' order in scoring.proto.
+  // (raw_call.h, WithStreamedMethods). Indices: the methods' order in scoring.proto.
   // A refused scoring call is counted, as on the buffered path (catalogue calls are not counted).
   auto gate = [this](const char* rpc) {
     return [this, rpc](grpc::CallbackServerContext* ctx) {
@@ -128,14 +133,6 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoringService::Str
     grpc::CallbackServerContext* ctx) {
   return new StreamReactor(options_, registry_, executor_, streams_,
                            auth_->Check(ctx, Role::kScore), metrics_, feed_, autopilot_);
-}
-
-grpc::ServerWriteReactor<grpc::ByteBuffer>* ScoringService::WatchAnomalies(
-    grpc::CallbackServerContext* ctx, const Raw* body) {
-  v1::WatchAnomaliesRequest req;
-  grpc::Status st = ParseRequest(*body, &req);
-  if (st.ok()) st = auth_->Check(ctx, Role::kScore);
-  return new AnomalyWatcher(feed_, req, 1024, st);
 }
 
 grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ctx, const Raw* body,

@@ -22,10 +22,9 @@ namespace aeserve::server {
 using RawScoringService = v1::Scoring::WithRawCallbackMethod_Score<
     v1::Scoring::WithRawCallbackMethod_StreamScore<v1::Scoring::WithRawCallbackMethod_Encode<
         v1::Scoring::WithRawCallbackMethod_Reconstruct<v1::Scoring::WithRawCallbackMethod_Generate<
-            v1::Scoring::WithRawCallbackMethod_WatchAnomalies<
-                v1::Scoring::WithRawCallbackMethod_ListModels<
-                    v1::Scoring::WithRawCallbackMethod_GetModel<
-                        WithStreamedUnary<v1::Scoring::Service>>>>>>>>>;
+            v1::Scoring::WithRawCallbackMethod_ListModels<
+                v1::Scoring::WithRawCallbackMethod_GetModel<
+                    WithStreamedMethods<v1::Scoring::Service>>>>>>>>;
 
 class ScoringService final : public RawScoringService {
  public:
@@ -45,8 +44,6 @@ class ScoringService final : public RawScoringService {
                                         Raw* resp) override;
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx, const Raw* req,
                                      Raw* resp) override;
-  grpc::ServerWriteReactor<Raw>* WatchAnomalies(grpc::CallbackServerContext* ctx,
-                                                const Raw* req) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const Raw* req,
                                        Raw* resp) override;
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const Raw* req,

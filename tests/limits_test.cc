@@ -233,12 +233,13 @@ TEST(Limits, HugeMessagesAreRefusedBeforeTheyAreBuffered) {
   EXPECT_EQ(r->Stop(), 0);
 }
 
-// With tokens required, a unary call without one is refused before its request is read (#12
-// item 4): every unary method of both services, flooded at once with 24 MiB bodies (4 x 18 calls,
-// 1.7 GB in all), answers UNAUTHENTICATED — never RESOURCE_EXHAUSTED, which a server that read
-// the bodies into its 48 MiB gRPC buffer quota would answer — the server's memory stays flat, and
-// an authorised call made during the flood is answered.
-TEST(Limits, UnauthenticatedUnaryBodiesAreNeverRead) {
+// With tokens required, a call without one is refused before its request is read (#12 item 4):
+// every method whose request gRPC would read up front (the 18 unary methods and the two watch
+// calls), flooded at once with 24 MiB bodies (4 x 20 calls, 1.9 GB in all), answers UNAUTHENTICATED
+// — never RESOURCE_EXHAUSTED, which a server that read the bodies into its 48 MiB gRPC buffer quota
+// would answer — the server's memory stays flat, and an authorised call made during the flood is
+// answered.
+TEST(Limits, UnauthenticatedRequestBodiesAreNeverRead) {
   TempDir dir("aeserve_auth_first");
   Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
   { std::ofstream(dir.path() + "/tokens") << "admin-token admin\n"; }
@@ -273,7 +274,9 @@ TEST(Limits, UnauthenticatedUnaryBodiesAreNeverRead) {
                                             "/aeserve.v1.ModelAdmin/ListEvents",
                                             "/aeserve.v1.ModelAdmin/SetRetrainPolicy",
                                             "/aeserve.v1.ModelAdmin/Retrain",
-                                            "/aeserve.v1.ModelAdmin/StartShadow"};
+                                            "/aeserve.v1.ModelAdmin/StartShadow",
+                                            "/aeserve.v1.Scoring/WatchAnomalies",
+                                            "/aeserve.v1.ModelAdmin/WatchTrainingJob"};
   const grpc::ByteBuffer body = HugeMessage(size_t{24} << 20);
   PeakRss rss(r->process.pid());
   std::vector<grpc::Status> st(methods.size() * 4);
