@@ -935,13 +935,16 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
       if (lock.status().ok() && again.ok() && !again->finished() && AgeSeconds(path) > heartbeat) {
         if (active.ok() && active->version == again->active_version() &&
             registry_->Handle(key, again->candidate_version()).ok()) {
-          Record(key, again->candidate_version(), "shadow-restarted", "autopilot",
-                 absl::StrCat("its server (", again->outcome(),
-                              ") stopped mid-window; the window starts again from 0 samples (had ",
-                              again->samples(), ")"));
+          // Recorded once the new window is what GetModel shows, so a reader of the audit log
+          // never sees the old window's counts after this event.
           if (BeginShadow(key, s, again->candidate_version(), "autopilot",
                           p.promotion() == v1::PROMOTION_SHADOW)
                   .ok()) {
+            Record(key, again->candidate_version(), "shadow-restarted", "autopilot",
+                   absl::StrCat("its server (", again->outcome(),
+                                ") stopped mid-window; the window started again from 0 samples "
+                                "(had ",
+                                again->samples(), ")"));
             return;
           }
         }
