@@ -216,6 +216,8 @@ absl::Status ModelRegistry::DeleteModel(const ModelKey& key, bool force) {
     const bool gone = it->first == key || (key.entity.empty() && it->first.model == key.model);
     it = gone ? models_.erase(it) : std::next(it);
   }
+  // Its scoring series leave with its versions' ModelMetrics; its training gauges here.
+  if (metrics_ != nullptr && key.entity.empty()) metrics_->ForgetTraining(key.model);
   return absl::OkStatus();
 }
 

@@ -85,15 +85,13 @@ class BufferedCall final : public grpc::ServerUnaryReactor, public UnaryCall<Req
 };
 
 // Runs `handler` on the request gRPC read; a request that does not parse is answered at once
-// (INVALID_ARGUMENT naming its type) after `unparsed` (if any) is told.
+// (INVALID_ARGUMENT naming its type).
 template <typename Request, typename Response>
 grpc::ServerUnaryReactor* Buffered(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* body,
                                    grpc::ByteBuffer* out,
-                                   const UnaryHandler<Request, Response>& handler,
-                                   const std::function<void()>& unparsed = {}) {
+                                   const UnaryHandler<Request, Response>& handler) {
   auto* call = new BufferedCall<Request, Response>(out);
   if (grpc::Status st = ParseRequest(*body, call->mutable_request()); !st.ok()) {
-    if (unparsed) unparsed();
     call->Reply(st);
     return call;
   }
@@ -110,8 +108,8 @@ class StreamedCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
                            public UnaryCall<Request, Response> {
  public:
   StreamedCall(grpc::CallbackServerContext* ctx, const grpc::Status& gate,
-               UnaryHandler<Request, Response> handler, std::function<void()> unparsed)
-      : ctx_(ctx), handler_(std::move(handler)), unparsed_(std::move(unparsed)) {
+               UnaryHandler<Request, Response> handler)
+      : ctx_(ctx), handler_(std::move(handler)) {
     if (!gate.ok()) {
       Finish(gate);
       return;
@@ -125,7 +123,6 @@ class StreamedCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       return;
     }
     if (grpc::Status st = ParseMessage(&in_, &this->request_); !st.ok()) {
-      if (unparsed_) unparsed_();
       Finish(st);
       return;
     }
@@ -144,7 +141,6 @@ class StreamedCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
  private:
   grpc::CallbackServerContext* const ctx_;
   const UnaryHandler<Request, Response> handler_;
-  const std::function<void()> unparsed_;
   grpc::ByteBuffer in_, out_;
 };
 
@@ -166,7 +162,7 @@ class WithStreamedMethods : public Base {
   template <typename Request, typename Response>
   void StreamUnary(const char* service, int index,
                    std::function<grpc::Status(grpc::CallbackServerContext*)> gate,
-                   UnaryHandler<Request, Response> handler, std::function<void()> unparsed = {}) {
+                   UnaryHandler<Request, Response> handler) {
     const google::protobuf::MethodDescriptor* m = Method(service, index);
     if (m == nullptr || m->client_streaming() || m->server_streaming() ||
         m->input_type() != Request::descriptor() || m->output_type() != Response::descriptor()) {
@@ -175,9 +171,9 @@ class WithStreamedMethods : public Base {
                    Response::descriptor()->full_name().c_str());
       std::abort();
     }
-    Register(index, [gate = std::move(gate), handler = std::move(handler),
-                     unparsed = std::move(unparsed)](grpc::CallbackServerContext* ctx) {
-      return new StreamedCall<Request, Response>(ctx, gate(ctx), handler, unparsed);
+    Register(index, [gate = std::move(gate),
+                     handler = std::move(handler)](grpc::CallbackServerContext* ctx) {
+      return new StreamedCall<Request, Response>(ctx, gate(ctx), handler);
     });
   }
 

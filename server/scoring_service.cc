@@ -8,26 +8,10 @@ namespace aeserve::server {
 
 using Clock = std::chrono::steady_clock;
 
-template <typename Call>
-void ScoringService::Done(Call* call, const char* rpc, const grpc::Status& st,
-                          Clock::time_point start) {
-  if (metrics_ != nullptr) {
-    metrics_->RecordRequest(rpc, st.error_code(),
-                            std::chrono::duration<double>(Clock::now() - start).count());
-  }
-  call->Reply(st);
-}
-
-// A request that did not parse is answered INVALID_ARGUMENT by the call itself; it is counted.
-std::function<void()> ScoringService::Unparsed(const char* rpc) {
-  return [this, rpc] {
-    if (metrics_ != nullptr) metrics_->RecordRequest(rpc, grpc::StatusCode::INVALID_ARGUMENT, 0);
-  };
-}
-
 ScoringService::ScoringService(const Options& options, const ModelRegistry* registry,
                                Executor* executor, StreamTracker* streams, const Authorizer* auth,
-                               ServerMetrics* metrics, AnomalyFeed* feed, Autopilot* autopilot)
+                               ServerMetrics* metrics, AnomalyFeed* feed, Autopilot* autopilot,
+                               const TrainingJobs* jobs)
     : options_(options),
       registry_(registry),
       view_(*registry, options.drift_threshold),
@@ -36,7 +20,8 @@ ScoringService::ScoringService(const Options& options, const ModelRegistry* regi
       auth_(auth),
       metrics_(metrics),
       feed_(feed),
-      autopilot_(autopilot) {
+      autopilot_(autopilot),
+      jobs_(jobs) {
   // WatchAnomalies reads its request itself, after the token check (raw_call.h).
   StreamServerSide<v1::WatchAnomaliesRequest>(
       "aeserve.v1.Scoring", 5, [this](grpc::CallbackServerContext* ctx) {
@@ -45,55 +30,44 @@ ScoringService::ScoringService(const Options& options, const ModelRegistry* regi
   if (!auth_->enabled()) return;
   // With tokens required, every unary method checks the token before its request is read
   // (raw_call.h, WithStreamedMethods). Indices: the methods' order in scoring.proto.
-  // A refused scoring call is counted, as on the buffered path (catalogue calls are not counted).
-  auto gate = [this](const char* rpc) {
-    return [this, rpc](grpc::CallbackServerContext* ctx) {
-      grpc::Status st = auth_->Check(ctx, Role::kScore);
-      if (!st.ok() && rpc != nullptr && metrics_ != nullptr) {
-        metrics_->RecordRequest(rpc, st.error_code(), 0);
-      }
-      return st;
-    };
-  };
+  auto gate = [this](grpc::CallbackServerContext* ctx) { return auth_->Check(ctx, Role::kScore); };
   constexpr const char* kService = "aeserve.v1.Scoring";
   StreamUnary<v1::ScoreRequest, v1::ScoreResponse>(
-      kService, 0, gate("Score"), [this](auto* ctx, auto* call) { ScoreCall(ctx, call); },
-      Unparsed("Score"));
+      kService, 0, gate, [this](auto* ctx, auto* call) { ScoreCall(ctx, call); });
   StreamUnary<v1::EncodeRequest, v1::EncodeResponse>(
-      kService, 2, gate("Encode"), [this](auto* ctx, auto* call) { EncodeCall(ctx, call); },
-      Unparsed("Encode"));
+      kService, 2, gate, [this](auto* ctx, auto* call) { EncodeCall(ctx, call); });
   StreamUnary<v1::ReconstructRequest, v1::ReconstructResponse>(
-      kService, 3, gate("Reconstruct"),
-      [this](auto* ctx, auto* call) { ReconstructCall(ctx, call); }, Unparsed("Reconstruct"));
+      kService, 3, gate, [this](auto* ctx, auto* call) { ReconstructCall(ctx, call); });
   StreamUnary<v1::GenerateRequest, v1::GenerateResponse>(
-      kService, 4, gate("Generate"), [this](auto* ctx, auto* call) { GenerateCall(ctx, call); },
-      Unparsed("Generate"));
+      kService, 4, gate, [this](auto* ctx, auto* call) { GenerateCall(ctx, call); });
   StreamUnary<v1::ListModelsRequest, v1::ListModelsResponse>(
-      kService, 6, gate(nullptr), [this](auto* ctx, auto* call) { ListModelsCall(ctx, call); });
+      kService, 6, gate, [this](auto* ctx, auto* call) { ListModelsCall(ctx, call); });
   StreamUnary<v1::GetModelRequest, v1::ModelInfo>(
-      kService, 7, gate(nullptr), [this](auto* ctx, auto* call) { GetModelCall(ctx, call); });
+      kService, 7, gate, [this](auto* ctx, auto* call) { GetModelCall(ctx, call); });
 }
 
+// Every call's status is counted by RpcMetricsFactory (rpc_metrics.h); the time on the queue and
+// on a worker here.
 template <typename Call, typename Fn>
 void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
                                 const std::string& model, const std::string& entity,
                                 uint64_t version, Fn fn) {
   const auto start = Clock::now();
   if (grpc::Status st = auth_->Check(ctx, Role::kScore); !st.ok()) {
-    Done(call, rpc, st, start);
+    call->Reply(st);
     return;
   }
   auto handle = registry_->Get(model, entity, version);
   if (!handle.ok()) {
-    Done(call, rpc, ToGrpc(handle.status()), start);
+    call->Reply(ToGrpc(jobs_ != nullptr ? jobs_->ExplainMissing(handle.status(), model, entity)
+                                        : handle.status()));
     return;
   }
   const bool queued = executor_->TrySubmit([this, ctx, call, rpc, start, h = *std::move(handle),
                                             fn = std::move(fn)](Worker& worker) mutable {
     // Work for a call whose client gave up or whose deadline passed is skipped.
     if (ctx->IsCancelled()) {
-      Done(call, rpc, grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before scoring"),
-           start);
+      call->Reply(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before scoring"));
       return;
     }
     const auto began = Clock::now();
@@ -102,21 +76,19 @@ void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, co
       metrics_->RecordQueueAndCompute(rpc, std::chrono::duration<double>(began - start).count(),
                                       std::chrono::duration<double>(Clock::now() - began).count());
     }
-    Done(call, rpc, st, start);
+    call->Reply(st);
   });
   if (!queued) {
     if (metrics_ != nullptr) metrics_->RecordRejected("queue_full");
-    Done(call, rpc,
-         grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                      "scoring queue is full; retry with backoff"),
-         start);
+    call->Reply(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "scoring queue is full; retry with backoff"));
   }
 }
 
 grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx, const Raw* body,
                                                 Raw* out) {
   return Buffered<v1::ScoreRequest, v1::ScoreResponse>(
-      ctx, body, out, [this](auto* c, auto* call) { ScoreCall(c, call); }, Unparsed("Score"));
+      ctx, body, out, [this](auto* c, auto* call) { ScoreCall(c, call); });
 }
 
 void ScoringService::ScoreCall(grpc::CallbackServerContext* ctx,
@@ -132,13 +104,13 @@ void ScoringService::ScoreCall(grpc::CallbackServerContext* ctx,
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoringService::StreamScore(
     grpc::CallbackServerContext* ctx) {
   return new StreamReactor(options_, registry_, executor_, streams_,
-                           auth_->Check(ctx, Role::kScore), metrics_, feed_, autopilot_);
+                           auth_->Check(ctx, Role::kScore), metrics_, feed_, autopilot_, jobs_);
 }
 
 grpc::ServerUnaryReactor* ScoringService::Encode(grpc::CallbackServerContext* ctx, const Raw* body,
                                                  Raw* out) {
   return Buffered<v1::EncodeRequest, v1::EncodeResponse>(
-      ctx, body, out, [this](auto* c, auto* call) { EncodeCall(c, call); }, Unparsed("Encode"));
+      ctx, body, out, [this](auto* c, auto* call) { EncodeCall(c, call); });
 }
 
 void ScoringService::EncodeCall(grpc::CallbackServerContext* ctx,
@@ -153,8 +125,7 @@ void ScoringService::EncodeCall(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* ScoringService::Reconstruct(grpc::CallbackServerContext* ctx,
                                                       const Raw* body, Raw* out) {
   return Buffered<v1::ReconstructRequest, v1::ReconstructResponse>(
-      ctx, body, out, [this](auto* c, auto* call) { ReconstructCall(c, call); },
-      Unparsed("Reconstruct"));
+      ctx, body, out, [this](auto* c, auto* call) { ReconstructCall(c, call); });
 }
 
 void ScoringService::ReconstructCall(
@@ -170,7 +141,7 @@ void ScoringService::ReconstructCall(
 grpc::ServerUnaryReactor* ScoringService::Generate(grpc::CallbackServerContext* ctx,
                                                    const Raw* body, Raw* out) {
   return Buffered<v1::GenerateRequest, v1::GenerateResponse>(
-      ctx, body, out, [this](auto* c, auto* call) { GenerateCall(c, call); }, Unparsed("Generate"));
+      ctx, body, out, [this](auto* c, auto* call) { GenerateCall(c, call); });
 }
 
 void ScoringService::GenerateCall(grpc::CallbackServerContext* ctx,

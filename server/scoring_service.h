@@ -15,6 +15,7 @@
 #include "raw_call.h"
 #include "server_metrics.h"
 #include "stream_reactor.h"
+#include "training_jobs.h"
 
 namespace aeserve::server {
 
@@ -32,7 +33,8 @@ class ScoringService final : public RawScoringService {
   // (raw_call.h): the token is checked before a request is read.
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
                  StreamTracker* streams, const Authorizer* auth, ServerMetrics* metrics,
-                 AnomalyFeed* feed, Autopilot* autopilot = nullptr);
+                 AnomalyFeed* feed, Autopilot* autopilot = nullptr,
+                 const TrainingJobs* jobs = nullptr);
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req,
@@ -68,11 +70,6 @@ class ScoringService final : public RawScoringService {
   template <typename Call, typename Fn>
   void OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
                   const std::string& model, const std::string& entity, uint64_t version, Fn fn);
-  // Counts a request that did not parse (the call answers it).
-  std::function<void()> Unparsed(const char* rpc);
-  template <typename Call>
-  void Done(Call* call, const char* rpc, const grpc::Status& st,
-            std::chrono::steady_clock::time_point start);
 
   const Options& options_;
   const ModelRegistry* registry_;
@@ -82,7 +79,8 @@ class ScoringService final : public RawScoringService {
   const Authorizer* auth_;
   ServerMetrics* metrics_;
   AnomalyFeed* feed_;
-  Autopilot* autopilot_;  // may be null
+  Autopilot* autopilot_;      // may be null
+  const TrainingJobs* jobs_;  // may be null: explains a model that is still training
 };
 
 }  // namespace aeserve::server

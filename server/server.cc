@@ -14,6 +14,7 @@
 #include "grpcpp/impl/server_builder_option.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
+#include "rpc_metrics.h"
 #include "spec.h"
 #include "store_sync.h"
 #include "tls_files.h"
@@ -102,7 +103,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   });
   s->scoring_ = std::make_unique<ScoringService>(
       s->options_, s->registry_.get(), s->executor_.get(), &s->streams_, &s->auth_,
-      s->metrics_.get(), s->feed_.get(), s->autopilot_.get());
+      s->metrics_.get(), s->feed_.get(), s->autopilot_.get(), s->jobs_.get());
   s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get(),
                                           s->autopilot_.get());
   s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
@@ -125,6 +126,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   quota.Resize(static_cast<size_t>(GrpcBufferBytes(o)));
   builder.SetResourceQuota(quota);
   builder.SetMaxSendMessageSize(o.max_message_bytes);
+  if (s->metrics_) {
+    // Every call of the two services is counted with the status it ends with (rpc_metrics.h).
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> counted;
+    counted.push_back(std::make_unique<RpcMetricsFactory>(s->metrics_.get()));
+    builder.experimental().SetInterceptorCreators(std::move(counted));
+  }
   builder.RegisterService(s->scoring_.get());
   builder.RegisterService(s->admin_.get());
   s->grpc_ = builder.BuildAndStart();

@@ -73,10 +73,12 @@ ServerMetrics::ServerMetrics()
                     .Name("aeserve_requests_total")
                     .Help("gRPC calls finished, by method and status code.")
                     .Register(registry_)),
-      request_seconds_(BuildHistogram()
-                           .Name("aeserve_request_duration_seconds")
-                           .Help("Time from receiving a call (or stream batch) to answering it.")
-                           .Register(registry_)),
+      request_seconds_(
+          BuildHistogram()
+              .Name("aeserve_request_duration_seconds")
+              .Help("Time from receiving a unary call to its status; for StreamScore, from "
+                    "reading a batch to its answer being ready.")
+              .Register(registry_)),
       queue_seconds_(BuildHistogram()
                          .Name("aeserve_queue_duration_seconds")
                          .Help("Time a call or stream batch waited for a scoring worker.")
@@ -150,38 +152,51 @@ ServerMetrics::ServerMetrics()
                                .Name("aeserve_training_jobs_total")
                                .Help("Training jobs ended, by result.")
                                .Register(registry_)) {
-  for (const char* rpc : {"Score", "StreamScore", "Encode", "Reconstruct", "Generate"}) {
-    auto r = std::make_unique<RpcInstruments>();
-    r->request = &request_seconds_.Add({{"rpc", rpc}}, LatencyBuckets());
-    r->queue = &queue_seconds_.Add({{"rpc", rpc}}, LatencyBuckets());
-    r->compute = &compute_seconds_.Add({{"rpc", rpc}}, LatencyBuckets());
-    rpcs_[rpc] = std::move(r);
-  }
+  for (const char* rpc : {"Score", "StreamScore", "Encode", "Reconstruct", "Generate"}) AddRpc(rpc);
+}
+
+void ServerMetrics::AddRpc(const std::string& rpc) {
+  auto& slot = rpcs_[rpc];
+  if (slot == nullptr) slot = std::make_unique<RpcInstruments>();
 }
 
 ServerMetrics::RpcInstruments& ServerMetrics::Rpc(const std::string& rpc) {
   auto it = rpcs_.find(rpc);
-  return *it->second;  // every RPC that reports is registered in the constructor
+  return *it->second;  // every RPC that reports is added before the server starts
+}
+
+// The series of `family` with `labels`, made on first use and kept in `slot`.
+template <typename T, typename... Extra>
+static T& Lazy(std::atomic<T*>& slot, metrics::Family<T>& family, const metrics::Labels& labels,
+               const Extra&... extra) {
+  T* got = slot.load(std::memory_order_acquire);
+  if (got == nullptr) {
+    got = &family.Add(labels, extra...);  // the same series if two threads race here
+    slot.store(got, std::memory_order_release);
+  }
+  return *got;
 }
 
 void ServerMetrics::RecordRequest(const std::string& rpc, grpc::StatusCode code, double seconds) {
   RpcInstruments& r = Rpc(rpc);
   const size_t c = std::min<size_t>(static_cast<size_t>(code), 16);
-  metrics::Counter* counter = r.codes[c].load(std::memory_order_acquire);
-  if (counter == nullptr) {
-    counter = &requests_.Add(
-        {{"rpc", rpc}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
-    r.codes[c].store(counter, std::memory_order_release);
-  }
-  counter->Increment();
-  r.request->Observe(seconds);
+  Lazy(r.codes[c], requests_,
+       {{"rpc", rpc}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}})
+      .Increment();
+  if (seconds >= 0)
+    Lazy(r.request, request_seconds_, {{"rpc", rpc}}, LatencyBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::RecordStreamBatch(double seconds) {
+  Lazy(Rpc("StreamScore").request, request_seconds_, {{"rpc", "StreamScore"}}, LatencyBuckets())
+      .Observe(seconds);
 }
 
 void ServerMetrics::RecordQueueAndCompute(const std::string& rpc, double queue_s,
                                           double compute_s) {
   RpcInstruments& r = Rpc(rpc);
-  r.queue->Observe(queue_s);
-  r.compute->Observe(compute_s);
+  Lazy(r.queue, queue_seconds_, {{"rpc", rpc}}, LatencyBuckets()).Observe(queue_s);
+  Lazy(r.compute, compute_seconds_, {{"rpc", rpc}}, LatencyBuckets()).Observe(compute_s);
 }
 
 void ServerMetrics::RecordRejected(const std::string& reason) {
@@ -208,6 +223,12 @@ void ServerMetrics::RecordTrainingProgress(const std::string& model, uint32_t ep
   training_epoch_.Add({{"model", model}}).Set(epoch);
   training_loss_.Add({{"model", model}, {"split", "train"}}).Set(train_loss);
   training_loss_.Add({{"model", model}, {"split", "validation"}}).Set(validation_loss);
+}
+
+void ServerMetrics::ForgetTraining(const std::string& model) {
+  training_epoch_.Remove({{"model", model}});
+  training_loss_.Remove({{"model", model}, {"split", "train"}});
+  training_loss_.Remove({{"model", model}, {"split", "validation"}});
 }
 
 void ServerMetrics::RecordTrainingResult(const std::string& result) {

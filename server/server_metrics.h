@@ -60,8 +60,14 @@ class ServerMetrics {
 
   metrics::Registry& registry() { return registry_; }
 
+  // Before the server starts (RpcMetricsFactory): one RPC that reports. Read-only afterwards.
+  void AddRpc(const std::string& rpc);
+  // A call ended with `code`; `seconds` from its arrival (< 0: a stream, no duration).
   void RecordRequest(const std::string& rpc, grpc::StatusCode code, double seconds);
+  // A scoring call's or stream batch's wait for a worker and time on it.
   void RecordQueueAndCompute(const std::string& rpc, double queue_seconds, double compute_seconds);
+  // One StreamScore batch answered, `seconds` after it was read.
+  void RecordStreamBatch(double seconds);
   void RecordRejected(const std::string& reason);
   void RecordDroppedEvents(uint64_t n);
   void RecordModelLoad(bool ok, double seconds);
@@ -71,6 +77,8 @@ class ServerMetrics {
   void RecordTrainingProgress(const std::string& model, uint32_t epoch, double train_loss,
                               double validation_loss);
   void RecordTrainingResult(const std::string& result);
+  // A deleted model: its training gauges leave /metrics.
+  void ForgetTraining(const std::string& model);
 
   // The instruments of one model version (shared by every caller asking for the same labels
   // while any holds them).
@@ -79,10 +87,11 @@ class ServerMetrics {
  private:
   friend class ModelMetrics;
   // Instruments of one RPC, looked up without allocating on every call.
+  // The histograms and counters appear on first use, so an RPC never called adds no series.
   struct RpcInstruments {
-    metrics::Histogram* request = nullptr;
-    metrics::Histogram* queue = nullptr;
-    metrics::Histogram* compute = nullptr;
+    std::atomic<metrics::Histogram*> request{nullptr};
+    std::atomic<metrics::Histogram*> queue{nullptr};
+    std::atomic<metrics::Histogram*> compute{nullptr};
     std::array<std::atomic<metrics::Counter*>, 17> codes{};
   };
   RpcInstruments& Rpc(const std::string& rpc);
@@ -108,7 +117,7 @@ class ServerMetrics {
   metrics::Family<metrics::Gauge>& training_epoch_;
   metrics::Family<metrics::Gauge>& training_loss_;
   metrics::Family<metrics::Counter>& training_jobs_total_;
-  // Built in the constructor for every RPC, read-only afterwards.
+  // Filled by AddRpc before the server starts, read-only afterwards.
   std::map<std::string, std::unique_ptr<RpcInstruments>, std::less<>> rpcs_;
   mutable absl::Mutex mu_;
   std::map<std::pair<std::string, std::string>, std::weak_ptr<ModelMetrics>> models_

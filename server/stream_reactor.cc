@@ -48,16 +48,17 @@ void StreamTracker::WakeWaiting() {
 
 StreamReactor::StreamReactor(const Options& options, const ModelRegistry* registry,
                              Executor* executor, StreamTracker* tracker, grpc::Status denied,
-                             ServerMetrics* metrics, AnomalyFeed* feed, Autopilot* autopilot)
+                             ServerMetrics* metrics, AnomalyFeed* feed, Autopilot* autopilot,
+                             const TrainingJobs* jobs)
     : options_(options),
       registry_(registry),
       executor_(executor),
       tracker_(tracker),
       metrics_(metrics),
       feed_(feed),
-      autopilot_(autopilot) {
+      autopilot_(autopilot),
+      jobs_(jobs) {
   if (!denied.ok()) {
-    if (metrics_ != nullptr) metrics_->RecordRequest("StreamScore", denied.error_code(), 0);
     absl::MutexLock lock(&mu_);
     finished_ = true;
     Finish(denied);
@@ -66,10 +67,7 @@ StreamReactor::StreamReactor(const Options& options, const ModelRegistry* regist
   tracked_ = tracker_->Add(this, options_.max_streams);
   absl::MutexLock lock(&mu_);
   if (!tracked_) {
-    if (metrics_ != nullptr) {
-      metrics_->RecordRejected("too_many_streams");
-      metrics_->RecordRequest("StreamScore", grpc::StatusCode::RESOURCE_EXHAUSTED, 0);
-    }
+    if (metrics_ != nullptr) metrics_->RecordRejected("too_many_streams");
     finished_ = true;
     Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("too many open streams (limit ", options_.max_streams, ")")));
@@ -86,6 +84,7 @@ void StreamReactor::OnReadDone(bool ok) {
   Pending p;
   if (ok) {
     const uint64_t n = messages_read_.load(std::memory_order_acquire) + 1;
+    p.received = std::chrono::steady_clock::now();
     p.bytes = incoming_.Length();
     p.parse_error = ParseMessage(&incoming_, &p.request, absl::StrCat("stream message ", n));
     messages_read_.store(n, std::memory_order_release);
@@ -198,11 +197,6 @@ void StreamReactor::Pump() {
     } else if (shutting_down_ && !reads_done_) {
       st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
     }
-    if (metrics_ != nullptr) {
-      metrics_->RecordRequest(
-          "StreamScore", st.error_code(),
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
-    }
     // A named stream leaves its alarm and open incident for a reconnect before the client learns
     // that the stream ended (no Process task runs now), so an immediate reconnect finds them.
     if (incidents_ != nullptr && !config_.stream_id().empty()) {
@@ -236,9 +230,11 @@ void StreamReactor::Process(Worker& worker) {
   std::vector<Unsent> encoded;
   for (const auto& r : out) encoded.push_back(Encode(r));
   if (metrics_ != nullptr) {
-    metrics_->RecordQueueAndCompute(
-        "StreamScore", std::chrono::duration<double>(began - submitted_).count(),
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+    const auto now = std::chrono::steady_clock::now();
+    metrics_->RecordQueueAndCompute("StreamScore",
+                                    std::chrono::duration<double>(began - submitted_).count(),
+                                    std::chrono::duration<double>(now - began).count());
+    metrics_->RecordStreamBatch(std::chrono::duration<double>(now - p.received).count());
   }
   absl::MutexLock lock(&mu_);
   processing_ = false;
@@ -306,7 +302,11 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
     return error(
         absl::InvalidArgumentError("the first message must carry config (the model to use)"));
   auto handle = registry_->Get(config_.model(), config_.entity(), config_.version());
-  if (!handle.ok()) return error(handle.status());
+  if (!handle.ok()) {
+    return error(jobs_ != nullptr
+                     ? jobs_->ExplainMissing(handle.status(), config_.model(), config_.entity())
+                     : handle.status());
+  }
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
   ScoreHooks hooks{.feed = feed_, .stream = &config_, .window = &window_, .autopilot = autopilot_};

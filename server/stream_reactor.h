@@ -26,6 +26,7 @@
 #include "options.h"
 #include "server_metrics.h"
 #include "stream_stats.h"
+#include "training_jobs.h"
 #include "window.h"
 
 namespace aeserve::server {
@@ -68,7 +69,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   // A non-OK `denied` (authorisation) ends the stream at once with that status.
   StreamReactor(const Options& options, const ModelRegistry* registry, Executor* executor,
                 StreamTracker* tracker, grpc::Status denied, ServerMetrics* metrics,
-                AnomalyFeed* feed, Autopilot* autopilot);
+                AnomalyFeed* feed, Autopilot* autopilot, const TrainingJobs* jobs = nullptr);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -83,6 +84,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
     v1::StreamScoreRequest request;
     grpc::Status parse_error;  // the message did not parse: answered with an error item
     uint64_t bytes = 0;
+    std::chrono::steady_clock::time_point received;  // for aeserve_request_duration_seconds
   };
   struct Unsent {
     grpc::ByteBuffer message;
@@ -106,9 +108,9 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   ServerMetrics* metrics_;
   AnomalyFeed* feed_;
   Autopilot* autopilot_;
+  const TrainingJobs* jobs_;  // may be null
   bool tracked_ = false;
   std::chrono::steady_clock::time_point submitted_;  // when the batch being scored was queued
-  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   absl::Mutex mu_;
   // The read in flight and the count of messages read: touched only by StartRead's caller (under

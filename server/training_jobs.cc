@@ -109,6 +109,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
                                                    header.num_features()));
   }
   const size_t rows = data.size() / header.num_features();
+  if (auto st = EnoughRows(rows); !st.ok()) return st;
   if (!timestamps_ms.empty() && timestamps_ms.size() != rows) {
     return absl::InvalidArgumentError(absl::StrCat("training data: ", timestamps_ms.size(),
                                                    " timestamps for ", rows,
@@ -189,6 +190,35 @@ std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const 
     }
   }
   return out;
+}
+
+absl::Status TrainingJobs::EnoughRows(uint64_t rows) {
+  if (rows >= kMinTrainingRows) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "training data: ", rows, rows == 1 ? " row" : " rows", "; at least ", kMinTrainingRows,
+      " are needed to learn from and to calibrate a threshold on (hundreds or more are better)"));
+}
+
+absl::Status TrainingJobs::ExplainMissing(const absl::Status& missing, const std::string& model,
+                                          const std::string& entity) const {
+  if (!absl::IsNotFound(missing)) return missing;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, job] : jobs_) {
+    const v1::TrainingJob& s = job->state;
+    if (s.model() != model || (s.entity() != entity && !s.entity().empty()) ||
+        (s.state() != v1::JOB_STATE_QUEUED && s.state() != v1::JOB_STATE_RUNNING)) {
+      continue;
+    }
+    const std::string what = entity.empty() ? absl::StrCat("model '", model, "'")
+                                            : absl::StrCat("model '", model, "/", entity, "'");
+    return absl::UnavailableError(
+        absl::StrCat(what, " has no version yet: training job ", id, " is ",
+                     s.state() == v1::JOB_STATE_QUEUED
+                         ? std::string("queued")
+                         : absl::StrCat("running (epoch ", s.epoch(), " of ", s.epochs(), ")"),
+                     "; it serves once the job succeeds (aectl jobs --model ", model, ")"));
+  }
+  return missing;
 }
 
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
@@ -311,6 +341,7 @@ void TrainingJobs::Run(Job& job) {
       job.header.set_rows(rows);
       job.state.set_rows(rows);
       Publish(job);
+      sourced = EnoughRows(rows);
     }
   }
   engine::TrainRequest req;

@@ -109,6 +109,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "header.rows is required: the number of rows this upload sends (so that a cut upload "
           "is never trained)");
     }
+    if (auto st = TrainingJobs::EnoughRows(h.rows()); !st.ok()) return st;
     const uint64_t max_values = uploads_->options_.max_training_values;
     if (h.rows() > max_values / h.num_features()) {
       return absl::ResourceExhaustedError(

@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "admin_client.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -450,6 +451,165 @@ TEST_F(ObservabilityTest, DeletingAModelUnderAStreamDropsItsSeriesSafely) {
   v1::ScoreResponse resp;
   grpc::ClientContext sctx;
   EXPECT_EQ(scoring_->Score(&sctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// #16 item 9: every call of both services is counted with the status it ends with, whichever path
+// answered it; unary calls get a duration, StreamScore one per batch, watches none.
+TEST_F(ObservabilityTest, EveryCallIsCountedWithItsStatus) {
+  auto admin = v1::ModelAdmin::NewStub(Connect(*server_));
+  auto call = [](auto fn) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return fn(&ctx).error_code();
+  };
+  v1::ListModelsResponse models;
+  EXPECT_EQ(call([&](auto* c) { return scoring_->ListModels(c, {}, &models); }),
+            grpc::StatusCode::OK);
+  v1::GetModelRequest get;
+  get.set_model("plain");
+  v1::ModelInfo info;
+  EXPECT_EQ(call([&](auto* c) { return scoring_->GetModel(c, get, &info); }), grpc::StatusCode::OK);
+  get.set_model("nope");
+  EXPECT_EQ(call([&](auto* c) { return scoring_->GetModel(c, get, &info); }),
+            grpc::StatusCode::NOT_FOUND);
+  v1::ActivateVersionRequest act;
+  act.set_model("plain");  // version 0
+  v1::ModelInfoBrief activated;
+  EXPECT_EQ(call([&](auto* c) { return admin->ActivateVersion(c, act, &activated); }),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  act.set_model("nope");
+  act.set_version(1);
+  EXPECT_EQ(call([&](auto* c) { return admin->ActivateVersion(c, act, &activated); }),
+            grpc::StatusCode::NOT_FOUND);
+  v1::ListTrainingJobsResponse jobs;
+  EXPECT_EQ(call([&](auto* c) { return admin->ListTrainingJobs(c, {}, &jobs); }),
+            grpc::StatusCode::OK);
+  {
+    grpc::ClientContext ctx;
+    v1::WatchAnomaliesRequest w;
+    w.set_model("plain");
+    auto watch = scoring_->WatchAnomalies(&ctx, w);
+    ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_anomaly_watchers") == 1; },
+                        std::chrono::seconds(10)));
+    ctx.TryCancel();
+    EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = scoring_->StreamScore(&ctx);
+    for (int i = 0; i < 4; ++i) {
+      v1::StreamScoreRequest req;
+      if (i == 0) req.mutable_config()->set_model("plain");
+      *req.mutable_samples() = Rows(10, 10 * i);
+      ASSERT_TRUE(stream->Write(req));
+    }
+    stream->WritesDone();
+    v1::StreamScoreResponse r;
+    while (stream->Read(&r)) {
+    }
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+  Score(Rows(5, 0));
+  // The cancelled watch is counted when the server has seen the cancel.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Value(Metrics(),
+                     "aeserve_requests_total{rpc=\"WatchAnomalies\",code=\"CANCELLED\"}") == 1;
+      },
+      std::chrono::seconds(10)));
+  const std::string text = Metrics();
+  auto count = [&](const std::string& rpc, const std::string& code) {
+    return Value(text, "aeserve_requests_total{rpc=\"" + rpc + "\",code=\"" + code + "\"}");
+  };
+  EXPECT_EQ(count("ListModels", "OK"), 1);
+  EXPECT_EQ(count("GetModel", "OK"), 1);
+  EXPECT_EQ(count("GetModel", "NOT_FOUND"), 1);
+  EXPECT_EQ(count("ActivateVersion", "INVALID_ARGUMENT"), 1);
+  EXPECT_EQ(count("ActivateVersion", "NOT_FOUND"), 1);
+  EXPECT_EQ(count("ListTrainingJobs", "OK"), 1);
+  EXPECT_EQ(count("StreamScore", "OK"), 1);
+  EXPECT_EQ(count("Score", "OK"), 1);
+  auto durations = [&](const std::string& rpc) {
+    return Value(text, "aeserve_request_duration_seconds_count{rpc=\"" + rpc + "\"}");
+  };
+  EXPECT_EQ(durations("Score"), 1);
+  EXPECT_EQ(durations("GetModel"), 2);
+  EXPECT_EQ(durations("ActivateVersion"), 2);
+  EXPECT_EQ(durations("StreamScore"), 4) << "one per batch, not one per stream";
+  EXPECT_TRUE(std::isnan(durations("WatchAnomalies"))) << "a watch lasts as long as its client";
+  EXPECT_TRUE(std::isnan(durations("Encode"))) << "an RPC never called adds no series";
+}
+
+// #16 items 7 and 9: a model whose first training job is still running says so (unary and
+// stream), and a deleted model's training gauges leave /metrics with it.
+TEST_F(ObservabilityTest, AModelStillTrainingSaysSoAndItsGaugesLeaveWithIt) {
+  auto admin = v1::ModelAdmin::NewStub(Connect(*server_));
+  auto data = engine::MakeSynthetic(3000, 0, kFeatures, 3, 7);
+  v1::TrainingJobHeader h;
+  h.set_model("fresh");
+  h.set_num_features(kFeatures);
+  h.mutable_spec()->add_encoder_units(512);
+  h.mutable_spec()->set_code_size(4);
+  h.mutable_options()->set_epochs(100000);
+  v1::TrainingJob job;
+  ASSERT_TRUE(CreateJob(admin.get(), h, data.normal, &job).ok());
+  v1::ScoreRequest req;
+  req.set_model("fresh");
+  *req.mutable_samples() = Rows(1, 0);
+  v1::ScoreResponse resp;
+  grpc::ClientContext sctx;
+  grpc::Status st = scoring_->Score(&sctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  EXPECT_NE(st.error_message().find("training job " + job.id()), std::string::npos)
+      << st.error_message();
+  {
+    grpc::ClientContext ctx;
+    auto stream = scoring_->StreamScore(&ctx);
+    v1::StreamScoreRequest sreq;
+    sreq.mutable_config()->set_model("fresh");
+    *sreq.mutable_samples() = Rows(1, 0);
+    ASSERT_TRUE(stream->Write(sreq));
+    stream->WritesDone();
+    v1::StreamScoreResponse r;
+    ASSERT_TRUE(stream->Read(&r));
+    EXPECT_EQ(r.error().code(), static_cast<int>(grpc::StatusCode::UNAVAILABLE));
+    EXPECT_NE(r.error().message().find("has no version yet"), std::string::npos)
+        << r.error().message();
+    while (stream->Read(&r)) {
+    }
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetTrainingJobRequest cancel;
+    cancel.set_id(job.id());
+    v1::TrainingJob ended;
+    ASSERT_TRUE(admin->CancelTrainingJob(&ctx, cancel, &ended).ok());
+  }
+  auto states = WatchToEnd(admin.get(), job.id());
+  ASSERT_FALSE(states.empty());
+  EXPECT_EQ(states.back().state(), v1::JOB_STATE_CANCELLED);
+  grpc::ClientContext sctx2;
+  EXPECT_EQ(scoring_->Score(&sctx2, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND)
+      << "no job: an unknown model again";
+  // A model trained here has training gauges until it is deleted.
+  h.mutable_spec()->set_encoder_units(0, 8);
+  h.mutable_options()->set_epochs(2);
+  ASSERT_TRUE(CreateJob(admin.get(), h, data.normal, &job).ok());
+  states = WatchToEnd(admin.get(), job.id());
+  ASSERT_FALSE(states.empty());
+  ASSERT_EQ(states.back().state(), v1::JOB_STATE_SUCCEEDED) << states.back().error();
+  EXPECT_EQ(Value(Metrics(), "aeserve_training_epoch{model=\"fresh\"}"), 2);
+  {
+    grpc::ClientContext dctx;
+    v1::DeleteModelRequest del;
+    del.set_model("fresh");
+    del.set_force(true);
+    v1::DeleteModelResponse dresp;
+    ASSERT_TRUE(admin->DeleteModel(&dctx, del, &dresp).ok());
+  }
+  const std::string text = Metrics();
+  EXPECT_EQ(text.find("model=\"fresh\""), std::string::npos) << text.substr(0, 3000);
 }
 
 }  // namespace

@@ -110,6 +110,12 @@ TEST_F(Uploads, AShortOrLongUploadCreatesNothing) {
   r = RawStreamCall(server_->channel, kMethod, {HeaderMessage(0), RowsMessage(100)});
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(r.status.error_message().find("header.rows is required"), std::string::npos);
+  // One row (#16 item 7): nothing to learn from or calibrate a threshold on.
+  r = RawStreamCall(server_->channel, kMethod, {HeaderMessage(1), RowsMessage(1)});
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("training data: 1 row; at least 10 are needed"),
+            std::string::npos)
+      << r.status.error_message();
   ExpectNothingCreated();
 }
 
