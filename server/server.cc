@@ -8,7 +8,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "calls_in_flight.h"
 #include "csv.h"
+#include "grpc/grpc.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/impl/server_builder_option.h"
@@ -126,11 +128,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   quota.Resize(static_cast<size_t>(GrpcBufferBytes(o)));
   builder.SetResourceQuota(quota);
   builder.SetMaxSendMessageSize(o.max_message_bytes);
-  if (s->metrics_) {
+  {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> hooks;
+    auto calls = std::make_unique<CallsInFlight>();
+    s->calls_ = calls.get();
+    hooks.push_back(std::move(calls));
     // Every call of the two services is counted with the status it ends with (rpc_metrics.h).
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> counted;
-    counted.push_back(std::make_unique<RpcMetricsFactory>(s->metrics_.get()));
-    builder.experimental().SetInterceptorCreators(std::move(counted));
+    if (s->metrics_) hooks.push_back(std::make_unique<RpcMetricsFactory>(s->metrics_.get()));
+    builder.experimental().SetInterceptorCreators(std::move(hooks));
   }
   builder.RegisterService(s->scoring_.get());
   builder.RegisterService(s->admin_.get());
@@ -443,7 +448,19 @@ void Server::Shutdown() {
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(options_.shutdown_grace_seconds * 1000));
   jobs_->Stop();
+  // In-flight calls get the grace period; once none is left, idle connections are closed instead
+  // of waiting for their clients to hang up (gRPC's shutdown waits for every connection). Closing
+  // them is repeated until the shutdown ends, in case it ran before gRPC stopped listening.
+  std::atomic<bool> ended{false};
+  std::thread closer([&] {
+    while (!ended.load(std::memory_order_acquire)) {
+      if (calls_->count() == 0) grpc_server_cancel_all_calls(grpc_->c_server());
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
   grpc_->Shutdown(deadline);
+  ended.store(true, std::memory_order_release);
+  closer.join();
   executor_->Stop();
   admin_executor_->Stop();
   grpc_->Wait();

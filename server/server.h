@@ -12,6 +12,7 @@
 #include "audit_log.h"
 #include "auth.h"
 #include "autopilot.h"
+#include "calls_in_flight.h"
 #include "executor.h"
 #include "exposer.h"
 #include "grpcpp/server.h"
@@ -69,6 +70,7 @@ class Server {
   StreamTracker streams_;
   std::unique_ptr<ScoringService> scoring_;
   std::unique_ptr<AdminService> admin_;
+  CallsInFlight* calls_ = nullptr;  // owned by grpc_ (its interceptor factory)
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;
   bool shut_down_ = false;

@@ -1,5 +1,5 @@
 // Load and soak on 127.0.0.1: many streams, unary calls, a retrain and version swaps at once, for
-// AESERVE_LOAD_SECONDS (15 in `make test`, 180 in the soak run). No call may fail but the
+// AESERVE_LOAD_SECONDS (8 in `make test`, 180 in the soak run). No call may fail but the
 // deliberate ones, the server's memory and open files stay flat, and a flood beyond capacity is
 // refused with RESOURCE_EXHAUSTED quickly rather than queued without bound.
 #include <signal.h>

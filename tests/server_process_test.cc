@@ -2,9 +2,14 @@
 // exit on SIGTERM with streams open.
 #include "server_process.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <thread>
 
 #include "admin_client.h"
@@ -29,11 +34,20 @@ std::shared_ptr<grpc::Channel> Channel(int port) {
 
 TEST(ServerProcess, HealthIsNotServingUntilTheDemoModelIsReady) {
   TempDir dir("aeserve_health");
+  // The demo file's header and first 1,000 rows: the same path as `make run`, trained in a
+  // fraction of the whole file's time.
+  TempDir data("aeserve_health_csv");
+  const std::string csv = data.path() + "/demo-head.csv";
+  {
+    std::ifstream in(AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv");
+    std::ofstream out(csv);
+    std::string line;
+    for (int i = 0; i <= 1000 && std::getline(in, line); ++i) out << line << '\n';
+    ASSERT_TRUE(out.good());
+  }
   ServerProcess p;
-  ASSERT_TRUE(
-      p.Start(AESERVE_BINARY,
-              {"--host=127.0.0.1", "--port=0", "--metrics_port=0", "--model_dir=" + dir.path(),
-               "--demo_csv=" AESERVE_SOURCE_DIR "/deploy/demo/smd-machine-3-4-train.csv"}))
+  ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                                       "--model_dir=" + dir.path(), "--demo_csv=" + csv}))
       << p.log();
   auto stub = grpc::health::v1::Health::NewStub(Channel(p.port()));
   std::vector<int> seen;
@@ -117,6 +131,40 @@ TEST(ServerProcess, SigtermClosesOpenStreamsAndExitsZero) {
   stub.reset();
   EXPECT_EQ(p.Wait(20), 0) << p.log();
   EXPECT_NE(p.log().find("shut down"), std::string::npos);
+}
+
+// An idle connection (here one that never answers GOAWAY: an HTTP/2 preface and nothing more) does
+// not hold SIGTERM for the grace period: with no call in flight the server closes it and exits.
+// (Before, gRPC's shutdown waited for every client to hang up: 2-5 s for an idle gRPC client, the
+// 20 s for this one, gRPC's limit for a GOAWAY ping.)
+TEST(ServerProcess, AnIdleConnectionDoesNotHoldShutdown) {
+  TempDir dir("aeserve_idle_conn");
+  Store(dir.path(), "plain", TrainSmall(v1::MODEL_KIND_PLAIN));
+  ServerProcess p;
+  ASSERT_TRUE(p.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                                       "--model_dir=" + dir.path(), "--shutdown_grace_seconds=60"}))
+      << p.log();
+  auto stub = v1::Scoring::NewStub(Channel(p.port()));
+  ASSERT_TRUE(WaitFor([&] { return ModelReady(stub.get(), "plain"); }, std::chrono::seconds(10)))
+      << p.log();
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(p.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string preface("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0", 33);
+  ASSERT_EQ(write(fd, preface.data(), preface.size()), static_cast<ssize_t>(preface.size()));
+  // The server has taken the connection when it has answered with its own SETTINGS.
+  char frame[9];
+  ASSERT_EQ(recv(fd, frame, sizeof frame, MSG_WAITALL), 9);
+  EXPECT_EQ(frame[3], 4) << "a SETTINGS frame";
+  p.Signal(SIGTERM);
+  // Well inside the 60-s grace period, and inside the 20 s after which gRPC gives up on a client
+  // that does not answer GOAWAY's ping (the bound leaves room for a slow sanitizer build).
+  EXPECT_EQ(p.Wait(10), 0) << p.log();
+  close(fd);
 }
 
 // Queues a job training a wide model (a model file of about 17 MB, so its write takes long

@@ -410,7 +410,9 @@ class Client:
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True, retain: bool = False) -> admin_pb2.TrainingJob:
         """Uploads `data` (rows x features), trains a new version in the server, and (with wait)
-        watches the job to its end, calling progress(job) on every update. Returns the final
+        watches the job to its end, calling progress(job) once per epoch reported (a slow watcher
+        may miss some: the server sends the latest state, never a backlog), and with the final
+        state only when it reports an epoch not seen yet (no epoch twice). Returns the final
         TrainingJob; raises AeserveError if the job is refused or fails. Every option left unset
         (None, or no layers) takes the server's default (README, "Defaults": 50 epochs, batch 64,
         Adam 1e-3, dropout 0.2, 10% held out, threshold at the 99th percentile; neighbors=0: the
@@ -498,9 +500,11 @@ class Client:
             job = self._admin.CreateTrainingJob(chunks(), metadata=self._metadata)
             if not wait:
                 return job
+            reported = None  # the last epoch given to progress
             for job in self._admin.WatchTrainingJob(admin_pb2.GetTrainingJobRequest(id=job.id),
                                                     metadata=self._metadata):
-                if progress:
+                if progress and job.epoch != reported:
+                    reported = job.epoch
                     progress(job)
         except grpc.RpcError as e:
             raise AeserveError(e.code(), e.details()) from None
