@@ -14,14 +14,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include "dnnl_util.h"
-#include "model.h"
+#include "engine/dnnl_util.h"
+#include "engine/model.h"
+#include "engine/params.h"
+#include "engine/scaler.h"
+#include "engine/spec.h"
+#include "engine/synthetic_data.h"
+#include "engine/trainer.h"
 #include "oneapi/dnnl/dnnl.hpp"
-#include "params.h"
-#include "scaler.h"
-#include "spec.h"
-#include "synthetic_data.h"
-#include "trainer.h"
 
 namespace {
 

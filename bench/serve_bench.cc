@@ -19,17 +19,17 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "dnnl_util.h"
+#include "bench/stream_load.h"
+#include "engine/dnnl_util.h"
+#include "engine/spec.h"
+#include "engine/synthetic_data.h"
+#include "engine/trainer.h"
+#include "engine/window.h"
 #include "grpcpp/grpcpp.h"
-#include "model_store.h"
 #include "proto/echo.grpc.pb.h"
-#include "server.h"
+#include "server/model_store.h"
+#include "server/server.h"
 #include "spdlog/sinks/null_sink.h"
-#include "spec.h"
-#include "stream_load.h"
-#include "synthetic_data.h"
-#include "trainer.h"
-#include "window.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
 // Reading numeric CSV files into a row-major float matrix.
-#include "csv.h"
+#include "engine/csv.h"
 
 #include <cmath>
 #include <fstream>

@@ -1,6 +1,6 @@
 // CSV reading: timestamps parsed to known answers (worked out with Python's datetime), a
 // `timestamp` column kept as times, and one that is not a time left as ids with the reason.
-#include "csv.h"
+#include "engine/csv.h"
 
 #include <sstream>
 

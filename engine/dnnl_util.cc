@@ -1,5 +1,5 @@
 // Small helpers at the one boundary where aeserve calls oneDNN.
-#include "dnnl_util.h"
+#include "engine/dnnl_util.h"
 
 namespace aeserve::engine {
 

@@ -1,5 +1,5 @@
 // Bounded, non-blocking reads of regular files and atomic writes.
-#include "file_io.h"
+#include "engine/file_io.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

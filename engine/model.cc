@@ -1,5 +1,5 @@
 // A loaded, immutable autoencoder that scores, encodes, reconstructs and generates.
-#include "model.h"
+#include "engine/model.h"
 
 #include <algorithm>
 #include <bit>
@@ -8,12 +8,12 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
-#include "dnnl_util.h"
-#include "scaler.h"
-#include "spec.h"
-#include "status_macros.h"
-#include "threshold.h"
-#include "window.h"
+#include "engine/dnnl_util.h"
+#include "engine/scaler.h"
+#include "engine/spec.h"
+#include "engine/status_macros.h"
+#include "engine/threshold.h"
+#include "engine/window.h"
 
 namespace aeserve::engine {
 

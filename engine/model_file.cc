@@ -1,10 +1,10 @@
 // The model file: header (magic, payload length, XXH64) and a serialized v1::ModelFile.
-#include "model_file.h"
+#include "engine/model_file.h"
 
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "file_io.h"
+#include "engine/file_io.h"
 #include "xxhash.h"
 
 namespace aeserve::engine {

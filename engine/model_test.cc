@@ -1,5 +1,5 @@
 // The inference path against a plain reference, the model file format, and bad input.
-#include "model.h"
+#include "engine/model.h"
 
 #include <unistd.h>
 
@@ -11,13 +11,13 @@
 #include <random>
 #include <thread>
 
+#include "engine/model_file.h"
+#include "engine/params.h"
+#include "engine/scaler.h"
+#include "engine/spec.h"
+#include "engine/synthetic_data.h"
+#include "engine/threshold.h"
 #include "gtest/gtest.h"
-#include "model_file.h"
-#include "params.h"
-#include "scaler.h"
-#include "spec.h"
-#include "synthetic_data.h"
-#include "threshold.h"
 
 namespace aeserve::engine {
 namespace {

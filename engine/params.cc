@@ -1,5 +1,5 @@
 // The trainable parameters of an autoencoder: dense layers in plain row-major [out][in] layout.
-#include "params.h"
+#include "engine/params.h"
 
 #include <cmath>
 

@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "aeserve/v1/model.pb.h"
-#include "spec.h"
+#include "engine/spec.h"
 
 namespace aeserve::engine {
 

@@ -1,5 +1,5 @@
 // Feature scaling fitted on training data: z-score, min-max, or none.
-#include "scaler.h"
+#include "engine/scaler.h"
 
 #include <algorithm>
 #include <cmath>

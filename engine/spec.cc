@@ -1,12 +1,12 @@
 // Model specification: validation, defaults, and the layer shapes a spec implies.
-#include "spec.h"
+#include "engine/spec.h"
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "window.h"
+#include "engine/window.h"
 
 namespace aeserve::engine {
 namespace {

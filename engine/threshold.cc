@@ -1,13 +1,13 @@
 // Anomaly thresholds calibrated on the reconstruction errors of held-out normal data.
-#include "threshold.h"
+#include "engine/threshold.h"
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "spec.h"
-#include "status_macros.h"
+#include "engine/spec.h"
+#include "engine/status_macros.h"
 
 namespace aeserve::engine {
 namespace {

@@ -1,10 +1,10 @@
 // Known-answer tests of the threshold methods and p-values, and of the scaler.
-#include "threshold.h"
+#include "engine/threshold.h"
 
 #include <cmath>
 
+#include "engine/scaler.h"
 #include "gtest/gtest.h"
-#include "scaler.h"
 
 namespace aeserve::engine {
 namespace {

@@ -1,10 +1,10 @@
 // One training step's computation on oneDNN: forward, objective, and backward for a fixed batch.
-#include "train_graph.h"
+#include "engine/train_graph.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "dnnl_util.h"
+#include "engine/dnnl_util.h"
 
 namespace aeserve::engine {
 namespace {

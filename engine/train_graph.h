@@ -9,8 +9,8 @@
 
 #include "absl/status/statusor.h"
 #include "aeserve/v1/model.pb.h"
+#include "engine/params.h"
 #include "oneapi/dnnl/dnnl.hpp"
-#include "params.h"
 
 namespace aeserve::engine {
 

@@ -1,14 +1,14 @@
 // Finite-difference gradient checks of the training graph: every activation, loss, model kind,
 // dropout, a padded short batch, and batches with missing values (the masked objective).
-#include "train_graph.h"
+#include "engine/train_graph.h"
 
 #include <cmath>
 #include <random>
 
-#include "dnnl_util.h"
+#include "engine/dnnl_util.h"
+#include "engine/params.h"
+#include "engine/spec.h"
 #include "gtest/gtest.h"
-#include "params.h"
-#include "spec.h"
 
 namespace aeserve::engine {
 namespace {

@@ -1,6 +1,6 @@
 // Training an autoencoder from data: split, scale, Adam over mini-batches, early stopping,
 // calibration of the threshold on the held-out rows.
-#include "trainer.h"
+#include "engine/trainer.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,16 +9,16 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "dnnl_util.h"
-#include "model.h"
-#include "model_file.h"
-#include "params.h"
-#include "scaler.h"
-#include "spec.h"
-#include "status_macros.h"
-#include "threshold.h"
-#include "train_graph.h"
-#include "window.h"
+#include "engine/dnnl_util.h"
+#include "engine/model.h"
+#include "engine/model_file.h"
+#include "engine/params.h"
+#include "engine/scaler.h"
+#include "engine/spec.h"
+#include "engine/status_macros.h"
+#include "engine/threshold.h"
+#include "engine/train_graph.h"
+#include "engine/window.h"
 
 namespace aeserve::engine {
 namespace {

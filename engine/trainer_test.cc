@@ -1,14 +1,14 @@
 // Training end to end: loss falls, anomalies rank above normal rows for every model kind,
 // determinism, early stopping, cancellation, calibration, and bad requests.
-#include "trainer.h"
+#include "engine/trainer.h"
 
 #include <cmath>
 #include <random>
 #include <set>
 
+#include "engine/model.h"
+#include "engine/synthetic_data.h"
 #include "gtest/gtest.h"
-#include "model.h"
-#include "synthetic_data.h"
 
 namespace aeserve::engine {
 namespace {

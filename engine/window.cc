@@ -1,5 +1,5 @@
 // Windows over a time series, for training and for scoring.
-#include "window.h"
+#include "engine/window.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 #include <numbers>
 
 #include "absl/strings/str_cat.h"
-#include "spec.h"
+#include "engine/spec.h"
 
 namespace aeserve::engine {
 namespace {

@@ -1,16 +1,16 @@
 // Windows over a time series: time features worked out by hand, the window's contents step by
 // step, gaps filled or restarting the window, timestamp checks, training windows with a stride,
 // and a series model trained end to end.
-#include "window.h"
+#include "engine/window.h"
 
 #include <cmath>
 #include <limits>
 #include <numbers>
 
+#include "engine/model.h"
+#include "engine/spec.h"
+#include "engine/trainer.h"
 #include "gtest/gtest.h"
-#include "model.h"
-#include "spec.h"
-#include "trainer.h"
 
 namespace aeserve::engine {
 namespace {

@@ -1,12 +1,12 @@
 // The aeserve.v1.ModelAdmin service.
-#include "admin_service.h"
+#include "server/admin_service.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "raw_call.h"
-#include "spec.h"
-#include "status_util.h"
-#include "threshold.h"
+#include "engine/spec.h"
+#include "engine/threshold.h"
+#include "server/raw_call.h"
+#include "server/status_util.h"
 
 namespace aeserve::server {
 namespace {

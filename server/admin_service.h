@@ -3,16 +3,16 @@
 #pragma once
 
 #include "aeserve/v1/admin.grpc.pb.h"
-#include "audit_log.h"
-#include "auth.h"
-#include "autopilot.h"
-#include "executor.h"
-#include "model_registry.h"
-#include "model_view.h"
-#include "options.h"
-#include "raw_call.h"
-#include "training_jobs.h"
-#include "uploads.h"
+#include "server/audit_log.h"
+#include "server/auth.h"
+#include "server/autopilot.h"
+#include "server/executor.h"
+#include "server/model_registry.h"
+#include "server/model_view.h"
+#include "server/options.h"
+#include "server/raw_call.h"
+#include "server/training_jobs.h"
+#include "server/uploads.h"
 
 namespace aeserve::server {
 

@@ -1,11 +1,11 @@
 // WatchAnomalies: a queue, one fan-out thread, and bounded, dropping watcher buffers.
-#include "anomaly_feed.h"
+#include "server/anomaly_feed.h"
 
 #include <algorithm>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
-#include "raw_call.h"
+#include "server/raw_call.h"
 
 namespace aeserve::server {
 

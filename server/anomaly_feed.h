@@ -19,10 +19,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
-#include "executor.h"
 #include "grpcpp/support/slice.h"
-#include "model_registry.h"
-#include "server_metrics.h"
+#include "server/executor.h"
+#include "server/model_registry.h"
+#include "server/server_metrics.h"
 
 namespace aeserve::server {
 

@@ -1,5 +1,5 @@
 // The audit log in the model store.
-#include "audit_log.h"
+#include "server/audit_log.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -14,9 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "file_io.h"
+#include "engine/file_io.h"
 #include "google/protobuf/util/json_util.h"
-#include "model_store.h"
+#include "server/model_store.h"
 
 namespace aeserve::server {
 namespace {

@@ -1,11 +1,11 @@
 // Bearer-token access control.
-#include "auth.h"
+#include "server/auth.h"
 
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "file_io.h"
+#include "engine/file_io.h"
 
 namespace aeserve::server {
 

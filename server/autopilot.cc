@@ -1,5 +1,5 @@
 // The autopilot: retention, retrain triggers, shadow windows and promotion.
-#include "autopilot.h"
+#include "server/autopilot.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -12,11 +12,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "dnnl_util.h"
-#include "executor.h"
-#include "file_io.h"
-#include "model_stats.h"
-#include "window.h"
+#include "engine/dnnl_util.h"
+#include "engine/file_io.h"
+#include "engine/window.h"
+#include "server/executor.h"
+#include "server/model_stats.h"
 
 namespace aeserve::server {
 namespace {

@@ -22,11 +22,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "aeserve/v1/admin.pb.h"
-#include "audit_log.h"
-#include "model_registry.h"
-#include "retention.h"
+#include "server/audit_log.h"
+#include "server/model_registry.h"
+#include "server/retention.h"
+#include "server/training_jobs.h"
 #include "spdlog/logger.h"
-#include "training_jobs.h"
 
 namespace aeserve::server {
 

@@ -1,5 +1,5 @@
 // Matching a request's columns to a model's features by name.
-#include "columns.h"
+#include "server/columns.h"
 
 #include <cmath>
 

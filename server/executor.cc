@@ -1,7 +1,7 @@
 // Scoring workers fed by a bounded queue.
-#include "executor.h"
+#include "server/executor.h"
 
-#include "dnnl_util.h"
+#include "engine/dnnl_util.h"
 
 namespace aeserve::server {
 

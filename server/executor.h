@@ -11,7 +11,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "model.h"
+#include "engine/model.h"
 
 namespace aeserve::server {
 

@@ -1,5 +1,5 @@
 // Alarms and incidents of a stream.
-#include "incidents.h"
+#include "server/incidents.h"
 
 #include <atomic>
 

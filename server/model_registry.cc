@@ -1,5 +1,5 @@
 // The lifecycle core: versions, states, the active version, and the changes the admin API makes.
-#include "model_registry.h"
+#include "server/model_registry.h"
 
 #include <algorithm>
 #include <chrono>

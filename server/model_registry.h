@@ -20,10 +20,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/scoring.pb.h"
-#include "model.h"
-#include "model_stats.h"
-#include "model_store.h"
-#include "server_metrics.h"
+#include "engine/model.h"
+#include "server/model_stats.h"
+#include "server/model_store.h"
+#include "server/server_metrics.h"
 #include "spdlog/logger.h"
 
 namespace aeserve::server {

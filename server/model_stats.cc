@@ -1,5 +1,5 @@
 // Drift and anomaly rate of a model version's live traffic.
-#include "model_stats.h"
+#include "server/model_stats.h"
 
 #include <algorithm>
 #include <cmath>

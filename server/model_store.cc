@@ -1,5 +1,5 @@
 // The model store on disk: versioned model files and the ACTIVE manifest of each key.
-#include "model_store.h"
+#include "server/model_store.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -16,8 +16,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "file_io.h"
-#include "model_file.h"
+#include "engine/file_io.h"
+#include "engine/model_file.h"
 
 namespace aeserve::server {
 

@@ -1,10 +1,10 @@
 // ModelInfo and ModelInfoBrief from the registry's entries.
-#include "model_view.h"
+#include "server/model_view.h"
 
 #include <optional>
 
 #include "absl/strings/str_cat.h"
-#include "window.h"
+#include "engine/window.h"
 
 namespace aeserve::server {
 namespace {

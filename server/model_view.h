@@ -7,7 +7,7 @@
 #include "absl/status/statusor.h"
 #include "aeserve/v1/admin.pb.h"
 #include "aeserve/v1/scoring.pb.h"
-#include "model_registry.h"
+#include "server/model_registry.h"
 
 namespace aeserve::server {
 

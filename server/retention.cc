@@ -1,5 +1,5 @@
 // Retained traffic in checksummed segment files.
-#include "retention.h"
+#include "server/retention.h"
 
 #include <algorithm>
 #include <array>
@@ -10,7 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "file_io.h"
+#include "engine/file_io.h"
 
 namespace aeserve::server {
 namespace {

@@ -1,5 +1,5 @@
 // One interceptor per call: records the status the call ends with, once.
-#include "rpc_metrics.h"
+#include "server/rpc_metrics.h"
 
 #include <chrono>
 

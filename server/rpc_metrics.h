@@ -9,7 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "grpcpp/support/server_interceptor.h"
-#include "server_metrics.h"
+#include "server/server_metrics.h"
 
 namespace aeserve::server {
 

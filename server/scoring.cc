@@ -1,5 +1,5 @@
 // Request validation, engine calls, and columnar responses.
-#include "scoring.h"
+#include "server/scoring.h"
 
 #include <algorithm>
 #include <chrono>
@@ -10,7 +10,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
-#include "columns.h"
+#include "server/columns.h"
 
 namespace aeserve::server {
 namespace {

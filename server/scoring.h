@@ -11,11 +11,11 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "aeserve/v1/scoring.pb.h"
-#include "anomaly_feed.h"
-#include "autopilot.h"
-#include "executor.h"
-#include "model_registry.h"
-#include "window.h"
+#include "engine/window.h"
+#include "server/anomaly_feed.h"
+#include "server/autopilot.h"
+#include "server/executor.h"
+#include "server/model_registry.h"
 
 namespace aeserve::server {
 

@@ -1,8 +1,8 @@
 // The aeserve.v1.Scoring service on gRPC's callback API.
-#include "scoring_service.h"
+#include "server/scoring_service.h"
 
-#include "scoring.h"
-#include "status_util.h"
+#include "server/scoring.h"
+#include "server/status_util.h"
 
 namespace aeserve::server {
 

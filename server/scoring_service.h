@@ -5,17 +5,17 @@
 #include <chrono>
 
 #include "aeserve/v1/scoring.grpc.pb.h"
-#include "anomaly_feed.h"
-#include "auth.h"
-#include "autopilot.h"
-#include "executor.h"
-#include "model_registry.h"
-#include "model_view.h"
-#include "options.h"
-#include "raw_call.h"
-#include "server_metrics.h"
-#include "stream_reactor.h"
-#include "training_jobs.h"
+#include "server/anomaly_feed.h"
+#include "server/auth.h"
+#include "server/autopilot.h"
+#include "server/executor.h"
+#include "server/model_registry.h"
+#include "server/model_view.h"
+#include "server/options.h"
+#include "server/raw_call.h"
+#include "server/server_metrics.h"
+#include "server/stream_reactor.h"
+#include "server/training_jobs.h"
 
 namespace aeserve::server {
 

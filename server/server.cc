@@ -1,5 +1,5 @@
 // The aeserve server: gRPC services, registry, executor, graceful shutdown.
-#include "server.h"
+#include "server/server.h"
 
 #include <chrono>
 #include <cmath>
@@ -8,19 +8,19 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "calls_in_flight.h"
-#include "csv.h"
+#include "engine/csv.h"
+#include "engine/spec.h"
+#include "engine/trainer.h"
 #include "grpc/grpc.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/impl/server_builder_option.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
-#include "rpc_metrics.h"
-#include "spec.h"
-#include "store_sync.h"
-#include "tls_files.h"
-#include "trainer.h"
+#include "server/calls_in_flight.h"
+#include "server/rpc_metrics.h"
+#include "server/store_sync.h"
+#include "server/tls_files.h"
 
 namespace aeserve::server {
 namespace {

@@ -1,5 +1,5 @@
 // What aeserve measures.
-#include "server_metrics.h"
+#include "server/server_metrics.h"
 
 #include <unistd.h>
 

@@ -17,7 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "grpcpp/support/status.h"
-#include "metrics.h"
+#include "server/metrics/metrics.h"
 
 namespace aeserve::server {
 

@@ -1,5 +1,5 @@
 // The registry's repository side: loading the store and following other replicas' changes.
-#include "store_sync.h"
+#include "server/store_sync.h"
 
 #include <algorithm>
 

@@ -5,7 +5,7 @@
 #pragma once
 
 #include "absl/functional/function_ref.h"
-#include "model_registry.h"
+#include "server/model_registry.h"
 
 namespace aeserve::server {
 

@@ -1,13 +1,13 @@
 // StreamScore: ordered, bounded, non-blocking scoring of a telemetry stream.
-#include "stream_reactor.h"
+#include "server/stream_reactor.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "columns.h"
-#include "raw_call.h"
-#include "scoring.h"
+#include "server/columns.h"
+#include "server/raw_call.h"
+#include "server/scoring.h"
 
 namespace aeserve::server {
 

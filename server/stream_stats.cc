@@ -1,5 +1,5 @@
 // A stream's periodic summary.
-#include "stream_stats.h"
+#include "server/stream_stats.h"
 
 #include <algorithm>
 #include <cmath>

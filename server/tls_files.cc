@@ -1,5 +1,5 @@
 // Reads and checks the server's TLS files with OpenSSL (which gRPC itself uses).
-#include "tls_files.h"
+#include "server/tls_files.h"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "file_io.h"
+#include "engine/file_io.h"
 
 namespace aeserve::server {
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "options.h"
+#include "server/options.h"
 
 namespace aeserve::server {
 

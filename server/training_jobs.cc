@@ -1,15 +1,15 @@
 // Training jobs: queue, runners, state and watchers.
-#include "training_jobs.h"
+#include "server/training_jobs.h"
 
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "columns.h"
-#include "spec.h"
-#include "threshold.h"
-#include "trainer.h"
-#include "window.h"
+#include "engine/spec.h"
+#include "engine/threshold.h"
+#include "engine/trainer.h"
+#include "engine/window.h"
+#include "server/columns.h"
 
 namespace aeserve::server {
 namespace {

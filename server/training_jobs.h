@@ -16,10 +16,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.pb.h"
-#include "audit_log.h"
-#include "byte_budget.h"
-#include "model_registry.h"
-#include "server_metrics.h"
+#include "server/audit_log.h"
+#include "server/byte_budget.h"
+#include "server/model_registry.h"
+#include "server/server_metrics.h"
 #include "spdlog/logger.h"
 
 namespace aeserve::server {

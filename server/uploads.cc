@@ -1,13 +1,13 @@
 // CreateTrainingJob uploads: declared size, shared budget, idle timeout, all-or-nothing jobs.
-#include "uploads.h"
+#include "server/uploads.h"
 
 #include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
-#include "raw_call.h"
-#include "status_util.h"
-#include "window.h"
+#include "engine/window.h"
+#include "server/raw_call.h"
+#include "server/status_util.h"
 
 namespace aeserve::server {
 

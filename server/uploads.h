@@ -12,10 +12,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.grpc.pb.h"
-#include "autopilot.h"
-#include "byte_budget.h"
-#include "options.h"
-#include "training_jobs.h"
+#include "server/autopilot.h"
+#include "server/byte_budget.h"
+#include "server/options.h"
+#include "server/training_jobs.h"
 
 namespace aeserve::server {
 

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "gtest/gtest.h"
-#include "server_process.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "tests/server_process.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {

@@ -3,11 +3,11 @@
 #include <fstream>
 #include <thread>
 
-#include "admin_client.h"
-#include "audit_log.h"
 #include "gtest/gtest.h"
-#include "test_models.h"
-#include "test_server.h"
+#include "server/audit_log.h"
+#include "tests/admin_client.h"
+#include "tests/test_models.h"
+#include "tests/test_server.h"
 
 namespace aeserve {
 namespace {

@@ -7,13 +7,13 @@
 #include <fstream>
 #include <limits>
 
-#include "admin_client.h"
 #include "gtest/gtest.h"
-#include "process_client.h"
-#include "retained_files.h"
-#include "retention.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "server/retention.h"
+#include "tests/admin_client.h"
+#include "tests/process_client.h"
+#include "tests/retained_files.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {

@@ -1,7 +1,7 @@
 // Alarms and incidents of a stream, worked out by hand (no gRPC): k-of-n debounce, incident
 // opened / updated / closed with its first and last sample, count and worst sample, and a named
 // stream's state kept across a reconnect.
-#include "incidents.h"
+#include "server/incidents.h"
 
 #include "gtest/gtest.h"
 

@@ -5,18 +5,18 @@
 #include <cmath>
 #include <thread>
 
-#include "admin_client.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
-#include "csv.h"
+#include "engine/csv.h"
+#include "engine/model.h"
+#include "engine/synthetic_data.h"
+#include "engine/threshold.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "http_get.h"
-#include "model.h"
-#include "server.h"
-#include "synthetic_data.h"
-#include "test_models.h"
-#include "test_server.h"
-#include "threshold.h"
+#include "server/server.h"
+#include "tests/admin_client.h"
+#include "tests/http_get.h"
+#include "tests/test_models.h"
+#include "tests/test_server.h"
 
 namespace aeserve::testing {
 namespace {

@@ -10,13 +10,13 @@
 #include <mutex>
 #include <thread>
 
-#include "admin_client.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "server_process.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "tests/admin_client.h"
+#include "tests/server_process.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {

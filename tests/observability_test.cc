@@ -11,16 +11,16 @@
 #include <set>
 #include <thread>
 
-#include "admin_client.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "http_get.h"
-#include "server.h"
-#include "server_process.h"
-#include "test_models.h"
-#include "test_server.h"
-#include "wait_for.h"
+#include "server/server.h"
+#include "tests/admin_client.h"
+#include "tests/http_get.h"
+#include "tests/server_process.h"
+#include "tests/test_models.h"
+#include "tests/test_server.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {

@@ -12,10 +12,10 @@
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "http_get.h"
-#include "server_process.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "tests/http_get.h"
+#include "tests/server_process.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 

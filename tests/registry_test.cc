@@ -5,10 +5,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "model_registry.h"
-#include "model_view.h"
-#include "store_sync.h"
-#include "test_models.h"
+#include "server/model_registry.h"
+#include "server/model_view.h"
+#include "server/store_sync.h"
+#include "tests/test_models.h"
 
 namespace aeserve::testing {
 namespace {

@@ -1,13 +1,13 @@
 // Retained traffic on its own (issue #15 part 1): segments, bounds, checksums, the flagged-rows
 // policy and time order.
-#include "retention.h"
+#include "server/retention.h"
 
 #include <filesystem>
 #include <fstream>
 
 #include "gtest/gtest.h"
-#include "retained_files.h"
-#include "test_models.h"
+#include "tests/retained_files.h"
+#include "tests/test_models.h"
 
 namespace aeserve::testing {
 namespace {

@@ -7,12 +7,12 @@
 
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
+#include "engine/model.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "model.h"
-#include "server.h"
-#include "test_models.h"
-#include "test_server.h"
+#include "server/server.h"
+#include "tests/test_models.h"
+#include "tests/test_server.h"
 
 namespace aeserve::testing {
 namespace {

@@ -3,13 +3,13 @@
 #include <fstream>
 #include <sstream>
 
-#include "admin_client.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "server.h"
-#include "test_models.h"
-#include "test_server.h"
+#include "server/server.h"
+#include "tests/admin_client.h"
+#include "tests/test_models.h"
+#include "tests/test_server.h"
 
 namespace aeserve::testing {
 namespace {

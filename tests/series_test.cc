@@ -8,12 +8,12 @@
 #include <cstring>
 #include <numbers>
 
-#include "admin_client.h"
+#include "engine/model.h"
+#include "engine/window.h"
 #include "gtest/gtest.h"
-#include "model.h"
-#include "process_client.h"
-#include "test_models.h"
-#include "window.h"
+#include "tests/admin_client.h"
+#include "tests/process_client.h"
+#include "tests/test_models.h"
 
 namespace aeserve::testing {
 namespace {

@@ -1,6 +1,6 @@
 // The aeserve binary as users run it: health transitions while the demo model trains, and a clean
 // exit on SIGTERM with streams open.
-#include "server_process.h"
+#include "tests/server_process.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -12,14 +12,14 @@
 #include <fstream>
 #include <thread>
 
-#include "admin_client.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
+#include "engine/model_file.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
-#include "model_file.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "tests/admin_client.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 // The health proto's generated client lives in gRPC's library; this is its wire form.
 #include "grpc/health/v1/health.grpc.pb.h"

@@ -3,12 +3,12 @@
 // and watchers told the server is going away.
 #include <thread>
 
-#include "admin_client.h"
 #include "gtest/gtest.h"
-#include "process_client.h"
-#include "raw_client.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "tests/admin_client.h"
+#include "tests/process_client.h"
+#include "tests/raw_client.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {

@@ -9,10 +9,10 @@
 
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "gtest/gtest.h"
-#include "http_get.h"
-#include "process_client.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "tests/http_get.h"
+#include "tests/process_client.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {

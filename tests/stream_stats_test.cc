@@ -1,6 +1,6 @@
 // StreamStats known answers: counts, mean and order-statistic quantiles per window, totals across
 // windows, and when a summary is due (by batches, by seconds).
-#include "stream_stats.h"
+#include "server/stream_stats.h"
 
 #include <cmath>
 

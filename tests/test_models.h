@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/synthetic_data.h"
+#include "engine/trainer.h"
 #include "gtest/gtest.h"
-#include "model_store.h"
-#include "synthetic_data.h"
-#include "trainer.h"
+#include "server/model_store.h"
 
 namespace aeserve::testing {
 

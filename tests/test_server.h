@@ -8,7 +8,7 @@
 
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "server.h"
+#include "server/server.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spdlog/spdlog.h"
 

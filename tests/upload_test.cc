@@ -5,13 +5,13 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "admin_client.h"
 #include "gtest/gtest.h"
-#include "http_get.h"
-#include "process_client.h"
-#include "raw_client.h"
-#include "test_models.h"
-#include "wait_for.h"
+#include "tests/admin_client.h"
+#include "tests/http_get.h"
+#include "tests/process_client.h"
+#include "tests/raw_client.h"
+#include "tests/test_models.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {

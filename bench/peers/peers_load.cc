@@ -15,12 +15,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
-#include "dnnl_util.h"
+#include "bench/stream_load.h"
+#include "engine/dnnl_util.h"
+#include "engine/model.h"
+#include "engine/params.h"
+#include "engine/spec.h"
 #include "grpcpp/grpcpp.h"
-#include "model.h"
-#include "params.h"
-#include "spec.h"
-#include "stream_load.h"
 
 namespace {
 

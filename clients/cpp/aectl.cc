@@ -21,11 +21,11 @@
 #include "absl/time/time.h"
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
-#include "csv.h"
+#include "clients/cpp/json_writer.h"
+#include "engine/csv.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "json_writer.h"
 
 namespace {
 

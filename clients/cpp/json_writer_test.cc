@@ -1,5 +1,5 @@
 // JsonWriter known answers: nesting and commas, escaping, non-finite numbers.
-#include "json_writer.h"
+#include "clients/cpp/json_writer.h"
 
 #include <cmath>
 

@@ -1,5 +1,5 @@
 // Serves a Registry at /metrics over HTTP with civetweb.
-#include "exposer.h"
+#include "server/metrics/exposer.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -13,7 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "civetweb.h"
-#include "text_serializer.h"
+#include "server/metrics/text_serializer.h"
 
 namespace aeserve::metrics {
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "metrics.h"
+#include "server/metrics/metrics.h"
 
 struct mg_context;
 struct mg_connection;

@@ -1,5 +1,5 @@
 // A small Prometheus client with prometheus-cpp's names and rules.
-#include "metrics.h"
+#include "server/metrics/metrics.h"
 
 #include <algorithm>
 #include <cmath>

@@ -14,7 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "metric_family.h"
+#include "server/metrics/metric_family.h"
 
 namespace aeserve::metrics {
 

@@ -1,14 +1,14 @@
 // Golden-text tests of the exposition format, the metric types, and the HTTP endpoint.
-#include "metrics.h"
+#include "server/metrics/metrics.h"
 
 #include <zlib.h>
 
 #include <cmath>
 #include <thread>
 
-#include "exposer.h"
 #include "gtest/gtest.h"
-#include "text_serializer.h"
+#include "server/metrics/exposer.h"
+#include "server/metrics/text_serializer.h"
 
 namespace aeserve::metrics {
 namespace {

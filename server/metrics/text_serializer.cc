@@ -1,5 +1,5 @@
 // Prometheus text exposition format 0.0.4.
-#include "text_serializer.h"
+#include "server/metrics/text_serializer.h"
 
 #include <cmath>
 #include <cstdio>

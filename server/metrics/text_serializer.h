@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "metric_family.h"
+#include "server/metrics/metric_family.h"
 
 namespace aeserve::metrics {
 

@@ -5,8 +5,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "metrics.h"
-#include "text_serializer.h"
+#include "server/metrics/metrics.h"
+#include "server/metrics/text_serializer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace aeserve::metrics;

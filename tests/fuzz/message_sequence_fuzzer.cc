@@ -12,12 +12,12 @@
 #include <string>
 #include <vector>
 
-#include "model_store.h"
-#include "raw_client.h"
-#include "server.h"
-#include "small_model.h"
+#include "server/model_store.h"
+#include "server/server.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spdlog/spdlog.h"
+#include "tests/fuzz/small_model.h"
+#include "tests/raw_client.h"
 
 namespace {
 

@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "model.h"
-#include "model_file.h"
+#include "engine/model.h"
+#include "engine/model_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size > (1 << 20)) return 0;

@@ -4,10 +4,10 @@
 #include <cstdint>
 #include <memory>
 
-#include "executor.h"
-#include "model.h"
-#include "scoring.h"
-#include "small_model.h"
+#include "engine/model.h"
+#include "server/executor.h"
+#include "server/scoring.h"
+#include "tests/fuzz/small_model.h"
 
 namespace {
 

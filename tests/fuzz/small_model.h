@@ -5,8 +5,8 @@
 #include <random>
 
 #include "aeserve/v1/model.pb.h"
-#include "params.h"
-#include "spec.h"
+#include "engine/params.h"
+#include "engine/spec.h"
 
 namespace aeserve::fuzz {
 
