@@ -1,6 +1,7 @@
 // One interceptor per call: records the status the call ends with, once.
 #include "server/rpc_metrics.h"
 
+#include <atomic>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -17,19 +18,21 @@ class RpcMetricsInterceptor : public grpc::experimental::Interceptor {
       : metrics_(metrics), method_(method) {}
   ~RpcMetricsInterceptor() override {
     // A call that ended without a status of its own (gRPC's core gave up on it).
-    if (!recorded_) Record(grpc::StatusCode::CANCELLED);
+    Record(grpc::StatusCode::CANCELLED);
   }
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     // Recorded before the status leaves, so a client that has its answer sees it counted.
-    if (!recorded_ && m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+    if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       Record(m->GetSendStatus().error_code());
     }
     m->Proceed();
   }
 
  private:
+  // Once per call. The hooks of one call run on whichever gRPC thread completes its operations
+  // (gRPC orders them, but invisibly to TSan), so the flag is atomic.
   void Record(grpc::StatusCode code) {
-    recorded_ = true;
+    if (recorded_.exchange(true, std::memory_order_acq_rel)) return;
     const double seconds =
         method_->streaming
             ? -1
@@ -39,7 +42,7 @@ class RpcMetricsInterceptor : public grpc::experimental::Interceptor {
   ServerMetrics* metrics_;
   const RpcMetricsFactory::Method* method_;
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  bool recorded_ = false;
+  std::atomic<bool> recorded_{false};
 };
 
 }  // namespace
