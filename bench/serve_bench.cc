@@ -180,14 +180,19 @@ int main(int argc, char** argv) {
   int neighbors = -1;  // --neighbors=N: the model's ModelSpec.neighbors (unset = the default score)
   bool series_only = false;  // --series-only: just the windowed-vs-plain table
   bool unary_only = false;   // --unary-only: just the unary latency table
+  bool lock_order = false;   // --lock-order-checks: keep Abseil's deadlock detection (aeserve's
+                             // --lock_order_checks), to measure what switching it off gains
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
       std::printf(
           "usage: serve_bench [--seconds=S] [--neighbors=N] [--series-only] [--unary-only]\n"
+          "                   [--lock-order-checks]\n"
           "  StreamScore throughput and unary latency of aeserve beside a bare gRPC echo\n"
           "  and the engine in-process (about 70 s with the default 1.5 s per figure);\n"
           "  --neighbors=0 benchmarks the autoencoder alone; --series-only runs only the\n"
-          "  windowed-vs-plain streaming table, --unary-only only the unary latency.\n");
+          "  windowed-vs-plain streaming table, --unary-only only the unary latency;\n"
+          "  --lock-order-checks keeps Abseil's deadlock detection on, as aeserve\n"
+          "  --lock_order_checks does (the aeserve default is off).\n");
       return 0;
     }
     if (std::strncmp(argv[i], "--seconds=", 10) == 0) {
@@ -198,6 +203,8 @@ int main(int argc, char** argv) {
       series_only = true;
     } else if (std::strcmp(argv[i], "--unary-only") == 0) {
       unary_only = true;
+    } else if (std::strcmp(argv[i], "--lock-order-checks") == 0) {
+      lock_order = true;
     } else {
       std::fprintf(stderr, "serve_bench: unknown argument '%s' (--help lists them)\n", argv[i]);
       return 2;
@@ -254,6 +261,8 @@ int main(int argc, char** argv) {
   windows_file.clear_series_columns();
   const server::ModelKey wkey{"windows", ""};
   (void)store.WriteActive(wkey, *store.AddVersion(wkey, windows_file));
+  // As the aeserve binary does unless --lock_order_checks (server/main.cc).
+  if (!lock_order) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   server::Options o;
   o.host = "127.0.0.1";
   o.port = 0;

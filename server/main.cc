@@ -9,6 +9,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "server/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -21,6 +22,9 @@ const aeserve::server::Options& Defaults() {
 }
 }  // namespace
 
+ABSL_FLAG(bool, lock_order_checks, false,
+          "Abseil's lock-order (deadlock) detection: a debugging aid that updates a lock graph on "
+          "every mutex operation (Debian's Abseil has it on unless the program turns it off).");
 ABSL_FLAG(std::string, host, Defaults().host,
           "Address to listen on for gRPC (127.0.0.1 for local only).");
 ABSL_FLAG(int, port, Defaults().port, "gRPC port; 0 picks a free port (printed at start).");
@@ -111,6 +115,9 @@ int main(int argc, char** argv) {
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
+  if (!absl::GetFlag(FLAGS_lock_order_checks)) {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
 
   // Block the stop signals in every thread; one thread waits for them.
   sigset_t stop;

@@ -178,10 +178,13 @@ TEST(Autopilot, DriftRetrainsShadowsAndPromotesWithoutAnyClientAction) {
   p.set_min_interval_seconds(0);
   p.set_shadow_samples(1500);
   p.set_shadow_seconds(120);
-  // How many rows the drift trigger has retained when it fires depends on timing (1,000-3,000);
-  // a candidate trained on the fewer of them may flag fewer than a quarter of its target, which
-  // the default rule rejects. This test is about the pipeline, so only the upper bound applies.
+  // How many rows the drift trigger has retained when it fires depends on timing; a candidate
+  // trained on them may flag fewer than a quarter of its target, or (seen once under ASan: 4.2%
+  // against a target of 1%) more than 4 times it, which the default rule rejects. This test is
+  // about the pipeline, so the flag-rate rule is wide (the rule itself:
+  // ABadCandidateIsRejectedAndTheActiveVersionStays).
   p.set_min_flag_ratio(0);
+  p.set_max_flag_ratio(20);
   {
     grpc::Status set = SetPolicy(*r, p);
     ASSERT_TRUE(set.ok()) << set.error_message() << r->process.log();
