@@ -448,13 +448,21 @@ void Server::Shutdown() {
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(options_.shutdown_grace_seconds * 1000));
   jobs_->Stop();
-  // In-flight calls get the grace period; once none is left, idle connections are closed instead
-  // of waiting for their clients to hang up (gRPC's shutdown waits for every connection). Closing
-  // them is repeated until the shutdown ends, in case it ran before gRPC stopped listening.
+  // In-flight calls get the grace period; once none has been in flight for 50 ms, idle
+  // connections are closed instead of waiting for their clients to hang up (gRPC's shutdown waits
+  // for every connection). The quiet period lets GOAWAY reach the clients first, so a call that
+  // was on its way when the shutdown began is served, not cancelled before it is counted.
+  // Closing is repeated until the shutdown ends (a client may have reconnected in between).
   std::atomic<bool> ended{false};
   std::thread closer([&] {
+    auto quiet_since = std::chrono::steady_clock::now();
     while (!ended.load(std::memory_order_acquire)) {
-      if (calls_->count() == 0) grpc_server_cancel_all_calls(grpc_->c_server());
+      const auto now = std::chrono::steady_clock::now();
+      if (calls_->count() != 0) {
+        quiet_since = now;
+      } else if (now - quiet_since >= std::chrono::milliseconds(50)) {
+        grpc_server_cancel_all_calls(grpc_->c_server());
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   });
