@@ -59,8 +59,10 @@ void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, co
   }
   auto handle = registry_->Get(model, entity, version);
   if (!handle.ok()) {
-    call->Reply(ToGrpc(jobs_ != nullptr ? jobs_->ExplainMissing(handle.status(), model, entity)
-                                        : handle.status()));
+    // Only "no such model" can be a model still training; a missing pinned version stays missing.
+    call->Reply(ToGrpc(jobs_ != nullptr && version == 0
+                           ? jobs_->ExplainMissing(handle.status(), model, entity)
+                           : handle.status()));
     return;
   }
   const bool queued = executor_->TrySubmit([this, ctx, call, rpc, start, h = *std::move(handle),

@@ -450,9 +450,10 @@ void Server::Shutdown() {
   jobs_->Stop();
   // In-flight calls get the grace period; once none has been in flight for 50 ms, idle
   // connections are closed instead of waiting for their clients to hang up (gRPC's shutdown waits
-  // for every connection). The quiet period lets GOAWAY reach the clients first, so a call that
-  // was on its way when the shutdown began is served, not cancelled before it is counted.
-  // Closing is repeated until the shutdown ends (a client may have reconnected in between).
+  // for every connection). The quiet period lets GOAWAY reach the clients first; a call gRPC has
+  // handed to a method but whose interceptor does not exist yet is not counted, so a stall of
+  // over 50 ms at that point could still cut it (UNAVAILABLE). Closing is repeated until the
+  // shutdown ends (a client may have reconnected in between).
   std::atomic<bool> ended{false};
   std::thread closer([&] {
     auto quiet_since = std::chrono::steady_clock::now();

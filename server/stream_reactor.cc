@@ -303,7 +303,7 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
         absl::InvalidArgumentError("the first message must carry config (the model to use)"));
   auto handle = registry_->Get(config_.model(), config_.entity(), config_.version());
   if (!handle.ok()) {
-    return error(jobs_ != nullptr
+    return error(jobs_ != nullptr && config_.version() == 0
                      ? jobs_->ExplainMissing(handle.status(), config_.model(), config_.entity())
                      : handle.status());
   }

@@ -66,11 +66,12 @@ class TrainingJobs {
   absl::StatusOr<v1::TrainingJob> Get(const std::string& id) const;
   std::vector<v1::TrainingJob> List(const std::string& model) const;
   absl::StatusOr<v1::TrainingJob> Cancel(const std::string& id);
-  // `missing` (NOT_FOUND for a model or entity the registry does not know) told better when a job
-  // is still training it: UNAVAILABLE naming the job, its state and epoch. Anything else as is.
   // Fewer rows than this are refused: one row (or a handful) cannot calibrate a threshold.
   static constexpr uint64_t kMinTrainingRows = 10;
   static absl::Status EnoughRows(uint64_t rows);
+  // `missing` (NOT_FOUND for a model or entity the registry does not know; callers pass only
+  // requests for the active version, never a pinned one) told better when a job is still
+  // training it: UNAVAILABLE naming the job, its state and epoch. Anything else as is.
   absl::Status ExplainMissing(const absl::Status& missing, const std::string& model,
                               const std::string& entity) const;
 

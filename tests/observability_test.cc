@@ -562,6 +562,11 @@ TEST_F(ObservabilityTest, AModelStillTrainingSaysSoAndItsGaugesLeaveWithIt) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
   EXPECT_NE(st.error_message().find("training job " + job.id()), std::string::npos)
       << st.error_message();
+  // A pinned version that does not exist stays NOT_FOUND: no job will make it appear.
+  req.set_version(5);
+  grpc::ClientContext pctx;
+  EXPECT_EQ(scoring_->Score(&pctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  req.set_version(0);
   {
     grpc::ClientContext ctx;
     auto stream = scoring_->StreamScore(&ctx);
