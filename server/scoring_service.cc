@@ -59,9 +59,8 @@ void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, co
   }
   auto handle = registry_->Get(model, entity, version);
   if (!handle.ok()) {
-    // Only "no such model" can be a model still training; a missing pinned version stays missing.
-    call->Reply(ToGrpc(jobs_ != nullptr && version == 0
-                           ? jobs_->ExplainMissing(handle.status(), model, entity)
+    call->Reply(ToGrpc(jobs_ != nullptr
+                           ? jobs_->ExplainMissing(handle.status(), model, entity, version)
                            : handle.status()));
     return;
   }

@@ -303,9 +303,9 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
         absl::InvalidArgumentError("the first message must carry config (the model to use)"));
   auto handle = registry_->Get(config_.model(), config_.entity(), config_.version());
   if (!handle.ok()) {
-    return error(jobs_ != nullptr && config_.version() == 0
-                     ? jobs_->ExplainMissing(handle.status(), config_.model(), config_.entity())
-                     : handle.status());
+    return error(jobs_ != nullptr ? jobs_->ExplainMissing(handle.status(), config_.model(),
+                                                          config_.entity(), config_.version())
+                                  : handle.status());
   }
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());

@@ -200,8 +200,8 @@ absl::Status TrainingJobs::EnoughRows(uint64_t rows) {
 }
 
 absl::Status TrainingJobs::ExplainMissing(const absl::Status& missing, const std::string& model,
-                                          const std::string& entity) const {
-  if (!absl::IsNotFound(missing)) return missing;
+                                          const std::string& entity, uint64_t version) const {
+  if (!absl::IsNotFound(missing) || version != 0) return missing;
   absl::MutexLock lock(&mu_);
   for (const auto& [id, job] : jobs_) {
     const v1::TrainingJob& s = job->state;

@@ -69,11 +69,12 @@ class TrainingJobs {
   // Fewer rows than this are refused: one row (or a handful) cannot calibrate a threshold.
   static constexpr uint64_t kMinTrainingRows = 10;
   static absl::Status EnoughRows(uint64_t rows);
-  // `missing` (NOT_FOUND for a model or entity the registry does not know; callers pass only
-  // requests for the active version, never a pinned one) told better when a job is still
-  // training it: UNAVAILABLE naming the job, its state and epoch. Anything else as is.
+  // `missing` (the registry's answer to a request for `version` of model/entity) told better
+  // when it is NOT_FOUND for the active version (0) while a job is still training the model:
+  // UNAVAILABLE naming the job, its state and epoch. Anything else as is: a missing pinned
+  // version will not appear when a job ends.
   absl::Status ExplainMissing(const absl::Status& missing, const std::string& model,
-                              const std::string& entity) const;
+                              const std::string& entity, uint64_t version) const;
 
   // Keeps the rows of an upload whose header says `retain` (the autopilot's history), when the
   // job starts; an error fails the job.
