@@ -165,13 +165,13 @@ ServerMetrics::RpcInstruments& ServerMetrics::Rpc(const std::string& rpc) {
   return *it->second;  // every RPC that reports is added before the server starts
 }
 
-// The series of `family` with `labels`, made on first use and kept in `slot`.
-template <typename T, typename... Extra>
-static T& Lazy(std::atomic<T*>& slot, metrics::Family<T>& family, const metrics::Labels& labels,
-               const Extra&... extra) {
+// The series of `family` that `make()` adds, made on first use and kept in `slot`: after the
+// first call only an atomic load (no labels are built on the hot path).
+template <typename T, typename Make>
+static T& Lazy(std::atomic<T*>& slot, Make make) {
   T* got = slot.load(std::memory_order_acquire);
   if (got == nullptr) {
-    got = &family.Add(labels, extra...);  // the same series if two threads race here
+    got = &make();  // Family::Add: the same series if two threads race here
     slot.store(got, std::memory_order_release);
   }
   return *got;
@@ -180,23 +180,30 @@ static T& Lazy(std::atomic<T*>& slot, metrics::Family<T>& family, const metrics:
 void ServerMetrics::RecordRequest(const std::string& rpc, grpc::StatusCode code, double seconds) {
   RpcInstruments& r = Rpc(rpc);
   const size_t c = std::min<size_t>(static_cast<size_t>(code), 16);
-  Lazy(r.codes[c], requests_,
-       {{"rpc", rpc}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}})
-      .Increment();
-  if (seconds >= 0)
-    Lazy(r.request, request_seconds_, {{"rpc", rpc}}, LatencyBuckets()).Observe(seconds);
+  Lazy(r.codes[c], [&]() -> metrics::Counter& {
+    return requests_.Add(
+        {{"rpc", rpc}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+  }).Increment();
+  if (seconds >= 0) Latency(r.request, request_seconds_, rpc).Observe(seconds);
+}
+
+metrics::Histogram& ServerMetrics::Latency(std::atomic<metrics::Histogram*>& slot,
+                                           metrics::Family<metrics::Histogram>& family,
+                                           const std::string& rpc) {
+  return Lazy(slot, [&]() -> metrics::Histogram& {
+    return family.Add({{"rpc", rpc}}, LatencyBuckets());
+  });
 }
 
 void ServerMetrics::RecordStreamBatch(double seconds) {
-  Lazy(Rpc("StreamScore").request, request_seconds_, {{"rpc", "StreamScore"}}, LatencyBuckets())
-      .Observe(seconds);
+  Latency(Rpc("StreamScore").request, request_seconds_, "StreamScore").Observe(seconds);
 }
 
 void ServerMetrics::RecordQueueAndCompute(const std::string& rpc, double queue_s,
                                           double compute_s) {
   RpcInstruments& r = Rpc(rpc);
-  Lazy(r.queue, queue_seconds_, {{"rpc", rpc}}, LatencyBuckets()).Observe(queue_s);
-  Lazy(r.compute, compute_seconds_, {{"rpc", rpc}}, LatencyBuckets()).Observe(compute_s);
+  Latency(r.queue, queue_seconds_, rpc).Observe(queue_s);
+  Latency(r.compute, compute_seconds_, rpc).Observe(compute_s);
 }
 
 void ServerMetrics::RecordRejected(const std::string& reason) {

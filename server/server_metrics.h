@@ -95,6 +95,10 @@ class ServerMetrics {
     std::array<std::atomic<metrics::Counter*>, 17> codes{};
   };
   RpcInstruments& Rpc(const std::string& rpc);
+  // `rpc`'s histogram of `family` in `slot`, added on first use.
+  static metrics::Histogram& Latency(std::atomic<metrics::Histogram*>& slot,
+                                     metrics::Family<metrics::Histogram>& family,
+                                     const std::string& rpc);
   // From ~ModelMetrics: removes the version's series unless a new holder took its labels since.
   void Release(const std::string& model, const std::string& version);
 
