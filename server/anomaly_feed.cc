@@ -2,7 +2,6 @@
 #include "server/anomaly_feed.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "server/raw_call.h"
@@ -46,14 +45,17 @@ bool AnomalyWatcher::WantsModel(const std::string& model) const {
   return model_.empty() || model_ == model;
 }
 
-void AnomalyWatcher::Offer(const std::shared_ptr<const EventBatch>& batch) {
-  const std::vector<grpc::Slice>* list =
-      incidents_ ? &batch->incidents : (min_severity_ >= 2 ? &batch->critical : &batch->all);
-  if (list->empty()) return;
-  absl::MutexLock lock(&mu_);
-  if (done_) return;
-  queue_.push_back(Waiting{batch, list, 0, list->size()});
-  queued_ += list->size();
+EventBatch::List AnomalyWatcher::list() const {
+  return incidents_ ? EventBatch::kIncidents
+                    : (min_severity_ >= 2 ? EventBatch::kCritical : EventBatch::kAll);
+}
+
+uint64_t AnomalyWatcher::Queue(const std::shared_ptr<const EventBatch>& batch) {
+  const EventBatch::List l = list();
+  const size_t size = batch->size(l);
+  if (size == 0 || done_) return 0;
+  queue_.push_back(Waiting{batch, l, 0, size});
+  queued_ += size;
   uint64_t dropped = 0;
   while (queued_ > buffer_) {  // drop the oldest waiting events
     Waiting& w = queue_.front();
@@ -63,10 +65,32 @@ void AnomalyWatcher::Offer(const std::shared_ptr<const EventBatch>& batch) {
     dropped += n;
     if (w.begin == w.end) queue_.pop_front();
   }
-  if (dropped > 0) {
-    dropped_ += dropped;
-    feed_->CountDropped(dropped);
+  dropped_ += dropped;
+  return dropped;
+}
+
+AnomalyWatcher::Offered AnomalyWatcher::Offer(const std::shared_ptr<const EventBatch>& batch) {
+  if (batch->size(list()) == 0) return {};
+  absl::MutexLock lock(&mu_);
+  Offered o;
+  o.dropped = Queue(batch);
+  Pump();
+  // Stalled: its buffer is full and its client has not taken the write in flight. From here
+  // every event of its kind would drop one from the buffer until that write completes.
+  o.parked = parked_ = !done_ && writing_ && queued_ >= buffer_;
+  return o;
+}
+
+void AnomalyWatcher::CatchUp(const std::vector<std::shared_ptr<const EventBatch>>& batches,
+                             uint64_t missed) {
+  absl::MutexLock lock(&mu_);
+  parked_ = false;
+  uint64_t taken = 0;
+  for (const auto& b : batches) {
+    taken += b->size(list());
+    Queue(b);  // (its drops: the events the feed already counted while this watcher was parked)
   }
+  if (!done_ && missed > taken) dropped_ += missed - taken;
   Pump();
 }
 
@@ -78,10 +102,18 @@ void AnomalyWatcher::Close() {
 }
 
 void AnomalyWatcher::OnWriteDone(bool ok) {
-  absl::MutexLock lock(&mu_);
-  writing_ = false;
-  if (!ok) done_ = true;
-  Pump();
+  {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) done_ = true;
+    // A parked watcher catches up before it sends on (its buffer still full, so the accounting
+    // matches an offer of every batch it missed).
+    if (!parked_ || done_) {
+      Pump();
+      return;
+    }
+  }
+  feed_->Unpark(this);
 }
 
 void AnomalyWatcher::OnCancel() {
@@ -101,9 +133,10 @@ void AnomalyWatcher::Pump() {
   if (finished_ || writing_) return;
   if (!queue_.empty() && !done_) {
     Waiting& w = queue_.front();
-    // The shared serialized event, plus a dropped_before field when events were lost before it
-    // (protobuf merges a field appended to a message).
-    grpc::Slice parts[2] = {(*w.list)[w.begin++], grpc::Slice()};
+    // The shared serialized event (the batch is serialized here if no watcher sent from it
+    // yet), plus a dropped_before field when events were lost before it (protobuf merges a field
+    // appended to a message).
+    grpc::Slice parts[2] = {w.batch->events(w.list)[w.begin++], grpc::Slice()};
     --queued_;
     if (w.begin == w.end) queue_.pop_front();
     size_t n = 1;
@@ -165,68 +198,6 @@ void AnomalyFeed::PublishIncidents(
   Publish(std::move(f));
 }
 
-// Events with the top 3 features of each flagged row; one event per incident change.
-std::shared_ptr<const EventBatch> AnomalyFeed::BuildEvents(const FlaggedRows& f) {
-  if (!f.incidents.empty()) {
-    auto batch = std::make_shared<EventBatch>();
-    batch->model = f.handle.name;
-    v1::AnomalyEvent e;
-    for (const v1::Incident& incident : f.incidents) {
-      e.Clear();
-      e.set_model(f.handle.name);
-      e.set_version(f.handle.version);
-      e.set_entity(f.handle.entity);
-      e.set_stream_id(f.stream_id);
-      e.set_server_time_ms(f.server_time_ms);
-      *e.mutable_incident() = incident;
-      batch->incidents.emplace_back(e.SerializeAsString());
-    }
-    return batch;
-  }
-  const engine::Model& model = *f.handle.model;
-  const uint32_t d = model.num_features();
-  const size_t n = f.errors.size();
-  if (f.feature_errors.size() != n * d)
-    return nullptr;  // scoring always computes them for the feed
-  const float* fe_all = f.feature_errors.data();
-  const double critical = model.file().critical_threshold_value();
-  const bool named = model.file().feature_names_size() == static_cast<int>(d);
-  auto batch = std::make_shared<EventBatch>();
-  batch->model = f.handle.name;
-  batch->all.reserve(n);
-  const uint32_t k = std::min<uint32_t>(3, d);
-  std::vector<uint32_t> idx(d);
-  v1::AnomalyEvent e;
-  for (size_t i = 0; i < n; ++i) {
-    e.Clear();
-    e.set_model(f.handle.name);
-    e.set_version(f.handle.version);
-    e.set_entity(f.handle.entity);
-    e.set_stream_id(f.stream_id);
-    if (!f.ids.empty()) e.set_sample_id(f.ids[i]);
-    if (!f.timestamps_ms.empty()) e.set_timestamp_ms(f.timestamps_ms[i]);
-    e.set_error(f.errors[i]);
-    e.set_score(f.scores[i]);
-    e.set_threshold(f.threshold);
-    e.set_p_value(f.p_values[i]);
-    e.set_severity(critical > 0 && f.scores[i] > critical ? 2 : 1);
-    e.set_server_time_ms(f.server_time_ms);
-    const float* fe = fe_all + i * d;
-    std::iota(idx.begin(), idx.end(), 0u);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [fe](uint32_t a, uint32_t b) {
-      return fe[a] > fe[b] || (fe[a] == fe[b] && a < b);
-    });
-    for (uint32_t j = 0; j < k; ++j) {
-      e.add_top_features(idx[j]);
-      e.add_top_feature_errors(fe[idx[j]]);
-      if (named) e.add_top_feature_names(model.file().feature_names(static_cast<int>(idx[j])));
-    }
-    batch->all.emplace_back(e.SerializeAsString());
-    if (e.severity() == 2) batch->critical.push_back(batch->all.back());
-  }
-  return batch;
-}
-
 void AnomalyFeed::FanOut() {
   for (;;) {
     FlaggedRows rows;
@@ -241,13 +212,98 @@ void AnomalyFeed::FanOut() {
       queue_.pop_front();
       queued_rows_ -= rows.errors.size();
     }
-    std::shared_ptr<const EventBatch> batch = BuildEvents(rows);
-    if (batch == nullptr) continue;
+    auto batch = std::make_shared<const EventBatch>(std::move(rows));
     absl::MutexLock lock(&mu_);
-    for (AnomalyWatcher* w : watchers_) {
-      if (w->WantsModel(batch->model)) w->Offer(batch);  // Offer picks the severity
+    Remember(batch);
+    // Parked watchers drop one buffered event per event of their kind.
+    uint64_t dropped = 0;
+    for (const auto& [kind, count] : parked_kinds_) {
+      if (kind.first.empty() || kind.first == batch->model()) {
+        dropped += count * batch->size(kind.second);
+      }
     }
+    for (size_t i = 0; i < watchers_.size();) {
+      AnomalyWatcher* w = watchers_[i];
+      if (!w->WantsModel(batch->model())) {
+        ++i;
+        continue;
+      }
+      const AnomalyWatcher::Offered o = w->Offer(batch);  // Offer picks the severity
+      dropped += o.dropped;
+      if (o.parked) {
+        Park(w);  // (the last watcher takes its place: not advancing i offers it next)
+      } else {
+        ++i;
+      }
+    }
+    if (dropped > 0) CountDropped(dropped);
   }
+}
+
+void AnomalyFeed::Remember(const std::shared_ptr<const EventBatch>& batch) {
+  std::array<uint64_t, 3>& per_model = published_[batch->model()];
+  for (int l = 0; l < 3; ++l) {
+    const size_t n = batch->size(static_cast<EventBatch::List>(l));
+    per_model[l] += n;
+    published_all_[l] += n;
+  }
+  const auto events = [](const EventBatch& b) {
+    return b.size(EventBatch::kAll) + b.size(EventBatch::kIncidents);
+  };
+  ++seq_;
+  recent_.emplace_back(seq_, batch);
+  recent_events_ += events(*batch);
+  while (recent_.size() > 1 &&
+         recent_events_ - events(*recent_.front().second) >= 4 * kWatcherBuffer) {
+    recent_events_ -= events(*recent_.front().second);
+    recent_.pop_front();
+  }
+}
+
+uint64_t AnomalyFeed::Published(const AnomalyWatcher& w) const {
+  if (w.model().empty()) return published_all_[w.list()];
+  auto it = published_.find(w.model());
+  return it == published_.end() ? 0 : it->second[w.list()];
+}
+
+void AnomalyFeed::Park(AnomalyWatcher* w) {
+  auto it = std::find(watchers_.begin(), watchers_.end(), w);
+  *it = watchers_.back();
+  watchers_.pop_back();
+  parked_.push_back(w);
+  parked_count_.store(static_cast<int>(parked_.size()));
+  ++parked_kinds_[{w->model(), w->list()}];
+  w->in_parked_ = true;
+  w->parked_seq_ = seq_;
+  w->parked_published_ = Published(*w);
+}
+
+void AnomalyFeed::Unpark(AnomalyWatcher* w) {
+  absl::MutexLock lock(&mu_);
+  if (!w->in_parked_) {  // (not expected: Offer parks a watcher only for the feed to park it)
+    w->CatchUp({}, 0);
+    return;
+  }
+  auto it = std::find(parked_.begin(), parked_.end(), w);
+  *it = parked_.back();
+  parked_.pop_back();
+  parked_count_.store(static_cast<int>(parked_.size()));
+  auto kind = parked_kinds_.find({w->model(), w->list()});
+  if (--kind->second == 0) parked_kinds_.erase(kind);
+  w->in_parked_ = false;
+  // The newest batches of its kind since it parked, up to a buffer's worth of events.
+  std::vector<std::shared_ptr<const EventBatch>> batches;
+  size_t events = 0;
+  for (auto r = recent_.rbegin(); r != recent_.rend() && r->first > w->parked_seq_; ++r) {
+    if (events >= kWatcherBuffer) break;
+    const size_t n = w->WantsModel(r->second->model()) ? r->second->size(w->list()) : 0;
+    if (n == 0) continue;
+    batches.push_back(r->second);
+    events += n;
+  }
+  std::reverse(batches.begin(), batches.end());
+  w->CatchUp(batches, Published(*w) - w->parked_published_);
+  watchers_.push_back(w);
 }
 
 bool AnomalyFeed::Subscribe(AnomalyWatcher* w) {
@@ -256,22 +312,34 @@ bool AnomalyFeed::Subscribe(AnomalyWatcher* w) {
     w->Close();
     return true;  // subscribed in name: the watcher finishes as closed
   }
-  if (watchers_.size() >= static_cast<size_t>(max_watchers_)) return false;
-  watchers_.insert(w);
-  watchers_count_.store(static_cast<int>(watchers_.size()));
+  if (watchers_.size() + parked_.size() >= static_cast<size_t>(max_watchers_)) return false;
+  watchers_.push_back(w);
+  watchers_count_.store(static_cast<int>(watchers_.size() + parked_.size()));
   return true;
 }
 
 void AnomalyFeed::Unsubscribe(AnomalyWatcher* w) {
   absl::MutexLock lock(&mu_);
-  watchers_.erase(w);
-  watchers_count_.store(static_cast<int>(watchers_.size()));
+  std::vector<AnomalyWatcher*>& list = w->in_parked_ ? parked_ : watchers_;
+  auto it = std::find(list.begin(), list.end(), w);
+  if (it != list.end()) {
+    *it = list.back();
+    list.pop_back();
+  }
+  if (w->in_parked_) {
+    auto kind = parked_kinds_.find({w->model(), w->list()});
+    if (--kind->second == 0) parked_kinds_.erase(kind);
+    w->in_parked_ = false;
+  }
+  watchers_count_.store(static_cast<int>(watchers_.size() + parked_.size()));
+  parked_count_.store(static_cast<int>(parked_.size()));
 }
 
 void AnomalyFeed::CloseAll() {
   absl::MutexLock lock(&mu_);
   closed_ = true;
   for (AnomalyWatcher* w : watchers_) w->Close();
+  for (AnomalyWatcher* w : parked_) w->Close();
 }
 
 }  // namespace aeserve::server

@@ -195,17 +195,37 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::S
                          std::chrono::system_clock::now().time_since_epoch())
                          .count();
   f.threshold = static_cast<float>(res.threshold);
+  const size_t flagged =
+      static_cast<size_t>(std::count(res.anomalous.begin(), res.anomalous.end(), uint8_t{1}));
+  if (flagged == 0) return;
+  // Events rank features in scaled units: errors asked for in original units go back
+  // (e / scale^2) instead of the engine running the rows again.
+  std::vector<double> back;
+  if (original_units) {
+    back.resize(d);
+    for (uint32_t j = 0; j < d; ++j) {
+      const double sc = h.model->file().scaler().scale(static_cast<int>(j));
+      back[j] = 1.0 / (sc * sc);  // double: no inf/inf
+    }
+  }
+  f.values.resize(flagged * d);
+  f.feature_errors.resize(flagged * d);
+  f.errors.reserve(flagged);
+  f.scores.reserve(flagged);
+  f.p_values.reserve(flagged);
+  size_t out = 0;
   for (size_t i = 0; i < res.anomalous.size(); ++i) {
     if (!res.anomalous[i]) continue;
     const size_t at = sample_of_row != nullptr ? static_cast<size_t>((*sample_of_row)[i]) : i;
-    f.values.insert(f.values.end(), x.begin() + at * d, x.begin() + (at + 1) * d);
-    // Events rank features in scaled units: errors asked for in original units go back
-    // (e * scale^2 / scale^2) instead of the engine running the rows again.
+    std::copy_n(x.begin() + at * d, d, f.values.begin() + out * d);
     const float* fe = res.feature_error.data() + i * d;
-    for (uint32_t j = 0; j < d; ++j) {
-      const double s = original_units ? h.model->file().scaler().scale(static_cast<int>(j)) : 1.0;
-      f.feature_errors.push_back(static_cast<float>(fe[j] / (s * s)));  // double: no inf/inf
+    float* to = f.feature_errors.data() + out * d;
+    if (original_units) {
+      for (uint32_t j = 0; j < d; ++j) to[j] = static_cast<float>(fe[j] * back[j]);
+    } else {
+      std::copy_n(fe, d, to);
     }
+    ++out;
     f.errors.push_back(res.error[i]);
     f.scores.push_back(res.score[i]);
     f.p_values.push_back(res.p_value[i]);

@@ -25,7 +25,8 @@ ScoringService::ScoringService(const Options& options, const ModelRegistry* regi
   // WatchAnomalies reads its request itself, after the token check (raw_call.h).
   StreamServerSide<v1::WatchAnomaliesRequest>(
       "aeserve.v1.Scoring", 5, [this](grpc::CallbackServerContext* ctx) {
-        return new AnomalyWatcher(feed_, 1024, auth_->Check(ctx, Role::kScore));
+        return new AnomalyWatcher(feed_, AnomalyFeed::kWatcherBuffer,
+                                  auth_->Check(ctx, Role::kScore));
       });
   if (!auth_->enabled()) return;
   // With tokens required, every unary method checks the token before its request is read

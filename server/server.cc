@@ -209,12 +209,17 @@ void Server::AddCollectors() {
         family("aeserve_anomaly_watchers", "Open WatchAnomalies calls (bounded by --max_watchers).",
                MetricType::kGauge);
     sample(watchers, {}, static_cast<double>(feed_->watchers()));
+    MetricFamily stalled = family("aeserve_anomaly_watchers_stalled",
+                                  "WatchAnomalies calls whose client is not reading: their buffer "
+                                  "is full and they drop one event per new event.",
+                                  MetricType::kGauge);
+    sample(stalled, {}, static_cast<double>(feed_->stalled()));
     MetricFamily upload = family("aeserve_training_data_bytes",
                                  "Training data held in memory by uploads in progress and queued "
                                  "or running jobs (bounded by --max_upload_bytes).",
                                  MetricType::kGauge);
     sample(upload, {}, static_cast<double>(upload_budget_->used()));
-    return std::vector<MetricFamily>{streams, stream_bytes, queue, jobs, watchers, upload};
+    return std::vector<MetricFamily>{streams, stream_bytes, queue, jobs, watchers, stalled, upload};
   });
   // The autopilot, per generic model with a retrain policy (entity models are not labels).
   r.AddCollector([this, family, sample] {
@@ -450,10 +455,14 @@ void Server::Shutdown() {
   jobs_->Stop();
   // In-flight calls get the grace period; once none has been in flight for 50 ms, idle
   // connections are closed instead of waiting for their clients to hang up (gRPC's shutdown waits
-  // for every connection). The quiet period lets GOAWAY reach the clients first; a call gRPC has
-  // handed to a method but whose interceptor does not exist yet is not counted, so a stall of
-  // over 50 ms at that point could still cut it (UNAVAILABLE). Closing is repeated until the
-  // shutdown ends (a client may have reconnected in between).
+  // for every connection). The server stops listening and sends GOAWAY before the closer starts
+  // (the shutdown below repeats that and waits); the quiet period lets GOAWAY reach the clients
+  // first. A call gRPC has handed to a method but whose interceptor does not exist yet is not
+  // counted, so a stall of over 50 ms at that point could still cut it (UNAVAILABLE). Closing is
+  // repeated until the shutdown ends (a client may have connected before the listener closed).
+  grpc_completion_queue* shut = grpc_completion_queue_create_for_next(nullptr);
+  int shut_tag = 0;
+  grpc_server_shutdown_and_notify(grpc_->c_server(), shut, &shut_tag);
   std::atomic<bool> ended{false};
   std::thread closer([&] {
     auto quiet_since = std::chrono::steady_clock::now();
@@ -470,6 +479,12 @@ void Server::Shutdown() {
   grpc_->Shutdown(deadline);
   ended.store(true, std::memory_order_release);
   closer.join();
+  // The server has shut down, so the first notification is already in the queue.
+  grpc_completion_queue_shutdown(shut);
+  while (grpc_completion_queue_next(shut, gpr_inf_future(GPR_CLOCK_REALTIME), nullptr).type !=
+         GRPC_QUEUE_SHUTDOWN) {
+  }
+  grpc_completion_queue_destroy(shut);
   executor_->Stop();
   admin_executor_->Stop();
   grpc_->Wait();

@@ -354,6 +354,76 @@ TEST_F(ObservabilityTest, AStalledWatcherDoesNotHoldScoringBack) {
   stalled->Finish();
 }
 
+// A watcher whose client stops reading is parked: it is offered no batches (so a thousand of them
+// cost scoring nothing), and each event of its kind is counted as dropped. When it reads again
+// it gets the newest events, in order, and what it lost is counted exactly: every flagged row is
+// either received or in a dropped_before count, and the metric agrees.
+TEST_F(ObservabilityTest, AStalledWatcherResumesWithTheNewestEventsAndAnExactCount) {
+  grpc::ChannelArguments args;  // a small receive window, so the watcher stalls soon
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8192);
+  auto stub = v1::Scoring::NewStub(grpc::CreateCustomChannel(
+      "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials(), args));
+  // Two watchers of different kinds (every model; the model by name), counted apart.
+  grpc::ClientContext ctx_all, ctx_plain;
+  ctx_all.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  ctx_plain.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto all = stub->WatchAnomalies(&ctx_all, v1::WatchAnomaliesRequest());
+  v1::WatchAnomaliesRequest by_name;
+  by_name.set_model("plain");
+  auto plain = stub->WatchAnomalies(&ctx_plain, by_name);
+  ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_anomaly_watchers") == 2; },
+                      std::chrono::seconds(10)));
+  constexpr int kBatches = 20, kRows = 1000;
+  for (int b = 0; b < kBatches; ++b) {
+    v1::Samples s = Rows(kRows, 0, 50.f);
+    for (int i = 0; i < kRows; ++i) s.add_ids(std::to_string(b * kRows + i));
+    ASSERT_EQ(Score(s).num_anomalies(), static_cast<uint32_t>(kRows));
+  }
+  ASSERT_TRUE(WaitFor([&] { return Value(Metrics(), "aeserve_anomaly_watchers_stalled") == 2; },
+                      std::chrono::seconds(10)))
+      << "watchers that do not read are parked";
+  // Each reads up to the last flagged row.
+  uint64_t total_dropped = 0;
+  for (auto* watch : {all.get(), plain.get()}) {
+    uint64_t received = 0, dropped = 0;
+    int64_t last = -1;
+    bool ordered = true;
+    v1::AnomalyEvent e;
+    while (last != kBatches * kRows - 1 && received < kBatches * kRows && watch->Read(&e)) {
+      ++received;
+      dropped += e.dropped_before();
+      const int64_t id = std::stoll(e.sample_id());
+      ordered = ordered && id > last;
+      last = id;
+    }
+    EXPECT_EQ(last, kBatches * kRows - 1) << "the newest event arrives";
+    EXPECT_TRUE(ordered);
+    EXPECT_GT(dropped, 0u);
+    EXPECT_LE(received, 1024u + 1024u) << "about its buffer plus what the window held";
+    EXPECT_EQ(received + dropped, static_cast<uint64_t>(kBatches * kRows))
+        << "received " << received << ", dropped " << dropped;
+    total_dropped += dropped;
+  }
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::string text = Metrics();
+        return Value(text, "aeserve_anomaly_events_dropped_total") == total_dropped &&
+               Value(text, "aeserve_anomaly_watchers_stalled") == 0;
+      },
+      std::chrono::seconds(10)))
+      << Value(Metrics(), "aeserve_anomaly_events_dropped_total") << " vs " << total_dropped;
+  ctx_all.TryCancel();
+  ctx_plain.TryCancel();
+  v1::AnomalyEvent e;
+  while (all->Read(&e)) {
+  }
+  while (plain->Read(&e)) {
+  }
+  all->Finish();
+  plain->Finish();
+}
+
 TEST_F(ObservabilityTest, DriftRisesWhenTheDataShifts) {
   for (int i = 0; i < 3; ++i) Score(Rows(1000, 1000 * i));  // normal traffic fills the window
   auto drift = [&] {

@@ -6,6 +6,7 @@ windows so that they stall), and the server's resident memory. The 0-watcher run
 in the same run.
 
     PYTHONPATH=build/clients/python bench/hardening/watchers.py [--binary build/server/aeserve]
+    ... watchers.py --paired 1000 --calls 300   # two servers, calls alternating: a same-run ratio
 """
 import argparse
 import os
@@ -46,6 +47,60 @@ def rss_mb(pid):
     return float("nan")
 
 
+def demo_server(binary, store):
+    proc, addr = start_server(binary, store, [
+        "--demo_csv=" + os.path.join(ROOT, "deploy/demo/smd-machine-3-4-train.csv"),
+        "--max_watchers=100000"])
+    channel = grpc.insecure_channel(addr)
+    stub = scoring_pb2_grpc.ScoringStub(channel)
+    for _ in range(600):  # the demo model trains at start-up
+        try:
+            info = stub.GetModel(scoring_pb2.GetModelRequest(model="demo"), timeout=5)
+            return proc, addr, channel, stub, info
+        except grpc.RpcError:
+            time.sleep(0.1)
+    raise RuntimeError("the demo model did not load")
+
+
+def paired(a):
+    """Same-run ratio: server B has a.paired frozen watchers, server A none; calls alternate."""
+    with tempfile.TemporaryDirectory() as sa, tempfile.TemporaryDirectory() as sb:
+        servers = [demo_server(a.binary, sa), demo_server(a.binary, sb)]
+        d = servers[0][4].num_features
+        req = scoring_pb2.ScoreRequest(model="demo")
+        req.samples.num_features = d
+        req.samples.values.extend(np.full(2000 * d, 1e3, dtype=np.float32))
+        frozen = subprocess.Popen([sys.executable, "-c", FROZEN_CLIENT, servers[1][1], str(a.paired)],
+                                  stdout=subprocess.PIPE, text=True)
+        frozen.stdout.readline()
+        time.sleep(1)
+        frozen.send_signal(signal.SIGSTOP)
+        for _ in range(a.warmup):
+            for s in servers:
+                s[3].Score(req, timeout=60)
+        time.sleep(1)
+        times = [[], []]
+        for i in range(2 * a.calls):
+            k = i % 2 if (i // 2) % 2 == 0 else 1 - i % 2  # ABBA: neither always goes first
+            t = time.perf_counter()
+            r = servers[k][3].Score(req, timeout=60)
+            times[k].append((time.perf_counter() - t) * 1e3)
+            assert r.num_anomalies == 2000
+        frozen.kill()
+        frozen.wait()
+        p50 = [statistics.median(t) for t in times]
+        print(f"{'watchers':>9} {'p50 ms':>8} {'p90 ms':>8} {'RSS MB':>8}")
+        for k, n in ((0, 0), (1, a.paired)):
+            t = sorted(times[k])
+            print(f"{n:>9} {p50[k]:>8.2f} {t[int(0.9 * len(t))]:>8.2f} {rss_mb(servers[k][0].pid):>8.0f}")
+        print(f"p50 with {a.paired} frozen watchers / without: {p50[1] / p50[0]:.3f}")
+        rc = 0
+        for s in servers:
+            s[2].close()
+            rc |= stop_server(s[0])
+        return 0 if rc == 0 else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--binary", default=os.path.join(ROOT, "build/server/aeserve"))
@@ -55,7 +110,13 @@ def main():
     ap.add_argument("--frozen", action="store_true",
                     help="open the watchers in another process and SIGSTOP it: watchers whose "
                          "client reads nothing at all (a hung client), so their windows fill")
+    ap.add_argument("--paired", type=int, metavar="N", default=0,
+                    help="two servers side by side, one with N frozen watchers and one with none; "
+                         "calls alternate between them (a same-run ratio, robust to the machine's "
+                         "drift); --calls per server")
     a = ap.parse_args()
+    if a.paired:
+        return paired(a)
     with tempfile.TemporaryDirectory() as store:
         proc, addr = start_server(a.binary, store, [
             "--demo_csv=" + os.path.join(ROOT, "deploy/demo/smd-machine-3-4-train.csv"),
