@@ -4,9 +4,9 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 # Warnings are errors in the main (gcc) build; WERROR=OFF relaxes that.
 WERROR ?= ON
-CTEST_ARGS ?= -LE '^(soak|fuzz|bench_smoke)$$'
+CTEST_ARGS ?= -LE '^(soak|fuzz|bench_smoke|image)$$'
 
-.PHONY: deps configure build test run bench bench-smoke clean sanitize tsan fuzz soak
+.PHONY: deps configure build test run bench bench-smoke clean sanitize tsan fuzz soak image image-test
 
 deps:
 	./deploy/install-deps.sh
@@ -58,6 +58,15 @@ fuzz: deps
 	  -DAESERVE_SANITIZE=fuzz -DAESERVE_FUZZ=ON
 	cmake --build build-fuzz -j $(JOBS) --target model_file_fuzzer score_request_fuzzer label_escape_fuzzer message_sequence_fuzzer
 	cd build-fuzz && ctest --output-on-failure -L '^fuzz$$'
+
+# The container image, built with podman from the Dockerfile (base image made with debootstrap, as
+# no registry is reachable), and the test that runs it: health, the demo scored, a clean stop.
+image:
+	./deploy/install-deps.sh image
+	./deploy/image/build.sh
+
+image-test: image build
+	cd $(BUILD) && ctest --output-on-failure -L '^image$$'
 
 # Long runs: 50 SIGKILLs around model writes, 3 minutes of mixed load.
 soak: build

@@ -1,7 +1,10 @@
 #!/bin/sh
 # Installs the Debian bookworm packages aeserve needs: the one place packages are named.
-#   install-deps.sh           build, tests and benchmarks
-#   install-deps.sh runtime   only what the aeserve and aectl binaries load (the container image)
+#   install-deps.sh           build, tests, sanitizers, fuzzing and benchmarks (what CI needs)
+#   install-deps.sh build     only what compiling aeserve, aectl and the Python stubs needs
+#                             (the image's build stage: no torch, sklearn, matplotlib or clang)
+#   install-deps.sh runtime   only what the aeserve and aectl binaries load (the image)
+#   install-deps.sh image     the container tools `make image` and the image test use
 # Idempotent: only packages that are missing are installed. Run as root.
 set -eu
 
@@ -19,7 +22,7 @@ zlib1g
 ca-certificates
 "
 
-PACKAGES="
+BUILD_PACKAGES="
 build-essential
 cmake
 pkg-config
@@ -39,10 +42,14 @@ libcivetweb-dev
 zlib1g-dev
 libxxhash-dev
 libssl-dev
-openssl
-prometheus
 libfast-float-dev
 libcli11-dev
+"
+
+# Tests, peers, evaluation harnesses, sanitizers and fuzzing, on top of the build packages.
+TEST_PACKAGES="
+openssl
+prometheus
 python3-grpcio
 python3-protobuf
 python3-numpy
@@ -61,9 +68,20 @@ libomp-14-dev
 clang-format-14
 "
 
-if [ "${1:-}" = "runtime" ]; then
-  PACKAGES=$RUNTIME_PACKAGES
-fi
+IMAGE_PACKAGES="
+podman
+buildah
+runc
+debootstrap
+"
+
+case "${1:-}" in
+  "") PACKAGES="$BUILD_PACKAGES $TEST_PACKAGES" ;;
+  build) PACKAGES=$BUILD_PACKAGES ;;
+  runtime) PACKAGES=$RUNTIME_PACKAGES ;;
+  image) PACKAGES=$IMAGE_PACKAGES ;;
+  *) echo "install-deps: unknown profile '$1' (none, build, runtime or image)" >&2; exit 2 ;;
+esac
 
 missing=""
 for p in $PACKAGES; do
@@ -78,7 +96,7 @@ if [ -n "$missing" ]; then
   apt-get update -qq
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $missing
-  if [ "${1:-}" = "runtime" ]; then rm -rf /var/lib/apt/lists/*; fi
+  case "${1:-}" in build|runtime) rm -rf /var/lib/apt/lists/* ;; esac
 else
   echo "install-deps: all packages present"
 fi

@@ -71,12 +71,16 @@ class ContainerAndCompose(unittest.TestCase):
         text = open(os.path.join(ROOT, "Dockerfile")).read()
         self.assertEqual(re.findall(r"^FROM (\S+)", text, re.M), ["debian:bookworm-slim"] * 2)
         self.assertIn("./deploy/install-deps.sh", text)           # the same script CI runs
+        self.assertIn("install-deps.sh build", text)
         self.assertIn("install-deps.sh runtime", text)
         self.assertRegex(text, r"(?m)^USER aeserve$")
         self.assertRegex(text, r"(?m)^EXPOSE 50051 9464$")
-        self.assertIn('"health"', text)                           # HEALTHCHECK via gRPC health
+        self.assertRegex(text, r"(?m)^  CMD /usr/local/bin/aectl .* health$")  # gRPC health
         self.assertIn('VOLUME ["/models"]', text)
-        for flag in re.findall(r'"--(\w+)=', text):
+        entrypoint = re.search(r"(?m)^ENTRYPOINT (.*)$", text).group(1)
+        flags = re.findall(r"--(\w+)=", entrypoint)
+        self.assertEqual(flags, ["model_dir", "port", "metrics_port"])
+        for flag in flags:
             self.assertIn(flag, server_flags())
 
     def test_compose(self):
