@@ -337,6 +337,20 @@ ScoringContext::ScoringContext(const Model& m) : model_(m), stream_(m.engine_) {
 
 ScoringContext::~ScoringContext() = default;
 
+namespace {
+
+// True when no value is NaN or infinite (an all-ones exponent): an OR over the bits, in one pass
+// that the compiler vectorizes; the exact check runs only when this finds something.
+bool AllFinite(absl::Span<const float> x) {
+  uint32_t bad = 0;
+  for (const float v : x) {
+    bad |= static_cast<uint32_t>((std::bit_cast<uint32_t>(v) & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+}  // namespace
+
 absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows,
                                std::vector<uint32_t>* missing) const {
   const uint32_t d = num_features();
@@ -347,6 +361,7 @@ absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows,
   }
   *rows = x.size() / d;
   missing->clear();
+  if (AllFinite(x)) return absl::OkStatus();
   for (size_t i = 0; i < x.size(); ++i) {
     if (std::isfinite(x[i])) continue;
     const size_t r = i / d;
@@ -416,7 +431,7 @@ absl::Status Model::RunRows(ScoringContext& ctx, absl::Span<const float> x, size
                             size_t take, uint32_t bucket, const uint32_t* missing, Pass pass,
                             bool logvar) const {
   const float* xb = x.data() + done * num_features();
-  ScaleInto(xb, take, bucket, ctx.in_.data());
+  ScaleInto(xb, take, bucket, missing != nullptr, ctx.in_.data());
   AE_RETURN_IF_ERROR(Run(ctx, bucket, pass, logvar));
   return Impute(ctx, xb, take, bucket, missing == nullptr ? nullptr : missing + done, pass, logvar);
 }
@@ -426,13 +441,19 @@ void Model::Unscale(const ScoringContext& ctx, size_t take, float* out) const {
   for (size_t i = 0; i < take * d; ++i) out[i] = ctx.out_[i] * scale_[i % d] + offset_[i % d];
 }
 
-void Model::ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const {
+void Model::ScaleInto(const float* x, size_t take, uint32_t bucket, bool gaps, float* dst) const {
   const uint32_t d = num_features();
+  const float* offset = offset_.data();
+  const float* inv_scale = inv_scale_.data();
   for (size_t r = 0; r < take; ++r) {
     const float* row = x + r * d;
     float* out = dst + r * d;
-    for (uint32_t j = 0; j < d; ++j) {
-      out[j] = std::isnan(row[j]) ? fill_[j] : (row[j] - offset_[j]) * inv_scale_[j];
+    if (gaps) {
+      for (uint32_t j = 0; j < d; ++j) {
+        out[j] = std::isnan(row[j]) ? fill_[j] : (row[j] - offset[j]) * inv_scale[j];
+      }
+    } else {
+      for (uint32_t j = 0; j < d; ++j) out[j] = (row[j] - offset[j]) * inv_scale[j];
     }
   }
   std::fill(dst + take * d, dst + size_t{bucket} * d, 0.f);

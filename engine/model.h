@@ -122,7 +122,9 @@ class Model {
                        uint32_t bucket, const uint32_t* missing, Pass pass, bool logvar) const;
   // The first `take` rows of the bucket's output, back in original units.
   void Unscale(const ScoringContext& ctx, size_t take, float* out) const;
-  void ScaleInto(const float* x, size_t take, uint32_t bucket, float* dst) const;
+  // Scales `take` rows into the bucket's input, padding with zeros; `gaps`: some values are NaN
+  // (filled in with the training means), else a straight pass the compiler vectorizes.
+  void ScaleInto(const float* x, size_t take, uint32_t bucket, bool gaps, float* dst) const;
   absl::Status Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const;
   absl::Status Impute(ScoringContext& ctx, const float* x, size_t take, uint32_t bucket,
                       const uint32_t* missing, Pass pass, bool logvar) const;

@@ -44,5 +44,7 @@ absl::Status EditThresholds(v1::ModelFile& file, const v1::ThresholdConfig& thre
 // Conformal p-value of `error`: (1 + #{calibration errors >= error}) / (n + 1), in (0, 1].
 // Small means unusual. With no calibration errors it is 1.
 double PValue(float error, absl::Span<const float> sorted_errors);
+// The index of the first element of `sorted` not below `value` (std::lower_bound's answer).
+size_t LowerBound(absl::Span<const float> sorted, float value);
 
 }  // namespace aeserve::engine

@@ -1,7 +1,10 @@
 // Known-answer tests of the threshold methods and p-values, and of the scaler.
 #include "engine/threshold.h"
 
+#include <algorithm>
 #include <cmath>
+#include <random>
+#include <vector>
 
 #include "engine/scaler.h"
 #include "gtest/gtest.h"
@@ -152,6 +155,24 @@ TEST(PValue, ConformalShareOfCalibrationAtLeastAsLarge) {
   EXPECT_DOUBLE_EQ(PValue(0, kOneToTen), 1.0);
   EXPECT_DOUBLE_EQ(PValue(5.5, kOneToTen), 6.0 / 11);
   EXPECT_DOUBLE_EQ(PValue(3, {}), 1.0);
+}
+
+TEST(PValue, BranchFreeSearchAgreesWithStdLowerBound) {
+  // Every size from 0 to 70, with ties (values drawn from 12 levels), searched for each level,
+  // the points between and beyond them, and NaN.
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> level(0, 11);
+  for (size_t n = 0; n <= 70; ++n) {
+    std::vector<float> sorted(n);
+    for (float& v : sorted) v = static_cast<float>(level(rng));
+    std::sort(sorted.begin(), sorted.end());
+    for (float q = -1; q <= 12.5f; q += 0.5f) {
+      const size_t want =
+          static_cast<size_t>(std::lower_bound(sorted.begin(), sorted.end(), q) - sorted.begin());
+      ASSERT_EQ(LowerBound(sorted, q), want) << "n=" << n << " q=" << q;
+    }
+    EXPECT_EQ(LowerBound(sorted, NAN), 0u) << n;  // as std::lower_bound: nothing is below NaN
+  }
 }
 
 TEST(Scaler, StandardKnownAnswerAndConstantColumn) {
