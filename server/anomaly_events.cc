@@ -26,7 +26,7 @@ EventBatch::EventBatch(FlaggedRows rows) : model_(rows.handle.name), rows_(std::
 }
 
 const std::vector<grpc::Slice>& EventBatch::events(List list) const {
-  absl::call_once(once_, [this] { Build(); });
+  std::call_once(once_, [this] { Build(); });
   return lists_[list];
 }
 

@@ -7,10 +7,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "absl/base/call_once.h"
 #include "aeserve/v1/scoring.pb.h"
 #include "grpcpp/support/slice.h"
 #include "server/model_registry.h"
@@ -50,7 +50,9 @@ class EventBatch {
 
   std::string model_;
   size_t sizes_[3] = {0, 0, 0};
-  mutable absl::once_flag once_;
+  // std::call_once, not absl::call_once: its waiters block in pthread_once, which ThreadSanitizer
+  // sees; absl's wait loop is inside Debian's uninstrumented libabsl (a false race in `make tsan`).
+  mutable std::once_flag once_;
   mutable FlaggedRows rows_;  // released once built
   mutable std::vector<grpc::Slice> lists_[3];
   mutable std::atomic<bool> built_{false};
