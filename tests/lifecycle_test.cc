@@ -53,6 +53,7 @@ const Data& Cardio() {
 class LifecycleTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    ASSERT_GT(Cardio().d, 0u) << "every test here trains on ODDS cardio";
     dir_ = std::make_unique<TempDir>("aeserve_lifecycle");
     Start();
   }
