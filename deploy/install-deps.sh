@@ -15,6 +15,8 @@ libprotobuf32
 libabsl20220623
 libspdlog1.10
 libcivetweb1
+libsnappy1v5
+libre2-9
 libxxhash0
 libssl3
 libgomp1
@@ -39,6 +41,8 @@ libbenchmark-dev
 libspdlog-dev
 libfmt-dev
 libcivetweb-dev
+libsnappy-dev
+libre2-dev
 zlib1g-dev
 libxxhash-dev
 libssl-dev
@@ -50,6 +54,7 @@ libcli11-dev
 TEST_PACKAGES="
 openssl
 prometheus
+prometheus-node-exporter
 python3-grpcio
 python3-protobuf
 python3-numpy

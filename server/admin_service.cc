@@ -196,7 +196,7 @@ AdminService::ListTrainingJobsHandler() {
 // checks the token before the request is read (raw_call.h). Indices: the order in admin.proto.
 AdminService::AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
                            Uploads* uploads, Executor* admin_executor, const Authorizer* auth,
-                           const AuditLog* audit, Autopilot* autopilot)
+                           const AuditLog* audit, Autopilot* autopilot, Ingest* ingest)
     : options_(options),
       registry_(registry),
       view_(*registry, options.drift_threshold),
@@ -205,7 +205,8 @@ AdminService::AdminService(const Options& options, ModelRegistry* registry, Trai
       executor_(admin_executor),
       auth_(auth),
       audit_(audit),
-      autopilot_(autopilot) {
+      autopilot_(autopilot),
+      ingest_(ingest) {
   // WatchTrainingJob reads its request itself, after the token check (raw_call.h).
   StreamServerSide<v1::GetTrainingJobRequest>(
       "aeserve.v1.ModelAdmin", 1, [this](grpc::CallbackServerContext* ctx) {
@@ -226,6 +227,7 @@ AdminService::AdminService(const Options& options, ModelRegistry* registry, Trai
   StreamUnary(kService, 11, gate, SetRetrainPolicyHandler());
   StreamUnary(kService, 12, gate, RetrainHandler());
   StreamUnary(kService, 13, gate, StartShadowHandler());
+  StreamUnary(kService, 14, gate, SetIngestBindingHandler());
 }
 
 grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx,
@@ -271,6 +273,10 @@ grpc::ServerUnaryReactor* AdminService::SetRetrainPolicy(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* AdminService::Retrain(grpc::CallbackServerContext* ctx, const Raw* body,
                                                 Raw* out) {
   return Buffered(ctx, body, out, RetrainHandler());
+}
+grpc::ServerUnaryReactor* AdminService::SetIngestBinding(grpc::CallbackServerContext* ctx,
+                                                         const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, SetIngestBindingHandler());
 }
 grpc::ServerUnaryReactor* AdminService::StartShadow(grpc::CallbackServerContext* ctx,
                                                     const Raw* body, Raw* out) {
@@ -424,6 +430,21 @@ UnaryHandler<v1::StartShadowRequest, v1::AutopilotStatus> AdminService::StartSha
         auto status = autopilot_->StartShadow(*key, req.version(), audit->actor());
         if (!status.ok()) return status.status();
         *resp = *std::move(status);
+        return absl::OkStatus();
+      });
+}
+
+UnaryHandler<v1::SetIngestBindingRequest, v1::IngestStatus>
+AdminService::SetIngestBindingHandler() {
+  return Lifecycle<v1::SetIngestBindingRequest, v1::IngestStatus>(
+      [this](const v1::SetIngestBindingRequest& req, v1::IngestStatus* resp,
+             v1::Event* audit) -> absl::Status {
+        auto status = ingest_->SetBinding(req.model(), req.binding(), req.clear());
+        if (!status.ok()) return status.status();
+        *resp = *std::move(status);
+        audit->set_model(req.model());
+        audit->set_action("set-ingest-binding");
+        audit->set_reason(req.clear() ? "binding removed" : resp->binding().ShortDebugString());
         return absl::OkStatus();
       });
 }

@@ -7,6 +7,7 @@
 #include "server/auth.h"
 #include "server/autopilot.h"
 #include "server/executor.h"
+#include "server/ingest.h"
 #include "server/model_registry.h"
 #include "server/model_view.h"
 #include "server/options.h"
@@ -30,8 +31,11 @@ using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
                                         v1::ModelAdmin::WithRawCallbackMethod_SetRetrainPolicy<
                                             v1::ModelAdmin::WithRawCallbackMethod_Retrain<
                                                 v1::ModelAdmin::WithRawCallbackMethod_StartShadow<
-                                                    WithStreamedMethods<
-                                                        v1::ModelAdmin::Service>>>>>>>>>>>>>>;
+                                                    v1::ModelAdmin::
+                                                        WithRawCallbackMethod_SetIngestBinding<
+                                                            WithStreamedMethods<
+                                                                v1::ModelAdmin::
+                                                                    Service>>>>>>>>>>>>>>>;
 
 class AdminService final : public RawAdminService {
  public:
@@ -39,7 +43,7 @@ class AdminService final : public RawAdminService {
   // a request is read.
   AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
                Uploads* uploads, Executor* admin_executor, const Authorizer* auth,
-               const AuditLog* audit, Autopilot* autopilot);
+               const AuditLog* audit, Autopilot* autopilot, Ingest* ingest);
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerReadReactor<Raw>* CreateTrainingJob(grpc::CallbackServerContext* ctx,
@@ -68,6 +72,8 @@ class AdminService final : public RawAdminService {
                                     Raw* resp) override;
   grpc::ServerUnaryReactor* StartShadow(grpc::CallbackServerContext* ctx, const Raw* req,
                                         Raw* resp) override;
+  grpc::ServerUnaryReactor* SetIngestBinding(grpc::CallbackServerContext* ctx, const Raw* req,
+                                             Raw* resp) override;
 
  private:
   template <typename Request, typename Response>
@@ -93,6 +99,7 @@ class AdminService final : public RawAdminService {
   UnaryHandler<v1::SetRetrainPolicyRequest, v1::AutopilotStatus> SetRetrainPolicyHandler();
   UnaryHandler<v1::RetrainRequest, v1::TrainingJob> RetrainHandler();
   UnaryHandler<v1::StartShadowRequest, v1::AutopilotStatus> StartShadowHandler();
+  UnaryHandler<v1::SetIngestBindingRequest, v1::IngestStatus> SetIngestBindingHandler();
 
   const Options& options_;
   ModelRegistry* registry_;
@@ -103,6 +110,7 @@ class AdminService final : public RawAdminService {
   const Authorizer* auth_;
   const AuditLog* audit_;
   Autopilot* autopilot_;
+  Ingest* ingest_;
 };
 
 }  // namespace aeserve::server

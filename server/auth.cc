@@ -41,23 +41,44 @@ const Authorizer::Token* Authorizer::Find(const grpc::CallbackServerContext* ctx
                                           grpc::Status* st) const {
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
-  if (it == md.end()) {
-    *st =
-        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing 'authorization: Bearer <token>'");
+  absl::Status found;
+  const Token* t = it == md.end()
+                       ? FindHeader(std::nullopt, &found)
+                       : FindHeader(std::string(it->second.data(), it->second.size()), &found);
+  if (t == nullptr)
+    *st = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(found.message()));
+  return t;
+}
+
+const Authorizer::Token* Authorizer::FindHeader(const std::optional<std::string>& value,
+                                                absl::Status* st) const {
+  if (!value.has_value()) {
+    *st = absl::UnauthenticatedError("missing 'authorization: Bearer <token>'");
     return nullptr;
   }
-  std::string value(it->second.data(), it->second.size());
   constexpr absl::string_view kBearer = "Bearer ";
-  if (value.rfind(std::string(kBearer), 0) != 0) {
-    *st = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization must be 'Bearer <token>'");
+  if (value->rfind(std::string(kBearer), 0) != 0) {
+    *st = absl::UnauthenticatedError("authorization must be 'Bearer <token>'");
     return nullptr;
   }
-  auto t = tokens_.find(value.substr(kBearer.size()));
+  auto t = tokens_.find(value->substr(kBearer.size()));
   if (t == tokens_.end()) {
-    *st = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
+    *st = absl::UnauthenticatedError("unknown token");
     return nullptr;
   }
   return &t->second;
+}
+
+absl::Status Authorizer::CheckHeader(const std::optional<std::string>& authorization,
+                                     Role needed) const {
+  if (!enabled_) return absl::OkStatus();
+  absl::Status st;
+  const Token* t = FindHeader(authorization, &st);
+  if (t == nullptr) return st;
+  if (static_cast<int>(t->role) < static_cast<int>(needed)) {
+    return absl::PermissionDeniedError("this call needs the admin role");
+  }
+  return absl::OkStatus();
 }
 
 std::string Authorizer::Actor(const grpc::CallbackServerContext* ctx) const {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -22,6 +23,8 @@ class Authorizer {
 
   // UNAUTHENTICATED without a known token, PERMISSION_DENIED when its role is not enough.
   grpc::Status Check(const grpc::CallbackServerContext* ctx, Role needed) const;
+  // The same for an HTTP request's Authorization header (nullopt = absent).
+  absl::Status CheckHeader(const std::optional<std::string>& authorization, Role needed) const;
   bool enabled() const { return enabled_; }
   // Who is calling, for the audit log: the token's name, else the client certificate's subject
   // (mutual TLS), else "anonymous".
@@ -33,6 +36,7 @@ class Authorizer {
     std::string name;
   };
   const Token* Find(const grpc::CallbackServerContext* ctx, grpc::Status* st) const;
+  const Token* FindHeader(const std::optional<std::string>& value, absl::Status* st) const;
   bool enabled_ = false;
   std::map<std::string, Token> tokens_;
 };

@@ -100,6 +100,14 @@ ABSL_FLAG(double, store_poll_seconds, Defaults().store_poll_seconds,
 ABSL_FLAG(double, autopilot_tick_seconds, Defaults().autopilot_tick_seconds,
           "How often retrain policies are re-read from the store, retained rows written, and "
           "retrain triggers and shadow windows checked.");
+ABSL_FLAG(int, ingest_port, Defaults().ingest_port,
+          "Port of the Prometheus remote-write endpoint POST /api/v1/write; 0 = the metrics "
+          "port.");
+ABSL_FLAG(uint32_t, ingest_max_entities, Defaults().ingest_max_entities,
+          "Entities per model the ingest keeps rows and gauges for; further ones are dropped "
+          "and counted.");
+ABSL_FLAG(uint64_t, ingest_max_body_bytes, Defaults().ingest_max_body_bytes,
+          "Largest remote-write body (compressed); larger ones get 413 before they are read.");
 ABSL_FLAG(std::string, demo_csv, Defaults().demo_csv,
           "If the model store is empty, train model 'demo' on this CSV at start-up.");
 
@@ -132,6 +140,9 @@ int main(int argc, char** argv) {
   o.host = absl::GetFlag(FLAGS_host);
   o.port = absl::GetFlag(FLAGS_port);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.ingest_port = absl::GetFlag(FLAGS_ingest_port);
+  o.ingest_max_entities = absl::GetFlag(FLAGS_ingest_max_entities);
+  o.ingest_max_body_bytes = absl::GetFlag(FLAGS_ingest_max_body_bytes);
   o.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
   o.threads = absl::GetFlag(FLAGS_threads);

@@ -41,6 +41,11 @@ struct Options {
       1;  // how often retrain policies, triggers and shadows are checked
   double incident_resume_seconds =
       300;  // a named stream's alarm and open incident survive a reconnect
+  // Prometheus remote write (POST /api/v1/write): 0 = on the metrics port, N = its own port
+  // (-1: a free one, for tests).
+  int ingest_port = 0;
+  uint32_t ingest_max_entities = 10000;        // per model: more entities' samples are dropped
+  uint64_t ingest_max_body_bytes = 16u << 20;  // compressed request body; larger ones get 413
 };
 
 }  // namespace aeserve::server

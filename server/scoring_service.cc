@@ -11,7 +11,7 @@ using Clock = std::chrono::steady_clock;
 ScoringService::ScoringService(const Options& options, const ModelRegistry* registry,
                                Executor* executor, StreamTracker* streams, const Authorizer* auth,
                                ServerMetrics* metrics, AnomalyFeed* feed, Autopilot* autopilot,
-                               const TrainingJobs* jobs)
+                               const TrainingJobs* jobs, const Ingest* ingest)
     : options_(options),
       registry_(registry),
       view_(*registry, options.drift_threshold),
@@ -21,7 +21,8 @@ ScoringService::ScoringService(const Options& options, const ModelRegistry* regi
       metrics_(metrics),
       feed_(feed),
       autopilot_(autopilot),
-      jobs_(jobs) {
+      jobs_(jobs),
+      ingest_(ingest) {
   // WatchAnomalies reads its request itself, after the token check (raw_call.h).
   StreamServerSide<v1::WatchAnomaliesRequest>(
       "aeserve.v1.Scoring", 5, [this](grpc::CallbackServerContext* ctx) {
@@ -197,6 +198,11 @@ void ScoringService::GetModelCall(grpc::CallbackServerContext* ctx,
   v1::AutopilotStatus autopilot;  // only for a model with a retrain policy
   if (info.ok() && autopilot_ != nullptr && autopilot_->Status(*key, &autopilot)) {
     *resp->mutable_autopilot() = std::move(autopilot);
+  }
+  v1::IngestStatus ingest;  // only for a generic model with an ingest binding
+  if (info.ok() && ingest_ != nullptr && key->entity.empty() &&
+      ingest_->Status(key->model, &ingest)) {
+    *resp->mutable_ingest() = std::move(ingest);
   }
   if (info.ok() && req->include_calibration()) {
     auto h = registry_->Handle(*key, 0);

@@ -9,6 +9,7 @@
 #include "server/auth.h"
 #include "server/autopilot.h"
 #include "server/executor.h"
+#include "server/ingest.h"
 #include "server/model_registry.h"
 #include "server/model_view.h"
 #include "server/options.h"
@@ -34,7 +35,7 @@ class ScoringService final : public RawScoringService {
   ScoringService(const Options& options, const ModelRegistry* registry, Executor* executor,
                  StreamTracker* streams, const Authorizer* auth, ServerMetrics* metrics,
                  AnomalyFeed* feed, Autopilot* autopilot = nullptr,
-                 const TrainingJobs* jobs = nullptr);
+                 const TrainingJobs* jobs = nullptr, const Ingest* ingest = nullptr);
 
   using Raw = grpc::ByteBuffer;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const Raw* req,
@@ -81,6 +82,7 @@ class ScoringService final : public RawScoringService {
   AnomalyFeed* feed_;
   Autopilot* autopilot_;      // may be null
   const TrainingJobs* jobs_;  // may be null: explains a model that is still training
+  const Ingest* ingest_;      // may be null
 };
 
 }  // namespace aeserve::server

@@ -18,6 +18,7 @@
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "server/calls_in_flight.h"
+#include "server/remote_write.h"
 #include "server/rpc_metrics.h"
 #include "server/store_sync.h"
 #include "server/tls_files.h"
@@ -103,14 +104,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
                                                     const std::vector<int64_t>& timestamps) {
     return a->RetainUpload(h, values, timestamps);
   });
+  {
+    Ingest::Config ic;
+    ic.limits.max_entities = std::max<uint32_t>(1, o.ingest_max_entities);
+    ic.max_batch_rows = o.max_batch_rows;
+    ic.max_queue = o.max_queue;
+    s->ingest_ = std::make_unique<Ingest>(
+        s->registry_.get(), s->executor_.get(), s->feed_.get(), s->autopilot_.get(),
+        s->metrics_ ? &s->metrics_->registry() : nullptr, ic, s->log_);
+  }
   s->scoring_ = std::make_unique<ScoringService>(
       s->options_, s->registry_.get(), s->executor_.get(), &s->streams_, &s->auth_,
-      s->metrics_.get(), s->feed_.get(), s->autopilot_.get(), s->jobs_.get());
+      s->metrics_.get(), s->feed_.get(), s->autopilot_.get(), s->jobs_.get(), s->ingest_.get());
   s->uploads_ = std::make_unique<Uploads>(s->options_, s->jobs_.get(), s->upload_budget_.get(),
                                           s->autopilot_.get());
-  s->admin_ = std::make_unique<AdminService>(s->options_, s->registry_.get(), s->jobs_.get(),
-                                             s->uploads_.get(), s->admin_executor_.get(), &s->auth_,
-                                             s->audit_.get(), s->autopilot_.get());
+  s->admin_ = std::make_unique<AdminService>(
+      s->options_, s->registry_.get(), s->jobs_.get(), s->uploads_.get(), s->admin_executor_.get(),
+      &s->auth_, s->audit_.get(), s->autopilot_.get(), s->ingest_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -155,6 +165,26 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     if (!exposer.ok()) return exposer.status();
     s->exposer_ = *std::move(exposer);
     s->log_->info("metrics on http://{}:{}/metrics", mhost, s->exposer_->port());
+  }
+  {
+    const RemoteWriteLimits limits{.max_body_bytes = o.ingest_max_body_bytes,
+                                   .max_decoded_bytes = 4 * o.ingest_max_body_bytes};
+    metrics::Exposer::Handler write = [ingest = s->ingest_.get(), auth = &s->auth_,
+                                       limits](const metrics::HttpRequest& r) {
+      return HandleRemoteWrite(r, *ingest, *auth, limits);
+    };
+    const std::string& mhost = o.metrics_host.empty() ? o.host : o.metrics_host;
+    if (o.ingest_port != 0) {
+      auto exposer = metrics::Exposer::Start(o.host, std::max(0, o.ingest_port), nullptr);
+      if (!exposer.ok()) return exposer.status();
+      s->ingest_exposer_ = *std::move(exposer);
+      s->ingest_exposer_->Route("/api/v1/write", std::move(write));
+      s->log_->info("remote write on http://{}:{}/api/v1/write", o.host,
+                    s->ingest_exposer_->port());
+    } else if (s->exposer_) {
+      s->exposer_->Route("/api/v1/write", std::move(write));
+      s->log_->info("remote write on http://{}:{}/api/v1/write", mhost, s->exposer_->port());
+    }
   }
   s->log_->info("listening on {}:{} ({}{}; health NOT_SERVING until models are loaded)", o.host,
                 s->port_,
@@ -414,6 +444,7 @@ absl::Status Server::LoadModels() {
     }
   });
   autopilot_->Start();  // retrain policies in the store: retention on before the first call
+  ingest_->Start();     // ingest bindings in the store
   grpc_->GetHealthCheckService()->SetServingStatus(true);
   log_->info("{} model(s) ready; health SERVING", ready);
   if (options_.store_poll_seconds > 0) {
@@ -429,6 +460,7 @@ absl::Status Server::LoadModels() {
         if (const int changes = sync.Poll(); changes > 0) {
           log_->info("model store: picked up {} change(s) made elsewhere", changes);
         }
+        ingest_->Reload();
       }
     });
   }
@@ -447,6 +479,8 @@ void Server::Shutdown() {
   log_->info("shutting down: finishing in-flight work (grace {} s)",
              options_.shutdown_grace_seconds);
   grpc_->GetHealthCheckService()->SetServingStatus(false);
+  ingest_exposer_.reset();
+  ingest_->Stop();  // remote writes get 503 from here on: Prometheus retries them elsewhere
   streams_.ShutdownAll();
   feed_->CloseAll();
   const auto deadline =

@@ -15,6 +15,7 @@
 #include "server/autopilot.h"
 #include "server/calls_in_flight.h"
 #include "server/executor.h"
+#include "server/ingest.h"
 #include "server/metrics/exposer.h"
 #include "server/model_registry.h"
 #include "server/options.h"
@@ -47,6 +48,8 @@ class Server {
   ModelRegistry& registry() { return *registry_; }
   TrainingJobs& jobs() { return *jobs_; }
   Autopilot& autopilot() { return *autopilot_; }
+  // The port of POST /api/v1/write (the metrics port unless --ingest_port); 0 = none.
+  int ingest_port() const { return ingest_exposer_ ? ingest_exposer_->port() : metrics_port(); }
 
  private:
   Server(const Options& options, std::shared_ptr<spdlog::logger> log);
@@ -67,6 +70,8 @@ class Server {
   std::unique_ptr<TrainingJobs> jobs_;
   std::unique_ptr<Autopilot> autopilot_;
   std::unique_ptr<Uploads> uploads_;
+  std::unique_ptr<Ingest> ingest_;  // after executor_ (scores on it), before the listeners below
+  std::unique_ptr<metrics::Exposer> ingest_exposer_;  // --ingest_port
   StreamTracker streams_;
   std::unique_ptr<ScoringService> scoring_;
   std::unique_ptr<AdminService> admin_;

@@ -1042,6 +1042,57 @@ int SetAutopilot(const Common& c, const AutopilotArgs& a) {
   return 0;
 }
 
+struct IngestArgs {
+  std::string model, entity_label, format = "text";
+  std::vector<std::string> features;  // NAME=SELECTOR
+  uint32_t tolerance_ms = 0, flush_ms = 0;
+  bool off = false;
+};
+
+// aectl ingest bind|unbind: the model's Prometheus remote-write binding.
+int SetIngest(const Common& c, const IngestArgs& a) {
+  v1::SetIngestBindingRequest req;
+  req.set_model(a.model);
+  req.set_clear(a.off);
+  v1::IngestBinding* b = req.mutable_binding();
+  for (const std::string& f : a.features) {
+    const size_t eq = f.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      std::fprintf(stderr,
+                   "aectl: --feature takes NAME=SELECTOR (e.g. cpu='rate(node_cpu_seconds_total"
+                   "{mode=\"user\"})'); got '%s'\n",
+                   f.c_str());
+      return 2;
+    }
+    auto* feature = b->add_features();
+    feature->set_name(f.substr(0, eq));
+    feature->set_selector(f.substr(eq + 1));
+  }
+  b->set_entity_label(a.entity_label);
+  b->set_tolerance_ms(a.tolerance_ms);
+  b->set_flush_ms(a.flush_ms);
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::IngestStatus status;
+  grpc::Status st = stub->SetIngestBinding(&ctx, req, &status);
+  if (!st.ok()) return Fail(st);
+  if (a.format == "json") return PrintJson(status);
+  if (a.off) {
+    std::printf("ingest binding of %s removed\n", a.model.c_str());
+    return 0;
+  }
+  const v1::IngestBinding& r = status.binding();
+  std::printf("%s: %d feature(s) bound; entity label %s; rows within %u ms, flushed after %u ms\n",
+              a.model.c_str(), r.features_size(),
+              r.entity_label().empty() ? "(none)" : r.entity_label().c_str(), r.tolerance_ms(),
+              r.flush_ms());
+  for (const auto& f : r.features()) {
+    std::printf("  %s <- %s\n", f.name().c_str(), f.selector().c_str());
+  }
+  return 0;
+}
+
 int Retrain(const Common& c, const std::string& model, const std::string& entity) {
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
@@ -1557,6 +1608,32 @@ int main(int argc, char** argv) {
       return;
     }
     code = SetAutopilot(c, ap);
+  });
+
+  IngestArgs ig;
+  auto* ingest = app.add_subcommand(
+      "ingest",
+      "bind a model's features to series sent by Prometheus remote write (POST /api/v1/write)");
+  ingest->require_subcommand(1);
+  auto* bind = ingest->add_subcommand("bind", "set the model's binding (replaces the old one)");
+  bind->add_option("model", ig.model)->required();
+  bind->add_option("--feature", ig.features,
+                   "NAME=SELECTOR, once per feature: metric{label=\"v\",...} or rate(...) for "
+                   "a counter")
+      ->required();
+  bind->add_option("--entity-label", ig.entity_label,
+                   "the label naming the entity, e.g. instance (its model, else the generic one)");
+  bind->add_option("--tolerance-ms", ig.tolerance_ms,
+                   "samples this close in time form one row (default 2000)");
+  bind->add_option("--flush-ms", ig.flush_ms,
+                   "a row missing features is scored this much later (default 30000)");
+  bind->add_option("--format", ig.format, "text or json")->check(CLI::IsMember({"text", "json"}));
+  bind->callback([&] { code = SetIngest(c, ig); });
+  auto* unbind = ingest->add_subcommand("unbind", "remove the model's binding");
+  unbind->add_option("model", ig.model)->required();
+  unbind->callback([&] {
+    ig.off = true;
+    code = SetIngest(c, ig);
   });
 
   Target retrain_args;

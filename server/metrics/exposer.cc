@@ -48,7 +48,7 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& host,
   if (e->ctx_ == nullptr) {
     return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", ports));
   }
-  mg_set_request_handler(e->ctx_, "/metrics", &Exposer::Handle, e.get());
+  if (registry != nullptr) mg_set_request_handler(e->ctx_, "/metrics", &Exposer::Handle, e.get());
   mg_server_port server_ports[4];
   const int n = mg_get_server_ports(e->ctx_, 4, server_ports);
   e->port_ = n > 0 ? server_ports[0].port : port;
@@ -78,6 +78,86 @@ Exposer::~Exposer() {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   stopper.join();
+}
+
+void Exposer::Route(const std::string& uri, Handler handler) {
+  routes_.push_back(std::move(handler));
+  mg_set_request_handler(ctx_, uri.c_str(), &Exposer::HandleRoute, &routes_.back());
+}
+
+namespace {
+
+const char* Reason(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 204:
+      return "No Content";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 405:
+      return "Method Not Allowed";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Payload Too Large";
+    case 415:
+      return "Unsupported Media Type";
+    case 429:
+      return "Too Many Requests";
+    case 500:
+      return "Internal Server Error";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Status";
+  }
+}
+
+}  // namespace
+
+int Exposer::HandleRoute(mg_connection* conn, void* handler) {
+  const mg_request_info* info = mg_get_request_info(conn);
+  HttpRequest req;
+  req.method = info->request_method != nullptr ? info->request_method : "";
+  req.header = [conn](const char* name) -> std::optional<std::string> {
+    const char* v = mg_get_header(conn, name);
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  };
+  req.read_body = [conn, info](uint64_t max_bytes) -> absl::StatusOr<std::string> {
+    const long long declared = info->content_length;
+    if (declared < 0) return absl::FailedPreconditionError("a Content-Length header is required");
+    if (static_cast<uint64_t>(declared) > max_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("body of ", declared, " bytes is over the limit of ", max_bytes));
+    }
+    std::string body(static_cast<size_t>(declared), '\0');
+    size_t got = 0;
+    while (got < body.size()) {
+      const int n = mg_read(conn, body.data() + got, body.size() - got);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    if (got < body.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("body ended after ", got, " of ", declared, " bytes"));
+    }
+    return body;
+  };
+  const HttpResponse r = (*static_cast<const Handler*>(handler))(req);
+  std::string head = absl::StrCat(
+      "HTTP/1.1 ", r.status, " ", Reason(r.status), "\r\nContent-Type: ", r.content_type,
+      "\r\nContent-Length: ", r.body.size(), "\r\nConnection: close\r\n");
+  for (const auto& [name, value] : r.headers) absl::StrAppend(&head, name, ": ", value, "\r\n");
+  head += "\r\n";
+  mg_write(conn, head.data(), head.size());
+  mg_write(conn, r.body.data(), r.body.size());
+  return r.status;
 }
 
 int Exposer::Handle(mg_connection* conn, void* self) {

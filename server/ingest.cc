@@ -1,0 +1,540 @@
+// Ingest: bindings, row assembly per model and entity, scoring on the workers, results.
+#include "server/ingest.h"
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "engine/file_io.h"
+#include "server/executor.h"
+#include "server/model_registry.h"
+#include "server/scoring.h"
+
+namespace aeserve::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kBindingFile[] = "INGEST";
+constexpr uint64_t kMaxBindingBytes = 1 << 20;
+constexpr int kMaxFeatures = 4096;
+constexpr uint32_t kDefaultToleranceMs = 2000;
+constexpr uint32_t kDefaultFlushMs = 30000;
+
+int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+bool LabelName(const std::string& s) {
+  if (s.empty() || !(std::isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_')) return false;
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_')) return false;
+  }
+  return true;
+}
+
+// Identifies a series by all its labels (for counter rates).
+uint64_t SeriesHash(const SeriesLabels& labels, size_t feature) {
+  uint64_t h = 1469598103934665603ull ^ feature;
+  for (const auto& [name, value] : labels) {
+    h = (h ^ std::hash<std::string_view>()(name)) * 1099511628211ull;
+    h = (h ^ std::hash<std::string_view>()(value)) * 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+struct Ingest::Bound {
+  Bound(std::string m, v1::IngestBinding b, std::vector<Selector> s, std::string file,
+        const IngestLimits& limits)
+      : model(std::move(m)),
+        binding(std::move(b)),
+        selectors(std::move(s)),
+        bytes(std::move(file)),
+        rows(binding.features_size(), binding.tolerance_ms(), binding.flush_ms(), limits) {}
+
+  const std::string model;
+  const v1::IngestBinding binding;  // resolved
+  const std::vector<Selector> selectors;
+  const std::string bytes;  // the stored file it was read from
+
+  absl::Mutex mu;
+  RowAssembler rows ABSL_GUARDED_BY(mu);
+  std::deque<IngestRow> queue ABSL_GUARDED_BY(mu);
+  uint64_t dropped ABSL_GUARDED_BY(mu) = 0;
+
+  // One scorer at a time, so that each entity's rows are scored in order.
+  absl::Mutex score_mu ABSL_ACQUIRED_AFTER(mu);
+  std::unordered_map<std::string, std::unique_ptr<engine::WindowBuffer>> windows
+      ABSL_GUARDED_BY(score_mu);
+  std::set<std::string> gauged ABSL_GUARDED_BY(score_mu);  // entities with result gauges
+  std::string last_error ABSL_GUARDED_BY(score_mu);
+
+  std::atomic<uint64_t> scored{0}, failed{0}, anomalies{0};
+};
+
+struct Ingest::Index {
+  std::unordered_map<std::string, std::vector<std::pair<std::shared_ptr<Bound>, size_t>>> by_metric;
+};
+
+Ingest::Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, Autopilot* autopilot,
+               metrics::Registry* metrics, Config config, std::shared_ptr<spdlog::logger> log)
+    : registry_(registry),
+      executor_(executor),
+      feed_(feed),
+      autopilot_(autopilot),
+      config_(config),
+      log_(std::move(log)),
+      index_(std::make_shared<Index>()) {
+  if (metrics == nullptr) return;
+  samples_ = &metrics::BuildCounter()
+                  .Name("aeserve_ingest_samples_total")
+                  .Help(
+                      "Ingested samples by what became of them: accepted (joined a row), "
+                      "unmatched (no binding selects the series), late, limited (over the "
+                      "entity or series bound), invalid (NaN, Inf, stale markers)")
+                  .Register(*metrics);
+  rows_ = &metrics::BuildCounter()
+               .Name("aeserve_ingest_rows_total")
+               .Help(
+                   "Rows assembled from ingested samples, by model and result (scored, "
+                   "failed: no model to score them or a refused row; dropped: over the queue)")
+               .Register(*metrics);
+  error_ = &metrics::BuildGauge()
+                .Name("aeserve_ingest_error")
+                .Help("Reconstruction error of the last ingested row scored, per model and entity")
+                .Register(*metrics);
+  anomalous_ = &metrics::BuildGauge()
+                    .Name("aeserve_ingest_anomalous")
+                    .Help("1 when the last ingested row scored was anomalous, per model and entity")
+                    .Register(*metrics);
+  severity_ = &metrics::BuildGauge()
+                   .Name("aeserve_ingest_severity")
+                   .Help(
+                       "Severity of the last ingested row scored: 0 normal, 1 warning, 2 "
+                       "critical, per model and entity")
+                   .Register(*metrics);
+}
+
+Ingest::~Ingest() { Stop(); }
+
+void Ingest::Stop() {
+  {
+    absl::MutexLock lock(&stop_mu_);
+    stopping_ = true;
+  }
+  if (flusher_.joinable()) flusher_.join();
+}
+
+void Ingest::Start() {
+  Reload();
+  flusher_ = std::thread([this] { FlushLoop(); });
+}
+
+std::string Ingest::FileOf(const std::string& model) const {
+  return (fs::path(registry_->store().KeyDir(ModelKey{model, ""})) / kBindingFile).string();
+}
+
+absl::StatusOr<v1::IngestBinding> Ingest::Resolve(const v1::IngestBinding& in) {
+  v1::IngestBinding b = in;
+  b.DiscardUnknownFields();
+  if (b.features_size() == 0) {
+    return absl::InvalidArgumentError("ingest binding: no features (give at least one)");
+  }
+  if (b.features_size() > kMaxFeatures) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ingest binding: ", b.features_size(), " features; at most ", kMaxFeatures));
+  }
+  std::set<std::string> names;
+  for (const auto& f : b.features()) {
+    if (f.name().empty())
+      return absl::InvalidArgumentError("ingest binding: a feature has no name");
+    if (!names.insert(f.name()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ingest binding: feature '", f.name(), "' is bound twice"));
+    }
+    if (auto s = Selector::Parse(f.selector()); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ingest binding: feature '", f.name(), "': ", s.status().message()));
+    }
+  }
+  if (!b.entity_label().empty() && !LabelName(b.entity_label())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ingest binding: entity_label '", b.entity_label(), "' is not a label name"));
+  }
+  if (b.tolerance_ms() == 0) b.set_tolerance_ms(kDefaultToleranceMs);
+  if (b.flush_ms() == 0) b.set_flush_ms(kDefaultFlushMs);
+  if (b.flush_ms() <= b.tolerance_ms()) {
+    return absl::InvalidArgumentError(absl::StrCat("ingest binding: flush_ms ", b.flush_ms(),
+                                                   " must be above tolerance_ms ",
+                                                   b.tolerance_ms()));
+  }
+  return b;
+}
+
+absl::StatusOr<v1::IngestStatus> Ingest::SetBinding(const std::string& model,
+                                                    const v1::IngestBinding& binding, bool clear) {
+  auto key = MakeKey(model, "");
+  if (!key.ok()) return key.status();
+  const std::string path = FileOf(model);
+  if (clear) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (bound_.count(model) == 0) {
+        return absl::NotFoundError(absl::StrCat("'", model, "' has no ingest binding"));
+      }
+    }
+    std::error_code ec;
+    fs::remove(path, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ec.message()));
+    Unbind(model);
+    return v1::IngestStatus{};
+  }
+  auto b = Resolve(binding);
+  if (!b.ok()) return b.status();
+  // With a model to check against: names are its features (a model without feature names is
+  // bound by position, one binding feature per model feature).
+  if (auto h = registry_->Handle(*key, 0); h.ok()) {
+    const v1::ModelFile& file = h->model->file();
+    const uint32_t d = h->model->num_features();
+    if (file.feature_names_size() == static_cast<int>(d)) {
+      std::set<std::string> known(file.feature_names().begin(), file.feature_names().end());
+      for (const auto& f : b->features()) {
+        if (known.count(f.name()) == 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("ingest binding: '", f.name(), "' is not a feature of model '", model,
+                           "' (its features: ", absl::StrJoin(file.feature_names(), ", "), ")"));
+        }
+      }
+    } else if (b->features_size() != static_cast<int>(d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ingest binding: model '", model, "' has ", d,
+                       " unnamed features, bound by position: give exactly that many (got ",
+                       b->features_size(), ")"));
+    }
+  }
+  std::error_code ec;
+  fs::create_directories(fs::path(path).parent_path(), ec);
+  v1::IngestBinding given = binding;
+  given.DiscardUnknownFields();
+  std::string bytes = given.SerializeAsString();
+  if (auto st = engine::WriteFileAtomically(path, bytes); !st.ok()) return st;
+  if (auto st = Apply(model, *b, std::move(bytes)); !st.ok()) return st;
+  v1::IngestStatus out;
+  Status(model, &out);
+  return out;
+}
+
+absl::Status Ingest::Apply(const std::string& model, const v1::IngestBinding& b,
+                           std::string bytes) {
+  std::vector<Selector> selectors;
+  for (const auto& f : b.features()) {
+    auto s = Selector::Parse(f.selector());
+    if (!s.ok()) return s.status();
+    selectors.push_back(*std::move(s));
+  }
+  auto fresh =
+      std::make_shared<Bound>(model, b, std::move(selectors), std::move(bytes), config_.limits);
+  std::shared_ptr<Bound> old;
+  {
+    absl::MutexLock lock(&mu_);
+    auto& slot = bound_[model];
+    old = slot;
+    slot = fresh;
+    auto index = std::make_shared<Index>();
+    for (const auto& [name, bound] : bound_) {
+      for (size_t f = 0; f < bound->selectors.size(); ++f) {
+        index->by_metric[bound->selectors[f].metric()].emplace_back(bound, f);
+      }
+    }
+    index_ = std::move(index);
+  }
+  if (old != nullptr && error_ != nullptr) {
+    absl::MutexLock lock(&old->score_mu);
+    for (const std::string& e : old->gauged) {
+      const metrics::Labels l{{"model", model}, {"entity", e}};
+      error_->Remove(l);
+      anomalous_->Remove(l);
+      severity_->Remove(l);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Ingest::Unbind(const std::string& model) {
+  std::shared_ptr<Bound> old;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = bound_.find(model);
+    if (it == bound_.end()) return;
+    old = it->second;
+    bound_.erase(it);
+    auto index = std::make_shared<Index>();
+    for (const auto& [name, bound] : bound_) {
+      for (size_t f = 0; f < bound->selectors.size(); ++f) {
+        index->by_metric[bound->selectors[f].metric()].emplace_back(bound, f);
+      }
+    }
+    index_ = std::move(index);
+  }
+  if (error_ == nullptr) return;
+  absl::MutexLock lock(&old->score_mu);
+  for (const std::string& e : old->gauged) {
+    const metrics::Labels l{{"model", model}, {"entity", e}};
+    error_->Remove(l);
+    anomalous_->Remove(l);
+    severity_->Remove(l);
+  }
+  rows_->Remove({{"model", model}, {"result", "scored"}});
+  rows_->Remove({{"model", model}, {"result", "failed"}});
+  rows_->Remove({{"model", model}, {"result", "dropped"}});
+}
+
+void Ingest::Reload() {
+  std::set<std::string> models;
+  registry_->ForEach([&](const ModelKey& k, const ModelEntry&) {
+    if (k.entity.empty()) models.insert(k.model);
+  });
+  std::map<std::string, std::string> held;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, b] : bound_) {
+      models.insert(name);
+      held[name] = b->bytes;
+    }
+  }
+  for (const std::string& model : models) {
+    auto bytes = engine::ReadRegularFile(FileOf(model), kMaxBindingBytes);
+    if (absl::IsNotFound(bytes.status())) {
+      if (held.count(model) > 0) Unbind(model);  // removed by another replica
+      continue;
+    }
+    if (bytes.ok() && held.count(model) > 0 && held[model] == *bytes) continue;
+    v1::IngestBinding given;
+    absl::StatusOr<v1::IngestBinding> b = !bytes.ok() ? bytes.status()
+                                          : !given.ParseFromString(*bytes)
+                                              ? absl::DataLossError("does not parse")
+                                              : Resolve(given);
+    absl::Status st = b.ok() ? Apply(model, *b, *std::move(bytes)) : b.status();
+    if (!st.ok() && log_) {
+      log_->error("ingest: binding of '{}' not used: {}", model, std::string(st.message()));
+    }
+  }
+}
+
+bool Ingest::Status(const std::string& model, v1::IngestStatus* out) const {
+  std::shared_ptr<Bound> b;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = bound_.find(model);
+    if (it == bound_.end()) return false;
+    b = it->second;
+  }
+  *out->mutable_binding() = b->binding;
+  {
+    absl::MutexLock lock(&b->mu);
+    out->set_entities(b->rows.entities());
+  }
+  out->set_rows_scored(b->scored.load());
+  out->set_rows_failed(b->failed.load());
+  out->set_anomalies(b->anomalies.load());
+  return true;
+}
+
+std::shared_ptr<const Ingest::Index> Ingest::index() const {
+  absl::MutexLock lock(&mu_);
+  return index_;
+}
+
+absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& request) {
+  {
+    absl::MutexLock lock(&stop_mu_);
+    if (stopping_) return absl::UnavailableError("the server is shutting down");
+  }
+  if (executor_->queue_depth() * 2 >= static_cast<size_t>(config_.max_queue)) {
+    return absl::UnavailableError("scoring queue is over half full; retry later");
+  }
+  const std::shared_ptr<const Index> idx = index();
+  const int64_t now = NowMs();
+  IngestCounts c;
+  std::vector<std::shared_ptr<Bound>> fed;  // bound models that got samples
+  SeriesLabels labels;
+  for (const prometheus::TimeSeries& ts : request.timeseries()) {
+    labels.clear();
+    std::string_view name;
+    for (const prometheus::Label& l : ts.labels()) {
+      labels.emplace_back(l.name(), l.value());
+      if (l.name() == "__name__") name = l.value();
+    }
+    auto it = idx->by_metric.find(std::string(name));
+    bool matched = false;
+    if (it != idx->by_metric.end()) {
+      for (const auto& [b, f] : it->second) {
+        if (!b->selectors[f].Matches(labels)) continue;
+        matched = true;
+        std::string entity;
+        if (!b->binding.entity_label().empty()) {
+          for (const auto& [n, v] : labels) {
+            if (n == b->binding.entity_label()) entity = std::string(v);
+          }
+        }
+        const uint64_t series = SeriesHash(labels, f);
+        const bool rate = b->selectors[f].rate();
+        absl::MutexLock lock(&b->mu);
+        for (const prometheus::Sample& s : ts.samples()) {
+          if (!std::isfinite(s.value())) {
+            ++c.invalid;
+            continue;
+          }
+          switch (b->rows.Add(entity, series, f, rate, s.timestamp(), s.value(), now)) {
+            case RowAssembler::Outcome::kAccepted:
+            case RowAssembler::Outcome::kFirstOfRate:
+              ++c.accepted;
+              break;
+            case RowAssembler::Outcome::kLate:
+              ++c.late;
+              break;
+            case RowAssembler::Outcome::kEntityLimit:
+            case RowAssembler::Outcome::kSeriesLimit:
+              ++c.limited;
+              break;
+          }
+        }
+        if (std::find(fed.begin(), fed.end(), b) == fed.end()) fed.push_back(b);
+      }
+    }
+    if (!matched) c.unmatched += ts.samples_size();
+  }
+  if (samples_ != nullptr) {
+    samples_->Add({{"result", "accepted"}}).Increment(static_cast<double>(c.accepted));
+    samples_->Add({{"result", "unmatched"}}).Increment(static_cast<double>(c.unmatched));
+    samples_->Add({{"result", "late"}}).Increment(static_cast<double>(c.late));
+    samples_->Add({{"result", "limited"}}).Increment(static_cast<double>(c.limited));
+    samples_->Add({{"result", "invalid"}}).Increment(static_cast<double>(c.invalid));
+  }
+  // The rows this request made ready, queued in order and scored before the reply.
+  std::vector<std::shared_ptr<Bound>> touched;
+  for (const auto& b : fed) {
+    std::vector<IngestRow> ready;
+    absl::MutexLock lock(&b->mu);
+    b->rows.Take(&ready);
+    c.rows += ready.size();
+    for (IngestRow& r : ready) b->queue.push_back(std::move(r));
+    while (b->queue.size() > config_.max_queued_rows) {
+      b->queue.pop_front();
+      ++b->dropped;
+      if (rows_ != nullptr) rows_->Add({{"model", b->model}, {"result", "dropped"}}).Increment();
+    }
+    if (!b->queue.empty()) touched.push_back(b);
+  }
+  // Rows that could not be handed to a worker stay queued for the next write or flush tick.
+  if (!touched.empty()) Schedule(touched, /*wait=*/true);
+  return c;
+}
+
+bool Ingest::Schedule(const std::vector<std::shared_ptr<Bound>>& touched, bool wait) {
+  auto done = std::make_shared<absl::Notification>();
+  const bool queued = executor_->TrySubmit([this, touched, done](Worker& worker) {
+    for (const auto& b : touched) ScoreQueued(*b, worker);
+    done->Notify();
+  });
+  if (queued && wait) done->WaitForNotification();
+  return queued;
+}
+
+void Ingest::ScoreQueued(Bound& b, Worker& worker) {
+  absl::MutexLock score(&b.score_mu);
+  std::deque<IngestRow> rows;
+  {
+    absl::MutexLock lock(&b.mu);
+    rows.swap(b.queue);
+  }
+  if (rows.empty()) return;
+  // Each entity's rows in their order (rows of different entities are independent).
+  std::map<std::string, std::vector<const IngestRow*>> by_entity;
+  for (const IngestRow& r : rows) by_entity[r.entity].push_back(&r);
+  const int d = b.binding.features_size();
+  for (const auto& [entity, list] : by_entity) {
+    const double n = static_cast<double>(list.size());
+    auto fail = [&](const absl::Status& st) {
+      b.failed += list.size();
+      if (rows_ != nullptr) rows_->Add({{"model", b.model}, {"result", "failed"}}).Increment(n);
+      const std::string msg(st.message());
+      if (log_ && msg != b.last_error) {  // once per distinct reason, not once per row
+        log_->warn("ingest: rows of '{}' entity '{}' not scored: {}", b.model, entity, msg);
+      }
+      b.last_error = msg;
+    };
+    auto h = registry_->Get(b.model, entity, 0);
+    if (!h.ok()) {
+      fail(h.status());
+      continue;
+    }
+    const v1::ModelFile& file = h->model->file();
+    const bool named = file.feature_names_size() == static_cast<int>(h->model->num_features());
+    v1::Samples s;
+    s.set_num_features(static_cast<uint32_t>(d));
+    if (named) {
+      for (const auto& f : b.binding.features()) s.add_feature_names(f.name());
+    }
+    s.mutable_values()->Reserve(static_cast<int>(list.size()) * d);
+    for (const IngestRow* r : list) {
+      for (float v : r->values) s.add_values(v);
+      s.add_timestamps_ms(r->timestamp_ms);
+    }
+    v1::ScoreResponse resp;
+    const absl::Status st = ScoreSamples(
+        *h, s, v1::ScoreOptions(), config_.max_batch_rows, worker, &resp,
+        ScoreHooks{.feed = feed_, .window = &b.windows[entity], .autopilot = autopilot_});
+    if (!st.ok()) {
+      fail(st);
+      continue;
+    }
+    b.scored += list.size();
+    b.anomalies += resp.num_anomalies();
+    if (rows_ != nullptr) rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(n);
+    if (error_ == nullptr) continue;
+    // The gauges show the last row that was scored (not skipped for its gaps).
+    for (int i = resp.errors_size() - 1; i >= 0; --i) {
+      if (i < resp.skipped_size() && resp.skipped(i)) continue;
+      const metrics::Labels l{{"model", b.model}, {"entity", entity}};
+      error_->Add(l).Set(resp.errors(i));
+      anomalous_->Add(l).Set(resp.anomalous(i) ? 1 : 0);
+      severity_->Add(l).Set(i < resp.severity_size() ? resp.severity(i)
+                                                     : (resp.anomalous(i) ? 1 : 0));
+      b.gauged.insert(entity);
+      break;
+    }
+  }
+}
+
+void Ingest::FlushLoop() {
+  const absl::Duration tick = absl::Seconds(config_.flush_tick_seconds);
+  while (true) {
+    {
+      absl::MutexLock lock(&stop_mu_);
+      if (stop_mu_.AwaitWithTimeout(absl::Condition(&stopping_), tick)) return;
+    }
+    std::vector<std::shared_ptr<Bound>> all;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [name, b] : bound_) all.push_back(b);
+    }
+    const int64_t now = NowMs();
+    std::vector<std::shared_ptr<Bound>> touched;
+    for (const auto& b : all) {
+      std::vector<IngestRow> ready;
+      absl::MutexLock lock(&b->mu);
+      b->rows.Flush(now, &ready);
+      for (IngestRow& r : ready) b->queue.push_back(std::move(r));
+      if (!b->queue.empty()) touched.push_back(b);
+    }
+    if (!touched.empty()) Schedule(touched, /*wait=*/false);
+  }
+}
+
+}  // namespace aeserve::server

@@ -1,0 +1,116 @@
+// Ingest: series pushed to aeserve (Prometheus remote write, remote_write.h) become rows of the
+// models they are bound to and are scored as they arrive — no client code. Per model, a binding
+// (IngestBinding, stored with the model in file INGEST) names the series that fill each feature;
+// rows are assembled per entity (ingest_rows.h), scored by the entity's model or the generic one on
+// the scoring workers, and their results go to /metrics (aeserve_ingest_error / _anomalous /
+// _severity per model and entity), to WatchAnomalies and to the autopilot's retention.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "aeserve/v1/model.pb.h"
+#include "engine/window.h"
+#include "prometheus/remote.pb.h"
+#include "server/ingest_rows.h"
+#include "server/ingest_selector.h"
+#include "server/metrics/metrics.h"
+#include "spdlog/logger.h"
+
+namespace aeserve::server {
+
+class AnomalyFeed;
+class Autopilot;
+class Executor;
+class ModelRegistry;
+
+// What one write request did with its samples.
+struct IngestCounts {
+  uint64_t accepted = 0;   // joined a row
+  uint64_t unmatched = 0;  // no binding selects the series (ignored)
+  uint64_t late = 0;       // at or before a row already scored (or a repeated sample)
+  uint64_t limited = 0;    // over --ingest_max_entities or the series bound
+  uint64_t invalid = 0;    // NaN/Inf values (Prometheus's stale markers among them)
+  uint64_t rows = 0;       // rows handed to scoring
+};
+
+class Ingest {
+ public:
+  struct Config {
+    IngestLimits limits;
+    uint32_t max_batch_rows = 1 << 20;
+    int max_queue = 1024;  // the scoring queue's bound: writes are refused when half full
+    size_t max_queued_rows = 1 << 20;  // rows waiting for scoring, per model (oldest dropped)
+    double flush_tick_seconds = 1;
+  };
+  // `metrics` may be null (no /metrics); `feed` and `autopilot` may be null.
+  Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, Autopilot* autopilot,
+         metrics::Registry* metrics, Config config, std::shared_ptr<spdlog::logger> log);
+  ~Ingest();
+
+  // Reads the bindings in the store and starts the flush thread.
+  void Start();
+  // Writes are refused (UNAVAILABLE) from here on; stops the flush thread. Rows still being
+  // assembled are not scored.
+  void Stop();
+  // Picks up bindings other replicas changed (the store poll).
+  void Reload();
+
+  absl::StatusOr<v1::IngestStatus> SetBinding(const std::string& model,
+                                              const v1::IngestBinding& binding, bool clear);
+  // False when the model has no binding.
+  bool Status(const std::string& model, v1::IngestStatus* out) const;
+  // Checks and defaults (INVALID_ARGUMENT naming the field).
+  static absl::StatusOr<v1::IngestBinding> Resolve(const v1::IngestBinding& b);
+
+  // One decoded write request: its samples join rows, and the rows that are ready are scored
+  // before this returns. UNAVAILABLE (nothing taken) when the scoring queue is too full.
+  absl::StatusOr<IngestCounts> Write(const prometheus::WriteRequest& request);
+
+ private:
+  struct Bound;
+  struct Index;  // metric name -> (bound model, feature)
+
+  // Applies a resolved binding read from (or just written to) the store.
+  absl::Status Apply(const std::string& model, const v1::IngestBinding& b, std::string bytes);
+  void Unbind(const std::string& model);
+  std::shared_ptr<const Index> index() const;
+  // Scores what `b` has queued, in order; on a worker.
+  void ScoreQueued(Bound& b, class Worker& worker);
+  // Queues scoring of every bound model in `touched` and (when `wait`) waits for it.
+  bool Schedule(const std::vector<std::shared_ptr<Bound>>& touched, bool wait);
+  void FlushLoop();
+  std::string FileOf(const std::string& model) const;
+
+  ModelRegistry* const registry_;
+  Executor* const executor_;
+  AnomalyFeed* const feed_;
+  Autopilot* const autopilot_;
+  const Config config_;
+  const std::shared_ptr<spdlog::logger> log_;
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<Bound>> bound_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const Index> index_ ABSL_GUARDED_BY(mu_);
+
+  metrics::Family<metrics::Counter>* samples_ = nullptr;  // by result
+  metrics::Family<metrics::Gauge>* error_ = nullptr;      // by model, entity
+  metrics::Family<metrics::Gauge>* anomalous_ = nullptr;
+  metrics::Family<metrics::Gauge>* severity_ = nullptr;
+  metrics::Family<metrics::Counter>* rows_ = nullptr;  // by model, result
+
+  absl::Mutex stop_mu_;
+  bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
+  std::thread flusher_;
+};
+
+}  // namespace aeserve::server

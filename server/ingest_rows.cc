@@ -1,0 +1,126 @@
+// Rows from ingested samples (see ingest_rows.h for the rules).
+#include "server/ingest_rows.h"
+
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <limits>
+
+namespace aeserve::server {
+
+RowAssembler::RowAssembler(size_t num_features, int64_t tolerance_ms, int64_t flush_ms,
+                           IngestLimits limits)
+    : num_features_(num_features),
+      tolerance_ms_(tolerance_ms),
+      flush_ms_(flush_ms),
+      limits_(limits) {}
+
+RowAssembler::Outcome RowAssembler::Add(const std::string& entity, uint64_t series, size_t feature,
+                                        bool rate, int64_t timestamp_ms, double value,
+                                        int64_t now_ms) {
+  auto it = entities_.find(entity);
+  if (it == entities_.end()) {
+    if (entities_.size() >= limits_.max_entities) return Outcome::kEntityLimit;
+    it = entities_.emplace(entity, Entity{}).first;
+    it->second.expected.assign(num_features_, 0);
+  }
+  Entity& e = it->second;
+  if (e.any_out && timestamp_ms <= e.last_out_ms + tolerance_ms_) return Outcome::kLate;
+  double v = value;
+  if (rate) {
+    auto r = rates_.find(series);
+    if (r == rates_.end()) {
+      if (rates_.size() >= limits_.max_series) return Outcome::kSeriesLimit;
+      rates_.emplace(series, RateState{timestamp_ms, value});
+      return Outcome::kFirstOfRate;
+    }
+    if (timestamp_ms <= r->second.timestamp_ms) return Outcome::kLate;
+    const double increase = value >= r->second.value ? value - r->second.value : value;
+    v = increase * 1000.0 / static_cast<double>(timestamp_ms - r->second.timestamp_ms);
+    r->second = RateState{timestamp_ms, value};
+  }
+  auto row = e.rows.lower_bound(timestamp_ms - tolerance_ms_);
+  if (row == e.rows.end() || row->first > timestamp_ms + tolerance_ms_) {
+    Pending p;
+    p.sums.assign(num_features_, 0.0);
+    p.counts.assign(num_features_, 0);
+    p.arrived_ms = now_ms;
+    row = e.rows.emplace(timestamp_ms, std::move(p)).first;
+  }
+  row->second.sums[feature] += v;
+  row->second.counts[feature] += 1;
+  if (e.newest_ms == INT64_MIN || timestamp_ms > e.newest_ms) e.newest_ms = timestamp_ms;
+  touched_.push_back(entity);
+  return Outcome::kAccepted;
+}
+
+void RowAssembler::Take(std::vector<IngestRow>* out) {
+  std::sort(touched_.begin(), touched_.end());
+  touched_.erase(std::unique(touched_.begin(), touched_.end()), touched_.end());
+  for (const std::string& name : touched_) {
+    auto it = entities_.find(name);
+    if (it == entities_.end() || it->second.rows.empty()) continue;
+    Entity& e = it->second;
+    // The newest row that is ready, by any rule; it takes the older ones with it.
+    auto ready = e.rows.end();
+    auto later = [&](std::map<int64_t, Pending>::iterator c) {
+      if (ready == e.rows.end() || c->first > ready->first) ready = c;
+    };
+    for (auto r = e.rows.begin(); r != e.rows.end(); ++r) {
+      if (Complete(e, r->second)) later(r);
+    }
+    auto fresh = e.rows.lower_bound(e.newest_ms - flush_ms_ + 1);  // first row not superseded
+    if (fresh != e.rows.begin()) later(std::prev(fresh));
+    if (e.rows.size() > limits_.max_pending_rows) {
+      later(std::next(e.rows.begin(),
+                      static_cast<long>(e.rows.size() - limits_.max_pending_rows - 1)));
+    }
+    if (ready != e.rows.end()) TakeUpTo(name, e, ready, out);
+  }
+  touched_.clear();
+}
+
+void RowAssembler::Flush(int64_t now_ms, std::vector<IngestRow>* out) {
+  for (auto& [name, e] : entities_) {
+    auto ready = e.rows.end();
+    for (auto r = e.rows.begin(); r != e.rows.end(); ++r) {
+      if (r->second.arrived_ms <= now_ms - flush_ms_) ready = r;
+    }
+    if (ready != e.rows.end()) TakeUpTo(name, e, ready, out);
+  }
+}
+
+bool RowAssembler::Complete(const Entity& e, const Pending& p) const {
+  if (!e.any_out) return false;  // no previous row to say how many series each feature has
+  for (size_t f = 0; f < num_features_; ++f) {
+    if (p.counts[f] < std::max<uint32_t>(1, e.expected[f])) return false;
+  }
+  return true;
+}
+
+void RowAssembler::TakeUpTo(const std::string& name, Entity& e,
+                            std::map<int64_t, Pending>::iterator upto,
+                            std::vector<IngestRow>* out) {
+  auto end = std::next(upto);
+  for (auto r = e.rows.begin(); r != end; ++r) {
+    IngestRow row;
+    row.entity = name;
+    row.timestamp_ms = r->first;
+    row.values.resize(num_features_);
+    for (size_t f = 0; f < num_features_; ++f) {
+      row.values[f] = r->second.counts[f] == 0 ? std::numeric_limits<float>::quiet_NaN()
+                                               : static_cast<float>(r->second.sums[f]);
+    }
+    out->push_back(std::move(row));
+  }
+  // A row with every feature present says how many series each feature has.
+  const std::vector<uint32_t>& counts = upto->second.counts;
+  if (std::all_of(counts.begin(), counts.end(), [](uint32_t c) { return c > 0; })) {
+    e.expected = counts;
+  }
+  e.last_out_ms = upto->first;
+  e.any_out = true;
+  e.rows.erase(e.rows.begin(), end);
+}
+
+}  // namespace aeserve::server

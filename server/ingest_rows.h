@@ -1,0 +1,90 @@
+// Rows from ingested samples: one model's bound series, per entity, gathered into rows of its
+// features by timestamp. No gRPC and no clock of its own (time is passed in), so it is tested
+// with worked examples.
+//
+// - A sample joins the entity's pending row whose timestamp is within `tolerance_ms` of its own,
+//   else starts a row at its timestamp.
+// - Several series bound to one feature for one entity (e.g. one per CPU) are summed.
+// - A `rate` feature is the per-second increase of each series since its previous sample (a
+//   decrease is a counter reset: the new value counts from zero); a series' first sample gives no
+//   value, so that feature is missing (NaN) in the row.
+// - Readiness is decided after each request (Take), so a request's order of series and samples
+//   does not matter. A row is ready when every feature has as many series as in the entity's
+//   previous row (so, in a steady state, as soon as the scrape's last series arrives); or when the
+//   entity has a sample `flush_ms` newer; or `flush_ms` after its first sample arrived (wall
+//   clock, Flush, for an entity that went quiet); or when the entity has more than
+//   max_pending_rows rows waiting. Ready rows leave in timestamp order: a ready row takes every
+//   older pending row of its entity with it, missing features as NaN.
+// - A sample at or before (within tolerance) a row already handed out is late: dropped, counted.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace aeserve::server {
+
+struct IngestRow {
+  std::string entity;
+  int64_t timestamp_ms = 0;
+  std::vector<float> values;  // one per feature; NaN = missing
+};
+
+struct IngestLimits {
+  size_t max_entities = 10000;   // per model; samples of further entities are dropped
+  size_t max_series = 1000000;   // rate states per model; samples of further series dropped
+  size_t max_pending_rows = 64;  // per entity; the oldest leaves when exceeded
+};
+
+class RowAssembler {
+ public:
+  enum class Outcome { kAccepted, kFirstOfRate, kLate, kEntityLimit, kSeriesLimit };
+
+  RowAssembler(size_t num_features, int64_t tolerance_ms, int64_t flush_ms, IngestLimits limits);
+
+  // One sample of series `series` (a hash of its labels) bound to `feature`. `now_ms` is the
+  // wall clock when it arrived (for Flush).
+  Outcome Add(const std::string& entity, uint64_t series, size_t feature, bool rate,
+              int64_t timestamp_ms, double value, int64_t now_ms);
+  // The rows that are ready among those of entities that got samples since the last Take.
+  void Take(std::vector<IngestRow>* out);
+  // Besides: rows whose first sample arrived `flush_ms` or more before `now_ms`.
+  void Flush(int64_t now_ms, std::vector<IngestRow>* out);
+
+  size_t entities() const { return entities_.size(); }
+
+ private:
+  struct Pending {
+    std::vector<double> sums;
+    std::vector<uint32_t> counts;
+    int64_t arrived_ms = 0;  // wall clock of its first sample
+  };
+  struct Entity {
+    std::map<int64_t, Pending> rows;  // by timestamp
+    std::vector<uint32_t> expected;   // series per feature in the last row handed out
+    int64_t last_out_ms = INT64_MIN;  // timestamp of the last row handed out
+    int64_t newest_ms = INT64_MIN;    // of any sample accepted
+    bool any_out = false;
+  };
+  struct RateState {
+    int64_t timestamp_ms;
+    double value;
+  };
+
+  bool Complete(const Entity& e, const Pending& p) const;
+  // Hands out every row of `e` up to and including the one at `upto`.
+  void TakeUpTo(const std::string& name, Entity& e, std::map<int64_t, Pending>::iterator upto,
+                std::vector<IngestRow>* out);
+
+  const size_t num_features_;
+  const int64_t tolerance_ms_, flush_ms_;
+  const IngestLimits limits_;
+  std::unordered_map<std::string, Entity> entities_;
+  std::vector<std::string> touched_;  // entities with samples since the last Take
+  std::unordered_map<uint64_t, RateState> rates_;
+};
+
+}  // namespace aeserve::server

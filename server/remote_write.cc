@@ -1,0 +1,93 @@
+// The Prometheus remote-write endpoint.
+#include "server/remote_write.h"
+
+#include <snappy.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace aeserve::server {
+namespace {
+
+metrics::HttpResponse Reply(int status, std::string body) {
+  metrics::HttpResponse r;
+  r.status = status;
+  r.body = std::move(body) + "\n";
+  return r;
+}
+
+int HttpStatusOf(const absl::Status& st) {
+  switch (st.code()) {
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kFailedPrecondition:
+      return 411;
+    case absl::StatusCode::kResourceExhausted:
+      return 413;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kInvalidArgument:
+      return 400;
+    default:
+      return 500;
+  }
+}
+
+}  // namespace
+
+metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ingest& ingest,
+                                        const Authorizer& auth, const RemoteWriteLimits& limits) {
+  if (request.method != "POST") {
+    metrics::HttpResponse r = Reply(405, "remote write takes POST");
+    r.headers.emplace_back("Allow", "POST");
+    return r;
+  }
+  if (absl::Status st = auth.CheckHeader(request.header("Authorization"), Role::kScore); !st.ok()) {
+    return Reply(HttpStatusOf(st), std::string(st.message()));
+  }
+  const std::string encoding =
+      absl::AsciiStrToLower(request.header("Content-Encoding").value_or(""));
+  if (encoding != "snappy") {
+    return Reply(415, absl::StrCat("remote write bodies are snappy-compressed protobuf "
+                                   "(Content-Encoding: snappy); got Content-Encoding '",
+                                   encoding, "'"));
+  }
+  const std::string type = request.header("Content-Type").value_or("application/x-protobuf");
+  if (!absl::StartsWithIgnoreCase(type, "application/x-protobuf")) {
+    return Reply(415,
+                 absl::StrCat("remote write bodies are application/x-protobuf; got '", type, "'"));
+  }
+  auto body = request.read_body(limits.max_body_bytes);
+  if (!body.ok()) return Reply(HttpStatusOf(body.status()), std::string(body.status().message()));
+  size_t decoded_size = 0;
+  if (!snappy::GetUncompressedLength(body->data(), body->size(), &decoded_size)) {
+    return Reply(400, "body is not snappy-compressed data");
+  }
+  if (decoded_size > limits.max_decoded_bytes) {
+    return Reply(413, absl::StrCat("body decompresses to ", decoded_size,
+                                   " bytes, over the limit of ", limits.max_decoded_bytes));
+  }
+  std::string decoded;
+  if (!snappy::Uncompress(body->data(), body->size(), &decoded)) {
+    return Reply(400, "body is not valid snappy-compressed data");
+  }
+  prometheus::WriteRequest write;
+  if (!write.ParseFromString(decoded)) {
+    return Reply(400, "body is not a remote-write WriteRequest (protobuf)");
+  }
+  auto counts = ingest.Write(write);
+  if (!counts.ok()) {
+    metrics::HttpResponse r =
+        Reply(HttpStatusOf(counts.status()), std::string(counts.status().message()));
+    if (r.status == 503) r.headers.emplace_back("Retry-After", "1");
+    return r;
+  }
+  return Reply(200, absl::StrCat("accepted ", counts->accepted, ", unmatched ", counts->unmatched,
+                                 ", late ", counts->late, ", limited ", counts->limited,
+                                 ", invalid ", counts->invalid, "; rows scored ", counts->rows));
+}
+
+}  // namespace aeserve::server

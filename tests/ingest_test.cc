@@ -1,0 +1,282 @@
+// Prometheus remote write into a real server: bindings over the admin API, snappy-compressed
+// WriteRequests POSTed over real HTTP to /api/v1/write, rows scored per entity, results on
+// /metrics and GetModel; bad requests get the status the specification asks for.
+#include <snappy.h>
+
+#include <fstream>
+
+#include "aeserve/v1/admin.grpc.pb.h"
+#include "aeserve/v1/scoring.grpc.pb.h"
+#include "engine/synthetic_data.h"
+#include "gtest/gtest.h"
+#include "prometheus/remote.pb.h"
+#include "tests/http_get.h"
+#include "tests/test_models.h"
+#include "tests/test_server.h"
+
+namespace aeserve::testing {
+namespace {
+
+constexpr int64_t kStepMs = 15000;
+const char kWriteHeaders[] =
+    "Content-Encoding: snappy\r\nContent-Type: application/x-protobuf\r\n"
+    "X-Prometheus-Remote-Write-Version: 0.1.0\r\n";
+
+std::string Snappy(const std::string& raw) {
+  std::string out;
+  snappy::Compress(raw.data(), raw.size(), &out);
+  return out;
+}
+
+// Rows [first, first + n) of `values` (kFeatures columns) as series synth_m<i>{instance, job},
+// the row r at time t0 + r * 15 s; `scale` multiplies row `scaled_row` (-1: none).
+void AddRows(prometheus::WriteRequest* w, const std::vector<float>& values, size_t first, size_t n,
+             int64_t t0, const std::string& instance, int scaled_row = -1, float scale = 1) {
+  for (uint32_t f = 0; f < kFeatures; ++f) {
+    prometheus::TimeSeries* ts = w->add_timeseries();
+    auto label = [&](const std::string& name, const std::string& value) {
+      prometheus::Label* l = ts->add_labels();
+      l->set_name(name);
+      l->set_value(value);
+    };
+    label("__name__", "synth_m" + std::to_string(f));
+    label("instance", instance);
+    label("job", "node");
+    for (size_t r = 0; r < n; ++r) {
+      prometheus::Sample* s = ts->add_samples();
+      float v = values[(first + r) * kFeatures + f];
+      if (static_cast<int>(r) == scaled_row) v *= scale;
+      s->set_value(v);
+      s->set_timestamp(t0 + static_cast<int64_t>(r) * kStepMs);
+    }
+  }
+}
+
+v1::IngestBinding Binding() {
+  v1::IngestBinding b;
+  for (uint32_t f = 0; f < kFeatures; ++f) {
+    auto* feature = b.add_features();
+    feature->set_name("m" + std::to_string(f));
+    feature->set_selector("synth_m" + std::to_string(f) + "{job=\"node\"}");
+  }
+  b.set_entity_label("instance");
+  return b;
+}
+
+class IngestTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::make_unique<TempDir>("aeserve_ingest");
+    Store(dir_->path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN));
+  }
+  void Start(server::Options o) {
+    server_ = StartTestServer(o);
+    ASSERT_NE(server_, nullptr);
+    channel_ = Connect(*server_);
+    admin_ = v1::ModelAdmin::NewStub(channel_);
+    scoring_ = v1::Scoring::NewStub(channel_);
+  }
+  void Start() { Start(TestOptions(dir_->path())); }
+  grpc::Status Bind(const v1::IngestBinding& b, v1::IngestStatus* out, bool clear = false) {
+    grpc::ClientContext ctx;
+    v1::SetIngestBindingRequest req;
+    req.set_model("m");
+    *req.mutable_binding() = b;
+    req.set_clear(clear);
+    return admin_->SetIngestBinding(&ctx, req, out);
+  }
+  v1::ModelInfo Info() {
+    grpc::ClientContext ctx;
+    v1::GetModelRequest req;
+    req.set_model("m");
+    v1::ModelInfo info;
+    EXPECT_TRUE(scoring_->GetModel(&ctx, req, &info).ok());
+    return info;
+  }
+  HttpReply Write(const prometheus::WriteRequest& w, const std::string& extra = "") {
+    return HttpCall(server_->ingest_port(), "POST", "/api/v1/write", kWriteHeaders + extra,
+                    Snappy(w.SerializeAsString()));
+  }
+
+  std::unique_ptr<TempDir> dir_;
+  std::unique_ptr<server::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ModelAdmin::Stub> admin_;
+  std::unique_ptr<v1::Scoring::Stub> scoring_;
+};
+
+TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
+  Start();
+  v1::IngestStatus st;
+  ASSERT_TRUE(Bind(Binding(), &st).ok());
+  EXPECT_EQ(st.binding().tolerance_ms(), 2000u);  // defaults filled in
+  EXPECT_EQ(st.binding().flush_ms(), 30000u);
+  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);  // the training data
+  const int64_t t0 = 1'700'000'000'000;
+  // Request 1: 20 scrapes of two hosts, and a series no binding selects.
+  prometheus::WriteRequest w1;
+  AddRows(&w1, data.normal, 0, 20, t0, "h1:9100");
+  AddRows(&w1, data.normal, 20, 20, t0, "h2:9100");
+  auto* other = w1.add_timeseries();
+  other->add_labels()->set_name("__name__");
+  other->mutable_labels(0)->set_value("something_else");
+  for (int i = 0; i < 3; ++i) other->add_samples()->set_timestamp(t0 + i);
+  HttpReply r = Write(w1);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.body.find("accepted 480, unmatched 3"), std::string::npos) << r.body;
+  // Rows 30 s older than each host's newest sample are scored (18 each); the last two wait for a
+  // scrape that says how many series a row has.
+  EXPECT_EQ(Info().ingest().rows_scored(), 36u);
+  // Request 2: the next scrape, h2's 10x its normal values.
+  prometheus::WriteRequest w2;
+  AddRows(&w2, data.normal, 40, 1, t0 + 20 * kStepMs, "h1:9100");
+  AddRows(&w2, data.normal, 41, 1, t0 + 20 * kStepMs, "h2:9100", 0, 10.0f);
+  r = Write(w2);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const v1::ModelInfo info = Info();
+  EXPECT_EQ(info.ingest().rows_scored(), 42u);
+  EXPECT_EQ(info.ingest().entities(), 2u);
+  EXPECT_EQ(info.ingest().rows_failed(), 0u);
+  EXPECT_GE(info.ingest().anomalies(), 1u);
+  EXPECT_EQ(info.ingest().binding().entity_label(), "instance");
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("aeserve_ingest_anomalous{model=\"m\",entity=\"h2:9100\"} 1"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("aeserve_ingest_anomalous{model=\"m\",entity=\"h1:9100\"} 0"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("aeserve_ingest_severity{model=\"m\",entity=\"h2:9100\"}"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("aeserve_ingest_samples_total{result=\"accepted\"} 504"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("aeserve_ingest_samples_total{result=\"unmatched\"} 3"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("aeserve_ingest_rows_total{model=\"m\",result=\"scored\"} 42"),
+            std::string::npos);
+  // A retried request changes nothing: its samples are late.
+  r = Write(w2);
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("late 24"), std::string::npos) << r.body;
+  EXPECT_EQ(Info().ingest().rows_scored(), 42u);
+}
+
+TEST_F(IngestTest, BadRequestsGetTheStatusTheSpecificationAsksFor) {
+  server::Options o = TestOptions(dir_->path());
+  o.ingest_max_body_bytes = 4096;
+  Start(o);
+  v1::IngestStatus st;
+  ASSERT_TRUE(Bind(Binding(), &st).ok());
+  const int port = server_->ingest_port();
+  auto call = [&](const std::string& method, const std::string& headers, const std::string& body) {
+    return HttpCall(port, method, "/api/v1/write", headers, body);
+  };
+  HttpReply r = call("GET", "", "");
+  EXPECT_EQ(r.status, 405);
+  r = call("POST", "Content-Type: application/x-protobuf\r\n", "x");
+  EXPECT_EQ(r.status, 415);
+  EXPECT_NE(r.body.find("snappy"), std::string::npos) << r.body;
+  r = call("POST", "Content-Encoding: snappy\r\nContent-Type: application/json\r\n", "x");
+  EXPECT_EQ(r.status, 415);
+  r = call("POST", kWriteHeaders, "\xff\xff\xff\xff\xff\xff garbage");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("not snappy"), std::string::npos) << r.body;
+  r = call("POST", kWriteHeaders, Snappy("\x0a\xff\xff\xff\x0f not a protobuf"));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("WriteRequest"), std::string::npos) << r.body;
+  // Declared over the limit: refused before a byte of it is read.
+  r = call("POST", std::string(kWriteHeaders) + "Content-Length: 100000000\r\n", "");
+  EXPECT_EQ(r.status, 413);
+  EXPECT_NE(r.body.find("100000000"), std::string::npos) << r.body;
+  // Small when compressed, over 4 x the limit when not.
+  r = call("POST", kWriteHeaders, Snappy(std::string(20000, 'a')));
+  EXPECT_EQ(r.status, 413);
+  EXPECT_NE(r.body.find("decompresses"), std::string::npos) << r.body;
+  r = call("POST", kWriteHeaders, "");  // no Content-Length
+  EXPECT_EQ(r.status, 411);
+  // NaN values (Prometheus's stale markers are NaNs) are counted, not scored.
+  prometheus::WriteRequest w;
+  AddRows(&w, std::vector<float>(kFeatures, std::nanf("")), 0, 1, 1000, "h");
+  r = Write(w);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("invalid 12"), std::string::npos) << r.body;
+  // The server still works.
+  EXPECT_NE(HttpGet(server_->metrics_port(), "/metrics").find("aeserve_ingest_samples_total"),
+            std::string::npos);
+}
+
+TEST_F(IngestTest, TokensAreCheckedBeforeTheBodyIsRead) {
+  const std::string tokens = dir_->path() + "/tokens";
+  std::ofstream(tokens) << "s3cret score prometheus\nadm1n admin ops\n";
+  server::Options o = TestOptions(dir_->path());
+  o.auth_tokens = tokens;
+  Start(o);
+  prometheus::WriteRequest w;
+  AddRows(&w, std::vector<float>(kFeatures, 1.0f), 0, 1, 1000, "h");
+  EXPECT_EQ(Write(w).status, 401);
+  EXPECT_EQ(Write(w, "Authorization: Bearer nope\r\n").status, 401);
+  // A huge declared body without a token: 401, not 413 and not a read.
+  HttpReply r = HttpCall(server_->ingest_port(), "POST", "/api/v1/write",
+                         std::string(kWriteHeaders) + "Content-Length: 100000000\r\n", "");
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(Write(w, "Authorization: Bearer s3cret\r\n").status, 200);
+  EXPECT_EQ(Write(w, "Authorization: Bearer adm1n\r\n").status, 200);
+}
+
+TEST_F(IngestTest, BindingsAreCheckedStoredAndSurviveARestart) {
+  Start();
+  v1::IngestStatus st;
+  v1::IngestBinding bad = Binding();
+  bad.mutable_features(3)->set_selector("synth_m3{job=node}");
+  grpc::Status s = Bind(bad, &st);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("feature 'm3'"), std::string::npos) << s.error_message();
+  bad = Binding();
+  bad.mutable_features(0)->set_name("cpu");
+  s = Bind(bad, &st);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("'cpu' is not a feature of model 'm' (its features: m0, m1"),
+            std::string::npos)
+      << s.error_message();
+  bad = Binding();
+  bad.set_entity_label("bad-label");
+  EXPECT_EQ(Bind(bad, &st).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  bad = Binding();
+  bad.add_features()->CopyFrom(bad.features(0));
+  EXPECT_EQ(Bind(bad, &st).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Bind(v1::IngestBinding(), &st, /*clear=*/true).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_FALSE(Info().has_ingest());
+
+  v1::IngestBinding good = Binding();
+  good.mutable_features(2)->set_selector("rate(synth_m2{job=~\"no.e\"})");
+  good.set_flush_ms(60000);
+  ASSERT_TRUE(Bind(good, &st).ok());
+  // Restarted on the same store: the binding is read back.
+  server_.reset();
+  Start();
+  v1::ModelInfo info = Info();
+  ASSERT_TRUE(info.has_ingest());
+  EXPECT_EQ(info.ingest().binding().features(2).selector(), "rate(synth_m2{job=~\"no.e\"})");
+  EXPECT_EQ(info.ingest().binding().flush_ms(), 60000u);
+  // Recorded in the audit log.
+  {
+    grpc::ClientContext ctx;
+    v1::ListEventsRequest req;
+    v1::ListEventsResponse events;
+    ASSERT_TRUE(admin_->ListEvents(&ctx, req, &events).ok());
+    int bindings = 0;
+    for (const auto& e : events.events()) bindings += e.action() == "set-ingest-binding";
+    EXPECT_EQ(bindings, 1);
+  }
+  // Removed: GetModel says nothing, and the series are unmatched again.
+  ASSERT_TRUE(Bind(v1::IngestBinding(), &st, /*clear=*/true).ok());
+  EXPECT_FALSE(Info().has_ingest());
+  prometheus::WriteRequest w;
+  AddRows(&w, std::vector<float>(kFeatures, 1.0f), 0, 1, 1000, "h");
+  HttpReply r = Write(w);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("accepted 0, unmatched 12"), std::string::npos) << r.body;
+}
+
+}  // namespace
+}  // namespace aeserve::testing
