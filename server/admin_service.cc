@@ -228,6 +228,8 @@ AdminService::AdminService(const Options& options, ModelRegistry* registry, Trai
   StreamUnary(kService, 12, gate, RetrainHandler());
   StreamUnary(kService, 13, gate, StartShadowHandler());
   StreamUnary(kService, 14, gate, SetIngestBindingHandler());
+  StreamUnary(kService, 15, gate, RecordIngestHandler());
+  StreamUnary(kService, 16, gate, TrainFromRecordingHandler());
 }
 
 grpc::ServerUnaryReactor* AdminService::GetTrainingJob(grpc::CallbackServerContext* ctx,
@@ -277,6 +279,14 @@ grpc::ServerUnaryReactor* AdminService::Retrain(grpc::CallbackServerContext* ctx
 grpc::ServerUnaryReactor* AdminService::SetIngestBinding(grpc::CallbackServerContext* ctx,
                                                          const Raw* body, Raw* out) {
   return Buffered(ctx, body, out, SetIngestBindingHandler());
+}
+grpc::ServerUnaryReactor* AdminService::RecordIngest(grpc::CallbackServerContext* ctx,
+                                                     const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, RecordIngestHandler());
+}
+grpc::ServerUnaryReactor* AdminService::TrainFromRecording(grpc::CallbackServerContext* ctx,
+                                                           const Raw* body, Raw* out) {
+  return Buffered(ctx, body, out, TrainFromRecordingHandler());
 }
 grpc::ServerUnaryReactor* AdminService::StartShadow(grpc::CallbackServerContext* ctx,
                                                     const Raw* body, Raw* out) {
@@ -446,6 +456,31 @@ AdminService::SetIngestBindingHandler() {
         audit->set_action("set-ingest-binding");
         audit->set_reason(req.clear() ? "binding removed" : resp->binding().ShortDebugString());
         return absl::OkStatus();
+      });
+}
+
+UnaryHandler<v1::RecordIngestRequest, v1::IngestStatus> AdminService::RecordIngestHandler() {
+  return Lifecycle<v1::RecordIngestRequest, v1::IngestStatus>(
+      [this](const v1::RecordIngestRequest& req, v1::IngestStatus* resp,
+             v1::Event* audit) -> absl::Status {
+        auto status = ingest_->Record(req.model(), req.seconds(), req.max_rows(), req.stop());
+        if (!status.ok()) return status.status();
+        *resp = *std::move(status);
+        audit->set_model(req.model());
+        audit->set_action("record-ingest");
+        audit->set_reason(req.stop() ? "recording stopped" : resp->recording().ShortDebugString());
+        return absl::OkStatus();
+      });
+}
+
+UnaryHandler<v1::TrainingJobHeader, v1::TrainingJob> AdminService::TrainFromRecordingHandler() {
+  return Lifecycle<v1::TrainingJobHeader, v1::TrainingJob>(
+      [this](const v1::TrainingJobHeader& req, v1::TrainingJob* resp,
+             v1::Event* audit) -> absl::Status {
+        auto job = ingest_->TrainFromRecording(req, audit->actor());
+        if (!job.ok()) return job.status();
+        *resp = *std::move(job);
+        return absl::OkStatus();  // the version it writes is recorded by the job
       });
 }
 

@@ -17,25 +17,34 @@
 
 namespace aeserve::server {
 
+// `Base` inside each of `Methods` (gRPC's generated WithRawCallbackMethod_* wrappers).
+template <typename Base, template <typename> class... Methods>
+struct Wrapped {
+  using type = Base;
+};
+template <typename Base, template <typename> class M, template <typename> class... Rest>
+struct Wrapped<Base, M, Rest...> {
+  using type = M<typename Wrapped<Base, Rest...>::type>;
+};
+
 // Every method raw (see raw_call.h): the service parses its requests itself.
-using RawAdminService = v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob<
-    v1::ModelAdmin::WithRawCallbackMethod_GetTrainingJob<
-        v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs<
-            v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob<
-                v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion<
-                    v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion<
-                        v1::ModelAdmin::WithRawCallbackMethod_DeleteModel<
-                            v1::ModelAdmin::WithRawCallbackMethod_SetThreshold<
-                                v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy<
-                                    v1::ModelAdmin::WithRawCallbackMethod_ListEvents<
-                                        v1::ModelAdmin::WithRawCallbackMethod_SetRetrainPolicy<
-                                            v1::ModelAdmin::WithRawCallbackMethod_Retrain<
-                                                v1::ModelAdmin::WithRawCallbackMethod_StartShadow<
-                                                    v1::ModelAdmin::
-                                                        WithRawCallbackMethod_SetIngestBinding<
-                                                            WithStreamedMethods<
-                                                                v1::ModelAdmin::
-                                                                    Service>>>>>>>>>>>>>>>;
+using RawAdminService = Wrapped<WithStreamedMethods<v1::ModelAdmin::Service>,
+                                v1::ModelAdmin::WithRawCallbackMethod_CreateTrainingJob,
+                                v1::ModelAdmin::WithRawCallbackMethod_GetTrainingJob,
+                                v1::ModelAdmin::WithRawCallbackMethod_ListTrainingJobs,
+                                v1::ModelAdmin::WithRawCallbackMethod_CancelTrainingJob,
+                                v1::ModelAdmin::WithRawCallbackMethod_ActivateVersion,
+                                v1::ModelAdmin::WithRawCallbackMethod_DeleteVersion,
+                                v1::ModelAdmin::WithRawCallbackMethod_DeleteModel,
+                                v1::ModelAdmin::WithRawCallbackMethod_SetThreshold,
+                                v1::ModelAdmin::WithRawCallbackMethod_SetScoringPolicy,
+                                v1::ModelAdmin::WithRawCallbackMethod_ListEvents,
+                                v1::ModelAdmin::WithRawCallbackMethod_SetRetrainPolicy,
+                                v1::ModelAdmin::WithRawCallbackMethod_Retrain,
+                                v1::ModelAdmin::WithRawCallbackMethod_StartShadow,
+                                v1::ModelAdmin::WithRawCallbackMethod_SetIngestBinding,
+                                v1::ModelAdmin::WithRawCallbackMethod_RecordIngest,
+                                v1::ModelAdmin::WithRawCallbackMethod_TrainFromRecording>::type;
 
 class AdminService final : public RawAdminService {
  public:
@@ -74,6 +83,10 @@ class AdminService final : public RawAdminService {
                                         Raw* resp) override;
   grpc::ServerUnaryReactor* SetIngestBinding(grpc::CallbackServerContext* ctx, const Raw* req,
                                              Raw* resp) override;
+  grpc::ServerUnaryReactor* RecordIngest(grpc::CallbackServerContext* ctx, const Raw* req,
+                                         Raw* resp) override;
+  grpc::ServerUnaryReactor* TrainFromRecording(grpc::CallbackServerContext* ctx, const Raw* req,
+                                               Raw* resp) override;
 
  private:
   template <typename Request, typename Response>
@@ -100,6 +113,8 @@ class AdminService final : public RawAdminService {
   UnaryHandler<v1::RetrainRequest, v1::TrainingJob> RetrainHandler();
   UnaryHandler<v1::StartShadowRequest, v1::AutopilotStatus> StartShadowHandler();
   UnaryHandler<v1::SetIngestBindingRequest, v1::IngestStatus> SetIngestBindingHandler();
+  UnaryHandler<v1::RecordIngestRequest, v1::IngestStatus> RecordIngestHandler();
+  UnaryHandler<v1::TrainingJobHeader, v1::TrainingJob> TrainFromRecordingHandler();
 
   const Options& options_;
   ModelRegistry* registry_;

@@ -37,13 +37,6 @@ constexpr uint64_t kMinShadowSamples = kMinDriftWindow;  // fewer compared never
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
-// Segment names carry the replica; keep it to [A-Za-z0-9_.] so names parse.
-std::string FileTag(const std::string& replica) {
-  std::string out;
-  for (char c : replica) out.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
-  return out;
-}
-
 template <typename Message>
 absl::StatusOr<Message> ReadMessage(const std::string& path) {
   auto bytes = engine::ReadRegularFile(path, kMaxStateBytes);
@@ -144,7 +137,7 @@ struct Autopilot::ShadowWork {
 
 struct Autopilot::State {
   State(const std::string& dir, const std::string& replica)
-      : key_dir(dir), retention((fs::path(dir) / "retained").string(), FileTag(replica)) {}
+      : key_dir(dir), retention((fs::path(dir) / "retained").string(), replica) {}
   const std::string key_dir;
   Retention retention;
   absl::Mutex mu;

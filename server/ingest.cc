@@ -14,6 +14,7 @@
 #include "server/executor.h"
 #include "server/model_registry.h"
 #include "server/scoring.h"
+#include "server/training_jobs.h"
 
 namespace aeserve::server {
 namespace {
@@ -21,6 +22,9 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr char kBindingFile[] = "INGEST";
+constexpr char kRecordingFile[] = "RECORDING";
+constexpr double kDefaultRecordSeconds = 1800;
+constexpr uint64_t kDefaultRecordRows = 100000;
 constexpr uint64_t kMaxBindingBytes = 1 << 20;
 constexpr int kMaxFeatures = 4096;
 constexpr uint32_t kDefaultToleranceMs = 2000;
@@ -47,6 +51,25 @@ uint64_t SeriesHash(const SeriesLabels& labels, size_t feature) {
 }
 
 }  // namespace
+
+struct Ingest::Recorder {
+  Recorder(const std::string& key_dir)
+      : path((fs::path(key_dir) / kRecordingFile).string()),
+        rows((fs::path(key_dir) / "recording").string(), ReplicaName()) {}
+
+  const std::string path;
+  Retention rows;  // thread-safe
+  absl::Mutex mu;
+  v1::IngestRecording state ABSL_GUARDED_BY(mu);
+  std::string bytes ABSL_GUARDED_BY(mu);  // the file as last read or written
+  absl::Mutex maintain_mu;  // one Maintain at a time (flush thread, Record, TrainFromRecording)
+  uint64_t appended ABSL_GUARDED_BY(mu) = 0;  // rows this replica added to this recording
+  bool dirty ABSL_GUARDED_BY(mu) = false;     // rows not yet written to a segment
+
+  bool Active(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return state.until_unix_ms() > now_ms && (state.max_rows() == 0 || appended < state.max_rows());
+  }
+};
 
 struct Ingest::Bound {
   Bound(std::string m, v1::IngestBinding b, std::vector<Selector> s, std::string file,
@@ -75,6 +98,8 @@ struct Ingest::Bound {
   std::string last_error ABSL_GUARDED_BY(score_mu);
 
   std::atomic<uint64_t> scored{0}, failed{0}, anomalies{0};
+  google::protobuf::RepeatedPtrField<std::string> names;  // the features', for recordings
+  std::shared_ptr<Recorder> recorder;                     // set once, at Apply
 };
 
 struct Ingest::Index {
@@ -82,11 +107,13 @@ struct Ingest::Index {
 };
 
 Ingest::Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, Autopilot* autopilot,
-               metrics::Registry* metrics, Config config, std::shared_ptr<spdlog::logger> log)
+               TrainingJobs* jobs, metrics::Registry* metrics, Config config,
+               std::shared_ptr<spdlog::logger> log)
     : registry_(registry),
       executor_(executor),
       feed_(feed),
       autopilot_(autopilot),
+      jobs_(jobs),
       config_(config),
       log_(std::move(log)),
       index_(std::make_shared<Index>()) {
@@ -239,6 +266,8 @@ absl::Status Ingest::Apply(const std::string& model, const v1::IngestBinding& b,
   }
   auto fresh =
       std::make_shared<Bound>(model, b, std::move(selectors), std::move(bytes), config_.limits);
+  for (const auto& f : b.features()) *fresh->names.Add() = f.name();
+  fresh->recorder = RecorderOf(model);  // a recording outlives changes of the binding
   std::shared_ptr<Bound> old;
   {
     absl::MutexLock lock(&mu_);
@@ -342,7 +371,159 @@ bool Ingest::Status(const std::string& model, v1::IngestStatus* out) const {
   out->set_rows_scored(b->scored.load());
   out->set_rows_failed(b->failed.load());
   out->set_anomalies(b->anomalies.load());
+  Recorder& r = *b->recorder;
+  {
+    absl::MutexLock lock(&r.mu);
+    if (r.state.started_unix_ms() == 0) return true;
+    *out->mutable_recording() = r.state;
+    out->set_recording_now(r.Active(NowMs()));
+  }
+  out->set_recorded_rows(r.rows.Totals().rows);
   return true;
+}
+
+std::shared_ptr<Ingest::Bound> Ingest::Find(const std::string& model) const {
+  absl::MutexLock lock(&mu_);
+  auto it = bound_.find(model);
+  return it == bound_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<Ingest::Recorder> Ingest::RecorderOf(const std::string& model) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = recorders_.find(model);
+    if (it != recorders_.end()) return it->second;
+  }
+  auto r = std::make_shared<Recorder>(registry_->store().KeyDir(ModelKey{model, ""}));
+  auto bytes = engine::ReadRegularFile(r->path, kMaxBindingBytes);
+  {
+    absl::MutexLock lock(&r->mu);
+    if (bytes.ok() && r->state.ParseFromString(*bytes)) r->bytes = *bytes;
+    r->rows.SetBounds(r->state.max_rows(), 0, v1::FLAGGED_ROWS_KEEP);
+  }
+  (void)r->rows.Maintain(NowMs(), false);  // the totals of what is on disk
+  absl::MutexLock lock(&mu_);
+  auto [it, added] = recorders_.emplace(model, r);
+  return it->second;
+}
+
+absl::Status Ingest::WriteRecording(const std::string& model, Recorder& r) {
+  std::string bytes;
+  {
+    absl::MutexLock lock(&r.mu);
+    bytes = r.state.SerializeAsString();
+    r.bytes = bytes;
+  }
+  std::error_code ec;
+  fs::create_directories(fs::path(r.path).parent_path(), ec);
+  if (auto st = engine::WriteFileAtomically(r.path, bytes); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("recording of '", model, "': ", st.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::IngestStatus> Ingest::Record(const std::string& model, double seconds,
+                                                uint64_t max_rows, bool stop) {
+  std::shared_ptr<Bound> b = Find(model);
+  if (b == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "'", model, "' has no ingest binding: bind its features first (aectl ingest bind)"));
+  }
+  if (!std::isfinite(seconds) || seconds < 0 || seconds > 366 * 86400.0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("seconds ", seconds, ": give 0 (30 minutes) up to a year"));
+  }
+  Recorder& r = *b->recorder;
+  const int64_t now = NowMs();
+  if (stop) {
+    {
+      absl::MutexLock lock(&r.mu);
+      if (!r.Active(now)) {
+        return absl::FailedPreconditionError(absl::StrCat("'", model, "' is not recording"));
+      }
+      r.state.set_until_unix_ms(now);
+    }
+    if (auto st = WriteRecording(model, r); !st.ok()) return st;
+  } else {
+    if (seconds == 0) seconds = kDefaultRecordSeconds;
+    if (max_rows == 0) max_rows = kDefaultRecordRows;
+    {
+      absl::MutexLock mlock(&r.maintain_mu);
+      r.rows.DeleteAll();  // a new recording replaces the last one
+    }
+    {
+      absl::MutexLock lock(&r.mu);
+      r.state.set_started_unix_ms(now);
+      r.state.set_until_unix_ms(now + static_cast<int64_t>(seconds * 1000));
+      r.state.set_max_rows(max_rows);
+      r.appended = 0;
+      r.dirty = false;
+      r.rows.SetBounds(max_rows, 0, v1::FLAGGED_ROWS_KEEP);
+    }
+    if (auto st = WriteRecording(model, r); !st.ok()) return st;
+  }
+  {
+    absl::MutexLock mlock(&r.maintain_mu);
+    (void)r.rows.Maintain(now, true);
+  }
+  v1::IngestStatus out;
+  Status(model, &out);
+  return out;
+}
+
+absl::StatusOr<v1::TrainingJob> Ingest::TrainFromRecording(const v1::TrainingJobHeader& header,
+                                                           const std::string& actor) {
+  std::shared_ptr<Bound> b = Find(header.model());
+  if (b == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("'", header.model(), "' has no ingest binding, so no recording"));
+  }
+  if (!header.entity().empty()) {
+    return absl::InvalidArgumentError(
+        "a recording holds every entity's rows: train the generic model (no entity)");
+  }
+  if (header.spec().window().length() > 1) {
+    return absl::InvalidArgumentError(
+        "a recording interleaves its entities' rows, so it cannot train a series (window) model");
+  }
+  std::shared_ptr<Recorder> recorder = b->recorder;
+  {
+    absl::MutexLock mlock(&recorder->maintain_mu);
+    if (auto st = recorder->rows.Maintain(NowMs(), true); !st.ok()) return st;
+  }
+  const uint64_t recorded = recorder->rows.Totals().rows;
+  if (recorded < TrainingJobs::kMinTrainingRows) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "'", header.model(), "' has ", recorded, " recorded rows; at least ",
+        TrainingJobs::kMinTrainingRows, " are needed (aectl ingest record, then wait)"));
+  }
+  v1::TrainingJobHeader h = header;
+  h.clear_feature_names();
+  for (const std::string& n : b->names) h.add_feature_names(n);
+  const uint32_t d = static_cast<uint32_t>(b->names.size());
+  h.set_num_features(d);
+  h.set_rows(0);
+  if (h.description().empty()) {
+    h.set_description(absl::StrCat("trained on the ingest recording (", recorded, " rows)"));
+  }
+  std::vector<std::string> names(b->names.begin(), b->names.end());
+  const uint64_t max_rows = config_.max_training_values / d;  // the newest, when there are more
+  TrainingJobs::Source source = [recorder, d, names, max_rows](std::vector<float>* values,
+                                                               std::vector<int64_t>* timestamps) {
+    absl::Status st;
+    {
+      absl::MutexLock mlock(&recorder->maintain_mu);
+      st = recorder->rows.Maintain(NowMs(), true);
+    }
+    if (!st.ok()) return st;
+    auto rows = recorder->rows.Read(d, max_rows, names);
+    if (!rows.ok()) return rows.status();
+    const size_t n = rows->rows();
+    *values = std::move(rows->values);
+    timestamps->clear();  // rows of several entities: not one series
+    return TrainingJobs::EnoughRows(n);
+  };
+  return jobs_->SubmitFrom(h, std::move(source), JobOrigin{actor, "recording"}, nullptr);
 }
 
 std::shared_ptr<const Ingest::Index> Ingest::index() const {
@@ -419,21 +600,47 @@ absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& reque
   // The rows this request made ready, queued in order and scored before the reply.
   std::vector<std::shared_ptr<Bound>> touched;
   for (const auto& b : fed) {
-    std::vector<IngestRow> ready;
-    absl::MutexLock lock(&b->mu);
-    b->rows.Take(&ready);
-    c.rows += ready.size();
-    for (IngestRow& r : ready) b->queue.push_back(std::move(r));
-    while (b->queue.size() > config_.max_queued_rows) {
-      b->queue.pop_front();
-      ++b->dropped;
-      if (rows_ != nullptr) rows_->Add({{"model", b->model}, {"result", "dropped"}}).Increment();
-    }
-    if (!b->queue.empty()) touched.push_back(b);
+    bool pending = false;
+    c.rows += TakeReady(*b, /*flush=*/false, now, &pending);
+    if (pending) touched.push_back(b);
   }
   // Rows that could not be handed to a worker stay queued for the next write or flush tick.
   if (!touched.empty()) Schedule(touched, /*wait=*/true);
   return c;
+}
+
+size_t Ingest::TakeReady(Bound& b, bool flush, int64_t now_ms, bool* pending) {
+  std::vector<IngestRow> ready;
+  absl::MutexLock lock(&b.mu);
+  b.rows.Take(&ready);
+  if (flush) b.rows.Flush(now_ms, &ready);
+  const size_t n = ready.size();
+  if (n > 0) {
+    Recorder& r = *b.recorder;
+    absl::MutexLock rlock(&r.mu);
+    if (r.Active(now_ms)) {  // complete rows only: a training set without gaps
+      const uint32_t d = static_cast<uint32_t>(b.names.size());
+      for (const IngestRow& row : ready) {
+        if (!r.Active(now_ms)) break;
+        if (std::any_of(row.values.begin(), row.values.end(),
+                        [](float v) { return std::isnan(v); })) {
+          continue;
+        }
+        const int64_t t = row.timestamp_ms;
+        r.rows.Append(d, b.names, row.values, absl::MakeConstSpan(&t, 1), {}, {}, now_ms);
+        ++r.appended;
+        r.dirty = true;
+      }
+    }
+  }
+  for (IngestRow& row : ready) b.queue.push_back(std::move(row));
+  while (b.queue.size() > config_.max_queued_rows) {
+    b.queue.pop_front();
+    ++b.dropped;
+    if (rows_ != nullptr) rows_->Add({{"model", b.model}, {"result", "dropped"}}).Increment();
+  }
+  *pending = !b.queue.empty();
+  return n;
 }
 
 bool Ingest::Schedule(const std::vector<std::shared_ptr<Bound>>& touched, bool wait) {
@@ -527,11 +734,24 @@ void Ingest::FlushLoop() {
     const int64_t now = NowMs();
     std::vector<std::shared_ptr<Bound>> touched;
     for (const auto& b : all) {
-      std::vector<IngestRow> ready;
-      absl::MutexLock lock(&b->mu);
-      b->rows.Flush(now, &ready);
-      for (IngestRow& r : ready) b->queue.push_back(std::move(r));
-      if (!b->queue.empty()) touched.push_back(b);
+      bool pending = false;
+      TakeReady(*b, /*flush=*/true, now, &pending);
+      if (pending) touched.push_back(b);
+      // The recording's rows reach a segment file each tick, all of them once it has ended.
+      Recorder& r = *b->recorder;
+      bool maintain = false, force = false;
+      {
+        absl::MutexLock lock(&r.mu);
+        maintain = r.dirty;
+        force = !r.Active(now);
+        if (force) r.dirty = false;
+      }
+      if (maintain) {
+        absl::MutexLock mlock(&r.maintain_mu);
+        if (auto st = r.rows.Maintain(now, force); !st.ok() && log_) {
+          log_->error("ingest: recording of '{}': {}", b->model, std::string(st.message()));
+        }
+      }
     }
     if (!touched.empty()) Schedule(touched, /*wait=*/false);
   }

@@ -18,12 +18,14 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "aeserve/v1/admin.pb.h"
 #include "aeserve/v1/model.pb.h"
 #include "engine/window.h"
 #include "prometheus/remote.pb.h"
 #include "server/ingest_rows.h"
 #include "server/ingest_selector.h"
 #include "server/metrics/metrics.h"
+#include "server/retention.h"
 #include "spdlog/logger.h"
 
 namespace aeserve::server {
@@ -32,6 +34,7 @@ class AnomalyFeed;
 class Autopilot;
 class Executor;
 class ModelRegistry;
+class TrainingJobs;
 
 // What one write request did with its samples.
 struct IngestCounts {
@@ -51,10 +54,12 @@ class Ingest {
     int max_queue = 1024;  // the scoring queue's bound: writes are refused when half full
     size_t max_queued_rows = 1 << 20;  // rows waiting for scoring, per model (oldest dropped)
     double flush_tick_seconds = 1;
+    uint64_t max_training_values = 256u << 20;  // a job from a recording holds at most this many
   };
   // `metrics` may be null (no /metrics); `feed` and `autopilot` may be null.
   Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, Autopilot* autopilot,
-         metrics::Registry* metrics, Config config, std::shared_ptr<spdlog::logger> log);
+         TrainingJobs* jobs, metrics::Registry* metrics, Config config,
+         std::shared_ptr<spdlog::logger> log);
   ~Ingest();
 
   // Reads the bindings in the store and starts the flush thread.
@@ -72,13 +77,29 @@ class Ingest {
   // Checks and defaults (INVALID_ARGUMENT naming the field).
   static absl::StatusOr<v1::IngestBinding> Resolve(const v1::IngestBinding& b);
 
+  // Recording (a training set made on the server from the ingested rows).
+  absl::StatusOr<v1::IngestStatus> Record(const std::string& model, double seconds,
+                                          uint64_t max_rows, bool stop);
+  absl::StatusOr<v1::TrainingJob> TrainFromRecording(const v1::TrainingJobHeader& header,
+                                                     const std::string& actor);
+
   // One decoded write request: its samples join rows, and the rows that are ready are scored
   // before this returns. UNAVAILABLE (nothing taken) when the scoring queue is too full.
   absl::StatusOr<IngestCounts> Write(const prometheus::WriteRequest& request);
 
  private:
   struct Bound;
-  struct Index;  // metric name -> (bound model, feature)
+  struct Index;     // metric name -> (bound model, feature)
+  struct Recorder;  // a model's recording: its state file and its rows
+
+  std::shared_ptr<Bound> Find(const std::string& model) const;
+  // The model's recorder, read from the store when first asked for.
+  std::shared_ptr<Recorder> RecorderOf(const std::string& model);
+  // Takes the rows that are ready (Take, or with `flush` also the quiet ones) and queues them for
+  // scoring, and for the recording while one runs. Returns the rows taken; `pending` is set when
+  // the model has rows queued.
+  size_t TakeReady(Bound& b, bool flush, int64_t now_ms, bool* pending);
+  absl::Status WriteRecording(const std::string& model, Recorder& r);
 
   // Applies a resolved binding read from (or just written to) the store.
   absl::Status Apply(const std::string& model, const v1::IngestBinding& b, std::string bytes);
@@ -95,12 +116,14 @@ class Ingest {
   Executor* const executor_;
   AnomalyFeed* const feed_;
   Autopilot* const autopilot_;
+  TrainingJobs* const jobs_;
   const Config config_;
   const std::shared_ptr<spdlog::logger> log_;
 
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Bound>> bound_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const Index> index_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Recorder>> recorders_ ABSL_GUARDED_BY(mu_);
 
   metrics::Family<metrics::Counter>* samples_ = nullptr;  // by result
   metrics::Family<metrics::Gauge>* error_ = nullptr;      // by model, entity

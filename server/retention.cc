@@ -40,6 +40,13 @@ bool ParseName(const std::string& name, int64_t* first, int64_t* last, uint64_t*
          absl::SimpleAtoi(parts[1], last) && absl::SimpleAtoi(parts[2], rows);
 }
 
+// Segment names carry the replica; keep it to [A-Za-z0-9] and '_' so names parse.
+std::string FileTag(const std::string& replica) {
+  std::string out;
+  for (char c : replica) out.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
+  return out;
+}
+
 }  // namespace
 
 uint32_t Crc32c(const void* data, size_t size) {
@@ -50,8 +57,8 @@ uint32_t Crc32c(const void* data, size_t size) {
   return c ^ 0xFFFFFFFFu;
 }
 
-Retention::Retention(std::string dir, std::string replica)
-    : dir_(std::move(dir)), replica_(std::move(replica)) {}
+Retention::Retention(std::string dir, const std::string& replica)
+    : dir_(std::move(dir)), replica_(FileTag(replica)) {}
 
 void Retention::SetBounds(uint64_t rows, double hours, v1::FlaggedRows flagged) {
   absl::MutexLock lock(&mu_);

@@ -51,8 +51,9 @@ class Retention {
   // Closed segments waiting to be written beyond this many bytes: newer rows are dropped (counted).
   static constexpr size_t kMaxPendingBytes = 64 << 20;
 
-  // `dir`: <key dir>/retained; `replica`: this server's tag in segment names.
-  Retention(std::string dir, std::string replica);
+  // `dir`: <key dir>/retained; `replica`: this server's name (any characters; its letters and
+  // digits tag the segment names).
+  Retention(std::string dir, const std::string& replica);
 
   void SetBounds(uint64_t rows, double hours, v1::FlaggedRows flagged);
 

@@ -109,8 +109,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     ic.limits.max_entities = std::max<uint32_t>(1, o.ingest_max_entities);
     ic.max_batch_rows = o.max_batch_rows;
     ic.max_queue = o.max_queue;
+    ic.max_training_values = o.max_training_values;
     s->ingest_ = std::make_unique<Ingest>(
-        s->registry_.get(), s->executor_.get(), s->feed_.get(), s->autopilot_.get(),
+        s->registry_.get(), s->executor_.get(), s->feed_.get(), s->autopilot_.get(), s->jobs_.get(),
         s->metrics_ ? &s->metrics_->registry() : nullptr, ic, s->log_);
   }
   s->scoring_ = std::make_unique<ScoringService>(

@@ -10,6 +10,7 @@
 #include "engine/synthetic_data.h"
 #include "gtest/gtest.h"
 #include "prometheus/remote.pb.h"
+#include "tests/admin_client.h"
 #include "tests/http_get.h"
 #include "tests/test_models.h"
 #include "tests/test_server.h"
@@ -276,6 +277,72 @@ TEST_F(IngestTest, BindingsAreCheckedStoredAndSurviveARestart) {
   HttpReply r = Write(w);
   EXPECT_EQ(r.status, 200);
   EXPECT_NE(r.body.find("accepted 0, unmatched 12"), std::string::npos) << r.body;
+}
+
+TEST_F(IngestTest, ARecordingTrainsAModelFromTheIngestedRows) {
+  Start();
+  v1::IngestBinding b = Binding();
+  {
+    grpc::ClientContext ctx;
+    v1::SetIngestBindingRequest req;
+    req.set_model("fresh");  // no version yet: nothing to check the names against
+    *req.mutable_binding() = b;
+    v1::IngestStatus st;
+    ASSERT_TRUE(admin_->SetIngestBinding(&ctx, req, &st).ok());
+  }
+  auto record = [&](bool stop, v1::IngestStatus* st) {
+    grpc::ClientContext ctx;
+    v1::RecordIngestRequest req;
+    req.set_model("fresh");
+    req.set_seconds(600);
+    req.set_stop(stop);
+    return admin_->RecordIngest(&ctx, req, st);
+  };
+  auto train = [&](const std::string& entity, v1::TrainingJob* job) {
+    grpc::ClientContext ctx;
+    v1::TrainingJobHeader h;
+    h.set_model("fresh");
+    h.set_entity(entity);
+    h.mutable_spec()->add_encoder_units(16);
+    h.mutable_spec()->set_code_size(3);
+    h.mutable_options()->set_epochs(15);
+    return admin_->TrainFromRecording(&ctx, h, job);
+  };
+  v1::IngestStatus st;
+  v1::TrainingJob job;
+  EXPECT_EQ(train("", &job).error_code(), grpc::StatusCode::FAILED_PRECONDITION);  // no rows yet
+  ASSERT_TRUE(record(false, &st).ok());
+  EXPECT_TRUE(st.recording_now());
+  EXPECT_EQ(st.recording().max_rows(), 100000u);
+  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
+  const int64_t t0 = 1'700'000'000'000;
+  prometheus::WriteRequest w;
+  AddRows(&w, data.normal, 0, 40, t0, "a");
+  AddRows(&w, data.normal, 40, 40, t0, "b");
+  ASSERT_EQ(Write(w).status, 200);  // 38 rows of each host are ready; no model scores them yet
+  ASSERT_TRUE(record(true, &st).ok());
+  EXPECT_FALSE(st.recording_now());
+  EXPECT_EQ(st.recorded_rows(), 76u);
+  EXPECT_EQ(record(true, &st).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(train("a", &job).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(train("", &job).ok());
+  const std::vector<v1::TrainingJob> states = WatchToEnd(admin_.get(), job.id());
+  ASSERT_FALSE(states.empty());
+  ASSERT_EQ(states.back().state(), v1::JOB_STATE_SUCCEEDED) << states.back().error();
+  EXPECT_EQ(states.back().rows(), 76u);
+  // The model now scores what ingest sends: the next scrape completes both hosts' rows.
+  prometheus::WriteRequest next;
+  AddRows(&next, data.normal, 80, 1, t0 + 40 * kStepMs, "a");
+  AddRows(&next, data.normal, 81, 1, t0 + 40 * kStepMs, "b");
+  ASSERT_EQ(Write(next).status, 200);
+  grpc::ClientContext ctx;
+  v1::GetModelRequest req;
+  req.set_model("fresh");
+  v1::ModelInfo info;
+  ASSERT_TRUE(scoring_->GetModel(&ctx, req, &info).ok());
+  EXPECT_EQ(info.ingest().rows_scored(), 6u);   // rows 38 and 39 waited, then 40
+  EXPECT_EQ(info.ingest().rows_failed(), 76u);  // before the model existed
+  EXPECT_EQ(info.spec().num_features(), kFeatures);
 }
 
 }  // namespace

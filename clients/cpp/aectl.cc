@@ -721,6 +721,7 @@ struct TrainArgs {
         kl_sparsity = 0, rho = 0, beta = 0;
   double percentile = 0;
   bool fine_tune = false, no_activate = false, detach = false, retain = false;
+  bool from_recording = false;  // the rows ingest recorded on the server, not a file
   uint64_t base_version = 0;
   float max_missing = -1;                  // -1 = the server's default
   int impute_refinements = -1;             // -1 = the server's default
@@ -752,7 +753,9 @@ bool ParseEnum(const std::string& text, const std::string& prefix, F is_valid_na
 }
 
 int Train(const Common& c, const TrainArgs& a, const std::string& path) {
-  auto table = ReadInput(path);
+  // From a recording the server has the rows: an empty table stands for them here.
+  auto table =
+      a.from_recording ? absl::StatusOr<engine::CsvTable>(engine::CsvTable{}) : ReadInput(path);
   if (!table.ok()) return Fail(table.status());
   v1::TrainingJobHeader h;
   h.set_model(a.model);
@@ -842,7 +845,12 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
 
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   v1::TrainingJob job;
-  {
+  if (a.from_recording) {
+    grpc::ClientContext ctx;
+    Deadline(ctx, c);
+    grpc::Status st = stub->TrainFromRecording(&ctx, h, &job);
+    if (!st.ok()) return Fail(st);
+  } else {
     grpc::ClientContext ctx;
     Deadline(ctx, c, false);
     auto writer = stub->CreateTrainingJob(&ctx, &job);
@@ -1089,6 +1097,34 @@ int SetIngest(const Common& c, const IngestArgs& a) {
               r.flush_ms());
   for (const auto& f : r.features()) {
     std::printf("  %s <- %s\n", f.name().c_str(), f.selector().c_str());
+  }
+  return 0;
+}
+
+int RecordIngest(const Common& c, const std::string& model, double minutes, uint64_t max_rows,
+                 bool stop, const std::string& format) {
+  auto stub = v1::ModelAdmin::NewStub(Connect(c));
+  grpc::ClientContext ctx;
+  Deadline(ctx, c);
+  v1::RecordIngestRequest req;
+  req.set_model(model);
+  req.set_seconds(minutes * 60);
+  req.set_max_rows(max_rows);
+  req.set_stop(stop);
+  v1::IngestStatus status;
+  grpc::Status st = stub->RecordIngest(&ctx, req, &status);
+  if (!st.ok()) return Fail(st);
+  if (format == "json") return PrintJson(status);
+  const v1::IngestRecording& r = status.recording();
+  if (stop) {
+    std::printf("recording of %s stopped: %llu rows\n", model.c_str(),
+                static_cast<unsigned long long>(status.recorded_rows()));
+  } else {
+    std::printf(
+        "recording %s for %.1f minutes (at most %llu rows); then: aectl train --model %s "
+        "--from-recording\n",
+        model.c_str(), (r.until_unix_ms() - r.started_unix_ms()) / 60000.0,
+        static_cast<unsigned long long>(r.max_rows()), model.c_str());
   }
   return 0;
 }
@@ -1537,6 +1573,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"join", "missing"}));
   train->add_option("file", train_path,
                     "training CSV (a label column is ignored); '-' reads stdin");
+  train->add_flag("--from-recording", ta.from_recording,
+                  "train on the rows recorded from ingest (aectl ingest record), not a file");
   train->callback([&] {
     ta.time_features = absl::StrSplit(time_features, ',', absl::SkipEmpty());
     code = Train(c, ta, train_path);
@@ -1629,6 +1667,25 @@ int main(int argc, char** argv) {
                    "a row missing features is scored this much later (default 30000)");
   bind->add_option("--format", ig.format, "text or json")->check(CLI::IsMember({"text", "json"}));
   bind->callback([&] { code = SetIngest(c, ig); });
+  struct RecordArgs {
+    std::string model, format = "text";
+    double minutes = 30;
+    uint64_t max_rows = 0;
+    bool stop = false;
+  } rec;
+  auto* record = ingest->add_subcommand(
+      "record",
+      "record the rows ingest assembles for a bound model, as a training set on the "
+      "server (then: aectl train --model M --from-recording)");
+  record->add_option("model", rec.model)->required();
+  record->add_option("--minutes", rec.minutes, "how long (default 30)")
+      ->check(CLI::Range(0.001, 527040.0));
+  record->add_option("--max-rows", rec.max_rows, "stop at this many rows (default 100000)");
+  record->add_flag("--stop", rec.stop, "end the running recording now, keeping its rows");
+  record->add_option("--format", rec.format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  record->callback(
+      [&] { code = RecordIngest(c, rec.model, rec.minutes, rec.max_rows, rec.stop, rec.format); });
   auto* unbind = ingest->add_subcommand("unbind", "remove the model's binding");
   unbind->add_option("model", ig.model)->required();
   unbind->callback([&] {
