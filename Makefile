@@ -4,9 +4,9 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 # Warnings are errors in the main (gcc) build; WERROR=OFF relaxes that.
 WERROR ?= ON
-CTEST_ARGS ?= -LE '^(soak|fuzz|bench_smoke|image)$$'
+CTEST_ARGS ?= -LE '^(soak|fuzz|bench_smoke|image|ingest)$$'
 
-.PHONY: deps configure build test run bench bench-smoke clean sanitize tsan fuzz soak image image-test
+.PHONY: deps configure build test run bench bench-smoke clean sanitize tsan fuzz soak image image-test ingest-test
 
 deps:
 	./deploy/install-deps.sh
@@ -67,6 +67,10 @@ image:
 
 image-test: image build
 	cd $(BUILD) && ctest --output-on-failure -L '^image$$'
+
+# Prometheus (Debian's prometheus and node exporter) remote-writing into aeserve, with a CPU burn.
+ingest-test: build
+	cd $(BUILD) && ctest --output-on-failure -L '^ingest$$'
 
 # Long runs: 50 SIGKILLs around model writes, 3 minutes of mixed load.
 soak: build

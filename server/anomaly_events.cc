@@ -39,6 +39,7 @@ void EventBatch::Build() const {
     e.set_version(f.handle.version);
     e.set_entity(f.handle.entity);
     e.set_stream_id(f.stream_id);
+    e.set_source_entity(f.source_entity);
     e.set_server_time_ms(f.server_time_ms);
   };
   if (sizes_[kIncidents] > 0) {

@@ -21,6 +21,7 @@ namespace aeserve::server {
 struct FlaggedRows {
   ModelHandle handle;
   std::string stream_id;
+  std::string source_entity;  // the entity the rows came from (AnomalyEvent.source_entity)
   int64_t server_time_ms = 0;
   float threshold = 0;
   std::vector<float> values;          // the flagged rows, row-major

@@ -131,6 +131,10 @@ Ingest::Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, A
                    "Rows assembled from ingested samples, by model and result (scored, "
                    "failed: no model to score them or a refused row; dropped: over the queue)")
                .Register(*metrics);
+  flagged_ = &metrics::BuildCounter()
+                  .Name("aeserve_ingest_anomalies_total")
+                  .Help("Ingested rows flagged anomalous, by model")
+                  .Register(*metrics);
   error_ = &metrics::BuildGauge()
                 .Name("aeserve_ingest_error")
                 .Help("Reconstruction error of the last ingested row scored, per model and entity")
@@ -321,6 +325,7 @@ void Ingest::Unbind(const std::string& model) {
   rows_->Remove({{"model", model}, {"result", "scored"}});
   rows_->Remove({{"model", model}, {"result", "failed"}});
   rows_->Remove({{"model", model}, {"result", "dropped"}});
+  flagged_->Remove({{"model", model}});
 }
 
 void Ingest::Reload() {
@@ -694,16 +699,22 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
       s.add_timestamps_ms(r->timestamp_ms);
     }
     v1::ScoreResponse resp;
-    const absl::Status st = ScoreSamples(
-        *h, s, v1::ScoreOptions(), config_.max_batch_rows, worker, &resp,
-        ScoreHooks{.feed = feed_, .window = &b.windows[entity], .autopilot = autopilot_});
+    const absl::Status st =
+        ScoreSamples(*h, s, v1::ScoreOptions(), config_.max_batch_rows, worker, &resp,
+                     ScoreHooks{.feed = feed_,
+                                .window = &b.windows[entity],
+                                .autopilot = autopilot_,
+                                .source_entity = entity});
     if (!st.ok()) {
       fail(st);
       continue;
     }
     b.scored += list.size();
     b.anomalies += resp.num_anomalies();
-    if (rows_ != nullptr) rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(n);
+    if (rows_ != nullptr) {
+      rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(n);
+      flagged_->Add({{"model", b.model}}).Increment(resp.num_anomalies());
+    }
     if (error_ == nullptr) continue;
     // The gauges show the last row that was scored (not skipped for its gaps).
     for (int i = resp.errors_size() - 1; i >= 0; --i) {

@@ -129,7 +129,8 @@ class Ingest {
   metrics::Family<metrics::Gauge>* error_ = nullptr;      // by model, entity
   metrics::Family<metrics::Gauge>* anomalous_ = nullptr;
   metrics::Family<metrics::Gauge>* severity_ = nullptr;
-  metrics::Family<metrics::Counter>* rows_ = nullptr;  // by model, result
+  metrics::Family<metrics::Counter>* rows_ = nullptr;     // by model, result
+  metrics::Family<metrics::Counter>* flagged_ = nullptr;  // by model
 
   absl::Mutex stop_mu_;
   bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;

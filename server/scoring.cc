@@ -191,6 +191,7 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::S
   FlaggedRows f;
   f.handle = h;
   if (hooks.stream != nullptr) f.stream_id = hooks.stream->stream_id();
+  f.source_entity = hooks.source_entity;
   f.server_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch())
                          .count();

@@ -40,6 +40,8 @@ struct ScoreHooks {
   std::unique_ptr<engine::WindowBuffer>* window = nullptr;
   // Retention, retrain triggers and shadow windows (null: none).
   Autopilot* autopilot = nullptr;
+  // The entity the rows come from (for events), also when the generic model scores them.
+  std::string source_entity;
   // Stream calls: sets the response's alarms and incidents (before retention sees them).
   std::function<void(v1::ScoreResponse*)> debounce = nullptr;
 };

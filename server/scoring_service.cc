@@ -97,11 +97,13 @@ grpc::ServerUnaryReactor* ScoringService::Score(grpc::CallbackServerContext* ctx
 void ScoringService::ScoreCall(grpc::CallbackServerContext* ctx,
                                UnaryCall<v1::ScoreRequest, v1::ScoreResponse>* call) {
   const v1::ScoreRequest* req = &call->request();
-  OnExecutor(ctx, call, "Score", req->model(), req->entity(), req->version(),
-             [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
-               return ScoreSamples(h, req->samples(), req->options(), options_.max_batch_rows, w,
-                                   resp, ScoreHooks{.feed = feed_, .autopilot = autopilot_});
-             });
+  OnExecutor(
+      ctx, call, "Score", req->model(), req->entity(), req->version(),
+      [this, req, resp = call->response()](const ModelHandle& h, Worker& w) {
+        return ScoreSamples(
+            h, req->samples(), req->options(), options_.max_batch_rows, w, resp,
+            ScoreHooks{.feed = feed_, .autopilot = autopilot_, .source_entity = req->entity()});
+      });
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoringService::StreamScore(

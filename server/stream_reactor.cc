@@ -309,7 +309,11 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
   }
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
-  ScoreHooks hooks{.feed = feed_, .stream = &config_, .window = &window_, .autopilot = autopilot_};
+  ScoreHooks hooks{.feed = feed_,
+                   .stream = &config_,
+                   .window = &window_,
+                   .autopilot = autopilot_,
+                   .source_entity = config_.entity()};
   hooks.debounce = [this, &handle](v1::ScoreResponse* r) { Debounce(*handle, r); };
   absl::Status st = ScoreSamples(*handle, req.samples(), config_.options(), options_.max_batch_rows,
                                  worker, resp.mutable_result(), hooks);

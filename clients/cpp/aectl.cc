@@ -546,7 +546,9 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
     }
     std::printf("%lld,%s,%llu,%s,%s,%s,%lld,%.8g,%.8g,%.6g,%u,%s\n",
                 static_cast<long long>(e.server_time_ms()), e.model().c_str(),
-                static_cast<unsigned long long>(e.version()), e.entity().c_str(),
+                static_cast<unsigned long long>(e.version()),
+                // the entity the row came from (ingest, or a call naming one), else the model's
+                (e.source_entity().empty() ? e.entity() : e.source_entity()).c_str(),
                 e.stream_id().c_str(), e.sample_id().c_str(),
                 static_cast<long long>(e.timestamp_ms()), e.error(), e.threshold(), e.p_value(),
                 e.severity(), top.c_str());
