@@ -59,6 +59,7 @@ void EventBatch::Build() const {
     lists_[kCritical].reserve(sizes_[kCritical]);
     for (size_t i = 0; i < sizes_[kAll]; ++i) {
       common();
+      if (!f.source_entities.empty()) e.set_source_entity(f.source_entities[i]);
       if (!f.ids.empty()) e.set_sample_id(f.ids[i]);
       if (!f.timestamps_ms.empty()) e.set_timestamp_ms(f.timestamps_ms[i]);
       e.set_error(f.errors[i]);

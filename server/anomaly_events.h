@@ -22,6 +22,7 @@ struct FlaggedRows {
   ModelHandle handle;
   std::string stream_id;
   std::string source_entity;  // the entity the rows came from (AnomalyEvent.source_entity)
+  std::vector<std::string> source_entities;  // or one per flagged row
   int64_t server_time_ms = 0;
   float threshold = 0;
   std::vector<float> values;          // the flagged rows, row-major

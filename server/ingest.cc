@@ -52,6 +52,13 @@ uint64_t SeriesHash(const SeriesLabels& labels, size_t feature) {
 
 }  // namespace
 
+// An entity's result gauges (children of the families; removed with the binding).
+struct EntityGauges {
+  metrics::Gauge* error = nullptr;
+  metrics::Gauge* anomalous = nullptr;
+  metrics::Gauge* severity = nullptr;
+};
+
 struct Ingest::Recorder {
   Recorder(const std::string& key_dir)
       : path((fs::path(key_dir) / kRecordingFile).string()),
@@ -94,7 +101,7 @@ struct Ingest::Bound {
   absl::Mutex score_mu ABSL_ACQUIRED_AFTER(mu);
   std::unordered_map<std::string, std::unique_ptr<engine::WindowBuffer>> windows
       ABSL_GUARDED_BY(score_mu);
-  std::set<std::string> gauged ABSL_GUARDED_BY(score_mu);  // entities with result gauges
+  std::map<std::string, EntityGauges> gauges ABSL_GUARDED_BY(score_mu);  // per entity
   std::string last_error ABSL_GUARDED_BY(score_mu);
 
   std::atomic<uint64_t> scored{0}, failed{0}, anomalies{0};
@@ -288,7 +295,7 @@ absl::Status Ingest::Apply(const std::string& model, const v1::IngestBinding& b,
   }
   if (old != nullptr && error_ != nullptr) {
     absl::MutexLock lock(&old->score_mu);
-    for (const std::string& e : old->gauged) {
+    for (const auto& [e, g] : old->gauges) {
       const metrics::Labels l{{"model", model}, {"entity", e}};
       error_->Remove(l);
       anomalous_->Remove(l);
@@ -316,7 +323,7 @@ void Ingest::Unbind(const std::string& model) {
   }
   if (error_ == nullptr) return;
   absl::MutexLock lock(&old->score_mu);
-  for (const std::string& e : old->gauged) {
+  for (const auto& [e, g] : old->gauges) {
     const metrics::Labels l{{"model", model}, {"entity", e}};
     error_->Remove(l);
     anomalous_->Remove(l);
@@ -666,66 +673,93 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     rows.swap(b.queue);
   }
   if (rows.empty()) return;
-  // Each entity's rows in their order (rows of different entities are independent).
-  std::map<std::string, std::vector<const IngestRow*>> by_entity;
-  for (const IngestRow& r : rows) by_entity[r.entity].push_back(&r);
-  const int d = b.binding.features_size();
-  for (const auto& [entity, list] : by_entity) {
-    const double n = static_cast<double>(list.size());
-    auto fail = [&](const absl::Status& st) {
-      b.failed += list.size();
-      if (rows_ != nullptr) rows_->Add({{"model", b.model}, {"result", "failed"}}).Increment(n);
-      const std::string msg(st.message());
-      if (log_ && msg != b.last_error) {  // once per distinct reason, not once per row
-        log_->warn("ingest: rows of '{}' entity '{}' not scored: {}", b.model, entity, msg);
-      }
-      b.last_error = msg;
-    };
-    auto h = registry_->Get(b.model, entity, 0);
-    if (!h.ok()) {
-      fail(h.status());
+  // One engine batch per model that scores the rows: every entity the generic model scores goes
+  // into one batch (each row is its own sample), except for series models, whose windows are per
+  // entity. Rows keep their order within an entity.
+  struct Batch {
+    ModelHandle handle;
+    std::string window_of;  // series models: the entity whose window it is
+    std::vector<const IngestRow*> rows;
+    std::vector<std::string> entities;  // per row
+  };
+  std::vector<Batch> batches;
+  std::map<std::pair<const engine::Model*, std::string>, size_t> batch_of;
+  std::map<std::string, absl::StatusOr<ModelHandle>> handles;  // per entity
+  auto fail = [&](const std::string& entity, size_t n, const absl::Status& st) {
+    b.failed += n;
+    if (rows_ != nullptr) {
+      rows_->Add({{"model", b.model}, {"result", "failed"}}).Increment(static_cast<double>(n));
+    }
+    const std::string msg(st.message());
+    if (log_ && msg != b.last_error) {  // once per distinct reason, not once per row
+      log_->warn("ingest: rows of '{}' entity '{}' not scored: {}", b.model, entity, msg);
+    }
+    b.last_error = msg;
+  };
+  for (const IngestRow& r : rows) {
+    auto h = handles.find(r.entity);
+    if (h == handles.end())
+      h = handles.emplace(r.entity, registry_->Get(b.model, r.entity, 0)).first;
+    if (!h->second.ok()) {
+      fail(r.entity, 1, h->second.status());
       continue;
     }
-    const v1::ModelFile& file = h->model->file();
-    const bool named = file.feature_names_size() == static_cast<int>(h->model->num_features());
+    const ModelHandle& handle = *h->second;
+    const bool series = handle.model->file().spec().window().length() > 1;
+    auto key = std::make_pair(handle.model.get(), series ? r.entity : std::string());
+    auto at = batch_of.find(key);
+    if (at == batch_of.end()) {
+      at = batch_of.emplace(key, batches.size()).first;
+      batches.push_back(Batch{handle, series ? r.entity : std::string(), {}, {}});
+    }
+    batches[at->second].rows.push_back(&r);
+    batches[at->second].entities.push_back(r.entity);
+  }
+  const int d = b.binding.features_size();
+  for (const Batch& batch : batches) {
+    const size_t n = batch.rows.size();
+    const bool named = batch.handle.model->file().feature_names_size() ==
+                       static_cast<int>(batch.handle.model->num_features());
     v1::Samples s;
     s.set_num_features(static_cast<uint32_t>(d));
-    if (named) {
-      for (const auto& f : b.binding.features()) s.add_feature_names(f.name());
-    }
-    s.mutable_values()->Reserve(static_cast<int>(list.size()) * d);
-    for (const IngestRow* r : list) {
+    if (named) *s.mutable_feature_names() = b.names;
+    s.mutable_values()->Reserve(static_cast<int>(n) * d);
+    s.mutable_timestamps_ms()->Reserve(static_cast<int>(n));
+    for (const IngestRow* r : batch.rows) {
       for (float v : r->values) s.add_values(v);
       s.add_timestamps_ms(r->timestamp_ms);
     }
     v1::ScoreResponse resp;
-    const absl::Status st =
-        ScoreSamples(*h, s, v1::ScoreOptions(), config_.max_batch_rows, worker, &resp,
-                     ScoreHooks{.feed = feed_,
-                                .window = &b.windows[entity],
-                                .autopilot = autopilot_,
-                                .source_entity = entity});
+    ScoreHooks hooks;
+    hooks.feed = feed_;
+    hooks.autopilot = autopilot_;
+    hooks.source_entities = &batch.entities;
+    if (!batch.window_of.empty()) hooks.window = &b.windows[batch.window_of];
+    const absl::Status st = ScoreSamples(batch.handle, s, v1::ScoreOptions(),
+                                         config_.max_batch_rows, worker, &resp, hooks);
     if (!st.ok()) {
-      fail(st);
+      fail(batch.entities.front(), n, st);
       continue;
     }
-    b.scored += list.size();
+    b.scored += n;
     b.anomalies += resp.num_anomalies();
-    if (rows_ != nullptr) {
-      rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(n);
-      flagged_->Add({{"model", b.model}}).Increment(resp.num_anomalies());
-    }
-    if (error_ == nullptr) continue;
-    // The gauges show the last row that was scored (not skipped for its gaps).
+    if (rows_ == nullptr) continue;
+    rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(static_cast<double>(n));
+    flagged_->Add({{"model", b.model}}).Increment(resp.num_anomalies());
+    // The gauges show each entity's last row that was scored (not skipped for its gaps).
+    std::set<std::string_view> done;
     for (int i = resp.errors_size() - 1; i >= 0; --i) {
       if (i < resp.skipped_size() && resp.skipped(i)) continue;
-      const metrics::Labels l{{"model", b.model}, {"entity", entity}};
-      error_->Add(l).Set(resp.errors(i));
-      anomalous_->Add(l).Set(resp.anomalous(i) ? 1 : 0);
-      severity_->Add(l).Set(i < resp.severity_size() ? resp.severity(i)
-                                                     : (resp.anomalous(i) ? 1 : 0));
-      b.gauged.insert(entity);
-      break;
+      const std::string& entity = batch.entities[static_cast<size_t>(i)];
+      if (!done.insert(entity).second) continue;
+      EntityGauges& g = b.gauges[entity];
+      if (g.error == nullptr) {
+        const metrics::Labels l{{"model", b.model}, {"entity", entity}};
+        g = EntityGauges{&error_->Add(l), &anomalous_->Add(l), &severity_->Add(l)};
+      }
+      g.error->Set(resp.errors(i));
+      g.anomalous->Set(resp.anomalous(i) ? 1 : 0);
+      g.severity->Set(i < resp.severity_size() ? resp.severity(i) : (resp.anomalous(i) ? 1 : 0));
     }
   }
 }

@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/arena.h"
 
 namespace aeserve::server {
 namespace {
@@ -74,11 +75,13 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
   if (!snappy::Uncompress(body->data(), body->size(), &decoded)) {
     return Reply(400, "body is not valid snappy-compressed data");
   }
-  prometheus::WriteRequest write;
-  if (!write.ParseFromString(decoded)) {
+  // On an arena: a request's ~6,000 label strings cost one allocation block, not one each.
+  google::protobuf::Arena arena;
+  auto* write = google::protobuf::Arena::CreateMessage<prometheus::WriteRequest>(&arena);
+  if (!write->ParseFromString(decoded)) {
     return Reply(400, "body is not a remote-write WriteRequest (protobuf)");
   }
-  auto counts = ingest.Write(write);
+  auto counts = ingest.Write(*write);
   if (!counts.ok()) {
     metrics::HttpResponse r =
         Reply(HttpStatusOf(counts.status()), std::string(counts.status().message()));

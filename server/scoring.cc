@@ -230,6 +230,7 @@ static void PublishAnomalies(const ModelHandle& h, const v1::Samples& s, absl::S
     f.errors.push_back(res.error[i]);
     f.scores.push_back(res.score[i]);
     f.p_values.push_back(res.p_value[i]);
+    if (hooks.source_entities != nullptr) f.source_entities.push_back((*hooks.source_entities)[i]);
     if (s.ids_size()) f.ids.push_back(s.ids(static_cast<int>(i)));
     if (s.timestamps_ms_size()) f.timestamps_ms.push_back(s.timestamps_ms(static_cast<int>(i)));
   }

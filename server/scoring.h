@@ -42,6 +42,8 @@ struct ScoreHooks {
   Autopilot* autopilot = nullptr;
   // The entity the rows come from (for events), also when the generic model scores them.
   std::string source_entity;
+  // Or one per row, when a batch holds the rows of several entities (ingest).
+  const std::vector<std::string>* source_entities = nullptr;
   // Stream calls: sets the response's alarms and incidents (before retention sees them).
   std::function<void(v1::ScoreResponse*)> debounce = nullptr;
 };
