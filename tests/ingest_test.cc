@@ -14,6 +14,7 @@
 #include "tests/http_get.h"
 #include "tests/test_models.h"
 #include "tests/test_server.h"
+#include "tests/wait_for.h"
 
 namespace aeserve::testing {
 namespace {
@@ -128,6 +129,18 @@ TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
   // Rows 30 s older than each host's newest sample are scored (18 each); the last two wait for a
   // scrape that says how many series a row has.
   EXPECT_EQ(Info().ingest().rows_scored(), 36u);
+  // Watch the feed from here on.
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::WatchAnomaliesRequest wreq;
+  wreq.set_model("m");
+  auto watch = scoring_->WatchAnomalies(&wctx, wreq);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return HttpGet(server_->metrics_port(), "/metrics").find("aeserve_anomaly_watchers 1") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(10)));
   // Request 2: the next scrape, h2's 10x its normal values.
   prometheus::WriteRequest w2;
   AddRows(&w2, data.normal, 40, 1, t0 + 20 * kStepMs, "h1:9100");
@@ -154,6 +167,15 @@ TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
             std::string::npos);
   EXPECT_NE(metrics.find("aeserve_ingest_rows_total{model=\"m\",result=\"scored\"} 42"),
             std::string::npos);
+  // The feed names the host the flagged row came from (the generic model scored it).
+  v1::AnomalyEvent event;
+  bool h2 = false;
+  while (!h2 && watch->Read(&event)) h2 = event.source_entity() == "h2:9100";
+  EXPECT_TRUE(h2);
+  EXPECT_EQ(event.entity(), "");
+  EXPECT_EQ(event.timestamp_ms(), t0 + 20 * kStepMs);
+  wctx.TryCancel();
+  watch->Finish();
   // A retried request changes nothing: its samples are late.
   r = Write(w2);
   ASSERT_EQ(r.status, 200);
