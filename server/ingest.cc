@@ -543,7 +543,7 @@ std::shared_ptr<const Ingest::Index> Ingest::index() const {
   return index_;
 }
 
-absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& request) {
+absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& request, bool wait) {
   {
     absl::MutexLock lock(&stop_mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
@@ -617,7 +617,7 @@ absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& reque
     if (pending) touched.push_back(b);
   }
   // Rows that could not be handed to a worker stay queued for the next write or flush tick.
-  if (!touched.empty()) Schedule(touched, /*wait=*/true);
+  if (!touched.empty()) Schedule(touched, wait);
   return c;
 }
 

@@ -85,7 +85,9 @@ class Ingest {
 
   // One decoded write request: its samples join rows, and the rows that are ready are scored
   // before this returns. UNAVAILABLE (nothing taken) when the scoring queue is too full.
-  absl::StatusOr<IngestCounts> Write(const prometheus::WriteRequest& request);
+  // With `wait` false (OTLP, on a gRPC thread) the rows are handed to the workers and not waited
+  // for.
+  absl::StatusOr<IngestCounts> Write(const prometheus::WriteRequest& request, bool wait = true);
 
  private:
   struct Bound;

@@ -150,6 +150,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   }
   builder.RegisterService(s->scoring_.get());
   builder.RegisterService(s->admin_.get());
+  s->otlp_ = std::make_unique<OtlpService>(s->ingest_.get(), &s->auth_);
+  builder.RegisterService(s->otlp_.get());
   s->grpc_ = builder.BuildAndStart();
   if (!s->grpc_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat(

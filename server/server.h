@@ -19,6 +19,7 @@
 #include "server/metrics/exposer.h"
 #include "server/model_registry.h"
 #include "server/options.h"
+#include "server/otlp_service.h"
 #include "server/scoring_service.h"
 #include "server/server_metrics.h"
 #include "server/stream_reactor.h"
@@ -72,6 +73,7 @@ class Server {
   std::unique_ptr<Uploads> uploads_;
   std::unique_ptr<Ingest> ingest_;  // after executor_ (scores on it), before the listeners below
   std::unique_ptr<metrics::Exposer> ingest_exposer_;  // --ingest_port
+  std::unique_ptr<OtlpService> otlp_;                 // OTLP/gRPC metrics into ingest_
   StreamTracker streams_;
   std::unique_ptr<ScoringService> scoring_;
   std::unique_ptr<AdminService> admin_;

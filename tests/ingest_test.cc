@@ -9,6 +9,7 @@
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "engine/synthetic_data.h"
 #include "gtest/gtest.h"
+#include "opentelemetry/proto/collector/metrics/v1/metrics_service.grpc.pb.h"
 #include "prometheus/remote.pb.h"
 #include "tests/admin_client.h"
 #include "tests/http_get.h"
@@ -243,6 +244,16 @@ TEST_F(IngestTest, TokensAreCheckedBeforeTheBodyIsRead) {
   EXPECT_EQ(r.status, 401);
   EXPECT_EQ(Write(w, "Authorization: Bearer s3cret\r\n").status, 200);
   EXPECT_EQ(Write(w, "Authorization: Bearer adm1n\r\n").status, 200);
+  // OTLP on the gRPC port: the same tokens.
+  auto stub = opentelemetry::proto::collector::metrics::v1::MetricsService::NewStub(channel_);
+  for (const std::string token : {"", "nope", "s3cret"}) {
+    grpc::ClientContext ctx;
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+    opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceResponse resp;
+    EXPECT_EQ(stub->Export(&ctx, {}, &resp).error_code(),
+              token == "s3cret" ? grpc::StatusCode::OK : grpc::StatusCode::UNAUTHENTICATED)
+        << token;
+  }
 }
 
 TEST_F(IngestTest, BindingsAreCheckedStoredAndSurviveARestart) {
@@ -365,6 +376,84 @@ TEST_F(IngestTest, ARecordingTrainsAModelFromTheIngestedRows) {
   EXPECT_EQ(info.ingest().rows_scored(), 6u);   // rows 38 and 39 waited, then 40
   EXPECT_EQ(info.ingest().rows_failed(), 76u);  // before the model existed
   EXPECT_EQ(info.spec().num_features(), kFeatures);
+}
+
+namespace otlp = opentelemetry::proto::collector::metrics::v1;
+
+// Rows [first, first + n) as OTLP gauges synth.m<i> of resource host.name = `host` (feature 0 as
+// an integer sum), the row r at t0 + r * 15 s.
+otlp::ExportMetricsServiceRequest OtlpRows(const std::vector<float>& values, size_t first, size_t n,
+                                           int64_t t0, const std::string& host) {
+  otlp::ExportMetricsServiceRequest req;
+  auto* rm = req.add_resource_metrics();
+  auto* attr = rm->mutable_resource()->add_attributes();
+  attr->set_key("host.name");
+  attr->mutable_value()->set_string_value(host);
+  auto* sm = rm->add_scope_metrics();
+  for (uint32_t f = 0; f < kFeatures; ++f) {
+    otlp::Metric* m = sm->add_metrics();
+    m->set_name("synth.m" + std::to_string(f));
+    auto* points = f == 0 ? m->mutable_sum()->mutable_data_points()
+                          : m->mutable_gauge()->mutable_data_points();
+    for (size_t r = 0; r < n; ++r) {
+      otlp::NumberDataPoint* p = points->Add();
+      p->set_time_unix_nano(static_cast<uint64_t>(t0 + static_cast<int64_t>(r) * kStepMs) *
+                            1000000);
+      const float v = values[(first + r) * kFeatures + f];
+      if (f == 0) {
+        p->set_as_int(static_cast<int64_t>(std::lround(v)));
+      } else {
+        p->set_as_double(v);
+      }
+    }
+  }
+  return req;
+}
+
+TEST_F(IngestTest, OtlpGaugesAndSumsFeedTheSameBindings) {
+  Start();
+  // Feature 0 is sent as an integer: train on integers for it so that rows are normal.
+  v1::IngestBinding b;
+  for (uint32_t f = 0; f < kFeatures; ++f) {
+    auto* feature = b.add_features();
+    feature->set_name("m" + std::to_string(f));
+    feature->set_selector("synth_m" +
+                          std::to_string(f));  // OTLP's synth.m<i>, as Prometheus names it
+  }
+  b.set_entity_label("host_name");
+  v1::IngestStatus st;
+  ASSERT_TRUE(Bind(b, &st).ok());
+  auto stub = otlp::MetricsService::NewStub(channel_);
+  auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
+  const int64_t t0 = 1'700'000'000'000;
+  otlp::ExportMetricsServiceResponse resp;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Export(&ctx, OtlpRows(data.normal, 0, 20, t0, "otel-1"), &resp).ok());
+    EXPECT_FALSE(resp.has_partial_success());
+  }
+  {
+    // The next scrape, with one point without a value and one NaN: refused, and said so.
+    otlp::ExportMetricsServiceRequest next =
+        OtlpRows(data.normal, 20, 1, t0 + 20 * kStepMs, "otel-1");
+    auto* metrics = next.mutable_resource_metrics(0)->mutable_scope_metrics(0)->mutable_metrics();
+    metrics->Mutable(1)->mutable_gauge()->add_data_points()->set_flags(1);
+    auto* nan = metrics->Mutable(2)->mutable_gauge()->add_data_points();
+    nan->set_time_unix_nano(static_cast<uint64_t>(t0 + 21 * kStepMs) * 1000000);
+    nan->set_as_double(std::nan(""));
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Export(&ctx, next, &resp).ok());
+    EXPECT_EQ(resp.partial_success().rejected_data_points(), 2);
+    EXPECT_NE(resp.partial_success().error_message().find("2 without a finite value"),
+              std::string::npos)
+        << resp.partial_success().error_message();
+  }
+  // Scored off the call's thread: every row of the host, as for remote write.
+  EXPECT_TRUE(
+      WaitFor([&] { return Info().ingest().rows_scored() == 21; }, std::chrono::seconds(10)))
+      << Info().ingest().DebugString();
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("aeserve_ingest_error{model=\"m\",entity=\"otel-1\"}"), std::string::npos);
 }
 
 }  // namespace
