@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,11 @@ constexpr uint64_t kMaxBindingBytes = 1 << 20;
 constexpr int kMaxFeatures = 4096;
 constexpr uint32_t kDefaultToleranceMs = 2000;
 constexpr uint32_t kDefaultFlushMs = 30000;
+// Samples stamped further ahead of this server's clock are refused (a bad clock would otherwise
+// become the entity's clock and make every later sample late), as are negative timestamps.
+constexpr int64_t kMaxFutureMs = 10 * 60 * 1000;
+// An entity label value longer than this is refused (it becomes a label on /metrics).
+constexpr size_t kMaxEntityBytes = 256;
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
@@ -260,6 +266,10 @@ absl::StatusOr<v1::IngestStatus> Ingest::SetBinding(const std::string& model,
   v1::IngestBinding given = binding;
   given.DiscardUnknownFields();
   std::string bytes = given.SerializeAsString();
+  if (bytes.size() > kMaxBindingBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ingest binding: ", bytes.size(), " bytes; at most ", kMaxBindingBytes));
+  }
   if (auto st = engine::WriteFileAtomically(path, bytes); !st.ok()) return st;
   if (auto st = Apply(model, *b, std::move(bytes)); !st.ok()) return st;
   v1::IngestStatus out;
@@ -340,6 +350,14 @@ void Ingest::Reload() {
   registry_->ForEach([&](const ModelKey& k, const ModelEntry&) {
     if (k.entity.empty()) models.insert(k.model);
   });
+  // And models bound before their first version (bind, record, train from the recording).
+  std::error_code ec;
+  for (fs::directory_iterator it(registry_->store().dir(), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.empty() || name[0] == '.' || !MakeKey(name, "").ok()) continue;
+    if (fs::exists(it->path() / kBindingFile, ec)) models.insert(name);
+  }
   std::map<std::string, std::string> held;
   {
     absl::MutexLock lock(&mu_);
@@ -509,6 +527,21 @@ absl::StatusOr<v1::TrainingJob> Ingest::TrainFromRecording(const v1::TrainingJob
         "'", header.model(), "' has ", recorded, " recorded rows; at least ",
         TrainingJobs::kMinTrainingRows, " are needed (aectl ingest record, then wait)"));
   }
+  {
+    // Only rows of the binding's features, in its order, can train (a changed binding leaves
+    // the older rows unreadable).
+    std::vector<std::string> names(b->names.begin(), b->names.end());
+    auto readable = recorder->rows.Read(static_cast<uint32_t>(names.size()),
+                                        TrainingJobs::kMinTrainingRows, names);
+    if (!readable.ok()) return readable.status();
+    if (readable->rows() < TrainingJobs::kMinTrainingRows) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "'", header.model(), "': ", readable->rows(), " recorded rows have the binding's ",
+          names.size(), " features (", readable->other_features,
+          " segments were recorded with other features, before the binding changed): record "
+          "again"));
+    }
+  }
   v1::TrainingJobHeader h = header;
   h.clear_feature_names();
   for (const std::string& n : b->names) h.add_feature_names(n);
@@ -575,11 +608,18 @@ absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& reque
             if (n == b->binding.entity_label()) entity = std::string(v);
           }
         }
+        if (entity.size() > kMaxEntityBytes) {
+          c.limited += ts.samples_size();
+          continue;
+        }
         const uint64_t series = SeriesHash(labels, f);
         const bool rate = b->selectors[f].rate();
         absl::MutexLock lock(&b->mu);
         for (const prometheus::Sample& s : ts.samples()) {
-          if (!std::isfinite(s.value())) {
+          // NaN (stale markers), infinities, values beyond float range, timestamps before 1970
+          // or more than 10 minutes ahead of this server.
+          if (!(std::fabs(s.value()) <= std::numeric_limits<float>::max()) || s.timestamp() < 0 ||
+              s.timestamp() > now + kMaxFutureMs) {
             ++c.invalid;
             continue;
           }
@@ -589,7 +629,11 @@ absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& reque
               ++c.accepted;
               break;
             case RowAssembler::Outcome::kLate:
+            case RowAssembler::Outcome::kDuplicate:
               ++c.late;
+              break;
+            case RowAssembler::Outcome::kInvalid:
+              ++c.invalid;
               break;
             case RowAssembler::Outcome::kEntityLimit:
             case RowAssembler::Outcome::kSeriesLimit:

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <iterator>
 #include <limits>
 
@@ -34,13 +35,28 @@ RowAssembler::Outcome RowAssembler::Add(const std::string& entity, uint64_t seri
       rates_.emplace(series, RateState{timestamp_ms, value});
       return Outcome::kFirstOfRate;
     }
-    if (timestamp_ms <= r->second.timestamp_ms) return Outcome::kLate;
+    if (timestamp_ms == r->second.timestamp_ms) return Outcome::kDuplicate;
+    if (timestamp_ms < r->second.timestamp_ms) return Outcome::kLate;
     const double increase = value >= r->second.value ? value - r->second.value : value;
     v = increase * 1000.0 / static_cast<double>(timestamp_ms - r->second.timestamp_ms);
     r->second = RateState{timestamp_ms, value};
+    if (!(std::fabs(v) <= std::numeric_limits<float>::max())) return Outcome::kInvalid;
   }
-  auto row = e.rows.lower_bound(timestamp_ms - tolerance_ms_);
-  if (row == e.rows.end() || row->first > timestamp_ms + tolerance_ms_) {
+  // The closest row within tolerance that this series has not contributed to yet.
+  auto row = e.rows.end();
+  for (auto c = e.rows.lower_bound(timestamp_ms - tolerance_ms_);
+       c != e.rows.end() && c->first <= timestamp_ms + tolerance_ms_; ++c) {
+    const auto& s = c->second.series;
+    if (std::find(s.begin(), s.end(), series) != s.end()) {
+      if (c->first == timestamp_ms) return Outcome::kDuplicate;
+      continue;
+    }
+    if (row == e.rows.end() ||
+        std::llabs(c->first - timestamp_ms) < std::llabs(row->first - timestamp_ms)) {
+      row = c;  // the closest
+    }
+  }
+  if (row == e.rows.end()) {
     Pending p;
     p.sums.assign(num_features_, 0.0);
     p.counts.assign(num_features_, 0);
@@ -49,6 +65,7 @@ RowAssembler::Outcome RowAssembler::Add(const std::string& entity, uint64_t seri
   }
   row->second.sums[feature] += v;
   row->second.counts[feature] += 1;
+  row->second.series.push_back(series);
   if (e.newest_ms == INT64_MIN || timestamp_ms > e.newest_ms) e.newest_ms = timestamp_ms;
   touched_.push_back(entity);
   return Outcome::kAccepted;
@@ -108,8 +125,11 @@ void RowAssembler::TakeUpTo(const std::string& name, Entity& e,
     row.timestamp_ms = r->first;
     row.values.resize(num_features_);
     for (size_t f = 0; f < num_features_; ++f) {
-      row.values[f] = r->second.counts[f] == 0 ? std::numeric_limits<float>::quiet_NaN()
-                                               : static_cast<float>(r->second.sums[f]);
+      const double sum = r->second.sums[f];  // a sum beyond float range is missing too
+      row.values[f] =
+          r->second.counts[f] == 0 || !(std::fabs(sum) <= std::numeric_limits<float>::max())
+              ? std::numeric_limits<float>::quiet_NaN()
+              : static_cast<float>(sum);
     }
     out->push_back(std::move(row));
   }

@@ -4,7 +4,9 @@
 //
 // - A sample joins the entity's pending row whose timestamp is within `tolerance_ms` of its own,
 //   else starts a row at its timestamp.
-// - Several series bound to one feature for one entity (e.g. one per CPU) are summed.
+// - Several series bound to one feature for one entity (e.g. one per CPU) are summed; a series
+//   contributes once to a row: its sample again at the same timestamp is a duplicate (dropped), a
+//   later one within tolerance (a scrape interval shorter than the tolerance) starts a new row.
 // - A `rate` feature is the per-second increase of each series since its previous sample (a
 //   decrease is a counter reset: the new value counts from zero); a series' first sample gives no
 //   value, so that feature is missing (NaN) in the row.
@@ -41,7 +43,17 @@ struct IngestLimits {
 
 class RowAssembler {
  public:
-  enum class Outcome { kAccepted, kFirstOfRate, kLate, kEntityLimit, kSeriesLimit };
+  // kDuplicate: the series already has a sample at this timestamp (a retried request); kInvalid:
+  // a rate beyond float range.
+  enum class Outcome {
+    kAccepted,
+    kFirstOfRate,
+    kLate,
+    kDuplicate,
+    kInvalid,
+    kEntityLimit,
+    kSeriesLimit
+  };
 
   RowAssembler(size_t num_features, int64_t tolerance_ms, int64_t flush_ms, IngestLimits limits);
 
@@ -60,7 +72,8 @@ class RowAssembler {
   struct Pending {
     std::vector<double> sums;
     std::vector<uint32_t> counts;
-    int64_t arrived_ms = 0;  // wall clock of its first sample
+    std::vector<uint64_t> series;  // the series that contributed (each at most once)
+    int64_t arrived_ms = 0;        // wall clock of its first sample
   };
   struct Entity {
     std::map<int64_t, Pending> rows;  // by timestamp

@@ -107,7 +107,8 @@ ABSL_FLAG(uint32_t, ingest_max_entities, Defaults().ingest_max_entities,
           "Entities per model the ingest keeps rows and gauges for; further ones are dropped "
           "and counted.");
 ABSL_FLAG(uint64_t, ingest_max_body_bytes, Defaults().ingest_max_body_bytes,
-          "Largest remote-write body (compressed); larger ones get 413 before they are read.");
+          "Largest remote-write body (compressed; decoded at most 4x); larger ones get 413 "
+          "before they are read.");
 ABSL_FLAG(std::string, demo_csv, Defaults().demo_csv,
           "If the model store is empty, train model 'demo' on this CSV at start-up.");
 

@@ -44,8 +44,8 @@ struct Options {
   // Prometheus remote write (POST /api/v1/write): 0 = on the metrics port, N = its own port
   // (-1: a free one, for tests).
   int ingest_port = 0;
-  uint32_t ingest_max_entities = 10000;        // per model: more entities' samples are dropped
-  uint64_t ingest_max_body_bytes = 16u << 20;  // compressed request body; larger ones get 413
+  uint32_t ingest_max_entities = 10000;       // per model: more entities' samples are dropped
+  uint64_t ingest_max_body_bytes = 4u << 20;  // compressed request body (decoded: 4x); else 413
 };
 
 }  // namespace aeserve::server

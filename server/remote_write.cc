@@ -32,6 +32,8 @@ int HttpStatusOf(const absl::Status& st) {
       return 503;
     case absl::StatusCode::kInvalidArgument:
       return 400;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 408;
     default:
       return 500;
   }
@@ -70,6 +72,15 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
   if (decoded_size > limits.max_decoded_bytes) {
     return Reply(413, absl::StrCat("body decompresses to ", decoded_size,
                                    " bytes, over the limit of ", limits.max_decoded_bytes));
+  }
+  ByteBudget::Reservation held;
+  if (limits.in_flight != nullptr) {
+    held = limits.in_flight->Reserve(decoded_size);
+    if (decoded_size > 0 && held.bytes() == 0) {
+      metrics::HttpResponse r = Reply(503, "too many remote-write bodies in flight; retry");
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
   }
   std::string decoded;
   if (!snappy::Uncompress(body->data(), body->size(), &decoded)) {

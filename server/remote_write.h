@@ -9,14 +9,18 @@
 #include <cstdint>
 
 #include "server/auth.h"
+#include "server/byte_budget.h"
 #include "server/ingest.h"
 #include "server/metrics/exposer.h"
 
 namespace aeserve::server {
 
 struct RemoteWriteLimits {
-  uint64_t max_body_bytes = 16 << 20;     // compressed, as sent
-  uint64_t max_decoded_bytes = 64 << 20;  // after snappy
+  uint64_t max_body_bytes = 4 << 20;      // compressed, as sent
+  uint64_t max_decoded_bytes = 16 << 20;  // after snappy
+  // Decoded bytes of all requests being parsed and ingested at once (null: no bound); a request
+  // that does not fit gets 503 (retried).
+  ByteBudget* in_flight = nullptr;
 };
 
 metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ingest& ingest,

@@ -170,8 +170,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     s->log_->info("metrics on http://{}:{}/metrics", mhost, s->exposer_->port());
   }
   {
+    // Decoded bodies of requests being read and parsed at once: a parsed request takes about 12x
+    // its decoded size, so this bounds what remote write holds in memory to about 1 GiB.
+    s->ingest_budget_ =
+        std::make_unique<ByteBudget>(std::max<uint64_t>(64u << 20, 4 * o.ingest_max_body_bytes));
     const RemoteWriteLimits limits{.max_body_bytes = o.ingest_max_body_bytes,
-                                   .max_decoded_bytes = 4 * o.ingest_max_body_bytes};
+                                   .max_decoded_bytes = 4 * o.ingest_max_body_bytes,
+                                   .in_flight = s->ingest_budget_.get()};
     metrics::Exposer::Handler write = [ingest = s->ingest_.get(), auth = &s->auth_,
                                        limits](const metrics::HttpRequest& r) {
       return HandleRemoteWrite(r, *ingest, *auth, limits);

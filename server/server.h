@@ -71,6 +71,7 @@ class Server {
   std::unique_ptr<TrainingJobs> jobs_;
   std::unique_ptr<Autopilot> autopilot_;
   std::unique_ptr<Uploads> uploads_;
+  std::unique_ptr<ByteBudget> ingest_budget_;  // decoded remote-write bodies in flight
   std::unique_ptr<Ingest> ingest_;  // after executor_ (scores on it), before the listeners below
   std::unique_ptr<metrics::Exposer> ingest_exposer_;  // --ingest_port
   std::unique_ptr<OtlpService> otlp_;                 // OTLP/gRPC metrics into ingest_

@@ -92,9 +92,32 @@ TEST(RowAssembler, SamplesWithinToleranceShareARowAndLateOnesAreDropped) {
   EXPECT_EQ(a.Add("h", 1, 0, false, 500, 9, 1), Outcome::kLate);
   EXPECT_EQ(a.Add("h", 1, 0, false, 3000, 9, 1), Outcome::kLate);
   EXPECT_EQ(a.Add("h", 1, 0, false, 3001, 9, 1), Outcome::kAccepted);
-  // A repeated counter sample (a retried request) is late too.
+  // A repeated counter sample (a retried request) is a duplicate; an older one is late.
   a.Add("h", 5, 1, true, 4000, 10, 1);
-  EXPECT_EQ(a.Add("h", 5, 1, true, 4000, 10, 1), Outcome::kLate);
+  EXPECT_EQ(a.Add("h", 5, 1, true, 4000, 10, 1), Outcome::kDuplicate);
+  EXPECT_EQ(a.Add("h", 5, 1, true, 3500, 10, 1), Outcome::kLate);
+}
+
+TEST(RowAssembler, ASeriesCountsOnceInARow) {
+  RowAssembler a(1, kTol, kFlush, IngestLimits{});
+  EXPECT_EQ(a.Add("h", 1, 0, false, 1000, 3, 0), Outcome::kAccepted);
+  // The same sample again (a retried request): dropped, not added.
+  EXPECT_EQ(a.Add("h", 1, 0, false, 1000, 3, 0), Outcome::kDuplicate);
+  // The same series 1 s later (scrapes faster than the tolerance): a row of its own.
+  EXPECT_EQ(a.Add("h", 1, 0, false, 2000, 4, 0), Outcome::kAccepted);
+  // Another series within tolerance joins the closest row it is not in yet.
+  EXPECT_EQ(a.Add("h", 2, 0, false, 1900, 10, 0), Outcome::kAccepted);
+  std::vector<IngestRow> rows;
+  a.Flush(kFlush, &rows);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].values[0], 3.0f);
+  EXPECT_EQ(rows[1].timestamp_ms, 2000);
+  EXPECT_EQ(rows[1].values[0], 14.0f);
+  // A counter's repeated sample is a duplicate; a rate beyond float range is invalid.
+  RowAssembler r(1, kTol, kFlush, IngestLimits{});
+  r.Add("h", 5, 0, true, 0, 0, 0);
+  EXPECT_EQ(r.Add("h", 5, 0, true, 0, 0, 0), Outcome::kDuplicate);
+  EXPECT_EQ(r.Add("h", 5, 0, true, 1000, 1e39, 0), Outcome::kInvalid);
 }
 
 TEST(RowAssembler, EntitiesAreIndependentAndBounded) {

@@ -228,6 +228,52 @@ TEST_F(IngestTest, BadRequestsGetTheStatusTheSpecificationAsksFor) {
             std::string::npos);
 }
 
+// From the adversarial pass of issue #18: each of these was accepted (and corrupted rows, blocked a
+// host or grew memory) before it was refused and counted.
+TEST_F(IngestTest, HostileSamplesAreCountedNotScored) {
+  Start();
+  v1::IngestStatus st;
+  ASSERT_TRUE(Bind(Binding(), &st).ok());
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  const std::vector<float> ones(kFeatures, 1.0f);
+  // 100 years ahead (a bad clock) and before 1970: invalid, and the host is not blocked.
+  prometheus::WriteRequest w;
+  AddRows(&w, ones, 0, 1, now + 100LL * 365 * 86400 * 1000, "h");
+  AddRows(&w, ones, 0, 1, -5000, "h");
+  HttpReply r = Write(w);
+  EXPECT_NE(r.body.find("accepted 0, unmatched 0, late 0, limited 0, invalid 24"),
+            std::string::npos)
+      << r.body;
+  // Beyond float range: invalid (it would fail the host's whole batch).
+  prometheus::WriteRequest big;
+  AddRows(&big, ones, 0, 1, now, "h");
+  big.mutable_timeseries(3)->mutable_samples(0)->set_value(1e39);
+  r = Write(big);
+  EXPECT_NE(r.body.find("accepted 11, unmatched 0, late 0, limited 0, invalid 1"),
+            std::string::npos)
+      << r.body;
+  // The same samples sent twice in one request count once (a retry must not double a row).
+  prometheus::WriteRequest twice;
+  AddRows(&twice, ones, 0, 1, now + 1000 * kStepMs / 1000, "d");
+  AddRows(&twice, ones, 0, 1, now + 1000 * kStepMs / 1000, "d");
+  r = Write(twice);
+  EXPECT_NE(r.body.find("accepted 12, unmatched 0, late 12"), std::string::npos) << r.body;
+  // An entity label of 1 KB: refused (it would become a /metrics label).
+  prometheus::WriteRequest long_name;
+  AddRows(&long_name, ones, 0, 1, now, std::string(1024, 'x'));
+  r = Write(long_name);
+  EXPECT_NE(r.body.find("limited 12"), std::string::npos) << r.body;
+  // Only the path itself is the endpoint.
+  EXPECT_EQ(HttpCall(server_->ingest_port(), "POST", "/api/v1/writeXYZ", kWriteHeaders, "x").status,
+            404);
+  // A binding too large to be read back is refused when set.
+  v1::IngestBinding huge = Binding();
+  huge.mutable_features(0)->set_selector("synth_m0{job=\"" + std::string(1100000, 'a') + "\"}");
+  EXPECT_EQ(Bind(huge, &st).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(IngestTest, TokensAreCheckedBeforeTheBodyIsRead) {
   const std::string tokens = dir_->path() + "/tokens";
   std::ofstream(tokens) << "s3cret score prometheus\nadm1n admin ops\n";
@@ -356,6 +402,32 @@ TEST_F(IngestTest, ARecordingTrainsAModelFromTheIngestedRows) {
   ASSERT_TRUE(record(true, &st).ok());
   EXPECT_FALSE(st.recording_now());
   EXPECT_EQ(st.recorded_rows(), 76u);
+  // A restart between recording and training keeps the binding (the model has no version yet)
+  // and the recording.
+  server_.reset();
+  Start();
+  {
+    const grpc::Status again = record(true, &st);  // bound still: "not recording", not "no binding"
+    EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(again.error_message().find("is not recording"), std::string::npos)
+        << again.error_message();
+  }
+  {
+    // Bound to other features, the rows cannot train: said at once, not by a failed job.
+    grpc::ClientContext ctx;
+    v1::SetIngestBindingRequest req;
+    req.set_model("fresh");
+    *req.mutable_binding() = b;
+    req.mutable_binding()->mutable_features()->SwapElements(0, 1);
+    ASSERT_TRUE(admin_->SetIngestBinding(&ctx, req, &st).ok());
+    v1::TrainingJob refused;
+    const grpc::Status t = train("", &refused);
+    EXPECT_EQ(t.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(t.error_message().find("record again"), std::string::npos) << t.error_message();
+    grpc::ClientContext ctx2;
+    *req.mutable_binding() = b;
+    ASSERT_TRUE(admin_->SetIngestBinding(&ctx2, req, &st).ok());
+  }
   EXPECT_EQ(record(true, &st).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(train("a", &job).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_TRUE(train("", &job).ok());
@@ -363,18 +435,23 @@ TEST_F(IngestTest, ARecordingTrainsAModelFromTheIngestedRows) {
   ASSERT_FALSE(states.empty());
   ASSERT_EQ(states.back().state(), v1::JOB_STATE_SUCCEEDED) << states.back().error();
   EXPECT_EQ(states.back().rows(), 76u);
-  // The model now scores what ingest sends: the next scrape completes both hosts' rows.
+  // The model now scores what ingest sends. The restart lost the rows still being assembled, so
+  // a host's first row is scored once it is superseded (30 s), the next ones once complete.
   prometheus::WriteRequest next;
-  AddRows(&next, data.normal, 80, 1, t0 + 40 * kStepMs, "a");
-  AddRows(&next, data.normal, 81, 1, t0 + 40 * kStepMs, "b");
-  ASSERT_EQ(Write(next).status, 200);
+  AddRows(&next, data.normal, 80, 3, t0 + 40 * kStepMs, "a");
+  AddRows(&next, data.normal, 83, 3, t0 + 40 * kStepMs, "b");
+  ASSERT_EQ(Write(next).status, 200);  // row 40 of each host
+  prometheus::WriteRequest last;
+  AddRows(&last, data.normal, 86, 1, t0 + 43 * kStepMs, "a");
+  AddRows(&last, data.normal, 87, 1, t0 + 43 * kStepMs, "b");
+  ASSERT_EQ(Write(last).status, 200);  // rows 41-43 of each host
   grpc::ClientContext ctx;
   v1::GetModelRequest req;
   req.set_model("fresh");
   v1::ModelInfo info;
   ASSERT_TRUE(scoring_->GetModel(&ctx, req, &info).ok());
-  EXPECT_EQ(info.ingest().rows_scored(), 6u);   // rows 38 and 39 waited, then 40
-  EXPECT_EQ(info.ingest().rows_failed(), 76u);  // before the model existed
+  EXPECT_EQ(info.ingest().rows_scored(), 8u);
+  EXPECT_EQ(info.ingest().rows_failed(), 0u);
   EXPECT_EQ(info.spec().num_features(), kFeatures);
 }
 

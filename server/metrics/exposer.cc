@@ -7,7 +7,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -82,10 +84,13 @@ Exposer::~Exposer() {
 
 void Exposer::Route(const std::string& uri, Handler handler) {
   routes_.push_back(std::move(handler));
-  mg_set_request_handler(ctx_, uri.c_str(), &Exposer::HandleRoute, &routes_.back());
+  // "$": this path only, not every path it begins (civetweb matches prefixes otherwise).
+  mg_set_request_handler(ctx_, (uri + "$").c_str(), &Exposer::HandleRoute, &routes_.back());
 }
 
 namespace {
+
+constexpr std::chrono::seconds kBodySeconds{10};  // to receive a whole request body
 
 const char* Reason(int status) {
   switch (status) {
@@ -105,6 +110,8 @@ const char* Reason(int status) {
       return "Length Required";
     case 413:
       return "Payload Too Large";
+    case 408:
+      return "Request Timeout";
     case 415:
       return "Unsupported Media Type";
     case 429:
@@ -138,8 +145,16 @@ int Exposer::HandleRoute(mg_connection* conn, void* handler) {
     }
     std::string body(static_cast<size_t>(declared), '\0');
     size_t got = 0;
+    // civetweb's request timeout bounds each read, not the whole body: a client that sends a
+    // byte a second would hold this worker (and starve /metrics) for as long as it likes.
+    const auto deadline = std::chrono::steady_clock::now() + kBodySeconds;
     while (got < body.size()) {
-      const int n = mg_read(conn, body.data() + got, body.size() - got);
+      if (std::chrono::steady_clock::now() > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat("body not received within ",
+                                                        kBodySeconds.count(), " s (", got, " of ",
+                                                        declared, " bytes)"));
+      }
+      const int n = mg_read(conn, body.data() + got, std::min<size_t>(body.size() - got, 1 << 16));
       if (n <= 0) break;
       got += static_cast<size_t>(n);
     }
