@@ -7,6 +7,7 @@
 #include <limits>
 #include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
@@ -667,9 +668,23 @@ absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& reque
 
 size_t Ingest::TakeReady(Bound& b, bool flush, int64_t now_ms, bool* pending) {
   std::vector<IngestRow> ready;
+  std::vector<std::string> forgotten;
+  absl::Cleanup forget = [&] {  // after b.mu is released: their gauges and windows go
+    if (forgotten.empty()) return;
+    absl::MutexLock score(&b.score_mu);
+    for (const std::string& e : forgotten) {
+      b.windows.erase(e);
+      if (b.gauges.erase(e) > 0 && error_ != nullptr) {
+        const metrics::Labels l{{"model", b.model}, {"entity", e}};
+        error_->Remove(l);
+        anomalous_->Remove(l);
+        severity_->Remove(l);
+      }
+    }
+  };
   absl::MutexLock lock(&b.mu);
   b.rows.Take(&ready);
-  if (flush) b.rows.Flush(now_ms, &ready);
+  if (flush) b.rows.Flush(now_ms, &ready, &forgotten);
   const size_t n = ready.size();
   if (n > 0) {
     Recorder& r = *b.recorder;

@@ -32,14 +32,15 @@ RowAssembler::Outcome RowAssembler::Add(const std::string& entity, uint64_t seri
     auto r = rates_.find(series);
     if (r == rates_.end()) {
       if (rates_.size() >= limits_.max_series) return Outcome::kSeriesLimit;
-      rates_.emplace(series, RateState{timestamp_ms, value});
+      rates_.emplace(series, RateState{timestamp_ms, value, now_ms});
+      e.seen_ms = now_ms;
       return Outcome::kFirstOfRate;
     }
     if (timestamp_ms == r->second.timestamp_ms) return Outcome::kDuplicate;
     if (timestamp_ms < r->second.timestamp_ms) return Outcome::kLate;
     const double increase = value >= r->second.value ? value - r->second.value : value;
     v = increase * 1000.0 / static_cast<double>(timestamp_ms - r->second.timestamp_ms);
-    r->second = RateState{timestamp_ms, value};
+    r->second = RateState{timestamp_ms, value, now_ms};
     if (!(std::fabs(v) <= std::numeric_limits<float>::max())) return Outcome::kInvalid;
   }
   // The closest row within tolerance that this series has not contributed to yet.
@@ -67,6 +68,7 @@ RowAssembler::Outcome RowAssembler::Add(const std::string& entity, uint64_t seri
   row->second.counts[feature] += 1;
   row->second.series.push_back(series);
   if (e.newest_ms == INT64_MIN || timestamp_ms > e.newest_ms) e.newest_ms = timestamp_ms;
+  e.seen_ms = now_ms;
   touched_.push_back(entity);
   return Outcome::kAccepted;
 }
@@ -97,13 +99,27 @@ void RowAssembler::Take(std::vector<IngestRow>* out) {
   touched_.clear();
 }
 
-void RowAssembler::Flush(int64_t now_ms, std::vector<IngestRow>* out) {
-  for (auto& [name, e] : entities_) {
+void RowAssembler::Flush(int64_t now_ms, std::vector<IngestRow>* out,
+                         std::vector<std::string>* forgotten) {
+  for (auto it = entities_.begin(); it != entities_.end();) {
+    Entity& e = it->second;
     auto ready = e.rows.end();
     for (auto r = e.rows.begin(); r != e.rows.end(); ++r) {
       if (r->second.arrived_ms <= now_ms - flush_ms_) ready = r;
     }
-    if (ready != e.rows.end()) TakeUpTo(name, e, ready, out);
+    if (ready != e.rows.end()) TakeUpTo(it->first, e, ready, out);
+    if (e.rows.empty() && now_ms - e.seen_ms >= limits_.idle_ms) {
+      if (forgotten != nullptr) forgotten->push_back(it->first);
+      it = entities_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Idle counter series, swept every tenth of the idle time (a sweep visits every series).
+  if (now_ms - rates_swept_ms_ >= limits_.idle_ms / 10) {
+    rates_swept_ms_ = now_ms;
+    std::erase_if(rates_,
+                  [&](const auto& r) { return now_ms - r.second.seen_ms >= limits_.idle_ms; });
   }
 }
 

@@ -39,6 +39,8 @@ struct IngestLimits {
   size_t max_entities = 10000;   // per model; samples of further entities are dropped
   size_t max_series = 1000000;   // rate states per model; samples of further series dropped
   size_t max_pending_rows = 64;  // per entity; the oldest leaves when exceeded
+  // An entity (and a counter series) with no sample for this long is forgotten, freeing its slot.
+  int64_t idle_ms = 3600 * 1000;
 };
 
 class RowAssembler {
@@ -63,8 +65,10 @@ class RowAssembler {
               int64_t timestamp_ms, double value, int64_t now_ms);
   // The rows that are ready among those of entities that got samples since the last Take.
   void Take(std::vector<IngestRow>* out);
-  // Besides: rows whose first sample arrived `flush_ms` or more before `now_ms`.
-  void Flush(int64_t now_ms, std::vector<IngestRow>* out);
+  // Besides: rows whose first sample arrived `flush_ms` or more before `now_ms`. Entities idle
+  // for limits.idle_ms (nothing pending) are forgotten and named in `forgotten`.
+  void Flush(int64_t now_ms, std::vector<IngestRow>* out,
+             std::vector<std::string>* forgotten = nullptr);
 
   size_t entities() const { return entities_.size(); }
 
@@ -80,11 +84,13 @@ class RowAssembler {
     std::vector<uint32_t> expected;   // series per feature in the last row handed out
     int64_t last_out_ms = INT64_MIN;  // timestamp of the last row handed out
     int64_t newest_ms = INT64_MIN;    // of any sample accepted
+    int64_t seen_ms = 0;              // wall clock of the last sample accepted
     bool any_out = false;
   };
   struct RateState {
     int64_t timestamp_ms;
     double value;
+    int64_t seen_ms;  // wall clock
   };
 
   bool Complete(const Entity& e, const Pending& p) const;
@@ -97,6 +103,7 @@ class RowAssembler {
   const IngestLimits limits_;
   std::unordered_map<std::string, Entity> entities_;
   std::vector<std::string> touched_;  // entities with samples since the last Take
+  int64_t rates_swept_ms_ = 0;        // wall clock of the last sweep of idle rate states
   std::unordered_map<uint64_t, RateState> rates_;
 };
 

@@ -140,6 +140,24 @@ TEST(RowAssembler, EntitiesAreIndependentAndBounded) {
   EXPECT_EQ(rows[0].timestamp_ms, 0);
 }
 
+TEST(RowAssembler, IdleEntitiesAreForgottenAndFreeTheirSlot) {
+  IngestLimits limits;
+  limits.max_entities = 1;
+  limits.idle_ms = 60000;
+  RowAssembler a(1, kTol, kFlush, limits);
+  EXPECT_EQ(a.Add("pod-1", 1, 0, false, 0, 1, 0), Outcome::kAccepted);
+  EXPECT_EQ(a.Add("pod-2", 2, 0, false, 0, 1, 0), Outcome::kEntityLimit);
+  std::vector<IngestRow> rows;
+  std::vector<std::string> forgotten;
+  a.Flush(59999, &rows, &forgotten);  // its row leaves (30 s), the entity stays (idle < 60 s)
+  EXPECT_EQ(rows.size(), 1u);
+  EXPECT_TRUE(forgotten.empty());
+  a.Flush(60000, &rows, &forgotten);
+  EXPECT_EQ(forgotten, std::vector<std::string>{"pod-1"});
+  EXPECT_EQ(a.entities(), 0u);
+  EXPECT_EQ(a.Add("pod-2", 2, 0, false, 70000, 1, 60001), Outcome::kAccepted);
+}
+
 TEST(Selector, ParsesMatchesAndWritesBack) {
   auto s = Selector::Parse(
       R"( rate( node_cpu_seconds_total{ mode = "user", cpu!="1", job=~"node|nx", x!~"a.*", } ) )");
