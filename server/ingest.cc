@@ -744,7 +744,8 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
   std::vector<Batch> batches;
   std::map<std::pair<const engine::Model*, std::string>, size_t> batch_of;
   std::map<std::string, absl::StatusOr<ModelHandle>> handles;  // per entity
-  auto fail = [&](const std::string& entity, size_t n, const absl::Status& st) {
+  auto fail = [&](const std::string& entity, size_t n,
+                  const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.score_mu) {
     b.failed += n;
     if (rows_ != nullptr) {
       rows_->Add({{"model", b.model}, {"result", "failed"}}).Increment(static_cast<double>(n));
