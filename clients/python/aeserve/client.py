@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -408,7 +408,8 @@ class Client:
               max_gap_steps: Optional[int] = None, gap_fill: Optional[str] = None, timestamps=None,
               entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
-              wait: bool = True, retain: bool = False) -> admin_pb2.TrainingJob:
+              wait: bool = True, retain: bool = False,
+              from_recording: bool = False) -> admin_pb2.TrainingJob:
         """Uploads `data` (rows x features), trains a new version in the server, and (with wait)
         watches the job to its end, calling progress(job) once per epoch reported (a slow watcher
         may miss some: the server sends the latest state, never a backlog), and with the final
@@ -430,7 +431,14 @@ class Client:
         ("missing"); a longer one restarts the window.
 
         `retain`: also keep these rows as the model's history for its retrain policy (which must
-        exist; see set_retrain_policy), so the autopilot's retrains learn from them too."""
+        exist; see set_retrain_policy), so the autopilot's retrains learn from them too.
+
+        `from_recording`: train on the rows ingest recorded on the server (record_ingest); `data`
+        is then None and the binding gives the features."""
+        if from_recording:
+            if data is not None:
+                raise ValueError("from_recording trains on the server's recording: give data=None")
+            data = np.zeros((0, 0), dtype=np.float32)
         ts = _timestamps(data, timestamps)
         x, names = _columns(data, feature_names)
         if ts is not None and len(ts) != x.shape[0]:
@@ -497,7 +505,10 @@ class Client:
                 yield req
 
         try:
-            job = self._admin.CreateTrainingJob(chunks(), metadata=self._metadata)
+            if from_recording:
+                job = self._admin.TrainFromRecording(header, metadata=self._metadata)
+            else:
+                job = self._admin.CreateTrainingJob(chunks(), metadata=self._metadata)
             if not wait:
                 return job
             reported = None  # the last epoch given to progress
@@ -559,6 +570,27 @@ class Client:
             p.min_flag_ratio, p.max_flag_ratio = flag_ratio
         return self._call(self._admin.SetRetrainPolicy, admin_pb2.SetRetrainPolicyRequest(
             model=model, entity=entity, policy=p, clear=clear))
+
+    def set_ingest_binding(self, model: str, features: Dict[str, str], *, entity_label: str = "",
+                           tolerance_ms: int = 0, flush_ms: int = 0,
+                           clear: bool = False) -> model_pb2.IngestStatus:
+        """Binds the model's features to series sent by Prometheus remote write or OTLP (README,
+        "Prometheus in"): `features` maps each feature name to a selector such as
+        'rate(node_cpu_seconds_total{mode="user"})'; `entity_label` names the host label.
+        `clear=True` removes the binding. Unset options take the server's defaults."""
+        b = model_pb2.IngestBinding(entity_label=entity_label, tolerance_ms=tolerance_ms,
+                                    flush_ms=flush_ms)
+        for name, selector in features.items():
+            b.features.add(name=name, selector=selector)
+        return self._call(self._admin.SetIngestBinding, admin_pb2.SetIngestBindingRequest(
+            model=model, binding=b, clear=clear))
+
+    def record_ingest(self, model: str, minutes: float = 30, *, max_rows: int = 0,
+                      stop: bool = False) -> model_pb2.IngestStatus:
+        """Records the rows ingest assembles for a bound model, as a training set on the server
+        (then train(model, None, from_recording=True)); `stop=True` ends it early."""
+        return self._call(self._admin.RecordIngest, admin_pb2.RecordIngestRequest(
+            model=model, seconds=minutes * 60, max_rows=max_rows, stop=stop))
 
     def retrain(self, model: str, entity: str = "") -> admin_pb2.TrainingJob:
         """Retrains now on the model's retained rows, as its retrain policy says."""

@@ -181,6 +181,26 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(self.client.score("py", self.x[:5]).version, 2)
         self.assertTrue(any(j.id == job.id for j in self.client.jobs("py")))
 
+    def test_ingest_binding_recording_and_training_from_it(self):
+        st = self.client.set_ingest_binding(
+            "ing", {"user": 'rate(node_cpu_seconds_total{mode="user"})', "load": "node_load1"},
+            entity_label="instance")
+        self.assertEqual([f.name for f in st.binding.features], ["user", "load"])
+        self.assertEqual(st.binding.tolerance_ms, 2000)  # the server's default, filled in
+        rec = self.client.record_ingest("ing", 5)
+        self.assertTrue(rec.recording_now)
+        with self.assertRaises(AeserveError) as e:  # nothing was sent, so nothing was recorded
+            self.client.train("ing", None, from_recording=True, epochs=2)
+        self.assertEqual(e.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("0 recorded rows", e.exception.message)
+        with self.assertRaises(ValueError):
+            self.client.train("ing", self.x, from_recording=True)
+        self.assertFalse(self.client.record_ingest("ing", stop=True).recording_now)
+        self.client.set_ingest_binding("ing", {}, clear=True)
+        with self.assertRaises(AeserveError) as e:
+            self.client.record_ingest("ing")
+        self.assertEqual(e.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+
     def test_series_model_from_a_dataframe_with_times(self):
         import pandas as pd
         hours = pd.date_range("2024-01-01", periods=24 * 20 + 48, freq="h")
