@@ -296,24 +296,30 @@ absl::Status Ingest::Apply(const std::string& model, const v1::IngestBinding& b,
     auto& slot = bound_[model];
     old = slot;
     slot = fresh;
-    auto index = std::make_shared<Index>();
-    for (const auto& [name, bound] : bound_) {
-      for (size_t f = 0; f < bound->selectors.size(); ++f) {
-        index->by_metric[bound->selectors[f].metric()].emplace_back(bound, f);
-      }
-    }
-    index_ = std::move(index);
+    RebuildIndex();
   }
   if (old != nullptr && error_ != nullptr) {
     absl::MutexLock lock(&old->score_mu);
-    for (const auto& [e, g] : old->gauges) {
-      const metrics::Labels l{{"model", model}, {"entity", e}};
-      error_->Remove(l);
-      anomalous_->Remove(l);
-      severity_->Remove(l);
-    }
+    for (const auto& [e, g] : old->gauges) RemoveGauges(model, e);
   }
   return absl::OkStatus();
+}
+
+void Ingest::RebuildIndex() {
+  auto index = std::make_shared<Index>();
+  for (const auto& [name, bound] : bound_) {
+    for (size_t f = 0; f < bound->selectors.size(); ++f) {
+      index->by_metric[bound->selectors[f].metric()].emplace_back(bound, f);
+    }
+  }
+  index_ = std::move(index);
+}
+
+void Ingest::RemoveGauges(const std::string& model, const std::string& entity) {
+  const metrics::Labels l{{"model", model}, {"entity", entity}};
+  error_->Remove(l);
+  anomalous_->Remove(l);
+  severity_->Remove(l);
 }
 
 void Ingest::Unbind(const std::string& model) {
@@ -324,22 +330,11 @@ void Ingest::Unbind(const std::string& model) {
     if (it == bound_.end()) return;
     old = it->second;
     bound_.erase(it);
-    auto index = std::make_shared<Index>();
-    for (const auto& [name, bound] : bound_) {
-      for (size_t f = 0; f < bound->selectors.size(); ++f) {
-        index->by_metric[bound->selectors[f].metric()].emplace_back(bound, f);
-      }
-    }
-    index_ = std::move(index);
+    RebuildIndex();
   }
   if (error_ == nullptr) return;
   absl::MutexLock lock(&old->score_mu);
-  for (const auto& [e, g] : old->gauges) {
-    const metrics::Labels l{{"model", model}, {"entity", e}};
-    error_->Remove(l);
-    anomalous_->Remove(l);
-    severity_->Remove(l);
-  }
+  for (const auto& [e, g] : old->gauges) RemoveGauges(model, e);
   rows_->Remove({{"model", model}, {"result", "scored"}});
   rows_->Remove({{"model", model}, {"result", "failed"}});
   rows_->Remove({{"model", model}, {"result", "dropped"}});
@@ -674,12 +669,7 @@ size_t Ingest::TakeReady(Bound& b, bool flush, int64_t now_ms, bool* pending) {
     absl::MutexLock score(&b.score_mu);
     for (const std::string& e : forgotten) {
       b.windows.erase(e);
-      if (b.gauges.erase(e) > 0 && error_ != nullptr) {
-        const metrics::Labels l{{"model", b.model}, {"entity", e}};
-        error_->Remove(l);
-        anomalous_->Remove(l);
-        severity_->Remove(l);
-      }
+      if (b.gauges.erase(e) > 0 && error_ != nullptr) RemoveGauges(b.model, e);
     }
   };
   absl::MutexLock lock(&b.mu);

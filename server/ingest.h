@@ -106,6 +106,10 @@ class Ingest {
   // Applies a resolved binding read from (or just written to) the store.
   absl::Status Apply(const std::string& model, const v1::IngestBinding& b, std::string bytes);
   void Unbind(const std::string& model);
+  // The metric-name index of every bound model, made again after a change.
+  void RebuildIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An entity's result gauges leave /metrics (metrics on).
+  void RemoveGauges(const std::string& model, const std::string& entity);
   std::shared_ptr<const Index> index() const;
   // Scores what `b` has queued, in order; on a worker.
   void ScoreQueued(Bound& b, class Worker& worker);
