@@ -8,17 +8,13 @@
 //   build/bench/ingest_bench [--seconds 5] [--rounds 2] [--connections 4] [--threads 1]
 //                            [--requests 1200]   (per connection, built before the rounds; a
 //                                                 round that uses them up ends early)
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <snappy.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -37,6 +33,7 @@
 #include "server/server.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spdlog/spdlog.h"
+#include "tests/http_get.h"
 
 namespace {
 
@@ -48,33 +45,11 @@ constexpr int64_t kStepMs = 15000;
 
 // One POST on a fresh connection (the endpoint closes after each answer); the HTTP status.
 int Post(int port, const std::string& body) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return 0;
-  }
-  std::string req =
-      "POST /api/v1/write HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: snappy\r\n"
-      "Content-Type: application/x-protobuf\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n"
-      "Content-Length: " +
-      std::to_string(body.size()) + "\r\n\r\n";
-  req += body;
-  size_t sent = 0;
-  while (sent < req.size()) {
-    const ssize_t n = write(fd, req.data() + sent, req.size() - sent);
-    if (n <= 0) break;
-    sent += static_cast<size_t>(n);
-  }
-  char buf[4096];
-  std::string resp;
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<size_t>(n));
-  close(fd);
-  return resp.size() >= 12 ? std::atoi(resp.substr(9, 3).c_str()) : 0;
+  return testing::HttpCall(port, "POST", "/api/v1/write",
+                           "Content-Encoding: snappy\r\nContent-Type: application/x-protobuf\r\n"
+                           "X-Prometheus-Remote-Write-Version: 0.1.0\r\n",
+                           body)
+      .status;
 }
 
 // Connection c's request r: hosts [c*250, c*250+250), scrape r, snappy-compressed.

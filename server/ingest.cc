@@ -382,13 +382,8 @@ void Ingest::Reload() {
 }
 
 bool Ingest::Status(const std::string& model, v1::IngestStatus* out) const {
-  std::shared_ptr<Bound> b;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = bound_.find(model);
-    if (it == bound_.end()) return false;
-    b = it->second;
-  }
+  std::shared_ptr<Bound> b = Find(model);
+  if (b == nullptr) return false;
   *out->mutable_binding() = b->binding;
   {
     absl::MutexLock lock(&b->mu);

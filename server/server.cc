@@ -159,10 +159,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
         " (is another server using the port? is the host an address of this machine?)"));
   }
   s->grpc_->GetHealthCheckService()->SetServingStatus(false);
+  // Without --metrics_host the gRPC host is the metrics host.
+  const std::string& mhost = o.metrics_host.empty() ? o.host : o.metrics_host;
   if (s->metrics_) {
     s->AddCollectors();
-    // -1 asks for a free port (tests); without --metrics_host the gRPC host is the metrics host.
-    const std::string& mhost = o.metrics_host.empty() ? o.host : o.metrics_host;
+    // -1 asks for a free port (tests).
     auto exposer =
         metrics::Exposer::Start(mhost, std::max(0, o.metrics_port), &s->metrics_->registry());
     if (!exposer.ok()) return exposer.status();
@@ -181,7 +182,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
                                        limits](const metrics::HttpRequest& r) {
       return HandleRemoteWrite(r, *ingest, *auth, limits);
     };
-    const std::string& mhost = o.metrics_host.empty() ? o.host : o.metrics_host;
     if (o.ingest_port != 0) {
       auto exposer = metrics::Exposer::Start(o.host, std::max(0, o.ingest_port), nullptr);
       if (!exposer.ok()) return exposer.status();

@@ -12,37 +12,6 @@
 
 namespace aeserve::testing {
 
-// The response body of GET `path` on 127.0.0.1:`port`, or "" on failure.
-inline std::string HttpGet(int port, const std::string& path, std::string* headers = nullptr,
-                           const std::string& extra_headers = "") {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n" + extra_headers +
-                          "Connection: close\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
-    close(fd);
-    return "";
-  }
-  std::string resp;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, n);
-  close(fd);
-  const size_t split = resp.find("\r\n\r\n");
-  if (split == std::string::npos) return "";
-  if (headers != nullptr) *headers = resp.substr(0, split);
-  return resp.substr(split + 4);
-}
-
 struct HttpReply {
   int status = 0;  // 0 = no reply
   std::string headers, body;
@@ -50,11 +19,13 @@ struct HttpReply {
 
 // `method` `path` with `headers` (each line ending in \r\n; a Content-Length for `body` is added
 // unless `headers` has one) and `body`.
+// Waits at most `timeout_seconds` for each read of the reply.
 inline HttpReply HttpCall(int port, const std::string& method, const std::string& path,
-                          const std::string& headers, const std::string& body) {
+                          const std::string& headers, const std::string& body,
+                          int timeout_seconds = 10) {
   HttpReply r;
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  timeval tv{10, 0};
+  timeval tv{timeout_seconds, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -86,6 +57,14 @@ inline HttpReply HttpCall(int port, const std::string& method, const std::string
   r.headers = resp.substr(0, split);
   r.body = resp.substr(split + 4);
   return r;
+}
+
+// The response body of GET `path` on 127.0.0.1:`port`, or "" on failure.
+inline std::string HttpGet(int port, const std::string& path, std::string* headers = nullptr,
+                           const std::string& extra_headers = "") {
+  HttpReply r = HttpCall(port, "GET", path, extra_headers, "", 5);
+  if (headers != nullptr) *headers = r.headers;
+  return r.body;
 }
 
 }  // namespace aeserve::testing

@@ -16,14 +16,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import numpy as np
+
+from local_services import free_port, gauge, http, stop, wait_for
 
 BUILD = os.environ["AESERVE_BUILD_DIR"]
 AESERVE = os.path.join(BUILD, "server", "aeserve")
@@ -33,30 +32,10 @@ SKIP = 77
 FEATURES = 4
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(what, fn, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def gauge(text, name, **labels):
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.index("}") + 1]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def rows(n, seed):
@@ -122,11 +101,7 @@ def main():
         url = f"http://127.0.0.1:{mport}/metrics"
 
         def metrics():
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    return resp.read().decode()
-            except OSError:
-                return ""
+            return http(url)
 
         # Every exported row scored (the last ones once the 1 s flush passes), the host flagged.
         wait_for("30 rows scored", lambda: (gauge(metrics(), "aeserve_ingest_rows_total",
@@ -140,13 +115,7 @@ def main():
         print("ok")
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -14,15 +14,14 @@ Environment: AESERVE_BUILD_DIR. Label ingest (`make ingest-test`, a CI step), no
 """
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
+
+from local_services import free_port, gauge, http, stop, wait_for
 
 BUILD = os.environ["AESERVE_BUILD_DIR"]
 AESERVE = os.path.join(BUILD, "server", "aeserve")
@@ -30,39 +29,12 @@ AECTL = os.path.join(BUILD, "clients", "cpp", "aectl")
 SCRAPE = "500ms"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(what, fn, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def http(url, timeout=5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.read().decode()
-    except OSError:
-        return ""
 
 
-def gauge(text, name, **labels):
-    """The value of one series in a Prometheus text exposition, or None."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.index("}") + 1]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def main():
@@ -223,14 +195,7 @@ remote_write:
         assert events, "no anomaly event in the feed"
         print("ok")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop(procs)
         if os.environ.get("KEEP_WORK"):
             print("work dir kept:", work)
         else:
