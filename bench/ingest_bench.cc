@@ -1,7 +1,7 @@
 // Remote-write ingest speed (issue #18): Prometheus-shaped requests of 2,000 samples (its default
 // batch: here 250 hosts x 8 features, one scrape each) POSTed over 4 connections to aeserve's
 // /api/v1/write with a binding and a model scoring every row, and in the same run to a reference
-// endpoint on the same HTTP server code that only reads, snappy-decompresses and parses the body.
+// endpoint on the same HTTP server code that only reads, snappy-decompresses and decodes the body.
 // Rounds alternate between the two; samples/s accepted are printed with the ratio, and samples per
 // CPU-second of the server's threads (the client runs in this process, on the same 2 cores).
 //
@@ -31,6 +31,7 @@
 #include "server/metrics/exposer.h"
 #include "server/model_store.h"
 #include "server/server.h"
+#include "server/write_view.h"
 #include "spdlog/sinks/null_sink.h"
 #include "spdlog/spdlog.h"
 #include "tests/http_get.h"
@@ -223,19 +224,23 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  // The reference: the same HTTP server code, reading, decompressing and parsing only.
+  // The reference: the same HTTP server code, reading, decompressing and decoding only (with
+  // the endpoint's decoder).
   auto ref = metrics::Exposer::Start("127.0.0.1", 0, nullptr);
   if (!ref.ok()) return 1;
   (*ref)->Route("/api/v1/write", [](const metrics::HttpRequest& r) {
     metrics::HttpResponse out;
     auto body = r.read_body(64 << 20);
     std::string raw;
-    google::protobuf::Arena arena;  // as the real endpoint parses
-    auto* w = google::protobuf::Arena::CreateMessage<prometheus::WriteRequest>(&arena);
+    server::WriteView::Shape shape;
     if (!body.ok() || !snappy::Uncompress(body->data(), body->size(), &raw) ||
-        !w->ParseFromString(raw)) {
+        !server::MeasureWriteRequest(raw, &shape).ok()) {
       out.status = 400;
+      return out;
     }
+    server::WriteView view;
+    server::DecodeWriteRequest(raw, shape, &view);
+    if (view.samples.size() != shape.samples) out.status = 500;
     return out;
   });
 
@@ -249,8 +254,8 @@ int main(int argc, char** argv) {
       next_ingest(static_cast<size_t>(connections), 0);
   std::printf("%d connections, %d scoring thread(s), %.0f s rounds; samples/s accepted\n",
               connections, threads, seconds);
-  std::printf("%-6s %14s %14s %8s %16s %16s\n", "round", "parse only", "aeserve", "ratio",
-              "parse/server-s", "aeserve/server-s");
+  std::printf("%-6s %14s %14s %8s %16s %16s\n", "round", "decode only", "aeserve", "ratio",
+              "decode/server-s", "aeserve/server-s");
   for (int round = 1; round <= rounds; ++round) {
     const Round a =
         ingest_only ? Round{1, 1, 0} : Run((*ref)->port(), requests, &next_ref, seconds, true);

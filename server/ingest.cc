@@ -48,7 +48,7 @@ bool LabelName(const std::string& s) {
 }
 
 // Identifies a series by all its labels (for counter rates).
-uint64_t SeriesHash(const SeriesLabels& labels, size_t feature) {
+uint64_t SeriesHash(SeriesLabels labels, size_t feature) {
   uint64_t h = 1469598103934665603ull ^ feature;
   for (const auto& [name, value] : labels) {
     h = (h ^ std::hash<std::string_view>()(name)) * 1099511628211ull;
@@ -117,7 +117,9 @@ struct Ingest::Bound {
 };
 
 struct Ingest::Index {
-  std::unordered_map<std::string, std::vector<std::pair<std::shared_ptr<Bound>, size_t>>> by_metric;
+  std::unordered_map<std::string, std::vector<std::pair<std::shared_ptr<Bound>, size_t>>,
+                     StringHash, std::equal_to<>>
+      by_metric;
 };
 
 Ingest::Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, Autopilot* autopilot,
@@ -567,7 +569,7 @@ std::shared_ptr<const Ingest::Index> Ingest::index() const {
   return index_;
 }
 
-absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& request, bool wait) {
+absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) {
   {
     absl::MutexLock lock(&stop_mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
@@ -578,64 +580,87 @@ absl::StatusOr<IngestCounts> Ingest::Write(const prometheus::WriteRequest& reque
   const std::shared_ptr<const Index> idx = index();
   const int64_t now = NowMs();
   IngestCounts c;
+  // First which series feed which bound feature; then each bound model takes its samples under
+  // one hold of its lock, in the request's order.
+  struct Match {
+    size_t fed;  // index into `fed`
+    size_t feature;
+    const WriteView::Series* series;
+    std::string_view entity;
+    uint64_t hash;
+  };
+  std::vector<Match> matches;
   std::vector<std::shared_ptr<Bound>> fed;  // bound models that got samples
-  SeriesLabels labels;
-  for (const prometheus::TimeSeries& ts : request.timeseries()) {
-    labels.clear();
+  for (const WriteView::Series& ts : request.series) {
+    const SeriesLabels labels = request.LabelsOf(ts);
+    const size_t num_samples = ts.samples_end - ts.samples_begin;
     std::string_view name;
-    for (const prometheus::Label& l : ts.labels()) {
-      labels.emplace_back(l.name(), l.value());
-      if (l.name() == "__name__") name = l.value();
+    for (const auto& [n, v] : labels) {
+      if (n == "__name__") name = v;
     }
-    auto it = idx->by_metric.find(std::string(name));
+    auto it = idx->by_metric.find(name);
     bool matched = false;
     if (it != idx->by_metric.end()) {
       for (const auto& [b, f] : it->second) {
         if (!b->selectors[f].Matches(labels)) continue;
         matched = true;
-        std::string entity;
+        std::string_view entity;
         if (!b->binding.entity_label().empty()) {
           for (const auto& [n, v] : labels) {
-            if (n == b->binding.entity_label()) entity = std::string(v);
+            if (n == b->binding.entity_label()) entity = v;
           }
         }
         if (entity.size() > kMaxEntityBytes) {
-          c.limited += ts.samples_size();
+          c.limited += num_samples;
           continue;
         }
-        const uint64_t series = SeriesHash(labels, f);
-        const bool rate = b->selectors[f].rate();
-        absl::MutexLock lock(&b->mu);
-        for (const prometheus::Sample& s : ts.samples()) {
-          // NaN (stale markers), infinities, values beyond float range, timestamps before 1970
-          // or more than 10 minutes ahead of this server.
-          if (!(std::fabs(s.value()) <= std::numeric_limits<float>::max()) || s.timestamp() < 0 ||
-              s.timestamp() > now + kMaxFutureMs) {
-            ++c.invalid;
-            continue;
-          }
-          switch (b->rows.Add(entity, series, f, rate, s.timestamp(), s.value(), now)) {
-            case RowAssembler::Outcome::kAccepted:
-            case RowAssembler::Outcome::kFirstOfRate:
-              ++c.accepted;
-              break;
-            case RowAssembler::Outcome::kLate:
-            case RowAssembler::Outcome::kDuplicate:
-              ++c.late;
-              break;
-            case RowAssembler::Outcome::kInvalid:
-              ++c.invalid;
-              break;
-            case RowAssembler::Outcome::kEntityLimit:
-            case RowAssembler::Outcome::kSeriesLimit:
-              ++c.limited;
-              break;
-          }
+        if (!ValidUtf8(entity)) {  // it becomes a label on /metrics and a string in the feed
+          c.invalid += num_samples;
+          continue;
         }
-        if (std::find(fed.begin(), fed.end(), b) == fed.end()) fed.push_back(b);
+        size_t k = std::find(fed.begin(), fed.end(), b) - fed.begin();
+        if (k == fed.size()) fed.push_back(b);
+        matches.push_back(Match{k, f, &ts, entity, SeriesHash(labels, f)});
       }
     }
-    if (!matched) c.unmatched += ts.samples_size();
+    if (!matched) c.unmatched += num_samples;
+  }
+  if (fed.size() > 1) {
+    std::stable_sort(matches.begin(), matches.end(),
+                     [](const Match& a, const Match& b) { return a.fed < b.fed; });
+  }
+  for (auto m = matches.begin(); m != matches.end();) {
+    Bound& b = *fed[m->fed];
+    absl::MutexLock lock(&b.mu);
+    for (const size_t k = m->fed; m != matches.end() && m->fed == k; ++m) {
+      const bool rate = b.selectors[m->feature].rate();
+      for (const WriteView::Sample& s : request.SamplesOf(*m->series)) {
+        // NaN (stale markers), infinities, values beyond float range, timestamps before 1970
+        // or more than 10 minutes ahead of this server.
+        if (!(std::fabs(s.value) <= std::numeric_limits<float>::max()) || s.timestamp_ms < 0 ||
+            s.timestamp_ms > now + kMaxFutureMs) {
+          ++c.invalid;
+          continue;
+        }
+        switch (b.rows.Add(m->entity, m->hash, m->feature, rate, s.timestamp_ms, s.value, now)) {
+          case RowAssembler::Outcome::kAccepted:
+          case RowAssembler::Outcome::kFirstOfRate:
+            ++c.accepted;
+            break;
+          case RowAssembler::Outcome::kLate:
+          case RowAssembler::Outcome::kDuplicate:
+            ++c.late;
+            break;
+          case RowAssembler::Outcome::kInvalid:
+            ++c.invalid;
+            break;
+          case RowAssembler::Outcome::kEntityLimit:
+          case RowAssembler::Outcome::kSeriesLimit:
+            ++c.limited;
+            break;
+        }
+      }
+    }
   }
   if (samples_ != nullptr) {
     samples_->Add({{"result", "accepted"}}).Increment(static_cast<double>(c.accepted));

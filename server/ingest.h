@@ -21,11 +21,11 @@
 #include "aeserve/v1/admin.pb.h"
 #include "aeserve/v1/model.pb.h"
 #include "engine/window.h"
-#include "prometheus/remote.pb.h"
 #include "server/ingest_rows.h"
 #include "server/ingest_selector.h"
 #include "server/metrics/metrics.h"
 #include "server/retention.h"
+#include "server/write_view.h"
 #include "spdlog/logger.h"
 
 namespace aeserve::server {
@@ -87,7 +87,7 @@ class Ingest {
   // before this returns. UNAVAILABLE (nothing taken) when the scoring queue is too full.
   // With `wait` false (OTLP, on a gRPC thread) the rows are handed to the workers and not waited
   // for.
-  absl::StatusOr<IngestCounts> Write(const prometheus::WriteRequest& request, bool wait = true);
+  absl::StatusOr<IngestCounts> Write(const WriteView& request, bool wait = true);
 
  private:
   struct Bound;

@@ -8,6 +8,11 @@
 #include <limits>
 
 namespace aeserve::server {
+namespace {
+
+constexpr size_t kMaxSpareRows = 1024;
+
+}  // namespace
 
 RowAssembler::RowAssembler(size_t num_features, int64_t tolerance_ms, int64_t flush_ms,
                            IngestLimits limits)
@@ -16,13 +21,13 @@ RowAssembler::RowAssembler(size_t num_features, int64_t tolerance_ms, int64_t fl
       flush_ms_(flush_ms),
       limits_(limits) {}
 
-RowAssembler::Outcome RowAssembler::Add(const std::string& entity, uint64_t series, size_t feature,
+RowAssembler::Outcome RowAssembler::Add(std::string_view entity, uint64_t series, size_t feature,
                                         bool rate, int64_t timestamp_ms, double value,
                                         int64_t now_ms) {
   auto it = entities_.find(entity);
   if (it == entities_.end()) {
     if (entities_.size() >= limits_.max_entities) return Outcome::kEntityLimit;
-    it = entities_.emplace(entity, Entity{}).first;
+    it = entities_.emplace(std::string(entity), Entity{}).first;
     it->second.expected.assign(num_features_, 0);
   }
   Entity& e = it->second;
@@ -58,28 +63,40 @@ RowAssembler::Outcome RowAssembler::Add(const std::string& entity, uint64_t seri
     }
   }
   if (row == e.rows.end()) {
-    Pending p;
+    Rows::node_type node;
+    if (spare_.empty()) {
+      Rows one;
+      node = one.extract(one.emplace(timestamp_ms, Pending{}).first);
+    } else {
+      node = std::move(spare_.back());
+      spare_.pop_back();
+      node.key() = timestamp_ms;
+    }
+    Pending& p = node.mapped();
     p.sums.assign(num_features_, 0.0);
     p.counts.assign(num_features_, 0);
+    p.series.clear();
     p.arrived_ms = now_ms;
-    row = e.rows.emplace(timestamp_ms, std::move(p)).first;
+    row = e.rows.insert(std::move(node)).position;
   }
   row->second.sums[feature] += v;
   row->second.counts[feature] += 1;
   row->second.series.push_back(series);
   if (e.newest_ms == INT64_MIN || timestamp_ms > e.newest_ms) e.newest_ms = timestamp_ms;
   e.seen_ms = now_ms;
-  touched_.push_back(entity);
+  if (!e.touched) {
+    e.touched = true;
+    touched_.push_back(&*it);
+  }
   return Outcome::kAccepted;
 }
 
 void RowAssembler::Take(std::vector<IngestRow>* out) {
-  std::sort(touched_.begin(), touched_.end());
-  touched_.erase(std::unique(touched_.begin(), touched_.end()), touched_.end());
-  for (const std::string& name : touched_) {
-    auto it = entities_.find(name);
-    if (it == entities_.end() || it->second.rows.empty()) continue;
+  for (Entities::value_type* it : touched_) {
+    const std::string& name = it->first;
     Entity& e = it->second;
+    e.touched = false;
+    if (e.rows.empty()) continue;
     // The newest row that is ready, by any rule; it takes the older ones with it.
     auto ready = e.rows.end();
     auto later = [&](std::map<int64_t, Pending>::iterator c) {
@@ -110,6 +127,7 @@ void RowAssembler::Flush(int64_t now_ms, std::vector<IngestRow>* out,
     if (ready != e.rows.end()) TakeUpTo(it->first, e, ready, out);
     if (e.rows.empty() && now_ms - e.seen_ms >= limits_.idle_ms) {
       if (forgotten != nullptr) forgotten->push_back(it->first);
+      if (e.touched) std::erase(touched_, &*it);
       it = entities_.erase(it);
     } else {
       ++it;
@@ -131,8 +149,7 @@ bool RowAssembler::Complete(const Entity& e, const Pending& p) const {
   return true;
 }
 
-void RowAssembler::TakeUpTo(const std::string& name, Entity& e,
-                            std::map<int64_t, Pending>::iterator upto,
+void RowAssembler::TakeUpTo(const std::string& name, Entity& e, Rows::iterator upto,
                             std::vector<IngestRow>* out) {
   auto end = std::next(upto);
   for (auto r = e.rows.begin(); r != end; ++r) {
@@ -156,7 +173,10 @@ void RowAssembler::TakeUpTo(const std::string& name, Entity& e,
   }
   e.last_out_ms = upto->first;
   e.any_out = true;
-  e.rows.erase(e.rows.begin(), end);
+  while (e.rows.begin() != end) {
+    auto node = e.rows.extract(e.rows.begin());
+    if (spare_.size() < kMaxSpareRows) spare_.push_back(std::move(node));
+  }
 }
 
 }  // namespace aeserve::server

@@ -24,10 +24,17 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
 namespace aeserve::server {
+
+// Lets string-keyed hash maps be searched with a string_view.
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+};
 
 struct IngestRow {
   std::string entity;
@@ -61,7 +68,7 @@ class RowAssembler {
 
   // One sample of series `series` (a hash of its labels) bound to `feature`. `now_ms` is the
   // wall clock when it arrived (for Flush).
-  Outcome Add(const std::string& entity, uint64_t series, size_t feature, bool rate,
+  Outcome Add(std::string_view entity, uint64_t series, size_t feature, bool rate,
               int64_t timestamp_ms, double value, int64_t now_ms);
   // The rows that are ready among those of entities that got samples since the last Take.
   void Take(std::vector<IngestRow>* out);
@@ -80,13 +87,16 @@ class RowAssembler {
     int64_t arrived_ms = 0;        // wall clock of its first sample
   };
   struct Entity {
-    std::map<int64_t, Pending> rows;  // by timestamp
+    std::map<int64_t, Pending> rows;  // by timestamp (Rows)
     std::vector<uint32_t> expected;   // series per feature in the last row handed out
     int64_t last_out_ms = INT64_MIN;  // timestamp of the last row handed out
     int64_t newest_ms = INT64_MIN;    // of any sample accepted
     int64_t seen_ms = 0;              // wall clock of the last sample accepted
     bool any_out = false;
+    bool touched = false;  // in touched_
   };
+  using Entities = std::unordered_map<std::string, Entity, StringHash, std::equal_to<>>;
+  using Rows = std::map<int64_t, Pending>;
   struct RateState {
     int64_t timestamp_ms;
     double value;
@@ -95,15 +105,17 @@ class RowAssembler {
 
   bool Complete(const Entity& e, const Pending& p) const;
   // Hands out every row of `e` up to and including the one at `upto`.
-  void TakeUpTo(const std::string& name, Entity& e, std::map<int64_t, Pending>::iterator upto,
+  void TakeUpTo(const std::string& name, Entity& e, Rows::iterator upto,
                 std::vector<IngestRow>* out);
 
   const size_t num_features_;
   const int64_t tolerance_ms_, flush_ms_;
   const IngestLimits limits_;
-  std::unordered_map<std::string, Entity> entities_;
-  std::vector<std::string> touched_;  // entities with samples since the last Take
-  int64_t rates_swept_ms_ = 0;        // wall clock of the last sweep of idle rate states
+  Entities entities_;
+  std::vector<Entities::value_type*> touched_;  // entities with samples since the last Take
+  // Rows handed out, kept (with their vectors' capacity) for the next rows to reuse.
+  std::vector<Rows::node_type> spare_;
+  int64_t rates_swept_ms_ = 0;  // wall clock of the last sweep of idle rate states
   std::unordered_map<uint64_t, RateState> rates_;
 };
 

@@ -136,7 +136,7 @@ absl::StatusOr<Selector> Selector::Parse(std::string_view text) {
   return sel;
 }
 
-bool Selector::Matches(const SeriesLabels& labels) const {
+bool Selector::Matches(SeriesLabels labels) const {
   for (const Matcher& m : matchers_) {
     std::string_view v;
     for (const auto& [name, value] : labels) {

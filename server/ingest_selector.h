@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 namespace re2 {
 class RE2;
@@ -20,7 +21,7 @@ class RE2;
 namespace aeserve::server {
 
 // A series' labels as remote write sends them: name/value pairs, `__name__` among them.
-using SeriesLabels = std::vector<std::pair<std::string_view, std::string_view>>;
+using SeriesLabels = absl::Span<const std::pair<std::string_view, std::string_view>>;
 
 class Selector {
  public:
@@ -30,7 +31,7 @@ class Selector {
   const std::string& metric() const { return metric_; }
   bool rate() const { return rate_; }
   // True when every matcher holds (a label that is absent has the value "").
-  bool Matches(const SeriesLabels& labels) const;
+  bool Matches(SeriesLabels labels) const;
   // The selector written back in canonical form.
   std::string str() const;
 

@@ -128,7 +128,7 @@ OtlpService::Handler() {
         uint64_t skipped = 0;
         const prometheus::WriteRequest write = FromOtlp(call->request(), &skipped);
         // The rows are scored on the workers; this gRPC thread does not wait for them.
-        auto counts = ingest_->Write(write, /*wait=*/false);
+        auto counts = ingest_->Write(ViewOf(write), /*wait=*/false);
         if (!counts.ok()) {
           call->Reply(ToGrpc(counts.status()));  // UNAVAILABLE: exporters retry with backoff
           return;

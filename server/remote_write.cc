@@ -6,7 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "google/protobuf/arena.h"
+#include "server/write_view.h"
 
 namespace aeserve::server {
 namespace {
@@ -86,13 +86,29 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
   if (!snappy::Uncompress(body->data(), body->size(), &decoded)) {
     return Reply(400, "body is not valid snappy-compressed data");
   }
-  // On an arena: a request's ~6,000 label strings cost one allocation block, not one each.
-  google::protobuf::Arena arena;
-  auto* write = google::protobuf::Arena::CreateMessage<prometheus::WriteRequest>(&arena);
-  if (!write->ParseFromString(decoded)) {
-    return Reply(400, "body is not a remote-write WriteRequest (protobuf)");
+  WriteView::Shape shape;
+  if (absl::Status st = MeasureWriteRequest(decoded, &shape); !st.ok()) {
+    return Reply(400, std::string(st.message()));
   }
-  auto counts = ingest.Write(*write);
+  // The decoded view is held too: up to 16 bytes of it per byte of body (empty labels).
+  ByteBudget::Reservation view_held;
+  if (limits.in_flight != nullptr) {
+    if (decoded_size + shape.bytes() > limits.in_flight->limit()) {
+      return Reply(413, absl::StrCat("body decodes to ", shape.series, " series, ", shape.labels,
+                                     " labels and ", shape.samples,
+                                     " samples, more than this server holds at once: send "
+                                     "fewer per request"));
+    }
+    view_held = limits.in_flight->Reserve(shape.bytes());
+    if (shape.bytes() > 0 && view_held.bytes() == 0) {
+      metrics::HttpResponse r = Reply(503, "too many remote-write bodies in flight; retry");
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+  }
+  WriteView write;
+  DecodeWriteRequest(decoded, shape, &write);
+  auto counts = ingest.Write(write);
   if (!counts.ok()) {
     metrics::HttpResponse r =
         Reply(HttpStatusOf(counts.status()), std::string(counts.status().message()));

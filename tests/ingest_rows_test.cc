@@ -166,7 +166,7 @@ TEST(Selector, ParsesMatchesAndWritesBack) {
   EXPECT_EQ(s->metric(), "node_cpu_seconds_total");
   EXPECT_EQ(s->str(),
             R"(rate(node_cpu_seconds_total{mode="user",cpu!="1",job=~"node|nx",x!~"a.*"}))");
-  SeriesLabels l = {
+  std::vector<std::pair<std::string_view, std::string_view>> l = {
       {"__name__", "node_cpu_seconds_total"}, {"cpu", "0"}, {"job", "node"}, {"mode", "user"}};
   EXPECT_TRUE(s->Matches(l));
   l[1].second = "1";

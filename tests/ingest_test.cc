@@ -8,6 +8,7 @@
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "engine/synthetic_data.h"
+#include "google/protobuf/stubs/logging.h"
 #include "gtest/gtest.h"
 #include "opentelemetry/proto/collector/metrics/v1/metrics_service.grpc.pb.h"
 #include "prometheus/remote.pb.h"
@@ -265,6 +266,17 @@ TEST_F(IngestTest, HostileSamplesAreCountedNotScored) {
   AddRows(&long_name, ones, 0, 1, now, std::string(1024, 'x'));
   r = Write(long_name);
   EXPECT_NE(r.body.find("limited 12"), std::string::npos) << r.body;
+  // An entity label that is not UTF-8 (Latin-1 "h\xe9"): invalid, for the same reason.
+  prometheus::WriteRequest latin1;
+  AddRows(&latin1, ones, 0, 1, now, "h\xe9");
+  {
+    google::protobuf::LogSilencer quiet;  // protobuf warns as it writes the string out
+    r = Write(latin1);
+  }
+  EXPECT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("accepted 0, unmatched 0, late 0, limited 0, invalid 12"),
+            std::string::npos)
+      << r.body;
   // Only the path itself is the endpoint.
   EXPECT_EQ(HttpCall(server_->ingest_port(), "POST", "/api/v1/writeXYZ", kWriteHeaders, "x").status,
             404);
