@@ -56,7 +56,8 @@ tsan: deps
 fuzz: deps
 	CXX=clang++-14 CC=clang-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DAESERVE_SANITIZE=fuzz -DAESERVE_FUZZ=ON
-	cmake --build build-fuzz -j $(JOBS) --target model_file_fuzzer score_request_fuzzer label_escape_fuzzer message_sequence_fuzzer
+	cmake --build build-fuzz -j $(JOBS) --target model_file_fuzzer score_request_fuzzer label_escape_fuzzer message_sequence_fuzzer \
+	  write_request_fuzzer
 	cd build-fuzz && ctest --output-on-failure -L '^fuzz$$'
 
 # The container image, built with podman from the Dockerfile (base image made with debootstrap, as
