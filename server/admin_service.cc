@@ -393,7 +393,7 @@ UnaryHandler<v1::ListEventsRequest, v1::ListEventsResponse> AdminService::ListEv
           if (req.model().empty()) {
             return absl::InvalidArgumentError("entity needs a model");
           }
-          if (auto st = ValidateName(req.entity(), "entity name"); !st.ok()) {
+          if (auto st = ValidateName(req.entity(), "entity name", /*colon=*/true); !st.ok()) {
             return st;
           }
         }

@@ -5,9 +5,12 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
@@ -48,14 +51,7 @@ bool LabelName(const std::string& s) {
 }
 
 // Identifies a series by all its labels (for counter rates).
-uint64_t SeriesHash(SeriesLabels labels, size_t feature) {
-  uint64_t h = 1469598103934665603ull ^ feature;
-  for (const auto& [name, value] : labels) {
-    h = (h ^ std::hash<std::string_view>()(name)) * 1099511628211ull;
-    h = (h ^ std::hash<std::string_view>()(value)) * 1099511628211ull;
-  }
-  return h;
-}
+uint64_t SeriesHash(SeriesLabels labels, size_t feature) { return absl::HashOf(labels, feature); }
 
 }  // namespace
 
@@ -108,7 +104,7 @@ struct Ingest::Bound {
   absl::Mutex score_mu ABSL_ACQUIRED_AFTER(mu);
   std::unordered_map<std::string, std::unique_ptr<engine::WindowBuffer>> windows
       ABSL_GUARDED_BY(score_mu);
-  std::map<std::string, EntityGauges> gauges ABSL_GUARDED_BY(score_mu);  // per entity
+  absl::flat_hash_map<std::string, EntityGauges> gauges ABSL_GUARDED_BY(score_mu);  // per entity
   std::string last_error ABSL_GUARDED_BY(score_mu);
 
   std::atomic<uint64_t> scored{0}, failed{0}, anomalies{0};
@@ -117,8 +113,7 @@ struct Ingest::Bound {
 };
 
 struct Ingest::Index {
-  std::unordered_map<std::string, std::vector<std::pair<std::shared_ptr<Bound>, size_t>>,
-                     StringHash, std::equal_to<>>
+  absl::flat_hash_map<std::string, std::vector<std::pair<std::shared_ptr<Bound>, size_t>>>
       by_metric;
 };
 
@@ -598,7 +593,7 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
     for (const auto& [n, v] : labels) {
       if (n == "__name__") name = v;
     }
-    auto it = idx->by_metric.find(name);
+    auto it = idx->by_metric.find(absl::string_view(name.data(), name.size()));
     bool matched = false;
     if (it != idx->by_metric.end()) {
       for (const auto& [b, f] : it->second) {
@@ -752,8 +747,11 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     std::vector<std::string> entities;  // per row
   };
   std::vector<Batch> batches;
-  std::map<std::pair<const engine::Model*, std::string>, size_t> batch_of;
-  std::map<std::string, absl::StatusOr<ModelHandle>> handles;  // per entity
+  std::map<std::pair<const engine::Model*, std::string_view>, size_t> batch_of;
+  // Per entity, unless the model has no entity models: then the generic one scores them all.
+  std::optional<absl::StatusOr<ModelHandle>> generic;
+  if (!registry_->HasEntities(b.model)) generic = registry_->Get(b.model, "", 0);
+  absl::flat_hash_map<std::string, absl::StatusOr<ModelHandle>> handles;
   auto fail = [&](const std::string& entity, size_t n,
                   const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.score_mu) {
     b.failed += n;
@@ -767,16 +765,21 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     b.last_error = msg;
   };
   for (const IngestRow& r : rows) {
-    auto h = handles.find(r.entity);
-    if (h == handles.end())
-      h = handles.emplace(r.entity, registry_->Get(b.model, r.entity, 0)).first;
-    if (!h->second.ok()) {
-      fail(r.entity, 1, h->second.status());
+    const absl::StatusOr<ModelHandle>* h = generic.has_value() ? &*generic : nullptr;
+    if (h == nullptr) {
+      auto at = handles.find(r.entity);
+      if (at == handles.end())
+        at = handles.emplace(r.entity, registry_->Get(b.model, r.entity, 0)).first;
+      h = &at->second;
+    }
+    if (!h->ok()) {
+      fail(r.entity, 1, h->status());
       continue;
     }
-    const ModelHandle& handle = *h->second;
+    const ModelHandle& handle = **h;
     const bool series = handle.model->file().spec().window().length() > 1;
-    auto key = std::make_pair(handle.model.get(), series ? r.entity : std::string());
+    auto key = std::make_pair(handle.model.get(),
+                              series ? std::string_view(r.entity) : std::string_view());
     auto at = batch_of.find(key);
     if (at == batch_of.end()) {
       at = batch_of.emplace(key, batches.size()).first;
@@ -817,12 +820,12 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(static_cast<double>(n));
     flagged_->Add({{"model", b.model}}).Increment(resp.num_anomalies());
     // The gauges show each entity's last row that was scored (not skipped for its gaps).
-    std::set<std::string_view> done;
+    absl::flat_hash_set<absl::string_view> done;
     for (int i = resp.errors_size() - 1; i >= 0; --i) {
       if (i < resp.skipped_size() && resp.skipped(i)) continue;
       const std::string& entity = batch.entities[static_cast<size_t>(i)];
       if (!done.insert(entity).second) continue;
-      EntityGauges& g = b.gauges[entity];
+      EntityGauges& g = b.gauges[entity];  // inserted once per entity
       if (g.error == nullptr) {
         const metrics::Labels l{{"model", b.model}, {"entity", entity}};
         g = EntityGauges{&error_->Add(l), &anomalous_->Add(l), &severity_->Add(l)};

@@ -24,7 +24,7 @@ RowAssembler::RowAssembler(size_t num_features, int64_t tolerance_ms, int64_t fl
 RowAssembler::Outcome RowAssembler::Add(std::string_view entity, uint64_t series, size_t feature,
                                         bool rate, int64_t timestamp_ms, double value,
                                         int64_t now_ms) {
-  auto it = entities_.find(entity);
+  auto it = entities_.find(absl::string_view(entity.data(), entity.size()));
   if (it == entities_.end()) {
     if (entities_.size() >= limits_.max_entities) return Outcome::kEntityLimit;
     it = entities_.emplace(std::string(entity), Entity{}).first;
@@ -128,7 +128,7 @@ void RowAssembler::Flush(int64_t now_ms, std::vector<IngestRow>* out,
     if (e.rows.empty() && now_ms - e.seen_ms >= limits_.idle_ms) {
       if (forgotten != nullptr) forgotten->push_back(it->first);
       if (e.touched) std::erase(touched_, &*it);
-      it = entities_.erase(it);
+      entities_.erase(it++);
     } else {
       ++it;
     }
@@ -136,8 +136,8 @@ void RowAssembler::Flush(int64_t now_ms, std::vector<IngestRow>* out,
   // Idle counter series, swept every tenth of the idle time (a sweep visits every series).
   if (now_ms - rates_swept_ms_ >= limits_.idle_ms / 10) {
     rates_swept_ms_ = now_ms;
-    std::erase_if(rates_,
-                  [&](const auto& r) { return now_ms - r.second.seen_ms >= limits_.idle_ms; });
+    absl::erase_if(rates_,
+                   [&](const auto& r) { return now_ms - r.second.seen_ms >= limits_.idle_ms; });
   }
 }
 

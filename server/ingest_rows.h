@@ -25,16 +25,12 @@
 #include <map>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
-namespace aeserve::server {
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 
-// Lets string-keyed hash maps be searched with a string_view.
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
-};
+namespace aeserve::server {
 
 struct IngestRow {
   std::string entity;
@@ -95,7 +91,7 @@ class RowAssembler {
     bool any_out = false;
     bool touched = false;  // in touched_
   };
-  using Entities = std::unordered_map<std::string, Entity, StringHash, std::equal_to<>>;
+  using Entities = absl::node_hash_map<std::string, Entity>;  // node: touched_ points into it
   using Rows = std::map<int64_t, Pending>;
   struct RateState {
     int64_t timestamp_ms;
@@ -116,7 +112,7 @@ class RowAssembler {
   // Rows handed out, kept (with their vectors' capacity) for the next rows to reuse.
   std::vector<Rows::node_type> spare_;
   int64_t rates_swept_ms_ = 0;  // wall clock of the last sweep of idle rate states
-  std::unordered_map<uint64_t, RateState> rates_;
+  absl::flat_hash_map<uint64_t, RateState> rates_;
 };
 
 }  // namespace aeserve::server

@@ -267,6 +267,12 @@ bool ModelEntry::Loading() const {
   return false;
 }
 
+bool ModelRegistry::HasEntities(const std::string& model) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = models_.upper_bound(ModelKey{model, ""});  // past the generic model
+  return it != models_.end() && it->first.model == model;
+}
+
 void ModelRegistry::ForEachOf(
     const std::string& model,
     absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const {

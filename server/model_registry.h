@@ -94,6 +94,8 @@ class ModelRegistry {
   void ForEach(absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;
   // Exactly `key`'s entry; false (fn not run) when there is none.
   bool Visit(const ModelKey& key, absl::FunctionRef<void(const ModelEntry&)> fn) const;
+  // True when `model` has entity models (Get then depends on the entity).
+  bool HasEntities(const std::string& model) const;
   // The generic model `model` and its entity models, in key order.
   void ForEachOf(const std::string& model,
                  absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;

@@ -33,15 +33,16 @@ const std::string& ReplicaName() {
 
 namespace fs = std::filesystem;
 
-absl::Status ValidateName(const std::string& name, const char* what) {
+absl::Status ValidateName(const std::string& name, const char* what, bool colon) {
   if (name.empty() || name.size() > 128 || name[0] == '.') {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " must be 1-128 characters, not starting with '.'"));
   }
   for (char c : name) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " '", name, "' may only use letters, digits, '_', '-', '.'"));
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' ||
+          (colon && c == ':'))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " '", name, "' may only use letters, digits, '_', '-', '.'", colon ? ", ':'" : ""));
     }
   }
   return absl::OkStatus();
@@ -50,7 +51,7 @@ absl::Status ValidateName(const std::string& name, const char* what) {
 absl::StatusOr<ModelKey> MakeKey(const std::string& model, const std::string& entity) {
   if (auto st = ValidateName(model); !st.ok()) return st;
   if (!entity.empty()) {
-    if (auto st = ValidateName(entity, "entity name"); !st.ok()) return st;
+    if (auto st = ValidateName(entity, "entity name", /*colon=*/true); !st.ok()) return st;
   }
   return ModelKey{model, entity};
 }
@@ -119,7 +120,8 @@ std::vector<ModelKey> ModelStore::ListModels(bool* complete) const {
     if (eec && eec != std::errc::no_such_file_or_directory) whole = false;
     for (; !eec && ent != end; ent.increment(eec)) {
       const std::string entity = ent->path().filename().string();
-      if (IsDir(*ent) && ValidateName(entity).ok() && HasModel(ent->path())) {
+      if (IsDir(*ent) && ValidateName(entity, "entity name", /*colon=*/true).ok() &&
+          HasModel(ent->path())) {
         out.push_back({name, entity});
       }
     }

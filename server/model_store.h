@@ -22,8 +22,10 @@ namespace aeserve::server {
 // repeats when a container restarts in the same pod, as pid 1 again).
 const std::string& ReplicaName();
 
-// Names of models and entities: 1-128 characters of [A-Za-z0-9_.-], not starting with '.'.
-absl::Status ValidateName(const std::string& name, const char* what = "model name");
+// Names of models and entities: 1-128 characters of [A-Za-z0-9_.-], not starting with '.'; with
+// `colon`, ':' too (entity names: Prometheus's instance labels are "host:port").
+absl::Status ValidateName(const std::string& name, const char* what = "model name",
+                          bool colon = false);
 
 // A generic model ("cpu") or a per-entity one ("cpu" + "host-7", shown as "cpu/host-7").
 struct ModelKey {

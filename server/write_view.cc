@@ -1,7 +1,9 @@
 // A remote-write WriteRequest read in place (the protobuf wire format, three levels deep).
 #include "server/write_view.h"
 
+#include <bit>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -10,15 +12,21 @@ namespace {
 
 enum WireType : uint32_t { kVarint = 0, kFixed64 = 1, kLength = 2, kFixed32 = 5 };
 
-// A cursor over one message's bytes. Errors name the message being read.
+// A cursor over one message's bytes. A fault stops it: every read after it fails, and fault()
+// names the first one and the message being read.
 class Reader {
  public:
   Reader(std::string_view bytes, const char* what)
       : p_(bytes.data()), end_(p_ + bytes.size()), what_(what) {}
 
   bool done() const { return p_ == end_; }
+  const std::string& fault() const { return fault_; }
 
-  absl::Status Varint(uint64_t* v) {
+  bool Varint(uint64_t* v) {
+    if (p_ != end_ && static_cast<uint8_t>(*p_) < 0x80) {  // one byte: most tags and lengths
+      *v = static_cast<uint8_t>(*p_++);
+      return true;
+    }
     uint64_t out = 0;
     for (int shift = 0; shift < 64; shift += 7) {
       if (p_ == end_) return Fault("a varint is cut short");
@@ -26,39 +34,40 @@ class Reader {
       out |= static_cast<uint64_t>(b & 0x7f) << shift;
       if ((b & 0x80) == 0) {
         *v = out;
-        return absl::OkStatus();
+        return true;
       }
     }
     return Fault("a varint is longer than 10 bytes");
   }
   // A field's tag: its number and wire type.
-  absl::Status Tag(uint32_t* field, uint32_t* wire) {
+  bool Tag(uint32_t* field, uint32_t* wire) {
     uint64_t tag = 0;
-    if (auto st = Varint(&tag); !st.ok()) return st;
-    if (tag >> 3 == 0 || tag >> 3 > 0x1fffffff)
+    if (!Varint(&tag)) return false;
+    if (tag >> 3 == 0 || tag >> 3 > 0x1fffffff) {
       return Fault(absl::StrCat("field number ", tag >> 3));
+    }
     *field = static_cast<uint32_t>(tag >> 3);
     *wire = static_cast<uint32_t>(tag & 7);
-    return absl::OkStatus();
+    return true;
   }
-  absl::Status Bytes(std::string_view* out) {
+  bool Bytes(std::string_view* out) {
     uint64_t n = 0;
-    if (auto st = Varint(&n); !st.ok()) return st;
+    if (!Varint(&n)) return false;
     if (n > static_cast<uint64_t>(end_ - p_)) {
       return Fault(absl::StrCat("a field of ", n, " bytes runs past the end of its message"));
     }
     *out = std::string_view(p_, n);
     p_ += n;
-    return absl::OkStatus();
+    return true;
   }
-  absl::Status Fixed64(uint64_t* out) {
+  bool Fixed64(uint64_t* out) {
     if (end_ - p_ < 8) return Fault("a 64-bit field is cut short");
-    std::memcpy(out, p_, 8);  // little-endian on the wire and on this machine's x86-64
+    std::memcpy(out, p_, 8);  // little-endian on the wire and here (checked below)
     p_ += 8;
-    return absl::OkStatus();
+    return true;
   }
   // Skips a field this reader does not use.
-  absl::Status Skip(uint32_t wire) {
+  bool Skip(uint32_t wire) {
     uint64_t v = 0;
     std::string_view s;
     switch (wire) {
@@ -71,73 +80,71 @@ class Reader {
       case kFixed32:
         if (end_ - p_ < 4) return Fault("a 32-bit field is cut short");
         p_ += 4;
-        return absl::OkStatus();
+        return true;
       default:
         return Fault(absl::StrCat("wire type ", wire, " (groups are not used by remote write)"));
     }
   }
 
  private:
-  absl::Status Fault(const std::string& what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat("body is not a remote-write WriteRequest: in a ", what_, ", ", what));
+  bool Fault(std::string what) {
+    fault_ = absl::StrCat("body is not a remote-write WriteRequest: in a ", what_, ", ", what);
+    p_ = end_ = nullptr;
+    return false;
   }
 
   const char* p_;
-  const char* const end_;
+  const char* end_;
   const char* const what_;
+  std::string fault_;
 };
 
+static_assert(std::endian::native == std::endian::little);
+
 // Walks a WriteRequest, calling the visitor's Series(), Label(name, value), Sample(value, ms)
-// and EndSeries() in order.
+// and EndSeries() in order. Empty on success, else the fault.
 template <typename Visitor>
-absl::Status Walk(std::string_view bytes, Visitor& v) {
+std::string Walk(std::string_view bytes, Visitor& v) {
   Reader request(bytes, "WriteRequest");
+  uint32_t field = 0, wire = 0;
   while (!request.done()) {
-    uint32_t field = 0, wire = 0;
-    if (auto st = request.Tag(&field, &wire); !st.ok()) return st;
+    if (!request.Tag(&field, &wire)) return request.fault();
     if (field != 1 || wire != kLength) {
-      if (auto st = request.Skip(wire); !st.ok()) return st;
+      if (!request.Skip(wire)) return request.fault();
       continue;
     }
     std::string_view series_bytes;
-    if (auto st = request.Bytes(&series_bytes); !st.ok()) return st;
+    if (!request.Bytes(&series_bytes)) return request.fault();
     v.Series();
     Reader series(series_bytes, "TimeSeries");
     while (!series.done()) {
-      if (auto st = series.Tag(&field, &wire); !st.ok()) return st;
+      std::string_view inner;
+      if (!series.Tag(&field, &wire)) return series.fault();
       if ((field != 1 && field != 2) || wire != kLength) {
-        if (auto st = series.Skip(wire); !st.ok()) return st;
+        if (!series.Skip(wire)) return series.fault();
         continue;
       }
-      std::string_view inner;
-      if (auto st = series.Bytes(&inner); !st.ok()) return st;
+      if (!series.Bytes(&inner)) return series.fault();
       if (field == 1) {
         Reader label(inner, "Label");
         std::string_view name, value;  // proto3: a field given twice, the last one counts
         while (!label.done()) {
-          if (auto st = label.Tag(&field, &wire); !st.ok()) return st;
-          if ((field == 1 || field == 2) && wire == kLength) {
-            if (auto st = label.Bytes(field == 1 ? &name : &value); !st.ok()) return st;
-          } else if (auto st = label.Skip(wire); !st.ok()) {
-            return st;
-          }
+          if (!label.Tag(&field, &wire)) return label.fault();
+          const bool ok = (field == 1 || field == 2) && wire == kLength
+                              ? label.Bytes(field == 1 ? &name : &value)
+                              : label.Skip(wire);
+          if (!ok) return label.fault();
         }
         v.Label(name, value);
       } else {
         Reader sample(inner, "Sample");
         uint64_t value_bits = 0, timestamp = 0;
         while (!sample.done()) {
-          if (auto st = sample.Tag(&field, &wire); !st.ok()) return st;
-          absl::Status st;
-          if (field == 1 && wire == kFixed64) {
-            st = sample.Fixed64(&value_bits);
-          } else if (field == 2 && wire == kVarint) {
-            st = sample.Varint(&timestamp);
-          } else {
-            st = sample.Skip(wire);
-          }
-          if (!st.ok()) return st;
+          if (!sample.Tag(&field, &wire)) return sample.fault();
+          const bool ok = field == 1 && wire == kFixed64  ? sample.Fixed64(&value_bits)
+                          : field == 2 && wire == kVarint ? sample.Varint(&timestamp)
+                                                          : sample.Skip(wire);
+          if (!ok) return sample.fault();
         }
         double value = 0;
         std::memcpy(&value, &value_bits, sizeof value);
@@ -146,7 +153,7 @@ absl::Status Walk(std::string_view bytes, Visitor& v) {
     }
     v.EndSeries();
   }
-  return absl::OkStatus();
+  return {};
 }
 
 struct Counter {
@@ -181,7 +188,9 @@ absl::Status MeasureWriteRequest(std::string_view bytes, WriteView::Shape* shape
   // Indices are 32-bit: a body of up to 4 GiB cannot hold more entries than that.
   if (bytes.size() > UINT32_MAX) return absl::InvalidArgumentError("body over 4 GiB");
   Counter c;
-  if (auto st = Walk(bytes, c); !st.ok()) return st;
+  if (std::string fault = Walk(bytes, c); !fault.empty()) {
+    return absl::InvalidArgumentError(fault);
+  }
   *shape = c.shape;
   return absl::OkStatus();
 }

@@ -8,6 +8,7 @@
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "engine/synthetic_data.h"
+#include "engine/trainer.h"
 #include "google/protobuf/stubs/logging.h"
 #include "gtest/gtest.h"
 #include "opentelemetry/proto/collector/metrics/v1/metrics_service.grpc.pb.h"
@@ -183,6 +184,52 @@ TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
   ASSERT_EQ(r.status, 200);
   EXPECT_NE(r.body.find("late 24"), std::string::npos) << r.body;
   EXPECT_EQ(Info().ingest().rows_scored(), 42u);
+}
+
+// A host with its own model (an entity model named by its instance label) has its rows scored by
+// it; the other hosts by the generic model.
+TEST_F(IngestTest, AHostWithItsOwnModelIsScoredByIt) {
+  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
+  std::vector<float> big = data.normal;  // this host's normal: 10x everyone else's
+  for (float& v : big) v *= 10;
+  engine::TrainRequest req;
+  req.spec.set_kind(v1::MODEL_KIND_PLAIN);
+  req.spec.add_encoder_units(16);
+  req.spec.set_code_size(3);
+  req.options.set_epochs(15);
+  std::vector<std::string> names;
+  for (uint32_t i = 0; i < kFeatures; ++i) names.push_back("m" + std::to_string(i));
+  auto own = engine::Train(req, engine::TrainingData{big, 1500, kFeatures, names, {}});
+  ASSERT_TRUE(own.ok()) << own.status();
+  ASSERT_GT(Store(dir_->path(), "m", *own, "big:9100"), 0u);
+  Start();
+  v1::IngestStatus st;
+  ASSERT_TRUE(Bind(Binding(), &st).ok());
+  const int64_t t0 = 1'700'000'000'000;
+  prometheus::WriteRequest w1;  // 20 scrapes of each: "big" at 10x, "small" as trained
+  AddRows(&w1, big, 0, 20, t0, "big:9100");
+  AddRows(&w1, data.normal, 20, 20, t0, "small:9100");
+  ASSERT_EQ(Write(w1).status, 200);
+  prometheus::WriteRequest w2;  // the next scrape: both at 10x
+  AddRows(&w2, big, 40, 1, t0 + 20 * kStepMs, "big:9100");
+  AddRows(&w2, data.normal, 41, 1, t0 + 20 * kStepMs, "small:9100", 0, 10.0f);
+  ASSERT_EQ(Write(w2).status, 200);
+  EXPECT_EQ(Info().ingest().rows_scored(), 42u);  // 21 scrapes of each
+  EXPECT_EQ(Info().ingest().rows_failed(), 0u);
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("aeserve_ingest_anomalous{model=\"m\",entity=\"big:9100\"} 0"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("aeserve_ingest_anomalous{model=\"m\",entity=\"small:9100\"} 1"),
+            std::string::npos)
+      << metrics;
+  // Entity models count their samples together (version "entity"): big's 21 rows; the generic
+  // model (version 1) scored small's 21.
+  EXPECT_NE(metrics.find("aeserve_samples_scored_total{model=\"m\",version=\"1\"} 21"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("aeserve_samples_scored_total{model=\"m\",version=\"entity\"} 21"),
+            std::string::npos)
+      << metrics;
 }
 
 TEST_F(IngestTest, BadRequestsGetTheStatusTheSpecificationAsksFor) {
