@@ -102,7 +102,8 @@ ABSL_FLAG(double, autopilot_tick_seconds, Defaults().autopilot_tick_seconds,
           "retrain triggers and shadow windows checked.");
 ABSL_FLAG(int, ingest_port, Defaults().ingest_port,
           "Port of the Prometheus remote-write endpoint POST /api/v1/write; 0 = the metrics "
-          "port.");
+          "port, -1 = any free port. With --tls_cert it serves HTTPS with that certificate "
+          "(and --tls_client_ca), and the metrics port takes no remote writes.");
 ABSL_FLAG(uint32_t, ingest_max_entities, Defaults().ingest_max_entities,
           "Entities per model the ingest keeps rows and gauges for; further ones are dropped "
           "and counted.");

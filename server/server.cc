@@ -171,8 +171,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     s->log_->info("metrics on http://{}:{}/metrics", mhost, s->exposer_->port());
   }
   {
-    // Decoded bodies of requests being read and parsed at once: a parsed request takes about 12x
-    // its decoded size, so this bounds what remote write holds in memory to about 1 GiB.
+    // Decoded bodies of requests being read at once, and their decoded views (up to 16 bytes per
+    // byte of body): what remote write holds in memory.
     s->ingest_budget_ =
         std::make_unique<ByteBudget>(std::max<uint64_t>(64u << 20, 4 * o.ingest_max_body_bytes));
     const RemoteWriteLimits limits{.max_body_bytes = o.ingest_max_body_bytes,
@@ -182,13 +182,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
                                        limits](const metrics::HttpRequest& r) {
       return HandleRemoteWrite(r, *ingest, *auth, limits);
     };
+    // With TLS the ingest port serves HTTPS with the same certificate (and client CA); the metrics
+    // port stays HTTP, so it does not take remote writes (tokens and telemetry in clear).
+    const bool tls = !o.tls_cert.empty();
     if (o.ingest_port != 0) {
-      auto exposer = metrics::Exposer::Start(o.host, std::max(0, o.ingest_port), nullptr);
+      const metrics::ExposerTls files{o.tls_cert, o.tls_key, o.tls_client_ca};
+      auto exposer = metrics::Exposer::Start(o.host, std::max(0, o.ingest_port), nullptr,
+                                             tls ? &files : nullptr);
       if (!exposer.ok()) return exposer.status();
       s->ingest_exposer_ = *std::move(exposer);
       s->ingest_exposer_->Route("/api/v1/write", std::move(write));
-      s->log_->info("remote write on http://{}:{}/api/v1/write", o.host,
+      s->log_->info("remote write on {}://{}:{}/api/v1/write", tls ? "https" : "http", o.host,
                     s->ingest_exposer_->port());
+    } else if (tls) {
+      s->log_->warn(
+          "remote write is off: with TLS it is served on its own HTTPS port (--ingest_port), not "
+          "on the plain-HTTP metrics port");
     } else if (s->exposer_) {
       s->exposer_->Route("/api/v1/write", std::move(write));
       s->log_->info("remote write on http://{}:{}/api/v1/write", mhost, s->exposer_->port());

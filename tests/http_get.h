@@ -17,13 +17,30 @@ struct HttpReply {
   std::string headers, body;
 };
 
-// `method` `path` with `headers` (each line ending in \r\n; a Content-Length for `body` is added
-// unless `headers` has one) and `body`.
-// Waits at most `timeout_seconds` for each read of the reply.
-inline HttpReply HttpCall(int port, const std::string& method, const std::string& path,
-                          const std::string& headers, const std::string& body,
-                          int timeout_seconds = 10) {
+// The request's bytes: `method` `path` with `headers` (each line ending in \r\n; a
+// Content-Length for `body` is added unless `headers` has one) and `body`.
+inline std::string HttpRequestText(const std::string& method, const std::string& path,
+                                   const std::string& headers, const std::string& body) {
+  std::string req = method + " " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n" + headers;
+  if (headers.find("Content-Length:") == std::string::npos && !body.empty()) {
+    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  }
+  return req + "Connection: close\r\n\r\n" + body;
+}
+
+// A whole reply as received (status 0 when it is not one).
+inline HttpReply ParseHttpReply(const std::string& resp) {
   HttpReply r;
+  const size_t split = resp.find("\r\n\r\n");
+  if (split == std::string::npos || resp.size() < 12) return r;
+  r.status = std::atoi(resp.substr(9, 3).c_str());
+  r.headers = resp.substr(0, split);
+  r.body = resp.substr(split + 4);
+  return r;
+}
+
+// A TCP connection to 127.0.0.1:`port` whose reads wait at most `timeout_seconds`; -1 on failure.
+inline int ConnectLoopback(int port, int timeout_seconds) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   timeval tv{timeout_seconds, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -33,13 +50,18 @@ inline HttpReply HttpCall(int port, const std::string& method, const std::string
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     close(fd);
-    return r;
+    return -1;
   }
-  std::string req = method + " " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n" + headers;
-  if (headers.find("Content-Length:") == std::string::npos && !body.empty()) {
-    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
-  }
-  req += "Connection: close\r\n\r\n" + body;
+  return fd;
+}
+
+// One request (HttpRequestText) and its reply. Waits at most `timeout_seconds` for each read.
+inline HttpReply HttpCall(int port, const std::string& method, const std::string& path,
+                          const std::string& headers, const std::string& body,
+                          int timeout_seconds = 10) {
+  const int fd = ConnectLoopback(port, timeout_seconds);
+  if (fd < 0) return HttpReply{};
+  const std::string req = HttpRequestText(method, path, headers, body);
   size_t sent = 0;
   while (sent < req.size()) {
     const ssize_t n = write(fd, req.data() + sent, req.size() - sent);
@@ -51,12 +73,7 @@ inline HttpReply HttpCall(int port, const std::string& method, const std::string
   ssize_t n;
   while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, n);
   close(fd);
-  const size_t split = resp.find("\r\n\r\n");
-  if (split == std::string::npos || resp.size() < 12) return r;
-  r.status = std::atoi(resp.substr(9, 3).c_str());
-  r.headers = resp.substr(0, split);
-  r.body = resp.substr(split + 4);
-  return r;
+  return ParseHttpReply(resp);
 }
 
 // The response body of GET `path` on 127.0.0.1:`port`, or "" on failure.

@@ -22,6 +22,7 @@ fail() {
 cleanup() {
   podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
   podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
+  rm -rf "${TLS_DIR:-}"
 }
 trap cleanup EXIT
 
@@ -71,4 +72,33 @@ echo "image test: scored $scored rows; aeserve_samples_scored_total $metric"
 podman stop -t 30 "$NAME" >/dev/null
 code=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
 [ "$code" = 0 ] || fail "exit status $code after SIGTERM"
-echo "image test: stopped cleanly; OK"
+echo "image test: stopped cleanly"
+
+# HTTPS remote write from the image (its civetweb TLS shim in /usr/local/lib/aeserve): a second
+# container on the same store with a throwaway certificate, one POST from the host with curl.
+TLS_DIR=$(mktemp -d)
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" \
+  -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1 ||
+  fail "openssl could not make a certificate"
+chmod 755 "$TLS_DIR" && chmod 644 "$TLS_DIR"/*.pem
+set -- $(/usr/bin/python3 -c '
+import socket
+s = [socket.socket() for _ in range(3)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])')
+podman rm -f -t 0 "$NAME" >/dev/null
+podman run -d --name "$NAME" --network=host -v "$VOLUME:/models" -v "$TLS_DIR:/tls:ro" \
+  -e AESERVE_PORT="$1" -e AESERVE_METRICS_PORT="$2" "$IMAGE" \
+  --tls_cert=/tls/cert.pem --tls_key=/tls/key.pem --ingest_port="$3" >/dev/null
+printf 'x' >"$TLS_DIR/body"
+deadline=$(($(date +%s) + 60))
+until code=$(curl -s -o "$TLS_DIR/reply" -w '%{http_code}' --cacert "$TLS_DIR/cert.pem" \
+  -H 'Content-Encoding: snappy' -H 'Content-Type: application/x-protobuf' \
+  --data-binary @"$TLS_DIR/body" "https://127.0.0.1:$3/api/v1/write") && [ "$code" != 000 ]; do
+  [ "$(podman inspect --format '{{.State.Running}}' "$NAME")" = true ] || fail "the TLS container exited"
+  [ "$(date +%s)" -lt "$deadline" ] || fail "no HTTPS answer on the ingest port within 60 s"
+  sleep 1
+done
+rm -rf "$TLS_DIR"
+[ "$code" = 400 ] || fail "HTTPS remote write of a body that is not snappy: $code, expected 400"
+echo "image test: HTTPS remote write answered 400 for a bad body, as over HTTP; OK"

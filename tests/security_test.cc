@@ -1,4 +1,6 @@
 // Bearer tokens with roles, TLS and mutual TLS, against a real server with generated certificates.
+#include <snappy.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -6,8 +8,10 @@
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "prometheus/remote.pb.h"
 #include "server/server.h"
 #include "tests/admin_client.h"
+#include "tests/https_call.h"
 #include "tests/test_models.h"
 #include "tests/test_server.h"
 
@@ -154,6 +158,59 @@ TEST_F(Tls, ServerTls) {
   auto plain = grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()),
                                    grpc::InsecureChannelCredentials());
   EXPECT_EQ(ListModels(plain, "").error_code(), StatusCode::UNAVAILABLE);
+}
+
+// Remote write over HTTPS on the ingest port, with the server's certificate; with a client CA,
+// only clients with a certificate it signed. The plain-HTTP metrics port takes no remote writes.
+TEST_F(Tls, RemoteWriteOverHttps) {
+  const std::string d = dir_->path();
+  prometheus::WriteRequest w;
+  auto* ts = w.add_timeseries();
+  ts->add_labels()->set_name("__name__");
+  ts->mutable_labels(0)->set_value("up");
+  ts->add_samples()->set_value(1);
+  std::string body;
+  snappy::Compress(w.SerializeAsString().data(), w.ByteSizeLong(), &body);
+  // One real write: answered, its sample counted (no binding selects it).
+  const std::string headers =
+      "Content-Encoding: snappy\r\nContent-Type: application/x-protobuf\r\n";
+  const std::string answered = "accepted 0, unmatched 1";
+  server::Options o;
+  o.tls_cert = d + "/server.pem";
+  o.tls_key = d + "/server.key";
+  o.ingest_port = -1;
+  o.metrics_port = 0;
+  {
+    auto s = StartServer(d + "/models", o);
+    ASSERT_TRUE(s);
+    const int port = s->ingest_port();
+    HttpReply r = HttpsCall(port, {d + "/ca.pem", "", ""}, "POST", "/api/v1/write", headers, body);
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_NE(r.body.find(answered), std::string::npos) << r.body;
+    EXPECT_EQ(HttpCall(port, "POST", "/api/v1/write", headers, body, 5).status, 0)
+        << "plain HTTP to the HTTPS port";
+    EXPECT_EQ(
+        HttpsCall(port, {d + "/rogue.pem", "", ""}, "POST", "/api/v1/write", headers, body).status,
+        0)
+        << "a client that does not trust the server's certificate";
+    EXPECT_EQ(HttpCall(s->metrics_port(), "POST", "/api/v1/write", headers, body).status, 404);
+  }
+  o.tls_client_ca = d + "/ca.pem";
+  auto s = StartServer(d + "/models", o);
+  ASSERT_TRUE(s);
+  const int port = s->ingest_port();
+  HttpReply r = HttpsCall(port, {d + "/ca.pem", d + "/client.pem", d + "/client.key"}, "POST",
+                          "/api/v1/write", headers, body);
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.body.find(answered), std::string::npos) << r.body;
+  EXPECT_EQ(HttpsCall(port, {d + "/ca.pem", "", ""}, "POST", "/api/v1/write", headers, body).status,
+            0)
+      << "no client certificate";
+  EXPECT_EQ(HttpsCall(port, {d + "/ca.pem", d + "/rogue.pem", d + "/rogue.key"}, "POST",
+                      "/api/v1/write", headers, body)
+                .status,
+            0)
+      << "a client certificate from another CA";
 }
 
 TEST_F(Tls, MutualTls) {

@@ -2,7 +2,10 @@
 #include "server/metrics/exposer.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -11,9 +14,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "civetweb.h"
 #include "server/metrics/text_serializer.h"
 
@@ -33,12 +39,84 @@ std::string Gzip(const std::string& data) {
   return out;
 }
 
+namespace {
+
+// Loads civetweb_tls_shim.cc's library (see there why): next to this executable, in
+// ../lib/aeserve, or where the build made it.
+absl::Status LoadTlsShim() {
+  static const absl::Status loaded = [] {
+    std::vector<std::string> paths;
+    std::error_code ec;
+    const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    const std::string name = std::filesystem::path(AESERVE_CIVETWEB_TLS_SHIM).filename();
+    if (!ec) {
+      paths.push_back((exe.parent_path() / name).string());
+      paths.push_back((exe.parent_path() / "../lib/aeserve" / name).string());
+    }
+    paths.push_back(AESERVE_CIVETWEB_TLS_SHIM);
+    for (const std::string& p : paths) {
+      if (std::filesystem::exists(p, ec) && dlopen(p.c_str(), RTLD_NOW | RTLD_GLOBAL) != nullptr) {
+        // civetweb loads OpenSSL now, finding the shim.
+        if ((mg_init_library(MG_FEATURES_TLS) & MG_FEATURES_TLS) == 0) {
+          return absl::InternalError("HTTPS: civetweb could not load OpenSSL");
+        }
+        return absl::OkStatus();
+      }
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("HTTPS: ", name, " not found (looked in: ", absl::StrJoin(paths, ", "), ")"));
+  }();
+  return loaded;
+}
+
+std::string OpenSslError() {
+  std::string out;
+  char buf[256];
+  while (unsigned long e = ERR_get_error()) {
+    ERR_error_string_n(e, buf, sizeof buf);
+    absl::StrAppend(&out, out.empty() ? "" : "; ", buf);
+  }
+  return out.empty() ? "unknown error" : out;
+}
+
+}  // namespace
+
+int Exposer::InitTls(void* ssl_ctx, void* self) {
+  Exposer* e = static_cast<Exposer*>(self);
+  SSL_CTX* ctx = static_cast<SSL_CTX*>(ssl_ctx);
+  const ExposerTls& t = *e->tls_;
+  ERR_clear_error();
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  if (SSL_CTX_use_certificate_chain_file(ctx, t.cert_file.c_str()) != 1) {
+    e->tls_error_ = absl::StrCat("certificate ", t.cert_file, ": ", OpenSslError());
+    return -1;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, t.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    e->tls_error_ = absl::StrCat("key ", t.key_file, ": ", OpenSslError());
+    return -1;
+  }
+  if (!t.client_ca_file.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx, t.client_ca_file.c_str(), nullptr) != 1) {
+      e->tls_error_ = absl::StrCat("client CA ", t.client_ca_file, ": ", OpenSslError());
+      return -1;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  return 1;  // configured here: civetweb loads no certificate of its own
+}
+
 absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& host, int port,
-                                                        const Registry* registry) {
+                                                        const Registry* registry,
+                                                        const ExposerTls* tls) {
   std::unique_ptr<Exposer> e(new Exposer(registry));
   e->host_ = host;
   mg_init_library(0);
-  const std::string ports = absl::StrCat(host, ":", port);
+  if (tls != nullptr) {
+    if (absl::Status st = LoadTlsShim(); !st.ok()) return st;
+    e->tls_ = *tls;
+  }
+  const std::string ports = absl::StrCat(host, ":", port, tls != nullptr ? "s" : "");
   // Idle connections must not starve the scraper: enough workers for a few stray clients, and a
   // request timeout so that a connection that sends nothing frees its worker within 2 s.
   const char* options[] = {
@@ -46,8 +124,12 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& host,
       "enable_keep_alive", "no",          nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof callbacks);
-  e->ctx_ = mg_start(&callbacks, nullptr, options);
+  if (tls != nullptr) callbacks.init_ssl = &Exposer::InitTls;
+  e->ctx_ = mg_start(&callbacks, e.get(), options);
   if (e->ctx_ == nullptr) {
+    if (!e->tls_error_.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("HTTPS on ", ports, ": ", e->tls_error_));
+    }
     return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", ports));
   }
   if (registry != nullptr) mg_set_request_handler(e->ctx_, "/metrics", &Exposer::Handle, e.get());

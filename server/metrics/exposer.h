@@ -37,13 +37,20 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+// HTTPS instead of HTTP: PEM files (the certificate file may hold its chain); with a client CA,
+// clients must present a certificate it signed.
+struct ExposerTls {
+  std::string cert_file, key_file, client_ca_file;
+};
+
 class Exposer {
  public:
   using Handler = std::function<HttpResponse(const HttpRequest&)>;
 
   // `port` 0 picks a free port (see port()). `registry` null: no /metrics (routes only).
   static absl::StatusOr<std::unique_ptr<Exposer>> Start(const std::string& host, int port,
-                                                        const Registry* registry);
+                                                        const Registry* registry,
+                                                        const ExposerTls* tls = nullptr);
   ~Exposer();
   int port() const { return port_; }
   // Serves `uri` with `handler` (called on civetweb's threads, concurrently).
@@ -53,12 +60,16 @@ class Exposer {
   explicit Exposer(const Registry* registry) : registry_(registry) {}
   static int Handle(mg_connection* conn, void* self);
   static int HandleRoute(mg_connection* conn, void* handler);
+  // civetweb's init_ssl callback: configures its SSL_CTX from tls_ (1), or -1 with tls_error_.
+  static int InitTls(void* ssl_ctx, void* self);
 
   const Registry* registry_;
   std::list<Handler> routes_;
   mg_context* ctx_ = nullptr;
   std::string host_;
   int port_ = 0;
+  std::optional<ExposerTls> tls_;
+  std::string tls_error_;
 };
 
 // gzip (RFC 1952) of `data`, for Content-Encoding: gzip.
