@@ -2,8 +2,9 @@
 """Prometheus into aeserve, for real (issue #18), with aectl alone as a user would do it.
 
 Debian's prometheus-node-exporter (cpu collector only) is scraped every 500 ms by Debian's
-prometheus, which remote-writes the node series to aeserve's /api/v1/write and evaluates an alert
-rule on aeserve's own /metrics. aectl binds the model's features to CPU-time counters, records
+prometheus, which remote-writes the node series to aeserve's /api/v1/write — over HTTPS on the
+ingest port, with a bearer token, as in production (aeserve runs with TLS and tokens; aectl uses
+them too) — and evaluates an alert rule on aeserve's own /metrics. aectl binds the model's features to CPU-time counters, records
 the ingested rows, trains on the recording, and watches the anomaly feed; then a bounded CPU burn
 (one core, at most 25 s) must show up for that instance on aeserve's /metrics, in the feed and as
 a firing alert in that Prometheus. Before the burn, the share of rows flagged is measured and must
@@ -29,12 +30,17 @@ AECTL = os.path.join(BUILD, "clients", "cpp", "aectl")
 SCRAPE = "500ms"
 
 
-
-
-
-
-
-
+def make_certificates(work):
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
+    script = (
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+        "-subj /CN=aeserve-test-ca && "
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=aeserve && "
+        "printf 'subjectAltName=IP:127.0.0.1' > san.ext && "
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out server.pem -days 1 -extfile san.ext")
+    r = subprocess.run(script, shell=True, cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def main():
@@ -49,17 +55,23 @@ def main():
 
     try:
         port, mport, nport, pport = free_port(), free_port(), free_port(), free_port()
+        iport = free_port()
         server = f"127.0.0.1:{port}"
         instance = f"127.0.0.1:{nport}"
+        make_certificates(work)
+        with open(os.path.join(work, "tokens"), "w") as f:
+            f.write("ops-secret admin ops\nprom-secret score prometheus\n")
+        client = [AECTL, "--server", server, "--tls-ca", f"{work}/ca.pem", "--token", "ops-secret"]
 
         def aectl(*args, check=True, timeout=120):
-            r = subprocess.run([AECTL, "--server", server, *args], capture_output=True,
-                               text=True, timeout=timeout)
+            r = subprocess.run([*client, *args], capture_output=True, text=True, timeout=timeout)
             if check and r.returncode != 0:
                 raise AssertionError(f"aectl {' '.join(args)}: exit {r.returncode}\n{r.stderr}")
             return r
 
         start([AESERVE, "--host", "127.0.0.1", f"--port={port}", f"--metrics_port={mport}",
+               f"--ingest_port={iport}", f"--tls_cert={work}/server.pem",
+               f"--tls_key={work}/server.key", f"--auth_tokens={work}/tokens",
                f"--model_dir={work}/store"], "aeserve.log")
         wait_for("aeserve to serve", lambda: aectl("health", check=False).returncode == 0, 30)
         start(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{nport}",
@@ -97,7 +109,9 @@ scrape_configs:
   - job_name: aeserve
     static_configs: [{{targets: ['127.0.0.1:{mport}']}}]
 remote_write:
-  - url: http://127.0.0.1:{mport}/api/v1/write
+  - url: https://127.0.0.1:{iport}/api/v1/write
+    tls_config: {{ca_file: {work}/ca.pem}}
+    authorization: {{credentials: prom-secret}}
     queue_config: {{batch_send_deadline: 500ms, min_backoff: 100ms, max_backoff: 1s}}
     write_relabel_configs:
       - {{source_labels: [job], regex: node, action: keep}}
@@ -136,7 +150,7 @@ remote_write:
         assert quiet_rate <= 0.25, f"the model flags ordinary load: {quiet_rate:.1%}"
 
         # 5. Watch the feed, then burn one core until the anomaly is seen everywhere (<= 25 s).
-        watch = subprocess.Popen([AECTL, "--server", server, "watch", "host", "--seconds", "60"],
+        watch = subprocess.Popen([*client, "watch", "host", "--seconds", "60"],
                                  stdout=subprocess.PIPE, text=True)
         procs.append(watch)
         lines = []
