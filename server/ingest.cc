@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "engine/file_io.h"
 #include "server/executor.h"
+#include "server/incidents.h"
 #include "server/model_registry.h"
 #include "server/scoring.h"
 #include "server/training_jobs.h"
@@ -60,6 +61,7 @@ struct EntityGauges {
   metrics::Gauge* error = nullptr;
   metrics::Gauge* anomalous = nullptr;
   metrics::Gauge* severity = nullptr;
+  metrics::Gauge* alarm = nullptr;  // with debounce
 };
 
 struct Ingest::Recorder {
@@ -106,6 +108,9 @@ struct Ingest::Bound {
       ABSL_GUARDED_BY(score_mu);
   absl::flat_hash_map<std::string, EntityGauges> gauges ABSL_GUARDED_BY(score_mu);  // per entity
   std::string last_error ABSL_GUARDED_BY(score_mu);
+  // Per entity, with debounce: its alarm and open incident.
+  absl::flat_hash_map<std::string, std::unique_ptr<IncidentTracker>> trackers
+      ABSL_GUARDED_BY(score_mu);
 
   std::atomic<uint64_t> scored{0}, failed{0}, anomalies{0};
   google::protobuf::RepeatedPtrField<std::string> names;  // the features', for recordings
@@ -154,6 +159,12 @@ Ingest::Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, A
                     .Name("aeserve_ingest_anomalous")
                     .Help("1 when the last ingested row scored was anomalous, per model and entity")
                     .Register(*metrics);
+  alarm_ = &metrics::BuildGauge()
+                .Name("aeserve_ingest_alarm")
+                .Help(
+                    "1 while an entity's alarm is up (debounce_k of its last debounce_n ingested "
+                    "rows flagged; bindings with debounce), per model and entity")
+                .Register(*metrics);
   severity_ = &metrics::BuildGauge()
                    .Name("aeserve_ingest_severity")
                    .Help(
@@ -210,6 +221,12 @@ absl::StatusOr<v1::IngestBinding> Ingest::Resolve(const v1::IngestBinding& in) {
   }
   if (b.tolerance_ms() == 0) b.set_tolerance_ms(kDefaultToleranceMs);
   if (b.flush_ms() == 0) b.set_flush_ms(kDefaultFlushMs);
+  if ((b.debounce_k() == 0) != (b.debounce_n() == 0) || b.debounce_k() > b.debounce_n() ||
+      b.debounce_n() > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ingest binding: debounce ", b.debounce_k(), " of ", b.debounce_n(),
+                     ": give both, with 1 <= k <= n <= 100000 (or neither)"));
+  }
   if (b.flush_ms() <= b.tolerance_ms()) {
     return absl::InvalidArgumentError(absl::StrCat("ingest binding: flush_ms ", b.flush_ms(),
                                                    " must be above tolerance_ms ",
@@ -317,6 +334,7 @@ void Ingest::RemoveGauges(const std::string& model, const std::string& entity) {
   error_->Remove(l);
   anomalous_->Remove(l);
   severity_->Remove(l);
+  alarm_->Remove(l);
 }
 
 void Ingest::Unbind(const std::string& model) {
@@ -684,6 +702,7 @@ size_t Ingest::TakeReady(Bound& b, bool flush, int64_t now_ms, bool* pending) {
     absl::MutexLock score(&b.score_mu);
     for (const std::string& e : forgotten) {
       b.windows.erase(e);
+      b.trackers.erase(e);
       if (b.gauges.erase(e) > 0 && error_ != nullptr) RemoveGauges(b.model, e);
     }
   };
@@ -788,6 +807,44 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     batches[at->second].rows.push_back(&r);
     batches[at->second].entities.push_back(r.entity);
   }
+  // With debounce: each entity's rows of a scored batch, in order, fed to its alarm as the
+  // response of a stream of its own; the incident changes published.
+  auto debounce = [&](const ModelHandle& handle, const std::vector<std::string>& entities,
+                      const v1::ScoreResponse& resp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.score_mu) {
+    const int rows = resp.anomalous_size();
+    const int k_top = rows > 0 ? resp.top_features_size() / rows : 0;
+    const bool names = resp.top_feature_names_size() == resp.top_features_size();
+    std::vector<std::string_view> order;
+    absl::flat_hash_map<absl::string_view, v1::ScoreResponse> per_entity;
+    for (int i = 0; i < rows; ++i) {
+      const std::string& e = entities[static_cast<size_t>(i)];
+      auto [it, added] = per_entity.try_emplace(e);
+      if (added) order.push_back(e);
+      v1::ScoreResponse& r = it->second;
+      r.add_anomalous(resp.anomalous(i));
+      r.add_errors(resp.errors(i));
+      if (i < resp.scores_size()) r.add_scores(resp.scores(i));
+      if (i < resp.severity_size()) r.add_severity(resp.severity(i));
+      if (i < resp.timestamps_ms_size()) r.add_timestamps_ms(resp.timestamps_ms(i));
+      for (int j = 0; j < k_top; ++j) {
+        r.add_top_features(resp.top_features(i * k_top + j));
+        if (names) r.add_top_feature_names(resp.top_feature_names(i * k_top + j));
+      }
+    }
+    const int64_t now = NowMs();
+    for (std::string_view e : order) {
+      const std::string entity(e);
+      auto& tracker = b.trackers[entity];
+      if (tracker == nullptr) {
+        tracker = std::make_unique<IncidentTracker>(b.binding.debounce_k(), b.binding.debounce_n());
+      }
+      v1::ScoreResponse& r = per_entity[absl::string_view(e.data(), e.size())];
+      tracker->Feed(IncidentSource{b.model, entity, "", now}, &r);
+      if (feed_ != nullptr && r.incidents_size() > 0 && feed_->HasWatchers()) {
+        feed_->PublishIncidents(handle, r.incidents());
+      }
+    }
+  };
   const int d = b.binding.features_size();
   for (const Batch& batch : batches) {
     const size_t n = batch.rows.size();
@@ -816,6 +873,7 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     }
     b.scored += n;
     b.anomalies += resp.num_anomalies();
+    if (b.binding.debounce_k() > 0) debounce(batch.handle, batch.entities, resp);
     if (rows_ == nullptr) continue;
     rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(static_cast<double>(n));
     flagged_->Add({{"model", b.model}}).Increment(resp.num_anomalies());
@@ -829,6 +887,10 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
       if (g.error == nullptr) {
         const metrics::Labels l{{"model", b.model}, {"entity", entity}};
         g = EntityGauges{&error_->Add(l), &anomalous_->Add(l), &severity_->Add(l)};
+      }
+      if (b.binding.debounce_k() > 0) {
+        if (g.alarm == nullptr) g.alarm = &alarm_->Add({{"model", b.model}, {"entity", entity}});
+        g.alarm->Set(b.trackers[entity]->open() ? 1 : 0);
       }
       g.error->Set(resp.errors(i));
       g.anomalous->Set(resp.anomalous(i) ? 1 : 0);

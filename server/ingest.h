@@ -135,6 +135,7 @@ class Ingest {
   metrics::Family<metrics::Gauge>* error_ = nullptr;      // by model, entity
   metrics::Family<metrics::Gauge>* anomalous_ = nullptr;
   metrics::Family<metrics::Gauge>* severity_ = nullptr;
+  metrics::Family<metrics::Gauge>* alarm_ = nullptr;
   metrics::Family<metrics::Counter>* rows_ = nullptr;     // by model, result
   metrics::Family<metrics::Counter>* flagged_ = nullptr;  // by model
 

@@ -232,6 +232,70 @@ TEST_F(IngestTest, AHostWithItsOwnModelIsScoredByIt) {
       << metrics;
 }
 
+// With debounce in the binding, each host has an alarm (2 of its last 3 rows flagged): three 10x
+// scrapes raise it, an incident opens on the incident feed for that host and closes once
+// normal rows bring it down; aeserve_ingest_alarm follows.
+TEST_F(IngestTest, DebouncedBindingsRaiseIncidentsPerHost) {
+  Start();
+  v1::IngestBinding binding = Binding();
+  binding.set_debounce_k(3);
+  binding.set_debounce_n(2);
+  v1::IngestStatus st;
+  grpc::Status bad = Bind(binding, &st);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad.error_message().find("debounce 3 of 2"), std::string::npos) << bad.error_message();
+  binding.set_debounce_k(2);
+  binding.set_debounce_n(3);
+  ASSERT_TRUE(Bind(binding, &st).ok());
+  EXPECT_EQ(st.binding().debounce_k(), 2u);
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::WatchAnomaliesRequest wreq;
+  wreq.set_model("m");
+  wreq.set_incidents(true);
+  auto watch = scoring_->WatchAnomalies(&wctx, wreq);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return HttpGet(server_->metrics_port(), "/metrics").find("aeserve_anomaly_watchers 1") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(10)));
+  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
+  const int64_t t0 = 1'700'000'000'000;
+  prometheus::WriteRequest w1;  // 20 ordinary scrapes
+  AddRows(&w1, data.normal, 0, 20, t0, "h1:9100");
+  ASSERT_EQ(Write(w1).status, 200);
+  prometheus::WriteRequest w2;  // scrapes 20-22 at 10x, then 5 ordinary ones
+  for (int r = 20; r < 23; ++r) {
+    AddRows(&w2, data.normal, static_cast<size_t>(r), 1, t0 + r * kStepMs, "h1:9100", 0, 10.0f);
+  }
+  AddRows(&w2, data.normal, 23, 5, t0 + 23 * kStepMs, "h1:9100");
+  ASSERT_EQ(Write(w2).status, 200);
+  EXPECT_EQ(Info().ingest().rows_scored(), 28u);
+  v1::AnomalyEvent e;
+  std::vector<v1::Incident> seen;
+  while ((seen.empty() || seen.back().state() != v1::INCIDENT_CLOSED) && watch->Read(&e)) {
+    seen.push_back(e.incident());
+  }
+  wctx.TryCancel();
+  watch->Finish();
+  ASSERT_GE(seen.size(), 2u);
+  EXPECT_EQ(seen.front().state(), v1::INCIDENT_OPENED);
+  EXPECT_EQ(seen.front().entity(), "h1:9100");
+  EXPECT_EQ(seen.front().model(), "m");
+  // Opened by the 10x rows (the alarm is up from the second one), closed after them.
+  EXPECT_GE(seen.front().first_timestamp_ms(), t0 + 20 * kStepMs);
+  EXPECT_LE(seen.front().first_timestamp_ms(), t0 + 21 * kStepMs);
+  const v1::Incident& closed = seen.back();
+  EXPECT_EQ(closed.state(), v1::INCIDENT_CLOSED);
+  EXPECT_EQ(closed.id(), seen.front().id());
+  EXPECT_GE(closed.anomalous_samples(), 2u);
+  EXPECT_GE(closed.last_timestamp_ms(), t0 + 22 * kStepMs);
+  EXPECT_NE(HttpGet(server_->metrics_port(), "/metrics")
+                .find("aeserve_ingest_alarm{model=\"m\",entity=\"h1:9100\"} 0"),
+            std::string::npos);
+}
+
 TEST_F(IngestTest, BadRequestsGetTheStatusTheSpecificationAsksFor) {
   server::Options o = TestOptions(dir_->path());
   o.ingest_max_body_bytes = 4096;

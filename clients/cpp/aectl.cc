@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "aeserve/v1/admin.grpc.pb.h"
@@ -515,7 +516,7 @@ int Model(const Common& c, const std::string& name, const std::string& format) {
 
 // Prints the anomaly feed until `count` events (0 = no limit) or `seconds` (0 = no limit) pass.
 int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint64_t count,
-          double seconds) {
+          double seconds, bool incidents) {
   auto stub = v1::Scoring::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c, false);
@@ -526,10 +527,17 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
   v1::WatchAnomaliesRequest req;
   req.set_model(model);
   req.set_min_severity(min_severity);
+  req.set_incidents(incidents);
   auto reader = stub->WatchAnomalies(&ctx, req);
-  std::printf(
-      "server_time_ms,model,version,entity,stream_id,sample_id,timestamp_ms,error,threshold,p_"
-      "value,severity,top_features\n");
+  if (incidents) {
+    std::printf(
+        "server_time_ms,state,incident_id,model,entity,stream_id,first_timestamp_ms,last_"
+        "timestamp_ms,anomalous_samples,worst_score,worst_severity,worst_top_features\n");
+  } else {
+    std::printf(
+        "server_time_ms,model,version,entity,stream_id,sample_id,timestamp_ms,error,threshold,p_"
+        "value,severity,top_features\n");
+  }
   std::fflush(stdout);
   v1::AnomalyEvent e;
   uint64_t seen = 0;
@@ -537,6 +545,25 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
     if (e.dropped_before() > 0) {
       std::fprintf(stderr, "aectl: %llu events dropped (this watcher fell behind)\n",
                    static_cast<unsigned long long>(e.dropped_before()));
+    }
+    if (incidents) {
+      const v1::Incident& inc = e.incident();
+      const char* state = inc.state() == v1::INCIDENT_OPENED   ? "opened"
+                          : inc.state() == v1::INCIDENT_CLOSED ? "closed"
+                                                               : "updated";
+      std::printf("%lld,%s,%s,%s,%s,%s,%lld,%lld,%llu,%.8g,%u,%s\n",
+                  static_cast<long long>(e.server_time_ms()), state, inc.id().c_str(),
+                  inc.model().c_str(), inc.entity().c_str(), inc.stream_id().c_str(),
+                  static_cast<long long>(inc.first_timestamp_ms()),
+                  static_cast<long long>(inc.last_timestamp_ms()),
+                  static_cast<unsigned long long>(inc.anomalous_samples()), inc.worst_score(),
+                  inc.worst_severity(), absl::StrJoin(inc.worst_top_features(), ";").c_str());
+      std::fflush(stdout);
+      if (count > 0 && ++seen >= count) {
+        ctx.TryCancel();
+        break;
+      }
+      continue;
     }
     std::string top;
     for (int j = 0; j < e.top_features_size(); ++j) {
@@ -1055,7 +1082,7 @@ int SetAutopilot(const Common& c, const AutopilotArgs& a) {
 struct IngestArgs {
   std::string model, entity_label, format = "text";
   std::vector<std::string> features;  // NAME=SELECTOR
-  uint32_t tolerance_ms = 0, flush_ms = 0;
+  uint32_t tolerance_ms = 0, flush_ms = 0, debounce_k = 0, debounce_n = 0;
   bool off = false;
 };
 
@@ -1081,6 +1108,8 @@ int SetIngest(const Common& c, const IngestArgs& a) {
   b->set_entity_label(a.entity_label);
   b->set_tolerance_ms(a.tolerance_ms);
   b->set_flush_ms(a.flush_ms);
+  b->set_debounce_k(a.debounce_k);
+  b->set_debounce_n(a.debounce_n);
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
@@ -1097,6 +1126,12 @@ int SetIngest(const Common& c, const IngestArgs& a) {
               a.model.c_str(), r.features_size(),
               r.entity_label().empty() ? "(none)" : r.entity_label().c_str(), r.tolerance_ms(),
               r.flush_ms());
+  if (r.debounce_k() > 0) {
+    std::printf(
+        "  alarm per entity: %u of its last %u rows flagged (incidents: aectl watch "
+        "--incidents)\n",
+        r.debounce_k(), r.debounce_n());
+  }
   for (const auto& f : r.features()) {
     std::printf("  %s <- %s\n", f.name().c_str(), f.selector().c_str());
   }
@@ -1667,6 +1702,10 @@ int main(int argc, char** argv) {
                    "samples this close in time form one row (default 2000)");
   bind->add_option("--flush-ms", ig.flush_ms,
                    "a row missing features is scored this much later (default 30000)");
+  bind->add_option("--debounce-k", ig.debounce_k,
+                   "alarm and incidents per entity: at least this many of its last --debounce-n "
+                   "rows flagged");
+  bind->add_option("--debounce-n", ig.debounce_n, "window of the alarm debounce");
   bind->add_option("--format", ig.format, "text or json")->check(CLI::IsMember({"text", "json"}));
   bind->callback([&] { code = SetIngest(c, ig); });
   struct RecordArgs {
@@ -1810,11 +1849,15 @@ int main(int argc, char** argv) {
     uint32_t min_severity = 0;
     uint64_t count = 0;
     double seconds = 0;
+    bool incidents = false;
   } watch_args;
   auto* watch =
       app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
   watch->add_option("model", watch_args.model, "only this model (default: all)");
   watch->add_option("--min-severity", watch_args.min_severity, "2 = critical only");
+  watch->add_flag("--incidents", watch_args.incidents,
+                  "incident changes (opened, updated, closed) of debounced streams and ingest "
+                  "bindings instead of flagged samples");
   watch->add_option("--count", watch_args.count,
                     "stop after this many events (0 = run until interrupted)");
   watch
@@ -1823,7 +1866,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   watch->callback([&] {
     const WatchArgs& a = watch_args;
-    code = Watch(c, a.model, a.min_severity, a.count, a.seconds);
+    code = Watch(c, a.model, a.min_severity, a.count, a.seconds, a.incidents);
   });
 
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_globals(sub);

@@ -572,14 +572,17 @@ class Client:
             model=model, entity=entity, policy=p, clear=clear))
 
     def set_ingest_binding(self, model: str, features: Dict[str, str], *, entity_label: str = "",
-                           tolerance_ms: int = 0, flush_ms: int = 0,
-                           clear: bool = False) -> model_pb2.IngestStatus:
+                           tolerance_ms: int = 0, flush_ms: int = 0, debounce_k: int = 0,
+                           debounce_n: int = 0, clear: bool = False) -> model_pb2.IngestStatus:
         """Binds the model's features to series sent by Prometheus remote write or OTLP (README,
         "Prometheus in"): `features` maps each feature name to a selector such as
         'rate(node_cpu_seconds_total{mode="user"})'; `entity_label` names the host label.
-        `clear=True` removes the binding. Unset options take the server's defaults."""
+        `debounce_k`/`debounce_n`: an alarm per entity while k of its last n rows are flagged,
+        each an incident on watch(incidents=True). `clear=True` removes the binding. Unset
+        options take the server's defaults."""
         b = model_pb2.IngestBinding(entity_label=entity_label, tolerance_ms=tolerance_ms,
-                                    flush_ms=flush_ms)
+                                    flush_ms=flush_ms, debounce_k=debounce_k,
+                                    debounce_n=debounce_n)
         for name, selector in features.items():
             b.features.add(name=name, selector=selector)
         return self._call(self._admin.SetIngestBinding, admin_pb2.SetIngestBindingRequest(
