@@ -112,7 +112,7 @@ struct Ingest::Bound {
   absl::flat_hash_map<std::string, std::unique_ptr<IncidentTracker>> trackers
       ABSL_GUARDED_BY(score_mu);
 
-  std::atomic<uint64_t> scored{0}, failed{0}, anomalies{0};
+  std::atomic<uint64_t> scored{0}, skipped{0}, failed{0}, anomalies{0};
   google::protobuf::RepeatedPtrField<std::string> names;  // the features', for recordings
   std::shared_ptr<Recorder> recorder;                     // set once, at Apply
 };
@@ -144,8 +144,9 @@ Ingest::Ingest(ModelRegistry* registry, Executor* executor, AnomalyFeed* feed, A
   rows_ = &metrics::BuildCounter()
                .Name("aeserve_ingest_rows_total")
                .Help(
-                   "Rows assembled from ingested samples, by model and result (scored, "
-                   "failed: no model to score them or a refused row; dropped: over the queue)")
+                   "Rows assembled from ingested samples, by model and result (scored; "
+                   "skipped: the model's scoring policy skipped them for their gaps; failed: no "
+                   "model to score them or a refused row; dropped: over the queue)")
                .Register(*metrics);
   flagged_ = &metrics::BuildCounter()
                   .Name("aeserve_ingest_anomalies_total")
@@ -353,6 +354,7 @@ void Ingest::Unbind(const std::string& model) {
   rows_->Remove({{"model", model}, {"result", "scored"}});
   rows_->Remove({{"model", model}, {"result", "failed"}});
   rows_->Remove({{"model", model}, {"result", "dropped"}});
+  rows_->Remove({{"model", model}, {"result", "skipped"}});
   flagged_->Remove({{"model", model}});
 }
 
@@ -406,6 +408,7 @@ bool Ingest::Status(const std::string& model, v1::IngestStatus* out) const {
   }
   out->set_rows_scored(b->scored.load());
   out->set_rows_failed(b->failed.load());
+  out->set_rows_skipped(b->skipped.load());
   out->set_anomalies(b->anomalies.load());
   Recorder& r = *b->recorder;
   {
@@ -472,14 +475,18 @@ absl::StatusOr<v1::IngestStatus> Ingest::Record(const std::string& model, double
   Recorder& r = *b->recorder;
   const int64_t now = NowMs();
   if (stop) {
+    bool ended = false;  // already, by its time or its row bound: stopping changes nothing
     {
       absl::MutexLock lock(&r.mu);
-      if (!r.Active(now)) {
-        return absl::FailedPreconditionError(absl::StrCat("'", model, "' is not recording"));
+      if (r.state.started_unix_ms() == 0) {
+        return absl::FailedPreconditionError(absl::StrCat("'", model, "' has no recording"));
       }
-      r.state.set_until_unix_ms(now);
+      ended = !r.Active(now);
+      if (!ended) r.state.set_until_unix_ms(now);
     }
-    if (auto st = WriteRecording(model, r); !st.ok()) return st;
+    if (!ended) {
+      if (auto st = WriteRecording(model, r); !st.ok()) return st;
+    }
   } else {
     if (seconds == 0) seconds = kDefaultRecordSeconds;
     if (max_rows == 0) max_rows = kDefaultRecordRows;
@@ -604,6 +611,17 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
   };
   std::vector<Match> matches;
   std::vector<std::shared_ptr<Bound>> fed;  // bound models that got samples
+  // What became of each sample: counted once, also when several bindings select its series
+  // (accepted when any binding took it, else what the first one said).
+  enum Result : uint8_t { kUnset, kAccepted, kLate, kLimited, kInvalid };
+  std::vector<uint8_t> result(request.samples.size(), kUnset);
+  auto note = [&](const WriteView::Sample& s, Result r) {
+    uint8_t& at = result[static_cast<size_t>(&s - request.samples.data())];
+    if (at == kUnset || r == kAccepted) at = r;
+  };
+  auto note_series = [&](const WriteView::Series& ts, Result r) {
+    for (const WriteView::Sample& s : request.SamplesOf(ts)) note(s, r);
+  };
   for (const WriteView::Series& ts : request.series) {
     const SeriesLabels labels = request.LabelsOf(ts);
     const size_t num_samples = ts.samples_end - ts.samples_begin;
@@ -624,11 +642,11 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
           }
         }
         if (entity.size() > kMaxEntityBytes) {
-          c.limited += num_samples;
+          note_series(ts, kLimited);
           continue;
         }
         if (!ValidUtf8(entity)) {  // it becomes a label on /metrics and a string in the feed
-          c.invalid += num_samples;
+          note_series(ts, kInvalid);
           continue;
         }
         size_t k = std::find(fed.begin(), fed.end(), b) - fed.begin();
@@ -652,28 +670,34 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
         // or more than 10 minutes ahead of this server.
         if (!(std::fabs(s.value) <= std::numeric_limits<float>::max()) || s.timestamp_ms < 0 ||
             s.timestamp_ms > now + kMaxFutureMs) {
-          ++c.invalid;
+          note(s, kInvalid);
           continue;
         }
         switch (b.rows.Add(m->entity, m->hash, m->feature, rate, s.timestamp_ms, s.value, now)) {
           case RowAssembler::Outcome::kAccepted:
           case RowAssembler::Outcome::kFirstOfRate:
-            ++c.accepted;
+            note(s, kAccepted);
             break;
           case RowAssembler::Outcome::kLate:
           case RowAssembler::Outcome::kDuplicate:
-            ++c.late;
+            note(s, kLate);
             break;
           case RowAssembler::Outcome::kInvalid:
-            ++c.invalid;
+            note(s, kInvalid);
             break;
           case RowAssembler::Outcome::kEntityLimit:
           case RowAssembler::Outcome::kSeriesLimit:
-            ++c.limited;
+            note(s, kLimited);
             break;
         }
       }
     }
+  }
+  for (uint8_t r : result) {
+    c.accepted += r == kAccepted;
+    c.late += r == kLate;
+    c.limited += r == kLimited;
+    c.invalid += r == kInvalid;
   }
   if (samples_ != nullptr) {
     samples_->Add({{"result", "accepted"}}).Increment(static_cast<double>(c.accepted));
@@ -871,11 +895,20 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
       fail(batch.entities.front(), n, st);
       continue;
     }
-    b.scored += n;
+    // Rows the model's scoring policy skipped for their gaps are counted apart.
+    const size_t skipped =
+        static_cast<size_t>(std::count(resp.skipped().begin(), resp.skipped().end(), true));
+    b.scored += n - skipped;
+    b.skipped += skipped;
     b.anomalies += resp.num_anomalies();
     if (b.binding.debounce_k() > 0) debounce(batch.handle, batch.entities, resp);
     if (rows_ == nullptr) continue;
-    rows_->Add({{"model", b.model}, {"result", "scored"}}).Increment(static_cast<double>(n));
+    rows_->Add({{"model", b.model}, {"result", "scored"}})
+        .Increment(static_cast<double>(n - skipped));
+    if (skipped > 0) {
+      rows_->Add({{"model", b.model}, {"result", "skipped"}})
+          .Increment(static_cast<double>(skipped));
+    }
     flagged_->Add({{"model", b.model}}).Increment(resp.num_anomalies());
     // The gauges show each entity's last row that was scored (not skipped for its gaps).
     absl::flat_hash_set<absl::string_view> done;
