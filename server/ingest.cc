@@ -103,7 +103,7 @@ struct Ingest::Bound {
   uint64_t dropped ABSL_GUARDED_BY(mu) = 0;
 
   // One scorer at a time, so that each entity's rows are scored in order.
-  absl::Mutex score_mu ABSL_ACQUIRED_AFTER(mu);
+  absl::Mutex score_mu ABSL_ACQUIRED_BEFORE(mu);
   std::unordered_map<std::string, std::unique_ptr<engine::WindowBuffer>> windows
       ABSL_GUARDED_BY(score_mu);
   absl::flat_hash_map<std::string, EntityGauges> gauges ABSL_GUARDED_BY(score_mu);  // per entity
@@ -113,6 +113,10 @@ struct Ingest::Bound {
       ABSL_GUARDED_BY(score_mu);
 
   std::atomic<uint64_t> scored{0}, skipped{0}, failed{0}, anomalies{0};
+  // Replaced or unbound: rows it still scores (queued before) touch no metric, since the families'
+  // children it would write may be removed by the binding that replaced it, or by Unbind. Set,
+  // then both locks are taken once, so every later holder of either sees it.
+  std::atomic<bool> retired{false};
   google::protobuf::RepeatedPtrField<std::string> names;  // the features', for recordings
   std::shared_ptr<Recorder> recorder;                     // set once, at Apply
 };
@@ -305,19 +309,30 @@ absl::Status Ingest::Apply(const std::string& model, const v1::IngestBinding& b,
       std::make_shared<Bound>(model, b, std::move(selectors), std::move(bytes), config_.limits);
   for (const auto& f : b.features()) *fresh->names.Add() = f.name();
   fresh->recorder = RecorderOf(model);  // a recording outlives changes of the binding
-  std::shared_ptr<Bound> old;
-  {
-    absl::MutexLock lock(&mu_);
-    auto& slot = bound_[model];
-    old = slot;
-    slot = fresh;
-    RebuildIndex();
+  absl::MutexLock apply(&apply_mu_);
+  // The entities' gauges (and, with the same debounce, their alarms) pass to the new binding.
+  if (std::shared_ptr<Bound> old = Find(model); old != nullptr) {
+    Retire(*old);
+    absl::MutexLock from(&old->score_mu);
+    absl::MutexLock to(&fresh->score_mu);
+    fresh->gauges = std::move(old->gauges);
+    old->gauges.clear();
+    if (old->binding.debounce_k() == b.debounce_k() &&
+        old->binding.debounce_n() == b.debounce_n()) {
+      fresh->trackers = std::move(old->trackers);
+      old->trackers.clear();
+    }
   }
-  if (old != nullptr && error_ != nullptr) {
-    absl::MutexLock lock(&old->score_mu);
-    for (const auto& [e, g] : old->gauges) RemoveGauges(model, e);
-  }
+  absl::MutexLock lock(&mu_);
+  bound_[model] = fresh;
+  RebuildIndex();
   return absl::OkStatus();
+}
+
+void Ingest::Retire(Bound& b) {
+  b.retired = true;
+  absl::MutexLock score(&b.score_mu);  // a scoring run in progress ends first
+  absl::MutexLock lock(&b.mu);         // and a TakeReady
 }
 
 void Ingest::RebuildIndex() {
@@ -339,6 +354,7 @@ void Ingest::RemoveGauges(const std::string& model, const std::string& entity) {
 }
 
 void Ingest::Unbind(const std::string& model) {
+  absl::MutexLock apply(&apply_mu_);
   std::shared_ptr<Bound> old;
   {
     absl::MutexLock lock(&mu_);
@@ -348,9 +364,11 @@ void Ingest::Unbind(const std::string& model) {
     bound_.erase(it);
     RebuildIndex();
   }
+  Retire(*old);
   if (error_ == nullptr) return;
   absl::MutexLock lock(&old->score_mu);
   for (const auto& [e, g] : old->gauges) RemoveGauges(model, e);
+  old->gauges.clear();
   rows_->Remove({{"model", model}, {"result", "scored"}});
   rows_->Remove({{"model", model}, {"result", "failed"}});
   rows_->Remove({{"model", model}, {"result", "dropped"}});
@@ -756,7 +774,9 @@ size_t Ingest::TakeReady(Bound& b, bool flush, int64_t now_ms, bool* pending) {
   while (b.queue.size() > config_.max_queued_rows) {
     b.queue.pop_front();
     ++b.dropped;
-    if (rows_ != nullptr) rows_->Add({{"model", b.model}, {"result", "dropped"}}).Increment();
+    if (rows_ != nullptr && !b.retired) {
+      rows_->Add({{"model", b.model}, {"result", "dropped"}}).Increment();
+    }
   }
   *pending = !b.queue.empty();
   return n;
@@ -798,7 +818,7 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
   auto fail = [&](const std::string& entity, size_t n,
                   const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.score_mu) {
     b.failed += n;
-    if (rows_ != nullptr) {
+    if (rows_ != nullptr && !b.retired) {
       rows_->Add({{"model", b.model}, {"result", "failed"}}).Increment(static_cast<double>(n));
     }
     const std::string msg(st.message());
@@ -902,7 +922,7 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     b.skipped += skipped;
     b.anomalies += resp.num_anomalies();
     if (b.binding.debounce_k() > 0) debounce(batch.handle, batch.entities, resp);
-    if (rows_ == nullptr) continue;
+    if (rows_ == nullptr || b.retired) continue;
     rows_->Add({{"model", b.model}, {"result", "scored"}})
         .Increment(static_cast<double>(n - skipped));
     if (skipped > 0) {

@@ -106,6 +106,8 @@ class Ingest {
   // Applies a resolved binding read from (or just written to) the store.
   absl::Status Apply(const std::string& model, const v1::IngestBinding& b, std::string bytes);
   void Unbind(const std::string& model);
+  // Marks a binding that leaves (Bound::retired) and waits for its current users.
+  void Retire(Bound& b);
   // The metric-name index of every bound model, made again after a change.
   void RebuildIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An entity's result gauges leave /metrics (metrics on).
@@ -126,6 +128,7 @@ class Ingest {
   const Config config_;
   const std::shared_ptr<spdlog::logger> log_;
 
+  absl::Mutex apply_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // one Apply or Unbind at a time
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Bound>> bound_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const Index> index_ ABSL_GUARDED_BY(mu_);

@@ -3,7 +3,9 @@
 // /metrics and GetModel; bad requests get the status the specification asks for.
 #include <snappy.h>
 
+#include <atomic>
 #include <fstream>
+#include <thread>
 
 #include "aeserve/v1/admin.grpc.pb.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
@@ -343,6 +345,55 @@ TEST_F(IngestTest, ARowMostlyMissingIsSkippedAndCountedApart) {
   EXPECT_NE(HttpGet(server_->metrics_port(), "/metrics")
                 .find("aeserve_ingest_rows_total{model=\"m\",result=\"skipped\"} 1"),
             std::string::npos);
+}
+
+// Rebinding and unbinding while writes flow: rows still queued on a replaced binding are scored
+// without touching gauges the new binding owns (or Unbind removed); the hosts' gauges survive a
+// rebind. Catches a use-after-free under ASan (make sanitize), a crash otherwise.
+TEST_F(IngestTest, RebindingUnderTrafficIsSafe) {
+  Start();
+  v1::IngestStatus st;
+  ASSERT_TRUE(Bind(Binding(), &st).ok());
+  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
+  const int64_t t0 = 1'700'000'000'000;
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (int r = 0; r < 120; ++r) {
+      prometheus::WriteRequest w;
+      for (int h = 0; h < 8; ++h) {
+        AddRows(&w, data.normal, static_cast<size_t>(r), 1, t0 + r * kStepMs,
+                "h" + std::to_string(h));
+      }
+      EXPECT_EQ(Write(w).status, 200);
+    }
+    done = true;
+  });
+  int rebinds = 0;
+  while (!done && rebinds < 400) {
+    v1::IngestBinding b = Binding();
+    b.set_tolerance_ms(rebinds % 2 == 0 ? 2000 : 3000);
+    ASSERT_TRUE(Bind(b, &st).ok());
+    if (rebinds % 10 == 9) {
+      ASSERT_TRUE(Bind(b, &st, /*clear=*/true).ok());
+      ASSERT_TRUE(Bind(b, &st).ok());
+    }
+    ++rebinds;
+  }
+  writer.join();
+  EXPECT_GT(rebinds, 0);
+  // Four more scrapes of every host after the last rebind (a new binding starts its hosts
+  // afresh): the current binding scores them and shows each host's gauge.
+  prometheus::WriteRequest w;
+  for (int h = 0; h < 8; ++h) {
+    AddRows(&w, data.normal, 200, 4, t0 + 200 * kStepMs, "h" + std::to_string(h));
+  }
+  ASSERT_EQ(Write(w).status, 200);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return HttpGet(server_->metrics_port(), "/metrics")
+                   .find("aeserve_ingest_error{model=\"m\",entity=\"h7\"}") != std::string::npos;
+      },
+      std::chrono::seconds(10)));
 }
 
 TEST_F(IngestTest, BadRequestsGetTheStatusTheSpecificationAsksFor) {
