@@ -19,7 +19,8 @@ RUN /tmp/install-deps.sh runtime && rm /tmp/install-deps.sh \
  && mkdir -p /models && chown aeserve /models
 COPY --from=build /src/build/server/aeserve /src/build/clients/cpp/aectl /usr/local/bin/
 # civetweb's HTTPS (the TLS ingest port) needs this next to aeserve: server/metrics/civetweb_tls_shim.cc
-COPY --from=build /src/build/server/metrics/libaeserve_civetweb_tls.so /usr/local/lib/aeserve/
+COPY --from=build /src/build/server/metrics/libaeserve_civetweb_tls.so \
+  /src/build/server/metrics/libaeserve_civetweb_crypto.so /usr/local/lib/aeserve/
 COPY --from=build /src/build/clients/python/aeserve /usr/local/lib/aeserve-python/aeserve
 COPY deploy/demo /usr/share/aeserve/demo
 ENV AESERVE_PORT=50051 AESERVE_METRICS_PORT=9464

@@ -40,6 +40,8 @@ constexpr uint32_t kDefaultFlushMs = 30000;
 constexpr int64_t kMaxFutureMs = 10 * 60 * 1000;
 // An entity label value longer than this is refused (it becomes a label on /metrics).
 constexpr size_t kMaxEntityBytes = 256;
+// Values (rows x features) of the rows one request may start for one model.
+constexpr uint64_t kMaxRequestValues = 16u << 20;
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
@@ -53,6 +55,23 @@ bool LabelName(const std::string& s) {
 
 // Identifies a series by all its labels (for counter rates).
 uint64_t SeriesHash(SeriesLabels labels, size_t feature) { return absl::HashOf(labels, feature); }
+
+// A label name given twice in one series.
+bool HasDuplicateName(SeriesLabels labels) {
+  if (labels.size() <= 16) {
+    for (size_t i = 1; i < labels.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) {
+        if (labels[i].first == labels[j].first) return true;
+      }
+    }
+    return false;
+  }
+  std::vector<std::string_view> names;
+  names.reserve(labels.size());
+  for (const auto& [n, v] : labels) names.push_back(n);
+  std::sort(names.begin(), names.end());
+  return std::adjacent_find(names.begin(), names.end()) != names.end();
+}
 
 }  // namespace
 
@@ -226,11 +245,12 @@ absl::StatusOr<v1::IngestBinding> Ingest::Resolve(const v1::IngestBinding& in) {
   }
   if (b.tolerance_ms() == 0) b.set_tolerance_ms(kDefaultToleranceMs);
   if (b.flush_ms() == 0) b.set_flush_ms(kDefaultFlushMs);
+  // (n bytes per entity: up to --ingest_max_entities of them.)
   if ((b.debounce_k() == 0) != (b.debounce_n() == 0) || b.debounce_k() > b.debounce_n() ||
-      b.debounce_n() > 100000) {
+      b.debounce_n() > 1000) {
     return absl::InvalidArgumentError(
         absl::StrCat("ingest binding: debounce ", b.debounce_k(), " of ", b.debounce_n(),
-                     ": give both, with 1 <= k <= n <= 100000 (or neither)"));
+                     ": give both, with 1 <= k <= n <= 1000 (or neither)"));
   }
   if (b.flush_ms() <= b.tolerance_ms()) {
     return absl::InvalidArgumentError(absl::StrCat("ingest binding: flush_ms ", b.flush_ms(),
@@ -643,6 +663,10 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
   for (const WriteView::Series& ts : request.series) {
     const SeriesLabels labels = request.LabelsOf(ts);
     const size_t num_samples = ts.samples_end - ts.samples_begin;
+    if (HasDuplicateName(labels)) {  // which value would count? Prometheus refuses them too
+      note_series(ts, kInvalid);
+      continue;
+    }
     std::string_view name;
     for (const auto& [n, v] : labels) {
       if (n == "__name__") name = v;
@@ -681,6 +705,11 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
   for (auto m = matches.begin(); m != matches.end();) {
     Bound& b = *fed[m->fed];
     absl::MutexLock lock(&b.mu);
+    // The rows this request starts for the model hold at most kMaxRequestValues values: samples
+    // spread so that each starts a row of its own cannot make one request's rows huge.
+    const uint64_t created = b.rows.rows_created();
+    const uint64_t max_new_rows =
+        kMaxRequestValues / std::max<uint64_t>(1, b.binding.features_size());
     for (const size_t k = m->fed; m != matches.end() && m->fed == k; ++m) {
       const bool rate = b.selectors[m->feature].rate();
       for (const WriteView::Sample& s : request.SamplesOf(*m->series)) {
@@ -689,6 +718,10 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
         if (!(std::fabs(s.value) <= std::numeric_limits<float>::max()) || s.timestamp_ms < 0 ||
             s.timestamp_ms > now + kMaxFutureMs) {
           note(s, kInvalid);
+          continue;
+        }
+        if (b.rows.rows_created() - created >= max_new_rows) {
+          note(s, kLimited);
           continue;
         }
         switch (b.rows.Add(m->entity, m->hash, m->feature, rate, s.timestamp_ms, s.value, now)) {
@@ -705,6 +738,7 @@ absl::StatusOr<IngestCounts> Ingest::Write(const WriteView& request, bool wait) 
             break;
           case RowAssembler::Outcome::kEntityLimit:
           case RowAssembler::Outcome::kSeriesLimit:
+          case RowAssembler::Outcome::kRowLimit:
             note(s, kLimited);
             break;
         }
@@ -771,7 +805,9 @@ size_t Ingest::TakeReady(Bound& b, bool flush, int64_t now_ms, bool* pending) {
     }
   }
   for (IngestRow& row : ready) b.queue.push_back(std::move(row));
-  while (b.queue.size() > config_.max_queued_rows) {
+  const size_t max_rows = std::max<size_t>(
+      64, config_.max_queued_values / std::max<size_t>(1, b.binding.features_size()));
+  while (b.queue.size() > max_rows) {
     b.queue.pop_front();
     ++b.dropped;
     if (rows_ != nullptr && !b.retired) {

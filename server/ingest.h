@@ -52,7 +52,8 @@ class Ingest {
     IngestLimits limits;
     uint32_t max_batch_rows = 1 << 20;
     int max_queue = 1024;  // the scoring queue's bound: writes are refused when half full
-    size_t max_queued_rows = 1 << 20;  // rows waiting for scoring, per model (oldest dropped)
+    // Values (rows x features) of the rows waiting for scoring, per model (the oldest dropped).
+    size_t max_queued_values = 64u << 20;
     double flush_tick_seconds = 1;
     uint64_t max_training_values = 256u << 20;  // a job from a recording holds at most this many
   };

@@ -52,8 +52,7 @@ RowAssembler::Outcome RowAssembler::Add(std::string_view entity, uint64_t series
   auto row = e.rows.end();
   for (auto c = e.rows.lower_bound(timestamp_ms - tolerance_ms_);
        c != e.rows.end() && c->first <= timestamp_ms + tolerance_ms_; ++c) {
-    const auto& s = c->second.series;
-    if (std::find(s.begin(), s.end(), series) != s.end()) {
+    if (c->second.series.contains(series)) {
       if (c->first == timestamp_ms) return Outcome::kDuplicate;
       continue;
     }
@@ -63,6 +62,16 @@ RowAssembler::Outcome RowAssembler::Add(std::string_view entity, uint64_t series
     }
   }
   if (row == e.rows.end()) {
+    // A full entity hands out its oldest row now (within one request too); a sample older than
+    // every row it holds is then late.
+    if (e.rows.size() >= limits_.max_pending_rows) {
+      if (timestamp_ms < e.rows.begin()->first) return Outcome::kLate;
+      TakeUpTo(it->first, e, e.rows.begin(), &handed_);
+    } else if ((pending_rows_ + 1) * num_features_ > limits_.max_pending_values) {
+      return Outcome::kRowLimit;
+    }
+    ++rows_created_;
+    ++pending_rows_;
     Rows::node_type node;
     if (spare_.empty()) {
       Rows one;
@@ -75,13 +84,13 @@ RowAssembler::Outcome RowAssembler::Add(std::string_view entity, uint64_t series
     Pending& p = node.mapped();
     p.sums.assign(num_features_, 0.0);
     p.counts.assign(num_features_, 0);
-    p.series.clear();
+    p.series.clear();  // keeps its capacity
     p.arrived_ms = now_ms;
     row = e.rows.insert(std::move(node)).position;
   }
   row->second.sums[feature] += v;
   row->second.counts[feature] += 1;
-  row->second.series.push_back(series);
+  row->second.series.insert(series);
   if (e.newest_ms == INT64_MIN || timestamp_ms > e.newest_ms) e.newest_ms = timestamp_ms;
   e.seen_ms = now_ms;
   if (!e.touched) {
@@ -92,6 +101,7 @@ RowAssembler::Outcome RowAssembler::Add(std::string_view entity, uint64_t series
 }
 
 void RowAssembler::Take(std::vector<IngestRow>* out) {
+  TakeHanded(out);
   for (Entities::value_type* it : touched_) {
     const std::string& name = it->first;
     Entity& e = it->second;
@@ -107,17 +117,19 @@ void RowAssembler::Take(std::vector<IngestRow>* out) {
     }
     auto fresh = e.rows.lower_bound(e.newest_ms - flush_ms_ + 1);  // first row not superseded
     if (fresh != e.rows.begin()) later(std::prev(fresh));
-    if (e.rows.size() > limits_.max_pending_rows) {
-      later(std::next(e.rows.begin(),
-                      static_cast<long>(e.rows.size() - limits_.max_pending_rows - 1)));
-    }
     if (ready != e.rows.end()) TakeUpTo(name, e, ready, out);
   }
   touched_.clear();
 }
 
+void RowAssembler::TakeHanded(std::vector<IngestRow>* out) {
+  for (IngestRow& r : handed_) out->push_back(std::move(r));
+  handed_.clear();
+}
+
 void RowAssembler::Flush(int64_t now_ms, std::vector<IngestRow>* out,
                          std::vector<std::string>* forgotten) {
+  TakeHanded(out);
   for (auto it = entities_.begin(); it != entities_.end();) {
     Entity& e = it->second;
     auto ready = e.rows.end();
@@ -174,6 +186,7 @@ void RowAssembler::TakeUpTo(const std::string& name, Entity& e, Rows::iterator u
   e.last_out_ms = upto->first;
   e.any_out = true;
   while (e.rows.begin() != end) {
+    --pending_rows_;
     auto node = e.rows.extract(e.rows.begin());
     if (spare_.size() < kMaxSpareRows) spare_.push_back(std::move(node));
   }

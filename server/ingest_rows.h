@@ -14,9 +14,10 @@
 //   does not matter. A row is ready when every feature has as many series as in the entity's
 //   previous row (so, in a steady state, as soon as the scrape's last series arrives); or when the
 //   entity has a sample `flush_ms` newer; or `flush_ms` after its first sample arrived (wall
-//   clock, Flush, for an entity that went quiet); or when the entity has more than
-//   max_pending_rows rows waiting. Ready rows leave in timestamp order: a ready row takes every
-//   older pending row of its entity with it, missing features as NaN.
+//   clock, Flush, for an entity that went quiet). Ready rows leave in timestamp order: a ready row
+//   takes every older pending row of its entity with it, missing features as NaN. An entity holds
+//   at most max_pending_rows rows: one more hands out its oldest at once (even within a request);
+//   a sample older than all it holds is then late.
 // - A sample at or before (within tolerance) a row already handed out is late: dropped, counted.
 #pragma once
 
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/container/node_hash_map.h"
 
 namespace aeserve::server {
@@ -42,6 +44,9 @@ struct IngestLimits {
   size_t max_entities = 10000;   // per model; samples of further entities are dropped
   size_t max_series = 1000000;   // rate states per model; samples of further series dropped
   size_t max_pending_rows = 64;  // per entity; the oldest leaves when exceeded
+  // Values (rows x features) of the rows held for all entities; a sample that would start a row
+  // beyond it is refused (kRowLimit).
+  size_t max_pending_values = 32u << 20;
   // An entity (and a counter series) with no sample for this long is forgotten, freeing its slot.
   int64_t idle_ms = 3600 * 1000;
 };
@@ -57,7 +62,8 @@ class RowAssembler {
     kDuplicate,
     kInvalid,
     kEntityLimit,
-    kSeriesLimit
+    kSeriesLimit,
+    kRowLimit
   };
 
   RowAssembler(size_t num_features, int64_t tolerance_ms, int64_t flush_ms, IngestLimits limits);
@@ -74,13 +80,15 @@ class RowAssembler {
              std::vector<std::string>* forgotten = nullptr);
 
   size_t entities() const { return entities_.size(); }
+  // Rows started so far (a request's share is the difference; its memory is bounded by it).
+  uint64_t rows_created() const { return rows_created_; }
 
  private:
   struct Pending {
     std::vector<double> sums;
     std::vector<uint32_t> counts;
-    std::vector<uint64_t> series;  // the series that contributed (each at most once)
-    int64_t arrived_ms = 0;        // wall clock of its first sample
+    absl::flat_hash_set<uint64_t> series;  // the series that contributed (each at most once)
+    int64_t arrived_ms = 0;                // wall clock of its first sample
   };
   struct Entity {
     std::map<int64_t, Pending> rows;  // by timestamp (Rows)
@@ -100,6 +108,8 @@ class RowAssembler {
   };
 
   bool Complete(const Entity& e, const Pending& p) const;
+  // Moves the rows Add handed out (full entities) to `out`; they come before any other.
+  void TakeHanded(std::vector<IngestRow>* out);
   // Hands out every row of `e` up to and including the one at `upto`.
   void TakeUpTo(const std::string& name, Entity& e, Rows::iterator upto,
                 std::vector<IngestRow>* out);
@@ -111,6 +121,9 @@ class RowAssembler {
   std::vector<Entities::value_type*> touched_;  // entities with samples since the last Take
   // Rows handed out, kept (with their vectors' capacity) for the next rows to reuse.
   std::vector<Rows::node_type> spare_;
+  std::vector<IngestRow> handed_;  // out of full entities since the last Take or Flush
+  uint64_t rows_created_ = 0;
+  size_t pending_rows_ = 0;     // held, all entities
   int64_t rates_swept_ms_ = 0;  // wall clock of the last sweep of idle rate states
   absl::flat_hash_map<uint64_t, RateState> rates_;
 };

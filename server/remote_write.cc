@@ -6,6 +6,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "server/write_view.h"
 
 namespace aeserve::server {
@@ -33,7 +35,7 @@ int HttpStatusOf(const absl::Status& st) {
     case absl::StatusCode::kInvalidArgument:
       return 400;
     case absl::StatusCode::kDeadlineExceeded:
-      return 408;
+      return 503;  // a body too slow to arrive: retried (Prometheus drops a batch on 408)
     default:
       return 500;
   }
@@ -63,8 +65,26 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
     return Reply(415,
                  absl::StrCat("remote write bodies are application/x-protobuf; got '", type, "'"));
   }
+  // Remote write 2.0 names its message (proto=io.prometheus.write.v2.Request); read as 1.0 it
+  // would look empty and be lost.
+  for (absl::string_view param : absl::StrSplit(type, ';')) {
+    param = absl::StripAsciiWhitespace(param);
+    if (!absl::StartsWithIgnoreCase(param, "proto=")) continue;
+    if (param.substr(6) != "prometheus.WriteRequest") {
+      return Reply(415, absl::StrCat("only remote write 1.0 (proto=prometheus.WriteRequest) is "
+                                     "served; got '",
+                                     std::string(param),
+                                     "' (set protobuf_message: prometheus.WriteRequest in "
+                                     "Prometheus's remote_write)"));
+    }
+  }
   auto body = request.read_body(limits.max_body_bytes);
-  if (!body.ok()) return Reply(HttpStatusOf(body.status()), std::string(body.status().message()));
+  if (!body.ok()) {
+    metrics::HttpResponse r =
+        Reply(HttpStatusOf(body.status()), std::string(body.status().message()));
+    if (r.status == 503) r.headers.emplace_back("Retry-After", "1");
+    return r;
+  }
   size_t decoded_size = 0;
   if (!snappy::GetUncompressedLength(body->data(), body->size(), &decoded_size)) {
     return Reply(400, "body is not snappy-compressed data");

@@ -125,19 +125,42 @@ TEST(RowAssembler, EntitiesAreIndependentAndBounded) {
   limits.max_entities = 2;
   limits.max_series = 1;
   limits.max_pending_rows = 3;
-  RowAssembler a(1, kTol, kFlush, limits);
+  RowAssembler a(2, kTol, kFlush, limits);  // feature 1 never comes: no row is complete
   EXPECT_EQ(a.Add("a", 1, 0, false, 0, 1, 0), Outcome::kAccepted);
   EXPECT_EQ(a.Add("b", 2, 0, false, 0, 2, 0), Outcome::kAccepted);
   EXPECT_EQ(a.Add("c", 3, 0, false, 0, 3, 0), Outcome::kEntityLimit);
   EXPECT_EQ(a.entities(), 2u);
   EXPECT_EQ(a.Add("a", 4, 0, true, 0, 1, 0), Outcome::kFirstOfRate);
   EXPECT_EQ(a.Add("a", 5, 0, true, 0, 1, 0), Outcome::kSeriesLimit);
-  // Entity a: rows at 0, 5, 10, 15 s (4 > 3 pending): the oldest leaves.
-  for (int64_t t : {5000, 10000, 15000}) a.Add("a", 1, 0, false, t, 1, 0);
+  // Entity a: rows at 0, 5, 10, 15 s (4 > 3 pending): the oldest leaves as the fourth starts,
+  // before any Take (a single request cannot pile up rows).
+  for (int64_t t : {5000, 10000, 15000}) {
+    EXPECT_EQ(a.Add("a", 1, 0, false, t, 1, 0), Outcome::kAccepted);
+  }
+  // Full again: a sample older than every row held (and not near one) is late.
+  EXPECT_EQ(a.Add("a", 1, 0, false, 2500, 1, 0), Outcome::kLate);
+  EXPECT_EQ(a.Add("a", 1, 0, false, 20000, 1, 0), Outcome::kAccepted);  // 5 s leaves
   std::vector<IngestRow> rows = Take(a);
-  ASSERT_EQ(rows.size(), 1u);
+  ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].entity, "a");
   EXPECT_EQ(rows[0].timestamp_ms, 0);
+  EXPECT_EQ(rows[1].timestamp_ms, 5000);
+  EXPECT_TRUE(std::isnan(rows[1].values[1]));  // the feature that never came
+  EXPECT_EQ(a.rows_created(), 6u);             // b's, and a's 0, 5, 10, 15, 20 s
+}
+
+TEST(RowAssembler, RowsHeldAreBoundedInValues) {
+  IngestLimits limits;
+  limits.max_pending_values = 4;  // two rows of two features, all entities together
+  RowAssembler a(2, kTol, kFlush, limits);
+  EXPECT_EQ(a.Add("x", 1, 0, false, 0, 1, 0), Outcome::kAccepted);
+  EXPECT_EQ(a.Add("y", 2, 0, false, 0, 1, 0), Outcome::kAccepted);
+  EXPECT_EQ(a.Add("x", 1, 0, false, 5000, 1, 0), Outcome::kRowLimit);  // a third row
+  EXPECT_EQ(a.Add("x", 3, 1, false, 0, 1, 0), Outcome::kAccepted);     // joins x's row
+  std::vector<IngestRow> rows;
+  a.Flush(kFlush, &rows);  // both rows leave (30 s after their first sample)
+  EXPECT_EQ(rows.size(), 2u);
+  EXPECT_EQ(a.Add("x", 1, 0, false, 5000, 1, kFlush), Outcome::kAccepted);  // room again
 }
 
 TEST(RowAssembler, IdleEntitiesAreForgottenAndFreeTheirSlot) {

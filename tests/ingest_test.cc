@@ -413,6 +413,18 @@ TEST_F(IngestTest, BadRequestsGetTheStatusTheSpecificationAsksFor) {
   EXPECT_NE(r.body.find("snappy"), std::string::npos) << r.body;
   r = call("POST", "Content-Encoding: snappy\r\nContent-Type: application/json\r\n", "x");
   EXPECT_EQ(r.status, 415);
+  // Remote write 2.0 would read as an empty 1.0 request: refused, saying what to configure.
+  r = call("POST",
+           "Content-Encoding: snappy\r\nContent-Type: application/x-protobuf;"
+           "proto=io.prometheus.write.v2.Request\r\n",
+           "x");
+  EXPECT_EQ(r.status, 415);
+  EXPECT_NE(r.body.find("protobuf_message: prometheus.WriteRequest"), std::string::npos) << r.body;
+  r = call("POST",
+           "Content-Encoding: snappy\r\nContent-Type: application/x-protobuf; "
+           "proto=prometheus.WriteRequest\r\n",
+           "x");
+  EXPECT_EQ(r.status, 400);  // 1.0 named explicitly: on to the body, which is not snappy
   r = call("POST", kWriteHeaders, "\xff\xff\xff\xff\xff\xff garbage");
   EXPECT_EQ(r.status, 400);
   EXPECT_NE(r.body.find("not snappy"), std::string::npos) << r.body;
@@ -485,6 +497,18 @@ TEST_F(IngestTest, HostileSamplesAreCountedNotScored) {
     r = Write(latin1);
   }
   EXPECT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("accepted 0, unmatched 0, late 0, limited 0, invalid 12"),
+            std::string::npos)
+      << r.body;
+  // A label name twice in a series (matched on one value, credited to the other): invalid.
+  prometheus::WriteRequest twice_named;
+  AddRows(&twice_named, ones, 0, 1, now + 2 * kStepMs, "h");
+  for (auto& ts : *twice_named.mutable_timeseries()) {
+    prometheus::Label* l = ts.add_labels();
+    l->set_name("instance");
+    l->set_value("victim");
+  }
+  r = Write(twice_named);
   EXPECT_NE(r.body.find("accepted 0, unmatched 0, late 0, limited 0, invalid 12"),
             std::string::npos)
       << r.body;

@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -41,30 +42,60 @@ std::string Gzip(const std::string& data) {
 
 namespace {
 
-// Loads civetweb_tls_shim.cc's library (see there why): next to this executable, in
-// ../lib/aeserve, or where the build made it.
-absl::Status LoadTlsShim() {
+// A shim fit to load into a process that holds a TLS key: a regular file owned by root or by
+// this user, writable by no one else.
+absl::Status Trusted(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return absl::NotFoundError(path);
+  if (!S_ISREG(st.st_mode) || (st.st_uid != 0 && st.st_uid != geteuid()) ||
+      (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        path, " is not a regular file owned by root or this user and writable only by it"));
+  }
+  return absl::OkStatus();
+}
+
+// Loads civetweb_tls_shim.cc's and civetweb_crypto_shim.cc's libraries (see there why): next to
+// this executable, in ../lib/aeserve, or where the build made them.
+absl::Status LoadTlsShims() {
   static const absl::Status loaded = [] {
-    std::vector<std::string> paths;
+    std::vector<std::string> dirs;
     std::error_code ec;
     const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-    const std::string name = std::filesystem::path(AESERVE_CIVETWEB_TLS_SHIM).filename();
     if (!ec) {
-      paths.push_back((exe.parent_path() / name).string());
-      paths.push_back((exe.parent_path() / "../lib/aeserve" / name).string());
+      dirs.push_back(exe.parent_path().string());
+      dirs.push_back((exe.parent_path() / "../lib/aeserve").string());
     }
-    paths.push_back(AESERVE_CIVETWEB_TLS_SHIM);
-    for (const std::string& p : paths) {
-      if (std::filesystem::exists(p, ec) && dlopen(p.c_str(), RTLD_NOW | RTLD_GLOBAL) != nullptr) {
-        // civetweb loads OpenSSL now, finding the shim.
-        if ((mg_init_library(MG_FEATURES_TLS) & MG_FEATURES_TLS) == 0) {
-          return absl::InternalError("HTTPS: civetweb could not load OpenSSL");
+    dirs.push_back(std::filesystem::path(AESERVE_CIVETWEB_TLS_SHIM).parent_path().string());
+    std::vector<std::string> problems;
+    for (const char* built : {AESERVE_CIVETWEB_CRYPTO_SHIM, AESERVE_CIVETWEB_TLS_SHIM}) {
+      const std::string name = std::filesystem::path(built).filename().string();
+      bool done = false;
+      for (const std::string& dir : dirs) {
+        const std::string p = (std::filesystem::path(dir) / name).string();
+        if (!std::filesystem::exists(p, ec)) continue;
+        if (absl::Status st = Trusted(p); !st.ok()) {
+          problems.push_back(std::string(st.message()));
+          continue;
         }
-        return absl::OkStatus();
+        if (dlopen(p.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+          problems.push_back(dlerror());
+          continue;
+        }
+        done = true;
+        break;
+      }
+      if (!done) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("HTTPS: ", name, " not loaded (looked in: ", absl::StrJoin(dirs, ", "),
+                         ")", problems.empty() ? "" : ": ", absl::StrJoin(problems, "; ")));
       }
     }
-    return absl::FailedPreconditionError(
-        absl::StrCat("HTTPS: ", name, " not found (looked in: ", absl::StrJoin(paths, ", "), ")"));
+    // civetweb loads OpenSSL now, finding the shims.
+    if ((mg_init_library(MG_FEATURES_TLS) & MG_FEATURES_TLS) == 0) {
+      return absl::InternalError("HTTPS: civetweb could not load OpenSSL");
+    }
+    return absl::OkStatus();
   }();
   return loaded;
 }
@@ -87,6 +118,11 @@ int Exposer::InitTls(void* ssl_ctx, void* self) {
   const ExposerTls& t = *e->tls_;
   ERR_clear_error();
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // An encrypted key fails here (no prompt on a terminal); sessions resume (with client
+  // certificates OpenSSL refuses resumption without a session id context).
+  SSL_CTX_set_default_passwd_cb(ctx, [](char*, int, int, void*) { return 0; });
+  static const unsigned char kContext[] = "aeserve-ingest";
+  SSL_CTX_set_session_id_context(ctx, kContext, sizeof kContext - 1);
   if (SSL_CTX_use_certificate_chain_file(ctx, t.cert_file.c_str()) != 1) {
     e->tls_error_ = absl::StrCat("certificate ", t.cert_file, ": ", OpenSslError());
     return -1;
@@ -102,6 +138,10 @@ int Exposer::InitTls(void* ssl_ctx, void* self) {
       return -1;
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    // The CAs it accepts, named to clients choosing a certificate.
+    if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(t.client_ca_file.c_str())) {
+      SSL_CTX_set_client_CA_list(ctx, names);
+    }
   }
   return 1;  // configured here: civetweb loads no certificate of its own
 }
@@ -113,7 +153,7 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& host,
   e->host_ = host;
   mg_init_library(0);
   if (tls != nullptr) {
-    if (absl::Status st = LoadTlsShim(); !st.ok()) return st;
+    if (absl::Status st = LoadTlsShims(); !st.ok()) return st;
     e->tls_ = *tls;
   }
   const std::string ports = absl::StrCat(host, ":", port, tls != nullptr ? "s" : "");
