@@ -334,7 +334,7 @@ TEST_F(IngestTest, ARowMostlyMissingIsSkippedAndCountedApart) {
   prometheus::WriteRequest w1;  // 3 complete scrapes
   AddRows(&w1, data.normal, 0, 3, t0, "h1:9100");
   ASSERT_EQ(Write(w1).status, 200);
-  prometheus::WriteRequest partial, full, w2;
+  prometheus::WriteRequest partial, w2;
   AddRows(&partial, data.normal, 3, 1, t0 + 3 * kStepMs, "h1:9100");
   *w2.add_timeseries() = partial.timeseries(0);                  // scrape 3: one feature of 12
   AddRows(&w2, data.normal, 4, 1, t0 + 4 * kStepMs, "h1:9100");  // scrape 4: complete
