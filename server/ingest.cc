@@ -851,10 +851,13 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
   std::optional<absl::StatusOr<ModelHandle>> generic;
   if (!registry_->HasEntities(b.model)) generic = registry_->Get(b.model, "", 0);
   absl::flat_hash_map<std::string, absl::StatusOr<ModelHandle>> handles;
+  // A retired binding touches no metric (Bound::retired); it cannot retire during this run, which
+  // holds score_mu.
+  const bool counting = rows_ != nullptr && !b.retired;
   auto fail = [&](const std::string& entity, size_t n,
                   const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.score_mu) {
     b.failed += n;
-    if (rows_ != nullptr && !b.retired) {
+    if (counting) {
       rows_->Add({{"model", b.model}, {"result", "failed"}}).Increment(static_cast<double>(n));
     }
     const std::string msg(st.message());
@@ -894,13 +897,13 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     const int rows = resp.anomalous_size();
     const int k_top = rows > 0 ? resp.top_features_size() / rows : 0;
     const bool names = resp.top_feature_names_size() == resp.top_features_size();
-    std::vector<std::string_view> order;
-    absl::flat_hash_map<absl::string_view, v1::ScoreResponse> per_entity;
+    std::vector<std::pair<const std::string*, v1::ScoreResponse>> parts;  // in first-row order
+    absl::flat_hash_map<absl::string_view, size_t> part_of;
     for (int i = 0; i < rows; ++i) {
       const std::string& e = entities[static_cast<size_t>(i)];
-      auto [it, added] = per_entity.try_emplace(e);
-      if (added) order.push_back(e);
-      v1::ScoreResponse& r = it->second;
+      auto [it, added] = part_of.try_emplace(e, parts.size());
+      if (added) parts.emplace_back(&e, v1::ScoreResponse());
+      v1::ScoreResponse& r = parts[it->second].second;
       r.add_anomalous(resp.anomalous(i));
       r.add_errors(resp.errors(i));
       if (i < resp.scores_size()) r.add_scores(resp.scores(i));
@@ -912,14 +915,12 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
       }
     }
     const int64_t now = NowMs();
-    for (std::string_view e : order) {
-      const std::string entity(e);
-      auto& tracker = b.trackers[entity];
+    for (auto& [entity, r] : parts) {
+      auto& tracker = b.trackers[*entity];
       if (tracker == nullptr) {
         tracker = std::make_unique<IncidentTracker>(b.binding.debounce_k(), b.binding.debounce_n());
       }
-      v1::ScoreResponse& r = per_entity[absl::string_view(e.data(), e.size())];
-      tracker->Feed(IncidentSource{b.model, entity, "", now}, &r);
+      tracker->Feed(IncidentSource{b.model, *entity, "", now}, &r);
       if (feed_ != nullptr && r.incidents_size() > 0 && feed_->HasWatchers()) {
         feed_->PublishIncidents(handle, r.incidents());
       }
@@ -958,7 +959,7 @@ void Ingest::ScoreQueued(Bound& b, Worker& worker) {
     b.skipped += skipped;
     b.anomalies += resp.num_anomalies();
     if (b.binding.debounce_k() > 0) debounce(batch.handle, batch.entities, resp);
-    if (rows_ == nullptr || b.retired) continue;
+    if (!counting) continue;
     rows_->Add({{"model", b.model}, {"result", "scored"}})
         .Increment(static_cast<double>(n - skipped));
     if (skipped > 0) {

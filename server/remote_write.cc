@@ -13,13 +13,6 @@
 namespace aeserve::server {
 namespace {
 
-metrics::HttpResponse Reply(int status, std::string body) {
-  metrics::HttpResponse r;
-  r.status = status;
-  r.body = std::move(body) + "\n";
-  return r;
-}
-
 int HttpStatusOf(const absl::Status& st) {
   switch (st.code()) {
     case absl::StatusCode::kUnauthenticated:
@@ -41,6 +34,19 @@ int HttpStatusOf(const absl::Status& st) {
   }
 }
 
+// Every 503 is worth retrying: it says when.
+metrics::HttpResponse Reply(int status, std::string body) {
+  metrics::HttpResponse r;
+  r.status = status;
+  r.body = std::move(body) + "\n";
+  if (status == 503) r.headers.emplace_back("Retry-After", "1");
+  return r;
+}
+
+metrics::HttpResponse Reply(const absl::Status& st) {
+  return Reply(HttpStatusOf(st), std::string(st.message()));
+}
+
 }  // namespace
 
 metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ingest& ingest,
@@ -51,7 +57,7 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
     return r;
   }
   if (absl::Status st = auth.CheckHeader(request.header("Authorization"), Role::kScore); !st.ok()) {
-    return Reply(HttpStatusOf(st), std::string(st.message()));
+    return Reply(st);
   }
   const std::string encoding =
       absl::AsciiStrToLower(request.header("Content-Encoding").value_or(""));
@@ -79,12 +85,7 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
     }
   }
   auto body = request.read_body(limits.max_body_bytes);
-  if (!body.ok()) {
-    metrics::HttpResponse r =
-        Reply(HttpStatusOf(body.status()), std::string(body.status().message()));
-    if (r.status == 503) r.headers.emplace_back("Retry-After", "1");
-    return r;
-  }
+  if (!body.ok()) return Reply(body.status());
   size_t decoded_size = 0;
   if (!snappy::GetUncompressedLength(body->data(), body->size(), &decoded_size)) {
     return Reply(400, "body is not snappy-compressed data");
@@ -97,9 +98,7 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
   if (limits.in_flight != nullptr) {
     held = limits.in_flight->Reserve(decoded_size);
     if (decoded_size > 0 && held.bytes() == 0) {
-      metrics::HttpResponse r = Reply(503, "too many remote-write bodies in flight; retry");
-      r.headers.emplace_back("Retry-After", "1");
-      return r;
+      return Reply(503, "too many remote-write bodies in flight; retry");
     }
   }
   std::string decoded;
@@ -108,7 +107,7 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
   }
   WriteView::Shape shape;
   if (absl::Status st = MeasureWriteRequest(decoded, &shape); !st.ok()) {
-    return Reply(400, std::string(st.message()));
+    return Reply(st);  // INVALID_ARGUMENT: 400
   }
   // The decoded view is held too: up to 16 bytes of it per byte of body (empty labels).
   ByteBudget::Reservation view_held;
@@ -121,20 +120,13 @@ metrics::HttpResponse HandleRemoteWrite(const metrics::HttpRequest& request, Ing
     }
     view_held = limits.in_flight->Reserve(shape.bytes());
     if (shape.bytes() > 0 && view_held.bytes() == 0) {
-      metrics::HttpResponse r = Reply(503, "too many remote-write bodies in flight; retry");
-      r.headers.emplace_back("Retry-After", "1");
-      return r;
+      return Reply(503, "too many remote-write bodies in flight; retry");
     }
   }
   WriteView write;
   DecodeWriteRequest(decoded, shape, &write);
   auto counts = ingest.Write(write);
-  if (!counts.ok()) {
-    metrics::HttpResponse r =
-        Reply(HttpStatusOf(counts.status()), std::string(counts.status().message()));
-    if (r.status == 503) r.headers.emplace_back("Retry-After", "1");
-    return r;
-  }
+  if (!counts.ok()) return Reply(counts.status());
   return Reply(200, absl::StrCat("accepted ", counts->accepted, ", unmatched ", counts->unmatched,
                                  ", late ", counts->late, ", limited ", counts->limited,
                                  ", invalid ", counts->invalid, "; rows scored ", counts->rows));

@@ -25,6 +25,7 @@ namespace aeserve::testing {
 namespace {
 
 constexpr int64_t kStepMs = 15000;
+constexpr int64_t kT0 = 1'700'000'000'000;  // the first scrape's time in most tests
 const char kWriteHeaders[] =
     "Content-Encoding: snappy\r\nContent-Type: application/x-protobuf\r\n"
     "X-Prometheus-Remote-Write-Version: 0.1.0\r\n";
@@ -105,6 +106,8 @@ class IngestTest : public ::testing::Test {
                     Snappy(w.SerializeAsString()));
   }
 
+  // The data the stored model was trained on (TrainSmall): its rows are normal.
+  const engine::SyntheticData data_ = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
   std::unique_ptr<TempDir> dir_;
   std::unique_ptr<server::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -118,16 +121,14 @@ TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
   ASSERT_TRUE(Bind(Binding(), &st).ok());
   EXPECT_EQ(st.binding().tolerance_ms(), 2000u);  // defaults filled in
   EXPECT_EQ(st.binding().flush_ms(), 30000u);
-  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);  // the training data
-  const int64_t t0 = 1'700'000'000'000;
   // Request 1: 20 scrapes of two hosts, and a series no binding selects.
   prometheus::WriteRequest w1;
-  AddRows(&w1, data.normal, 0, 20, t0, "h1:9100");
-  AddRows(&w1, data.normal, 20, 20, t0, "h2:9100");
+  AddRows(&w1, data_.normal, 0, 20, kT0, "h1:9100");
+  AddRows(&w1, data_.normal, 20, 20, kT0, "h2:9100");
   auto* other = w1.add_timeseries();
   other->add_labels()->set_name("__name__");
   other->mutable_labels(0)->set_value("something_else");
-  for (int i = 0; i < 3; ++i) other->add_samples()->set_timestamp(t0 + i);
+  for (int i = 0; i < 3; ++i) other->add_samples()->set_timestamp(kT0 + i);
   HttpReply r = Write(w1);
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_NE(r.body.find("accepted 480, unmatched 3"), std::string::npos) << r.body;
@@ -148,8 +149,8 @@ TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
       std::chrono::seconds(10)));
   // Request 2: the next scrape, h2's 10x its normal values.
   prometheus::WriteRequest w2;
-  AddRows(&w2, data.normal, 40, 1, t0 + 20 * kStepMs, "h1:9100");
-  AddRows(&w2, data.normal, 41, 1, t0 + 20 * kStepMs, "h2:9100", 0, 10.0f);
+  AddRows(&w2, data_.normal, 40, 1, kT0 + 20 * kStepMs, "h1:9100");
+  AddRows(&w2, data_.normal, 41, 1, kT0 + 20 * kStepMs, "h2:9100", 0, 10.0f);
   r = Write(w2);
   ASSERT_EQ(r.status, 200) << r.body;
   const v1::ModelInfo info = Info();
@@ -178,7 +179,7 @@ TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
   while (!h2 && watch->Read(&event)) h2 = event.source_entity() == "h2:9100";
   EXPECT_TRUE(h2);
   EXPECT_EQ(event.entity(), "");
-  EXPECT_EQ(event.timestamp_ms(), t0 + 20 * kStepMs);
+  EXPECT_EQ(event.timestamp_ms(), kT0 + 20 * kStepMs);
   wctx.TryCancel();
   watch->Finish();
   // A retried request changes nothing: its samples are late.
@@ -191,8 +192,7 @@ TEST_F(IngestTest, BoundSeriesAreScoredPerEntityAndShownOnMetrics) {
 // A host with its own model (an entity model named by its instance label) has its rows scored by
 // it; the other hosts by the generic model.
 TEST_F(IngestTest, AHostWithItsOwnModelIsScoredByIt) {
-  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
-  std::vector<float> big = data.normal;  // this host's normal: 10x everyone else's
+  std::vector<float> big = data_.normal;  // this host's normal: 10x everyone else's
   for (float& v : big) v *= 10;
   engine::TrainRequest req;
   req.spec.set_kind(v1::MODEL_KIND_PLAIN);
@@ -207,14 +207,13 @@ TEST_F(IngestTest, AHostWithItsOwnModelIsScoredByIt) {
   Start();
   v1::IngestStatus st;
   ASSERT_TRUE(Bind(Binding(), &st).ok());
-  const int64_t t0 = 1'700'000'000'000;
   prometheus::WriteRequest w1;  // 20 scrapes of each: "big" at 10x, "small" as trained
-  AddRows(&w1, big, 0, 20, t0, "big:9100");
-  AddRows(&w1, data.normal, 20, 20, t0, "small:9100");
+  AddRows(&w1, big, 0, 20, kT0, "big:9100");
+  AddRows(&w1, data_.normal, 20, 20, kT0, "small:9100");
   ASSERT_EQ(Write(w1).status, 200);
   prometheus::WriteRequest w2;  // the next scrape: both at 10x
-  AddRows(&w2, big, 40, 1, t0 + 20 * kStepMs, "big:9100");
-  AddRows(&w2, data.normal, 41, 1, t0 + 20 * kStepMs, "small:9100", 0, 10.0f);
+  AddRows(&w2, big, 40, 1, kT0 + 20 * kStepMs, "big:9100");
+  AddRows(&w2, data_.normal, 41, 1, kT0 + 20 * kStepMs, "small:9100", 0, 10.0f);
   ASSERT_EQ(Write(w2).status, 200);
   EXPECT_EQ(Info().ingest().rows_scored(), 42u);  // 21 scrapes of each
   EXPECT_EQ(Info().ingest().rows_failed(), 0u);
@@ -262,16 +261,14 @@ TEST_F(IngestTest, DebouncedBindingsRaiseIncidentsPerHost) {
                std::string::npos;
       },
       std::chrono::seconds(10)));
-  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
-  const int64_t t0 = 1'700'000'000'000;
   prometheus::WriteRequest w1;  // 20 ordinary scrapes
-  AddRows(&w1, data.normal, 0, 20, t0, "h1:9100");
+  AddRows(&w1, data_.normal, 0, 20, kT0, "h1:9100");
   ASSERT_EQ(Write(w1).status, 200);
   prometheus::WriteRequest w2;  // scrapes 20-22 at 10x, then 5 ordinary ones
   for (int r = 20; r < 23; ++r) {
-    AddRows(&w2, data.normal, static_cast<size_t>(r), 1, t0 + r * kStepMs, "h1:9100", 0, 10.0f);
+    AddRows(&w2, data_.normal, static_cast<size_t>(r), 1, kT0 + r * kStepMs, "h1:9100", 0, 10.0f);
   }
-  AddRows(&w2, data.normal, 23, 5, t0 + 23 * kStepMs, "h1:9100");
+  AddRows(&w2, data_.normal, 23, 5, kT0 + 23 * kStepMs, "h1:9100");
   ASSERT_EQ(Write(w2).status, 200);
   EXPECT_EQ(Info().ingest().rows_scored(), 28u);
   v1::AnomalyEvent e;
@@ -286,13 +283,13 @@ TEST_F(IngestTest, DebouncedBindingsRaiseIncidentsPerHost) {
   EXPECT_EQ(seen.front().entity(), "h1:9100");
   EXPECT_EQ(seen.front().model(), "m");
   // Opened by the 10x rows (the alarm is up from the second one), closed after them.
-  EXPECT_GE(seen.front().first_timestamp_ms(), t0 + 20 * kStepMs);
-  EXPECT_LE(seen.front().first_timestamp_ms(), t0 + 21 * kStepMs);
+  EXPECT_GE(seen.front().first_timestamp_ms(), kT0 + 20 * kStepMs);
+  EXPECT_LE(seen.front().first_timestamp_ms(), kT0 + 21 * kStepMs);
   const v1::Incident& closed = seen.back();
   EXPECT_EQ(closed.state(), v1::INCIDENT_CLOSED);
   EXPECT_EQ(closed.id(), seen.front().id());
   EXPECT_GE(closed.anomalous_samples(), 2u);
-  EXPECT_GE(closed.last_timestamp_ms(), t0 + 22 * kStepMs);
+  EXPECT_GE(closed.last_timestamp_ms(), kT0 + 22 * kStepMs);
   EXPECT_NE(HttpGet(server_->metrics_port(), "/metrics")
                 .find("aeserve_ingest_alarm{model=\"m\",entity=\"h1:9100\"} 0"),
             std::string::npos);
@@ -310,9 +307,8 @@ TEST_F(IngestTest, ASeriesTwoModelsSelectIsCountedOnce) {
     *req.mutable_binding() = Binding();
     ASSERT_TRUE(admin_->SetIngestBinding(&ctx, req, &st).ok());
   }
-  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
   prometheus::WriteRequest w;
-  AddRows(&w, data.normal, 0, 3, 1'700'000'000'000, "h1:9100");
+  AddRows(&w, data_.normal, 0, 3, kT0, "h1:9100");
   HttpReply r = Write(w);
   ASSERT_EQ(r.status, 200);
   EXPECT_NE(r.body.find("accepted 36, unmatched 0, late 0"), std::string::npos) << r.body;
@@ -329,15 +325,13 @@ TEST_F(IngestTest, ARowMostlyMissingIsSkippedAndCountedApart) {
   Start();
   v1::IngestStatus st;
   ASSERT_TRUE(Bind(Binding(), &st).ok());
-  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
-  const int64_t t0 = 1'700'000'000'000;
   prometheus::WriteRequest w1;  // 3 complete scrapes
-  AddRows(&w1, data.normal, 0, 3, t0, "h1:9100");
+  AddRows(&w1, data_.normal, 0, 3, kT0, "h1:9100");
   ASSERT_EQ(Write(w1).status, 200);
   prometheus::WriteRequest partial, w2;
-  AddRows(&partial, data.normal, 3, 1, t0 + 3 * kStepMs, "h1:9100");
-  *w2.add_timeseries() = partial.timeseries(0);                  // scrape 3: one feature of 12
-  AddRows(&w2, data.normal, 4, 1, t0 + 4 * kStepMs, "h1:9100");  // scrape 4: complete
+  AddRows(&partial, data_.normal, 3, 1, kT0 + 3 * kStepMs, "h1:9100");
+  *w2.add_timeseries() = partial.timeseries(0);                    // scrape 3: one feature of 12
+  AddRows(&w2, data_.normal, 4, 1, kT0 + 4 * kStepMs, "h1:9100");  // scrape 4: complete
   ASSERT_EQ(Write(w2).status, 200);
   const v1::IngestStatus ingest = Info().ingest();
   EXPECT_EQ(ingest.rows_scored(), 4u);  // scrapes 0-2 and 4
@@ -354,14 +348,12 @@ TEST_F(IngestTest, RebindingUnderTrafficIsSafe) {
   Start();
   v1::IngestStatus st;
   ASSERT_TRUE(Bind(Binding(), &st).ok());
-  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
-  const int64_t t0 = 1'700'000'000'000;
   std::atomic<bool> done{false};
   std::thread writer([&] {
     for (int r = 0; r < 120; ++r) {
       prometheus::WriteRequest w;
       for (int h = 0; h < 8; ++h) {
-        AddRows(&w, data.normal, static_cast<size_t>(r), 1, t0 + r * kStepMs,
+        AddRows(&w, data_.normal, static_cast<size_t>(r), 1, kT0 + r * kStepMs,
                 "h" + std::to_string(h));
       }
       EXPECT_EQ(Write(w).status, 200);
@@ -385,7 +377,7 @@ TEST_F(IngestTest, RebindingUnderTrafficIsSafe) {
   // afresh): the current binding scores them and shows each host's gauge.
   prometheus::WriteRequest w;
   for (int h = 0; h < 8; ++h) {
-    AddRows(&w, data.normal, 200, 4, t0 + 200 * kStepMs, "h" + std::to_string(h));
+    AddRows(&w, data_.normal, 200, 4, kT0 + 200 * kStepMs, "h" + std::to_string(h));
   }
   ASSERT_EQ(Write(w).status, 200);
   ASSERT_TRUE(WaitFor(
@@ -640,11 +632,9 @@ TEST_F(IngestTest, ARecordingTrainsAModelFromTheIngestedRows) {
   ASSERT_TRUE(record(false, &st).ok());
   EXPECT_TRUE(st.recording_now());
   EXPECT_EQ(st.recording().max_rows(), 100000u);
-  const auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
-  const int64_t t0 = 1'700'000'000'000;
   prometheus::WriteRequest w;
-  AddRows(&w, data.normal, 0, 40, t0, "a");
-  AddRows(&w, data.normal, 40, 40, t0, "b");
+  AddRows(&w, data_.normal, 0, 40, kT0, "a");
+  AddRows(&w, data_.normal, 40, 40, kT0, "b");
   ASSERT_EQ(Write(w).status, 200);  // 38 rows of each host are ready; no model scores them yet
   ASSERT_TRUE(record(true, &st).ok());
   EXPECT_FALSE(st.recording_now());
@@ -702,12 +692,12 @@ TEST_F(IngestTest, ARecordingTrainsAModelFromTheIngestedRows) {
   // The model now scores what ingest sends. The restart lost the rows still being assembled, so
   // a host's first row is scored once it is superseded (30 s), the next ones once complete.
   prometheus::WriteRequest next;
-  AddRows(&next, data.normal, 80, 3, t0 + 40 * kStepMs, "a");
-  AddRows(&next, data.normal, 83, 3, t0 + 40 * kStepMs, "b");
+  AddRows(&next, data_.normal, 80, 3, kT0 + 40 * kStepMs, "a");
+  AddRows(&next, data_.normal, 83, 3, kT0 + 40 * kStepMs, "b");
   ASSERT_EQ(Write(next).status, 200);  // row 40 of each host
   prometheus::WriteRequest last;
-  AddRows(&last, data.normal, 86, 1, t0 + 43 * kStepMs, "a");
-  AddRows(&last, data.normal, 87, 1, t0 + 43 * kStepMs, "b");
+  AddRows(&last, data_.normal, 86, 1, kT0 + 43 * kStepMs, "a");
+  AddRows(&last, data_.normal, 87, 1, kT0 + 43 * kStepMs, "b");
   ASSERT_EQ(Write(last).status, 200);  // rows 41-43 of each host
   grpc::ClientContext ctx;
   v1::GetModelRequest req;
@@ -765,22 +755,20 @@ TEST_F(IngestTest, OtlpGaugesAndSumsFeedTheSameBindings) {
   v1::IngestStatus st;
   ASSERT_TRUE(Bind(b, &st).ok());
   auto stub = otlp::MetricsService::NewStub(channel_);
-  auto data = engine::MakeSynthetic(1500, 0, kFeatures, 3, 77);
-  const int64_t t0 = 1'700'000'000'000;
   otlp::ExportMetricsServiceResponse resp;
   {
     grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->Export(&ctx, OtlpRows(data.normal, 0, 20, t0, "otel-1"), &resp).ok());
+    ASSERT_TRUE(stub->Export(&ctx, OtlpRows(data_.normal, 0, 20, kT0, "otel-1"), &resp).ok());
     EXPECT_FALSE(resp.has_partial_success());
   }
   {
     // The next scrape, with one point without a value and one NaN: refused, and said so.
     otlp::ExportMetricsServiceRequest next =
-        OtlpRows(data.normal, 20, 1, t0 + 20 * kStepMs, "otel-1");
+        OtlpRows(data_.normal, 20, 1, kT0 + 20 * kStepMs, "otel-1");
     auto* metrics = next.mutable_resource_metrics(0)->mutable_scope_metrics(0)->mutable_metrics();
     metrics->Mutable(1)->mutable_gauge()->add_data_points()->set_flags(1);
     auto* nan = metrics->Mutable(2)->mutable_gauge()->add_data_points();
-    nan->set_time_unix_nano(static_cast<uint64_t>(t0 + 21 * kStepMs) * 1000000);
+    nan->set_time_unix_nano(static_cast<uint64_t>(kT0 + 21 * kStepMs) * 1000000);
     nan->set_as_double(std::nan(""));
     grpc::ClientContext ctx;
     ASSERT_TRUE(stub->Export(&ctx, next, &resp).ok());

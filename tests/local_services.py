@@ -44,13 +44,13 @@ def gauge(text, name, **labels):
     return None
 
 
-def stop(procs):
-    """SIGTERM each process still running (newest first), SIGKILL after 15 s."""
+def stop(procs, timeout=15):
+    """SIGTERM each process still running (newest first), SIGKILL after `timeout` seconds."""
     for p in reversed(procs):
         if p.poll() is None:
             p.terminate()
             try:
-                p.wait(timeout=15)
+                p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

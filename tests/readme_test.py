@@ -19,24 +19,19 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from local_services import free_port, stop
+
 SRC = os.environ["AESERVE_SOURCE_DIR"]
 BUILD = os.environ["AESERVE_BUILD_DIR"]
 STORE = os.environ["AECTL_DEMO_STORE"]
 AECTL = os.path.join(BUILD, "clients", "cpp", "aectl")
 TIMEOUT = 300  # seconds for any one block
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def blocks(readme):
@@ -187,12 +182,7 @@ def main():
         assert ran >= 4, f"only {ran} README blocks ran"
         assert figures_checked, "no README block printed the example's figures"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop([server], timeout=30)
         shutil.rmtree(work, ignore_errors=True)
         if failures:
             print("--- server log (end)\n" + "".join(log)[-3000:])

@@ -515,6 +515,39 @@ int Model(const Common& c, const std::string& name, const std::string& format) {
 }
 
 // Prints the anomaly feed until `count` events (0 = no limit) or `seconds` (0 = no limit) pass.
+// One line of `aectl watch`: a flagged sample.
+void PrintAnomalyEvent(const v1::AnomalyEvent& e) {
+  std::string top;
+  for (int j = 0; j < e.top_features_size(); ++j) {
+    const std::string name =
+        j < e.top_feature_names_size() ? e.top_feature_names(j) : std::to_string(e.top_features(j));
+    top += (j ? ";" : "") + name + ":" + std::to_string(e.top_feature_errors(j));
+  }
+  std::printf("%lld,%s,%llu,%s,%s,%s,%lld,%.8g,%.8g,%.6g,%u,%s\n",
+              static_cast<long long>(e.server_time_ms()), e.model().c_str(),
+              static_cast<unsigned long long>(e.version()),
+              // the entity the row came from (ingest, or a call naming one), else the model's
+              (e.source_entity().empty() ? e.entity() : e.source_entity()).c_str(),
+              e.stream_id().c_str(), e.sample_id().c_str(),
+              static_cast<long long>(e.timestamp_ms()), e.error(), e.threshold(), e.p_value(),
+              e.severity(), top.c_str());
+}
+
+// One line of `aectl watch --incidents`: an incident's change.
+void PrintIncidentEvent(const v1::AnomalyEvent& e) {
+  const v1::Incident& inc = e.incident();
+  const char* state = inc.state() == v1::INCIDENT_OPENED   ? "opened"
+                      : inc.state() == v1::INCIDENT_CLOSED ? "closed"
+                                                           : "updated";
+  std::printf("%lld,%s,%s,%s,%s,%s,%lld,%lld,%llu,%.8g,%u,%s\n",
+              static_cast<long long>(e.server_time_ms()), state, inc.id().c_str(),
+              inc.model().c_str(), inc.entity().c_str(), inc.stream_id().c_str(),
+              static_cast<long long>(inc.first_timestamp_ms()),
+              static_cast<long long>(inc.last_timestamp_ms()),
+              static_cast<unsigned long long>(inc.anomalous_samples()), inc.worst_score(),
+              inc.worst_severity(), absl::StrJoin(inc.worst_top_features(), ";").c_str());
+}
+
 int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint64_t count,
           double seconds, bool incidents) {
   auto stub = v1::Scoring::NewStub(Connect(c));
@@ -547,38 +580,10 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
                    static_cast<unsigned long long>(e.dropped_before()));
     }
     if (incidents) {
-      const v1::Incident& inc = e.incident();
-      const char* state = inc.state() == v1::INCIDENT_OPENED   ? "opened"
-                          : inc.state() == v1::INCIDENT_CLOSED ? "closed"
-                                                               : "updated";
-      std::printf("%lld,%s,%s,%s,%s,%s,%lld,%lld,%llu,%.8g,%u,%s\n",
-                  static_cast<long long>(e.server_time_ms()), state, inc.id().c_str(),
-                  inc.model().c_str(), inc.entity().c_str(), inc.stream_id().c_str(),
-                  static_cast<long long>(inc.first_timestamp_ms()),
-                  static_cast<long long>(inc.last_timestamp_ms()),
-                  static_cast<unsigned long long>(inc.anomalous_samples()), inc.worst_score(),
-                  inc.worst_severity(), absl::StrJoin(inc.worst_top_features(), ";").c_str());
-      std::fflush(stdout);
-      if (count > 0 && ++seen >= count) {
-        ctx.TryCancel();
-        break;
-      }
-      continue;
+      PrintIncidentEvent(e);
+    } else {
+      PrintAnomalyEvent(e);
     }
-    std::string top;
-    for (int j = 0; j < e.top_features_size(); ++j) {
-      const std::string name = j < e.top_feature_names_size() ? e.top_feature_names(j)
-                                                              : std::to_string(e.top_features(j));
-      top += (j ? ";" : "") + name + ":" + std::to_string(e.top_feature_errors(j));
-    }
-    std::printf("%lld,%s,%llu,%s,%s,%s,%lld,%.8g,%.8g,%.6g,%u,%s\n",
-                static_cast<long long>(e.server_time_ms()), e.model().c_str(),
-                static_cast<unsigned long long>(e.version()),
-                // the entity the row came from (ingest, or a call naming one), else the model's
-                (e.source_entity().empty() ? e.entity() : e.source_entity()).c_str(),
-                e.stream_id().c_str(), e.sample_id().c_str(),
-                static_cast<long long>(e.timestamp_ms()), e.error(), e.threshold(), e.p_value(),
-                e.severity(), top.c_str());
     std::fflush(stdout);
     if (count > 0 && ++seen >= count) {
       ctx.TryCancel();
