@@ -21,46 +21,14 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
-// One inference layer's plain parameters.
-struct Model::Layer {
-  uint32_t inputs, outputs;
-  v1::Activation activation;
-  std::vector<float> weights, bias;
-};
-
-// The primitives of one bucket. Weights are held in the layout each primitive prefers.
-struct Model::Plan {
-  uint32_t batch;
-  std::vector<dnnl::inner_product_forward> fwd;
-  std::vector<memory> weights, bias;
-  std::vector<memory::desc> scratch_md;
-  // Variational models: the log sigma^2 head, for the negative ELBO.
-  dnnl::inner_product_forward logvar_fwd;
-  memory logvar_weights, logvar_bias;
-  memory::desc logvar_scratch_md;
-};
-
-// The neighbour-distance primitive of one bucket of up to kNeighbourBatch rows.
-struct Model::NeighbourPlan {
-  uint32_t batch;
-  dnnl::inner_product_forward fwd;
-  memory weights, bias;
-  memory::desc scratch_md;
-};
-
 namespace {
 // Rows per neighbour-distance call: bounds the per-context buffer to kNeighbourBatch x
 // reference_rows floats whatever max_batch is.
 constexpr uint32_t kNeighbourBatch = 256;
 }  // namespace
 
-struct ScoringContext::Args {
-  std::vector<std::unordered_map<int, memory>> layer;
-  std::unordered_map<int, memory> logvar;
-};
-
 Model::Model(v1::ModelFile file, const ModelOptions& options)
-    : file_(std::move(file)), options_(options), engine_(dnnl::engine::kind::cpu, 0) {}
+    : file_(std::move(file)), options_(options) {}
 
 Model::~Model() = default;
 
@@ -163,179 +131,142 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
     m->scale_.push_back(sc.scale(i));
     m->inv_scale_.push_back(1.0f / sc.scale(i));
   }
-  m->calibration_.assign(m->file_.calibration_errors().begin(),
-                         m->file_.calibration_errors().end());
-  ScopedThreads threads(options.threads);
-  AE_RETURN_IF_ERROR(CatchDnnl("building inference plans", [&] {
-    m->Build(params);
-    if (m->neighbors_ > 0) m->BuildNeighbours();
-  }));
+  AE_RETURN_IF_ERROR(CatchDnnl("building inference plans", [&] { m->Build(params); }));
+  // The engine's copies are the model's weights from here on (FullFile reads them back).
+  // Swapped out, not cleared: protobuf's clear keeps the capacity.
+  google::protobuf::RepeatedPtrField<v1::DenseLayer>().Swap(m->file_.mutable_encoder());
+  google::protobuf::RepeatedPtrField<v1::DenseLayer>().Swap(m->file_.mutable_decoder());
+  google::protobuf::RepeatedField<float>().Swap(m->file_.mutable_reference());
   return std::shared_ptr<const Model>(std::move(m));
 }
 
-// One dense layer's primitive for `batch` rows: activation fused, weights reordered once into the
-// layout the primitive prefers, bias copied; grows the shared scratchpad size.
-void Model::MakeDense(uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
-                      absl::Span<const float> w, absl::Span<const float> b,
-                      dnnl::inner_product_forward* prim, memory* wmem, memory* bmem,
-                      memory::desc* scratch) {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  if (act != v1::ACTIVATION_LINEAR) {
-    dnnl::post_ops po;
-    po.append_eltwise(1.f, AlgorithmOf(act), AlphaOf(act, spec().leaky_relu_slope()), 0.f);
-    attr.set_post_ops(po);
-  }
-  const memory::desc src_md({batch, in}, dt::f32, tag::ab);
-  const memory::desc dst_md({batch, out}, dt::f32, tag::ab);
-  const memory::desc w_any({out, in}, dt::f32, tag::any);
-  const memory::desc b_md({out}, dt::f32, tag::a);
-  dnnl::inner_product_forward::primitive_desc pd(
-      dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_any, b_md,
-                                        dst_md),
-      attr, engine_);
-  *prim = dnnl::inner_product_forward(pd);
-  const memory::desc w_plain({out, in}, dt::f32, tag::ab);
-  memory plain(w_plain, engine_, const_cast<float*>(w.data()));
-  *wmem = memory(pd.weights_desc(), engine_);
-  dnnl::stream st(engine_);
-  dnnl::reorder(plain, *wmem).execute(st, plain, *wmem);
-  st.wait();
-  *bmem = memory(b_md, engine_);
-  std::copy(b.begin(), b.end(), static_cast<float*>(bmem->get_data_handle()));
-  *scratch = pd.scratchpad_desc();
-  scratch_bytes_ = std::max(scratch_bytes_, scratch->get_size());
-}
-
+// The architecture of these layers (compiled if no loaded model has it), then this model's
+// weights in its layouts.
 void Model::Build(const Params& params) {
   const v1::ModelSpec& s = spec();
   const uint32_t c = s.code_size();
   const bool vae = s.kind() == v1::MODEL_KIND_VARIATIONAL;
   num_encoder_ = params.num_encoder;
-  std::vector<float> logvar_w, logvar_b;
+  auto shape = [&](uint32_t in, uint32_t out, v1::Activation act) {
+    const float alpha = act == v1::ACTIVATION_LINEAR ? 0.f : AlphaOf(act, s.leaky_relu_slope());
+    return DenseShape{in, out, act, alpha, false};
+  };
+  ArchitectureKey key;
+  key.num_encoder = num_encoder_;
+  key.max_batch = options_.max_batch;
+  key.threads = options_.threads;
+  for (size_t l = 0; l < params.layers.size(); ++l) {
+    const LayerShape& p = params.layers[l].shape;
+    // The code head of a variational model: rows [0, c) give mu, rows [c, 2c) log sigma^2.
+    const bool head = vae && l == num_encoder_ - 1;
+    key.layers.push_back(shape(p.inputs, head ? c : p.outputs, p.activation));
+    if (head) key.logvar = shape(p.inputs, c, v1::ACTIVATION_LINEAR);
+  }
+  if (neighbors_ > 0) {
+    key.neighbours = DenseShape{num_features(), reference_rows_, v1::ACTIVATION_LINEAR, 0, true};
+    key.neighbour_batch = std::min(kNeighbourBatch, options_.max_batch);
+  }
+  arch_ = Architecture::Get(key, options_.contexts);
+
   for (size_t l = 0; l < params.layers.size(); ++l) {
     const DenseParams& p = params.layers[l];
-    Layer layer{p.shape.inputs, p.shape.outputs, p.shape.activation, p.weights, p.bias};
-    if (vae && l == num_encoder_ - 1) {
-      // The code head of a variational model: rows [0, c) give mu, rows [c, 2c) log sigma^2.
-      const size_t half = size_t{c} * layer.inputs;
-      logvar_w.assign(layer.weights.begin() + half, layer.weights.end());
-      logvar_b.assign(layer.bias.begin() + c, layer.bias.end());
-      layer.weights.resize(half);
-      layer.bias.resize(c);
-      layer.outputs = c;
-    }
-    max_width_ = std::max({max_width_, layer.inputs, layer.outputs});
-    layers_.push_back(std::move(layer));
+    weights_.push_back(MakeWeights(arch_->layers()[l], p.weights.data(), p.bias.data()));
   }
-
-  for (uint32_t batch = 1; batch <= options_.max_batch; batch *= 2) {
-    Plan plan;
-    plan.batch = batch;
-    for (const Layer& L : layers_) {
-      plan.fwd.emplace_back();
-      plan.weights.emplace_back();
-      plan.bias.emplace_back();
-      plan.scratch_md.emplace_back();
-      MakeDense(batch, L.inputs, L.outputs, L.activation, L.weights, L.bias, &plan.fwd.back(),
-                &plan.weights.back(), &plan.bias.back(), &plan.scratch_md.back());
+  if (vae) {
+    const DenseParams& p = params.layers[num_encoder_ - 1];
+    logvar_weights_ = MakeWeights(*arch_->logvar(), p.weights.data() + size_t{c} * p.shape.inputs,
+                                  p.bias.data() + c);
+  }
+  if (neighbors_ > 0) {
+    const uint32_t d = num_features(), n = reference_rows_;
+    const float* ref = file_.reference().data();
+    std::vector<float> bias(n);
+    for (uint32_t r = 0; r < n; ++r) {
+      float sq = 0;
+      for (uint32_t j = 0; j < d; ++j) sq += ref[size_t{r} * d + j] * ref[size_t{r} * d + j];
+      bias[r] = -0.5f * sq;
     }
-    if (vae) {
-      MakeDense(batch, layers_[num_encoder_ - 1].inputs, c, v1::ACTIVATION_LINEAR, logvar_w,
-                logvar_b, &plan.logvar_fwd, &plan.logvar_weights, &plan.logvar_bias,
-                &plan.logvar_scratch_md);
-    }
-    plans_.push_back(std::move(plan));
+    // The reference rows are the weights of a linear layer with d inputs and n outputs.
+    neighbour_weights_ = MakeWeights(*arch_->neighbours(), ref, bias.data());
   }
 }
 
-void Model::BuildNeighbours() {
-  const uint32_t d = num_features(), n = reference_rows_;
-  const float* ref = file_.reference().data();
-  std::vector<float> bias(n);
-  for (uint32_t r = 0; r < n; ++r) {
-    float sq = 0;
-    for (uint32_t j = 0; j < d; ++j) sq += ref[size_t{r} * d + j] * ref[size_t{r} * d + j];
-    bias[r] = -0.5f * sq;
+// `weights` (plain [out][in]) reordered into each layout the layer's primitives read.
+Model::Weights Model::MakeWeights(const Architecture::Layer& layer, const float* weights,
+                                  const float* bias) {
+  const DenseShape& s = layer.shape;
+  const dnnl::engine& eng = arch_->engine();
+  const memory::desc plain_md({s.outputs, s.inputs}, dt::f32, tag::ab);
+  memory plain(plain_md, eng, const_cast<float*>(weights));
+  Weights w;
+  dnnl::stream st(eng);
+  for (const memory::desc& md : layer.layouts) {
+    w.layouts.emplace_back(md, eng);
+    dnnl::reorder(plain, w.layouts.back()).execute(st, plain, w.layouts.back());
   }
-  // The reference rows are the weights of a linear layer with d inputs and n outputs.
-  const absl::Span<const float> weights(ref, size_t{n} * d);
-  for (uint32_t batch = 1; batch <= std::min(kNeighbourBatch, options_.max_batch); batch *= 2) {
-    NeighbourPlan plan{batch, {}, {}, {}, {}};
-    MakeDense(batch, d, n, v1::ACTIVATION_LINEAR, weights, bias, &plan.fwd, &plan.weights,
-              &plan.bias, &plan.scratch_md);
-    neighbour_plans_.push_back(std::move(plan));
-  }
+  st.wait();
+  w.bias = memory({{s.outputs}, dt::f32, tag::a}, eng);
+  std::copy_n(bias, s.outputs, static_cast<float*>(w.bias.get_data_handle()));
+  return w;
 }
 
-std::unique_ptr<ScoringContext> Model::NewContext() const {
-  return std::unique_ptr<ScoringContext>(new ScoringContext(*this));
+std::vector<float> Model::PlainWeights(const Weights& w, const DenseShape& s) const {
+  std::vector<float> out(size_t{s.outputs} * s.inputs);
+  const dnnl::engine& eng = arch_->engine();
+  memory plain({{s.outputs, s.inputs}, dt::f32, tag::ab}, eng, out.data());
+  dnnl::stream st(eng);
+  memory src = w.layouts.front();  // a handle: execute takes non-const memories
+  dnnl::reorder(src, plain).execute(st, src, plain);
+  st.wait();
+  return out;
 }
 
-ScoringContext::ScoringContext(const Model& m) : model_(m), stream_(m.engine_) {
-  const size_t b = m.options_.max_batch;
-  const uint32_t d = m.num_features(), c = m.code_size();
-  in_.assign(b * d, 0.f);
-  latent_.assign(b * c, 0.f);
-  logvar_.assign(b * c, 0.f);
-  ping_.assign(b * m.max_width_, 0.f);
-  pong_.assign(b * m.max_width_, 0.f);
-  out_.assign(b * d, 0.f);
-  scratch_.assign(std::max<size_t>(m.scratch_bytes_, 64), 0);
-  if (!m.neighbour_plans_.empty()) {
-    dots_.assign(size_t{m.neighbour_plans_.back().batch} * m.reference_rows_, 0.f);
-  }
-  for (const Model::NeighbourPlan& plan : m.neighbour_plans_) {
-    auto args = std::make_unique<Args>();
-    args->layer.push_back(
-        {{DNNL_ARG_SRC, memory({{plan.batch, d}, dt::f32, tag::ab}, m.engine_, in_.data())},
-         {DNNL_ARG_WEIGHTS, plan.weights},
-         {DNNL_ARG_BIAS, plan.bias},
-         {DNNL_ARG_DST,
-          memory({{plan.batch, m.reference_rows_}, dt::f32, tag::ab}, m.engine_, dots_.data())},
-         {DNNL_ARG_SCRATCHPAD, memory(plan.scratch_md, m.engine_, scratch_.data())}});
-    neighbour_args_.push_back(std::move(args));
-  }
-  // Layer i reads from and writes to fixed buffers: encoder hidden layers alternate ping/pong,
-  // the code head writes `latent_`, decoder hidden layers alternate again, the output is `out_`.
-  const size_t n = m.layers_.size();
-  std::vector<float*> src(n), dst(n);
-  for (size_t l = 0; l < n; ++l) {
-    const bool first_of_side = l == 0 || l == m.num_encoder_;
-    src[l] = l == 0 ? in_.data() : (l == m.num_encoder_ ? latent_.data() : dst[l - 1]);
-    if (l == m.num_encoder_ - 1) {
-      dst[l] = latent_.data();
-    } else if (l == n - 1) {
-      dst[l] = out_.data();
-    } else {
-      dst[l] = first_of_side || src[l] == pong_.data() ? ping_.data() : pong_.data();
+v1::ModelFile Model::FullFile() const {
+  v1::ModelFile f = file_;
+  Params params;
+  params.num_encoder = num_encoder_;
+  const auto& layers = arch_->layers();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const DenseShape& s = layers[l].shape;
+    const float* b = static_cast<const float*>(weights_[l].bias.get_data_handle());
+    DenseParams p{{s.inputs, s.outputs, s.activation},
+                  PlainWeights(weights_[l], s),
+                  std::vector<float>(b, b + s.outputs)};
+    if (l == num_encoder_ - 1 && arch_->logvar()) {
+      // The variational head: mu's rows, then log sigma^2's.
+      const DenseShape& v = arch_->logvar()->shape;
+      const std::vector<float> w = PlainWeights(logvar_weights_, v);
+      const float* vb = static_cast<const float*>(logvar_weights_.bias.get_data_handle());
+      p.weights.insert(p.weights.end(), w.begin(), w.end());
+      p.bias.insert(p.bias.end(), vb, vb + v.outputs);
+      p.shape.outputs += v.outputs;
     }
+    params.layers.push_back(std::move(p));
   }
-  for (const Model::Plan& plan : m.plans_) {
-    auto args = std::make_unique<Args>();
-    for (size_t l = 0; l < n; ++l) {
-      const Model::Layer& L = m.layers_[l];
-      args->layer.push_back(
-          {{DNNL_ARG_SRC, memory({{plan.batch, L.inputs}, dt::f32, tag::ab}, m.engine_, src[l])},
-           {DNNL_ARG_WEIGHTS, plan.weights[l]},
-           {DNNL_ARG_BIAS, plan.bias[l]},
-           {DNNL_ARG_DST, memory({{plan.batch, L.outputs}, dt::f32, tag::ab}, m.engine_, dst[l])},
-           {DNNL_ARG_SCRATCHPAD, memory(plan.scratch_md[l], m.engine_, scratch_.data())}});
-    }
-    if (plan.logvar_fwd) {
-      const size_t l = m.num_encoder_ - 1;
-      args->logvar = {
-          {DNNL_ARG_SRC, args->layer[l][DNNL_ARG_SRC]},
-          {DNNL_ARG_WEIGHTS, plan.logvar_weights},
-          {DNNL_ARG_BIAS, plan.logvar_bias},
-          {DNNL_ARG_DST, memory({{plan.batch, c}, dt::f32, tag::ab}, m.engine_, logvar_.data())},
-          {DNNL_ARG_SCRATCHPAD, memory(plan.logvar_scratch_md, m.engine_, scratch_.data())}};
-    }
-    args_.push_back(std::move(args));
+  ToModelFile(params, f);
+  if (neighbors_ > 0) {
+    const std::vector<float> ref = PlainWeights(neighbour_weights_, arch_->neighbours()->shape);
+    f.mutable_reference()->Add(ref.begin(), ref.end());
   }
+  return f;
 }
 
-ScoringContext::~ScoringContext() = default;
+size_t Model::resident_bytes() const {
+  size_t bytes =
+      sizeof(Model) + file_.SpaceUsedLong() +
+      (offset_.capacity() + scale_.capacity() + inv_scale_.capacity() + fill_.capacity()) *
+          sizeof(float);
+  auto add = [&](const Weights& w) {
+    for (const memory& m : w.layouts) bytes += m.get_desc().get_size();
+    if (w.bias) bytes += w.bias.get_desc().get_size();
+  };
+  for (const Weights& w : weights_) add(w);
+  add(logvar_weights_);
+  add(neighbour_weights_);
+  return bytes;
+}
+
+std::unique_ptr<ScoringContext> Model::NewContext() const { return arch_->TakeContext(); }
 
 namespace {
 
@@ -350,6 +281,10 @@ bool AllFinite(absl::Span<const float> x) {
 }
 
 }  // namespace
+
+absl::Status Model::WrongContext() {
+  return absl::InternalError("scoring context of another architecture");
+}
 
 absl::Status Model::CheckInput(absl::Span<const float> x, size_t* rows,
                                std::vector<uint32_t>* missing) const {
@@ -481,15 +416,28 @@ absl::Status Model::Impute(ScoringContext& ctx, const float* x, size_t take, uin
   return absl::OkStatus();
 }
 
+namespace {
+
+// Runs one layer's primitive for bucket `p` with `w`'s weights in the layout it reads.
+void Execute(const Architecture::Layer& layer, size_t p, const Model::Weights& w,
+             ScoringContext::Args& args, dnnl::stream& stream) {
+  const Architecture::Dense& dense = layer.buckets[p];
+  args[DNNL_ARG_WEIGHTS] = w.layouts[dense.layout];
+  args[DNNL_ARG_BIAS] = w.bias;
+  dense.fwd.execute(stream, args);
+}
+
+}  // namespace
+
 absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool logvar) const {
   const size_t p = static_cast<size_t>(std::countr_zero(bucket));
-  const Plan& plan = plans_[p];
-  ScoringContext::Args& args = *ctx.args_[p];
+  std::vector<ScoringContext::Args>& args = ctx.args_[p];
+  const auto& layers = arch_->layers();
   const size_t begin = pass == Pass::kDecode ? num_encoder_ : 0;
-  const size_t end = pass == Pass::kEncode ? num_encoder_ : layers_.size();
+  const size_t end = pass == Pass::kEncode ? num_encoder_ : layers.size();
   return CatchDnnl("scoring", [&] {
-    for (size_t l = begin; l < end; ++l) plan.fwd[l].execute(ctx.stream_, args.layer[l]);
-    if (logvar) plan.logvar_fwd.execute(ctx.stream_, args.logvar);
+    for (size_t l = begin; l < end; ++l) Execute(layers[l], p, weights_[l], args[l], ctx.stream_);
+    if (logvar) Execute(*arch_->logvar(), p, logvar_weights_, ctx.logvar_args_[p], ctx.stream_);
     ctx.stream_.wait();
   });
 }
@@ -552,10 +500,10 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
     const size_t rows = std::min<size_t>(kNeighbourBatch, take - start);
     const uint32_t bucket = std::bit_ceil(static_cast<uint32_t>(rows));
     const size_t p = static_cast<size_t>(std::countr_zero(bucket));
-    auto& args = ctx.neighbour_args_[p]->layer[0];
+    ScoringContext::Args& args = ctx.neighbour_args_[p];
     args[DNNL_ARG_SRC].set_data_handle(ctx.in_.data() + start * d);
     AE_RETURN_IF_ERROR(CatchDnnl("neighbour distances", [&] {
-      neighbour_plans_[p].fwd.execute(ctx.stream_, args);
+      Execute(*arch_->neighbours(), p, neighbour_weights_, args, ctx.stream_);
       ctx.stream_.wait();
     }));
     for (size_t r = 0; r < rows; ++r) {
@@ -576,24 +524,25 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
 float Model::GapDistance(ScoringContext& ctx, const float* raw, const float* xs,
                          uint32_t missing) const {
   const uint32_t d = num_features(), n = reference_rows_;
-  const float* ref = file_.reference().data();
+  // The reference rows transposed: feature j of row i at j * n + i.
+  const float* ref =
+      static_cast<const float*>(neighbour_weights_.layouts.front().get_data_handle());
   const float stretch = static_cast<float>(d) / static_cast<float>(d - missing);
   float* sq = ctx.dots_.data();
-  for (uint32_t i = 0; i < n; ++i) {
-    float s = 0;
-    for (uint32_t j = 0; j < d; ++j) {
-      const float diff = std::isnan(raw[j]) ? 0.f : xs[j] - ref[size_t{i} * d + j];
-      s += diff * diff;
-    }
-    sq[i] = s * stretch;
+  std::fill_n(sq, n, 0.f);
+  for (uint32_t j = 0; j < d; ++j) {
+    if (std::isnan(raw[j])) continue;
+    const float* col = ref + size_t{j} * n;
+    for (uint32_t i = 0; i < n; ++i) sq[i] += (xs[j] - col[i]) * (xs[j] - col[i]);
   }
+  for (uint32_t i = 0; i < n; ++i) sq[i] *= stretch;
   std::vector<float> scratch;
   return MeanOverGroups(sq, n, groups_, neighbors_, scratch);
 }
 
 absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
                           const ScoreOptions& options, ScoreResult* result) const {
-  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  if (&ctx.arch_ != arch_.get()) return WrongContext();
   size_t rows = 0;
   AE_RETURN_IF_ERROR(CheckInput(x, &rows, &result->missing));
   const uint32_t d = num_features(), c = code_size();
@@ -671,7 +620,7 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
                               : err;
       result->score[done + r] = score;
       result->anomalous[done + r] = score > thr;
-      result->p_value[done + r] = static_cast<float>(PValue(score, calibration_));
+      result->p_value[done + r] = static_cast<float>(PValue(score, file_.calibration_errors()));
       if (elbo) {
         double kl = 0;
         for (uint32_t k = 0; k < c; ++k) {
@@ -687,7 +636,7 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
 
 absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
                            std::vector<float>* codes) const {
-  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  if (&ctx.arch_ != arch_.get()) return WrongContext();
   size_t rows = 0;
   std::vector<uint32_t> missing;
   AE_RETURN_IF_ERROR(CheckInput(x, &rows, &missing));
@@ -704,7 +653,7 @@ absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
 
 absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
                                 std::vector<float>* out) const {
-  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  if (&ctx.arch_ != arch_.get()) return WrongContext();
   size_t rows = 0;
   std::vector<uint32_t> missing;
   AE_RETURN_IF_ERROR(CheckInput(x, &rows, &missing));
@@ -721,7 +670,7 @@ absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
 
 absl::Status Model::Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
                              std::vector<float>* out) const {
-  if (&ctx.model_ != this) return absl::InternalError("scoring context of another model");
+  if (&ctx.arch_ != arch_.get()) return WrongContext();
   if (spec().kind() != v1::MODEL_KIND_VARIATIONAL) {
     return absl::FailedPreconditionError("generate: only variational models have a prior");
   }

@@ -2,9 +2,12 @@
 // A model's anomaly score is its reconstruction error, or, for models with neighbours
 // (ModelSpec.neighbors), the reconstruction error and the mean distance to the nearest of the
 // training rows kept in the file, put on one scale (ScoreScale, see AnomalyScore).
-// Inference plans (oneDNN primitives for power-of-two batch sizes up to max_batch, weights
-// reordered once into the layouts the primitives prefer) are built in Create and never on the
-// request path. One Model serves many threads: each thread brings its own ScoringContext.
+// The oneDNN primitives (for power-of-two batch sizes up to max_batch) belong to the model's
+// Architecture (architecture.h), shared by every model of the same shape; a Model holds its own
+// weights only, reordered once into the layouts those primitives read (one copy per distinct
+// layout), and drops the plain copies from its file. Everything is built in Create, never on the
+// request path. One Model serves many threads: each thread brings its own ScoringContext, which
+// serves every model of the architecture.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "aeserve/v1/model.pb.h"
+#include "engine/architecture.h"
 #include "engine/params.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -26,6 +30,9 @@ struct ModelOptions {
   int threads = 1;
   // Largest batch one primitive runs; bigger calls are split. A power of two.
   uint32_t max_batch = 4096;
+  // Scoring contexts made when a new architecture is compiled: one per thread that will score
+  // (a server's workers), so that the first call of each finds its context ready.
+  size_t contexts = 1;
 };
 
 struct ScoreOptions {
@@ -51,8 +58,6 @@ struct ScoreResult {
   double threshold = 0;
 };
 
-class ScoringContext;
-
 // The anomaly score of a model with neighbours: w * (error - error_mean) / error_std +
 // (distance - distance_mean) / distance_std.
 inline float AnomalyScore(float error, float distance, float weight, const v1::ScoreScale& s) {
@@ -62,13 +67,21 @@ inline float AnomalyScore(float error, float distance, float weight, const v1::S
 
 class Model {
  public:
+  // One layer's weights, in each of the layouts its primitives read, and its bias.
+  struct Weights {
+    std::vector<dnnl::memory> layouts;
+    dnnl::memory bias;
+  };
+
   // Builds the inference plans. Checks every shape of the file; errors are INVALID_ARGUMENT.
   static absl::StatusOr<std::shared_ptr<const Model>> Create(v1::ModelFile file,
                                                              const ModelOptions& options = {});
   ~Model();
 
-  // Per-thread buffers, stream and scratchpad; use one context from one thread at a time.
+  // Per-thread buffers, stream and scratchpad for this model's architecture (a spare one made
+  // with the architecture when there is one); use one context from one thread at a time.
   std::unique_ptr<ScoringContext> NewContext() const;
+  const std::shared_ptr<const Architecture>& architecture() const { return arch_; }
 
   // `x` holds rows x num_features() values, row-major, in original units. Any row count >= 1.
   // NaN is a missing value (the file's ScoringPolicy): it is filled with the training mean,
@@ -87,7 +100,15 @@ class Model {
   absl::Status Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
                         std::vector<float>* out) const;
 
+  // The model's file without its layers' weights and reference rows (the engine holds those in
+  // its own layouts); FullFile() puts them back.
   const v1::ModelFile& file() const { return file_; }
+  // The complete file, weights and reference rows read back from the engine's copies: equal,
+  // value for value, to the file the model was created from (after defaults were resolved).
+  v1::ModelFile FullFile() const;
+  // Bytes this model holds on its own: weights, reference rows, its file (not the architecture's
+  // primitives or contexts, which models of the same architecture share).
+  size_t resident_bytes() const;
   const v1::ModelSpec& spec() const { return file_.spec(); }
   uint32_t num_features() const { return file_.spec().num_features(); }
   uint32_t code_size() const { return file_.spec().code_size(); }
@@ -99,16 +120,18 @@ class Model {
 
  private:
   friend class ScoringContext;
-  struct Layer;
-  struct Plan;
-  struct NeighbourPlan;
   enum class Pass { kEncode, kFull, kDecode };
 
   Model(v1::ModelFile file, const ModelOptions& options);
+  // Gets the architecture and reorders the weights (and reference rows) into its layouts.
   void Build(const Params& params);
+  Weights MakeWeights(const Architecture::Layer& layer, const float* weights, const float* bias);
+  // A layer's weights back in plain [out][in] layout.
+  std::vector<float> PlainWeights(const Weights& w, const DenseShape& shape) const;
   // Counts missing values per row into `missing` (left empty when there are none).
   absl::Status CheckInput(absl::Span<const float> x, size_t* rows,
                           std::vector<uint32_t>* missing) const;
+  static absl::Status WrongContext();
   absl::Status RefuseOverLimit(const std::vector<uint32_t>& missing) const;
   std::string FeatureName(size_t j) const;  // quoted name, or the index without names
   uint32_t ChooseBucket(size_t remaining, size_t* take) const;
@@ -129,51 +152,23 @@ class Model {
   absl::Status Impute(ScoringContext& ctx, const float* x, size_t take, uint32_t bucket,
                       const uint32_t* missing, Pass pass, bool logvar) const;
   float GapDistance(ScoringContext& ctx, const float* raw, const float* xs, uint32_t missing) const;
-  void BuildNeighbours();
-  void MakeDense(uint32_t batch, uint32_t in, uint32_t out, v1::Activation act,
-                 absl::Span<const float> w, absl::Span<const float> b,
-                 dnnl::inner_product_forward* prim, dnnl::memory* wmem, dnnl::memory* bmem,
-                 dnnl::memory::desc* scratch);
   // Mean distance from each of the first `take` rows of ctx.in_ to its nearest reference rows.
   absl::Status Distances(ScoringContext& ctx, size_t take, float* out) const;
 
-  v1::ModelFile file_;
+  v1::ModelFile file_;  // without weights and reference rows
   ModelOptions options_;
-  dnnl::engine engine_;
+  std::shared_ptr<const Architecture> arch_;
+  std::vector<Weights> weights_;  // per layer of the architecture
+  Weights logvar_weights_;        // variational models: the log sigma^2 half of the head
+  Weights neighbour_weights_;     // models with neighbours: the reference rows, transposed
   std::vector<float> offset_, inv_scale_, scale_;
   std::vector<float> fill_;                     // a missing value, scaled (ScaledFill)
   uint32_t max_missing_ = 0, refinements_ = 0;  // from the file's ScoringPolicy
-  std::vector<Layer> layers_;  // inference layers: encoder (code head last), decoder
   size_t num_encoder_ = 0;
-  std::vector<Plan> plans_;  // one per bucket: 1, 2, 4, ..., max_batch
-  std::vector<float> calibration_;
   // Neighbours: the reference rows are the weights of one inner product per bucket of up to
   // kNeighbourBatch rows (bias -|r|^2 / 2, so |x - r|^2 = |x|^2 - 2 * output).
   uint32_t neighbors_ = 0, reference_rows_ = 0, groups_ = 1;
-  std::vector<NeighbourPlan> neighbour_plans_;
   bool scaled_ = false;  // the file has a ScoreScale: score = AnomalyScore(error, distance)
-  size_t scratch_bytes_ = 0;
-  uint32_t max_width_ = 0;
-};
-
-// Per-thread state of one model: a oneDNN stream, buffers for the largest bucket, the scratchpad,
-// and argument maps built once per bucket.
-class ScoringContext {
- public:
-  ~ScoringContext();
-  const Model& model() const { return model_; }
-
- private:
-  friend class Model;
-  explicit ScoringContext(const Model& model);
-
-  const Model& model_;
-  dnnl::stream stream_;
-  std::vector<float> in_, latent_, logvar_, ping_, pong_, out_, dots_;
-  std::vector<uint8_t> scratch_;
-  struct Args;
-  std::vector<std::unique_ptr<Args>> args_;            // per bucket, built on first use
-  std::vector<std::unique_ptr<Args>> neighbour_args_;  // per neighbour bucket
 };
 
 }  // namespace aeserve::engine

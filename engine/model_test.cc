@@ -596,5 +596,126 @@ TEST(Model, NeighbourDistanceOfARowWithGaps) {
   EXPECT_NEAR(r.distance[1], 2.5, 1e-4);  // the complete row is unchanged
 }
 
+// The weights and reference rows a model keeps, compared value for value with its file.
+void ExpectSameParameters(const v1::ModelFile& want, const v1::ModelFile& got) {
+  ASSERT_EQ(got.encoder_size(), want.encoder_size());
+  ASSERT_EQ(got.decoder_size(), want.decoder_size());
+  auto same = [](const v1::DenseLayer& a, const v1::DenseLayer& b) {
+    EXPECT_EQ(a.inputs(), b.inputs());
+    EXPECT_EQ(a.outputs(), b.outputs());
+    EXPECT_EQ(a.activation(), b.activation());
+    EXPECT_TRUE(
+        std::equal(a.weights().begin(), a.weights().end(), b.weights().begin(), b.weights().end()));
+    EXPECT_TRUE(std::equal(a.bias().begin(), a.bias().end(), b.bias().begin(), b.bias().end()));
+  };
+  for (int i = 0; i < want.encoder_size(); ++i) same(want.encoder(i), got.encoder(i));
+  for (int i = 0; i < want.decoder_size(); ++i) same(want.decoder(i), got.decoder(i));
+  EXPECT_TRUE(std::equal(want.reference().begin(), want.reference().end(), got.reference().begin(),
+                         got.reference().end()));
+}
+
+// A model keeps its weights only in the engine's layouts; FullFile reads them back exactly, and
+// a model made from it scores bit for bit the same.
+TEST(Model, FullFileGivesBackEveryWeightAndReferenceRow) {
+  v1::ModelFile knn = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_LEAKY_RELU);
+  knn.mutable_spec()->set_neighbors(3);
+  knn.mutable_spec()->set_reference_rows(40);
+  knn.mutable_spec()->set_neighbor_groups(2);
+  std::mt19937_64 rng(9);
+  std::normal_distribution<float> n(0.f, 1.f);
+  for (size_t i = 0; i < 40 * kFeatures; ++i) knn.add_reference(n(rng));
+  knn.mutable_score_scale()->set_error_mean(0.5);
+  knn.mutable_score_scale()->set_error_std(0.2);
+  knn.mutable_score_scale()->set_distance_mean(2);
+  knn.mutable_score_scale()->set_distance_std(0.5);
+  for (const v1::ModelFile& f : {MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU),
+                                 MakeFile(v1::MODEL_KIND_VARIATIONAL, v1::ACTIVATION_ELU), knn}) {
+    SCOPED_TRACE(f.spec().ShortDebugString());
+    auto model = *Model::Create(f);
+    EXPECT_EQ(model->file().encoder_size() + model->file().decoder_size(), 0);
+    EXPECT_EQ(model->file().reference_size(), 0);
+    const v1::ModelFile full = model->FullFile();
+    ExpectSameParameters(f, full);
+    auto again = *Model::Create(full);
+    const auto x = Rows(300, 4);
+    ScoreResult a, b;
+    ASSERT_TRUE(model->Score(*model->NewContext(), x, {.neg_elbo = true}, &a).ok());
+    ASSERT_TRUE(again->Score(*again->NewContext(), x, {.neg_elbo = true}, &b).ok());
+    EXPECT_EQ(a.score, b.score);
+    EXPECT_EQ(a.neg_elbo, b.neg_elbo);
+  }
+}
+
+// Models of one shape share one architecture (primitives, layouts) and so one context per
+// thread; each still scores with its own weights. Another shape is another architecture.
+TEST(Model, ModelsOfOneShapeShareTheirArchitectureAndContexts) {
+  const size_t live = Architecture::Live();
+  std::vector<std::shared_ptr<const Model>> models;
+  for (uint64_t seed : {1, 2, 3}) {
+    models.push_back(*Model::Create(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU, seed)));
+  }
+  EXPECT_EQ(models[0]->architecture(), models[1]->architecture());
+  EXPECT_EQ(models[0]->architecture(), models[2]->architecture());
+  EXPECT_EQ(Architecture::Live(), live + 1);
+  const auto x = Rows(100, 8);
+  auto shared = models[0]->NewContext();
+  for (const auto& m : models) {
+    ScoreResult own, with_shared;
+    ASSERT_TRUE(m->Score(*m->NewContext(), x, {}, &own).ok());
+    ASSERT_TRUE(m->Score(*shared, x, {}, &with_shared).ok());
+    EXPECT_EQ(own.error, with_shared.error);
+    const auto ref = ReferenceErrors(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU,
+                                              &m == &models[0]   ? 1
+                                              : &m == &models[1] ? 2
+                                                                 : 3),
+                                     x);
+    for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(own.error[i], ref[i], 1e-4 * (1 + ref[i]));
+  }
+  EXPECT_NE(models[0]->file().scaler().offset(0), 0);  // the models differ, and so do their
+  ScoreResult a, b;                                    // errors: each used its own weights
+  ASSERT_TRUE(models[0]->Score(*shared, x, {}, &a).ok());
+  ASSERT_TRUE(models[1]->Score(*shared, x, {}, &b).ok());
+  EXPECT_NE(a.error, b.error);
+
+  auto other = *Model::Create(MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_TANH));
+  EXPECT_NE(other->architecture(), models[0]->architecture());
+  EXPECT_EQ(Architecture::Live(), live + 2);
+  ScoreResult r;
+  const absl::Status wrong = other->Score(*shared, x, {}, &r);
+  EXPECT_EQ(wrong.code(), absl::StatusCode::kInternal) << wrong;
+  other.reset();
+  EXPECT_EQ(Architecture::Live(), live + 1);
+  shared.reset();
+  models.clear();
+  EXPECT_EQ(Architecture::Live(), live);
+}
+
+// A model holds one copy of its weights, not one per batch bucket: for a wide model (no padding
+// in oneDNN's blocked layouts) its own bytes stay under twice its plain weights.
+TEST(Model, AWideModelHoldsAboutItsWeights) {
+  v1::ModelSpec s;
+  s.add_encoder_units(1024);
+  s.add_encoder_units(512);
+  s.set_code_size(32);
+  s.set_neighbors(0);
+  auto spec = *ResolveSpec(s, 256);
+  std::mt19937_64 rng(2);
+  const Params p = InitParams(spec, rng);
+  v1::ModelFile f;
+  f.set_format_version(kModelFormatVersion);
+  *f.mutable_spec() = spec;
+  for (int j = 0; j < 256; ++j) {
+    f.mutable_scaler()->add_offset(0);
+    f.mutable_scaler()->add_scale(1);
+  }
+  ToModelFile(p, f);
+  f.set_threshold_value(1);
+  size_t weights = 0;
+  for (const auto& l : p.layers) weights += (l.weights.size() + l.bias.size()) * sizeof(float);
+  auto model = *Model::Create(f);
+  EXPECT_GE(model->resident_bytes(), weights);
+  EXPECT_LT(model->resident_bytes(), 2 * weights);
+}
+
 }  // namespace
 }  // namespace aeserve::engine

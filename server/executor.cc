@@ -6,16 +6,17 @@
 namespace aeserve::server {
 
 engine::ScoringContext& Worker::ContextFor(const std::shared_ptr<const engine::Model>& model) {
-  auto it = contexts_.find(model.get());
-  if (it != contexts_.end() && !it->second.model.expired()) return *it->second.context;
+  const std::shared_ptr<const engine::Architecture>& arch = model->architecture();
+  auto it = contexts_.find(arch.get());
+  if (it != contexts_.end() && !it->second.arch.expired()) return *it->second.context;
   if (contexts_.size() >= 16) {
-    // Drop contexts of versions that were swapped out and freed.
+    // Drop contexts of architectures no loaded model has any more.
     for (auto i = contexts_.begin(); i != contexts_.end();) {
-      i = i->second.model.expired() ? contexts_.erase(i) : std::next(i);
+      i = i->second.arch.expired() ? contexts_.erase(i) : std::next(i);
     }
   }
-  Cached& c = contexts_[model.get()];
-  c.model = model;
+  Cached& c = contexts_[arch.get()];
+  c.arch = arch;
   c.context = model->NewContext();
   return *c.context;
 }

@@ -15,19 +15,21 @@
 
 namespace aeserve::server {
 
-// State a worker thread owns: execution contexts per model and reusable result buffers.
+// State a worker thread owns: execution contexts per model architecture (every model of one
+// architecture shares them) and reusable result buffers.
 class Worker {
  public:
-  // The context of this worker for `model`, created on first use.
+  // The context of this worker for `model`'s architecture: one made with the architecture (or
+  // new) on its first use here.
   engine::ScoringContext& ContextFor(const std::shared_ptr<const engine::Model>& model);
   engine::ScoreResult& result() { return result_; }
 
  private:
   struct Cached {
-    std::weak_ptr<const engine::Model> model;
+    std::weak_ptr<const engine::Architecture> arch;
     std::unique_ptr<engine::ScoringContext> context;
   };
-  std::unordered_map<const engine::Model*, Cached> contexts_;
+  std::unordered_map<const engine::Architecture*, Cached> contexts_;
   engine::ScoreResult result_;
 };
 

@@ -233,7 +233,7 @@ absl::Status ModelRegistry::EditVersion(const ModelKey& key, uint64_t version,
     if (!got.ok()) return got.status();
     h = *got;
   }
-  v1::ModelFile file = h.model->file();
+  v1::ModelFile file = h.model->FullFile();
   if (auto st = edit(file); !st.ok()) return st;
   auto model = Build(file);
   if (!model.ok()) return model.status();

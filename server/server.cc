@@ -87,7 +87,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   if (o.metrics_port != 0) s->metrics_ = std::make_unique<ServerMetrics>();
   s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get(), std::max(1, o.max_watchers));
   s->registry_ = std::make_unique<ModelRegistry>(
-      ModelStore(o.model_dir), engine::ModelOptions{std::max(1, o.model_threads), 4096},
+      ModelStore(o.model_dir),
+      engine::ModelOptions{std::max(1, o.model_threads), 4096,
+                           static_cast<size_t>(std::max(1, o.threads))},
       s->metrics_.get(), s->log_);
   s->audit_ = std::make_unique<AuditLog>(o.model_dir);
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);

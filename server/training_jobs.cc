@@ -352,12 +352,14 @@ void TrainingJobs::Run(Job& job) {
   req.description = h.description();
   req.cancel = &job.cancel;
   absl::StatusOr<ModelHandle> base = ModelHandle{};
+  v1::ModelFile base_file;  // the base version with its weights, for fine-tuning
   if (!sourced.ok()) {
     base = sourced;
   } else if (h.fine_tune() || h.base_version() != 0) {
     base = registry_->Handle(key, h.base_version());
     if (base.ok()) {
-      req.start_from = &base->model->file();
+      base_file = base->model->FullFile();
+      req.start_from = &base_file;
       if (!h.has_spec()) req.spec = base->model->spec();
       req.policy = base->model->file().policy();  // the base's, with the header's changes
       req.policy.MergeFrom(h.policy());

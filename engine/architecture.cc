@@ -1,0 +1,192 @@
+// The compiled half of a model, shared by every model of the same architecture.
+#include "engine/architecture.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/dnnl_util.h"
+
+namespace aeserve::engine {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+namespace {
+
+void AppendShape(std::string* s, const DenseShape& d) {
+  absl::StrAppend(s, d.inputs, "x", d.outputs, ":", static_cast<int>(d.activation), ":", d.alpha,
+                  d.transposed ? "t" : "", ";");
+}
+
+// The cache: weak entries, so an architecture goes when its last model does.
+struct Cache {
+  std::mutex mu;
+  std::unordered_map<std::string, std::weak_ptr<const Architecture>> entries;
+};
+
+Cache& TheCache() {
+  static Cache* cache = new Cache;
+  return *cache;
+}
+
+}  // namespace
+
+std::string ArchitectureKey::str() const {
+  std::string s =
+      absl::StrCat("b", max_batch, "/", neighbour_batch, " t", threads, " e", num_encoder, " ");
+  for (const DenseShape& d : layers) AppendShape(&s, d);
+  if (logvar) {
+    s += " v";
+    AppendShape(&s, *logvar);
+  }
+  if (neighbours) {
+    s += " n";
+    AppendShape(&s, *neighbours);
+  }
+  return s;
+}
+
+std::shared_ptr<const Architecture> Architecture::Get(const ArchitectureKey& key, size_t contexts) {
+  const std::string name = key.str();
+  Cache& cache = TheCache();
+  // Compiled under the lock: two loads of a new architecture compile it once.
+  std::lock_guard lock(cache.mu);
+  if (auto found = cache.entries[name].lock()) return found;
+  ScopedThreads threads(key.threads);
+  std::shared_ptr<Architecture> arch(new Architecture(key));
+  for (const DenseShape& d : key.layers) arch->layers_.push_back(arch->Compile(d, key.max_batch));
+  if (key.logvar) arch->logvar_ = arch->Compile(*key.logvar, key.max_batch);
+  if (key.neighbours) arch->neighbours_ = arch->Compile(*key.neighbours, key.neighbour_batch);
+  for (size_t i = 0; i < contexts; ++i) {
+    arch->spare_.push_back(std::make_unique<ScoringContext>(*arch));
+  }
+  std::erase_if(cache.entries, [](const auto& e) { return e.second.expired(); });
+  cache.entries[name] = arch;
+  return arch;
+}
+
+size_t Architecture::Live() {
+  Cache& cache = TheCache();
+  std::lock_guard lock(cache.mu);
+  return static_cast<size_t>(std::count_if(cache.entries.begin(), cache.entries.end(),
+                                           [](const auto& e) { return !e.second.expired(); }));
+}
+
+Architecture::Architecture(ArchitectureKey key)
+    : key_(std::move(key)), engine_(dnnl::engine::kind::cpu, 0) {
+  for (const DenseShape& d : key_.layers) max_width_ = std::max({max_width_, d.inputs, d.outputs});
+}
+
+Architecture::~Architecture() = default;
+
+// One layer's primitives for buckets 1, 2, 4, ..., max_batch: activation fused, user scratchpad
+// (the context's), weights in the layout the primitive prefers unless the shape fixes it.
+Architecture::Layer Architecture::Compile(const DenseShape& shape, uint32_t max_batch) {
+  Layer layer{shape, {}, {}};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (shape.activation != v1::ACTIVATION_LINEAR) {
+    dnnl::post_ops po;
+    po.append_eltwise(1.f, AlgorithmOf(shape.activation), shape.alpha, 0.f);
+    attr.set_post_ops(po);
+  }
+  const memory::dim in = shape.inputs, out = shape.outputs;
+  const memory::desc w_md({out, in}, dt::f32, shape.transposed ? tag::ba : tag::any);
+  const memory::desc b_md({out}, dt::f32, tag::a);
+  for (uint32_t batch = 1; batch <= max_batch; batch *= 2) {
+    const memory::desc src_md({batch, in}, dt::f32, tag::ab);
+    const memory::desc dst_md({batch, out}, dt::f32, tag::ab);
+    dnnl::inner_product_forward::primitive_desc pd(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_md, b_md,
+                                          dst_md),
+        attr, engine_);
+    Dense dense{dnnl::inner_product_forward(pd), 0, pd.scratchpad_desc()};
+    const memory::desc w = pd.weights_desc();
+    auto same = std::find(layer.layouts.begin(), layer.layouts.end(), w);
+    dense.layout = static_cast<uint32_t>(same - layer.layouts.begin());
+    if (same == layer.layouts.end()) layer.layouts.push_back(w);
+    scratch_bytes_ = std::max(scratch_bytes_, dense.scratch.get_size());
+    layer.buckets.push_back(std::move(dense));
+  }
+  return layer;
+}
+
+size_t Architecture::context_bytes() const {
+  const size_t b = key_.max_batch, d = features(), c = code_size();
+  size_t floats = 2 * b * d + 2 * b * c + 2 * b * max_width_;
+  if (neighbours_) floats += size_t{key_.neighbour_batch} * neighbours_->shape.outputs;
+  return floats * sizeof(float) + std::max<size_t>(scratch_bytes_, 64);
+}
+
+std::unique_ptr<ScoringContext> Architecture::TakeContext() const {
+  {
+    std::lock_guard lock(spare_mu_);
+    if (!spare_.empty()) {
+      std::unique_ptr<ScoringContext> ctx = std::move(spare_.back());
+      spare_.pop_back();
+      return ctx;
+    }
+  }
+  return std::make_unique<ScoringContext>(*this);
+}
+
+ScoringContext::ScoringContext(const Architecture& a) : arch_(a), stream_(a.engine()) {
+  const ArchitectureKey& key = a.key();
+  const size_t b = key.max_batch;
+  const uint32_t d = a.features(), c = a.code_size();
+  const dnnl::engine& eng = a.engine();
+  in_.assign(b * d, 0.f);
+  latent_.assign(b * c, 0.f);
+  logvar_.assign(key.logvar ? b * c : 0, 0.f);
+  ping_.assign(b * a.max_width(), 0.f);
+  pong_.assign(b * a.max_width(), 0.f);
+  out_.assign(b * d, 0.f);
+  scratch_.assign(std::max<size_t>(a.scratch_bytes(), 64), 0);
+  auto args = [&](uint32_t batch, uint32_t inputs, uint32_t outputs, float* src, float* dst,
+                  const memory::desc& scratch) -> Args {
+    return {{DNNL_ARG_SRC, memory({{batch, inputs}, dt::f32, tag::ab}, eng, src)},
+            {DNNL_ARG_DST, memory({{batch, outputs}, dt::f32, tag::ab}, eng, dst)},
+            {DNNL_ARG_SCRATCHPAD, memory(scratch, eng, scratch_.data())}};
+  };
+  if (a.neighbours()) {
+    const Architecture::Layer& L = *a.neighbours();
+    dots_.assign(size_t{key.neighbour_batch} * L.shape.outputs, 0.f);
+    for (size_t p = 0; p < L.buckets.size(); ++p) {
+      neighbour_args_.push_back(args(uint32_t{1} << p, d, L.shape.outputs, in_.data(), dots_.data(),
+                                     L.buckets[p].scratch));
+    }
+  }
+  // Layer i reads from and writes to fixed buffers: encoder hidden layers alternate ping/pong,
+  // the code head writes `latent_`, decoder hidden layers alternate again, the output is `out_`.
+  const size_t n = a.layers().size(), enc = key.num_encoder;
+  std::vector<float*> src(n), dst(n);
+  for (size_t l = 0; l < n; ++l) {
+    const bool first_of_side = l == 0 || l == enc;
+    src[l] = l == 0 ? in_.data() : (l == enc ? latent_.data() : dst[l - 1]);
+    if (l == enc - 1) {
+      dst[l] = latent_.data();
+    } else if (l == n - 1) {
+      dst[l] = out_.data();
+    } else {
+      dst[l] = first_of_side || src[l] == pong_.data() ? ping_.data() : pong_.data();
+    }
+  }
+  for (uint32_t batch = 1, p = 0; batch <= b; batch *= 2, ++p) {
+    std::vector<Args> layers;
+    for (size_t l = 0; l < n; ++l) {
+      const DenseShape& s = a.layers()[l].shape;
+      layers.push_back(
+          args(batch, s.inputs, s.outputs, src[l], dst[l], a.layers()[l].buckets[p].scratch));
+    }
+    if (a.logvar()) {
+      logvar_args_.push_back(args(batch, a.logvar()->shape.inputs, c, src[enc - 1], logvar_.data(),
+                                  a.logvar()->buckets[p].scratch));
+    }
+    args_.push_back(std::move(layers));
+  }
+}
+
+ScoringContext::~ScoringContext() = default;
+
+}  // namespace aeserve::engine
