@@ -33,8 +33,8 @@ Cache& TheCache() {
 }  // namespace
 
 std::string ArchitectureKey::str() const {
-  std::string s =
-      absl::StrCat("b", max_batch, "/", neighbour_batch, " t", threads, " e", num_encoder, " ");
+  std::string s = absl::StrCat("b", max_batch, "/", neighbour_batch, " t", threads, " e",
+                               num_encoder, compact ? " c " : " ");
   for (const DenseShape& d : layers) AppendShape(&s, d);
   if (logvar) {
     s += " v";
@@ -92,15 +92,24 @@ Architecture::Layer Architecture::Compile(const DenseShape& shape, uint32_t max_
     attr.set_post_ops(po);
   }
   const memory::dim in = shape.inputs, out = shape.outputs;
-  const memory::desc w_md({out, in}, dt::f32, shape.transposed ? tag::ba : tag::any);
   const memory::desc b_md({out}, dt::f32, tag::a);
   for (uint32_t batch = 1; batch <= max_batch; batch *= 2) {
     const memory::desc src_md({batch, in}, dt::f32, tag::ab);
     const memory::desc dst_md({batch, out}, dt::f32, tag::ab);
-    dnnl::inner_product_forward::primitive_desc pd(
-        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md, w_md, b_md,
-                                          dst_md),
-        attr, engine_);
+    auto make = [&](tag t) {
+      return dnnl::inner_product_forward::primitive_desc(
+          dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md,
+                                            memory::desc({out, in}, dt::f32, t), b_md, dst_md),
+          attr, engine_);
+    };
+    auto pd = make(shape.transposed ? tag::ba : tag::any);
+    if (key_.compact &&
+        pd.weights_desc().get_size() != sizeof(float) * size_t{shape.inputs} * shape.outputs) {
+      // A blocked layout that pads (a dimension not a multiple of its block): compact
+      // architectures take the plain transposed layout instead, so that weights take no more
+      // than their size (up to ~20% slower for those layers at small batches; bench/RESULTS.md).
+      pd = make(tag::ba);
+    }
     Dense dense{dnnl::inner_product_forward(pd), 0, pd.scratchpad_desc()};
     const memory::desc w = pd.weights_desc();
     auto same = std::find(layer.layouts.begin(), layer.layouts.end(), w);
@@ -143,18 +152,22 @@ ScoringContext::ScoringContext(const Architecture& a) : arch_(a), stream_(a.engi
   pong_.assign(b * a.max_width(), 0.f);
   out_.assign(b * d, 0.f);
   scratch_.assign(std::max<size_t>(a.scratch_bytes(), 64), 0);
-  auto args = [&](uint32_t batch, uint32_t inputs, uint32_t outputs, float* src, float* dst,
-                  const memory::desc& scratch) -> Args {
-    return {{DNNL_ARG_SRC, memory({{batch, inputs}, dt::f32, tag::ab}, eng, src)},
-            {DNNL_ARG_DST, memory({{batch, outputs}, dt::f32, tag::ab}, eng, dst)},
-            {DNNL_ARG_SCRATCHPAD, memory(scratch, eng, scratch_.data())}};
+  // Weights and bias point nowhere until a model's call points them at its own.
+  auto args = [&](const Architecture::Layer& layer, size_t p, float* src, float* dst) -> Args {
+    const memory::dim batch = memory::dim{1} << p;
+    const Architecture::Dense& dense = layer.buckets[p];
+    const memory::dim in = layer.shape.inputs, out = layer.shape.outputs;
+    return {{DNNL_ARG_SRC, memory({{batch, in}, dt::f32, tag::ab}, eng, src)},
+            {DNNL_ARG_DST, memory({{batch, out}, dt::f32, tag::ab}, eng, dst)},
+            {DNNL_ARG_WEIGHTS, memory(layer.layouts[dense.layout], eng, DNNL_MEMORY_NONE)},
+            {DNNL_ARG_BIAS, memory({{out}, dt::f32, tag::a}, eng, DNNL_MEMORY_NONE)},
+            {DNNL_ARG_SCRATCHPAD, memory(dense.scratch, eng, scratch_.data())}};
   };
   if (a.neighbours()) {
     const Architecture::Layer& L = *a.neighbours();
     dots_.assign(size_t{key.neighbour_batch} * L.shape.outputs, 0.f);
     for (size_t p = 0; p < L.buckets.size(); ++p) {
-      neighbour_args_.push_back(args(uint32_t{1} << p, d, L.shape.outputs, in_.data(), dots_.data(),
-                                     L.buckets[p].scratch));
+      neighbour_args_.push_back(args(L, p, in_.data(), dots_.data()));
     }
   }
   // Layer i reads from and writes to fixed buffers: encoder hidden layers alternate ping/pong,
@@ -172,16 +185,11 @@ ScoringContext::ScoringContext(const Architecture& a) : arch_(a), stream_(a.engi
       dst[l] = first_of_side || src[l] == pong_.data() ? ping_.data() : pong_.data();
     }
   }
-  for (uint32_t batch = 1, p = 0; batch <= b; batch *= 2, ++p) {
+  for (size_t p = 0; p < a.layers().front().buckets.size(); ++p) {
     std::vector<Args> layers;
-    for (size_t l = 0; l < n; ++l) {
-      const DenseShape& s = a.layers()[l].shape;
-      layers.push_back(
-          args(batch, s.inputs, s.outputs, src[l], dst[l], a.layers()[l].buckets[p].scratch));
-    }
+    for (size_t l = 0; l < n; ++l) layers.push_back(args(a.layers()[l], p, src[l], dst[l]));
     if (a.logvar()) {
-      logvar_args_.push_back(args(batch, a.logvar()->shape.inputs, c, src[enc - 1], logvar_.data(),
-                                  a.logvar()->buckets[p].scratch));
+      logvar_args_.push_back(args(*a.logvar(), p, src[enc - 1], logvar_.data()));
     }
     args_.push_back(std::move(layers));
   }

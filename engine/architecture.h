@@ -40,6 +40,7 @@ struct ArchitectureKey {
   uint32_t max_batch = 0;                // buckets 1, 2, 4, ..., max_batch
   uint32_t neighbour_batch = 0;          // neighbour buckets 1, 2, ..., neighbour_batch
   int threads = 1;                       // oneDNN threads per call, fixed at creation
+  bool compact = false;                  // weights in layouts without padding (ModelOptions)
   std::string str() const;
 };
 

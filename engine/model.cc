@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <unordered_map>
 
@@ -155,6 +156,7 @@ void Model::Build(const Params& params) {
   key.num_encoder = num_encoder_;
   key.max_batch = options_.max_batch;
   key.threads = options_.threads;
+  key.compact = options_.compact;
   for (size_t l = 0; l < params.layers.size(); ++l) {
     const LayerShape& p = params.layers[l].shape;
     // The code head of a variational model: rows [0, c) give mu, rows [c, 2c) log sigma^2.
@@ -168,14 +170,33 @@ void Model::Build(const Params& params) {
   }
   arch_ = Architecture::Get(key, options_.contexts);
 
+  // One buffer: each layer's weights in each of its layouts, then its bias, 64-byte aligned.
+  size_t size = 0;
+  auto place = [&](const Architecture::Layer& layer) {
+    auto take = [&](size_t floats) {
+      const size_t at = size;
+      size += (floats + 15) / 16 * 16;
+      return at;
+    };
+    Weights w;
+    for (const memory::desc& md : layer.layouts) w.layouts.push_back(take(md.get_size() / 4));
+    w.bias = take(layer.shape.outputs);
+    return w;
+  };
+  for (const Architecture::Layer& layer : arch_->layers()) weights_.push_back(place(layer));
+  if (vae) logvar_weights_ = place(*arch_->logvar());
+  if (neighbors_ > 0) neighbour_weights_ = place(*arch_->neighbours());
+  params_.reset(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(size, 16) * 4)));
+  params_size_ = size;
+
   for (size_t l = 0; l < params.layers.size(); ++l) {
     const DenseParams& p = params.layers[l];
-    weights_.push_back(MakeWeights(arch_->layers()[l], p.weights.data(), p.bias.data()));
+    Fill(arch_->layers()[l], weights_[l], p.weights.data(), p.bias.data());
   }
   if (vae) {
     const DenseParams& p = params.layers[num_encoder_ - 1];
-    logvar_weights_ = MakeWeights(*arch_->logvar(), p.weights.data() + size_t{c} * p.shape.inputs,
-                                  p.bias.data() + c);
+    Fill(*arch_->logvar(), logvar_weights_, p.weights.data() + size_t{c} * p.shape.inputs,
+         p.bias.data() + c);
   }
   if (neighbors_ > 0) {
     const uint32_t d = num_features(), n = reference_rows_;
@@ -187,35 +208,32 @@ void Model::Build(const Params& params) {
       bias[r] = -0.5f * sq;
     }
     // The reference rows are the weights of a linear layer with d inputs and n outputs.
-    neighbour_weights_ = MakeWeights(*arch_->neighbours(), ref, bias.data());
+    Fill(*arch_->neighbours(), neighbour_weights_, ref, bias.data());
   }
 }
 
 // `weights` (plain [out][in]) reordered into each layout the layer's primitives read.
-Model::Weights Model::MakeWeights(const Architecture::Layer& layer, const float* weights,
-                                  const float* bias) {
+void Model::Fill(const Architecture::Layer& layer, const Weights& w, const float* weights,
+                 const float* bias) {
   const DenseShape& s = layer.shape;
   const dnnl::engine& eng = arch_->engine();
-  const memory::desc plain_md({s.outputs, s.inputs}, dt::f32, tag::ab);
-  memory plain(plain_md, eng, const_cast<float*>(weights));
-  Weights w;
+  memory plain({{s.outputs, s.inputs}, dt::f32, tag::ab}, eng, const_cast<float*>(weights));
   dnnl::stream st(eng);
-  for (const memory::desc& md : layer.layouts) {
-    w.layouts.emplace_back(md, eng);
-    dnnl::reorder(plain, w.layouts.back()).execute(st, plain, w.layouts.back());
+  for (size_t i = 0; i < layer.layouts.size(); ++i) {
+    memory dst(layer.layouts[i], eng, params_.get() + w.layouts[i]);
+    dnnl::reorder(plain, dst).execute(st, plain, dst);
   }
   st.wait();
-  w.bias = memory({{s.outputs}, dt::f32, tag::a}, eng);
-  std::copy_n(bias, s.outputs, static_cast<float*>(w.bias.get_data_handle()));
-  return w;
+  std::copy_n(bias, s.outputs, params_.get() + w.bias);
 }
 
-std::vector<float> Model::PlainWeights(const Weights& w, const DenseShape& s) const {
+std::vector<float> Model::PlainWeights(const Architecture::Layer& layer, const Weights& w) const {
+  const DenseShape& s = layer.shape;
   std::vector<float> out(size_t{s.outputs} * s.inputs);
   const dnnl::engine& eng = arch_->engine();
   memory plain({{s.outputs, s.inputs}, dt::f32, tag::ab}, eng, out.data());
+  memory src(layer.layouts.front(), eng, params_.get() + w.layouts.front());
   dnnl::stream st(eng);
-  memory src = w.layouts.front();  // a handle: execute takes non-const memories
   dnnl::reorder(src, plain).execute(st, src, plain);
   st.wait();
   return out;
@@ -228,15 +246,15 @@ v1::ModelFile Model::FullFile() const {
   const auto& layers = arch_->layers();
   for (size_t l = 0; l < layers.size(); ++l) {
     const DenseShape& s = layers[l].shape;
-    const float* b = static_cast<const float*>(weights_[l].bias.get_data_handle());
+    const float* b = params_.get() + weights_[l].bias;
     DenseParams p{{s.inputs, s.outputs, s.activation},
-                  PlainWeights(weights_[l], s),
+                  PlainWeights(layers[l], weights_[l]),
                   std::vector<float>(b, b + s.outputs)};
     if (l == num_encoder_ - 1 && arch_->logvar()) {
       // The variational head: mu's rows, then log sigma^2's.
       const DenseShape& v = arch_->logvar()->shape;
-      const std::vector<float> w = PlainWeights(logvar_weights_, v);
-      const float* vb = static_cast<const float*>(logvar_weights_.bias.get_data_handle());
+      const std::vector<float> w = PlainWeights(*arch_->logvar(), logvar_weights_);
+      const float* vb = params_.get() + logvar_weights_.bias;
       p.weights.insert(p.weights.end(), w.begin(), w.end());
       p.bias.insert(p.bias.end(), vb, vb + v.outputs);
       p.shape.outputs += v.outputs;
@@ -245,25 +263,16 @@ v1::ModelFile Model::FullFile() const {
   }
   ToModelFile(params, f);
   if (neighbors_ > 0) {
-    const std::vector<float> ref = PlainWeights(neighbour_weights_, arch_->neighbours()->shape);
+    const std::vector<float> ref = PlainWeights(*arch_->neighbours(), neighbour_weights_);
     f.mutable_reference()->Add(ref.begin(), ref.end());
   }
   return f;
 }
 
 size_t Model::resident_bytes() const {
-  size_t bytes =
-      sizeof(Model) + file_.SpaceUsedLong() +
-      (offset_.capacity() + scale_.capacity() + inv_scale_.capacity() + fill_.capacity()) *
-          sizeof(float);
-  auto add = [&](const Weights& w) {
-    for (const memory& m : w.layouts) bytes += m.get_desc().get_size();
-    if (w.bias) bytes += w.bias.get_desc().get_size();
-  };
-  for (const Weights& w : weights_) add(w);
-  add(logvar_weights_);
-  add(neighbour_weights_);
-  return bytes;
+  return sizeof(Model) + file_.SpaceUsedLong() + params_size_ * sizeof(float) +
+         (offset_.capacity() + scale_.capacity() + inv_scale_.capacity() + fill_.capacity()) *
+             sizeof(float);
 }
 
 std::unique_ptr<ScoringContext> Model::NewContext() const { return arch_->TakeContext(); }
@@ -418,12 +427,13 @@ absl::Status Model::Impute(ScoringContext& ctx, const float* x, size_t take, uin
 
 namespace {
 
-// Runs one layer's primitive for bucket `p` with `w`'s weights in the layout it reads.
-void Execute(const Architecture::Layer& layer, size_t p, const Model::Weights& w,
-             ScoringContext::Args& args, dnnl::stream& stream) {
+// Runs one layer's primitive for bucket `p` with the weights at `params` + `w`, in the layout it
+// reads. The layouts have no padding, so pointing the context's memories at them writes nothing.
+void Execute(const Architecture::Layer& layer, size_t p, const float* params,
+             const Model::Weights& w, ScoringContext::Args& args, dnnl::stream& stream) {
   const Architecture::Dense& dense = layer.buckets[p];
-  args[DNNL_ARG_WEIGHTS] = w.layouts[dense.layout];
-  args[DNNL_ARG_BIAS] = w.bias;
+  args[DNNL_ARG_WEIGHTS].set_data_handle(const_cast<float*>(params + w.layouts[dense.layout]));
+  args[DNNL_ARG_BIAS].set_data_handle(const_cast<float*>(params + w.bias));
   dense.fwd.execute(stream, args);
 }
 
@@ -436,8 +446,11 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
   const size_t begin = pass == Pass::kDecode ? num_encoder_ : 0;
   const size_t end = pass == Pass::kEncode ? num_encoder_ : layers.size();
   return CatchDnnl("scoring", [&] {
-    for (size_t l = begin; l < end; ++l) Execute(layers[l], p, weights_[l], args[l], ctx.stream_);
-    if (logvar) Execute(*arch_->logvar(), p, logvar_weights_, ctx.logvar_args_[p], ctx.stream_);
+    for (size_t l = begin; l < end; ++l)
+      Execute(layers[l], p, params_.get(), weights_[l], args[l], ctx.stream_);
+    if (logvar)
+      Execute(*arch_->logvar(), p, params_.get(), logvar_weights_, ctx.logvar_args_[p],
+              ctx.stream_);
     ctx.stream_.wait();
   });
 }
@@ -503,7 +516,7 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
     ScoringContext::Args& args = ctx.neighbour_args_[p];
     args[DNNL_ARG_SRC].set_data_handle(ctx.in_.data() + start * d);
     AE_RETURN_IF_ERROR(CatchDnnl("neighbour distances", [&] {
-      Execute(*arch_->neighbours(), p, neighbour_weights_, args, ctx.stream_);
+      Execute(*arch_->neighbours(), p, params_.get(), neighbour_weights_, args, ctx.stream_);
       ctx.stream_.wait();
     }));
     for (size_t r = 0; r < rows; ++r) {
@@ -525,8 +538,7 @@ float Model::GapDistance(ScoringContext& ctx, const float* raw, const float* xs,
                          uint32_t missing) const {
   const uint32_t d = num_features(), n = reference_rows_;
   // The reference rows transposed: feature j of row i at j * n + i.
-  const float* ref =
-      static_cast<const float*>(neighbour_weights_.layouts.front().get_data_handle());
+  const float* ref = params_.get() + neighbour_weights_.layouts.front();
   const float stretch = static_cast<float>(d) / static_cast<float>(d - missing);
   float* sq = ctx.dots_.data();
   std::fill_n(sq, n, 0.f);

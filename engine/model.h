@@ -33,6 +33,11 @@ struct ModelOptions {
   // Scoring contexts made when a new architecture is compiled: one per thread that will score
   // (a server's workers), so that the first call of each finds its context ready.
   size_t contexts = 1;
+  // Weights in layouts that take no more than the weights themselves: where oneDNN's preferred
+  // blocked layout would pad a layer (a dimension not a multiple of 16), the plain one instead.
+  // For fleets of small models (per-entity models): 38-feature default models take ~13% less
+  // memory and score up to ~20% slower at small batches (bench/RESULTS.md, "Fleet").
+  bool compact = false;
 };
 
 struct ScoreOptions {
@@ -67,10 +72,11 @@ inline float AnomalyScore(float error, float distance, float weight, const v1::S
 
 class Model {
  public:
-  // One layer's weights, in each of the layouts its primitives read, and its bias.
+  // Where one layer's values are in the model's buffer: its weights in each of the layouts its
+  // primitives read, and its bias (offsets in floats).
   struct Weights {
-    std::vector<dnnl::memory> layouts;
-    dnnl::memory bias;
+    std::vector<size_t> layouts;
+    size_t bias = 0;
   };
 
   // Builds the inference plans. Checks every shape of the file; errors are INVALID_ARGUMENT.
@@ -109,6 +115,8 @@ class Model {
   // Bytes this model holds on its own: weights, reference rows, its file (not the architecture's
   // primitives or contexts, which models of the same architecture share).
   size_t resident_bytes() const;
+  // The weights' share of it (every layout of every layer, and the biases).
+  size_t weight_bytes() const { return params_size_ * sizeof(float); }
   const v1::ModelSpec& spec() const { return file_.spec(); }
   uint32_t num_features() const { return file_.spec().num_features(); }
   uint32_t code_size() const { return file_.spec().code_size(); }
@@ -125,9 +133,10 @@ class Model {
   Model(v1::ModelFile file, const ModelOptions& options);
   // Gets the architecture and reorders the weights (and reference rows) into its layouts.
   void Build(const Params& params);
-  Weights MakeWeights(const Architecture::Layer& layer, const float* weights, const float* bias);
+  void Fill(const Architecture::Layer& layer, const Weights& w, const float* weights,
+            const float* bias);
   // A layer's weights back in plain [out][in] layout.
-  std::vector<float> PlainWeights(const Weights& w, const DenseShape& shape) const;
+  std::vector<float> PlainWeights(const Architecture::Layer& layer, const Weights& w) const;
   // Counts missing values per row into `missing` (left empty when there are none).
   absl::Status CheckInput(absl::Span<const float> x, size_t* rows,
                           std::vector<uint32_t>* missing) const;
@@ -158,9 +167,14 @@ class Model {
   v1::ModelFile file_;  // without weights and reference rows
   ModelOptions options_;
   std::shared_ptr<const Architecture> arch_;
-  std::vector<Weights> weights_;  // per layer of the architecture
-  Weights logvar_weights_;        // variational models: the log sigma^2 half of the head
-  Weights neighbour_weights_;     // models with neighbours: the reference rows, transposed
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float[], Free> params_;  // every weight and bias of the model
+  size_t params_size_ = 0;                 // floats
+  std::vector<Weights> weights_;           // per layer of the architecture
+  Weights logvar_weights_;                 // variational models: the log sigma^2 half of the head
+  Weights neighbour_weights_;              // models with neighbours: the reference rows, transposed
   std::vector<float> offset_, inv_scale_, scale_;
   std::vector<float> fill_;                     // a missing value, scaled (ScaledFill)
   uint32_t max_missing_ = 0, refinements_ = 0;  // from the file's ScoringPolicy

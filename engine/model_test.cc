@@ -717,5 +717,50 @@ TEST(Model, AWideModelHoldsAboutItsWeights) {
   EXPECT_LT(model->resident_bytes(), 2 * weights);
 }
 
+// Compact models (the registry's entity models) keep their weights in no more than their plain
+// size, score like the default layout, and are another architecture.
+TEST(Model, CompactWeightsTakeTheirPlainSizeAndScoreAlike) {
+  const v1::ModelFile f = MakeFile(v1::MODEL_KIND_PLAIN, v1::ACTIVATION_RELU);
+  auto fast = *Model::Create(f);
+  auto compact = *Model::Create(f, ModelOptions{.compact = true});
+  EXPECT_NE(fast->architecture(), compact->architecture());
+  size_t plain = 0, layers = 0;
+  for (const auto& side : {f.encoder(), f.decoder()}) {
+    for (const auto& l : side) {
+      plain += (l.weights_size() + l.bias_size()) * sizeof(float);
+      ++layers;
+    }
+  }
+  // Each layer's weights and bias start 64-byte aligned: at most 2 x 60 bytes of gaps a layer.
+  EXPECT_GE(compact->weight_bytes(), plain);
+  EXPECT_LE(compact->weight_bytes(), plain + 120 * layers);
+  EXPECT_GT(fast->weight_bytes(), compact->weight_bytes());  // 9 features: blocked layouts pad
+  const auto x = Rows(500, 3);
+  ScoreResult a, b;
+  ASSERT_TRUE(fast->Score(*fast->NewContext(), x, {}, &a).ok());
+  ASSERT_TRUE(compact->Score(*compact->NewContext(), x, {}, &b).ok());
+  for (size_t i = 0; i < a.error.size(); ++i) {
+    EXPECT_NEAR(a.error[i], b.error[i], 1e-5 * (1 + a.error[i]));
+  }
+  ExpectSameParameters(f, compact->FullFile());
+}
+
+// Contexts point their weight memories at each model's buffer for each call. That is safe for
+// models sharing a context across threads only because oneDNN (2.6, CPU) writes nothing when a
+// memory's handle is set, not even zeros into a padded layout's padding: checked here, so that
+// a oneDNN that starts writing fails this test rather than racing in production.
+TEST(Model, PointingAMemoryAtWeightsWritesNothing) {
+  const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  const dnnl::memory::desc padded({38, 64}, dnnl::memory::data_type::f32,
+                                  dnnl::memory::format_tag::AB16b64a);
+  ASSERT_GT(padded.get_size(), 38u * 64 * sizeof(float));
+  std::vector<float> a(padded.get_size() / sizeof(float), 7.f), b = a;
+  dnnl::memory m(padded, eng, DNNL_MEMORY_NONE);
+  m.set_data_handle(a.data());
+  m.set_data_handle(b.data());
+  EXPECT_EQ(std::count(a.begin(), a.end(), 7.f), static_cast<long>(a.size()));
+  EXPECT_EQ(std::count(b.begin(), b.end(), 7.f), static_cast<long>(b.size()));
+}
+
 }  // namespace
 }  // namespace aeserve::engine

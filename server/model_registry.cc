@@ -9,9 +9,12 @@
 namespace aeserve::server {
 
 absl::StatusOr<std::shared_ptr<const engine::Model>> ModelRegistry::Build(
-    const v1::ModelFile& file) const {
+    const ModelKey& key, const v1::ModelFile& file) const {
   const auto start = std::chrono::steady_clock::now();
-  auto model = engine::Model::Create(file, model_options_);
+  // Entity models come in fleets: weights in compact layouts (engine::ModelOptions::compact).
+  engine::ModelOptions options = model_options_;
+  options.compact = !key.entity.empty();
+  auto model = engine::Model::Create(file, options);
   if (metrics_ != nullptr) {
     metrics_->RecordModelLoad(
         model.ok(),
@@ -55,7 +58,7 @@ void ModelRegistry::ReportStoreError(const ModelKey& key, const char* kind,
 VersionEntry ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
   const uint64_t stamp = store_.Stamp(key, v);
   auto file = store_.Load(key, v);
-  auto model = file.ok() ? Build(*file)
+  auto model = file.ok() ? Build(key, *file)
                          : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
   // The stamp of the file that was read, even if it changed since.
   if (model.ok()) return Ready(key, v, *std::move(model), stamp);
@@ -115,7 +118,7 @@ absl::StatusOr<ModelHandle> ModelRegistry::Handle(const ModelKey& key, uint64_t 
 absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1::ModelFile& file,
                                                    bool activate) {
   // Load and warm before anything becomes visible.
-  auto model = Build(file);
+  auto model = Build(key, file);
   if (!model.ok()) return model.status();
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
@@ -235,7 +238,7 @@ absl::Status ModelRegistry::EditVersion(const ModelKey& key, uint64_t version,
   }
   v1::ModelFile file = h.model->FullFile();
   if (auto st = edit(file); !st.ok()) return st;
-  auto model = Build(file);
+  auto model = Build(key, file);
   if (!model.ok()) return model.status();
   if (auto st = store_.RewriteVersion(key, h.version, file); !st.ok()) return st;
   absl::MutexLock lock(&mu_);

@@ -109,7 +109,8 @@ class ModelRegistry {
   void ReportStoreError(const ModelKey& key, const char* kind, const std::string& message) const;
   // One version from the store: READY and warm, or UNAVAILABLE with the reason.
   VersionEntry LoadVersion(const ModelKey& key, uint64_t version) const;
-  absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const v1::ModelFile& file) const;
+  absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const ModelKey& key,
+                                                             const v1::ModelFile& file) const;
   // A READY entry for a built model (whose file had `stamp`): its instruments and live statistics.
   VersionEntry Ready(const ModelKey& key, uint64_t version,
                      std::shared_ptr<const engine::Model> model, uint64_t stamp) const;

@@ -117,7 +117,8 @@ class LifecycleTest : public ::testing::Test {
     server::ModelStore store(dir_->path());
     auto file = store.Load(server::ModelKey{"cardio", entity}, version);
     EXPECT_TRUE(file.ok()) << file.status();
-    auto m = *engine::Model::Create(*file);
+    // The server keeps entity models in compact layouts (engine::ModelOptions::compact).
+    auto m = *engine::Model::Create(*file, engine::ModelOptions{.compact = !entity.empty()});
     engine::ScoreResult r;
     EXPECT_TRUE(m->Score(*m->NewContext(), x, {}, &r).ok());
     return r.error;
