@@ -32,6 +32,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "aeserve/v1/scoring.grpc.pb.h"
+#include "engine/model_file.h"
+#include "engine/params.h"
 #include "engine/spec.h"
 #include "engine/synthetic_data.h"
 #include "engine/trainer.h"
@@ -96,6 +98,38 @@ bool MakeStore(const std::string& dir, int entities, const engine::SyntheticData
   return true;
 }
 
+// A wide model alone: 1024 features, 1024-512-32 (neighbours off), random weights.
+constexpr uint32_t kWideFeatures = 1024;
+bool MakeWideStore(const std::string& dir, size_t* weight_bytes) {
+  v1::ModelSpec s;
+  s.add_encoder_units(1024);
+  s.add_encoder_units(512);
+  s.set_code_size(32);
+  s.set_neighbors(0);
+  const v1::ModelSpec spec = *engine::ResolveSpec(s, kWideFeatures);
+  std::mt19937_64 rng(3);
+  const engine::Params p = engine::InitParams(spec, rng);
+  *weight_bytes = 0;
+  for (const auto& l : p.layers) *weight_bytes += (l.weights.size() + l.bias.size()) * 4;
+  if (std::filesystem::exists(dir + "/.complete")) return true;
+  std::filesystem::remove_all(dir);
+  v1::ModelFile f;
+  f.set_format_version(engine::kModelFormatVersion);
+  *f.mutable_spec() = spec;
+  for (uint32_t j = 0; j < kWideFeatures; ++j) {
+    f.mutable_scaler()->add_offset(0);
+    f.mutable_scaler()->add_scale(1);
+  }
+  engine::ToModelFile(p, f);
+  f.set_threshold_value(1);
+  server::ModelStore store(dir);
+  const server::ModelKey key{kModel, ""};
+  auto v = store.AddVersion(key, f);
+  if (!v.ok() || !store.WriteActive(key, *v).ok()) return false;
+  std::ofstream(dir + "/.complete") << "1\n";
+  return true;
+}
+
 int FreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -155,8 +189,13 @@ class Server {
   }
   // Seconds from start to health SERVING; negative after `timeout_s`.
   double WaitServing(double timeout_s) {
-    auto stub = grpc::health::v1::Health::NewStub(channel_);
     while (Seconds(start_, Clock::now()) < timeout_s) {
+      // A fresh channel (and subchannel) each attempt: no reconnect backoff carried over from
+      // the attempts made before the server listened.
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      auto stub = grpc::health::v1::Health::NewStub(grpc::CreateCustomChannel(
+          absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args));
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
       grpc::health::v1::HealthCheckRequest req;
@@ -311,5 +350,44 @@ int main(int argc, char** argv) {
       "%.0f samples/s (%.0f%%; %d failed)\n",
       single, mix, 100 * mix / single, f1 + f2);
   std::printf("RSS after scoring: %.1f MB\n", s.rss_mb());
+
+  size_t wide_bytes = 0;
+  if (!MakeWideStore(root + "/wide", &wide_bytes)) return 1;
+  Server w(binary, root + "/wide", 0);
+  if (w.WaitServing(120) < 0) {
+    std::fprintf(stderr, "the wide-model server did not start\n");
+    return 1;
+  }
+  const double wide_loaded = w.rss_mb();
+  auto wide_batches = [&](std::initializer_list<int> sizes) {
+    auto stub = v1::Scoring::NewStub(w.channel());
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> n(0.f, 1.f);
+    for (int rows : sizes) {
+      v1::ScoreRequest req;
+      req.set_model(kModel);
+      req.mutable_samples()->set_num_features(kWideFeatures);
+      for (size_t i = 0; i < size_t{kWideFeatures} * rows; ++i) {
+        req.mutable_samples()->add_values(n(rng));
+      }
+      grpc::ClientContext ctx;
+      v1::ScoreResponse resp;
+      if (!stub->Score(&ctx, req, &resp).ok()) std::fprintf(stderr, "wide: a Score failed\n");
+    }
+  };
+  // Batches up to 256 rows (the most one primitive call runs for this width), twice so that both
+  // workers score; then 4096-row batches, whose request and response messages (16 MB each) the
+  // server's allocator may keep.
+  wide_batches({1, 16, 256, 1, 16, 256, 200, 100});
+  const double wide_small = w.rss_mb();
+  wide_batches({4096, 4096, 1000});
+  const double wide_large = w.rss_mb();
+  const double mb = wide_bytes / 1048576.0;
+  std::printf(
+      "wide model (1024 features, 1024-512-32), weights %.1f MB; server RSS over the generic-only "
+      "server: loaded %.1f MB (%.2fx the weights), after batches of 1-256 rows %.1f MB (%.2fx), "
+      "after 4096-row batches %.1f MB (%.2fx)\n",
+      mb, wide_loaded - base_rss, (wide_loaded - base_rss) / mb, wide_small - base_rss,
+      (wide_small - base_rss) / mb, wide_large - base_rss, (wide_large - base_rss) / mb);
   return 0;
 }

@@ -23,9 +23,19 @@ using tag = memory::format_tag;
 using dt = memory::data_type;
 
 namespace {
-// Rows per neighbour-distance call: bounds the per-context buffer to kNeighbourBatch x
+// Rows per neighbour-distance call at most: bounds the per-context buffer to kNeighbourBatch x
 // reference_rows floats whatever max_batch is.
 constexpr uint32_t kNeighbourBatch = 256;
+// A scoring context's buffers hold at most this many floats each (1 MiB): wide models run fewer
+// rows per primitive call (bigger batches are split), so a worker's context for them stays small.
+// The default 38-feature model (widest layer 64) keeps 4096 rows per call; a 1024-wide one 256,
+// where the engine is within a few percent of its peak rate (bench/RESULTS.md).
+constexpr uint32_t kContextFloats = uint32_t{1} << 18;
+
+// The largest power of two <= min(cap, kContextFloats / width), and at least 1.
+uint32_t RowsPerCall(uint32_t cap, uint32_t width) {
+  return std::min(cap, std::bit_floor(std::max<uint32_t>(1, kContextFloats / std::max(width, 1u))));
+}
 }  // namespace
 
 Model::Model(v1::ModelFile file, const ModelOptions& options)
@@ -154,7 +164,6 @@ void Model::Build(const Params& params) {
   };
   ArchitectureKey key;
   key.num_encoder = num_encoder_;
-  key.max_batch = options_.max_batch;
   key.threads = options_.threads;
   key.compact = options_.compact;
   for (size_t l = 0; l < params.layers.size(); ++l) {
@@ -164,9 +173,12 @@ void Model::Build(const Params& params) {
     key.layers.push_back(shape(p.inputs, head ? c : p.outputs, p.activation));
     if (head) key.logvar = shape(p.inputs, c, v1::ACTIVATION_LINEAR);
   }
+  uint32_t width = 0;
+  for (const DenseShape& d : key.layers) width = std::max({width, d.inputs, d.outputs});
+  key.max_batch = RowsPerCall(options_.max_batch, width);
   if (neighbors_ > 0) {
     key.neighbours = DenseShape{num_features(), reference_rows_, v1::ACTIVATION_LINEAR, 0, true};
-    key.neighbour_batch = std::min(kNeighbourBatch, options_.max_batch);
+    key.neighbour_batch = RowsPerCall(std::min(kNeighbourBatch, key.max_batch), reference_rows_);
   }
   arch_ = Architecture::Get(key, options_.contexts);
 
@@ -346,9 +358,10 @@ absl::Status Model::RefuseOverLimit(const std::vector<uint32_t>& missing) const 
 // Splits work into power-of-two buckets: a remainder of at least 3/4 of the next bucket is padded
 // up to it (one call), a smaller one runs the bucket below and continues.
 uint32_t Model::ChooseBucket(size_t remaining, size_t* take) const {
-  if (remaining >= options_.max_batch) {
-    *take = options_.max_batch;
-    return options_.max_batch;
+  const uint32_t max_batch = arch_->key().max_batch;
+  if (remaining >= max_batch) {
+    *take = max_batch;
+    return max_batch;
   }
   const uint32_t up = std::bit_ceil(static_cast<uint32_t>(remaining));
   if (remaining * 4 >= size_t{up} * 3) {
@@ -509,8 +522,9 @@ float MeanOverGroups(float* sq, uint32_t n, uint32_t groups, uint32_t k,
 absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) const {
   const uint32_t d = num_features(), n = reference_rows_, k = neighbors_;
   std::vector<float> scratch;
-  for (size_t start = 0; start < take; start += kNeighbourBatch) {
-    const size_t rows = std::min<size_t>(kNeighbourBatch, take - start);
+  const uint32_t per_call = arch_->key().neighbour_batch;
+  for (size_t start = 0; start < take; start += per_call) {
+    const size_t rows = std::min<size_t>(per_call, take - start);
     const uint32_t bucket = std::bit_ceil(static_cast<uint32_t>(rows));
     const size_t p = static_cast<size_t>(std::countr_zero(bucket));
     ScoringContext::Args& args = ctx.neighbour_args_[p];

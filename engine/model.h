@@ -28,7 +28,8 @@ namespace aeserve::engine {
 struct ModelOptions {
   // oneDNN threads per scoring call. 1 is right when callers run in parallel (a server).
   int threads = 1;
-  // Largest batch one primitive runs; bigger calls are split. A power of two.
+  // Largest batch one primitive runs; bigger calls are split. A power of two. Wide models run
+  // fewer (a context's buffers are bounded; model.cc, kContextFloats).
   uint32_t max_batch = 4096;
   // Scoring contexts made when a new architecture is compiled: one per thread that will score
   // (a server's workers), so that the first call of each finds its context ready.

@@ -715,6 +715,24 @@ TEST(Model, AWideModelHoldsAboutItsWeights) {
   auto model = *Model::Create(f);
   EXPECT_GE(model->resident_bytes(), weights);
   EXPECT_LT(model->resident_bytes(), 2 * weights);
+  // Its scoring contexts are bounded too: 1024 wide, it runs at most 256 rows per primitive call
+  // (1 MiB per buffer), and a batch of more is split, scoring as the same rows in smaller calls.
+  EXPECT_EQ(model->architecture()->key().max_batch, 256u);
+  EXPECT_LE(model->architecture()->context_bytes(), 6u << 20);
+  std::normal_distribution<float> n(0.f, 1.f);
+  std::vector<float> x(600 * 256);
+  for (float& v : x) v = n(rng);
+  auto ctx = model->NewContext();
+  ScoreResult whole, part;
+  ASSERT_TRUE(model->Score(*ctx, x, {}, &whole).ok());
+  ASSERT_EQ(whole.error.size(), 600u);
+  for (size_t start = 0; start < 600; start += 100) {
+    ASSERT_TRUE(
+        model->Score(*ctx, absl::MakeConstSpan(x).subspan(start * 256, 100 * 256), {}, &part).ok());
+    for (size_t i = 0; i < 100; ++i) {
+      EXPECT_NEAR(whole.error[start + i], part.error[i], 1e-4 * (1 + part.error[i]));
+    }
+  }
 }
 
 // Compact models (the registry's entity models) keep their weights in no more than their plain

@@ -1,6 +1,8 @@
 // The lifecycle core: versions, states, the active version, and the changes the admin API makes.
 #include "server/model_registry.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -15,6 +17,9 @@ absl::StatusOr<std::shared_ptr<const engine::Model>> ModelRegistry::Build(
   engine::ModelOptions options = model_options_;
   options.compact = !key.entity.empty();
   auto model = engine::Model::Create(file, options);
+  // Loading a big model allocates several copies of its weights on the way (the file's bytes,
+  // the parsed file, the plain parameters) that glibc keeps after they are freed: given back.
+  if (file.ByteSizeLong() > (size_t{4} << 20)) malloc_trim(0);
   if (metrics_ != nullptr) {
     metrics_->RecordModelLoad(
         model.ok(),
