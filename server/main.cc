@@ -42,6 +42,12 @@ ABSL_FLAG(std::string, model_dir, Defaults().model_dir,
 ABSL_FLAG(int, threads, Defaults().threads, "Scoring worker threads; 0 = one per core.");
 ABSL_FLAG(int, model_threads, Defaults().model_threads,
           "oneDNN threads inside one scoring call (1 is best when calls run in parallel).");
+ABSL_FLAG(uint64_t, model_memory_mb, Defaults().model_memory_mb,
+          "Memory for entity models (MiB): beyond it the least recently used are unloaded and "
+          "loaded again from the store on their next request; 0 = no bound.");
+ABSL_FLAG(int, keep_loaded_versions, Defaults().keep_loaded_versions,
+          "Inactive versions of each model kept loaded besides the active one (the newest); "
+          "older ones are unloaded and loaded again when asked for by version; -1 = all.");
 ABSL_FLAG(int, max_message_bytes, Defaults().max_message_bytes,
           "Largest request or response in bytes; larger requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint64_t, grpc_buffer_bytes, Defaults().grpc_buffer_bytes,
@@ -149,6 +155,8 @@ int main(int argc, char** argv) {
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
   o.threads = absl::GetFlag(FLAGS_threads);
   o.model_threads = absl::GetFlag(FLAGS_model_threads);
+  o.model_memory_mb = absl::GetFlag(FLAGS_model_memory_mb);
+  o.keep_loaded_versions = absl::GetFlag(FLAGS_keep_loaded_versions);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.grpc_buffer_bytes = absl::GetFlag(FLAGS_grpc_buffer_bytes);
   o.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);

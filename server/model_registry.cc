@@ -50,8 +50,103 @@ VersionEntry ModelRegistry::Ready(const ModelKey& key, uint64_t version,
     }
     if (metrics_ != nullptr) ver.metrics = metrics_->ForModel(key.model, "entity");
   }
+  ver.resident = Resident(key, *model);
   ver.model = std::move(model);
   return ver;
+}
+
+std::shared_ptr<const Residency> ModelRegistry::Resident(const ModelKey& key,
+                                                         const engine::Model& m) const {
+  auto r = std::make_shared<const Residency>(key.entity.empty() ? nullptr : &entity_bytes_,
+                                             m.resident_bytes());
+  r->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
+  return r;
+}
+
+void ModelRegistry::Unload(VersionEntry& ver, const char* reason) const {
+  ver.unloaded = std::make_shared<const v1::ModelFile>(ver.model->file());
+  ver.model.reset();  // requests holding a handle keep it until they finish
+  ver.resident.reset();
+  if (metrics_ != nullptr) metrics_->RecordUnload(reason);
+}
+
+void ModelRegistry::EvictLocked(const ModelKey* keep) const {
+  const int64_t budget = static_cast<int64_t>(residence_.memory_bytes);
+  if (budget == 0 || entity_bytes_.load() <= budget) return;
+  struct Candidate {
+    uint64_t last_used;
+    VersionEntry* ver;
+  };
+  std::vector<Candidate> loaded;
+  for (auto& [key, e] : models_) {
+    if (key.entity.empty() || (keep != nullptr && key == *keep)) continue;
+    for (auto& [v, ver] : e.versions) {
+      if (ver.model != nullptr) loaded.push_back({ver.resident->last_used(), &ver});
+    }
+  }
+  std::sort(loaded.begin(), loaded.end(),
+            [](const Candidate& a, const Candidate& b) { return a.last_used < b.last_used; });
+  // Down to 90%, so that a stream of cold loads evicts in rounds, not one model per load.
+  for (const Candidate& c : loaded) {
+    if (entity_bytes_.load() <= budget / 10 * 9) break;
+    Unload(*c.ver, "memory");
+  }
+}
+
+void ModelRegistry::TrimVersionsLocked(ModelEntry& e) const {
+  if (residence_.keep_versions < 0) return;
+  int kept = 0;
+  for (auto it = e.versions.rbegin(); it != e.versions.rend(); ++it) {
+    if (it->first == e.active || it->second.model == nullptr) continue;
+    if (kept++ >= residence_.keep_versions) Unload(it->second, "versions");
+  }
+}
+
+absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_t version) const {
+  const auto start = std::chrono::steady_clock::now();
+  const uint64_t stamp = store_.Stamp(key, version);
+  auto file = store_.Load(key, version);
+  auto model = file.ok() ? Build(key, *file)
+                         : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
+  if (!model.ok()) {
+    if (metrics_ != nullptr) metrics_->RecordColdLoad(false, 0);
+    if (!file.ok()) ReportStoreError(key, "model_file", std::string(file.status().message()));
+    return absl::UnavailableError(
+        absl::StrCat("model '", key.str(), "' version ", version,
+                     " could not be loaded again: ", model.status().message()));
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = models_.find(key);
+  VersionEntry* found = nullptr;
+  if (it != models_.end()) {
+    auto vit = it->second.versions.find(version);
+    if (vit != it->second.versions.end() && vit->second.state == v1::MODEL_STATE_READY) {
+      found = &vit->second;
+    }
+  }
+  if (found == nullptr) {
+    return absl::UnavailableError(absl::StrCat("model '", key.str(), "' version ", version,
+                                               " changed while it was being loaded; retry"));
+  }
+  VersionEntry& ver = *found;
+  if (ver.model == nullptr) {  // else another call loaded it first
+    ver.resident = Resident(key, **model);
+    ver.model = *std::move(model);
+    ver.unloaded.reset();
+    ver.stamp = stamp;
+    if (metrics_ != nullptr) {
+      metrics_->RecordColdLoad(
+          true, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    EvictLocked(&key);
+  }
+  ver.resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
+  return ModelHandle{ver.model, key.model, key.entity, version, ver.metrics, ver.stats};
+}
+
+absl::StatusOr<ModelHandle> ModelRegistry::Resolve(absl::StatusOr<ModelHandle> h) const {
+  if (!h.ok() || h->model != nullptr) return h;
+  return ColdLoad(ModelKey{h->name, h->entity}, h->version);
 }
 
 void ModelRegistry::ReportStoreError(const ModelKey& key, const char* kind,
@@ -100,24 +195,31 @@ absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64
                                                " is unavailable: ", vit->second.error));
   }
   const VersionEntry& ver = vit->second;
+  if (ver.resident != nullptr) ver.resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
   return ModelHandle{ver.model, key.model, key.entity, v, ver.metrics, ver.stats};
 }
 
 absl::StatusOr<ModelHandle> ModelRegistry::Get(const std::string& model, const std::string& entity,
                                                uint64_t version) const {
-  absl::ReaderMutexLock lock(&mu_);
-  if (!entity.empty()) {
+  absl::StatusOr<ModelHandle> h;
+  {
+    absl::ReaderMutexLock lock(&mu_);
     // The entity model when it exists, unless it is still being built for the first time (then
     // the generic model serves, as before the entity model appeared).
-    auto it = models_.find(ModelKey{model, entity});
-    if (it != models_.end() && !FirstLoad(it->second)) return GetLocked(it->first, version);
+    auto it = entity.empty() ? models_.end() : models_.find(ModelKey{model, entity});
+    h = it != models_.end() && !FirstLoad(it->second) ? GetLocked(it->first, version)
+                                                      : GetLocked(ModelKey{model, ""}, version);
   }
-  return GetLocked(ModelKey{model, ""}, version);
+  return Resolve(std::move(h));
 }
 
 absl::StatusOr<ModelHandle> ModelRegistry::Handle(const ModelKey& key, uint64_t version) const {
-  absl::ReaderMutexLock lock(&mu_);
-  return GetLocked(key, version);
+  absl::StatusOr<ModelHandle> h;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    h = GetLocked(key, version);
+  }
+  return Resolve(std::move(h));
 }
 
 absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1::ModelFile& file,
@@ -147,6 +249,8 @@ absl::StatusOr<uint64_t> ModelRegistry::AddVersion(const ModelKey& key, const v1
     e.active = *version;
     e.error.clear();
   }
+  TrimVersionsLocked(e);
+  EvictLocked(&key);
   return *version;
 }
 
@@ -155,17 +259,15 @@ absl::Status ModelRegistry::Activate(const ModelKey& key, uint64_t version) {
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
   if (!store_lock.status().ok()) return store_lock.status();
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto h = GetLocked(key, version);  // must exist and be ready (loaded and warm)
-    if (!h.ok()) return h.status();
-  }
+  // It must exist and be ready, and be loaded (and warm) before it serves.
+  if (auto h = Handle(key, version); !h.ok()) return h.status();
   if (auto st = store_.WriteActive(key, version); !st.ok()) return st;
   if (metrics_ != nullptr) metrics_->RecordSwap();
   absl::MutexLock lock(&mu_);
   ModelEntry& e = models_[key];
   e.active = version;
   e.error.clear();
+  TrimVersionsLocked(e);
   return absl::OkStatus();
 }
 
@@ -234,13 +336,9 @@ absl::Status ModelRegistry::EditVersion(const ModelKey& key, uint64_t version,
   absl::MutexLock admin(&admin_mu_);
   ModelStore::Lock store_lock(store_.dir());
   if (!store_lock.status().ok()) return store_lock.status();
-  ModelHandle h;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto got = GetLocked(key, version);
-    if (!got.ok()) return got.status();
-    h = *got;
-  }
+  auto got = Handle(key, version);
+  if (!got.ok()) return got.status();
+  const ModelHandle h = *std::move(got);
   v1::ModelFile file = h.model->FullFile();
   if (auto st = edit(file); !st.ok()) return st;
   auto model = Build(key, file);
@@ -248,7 +346,9 @@ absl::Status ModelRegistry::EditVersion(const ModelKey& key, uint64_t version,
   if (auto st = store_.RewriteVersion(key, h.version, file); !st.ok()) return st;
   absl::MutexLock lock(&mu_);
   VersionEntry& ver = models_[key].versions[h.version];
+  ver.resident = Resident(key, **model);
   ver.model = *std::move(model);
+  ver.unloaded.reset();
   ver.stamp = store_.Stamp(key, h.version);
   return absl::OkStatus();
 }

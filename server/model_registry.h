@@ -9,6 +9,7 @@
 // engine::EditThresholds applied through EditVersion.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -37,11 +38,41 @@ struct ModelHandle {
   std::shared_ptr<ModelStats> stats;      // drift and anomaly rate; never null
 };
 
+// A loaded version's place in memory: its bytes, counted in a registry total while an entry holds
+// it, and when it was last used (the registry's clock; least recently used entity models are
+// unloaded first under --model_memory_mb).
+class Residency {
+ public:
+  Residency(std::atomic<int64_t>* total, size_t bytes) : total_(total), bytes_(bytes) {
+    if (total_ != nullptr) total_->fetch_add(static_cast<int64_t>(bytes_));
+  }
+  ~Residency() {
+    if (total_ != nullptr) total_->fetch_sub(static_cast<int64_t>(bytes_));
+  }
+  Residency(const Residency&) = delete;
+  Residency& operator=(const Residency&) = delete;
+  size_t bytes() const { return bytes_; }
+  uint64_t last_used() const { return last_used_.load(std::memory_order_relaxed); }
+  void Touch(uint64_t now) const { last_used_.store(now, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int64_t>* const total_;
+  const size_t bytes_;
+  mutable std::atomic<uint64_t> last_used_{0};
+};
+
 // One version as the registry holds it.
 struct VersionEntry {
   v1::ModelState state = v1::MODEL_STATE_UNSPECIFIED;  // LOADING, READY or UNAVAILABLE
   std::string error;                                   // why it is UNAVAILABLE
-  std::shared_ptr<const engine::Model> model;          // set when READY
+  // Set when READY and loaded. A READY version may be unloaded (an entity model evicted under
+  // --model_memory_mb, an inactive version beyond --keep_loaded_versions): its file stays in the
+  // store and it is loaded again when a request needs it.
+  std::shared_ptr<const engine::Model> model;
+  std::shared_ptr<const Residency> resident;      // with `model`
+  std::shared_ptr<const v1::ModelFile> unloaded;  // without `model`: its file minus the weights
+  // The version's file without weights (engine::Model::file()), loaded or not; null when not READY.
+  const v1::ModelFile* file() const { return model ? &model->file() : unloaded.get(); }
   std::shared_ptr<ModelMetrics> metrics;
   std::shared_ptr<ModelStats> stats;
   uint64_t stamp = 0;      // ModelStore::Stamp when loaded
@@ -59,19 +90,30 @@ struct ModelEntry {
   bool Loading() const;
 };
 
+// What stays loaded: `memory_bytes` bounds the bytes of loaded entity models (0 = no bound;
+// the least recently used are unloaded first); `keep_versions` is how many inactive versions of
+// a model stay loaded besides the active one (the newest; -1 = all).
+struct Residence {
+  uint64_t memory_bytes = 0;
+  int keep_versions = -1;
+};
+
 class ModelRegistry {
  public:
   // `metrics` may be null (metrics off); `log` may be null (store problems are then not logged).
   ModelRegistry(ModelStore store, engine::ModelOptions model_options,
-                ServerMetrics* metrics = nullptr, std::shared_ptr<spdlog::logger> log = nullptr)
+                ServerMetrics* metrics = nullptr, std::shared_ptr<spdlog::logger> log = nullptr,
+                Residence residence = {})
       : store_(std::move(store)),
         model_options_(model_options),
         metrics_(metrics),
-        log_(std::move(log)) {}
+        log_(std::move(log)),
+        residence_(residence) {}
 
   // The version to score with: <model>/<entity> when `entity` is given and that model exists,
   // else the generic model; its active version (version 0) or the given one. NOT_FOUND for
   // unknown names or versions, UNAVAILABLE for a version that is loading or failed to load.
+  // A version that was unloaded is loaded again first (a cold load).
   absl::StatusOr<ModelHandle> Get(const std::string& model, const std::string& entity,
                                   uint64_t version) const;
   // Exactly `key` (no entity fallback), its active version (0) or the given one.
@@ -101,6 +143,8 @@ class ModelRegistry {
                  absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;
 
   const ModelStore& store() const { return store_; }
+  // Bytes of loaded entity models now (what --model_memory_mb bounds).
+  int64_t entity_bytes() const { return entity_bytes_.load(); }
 
  private:
   friend class StoreSync;  // fills and follows models_ from the store
@@ -114,8 +158,22 @@ class ModelRegistry {
   // A READY entry for a built model (whose file had `stamp`): its instruments and live statistics.
   VersionEntry Ready(const ModelKey& key, uint64_t version,
                      std::shared_ptr<const engine::Model> model, uint64_t stamp) const;
+  // A handle with a null model: the version is READY but unloaded (Resolve loads it).
   absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // GetLocked's answer, after loading the version again if it was unloaded.
+  absl::StatusOr<ModelHandle> Resolve(absl::StatusOr<ModelHandle> h) const;
+  // Loads an unloaded READY version from the store and installs it (unless another call did).
+  absl::StatusOr<ModelHandle> ColdLoad(const ModelKey& key, uint64_t version) const;
+  // Residency of a newly built model (entity models count in entity_bytes_).
+  std::shared_ptr<const Residency> Resident(const ModelKey& key, const engine::Model& m) const;
+  // Unloads a READY version, keeping its file without weights for views.
+  void Unload(VersionEntry& ver, const char* reason) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unloads the least recently used entity models (never `keep`'s) until their bytes are at most
+  // 90% of the budget, when they are over it.
+  void EvictLocked(const ModelKey* keep) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unloads the inactive versions of `e` beyond the newest residence_.keep_versions.
+  void TrimVersionsLocked(ModelEntry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ModelStore store_;
   const engine::ModelOptions model_options_;
@@ -127,7 +185,12 @@ class ModelRegistry {
   // Guards the map only; models themselves are immutable. Held for lookups and swaps, never
   // while loading, writing or scoring.
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(admin_mu_);
-  std::map<ModelKey, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
+  // Mutable: a const Get may load an unloaded version back (a cache fill; the set of models and
+  // versions and their states never change there).
+  mutable std::map<ModelKey, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
+  const Residence residence_;
+  mutable std::atomic<int64_t> entity_bytes_{0};
+  mutable std::atomic<uint64_t> clock_{0};  // ticks once per Get: the LRU order
   // The anomaly-rate statistics the entity models of one model share while any is loaded.
   mutable absl::Mutex entity_stats_mu_;
   mutable std::map<std::string, std::weak_ptr<ModelStats>> entity_stats_

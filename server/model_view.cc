@@ -13,8 +13,10 @@ void RenderVersion(uint64_t v, const VersionEntry& ver, v1::VersionInfo* vi) {
   vi->set_version(v);
   vi->set_state(ver.state);
   vi->set_error(ver.error);
-  if (!ver.model) return;
-  const v1::ModelFile& f = ver.model->file();
+  vi->set_loaded(ver.model != nullptr);
+  if (ver.resident != nullptr) vi->set_resident_bytes(ver.resident->bytes());
+  if (ver.file() == nullptr) return;
+  const v1::ModelFile& f = *ver.file();
   vi->set_created_unix_ms(f.metadata().created_unix_ms());
   *vi->mutable_threshold() = f.threshold();
   vi->set_threshold_value(f.threshold_value());
@@ -49,7 +51,7 @@ v1::ModelInfo ModelView::Render(const ModelKey& key, const ModelEntry& e) const 
   for (const auto& [v, ver] : e.versions) RenderVersion(v, ver, info.add_versions());
   auto it = e.versions.find(e.active);
   if (info.state() != v1::MODEL_STATE_READY) return info;
-  const v1::ModelFile& f = it->second.model->file();
+  const v1::ModelFile& f = *it->second.file();
   *info.mutable_spec() = f.spec();
   *info.mutable_training() = f.training();
   if (engine::IsSeries(f.spec())) {  // the columns clients send: one time step's
@@ -113,9 +115,9 @@ v1::ModelInfoBrief ModelView::Brief(const ModelKey& key, uint64_t version) const
     b.set_active_version(e.active);
     for (const auto& [v, ver] : e.versions) b.add_versions(v);
     auto vit = e.versions.find(version == 0 ? e.active : version);
-    if (vit != e.versions.end() && vit->second.model) {
-      b.set_threshold_value(vit->second.model->file().threshold_value());
-      b.set_critical_threshold_value(vit->second.model->file().critical_threshold_value());
+    if (vit != e.versions.end() && vit->second.file() != nullptr) {
+      b.set_threshold_value(vit->second.file()->threshold_value());
+      b.set_critical_threshold_value(vit->second.file()->critical_threshold_value());
     }
   });
   return b;

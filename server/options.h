@@ -14,6 +14,8 @@ struct Options {
   std::string model_dir = "./models";
   int threads = 0;                   // scoring workers; 0 = one per core
   int model_threads = 1;             // oneDNN threads inside one scoring call
+  uint64_t model_memory_mb = 0;      // loaded entity models' bytes at most; 0 = no bound
+  int keep_loaded_versions = 2;      // inactive versions of a model kept loaded; -1 = all
   int max_message_bytes = 32 << 20;  // larger requests get RESOURCE_EXHAUSTED
   uint64_t grpc_buffer_bytes = 0;  // gRPC's buffers over all calls; 0 = max_message_bytes + 16 MiB
   uint32_t max_batch_rows = 1 << 20;  // rows per Score call or stream batch

@@ -90,7 +90,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
       ModelStore(o.model_dir),
       engine::ModelOptions{std::max(1, o.model_threads), 4096,
                            static_cast<size_t>(std::max(1, o.threads))},
-      s->metrics_.get(), s->log_);
+      s->metrics_.get(), s->log_,
+      Residence{o.model_memory_mb << 20, std::max(-1, o.keep_loaded_versions)});
   s->audit_ = std::make_unique<AuditLog>(o.model_dir);
   s->executor_ = std::make_unique<Executor>(o.threads, o.max_queue);
   s->admin_executor_ = std::make_unique<Executor>(1, 64);
@@ -370,10 +371,27 @@ void Server::AddCollectors() {
         "aeserve_model_drifted",
         "1 when aeserve_drift_ks exceeds --drift_threshold over a window of at least 500 samples.",
         MetricType::kGauge);
+    MetricFamily resident =
+        family("aeserve_models_loaded",
+               "READY versions in memory, by kind (generic or entity); the others are loaded again "
+               "from the store when a request needs them.",
+               MetricType::kGauge);
+    MetricFamily resident_bytes =
+        family("aeserve_models_loaded_bytes",
+               "Bytes the loaded versions hold (weights and file; not the scoring contexts models "
+               "of one shape share), by kind. Entity models' bytes are what --model_memory_mb "
+               "bounds.",
+               MetricType::kGauge);
     // Statistics are read after the registry's lock is released: (labels, stats, with drift).
     std::vector<std::tuple<metrics::Labels, std::shared_ptr<ModelStats>, bool>> stats;
-    std::set<const ModelStats*> entity_rates;  // the entity models of a model share one
+    std::set<const ModelStats*> entity_rates;             // the entity models of a model share one
+    double loaded[2] = {0, 0}, loaded_bytes[2] = {0, 0};  // generic, entity
     registry_->ForEach([&](const ModelKey& key, const ModelEntry& e) {
+      for (const auto& [v, ver] : e.versions) {
+        if (ver.resident == nullptr) continue;
+        loaded[!key.entity.empty()] += 1;
+        loaded_bytes[!key.entity.empty()] += static_cast<double>(ver.resident->bytes());
+      }
       if (!key.entity.empty()) {
         for (const auto& [v, ver] : e.versions) {
           if (ver.stats == nullptr || !entity_rates.insert(ver.stats.get()).second) continue;
@@ -387,7 +405,7 @@ void Server::AddCollectors() {
       sample(active, {{"model", key.model}}, static_cast<double>(e.active));
       sample(ready, {{"model", key.model}}, serving ? 1 : 0);
       if (serving) {
-        const v1::ModelFile& f = act->second.model->file();
+        const v1::ModelFile& f = *act->second.file();
         const metrics::Labels l = {{"model", key.model}, {"version", std::to_string(e.active)}};
         sample(threshold, l, f.threshold_value());
         sample(critical, l, f.critical_threshold_value());
@@ -407,7 +425,13 @@ void Server::AddCollectors() {
       sample(drift, l, d.ks);
       sample(drifted, l, d.drifted(options_.drift_threshold) ? 1 : 0);
     }
-    return std::vector<MetricFamily>{active, ready, threshold, critical, rate, drift, drifted};
+    for (int k = 0; k < 2; ++k) {
+      const metrics::Labels l = {{"kind", k == 0 ? "generic" : "entity"}};
+      sample(resident, l, loaded[k]);
+      sample(resident_bytes, l, loaded_bytes[k]);
+    }
+    return std::vector<MetricFamily>{active, ready,   threshold, critical,      rate,
+                                     drift,  drifted, resident,  resident_bytes};
   });
   r.AddCollector(CollectProcessMetrics);
 }

@@ -129,6 +129,21 @@ ServerMetrics::ServerMetrics()
                               .Help("Time to load a model version and build its inference plans.")
                               .Register(registry_)
                               .Add({}, LatencyBuckets())),
+      unloads_(BuildCounter()
+                   .Name("aeserve_model_unloads_total")
+                   .Help("READY versions unloaded (kept in the store), by reason: memory (an "
+                         "entity model, least recently used, over --model_memory_mb) or versions "
+                         "(an inactive version beyond --keep_loaded_versions).")
+                   .Register(registry_)),
+      cold_loads_(BuildCounter()
+                      .Name("aeserve_model_cold_loads_total")
+                      .Help("Unloaded versions loaded again for a request, by result.")
+                      .Register(registry_)),
+      cold_load_seconds_(BuildHistogram()
+                             .Name("aeserve_model_cold_load_duration_seconds")
+                             .Help("Time a request waited for its unloaded version to load.")
+                             .Register(registry_)
+                             .Add({}, LatencyBuckets())),
       store_errors_(
           BuildCounter()
               .Name("aeserve_model_store_errors_total")
@@ -217,6 +232,15 @@ void ServerMetrics::RecordDroppedEvents(uint64_t n) {
 void ServerMetrics::RecordModelLoad(bool ok, double seconds) {
   model_loads_.Add({{"result", ok ? "ok" : "error"}}).Increment();
   if (ok) model_load_seconds_.Observe(seconds);
+}
+
+void ServerMetrics::RecordUnload(const char* reason) {
+  unloads_.Add({{"reason", reason}}).Increment();
+}
+
+void ServerMetrics::RecordColdLoad(bool ok, double seconds) {
+  cold_loads_.Add({{"result", ok ? "ok" : "error"}}).Increment();
+  if (ok) cold_load_seconds_.Observe(seconds);
 }
 
 void ServerMetrics::RecordStoreError(const std::string& kind) {

@@ -71,6 +71,8 @@ class ServerMetrics {
   void RecordRejected(const std::string& reason);
   void RecordDroppedEvents(uint64_t n);
   void RecordModelLoad(bool ok, double seconds);
+  void RecordUnload(const char* reason);
+  void RecordColdLoad(bool ok, double seconds);
   // A store entry that could not be used: kind "active" (ACTIVE file) or "model_file".
   void RecordStoreError(const std::string& kind);
   void RecordSwap();
@@ -116,6 +118,9 @@ class ServerMetrics {
   metrics::Counter& dropped_events_;
   metrics::Family<metrics::Counter>& model_loads_;
   metrics::Histogram& model_load_seconds_;
+  metrics::Family<metrics::Counter>& unloads_;
+  metrics::Family<metrics::Counter>& cold_loads_;
+  metrics::Histogram& cold_load_seconds_;
   metrics::Family<metrics::Counter>& store_errors_;
   metrics::Counter& swaps_;
   metrics::Family<metrics::Gauge>& training_epoch_;

@@ -59,7 +59,9 @@ int StoreSync::LoadAll(absl::FunctionRef<void(const ModelKey&, const ModelEntry&
     if (entry.error.empty()) ++ready;
     loaded(key, entry);
     absl::MutexLock lock(&r_.mu_);
-    r_.models_[key] = std::move(entry);
+    ModelEntry& e = r_.models_[key] = std::move(entry);
+    r_.TrimVersionsLocked(e);
+    r_.EvictLocked(&key);  // the memory budget holds while the store loads
   }
   return ready;
 }
@@ -195,9 +197,11 @@ int StoreSync::Poll() {
       }
     }
     changes += FollowActive(key, e, disk_active);
+    if (!loaded.empty()) r_.TrimVersionsLocked(e);
   }
   // Models whose directory is gone (only when the listing could be read to the end).
   absl::MutexLock lock(&r_.mu_);
+  r_.EvictLocked(nullptr);
   for (auto it = r_.models_.begin(); it != r_.models_.end() && all_keys;) {
     if (std::find(keys.begin(), keys.end(), it->first) == keys.end()) {
       it = r_.models_.erase(it);
