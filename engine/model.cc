@@ -1,10 +1,13 @@
 // A loaded, immutable autoencoder that scores, encodes, reconstructs and generates.
 #include "engine/model.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdlib>
+#include <new>
 #include <random>
 #include <unordered_map>
 
@@ -198,7 +201,7 @@ void Model::Build(const Params& params) {
   for (const Architecture::Layer& layer : arch_->layers()) weights_.push_back(place(layer));
   if (vae) logvar_weights_ = place(*arch_->logvar());
   if (neighbors_ > 0) neighbour_weights_ = place(*arch_->neighbours());
-  params_.reset(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(size, 16) * 4)));
+  params_ = Allocate(size);
   params_size_ = size;
 
   for (size_t l = 0; l < params.layers.size(); ++l) {
@@ -221,6 +224,26 @@ void Model::Build(const Params& params) {
     }
     // The reference rows are the weights of a linear layer with d inputs and n outputs.
     Fill(*arch_->neighbours(), neighbour_weights_, ref, bias.data());
+  }
+}
+
+std::unique_ptr<float[], Model::Free> Model::Allocate(size_t floats) {
+  const size_t bytes = std::max<size_t>(floats, 16) * sizeof(float);
+  if (bytes >= (size_t{64} << 10)) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    return std::unique_ptr<float[], Free>(static_cast<float*>(p), Free{bytes});
+  }
+  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));  // bytes: a multiple of 64
+  if (p == nullptr) throw std::bad_alloc();
+  return std::unique_ptr<float[], Free>(p, Free{0});
+}
+
+void Model::Free::operator()(float* p) const {
+  if (mapped > 0) {
+    munmap(p, mapped);
+  } else {
+    std::free(p);
   }
 }
 

@@ -168,9 +168,13 @@ class Model {
   v1::ModelFile file_;  // without weights and reference rows
   ModelOptions options_;
   std::shared_ptr<const Architecture> arch_;
+  // Buffers of 64 KiB or more are mapped pages of their own: a model unloaded from a fleet gives
+  // its memory back to the system at once, instead of leaving a hole in the heap.
   struct Free {
-    void operator()(float* p) const { std::free(p); }
+    size_t mapped;  // bytes mapped, or 0 for a heap buffer
+    void operator()(float* p) const;
   };
+  static std::unique_ptr<float[], Free> Allocate(size_t floats);
   std::unique_ptr<float[], Free> params_;  // every weight and bias of the model
   size_t params_size_ = 0;                 // floats
   std::vector<Weights> weights_;           // per layer of the architecture

@@ -5,8 +5,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "server/metrics/text_serializer.h"
 #include "server/model_registry.h"
 #include "server/model_view.h"
+#include "server/server_metrics.h"
 #include "server/store_sync.h"
 #include "tests/test_models.h"
 
@@ -82,6 +84,125 @@ TEST(Registry, DriftComesFromLiveStatisticsWithoutAnyMetrics) {
   EXPECT_DOUBLE_EQ(info->drift_ks(), 1.0);
   EXPECT_TRUE(info->drifted());
   EXPECT_DOUBLE_EQ(h->stats->AnomalyRate(), 1.0);
+}
+
+// Which versions of `key` are loaded now.
+std::vector<uint64_t> LoadedVersions(const server::ModelRegistry& r, const ModelKey& key) {
+  std::vector<uint64_t> out;
+  r.Visit(key, [&](const ModelEntry& e) {
+    for (const auto& [v, ver] : e.versions) {
+      if (ver.model != nullptr) out.push_back(v);
+    }
+  });
+  return out;
+}
+
+std::string EntityName(int i) { return "host-" + std::to_string(100 + i); }
+
+// The text of one metric family's samples in the server metrics' exposition.
+std::string Exposition(server::ServerMetrics& m) {
+  return metrics::TextSerializer().Serialize(m.registry().Collect());
+}
+
+// Under a memory budget, entity models beyond it are unloaded least recently used first, and one
+// that is asked for is loaded again (scoring as before), with the budget kept throughout.
+TEST(Registry, EntityModelsOverTheMemoryBudgetAreUnloadedLeastRecentlyUsedFirst) {
+  TempDir dir("aeserve_registry_budget");
+  const v1::ModelFile file = TrainSmall(v1::MODEL_KIND_PLAIN);
+  Store(dir.path(), "m", file);
+  constexpr int kEntities = 12;
+  for (int i = 0; i < kEntities; ++i) Store(dir.path(), "m", file, EntityName(i));
+  // One entity model's bytes, as the registry counts them.
+  auto one = engine::Model::Create(file, engine::ModelOptions{.compact = true});
+  ASSERT_TRUE(one.ok());
+  const size_t bytes = (*one)->resident_bytes();
+  server::ServerMetrics metrics;
+  server::ModelRegistry registry(server::ModelStore(dir.path()), engine::ModelOptions{1, 4096},
+                                 &metrics, nullptr, server::Residence{5 * bytes + bytes / 2, -1});
+  server::StoreSync(registry).LoadAll([](const ModelKey&, const ModelEntry&) {});
+  auto loaded_entities = [&] {
+    int n = 0;
+    for (int i = 0; i < kEntities; ++i)
+      n += !LoadedVersions(registry, {"m", EntityName(i)}).empty();
+    return n;
+  };
+  // Loading evicted down to 90% of the budget each time it went over: 4 or 5 stay loaded, the
+  // last ones loaded; the generic model is never unloaded.
+  EXPECT_LE(registry.entity_bytes(), static_cast<int64_t>(5 * bytes + bytes / 2));
+  EXPECT_GE(loaded_entities(), 4);
+  EXPECT_LE(loaded_entities(), 5);
+  EXPECT_EQ(LoadedVersions(registry, {"m", EntityName(kEntities - 1)}), std::vector<uint64_t>{1});
+  EXPECT_EQ(LoadedVersions(registry, {"m", EntityName(0)}), std::vector<uint64_t>{});
+  EXPECT_EQ(LoadedVersions(registry, {"m", ""}), std::vector<uint64_t>{1});
+
+  // An unloaded model still shows in views, with its threshold, as not loaded.
+  server::ModelView view(registry, 0.2);
+  auto info = view.Info(ModelKey{"m", EntityName(0)});
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state(), v1::MODEL_STATE_READY);
+  ASSERT_EQ(info->versions_size(), 1);
+  EXPECT_FALSE(info->versions(0).loaded());
+  EXPECT_EQ(info->versions(0).threshold_value(), file.threshold_value());
+  EXPECT_EQ(info->num_features(), kFeatures);
+
+  // Asking for it loads it again; it scores as a freshly built model does.
+  auto h = registry.Get("m", EntityName(0), 0);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_NE(h->model, nullptr);
+  EXPECT_EQ(h->entity, EntityName(0));
+  const std::vector<float> x(3 * kFeatures, 0.5f);
+  engine::ScoreResult got, want;
+  ASSERT_TRUE(h->model->Score(*h->model->NewContext(), x, {}, &got).ok());
+  ASSERT_TRUE((*one)->Score(*(*one)->NewContext(), x, {}, &want).ok());
+  EXPECT_EQ(got.score, want.score);
+  EXPECT_EQ(LoadedVersions(registry, {"m", EntityName(0)}), std::vector<uint64_t>{1});
+  info = view.Info(ModelKey{"m", EntityName(0)});
+  EXPECT_TRUE(info->versions(0).loaded());
+  EXPECT_EQ(info->versions(0).resident_bytes(), bytes);
+
+  // Least recently used first: keep using entities 0 and 1 while loading every other one in
+  // turn; they are never the ones unloaded.
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 2; i < kEntities; ++i) {
+      ASSERT_TRUE(registry.Get("m", EntityName(0), 0).ok());
+      ASSERT_TRUE(registry.Get("m", EntityName(1), 0).ok());
+      ASSERT_TRUE(registry.Get("m", EntityName(i), 0).ok());
+      EXPECT_EQ(LoadedVersions(registry, {"m", EntityName(0)}).size(), 1u) << i;
+      EXPECT_EQ(LoadedVersions(registry, {"m", EntityName(1)}).size(), 1u) << i;
+      EXPECT_LE(registry.entity_bytes(), static_cast<int64_t>(5 * bytes + bytes / 2));
+    }
+  }
+  const std::string text = Exposition(metrics);
+  EXPECT_NE(text.find("aeserve_model_unloads_total{reason=\"memory\"}"), std::string::npos);
+  EXPECT_NE(text.find("aeserve_model_cold_loads_total{result=\"ok\"}"), std::string::npos);
+  EXPECT_NE(text.find("aeserve_model_cold_load_duration_seconds_count"), std::string::npos);
+}
+
+// Inactive versions beyond --keep_loaded_versions are unloaded (the newest stay); asking for one
+// by version loads it again; activating an unloaded version loads it before it serves.
+TEST(Registry, InactiveVersionsBeyondTheKeptOnesAreUnloaded) {
+  TempDir dir("aeserve_registry_versions");
+  for (uint64_t seed = 1; seed <= 5; ++seed) {
+    Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN, seed));
+  }
+  server::ModelRegistry registry(server::ModelStore(dir.path()), engine::ModelOptions{1, 4096},
+                                 nullptr, nullptr, server::Residence{0, 2});
+  server::StoreSync(registry).LoadAll([](const ModelKey&, const ModelEntry&) {});
+  const ModelKey key{"m", ""};
+  EXPECT_EQ(LoadedVersions(registry, key), (std::vector<uint64_t>{3, 4, 5}));
+  auto v1 = registry.Handle(key, 1);
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  ASSERT_NE(v1->model, nullptr);
+  EXPECT_EQ(v1->model->file().threshold_value(),
+            TrainSmall(v1::MODEL_KIND_PLAIN, 1).threshold_value());
+  EXPECT_EQ(LoadedVersions(registry, key), (std::vector<uint64_t>{1, 3, 4, 5}));
+  // Activating version 2 (unloaded) loads it; then the newest two inactive ones stay: 4 and 5.
+  ASSERT_TRUE(registry.Activate(key, 2).ok());
+  EXPECT_EQ(LoadedVersions(registry, key), (std::vector<uint64_t>{2, 4, 5}));
+  auto h = registry.Get("m", "", 0);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->version, 2u);
+  EXPECT_NE(h->model, nullptr);
 }
 
 }  // namespace
