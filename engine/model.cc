@@ -145,6 +145,9 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(v1::ModelFile file,
     m->scale_.push_back(sc.scale(i));
     m->inv_scale_.push_back(1.0f / sc.scale(i));
   }
+  // The reorders into the architecture's layouts (and, for a new architecture, its primitives)
+  // run on this thread's share: one oneDNN thread in a server.
+  ScopedThreads threads(options.threads);
   AE_RETURN_IF_ERROR(CatchDnnl("building inference plans", [&] { m->Build(params); }));
   // The engine's copies are the model's weights from here on (FullFile reads them back).
   // Swapped out, not cleared: protobuf's clear keeps the capacity.

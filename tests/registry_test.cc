@@ -1,7 +1,10 @@
 // The registry's parts in process: StoreSync lists every stored model as LOADING before loading
 // any, ModelView renders entries (entities under their model, drift from live statistics), and
 // the lifecycle core answers "is loading" for what is not built yet.
+#include <atomic>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -203,6 +206,46 @@ TEST(Registry, InactiveVersionsBeyondTheKeptOnesAreUnloaded) {
   ASSERT_TRUE(h.ok());
   EXPECT_EQ(h->version, 2u);
   EXPECT_NE(h->model, nullptr);
+}
+
+// Cold loads racing with each other and with evictions: four threads ask for random entity models
+// under a budget of about three, and every handle they get scores, whatever was unloaded since.
+TEST(Registry, ConcurrentColdLoadsUnderATightBudget) {
+  TempDir dir("aeserve_registry_churn");
+  const v1::ModelFile file = TrainSmall(v1::MODEL_KIND_PLAIN);
+  Store(dir.path(), "m", file);
+  constexpr int kEntities = 10;
+  for (int i = 0; i < kEntities; ++i) Store(dir.path(), "m", file, EntityName(i));
+  auto one = engine::Model::Create(file, engine::ModelOptions{.compact = true});
+  ASSERT_TRUE(one.ok());
+  const size_t bytes = (*one)->resident_bytes();
+  server::ModelRegistry registry(server::ModelStore(dir.path()), engine::ModelOptions{1, 4096},
+                                 nullptr, nullptr, server::Residence{3 * bytes + bytes / 2, -1});
+  server::StoreSync(registry).LoadAll([](const ModelKey&, const ModelEntry&) {});
+  const std::vector<float> x(2 * kFeatures, 0.25f);
+  engine::ScoreResult want;
+  ASSERT_TRUE((*one)->Score(*(*one)->NewContext(), x, {}, &want).ok());
+  std::atomic<int> failures{0}, mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < 150; ++i) {
+        auto h = registry.Get("m", EntityName(static_cast<int>(rng() % kEntities)), 0);
+        engine::ScoreResult r;
+        if (!h.ok() || h->model == nullptr ||
+            !h->model->Score(*h->model->NewContext(), x, {}, &r).ok()) {
+          ++failures;
+        } else if (r.score != want.score) {
+          ++mismatches;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_LE(registry.entity_bytes(), static_cast<int64_t>(3 * bytes + bytes / 2));
 }
 
 }  // namespace
