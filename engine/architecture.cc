@@ -2,6 +2,7 @@
 #include "engine/architecture.h"
 
 #include <algorithm>
+#include <bit>
 
 #include "absl/strings/str_cat.h"
 #include "engine/dnnl_util.h"
@@ -15,8 +16,8 @@ using dt = memory::data_type;
 namespace {
 
 void AppendShape(std::string* s, const DenseShape& d) {
-  absl::StrAppend(s, d.inputs, "x", d.outputs, ":", static_cast<int>(d.activation), ":", d.alpha,
-                  d.transposed ? "t" : "", ";");
+  absl::StrAppend(s, d.inputs, "x", d.outputs, ":", static_cast<int>(d.activation), ":",
+                  std::bit_cast<uint32_t>(d.alpha), d.transposed ? "t" : "", ";");
 }
 
 // The cache: weak entries, so an architecture goes when its last model does.

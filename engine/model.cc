@@ -485,11 +485,15 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
   const size_t begin = pass == Pass::kDecode ? num_encoder_ : 0;
   const size_t end = pass == Pass::kEncode ? num_encoder_ : layers.size();
   return CatchDnnl("scoring", [&] {
-    for (size_t l = begin; l < end; ++l)
+    for (size_t l = begin; l < end; ++l) {
       Execute(layers[l], p, params_.get(), weights_[l], args[l], ctx.stream_);
-    if (logvar)
-      Execute(*arch_->logvar(), p, params_.get(), logvar_weights_, ctx.logvar_args_[p],
-              ctx.stream_);
+      // The log sigma^2 half of the head reads the head's input, which the decoder's hidden
+      // layers overwrite (ping/pong): it runs right after the head.
+      if (logvar && l == num_encoder_ - 1) {
+        Execute(*arch_->logvar(), p, params_.get(), logvar_weights_, ctx.logvar_args_[p],
+                ctx.stream_);
+      }
+    }
     ctx.stream_.wait();
   });
 }

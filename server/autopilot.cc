@@ -924,10 +924,10 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
     if (open && AgeSeconds(path) > heartbeat) {
       ModelStore::Lock lock(registry_->store().dir());
       auto again = ReadMessage<v1::ShadowReport>(path);
-      auto active = registry_->Handle(key, 0);
+      auto active = registry_->Peek(key, 0);
       if (lock.status().ok() && again.ok() && !again->finished() && AgeSeconds(path) > heartbeat) {
         if (active.ok() && active->version == again->active_version() &&
-            registry_->Handle(key, again->candidate_version()).ok()) {
+            registry_->Peek(key, again->candidate_version()).ok()) {
           // Recorded once the new window is what GetModel shows, so a reader of the audit log
           // never sees the old window's counts after this event.
           if (BeginShadow(key, s, again->candidate_version(), "autopilot",
@@ -967,12 +967,12 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
   const double elapsed = (now_ms - r.started_unix_ms()) / 1000.0;
   const bool enough = r.target_samples() > 0 && r.samples() >= r.target_samples();
   const bool timed_out = r.target_seconds() > 0 && elapsed >= r.target_seconds();
-  auto active = registry_->Handle(key, 0);
+  auto active = registry_->Peek(key, 0);
   std::string outcome;
   bool promote = false;
   if (!active.ok() || active->version != r.active_version()) {
     outcome = "stopped: the active version changed during the window";
-  } else if (!registry_->Handle(key, r.candidate_version()).ok()) {
+  } else if (!registry_->Peek(key, r.candidate_version()).ok()) {
     outcome = "stopped: the candidate version is gone";
   } else if (enough || timed_out) {
     const double target = r.candidate_target_rate();
@@ -1035,7 +1035,7 @@ void Autopilot::CheckShadow(const ModelKey& key, State& s, int64_t now_ms) {
 void Autopilot::CheckTriggers(const ModelKey& key, std::shared_ptr<State> s_ptr, int64_t now_ms) {
   State& s = *s_ptr;
   std::string due, trigger;
-  auto active = registry_->Handle(key, 0);
+  auto active = registry_->Peek(key, 0);
   // Another replica's retrain starting or finishing shows up here; ours is kept alive while its
   // job lives (file I/O outside s.mu, which the scoring path takes).
   const std::string path = (fs::path(s.key_dir) / kRetrainFile).string();

@@ -81,7 +81,10 @@ void ModelRegistry::EvictLocked(const ModelKey* keep) const {
   for (auto& [key, e] : models_) {
     if (key.entity.empty() || (keep != nullptr && key == *keep)) continue;
     for (auto& [v, ver] : e.versions) {
-      if (ver.model != nullptr) loaded.push_back({ver.resident->last_used(), &ver});
+      // Not one whose rewritten file does not load: the copy in memory is the only good one.
+      if (ver.model != nullptr && ver.bad_stamp == 0) {
+        loaded.push_back({ver.resident->last_used(), &ver});
+      }
     }
   }
   std::sort(loaded.begin(), loaded.end(),
@@ -93,55 +96,90 @@ void ModelRegistry::EvictLocked(const ModelKey* keep) const {
   }
 }
 
-void ModelRegistry::TrimVersionsLocked(ModelEntry& e) const {
+void ModelRegistry::TrimVersionsLocked(ModelEntry& e, uint64_t keep) const {
   if (residence_.keep_versions < 0) return;
   int kept = 0;
   for (auto it = e.versions.rbegin(); it != e.versions.rend(); ++it) {
-    if (it->first == e.active || it->second.model == nullptr) continue;
+    // Never the active one, the one just asked for, or one whose rewritten file does not load
+    // (the copy in memory is the only good one).
+    if (it->first == e.active || it->first == keep || it->second.model == nullptr ||
+        it->second.bad_stamp != 0) {
+      continue;
+    }
     if (kept++ >= residence_.keep_versions) Unload(it->second, "versions");
   }
 }
 
-absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_t version) const {
-  const auto start = std::chrono::steady_clock::now();
-  const uint64_t stamp = store_.Stamp(key, version);
-  auto file = store_.Load(key, version);
-  auto model = file.ok() ? Build(key, *file)
-                         : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
-  if (!model.ok()) {
-    if (metrics_ != nullptr) metrics_->RecordColdLoad(false, 0);
-    if (!file.ok()) ReportStoreError(key, "model_file", std::string(file.status().message()));
-    return absl::UnavailableError(
-        absl::StrCat("model '", key.str(), "' version ", version,
-                     " could not be loaded again: ", model.status().message()));
-  }
-  absl::MutexLock lock(&mu_);
+VersionEntry* ModelRegistry::FindReady(const ModelKey& key, uint64_t version) const {
   auto it = models_.find(key);
-  VersionEntry* found = nullptr;
-  if (it != models_.end()) {
-    auto vit = it->second.versions.find(version);
-    if (vit != it->second.versions.end() && vit->second.state == v1::MODEL_STATE_READY) {
-      found = &vit->second;
-    }
+  if (it == models_.end()) return nullptr;
+  auto vit = it->second.versions.find(version);
+  if (vit == it->second.versions.end() || vit->second.state != v1::MODEL_STATE_READY) {
+    return nullptr;
   }
-  if (found == nullptr) {
+  return &vit->second;
+}
+
+absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_t version) const {
+  const std::pair<ModelKey, uint64_t> id{key, version};
+  auto gone = [&] {
     return absl::UnavailableError(absl::StrCat("model '", key.str(), "' version ", version,
                                                " changed while it was being loaded; retry"));
-  }
-  VersionEntry& ver = *found;
-  if (ver.model == nullptr) {  // else another call loaded it first
-    ver.resident = Resident(key, **model);
-    ver.model = *std::move(model);
-    ver.unloaded.reset();
-    ver.stamp = stamp;
+  };
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    uint64_t expected = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      // One load per version at a time: the others wait for it and share what it loaded.
+      auto idle = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !cold_loading_.count(id); };
+      mu_.Await(absl::Condition(&idle));
+      VersionEntry* ver = FindReady(key, version);
+      if (ver == nullptr) return gone();
+      if (ver->model != nullptr) {
+        ver->resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
+        return ModelHandle{ver->model, key.model, key.entity, version, ver->metrics, ver->stats};
+      }
+      expected = ver->stamp;
+      cold_loading_.insert(id);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    const uint64_t stamp = store_.Stamp(key, version);
+    auto file = store_.Load(key, version);
+    auto model = file.ok() ? Build(key, *file)
+                           : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
+    absl::MutexLock lock(&mu_);
+    cold_loading_.erase(id);
+    if (!model.ok()) {
+      if (metrics_ != nullptr) metrics_->RecordColdLoad(false, 0);
+      if (!file.ok()) ReportStoreError(key, "model_file", std::string(file.status().message()));
+      return absl::UnavailableError(
+          absl::StrCat("model '", key.str(), "' version ", version,
+                       " could not be loaded again: ", model.status().message()));
+    }
+    VersionEntry* ver = FindReady(key, version);
+    if (ver == nullptr) return gone();
+    // Edited (a threshold change) or replaced while the file was read: read it again, so that an
+    // older file is never installed over a newer one.
+    if (ver->stamp != expected) continue;
+    ver->resident = Resident(key, **model);
+    ver->model = *std::move(model);
+    ver->unloaded.reset();
+    ver->stamp = stamp;
     if (metrics_ != nullptr) {
       metrics_->RecordColdLoad(
           true, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
+    ModelHandle h{ver->model, key.model, key.entity, version, ver->metrics, ver->stats};
+    TrimVersionsLocked(models_[key], version);
     EvictLocked(&key);
+    return h;
   }
-  ver.resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
-  return ModelHandle{ver.model, key.model, key.entity, version, ver.metrics, ver.stats};
+  return gone();
+}
+
+absl::StatusOr<ModelHandle> ModelRegistry::Peek(const ModelKey& key, uint64_t version) const {
+  absl::ReaderMutexLock lock(&mu_);
+  return GetLocked(key, version, false);
 }
 
 absl::StatusOr<ModelHandle> ModelRegistry::Resolve(absl::StatusOr<ModelHandle> h) const {
@@ -173,7 +211,8 @@ VersionEntry ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
 // A model whose first versions are still being built: nothing active yet, something loading.
 static bool FirstLoad(const ModelEntry& e) { return e.active == 0 && e.Loading(); }
 
-absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64_t version) const {
+absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64_t version,
+                                                     bool touch) const {
   auto it = models_.find(key);
   if (it == models_.end())
     return absl::NotFoundError(absl::StrCat("unknown model '", key.str(), "'"));
@@ -195,7 +234,9 @@ absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64
                                                " is unavailable: ", vit->second.error));
   }
   const VersionEntry& ver = vit->second;
-  if (ver.resident != nullptr) ver.resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
+  if (touch && ver.resident != nullptr) {
+    ver.resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
+  }
   return ModelHandle{ver.model, key.model, key.entity, v, ver.metrics, ver.stats};
 }
 

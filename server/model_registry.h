@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -118,6 +119,9 @@ class ModelRegistry {
                                   uint64_t version) const;
   // Exactly `key` (no entity fallback), its active version (0) or the given one.
   absl::StatusOr<ModelHandle> Handle(const ModelKey& key, uint64_t version) const;
+  // As Handle, but never loads an unloaded version (its `model` is then null) nor counts as a
+  // use: for status checks that need a version's number or state, not its weights.
+  absl::StatusOr<ModelHandle> Peek(const ModelKey& key, uint64_t version) const;
 
   // Writes `file` as a new version, loads it, and activates it unless `activate` is false
   // (a model's first version is always activated). Returns the version number.
@@ -159,8 +163,11 @@ class ModelRegistry {
   VersionEntry Ready(const ModelKey& key, uint64_t version,
                      std::shared_ptr<const engine::Model> model, uint64_t stamp) const;
   // A handle with a null model: the version is READY but unloaded (Resolve loads it).
-  absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // `touch`: counts as a use (the LRU order).
+  absl::StatusOr<ModelHandle> GetLocked(const ModelKey& key, uint64_t version,
+                                        bool touch = true) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  VersionEntry* FindReady(const ModelKey& key, uint64_t version) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // GetLocked's answer, after loading the version again if it was unloaded.
   absl::StatusOr<ModelHandle> Resolve(absl::StatusOr<ModelHandle> h) const;
   // Loads an unloaded READY version from the store and installs it (unless another call did).
@@ -172,8 +179,10 @@ class ModelRegistry {
   // Unloads the least recently used entity models (never `keep`'s) until their bytes are at most
   // 90% of the budget, when they are over it.
   void EvictLocked(const ModelKey* keep) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Unloads the inactive versions of `e` beyond the newest residence_.keep_versions.
-  void TrimVersionsLocked(ModelEntry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unloads the inactive versions of `e` beyond the newest residence_.keep_versions (never
+  // version `keep`, just asked for).
+  void TrimVersionsLocked(ModelEntry& e, uint64_t keep = 0) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ModelStore store_;
   const engine::ModelOptions model_options_;
@@ -185,12 +194,15 @@ class ModelRegistry {
   // Guards the map only; models themselves are immutable. Held for lookups and swaps, never
   // while loading, writing or scoring.
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(admin_mu_);
+  const Residence residence_;
+  // Before models_: the entries' Residency tokens count down into it when they are destroyed.
+  mutable std::atomic<int64_t> entity_bytes_{0};
+  mutable std::atomic<uint64_t> clock_{0};  // ticks once per Get: the LRU order
   // Mutable: a const Get may load an unloaded version back (a cache fill; the set of models and
   // versions and their states never change there).
   mutable std::map<ModelKey, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
-  const Residence residence_;
-  mutable std::atomic<int64_t> entity_bytes_{0};
-  mutable std::atomic<uint64_t> clock_{0};  // ticks once per Get: the LRU order
+  // Versions being loaded again now (one load each; others wait).
+  mutable std::set<std::pair<ModelKey, uint64_t>> cold_loading_ ABSL_GUARDED_BY(mu_);
   // The anomaly-rate statistics the entity models of one model share while any is loaded.
   mutable absl::Mutex entity_stats_mu_;
   mutable std::map<std::string, std::weak_ptr<ModelStats>> entity_stats_

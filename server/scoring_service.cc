@@ -207,8 +207,13 @@ void ScoringService::GetModelCall(grpc::CallbackServerContext* ctx,
     *resp->mutable_ingest() = std::move(ingest);
   }
   if (info.ok() && req->include_calibration()) {
-    auto h = registry_->Handle(*key, 0);
-    if (h.ok()) *resp->mutable_calibration_errors() = h->model->file().calibration_errors();
+    // From the active version's file, loaded or not (no cold load for a status call).
+    registry_->Visit(*key, [&](const ModelEntry& e) {
+      auto it = e.versions.find(e.active);
+      if (it != e.versions.end() && it->second.file() != nullptr) {
+        *resp->mutable_calibration_errors() = it->second.file()->calibration_errors();
+      }
+    });
   }
   call->Reply(ToGrpc(info.status()));
 }

@@ -162,8 +162,12 @@ int StoreSync::Poll() {
           continue;
         }
         const uint64_t stamp = stamps[v];
+        // A rewritten file of an unloaded version is read when the version is next needed (a
+        // fleet-wide change loads nothing now).
+        const bool unloaded =
+            have->second.state == v1::MODEL_STATE_READY && have->second.model == nullptr;
         if (have->second.state == v1::MODEL_STATE_LOADING ||
-            (have->second.stamp != stamp && have->second.bad_stamp != stamp)) {
+            (have->second.stamp != stamp && have->second.bad_stamp != stamp && !unloaded)) {
           to_load.push_back(v);
         }
       }
@@ -197,7 +201,10 @@ int StoreSync::Poll() {
       }
     }
     changes += FollowActive(key, e, disk_active);
-    if (!loaded.empty()) r_.TrimVersionsLocked(e);
+    if (!loaded.empty()) {
+      r_.TrimVersionsLocked(e);
+      r_.EvictLocked(&key);  // the memory budget holds while new versions load
+    }
   }
   // Models whose directory is gone (only when the listing could be read to the end).
   absl::MutexLock lock(&r_.mu_);

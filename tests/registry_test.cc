@@ -248,5 +248,36 @@ TEST(Registry, ConcurrentColdLoadsUnderATightBudget) {
   EXPECT_LE(registry.entity_bytes(), static_cast<int64_t>(3 * bytes + bytes / 2));
 }
 
+// A version's file rewritten by another replica while the version is unloaded is not loaded by the
+// store poll (a fleet-wide change loads nothing at once); the next request reads the new file.
+TEST(Registry, AnUnloadedVersionRewrittenElsewhereIsReadWhenNextNeeded) {
+  TempDir dir("aeserve_registry_rewrite");
+  for (uint64_t seed = 1; seed <= 2; ++seed) {
+    Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN, seed));
+  }
+  server::ModelRegistry registry(server::ModelStore(dir.path()), engine::ModelOptions{1, 4096},
+                                 nullptr, nullptr, server::Residence{0, 0});
+  server::StoreSync sync(registry);
+  sync.LoadAll([](const ModelKey&, const ModelEntry&) {});
+  const ModelKey key{"m", ""};
+  ASSERT_EQ(LoadedVersions(registry, key), std::vector<uint64_t>{2});  // 1 is inactive: unloaded
+  // Another replica changes version 1's threshold.
+  server::ModelStore store(dir.path());
+  auto file = store.Load(key, 1);
+  ASSERT_TRUE(file.ok());
+  file->set_threshold_value(123.5);
+  ASSERT_TRUE(store.RewriteVersion(key, 1, *file).ok());
+  sync.Poll();
+  EXPECT_EQ(LoadedVersions(registry, key), std::vector<uint64_t>{2});
+  // Peek does not load it either; Handle does, and serves the new file.
+  auto peek = registry.Peek(key, 1);
+  ASSERT_TRUE(peek.ok());
+  EXPECT_EQ(peek->model, nullptr);
+  auto h = registry.Handle(key, 1);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->model->threshold(), 123.5);
+  EXPECT_EQ(LoadedVersions(registry, key), (std::vector<uint64_t>{1, 2}));
+}
+
 }  // namespace
 }  // namespace aeserve::testing
