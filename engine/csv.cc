@@ -183,7 +183,7 @@ bool ParseTimestamp(absl::string_view text, int64_t* unix_ms) {
   return ParseIso(s, unix_ms);
 }
 
-absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
+absl::StatusOr<CsvTable> ReadCsv(std::istream& in, const std::string& text_column) {
   CsvTable t;
   std::vector<std::string> header;
   size_t lines = 0;
@@ -204,11 +204,13 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
         "csv: the first line is numbers, not column names: the file needs a header row naming "
         "its columns (the model's feature names; 'label', 'timestamp' and 'id' are special)");
   }
-  int label_col = -1, id_col = -1, time_col = -1;
+  int label_col = -1, id_col = -1, time_col = -1, text_col = -1;
   std::vector<int> feature_cols;
   for (size_t i = 0; i < header.size(); ++i) {
     std::string name(absl::StripAsciiWhitespace(header[i]));
-    if (name == "label") {
+    if (!text_column.empty() && name == text_column && text_col < 0) {
+      text_col = static_cast<int>(i);
+    } else if (name == "label") {
       label_col = static_cast<int>(i);
     } else if (name == "timestamp" && time_col < 0) {
       time_col = static_cast<int>(i);
@@ -218,6 +220,10 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       feature_cols.push_back(static_cast<int>(i));
       t.feature_names.push_back(name);
     }
+  }
+  if (!text_column.empty() && text_col < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("csv header: no column '", text_column, "' (the entity column)"));
   }
   if (feature_cols.empty()) return absl::InvalidArgumentError("csv: no feature columns");
   for (size_t i = 0; i < t.feature_names.size(); ++i) {
@@ -265,6 +271,14 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
       if (auto st = number(label_col, &v, false); !st.ok()) return st;
       t.labels.push_back(v);
     }
+    if (text_col >= 0) {
+      absl::string_view c = absl::StripAsciiWhitespace(cells[text_col]);
+      if (c.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("csv line ", record_line, ", column '", header[text_col], "': empty"));
+      }
+      t.text.emplace_back(c);
+    }
     // Ids: the `id` column, else the `timestamp` column's text.
     const int ids = id_col >= 0 ? id_col : time_col;
     if (ids >= 0) t.ids.emplace_back(absl::StripAsciiWhitespace(cells[ids]));
@@ -285,10 +299,10 @@ absl::StatusOr<CsvTable> ReadCsv(std::istream& in) {
   return t;
 }
 
-absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path) {
+absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path, const std::string& text_column) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  auto t = ReadCsv(in);
+  auto t = ReadCsv(in, text_column);
   if (!t.ok())
     return absl::Status(t.status().code(), absl::StrCat(path, ": ", t.status().message()));
   return t;

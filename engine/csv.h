@@ -23,6 +23,8 @@ struct CsvTable {
   // otherwise empty, and timestamp_problem names the first cell that is not.
   std::vector<int64_t> timestamps_ms;
   std::string timestamp_problem;
+  // One per row: the cells of the column ReadCsv was asked to keep as text (entity names).
+  std::vector<std::string> text;
   size_t features() const { return feature_names.size(); }
 };
 
@@ -38,7 +40,9 @@ bool ParseTimestamp(absl::string_view text, int64_t* unix_ms);
 // finite number (a label must be one), a row of the wrong width, a column name given twice, a
 // quote never closed, a first line of numbers (a file without a header row), a header that is one
 // column holding ';', a tab or '|' (another separator), or a file with no data rows.
-absl::StatusOr<CsvTable> ReadCsv(std::istream& in);
-absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path);
+// `text_column`, when given, names a column kept as text (CsvTable::text) and not as a feature;
+// INVALID_ARGUMENT when the header has no such column or one of its cells is empty.
+absl::StatusOr<CsvTable> ReadCsv(std::istream& in, const std::string& text_column = "");
+absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path, const std::string& text_column = "");
 
 }  // namespace aeserve::engine

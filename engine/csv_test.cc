@@ -102,5 +102,21 @@ TEST(Csv, AnotherSeparatorIsNamed) {
   EXPECT_FALSE(Read("a\tb\n1\t2\n").ok());
 }
 
+// An entity column is kept as text, one name per row, and is not a feature.
+TEST(Csv, ATextColumnIsKeptOutOfTheFeatures) {
+  std::istringstream in("cpu,host,mem\n1,web-1,2\n3, db:9100 ,4\n");
+  auto t = ReadCsv(in, "host");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->feature_names, (std::vector<std::string>{"cpu", "mem"}));
+  EXPECT_EQ(t->values, (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(t->text, (std::vector<std::string>{"web-1", "db:9100"}));
+  std::istringstream missing("cpu,mem\n1,2\n");
+  EXPECT_NE(ReadCsv(missing, "host").status().message().find("no column 'host'"),
+            std::string::npos);
+  std::istringstream empty("cpu,host\n1,\n");
+  EXPECT_NE(ReadCsv(empty, "host").status().message().find("csv line 2, column 'host': empty"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace aeserve::engine

@@ -29,6 +29,7 @@ TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
       metrics_(metrics),
       audit_(audit),
       max_queued_(static_cast<size_t>(max_queued)),
+      runners_count_(runners),
       max_finished_(static_cast<size_t>(std::max(1, max_finished))),
       log_(std::move(log)) {
   for (int i = 0; i < runners; ++i) runners_.emplace_back([this] { Loop(); });
@@ -52,6 +53,12 @@ absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
     return absl::InvalidArgumentError(absl::StrCat("header: ", st.message()));
   }
   if (auto p = engine::ResolvePolicy(h.policy()); !p.ok()) return p.status();
+  if (h.per_entity() &&
+      (!h.entity().empty() || h.fine_tune() || h.base_version() != 0 || h.retain())) {
+    return absl::InvalidArgumentError(
+        "header.per_entity: each row names its entity, so header.entity must be empty; "
+        "fine-tuning and retain are not available for bulk entity training");
+  }
   if (h.fine_tune() || h.base_version() != 0) {
     auto base = registry_->Handle(*key, h.base_version());
     if (!base.ok()) return base.status();
@@ -100,7 +107,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
                                                      std::vector<float> data,
                                                      std::vector<int64_t> timestamps_ms,
                                                      ByteBudget::Reservation reservation,
-                                                     JobOrigin origin) {
+                                                     JobOrigin origin, EntityRows entities) {
   if (auto st = CheckHeader(header); !st.ok()) return st;
   if (data.empty()) return absl::InvalidArgumentError("no training data");
   if (data.size() % header.num_features() != 0) {
@@ -115,11 +122,21 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Submit(const v1::TrainingJobHeader
                                                    " timestamps for ", rows,
                                                    " rows: give none or one per row"));
   }
+  if (header.per_entity() != !entities.of_row.empty() ||
+      (header.per_entity() && entities.of_row.size() != rows)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("training data: ", entities.of_row.size(), " entities for ", rows,
+                     " rows: header.per_entity needs one per row, and without it there are none"));
+  }
+  for (uint32_t e : entities.of_row) {
+    if (e >= entities.names.size()) return absl::InternalError("entity index out of range");
+  }
   auto job = std::make_shared<Job>();
   job->header = header;
   job->data = std::move(data);
   job->timestamps_ms = std::move(timestamps_ms);
   job->reservation = std::move(reservation);
+  job->entities = std::move(entities);
   return Enqueue(std::move(job), origin);
 }
 
@@ -156,6 +173,16 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Enqueue(std::shared_ptr<Job> job,
   s.set_epochs(
       engine::ResolveTrainingOptions(header.options()).value_or(v1::TrainingOptions()).epochs());
   s.set_created_unix_ms(NowMs());
+  if (header.per_entity()) {
+    std::vector<uint64_t> rows(job->entities.names.size(), 0);
+    for (uint32_t e : job->entities.of_row) ++rows[e];
+    for (size_t i = 0; i < rows.size(); ++i) {
+      v1::EntityTraining* e = s.add_entities();
+      e->set_entity(job->entities.names[i]);
+      e->set_state(v1::JOB_STATE_QUEUED);
+      e->set_rows(rows[i]);
+    }
+  }
   jobs_[s.id()] = job;
   queue_.push_back(job);
   log_->info("training job {} queued for model '{}{}{}': {} rows x {} features", s.id(),
@@ -186,6 +213,7 @@ std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const 
     if (model.empty() || job->state.model() == model) {
       v1::TrainingJob s = job->state;
       s.clear_history();
+      s.clear_entities();  // GetTrainingJob and WatchTrainingJob have them
       out.push_back(std::move(s));
     }
   }
@@ -325,6 +353,7 @@ void TrainingJobs::Loop() {
 }
 
 void TrainingJobs::Run(Job& job) {
+  if (job.header.per_entity()) return RunPerEntity(job);
   const v1::TrainingJobHeader& h = job.header;
   const ModelKey key{h.model(), h.entity()};
   absl::Status sourced = absl::OkStatus();
@@ -392,56 +421,81 @@ void TrainingJobs::Run(Job& job) {
                      }
                      return !job.cancel.load();
                    });
-  absl::StatusOr<uint64_t> version;
-  if (file.ok()) {
-    file->mutable_metadata()->set_training_job(job.state.id());
-    if (req.start_from != nullptr) file->mutable_metadata()->set_base_version(base->version);
-    if (auto st = engine::SetThresholds(*file, {}, h.critical_threshold(), false); !st.ok()) {
-      file = absl::InvalidArgumentError(absl::StrCat("critical_threshold: ", st.message()));
-    }
-  }
   if (file.ok() && job.cancel) file = absl::CancelledError("cancelled");
-  if (file.ok()) version = registry_->AddVersion(key, *file, !h.no_activate());
-  // A new version is in the audit log before anyone can see the job succeeded.
-  const bool succeeded = file.ok() && version.ok();
-  if (succeeded && audit_ != nullptr) {
-    v1::Event e;
-    e.set_model(key.model);
-    e.set_entity(key.entity);
-    e.set_version(*version);
-    e.set_action("train");
-    {
-      absl::MutexLock lock(&mu_);
-      const v1::TrainingJob& s = job.state;
-      e.set_actor(s.actor());
-      e.set_job_id(s.id());
-      e.set_reason(absl::StrFormat("%s: %d rows, %d epochs, validation loss %.6g; %s", s.trigger(),
-                                   s.rows(), s.epoch(), s.validation_loss(),
-                                   !h.no_activate() || *version == 1 ? "activated" : "staged"));
-    }
-    if (auto st = audit_->Record(std::move(e)); !st.ok()) {
-      log_->error("{}", std::string(st.message()));
-    }
+  std::string summary;
+  {
+    absl::MutexLock lock(&mu_);
+    const v1::TrainingJob& s = job.state;
+    summary = absl::StrFormat("%d rows, %d epochs, validation loss %.6g", s.rows(), s.epoch(),
+                              s.validation_loss());
   }
+  const absl::StatusOr<uint64_t> version =
+      file.ok() ? Commit(job, key, *std::move(file), req.start_from != nullptr ? base->version : 0,
+                         summary)
+                : absl::StatusOr<uint64_t>(file.status());
   absl::ReleasableMutexLock lock(&mu_);
   v1::TrainingJob& s = job.state;
   s.set_finished_unix_ms(NowMs());
   s.set_eta_seconds(0);
-  if (succeeded) {
+  if (version.ok()) {
     s.set_state(v1::JOB_STATE_SUCCEEDED);
     s.set_version(*version);
     s.set_activated(!h.no_activate() || *version == 1);
     log_->info("training job {} succeeded: model '{}' version {}{}", s.id(), key.str(), *version,
                s.activated() ? " (active)" : " (staged)");
   } else {
-    const absl::Status st = file.ok() ? version.status() : file.status();
+    const absl::Status& st = version.status();
     const bool cancelled = st.code() == absl::StatusCode::kCancelled || job.cancel;
     s.set_state(cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
     s.set_error(std::string(st.message()));
     log_->warn("training job {} {}: {}", s.id(), cancelled ? "cancelled" : "failed",
                std::string(st.message()));
   }
+  std::function<void()> after = Close(job);
+  lock.Release();
+  after();
+}
+
+absl::StatusOr<uint64_t> TrainingJobs::Commit(Job& job, const ModelKey& key, v1::ModelFile file,
+                                              uint64_t base_version, const std::string& summary) {
+  const v1::TrainingJobHeader& h = job.header;
+  std::string id, actor, trigger;
+  {
+    absl::MutexLock lock(&mu_);
+    id = job.state.id();
+    actor = job.state.actor();
+    trigger = job.state.trigger();
+  }
+  file.mutable_metadata()->set_training_job(id);
+  if (base_version != 0) file.mutable_metadata()->set_base_version(base_version);
+  if (auto st = engine::SetThresholds(file, {}, h.critical_threshold(), false); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("critical_threshold: ", st.message()));
+  }
+  if (job.cancel) return absl::CancelledError("cancelled");
+  absl::StatusOr<uint64_t> version = registry_->AddVersion(key, file, !h.no_activate());
+  // A new version is in the audit log before anyone can see the job succeeded.
+  if (version.ok() && audit_ != nullptr) {
+    v1::Event e;
+    e.set_model(key.model);
+    e.set_entity(key.entity);
+    e.set_version(*version);
+    e.set_action("train");
+    e.set_actor(actor);
+    e.set_job_id(id);
+    e.set_reason(absl::StrCat(trigger, ": ", summary, "; ",
+                              !h.no_activate() || *version == 1 ? "activated" : "staged"));
+    if (auto st = audit_->Record(std::move(e)); !st.ok()) {
+      log_->error("{}", std::string(st.message()));
+    }
+  }
+  return version;
+}
+
+std::function<void()> TrainingJobs::Close(Job& job) {
+  v1::TrainingJob& s = job.state;
   std::vector<float>().swap(job.data);
+  std::vector<int64_t>().swap(job.timestamps_ms);
+  job.entities = {};
   job.reservation.Release();
   if (metrics_ != nullptr) {
     metrics_->RecordTrainingResult(s.state() == v1::JOB_STATE_SUCCEEDED   ? "succeeded"
@@ -449,11 +503,124 @@ void TrainingJobs::Run(Job& job) {
                                                                           : "failed");
   }
   Publish(job);
-  const v1::TrainingJob final_state = s;
-  Done done = std::move(job.on_done);
   Finished(s.id());
+  if (!job.on_done) return [] {};
+  return [done = std::move(job.on_done), final_state = s] { done(final_state); };
+}
+
+void TrainingJobs::RunPerEntity(Job& job) {
+  const size_t n = job.entities.names.size();
+  // Each entity's rows, in upload order.
+  std::vector<std::vector<uint32_t>> rows(n);
+  for (size_t r = 0; r < job.entities.of_row.size(); ++r) {
+    rows[job.entities.of_row[r]].push_back(static_cast<uint32_t>(r));
+  }
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < n && !job.cancel; i = next++) TrainEntity(job, i, rows[i]);
+  };
+  std::vector<std::thread> helpers;
+  const size_t threads = std::min<size_t>(n, static_cast<size_t>(std::max(1, runners_count_)));
+  for (size_t t = 1; t < threads; ++t) helpers.emplace_back(work);
+  work();
+  for (auto& t : helpers) t.join();
+
+  absl::ReleasableMutexLock lock(&mu_);
+  v1::TrainingJob& s = job.state;
+  s.set_finished_unix_ms(NowMs());
+  s.set_eta_seconds(0);
+  int succeeded = 0, failed = 0;
+  std::string first_failure;
+  for (v1::EntityTraining& e : *s.mutable_entities()) {
+    if (e.state() == v1::JOB_STATE_QUEUED || e.state() == v1::JOB_STATE_RUNNING) {
+      e.set_state(v1::JOB_STATE_CANCELLED);  // never started, or stopped by the cancel
+      e.set_error("cancelled");
+    }
+    if (e.state() == v1::JOB_STATE_SUCCEEDED) ++succeeded;
+    if (e.state() == v1::JOB_STATE_FAILED) {
+      if (failed++ == 0) first_failure = absl::StrCat(e.entity(), ": ", e.error());
+    }
+  }
+  if (job.cancel) {
+    s.set_state(v1::JOB_STATE_CANCELLED);
+    s.set_error(absl::StrCat("cancelled after ", succeeded, " of ", n, " entities"));
+  } else if (succeeded == 0) {
+    s.set_state(v1::JOB_STATE_FAILED);
+    s.set_error(absl::StrCat("every entity failed; the first: ", first_failure));
+  } else {
+    s.set_state(v1::JOB_STATE_SUCCEEDED);
+    if (failed > 0) {
+      s.set_error(absl::StrCat(failed, " of ", n, " entities failed; the first: ", first_failure));
+    }
+  }
+  log_->info("training job {} for '{}': {} of {} entity models trained{}", s.id(), s.model(),
+             succeeded, n, failed > 0 ? absl::StrCat(", ", failed, " failed") : "");
+  std::function<void()> after = Close(job);
   lock.Release();
-  if (done) done(final_state);
+  after();
+}
+
+void TrainingJobs::TrainEntity(Job& job, size_t i, const std::vector<uint32_t>& rows) {
+  const v1::TrainingJobHeader& h = job.header;
+  const ModelKey key{h.model(), job.entities.names[i]};
+  const size_t d = h.num_features();
+  {
+    absl::MutexLock lock(&mu_);
+    job.state.mutable_entities(static_cast<int>(i))->set_state(v1::JOB_STATE_RUNNING);
+    Publish(job);
+  }
+  std::vector<float> data(rows.size() * d);
+  std::vector<int64_t> ts;
+  for (size_t k = 0; k < rows.size(); ++k) {
+    std::copy_n(job.data.data() + size_t{rows[k]} * d, d, data.data() + k * d);
+    if (!job.timestamps_ms.empty()) ts.push_back(job.timestamps_ms[rows[k]]);
+  }
+  engine::TrainRequest req;
+  req.spec = h.spec();
+  req.options = h.options();
+  req.threshold = h.threshold();
+  req.policy = h.policy();
+  req.description = h.description();
+  req.cancel = &job.cancel;
+  std::vector<std::string> names(h.feature_names().begin(), h.feature_names().end());
+  double validation_loss = 0;
+  uint32_t epochs = 0;
+  const absl::Status enough = EnoughRows(rows.size());
+  absl::StatusOr<v1::ModelFile> file = absl::InternalError("not trained");
+  if (!enough.ok()) {
+    file = enough;
+  } else {
+    file = engine::Train(req, engine::TrainingData{data, rows.size(), d, names, ts},
+                         [&](const engine::TrainingProgress& p) {
+                           absl::MutexLock lock(&mu_);
+                           v1::EntityTraining* e = job.state.mutable_entities(static_cast<int>(i));
+                           e->set_epoch(p.epoch);
+                           e->set_epochs(p.epochs);
+                           e->set_validation_loss(p.validation_loss);
+                           validation_loss = p.validation_loss;
+                           epochs = p.epoch;
+                           Publish(job);
+                           return !job.cancel.load();
+                         });
+  }
+  const absl::StatusOr<uint64_t> version =
+      file.ok() ? Commit(job, key, *std::move(file), 0,
+                         absl::StrFormat("%d rows, %d epochs, validation loss %.6g (bulk entity "
+                                         "training)",
+                                         rows.size(), epochs, validation_loss))
+                : absl::StatusOr<uint64_t>(file.status());
+  absl::MutexLock lock(&mu_);
+  v1::EntityTraining* e = job.state.mutable_entities(static_cast<int>(i));
+  if (version.ok()) {
+    e->set_state(v1::JOB_STATE_SUCCEEDED);
+    e->set_version(*version);
+    e->set_activated(!h.no_activate() || *version == 1);
+  } else {
+    const bool cancelled = version.status().code() == absl::StatusCode::kCancelled || job.cancel;
+    e->set_state(cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
+    e->set_error(std::string(version.status().message()));
+  }
+  Publish(job);
 }
 
 void TrainingJobs::Finished(const std::string& id) {

@@ -24,6 +24,13 @@
 
 namespace aeserve::server {
 
+// Bulk entity training: the distinct entity names of an upload and, per row, the index of its
+// entity's name.
+struct EntityRows {
+  std::vector<std::string> names;
+  std::vector<uint32_t> of_row;
+};
+
 // Who started a job and why (shown in the job and recorded in the audit log).
 struct JobOrigin {
   std::string actor = "anonymous";
@@ -59,7 +66,7 @@ class TrainingJobs {
                                          std::vector<float> data,
                                          std::vector<int64_t> timestamps_ms = {},
                                          ByteBudget::Reservation reservation = {},
-                                         JobOrigin origin = {});
+                                         JobOrigin origin = {}, EntityRows entities = {});
   // A job whose rows `source` gathers when it starts (header.rows is then filled in).
   absl::StatusOr<v1::TrainingJob> SubmitFrom(const v1::TrainingJobHeader& header, Source source,
                                              JobOrigin origin, Done on_done);
@@ -68,6 +75,8 @@ class TrainingJobs {
   absl::StatusOr<v1::TrainingJob> Cancel(const std::string& id);
   // Fewer rows than this are refused: one row (or a handful) cannot calibrate a threshold.
   static constexpr uint64_t kMinTrainingRows = 10;
+  // Entities one bulk entity training job may train.
+  static constexpr size_t kMaxEntitiesPerJob = 100000;
   static absl::Status EnoughRows(uint64_t rows);
   // `missing` (the registry's answer to a request for `version` of model/entity) told better
   // when it is NOT_FOUND for the active version (0) while a job is still training the model:
@@ -101,10 +110,22 @@ class TrainingJobs {
     std::map<uint64_t, Watcher> watchers;
     Source source;  // data gathered at the start (else `data` was uploaded)
     Done on_done;
+    EntityRows entities;  // header.per_entity: the entity of each row
   };
   absl::StatusOr<v1::TrainingJob> Enqueue(std::shared_ptr<Job> job, const JobOrigin& origin);
   void Loop();
   void Run(Job& job);
+  // header.per_entity: one model per entity, up to runners_count_ at once.
+  void RunPerEntity(Job& job);
+  // Trains entity `i` of the job on `rows` (indices into the job's rows).
+  void TrainEntity(Job& job, size_t i, const std::vector<uint32_t>& rows);
+  // A trained file, stamped with the job: a new version of `key`, recorded in the audit log with
+  // `summary` (rows, epochs, loss) as the reason.
+  absl::StatusOr<uint64_t> Commit(Job& job, const ModelKey& key, v1::ModelFile file,
+                                  uint64_t base_version, const std::string& summary);
+  // The job ended (its state is set): frees its data, publishes, forgets old jobs. Returns what
+  // to call once mu_ is released (on_done with the final state).
+  std::function<void()> Close(Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Publish(Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records that job `id` ended; forgets the oldest ended jobs beyond max_finished_.
   void Finished(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -115,6 +136,7 @@ class TrainingJobs {
   const AuditLog* audit_;
   RetainHook retain_;  // set before any job runs
   const size_t max_queued_;
+  const int runners_count_;
   const size_t max_finished_;
   std::shared_ptr<spdlog::logger> log_;
   mutable absl::Mutex mu_;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "engine/window.h"
 #include "server/raw_call.h"
@@ -64,6 +65,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return End(Invalid(absl::StrCat("the upload sends more than one timestamp per row (",
                                       header_.rows(), " rows announced); no job was created")));
     }
+    if (auto st = AcceptEntities(req); !st.ok()) return End(st);
     values_.insert(values_.end(), req.values().begin(), req.values().end());
     timestamps_.insert(timestamps_.end(), req.timestamps_ms().begin(), req.timestamps_ms().end());
     StartRead(&incoming_);
@@ -141,8 +143,14 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       window_values = windows * inputs;
     }
     // Values, room for one timestamp per row (series models send them), and a series' windows.
-    const uint64_t bytes =
-        (expected_values_ + window_values) * sizeof(float) + h.rows() * sizeof(int64_t);
+    // Bulk entity training: an index per row, and the names (at most kMaxEntitiesPerJob of at
+    // most 128 characters, with their index entries).
+    const uint64_t entity_bytes =
+        h.per_entity() ? h.rows() * sizeof(uint32_t) +
+                             std::min<uint64_t>(h.rows(), TrainingJobs::kMaxEntitiesPerJob) * 256
+                       : 0;
+    const uint64_t bytes = (expected_values_ + window_values) * sizeof(float) +
+                           h.rows() * sizeof(int64_t) + entity_bytes;
     reservation_ = uploads_->budget_->Reserve(bytes);
     if (reservation_.bytes() != bytes) {
       return absl::ResourceExhaustedError(
@@ -153,6 +161,37 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }
     values_.reserve(expected_values_);
     return absl::OkStatus();
+  }
+
+  // Bulk entity training: each row's entity, as an index into the distinct names (so that a
+  // million rows of a few hosts hold a few names, not a million strings).
+  grpc::Status AcceptEntities(const v1::CreateTrainingJobRequest& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (req.entities_size() == 0) return grpc::Status::OK;
+    if (!header_.per_entity()) {
+      return Invalid("entities sent without header.per_entity; no job was created");
+    }
+    if (entities_.of_row.size() + static_cast<size_t>(req.entities_size()) > header_.rows()) {
+      return Invalid(absl::StrCat("the upload sends more than one entity per row (", header_.rows(),
+                                  " rows announced); no job was created"));
+    }
+    for (const std::string& name : req.entities()) {
+      auto [it, added] =
+          entity_index_.try_emplace(name, static_cast<uint32_t>(entities_.names.size()));
+      if (added) {
+        if (auto st = ValidateName(name, "entity name", true); !st.ok()) {
+          return Invalid(absl::StrCat("row ", entities_.of_row.size(), ": ", st.message(),
+                                      "; no job was created"));
+        }
+        if (entities_.names.size() >= TrainingJobs::kMaxEntitiesPerJob) {
+          return Invalid(absl::StrCat("more than ", TrainingJobs::kMaxEntitiesPerJob,
+                                      " entities in one job; no job was created"));
+        }
+        entities_.names.push_back(name);
+      }
+      entities_.of_row.push_back(it->second);
+    }
+    return grpc::Status::OK;
   }
 
   // The client half-closed (or the stream ended another way): queue the job only if the upload
@@ -179,8 +218,14 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           Invalid(absl::StrCat("the upload sent ", timestamps_.size(), " timestamps for ", rows,
                                " rows: give none or one per row; no job was created")));
     }
+    if (header_.per_entity() && entities_.of_row.size() != rows) {
+      return End(Invalid(absl::StrCat("header.per_entity: every row needs its entity (",
+                                      entities_.of_row.size(), " entities for ", rows,
+                                      " rows); no job was created")));
+    }
     auto job = uploads_->jobs_->Submit(header_, std::move(values_), std::move(timestamps_),
-                                       std::move(reservation_), JobOrigin{actor_, "upload"});
+                                       std::move(reservation_), JobOrigin{actor_, "upload"},
+                                       std::move(entities_));
     grpc::Status st = ToGrpc(job.status());
     if (job.ok()) st = SerializeMessage(*job, out_);
     End(st);
@@ -192,6 +237,8 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     finished_ = true;
     std::vector<float>().swap(values_);
     std::vector<int64_t>().swap(timestamps_);
+    entities_ = {};
+    entity_index_ = {};
     reservation_.Release();
     Finish(st);
   }
@@ -213,6 +260,8 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   uint64_t expected_values_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<float> values_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> timestamps_ ABSL_GUARDED_BY(mu_);
+  EntityRows entities_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint32_t> entity_index_ ABSL_GUARDED_BY(mu_);
   bool series_ ABSL_GUARDED_BY(mu_) = false;  // the job trains a series model
   ByteBudget::Reservation reservation_ ABSL_GUARDED_BY(mu_);
 };

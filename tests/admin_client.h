@@ -14,7 +14,8 @@ namespace aeserve::testing {
 // header.rows, when unset, is the number of whole rows in `values`.
 inline grpc::Status CreateJob(v1::ModelAdmin::Stub* stub, v1::TrainingJobHeader header,
                               const std::vector<float>& values, v1::TrainingJob* job,
-                              const std::string& token = "", size_t chunk_rows = 500) {
+                              const std::string& token = "", size_t chunk_rows = 500,
+                              const std::vector<std::string>& entities = {}) {
   if (header.rows() == 0 && header.num_features() > 0)
     header.set_rows(values.size() / header.num_features());
   grpc::ClientContext ctx;
@@ -28,6 +29,10 @@ inline grpc::Status CreateJob(v1::ModelAdmin::Stub* stub, v1::TrainingJobHeader 
     if (start == 0) *req.mutable_header() = header;
     const size_t end = std::min(values.size(), start + chunk);
     req.mutable_values()->Add(values.begin() + start, values.begin() + end);
+    if (!entities.empty()) {  // bulk entity training: each row's entity
+      const size_t first = start / d, last = std::min(entities.size(), end / d);
+      for (size_t r = first; r < last; ++r) req.add_entities(entities[r]);
+    }
     if (!writer->Write(req)) break;
     if (values.empty()) break;
   }

@@ -365,6 +365,36 @@ TEST_F(AectlTest, EntityModels) {
   EXPECT_NE(missing.err.find("aectl: NOT_FOUND"), std::string::npos) << missing.err;
 }
 
+// --entity-column: one upload, one model per entity; an entity with too few rows fails alone
+// (exit 3), and each entity's outcome is one line.
+TEST_F(AectlTest, BulkEntityTraining) {
+  std::ifstream in(Test());
+  const std::string path = dir_->path() + "/bulk.csv";
+  std::ofstream out(path);
+  std::string line;
+  std::getline(in, line);
+  out << line << ",host\n";
+  for (int r = 0; std::getline(in, line) && r < 604; ++r) {
+    out << line << "," << (r < 4 ? "db-9" : r % 2 == 0 ? "web-1" : "web:2") << "\n";
+  }
+  out.close();
+  auto t = Aectl(server_arg_ + " train --model bulk --entity-column host --layers 16 --code 4 " +
+                 "--epochs 2 " + path);
+  EXPECT_EQ(t.code, 3) << t.err;
+  EXPECT_NE(t.out.find("model bulk/web-1 version 1 active (300 rows"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("model bulk/web:2 version 1 active (300 rows"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("model bulk/db-9 FAILED: training data: 4 rows"), std::string::npos)
+      << t.out;
+  EXPECT_NE(t.err.find("1 of 3 entities failed"), std::string::npos) << t.err;
+  auto m = Aectl(server_arg_ + " models");
+  EXPECT_NE(m.out.find("bulk/web:2"), std::string::npos) << m.out;
+  auto own = Aectl(server_arg_ + " score --model bulk --entity web-1 " + Test());
+  EXPECT_EQ(own.code, 0) << own.err;
+  auto missing = Aectl(server_arg_ + " train --model bulk --entity-column rack " + path);
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("no column 'rack'"), std::string::npos) << missing.err;
+}
+
 // encode, reconstruct and generate print CSV: a header, then one line per row.
 TEST_F(AectlTest, EncodeReconstructGenerate) {
   auto codes = Aectl(server_arg_ + " encode --model demo " + Test());

@@ -353,6 +353,86 @@ TEST_F(LifecycleTest, ThresholdsWithoutRetrainingAndSeverity) {
   EXPECT_EQ(admin_->SetThreshold(&c2, req, &b).error_code(), StatusCode::INVALID_ARGUMENT);
 }
 
+// Bulk entity training: one upload whose rows name their hosts trains one model per host on that
+// host's rows; a host with too few rows fails alone, and the job says so.
+TEST_F(LifecycleTest, BulkEntityTrainingTrainsOneModelPerEntity) {
+  const Data& data = Cardio();
+  ASSERT_EQ(TrainAndWait(Header("cardio", 5, 1), data.inliers).version(), 1u);
+  // Rows interleaved: 300 of host-a, 250 of host-b, 5 of host-c.
+  std::vector<float> values;
+  std::vector<std::string> entities;
+  size_t next = 0;
+  auto take = [&](const std::string& e) {
+    values.insert(values.end(), data.inliers.begin() + next * data.d,
+                  data.inliers.begin() + (next + 1) * data.d);
+    entities.push_back(e);
+    ++next;
+  };
+  for (int i = 0; i < 300; ++i) {
+    take("host-a");
+    if (i < 250) take("host-b");
+    if (i < 5) take("host-c");
+  }
+  auto h = Header("cardio", 5, 3);
+  h.set_per_entity(true);
+  v1::TrainingJob job;
+  grpc::Status st = CreateJob(admin_.get(), h, values, &job, "", 128, entities);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(job.entities_size(), 3);
+  EXPECT_EQ(job.entities(0).entity(), "host-a");
+  EXPECT_EQ(job.entities(0).rows(), 300u);
+  EXPECT_EQ(job.entities(2).rows(), 5u);
+  auto states = WatchToEnd(admin_.get(), job.id());
+  ASSERT_FALSE(states.empty());
+  const v1::TrainingJob& done = states.back();
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  EXPECT_NE(done.error().find("1 of 3 entities failed; the first: host-c: training data: 5 rows"),
+            std::string::npos)
+      << done.error();
+  ASSERT_EQ(done.entities_size(), 3);
+  server::ModelStore store(dir_->path());
+  for (int i = 0; i < 2; ++i) {
+    const v1::EntityTraining& e = done.entities(i);
+    EXPECT_EQ(e.state(), v1::JOB_STATE_SUCCEEDED) << e.entity() << ": " << e.error();
+    EXPECT_EQ(e.version(), 1u);
+    EXPECT_TRUE(e.activated());
+    EXPECT_GT(e.epoch(), 0u);
+    // Each model learned from its own rows only.
+    auto f = store.Load(server::ModelKey{"cardio", e.entity()}, 1);
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_EQ(f->metadata().data_rows(), e.rows());
+    EXPECT_EQ(f->metadata().training_job(), job.id());
+  }
+  EXPECT_EQ(done.entities(2).state(), v1::JOB_STATE_FAILED);
+  EXPECT_FALSE(store.Load(server::ModelKey{"cardio", "host-c"}, 1).ok());
+  // Requests naming a host score with its model; host-c (no model) with the generic one.
+  const std::vector<float> probe(data.all.begin(), data.all.begin() + 20 * data.d);
+  auto a = Score(probe, 0, "host-a");
+  EXPECT_EQ(a.entity(), "host-a");
+  EXPECT_EQ(std::vector<float>(a.errors().begin(), a.errors().end()),
+            EngineErrors(1, probe, "host-a"));
+  EXPECT_EQ(Score(probe, 0, "host-c").entity(), "");
+
+  // Refused uploads name the problem and create nothing.
+  auto refused = [&](v1::TrainingJobHeader header, const std::vector<std::string>& names) {
+    v1::TrainingJob j;
+    grpc::Status s = CreateJob(admin_.get(), header, values, &j, "", 128, names);
+    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+    return s.error_message();
+  };
+  EXPECT_NE(refused(Header("cardio", 5, 3), entities).find("without header.per_entity"),
+            std::string::npos);
+  auto with_entity = h;
+  with_entity.set_entity("host-a");
+  EXPECT_NE(refused(with_entity, entities).find("header.entity must be empty"), std::string::npos);
+  EXPECT_NE(refused(h, std::vector<std::string>(entities.begin(), entities.end() - 1))
+                .find("every row needs its entity"),
+            std::string::npos);
+  auto bad = entities;
+  bad[7] = "bad/name";
+  EXPECT_NE(refused(h, bad).find("row 7"), std::string::npos);
+}
+
 TEST_F(LifecycleTest, PerEntityModelsFallBackToTheGenericOne) {
   const Data& data = Cardio();
   ASSERT_EQ(TrainAndWait(Header("cardio", 5, 1), data.inliers).version(), 1u);

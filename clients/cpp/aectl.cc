@@ -96,14 +96,16 @@ void Deadline(grpc::ClientContext& ctx, const Common& c, bool deadline = true) {
   }
 }
 
-absl::StatusOr<engine::CsvTable> ReadInput(const std::string& path) {
+// `text_column`: a column kept as text (the entity column of bulk entity training).
+absl::StatusOr<engine::CsvTable> ReadInput(const std::string& path,
+                                           const std::string& text_column = "") {
   if (path == "-") {
     if (isatty(0)) {  // a forgotten file argument: say what is happening
       std::fprintf(stderr, "aectl: reading CSV from stdin (end with Ctrl-D; or give a file)\n");
     }
-    return engine::ReadCsv(std::cin);
+    return engine::ReadCsv(std::cin, text_column);
   }
-  return engine::ReadCsvFile(path);
+  return engine::ReadCsvFile(path, text_column);
 }
 
 // The anomaly score of sample i (servers before scores existed: its error).
@@ -731,6 +733,18 @@ std::string HumanRate(double v) {
 
 void ShowProgress(const v1::TrainingJob& j) {
   const bool tty = isatty(2);
+  if (j.entities_size() > 0) {  // bulk entity training: models done of all
+    int done = 0, failed = 0, running = 0;
+    for (const auto& e : j.entities()) {
+      done += e.state() == v1::JOB_STATE_SUCCEEDED;
+      failed += e.state() == v1::JOB_STATE_FAILED;
+      running += e.state() == v1::JOB_STATE_RUNNING;
+    }
+    std::fprintf(stderr, "%s%s: %d of %d entity models trained, %d failed, %d training%s",
+                 tty ? "\r" : "", JobStateName(j.state()), done, j.entities_size(), failed, running,
+                 tty ? "   " : "\n");
+    return;
+  }
   const int width = 30;
   const int filled = j.epochs() ? static_cast<int>(width * j.epoch() / j.epochs()) : 0;
   std::string bar(filled, '#');
@@ -750,6 +764,7 @@ void ShowProgress(const v1::TrainingJob& j) {
 // engine fills in its default: the defaults live in one place (engine/spec.cc).
 struct TrainArgs {
   std::string model, entity, kind, layers, decoder, loss, activation, scaling, noise, description;
+  std::string entity_column;  // bulk entity training: the CSV column naming each row's entity
   uint32_t code = 0, epochs = 0, batch = 0, patience = 0, seed = 0;
   float lr = 0, weight_decay = 0, dropout = -1, validation_split = -1, noise_level = 0, l1 = 0,
         kl_sparsity = 0, rho = 0, beta = 0;
@@ -788,12 +803,19 @@ bool ParseEnum(const std::string& text, const std::string& prefix, F is_valid_na
 
 int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   // From a recording the server has the rows: an empty table stands for them here.
-  auto table =
-      a.from_recording ? absl::StatusOr<engine::CsvTable>(engine::CsvTable{}) : ReadInput(path);
+  if (!a.entity_column.empty() && (!a.entity.empty() || a.from_recording)) {
+    std::fprintf(stderr,
+                 "aectl: --entity-column trains one model per entity: not with --entity "
+                 "or --from-recording\n");
+    return 2;
+  }
+  auto table = a.from_recording ? absl::StatusOr<engine::CsvTable>(engine::CsvTable{})
+                                : ReadInput(path, a.entity_column);
   if (!table.ok()) return Fail(table.status());
   v1::TrainingJobHeader h;
   h.set_model(a.model);
   h.set_entity(a.entity);
+  h.set_per_entity(!a.entity_column.empty());
   h.set_num_features(static_cast<uint32_t>(table->features()));
   h.set_rows(table->rows);
   for (const auto& n : table->feature_names) h.add_feature_names(n);
@@ -898,6 +920,9 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
         req.mutable_timestamps_ms()->Add(table->timestamps_ms.begin() + start / d,
                                          table->timestamps_ms.begin() + end / d);
       }
+      for (size_t r = start / d; r < end / d && r < table->text.size(); ++r) {
+        req.add_entities(table->text[r]);  // --entity-column: each row's entity
+      }
       if (!writer->Write(req)) break;
     }
     writer->WritesDone();
@@ -919,10 +944,27 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   if (isatty(2)) std::fprintf(stderr, "\n");
   grpc::Status st = reader->Finish();
   if (!st.ok()) return Fail(st);
+  if (job.entities_size() > 0) {  // bulk entity training: one line per entity
+    for (const auto& e : job.entities()) {
+      if (e.state() == v1::JOB_STATE_SUCCEEDED) {
+        std::printf("model %s/%s version %llu %s (%llu rows, %u epochs)\n", job.model().c_str(),
+                    e.entity().c_str(), static_cast<unsigned long long>(e.version()),
+                    e.activated() ? "active" : "staged", static_cast<unsigned long long>(e.rows()),
+                    e.epoch());
+      } else {
+        std::printf("model %s/%s %s: %s\n", job.model().c_str(), e.entity().c_str(),
+                    JobStateName(e.state()), e.error().c_str());
+      }
+    }
+  }
   if (job.state() != v1::JOB_STATE_SUCCEEDED) {
     std::fprintf(stderr, "aectl: job %s %s: %s\n", job.id().c_str(), JobStateName(job.state()),
                  job.error().c_str());
     return 1;
+  }
+  if (job.entities_size() > 0) {
+    if (!job.error().empty()) std::fprintf(stderr, "aectl: %s\n", job.error().c_str());
+    return job.error().empty() ? 0 : 3;  // 3: some entities failed, the others were trained
   }
   std::printf("model %s%s%s version %llu %s (%u epochs, %.2f s)\n", job.model().c_str(),
               job.entity().empty() ? "" : "/", job.entity().c_str(),
@@ -1530,6 +1572,9 @@ int main(int argc, char** argv) {
       app.add_subcommand("train", "train a model version over RPC on a CSV, with a progress bar");
   train->add_option("--model", ta.model, "model name")->required();
   train->add_option("--entity", ta.entity, "train the per-entity model <model>/<entity>");
+  train->add_option("--entity-column", ta.entity_column,
+                    "bulk entity training: this CSV column names each row's entity, and one job "
+                    "trains one model <model>/<entity> per entity on its rows");
   // Bad values are usage errors naming the flag and, for choices, the valid ones.
   const CLI::Validator widths(
       [](std::string& text) -> std::string {
