@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "tests/server_process.h"
 #include "tests/test_models.h"
@@ -393,6 +394,53 @@ TEST_F(AectlTest, BulkEntityTraining) {
   auto missing = Aectl(server_arg_ + " train --model bulk --entity-column rack " + path);
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.err.find("no column 'rack'"), std::string::npos) << missing.err;
+}
+
+// Two replicas on one store: `aectl watch --server A,B` merges both anomaly feeds (each event
+// printed once, from whichever replica scored it); --lb-policy and --channel-arg are accepted.
+TEST_F(AectlTest, WatchMergesTheFeedsOfEveryReplica) {
+  ServerProcess other;
+  ASSERT_TRUE(other.Start(AESERVE_BINARY, {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                                           "--model_dir=" + dir_->path()}));
+  const std::string a = "127.0.0.1:" + std::to_string(server_->port());
+  const std::string b = "127.0.0.1:" + std::to_string(other.port());
+  ASSERT_TRUE(WaitFor([&] { return Aectl("--server " + b + " health").code == 0; },
+                      std::chrono::seconds(30)))
+      << other.log();
+  // Three rows far from anything the demo model learned: flagged wherever they are scored.
+  std::ifstream in(Test());
+  const std::string path = dir_->path() + "/far.csv";
+  std::ofstream out(path);
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  out << header << "\n";
+  std::vector<std::string> cells = absl::StrSplit(row, ',');
+  for (int r = 0; r < 3; ++r) {
+    for (size_t j = 0; j < cells.size(); ++j) out << (j ? "," : "") << 1000 + 37 * (j + r);
+    out << "\n";
+  }
+  out.close();
+  ServerProcess watch;  // its output is read as it comes (Start's port wait times out at once)
+  watch.Start(AECTL_BINARY,
+              {"watch", "--server", a + "," + b, "--lb-policy", "pick_first", "--channel-arg",
+               "grpc.enable_retries=0"},
+              0.01);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (const auto& [server, id] : {std::pair{a, "from-a"}, std::pair{b, "from-b"}}) {
+          Aectl("--server " + server + " stream --model demo --stream-id " + id + " " + path);
+        }
+        const std::string log = watch.log();
+        return log.find(",from-a,") != std::string::npos &&
+               log.find(",from-b,") != std::string::npos;
+      },
+      std::chrono::seconds(30)))
+      << watch.log();
+  watch.Signal(SIGTERM);
+  watch.Wait(10);
+  auto bad = Aectl("--server " + a + " --channel-arg nokeyvalue health");
+  EXPECT_EQ(bad.code, 2) << bad.err;
 }
 
 // encode, reconstruct and generate print CSV: a header, then one line per row.

@@ -1,5 +1,7 @@
 // aectl: the aeserve command line. One binary, one subcommand per task; gRPC errors become a
 // one-line message and a non-zero exit code.
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,10 +13,12 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -37,6 +41,8 @@ struct Common {
   double timeout = 30;
   std::string token;                      // bearer token (or $AESERVE_TOKEN)
   std::string tls_ca, tls_cert, tls_key;  // TLS: CA bundle; client certificate for mTLS
+  std::string lb_policy;                  // gRPC load-balancing policy (round_robin, pick_first)
+  std::vector<std::string> channel_args;  // more gRPC channel arguments, key=value
 };
 
 std::string ReadFile(const std::string& path) {
@@ -67,12 +73,25 @@ int Fail(const absl::Status& st) {
   return 1;
 }
 
-std::shared_ptr<grpc::Channel> Connect(const Common& c) {
+// A channel to `target` (default: --server) with the common options.
+std::shared_ptr<grpc::Channel> Connect(const Common& c, const std::string& target = "") {
+  const std::string& server = target.empty() ? c.server : target;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(256 << 20);
+  if (!c.lb_policy.empty()) args.SetLoadBalancingPolicyName(c.lb_policy);
+  for (const std::string& kv : c.channel_args) {
+    const size_t eq = kv.find('=');
+    const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
+    int number = 0;
+    if (absl::SimpleAtoi(value, &number)) {
+      args.SetInt(key, number);
+    } else {
+      args.SetString(key, value);
+    }
+  }
   if (c.tls_ca.empty()) {
-    return grpc::CreateCustomChannel(c.server, grpc::InsecureChannelCredentials(), args);
+    return grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
   }
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = ReadFile(c.tls_ca);
@@ -84,7 +103,39 @@ std::shared_ptr<grpc::Channel> Connect(const Common& c) {
     ssl.pem_cert_chain = ReadFile(c.tls_cert);
     ssl.pem_private_key = ReadFile(c.tls_key);
   }
-  return grpc::CreateCustomChannel(c.server, grpc::SslCredentials(ssl), args);
+  return grpc::CreateCustomChannel(server, grpc::SslCredentials(ssl), args);
+}
+
+// The replicas `server` names: a comma-separated list of addresses, or "dns:///host:port" resolved
+// to every address it has now (a Kubernetes headless service: one per pod); else itself.
+std::vector<std::string> Replicas(const std::string& server) {
+  if (server.find(',') != std::string::npos) {
+    return absl::StrSplit(server, ',', absl::SkipEmpty());
+  }
+  constexpr absl::string_view kDns = "dns:///";
+  if (!absl::StartsWith(server, kDns)) return {server};
+  const std::string hostport(server.substr(kDns.size()));
+  const size_t colon = hostport.rfind(':');
+  const std::string host = hostport.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "50051" : hostport.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return {server};
+  std::vector<std::string> out;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char ip[INET6_ADDRSTRLEN] = {};
+    const void* addr =
+        a->ai_family == AF_INET6
+            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr)
+            : &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr;
+    if (inet_ntop(a->ai_family, addr, ip, sizeof ip) == nullptr) continue;
+    const std::string target =
+        a->ai_family == AF_INET6 ? absl::StrCat("[", ip, "]:", port) : absl::StrCat(ip, ":", port);
+    if (std::find(out.begin(), out.end(), target) == out.end()) out.push_back(target);
+  }
+  freeaddrinfo(found);
+  return out.empty() ? std::vector<std::string>{server} : out;
 }
 
 // Token metadata, and a deadline unless `deadline` is false (long streams).
@@ -550,20 +601,30 @@ void PrintIncidentEvent(const v1::AnomalyEvent& e) {
               inc.worst_severity(), absl::StrJoin(inc.worst_top_features(), ";").c_str());
 }
 
+// The anomaly feed of every replica --server names (Replicas), merged: one stream each, events
+// printed as they come from any of them.
 int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint64_t count,
           double seconds, bool incidents) {
-  auto stub = v1::Scoring::NewStub(Connect(c));
-  grpc::ClientContext ctx;
-  Deadline(ctx, c, false);
-  if (seconds > 0) {
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-  }
+  const std::vector<std::string> replicas = Replicas(c.server);
   v1::WatchAnomaliesRequest req;
   req.set_model(model);
   req.set_min_severity(min_severity);
   req.set_incidents(incidents);
-  auto reader = stub->WatchAnomalies(&ctx, req);
+  struct Feed {
+    std::unique_ptr<v1::Scoring::Stub> stub;
+    grpc::ClientContext ctx;
+  };
+  std::vector<std::unique_ptr<Feed>> feeds;
+  for (const std::string& target : replicas) {
+    auto f = std::make_unique<Feed>();
+    f->stub = v1::Scoring::NewStub(Connect(c, target));
+    Deadline(f->ctx, c, false);
+    if (seconds > 0) {
+      f->ctx.set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+    }
+    feeds.push_back(std::move(f));
+  }
   if (incidents) {
     std::printf(
         "server_time_ms,state,incident_id,model,entity,stream_id,first_timestamp_ms,last_"
@@ -574,28 +635,45 @@ int Watch(const Common& c, const std::string& model, uint32_t min_severity, uint
         "value,severity,top_features\n");
   }
   std::fflush(stdout);
-  v1::AnomalyEvent e;
+  std::mutex print_mu;
   uint64_t seen = 0;
-  while (reader->Read(&e)) {
-    if (e.dropped_before() > 0) {
-      std::fprintf(stderr, "aectl: %llu events dropped (this watcher fell behind)\n",
-                   static_cast<unsigned long long>(e.dropped_before()));
+  std::atomic<int> failed{0};
+  auto read = [&](size_t i) {
+    Feed& f = *feeds[i];
+    auto reader = f.stub->WatchAnomalies(&f.ctx, req);
+    v1::AnomalyEvent e;
+    while (reader->Read(&e)) {
+      std::lock_guard lock(print_mu);
+      if (count > 0 && seen >= count) break;
+      if (e.dropped_before() > 0) {
+        std::fprintf(stderr, "aectl: %llu events dropped (this watcher fell behind)\n",
+                     static_cast<unsigned long long>(e.dropped_before()));
+      }
+      if (incidents) {
+        PrintIncidentEvent(e);
+      } else {
+        PrintAnomalyEvent(e);
+      }
+      std::fflush(stdout);
+      if (count > 0 && ++seen >= count) {
+        for (auto& other : feeds) other->ctx.TryCancel();  // every feed ends
+        break;
+      }
     }
-    if (incidents) {
-      PrintIncidentEvent(e);
-    } else {
-      PrintAnomalyEvent(e);
+    grpc::Status st = reader->Finish();
+    const bool time_up = seconds > 0 && st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED && !time_up) {
+      std::lock_guard lock(print_mu);
+      if (feeds.size() > 1) std::fprintf(stderr, "aectl: replica %s: ", replicas[i].c_str());
+      Fail(st);
+      ++failed;
     }
-    std::fflush(stdout);
-    if (count > 0 && ++seen >= count) {
-      ctx.TryCancel();
-      break;
-    }
-  }
-  grpc::Status st = reader->Finish();
-  const bool time_up = seconds > 0 && st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-  if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED && !time_up) return Fail(st);
-  return 0;
+  };
+  std::vector<std::thread> readers;
+  for (size_t i = 1; i < feeds.size(); ++i) readers.emplace_back(read, i);
+  read(0);
+  for (auto& t : readers) t.join();
+  return failed > 0 ? 1 : 0;
 }
 
 // A matrix as CSV: a header (`row` and the column names), then one line per row.
@@ -1426,6 +1504,20 @@ int main(int argc, char** argv) {
                     ->check(CLI::ExistingFile);
     cert->needs(key);
     key->needs(cert);
+    a->add_option("--lb-policy", c.lb_policy,
+                  "gRPC load balancing over the addresses --server resolves to (round_robin "
+                  "spreads calls over replicas behind a dns:/// name)")
+        ->check(CLI::IsMember({"round_robin", "pick_first"}));
+    a->add_option("--channel-arg", c.channel_args,
+                  "a gRPC channel argument, key=value (an integer value is set as one); "
+                  "repeatable")
+        ->check([](const std::string& kv) {
+          return kv.find('=') == std::string::npos || kv.front() == '='
+                     ? std::string("expected key=value")
+                     : std::string();
+        })
+        ->expected(1)  // one value per occurrence: never the data file after it
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   };
   add_globals(&app);
 
@@ -1901,8 +1993,10 @@ int main(int argc, char** argv) {
     double seconds = 0;
     bool incidents = false;
   } watch_args;
-  auto* watch =
-      app.add_subcommand("watch", "print flagged samples as they are scored (the anomaly feed)");
+  auto* watch = app.add_subcommand(
+      "watch",
+      "print flagged samples as they are scored (the anomaly feed); with --server a,b or "
+      "dns:///name:port, the merged feeds of every replica");
   watch->add_option("model", watch_args.model, "only this model (default: all)");
   watch->add_option("--min-severity", watch_args.min_severity, "2 = critical only");
   watch->add_flag("--incidents", watch_args.incidents,

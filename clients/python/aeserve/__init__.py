@@ -5,6 +5,6 @@
     result = c.score("demo", x)          # x: numpy array, rows x features
     result.anomalous, result.errors, result.p_values
 """
-from aeserve.client import AeserveError, Client, ScoreResult, StreamStats
+from aeserve.client import AeserveError, Client, ScoreResult, StreamStats, replica_addresses
 
-__all__ = ["AeserveError", "Client", "ScoreResult", "StreamStats"]
+__all__ = ["AeserveError", "Client", "ScoreResult", "StreamStats", "replica_addresses"]

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import queue
+import socket
+import threading
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -195,6 +198,27 @@ def _samples(x, ids=None, names=None, ignore_unknown: bool = False,
     return s
 
 
+def replica_addresses(replicas) -> list:
+    """The servers `replicas` names: a list of addresses as is, a comma-separated string split, or
+    "dns:///host:port" resolved to every address the name has now (a Kubernetes headless service:
+    one per pod)."""
+    if not isinstance(replicas, str):
+        return list(replicas)
+    if "," in replicas:
+        return [a for a in replicas.split(",") if a]
+    if not replicas.startswith("dns:///"):
+        return [replicas]
+    host, _, port = replicas[len("dns:///"):].rpartition(":")
+    if not host:
+        host, port = port, "50051"
+    out = []
+    for family, _, _, _, sockaddr in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM):
+        address = f"[{sockaddr[0]}]:{port}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{port}"
+        if address not in out:
+            out.append(address)
+    return out or [replicas]
+
+
 class Client:
     """A connection to one aeserve server.
 
@@ -215,18 +239,24 @@ class Client:
                                                       ("grpc.max_send_message_length", 256 << 20))
                                 if k not in given]
         if isinstance(tls, grpc.ChannelCredentials):
-            self._channel = grpc.secure_channel(address, tls, options)
+            creds = tls
         elif tls:
             def read(key):
                 return open(tls[key], "rb").read() if tls.get(key) else None
             creds = grpc.ssl_channel_credentials(read("ca"), read("key"), read("cert"))
-            self._channel = grpc.secure_channel(address, creds, options)
         else:
-            self._channel = grpc.insecure_channel(address, options)
+            creds = None
+        self._creds, self._options = creds, options
+        self._channel = self._connect(address)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._timeout = timeout
         self._scoring = scoring_pb2_grpc.ScoringStub(self._channel)
         self._admin = admin_pb2_grpc.ModelAdminStub(self._channel)
+
+    def _connect(self, address: str) -> grpc.Channel:
+        if self._creds is not None:
+            return grpc.secure_channel(address, self._creds, self._options)
+        return grpc.insecure_channel(address, self._options)
 
     def close(self):
         self._channel.close()
@@ -336,10 +366,17 @@ class Client:
         return np.array(r.values, dtype=np.float32).reshape(-1, r.num_features)
 
     def watch(self, model: str = "", min_severity: int = 0, incidents: bool = False,
-              timeout: Optional[float] = None) -> Iterator[scoring_pb2.AnomalyEvent]:
+              timeout: Optional[float] = None,
+              replicas=None) -> Iterator[scoring_pb2.AnomalyEvent]:
         """The live feed of flagged samples (AnomalyEvent messages) until cancelled or `timeout`
         seconds pass; with incidents=True one event per incident change of debounced streams
-        (event.incident) instead."""
+        (event.incident) instead. `replicas`: the merged feeds of several servers — a list of
+        addresses, or a "dns:///name:port" resolved to every address it has now (a Kubernetes
+        headless service: one per pod); this client's token, TLS and options apply to each."""
+        if replicas is not None:
+            yield from self._watch_replicas(replica_addresses(replicas), model, min_severity,
+                                            incidents, timeout)
+            return
         try:
             yield from self._scoring.WatchAnomalies(
                 scoring_pb2.WatchAnomaliesRequest(model=model, min_severity=min_severity,
@@ -348,6 +385,44 @@ class Client:
         except grpc.RpcError as e:
             if e.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise AeserveError(e.code(), e.details()) from None
+
+    def _watch_replicas(self, addresses, model, min_severity, incidents, timeout):
+        request = scoring_pb2.WatchAnomaliesRequest(model=model, min_severity=min_severity,
+                                                    incidents=incidents)
+        channels = [self._connect(a) for a in addresses]
+        calls = [scoring_pb2_grpc.ScoringStub(c).WatchAnomalies(
+            request, metadata=self._metadata, timeout=timeout) for c in channels]
+        events: queue.Queue = queue.Queue(maxsize=1024)
+        done = object()
+
+        def pump(call):
+            error = None
+            try:
+                for event in call:
+                    events.put(event)
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    error = AeserveError(e.code(), e.details())
+            events.put((done, error))
+
+        threads = [threading.Thread(target=pump, args=(c,), daemon=True) for c in calls]
+        for t in threads:
+            t.start()
+        try:
+            running = len(threads)
+            while running:
+                item = events.get()
+                if isinstance(item, tuple) and item[0] is done:
+                    running -= 1
+                    if item[1] is not None:
+                        raise item[1]
+                    continue
+                yield item
+        finally:  # the caller stopped (or one replica failed): end every feed
+            for c in calls:
+                c.cancel()
+            for ch in channels:
+                ch.close()
 
     # Models -------------------------------------------------------------------------------
 

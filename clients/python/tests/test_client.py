@@ -15,7 +15,8 @@ import numpy as np
 
 from aeserve import AeserveError, Client, ScoreResult, StreamStats
 from aeserve import plots
-from aeserve.local import start_server
+from aeserve.client import replica_addresses
+from aeserve.local import start_server, stop_server
 
 SOURCE = os.environ.get("AESERVE_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 BINARY = os.environ.get("AESERVE_BINARY", os.path.join(SOURCE, "build", "server", "aeserve"))
@@ -300,6 +301,49 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(events[0].model, "demo")
         self.assertGreater(events[0].error, events[0].threshold)
         self.assertEqual(len(events[0].top_feature_names), 3)
+
+    def test_watch_merges_the_feeds_of_replicas(self):
+        # A second replica on the same store; one watch over both sees what each one flags.
+        proc, other = start_server(BINARY, self.dir.name)
+        try:
+            with Client(other) as second:
+                deadline = time.time() + 60
+                while True:  # the replica serves the demo model once it has loaded the store
+                    try:
+                        if second.model("demo").state == 2:
+                            break
+                    except AeserveError:
+                        pass
+                    self.assertLess(time.time(), deadline, "the replica did not load the store")
+                    time.sleep(0.01)
+                self.assertEqual(replica_addresses(f"{self.address},{other}"),
+                                 [self.address, other])
+                self.assertEqual(replica_addresses("dns:///localhost:50051")[0].split(":")[-1],
+                                 "50051")
+                seen = set()
+                got = threading.Event()
+                feed = self.client.watch("demo", replicas=[self.address, other])
+
+                def read():
+                    for e in feed:
+                        seen.add(e.stream_id)
+                        if {"from-a", "from-b"} <= seen:
+                            got.set()
+                            return
+
+                t = threading.Thread(target=read, daemon=True)
+                t.start()
+                for _ in range(200):  # until both subscriptions are in place and events arrive
+                    list(self.client.stream("demo", [self.x[:5] + 10.0], stream_id="from-a"))
+                    list(second.stream("demo", [self.x[:5] + 10.0], stream_id="from-b"))
+                    if got.wait(0.05):
+                        break
+                self.assertTrue(got.is_set(), seen)
+                feed.close()  # ends both feeds
+                t.join(timeout=10)
+                self.assertFalse(t.is_alive())
+        finally:
+            stop_server(proc)
 
     def test_plots_write_pngs_of_the_right_size(self):
         r = self.client.score("demo", self.x)
