@@ -503,6 +503,7 @@ absl::Status Server::LoadModels() {
         if (const int changes = sync.Poll(); changes > 0) {
           log_->info("model store: picked up {} change(s) made elsewhere", changes);
         }
+        jobs_->SyncWithStore();  // other replicas' cancel requests and jobs being watched here
         ingest_->Reload();
       }
     });

@@ -2,6 +2,7 @@
 #include "server/training_jobs.h"
 
 #include <chrono>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -31,7 +32,8 @@ TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
       max_queued_(static_cast<size_t>(max_queued)),
       runners_count_(runners),
       max_finished_(static_cast<size_t>(std::max(1, max_finished))),
-      log_(std::move(log)) {
+      log_(std::move(log)),
+      files_(registry->store().dir()) {
   for (int i = 0; i < runners; ++i) runners_.emplace_back([this] { Loop(); });
 }
 
@@ -161,7 +163,10 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Enqueue(std::shared_ptr<Job> job,
         absl::StrCat("training queue is full (", max_queued_, " jobs waiting)"));
   }
   v1::TrainingJob& s = job->state;
-  s.set_id(absl::StrCat("job-", NowMs(), "-", next_id_++));
+  // Unique across replicas on one store: the replica's name hashed into the id.
+  s.set_id(absl::StrFormat("job-%d-%d-%04x", NowMs(), next_id_++,
+                           std::hash<std::string>{}(ReplicaName()) & 0xffff));
+  s.set_replica(ReplicaName());
   s.set_model(header.model());
   s.set_entity(header.entity());
   s.set_state(v1::JOB_STATE_QUEUED);
@@ -185,6 +190,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Enqueue(std::shared_ptr<Job> job,
   }
   jobs_[s.id()] = job;
   queue_.push_back(job);
+  WriteFile(*job, 0);  // every replica on the store can answer for it from now on
   log_->info("training job {} queued for model '{}{}{}': {} rows x {} features", s.id(),
              header.model(), header.entity().empty() ? "" : "/", header.entity(), s.rows(),
              header.num_features());
@@ -192,11 +198,12 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Enqueue(std::shared_ptr<Job> job,
 }
 
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Get(const std::string& id) const {
-  absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end())
-    return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
-  return it->second->state;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(id);
+    if (it != jobs_.end()) return it->second->state;
+  }
+  return files_.Read(id);  // another replica's job, as its file says
 }
 
 std::map<v1::JobState, int> TrainingJobs::CountByState() const {
@@ -207,8 +214,20 @@ std::map<v1::JobState, int> TrainingJobs::CountByState() const {
 }
 
 std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const {
-  absl::MutexLock lock(&mu_);
   std::vector<v1::TrainingJob> out;
+  std::set<std::string> here;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, job] : jobs_) here.insert(id);
+  }
+  // Other replicas' jobs, from their files in the store (read outside the lock).
+  for (v1::TrainingJob& s : files_.List()) {
+    if (here.count(s.id()) || (!model.empty() && s.model() != model)) continue;
+    s.clear_history();
+    s.clear_entities();
+    out.push_back(std::move(s));
+  }
+  absl::MutexLock lock(&mu_);
   for (const auto& [id, job] : jobs_) {
     if (model.empty() || job->state.model() == model) {
       v1::TrainingJob s = job->state;
@@ -252,8 +271,17 @@ absl::Status TrainingJobs::ExplainMissing(const absl::Status& missing, const std
 absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
   absl::ReleasableMutexLock lock(&mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end())
-    return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  if (it == jobs_.end()) {
+    // Another replica's job: ask it (it cancels at its next store poll).
+    auto remote = files_.Read(id);
+    if (!remote.ok()) return remote.status();
+    if (Terminal(remote->state())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", id, " has already ended: ", v1::JobState_Name(remote->state())));
+    }
+    if (auto st = files_.RequestCancel(id); !st.ok()) return st;
+    return *remote;
+  }
   Job& job = *it->second;
   if (Terminal(job.state.state())) {
     return absl::FailedPreconditionError(
@@ -286,8 +314,18 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Watch(const std::string& id, Watch
                                                     uint64_t* token) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end())
-    return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  if (it == jobs_.end()) {
+    // Another replica's job: followed through its file on each store poll.
+    auto remote = files_.Read(id);
+    if (!remote.ok()) return remote.status();
+    *token = next_token_++;
+    if (!Terminal(remote->state())) {
+      RemoteWatch& r = remote_[id];
+      r.last = remote->SerializeAsString();
+      r.watchers[*token] = std::move(watcher);
+    }
+    return *remote;
+  }
   *token = next_token_++;
   if (!Terminal(it->second->state.state())) it->second->watchers[*token] = std::move(watcher);
   return it->second->state;
@@ -297,11 +335,60 @@ void TrainingJobs::Unwatch(const std::string& id, uint64_t token) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
   if (it != jobs_.end()) it->second->watchers.erase(token);
+  auto r = remote_.find(id);
+  if (r != remote_.end()) {
+    r->second.watchers.erase(token);
+    if (r->second.watchers.empty()) remote_.erase(r);
+  }
 }
 
 void TrainingJobs::Publish(Job& job) {
   for (auto& [token, w] : job.watchers) w(job.state);
   if (Terminal(job.state.state())) job.watchers.clear();
+  WriteFile(job, 1.0);
+}
+
+void TrainingJobs::WriteFile(Job& job, double min_seconds) {
+  const auto now = std::chrono::steady_clock::now();
+  if (job.state.state() == job.written_state &&
+      std::chrono::duration<double>(now - job.written).count() < min_seconds) {
+    return;
+  }
+  if (auto st = files_.Write(job.state); !st.ok()) {
+    log_->warn("training job {}: its file in the store: {}", job.state.id(),
+               std::string(st.message()));
+  }
+  job.written = now;
+  job.written_state = job.state.state();
+}
+
+void TrainingJobs::SyncWithStore() {
+  std::vector<std::string> cancel;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, job] : jobs_) {
+      if (Terminal(job->state.state())) continue;
+      WriteFile(*job, 10.0);  // a heartbeat: other replicas see the job is alive
+      if (files_.CancelRequested(id)) cancel.push_back(id);
+    }
+    for (auto it = remote_.begin(); it != remote_.end();) {
+      auto state = files_.Read(it->first);
+      if (!state.ok()) {
+        ++it;
+        continue;
+      }
+      std::string now = state->SerializeAsString();
+      if (now != it->second.last) {
+        for (auto& [token, w] : it->second.watchers) w(*state);
+        it->second.last = std::move(now);
+      }
+      it = Terminal(state->state()) ? remote_.erase(it) : std::next(it);
+    }
+  }
+  for (const std::string& id : cancel) {
+    log_->info("training job {}: cancelled by another replica", id);
+    (void)Cancel(id);
+  }
 }
 
 void TrainingJobs::Stop() {
@@ -626,6 +713,7 @@ void TrainingJobs::TrainEntity(Job& job, size_t i, const std::vector<uint32_t>& 
 void TrainingJobs::Finished(const std::string& id) {
   finished_.push_back(id);
   while (finished_.size() > max_finished_) {
+    files_.Remove(finished_.front());
     jobs_.erase(finished_.front());  // watchers hold their own copy of the state
     finished_.pop_front();
   }

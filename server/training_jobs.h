@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <map>
@@ -18,6 +19,7 @@
 #include "aeserve/v1/admin.pb.h"
 #include "server/audit_log.h"
 #include "server/byte_budget.h"
+#include "server/job_files.h"
 #include "server/model_registry.h"
 #include "server/server_metrics.h"
 #include "spdlog/logger.h"
@@ -99,6 +101,11 @@ class TrainingJobs {
   // Cancels everything and joins the runners.
   void Stop();
 
+  // Replicas on one store (job_files.h): acts on cancel requests other replicas wrote for jobs
+  // running here, rewrites the files of running jobs as a heartbeat, and tells watchers of other
+  // replicas' jobs what their files say now. Called on every store poll.
+  void SyncWithStore();
+
  private:
   struct Job {
     v1::TrainingJob state;
@@ -110,8 +117,17 @@ class TrainingJobs {
     std::map<uint64_t, Watcher> watchers;
     Source source;  // data gathered at the start (else `data` was uploaded)
     Done on_done;
-    EntityRows entities;  // header.per_entity: the entity of each row
+    EntityRows entities;                            // header.per_entity: the entity of each row
+    std::chrono::steady_clock::time_point written;  // when its file was last written
+    v1::JobState written_state = v1::JOB_STATE_UNSPECIFIED;
   };
+  // Watchers of a job another replica runs (answered from its file on each store poll).
+  struct RemoteWatch {
+    std::string last;  // the file's state as last sent, serialized
+    std::map<uint64_t, Watcher> watchers;
+  };
+  // Writes the job's file when its state changed, or after `min_seconds` since the last write.
+  void WriteFile(Job& job, double min_seconds) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::TrainingJob> Enqueue(std::shared_ptr<Job> job, const JobOrigin& origin);
   void Loop();
   void Run(Job& job);
@@ -143,6 +159,8 @@ class TrainingJobs {
   std::deque<std::shared_ptr<Job>> queue_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> finished_ ABSL_GUARDED_BY(mu_);  // ended jobs, oldest first
+  const JobFiles files_;
+  std::map<std::string, RemoteWatch> remote_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

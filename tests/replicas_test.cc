@@ -3,11 +3,13 @@
 // bounded time, and concurrent writers never corrupt the store.
 #include <signal.h>
 
+#include <filesystem>
 #include <thread>
 
 #include "aeserve/v1/scoring.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "server/job_files.h"
 #include "tests/admin_client.h"
 #include "tests/server_process.h"
 #include "tests/test_models.h"
@@ -143,6 +145,87 @@ TEST(Replicas, ChangesThroughOneReplicaReachTheOthers) {
   b->process.Signal(SIGTERM);
   EXPECT_EQ(a->process.Wait(20), 0);
   EXPECT_EQ(b->process.Wait(20), 0);
+}
+
+// A training job created through one replica can be read, listed, watched and cancelled through
+// another (its state lives in the store's .jobs directory); a job whose replica stopped updating
+// it reads as FAILED.
+TEST(Replicas, TrainingJobsAnswerOnEveryReplica) {
+  TempDir dir("aeserve_replica_jobs");
+  Store(dir.path(), "shared", TrainSmall(v1::MODEL_KIND_PLAIN, 1));
+  auto a = StartReplica(dir.path());
+  auto b = StartReplica(dir.path());
+  ASSERT_GE(WaitFor(*b, [](const v1::ModelInfo& i) { return i.active_version() == 1; }), 0);
+  // Long enough to be watched and cancelled while it runs: many epochs of 20,000 rows.
+  auto data = engine::MakeSynthetic(20000, 0, kFeatures, 3, 5);
+  v1::TrainingJobHeader h;
+  h.set_model("shared");
+  h.set_num_features(kFeatures);
+  h.mutable_options()->set_epochs(10000);
+  h.mutable_options()->set_patience(10000);
+  v1::TrainingJob job;
+  ASSERT_TRUE(CreateJob(a->admin.get(), h, data.normal, &job).ok());
+  EXPECT_FALSE(job.replica().empty());
+
+  auto get = [&](Replica& r) {
+    grpc::ClientContext ctx;
+    v1::GetTrainingJobRequest req;
+    req.set_id(job.id());
+    v1::TrainingJob got;
+    grpc::Status st = r.admin->GetTrainingJob(&ctx, req, &got);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return got;
+  };
+  EXPECT_EQ(get(*b).replica(), job.replica());
+  {
+    grpc::ClientContext ctx;
+    v1::ListTrainingJobsRequest req;
+    req.set_model("shared");
+    v1::ListTrainingJobsResponse list;
+    ASSERT_TRUE(b->admin->ListTrainingJobs(&ctx, req, &list).ok());
+    bool listed = false;
+    for (const auto& j : list.jobs()) listed |= j.id() == job.id();
+    EXPECT_TRUE(listed);
+  }
+
+  // Watch through B until an epoch is reported, cancel through B, and see the end through B.
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::GetTrainingJobRequest wreq;
+  wreq.set_id(job.id());
+  auto reader = b->admin->WatchTrainingJob(&wctx, wreq);
+  v1::TrainingJob s;
+  bool cancelled = false;
+  while (reader->Read(&s)) {
+    if (s.epoch() > 0 && !cancelled) {
+      grpc::ClientContext cctx;
+      v1::TrainingJob after;
+      ASSERT_TRUE(b->admin->CancelTrainingJob(&cctx, wreq, &after).ok());
+      cancelled = true;
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(s.state(), v1::JOB_STATE_CANCELLED) << s.error();
+  EXPECT_EQ(get(*a).state(), v1::JOB_STATE_CANCELLED);
+
+  // A job file whose replica stopped (written by hand, a minute and more old) reads as FAILED.
+  v1::TrainingJob lost = job;
+  lost.set_id("job-1-1-dead");
+  lost.set_state(v1::JOB_STATE_RUNNING);
+  lost.set_replica("gone:1:0");
+  server::JobFiles files(dir.path());
+  ASSERT_TRUE(files.Write(lost).ok());
+  const std::string path = dir.path() + "/.jobs/job-1-1-dead.pb";
+  const auto old = std::filesystem::file_time_type::clock::now() - std::chrono::seconds(120);
+  std::filesystem::last_write_time(path, old);
+  grpc::ClientContext lctx;
+  v1::GetTrainingJobRequest lreq;
+  lreq.set_id("job-1-1-dead");
+  v1::TrainingJob got;
+  ASSERT_TRUE(b->admin->GetTrainingJob(&lctx, lreq, &got).ok());
+  EXPECT_EQ(got.state(), v1::JOB_STATE_FAILED);
+  EXPECT_NE(got.error().find("gone:1:0"), std::string::npos) << got.error();
 }
 
 }  // namespace
