@@ -95,6 +95,17 @@ bool JobFiles::CancelRequested(const std::string& id) const {
   return ValidId(id) && fs::exists(Path(id, ".cancel"), ec);
 }
 
+void JobFiles::RemoveDebris() const {
+  std::error_code ec;
+  std::vector<fs::path> debris;
+  for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename().string().find(".tmp.") != std::string::npos) {
+      debris.push_back(it->path());
+    }
+  }
+  for (const fs::path& p : debris) fs::remove(p, ec);
+}
+
 void JobFiles::Remove(const std::string& id) const {
   if (!ValidId(id)) return;
   std::error_code ec;

@@ -31,6 +31,9 @@ class JobFiles {
   bool CancelRequested(const std::string& id) const;
   // The job's files (state and cancel request), when its replica forgets it.
   void Remove(const std::string& id) const;
+  // Temp files left by a writer killed mid-write (at start-up; another replica's write in
+  // progress then fails and is retried with its next update).
+  void RemoveDebris() const;
 
  private:
   std::string Path(const std::string& id, const char* ext) const;

@@ -34,6 +34,7 @@ TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
       max_finished_(static_cast<size_t>(std::max(1, max_finished))),
       log_(std::move(log)),
       files_(registry->store().dir()) {
+  files_.RemoveDebris();
   for (int i = 0; i < runners; ++i) runners_.emplace_back([this] { Loop(); });
 }
 
