@@ -23,6 +23,19 @@ int64_t NowMs() {
 
 }  // namespace
 
+// What the header asks the trainer for; cancelled with the job.
+engine::TrainRequest TrainingJobs::RequestOf(Job& job) {
+  const v1::TrainingJobHeader& h = job.header;
+  engine::TrainRequest req;
+  req.spec = h.spec();
+  req.options = h.options();
+  req.threshold = h.threshold();
+  req.policy = h.policy();
+  req.description = h.description();
+  req.cancel = &job.cancel;
+  return req;
+}
+
 TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
                            std::shared_ptr<spdlog::logger> log, ServerMetrics* metrics,
                            int max_finished, const AuditLog* audit)
@@ -461,13 +474,7 @@ void TrainingJobs::Run(Job& job) {
       sourced = EnoughRows(rows);
     }
   }
-  engine::TrainRequest req;
-  req.spec = h.spec();
-  req.options = h.options();
-  req.threshold = h.threshold();
-  req.policy = h.policy();
-  req.description = h.description();
-  req.cancel = &job.cancel;
+  engine::TrainRequest req = RequestOf(job);
   absl::StatusOr<ModelHandle> base = ModelHandle{};
   v1::ModelFile base_file;  // the base version with its weights, for fine-tuning
   if (!sourced.ok()) {
@@ -663,13 +670,7 @@ void TrainingJobs::TrainEntity(Job& job, size_t i, const std::vector<uint32_t>& 
     std::copy_n(job.data.data() + size_t{rows[k]} * d, d, data.data() + k * d);
     if (!job.timestamps_ms.empty()) ts.push_back(job.timestamps_ms[rows[k]]);
   }
-  engine::TrainRequest req;
-  req.spec = h.spec();
-  req.options = h.options();
-  req.threshold = h.threshold();
-  req.policy = h.policy();
-  req.description = h.description();
-  req.cancel = &job.cancel;
+  engine::TrainRequest req = RequestOf(job);
   std::vector<std::string> names(h.feature_names().begin(), h.feature_names().end());
   double validation_loss = 0;
   uint32_t epochs = 0;

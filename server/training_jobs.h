@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.pb.h"
+#include "engine/trainer.h"
 #include "server/audit_log.h"
 #include "server/byte_budget.h"
 #include "server/job_files.h"
@@ -131,6 +132,7 @@ class TrainingJobs {
   absl::StatusOr<v1::TrainingJob> Enqueue(std::shared_ptr<Job> job, const JobOrigin& origin);
   void Loop();
   void Run(Job& job);
+  static engine::TrainRequest RequestOf(Job& job);
   // header.per_entity: one model per entity, up to runners_count_ at once.
   void RunPerEntity(Job& job);
   // Trains entity `i` of the job on `rows` (indices into the job's rows).
