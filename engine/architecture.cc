@@ -74,10 +74,14 @@ size_t Architecture::Live() {
                                            [](const auto& e) { return !e.second.expired(); }));
 }
 
-Architecture::Architecture(ArchitectureKey key)
-    : key_(std::move(key)), engine_(dnnl::engine::kind::cpu, 0) {
-  for (const DenseShape& d : key_.layers) max_width_ = std::max({max_width_, d.inputs, d.outputs});
+uint32_t ArchitectureKey::max_width() const {
+  uint32_t width = 0;
+  for (const DenseShape& d : layers) width = std::max({width, d.inputs, d.outputs});
+  return width;
 }
+
+Architecture::Architecture(ArchitectureKey key)
+    : key_(std::move(key)), engine_(dnnl::engine::kind::cpu, 0) {}
 
 Architecture::~Architecture() = default;
 
@@ -124,7 +128,7 @@ Architecture::Layer Architecture::Compile(const DenseShape& shape, uint32_t max_
 
 size_t Architecture::context_bytes() const {
   const size_t b = key_.max_batch, d = features(), c = code_size();
-  size_t floats = 2 * b * d + 2 * b * c + 2 * b * max_width_;
+  size_t floats = 2 * b * d + 2 * b * c + 2 * b * max_width();
   if (neighbours_) floats += size_t{key_.neighbour_batch} * neighbours_->shape.outputs;
   return floats * sizeof(float) + std::max<size_t>(scratch_bytes_, 64);
 }

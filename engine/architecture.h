@@ -42,6 +42,8 @@ struct ArchitectureKey {
   int threads = 1;                       // oneDNN threads per call, fixed at creation
   bool compact = false;                  // weights in layouts without padding (ModelOptions)
   std::string str() const;
+  // The widest layer's inputs or outputs (the scoring buffers' row width).
+  uint32_t max_width() const;
 };
 
 class ScoringContext;
@@ -75,7 +77,7 @@ class Architecture {
   const std::optional<Layer>& neighbours() const { return neighbours_; }
   uint32_t features() const { return key_.layers.front().inputs; }
   uint32_t code_size() const { return key_.layers[key_.num_encoder - 1].outputs; }
-  uint32_t max_width() const { return max_width_; }
+  uint32_t max_width() const { return key_.max_width(); }
   size_t scratch_bytes() const { return scratch_bytes_; }
   // Bytes a scoring context of this architecture holds.
   size_t context_bytes() const;
@@ -91,7 +93,6 @@ class Architecture {
   dnnl::engine engine_;
   std::vector<Layer> layers_;
   std::optional<Layer> logvar_, neighbours_;
-  uint32_t max_width_ = 0;
   size_t scratch_bytes_ = 0;
   mutable std::mutex spare_mu_;
   mutable std::vector<std::unique_ptr<ScoringContext>> spare_;

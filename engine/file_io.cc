@@ -9,7 +9,9 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace aeserve::engine {
@@ -89,12 +91,30 @@ bool WriteAll(int fd, absl::string_view bytes) {
   return true;
 }
 
+namespace {
+constexpr absl::string_view kTempMark = ".tmp.";
+}  // namespace
+
+bool IsWriteTemp(absl::string_view filename) { return absl::StrContains(filename, kTempMark); }
+
+int RemoveWriteTemps(const std::string& dir) {
+  std::error_code ec;
+  std::vector<std::filesystem::path> temps;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (IsWriteTemp(it->path().filename().string())) temps.push_back(it->path());
+  }
+  int removed = 0;
+  for (const auto& p : temps) removed += std::filesystem::remove(p, ec) ? 1 : 0;
+  return removed;
+}
+
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes) {
   const std::filesystem::path target(path);
   const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : ".";
   std::random_device rd;
   const std::string tmp =
-      (dir / absl::StrCat(".", target.filename().string(), ".tmp.", getpid(), ".", rd())).string();
+      (dir / absl::StrCat(".", target.filename().string(), kTempMark, getpid(), ".", rd()))
+          .string();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("cannot create", tmp);
   auto fail = [&](absl::string_view what) {

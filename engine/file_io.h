@@ -25,4 +25,10 @@ bool WriteAll(int fd, absl::string_view bytes);
 // is an error (the temp file is removed).
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes);
 
+// True for the name of a temp file WriteFileAtomically makes (".<name>.tmp.<pid>.<random>"):
+// debris when its writer was killed before the rename.
+bool IsWriteTemp(absl::string_view filename);
+// Removes the temp files WriteFileAtomically left in `dir` (not below it); returns how many.
+int RemoveWriteTemps(const std::string& dir);
+
 }  // namespace aeserve::engine

@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <new>
 #include <random>
-#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "engine/dnnl_util.h"
@@ -179,9 +178,7 @@ void Model::Build(const Params& params) {
     key.layers.push_back(shape(p.inputs, head ? c : p.outputs, p.activation));
     if (head) key.logvar = shape(p.inputs, c, v1::ACTIVATION_LINEAR);
   }
-  uint32_t width = 0;
-  for (const DenseShape& d : key.layers) width = std::max({width, d.inputs, d.outputs});
-  key.max_batch = RowsPerCall(options_.max_batch, width);
+  key.max_batch = RowsPerCall(options_.max_batch, key.max_width());
   if (neighbors_ > 0) {
     key.neighbours = DenseShape{num_features(), reference_rows_, v1::ACTIVATION_LINEAR, 0, true};
     key.neighbour_batch = RowsPerCall(std::min(kNeighbourBatch, key.max_batch), reference_rows_);
@@ -329,7 +326,8 @@ bool AllFinite(absl::Span<const float> x) {
 
 }  // namespace
 
-absl::Status Model::WrongContext() {
+absl::Status Model::CheckContext(const ScoringContext& ctx) const {
+  if (&ctx.arch_ == arch_.get()) return absl::OkStatus();
   return absl::InternalError("scoring context of another architecture");
 }
 
@@ -467,7 +465,8 @@ absl::Status Model::Impute(ScoringContext& ctx, const float* x, size_t take, uin
 namespace {
 
 // Runs one layer's primitive for bucket `p` with the weights at `params` + `w`, in the layout it
-// reads. The layouts have no padding, so pointing the context's memories at them writes nothing.
+// reads. Pointing the context's memories at them writes nothing, padding included (oneDNN 2.6;
+// Model.PointingAMemoryAtWeightsWritesNothing), so threads share the weights safely.
 void Execute(const Architecture::Layer& layer, size_t p, const float* params,
              const Model::Weights& w, ScoringContext::Args& args, dnnl::stream& stream) {
   const Architecture::Dense& dense = layer.buckets[p];
@@ -598,7 +597,7 @@ float Model::GapDistance(ScoringContext& ctx, const float* raw, const float* xs,
 
 absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
                           const ScoreOptions& options, ScoreResult* result) const {
-  if (&ctx.arch_ != arch_.get()) return WrongContext();
+  AE_RETURN_IF_ERROR(CheckContext(ctx));
   size_t rows = 0;
   AE_RETURN_IF_ERROR(CheckInput(x, &rows, &result->missing));
   const uint32_t d = num_features(), c = code_size();
@@ -692,7 +691,7 @@ absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
 
 absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
                            std::vector<float>* codes) const {
-  if (&ctx.arch_ != arch_.get()) return WrongContext();
+  AE_RETURN_IF_ERROR(CheckContext(ctx));
   size_t rows = 0;
   std::vector<uint32_t> missing;
   AE_RETURN_IF_ERROR(CheckInput(x, &rows, &missing));
@@ -709,7 +708,7 @@ absl::Status Model::Encode(ScoringContext& ctx, absl::Span<const float> x,
 
 absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
                                 std::vector<float>* out) const {
-  if (&ctx.arch_ != arch_.get()) return WrongContext();
+  AE_RETURN_IF_ERROR(CheckContext(ctx));
   size_t rows = 0;
   std::vector<uint32_t> missing;
   AE_RETURN_IF_ERROR(CheckInput(x, &rows, &missing));
@@ -726,7 +725,7 @@ absl::Status Model::Reconstruct(ScoringContext& ctx, absl::Span<const float> x,
 
 absl::Status Model::Generate(ScoringContext& ctx, uint32_t n, uint64_t seed,
                              std::vector<float>* out) const {
-  if (&ctx.arch_ != arch_.get()) return WrongContext();
+  AE_RETURN_IF_ERROR(CheckContext(ctx));
   if (spec().kind() != v1::MODEL_KIND_VARIATIONAL) {
     return absl::FailedPreconditionError("generate: only variational models have a prior");
   }

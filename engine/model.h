@@ -141,7 +141,8 @@ class Model {
   // Counts missing values per row into `missing` (left empty when there are none).
   absl::Status CheckInput(absl::Span<const float> x, size_t* rows,
                           std::vector<uint32_t>* missing) const;
-  static absl::Status WrongContext();
+  // INTERNAL unless `ctx` was made for this model's architecture.
+  absl::Status CheckContext(const ScoringContext& ctx) const;
   absl::Status RefuseOverLimit(const std::vector<uint32_t>& missing) const;
   std::string FeatureName(size_t j) const;  // quoted name, or the index without names
   uint32_t ChooseBucket(size_t remaining, size_t* take) const;

@@ -87,10 +87,6 @@ class WatchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byte
     pending_ = true;
     Pump();
   }
-  static bool Terminal(const v1::TrainingJob& s) {
-    return s.state() == v1::JOB_STATE_SUCCEEDED || s.state() == v1::JOB_STATE_FAILED ||
-           s.state() == v1::JOB_STATE_CANCELLED;
-  }
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || writing_) return;
     if (cancelled_) {
@@ -105,7 +101,7 @@ class WatchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byte
       StartWrite(&sending_);
       return;
     }
-    if (Terminal(latest_)) {
+    if (JobEnded(latest_.state())) {
       finished_ = true;
       Finish(grpc::Status::OK);
     }

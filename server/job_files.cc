@@ -25,11 +25,11 @@ bool ValidId(const std::string& id) {
   return true;
 }
 
-bool Terminal(v1::JobState s) {
+}  // namespace
+
+bool JobEnded(v1::JobState s) {
   return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
-
-}  // namespace
 
 JobFiles::JobFiles(const std::string& model_dir) : dir_((fs::path(model_dir) / ".jobs").string()) {}
 
@@ -53,7 +53,7 @@ absl::StatusOr<v1::TrainingJob> JobFiles::ReadPath(const std::string& path) cons
     return absl::DataLossError(absl::StrCat("job file ", path, " does not parse"));
   }
   struct stat st {};
-  if (!Terminal(job.state()) && stat(path.c_str(), &st) == 0) {
+  if (!JobEnded(job.state()) && stat(path.c_str(), &st) == 0) {
     const double age = static_cast<double>(std::time(nullptr) - st.st_mtime);
     if (age > kStaleSeconds) {
       job.set_state(v1::JOB_STATE_FAILED);
@@ -95,16 +95,7 @@ bool JobFiles::CancelRequested(const std::string& id) const {
   return ValidId(id) && fs::exists(Path(id, ".cancel"), ec);
 }
 
-void JobFiles::RemoveDebris() const {
-  std::error_code ec;
-  std::vector<fs::path> debris;
-  for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->path().filename().string().find(".tmp.") != std::string::npos) {
-      debris.push_back(it->path());
-    }
-  }
-  for (const fs::path& p : debris) fs::remove(p, ec);
-}
+void JobFiles::RemoveDebris() const { engine::RemoveWriteTemps(dir_); }
 
 void JobFiles::Remove(const std::string& id) const {
   if (!ValidId(id)) return;

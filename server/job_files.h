@@ -16,6 +16,9 @@
 
 namespace aeserve::server {
 
+// SUCCEEDED, FAILED or CANCELLED: the job will not change any more.
+bool JobEnded(v1::JobState s);
+
 class JobFiles {
  public:
   static constexpr double kStaleSeconds = 60;

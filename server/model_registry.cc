@@ -33,7 +33,6 @@ VersionEntry ModelRegistry::Ready(const ModelKey& key, uint64_t version,
                                   uint64_t stamp) const {
   VersionEntry ver;
   ver.state = v1::MODEL_STATE_READY;
-  ver.stamp = stamp;
   if (key.entity.empty()) {
     const auto& c = model->file().calibration_errors();
     ver.stats = std::make_shared<ModelStats>(std::vector<float>(c.begin(), c.end()));
@@ -50,17 +49,27 @@ VersionEntry ModelRegistry::Ready(const ModelKey& key, uint64_t version,
     }
     if (metrics_ != nullptr) ver.metrics = metrics_->ForModel(key.model, "entity");
   }
-  ver.resident = Resident(key, *model);
-  ver.model = std::move(model);
+  Install(key, ver, std::move(model), stamp);
   return ver;
 }
 
-std::shared_ptr<const Residency> ModelRegistry::Resident(const ModelKey& key,
-                                                         const engine::Model& m) const {
-  auto r = std::make_shared<const Residency>(key.entity.empty() ? nullptr : &entity_bytes_,
-                                             m.resident_bytes());
-  r->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
-  return r;
+void ModelRegistry::Install(const ModelKey& key, VersionEntry& ver,
+                            std::shared_ptr<const engine::Model> model, uint64_t stamp) const {
+  ver.resident = std::make_shared<const Residency>(key.entity.empty() ? nullptr : &entity_bytes_,
+                                                   model->resident_bytes());
+  Touch(ver);
+  ver.model = std::move(model);
+  ver.unloaded.reset();
+  ver.stamp = stamp;
+}
+
+void ModelRegistry::Touch(const VersionEntry& ver) const {
+  ver.resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
+}
+
+ModelHandle ModelRegistry::HandleOf(const ModelKey& key, uint64_t version,
+                                    const VersionEntry& ver) {
+  return ModelHandle{ver.model, key.model, key.entity, version, ver.metrics, ver.stats};
 }
 
 void ModelRegistry::Unload(VersionEntry& ver, const char* reason) const {
@@ -136,8 +145,8 @@ absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_
       VersionEntry* ver = FindReady(key, version);
       if (ver == nullptr) return gone();
       if (ver->model != nullptr) {
-        ver->resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
-        return ModelHandle{ver->model, key.model, key.entity, version, ver->metrics, ver->stats};
+        Touch(*ver);
+        return HandleOf(key, version, *ver);
       }
       expected = ver->stamp;
       cold_loading_.insert(id);
@@ -161,15 +170,12 @@ absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_
     // Edited (a threshold change) or replaced while the file was read: read it again, so that an
     // older file is never installed over a newer one.
     if (ver->stamp != expected) continue;
-    ver->resident = Resident(key, **model);
-    ver->model = *std::move(model);
-    ver->unloaded.reset();
-    ver->stamp = stamp;
+    Install(key, *ver, *std::move(model), stamp);
     if (metrics_ != nullptr) {
       metrics_->RecordColdLoad(
           true, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
-    ModelHandle h{ver->model, key.model, key.entity, version, ver->metrics, ver->stats};
+    ModelHandle h = HandleOf(key, version, *ver);
     TrimVersionsLocked(models_[key], version);
     EvictLocked(&key);
     return h;
@@ -234,10 +240,8 @@ absl::StatusOr<ModelHandle> ModelRegistry::GetLocked(const ModelKey& key, uint64
                                                " is unavailable: ", vit->second.error));
   }
   const VersionEntry& ver = vit->second;
-  if (touch && ver.resident != nullptr) {
-    ver.resident->Touch(clock_.fetch_add(1, std::memory_order_relaxed));
-  }
-  return ModelHandle{ver.model, key.model, key.entity, v, ver.metrics, ver.stats};
+  if (touch && ver.resident != nullptr) Touch(ver);
+  return HandleOf(key, v, ver);
 }
 
 absl::StatusOr<ModelHandle> ModelRegistry::Get(const std::string& model, const std::string& entity,
@@ -386,11 +390,7 @@ absl::Status ModelRegistry::EditVersion(const ModelKey& key, uint64_t version,
   if (!model.ok()) return model.status();
   if (auto st = store_.RewriteVersion(key, h.version, file); !st.ok()) return st;
   absl::MutexLock lock(&mu_);
-  VersionEntry& ver = models_[key].versions[h.version];
-  ver.resident = Resident(key, **model);
-  ver.model = *std::move(model);
-  ver.unloaded.reset();
-  ver.stamp = store_.Stamp(key, h.version);
+  Install(key, models_[key].versions[h.version], *std::move(model), store_.Stamp(key, h.version));
   return absl::OkStatus();
 }
 

@@ -172,8 +172,13 @@ class ModelRegistry {
   absl::StatusOr<ModelHandle> Resolve(absl::StatusOr<ModelHandle> h) const;
   // Loads an unloaded READY version from the store and installs it (unless another call did).
   absl::StatusOr<ModelHandle> ColdLoad(const ModelKey& key, uint64_t version) const;
-  // Residency of a newly built model (entity models count in entity_bytes_).
-  std::shared_ptr<const Residency> Resident(const ModelKey& key, const engine::Model& m) const;
+  // Puts a built model (from the file with `stamp`) into `ver`, with its residency (entity
+  // models count in entity_bytes_); Unload is the reverse.
+  void Install(const ModelKey& key, VersionEntry& ver, std::shared_ptr<const engine::Model> model,
+               uint64_t stamp) const;
+  // A use now, in the LRU order.
+  void Touch(const VersionEntry& ver) const;
+  static ModelHandle HandleOf(const ModelKey& key, uint64_t version, const VersionEntry& ver);
   // Unloads a READY version, keeping its file without weights for views.
   void Unload(VersionEntry& ver, const char* reason) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unloads the least recently used entity models (never `keep`'s) until their bytes are at most

@@ -256,17 +256,11 @@ int ModelStore::RemoveDebris(const ModelKey& key) const {
     const std::string name = it->path().filename().string();
     uint64_t v = 0;
     std::error_code rec;
-    if (name.rfind(".deleted.", 0) == 0 || name.find(".tmp.") != std::string::npos) {
+    if (name.rfind(".deleted.", 0) == 0 || engine::IsWriteTemp(name)) {
       fs::remove_all(it->path(), rec);
       ++removed;
     } else if (IsDir(*it) && IsVersionName(name, &v)) {
-      for (fs::directory_iterator f(it->path(), rec); !rec && f != end; f.increment(rec)) {
-        if (f->path().filename().string().find(".tmp.") != std::string::npos) {
-          std::error_code fec;
-          fs::remove(f->path(), fec);
-          ++removed;
-        }
-      }
+      removed += engine::RemoveWriteTemps(it->path().string());
     }
   }
   return removed;

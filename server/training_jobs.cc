@@ -53,10 +53,6 @@ TrainingJobs::TrainingJobs(ModelRegistry* registry, int runners, int max_queued,
 
 TrainingJobs::~TrainingJobs() { Stop(); }
 
-bool TrainingJobs::Terminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
-
 absl::Status TrainingJobs::CheckHeader(const v1::TrainingJobHeader& h) const {
   auto key = MakeKey(h.model(), h.entity());
   if (!key.ok()) return key.status();
@@ -228,6 +224,12 @@ std::map<v1::JobState, int> TrainingJobs::CountByState() const {
 }
 
 std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const {
+  // Listed without epoch history and entities (GetTrainingJob and WatchTrainingJob have them).
+  auto brief = [](v1::TrainingJob s) {
+    s.clear_history();
+    s.clear_entities();
+    return s;
+  };
   std::vector<v1::TrainingJob> out;
   std::set<std::string> here;
   {
@@ -237,18 +239,11 @@ std::vector<v1::TrainingJob> TrainingJobs::List(const std::string& model) const 
   // Other replicas' jobs, from their files in the store (read outside the lock).
   for (v1::TrainingJob& s : files_.List()) {
     if (here.count(s.id()) || (!model.empty() && s.model() != model)) continue;
-    s.clear_history();
-    s.clear_entities();
-    out.push_back(std::move(s));
+    out.push_back(brief(std::move(s)));
   }
   absl::MutexLock lock(&mu_);
   for (const auto& [id, job] : jobs_) {
-    if (model.empty() || job->state.model() == model) {
-      v1::TrainingJob s = job->state;
-      s.clear_history();
-      s.clear_entities();  // GetTrainingJob and WatchTrainingJob have them
-      out.push_back(std::move(s));
-    }
+    if (model.empty() || job->state.model() == model) out.push_back(brief(job->state));
   }
   return out;
 }
@@ -289,7 +284,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
     // Another replica's job: ask it (it cancels at its next store poll).
     auto remote = files_.Read(id);
     if (!remote.ok()) return remote.status();
-    if (Terminal(remote->state())) {
+    if (JobEnded(remote->state())) {
       return absl::FailedPreconditionError(
           absl::StrCat("job ", id, " has already ended: ", v1::JobState_Name(remote->state())));
     }
@@ -297,7 +292,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
     return *remote;
   }
   Job& job = *it->second;
-  if (Terminal(job.state.state())) {
+  if (JobEnded(job.state.state())) {
     return absl::FailedPreconditionError(
         absl::StrCat("job ", id, " has already ended: ", v1::JobState_Name(job.state.state())));
   }
@@ -333,7 +328,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Watch(const std::string& id, Watch
     auto remote = files_.Read(id);
     if (!remote.ok()) return remote.status();
     *token = next_token_++;
-    if (!Terminal(remote->state())) {
+    if (!JobEnded(remote->state())) {
       RemoteWatch& r = remote_[id];
       r.last = remote->SerializeAsString();
       r.watchers[*token] = std::move(watcher);
@@ -341,7 +336,7 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Watch(const std::string& id, Watch
     return *remote;
   }
   *token = next_token_++;
-  if (!Terminal(it->second->state.state())) it->second->watchers[*token] = std::move(watcher);
+  if (!JobEnded(it->second->state.state())) it->second->watchers[*token] = std::move(watcher);
   return it->second->state;
 }
 
@@ -358,7 +353,7 @@ void TrainingJobs::Unwatch(const std::string& id, uint64_t token) {
 
 void TrainingJobs::Publish(Job& job) {
   for (auto& [token, w] : job.watchers) w(job.state);
-  if (Terminal(job.state.state())) job.watchers.clear();
+  if (JobEnded(job.state.state())) job.watchers.clear();
   WriteFile(job, 1.0);
 }
 
@@ -381,7 +376,7 @@ void TrainingJobs::SyncWithStore() {
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, job] : jobs_) {
-      if (Terminal(job->state.state())) continue;
+      if (JobEnded(job->state.state())) continue;
       WriteFile(*job, 10.0);  // a heartbeat: other replicas see the job is alive
       if (files_.CancelRequested(id)) cancel.push_back(id);
     }
@@ -396,7 +391,7 @@ void TrainingJobs::SyncWithStore() {
         for (auto& [token, w] : it->second.watchers) w(*state);
         it->second.last = std::move(now);
       }
-      it = Terminal(state->state()) ? remote_.erase(it) : std::next(it);
+      it = JobEnded(state->state()) ? remote_.erase(it) : std::next(it);
     }
   }
   for (const std::string& id : cancel) {
@@ -672,32 +667,30 @@ void TrainingJobs::TrainEntity(Job& job, size_t i, const std::vector<uint32_t>& 
   }
   engine::TrainRequest req = RequestOf(job);
   std::vector<std::string> names(h.feature_names().begin(), h.feature_names().end());
-  double validation_loss = 0;
-  uint32_t epochs = 0;
   const absl::Status enough = EnoughRows(rows.size());
-  absl::StatusOr<v1::ModelFile> file = absl::InternalError("not trained");
-  if (!enough.ok()) {
-    file = enough;
-  } else {
-    file = engine::Train(req, engine::TrainingData{data, rows.size(), d, names, ts},
-                         [&](const engine::TrainingProgress& p) {
-                           absl::MutexLock lock(&mu_);
-                           v1::EntityTraining* e = job.state.mutable_entities(static_cast<int>(i));
-                           e->set_epoch(p.epoch);
-                           e->set_epochs(p.epochs);
-                           e->set_validation_loss(p.validation_loss);
-                           validation_loss = p.validation_loss;
-                           epochs = p.epoch;
-                           Publish(job);
-                           return !job.cancel.load();
-                         });
+  absl::StatusOr<v1::ModelFile> file =
+      !enough.ok()
+          ? absl::StatusOr<v1::ModelFile>(enough)
+          : engine::Train(req, engine::TrainingData{data, rows.size(), d, names, ts},
+                          [&](const engine::TrainingProgress& p) {
+                            absl::MutexLock lock(&mu_);
+                            v1::EntityTraining* e = job.state.mutable_entities(static_cast<int>(i));
+                            e->set_epoch(p.epoch);
+                            e->set_epochs(p.epochs);
+                            e->set_validation_loss(p.validation_loss);
+                            Publish(job);
+                            return !job.cancel.load();
+                          });
+  std::string summary;
+  if (file.ok()) {
+    absl::MutexLock lock(&mu_);
+    const v1::EntityTraining& e = job.state.entities(static_cast<int>(i));
+    summary = absl::StrFormat("%d rows, %d epochs, validation loss %.6g (bulk entity training)",
+                              e.rows(), e.epoch(), e.validation_loss());
   }
-  const absl::StatusOr<uint64_t> version =
-      file.ok() ? Commit(job, key, *std::move(file), 0,
-                         absl::StrFormat("%d rows, %d epochs, validation loss %.6g (bulk entity "
-                                         "training)",
-                                         rows.size(), epochs, validation_loss))
-                : absl::StatusOr<uint64_t>(file.status());
+  const absl::StatusOr<uint64_t> version = file.ok()
+                                               ? Commit(job, key, *std::move(file), 0, summary)
+                                               : absl::StatusOr<uint64_t>(file.status());
   absl::MutexLock lock(&mu_);
   v1::EntityTraining* e = job.state.mutable_entities(static_cast<int>(i));
   if (version.ok()) {

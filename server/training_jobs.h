@@ -147,7 +147,6 @@ class TrainingJobs {
   void Publish(Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records that job `id` ended; forgets the oldest ended jobs beyond max_finished_.
   void Finished(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static bool Terminal(v1::JobState s);
 
   ModelRegistry* registry_;
   ServerMetrics* metrics_;
