@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -94,6 +95,20 @@ bool WriteAll(int fd, absl::string_view bytes) {
 namespace {
 constexpr absl::string_view kTempMark = ".tmp.";
 }  // namespace
+
+PathStamp StampOf(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+          static_cast<uint64_t>(st.st_size), std::max<uint64_t>(st.st_ino, 1)};
+}
+
+uint64_t PathStamp::value() const {
+  if (!exists()) return 0;
+  const uint64_t mixed = static_cast<uint64_t>(mtime_ns) * 0x9E3779B97F4A7C15ull ^ (size << 1) ^
+                         (inode * 0xC2B2AE3D27D4EB4Full);
+  return mixed == 0 ? 1 : mixed;
+}
 
 bool IsWriteTemp(absl::string_view filename) { return absl::StrContains(filename, kTempMark); }
 

@@ -25,6 +25,18 @@ bool WriteAll(int fd, absl::string_view bytes);
 // is an error (the temp file is removed).
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes);
 
+// What stat() says of a path, to notice a change without reading it: a rename over it changes the
+// inode, a write in place the time or the size. All zero when it does not exist.
+struct PathStamp {
+  int64_t mtime_ns = 0;
+  uint64_t size = 0, inode = 0;
+  bool exists() const { return inode != 0; }
+  // The three as one number, 0 only when the path does not exist.
+  uint64_t value() const;
+  bool operator==(const PathStamp&) const = default;
+};
+PathStamp StampOf(const std::string& path);
+
 // True for the name of a temp file WriteFileAtomically makes (".<name>.tmp.<pid>.<random>"):
 // debris when its writer was killed before the rename.
 bool IsWriteTemp(absl::string_view filename);

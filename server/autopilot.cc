@@ -63,14 +63,6 @@ double AgeSeconds(const std::string& path) {
 
 void Touch(const std::string& path) { ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0); }
 
-uint64_t FileStamp(const std::string& path) {
-  std::error_code ec;
-  const auto t = fs::last_write_time(path, ec);
-  if (ec) return 0;
-  const auto size = fs::file_size(path, ec);
-  return static_cast<uint64_t>(t.time_since_epoch().count()) ^ (ec ? 0 : size << 1);
-}
-
 // The share of a version's calibration scores over its threshold: the flag rate it aims at.
 double TargetRate(const engine::Model& m) {
   const auto& c = m.file().calibration_errors();
@@ -333,7 +325,7 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
   v1::RetrainPolicy given = in;
   given.DiscardUnknownFields();
   if (auto st = WriteMessage((fs::path(dir) / kPolicyFile).string(), given); !st.ok()) return st;
-  Apply(key, *p, FileStamp((fs::path(dir) / kPolicyFile).string()));
+  Apply(key, *p, engine::StampOf((fs::path(dir) / kPolicyFile).string()).value());
   Record(key, 0, "set-retrain-policy", actor, p->ShortDebugString());
   v1::AutopilotStatus out;
   Status(key, &out);
@@ -351,9 +343,8 @@ void Autopilot::Reload() {
   std::sort(keys.begin(), keys.end());
   keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
   for (const ModelKey& key : keys) {
-    const std::string dir = registry_->store().KeyDir(key);
-    const std::string path = (fs::path(dir) / kPolicyFile).string();
-    const uint64_t stamp = FileStamp(path);
+    const std::string path = absl::StrCat(registry_->store().KeyDir(key), "/", kPolicyFile);
+    const uint64_t stamp = engine::StampOf(path).value();
     std::shared_ptr<State> s = Find(key);
     if (stamp == 0) {
       if (s != nullptr) {  // removed by another replica

@@ -56,10 +56,14 @@ absl::StatusOr<ModelKey> MakeKey(const std::string& model, const std::string& en
   return ModelKey{model, entity};
 }
 
+ModelStore::ModelStore(std::string dir) : dir_(std::move(dir)) {
+  while (dir_.size() > 1 && dir_.back() == '/') dir_.pop_back();  // paths are joined with '/'
+}
+
+// Paths are joined as strings: the store poll builds tens of thousands per round.
 std::string ModelStore::KeyDir(const ModelKey& key) const {
-  fs::path p = fs::path(dir_) / key.model;
-  if (!key.entity.empty()) p = p / "entities" / key.entity;
-  return p.string();
+  if (key.entity.empty()) return absl::StrCat(dir_, "/", key.model);
+  return absl::StrCat(dir_, "/", key.model, "/entities/", key.entity);
 }
 
 namespace {
@@ -133,14 +137,18 @@ std::vector<ModelKey> ModelStore::ListModels(bool* complete) const {
   return out;
 }
 
-std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key, bool* complete) const {
+std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key, bool* complete,
+                                               bool* pending) const {
   std::vector<uint64_t> out;
   std::error_code ec;
+  if (pending != nullptr) *pending = false;
   for (fs::directory_iterator it(KeyDir(key), ec), end; !ec && it != end; it.increment(ec)) {
     uint64_t v = 0;
-    if (IsDir(*it) && IsVersionName(it->path().filename().string(), &v) &&
-        Exists(it->path() / "model.pb")) {
+    if (!IsDir(*it) || !IsVersionName(it->path().filename().string(), &v)) continue;
+    if (Exists(it->path() / "model.pb")) {
       out.push_back(v);
+    } else if (pending != nullptr) {
+      *pending = true;
     }
   }
   if (complete != nullptr) *complete = !ec || ec == std::errc::no_such_file_or_directory;
@@ -193,7 +201,7 @@ absl::Status ModelStore::ClearActive(const ModelKey& key) const {
 }
 
 std::string ModelStore::VersionPath(const ModelKey& key, uint64_t version) const {
-  return (fs::path(KeyDir(key)) / std::to_string(version) / "model.pb").string();
+  return absl::StrCat(KeyDir(key), "/", version, "/model.pb");
 }
 
 absl::StatusOr<v1::ModelFile> ModelStore::Load(const ModelKey& key, uint64_t version) const {
@@ -267,10 +275,7 @@ int ModelStore::RemoveDebris(const ModelKey& key) const {
 }
 
 uint64_t ModelStore::Stamp(const ModelKey& key, uint64_t version) const {
-  struct stat st;
-  if (::stat(VersionPath(key, version).c_str(), &st) != 0) return 0;
-  return static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000ull + st.st_mtim.tv_nsec +
-         (static_cast<uint64_t>(st.st_size) << 1);
+  return engine::StampOf(VersionPath(key, version)).value();
 }
 
 ModelStore::Lock::Lock(const std::string& dir) {

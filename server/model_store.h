@@ -49,14 +49,16 @@ inline constexpr uint64_t kMaxActiveBytes = 64;
 
 class ModelStore {
  public:
-  explicit ModelStore(std::string dir) : dir_(std::move(dir)) {}
+  explicit ModelStore(std::string dir);
 
   const std::string& dir() const { return dir_; }
   // Every key with at least one version directory or an ACTIVE file. `*complete` (optional) is
   // false when a directory could not be read to the end: the list may then miss keys.
   std::vector<ModelKey> ListModels(bool* complete = nullptr) const;
-  // Versions with a model.pb, ascending; `*complete` as above.
-  std::vector<uint64_t> ListVersions(const ModelKey& key, bool* complete = nullptr) const;
+  // Versions with a model.pb, ascending; `*complete` as above. `*pending` (optional) is true
+  // when a version directory has no model.pb yet (being written, or a crashed writer's debris).
+  std::vector<uint64_t> ListVersions(const ModelKey& key, bool* complete = nullptr,
+                                     bool* pending = nullptr) const;
   // The version named by ACTIVE; 0 when it says "none"; NOT_FOUND when there is no ACTIVE file;
   // DATA_LOSS with the reason when it is not a small regular file holding a version number.
   // Never blocks (a FIFO is refused) and never throws.
@@ -80,8 +82,8 @@ class ModelStore {
   // The key's directory (<dir>/<model> or <dir>/<model>/entities/<entity>).
   std::string KeyDir(const ModelKey& key) const;
 
-  // Modification stamp (mtime in ns and size) of a version's file, to notice rewrites by other
-  // replicas; 0 when it does not exist.
+  // Modification stamp (engine::PathStamp's value: time, size, inode) of a version's file, to
+  // notice rewrites by other replicas; 0 when it does not exist.
   uint64_t Stamp(const ModelKey& key, uint64_t version) const;
 
   // An exclusive advisory lock (flock) on the store, held for read-modify-write sequences so that

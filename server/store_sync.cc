@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace aeserve::server {
 
@@ -127,9 +128,23 @@ int StoreSync::FollowActive(const ModelKey& key, ModelEntry& e,
   return changes;
 }
 
+StoreSync::Seen StoreSync::Glance(const ModelKey& key,
+                                  const std::vector<uint64_t>& versions) const {
+  const std::string dir = r_.store_.KeyDir(key);
+  Seen s{engine::StampOf(dir), engine::StampOf(dir + "/ACTIVE"), {}};
+  for (uint64_t v : versions) {
+    s.versions.emplace_back(v, engine::StampOf(r_.store_.VersionPath(key, v)));
+  }
+  return s;
+}
+
 int StoreSync::Poll() {
   absl::MutexLock admin(&r_.admin_mu_);
   int changes = 0;
+  // Stamps older than this had settled when read: a change since then shows in them.
+  const int64_t settled_before = absl::GetCurrentTimeNanos() - 1'000'000'000;
+  if (polls_++ % kFullPollEvery == 0) seen_.clear();
+  models_read_ = 0;
   bool all_keys = true;
   const std::vector<ModelKey> keys = r_.store_.ListModels(&all_keys);
   if (!all_keys) {
@@ -138,8 +153,17 @@ int StoreSync::Poll() {
         "the store directory could not be read to the end; nothing is unloaded this round");
   }
   for (const ModelKey& key : keys) {
-    bool all_versions = true;
-    const std::vector<uint64_t> on_disk = r_.store_.ListVersions(key, &all_versions);
+    if (auto was = seen_.find(key); was != seen_.end()) {
+      std::vector<uint64_t> versions;
+      for (const auto& [v, stamp] : was->second.versions) versions.push_back(v);
+      if (Glance(key, versions) == was->second) continue;  // unchanged since a settled reading
+      seen_.erase(was);
+    }
+    ++models_read_;
+    // Stamped before anything is read: a change made while it is read shows next time.
+    Seen look = Glance(key, {});
+    bool all_versions = true, pending = false;
+    const std::vector<uint64_t> on_disk = r_.store_.ListVersions(key, &all_versions, &pending);
     if (!all_versions) {
       // A listing that failed half-way is not the store's contents: change nothing this round.
       r_.ReportStoreError(key, "listing",
@@ -149,7 +173,10 @@ int StoreSync::Poll() {
     // What the store holds that we have not loaded (new versions, rewritten files): new versions
     // are listed as LOADING until they are built, outside the lock.
     std::map<uint64_t, uint64_t> stamps;  // read before locking: stat() is I/O
-    for (uint64_t v : on_disk) stamps[v] = r_.store_.Stamp(key, v);
+    for (uint64_t v : on_disk) {
+      look.versions.emplace_back(v, engine::StampOf(r_.store_.VersionPath(key, v)));
+      stamps[v] = look.versions.back().second.value();
+    }
     std::vector<uint64_t> to_load;
     {
       absl::MutexLock lock(&r_.mu_);
@@ -205,12 +232,20 @@ int StoreSync::Poll() {
       r_.TrimVersionsLocked(e);
       r_.EvictLocked(&key);  // the memory budget holds while new versions load
     }
+    bool settled =
+        !pending && look.dir.mtime_ns < settled_before && look.active.mtime_ns < settled_before;
+    for (const auto& [v, stamp] : look.versions) settled &= stamp.mtime_ns < settled_before;
+    for (const auto& [v, ver] : e.versions) settled &= ver.state != v1::MODEL_STATE_LOADING;
+    if (settled) seen_[key] = std::move(look);
   }
+  std::erase_if(seen_, [&keys](const auto& s) {
+    return !std::binary_search(keys.begin(), keys.end(), s.first);
+  });
   // Models whose directory is gone (only when the listing could be read to the end).
   absl::MutexLock lock(&r_.mu_);
   r_.EvictLocked(nullptr);
   for (auto it = r_.models_.begin(); it != r_.models_.end() && all_keys;) {
-    if (std::find(keys.begin(), keys.end(), it->first) == keys.end()) {
+    if (!std::binary_search(keys.begin(), keys.end(), it->first)) {  // keys are sorted
       it = r_.models_.erase(it);
       ++changes;
     } else {

@@ -4,7 +4,12 @@
 // manager from the model lifecycle.
 #pragma once
 
+#include <map>
+#include <utility>
+#include <vector>
+
 #include "absl/functional/function_ref.h"
+#include "engine/file_io.h"
 #include "server/model_registry.h"
 
 namespace aeserve::server {
@@ -27,9 +32,27 @@ class StoreSync {
   // rewritten file that no longer loads, or an ACTIVE file that became unusable, keeps what serves
   // now and is reported in GetModel's error, the log and the store-error counter. Returns how
   // many changes it applied. Called every --store_poll_seconds.
+  //
+  // A poll reads a model again only when stat() shows a change since its last reading: its
+  // directory (a version added or removed), its ACTIVE file, or one of its version files (time,
+  // size or inode). What was read within the last second before a poll, or found half-written,
+  // is read again next time (a later change in the same clock tick could keep the time); every
+  // kFullPollEvery-th poll reads everything (file systems whose stat() may be cached, as NFS's).
   int Poll();
+  static constexpr uint64_t kFullPollEvery = 30;
+  // Models the last Poll read (the others were unchanged since a settled reading).
+  size_t models_read() const { return models_read_; }
 
  private:
+  // One model as stat() showed it when the poll last read it.
+  struct Seen {
+    engine::PathStamp dir, active;
+    std::vector<std::pair<uint64_t, engine::PathStamp>> versions;
+    bool operator==(const Seen&) const = default;
+  };
+  // The model's directory and ACTIVE now, and the files of `versions` (stat() only).
+  Seen Glance(const ModelKey& key, const std::vector<uint64_t>& versions) const;
+
   // A model's entry as the store holds it now (loads every version).
   ModelEntry Load(const ModelKey& key) const;
   // Follows the store's ACTIVE file for one model. Returns the changes made.
@@ -37,6 +60,9 @@ class StoreSync {
                    const absl::StatusOr<uint64_t>& disk_active) const;
 
   ModelRegistry& r_;
+  std::map<ModelKey, Seen> seen_;  // the models read last time whose stamps had settled
+  uint64_t polls_ = 0;
+  size_t models_read_ = 0;
 };
 
 }  // namespace aeserve::server

@@ -1,7 +1,13 @@
 // The registry's parts in process: StoreSync lists every stored model as LOADING before loading
 // any, ModelView renders entries (entities under their model, drift from live statistics), and
 // the lifecycle core answers "is loading" for what is not built yet.
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <atomic>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -277,6 +283,91 @@ TEST(Registry, AnUnloadedVersionRewrittenElsewhereIsReadWhenNextNeeded) {
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_EQ(h->model->threshold(), 123.5);
   EXPECT_EQ(LoadedVersions(registry, key), (std::vector<uint64_t>{1, 2}));
+}
+
+// Sets the modification time of everything under `dir` to `when` (seconds since the epoch), as
+// if it had been written then.
+void Age(const std::string& dir, time_t when) {
+  const timespec times[2] = {{when, 0}, {when, 0}};
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    ASSERT_EQ(::utimensat(AT_FDCWD, e.path().c_str(), times, AT_SYMLINK_NOFOLLOW), 0) << e.path();
+  }
+}
+
+// The store poll reads a model again only when stat() shows a change since a settled reading;
+// what it cannot tell by stat() (a write in place keeping size and time) the full poll finds.
+TEST(Registry, TheStorePollRereadsOnlyTheModelsThatChanged) {
+  TempDir dir("aeserve_registry_poll");
+  const v1::ModelFile file = TrainSmall(v1::MODEL_KIND_PLAIN);
+  for (const char* e : {"e1", "e2", "e3"}) Store(dir.path(), "m", file, e);
+  const time_t then = ::time(nullptr) - 3600;
+  Age(dir.path(), then);
+  server::ModelRegistry registry(server::ModelStore(dir.path()), engine::ModelOptions{1, 4096});
+  server::StoreSync sync(registry);
+  sync.LoadAll([](const ModelKey&, const ModelEntry&) {});
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 3u);  // the first poll reads everything
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 0u);
+
+  // Another replica adds and activates e1's version 2 and rewrites e2's version 1.
+  server::ModelStore store(dir.path());
+  const ModelKey e1{"m", "e1"}, e2{"m", "e2"}, e3{"m", "e3"};
+  auto v2 = store.AddVersion(e1, file);
+  ASSERT_TRUE(v2.ok());
+  ASSERT_TRUE(store.WriteActive(e1, *v2).ok());
+  v1::ModelFile edited = file;
+  edited.set_threshold_value(77);
+  ASSERT_TRUE(store.RewriteVersion(e2, 1, edited).ok());
+  EXPECT_EQ(sync.Poll(), 3);  // version 2 loaded, made active; version 1 of e2 reloaded
+  EXPECT_EQ(sync.models_read(), 2u);
+  auto h1 = registry.Get("m", "e1", 0);
+  ASSERT_TRUE(h1.ok()) << h1.status();
+  EXPECT_EQ(h1->version, 2u);
+  auto h2 = registry.Get("m", "e2", 0);
+  ASSERT_TRUE(h2.ok()) << h2.status();
+  EXPECT_EQ(h2->model->threshold(), 77);
+  // Written within the last second: read again until the stamps have settled.
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 2u);
+  Age(dir.path(), then);  // the same old time for all: only inodes and sizes tell now
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 2u);
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 0u);
+
+  // A version directory whose file is not there yet is looked at every poll until it is.
+  const std::string e3dir = store.KeyDir(e3);
+  ASSERT_TRUE(std::filesystem::create_directory(e3dir + "/2"));
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 1u);
+  Age(dir.path(), then);
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 1u);
+  sync.Poll();
+  EXPECT_EQ(sync.models_read(), 1u) << "a half-written version must keep being read";
+  std::filesystem::copy_file(e3dir + "/1/model.pb", e3dir + "/2/model.pb");
+  Age(dir.path(), then);  // e3's directory and ACTIVE exactly as at the last reading
+  sync.Poll();
+  auto e3_versions = registry.Peek(e3, 2);
+  EXPECT_TRUE(e3_versions.ok()) << e3_versions.status();
+
+  // ACTIVE rewritten in place, same size, time put back: stat() cannot tell; the next full poll
+  // (at most kFullPollEvery polls away) reads it.
+  for (int i = 0; i < 3; ++i) sync.Poll();  // settled again
+  ASSERT_EQ(sync.models_read(), 0u);
+  {
+    std::ofstream active(e3dir + "/ACTIVE", std::ios::in | std::ios::out);
+    active << "2\n";
+  }
+  Age(dir.path(), then);
+  size_t polls = 0;
+  while (registry.Get("m", "e3", 0)->version != 2 && polls < server::StoreSync::kFullPollEvery) {
+    sync.Poll();
+    ++polls;
+  }
+  EXPECT_EQ(registry.Get("m", "e3", 0)->version, 2u);
+  EXPECT_GT(polls, 1u) << "found by stat() alone? then this test no longer tests the full poll";
 }
 
 }  // namespace
