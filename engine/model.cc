@@ -28,11 +28,11 @@ namespace {
 // Rows per neighbour-distance call at most: bounds the per-context buffer to kNeighbourBatch x
 // reference_rows floats whatever max_batch is.
 constexpr uint32_t kNeighbourBatch = 256;
-// A scoring context's buffers hold at most this many floats each (1 MiB): wide models run fewer
+// A scoring context's buffers hold at most this many floats each (256 KiB): wide models run fewer
 // rows per primitive call (bigger batches are split), so a worker's context for them stays small.
-// The default 38-feature model (widest layer 64) keeps 4096 rows per call; a 1024-wide one 256,
-// where the engine is within a few percent of its peak rate (bench/RESULTS.md).
-constexpr uint32_t kContextFloats = uint32_t{1} << 18;
+// The default 38-feature model (widest layer 64) runs 1024 rows per call, a 1024-wide one 64;
+// neither scores slower than with 4x the rows per call (bench/RESULTS.md, "Fleet").
+constexpr uint32_t kContextFloats = uint32_t{1} << 16;
 
 // The largest power of two <= min(cap, kContextFloats / width), and at least 1.
 uint32_t RowsPerCall(uint32_t cap, uint32_t width) {

@@ -715,10 +715,10 @@ TEST(Model, AWideModelHoldsAboutItsWeights) {
   auto model = *Model::Create(f);
   EXPECT_GE(model->resident_bytes(), weights);
   EXPECT_LT(model->resident_bytes(), 2 * weights);
-  // Its scoring contexts are bounded too: 1024 wide, it runs at most 256 rows per primitive call
-  // (1 MiB per buffer), and a batch of more is split, scoring as the same rows in smaller calls.
-  EXPECT_EQ(model->architecture()->key().max_batch, 256u);
-  EXPECT_LE(model->architecture()->context_bytes(), 6u << 20);
+  // Its scoring contexts are bounded too: 1024 wide, it runs at most 64 rows per primitive call
+  // (256 KiB per buffer), and a batch of more is split, scoring as the same rows in smaller calls.
+  EXPECT_EQ(model->architecture()->key().max_batch, 64u);
+  EXPECT_LE(model->architecture()->context_bytes(), 3u << 19);
   std::normal_distribution<float> n(0.f, 1.f);
   std::vector<float> x(600 * 256);
   for (float& v : x) v = n(rng);

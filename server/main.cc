@@ -103,6 +103,9 @@ ABSL_FLAG(std::string, tls_client_ca, Defaults().tls_client_ca,
 ABSL_FLAG(double, store_poll_seconds, Defaults().store_poll_seconds,
           "How often to pick up versions, activations and threshold changes other replicas made in "
           "the shared model store; 0 = never.");
+ABSL_FLAG(double, memory_trim_seconds, Defaults().memory_trim_seconds,
+          "How often memory the allocator holds free (what large requests left) is given back to "
+          "the system (malloc_trim); 0 = never.");
 ABSL_FLAG(double, autopilot_tick_seconds, Defaults().autopilot_tick_seconds,
           "How often retrain policies are re-read from the store, retained rows written, and "
           "retrain triggers and shadow windows checked.");
@@ -182,6 +185,7 @@ int main(int argc, char** argv) {
   o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   o.drift_threshold = absl::GetFlag(FLAGS_drift_threshold);
   o.store_poll_seconds = absl::GetFlag(FLAGS_store_poll_seconds);
+  o.memory_trim_seconds = absl::GetFlag(FLAGS_memory_trim_seconds);
   o.autopilot_tick_seconds = absl::GetFlag(FLAGS_autopilot_tick_seconds);
 
   auto server = aeserve::server::Server::Start(o, log);

@@ -17,9 +17,6 @@ absl::StatusOr<std::shared_ptr<const engine::Model>> ModelRegistry::Build(
   engine::ModelOptions options = model_options_;
   options.compact = !key.entity.empty();
   auto model = engine::Model::Create(file, options);
-  // Loading a big model allocates several copies of its weights on the way (the file's bytes,
-  // the parsed file, the plain parameters) that glibc keeps after they are freed: given back.
-  if (file.ByteSizeLong() > (size_t{4} << 20)) malloc_trim(0);
   if (metrics_ != nullptr) {
     metrics_->RecordModelLoad(
         model.ok(),
@@ -152,25 +149,22 @@ absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_
       cold_loading_.insert(id);
     }
     const auto start = std::chrono::steady_clock::now();
-    const uint64_t stamp = store_.Stamp(key, version);
-    auto file = store_.Load(key, version);
-    auto model = file.ok() ? Build(key, *file)
-                           : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
+    Built b = BuildFromStore(key, version);
     absl::MutexLock lock(&mu_);
     cold_loading_.erase(id);
-    if (!model.ok()) {
+    if (!b.model.ok()) {
       if (metrics_ != nullptr) metrics_->RecordColdLoad(false, 0);
-      if (!file.ok()) ReportStoreError(key, "model_file", std::string(file.status().message()));
-      return absl::UnavailableError(
-          absl::StrCat("model '", key.str(), "' version ", version,
-                       " could not be loaded again: ", model.status().message()));
+      const std::string why(b.model.status().message());
+      if (b.file_error) ReportStoreError(key, "model_file", why);
+      return absl::UnavailableError(absl::StrCat("model '", key.str(), "' version ", version,
+                                                 " could not be loaded again: ", why));
     }
     VersionEntry* ver = FindReady(key, version);
     if (ver == nullptr) return gone();
     // Edited (a threshold change) or replaced while the file was read: read it again, so that an
     // older file is never installed over a newer one.
     if (ver->stamp != expected) continue;
-    Install(key, *ver, *std::move(model), stamp);
+    Install(key, *ver, *std::move(b.model), b.stamp);
     if (metrics_ != nullptr) {
       metrics_->RecordColdLoad(
           true, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -199,18 +193,36 @@ void ModelRegistry::ReportStoreError(const ModelKey& key, const char* kind,
   if (metrics_ != nullptr) metrics_->RecordStoreError(kind);
 }
 
+ModelRegistry::Built ModelRegistry::BuildFromStore(const ModelKey& key, uint64_t version) const {
+  Built b{store_.Stamp(key, version), absl::UnknownError("not built"), false};
+  size_t file_bytes = 0;
+  {
+    auto file = store_.Load(key, version);
+    if (!file.ok()) {
+      b.model = file.status();
+      b.file_error = true;
+      return b;
+    }
+    file_bytes = file->ByteSizeLong();
+    b.model = Build(key, *file);
+  }
+  // Loading a big model allocates several copies of its weights on the way (the file's bytes,
+  // the parsed file, the plain parameters) that glibc keeps after they are freed: given back,
+  // now that the parsed file is gone too.
+  if (file_bytes > (size_t{4} << 20)) malloc_trim(0);
+  return b;
+}
+
 VersionEntry ModelRegistry::LoadVersion(const ModelKey& key, uint64_t v) const {
-  const uint64_t stamp = store_.Stamp(key, v);
-  auto file = store_.Load(key, v);
-  auto model = file.ok() ? Build(key, *file)
-                         : absl::StatusOr<std::shared_ptr<const engine::Model>>(file.status());
-  // The stamp of the file that was read, even if it changed since.
-  if (model.ok()) return Ready(key, v, *std::move(model), stamp);
+  Built b = BuildFromStore(key, v);
+  if (b.model.ok()) return Ready(key, v, *std::move(b.model), b.stamp);
   VersionEntry ver;
-  ver.stamp = stamp;
+  ver.stamp = b.stamp;
   ver.state = v1::MODEL_STATE_UNAVAILABLE;
-  ver.error = std::string(model.status().message());
-  if (!file.ok()) ReportStoreError(key, "model_file", absl::StrCat("version ", v, ": ", ver.error));
+  ver.error = std::string(b.model.status().message());
+  if (b.file_error) {
+    ReportStoreError(key, "model_file", absl::StrCat("version ", v, ": ", ver.error));
+  }
   return ver;
 }
 

@@ -159,6 +159,13 @@ class ModelRegistry {
   VersionEntry LoadVersion(const ModelKey& key, uint64_t version) const;
   absl::StatusOr<std::shared_ptr<const engine::Model>> Build(const ModelKey& key,
                                                              const v1::ModelFile& file) const;
+  // A version's file read from the store and built.
+  struct Built {
+    uint64_t stamp = 0;  // of the file read, even if it changed since
+    absl::StatusOr<std::shared_ptr<const engine::Model>> model;
+    bool file_error = false;  // the file could not be read (a store error), not built
+  };
+  Built BuildFromStore(const ModelKey& key, uint64_t version) const;
   // A READY entry for a built model (whose file had `stamp`): its instruments and live statistics.
   VersionEntry Ready(const ModelKey& key, uint64_t version,
                      std::shared_ptr<const engine::Model> model, uint64_t stamp) const;

@@ -39,6 +39,7 @@ struct Options {
   double drift_threshold = 0.2;     // KS statistic above which a model is reported drifted
   bool reflection = true;           // gRPC server reflection (public schema, no token)
   double store_poll_seconds = 2;    // how often to pick up other replicas' changes; 0 = off
+  double memory_trim_seconds = 10;  // how often free heap memory is given back; 0 = never
   double autopilot_tick_seconds =
       1;  // how often retrain policies, triggers and shadows are checked
   double incident_resume_seconds =

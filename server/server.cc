@@ -85,6 +85,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
     return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
   }
   if (o.metrics_port != 0) s->metrics_ = std::make_unique<ServerMetrics>();
+  s->trimmer_ = std::make_unique<MemoryTrimmer>(o.memory_trim_seconds);
   s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get(), std::max(1, o.max_watchers));
   s->registry_ = std::make_unique<ModelRegistry>(
       ModelStore(o.model_dir),

@@ -16,6 +16,7 @@
 #include "server/calls_in_flight.h"
 #include "server/executor.h"
 #include "server/ingest.h"
+#include "server/memory_trim.h"
 #include "server/metrics/exposer.h"
 #include "server/model_registry.h"
 #include "server/options.h"
@@ -82,6 +83,7 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;
   bool shut_down_ = false;
+  std::unique_ptr<MemoryTrimmer> trimmer_;  // --memory_trim_seconds
   // Follows the shared model store (other replicas' versions and activations).
   std::thread store_watcher_;
   absl::Mutex watch_mu_;
