@@ -444,8 +444,36 @@ void TrainingJobs::Loop() {
       job->state.set_started_unix_ms(NowMs());
       Publish(*job);
     }
+    TakeRunnerCore();
     Run(*job);
+    GiveCore();
   }
+}
+
+void TrainingJobs::TakeRunnerCore() {
+  absl::MutexLock lock(&cores_mu_);
+  ++runners_waiting_;
+  auto free = [this]()
+                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(cores_mu_) { return cores_busy_ < runners_count_; };
+  cores_mu_.Await(absl::Condition(&free));
+  --runners_waiting_;
+  ++cores_busy_;
+}
+
+bool TrainingJobs::TakeHelperCore(absl::FunctionRef<bool()> wanted) {
+  absl::MutexLock lock(&cores_mu_);
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(cores_mu_) {
+    return !wanted() || cores_busy_ + runners_waiting_ < runners_count_;
+  };
+  cores_mu_.Await(absl::Condition(&ready));
+  if (!wanted()) return false;
+  ++cores_busy_;
+  return true;
+}
+
+void TrainingJobs::GiveCore() {
+  absl::MutexLock lock(&cores_mu_);
+  --cores_busy_;
 }
 
 void TrainingJobs::Run(Job& job) {
@@ -606,13 +634,22 @@ void TrainingJobs::RunPerEntity(Job& job) {
     rows[job.entities.of_row[r]].push_back(static_cast<uint32_t>(r));
   }
   std::atomic<size_t> next{0};
+  auto more = [&] { return next.load() < n && !job.cancel; };
   auto work = [&] {
     for (size_t i = next++; i < n && !job.cancel; i = next++) TrainEntity(job, i, rows[i]);
   };
+  // Helpers train an entity at a time, each on a core no other job is using (they wait for one).
+  auto help = [&] {
+    while (TakeHelperCore(more)) {
+      if (const size_t i = next++; i < n) TrainEntity(job, i, rows[i]);
+      GiveCore();
+    }
+  };
   std::vector<std::thread> helpers;
   const size_t threads = std::min<size_t>(n, static_cast<size_t>(std::max(1, runners_count_)));
-  for (size_t t = 1; t < threads; ++t) helpers.emplace_back(work);
-  work();
+  for (size_t t = 1; t < threads; ++t) helpers.emplace_back(help);
+  work();                                // on this job's own core
+  { absl::MutexLock wake(&cores_mu_); }  // helpers waiting for a core see there is no more work
   for (auto& t : helpers) t.join();
 
   absl::ReleasableMutexLock lock(&mu_);

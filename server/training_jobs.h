@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "aeserve/v1/admin.pb.h"
@@ -133,8 +134,16 @@ class TrainingJobs {
   void Loop();
   void Run(Job& job);
   static engine::TrainRequest RequestOf(Job& job);
-  // header.per_entity: one model per entity, up to runners_count_ at once.
+  // header.per_entity: one model per entity; helper threads train more at once while cores are
+  // free (TakeCore).
   void RunPerEntity(Job& job);
+  // Training uses at most runners_count_ cores: one per running job, one per bulk-training helper
+  // at work. A runner starting a job waits for a core (helpers give theirs back after each
+  // entity, and take none while a runner waits); a helper waits while `wanted()` holds and
+  // returns false once it no longer does.
+  void TakeRunnerCore();
+  bool TakeHelperCore(absl::FunctionRef<bool()> wanted);
+  void GiveCore();
   // Trains entity `i` of the job on `rows` (indices into the job's rows).
   void TrainEntity(Job& job, size_t i, const std::vector<uint32_t>& rows);
   // A trained file, stamped with the job: a new version of `key`, recorded in the audit log with
@@ -154,6 +163,9 @@ class TrainingJobs {
   RetainHook retain_;  // set before any job runs
   const size_t max_queued_;
   const int runners_count_;
+  absl::Mutex cores_mu_;
+  int cores_busy_ ABSL_GUARDED_BY(cores_mu_) = 0;
+  int runners_waiting_ ABSL_GUARDED_BY(cores_mu_) = 0;
   const size_t max_finished_;
   std::shared_ptr<spdlog::logger> log_;
   mutable absl::Mutex mu_;

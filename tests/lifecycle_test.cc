@@ -61,9 +61,10 @@ class LifecycleTest : public ::testing::Test {
     server_.reset();
     dir_.reset();
   }
-  void Start() {
+  void Start(int max_training_jobs = 1) {
     server::Options o = TestOptions(dir_->path());
     o.max_training_values = 2'000'000;
+    o.max_training_jobs = max_training_jobs;
     server_ = StartTestServer(o);
     ASSERT_NE(server_, nullptr);
     auto ch = Connect(*server_);
@@ -431,6 +432,58 @@ TEST_F(LifecycleTest, BulkEntityTrainingTrainsOneModelPerEntity) {
   auto bad = entities;
   bad[7] = "bad/name";
   EXPECT_NE(refused(h, bad).find("row 7"), std::string::npos);
+}
+
+// Training takes at most --max_training_jobs cores, bulk helpers included: while another job
+// trains, a bulk job trains one entity at a time; every entity is still trained.
+TEST_F(LifecycleTest, BulkTrainingSharesTheTrainingCoresWithOtherJobs) {
+  server_.reset();
+  Start(/*max_training_jobs=*/2);
+  const Data& data = Cardio();
+  auto get = [&](const std::string& id) {
+    grpc::ClientContext ctx;
+    v1::GetTrainingJobRequest req;
+    req.set_id(id);
+    v1::TrainingJob s;
+    EXPECT_TRUE(admin_->GetTrainingJob(&ctx, req, &s).ok());
+    return s;
+  };
+  v1::TrainingJob long_job;
+  ASSERT_TRUE(CreateJob(admin_.get(), Header("long", 400, 1), data.inliers, &long_job).ok());
+  // Four hosts of 400 rows, each a few hundred milliseconds of training.
+  std::vector<float> values;
+  std::vector<std::string> entities;
+  for (size_t r = 0; r < 1600; ++r) {
+    const size_t row = r % (data.inliers.size() / data.d);
+    values.insert(values.end(), data.inliers.begin() + row * data.d,
+                  data.inliers.begin() + (row + 1) * data.d);
+    entities.push_back("host-" + std::to_string(r % 4));
+  }
+  auto h = Header("bulk", 300, 2);
+  h.set_per_entity(true);
+  v1::TrainingJob bulk;
+  ASSERT_TRUE(CreateJob(admin_.get(), h, values, &bulk, "", 128, entities).ok());
+  int most = 0, samples_with_both = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  for (;;) {
+    const v1::TrainingJob l = get(long_job.id()), b = get(bulk.id());
+    if (l.state() != v1::JOB_STATE_RUNNING || std::chrono::steady_clock::now() > deadline) break;
+    int running = 1;
+    for (const auto& e : b.entities()) running += e.state() == v1::JOB_STATE_RUNNING;
+    samples_with_both += running > 1;
+    most = std::max(most, running);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the long job ran for over 60 s";
+  EXPECT_GT(samples_with_both, 0) << "the bulk job never trained beside the long one";
+  EXPECT_LE(most, 2) << "more jobs and entities trained at once than --max_training_jobs";
+  auto states = WatchToEnd(admin_.get(), bulk.id());
+  ASSERT_FALSE(states.empty());
+  ASSERT_EQ(states.back().state(), v1::JOB_STATE_SUCCEEDED) << states.back().error();
+  for (const auto& e : states.back().entities()) {
+    EXPECT_EQ(e.state(), v1::JOB_STATE_SUCCEEDED) << e.entity() << ": " << e.error();
+  }
+  EXPECT_EQ(WatchToEnd(admin_.get(), long_job.id()).back().state(), v1::JOB_STATE_SUCCEEDED);
 }
 
 TEST_F(LifecycleTest, PerEntityModelsFallBackToTheGenericOne) {
