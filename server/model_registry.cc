@@ -58,6 +58,7 @@ void ModelRegistry::Install(const ModelKey& key, VersionEntry& ver,
   ver.model = std::move(model);
   ver.unloaded.reset();
   ver.stamp = stamp;
+  ver.cold_error.clear();
 }
 
 void ModelRegistry::Touch(const VersionEntry& ver) const {
@@ -145,6 +146,11 @@ absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_
         Touch(*ver);
         return HandleOf(key, version, *ver);
       }
+      if (!ver->cold_error.empty() &&
+          std::chrono::steady_clock::now() - ver->cold_failed_at <
+              std::chrono::duration<double>(residence_.cold_retry_seconds)) {
+        return absl::UnavailableError(ver->cold_error);
+      }
       expected = ver->stamp;
       cold_loading_.insert(id);
     }
@@ -156,8 +162,14 @@ absl::StatusOr<ModelHandle> ModelRegistry::ColdLoad(const ModelKey& key, uint64_
       if (metrics_ != nullptr) metrics_->RecordColdLoad(false, 0);
       const std::string why(b.model.status().message());
       if (b.file_error) ReportStoreError(key, "model_file", why);
-      return absl::UnavailableError(absl::StrCat("model '", key.str(), "' version ", version,
-                                                 " could not be loaded again: ", why));
+      const std::string error = absl::StrCat("model '", key.str(), "' version ", version,
+                                             " could not be loaded again: ", why, " (read again ",
+                                             residence_.cold_retry_seconds, " s after this)");
+      if (VersionEntry* ver = FindReady(key, version); ver != nullptr) {
+        ver->cold_failed_at = std::chrono::steady_clock::now();
+        ver->cold_error = error;
+      }
+      return absl::UnavailableError(error);
     }
     VersionEntry* ver = FindReady(key, version);
     if (ver == nullptr) return gone();

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -78,6 +79,9 @@ struct VersionEntry {
   std::shared_ptr<ModelStats> stats;
   uint64_t stamp = 0;      // ModelStore::Stamp when loaded
   uint64_t bad_stamp = 0;  // stamp of a rewrite that failed to load (not retried until it changes)
+  // The last failed cold load (Residence::cold_retry_seconds): when, and why.
+  std::chrono::steady_clock::time_point cold_failed_at;
+  std::string cold_error;
 };
 
 // One model (or entity model) and its versions.
@@ -93,10 +97,13 @@ struct ModelEntry {
 
 // What stays loaded: `memory_bytes` bounds the bytes of loaded entity models (0 = no bound;
 // the least recently used are unloaded first); `keep_versions` is how many inactive versions of
-// a model stay loaded besides the active one (the newest; -1 = all).
+// a model stay loaded besides the active one (the newest; -1 = all). A version whose cold load
+// failed answers with that failure for `cold_retry_seconds` before its file is read again (each
+// request would otherwise read and fail again).
 struct Residence {
   uint64_t memory_bytes = 0;
   int keep_versions = -1;
+  double cold_retry_seconds = 5;
 };
 
 class ModelRegistry {

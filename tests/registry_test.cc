@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -282,6 +283,43 @@ TEST(Registry, AnUnloadedVersionRewrittenElsewhereIsReadWhenNextNeeded) {
   auto h = registry.Handle(key, 1);
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_EQ(h->model->threshold(), 123.5);
+  EXPECT_EQ(LoadedVersions(registry, key), (std::vector<uint64_t>{1, 2}));
+}
+
+// A version whose cold load failed answers with that failure for cold_retry_seconds without
+// reading its file again (every request would read and fail), then reads it again.
+TEST(Registry, AFailedColdLoadIsNotRetriedAtOnce) {
+  TempDir dir("aeserve_registry_cold_retry");
+  for (uint64_t seed = 1; seed <= 2; ++seed) {
+    Store(dir.path(), "m", TrainSmall(v1::MODEL_KIND_PLAIN, seed));
+  }
+  server::ModelRegistry registry(server::ModelStore(dir.path()), engine::ModelOptions{1, 4096},
+                                 nullptr, nullptr, server::Residence{0, 0, 1.0});
+  server::StoreSync(registry).LoadAll([](const ModelKey&, const ModelEntry&) {});
+  const ModelKey key{"m", ""};
+  ASSERT_EQ(LoadedVersions(registry, key), std::vector<uint64_t>{2});  // 1 is unloaded
+  const std::string path = server::ModelStore(dir.path()).VersionPath(key, 1);
+  const std::filesystem::path good = dir.path() + "/good.pb";
+  std::filesystem::copy_file(path, good);
+  std::ofstream(path, std::ios::trunc) << "not a model";
+  const auto failed_at = std::chrono::steady_clock::now();
+  auto h = registry.Handle(key, 1);
+  ASSERT_EQ(h.status().code(), absl::StatusCode::kUnavailable) << h.status();
+  EXPECT_NE(h.status().message().find("could not be loaded again"), std::string::npos);
+  // Repaired at once: still the failure (the file is not read again yet) ...
+  std::filesystem::copy_file(good, path, std::filesystem::copy_options::overwrite_existing);
+  auto again = registry.Handle(key, 1);
+  ASSERT_LT(std::chrono::steady_clock::now() - failed_at, std::chrono::milliseconds(900))
+      << "too slow a machine to tell";
+  EXPECT_EQ(again.status(), h.status());
+  // ... and read once the second has passed.
+  const auto deadline = failed_at + std::chrono::seconds(10);
+  while (!registry.Handle(key, 1).ok() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto later = registry.Handle(key, 1);
+  ASSERT_TRUE(later.ok()) << later.status();
+  EXPECT_GE(std::chrono::steady_clock::now() - failed_at, std::chrono::seconds(1));
   EXPECT_EQ(LoadedVersions(registry, key), (std::vector<uint64_t>{1, 2}));
 }
 
