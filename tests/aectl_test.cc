@@ -387,6 +387,13 @@ TEST_F(AectlTest, BulkEntityTraining) {
   EXPECT_NE(t.out.find("model bulk/db-9 FAILED: training data: 4 rows"), std::string::npos)
       << t.out;
   EXPECT_NE(t.err.find("1 of 3 entities failed"), std::string::npos) << t.err;
+  // Progress in a log (stderr is not a terminal here): a line when it changes, never one twice.
+  const std::vector<std::string> lines = absl::StrSplit(t.err, '\n');
+  for (size_t i = 1; i < lines.size(); ++i) {
+    if (!lines[i].empty()) {
+      EXPECT_NE(lines[i], lines[i - 1]) << t.err;
+    }
+  }
   auto m = Aectl(server_arg_ + " models");
   EXPECT_NE(m.out.find("bulk/web:2"), std::string::npos) << m.out;
   auto own = Aectl(server_arg_ + " score --model bulk --entity web-1 " + Test());

@@ -809,8 +809,20 @@ std::string HumanRate(double v) {
   return buf;
 }
 
+// One progress line: rewritten in place on a terminal; elsewhere (a log, a CI job) printed on a
+// line of its own, and only when it changed.
+void EmitProgress(const std::string& line) {
+  static std::string last;
+  if (isatty(2)) {
+    std::fprintf(stderr, "\r%s   ", line.c_str());
+  } else if (line != last) {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  last = line;
+}
+
 void ShowProgress(const v1::TrainingJob& j) {
-  const bool tty = isatty(2);
+  char buf[256];
   if (j.entities_size() > 0) {  // bulk entity training: models done of all
     int done = 0, failed = 0, running = 0;
     for (const auto& e : j.entities()) {
@@ -818,24 +830,23 @@ void ShowProgress(const v1::TrainingJob& j) {
       failed += e.state() == v1::JOB_STATE_FAILED;
       running += e.state() == v1::JOB_STATE_RUNNING;
     }
-    std::fprintf(stderr, "%s%s: %d of %d entity models trained, %d failed, %d training%s",
-                 tty ? "\r" : "", JobStateName(j.state()), done, j.entities_size(), failed, running,
-                 tty ? "   " : "\n");
-    return;
+    std::snprintf(buf, sizeof buf, "%s: %d of %d entity models trained, %d failed, %d training",
+                  JobStateName(j.state()), done, j.entities_size(), failed, running);
+    return EmitProgress(buf);
   }
   const int width = 30;
   const int filled = j.epochs() ? static_cast<int>(width * j.epoch() / j.epochs()) : 0;
   std::string bar(filled, '#');
   bar.resize(width, '.');
   if (j.epoch() == 0) {  // queued, or before the first epoch ends: no losses yet
-    std::fprintf(stderr, "%s[%s] %s, %u epochs%s", tty ? "\r" : "", bar.c_str(),
-                 JobStateName(j.state()), j.epochs(), tty ? "   " : "\n");
-    return;
+    std::snprintf(buf, sizeof buf, "[%s] %s, %u epochs", bar.c_str(), JobStateName(j.state()),
+                  j.epochs());
+    return EmitProgress(buf);
   }
-  std::fprintf(stderr, "%s[%s] %s epoch %u/%u train %.5g val %.5g %s samples/s ETA %.0fs%s",
-               tty ? "\r" : "", bar.c_str(), JobStateName(j.state()), j.epoch(), j.epochs(),
-               j.train_loss(), j.validation_loss(), HumanRate(j.samples_per_second()).c_str(),
-               j.eta_seconds(), tty ? "   " : "\n");
+  std::snprintf(buf, sizeof buf, "[%s] %s epoch %u/%u train %.5g val %.5g %s samples/s ETA %.0fs",
+                bar.c_str(), JobStateName(j.state()), j.epoch(), j.epochs(), j.train_loss(),
+                j.validation_loss(), HumanRate(j.samples_per_second()).c_str(), j.eta_seconds());
+  EmitProgress(buf);
 }
 
 // What `aectl train` was given. Anything not given stays unset (0, empty or -1) and the server's
