@@ -291,7 +291,8 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
     if (auto st = files_.RequestCancel(id); !st.ok()) return st;
     return *remote;
   }
-  Job& job = *it->second;
+  const std::shared_ptr<Job> held = it->second;  // Close may forget it
+  Job& job = *held;
   if (JobEnded(job.state.state())) {
     return absl::FailedPreconditionError(
         absl::StrCat("job ", id, " has already ended: ", v1::JobState_Name(job.state.state())));
@@ -306,14 +307,10 @@ absl::StatusOr<v1::TrainingJob> TrainingJobs::Cancel(const std::string& id) {
     }
     job.state.set_state(v1::JOB_STATE_CANCELLED);
     job.state.set_finished_unix_ms(NowMs());
-    std::vector<float>().swap(job.data);
-    job.reservation.Release();
-    Publish(job);
-    v1::TrainingJob state = job.state;
-    Done done = std::move(job.on_done);
-    Finished(id);  // may erase the job
+    const v1::TrainingJob state = job.state;
+    std::function<void()> done = Close(job);
     lock.Release();
-    if (done) done(state);
+    done();
     return state;
   }
   return job.state;
@@ -401,7 +398,7 @@ void TrainingJobs::SyncWithStore() {
 }
 
 void TrainingJobs::Stop() {
-  std::vector<std::pair<Done, v1::TrainingJob>> ended;
+  std::vector<std::function<void()>> ended;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -413,15 +410,10 @@ void TrainingJobs::Stop() {
       job->state.set_state(v1::JOB_STATE_CANCELLED);
       job->state.set_error("server shutting down");
       job->state.set_finished_unix_ms(NowMs());
-      std::vector<float>().swap(job->data);
-      std::vector<int64_t>().swap(job->timestamps_ms);
-      job->reservation.Release();
-      Publish(*job);
-      if (job->on_done) ended.emplace_back(std::move(job->on_done), job->state);
-      Finished(job->state.id());
+      ended.push_back(Close(*job));
     }
   }
-  for (auto& [done, state] : ended) done(state);
+  for (auto& done : ended) done();
   for (auto& t : runners_) {
     if (t.joinable()) t.join();
   }

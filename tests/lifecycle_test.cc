@@ -285,6 +285,17 @@ TEST_F(LifecycleTest, CancelAJobMidway) {
     if (s.epoch() >= 2) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  // A job queued behind it (one job trains at a time here) ends at once when cancelled.
+  v1::TrainingJob queued;
+  ASSERT_TRUE(CreateJob(admin_.get(), Header("cardio", 5, 2), data.inliers, &queued).ok());
+  {
+    grpc::ClientContext qctx;
+    v1::GetTrainingJobRequest qreq;
+    qreq.set_id(queued.id());
+    v1::TrainingJob q;
+    ASSERT_TRUE(admin_->CancelTrainingJob(&qctx, qreq, &q).ok());
+    EXPECT_EQ(q.state(), v1::JOB_STATE_CANCELLED);
+  }
   grpc::ClientContext ctx;
   v1::GetTrainingJobRequest req;
   req.set_id(job.id());
@@ -303,7 +314,11 @@ TEST_F(LifecycleTest, CancelAJobMidway) {
   v1::ListTrainingJobsResponse list;
   grpc::ClientContext lctx;
   ASSERT_TRUE(admin_->ListTrainingJobs(&lctx, v1::ListTrainingJobsRequest(), &list).ok());
-  EXPECT_EQ(list.jobs_size(), 1);
+  EXPECT_EQ(list.jobs_size(), 2);
+  // Both are counted as cancelled, the queued one too.
+  const std::string text = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(text.find("aeserve_training_jobs_total{result=\"cancelled\"} 2\n"), std::string::npos)
+      << text;
 }
 
 TEST_F(LifecycleTest, ThresholdsWithoutRetrainingAndSeverity) {
