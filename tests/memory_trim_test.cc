@@ -64,7 +64,9 @@ TEST(MemoryTrimmer, GivesBackWhatFreedRequestsLeftInTheHeap) {
   }
   ASSERT_GE(trimmer.trims(), 1) << "no trim within 10 s";
   EXPECT_EQ(off.trims(), 0);
-  if (kGlibcMalloc) EXPECT_LE(ResidentBytes() - before, int64_t{16} << 20);
+  if (kGlibcMalloc) {
+    EXPECT_LE(ResidentBytes() - before, int64_t{16} << 20);
+  }
   for (void* p : small) std::free(p);
 }
 
