@@ -138,17 +138,17 @@ std::vector<ModelKey> ModelStore::ListModels(bool* complete) const {
 }
 
 std::vector<uint64_t> ModelStore::ListVersions(const ModelKey& key, bool* complete,
-                                               bool* pending) const {
+                                               std::vector<uint64_t>* pending) const {
   std::vector<uint64_t> out;
   std::error_code ec;
-  if (pending != nullptr) *pending = false;
+  if (pending != nullptr) pending->clear();
   for (fs::directory_iterator it(KeyDir(key), ec), end; !ec && it != end; it.increment(ec)) {
     uint64_t v = 0;
     if (!IsDir(*it) || !IsVersionName(it->path().filename().string(), &v)) continue;
     if (Exists(it->path() / "model.pb")) {
       out.push_back(v);
     } else if (pending != nullptr) {
-      *pending = true;
+      pending->push_back(v);
     }
   }
   if (complete != nullptr) *complete = !ec || ec == std::errc::no_such_file_or_directory;

@@ -55,10 +55,10 @@ class ModelStore {
   // Every key with at least one version directory or an ACTIVE file. `*complete` (optional) is
   // false when a directory could not be read to the end: the list may then miss keys.
   std::vector<ModelKey> ListModels(bool* complete = nullptr) const;
-  // Versions with a model.pb, ascending; `*complete` as above. `*pending` (optional) is true
-  // when a version directory has no model.pb yet (being written, or a crashed writer's debris).
+  // Versions with a model.pb, ascending; `*complete` as above. `*pending` (optional) gets the
+  // version directories with no model.pb yet (being written, or a crashed writer's debris).
   std::vector<uint64_t> ListVersions(const ModelKey& key, bool* complete = nullptr,
-                                     bool* pending = nullptr) const;
+                                     std::vector<uint64_t>* pending = nullptr) const;
   // The version named by ACTIVE; 0 when it says "none"; NOT_FOUND when there is no ACTIVE file;
   // DATA_LOSS with the reason when it is not a small regular file holding a version number.
   // Never blocks (a FIFO is refused) and never throws.

@@ -128,13 +128,14 @@ int StoreSync::FollowActive(const ModelKey& key, ModelEntry& e,
   return changes;
 }
 
-StoreSync::Seen StoreSync::Glance(const ModelKey& key,
-                                  const std::vector<uint64_t>& versions) const {
+StoreSync::Seen StoreSync::Glance(const ModelKey& key, const std::vector<uint64_t>& versions,
+                                  const std::vector<uint64_t>& pending) const {
   const std::string dir = r_.store_.KeyDir(key);
-  Seen s{engine::StampOf(dir), engine::StampOf(dir + "/ACTIVE"), {}};
+  Seen s{engine::StampOf(dir), engine::StampOf(dir + "/ACTIVE"), {}, {}};
   for (uint64_t v : versions) {
     s.versions.emplace_back(v, engine::StampOf(r_.store_.VersionPath(key, v)));
   }
+  for (uint64_t v : pending) s.pending.emplace_back(v, engine::StampOf(absl::StrCat(dir, "/", v)));
   return s;
 }
 
@@ -154,16 +155,21 @@ int StoreSync::Poll() {
   }
   for (const ModelKey& key : keys) {
     if (auto was = seen_.find(key); was != seen_.end()) {
-      std::vector<uint64_t> versions;
+      std::vector<uint64_t> versions, pending;
       for (const auto& [v, stamp] : was->second.versions) versions.push_back(v);
-      if (Glance(key, versions) == was->second) continue;  // unchanged since a settled reading
+      for (const auto& [v, stamp] : was->second.pending) pending.push_back(v);
+      if (Glance(key, versions, pending) == was->second) continue;  // unchanged since settled
       seen_.erase(was);
     }
     ++models_read_;
     // Stamped before anything is read: a change made while it is read shows next time.
-    Seen look = Glance(key, {});
-    bool all_versions = true, pending = false;
+    Seen look = Glance(key, {}, {});
+    bool all_versions = true;
+    std::vector<uint64_t> pending;
     const std::vector<uint64_t> on_disk = r_.store_.ListVersions(key, &all_versions, &pending);
+    for (uint64_t v : pending) {
+      look.pending.emplace_back(v, engine::StampOf(absl::StrCat(r_.store_.KeyDir(key), "/", v)));
+    }
     if (!all_versions) {
       // A listing that failed half-way is not the store's contents: change nothing this round.
       r_.ReportStoreError(key, "listing",
@@ -232,10 +238,18 @@ int StoreSync::Poll() {
       r_.TrimVersionsLocked(e);
       r_.EvictLocked(&key);  // the memory budget holds while new versions load
     }
-    bool settled =
-        !pending && look.dir.mtime_ns < settled_before && look.active.mtime_ns < settled_before;
-    for (const auto& [v, stamp] : look.versions) settled &= stamp.mtime_ns < settled_before;
-    for (const auto& [v, ver] : e.versions) settled &= ver.state != v1::MODEL_STATE_LOADING;
+    // Settled: nothing changed within the last second, and nothing passing was met (an ACTIVE
+    // that could not be read, a version file gone while it was read, a cold load under way that
+    // could install a file older than the stamps).
+    bool settled = look.dir.mtime_ns < settled_before && look.active.mtime_ns < settled_before &&
+                   (disk_active.ok() || absl::IsNotFound(disk_active.status()));
+    for (const auto& [v, stamp] : look.versions) {
+      settled &= stamp.exists() && stamp.mtime_ns < settled_before;
+    }
+    for (const auto& [v, stamp] : look.pending) settled &= stamp.mtime_ns < settled_before;
+    for (const auto& [v, ver] : e.versions) {
+      settled &= ver.state != v1::MODEL_STATE_LOADING && !r_.cold_loading_.count({key, v});
+    }
     if (settled) seen_[key] = std::move(look);
   }
   std::erase_if(seen_, [&keys](const auto& s) {

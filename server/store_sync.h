@@ -34,10 +34,12 @@ class StoreSync {
   // many changes it applied. Called every --store_poll_seconds.
   //
   // A poll reads a model again only when stat() shows a change since its last reading: its
-  // directory (a version added or removed), its ACTIVE file, or one of its version files (time,
-  // size or inode). What was read within the last second before a poll, or found half-written,
-  // is read again next time (a later change in the same clock tick could keep the time); every
-  // kFullPollEvery-th poll reads everything (file systems whose stat() may be cached, as NFS's).
+  // directory (a version added or removed), its ACTIVE file, one of its version files (time, size
+  // or inode) or a version directory still without its file. What was read within the last second
+  // before a poll is read again next time (a later change in the same clock tick could keep the
+  // time), and so is a model whose reading met a passing problem (ACTIVE unreadable, a file gone
+  // while it was read, a cold load of it under way); every kFullPollEvery-th poll reads
+  // everything (file systems whose stat() may be cached, as NFS's).
   int Poll();
   static constexpr uint64_t kFullPollEvery = 30;
   // Models the last Poll read (the others were unchanged since a settled reading).
@@ -47,11 +49,14 @@ class StoreSync {
   // One model as stat() showed it when the poll last read it.
   struct Seen {
     engine::PathStamp dir, active;
-    std::vector<std::pair<uint64_t, engine::PathStamp>> versions;
+    std::vector<std::pair<uint64_t, engine::PathStamp>> versions;  // their model.pb
+    std::vector<std::pair<uint64_t, engine::PathStamp>> pending;   // directories without one
     bool operator==(const Seen&) const = default;
   };
-  // The model's directory and ACTIVE now, and the files of `versions` (stat() only).
-  Seen Glance(const ModelKey& key, const std::vector<uint64_t>& versions) const;
+  // The model's directory and ACTIVE now, the files of `versions` and the directories of
+  // `pending` (stat() only).
+  Seen Glance(const ModelKey& key, const std::vector<uint64_t>& versions,
+              const std::vector<uint64_t>& pending) const;
 
   // A model's entry as the store holds it now (loads every version).
   ModelEntry Load(const ModelKey& key) const;

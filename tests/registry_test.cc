@@ -374,7 +374,8 @@ TEST(Registry, TheStorePollRereadsOnlyTheModelsThatChanged) {
   sync.Poll();
   EXPECT_EQ(sync.models_read(), 0u);
 
-  // A version directory whose file is not there yet is looked at every poll until it is.
+  // A version directory whose file is not there yet: its own stamp is watched, so the file's
+  // arrival (a rename into it) is seen though e3's directory and ACTIVE do not change.
   const std::string e3dir = store.KeyDir(e3);
   ASSERT_TRUE(std::filesystem::create_directory(e3dir + "/2"));
   sync.Poll();
@@ -383,12 +384,15 @@ TEST(Registry, TheStorePollRereadsOnlyTheModelsThatChanged) {
   sync.Poll();
   EXPECT_EQ(sync.models_read(), 1u);
   sync.Poll();
-  EXPECT_EQ(sync.models_read(), 1u) << "a half-written version must keep being read";
-  std::filesystem::copy_file(e3dir + "/1/model.pb", e3dir + "/2/model.pb");
-  Age(dir.path(), then);  // e3's directory and ACTIVE exactly as at the last reading
+  EXPECT_EQ(sync.models_read(), 0u) << "an old version directory without its file settles";
+  ASSERT_EQ(registry.Peek(e3, 2).status().code(), absl::StatusCode::kNotFound);
+  std::filesystem::copy_file(e3dir + "/1/model.pb", e3dir + "/2/.model.pb.tmp");
+  std::filesystem::rename(e3dir + "/2/.model.pb.tmp", e3dir + "/2/model.pb");
   sync.Poll();
+  EXPECT_EQ(sync.models_read(), 1u);
   auto e3_versions = registry.Peek(e3, 2);
   EXPECT_TRUE(e3_versions.ok()) << e3_versions.status();
+  Age(dir.path(), then);
 
   // ACTIVE rewritten in place, same size, time put back: stat() cannot tell; the next full poll
   // (at most kFullPollEvery polls away) reads it.
