@@ -324,8 +324,9 @@ absl::StatusOr<v1::AutopilotStatus> Autopilot::SetPolicy(const ModelKey& key,
   // this server does not know.
   v1::RetrainPolicy given = in;
   given.DiscardUnknownFields();
-  if (auto st = WriteMessage((fs::path(dir) / kPolicyFile).string(), given); !st.ok()) return st;
-  Apply(key, *p, engine::StampOf((fs::path(dir) / kPolicyFile).string()).value());
+  const std::string path = (fs::path(dir) / kPolicyFile).string();
+  if (auto st = WriteMessage(path, given); !st.ok()) return st;
+  Apply(key, *p, engine::StampOf(path).value());
   Record(key, 0, "set-retrain-policy", actor, p->ShortDebugString());
   v1::AutopilotStatus out;
   Status(key, &out);

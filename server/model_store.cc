@@ -200,8 +200,12 @@ absl::Status ModelStore::ClearActive(const ModelKey& key) const {
                                      absl::StrCat(kNoActive, "\n"));
 }
 
+std::string ModelStore::VersionDir(const ModelKey& key, uint64_t version) const {
+  return absl::StrCat(KeyDir(key), "/", version);
+}
+
 std::string ModelStore::VersionPath(const ModelKey& key, uint64_t version) const {
-  return absl::StrCat(KeyDir(key), "/", version, "/model.pb");
+  return absl::StrCat(VersionDir(key, version), "/model.pb");
 }
 
 absl::StatusOr<v1::ModelFile> ModelStore::Load(const ModelKey& key, uint64_t version) const {
@@ -244,7 +248,7 @@ absl::Status ModelStore::RewriteVersion(const ModelKey& key, uint64_t version,
 }
 
 absl::Status ModelStore::DeleteVersion(const ModelKey& key, uint64_t version) const {
-  const fs::path vdir = fs::path(KeyDir(key)) / std::to_string(version);
+  const fs::path vdir = VersionDir(key, version);
   if (!Exists(vdir)) {
     return absl::NotFoundError(absl::StrCat("model ", key.str(), " has no version ", version));
   }

@@ -66,7 +66,8 @@ class ModelStore {
   absl::Status WriteActive(const ModelKey& key, uint64_t version) const;
   // Records that the model has no active version ("none").
   absl::Status ClearActive(const ModelKey& key) const;
-  std::string VersionPath(const ModelKey& key, uint64_t version) const;
+  std::string VersionDir(const ModelKey& key, uint64_t version) const;   // <key dir>/<version>
+  std::string VersionPath(const ModelKey& key, uint64_t version) const;  // .../<version>/model.pb
   absl::StatusOr<v1::ModelFile> Load(const ModelKey& key, uint64_t version) const;
   // Writes a new version numbered above every version directory present and returns it.
   absl::StatusOr<uint64_t> AddVersion(const ModelKey& key, const v1::ModelFile& file) const;

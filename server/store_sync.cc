@@ -132,11 +132,17 @@ StoreSync::Seen StoreSync::Glance(const ModelKey& key, const std::vector<uint64_
                                   const std::vector<uint64_t>& pending) const {
   const std::string dir = r_.store_.KeyDir(key);
   Seen s{engine::StampOf(dir), engine::StampOf(dir + "/ACTIVE"), {}, {}};
+  StampVersions(key, versions, pending, s);
+  return s;
+}
+
+void StoreSync::StampVersions(const ModelKey& key, const std::vector<uint64_t>& versions,
+                              const std::vector<uint64_t>& pending, Seen& s) const {
   for (uint64_t v : versions) {
     s.versions.emplace_back(v, engine::StampOf(r_.store_.VersionPath(key, v)));
   }
-  for (uint64_t v : pending) s.pending.emplace_back(v, engine::StampOf(absl::StrCat(dir, "/", v)));
-  return s;
+  for (uint64_t v : pending)
+    s.pending.emplace_back(v, engine::StampOf(r_.store_.VersionDir(key, v)));
 }
 
 int StoreSync::Poll() {
@@ -167,9 +173,6 @@ int StoreSync::Poll() {
     bool all_versions = true;
     std::vector<uint64_t> pending;
     const std::vector<uint64_t> on_disk = r_.store_.ListVersions(key, &all_versions, &pending);
-    for (uint64_t v : pending) {
-      look.pending.emplace_back(v, engine::StampOf(absl::StrCat(r_.store_.KeyDir(key), "/", v)));
-    }
     if (!all_versions) {
       // A listing that failed half-way is not the store's contents: change nothing this round.
       r_.ReportStoreError(key, "listing",
@@ -178,11 +181,9 @@ int StoreSync::Poll() {
     }
     // What the store holds that we have not loaded (new versions, rewritten files): new versions
     // are listed as LOADING until they are built, outside the lock.
-    std::map<uint64_t, uint64_t> stamps;  // read before locking: stat() is I/O
-    for (uint64_t v : on_disk) {
-      look.versions.emplace_back(v, engine::StampOf(r_.store_.VersionPath(key, v)));
-      stamps[v] = look.versions.back().second.value();
-    }
+    StampVersions(key, on_disk, pending, look);  // before locking: stat() is I/O
+    std::map<uint64_t, uint64_t> stamps;
+    for (const auto& [v, stamp] : look.versions) stamps[v] = stamp.value();
     std::vector<uint64_t> to_load;
     {
       absl::MutexLock lock(&r_.mu_);

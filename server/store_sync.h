@@ -57,6 +57,9 @@ class StoreSync {
   // `pending` (stat() only).
   Seen Glance(const ModelKey& key, const std::vector<uint64_t>& versions,
               const std::vector<uint64_t>& pending) const;
+  // Adds the stamps of the files of `versions` and of the directories of `pending` to `s`.
+  void StampVersions(const ModelKey& key, const std::vector<uint64_t>& versions,
+                     const std::vector<uint64_t>& pending, Seen& s) const;
 
   // A model's entry as the store holds it now (loads every version).
   ModelEntry Load(const ModelKey& key) const;
