@@ -35,7 +35,7 @@ Cache& TheCache() {
 
 std::string ArchitectureKey::str() const {
   std::string s = absl::StrCat("b", max_batch, "/", neighbour_batch, " t", threads, " e",
-                               num_encoder, compact ? " c " : " ");
+                               num_encoder, compact ? " c" : "", bf16 ? " bf16 " : " ");
   for (const DenseShape& d : layers) AppendShape(&s, d);
   if (logvar) {
     s += " v";
@@ -56,9 +56,18 @@ std::shared_ptr<const Architecture> Architecture::Get(const ArchitectureKey& key
   if (auto found = cache.entries[name].lock()) return found;
   ScopedThreads threads(key.threads);
   std::shared_ptr<Architecture> arch(new Architecture(key));
-  for (const DenseShape& d : key.layers) arch->layers_.push_back(arch->Compile(d, key.max_batch));
-  if (key.logvar) arch->logvar_ = arch->Compile(*key.logvar, key.max_batch);
-  if (key.neighbours) arch->neighbours_ = arch->Compile(*key.neighbours, key.neighbour_batch);
+  // bf16: hidden layers write bf16; the code head (its f32 code is an output too) and the
+  // reconstruction write f32.
+  const size_t n = key.layers.size();
+  for (size_t l = 0; l < n; ++l) {
+    const bool f32_out = l + 1 == key.num_encoder || l + 1 == n;
+    arch->layers_.push_back(
+        arch->Compile(key.layers[l], key.max_batch, key.bf16, key.bf16 && !f32_out));
+  }
+  if (key.logvar) arch->logvar_ = arch->Compile(*key.logvar, key.max_batch, key.bf16, false);
+  if (key.neighbours) {
+    arch->neighbours_ = arch->Compile(*key.neighbours, key.neighbour_batch, false, false);
+  }
   for (size_t i = 0; i < contexts; ++i) {
     arch->spare_.push_back(std::make_unique<ScoringContext>(*arch));
   }
@@ -87,8 +96,10 @@ Architecture::~Architecture() = default;
 
 // One layer's primitives for buckets 1, 2, 4, ..., max_batch: activation fused, user scratchpad
 // (the context's), weights in the layout the primitive prefers unless the shape fixes it.
-Architecture::Layer Architecture::Compile(const DenseShape& shape, uint32_t max_batch) {
-  Layer layer{shape, {}, {}};
+Architecture::Layer Architecture::Compile(const DenseShape& shape, uint32_t max_batch, bool bf16,
+                                          bool bf16_out) {
+  Layer layer{shape, bf16, {}, {}};
+  const dt in_type = bf16 ? dt::bf16 : dt::f32, out_type = bf16_out ? dt::bf16 : dt::f32;
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (shape.activation != v1::ACTIVATION_LINEAR) {
@@ -99,17 +110,17 @@ Architecture::Layer Architecture::Compile(const DenseShape& shape, uint32_t max_
   const memory::dim in = shape.inputs, out = shape.outputs;
   const memory::desc b_md({out}, dt::f32, tag::a);
   for (uint32_t batch = 1; batch <= max_batch; batch *= 2) {
-    const memory::desc src_md({batch, in}, dt::f32, tag::ab);
-    const memory::desc dst_md({batch, out}, dt::f32, tag::ab);
+    const memory::desc src_md({batch, in}, in_type, tag::ab);
+    const memory::desc dst_md({batch, out}, out_type, tag::ab);
     auto make = [&](tag t) {
       return dnnl::inner_product_forward::primitive_desc(
           dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src_md,
-                                            memory::desc({out, in}, dt::f32, t), b_md, dst_md),
+                                            memory::desc({out, in}, in_type, t), b_md, dst_md),
           attr, engine_);
     };
     auto pd = make(shape.transposed ? tag::ba : tag::any);
-    if (key_.compact &&
-        pd.weights_desc().get_size() != sizeof(float) * size_t{shape.inputs} * shape.outputs) {
+    if (key_.compact && pd.weights_desc().get_size() != memory::data_type_size(in_type) *
+                                                            size_t{shape.inputs} * shape.outputs) {
       // A blocked layout that pads (a dimension not a multiple of its block): compact
       // architectures take the plain transposed layout instead, so that weights take no more
       // than their size (up to ~20% slower for those layers at small batches; bench/RESULTS.md).
@@ -130,7 +141,8 @@ size_t Architecture::context_bytes() const {
   const size_t b = key_.max_batch, d = features(), c = code_size();
   size_t floats = 2 * b * d + 2 * b * c + 2 * b * max_width();
   if (neighbours_) floats += size_t{key_.neighbour_batch} * neighbours_->shape.outputs;
-  return floats * sizeof(float) + std::max<size_t>(scratch_bytes_, 64);
+  const size_t halves = key_.bf16 ? b * d + b * c + 2 * b * max_width() : 0;
+  return floats * sizeof(float) + halves * sizeof(uint16_t) + std::max<size_t>(scratch_bytes_, 64);
 }
 
 std::unique_ptr<ScoringContext> Architecture::TakeContext() const {
@@ -157,13 +169,21 @@ ScoringContext::ScoringContext(const Architecture& a) : arch_(a), stream_(a.engi
   pong_.assign(b * a.max_width(), 0.f);
   out_.assign(b * d, 0.f);
   scratch_.assign(std::max<size_t>(a.scratch_bytes(), 64), 0);
+  if (key.bf16) {
+    in16_.assign(b * d, 0);
+    latent16_.assign(b * c, 0);
+    ping16_.assign(b * a.max_width(), 0);
+    pong16_.assign(b * a.max_width(), 0);
+  }
   // Weights and bias point nowhere until a model's call points them at its own.
-  auto args = [&](const Architecture::Layer& layer, size_t p, float* src, float* dst) -> Args {
+  auto args = [&](const Architecture::Layer& layer, size_t p, void* src, void* dst,
+                  dt dst_type) -> Args {
     const memory::dim batch = memory::dim{1} << p;
     const Architecture::Dense& dense = layer.buckets[p];
     const memory::dim in = layer.shape.inputs, out = layer.shape.outputs;
-    return {{DNNL_ARG_SRC, memory({{batch, in}, dt::f32, tag::ab}, eng, src)},
-            {DNNL_ARG_DST, memory({{batch, out}, dt::f32, tag::ab}, eng, dst)},
+    const dt src_type = layer.bf16 ? dt::bf16 : dt::f32;
+    return {{DNNL_ARG_SRC, memory({{batch, in}, src_type, tag::ab}, eng, src)},
+            {DNNL_ARG_DST, memory({{batch, out}, dst_type, tag::ab}, eng, dst)},
             {DNNL_ARG_WEIGHTS, memory(layer.layouts[dense.layout], eng, DNNL_MEMORY_NONE)},
             {DNNL_ARG_BIAS, memory({{out}, dt::f32, tag::a}, eng, DNNL_MEMORY_NONE)},
             {DNNL_ARG_SCRATCHPAD, memory(dense.scratch, eng, scratch_.data())}};
@@ -172,29 +192,54 @@ ScoringContext::ScoringContext(const Architecture& a) : arch_(a), stream_(a.engi
     const Architecture::Layer& L = *a.neighbours();
     dots_.assign(size_t{key.neighbour_batch} * L.shape.outputs, 0.f);
     for (size_t p = 0; p < L.buckets.size(); ++p) {
-      neighbour_args_.push_back(args(L, p, in_.data(), dots_.data()));
+      neighbour_args_.push_back(args(L, p, in_.data(), dots_.data(), dt::f32));
     }
   }
   // Layer i reads from and writes to fixed buffers: encoder hidden layers alternate ping/pong,
   // the code head writes `latent_`, decoder hidden layers alternate again, the output is `out_`.
+  // bf16 layers read in16_ / latent16_ (converted before the layer runs) and ping16_ / pong16_.
+  enum Buffer { kIn, kLatent, kPing, kPong, kOut };
+  auto pointer = [&](Buffer buf, bool bf16) -> void* {
+    switch (buf) {
+      case kIn:
+        return bf16 ? static_cast<void*>(in16_.data()) : in_.data();
+      case kLatent:
+        return bf16 ? static_cast<void*>(latent16_.data()) : latent_.data();
+      case kPing:
+        return bf16 ? static_cast<void*>(ping16_.data()) : ping_.data();
+      case kPong:
+        return bf16 ? static_cast<void*>(pong16_.data()) : pong_.data();
+      case kOut:
+        return out_.data();
+    }
+    return nullptr;
+  };
   const size_t n = a.layers().size(), enc = key.num_encoder;
-  std::vector<float*> src(n), dst(n);
+  std::vector<Buffer> src(n), dst(n);
   for (size_t l = 0; l < n; ++l) {
     const bool first_of_side = l == 0 || l == enc;
-    src[l] = l == 0 ? in_.data() : (l == enc ? latent_.data() : dst[l - 1]);
+    src[l] = l == 0 ? kIn : (l == enc ? kLatent : dst[l - 1]);
     if (l == enc - 1) {
-      dst[l] = latent_.data();
+      dst[l] = kLatent;
     } else if (l == n - 1) {
-      dst[l] = out_.data();
+      dst[l] = kOut;
     } else {
-      dst[l] = first_of_side || src[l] == pong_.data() ? ping_.data() : pong_.data();
+      dst[l] = first_of_side || src[l] == kPong ? kPing : kPong;
     }
   }
+  // Hidden activations are bf16 in a bf16 architecture; the code and the output never are.
+  auto out_type = [&](Buffer buf) {
+    return key.bf16 && (buf == kPing || buf == kPong) ? dt::bf16 : dt::f32;
+  };
   for (size_t p = 0; p < a.layers().front().buckets.size(); ++p) {
     std::vector<Args> layers;
-    for (size_t l = 0; l < n; ++l) layers.push_back(args(a.layers()[l], p, src[l], dst[l]));
+    for (size_t l = 0; l < n; ++l) {
+      layers.push_back(args(a.layers()[l], p, pointer(src[l], key.bf16),
+                            pointer(dst[l], out_type(dst[l]) == dt::bf16), out_type(dst[l])));
+    }
     if (a.logvar()) {
-      logvar_args_.push_back(args(*a.logvar(), p, src[enc - 1], logvar_.data()));
+      logvar_args_.push_back(
+          args(*a.logvar(), p, pointer(src[enc - 1], key.bf16), logvar_.data(), dt::f32));
     }
     args_.push_back(std::move(layers));
   }

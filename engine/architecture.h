@@ -41,6 +41,9 @@ struct ArchitectureKey {
   uint32_t neighbour_batch = 0;          // neighbour buckets 1, 2, ..., neighbour_batch
   int threads = 1;                       // oneDNN threads per call, fixed at creation
   bool compact = false;                  // weights in layouts without padding (ModelOptions)
+  // Layers read bfloat16 inputs and weights and write bfloat16 hidden activations; the code
+  // head, the log sigma^2 half and the output write f32 (the neighbour layer stays f32).
+  bool bf16 = false;
   std::string str() const;
   // The widest layer's inputs or outputs (the scoring buffers' row width).
   uint32_t max_width() const;
@@ -58,6 +61,7 @@ class Architecture {
   };
   struct Layer {
     DenseShape shape;
+    bool bf16 = false;                        // reads bf16 inputs and weights
     std::vector<dnnl::memory::desc> layouts;  // the distinct weight layouts of its buckets
     std::vector<Dense> buckets;               // one per bucket
   };
@@ -87,7 +91,8 @@ class Architecture {
 
  private:
   explicit Architecture(ArchitectureKey key);
-  Layer Compile(const DenseShape& shape, uint32_t max_batch);
+  // `bf16`: bf16 input and weights; `bf16_out`: bf16 output too.
+  Layer Compile(const DenseShape& shape, uint32_t max_batch, bool bf16, bool bf16_out);
 
   const ArchitectureKey key_;
   dnnl::engine engine_;
@@ -114,6 +119,9 @@ class ScoringContext {
   const Architecture& arch_;
   dnnl::stream stream_;
   std::vector<float> in_, latent_, logvar_, ping_, pong_, out_, dots_;
+  // bf16 architectures: the input and the code as the next layer reads them (converted from
+  // in_ and latent_), and the hidden activations.
+  std::vector<uint16_t> in16_, latent16_, ping16_, pong16_;
   std::vector<uint8_t> scratch_;
   std::vector<std::vector<Args>> args_;  // per bucket, per layer
   std::vector<Args> logvar_args_;        // per bucket

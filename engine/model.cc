@@ -171,6 +171,10 @@ void Model::Build(const Params& params) {
   key.num_encoder = num_encoder_;
   key.threads = options_.threads;
   key.compact = options_.compact;
+  const v1::Precision precision = file_.policy().precision();
+  key.bf16 = (precision == v1::PRECISION_BF16 ||
+              (precision == v1::PRECISION_UNSPECIFIED && options_.bf16)) &&
+             Bf16Supported();
   for (size_t l = 0; l < params.layers.size(); ++l) {
     const LayerShape& p = params.layers[l].shape;
     // The code head of a variational model: rows [0, c) give mu, rows [c, 2c) log sigma^2.
@@ -194,8 +198,11 @@ void Model::Build(const Params& params) {
       return at;
     };
     Weights w;
-    for (const memory::desc& md : layer.layouts) w.layouts.push_back(take(md.get_size() / 4));
+    for (const memory::desc& md : layer.layouts) {
+      w.layouts.push_back(take((md.get_size() + 3) / 4));
+    }
     w.bias = take(layer.shape.outputs);
+    if (layer.bf16) w.plain = take(size_t{layer.shape.outputs} * layer.shape.inputs);
     return w;
   };
   for (const Architecture::Layer& layer : arch_->layers()) weights_.push_back(place(layer));
@@ -260,11 +267,16 @@ void Model::Fill(const Architecture::Layer& layer, const Weights& w, const float
   }
   st.wait();
   std::copy_n(bias, s.outputs, params_.get() + w.bias);
+  if (w.plain) std::copy_n(weights, size_t{s.outputs} * s.inputs, params_.get() + *w.plain);
 }
 
 std::vector<float> Model::PlainWeights(const Architecture::Layer& layer, const Weights& w) const {
   const DenseShape& s = layer.shape;
   std::vector<float> out(size_t{s.outputs} * s.inputs);
+  if (w.plain) {
+    std::copy_n(params_.get() + *w.plain, out.size(), out.data());
+    return out;
+  }
   const dnnl::engine& eng = arch_->engine();
   memory plain({{s.outputs, s.inputs}, dt::f32, tag::ab}, eng, out.data());
   memory src(layer.layouts.front(), eng, params_.get() + w.layouts.front());
@@ -311,6 +323,12 @@ size_t Model::resident_bytes() const {
 }
 
 std::unique_ptr<ScoringContext> Model::NewContext() const { return arch_->TakeContext(); }
+
+bool Model::Bf16Supported() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto avx512 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core);
+  return (isa & avx512) == avx512;
+}
 
 namespace {
 
@@ -467,6 +485,14 @@ namespace {
 // Runs one layer's primitive for bucket `p` with the weights at `params` + `w`, in the layout it
 // reads. Pointing the context's memories at them writes nothing, padding included (oneDNN 2.6;
 // Model.PointingAMemoryAtWeightsWritesNothing), so threads share the weights safely.
+// f32 to bfloat16, rounding to nearest even (the values are finite: scaled inputs and codes).
+void ToBf16(const float* x, size_t n, uint16_t* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t u = std::bit_cast<uint32_t>(x[i]);
+    out[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
 void Execute(const Architecture::Layer& layer, size_t p, const float* params,
              const Model::Weights& w, ScoringContext::Args& args, dnnl::stream& stream) {
   const Architecture::Dense& dense = layer.buckets[p];
@@ -483,8 +509,15 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
   const auto& layers = arch_->layers();
   const size_t begin = pass == Pass::kDecode ? num_encoder_ : 0;
   const size_t end = pass == Pass::kEncode ? num_encoder_ : layers.size();
+  const bool bf16 = arch_->key().bf16;
   return CatchDnnl("scoring", [&] {
+    if (bf16 && begin == 0)
+      ToBf16(ctx.in_.data(), size_t{bucket} * num_features(), ctx.in16_.data());
     for (size_t l = begin; l < end; ++l) {
+      if (bf16 && l == num_encoder_) {
+        ctx.stream_.wait();  // the code head's output, converted for the decoder
+        ToBf16(ctx.latent_.data(), size_t{bucket} * code_size(), ctx.latent16_.data());
+      }
       Execute(layers[l], p, params_.get(), weights_[l], args[l], ctx.stream_);
       // The log sigma^2 half of the head reads the head's input, which the decoder's hidden
       // layers overwrite (ping/pong): it runs right after the head.

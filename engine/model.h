@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,9 @@ struct ModelOptions {
   // For fleets of small models (per-entity models): 38-feature default models take ~13% less
   // memory and score up to ~20% slower at small batches (bench/RESULTS.md, "Fleet").
   bool compact = false;
+  // Score in bfloat16 (v1::PRECISION_BF16) when the file's ScoringPolicy leaves the precision
+  // unset. A version whose policy names a precision scores in it whatever this says.
+  bool bf16 = false;
 };
 
 struct ScoreOptions {
@@ -78,6 +82,7 @@ class Model {
   struct Weights {
     std::vector<size_t> layouts;
     size_t bias = 0;
+    std::optional<size_t> plain;  // bf16 layers: the f32 weights too, plain (FullFile reads them)
   };
 
   // Builds the inference plans. Checks every shape of the file; errors are INVALID_ARGUMENT.
@@ -126,6 +131,10 @@ class Model {
   // The most features a sample may miss and still be scored (the file's ScoringPolicy).
   uint32_t max_missing() const { return max_missing_; }
   const ModelOptions& options() const { return options_; }
+  // Scores in bfloat16 (the file's policy or the options asked for it, and the CPU has AVX-512).
+  bool bf16() const { return arch_->key().bf16; }
+  // Whether this CPU runs bf16 layers (AVX-512; oneDNN 2.6 has no bf16 inner product below it).
+  static bool Bf16Supported();
 
  private:
   friend class ScoringContext;

@@ -68,8 +68,22 @@ double Act(v1::Activation a, double x) {
   }
 }
 
-// A plain double-precision forward pass: the known answer for the oneDNN path.
-std::vector<double> ReferenceErrors(const v1::ModelFile& f, const std::vector<float>& x) {
+// A float rounded to the nearest bfloat16 (ties to even), by the definition: the nearest
+// multiple of 2^(e - 7), where 2^e <= |v| < 2^(e + 1).
+double RoundBf16(double v) {
+  if (v == 0) return 0;
+  const double step = std::ldexp(1.0, std::ilogb(v) - 7);
+  const double q = v / step, lo = std::floor(q);
+  const double k = q - lo > 0.5 || (q - lo == 0.5 && std::fmod(lo, 2) != 0) ? lo + 1 : lo;
+  return k * step;
+}
+
+// A plain double-precision forward pass: the known answer for the oneDNN path. `bf16`: every
+// layer reads its input and weights rounded to bfloat16 (the output layer's result and the error's
+// scaled input are not rounded), as PRECISION_BF16 promises.
+std::vector<double> ReferenceErrors(const v1::ModelFile& f, const std::vector<float>& x,
+                                    bool bf16 = false) {
+  auto round = [&](double v) { return bf16 ? RoundBf16(v) : v; };
   const size_t d = f.spec().num_features(), c = f.spec().code_size();
   const bool vae = f.spec().kind() == v1::MODEL_KIND_VARIATIONAL;
   std::vector<double> errors;
@@ -82,7 +96,9 @@ std::vector<double> ReferenceErrors(const v1::ModelFile& f, const std::vector<fl
       std::vector<double> o(outputs);
       for (size_t i = 0; i < outputs; ++i) {
         double s = l.bias(i);
-        for (size_t k = 0; k < l.inputs(); ++k) s += l.weights(i * l.inputs() + k) * h[k];
+        for (size_t k = 0; k < l.inputs(); ++k) {
+          s += round(l.weights(i * l.inputs() + k)) * round(h[k]);
+        }
         o[i] = Act(l.activation(), s);
       }
       h = o;
@@ -123,6 +139,45 @@ TEST_P(ModelKinds, ScoresMatchReferenceForEveryBatchSize) {
       EXPECT_FLOAT_EQ(r.p_value[i], PValue(r.error[i], f.calibration_errors()));
     }
   }
+}
+
+// bf16 scoring: the same pass with inputs and weights rounded to bfloat16, chosen by the file's
+// policy or by the options (for files that leave it unset); f32 otherwise.
+TEST_P(ModelKinds, Bf16ScoresMatchABf16Reference) {
+  if (!Model::Bf16Supported()) GTEST_SKIP() << "this CPU has no AVX-512";
+  v1::ModelFile f = MakeFile(GetParam().first, GetParam().second);
+  const v1::ModelFile unset = f;
+  f.mutable_policy()->set_precision(v1::PRECISION_BF16);
+  auto by_policy = *Model::Create(f);
+  auto by_option = *Model::Create(unset, ModelOptions{.bf16 = true});
+  v1::ModelFile f32 = unset;
+  f32.mutable_policy()->set_precision(v1::PRECISION_F32);
+  EXPECT_TRUE(by_policy->bf16());
+  EXPECT_TRUE(by_option->bf16());
+  EXPECT_FALSE((*Model::Create(f32, ModelOptions{.bf16 = true}))->bf16());
+  EXPECT_FALSE((*Model::Create(unset))->bf16());
+  EXPECT_EQ(by_policy->architecture(), by_option->architecture());
+  // oneDNN sums in f32 and rounds each hidden activation once, as the reference does in double;
+  // a sum within f32's error of a bf16 rounding midpoint can round the other way, moving that
+  // row's error by up to about 2^-9 of one unit's share. Rows off by more than 5e-6: the bf16 path
+  // rarely, the f32 reference (no rounding) almost always.
+  size_t rows = 0, off = 0, f32_off = 0;
+  for (size_t n : {1, 3, 17, 256, 1000, 5000}) {
+    const std::vector<float> x = Rows(n, n);
+    ScoreResult r;
+    ASSERT_TRUE(by_policy->Score(*by_policy->NewContext(), x, {}, &r).ok());
+    const auto want = ReferenceErrors(f, x, true), f32_want = ReferenceErrors(f, x);
+    ASSERT_EQ(r.error.size(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const double scale = std::max(1.0, want[i]);
+      ASSERT_NEAR(r.error[i], want[i], 2e-3 * scale) << "n=" << n << " row " << i;
+      off += std::abs(r.error[i] - want[i]) > 5e-6 * scale;
+      f32_off += std::abs(f32_want[i] - want[i]) > 5e-6 * scale;
+      ++rows;
+    }
+  }
+  EXPECT_LE(off, rows / 100);
+  EXPECT_GE(f32_off, rows / 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -761,6 +816,59 @@ TEST(Model, CompactWeightsTakeTheirPlainSizeAndScoreAlike) {
     EXPECT_NEAR(a.error[i], b.error[i], 1e-5 * (1 + a.error[i]));
   }
   ExpectSameParameters(f, compact->FullFile());
+}
+
+// A bf16 model keeps its f32 weights (edits and fine-tuning start from them): FullFile gives them
+// back exactly. Its layouts hold half the bytes, so it holds 1.5x an f32 model's weights.
+TEST(Model, Bf16KeepsItsF32Weights) {
+  if (!Model::Bf16Supported()) GTEST_SKIP() << "this CPU has no AVX-512";
+  v1::ModelFile f = MakeFile(v1::MODEL_KIND_VARIATIONAL, v1::ACTIVATION_RELU);
+  f.mutable_policy()->set_precision(v1::PRECISION_BF16);
+  auto compact = *Model::Create(f, ModelOptions{.compact = true});
+  auto f32 = *Model::Create(MakeFile(v1::MODEL_KIND_VARIATIONAL, v1::ACTIVATION_RELU),
+                            ModelOptions{.compact = true});
+  EXPECT_NE(compact->architecture(), f32->architecture());
+  const v1::ModelFile full = compact->FullFile();
+  ExpectSameParameters(f, full);
+  EXPECT_EQ(full.policy().precision(), v1::PRECISION_BF16);
+  size_t weights = 0, bias = 0, layers = 0;
+  for (const auto& side : {f.encoder(), f.decoder()}) {
+    for (const auto& l : side) {
+      weights += l.weights_size();
+      bias += l.bias_size();
+      ++layers;
+    }
+  }
+  const size_t want = weights * (2 + 4) + bias * 4;
+  // One more layer (the head's log sigma^2 half); each part starts 64-byte aligned.
+  EXPECT_GE(compact->weight_bytes(), want);
+  EXPECT_LE(compact->weight_bytes(), want + 3 * 60 * (layers + 1));
+  // Encode, Reconstruct and Generate run through the bf16 layers too.
+  auto ctx = compact->NewContext();
+  const auto x = Rows(50, 5);
+  std::vector<float> codes, out, gen;
+  ASSERT_TRUE(compact->Encode(*ctx, x, &codes).ok());
+  ASSERT_TRUE(compact->Reconstruct(*ctx, x, &out).ok());
+  ASSERT_TRUE(compact->Generate(*ctx, 20, 1, &gen).ok());
+  std::vector<float> codes32, out32;
+  auto ctx32 = f32->NewContext();
+  ASSERT_TRUE(f32->Encode(*ctx32, x, &codes32).ok());
+  ASSERT_TRUE(f32->Reconstruct(*ctx32, x, &out32).ok());
+  ASSERT_EQ(codes.size(), codes32.size());
+  ASSERT_EQ(out.size(), out32.size());
+  for (size_t i = 0; i < codes.size(); ++i) {
+    EXPECT_NEAR(codes[i], codes32[i], 0.05 * (1 + std::abs(codes32[i])));
+  }
+  for (size_t i = 0; i < out.size(); ++i)
+    EXPECT_NEAR(out[i], out32[i], 0.05 * (1 + std::abs(out32[i])));
+  EXPECT_NE(codes, codes32);
+  EXPECT_EQ(gen.size(), 20 * kFeatures);
+  for (float v : gen) EXPECT_TRUE(std::isfinite(v));
+  // An unknown precision is refused.
+  f.mutable_policy()->set_precision(static_cast<v1::Precision>(7));
+  auto bad = Model::Create(f);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("precision 7"), std::string::npos) << bad.status();
 }
 
 // Contexts point their weight memories at each model's buffer for each call. That is safe for

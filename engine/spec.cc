@@ -283,6 +283,10 @@ absl::StatusOr<v1::ScoringPolicy> ResolvePolicy(const v1::ScoringPolicy& policy)
     return absl::InvalidArgumentError(
         absl::StrCat("scoring policy: unknown gap_fill ", p.gap_fill()));
   }
+  if (!v1::Precision_IsValid(p.precision())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scoring policy: unknown precision ", p.precision()));
+  }
   const float f = p.max_missing_fraction();
   if (!(f >= 0 && f < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(

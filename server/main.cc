@@ -42,6 +42,10 @@ ABSL_FLAG(std::string, model_dir, Defaults().model_dir,
 ABSL_FLAG(int, threads, Defaults().threads, "Scoring worker threads; 0 = one per core.");
 ABSL_FLAG(int, model_threads, Defaults().model_threads,
           "oneDNN threads inside one scoring call (1 is best when calls run in parallel).");
+ABSL_FLAG(std::string, precision, Defaults().precision,
+          "Arithmetic of the versions whose scoring policy names none: f32, or bf16 (bfloat16 "
+          "layers: half the weight bytes per multiply, scores within about 1%; faster only where "
+          "the CPU's bf16 units are (bench/RESULTS.md, \"bf16\"); f32 without AVX-512).");
 ABSL_FLAG(uint64_t, model_memory_mb, Defaults().model_memory_mb,
           "Memory for entity models (MiB): beyond it the least recently used are unloaded and "
           "loaded again from the store on their next request; 0 = no bound.");
@@ -158,6 +162,7 @@ int main(int argc, char** argv) {
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
   o.threads = absl::GetFlag(FLAGS_threads);
   o.model_threads = absl::GetFlag(FLAGS_model_threads);
+  o.precision = absl::GetFlag(FLAGS_precision);
   o.model_memory_mb = absl::GetFlag(FLAGS_model_memory_mb);
   o.keep_loaded_versions = absl::GetFlag(FLAGS_keep_loaded_versions);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);

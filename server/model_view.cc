@@ -15,6 +15,9 @@ void RenderVersion(uint64_t v, const VersionEntry& ver, v1::VersionInfo* vi) {
   vi->set_error(ver.error);
   vi->set_loaded(ver.model != nullptr);
   if (ver.resident != nullptr) vi->set_resident_bytes(ver.resident->bytes());
+  if (ver.model != nullptr) {
+    vi->set_precision(ver.model->bf16() ? v1::PRECISION_BF16 : v1::PRECISION_F32);
+  }
   if (ver.file() == nullptr) return;
   const v1::ModelFile& f = *ver.file();
   vi->set_created_unix_ms(f.metadata().created_unix_ms());

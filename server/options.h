@@ -14,6 +14,7 @@ struct Options {
   std::string model_dir = "./models";
   int threads = 0;                   // scoring workers; 0 = one per core
   int model_threads = 1;             // oneDNN threads inside one scoring call
+  std::string precision = "f32";     // of versions whose policy leaves it unset: f32 or bf16
   uint64_t model_memory_mb = 0;      // loaded entity models' bytes at most; 0 = no bound
   int keep_loaded_versions = 2;      // inactive versions of a model kept loaded; -1 = all
   int max_message_bytes = 32 << 20;  // larger requests get RESOURCE_EXHAUSTED

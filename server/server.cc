@@ -84,13 +84,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options,
   } else if (!o.tls_client_ca.empty()) {
     return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
   }
+  if (o.precision != "f32" && o.precision != "bf16") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--precision is f32 or bf16, not '", o.precision, "'"));
+  }
+  if (o.precision == "bf16" && !engine::Model::Bf16Supported()) {
+    s->log_->warn("--precision=bf16: this CPU has no AVX-512; models score in f32");
+  }
   if (o.metrics_port != 0) s->metrics_ = std::make_unique<ServerMetrics>();
   s->trimmer_ = std::make_unique<MemoryTrimmer>(o.memory_trim_seconds);
   s->feed_ = std::make_unique<AnomalyFeed>(s->metrics_.get(), std::max(1, o.max_watchers));
   s->registry_ = std::make_unique<ModelRegistry>(
       ModelStore(o.model_dir),
-      engine::ModelOptions{std::max(1, o.model_threads), 4096,
-                           static_cast<size_t>(std::max(1, o.threads))},
+      engine::ModelOptions{.threads = std::max(1, o.model_threads),
+                           .max_batch = 4096,
+                           .contexts = static_cast<size_t>(std::max(1, o.threads)),
+                           .bf16 = o.precision == "bf16"},
       s->metrics_.get(), s->log_,
       Residence{o.model_memory_mb << 20, std::max(-1, o.keep_loaded_versions)});
   s->audit_ = std::make_unique<AuditLog>(o.model_dir);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/str_split.h"
+#include "engine/model.h"
 #include "gtest/gtest.h"
 #include "tests/server_process.h"
 #include "tests/test_models.h"
@@ -228,6 +229,26 @@ TEST_F(AectlTest, ColumnsByNameAndGaps) {
   ASSERT_EQ(Aectl(server_arg_ + " policy demo --max-missing 0.5").code, 0);
   EXPECT_EQ(Aectl(server_arg_ + " score --model demo " + gaps).out, filled.out);
   for (const auto& f : {swapped, extra, gaps}) std::remove(f.c_str());
+}
+
+// `aectl policy --precision` switches a version to bf16 and back: `aectl model` shows what the
+// version scores with, bf16 moves the scores a little, f32 gives the first answer back exactly.
+TEST_F(AectlTest, PolicyChangesThePrecision) {
+  if (!engine::Model::Bf16Supported()) GTEST_SKIP() << "this CPU has no AVX-512";
+  auto f32 = Aectl(server_arg_ + " score --model demo " + Test());
+  ASSERT_EQ(f32.code, 0) << f32.err;
+  auto set = Aectl(server_arg_ + " policy demo --precision bf16");
+  ASSERT_EQ(set.code, 0) << set.err;
+  auto shown = Aectl(server_arg_ + " model demo");
+  EXPECT_NE(shown.out.find("precision: PRECISION_BF16"), std::string::npos) << shown.out;
+  auto bf16 = Aectl(server_arg_ + " score --model demo " + Test());
+  ASSERT_EQ(bf16.code, 0) << bf16.err;
+  EXPECT_NE(bf16.out, f32.out);
+  EXPECT_EQ(std::count(bf16.out.begin(), bf16.out.end(), '\n'),
+            std::count(f32.out.begin(), f32.out.end(), '\n'));
+  EXPECT_NE(Aectl(server_arg_ + " policy demo --precision f16").code, 0);
+  ASSERT_EQ(Aectl(server_arg_ + " policy demo --precision f32").code, 0);
+  EXPECT_EQ(Aectl(server_arg_ + " score --model demo " + Test()).out, f32.out);
 }
 
 // A replay shorter than --stats-every still ends with one stats line (over the whole replay).

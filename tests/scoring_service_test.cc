@@ -749,5 +749,75 @@ TEST_F(ScoringServiceTest, GapsAreScoredSkippedAndThePolicyCanChange) {
   EXPECT_EQ(resp.skipped_size(), 0);  // 7 of 12 is within 0.6
 }
 
+// Precision (#20): the server's --precision applies to versions whose policy names none, a
+// version's policy overrides it (SetScoringPolicy), and each version reports what it scores with.
+// The answers are the engine's for the same choice, bit for bit.
+TEST(Precision, TheServerFlagAndTheVersionPolicyChooseIt) {
+  if (!engine::Model::Bf16Supported()) GTEST_SKIP() << "this CPU has no AVX-512";
+  TempDir dir("aeserve_precision_test");
+  const v1::ModelFile file = TrainSmall(v1::MODEL_KIND_PLAIN);
+  Store(dir.path(), "m", file);
+  server::Options o = TestOptions(dir.path());
+  o.precision = "f16";
+  auto refused = server::Server::Start(o, spdlog::null_logger_mt("precision_bad"));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("--precision is f32 or bf16, not 'f16'"),
+            std::string::npos)
+      << refused.status();
+  o.precision = "bf16";
+  std::unique_ptr<server::Server> server = StartTestServer(o);
+  ASSERT_NE(server, nullptr);
+  auto channel = Connect(*server);
+  auto stub = v1::Scoring::NewStub(channel);
+  auto admin = v1::ModelAdmin::NewStub(channel);
+  auto precision = [&] {
+    v1::GetModelRequest get;
+    get.set_model("m");
+    v1::ModelInfo info;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->GetModel(&ctx, get, &info).ok());
+    return info.versions_size() == 1 ? info.versions(0).precision() : v1::PRECISION_UNSPECIFIED;
+  };
+  v1::ScoreRequest req;
+  req.set_model("m");
+  auto d = engine::MakeSynthetic(300, 0, kFeatures, 3, 5);
+  req.mutable_samples()->set_num_features(kFeatures);
+  req.mutable_samples()->mutable_values()->Add(d.normal.begin(), d.normal.end());
+  const absl::Span<const float> x(req.samples().values().data(), req.samples().values_size());
+  auto answer = [&](const engine::ModelOptions& mo) {
+    auto m = *engine::Model::Create(file, mo);
+    engine::ScoreResult r;
+    EXPECT_TRUE(m->Score(*m->NewContext(), x, {}, &r).ok());
+    return r.error;
+  };
+  auto served = [&] {
+    v1::ScoreResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->Score(&ctx, req, &resp).ok());
+    return std::vector<float>(resp.errors().begin(), resp.errors().end());
+  };
+  const std::vector<float> bf16 = answer({.bf16 = true}), f32 = answer({});
+  ASSERT_NE(bf16, f32);
+  EXPECT_EQ(precision(), v1::PRECISION_BF16);
+  EXPECT_EQ(served(), bf16);
+  v1::SetScoringPolicyRequest set;
+  set.set_model("m");
+  set.mutable_policy()->set_precision(v1::PRECISION_F32);
+  v1::ModelInfoBrief brief;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(admin->SetScoringPolicy(&ctx, set, &brief).ok());
+  }
+  EXPECT_EQ(precision(), v1::PRECISION_F32);
+  EXPECT_EQ(served(), f32);
+  set.mutable_policy()->set_precision(static_cast<v1::Precision>(9));
+  grpc::ClientContext ctx;
+  const grpc::Status st = admin->SetScoringPolicy(&ctx, set, &brief);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("unknown precision 9"), std::string::npos)
+      << st.error_message();
+  EXPECT_EQ(precision(), v1::PRECISION_F32);
+}
+
 }  // namespace
 }  // namespace aeserve::testing

@@ -865,14 +865,17 @@ struct TrainArgs {
   int impute_refinements = -1;             // -1 = the server's default
   int max_gap_steps = -1;                  // -1 = the server's default (the window length)
   std::string gap_fill;                    // empty = the server's default
+  std::string precision;                   // empty = the server's --precision
   uint32_t window = 0, stride = 0;         // 0 = no window / every step
   std::vector<std::string> time_features;  // hour, weekday
 };
 
 // The policy options given on the command line (negative = not given).
 v1::ScoringPolicy PolicyOf(float max_missing, int impute_refinements, int max_gap_steps,
-                           const std::string& gap_fill) {
+                           const std::string& gap_fill, const std::string& precision) {
   v1::ScoringPolicy p;
+  if (precision == "f32") p.set_precision(v1::PRECISION_F32);
+  if (precision == "bf16") p.set_precision(v1::PRECISION_BF16);
   if (gap_fill == "join") p.set_gap_fill(v1::GAP_FILL_JOIN);
   if (gap_fill == "missing") p.set_gap_fill(v1::GAP_FILL_MISSING);
   if (max_missing >= 0) p.set_max_missing_fraction(max_missing);
@@ -913,7 +916,8 @@ int Train(const Common& c, const TrainArgs& a, const std::string& path) {
   h.set_no_activate(a.no_activate);
   h.set_retain(a.retain);
   h.set_description(a.description);
-  *h.mutable_policy() = PolicyOf(a.max_missing, a.impute_refinements, a.max_gap_steps, a.gap_fill);
+  *h.mutable_policy() =
+      PolicyOf(a.max_missing, a.impute_refinements, a.max_gap_steps, a.gap_fill, a.precision);
   const bool series = a.window > 1 || !a.time_features.empty();
   if (series && table->timestamps_ms.empty()) {
     std::fprintf(stderr,
@@ -1471,12 +1475,13 @@ int Threshold(const Common& c, const std::string& model, const std::string& enti
 
 int Policy(const Common& c, const std::string& model, const std::string& entity, uint64_t version,
            float max_missing, int impute_refinements, int max_gap_steps,
-           const std::string& gap_fill) {
+           const std::string& gap_fill, const std::string& precision) {
   v1::SetScoringPolicyRequest req;
   req.set_model(model);
   req.set_entity(entity);
   req.set_version(version);
-  *req.mutable_policy() = PolicyOf(max_missing, impute_refinements, max_gap_steps, gap_fill);
+  *req.mutable_policy() =
+      PolicyOf(max_missing, impute_refinements, max_gap_steps, gap_fill, precision);
   auto stub = v1::ModelAdmin::NewStub(Connect(c));
   grpc::ClientContext ctx;
   Deadline(ctx, c);
@@ -1761,6 +1766,11 @@ int main(int argc, char** argv) {
                    "series: a short gap is closed up (join, the default) or its steps are missing "
                    "values (missing)")
       ->check(CLI::IsMember({"join", "missing"}));
+  train
+      ->add_option("--precision", ta.precision,
+                   "arithmetic the version scores with: f32, or bf16 (default: the server's "
+                   "--precision)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   train->add_option("file", train_path,
                     "training CSV (a label column is ignored); '-' reads stdin");
   train->add_flag("--from-recording", ta.from_recording,
@@ -1971,9 +1981,11 @@ int main(int argc, char** argv) {
     int impute_refinements = -1;  // -1 = unchanged
     int max_gap_steps = -1;       // -1 = unchanged
     std::string gap_fill;         // empty = unchanged
+    std::string precision;        // empty = unchanged
   } policy_args;
   auto* policy = app.add_subcommand(
-      "policy", "change how a version treats missing values, without retraining");
+      "policy",
+      "change how a version treats missing values, or its arithmetic, without retraining");
   policy->add_option("model", policy_args.target.model)->required();
   policy->add_option("--version", policy_args.target.version, "default: active");
   policy->add_option("--entity", policy_args.target.entity);
@@ -1991,10 +2003,14 @@ int main(int argc, char** argv) {
                    "series models: a short gap is closed up (join) or its steps are missing values "
                    "(missing)")
       ->check(CLI::IsMember({"join", "missing"}));
+  policy
+      ->add_option("--precision", policy_args.precision,
+                   "arithmetic the version scores with: f32, or bf16 (bfloat16 layers)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   policy->callback([&] {
     const PolicyArgs& a = policy_args;
     code = Policy(c, a.target.model, a.target.entity, a.target.version, a.max_missing,
-                  a.impute_refinements, a.max_gap_steps, a.gap_fill);
+                  a.impute_refinements, a.max_gap_steps, a.gap_fill, a.precision);
   });
 
   struct WatchArgs {
