@@ -1,9 +1,11 @@
 // Engine benchmark: scoring samples/s of aeserve's engine beside a bare oneDNN forward pass of the
 // same layers (the ceiling), batch-1 latency, and training samples/s, all in one run.
 //
-//   build/bench/engine_bench [--threads=N] [--seconds=S]
+//   build/bench/engine_bench [--threads=N] [--seconds=S] [--precision-only]
 //
-// Model: 38-64-32-8-32-64-38, ReLU hidden, linear code and output, fp32.
+// Model: 38-64-32-8-32-64-38, ReLU hidden, linear code and output, fp32. The precision table
+// scores it and a wide model (1024 features, 1024-512-32) in f32 and in bf16 (ScoringPolicy
+// precision), with the scores' largest relative change; --precision-only prints only that table.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -130,22 +132,96 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// A model file with random weights for `spec` (the default 38-feature spec, or the wide one).
+v1::ModelFile RandomFile(const v1::ModelSpec& spec, const std::vector<float>& rows, size_t n) {
+  std::mt19937_64 rng(1);
+  Params params = InitParams(spec, rng);
+  v1::ModelFile file;
+  file.set_format_version(1);
+  *file.mutable_spec() = spec;
+  *file.mutable_scaler() = *FitScaler(v1::SCALING_STANDARD, rows, n, spec.num_features());
+  ToModelFile(params, file);
+  for (int i = 1; i <= 1000; ++i) file.add_calibration_errors(i * 1e-3f);
+  file.set_threshold_value(0.99);
+  return file;
+}
+
+// f32 against bf16 scoring, same model, same rows, interleaved: samples/s and the largest
+// relative change of a score.
+void PrecisionTable(int threads, double seconds) {
+  std::printf(
+      "\nf32 vs bf16 (ScoringPolicy.precision), %d oneDNN thread(s); median of 3 "
+      "interleaved runs\n",
+      threads);
+  if (!Model::Bf16Supported()) {
+    std::printf("this CPU has no AVX-512: no bf16\n");
+    return;
+  }
+  std::printf("%-28s %6s %14s %14s %8s %16s\n", "model", "batch", "f32/s", "bf16/s", "bf16/f32",
+              "max rel change");
+  v1::ModelSpec wide;
+  wide.add_encoder_units(1024);
+  wide.add_encoder_units(512);
+  wide.set_code_size(32);
+  wide.set_neighbors(0);
+  struct Case {
+    const char* name;
+    v1::ModelSpec spec;
+  };
+  for (const Case& c : {Case{"default 38-64-32-8", Spec()},
+                        Case{"wide 1024-1024-512-32", *ResolveSpec(wide, 1024)}}) {
+    const uint32_t d = c.spec.num_features();
+    const size_t n = 4096;
+    auto data = MakeSynthetic(n, 0, d, 6, 3);
+    v1::ModelFile f32_file = RandomFile(c.spec, data.normal, n);
+    v1::ModelFile bf16_file = f32_file;
+    bf16_file.mutable_policy()->set_precision(v1::PRECISION_BF16);
+    auto f32 = *Model::Create(f32_file, ModelOptions{threads, 4096});
+    auto bf16 = *Model::Create(bf16_file, ModelOptions{threads, 4096});
+    auto fctx = f32->NewContext(), bctx = bf16->NewContext();
+    ScoreResult a, b;
+    for (uint32_t batch : {16u, 256u, 4096u}) {
+      const absl::Span<const float> x(data.normal.data(), size_t{batch} * d);
+      std::vector<double> rf, rb;
+      const double s = d > 100 ? seconds * 2 : seconds;
+      for (int rep = 0; rep < 3; ++rep) {
+        rf.push_back(Rate([&] { (void)f32->Score(*fctx, x, {}, &a); }, batch, s));
+        rb.push_back(Rate([&] { (void)bf16->Score(*bctx, x, {}, &b); }, batch, s));
+      }
+      double change = 0;
+      for (size_t i = 0; i < a.score.size(); ++i) {
+        change = std::max(change, std::abs(double{b.score[i]} - a.score[i]) /
+                                      std::max(1e-12, std::abs(double{a.score[i]})));
+      }
+      std::printf("%-28s %6u %14.0f %14.0f %7.2fx %16.4g\n", c.name, batch, Median(rf), Median(rb),
+                  Median(rb) / Median(rf), change);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = 1;
   double seconds = 0.3;
+  bool precision_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0)
       threads = std::atoi(argv[i] + 10);
     else if (std::strncmp(argv[i], "--seconds=", 10) == 0)
       seconds = std::atof(argv[i] + 10);
+    else if (std::strcmp(argv[i], "--precision-only") == 0)
+      precision_only = true;
     else {
-      std::fprintf(stderr, "usage: engine_bench [--threads=N] [--seconds=S]\n");
+      std::fprintf(stderr, "usage: engine_bench [--threads=N] [--seconds=S] [--precision-only]\n");
       return 2;
     }
   }
   ScopedThreads scoped(threads);
+  if (precision_only) {
+    PrecisionTable(threads, seconds);
+    return 0;
+  }
   const v1::ModelSpec spec = Spec();
   std::mt19937_64 rng(1);
   Params params = InitParams(spec, rng);
@@ -224,5 +300,6 @@ int main(int argc, char** argv) {
   for (const auto& ep : trained->history().epochs()) sps.push_back(ep.samples_per_second());
   std::printf("training (100k rows, batch 256, Adam, 3 epochs): %.0f samples/s (median epoch)\n",
               Median(sps));
+  PrecisionTable(threads, seconds);
   return 0;
 }

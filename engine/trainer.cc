@@ -309,7 +309,7 @@ absl::StatusOr<v1::TrainingHistory> RunEpochs(
 // itself is 0), the score scale, the sorted calibration scores and the threshold.
 absl::Status Calibrate(const TrainingData& data, const Split& split,
                        const std::vector<uint8_t>& complete, const v1::TrainingOptions& opt,
-                       const v1::ThresholdConfig& thr_config, std::mt19937_64& rng,
+                       const v1::ThresholdConfig& thr_config, bool bf16, std::mt19937_64& rng,
                        v1::ModelFile& file) {
   std::vector<size_t> calib_rows = split.validation.empty() ? split.train : split.validation;
   if (file.spec().neighbors() > 0) {
@@ -351,7 +351,9 @@ absl::Status Calibrate(const TrainingData& data, const Split& split,
     }
   }
   AE_ASSIGN_OR_RETURN(auto model,
-                      Model::Create(file, ModelOptions{static_cast<int>(opt.threads()), 4096}));
+                      Model::Create(file, ModelOptions{.threads = static_cast<int>(opt.threads()),
+                                                       .max_batch = 4096,
+                                                       .bf16 = bf16}));
   auto ctx = model->NewContext();
   ScoreResult scores;
   AE_RETURN_IF_ERROR(model->Score(*ctx, RawRows(data, calib_rows), {}, &scores));
@@ -428,7 +430,7 @@ absl::StatusOr<v1::ModelFile> TrainSamples(const TrainRequest& req, const Traini
   meta->set_seed(opt.seed());
   meta->set_engine_version(AESERVE_VERSION);
   meta->set_description(req.description);
-  AE_RETURN_IF_ERROR(Calibrate(data, split, rows.complete, opt, thr_config, rng, file));
+  AE_RETURN_IF_ERROR(Calibrate(data, split, rows.complete, opt, thr_config, req.bf16, rng, file));
   return file;
 }
 

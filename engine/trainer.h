@@ -49,6 +49,9 @@ struct TrainRequest {
   // Checked before every mini-batch: once true, Train returns CANCELLED within one batch (so a
   // shutdown never waits for a long epoch).
   const std::atomic<bool>* cancel = nullptr;
+  // Calibrate with bf16 scoring when the policy names no precision (ModelOptions::bf16): the
+  // threshold then comes from the errors the server will compute.
+  bool bf16 = false;
 };
 
 absl::StatusOr<v1::ModelFile> Train(const TrainRequest& request, const TrainingData& data,

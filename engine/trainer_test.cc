@@ -126,6 +126,36 @@ TEST(Trainer, SameSeedSameWeightsOtherSeedOtherWeights) {
   EXPECT_NE(std::string(AESERVE_VERSION), "");
 }
 
+// A server scoring in bf16 calibrates in bf16 (TrainRequest::bf16): same weights, the calibration
+// errors of the same rows as bf16 scores them (close to f32's, not equal); a policy naming f32
+// keeps f32's calibration.
+TEST(Trainer, CalibrationUsesThePrecisionTheModelWillScoreWith) {
+  if (!Model::Bf16Supported()) GTEST_SKIP() << "this CPU has no AVX-512";
+  const auto data = MakeSynthetic(600, 0, kFeatures, 3, 2);
+  TrainRequest req = Request(v1::MODEL_KIND_PLAIN);
+  req.options.set_epochs(3);
+  auto f32 = Train(req, Data(data.normal));
+  req.bf16 = true;
+  auto bf16 = Train(req, Data(data.normal));
+  req.policy.set_precision(v1::PRECISION_F32);
+  auto named = Train(req, Data(data.normal));
+  ASSERT_TRUE(f32.ok() && bf16.ok() && named.ok());
+  EXPECT_TRUE(std::equal(f32->encoder(0).weights().begin(), f32->encoder(0).weights().end(),
+                         bf16->encoder(0).weights().begin()));
+  ASSERT_EQ(f32->calibration_errors_size(), bf16->calibration_errors_size());
+  ASSERT_GT(f32->calibration_errors_size(), 50);
+  // Scores (standardized: the default has neighbours) within 0.03 x max(1, |score|) of each other
+  // stay so when both lists are sorted.
+  for (int i = 0; i < f32->calibration_errors_size(); ++i) {
+    EXPECT_NEAR(bf16->calibration_errors(i), f32->calibration_errors(i),
+                0.03 * std::max(1.f, std::abs(f32->calibration_errors(i))));
+  }
+  EXPECT_FALSE(std::equal(f32->calibration_errors().begin(), f32->calibration_errors().end(),
+                          bf16->calibration_errors().begin()));
+  EXPECT_TRUE(std::equal(f32->calibration_errors().begin(), f32->calibration_errors().end(),
+                         named->calibration_errors().begin()));
+}
+
 TEST(Trainer, EarlyStoppingKeepsTheBestEpoch) {
   // A large learning rate on little data makes the validation loss stall and bounce.
   const auto data = MakeSynthetic(300, 0, kFeatures, 3, 8);

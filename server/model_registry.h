@@ -154,6 +154,8 @@ class ModelRegistry {
                  absl::FunctionRef<void(const ModelKey&, const ModelEntry&)> fn) const;
 
   const ModelStore& store() const { return store_; }
+  // What every model is loaded with (the server's --model_threads, --precision, ...).
+  const engine::ModelOptions& model_options() const { return model_options_; }
   // Bytes of loaded entity models now (what --model_memory_mb bounds).
   int64_t entity_bytes() const { return entity_bytes_.load(); }
 

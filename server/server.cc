@@ -467,6 +467,7 @@ absl::Status Server::TrainDemoModel() {
   req.threshold.set_method(v1::THRESHOLD_PERCENTILE);
   req.threshold.set_value(99.5);
   req.description = absl::StrCat("demo model trained at start-up on ", options_.demo_csv);
+  req.bf16 = options_.precision == "bf16";
   engine::TrainingData data{
       rows, rows.size() / table->features(), table->features(), table->feature_names, {}};
   auto file = engine::Train(req, data, [&](const engine::TrainingProgress& p) {

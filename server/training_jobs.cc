@@ -24,7 +24,7 @@ int64_t NowMs() {
 }  // namespace
 
 // What the header asks the trainer for; cancelled with the job.
-engine::TrainRequest TrainingJobs::RequestOf(Job& job) {
+engine::TrainRequest TrainingJobs::RequestOf(Job& job) const {
   const v1::TrainingJobHeader& h = job.header;
   engine::TrainRequest req;
   req.spec = h.spec();
@@ -33,6 +33,7 @@ engine::TrainRequest TrainingJobs::RequestOf(Job& job) {
   req.policy = h.policy();
   req.description = h.description();
   req.cancel = &job.cancel;
+  req.bf16 = registry_->model_options().bf16;
   return req;
 }
 

@@ -133,7 +133,7 @@ class TrainingJobs {
   absl::StatusOr<v1::TrainingJob> Enqueue(std::shared_ptr<Job> job, const JobOrigin& origin);
   void Loop();
   void Run(Job& job);
-  static engine::TrainRequest RequestOf(Job& job);
+  engine::TrainRequest RequestOf(Job& job) const;
   // header.per_entity: one model per entity; helper threads train more at once while cores are
   // free (TakeCore).
   void RunPerEntity(Job& job);

@@ -146,6 +146,10 @@ def _gap_fill(name: str) -> int:
     return _enum(model_pb2.GapFill, "GAP_FILL_", "gap_fill", name)
 
 
+def _precision(name: str) -> int:
+    return _enum(model_pb2.Precision, "PRECISION_", "precision", name)
+
+
 def _timestamps(x, timestamps=None):
     """Milliseconds since the Unix epoch, one per row: `timestamps` (integers in ms, or numpy /
     pandas datetime64 values, naive = UTC), else the DatetimeIndex of a pandas DataFrame `x`,
@@ -449,10 +453,13 @@ class Client:
     def set_policy(self, model: str, max_missing_fraction: Optional[float] = None,
                    impute_refinements: Optional[int] = None, version: int = 0,
                    entity: str = "", max_gap_steps: Optional[int] = None,
-                   gap_fill: Optional[str] = None) -> admin_pb2.ModelInfoBrief:
-        """Changes how a version treats missing values and (series models) gaps in time; unset
-        arguments keep their value."""
+                   gap_fill: Optional[str] = None,
+                   precision: Optional[str] = None) -> admin_pb2.ModelInfoBrief:
+        """Changes how a version treats missing values and (series models) gaps in time, or its
+        arithmetic (precision "f32" or "bf16"); unset arguments keep their value."""
         req = admin_pb2.SetScoringPolicyRequest(model=model, entity=entity, version=version)
+        if precision is not None:
+            req.policy.precision = _precision(precision)
         if max_gap_steps is not None:
             req.policy.max_gap_steps = max_gap_steps
         if gap_fill is not None:
@@ -481,7 +488,7 @@ class Client:
               impute_refinements: Optional[int] = None,
               window: int = 0, stride: int = 0, time_features: Sequence[str] = (),
               max_gap_steps: Optional[int] = None, gap_fill: Optional[str] = None, timestamps=None,
-              entity: str = "", fine_tune: bool = False, activate: bool = True,
+              precision: Optional[str] = None, entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True, retain: bool = False,
               from_recording: bool = False) -> admin_pb2.TrainingJob:
@@ -504,6 +511,9 @@ class Client:
         steps). Scoring then takes one row per time step. A gap in time of up to `max_gap_steps`
         missed steps is closed up (gap_fill="join", the default) or entered as missing rows
         ("missing"); a longer one restarts the window.
+
+        `precision`: "f32" or "bf16", the arithmetic the version scores with (unset = the
+        server's --precision).
 
         `retain`: also keep these rows as the model's history for its retrain policy (which must
         exist; see set_retrain_policy), so the autopilot's retrains learn from them too.
@@ -545,6 +555,8 @@ class Client:
             header.policy.max_gap_steps = max_gap_steps
         if gap_fill is not None:
             header.policy.gap_fill = _gap_fill(gap_fill)
+        if precision is not None:
+            header.policy.precision = _precision(precision)
         if not fine_tune:
             header.spec.CopyFrom(model_pb2.ModelSpec(
                 encoder_units=list(layers), code_size=code, noise_level=noise_level,

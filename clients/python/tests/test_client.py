@@ -17,6 +17,7 @@ from aeserve import AeserveError, Client, ScoreResult, StreamStats
 from aeserve import plots
 from aeserve.client import replica_addresses
 from aeserve.local import start_server, stop_server
+from aeserve.v1 import model_pb2
 
 SOURCE = os.environ.get("AESERVE_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 BINARY = os.environ.get("AESERVE_BINARY", os.path.join(SOURCE, "build", "server", "aeserve"))
@@ -278,6 +279,21 @@ class ServerTest(unittest.TestCase):
         with self.assertRaises(ValueError) as e:
             self.client.train("bad", self.x[:50], gap_fill="zero")
         self.assertIn("join, missing", str(e.exception))
+
+    def test_precision_at_training_and_by_policy(self):
+        self.client.train("prec", self.x[:300], feature_names=self.names, epochs=2,
+                          precision="bf16")
+        bf16 = self.client.score("prec", self.x[:50]).scores
+        if self.client.model("prec").versions[0].precision != model_pb2.PRECISION_BF16:
+            self.skipTest("the server's CPU has no AVX-512: bf16 versions score in f32")
+        self.client.set_policy("prec", precision="f32")
+        self.assertEqual(self.client.model("prec").versions[0].precision, model_pb2.PRECISION_F32)
+        f32 = self.client.score("prec", self.x[:50]).scores
+        self.assertFalse(np.array_equal(bf16, f32))
+        np.testing.assert_allclose(bf16, f32, rtol=0.05, atol=0.05)
+        with self.assertRaises(ValueError) as e:
+            self.client.set_policy("prec", precision="f16")
+        self.assertIn("f32, bf16", str(e.exception))
 
     def test_watch_receives_flagged_samples(self):
         events = []
