@@ -210,6 +210,10 @@ void Model::Build(const Params& params) {
   if (neighbors_ > 0) neighbour_weights_ = place(*arch_->neighbours());
   params_ = Allocate(size);
   params_size_ = size;
+  for (const Architecture::Layer& layer : arch_->layers()) {
+    madds_per_sample_ += uint64_t{layer.shape.inputs} * layer.shape.outputs;
+  }
+  if (neighbors_ > 0) madds_per_sample_ += uint64_t{num_features()} * reference_rows_;
 
   for (size_t l = 0; l < params.layers.size(); ++l) {
     const DenseParams& p = params.layers[l];

@@ -131,6 +131,9 @@ class Model {
   // The most features a sample may miss and still be scored (the file's ScoringPolicy).
   uint32_t max_missing() const { return max_missing_; }
   const ModelOptions& options() const { return options_; }
+  // Multiply-adds to score one sample once (every layer, the neighbour distances): what a
+  // caller weighs a request by before deciding where to run it.
+  uint64_t madds_per_sample() const { return madds_per_sample_; }
   // Scores in bfloat16 (the file's policy or the options asked for it, and the CPU has AVX-512).
   bool bf16() const { return arch_->key().bf16; }
   // Whether this CPU runs bf16 layers (AVX-512; oneDNN 2.6 has no bf16 inner product below it).
@@ -198,6 +201,7 @@ class Model {
   // kNeighbourBatch rows (bias -|r|^2 / 2, so |x - r|^2 = |x|^2 - 2 * output).
   uint32_t neighbors_ = 0, reference_rows_ = 0, groups_ = 1;
   bool scaled_ = false;  // the file has a ScoreScale: score = AnomalyScore(error, distance)
+  uint64_t madds_per_sample_ = 0;
 };
 
 }  // namespace aeserve::engine

@@ -21,7 +21,8 @@ engine::ScoringContext& Worker::ContextFor(const std::shared_ptr<const engine::M
   return *c.context;
 }
 
-Executor::Executor(int threads, int max_queue) : max_queue_(static_cast<size_t>(max_queue)) {
+Executor::Executor(int threads, int max_queue)
+    : max_queue_(static_cast<size_t>(max_queue)), size_(static_cast<size_t>(threads)) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
 }
 
@@ -37,6 +38,29 @@ bool Executor::TrySubmit(Task task) {
 void Executor::Submit(Task task) {
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(task));
+}
+
+bool Executor::TryRunHere(const Task& task) {
+  std::unique_ptr<Worker> worker;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || !queue_.empty() || busy_ >= size_) return false;
+    ++busy_;
+    if (spare_.empty()) {
+      worker = std::make_unique<Worker>();
+    } else {
+      worker = std::move(spare_.back());
+      spare_.pop_back();
+    }
+  }
+  {
+    engine::ScopedThreads one(1);  // as on a scoring thread
+    task(*worker);
+  }
+  absl::MutexLock lock(&mu_);
+  --busy_;
+  spare_.push_back(std::move(worker));
+  return true;
 }
 
 size_t Executor::queue_depth() const {
@@ -60,10 +84,12 @@ void Executor::Loop() {
   // One oneDNN (OpenMP) thread per worker: parallelism comes from serving many requests at once.
   engine::ScopedThreads one(1);
   Worker worker;
+  bool ran = false;
   for (;;) {
     Task task;
     {
       absl::MutexLock lock(&mu_);
+      if (ran) --busy_;
       mu_.Await(absl::Condition(
           +[](Executor* e)
                ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) { return !e->queue_.empty() || e->stopping_; },
@@ -71,8 +97,10 @@ void Executor::Loop() {
       if (queue_.empty()) return;  // stopping and drained
       task = std::move(queue_.front());
       queue_.pop_front();
+      ++busy_;
     }
     task(worker);
+    ran = true;
   }
 }
 

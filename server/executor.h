@@ -45,6 +45,10 @@ class Executor {
   // False when the queue is full or the executor is stopping: answer RESOURCE_EXHAUSTED.
   bool TrySubmit(Task task);
   void Submit(Task task);
+  // Runs `task` on the calling thread, with a worker state of its own, when a scoring thread is
+  // idle and nothing is queued: a small batch then skips the hand-off to a worker thread and back
+  // (bench/RESULTS.md, "Serving speed, round 3"). False (nothing ran) otherwise, or when stopping.
+  bool TryRunHere(const Task& task);
   // Runs what is queued, then joins the workers.
   void Stop();
   size_t queue_depth() const;
@@ -56,6 +60,10 @@ class Executor {
   mutable absl::Mutex mu_;
   std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  size_t busy_ ABSL_GUARDED_BY(mu_) = 0;  // tasks running, on scoring threads or callers
+  // Worker states of callers running tasks themselves (at most one per scoring thread).
+  std::vector<std::unique_ptr<Worker>> spare_ ABSL_GUARDED_BY(mu_);
+  size_t size_ = 0;  // scoring threads
   std::vector<std::thread> threads_;
 };
 

@@ -46,6 +46,12 @@ ABSL_FLAG(std::string, precision, Defaults().precision,
           "Arithmetic of the versions whose scoring policy names none: f32, or bf16 (bfloat16 "
           "layers: half the weight bytes per multiply, scores within about 1%; faster only where "
           "the CPU's bf16 units are (bench/RESULTS.md, \"bf16\"); f32 without AVX-512).");
+ABSL_FLAG(uint64_t, inline_max_madds, Defaults().inline_max_madds,
+          "Score calls and stream batches of up to this many multiply-adds (samples x the "
+          "model's layer sizes) are scored on the gRPC thread that received them when a scoring "
+          "worker is idle, saving the hand-off to the worker (the default: 256 rows of the "
+          "default model, ~55 us); heavier ones, and all when every worker is busy, are queued; "
+          "0 = always hand off.");
 ABSL_FLAG(uint64_t, model_memory_mb, Defaults().model_memory_mb,
           "Memory for entity models (MiB): beyond it the least recently used are unloaded and "
           "loaded again from the store on their next request; 0 = no bound.");
@@ -169,6 +175,7 @@ int main(int argc, char** argv) {
   o.grpc_buffer_bytes = absl::GetFlag(FLAGS_grpc_buffer_bytes);
   o.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
+  o.inline_max_madds = absl::GetFlag(FLAGS_inline_max_madds);
   o.max_streams = absl::GetFlag(FLAGS_max_streams);
   o.max_watchers = absl::GetFlag(FLAGS_max_watchers);
   o.incident_resume_seconds = absl::GetFlag(FLAGS_incident_resume_seconds);

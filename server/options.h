@@ -21,10 +21,15 @@ struct Options {
   uint64_t grpc_buffer_bytes = 0;  // gRPC's buffers over all calls; 0 = max_message_bytes + 16 MiB
   uint32_t max_batch_rows = 1 << 20;  // rows per Score call or stream batch
   int max_queue = 1024;               // queued unary calls before RESOURCE_EXHAUSTED
-  int max_streams = 256;              // concurrent StreamScore calls
-  int max_watchers = 1024;            // concurrent WatchAnomalies calls
-  int stream_max_pending = 4;         // batches read ahead per stream (backpressure bound)
-  int stream_max_unsent = 8;          // responses waiting for a slow reader per stream
+  // Score calls and stream batches of up to this many multiply-adds (samples x the model's
+  // madds_per_sample) are scored on the gRPC thread that received them when a scoring worker is
+  // idle (no hand-off); 0 = always on the workers. The default: 256 rows of the default
+  // 38-feature model with neighbours, ~55 us.
+  uint64_t inline_max_madds = 5'000'000;
+  int max_streams = 256;       // concurrent StreamScore calls
+  int max_watchers = 1024;     // concurrent WatchAnomalies calls
+  int stream_max_pending = 4;  // batches read ahead per stream (backpressure bound)
+  int stream_max_unsent = 8;   // responses waiting for a slow reader per stream
   uint64_t max_stream_buffer_bytes = uint64_t{1} << 30;  // batches and answers held, all streams
   double shutdown_grace_seconds = 10;                    // in-flight work gets this long on SIGTERM
   std::string demo_csv;         // train model "demo" from this CSV if the store is empty

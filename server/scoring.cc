@@ -269,6 +269,12 @@ static void RecordScored(const ModelHandle& h, absl::Span<const float> errors,
   if (h.metrics != nullptr) h.metrics->Record(errors, scores, anomalous, critical);
 }
 
+double MaddsPerValue(const engine::Model& model) {
+  const uint32_t per_sample =
+      engine::IsSeries(model.spec()) ? model.spec().window().columns() : model.num_features();
+  return static_cast<double>(model.madds_per_sample()) / std::max(1u, per_sample);
+}
+
 absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
                           const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
                           v1::ScoreResponse* r, const ScoreHooks& hooks) {

@@ -30,6 +30,11 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
                                                     std::vector<float>* buffer,
                                                     const v1::StreamConfig* stream = nullptr);
 
+// Multiply-adds per value a request sends to `model`: a sample's madds over the values of one row
+// of its features (a series model: of one time step's columns). Weighs a request (values x this)
+// before choosing where it runs.
+double MaddsPerValue(const engine::Model& model);
+
 // What else a scored batch involves: the anomaly feed, and for stream batches the stream's
 // config (its id for events; its column names for batches that carry none).
 struct ScoreHooks {

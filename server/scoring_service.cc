@@ -53,7 +53,7 @@ ScoringService::ScoringService(const Options& options, const ModelRegistry* regi
 template <typename Call, typename Fn>
 void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
                                 const std::string& model, const std::string& entity,
-                                uint64_t version, Fn fn) {
+                                uint64_t version, Fn fn, size_t values) {
   const auto start = Clock::now();
   if (grpc::Status st = auth_->Check(ctx, Role::kScore); !st.ok()) {
     call->Reply(st);
@@ -66,8 +66,11 @@ void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, co
                            : handle.status()));
     return;
   }
-  const bool queued = executor_->TrySubmit([this, ctx, call, rpc, start, h = *std::move(handle),
-                                            fn = std::move(fn)](Worker& worker) mutable {
+  const bool here = options_.inline_max_madds > 0 && values != SIZE_MAX &&
+                    static_cast<double>(values) * MaddsPerValue(*handle->model) <=
+                        static_cast<double>(options_.inline_max_madds);
+  Executor::Task task = [this, ctx, call, rpc, start, h = *std::move(handle),
+                         fn = std::move(fn)](Worker& worker) mutable {
     // Work for a call whose client gave up or whose deadline passed is skipped.
     if (ctx->IsCancelled()) {
       call->Reply(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before scoring"));
@@ -80,8 +83,11 @@ void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, co
                                       std::chrono::duration<double>(Clock::now() - began).count());
     }
     call->Reply(st);
-  });
-  if (!queued) {
+  };
+  // A small request runs here when a scoring thread is idle (no hand-off); a busy server queues
+  // it, so a flood still meets --max_queue.
+  if (here && executor_->TryRunHere(task)) return;
+  if (!executor_->TrySubmit(std::move(task))) {
     if (metrics_ != nullptr) metrics_->RecordRejected("queue_full");
     call->Reply(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                              "scoring queue is full; retry with backoff"));
@@ -103,7 +109,8 @@ void ScoringService::ScoreCall(grpc::CallbackServerContext* ctx,
         return ScoreSamples(
             h, req->samples(), req->options(), options_.max_batch_rows, w, resp,
             ScoreHooks{.feed = feed_, .autopilot = autopilot_, .source_entity = req->entity()});
-      });
+      },
+      static_cast<size_t>(req->samples().values_size()));
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoringService::StreamScore(

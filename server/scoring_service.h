@@ -67,10 +67,11 @@ class ScoringService final : public RawScoringService {
   void GetModelCall(grpc::CallbackServerContext* ctx,
                     UnaryCall<v1::GetModelRequest, v1::ModelInfo>* call);
   // Looks up the model, then runs `fn(handle, worker)` on the executor and replies with its
-  // status.
+  // status. `values`: the request's size, when it may run on this thread (--inline_max_madds).
   template <typename Call, typename Fn>
   void OnExecutor(grpc::CallbackServerContext* ctx, Call* call, const char* rpc,
-                  const std::string& model, const std::string& entity, uint64_t version, Fn fn);
+                  const std::string& model, const std::string& entity, uint64_t version, Fn fn,
+                  size_t values = SIZE_MAX);
 
   const Options& options_;
   const ModelRegistry* registry_;

@@ -89,15 +89,25 @@ void StreamReactor::OnReadDone(bool ok) {
     p.parse_error = ParseMessage(&incoming_, &p.request, absl::StrCat("stream message ", n));
     messages_read_.store(n, std::memory_order_release);
   }
-  absl::MutexLock lock(&mu_);
-  reading_ = false;
-  if (!ok) {
-    reads_done_ = true;
-  } else {
-    Hold(p.bytes);
-    pending_.push_back(std::move(p));
+  bool here = false;
+  {
+    absl::MutexLock lock(&mu_);
+    reading_ = false;
+    if (!ok) {
+      reads_done_ = true;
+    } else {
+      Hold(p.bytes);
+      pending_.push_back(std::move(p));
+    }
+    here = Pump(true);
   }
-  Pump();
+  if (here) RunProcess();  // nothing of `this` after it: the stream may have ended
+}
+
+void StreamReactor::RunProcess() {
+  Executor* executor = executor_;
+  auto task = [this](Worker& w) { Process(w); };
+  if (!executor->TryRunHere(task)) executor->Submit(task);
 }
 
 void StreamReactor::OnWriteDone(bool ok) {
@@ -148,13 +158,14 @@ void StreamReactor::Shutdown() {
 }
 
 // Moves the stream forward from whatever state it is in: write, score, read, or finish.
-void StreamReactor::Pump() {
-  if (finished_) return;
+bool StreamReactor::Pump(bool here) {
+  if (finished_) return false;
+  bool run_here = false;
   const bool stopping = cancelled_ || shutting_down_;
   if (cancelled_) {
     for (const auto& p : pending_) Free(p.bytes);
     pending_.clear();
-    if (writing_) return;  // wait for the write in flight
+    if (writing_) return false;  // wait for the write in flight
     for (const auto& u : unsent_) Free(u.bytes);
     unsent_.clear();
   }
@@ -166,7 +177,11 @@ void StreamReactor::Pump() {
       unsent_.size() < static_cast<size_t>(options_.stream_max_unsent)) {
     processing_ = true;
     submitted_ = std::chrono::steady_clock::now();
-    executor_->Submit([this](Worker& w) { Process(w); });
+    // Weighed by the model of the last batch (unknown before the first: the workers score it).
+    run_here = here && options_.inline_max_madds > 0 && madds_per_value_ > 0 &&
+               pending_.front().request.samples().values_size() * madds_per_value_ <=
+                   static_cast<double>(options_.inline_max_madds);
+    if (!run_here) executor_->Submit([this](Worker& w) { Process(w); });
   }
   if (!reading_ && !reads_done_ && !stopping &&
       pending_.size() < static_cast<size_t>(options_.stream_max_pending)) {
@@ -204,6 +219,7 @@ void StreamReactor::Pump() {
     }
     Finish(st);
   }
+  return run_here;
 }
 
 void StreamReactor::Process(Worker& worker) {
@@ -238,6 +254,7 @@ void StreamReactor::Process(Worker& worker) {
   }
   absl::MutexLock lock(&mu_);
   processing_ = false;
+  madds_per_value_ = scored_madds_per_value_;
   Free(p.bytes);
   if (!cancelled_) {
     for (auto& u : encoded) {
@@ -307,6 +324,7 @@ void StreamReactor::ScoreOne(const v1::StreamScoreRequest& req, Worker& worker,
                                                           config_.entity(), config_.version())
                                   : handle.status());
   }
+  scored_madds_per_value_ = MaddsPerValue(*handle->model);
   v1::StreamScoreResponse resp;
   resp.set_sequence(req.sequence());
   ScoreHooks hooks{.feed = feed_,

@@ -97,7 +97,12 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   Unsent Encode(const v1::StreamScoreResponse& r);
   void Hold(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Free(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the stream on. With `here`, a small batch ready to score is left to the caller instead
+  // of being queued: true means the caller must call RunProcess (after releasing mu_).
+  bool Pump(bool here = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Scores the next batch on this thread if a scoring thread is idle, else queues it. `this` may
+  // be gone when it returns.
+  void RunProcess() ABSL_LOCKS_EXCLUDED(mu_);
   void Debounce(const ModelHandle& h, v1::ScoreResponse* r);
   std::string IncidentKey() const;
 
@@ -128,9 +133,13 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  // The stream's model's multiply-adds per value, as of the last batch scored (0 = none yet):
+  // whether Pump may leave the next batch to the gRPC thread (--inline_max_madds).
+  double madds_per_value_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Touched only by the one Process task of this stream at a time.
   bool configured_ = false;
+  double scored_madds_per_value_ = 0;  // copied to madds_per_value_ after each batch
   v1::StreamConfig config_;
   std::unique_ptr<IncidentTracker> incidents_;    // with debounce: alarms and incidents
   std::unique_ptr<engine::WindowBuffer> window_;  // series models: the stream's last steps

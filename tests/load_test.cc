@@ -190,7 +190,8 @@ TEST(Load, MixedLoadWithRetrainAndSwapsThenAFlood) {
   EXPECT_LE(fds_after - fds_before, 4) << "open files must stay flat";
 
   // A flood beyond capacity: 400 calls of 2000 rows on the wide model at once against a queue
-  // of 32.
+  // of 32. Calls this heavy are never scored on a gRPC thread (--inline_max_madds), so they reach
+  // the queue and its bound at once.
   auto stub = v1::Scoring::NewStub(channel(200));
   v1::ScoreRequest big;
   big.set_model("wide");
