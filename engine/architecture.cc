@@ -139,7 +139,7 @@ Architecture::Layer Architecture::Compile(const DenseShape& shape, uint32_t max_
 
 size_t Architecture::context_bytes() const {
   const size_t b = key_.max_batch, d = features(), c = code_size();
-  size_t floats = 2 * b * d + 2 * b * c + 2 * b * max_width();
+  size_t floats = 2 * b * d + 2 * b * c + (key_.bf16 ? 0 : 2 * b * max_width());
   if (neighbours_) floats += size_t{key_.neighbour_batch} * neighbours_->shape.outputs;
   const size_t halves = key_.bf16 ? b * d + b * c + 2 * b * max_width() : 0;
   return floats * sizeof(float) + halves * sizeof(uint16_t) + std::max<size_t>(scratch_bytes_, 64);
@@ -165,8 +165,10 @@ ScoringContext::ScoringContext(const Architecture& a) : arch_(a), stream_(a.engi
   in_.assign(b * d, 0.f);
   latent_.assign(b * c, 0.f);
   logvar_.assign(key.logvar ? b * c : 0, 0.f);
-  ping_.assign(b * a.max_width(), 0.f);
-  pong_.assign(b * a.max_width(), 0.f);
+  if (!key.bf16) {  // bf16 layers keep their hidden activations in ping16_ / pong16_
+    ping_.assign(b * a.max_width(), 0.f);
+    pong_.assign(b * a.max_width(), 0.f);
+  }
   out_.assign(b * d, 0.f);
   scratch_.assign(std::max<size_t>(a.scratch_bytes(), 64), 0);
   if (key.bf16) {

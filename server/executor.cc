@@ -90,9 +90,12 @@ void Executor::Loop() {
     {
       absl::MutexLock lock(&mu_);
       if (ran) --busy_;
+      // A task waits while callers scoring themselves (TryRunHere) take every slot: at most
+      // as many tasks score at once as there are scoring threads.
       mu_.Await(absl::Condition(
-          +[](Executor* e)
-               ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) { return !e->queue_.empty() || e->stopping_; },
+          +[](Executor* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
+            return (!e->queue_.empty() && e->busy_ < e->size_) || e->stopping_;
+          },
           this));
       if (queue_.empty()) return;  // stopping and drained
       task = std::move(queue_.front());

@@ -49,7 +49,8 @@ class Executor {
   // idle and nothing is queued: a small batch then skips the hand-off to a worker thread and back
   // (bench/RESULTS.md, "Serving speed, round 3"). False (nothing ran) otherwise, or when stopping.
   bool TryRunHere(const Task& task);
-  // Runs what is queued, then joins the workers.
+  // Runs what is queued, then joins the workers. Callers inside TryRunHere are not waited for:
+  // the server stops the executor only after gRPC has ended every call.
   void Stop();
   size_t queue_depth() const;
 

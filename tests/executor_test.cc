@@ -61,8 +61,14 @@ TEST(Executor, ACallerRunsATaskItselfOnlyWhileAScoringThreadIsIdle) {
   });
   ASSERT_TRUE(inside.WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_FALSE(executor.TryRunHere([](server::Worker&) {}));
+  // ... and a queued task waits for the slot although the scoring thread is idle: never more
+  // tasks at once than scoring threads.
+  std::atomic<bool> waited{false};
+  executor.Submit([&](server::Worker&) { waited = true; });
+  EXPECT_FALSE(WaitFor([&] { return waited.load(); }, std::chrono::milliseconds(300)));
   leave.Notify();
   first.join();
+  ASSERT_TRUE(WaitFor([&] { return waited.load(); }, seconds(10)));
 
   executor.Stop();
   EXPECT_FALSE(executor.TryRunHere([&](server::Worker&) { ran = false; }));

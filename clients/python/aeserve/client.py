@@ -488,10 +488,11 @@ class Client:
               impute_refinements: Optional[int] = None,
               window: int = 0, stride: int = 0, time_features: Sequence[str] = (),
               max_gap_steps: Optional[int] = None, gap_fill: Optional[str] = None, timestamps=None,
-              precision: Optional[str] = None, entity: str = "", fine_tune: bool = False, activate: bool = True,
+              entity: str = "", fine_tune: bool = False, activate: bool = True,
               progress: Optional[Callable[[admin_pb2.TrainingJob], None]] = None,
               wait: bool = True, retain: bool = False,
-              from_recording: bool = False) -> admin_pb2.TrainingJob:
+              from_recording: bool = False,
+              precision: Optional[str] = None) -> admin_pb2.TrainingJob:
         """Uploads `data` (rows x features), trains a new version in the server, and (with wait)
         watches the job to its end, calling progress(job) once per epoch reported (a slow watcher
         may miss some: the server sends the latest state, never a backlog), and with the final
