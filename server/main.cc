@@ -44,13 +44,15 @@ ABSL_FLAG(int, model_threads, Defaults().model_threads,
           "oneDNN threads inside one scoring call (1 is best when calls run in parallel).");
 ABSL_FLAG(std::string, precision, Defaults().precision,
           "Arithmetic of the versions whose scoring policy names none: f32, or bf16 (bfloat16 "
-          "layers: half the weight bytes per multiply, scores within about 1%; faster only where "
-          "the CPU's bf16 units are (bench/RESULTS.md, \"bf16\"); f32 without AVX-512).");
+          "layers: half the weight bytes per multiply, scores within about 1.5%; faster only where "
+          "the CPU's bf16 units outrun its f32 ones, slower on this project's test machine "
+          "(bench/RESULTS.md, \"bf16\"); f32 without AVX-512).");
 ABSL_FLAG(uint64_t, inline_max_madds, Defaults().inline_max_madds,
           "Score calls and stream batches of up to this many multiply-adds (samples x the "
-          "model's layer sizes) are scored on the gRPC thread that received them when a scoring "
-          "worker is idle, saving the hand-off to the worker (the default: 256 rows of the "
-          "default model, ~55 us); heavier ones, and all when every worker is busy, are queued; "
+          "model's work per sample: its layers and neighbour distances) are scored on the gRPC "
+          "thread that received them when a scoring worker is idle and nothing is queued, saving "
+          "the hand-off to the worker (the default: 256 rows of the default model with "
+          "neighbours, ~55 us); heavier ones, and all while the workers are busy, are queued; "
           "0 = always hand off.");
 ABSL_FLAG(uint64_t, model_memory_mb, Defaults().model_memory_mb,
           "Memory for entity models (MiB): beyond it the least recently used are unloaded and "
