@@ -86,7 +86,10 @@ void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, co
   };
   // A small request runs here when a scoring thread is idle (no hand-off); a busy server queues
   // it, so a flood still meets --max_queue.
-  if (here && executor_->TryRunHere(task)) return;
+  if (here && executor_->TryRunHere(task)) {
+    if (metrics_ != nullptr) metrics_->RecordScoredHere(false);
+    return;
+  }
   if (!executor_->TrySubmit(std::move(task))) {
     if (metrics_ != nullptr) metrics_->RecordRejected("queue_full");
     call->Reply(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,

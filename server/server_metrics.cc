@@ -115,6 +115,13 @@ ServerMetrics::ServerMetrics()
                     .Name("aeserve_rejected_requests_total")
                     .Help("Calls refused for capacity, by reason.")
                     .Register(registry_)),
+      scored_here_(BuildCounter()
+                       .Name("aeserve_scored_on_grpc_thread_total")
+                       .Help("Score calls and stream batches scored on the gRPC thread that "
+                             "received them (--inline_max_madds), not on a worker.")
+                       .Register(registry_)),
+      scored_here_unary_(scored_here_.Add({{"rpc", "Score"}})),
+      scored_here_stream_(scored_here_.Add({{"rpc", "StreamScore"}})),
       dropped_events_(BuildCounter()
                           .Name("aeserve_anomaly_events_dropped_total")
                           .Help("Anomaly events dropped because a watcher's buffer was full.")
@@ -219,6 +226,10 @@ void ServerMetrics::RecordQueueAndCompute(const std::string& rpc, double queue_s
   RpcInstruments& r = Rpc(rpc);
   Latency(r.queue, queue_seconds_, rpc).Observe(queue_s);
   Latency(r.compute, compute_seconds_, rpc).Observe(compute_s);
+}
+
+void ServerMetrics::RecordScoredHere(bool stream) {
+  (stream ? scored_here_stream_ : scored_here_unary_).Increment();
 }
 
 void ServerMetrics::RecordRejected(const std::string& reason) {

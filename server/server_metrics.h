@@ -69,6 +69,9 @@ class ServerMetrics {
   // One StreamScore batch answered, `seconds` after it was read.
   void RecordStreamBatch(double seconds);
   void RecordRejected(const std::string& reason);
+  // A Score call (`stream` false) or stream batch scored on the gRPC thread that received it
+  // (--inline_max_madds) instead of a worker.
+  void RecordScoredHere(bool stream);
   void RecordDroppedEvents(uint64_t n);
   void RecordModelLoad(bool ok, double seconds);
   void RecordUnload(const char* reason);
@@ -115,6 +118,9 @@ class ServerMetrics {
   metrics::Family<metrics::Counter>& missing_values_;
   metrics::Family<metrics::Counter>& skipped_;
   metrics::Family<metrics::Counter>& rejected_;
+  metrics::Family<metrics::Counter>& scored_here_;
+  metrics::Counter& scored_here_unary_;
+  metrics::Counter& scored_here_stream_;
   metrics::Counter& dropped_events_;
   metrics::Family<metrics::Counter>& model_loads_;
   metrics::Histogram& model_load_seconds_;

@@ -106,8 +106,13 @@ void StreamReactor::OnReadDone(bool ok) {
 
 void StreamReactor::RunProcess() {
   Executor* executor = executor_;
+  ServerMetrics* metrics = metrics_;
   auto task = [this](Worker& w) { Process(w); };
-  if (!executor->TryRunHere(task)) executor->Submit(task);
+  if (!executor->TryRunHere(task)) {
+    executor->Submit(task);
+  } else if (metrics != nullptr) {
+    metrics->RecordScoredHere(true);
+  }
 }
 
 void StreamReactor::OnWriteDone(bool ok) {

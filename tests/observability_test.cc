@@ -110,6 +110,10 @@ TEST_F(ObservabilityTest, MetricsAfterTrafficPassPromtool) {
   EXPECT_GT(flagged, 0u);
   EXPECT_EQ(Value(text, "aeserve_reconstruction_error_count{model=\"plain\",version=\"1\"}"), 400);
   EXPECT_EQ(Value(text, "aeserve_compute_duration_seconds_count{rpc=\"StreamScore\"}"), 5);
+  // Sequential calls find a worker idle: all three are scored on the gRPC thread. A stream's
+  // first batch goes to a worker, and a batch read while the previous one scores waits for it.
+  EXPECT_EQ(Value(text, "aeserve_scored_on_grpc_thread_total{rpc=\"Score\"}"), 3);
+  EXPECT_LE(Value(text, "aeserve_scored_on_grpc_thread_total{rpc=\"StreamScore\"}"), 4);
   EXPECT_EQ(Value(text, "aeserve_model_active_version{model=\"plain\"}"), 1);
   EXPECT_GT(Value(text, "process_resident_memory_bytes"), 1e6);
   EXPECT_GT(Value(text, "process_open_fds"), 3);
