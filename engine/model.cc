@@ -486,9 +486,6 @@ absl::Status Model::Impute(ScoringContext& ctx, const float* x, size_t take, uin
 
 namespace {
 
-// Runs one layer's primitive for bucket `p` with the weights at `params` + `w`, in the layout it
-// reads. Pointing the context's memories at them writes nothing, padding included (oneDNN 2.6;
-// Model.PointingAMemoryAtWeightsWritesNothing), so threads share the weights safely.
 // f32 to bfloat16, rounding to nearest even (the values are finite: scaled inputs and codes).
 void ToBf16(const float* x, size_t n, uint16_t* out) {
   for (size_t i = 0; i < n; ++i) {
@@ -497,6 +494,9 @@ void ToBf16(const float* x, size_t n, uint16_t* out) {
   }
 }
 
+// Runs one layer's primitive for bucket `p` with the weights at `params` + `w`, in the layout it
+// reads. Pointing the context's memories at them writes nothing, padding included (oneDNN 2.6;
+// Model.PointingAMemoryAtWeightsWritesNothing), so threads share the weights safely.
 void Execute(const Architecture::Layer& layer, size_t p, const float* params,
              const Model::Weights& w, ScoringContext::Args& args, dnnl::stream& stream) {
   const Architecture::Dense& dense = layer.buckets[p];

@@ -275,6 +275,11 @@ double MaddsPerValue(const engine::Model& model) {
   return static_cast<double>(model.madds_per_sample()) / std::max(1u, per_sample);
 }
 
+bool LightEnoughToScoreHere(uint64_t max_madds, size_t values, double madds_per_value) {
+  return max_madds > 0 && madds_per_value > 0 &&
+         static_cast<double>(values) * madds_per_value <= static_cast<double>(max_madds);
+}
+
 absl::Status ScoreSamples(const ModelHandle& h, const v1::Samples& s,
                           const v1::ScoreOptions& options, uint32_t max_rows, Worker& worker,
                           v1::ScoreResponse* r, const ScoreHooks& hooks) {

@@ -34,6 +34,9 @@ absl::StatusOr<absl::Span<const float>> ModelValues(const engine::Model& model,
 // of its features (a series model: of one time step's columns). Weighs a request (values x this)
 // before choosing where it runs.
 double MaddsPerValue(const engine::Model& model);
+// Whether `values` values at `madds_per_value` each (0 = not known yet) are light enough to score
+// on the gRPC thread that received them: at most `max_madds` (--inline_max_madds; 0 = never).
+bool LightEnoughToScoreHere(uint64_t max_madds, size_t values, double madds_per_value);
 
 // What else a scored batch involves: the anomaly feed, and for stream batches the stream's
 // config (its id for events; its column names for batches that carry none).

@@ -66,9 +66,8 @@ void ScoringService::OnExecutor(grpc::CallbackServerContext* ctx, Call* call, co
                            : handle.status()));
     return;
   }
-  const bool here = options_.inline_max_madds > 0 && values != SIZE_MAX &&
-                    static_cast<double>(values) * MaddsPerValue(*handle->model) <=
-                        static_cast<double>(options_.inline_max_madds);
+  const bool here = values != SIZE_MAX && LightEnoughToScoreHere(options_.inline_max_madds, values,
+                                                                 MaddsPerValue(*handle->model));
   Executor::Task task = [this, ctx, call, rpc, start, h = *std::move(handle),
                          fn = std::move(fn)](Worker& worker) mutable {
     // Work for a call whose client gave up or whose deadline passed is skipped.

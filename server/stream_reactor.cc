@@ -183,9 +183,10 @@ bool StreamReactor::Pump(bool here) {
     processing_ = true;
     submitted_ = std::chrono::steady_clock::now();
     // Weighed by the model of the last batch (unknown before the first: the workers score it).
-    run_here = here && options_.inline_max_madds > 0 && madds_per_value_ > 0 &&
-               pending_.front().request.samples().values_size() * madds_per_value_ <=
-                   static_cast<double>(options_.inline_max_madds);
+    run_here = here && LightEnoughToScoreHere(
+                           options_.inline_max_madds,
+                           static_cast<size_t>(pending_.front().request.samples().values_size()),
+                           madds_per_value_);
     if (!run_here) executor_->Submit([this](Worker& w) { Process(w); });
   }
   if (!reading_ && !reads_done_ && !stopping &&
