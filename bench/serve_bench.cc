@@ -180,6 +180,7 @@ int main(int argc, char** argv) {
   int neighbors = -1;  // --neighbors=N: the model's ModelSpec.neighbors (unset = the default score)
   bool series_only = false;  // --series-only: just the windowed-vs-plain table
   bool unary_only = false;   // --unary-only: just the unary latency table
+  bool small_only = false;   // --small-only: just the many-streams-of-small-batches table
   bool lock_order = false;   // --lock-order-checks: keep Abseil's deadlock detection (aeserve's
                              // --lock_order_checks), to measure what switching it off gains
   long long inline_max_madds = -1;  // --inline-max-madds=N: aeserve's --inline_max_madds (unset
@@ -188,11 +189,12 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
       std::printf(
           "usage: serve_bench [--seconds=S] [--neighbors=N] [--series-only] [--unary-only]\n"
-          "                   [--lock-order-checks] [--inline-max-madds=N]\n"
+          "                   [--small-only] [--lock-order-checks] [--inline-max-madds=N]\n"
           "  StreamScore throughput and unary latency of aeserve beside a bare gRPC echo\n"
           "  and the engine in-process (about 70 s with the default 1.5 s per figure);\n"
           "  --neighbors=0 benchmarks the autoencoder alone; --series-only runs only the\n"
-          "  windowed-vs-plain streaming table, --unary-only only the unary latency;\n"
+          "  windowed-vs-plain streaming table, --unary-only only the unary latency,\n"
+          "  --small-only only batches of 1 and 16 rows on 4 and 16 streams;\n"
           "  --lock-order-checks keeps Abseil's deadlock detection on, as aeserve\n"
           "  --lock_order_checks does (the aeserve default is off); --inline-max-madds=N\n"
           "  is aeserve's --inline_max_madds (0: every batch goes to a scoring worker).\n");
@@ -206,6 +208,8 @@ int main(int argc, char** argv) {
       series_only = true;
     } else if (std::strcmp(argv[i], "--unary-only") == 0) {
       unary_only = true;
+    } else if (std::strcmp(argv[i], "--small-only") == 0) {
+      small_only = true;
     } else if (std::strcmp(argv[i], "--lock-order-checks") == 0) {
       lock_order = true;
     } else if (std::strncmp(argv[i], "--inline-max-madds=", 19) == 0) {
@@ -319,12 +323,42 @@ int main(int argc, char** argv) {
       "aeserve serving benchmark: model 38-64-32-8-32-64-38, loopback, %u cores, %d scoring "
       "workers, %.1f s per figure\n\n",
       std::thread::hardware_concurrency(), o.threads, seconds);
-  std::printf(
-      "StreamScore samples/s; ceiling = what the 2 cores allow if aeserve cost nothing but the\n"
-      "echo's work and the engine's: 1 / (1/echo + 1/engine 2 thr), and at most engine 1 thr\n"
-      "for one stream (its batches are scored one at a time)\n");
-  std::printf("%6s %8s %14s %14s %14s %14s %14s %9s %9s\n", "batch", "streams", "aeserve",
-              "grpc echo", "engine 1 thr", "engine 2 thr", "ceiling", "vs echo", "vs ceil");
+  // Many streams of small batches (issue #20's coalescing question): what the engine costs per
+  // sample at the streams' batch size, and at the size one coalesced batch of all of them would
+  // have; the ceilings are the 2-core ceilings of the table below with either engine rate.
+  auto SmallTable = [&] {
+    std::printf(
+        "\nmany streams of small batches: StreamScore samples/s, engine at the batch size "
+        "and at batch x streams (one coalesced batch)\n");
+    std::printf("%6s %8s %12s %12s %14s %16s %12s %14s %9s\n", "batch", "streams", "aeserve",
+                "grpc echo", "engine batch", "engine coalesced", "ceiling", "ceil coalesced",
+                "vs echo");
+    for (uint32_t rows : {1u, 16u}) {
+      const double e = EngineRate(*model, 2, rows, seconds / 2);
+      for (int streams : {4, 16}) {
+        const double c = EngineRate(*model, 2, rows * static_cast<uint32_t>(streams), seconds / 2);
+        const double a = StreamRate<v1::Scoring>(aeserve_port, streams, rows, seconds);
+        const double b = StreamRate<bench::Echo>(echo_port, streams, rows, seconds);
+        std::printf("%6u %8d %12.0f %12.0f %14.0f %16.0f %12.0f %14.0f %8.0f%%\n", rows, streams, a,
+                    b, e, c, 1 / (1 / b + 1 / e), 1 / (1 / b + 1 / c), 100 * a / b);
+      }
+    }
+  };
+  if (small_only) {
+    SmallTable();
+    echo_server->Shutdown();
+    (*aeserve)->Shutdown();
+    std::filesystem::remove_all(dir);
+    return 0;
+  }
+  if (!series_only) {
+    std::printf(
+        "StreamScore samples/s; ceiling = what the 2 cores allow if aeserve cost nothing but the\n"
+        "echo's work and the engine's: 1 / (1/echo + 1/engine 2 thr), and at most engine 1 thr\n"
+        "for one stream (its batches are scored one at a time)\n");
+    std::printf("%6s %8s %14s %14s %14s %14s %14s %9s %9s\n", "batch", "streams", "aeserve",
+                "grpc echo", "engine 1 thr", "engine 2 thr", "ceiling", "vs echo", "vs ceil");
+  }
   for (uint32_t rows : {16u, 256u, 4096u}) {
     if (series_only) break;
     const double e1 = EngineRate(*model, 1, rows, seconds / 2);

@@ -4,9 +4,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,17 +38,40 @@ double StreamRate(const std::string& target, const std::string& model, const v1:
   using Clock = std::chrono::steady_clock;
   std::atomic<uint64_t> answered{0};
   std::vector<std::thread> threads;
-  const auto stop_at = Clock::now() + std::chrono::duration<double>(seconds);
+  // The clock starts once every stream's connection is up (many streams take a while to
+  // connect), or after 30 s at the latest.
+  std::mutex mu;
+  std::condition_variable all_connected;
+  int connected = 0;
+  Clock::time_point stop_at;
   for (int s = 0; s < streams; ++s) {
     threads.emplace_back([&, s] {
-      auto stub = Stub::NewStub(BenchChannel(target, s));
+      auto channel = BenchChannel(target, s);
+      auto stub = Stub::NewStub(channel);
+      channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      Clock::time_point until;  // this stream's copy of stop_at
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        if (++connected == streams) {
+          stop_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                       std::chrono::duration<double>(seconds));
+          all_connected.notify_all();
+        }
+        if (all_connected.wait_for(lock, std::chrono::seconds(30),
+                                   [&] { return connected == streams; })) {
+          until = stop_at;
+        } else {
+          std::fprintf(stderr, "stream: not every stream connected within 30 s\n");
+          until = Clock::now();  // nothing is measured
+        }
+      }
       grpc::ClientContext ctx;
       auto stream = stub->StreamScore(&ctx);
       std::thread writer([&] {
         v1::StreamScoreRequest req;
         req.mutable_config()->set_model(model);
         *req.mutable_samples() = batch;
-        for (uint64_t seq = 0; Clock::now() < stop_at; ++seq) {
+        for (uint64_t seq = 0; Clock::now() < until; ++seq) {
           req.set_sequence(seq);
           if (each) each(seq, &req);
           if (!stream->Write(req)) break;
@@ -56,11 +81,12 @@ double StreamRate(const std::string& target, const std::string& model, const v1:
       });
       v1::StreamScoreResponse r;
       while (stream->Read(&r)) {
-        if (r.has_result() && Clock::now() <= stop_at) answered += r.result().num_samples();
+        if (r.has_result() && Clock::now() <= until) answered += r.result().num_samples();
       }
       writer.join();
       const grpc::Status st = stream->Finish();
-      if (!st.ok()) std::fprintf(stderr, "stream: %s\n", st.error_message().c_str());
+      if (!st.ok())
+        std::fprintf(stderr, "stream to %s: %s\n", target.c_str(), st.error_message().c_str());
     });
   }
   for (auto& t : threads) t.join();

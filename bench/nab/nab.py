@@ -136,7 +136,8 @@ def stream_with_autopilot(client, model, values, stamps, n_train, args, debounce
     autopilot = args.refit_every > 0
     if autopilot:
         client.set_retrain_policy(model, 10_000_000, grown_rows=step, min_rows=WINDOW + 10,
-                                  min_interval_seconds=0, promotion="activate")
+                                  min_interval_seconds=0, promotion="activate",
+                                  fine_tune=args.fine_tune)
     train(client, model, values[:n_train], stamps[:n_train], args, retain=autopilot)
     n = len(values)
     first = max(n_train - (WINDOW - 1), 0)
@@ -193,6 +194,8 @@ def main():
                    help="retrain on the whole history each time it has grown by this many times the "
                         "first training set (0: never retrain)")
     p.add_argument("--seed", type=int, default=1, help="training seed")
+    p.add_argument("--fine_tune", action="store_true",
+                   help="each retrain starts from the active version's weights (RetrainPolicy.fine_tune)")
     p.add_argument("--variant", help="more Client.train settings for a variant run, e.g. neighbors=0")
     p.add_argument("--max_gap_steps", type=int, default=None,
                    help="the models' ScoringPolicy.max_gap_steps (default: the server's, the window "
