@@ -553,6 +553,14 @@ void Autopilot::ShadowBatch(const ModelHandle& h, absl::Span<const float> inputs
   shadow->report.set_dropped_samples(shadow->report.dropped_samples() + scores.size());
 }
 
+bool Autopilot::WaitForShadowIdle(double timeout_seconds) {
+  absl::MutexLock lock(&queue_mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+    return queue_.empty() && queue_reserved_ == 0 && !shadow_busy_;
+  };
+  return queue_mu_.AwaitWithTimeout(absl::Condition(&idle), absl::Seconds(timeout_seconds));
+}
+
 void Autopilot::ShadowLoop() {
   engine::ScopedThreads one(1);
   Worker worker;
@@ -568,7 +576,15 @@ void Autopilot::ShadowLoop() {
       w = std::move(queue_.front());
       queue_.pop_front();
       queue_bytes_ -= w.bytes();
+      shadow_busy_ = true;
     }
+    struct Done {  // however this batch ends
+      Autopilot* ap;
+      ~Done() {
+        absl::MutexLock lock(&ap->queue_mu_);
+        ap->shadow_busy_ = false;
+      }
+    } done{this};
     Shadow& sh = *w.shadow;
     if (sh.closed) continue;
     const auto start = std::chrono::steady_clock::now();

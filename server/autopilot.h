@@ -80,6 +80,9 @@ class Autopilot {
 
   // Runs one tick now (tests; the thread runs them every tick_seconds).
   void Tick();
+  // Waits up to `timeout_seconds` until no batch waits for or is being scored by a shadow
+  // candidate; false when some still do (benchmarks drain the shadow between runs).
+  bool WaitForShadowIdle(double timeout_seconds);
 
  private:
   struct State;
@@ -122,6 +125,7 @@ class Autopilot {
   std::deque<ShadowWork> queue_ ABSL_GUARDED_BY(queue_mu_);
   size_t queue_bytes_ ABSL_GUARDED_BY(queue_mu_) = 0;
   size_t queue_reserved_ ABSL_GUARDED_BY(queue_mu_) = 0;  // batches being copied in
+  bool shadow_busy_ ABSL_GUARDED_BY(queue_mu_) = false;   // a batch being scored
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
 
   absl::Mutex tick_mu_;  // one Tick at a time
