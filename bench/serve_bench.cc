@@ -178,11 +178,12 @@ double EngineRate(const engine::Model& model, int threads, uint32_t rows, double
 int main(int argc, char** argv) {
   double seconds = 1.5;
   int neighbors = -1;  // --neighbors=N: the model's ModelSpec.neighbors (unset = the default score)
-  bool series_only = false;  // --series-only: just the windowed-vs-plain table
-  bool unary_only = false;   // --unary-only: just the unary latency table
-  bool small_only = false;   // --small-only: just the many-streams-of-small-batches table
-  bool lock_order = false;   // --lock-order-checks: keep Abseil's deadlock detection (aeserve's
-                             // --lock_order_checks), to measure what switching it off gains
+  bool series_only = false;       // --series-only: just the windowed-vs-plain table
+  bool unary_only = false;        // --unary-only: just the unary latency table
+  bool small_only = false;        // --small-only: just the many-streams-of-small-batches table
+  std::string precision = "f32";  // --precision=bf16: aeserve's --precision, and the engine's
+  bool lock_order = false;  // --lock-order-checks: keep Abseil's deadlock detection (aeserve's
+                            // --lock_order_checks), to measure what switching it off gains
   long long inline_max_madds = -1;  // --inline-max-madds=N: aeserve's --inline_max_madds (unset
                                     // = its default; 0 = every batch handed to a worker)
   for (int i = 1; i < argc; ++i) {
@@ -190,6 +191,7 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: serve_bench [--seconds=S] [--neighbors=N] [--series-only] [--unary-only]\n"
           "                   [--small-only] [--lock-order-checks] [--inline-max-madds=N]\n"
+          "                   [--precision=f32|bf16]\n"
           "  StreamScore throughput and unary latency of aeserve beside a bare gRPC echo\n"
           "  and the engine in-process (about 70 s with the default 1.5 s per figure);\n"
           "  --neighbors=0 benchmarks the autoencoder alone; --series-only runs only the\n"
@@ -197,7 +199,8 @@ int main(int argc, char** argv) {
           "  --small-only only batches of 1 and 16 rows on 4 and 16 streams;\n"
           "  --lock-order-checks keeps Abseil's deadlock detection on, as aeserve\n"
           "  --lock_order_checks does (the aeserve default is off); --inline-max-madds=N\n"
-          "  is aeserve's --inline_max_madds (0: every batch goes to a scoring worker).\n");
+          "  is aeserve's --inline_max_madds (0: every batch goes to a scoring worker);\n"
+          "  --precision=bf16 serves (and runs the in-process engine) in bf16.\n");
       return 0;
     }
     if (std::strncmp(argv[i], "--seconds=", 10) == 0) {
@@ -210,6 +213,8 @@ int main(int argc, char** argv) {
       unary_only = true;
     } else if (std::strcmp(argv[i], "--small-only") == 0) {
       small_only = true;
+    } else if (std::strncmp(argv[i], "--precision=", 12) == 0) {
+      precision = argv[i] + 12;
     } else if (std::strcmp(argv[i], "--lock-order-checks") == 0) {
       lock_order = true;
     } else if (std::strncmp(argv[i], "--inline-max-madds=", 19) == 0) {
@@ -279,6 +284,7 @@ int main(int argc, char** argv) {
   o.model_dir = dir;
   o.threads = 2;
   if (inline_max_madds >= 0) o.inline_max_madds = static_cast<uint64_t>(inline_max_madds);
+  o.precision = precision;
   auto aeserve = server::Server::Start(o, spdlog::null_logger_mt("bench"));
   if (!aeserve.ok() || !(*aeserve)->LoadModels().ok()) return 1;
   const int aeserve_port = (*aeserve)->port();
@@ -318,11 +324,13 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(dir);
     return 0;
   }
-  auto model = *engine::Model::Create(*file);
+  engine::ModelOptions in_process;
+  in_process.bf16 = precision == "bf16";
+  auto model = *engine::Model::Create(*file, in_process);
   std::printf(
       "aeserve serving benchmark: model 38-64-32-8-32-64-38, loopback, %u cores, %d scoring "
-      "workers, %.1f s per figure\n\n",
-      std::thread::hardware_concurrency(), o.threads, seconds);
+      "workers, %s, %.1f s per figure\n\n",
+      std::thread::hardware_concurrency(), o.threads, precision.c_str(), seconds);
   // Many streams of small batches (issue #20's coalescing question): what the engine costs per
   // sample at the streams' batch size, and at the size one coalesced batch of all of them would
   // have; the ceilings are the 2-core ceilings of the table below with either engine rate.

@@ -23,8 +23,12 @@
 
 namespace aeserve::server {
 
-// CRC-32C (Castagnoli), as used by the segment files.
+// CRC-32C (Castagnoli), as used by the segment files: the CPU's crc32 instruction (SSE4.2) where
+// it has one, else Crc32cBytewise.
 uint32_t Crc32c(const void* data, size_t size);
+// The same by a table, a byte at a time (~10x slower: at full streaming rates it took a third of
+// the writer's time; bench/RESULTS.md, "Autopilot cost on streaming").
+uint32_t Crc32cBytewise(const void* data, size_t size);
 
 // Rows read back for a retrain: n rows of num_features values, in time order.
 struct RetainedRows {
