@@ -433,7 +433,8 @@ int main(int argc, char** argv) {
         v1::AutopilotStatus before;
         ap.Status(shadowed, &before);
         // Each run starts with the autopilot idle: the shadow candidate has caught up with the
-        // batches queued by the last run and the retained rows are written.
+        // batches queued by the last run and the closed segments are written (the open one
+        // stays in memory until it is full or 60 s old).
         auto Drained = [&](double rate) {
           if (!ap.WaitForShadowIdle(120)) {
             std::fprintf(stderr, "serve_bench: the shadow queue did not drain within 120 s\n");

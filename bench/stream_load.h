@@ -48,7 +48,9 @@ double StreamRate(const std::string& target, const std::string& model, const v1:
     threads.emplace_back([&, s] {
       auto channel = BenchChannel(target, s);
       auto stub = Stub::NewStub(channel);
-      channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+        std::fprintf(stderr, "stream %d: not connected to %s within 10 s\n", s, target.c_str());
+      }
       Clock::time_point until;  // this stream's copy of stop_at
       {
         std::unique_lock<std::mutex> lock(mu);

@@ -35,11 +35,13 @@ std::array<uint32_t, 256> MakeCrcTable() {
 }
 
 // <first>-<last>-<rows>-<replica>-<seq>.seg
-bool ParseName(const std::string& name, int64_t* first, int64_t* last, uint64_t* rows) {
+bool ParseName(const std::string& name, int64_t* first, int64_t* last, uint64_t* rows,
+               uint64_t* seq) {
   if (name.size() < 5 || name.compare(name.size() - 4, 4, ".seg") != 0 || name[0] == '.') {
     return false;
   }
   std::vector<std::string> parts = absl::StrSplit(name.substr(0, name.size() - 4), '-');
+  if (!absl::SimpleAtoi(parts.back(), seq)) *seq = 0;  // read anyway; its checksum decides
   return parts.size() >= 5 && absl::SimpleAtoi(parts[0], first) &&
          absl::SimpleAtoi(parts[1], last) && absl::SimpleAtoi(parts[2], rows);
 }
@@ -85,6 +87,11 @@ uint32_t Crc32c(const void* data, size_t size) {
   return Crc32cBytewise(data, size);
 }
 
+size_t Retention::SegmentRows(uint32_t d) {
+  return std::clamp<size_t>(kMaxSegmentBytes / (size_t{d} * sizeof(float) + sizeof(int64_t)), 1,
+                            kSegmentRows);
+}
+
 Retention::Retention(std::string dir, const std::string& replica)
     : dir_(std::move(dir)), replica_(FileTag(replica)) {}
 
@@ -110,23 +117,26 @@ size_t Retention::Append(uint32_t d, const google::protobuf::RepeatedPtrField<st
                          !std::equal(names.begin(), names.end(), open.feature_names().begin()))) {
     CloseOpenLocked();
   }
-  // The writer is behind (its queue has no room for another full segment): the rows are counted
-  // as dropped now instead of being copied into a segment the queue would refuse.
-  if (pending_bytes_ + kSegmentRows * (d * sizeof(float) + sizeof(int64_t)) > kMaxPendingBytes) {
-    dropped_ += n;
-    return 0;
-  }
+  const size_t per_segment = SegmentRows(d);
+  const size_t segment_bytes = per_segment * (d * sizeof(float) + sizeof(int64_t));
   // Rows [a, b), all kept, copied in runs (a segment's values and timestamps grow by whole runs,
   // not row by row: this runs on the scoring path).
   auto copy = [&](size_t a, size_t b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     while (a < b) {
       v1::RetainedSegment& seg = open_.seg;
       if (open_.rows == 0) {
+        // A segment starts only when the writer's queue has room for it full, so a started
+        // segment is never refused when it closes (the queue only shrinks meanwhile). Else the
+        // writer is behind: the rows are counted as dropped instead of copied.
+        if (pending_bytes_ + segment_bytes > kMaxPendingBytes) {
+          dropped_ += b - a;
+          return;
+        }
         seg.set_num_features(d);
         *seg.mutable_feature_names() = names;
         seg.set_first_unix_ms(now_ms);
       }
-      const size_t take = std::min(b - a, kSegmentRows - open_.rows);
+      const size_t take = std::min(b - a, per_segment - open_.rows);
       seg.mutable_values()->Add(values.begin() + a * d, values.begin() + (a + take) * d);
       auto* ts = seg.mutable_timestamps_ms();
       const size_t stamped = std::min(a + take, std::max(a, timestamps.size()));
@@ -136,7 +146,7 @@ size_t Retention::Append(uint32_t d, const google::protobuf::RepeatedPtrField<st
       kept += take;
       open_.rows += take;
       a += take;
-      if (open_.rows >= kSegmentRows) CloseOpenLocked();
+      if (open_.rows >= per_segment) CloseOpenLocked();
     }
   };
   size_t run = 0;  // the first row not yet copied or skipped
@@ -178,7 +188,9 @@ void Retention::CloseOpenLocked() {
   const size_t bytes = static_cast<size_t>(open_.seg.values_size()) * sizeof(float) +
                        static_cast<size_t>(open_.seg.timestamps_ms_size()) * sizeof(int64_t);
   if (pending_bytes_ + bytes > kMaxPendingBytes) {
-    dropped_ += open_.rows;  // the writer is behind: count, never queue without bound
+    // The writer is behind: count, never queue without bound. (Append starts a segment only when
+    // it will fit, so this guards the bound rather than happening.)
+    dropped_ += open_.rows;
   } else {
     pending_bytes_ += bytes;
     pending_.push_back(std::move(open_.seg));
@@ -192,7 +204,7 @@ std::vector<Retention::FileInfo> Retention::List() const {
   for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
     FileInfo f;
     const std::string name = it->path().filename().string();
-    if (!ParseName(name, &f.first_ms, &f.last_ms, &f.rows)) continue;
+    if (!ParseName(name, &f.first_ms, &f.last_ms, &f.rows, &f.seq)) continue;
     std::error_code sec;
     if (!it->is_regular_file(sec)) continue;
     f.path = it->path().string();
@@ -200,7 +212,10 @@ std::vector<Retention::FileInfo> Retention::List() const {
     out.push_back(std::move(f));
   }
   std::sort(out.begin(), out.end(), [](const FileInfo& a, const FileInfo& b) {
-    return std::tie(a.first_ms, a.last_ms, a.path) < std::tie(b.first_ms, b.last_ms, b.path);
+    // Segments closed in the same millisecond (a wide model's batch fills several) in the order
+    // their writer numbered them.
+    return std::tie(a.first_ms, a.last_ms, a.seq, a.path) <
+           std::tie(b.first_ms, b.last_ms, b.seq, b.path);
   });
   return out;
 }

@@ -54,6 +54,11 @@ class Retention {
   static constexpr double kSegmentSeconds = 60;
   // Closed segments waiting to be written beyond this many bytes: newer rows are dropped (counted).
   static constexpr size_t kMaxPendingBytes = 64 << 20;
+  // A segment holds at most this many bytes of values and timestamps: wide models' segments hold
+  // fewer than kSegmentRows rows (a 65,536-feature model's, 63).
+  static constexpr size_t kMaxSegmentBytes = 16 << 20;
+  // Rows per full segment of a `d`-column model: kSegmentRows, or fewer for wide models.
+  static size_t SegmentRows(uint32_t d);
 
   // `dir`: <key dir>/retained; `replica`: this server's name (any characters; its letters and
   // digits tag the segment names).
@@ -96,6 +101,7 @@ class Retention {
     std::string path;
     int64_t first_ms = 0, last_ms = 0;
     uint64_t rows = 0, bytes = 0;
+    uint64_t seq = 0;  // the writing replica's sequence number
   };
   std::vector<FileInfo> List() const;  // segment files, oldest first
   void CloseOpenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

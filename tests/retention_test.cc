@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -41,6 +42,11 @@ TEST(Retention, Crc32cKnownAnswers) {
 // The crc32 instruction path (taken on this machine when it has SSE4.2) agrees with the table
 // for every length up to 100 bytes (the 8-byte loop and the byte tail) at every alignment.
 TEST(Retention, Crc32cInstructionAndTableAgree) {
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("sse4.2")) GTEST_SKIP() << "no SSE4.2: Crc32c is the table";
+#else
+  GTEST_SKIP() << "not x86-64: Crc32c is the table";
+#endif
   EXPECT_EQ(server::Crc32cBytewise("123456789", 9), 0xE3069283u);
   std::mt19937 rng(7);
   std::vector<unsigned char> buf(128);
@@ -71,10 +77,44 @@ TEST(Retention, AWriterBehindDropsRowsBeforeCopyingThem) {
   EXPECT_EQ(r.Totals().dropped_rows, n);
   EXPECT_EQ(r.Append(d, Names(d), rows, {}, {}, {}, 1000), 0u);
   EXPECT_EQ(r.Totals().dropped_rows, 2 * n);
+  // Meanwhile a series stream's steps are counted once: re-sent steps (a window warming up) are
+  // skipped as always, not counted as dropped again.
+  const std::vector<float> steps(10 * d, 0.25f);
+  std::vector<int64_t> times(10);
+  std::iota(times.begin(), times.end(), int64_t{100});
+  EXPECT_EQ(r.Append(d, Names(d), steps, times, {}, {}, 1000, /*series=*/true), 0u);
+  EXPECT_EQ(r.Totals().dropped_rows, 2 * n + 10);
+  EXPECT_EQ(r.Append(d, Names(d), steps, times, {}, {}, 1000, /*series=*/true), 0u);
+  EXPECT_EQ(r.Totals().dropped_rows, 2 * n + 10);
   ASSERT_TRUE(r.Maintain(2000, /*force=*/false).ok());
   EXPECT_EQ(Segments(d_dir).size(), 4u);
   EXPECT_EQ(r.Append(d, Names(d), rows, {}, {}, {}, 3000), n);
   EXPECT_EQ(r.Totals().rows, 5 * n);
+}
+
+// A wide model's segments hold fewer rows (at most kMaxSegmentBytes each), so its rows are kept
+// and queued like a narrow model's; a full 4,096-row segment would not fit the writer's queue.
+TEST(Retention, AWideModelKeepsItsRowsInSmallerSegments) {
+  TempDir dir("aeserve_retention");
+  const std::string d_dir = dir.path() + "/retained";
+  Retention r(d_dir, "test");
+  constexpr uint32_t d = 5000;
+  const size_t per = Retention::SegmentRows(d);
+  EXPECT_LT(per, Retention::kSegmentRows);
+  EXPECT_LE(per * (d * sizeof(float) + sizeof(int64_t)), Retention::kMaxSegmentBytes);
+  EXPECT_EQ(Retention::SegmentRows(38), Retention::kSegmentRows);
+  EXPECT_EQ(Retention::SegmentRows(65536), 63u);
+  r.SetBounds(0, 0, v1::FLAGGED_ROWS_KEEP);
+  const size_t n = 2 * per + 10;
+  const auto rows = Rows(0, n, d);
+  EXPECT_EQ(r.Append(d, Names(d), rows, {}, {}, {}, 1000), n);
+  ASSERT_TRUE(r.Maintain(2000, /*force=*/true).ok());
+  EXPECT_EQ(Segments(d_dir).size(), 3u);
+  EXPECT_EQ(r.Totals().dropped_rows, 0u);
+  auto back = r.Read(d, 0);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->rows(), n);
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(back->values[i * d], static_cast<float>(i)) << i;
 }
 
 TEST(Retention, KeepsRowsInOrderAcrossSegmentsAndBoundsThemOldestFirst) {
