@@ -317,12 +317,16 @@ int main(int argc, char** argv) {
     std::printf("%-10s %10.1f %10.1f\n", "grpc echo", b50, b99);
     std::printf("p50 ratio aeserve / echo: %.2fx\n", a50 / b50);
   };
-  if (unary_only) {
-    UnaryTable();
+  // The servers stopped and the store removed, for the runs of a single table.
+  auto Done = [&] {
     echo_server->Shutdown();
     (*aeserve)->Shutdown();
     std::filesystem::remove_all(dir);
     return 0;
+  };
+  if (unary_only) {
+    UnaryTable();
+    return Done();
   }
   engine::ModelOptions in_process;
   in_process.bf16 = precision == "bf16";
@@ -354,10 +358,7 @@ int main(int argc, char** argv) {
   };
   if (small_only) {
     SmallTable();
-    echo_server->Shutdown();
-    (*aeserve)->Shutdown();
-    std::filesystem::remove_all(dir);
-    return 0;
+    return Done();
   }
   if (!series_only) {
     std::printf(
