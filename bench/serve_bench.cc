@@ -286,7 +286,11 @@ int main(int argc, char** argv) {
   if (inline_max_madds >= 0) o.inline_max_madds = static_cast<uint64_t>(inline_max_madds);
   o.precision = precision;
   auto aeserve = server::Server::Start(o, spdlog::null_logger_mt("bench"));
-  if (!aeserve.ok() || !(*aeserve)->LoadModels().ok()) return 1;
+  if (!aeserve.ok()) {
+    std::fprintf(stderr, "serve_bench: %s\n", aeserve.status().ToString().c_str());
+    return 1;
+  }
+  if (!(*aeserve)->LoadModels().ok()) return 1;
   const int aeserve_port = (*aeserve)->port();
 
   EchoService echo;
@@ -428,21 +432,21 @@ int main(int argc, char** argv) {
     std::printf("%6s %8s %12s %12s %8s %14s %8s %10s\n", "batch", "streams", "no policy",
                 "retention", "cost", "+ shadow", "cost", "compared");
     const std::string address = "127.0.0.1:" + std::to_string(aeserve_port);
+    // Each run starts with the autopilot idle: the shadow candidate has caught up with the
+    // batches queued by the last run and the closed segments are written (the open one stays
+    // in memory until it is full or 60 s old).
+    auto Drained = [&](double rate) {
+      if (!ap.WaitForShadowIdle(120)) {
+        std::fprintf(stderr, "serve_bench: the shadow queue did not drain within 120 s\n");
+      }
+      ap.Tick();
+      return rate;
+    };
     for (uint32_t rows : {256u, 4096u}) {
       for (int streams : {1, 4}) {
         std::vector<double> none, keep_rates, shadow_rates;
         v1::AutopilotStatus before;
         ap.Status(shadowed, &before);
-        // Each run starts with the autopilot idle: the shadow candidate has caught up with the
-        // batches queued by the last run and the closed segments are written (the open one
-        // stays in memory until it is full or 60 s old).
-        auto Drained = [&](double rate) {
-          if (!ap.WaitForShadowIdle(120)) {
-            std::fprintf(stderr, "serve_bench: the shadow queue did not drain within 120 s\n");
-          }
-          ap.Tick();
-          return rate;
-        };
         for (int rep = 0; rep < 3; ++rep) {
           none.push_back(Drained(StreamRate<v1::Scoring>(aeserve_port, streams, rows, seconds)));
           keep_rates.push_back(

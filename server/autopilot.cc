@@ -568,6 +568,7 @@ void Autopilot::ShadowLoop() {
     ShadowWork w;
     {
       absl::MutexLock lock(&queue_mu_);
+      shadow_busy_ = false;  // the last batch, if any, is done (or skipped)
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
         return stopping_ || !queue_.empty();
       };
@@ -578,13 +579,6 @@ void Autopilot::ShadowLoop() {
       queue_bytes_ -= w.bytes();
       shadow_busy_ = true;
     }
-    struct Done {  // however this batch ends
-      Autopilot* ap;
-      ~Done() {
-        absl::MutexLock lock(&ap->queue_mu_);
-        ap->shadow_busy_ = false;
-      }
-    } done{this};
     Shadow& sh = *w.shadow;
     if (sh.closed) continue;
     const auto start = std::chrono::steady_clock::now();

@@ -88,8 +88,7 @@ uint32_t Crc32c(const void* data, size_t size) {
 }
 
 size_t Retention::SegmentRows(uint32_t d) {
-  return std::clamp<size_t>(kMaxSegmentBytes / (size_t{d} * sizeof(float) + sizeof(int64_t)), 1,
-                            kSegmentRows);
+  return std::clamp<size_t>(kMaxSegmentBytes / RowBytes(d), 1, kSegmentRows);
 }
 
 Retention::Retention(std::string dir, const std::string& replica)
@@ -118,7 +117,7 @@ size_t Retention::Append(uint32_t d, const google::protobuf::RepeatedPtrField<st
     CloseOpenLocked();
   }
   const size_t per_segment = SegmentRows(d);
-  const size_t segment_bytes = per_segment * (d * sizeof(float) + sizeof(int64_t));
+  const size_t segment_bytes = per_segment * RowBytes(d);
   // Rows [a, b), all kept, copied in runs (a segment's values and timestamps grow by whole runs,
   // not row by row: this runs on the scoring path).
   auto copy = [&](size_t a, size_t b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

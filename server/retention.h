@@ -57,6 +57,8 @@ class Retention {
   // A segment holds at most this many bytes of values and timestamps: wide models' segments hold
   // fewer than kSegmentRows rows (a 65,536-feature model's, 63).
   static constexpr size_t kMaxSegmentBytes = 16 << 20;
+  // Bytes one row of a `d`-column model takes in a segment: its values and its timestamp.
+  static constexpr size_t RowBytes(uint32_t d) { return d * sizeof(float) + sizeof(int64_t); }
   // Rows per full segment of a `d`-column model: kSegmentRows, or fewer for wide models.
   static size_t SegmentRows(uint32_t d);
 

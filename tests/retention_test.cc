@@ -101,7 +101,7 @@ TEST(Retention, AWideModelKeepsItsRowsInSmallerSegments) {
   constexpr uint32_t d = 5000;
   const size_t per = Retention::SegmentRows(d);
   EXPECT_LT(per, Retention::kSegmentRows);
-  EXPECT_LE(per * (d * sizeof(float) + sizeof(int64_t)), Retention::kMaxSegmentBytes);
+  EXPECT_LE(per * Retention::RowBytes(d), Retention::kMaxSegmentBytes);
   EXPECT_EQ(Retention::SegmentRows(38), Retention::kSegmentRows);
   EXPECT_EQ(Retention::SegmentRows(65536), 63u);
   r.SetBounds(0, 0, v1::FLAGGED_ROWS_KEEP);
