@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/dnnl_util.h"
+#include "engine/nearest.h"
 #include "engine/scaler.h"
 #include "engine/spec.h"
 #include "engine/status_macros.h"
@@ -534,57 +535,6 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
   });
 }
 
-namespace {
-
-// Mean of the square roots of the k smallest of `sq` (n >= k squared distances; `sq` is scratch).
-// Block minima bound the search: the k-th smallest of the minima of disjoint blocks is at least the
-// k-th smallest value (those minima are k distinct values), so only values at or below it can be
-// among the k nearest. Blocks of 16, 8 or 4 values, at least 2k-4k of them, keep the bound tight
-// for small groups too (128 rows, 8 neighbours: 16 blocks of 8). The pass over all n values is
-// branch-free; the rare candidates are sorted.
-template <uint32_t kBlock>
-uint32_t BlockMinima(const float* sq, uint32_t n, std::vector<float>& scratch) {
-  const uint32_t blocks = n / kBlock;
-  scratch.resize(blocks);
-  for (uint32_t b = 0; b < blocks; ++b) {
-    float m = sq[b * kBlock];
-    for (uint32_t i = 1; i < kBlock; ++i) m = std::min(m, sq[b * kBlock + i]);
-    scratch[b] = m;
-  }
-  return blocks;
-}
-
-float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>& scratch) {
-  const uint32_t blocks = n / 16 >= 4 * k  ? BlockMinima<16>(sq, n, scratch)
-                          : n / 8 >= 2 * k ? BlockMinima<8>(sq, n, scratch)
-                                           : BlockMinima<4>(sq, n, scratch);
-  float bound = INFINITY;
-  if (blocks >= k) {
-    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
-    bound = scratch[k - 1];
-  }
-  uint32_t kept = 0;
-  for (uint32_t i = 0; i < n; ++i) {
-    sq[kept] = sq[i];
-    kept += sq[i] <= bound;
-  }
-  std::nth_element(sq, sq + (k - 1), sq + kept);
-  float sum = 0;
-  for (uint32_t i = 0; i < k; ++i) sum += std::sqrt(sq[i]);
-  return sum / static_cast<float>(k);
-}
-
-// The mean over `groups` equal consecutive groups of `sq` of MeanOfSmallestRoots in each.
-float MeanOverGroups(float* sq, uint32_t n, uint32_t groups, uint32_t k,
-                     std::vector<float>& scratch) {
-  const uint32_t size = n / groups;
-  float sum = 0;
-  for (uint32_t g = 0; g < groups; ++g) sum += MeanOfSmallestRoots(sq + g * size, size, k, scratch);
-  return sum / static_cast<float>(groups);
-}
-
-}  // namespace
-
 absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) const {
   const uint32_t d = num_features(), n = reference_rows_, k = neighbors_;
   std::vector<float> scratch;
@@ -601,8 +551,15 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
     }));
     for (size_t r = 0; r < rows; ++r) {
       const float* x = ctx.in_.data() + (start + r) * d;
-      float xx = 0;
-      for (uint32_t j = 0; j < d; ++j) xx += x[j] * x[j];
+      // |x|^2 in 8 partial sums: the compiler vectorizes them, not one sum's chain of adds.
+      float part[8] = {};
+      uint32_t j = 0;
+      for (; j + 8 <= d; j += 8) {
+        for (uint32_t l = 0; l < 8; ++l) part[l] += x[j + l] * x[j + l];
+      }
+      for (; j < d; ++j) part[0] += x[j] * x[j];
+      const float xx =
+          ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
       // The inner product gave x.r - |r|^2 / 2; |x - r|^2 = |x|^2 - 2 * that, in place.
       float* sq = ctx.dots_.data() + r * n;
       for (uint32_t i = 0; i < n; ++i) sq[i] = std::max(xx - 2.f * sq[i], 0.f);
