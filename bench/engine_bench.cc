@@ -1,11 +1,12 @@
 // Engine benchmark: scoring samples/s of aeserve's engine beside a bare oneDNN forward pass of the
 // same layers (the ceiling), batch-1 latency, and training samples/s, all in one run.
 //
-//   build/bench/engine_bench [--threads=N] [--seconds=S] [--precision-only]
+//   build/bench/engine_bench [--threads=N] [--seconds=S] [--precision-only | --default-only]
 //
 // Model: 38-64-32-8-32-64-38, ReLU hidden, linear code and output, fp32. The precision table
 // scores it and a wide model (1024 features, 1024-512-32) in f32 and in bf16 (ScoringPolicy
-// precision), with the scores' largest relative change; --precision-only prints only that table.
+// precision), with the scores' largest relative change; --precision-only prints only that table;
+// --default-only scores only with the default score (batches 256 and 4096), for profiles of it.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -204,7 +205,7 @@ void PrecisionTable(int threads, double seconds) {
 int main(int argc, char** argv) {
   int threads = 1;
   double seconds = 0.3;
-  bool precision_only = false;
+  bool precision_only = false, default_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0)
       threads = std::atoi(argv[i] + 10);
@@ -212,8 +213,12 @@ int main(int argc, char** argv) {
       seconds = std::atof(argv[i] + 10);
     else if (std::strcmp(argv[i], "--precision-only") == 0)
       precision_only = true;
+    else if (std::strcmp(argv[i], "--default-only") == 0)
+      default_only = true;
     else {
-      std::fprintf(stderr, "usage: engine_bench [--threads=N] [--seconds=S] [--precision-only]\n");
+      std::fprintf(stderr,
+                   "usage: engine_bench [--threads=N] [--seconds=S] [--precision-only | "
+                   "--default-only]\n");
       return 2;
     }
   }
@@ -250,13 +255,21 @@ int main(int argc, char** argv) {
   auto nmodel = *Model::Create(nfile, ModelOptions{threads, 4096});
   auto nctx = nmodel->NewContext();
 
+  ScoreResult result;
+  if (default_only) {  // the default score alone, for profiles of it
+    for (uint32_t batch : {256u, 4096u}) {
+      const absl::Span<const float> x(data.normal.data(), size_t{batch} * kFeatures);
+      std::printf("batch %u: default score %.0f samples/s\n", batch,
+                  Rate([&] { (void)nmodel->Score(*nctx, x, {}, &result); }, batch, seconds));
+    }
+    return 0;
+  }
   std::printf(
       "aeserve engine benchmark: model 38-64-32-8-32-64-38 ReLU, fp32, %d oneDNN thread(s)\n",
       threads);
   std::printf("each figure: median of 3 interleaved runs of %.2f s\n\n", seconds);
   std::printf("%8s %16s %16s %8s %20s %8s\n", "batch", "bare oneDNN/s", "aeserve/s", "ratio",
               "aeserve default/s", "cost");
-  ScoreResult result;
   for (uint32_t batch : {1u, 16u, 256u, 4096u, 65536u}) {
     BareForward bare(params, batch);
     const absl::Span<const float> x(data.normal.data(), size_t{batch} * kFeatures);

@@ -560,10 +560,7 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
       for (; j < d; ++j) part[0] += x[j] * x[j];
       const float xx =
           ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-      // The inner product gave x.r - |r|^2 / 2; |x - r|^2 = |x|^2 - 2 * that, in place.
-      float* sq = ctx.dots_.data() + r * n;
-      for (uint32_t i = 0; i < n; ++i) sq[i] = std::max(xx - 2.f * sq[i], 0.f);
-      out[start + r] = MeanOverGroups(sq, n, groups_, k, scratch);
+      out[start + r] = NeighbourDistance(ctx.dots_.data() + r * n, xx, n, groups_, k, scratch);
     }
   }
   return absl::OkStatus();

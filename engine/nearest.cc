@@ -66,19 +66,23 @@ float MeanOfSmallestRootsPortable(float* sq, uint32_t n, uint32_t k, std::vector
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace {
 
-// The rank of each lane of v among its 16 lanes, ties broken by lane: a permutation of 0..15.
+// The rank of each lane of v (values >= 0) among its 16 lanes, ties broken by lane: a permutation
+// of 0..15. Non-negative floats order as their bit patterns do as integers, so lane j precedes lane
+// i (v_j < v_i, or v_j == v_i and j < i) exactly when (v_j - [j < i]) - v_i is negative as
+// integers: integer subtractions and a shift, where float compares would queue on one port.
 __attribute__((target("avx512f"))) __m512i Ranks16(__m512 v) {
+  const __m512i bits = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF));
+  alignas(64) int32_t b[16];
+  _mm512_store_si512(b, bits);
   const __m512i one = _mm512_set1_epi32(1);
-  __m512i rank = _mm512_setzero_si512();
+  __m512i rank[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
   for (int j = 0; j < 16; ++j) {
-    const __m512 vj = _mm512_permutexvar_ps(_mm512_set1_epi32(j), v);
-    // The lanes i that lane j precedes: v_j < v_i, or v_j == v_i and j < i.
     const auto after_j = static_cast<__mmask16>(~((2u << j) - 1));
-    const __mmask16 precedes =
-        _mm512_cmp_ps_mask(vj, v, _CMP_LT_OQ) | (_mm512_cmp_ps_mask(vj, v, _CMP_EQ_OQ) & after_j);
-    rank = _mm512_mask_add_epi32(rank, precedes, rank, one);
+    const __m512i vj =
+        _mm512_mask_sub_epi32(_mm512_set1_epi32(b[j]), after_j, _mm512_set1_epi32(b[j]), one);
+    rank[j & 1] = _mm512_add_epi32(rank[j & 1], _mm512_srli_epi32(_mm512_sub_epi32(vj, bits), 31));
   }
-  return rank;
+  return _mm512_add_epi32(rank[0], rank[1]);
 }
 
 // Appends the lanes of v at or below `bound` (only those in `valid`) to sq[kept...], which must
@@ -120,6 +124,18 @@ __attribute__((target("avx512f"))) float MeanOfSmallestRootsAvx512(float* sq, ui
   return _mm512_mask_reduce_add_ps(nearest, _mm512_sqrt_ps(c)) / static_cast<float>(k);
 }
 
+// xx - 2 dots[i], at least 0, 16 lanes at a time.
+static __attribute__((target("avx512f"))) void SquaredDistancesAvx512(float* dots, float xx,
+                                                                      uint32_t n) {
+  const __m512 x = _mm512_set1_ps(xx), two = _mm512_set1_ps(2.f), zero = _mm512_setzero_ps();
+  uint32_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(dots + i,
+                     _mm512_max_ps(_mm512_fnmadd_ps(two, _mm512_loadu_ps(dots + i), x), zero));
+  }
+  for (; i < n; ++i) dots[i] = std::max(xx - 2.f * dots[i], 0.f);
+}
+
 #pragma GCC diagnostic pop
 
 bool HasAvx512() {
@@ -136,6 +152,18 @@ bool HasAvx512() { return false; }
 float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>& scratch) {
   if (k <= 16 && n >= 16 && HasAvx512()) return MeanOfSmallestRootsAvx512(sq, n, k, scratch);
   return MeanOfSmallestRootsPortable(sq, n, k, scratch);
+}
+
+float NeighbourDistance(float* dots, float xx, uint32_t n, uint32_t groups, uint32_t k,
+                        std::vector<float>& scratch) {
+#if defined(__x86_64__)
+  if (HasAvx512()) {
+    SquaredDistancesAvx512(dots, xx, n);
+    return MeanOverGroups(dots, n, groups, k, scratch);
+  }
+#endif
+  for (uint32_t i = 0; i < n; ++i) dots[i] = std::max(xx - 2.f * dots[i], 0.f);
+  return MeanOverGroups(dots, n, groups, k, scratch);
 }
 
 float MeanOverGroups(float* sq, uint32_t n, uint32_t groups, uint32_t k,

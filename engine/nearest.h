@@ -16,6 +16,12 @@ float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>&
 float MeanOverGroups(float* sq, uint32_t n, uint32_t groups, uint32_t k,
                      std::vector<float>& scratch);
 
+// The neighbour distance of one row x from its inner products with the n reference rows r_i
+// (dots[i] = x.r_i - |r_i|^2 / 2) and xx = |x|^2: the squared distances |x - r_i|^2 =
+// xx - 2 dots[i], at least 0, replace dots; returns MeanOverGroups of them.
+float NeighbourDistance(float* dots, float xx, uint32_t n, uint32_t groups, uint32_t k,
+                        std::vector<float>& scratch);
+
 // The two implementations, public so that tests run both on every machine that can.
 float MeanOfSmallestRootsPortable(float* sq, uint32_t n, uint32_t k, std::vector<float>& scratch);
 // Requires AVX-512F (HasAvx512()), k <= 16 and n >= 16.

@@ -54,6 +54,24 @@ TEST(Nearest, KnownAnswers) {
   EXPECT_FLOAT_EQ(MeanOverGroups(groups.data(), 8, 2, 2, scratch), 2.5f);
 }
 
+// From inner products: with |x|^2 = 100, dots (100 - s) / 2 give squared distances s; a dot above
+// 50 would give a negative one, which is 0.
+TEST(Nearest, NeighbourDistanceFromInnerProducts) {
+  std::vector<float> dots, scratch;
+  for (int i = 1; i <= 20; ++i) dots.push_back((100.f - static_cast<float>(i * i + 1)) / 2);
+  dots[13] = 60;  // squared distance -20: 0
+  // One group: the nearest two are 0 and 2 (= 1 + 1), roots 0 and sqrt 2.
+  std::vector<float> one = dots;
+  EXPECT_FLOAT_EQ(NeighbourDistance(one.data(), 100, 20, 1, 2, scratch), std::sqrt(2.f) / 2);
+  EXPECT_FLOAT_EQ(one[0], 2.f);
+  EXPECT_FLOAT_EQ(one[13], 0.f);
+  EXPECT_FLOAT_EQ(one[19], 401.f);
+  // Two groups of 10: {2, 5, ..., 101} -> nearest 2, 5; {122, 145, 170, 0, ...} -> 0, 122.
+  std::vector<float> two = dots;
+  const float want = ((std::sqrt(2.f) + std::sqrt(5.f)) / 2 + std::sqrt(122.f) / 2) / 2;
+  EXPECT_FLOAT_EQ(NeighbourDistance(two.data(), 100, 20, 2, 2, scratch), want);
+}
+
 // Ties: the k smallest count a repeated value as often as it is among them.
 TEST(Nearest, TiesAreCountedOnce) {
   for (Selector s : Selectors()) {
