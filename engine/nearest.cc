@@ -61,9 +61,11 @@ float MeanOfSmallestRootsPortable(float* sq, uint32_t n, uint32_t k, std::vector
 
 #if defined(__x86_64__)
 // GCC 12 warns of the undefined vectors inside its own AVX-512 intrinsics (_mm512_undefined_ps).
+#if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 namespace {
 
 // The rank of each lane of v (values >= 0) among its 16 lanes, ties broken by lane: a permutation
@@ -136,7 +138,9 @@ static __attribute__((target("avx512f"))) void SquaredDistancesAvx512(float* dot
   for (; i < n; ++i) dots[i] = std::max(xx - 2.f * dots[i], 0.f);
 }
 
+#if !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 bool HasAvx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
