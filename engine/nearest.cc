@@ -29,12 +29,21 @@ uint32_t BlockMinima(const float* sq, uint32_t n, std::vector<float>& scratch) {
   return blocks;
 }
 
-// Mean of the square roots of the k smallest of sq[0, kept), reordering them.
+// Mean of the square roots of the k smallest of sq[0, kept), reordering them; +inf when fewer than
+// k were kept (only NaN inputs, outside the contract, make that happen).
 float MeanOfKSmallestRoots(float* sq, uint32_t kept, uint32_t k) {
+  if (kept < k) return INFINITY;
   std::nth_element(sq, sq + (k - 1), sq + kept);
   float sum = 0;
   for (uint32_t i = 0; i < k; ++i) sum += std::sqrt(sq[i]);
   return sum / static_cast<float>(k);
+}
+
+// A squared distance from xx - 2 dot: at least 0 (rounding can take it below), and +inf when it is
+// NaN (inf - inf, from an input so large that it overflows): infinitely far, never a near row.
+float SquaredDistance(float xx, float dot) {
+  const float s = xx - 2.f * dot;
+  return std::isnan(s) ? INFINITY : std::max(s, 0.f);
 }
 
 }  // namespace
@@ -130,12 +139,15 @@ __attribute__((target("avx512f"))) float MeanOfSmallestRootsAvx512(float* sq, ui
 static __attribute__((target("avx512f"))) void SquaredDistancesAvx512(float* dots, float xx,
                                                                       uint32_t n) {
   const __m512 x = _mm512_set1_ps(xx), two = _mm512_set1_ps(2.f), zero = _mm512_setzero_ps();
+  const __m512 inf = _mm512_set1_ps(INFINITY);
   uint32_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    _mm512_storeu_ps(dots + i,
-                     _mm512_max_ps(_mm512_fnmadd_ps(two, _mm512_loadu_ps(dots + i), x), zero));
+    const __m512 s = _mm512_fnmadd_ps(two, _mm512_loadu_ps(dots + i), x);
+    // max(s, 0) would make NaN 0: NaN lanes become +inf first, as SquaredDistance does.
+    const __m512 finite = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q), s, inf);
+    _mm512_storeu_ps(dots + i, _mm512_max_ps(finite, zero));
   }
-  for (; i < n; ++i) dots[i] = std::max(xx - 2.f * dots[i], 0.f);
+  for (; i < n; ++i) dots[i] = SquaredDistance(xx, dots[i]);
 }
 
 #if !defined(__clang__)
@@ -166,7 +178,7 @@ float NeighbourDistance(float* dots, float xx, uint32_t n, uint32_t groups, uint
     return MeanOverGroups(dots, n, groups, k, scratch);
   }
 #endif
-  for (uint32_t i = 0; i < n; ++i) dots[i] = std::max(xx - 2.f * dots[i], 0.f);
+  for (uint32_t i = 0; i < n; ++i) dots[i] = SquaredDistance(xx, dots[i]);
   return MeanOverGroups(dots, n, groups, k, scratch);
 }
 

@@ -18,7 +18,8 @@ float MeanOverGroups(float* sq, uint32_t n, uint32_t groups, uint32_t k,
 
 // The neighbour distance of one row x from its inner products with the n reference rows r_i
 // (dots[i] = x.r_i - |r_i|^2 / 2) and xx = |x|^2: the squared distances |x - r_i|^2 =
-// xx - 2 dots[i], at least 0, replace dots; returns MeanOverGroups of them.
+// xx - 2 dots[i], at least 0 (+inf where that is NaN, from an overflowing input); returns
+// MeanOverGroups of them. `dots` is overwritten.
 float NeighbourDistance(float* dots, float xx, uint32_t n, uint32_t groups, uint32_t k,
                         std::vector<float>& scratch);
 

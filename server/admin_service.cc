@@ -193,8 +193,7 @@ AdminService::ListTrainingJobsHandler() {
 AdminService::AdminService(const Options& options, ModelRegistry* registry, TrainingJobs* jobs,
                            Uploads* uploads, Executor* admin_executor, const Authorizer* auth,
                            const AuditLog* audit, Autopilot* autopilot, Ingest* ingest)
-    : options_(options),
-      registry_(registry),
+    : registry_(registry),
       view_(*registry, options.drift_threshold),
       jobs_(jobs),
       uploads_(uploads),

@@ -116,7 +116,6 @@ class AdminService final : public RawAdminService {
   UnaryHandler<v1::RecordIngestRequest, v1::IngestStatus> RecordIngestHandler();
   UnaryHandler<v1::TrainingJobHeader, v1::TrainingJob> TrainFromRecordingHandler();
 
-  const Options& options_;
   ModelRegistry* registry_;
   const ModelView view_;
   TrainingJobs* jobs_;
