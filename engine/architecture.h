@@ -119,6 +119,7 @@ class ScoringContext {
   const Architecture& arch_;
   dnnl::stream stream_;
   std::vector<float> in_, latent_, logvar_, ping_, pong_, out_, dots_;
+  std::vector<float> nearest_scratch_;  // the k-nearest selection's (nearest.h), reused
   // bf16 architectures: the input and the code as the next layer reads them (converted from
   // in_ and latent_), and the hidden activations.
   std::vector<uint16_t> in16_, latent16_, ping16_, pong16_;

@@ -537,7 +537,6 @@ absl::Status Model::Run(ScoringContext& ctx, uint32_t bucket, Pass pass, bool lo
 
 absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) const {
   const uint32_t d = num_features(), n = reference_rows_, k = neighbors_;
-  std::vector<float> scratch;
   const uint32_t per_call = arch_->key().neighbour_batch;
   for (size_t start = 0; start < take; start += per_call) {
     const size_t rows = std::min<size_t>(per_call, take - start);
@@ -560,7 +559,8 @@ absl::Status Model::Distances(ScoringContext& ctx, size_t take, float* out) cons
       for (; j < d; ++j) part[0] += x[j] * x[j];
       const float xx =
           ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-      out[start + r] = NeighbourDistance(ctx.dots_.data() + r * n, xx, n, groups_, k, scratch);
+      out[start + r] =
+          NeighbourDistance(ctx.dots_.data() + r * n, xx, n, groups_, k, ctx.nearest_scratch_);
     }
   }
   return absl::OkStatus();
@@ -582,8 +582,7 @@ float Model::GapDistance(ScoringContext& ctx, const float* raw, const float* xs,
     for (uint32_t i = 0; i < n; ++i) sq[i] += (xs[j] - col[i]) * (xs[j] - col[i]);
   }
   for (uint32_t i = 0; i < n; ++i) sq[i] *= stretch;
-  std::vector<float> scratch;
-  return MeanOverGroups(sq, n, groups_, neighbors_, scratch);
+  return MeanOverGroups(sq, n, groups_, neighbors_, ctx.nearest_scratch_);
 }
 
 absl::Status Model::Score(ScoringContext& ctx, absl::Span<const float> x,
