@@ -89,8 +89,8 @@ __attribute__((target("avx512f"))) __m512i Ranks16(__m512 v) {
   __m512i rank[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
   for (int j = 0; j < 16; ++j) {
     const auto after_j = static_cast<__mmask16>(~((2u << j) - 1));
-    const __m512i vj =
-        _mm512_mask_sub_epi32(_mm512_set1_epi32(b[j]), after_j, _mm512_set1_epi32(b[j]), one);
+    const __m512i bj = _mm512_set1_epi32(b[j]);
+    const __m512i vj = _mm512_mask_sub_epi32(bj, after_j, bj, one);
     rank[j & 1] = _mm512_add_epi32(rank[j & 1], _mm512_srli_epi32(_mm512_sub_epi32(vj, bits), 31));
   }
   return _mm512_add_epi32(rank[0], rank[1]);
@@ -135,7 +135,7 @@ __attribute__((target("avx512f"))) float MeanOfSmallestRootsAvx512(float* sq, ui
   return _mm512_mask_reduce_add_ps(nearest, _mm512_sqrt_ps(c)) / static_cast<float>(k);
 }
 
-// xx - 2 dots[i], at least 0, 16 lanes at a time.
+// SquaredDistance of every dot, 16 lanes at a time.
 static __attribute__((target("avx512f"))) void SquaredDistancesAvx512(float* dots, float xx,
                                                                       uint32_t n) {
   const __m512 x = _mm512_set1_ps(xx), two = _mm512_set1_ps(2.f), zero = _mm512_setzero_ps();
@@ -170,15 +170,17 @@ float MeanOfSmallestRoots(float* sq, uint32_t n, uint32_t k, std::vector<float>&
   return MeanOfSmallestRootsPortable(sq, n, k, scratch);
 }
 
-float NeighbourDistance(float* dots, float xx, uint32_t n, uint32_t groups, uint32_t k,
-                        std::vector<float>& scratch) {
+// SquaredDistance of every dot: 16 lanes at a time where the CPU has AVX-512.
+static void SquaredDistances(float* dots, float xx, uint32_t n) {
 #if defined(__x86_64__)
-  if (HasAvx512()) {
-    SquaredDistancesAvx512(dots, xx, n);
-    return MeanOverGroups(dots, n, groups, k, scratch);
-  }
+  if (HasAvx512()) return SquaredDistancesAvx512(dots, xx, n);
 #endif
   for (uint32_t i = 0; i < n; ++i) dots[i] = SquaredDistance(xx, dots[i]);
+}
+
+float NeighbourDistance(float* dots, float xx, uint32_t n, uint32_t groups, uint32_t k,
+                        std::vector<float>& scratch) {
+  SquaredDistances(dots, xx, n);
   return MeanOverGroups(dots, n, groups, k, scratch);
 }
 
